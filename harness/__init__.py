@@ -1,0 +1,1 @@
+"""The harness: the catalog, benchmarks, quality runs, results and reports."""

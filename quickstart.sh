@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up everything in a virtual environment (.venv, or $VENV) and run the main job.
+#
+#   ./quickstart.sh            set up, then list the catalog
+#
+# torch: an existing install in the environment is kept (GPU users: install your CUDA build
+# first, see README). Otherwise a machine with an NVIDIA GPU gets PyPI's default (CUDA) build
+# and any other machine the CPU build, never the multi-GB CUDA packages.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+    step "creating the virtual environment $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+
+if "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+    step "keeping the installed torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    step "NVIDIA GPU found: installing PyPI's default (CUDA) torch build"
+    pip install "torch>=2.1"
+else
+    step "no NVIDIA GPU: installing the CPU build of torch $TORCH_VERSION"
+    # A local wheel (pip's find-links) first, without touching any index; then PyTorch's CPU index.
+    pip install --no-index "torch==$TORCH_VERSION" 2>/dev/null \
+        || pip install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
+fi
+
+step "installing transformer-catalog and its test tools"
+pip install --quiet -e ".[test]"
+
+step "catalog list"
+"$VENV/bin/catalog" list
