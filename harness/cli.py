@@ -1,0 +1,331 @@
+"""The `catalog` command: parse the arguments, call one library function, render with rich."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from harness.catalog import (
+    Catalog,
+    CatalogError,
+    Entry,
+    format_count,
+    load_catalog,
+    sort_entries,
+)
+
+app = typer.Typer(
+    name="catalog",
+    help="Browse the Transformer model family (Amatriain's catalog plus the models this "
+    "project runs): list and filter it, read a model's card, validate the data, plot its timeline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class ListFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    markdown = "markdown"
+
+
+class ShowFormat(str, Enum):
+    text = "text"
+    json = "json"
+    yaml = "yaml"
+
+
+class SortKey(str, Enum):
+    date = "date"
+    name = "name"
+    params = "params"
+
+
+class ColorBy(str, Enum):
+    family = "family"
+    architecture = "architecture"
+
+
+USAGE_ERROR = 2  # bad input (unknown id, bad filter value): as click does for usage errors
+
+
+def _out() -> Console:
+    # A pipe gets a wide table rather than rich's default of 80 columns.
+    return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Turn the library's errors into `error: ...` on stderr and a non-zero exit."""
+    try:
+        yield
+    except (CatalogError, ValueError, OSError) as exc:
+        _err().print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(USAGE_ERROR) from None
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    catalog_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--catalog-dir",
+            envvar="TRANSFORMER_CATALOG_DIR",
+            help="Folder of catalog YAML files to read instead of the shipped catalog.",
+        ),
+    ] = None,
+) -> None:
+    ctx.obj = catalog_dir
+
+
+def _load(ctx: typer.Context, warn: bool = True) -> Catalog:
+    with _one_line_errors():
+        catalog = load_catalog(ctx.obj)
+    if warn and catalog.problems:
+        files = sorted({p.file.name for p in catalog.problems})
+        _err().print(
+            f"[yellow]warning:[/] {len(catalog.problems)} problem(s) in {', '.join(files)}; "
+            "malformed entries are left out. Run `catalog validate` for details."
+        )
+    return catalog
+
+
+@app.command("list")
+def list_models(
+    ctx: typer.Context,
+    family: Annotated[str | None, typer.Option(
+        help="Architecture (encoder, decoder, encoder-decoder) or lineage family (BERT, GPT, "
+             "T5, ...), case-insensitive.")] = None,
+    task: Annotated[str | None, typer.Option(
+        help="Pretraining or fine-tuning task, e.g. MLM, LM, DAE, 'instruction tuning'.")] = None,
+    lab: Annotated[str | None, typer.Option(
+        help="Part of the lab's name, case-insensitive, e.g. google.")] = None,
+    since: Annotated[int | None, typer.Option(
+        min=1900, max=2100, help="First year of publication to include.")] = None,
+    until: Annotated[int | None, typer.Option(
+        min=1900, max=2100, help="Last year of publication to include.")] = None,
+    runnable: Annotated[bool | None, typer.Option(
+        "--runnable/--not-runnable", help="Only models the zoo runs (or only those it does not).",
+        show_default=False)] = None,
+    query: Annotated[str | None, typer.Option(
+        help="Free text: every word must appear in the name, extension or application.")] = None,
+    sort: Annotated[SortKey, typer.Option(
+        help="Sort by date, name, or largest published size.")] = SortKey.date,
+    desc: Annotated[bool, typer.Option("--desc", help="Reverse the sort order.")] = False,
+    fmt: Annotated[ListFormat, typer.Option("--format", help="Output format.")] = ListFormat.table,
+) -> None:
+    """List the catalog's models, filtered and sorted."""
+    catalog = _load(ctx)
+    with _one_line_errors():
+        entries = catalog.select(family=family, task=task, lab=lab, since=since, until=until,
+                                 runnable=runnable, query=query)
+        entries = sort_entries(entries, sort.value, descending=desc)
+    if fmt is ListFormat.json:
+        sys.stdout.write(json.dumps([e.model_dump(mode="json") for e in entries], indent=2) + "\n")
+    elif fmt is ListFormat.csv:
+        sys.stdout.write(_csv(entries))
+    elif fmt is ListFormat.markdown:
+        sys.stdout.write(_markdown(entries))
+    else:
+        _out().print(_table(entries, total=len(catalog.entries)))
+
+
+def _row(entry: Entry) -> dict[str, str]:
+    return {
+        "id": entry.id,
+        "name": entry.name,
+        "family": entry.family,
+        "architecture": entry.architecture,
+        "tasks": "; ".join(entry.pretraining_task) + (" (fine-tuning)" if entry.fine_tuned else ""),
+        "date": entry.date,
+        "params": ", ".join(format_count(p.count) for p in entry.params),
+        "lab": entry.lab,
+        "zoo": entry.zoo or "",
+    }
+
+
+def _table(entries: Sequence[Entry], total: int) -> Table:
+    table = Table(title="The Transformer family", caption=f"{len(entries)} of {total} models",
+                  header_style="bold")
+    for column in ("id", "name", "family", "architecture", "tasks", "date", "params", "lab", "zoo"):
+        table.add_column(column, no_wrap=column in ("id", "date"))
+    for entry in entries:
+        table.add_row(*(escape(value) for value in _row(entry).values()))
+    return table
+
+
+def _csv(entries: Sequence[Entry]) -> str:
+    buffer = io.StringIO()
+    columns = ["id", "name", "family", "parent", "architecture", "pretraining_task", "fine_tuned",
+               "date", "params", "max_params", "lab", "license", "paper_title", "paper_url", "zoo"]
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for e in entries:
+        writer.writerow({
+            "id": e.id, "name": e.name, "family": e.family, "parent": e.parent or "",
+            "architecture": e.architecture, "pretraining_task": "; ".join(e.pretraining_task),
+            "fine_tuned": str(e.fine_tuned).lower(), "date": e.date,
+            "params": "; ".join(f"{p.label}={p.count}" for p in e.params),
+            "max_params": e.max_params or "", "lab": e.lab, "license": e.license,
+            "paper_title": e.paper.title, "paper_url": e.paper.url, "zoo": e.zoo or "",
+        })
+    return buffer.getvalue()
+
+
+def _markdown(entries: Sequence[Entry]) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    columns = ["id", "name", "family", "architecture", "tasks", "date", "params", "lab", "zoo"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in _row(e).values()) + " |" for e in entries]
+    return "\n".join(lines) + "\n"
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model id (or name), e.g. roberta or RoBERTa.")],
+    fmt: Annotated[ShowFormat, typer.Option("--format", help="Output format.")] = ShowFormat.text,
+) -> None:
+    """Show a model's full card, its lineage and, for runnable models, its variants."""
+    catalog = _load(ctx)
+    with _one_line_errors():
+        entry = catalog.get(model)
+    if fmt is ShowFormat.json:
+        sys.stdout.write(json.dumps(entry.model_dump(mode="json"), indent=2) + "\n")
+    elif fmt is ShowFormat.yaml:
+        sys.stdout.write(yaml.safe_dump(entry.model_dump(mode="json"), sort_keys=False,
+                                        allow_unicode=True, width=100))
+    else:
+        _print_card(catalog, entry)
+
+
+def _print_card(catalog: Catalog, entry: Entry) -> None:
+    out = _out()
+    card = Table.grid(padding=(0, 2))
+    card.add_column(style="bold", no_wrap=True)
+    card.add_column()
+
+    def field(label: str, value: str | None) -> None:
+        if value:
+            card.add_row(label, escape(value))
+
+    field("id", entry.id)
+    field("family", entry.family)
+    field("architecture", entry.architecture)
+    field("fine-tuning task" if entry.fine_tuned else "pretraining task",
+          ", ".join(entry.pretraining_task))
+    field("date", entry.date)
+    sizes = ", ".join(f"{format_count(p.count)} ({p.label})" if p.label != format_count(p.count)
+                      else format_count(p.count) for p in entry.params)
+    field("parameters", "; ".join(filter(None, [sizes, entry.params_note])) or "not published")
+    field("extension", entry.extension)
+    field("application", entry.application)
+    field("corpus", entry.corpus)
+    field("license", entry.license)
+    field("lab", entry.lab)
+    field("paper", f"{entry.paper.title}\n{entry.paper.url}")
+    field("link", entry.link)
+    field("notes", entry.notes)
+    out.print(f"\n[bold]{escape(entry.name)}[/]")
+    out.print(card)
+
+    lineage = Table.grid(padding=(0, 2))
+    lineage.add_column(style="bold", no_wrap=True)
+    lineage.add_column()
+    root = catalog.family_root(entry)
+    if root is None:
+        described = f"{entry.family} (a grouping with no entry of its own)"
+    elif root.id == entry.id:
+        described = f"{entry.name} is the root of the {entry.family} family"
+    else:
+        described = f"{root.name} ({root.id})"
+    lineage.add_row("family root", escape(described))
+    chain = [entry, *catalog.ancestry(entry)]
+    if len(chain) > 1:
+        lineage.add_row("builds on", " <- ".join(escape(e.name) for e in chain))
+    members = catalog.family_members(entry)
+    lineage.add_row(f"family members ({len(members)})",
+                    ", ".join(escape(e.name) for e in members) or "none other")
+    out.print("\n[bold]Lineage[/]")
+    out.print(lineage)
+
+    if entry.zoo:
+        out.print(f"\n[bold]Runnable[/]: zoo implementation [bold]{escape(entry.zoo)}[/]"
+                  f"{'' if _implemented(entry.zoo) else ' (not in this version of the zoo yet)'}")
+        variants = Table("variant", "published params", "config (differences from the defaults)",
+                         header_style="bold")
+        for name, variant in (entry.variants or {}).items():
+            config = ", ".join(f"{k}={v}" for k, v in variant.config.items()) or "defaults"
+            variants.add_row(escape(name), format_count(variant.params), escape(config))
+        out.print(variants)
+
+
+def _implemented(key: str) -> bool:
+    import zoo  # light: the registry maps names to "module:Class" strings, imported lazily
+
+    return key in zoo.REGISTRY
+
+
+@app.command()
+def validate(ctx: typer.Context) -> None:
+    """Check every catalog entry against the schema; list all problems; exit 1 if any."""
+    catalog = _load(ctx, warn=False)
+    err = _err()
+    for problem in catalog.problems:
+        err.print(f"[red]x[/] {escape(str(problem))}")
+    files = len({p.file for p in catalog.problems})
+    summary = (f"{len(catalog.entries)} valid entries in {catalog.root}; "
+               f"{len(catalog.problems)} problem(s) in {files} file(s)")
+    if catalog.problems:
+        err.print(f"[bold red]{escape(summary)}[/]")
+        raise typer.Exit(1)
+    _out().print(f"[green]ok[/]: {escape(summary)}")
+
+
+@app.command()
+def timeline(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(
+        "--out", help="Image file to write (.png, .svg or .pdf).")] = Path("timeline.png"),
+    color_by: Annotated[ColorBy, typer.Option(
+        "--color-by", help="Colour points by lineage family or by architecture.")] = ColorBy.family,
+    family: Annotated[str | None, typer.Option(
+        help="Only this architecture or family (as in `catalog list --family`).")] = None,
+) -> None:
+    """Plot the catalog: date of publication against parameters (log scale), labelled points."""
+    from harness.report import save_figure, timeline_figure  # matplotlib: only when plotting
+
+    catalog = _load(ctx)
+    with _one_line_errors():
+        entries = catalog.select(family=family)
+        written = save_figure(timeline_figure(entries, color_by.value), out)
+    plotted = sum(e.max_params is not None for e in entries)
+    _out().print(f"wrote {escape(str(written))}: {plotted} models plotted; "
+                 f"{len(entries) - plotted} without a published size left out")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,47 @@
+"""Shared fixtures: small catalogs written to a temporary folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+def valid_entry(entry_id: str, **fields) -> dict:
+    """A minimal entry that passes the schema; keyword arguments replace or add fields."""
+    entry = {
+        "id": entry_id,
+        "name": entry_id.upper(),
+        "family": "Transformer",
+        "architecture": "decoder",
+        "pretraining_task": ["LM"],
+        "extension": "An extension.",
+        "application": "An application.",
+        "corpus": "A corpus.",
+        "date": "2020-01",
+        "params": [{"label": "base", "count": "100M"}],
+        "license": "Open, MIT",
+        "lab": "A lab",
+        "paper": {"title": "A paper", "url": "https://example.org/paper"},
+    }
+    entry.update(fields)
+    return entry
+
+
+@pytest.fixture
+def write_catalog(tmp_path: Path):
+    """Write entries (dicts, or raw text for malformed files) as `<id>.yaml` under a temp folder.
+    The folder always holds a valid `transformer` root entry unless one is given."""
+
+    def write(**files: dict | str) -> Path:
+        folder = tmp_path / "catalog"
+        folder.mkdir(exist_ok=True)
+        files.setdefault("transformer", valid_entry(
+            "transformer", name="Transformer", architecture="encoder-decoder", date="2017-06"))
+        for stem, content in files.items():
+            text = content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
+            (folder / f"{stem}.yaml").write_text(text, encoding="utf-8")
+        return folder
+
+    return write
