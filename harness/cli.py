@@ -71,7 +71,8 @@ def _out() -> Console:
 
 
 def _err() -> Console:
-    return Console(stderr=True, highlight=False)
+    # soft_wrap: an error stays one line however long, so it can be grepped and parsed.
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -206,7 +207,8 @@ def _markdown(entries: Sequence[Entry]) -> str:
 @app.command()
 def show(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="Model id (or name), e.g. roberta or RoBERTa.")],
+    model: Annotated[str, typer.Argument(
+        metavar="MODEL", help="Model id (or name), e.g. roberta or RoBERTa.")],
     fmt: Annotated[ShowFormat, typer.Option("--format", help="Output format.")] = ShowFormat.text,
 ) -> None:
     """Show a model's full card, its lineage and, for runnable models, its variants."""

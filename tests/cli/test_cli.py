@@ -1,0 +1,234 @@
+"""The `catalog` command as a user runs it: output formats, filters, cards and error paths."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import valid_entry
+from typer.testing import CliRunner
+
+from harness.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str, env: dict | None = None):
+    return runner.invoke(app, list(args), env=env)
+
+
+def listed(*args: str) -> list[dict]:
+    result = run("list", *args, "--format", "json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def names(entries: list[dict]) -> set[str]:
+    return {e["name"] for e in entries}
+
+
+def assert_one_line_error(result, *fragments: str, code: int = 2):
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_family_decoder_has_the_decoders_and_no_encoder():
+    decoders = listed("--family", "decoder")
+    assert {"GPT-2", "GPT-3", "LLaMA", "RWKV", "Pangu-π"} <= names(decoders)
+    assert {e["architecture"] for e in decoders} == {"decoder"}
+
+
+def test_family_encoder_and_encoder_decoder():
+    assert {"BERT", "RoBERTa", "MosaicBERT"} <= names(listed("--family", "encoder"))
+    enc_dec = listed("--family", "encoder-decoder")
+    assert {"Transformer", "T5", "BART"} <= names(enc_dec)
+    assert {e["architecture"] for e in enc_dec} == {"encoder-decoder"}
+
+
+@pytest.mark.parametrize("family, member", [("BERT", "DistilBERT"), ("gpt", "GPT-3"),
+                                            ("Llama", "Vicuna"), ("t5", "Flan-T5")])
+def test_family_by_lineage(family, member):
+    entries = listed("--family", family)
+    assert member in names(entries)
+    assert {e["family"].casefold() for e in entries} == {family.casefold()}
+
+
+def test_json_lists_the_whole_catalog():
+    entries = listed()
+    assert len(entries) >= 80
+    assert {"id", "name", "family", "architecture", "params", "paper"} <= set(entries[0])
+
+
+def test_csv_parses_back_to_the_same_entries():
+    result = run("list", "--format", "csv", "--family", "encoder")
+    assert result.exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    by_id = {e["id"]: e for e in listed("--family", "encoder")}
+    assert [r["id"] for r in rows] == list(by_id)
+    roberta = next(r for r in rows if r["id"] == "roberta")
+    assert roberta["max_params"] == "355000000" and roberta["family"] == "BERT"
+    assert roberta["params"] == "base=125000000; large=355000000"
+
+
+def test_markdown_is_a_table_with_one_row_per_entry():
+    result = run("list", "--format", "markdown", "--runnable")
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("| id | name |") and lines[1].startswith("| --- |")
+    assert len(lines) == 2 + len(listed("--runnable")) == 2 + 8
+
+
+def test_table_shows_a_count_of_matches():
+    result = run("list", "--task", "PLM")
+    assert result.exit_code == 0
+    assert "XLNet" in result.stdout and "1 of " in result.stdout
+
+
+def test_filters_combine():
+    entries = listed("--task", "mlm", "--since", "2019", "--until", "2019", "--lab", "facebook")
+    assert names(entries) == {"RoBERTa", "XLM-RoBERTa"}
+    assert names(listed("--query", "protein")) == {"AlphaFold", "Galactica"}
+    assert names(listed("--query", "protein amino-acid")) == {"AlphaFold"}
+    assert {"Transformer", "RWKV", "Pangu-π", "MosaicBERT"} <= names(listed("--runnable"))
+    assert "RWKV" not in names(listed("--not-runnable"))
+
+
+def test_sort_by_params_puts_the_largest_first():
+    entries = listed("--sort", "params")
+    assert entries[0]["name"] in {"Switch Transformer", "Wu Dao 2.0"}
+    assert listed("--sort", "name")[0]["name"] == "ALBERT"
+
+
+def test_no_match_is_not_an_error():
+    assert listed("--lab", "no such lab") == []
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--family", "decoderr"], ["unknown family or architecture 'decoderr'", "'decoder'"]),
+    (["--task", "MLLM"], ["unknown task 'MLLM'", "'MLM'"]),
+    (["--since", "2022", "--until", "2020"], ["--since 2022 is after --until 2020"]),
+])
+def test_bad_filter_values_give_one_line_errors(args, fragments):
+    assert_one_line_error(run("list", *args), *fragments)
+
+
+@pytest.mark.parametrize("args", [["--sort", "size"], ["--format", "xml"], ["--since", "abc"]])
+def test_bad_choices_are_usage_errors(args):
+    result = run("list", *args)
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+def test_show_roberta_card():
+    result = run("show", "roberta")
+    assert result.exit_code == 0
+    out = " ".join(result.stdout.split())
+    for fact in ("RoBERTa", "family BERT", "encoder", "MLM (dynamic masking)", "2019-07",
+                 "125M", "355M", "Facebook AI", "https://arxiv.org/abs/1907.11692"):
+        assert fact in out, fact
+    assert "BERT (bert)" in out  # the family root
+    assert "zoo implementation roberta" in out and "n_layer=24" in out
+
+
+def test_show_lineage_and_name_lookup():
+    out = " ".join(run("show", "Alpaca").stdout.split())
+    assert "Alpaca <- LLaMA" in out and "Vicuna" in out
+    out = " ".join(run("show", "transformer").stdout.split())
+    assert "Transformer is the root of the Transformer family" in out
+
+
+@pytest.mark.parametrize("fmt, parse", [("json", json.loads), ("yaml", None)])
+def test_show_machine_readable(fmt, parse):
+    import yaml
+
+    result = run("show", "rwkv", "--format", fmt)
+    data = (parse or yaml.safe_load)(result.stdout)
+    assert data["id"] == "rwkv" and data["zoo"] == "rwkv"
+    assert data["variants"]["430m"] == {"params": 430_000_000, "n_layer": 24, "d_model": 1024}
+
+
+def test_show_unknown_id_suggests_the_closest():
+    assert_one_line_error(run("show", "robrta"), "unknown model id 'robrta'", "roberta")
+
+
+def test_validate_the_shipped_catalog():
+    result = run("validate")
+    assert result.exit_code == 0, result.output
+    assert "81 valid entries" in result.stdout and "0 problem(s)" in result.stdout
+
+
+def test_validate_reports_every_problem_and_fails(write_catalog):
+    folder = write_catalog(gpt=valid_entry("gpt", date="June 2018"), bad="a: [b\n",
+                           ok=valid_entry("ok"))
+    result = run("--catalog-dir", str(folder), "validate")
+    assert result.exit_code == 1
+    assert "gpt.yaml: field 'date'" in result.stderr and "YYYY-MM" in result.stderr
+    assert "bad.yaml: invalid YAML" in result.stderr
+    assert "2 valid entries" in result.stderr and "2 problem(s) in 2 file(s)" in result.stderr
+
+
+def test_list_skips_a_malformed_entry_with_a_warning(write_catalog):
+    folder = write_catalog(gpt=valid_entry("gpt"), bad="id: bad\nname: [\n")
+    result = runner.invoke(app, ["list", "--format", "json"],
+                           env={"TRANSFORMER_CATALOG_DIR": str(folder)})
+    assert result.exit_code == 0
+    assert sorted(e["id"] for e in json.loads(result.stdout)) == ["gpt", "transformer"]
+    assert "warning:" in result.stderr and "bad.yaml" in result.stderr
+
+
+def test_missing_catalog_dir(tmp_path):
+    assert_one_line_error(run("--catalog-dir", str(tmp_path / "none"), "list"), "does not exist")
+
+
+def test_timeline_writes_a_png(tmp_path):
+    out = tmp_path / "plots" / "timeline.png"
+    result = run("timeline", "--out", str(out), "--color-by", "architecture")
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 50_000
+    assert "models plotted" in result.stdout
+
+
+def test_timeline_errors_keep_existing_files(tmp_path):
+    existing = tmp_path / "timeline.xyz"
+    existing.write_text("keep me")
+    assert_one_line_error(run("timeline", "--out", str(existing)), "unsupported image format")
+    assert existing.read_text() == "keep me"
+    assert_one_line_error(run("timeline", "--out", str(tmp_path / "t.png"), "--family", "nope"),
+                          "unknown family")
+
+
+@pytest.mark.parametrize("command, options", [
+    ([], ["list", "show", "validate", "timeline", "--catalog-dir"]),
+    (["list"], ["--family", "--task", "--lab", "--since", "--until", "--runnable", "--query",
+                "--sort", "--format"]),
+    (["show"], ["MODEL", "--format"]),
+    (["validate"], []),
+    (["timeline"], ["--out", "--color-by", "--family"]),
+])
+def test_help_describes_every_option(command, options):
+    result = run(*command, "--help")
+    assert result.exit_code == 0
+    for option in options:
+        assert option in result.stdout
+
+
+def test_the_installed_console_script_runs_from_any_directory(tmp_path):
+    script = shutil.which("catalog", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the package is not installed in this environment")
+    result = subprocess.run([script, "list", "--family", "encoder", "--format", "json"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "TRANSFORMER_CATALOG_DIR": ""})
+    assert result.returncode == 0, result.stderr
+    assert "RoBERTa" in names(json.loads(result.stdout))
