@@ -27,13 +27,18 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; the
     pip install "torch>=2.1"
 else
     step "no NVIDIA GPU: installing the CPU build of torch $TORCH_VERSION"
-    # A local wheel (pip's find-links) first, without touching any index; then PyTorch's CPU index.
-    pip install --no-index "torch==$TORCH_VERSION" 2>/dev/null \
-        || pip install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
+    # A local CPU wheel (pip's find-links) when there is one: torch alone from it, without
+    # asking any index, then its pure-Python dependencies from the configured indexes.
+    if pip install --quiet --no-index --no-deps "torch==$TORCH_VERSION" 2>/dev/null; then
+        pip install -qq "torch==$TORCH_VERSION"
+    else
+        pip install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu \
+            --extra-index-url https://pypi.org/simple
+    fi
 fi
 
 step "installing transformer-catalog and its test tools"
-pip install --quiet -e ".[test]"
+pip install -qq -e ".[test]"
 
 step "catalog list"
 "$VENV/bin/catalog" list
