@@ -211,7 +211,12 @@ def show(
         metavar="MODEL", help="Model id (or name), e.g. roberta or RoBERTa.")],
     fmt: Annotated[ShowFormat, typer.Option("--format", help="Output format.")] = ShowFormat.text,
 ) -> None:
-    """Show a model's full card, its lineage and, for runnable models, its variants."""
+    """Show a model's card, lineage and variants.
+
+    The card holds every field of the entry; the lineage its family root, the models it builds
+    on and the other members of its family; runnable models add their zoo implementation and
+    variants.
+    """
     catalog = _load(ctx)
     with _one_line_errors():
         entry = catalog.get(model)
@@ -293,7 +298,11 @@ def _implemented(key: str) -> bool:
 
 @app.command()
 def validate(ctx: typer.Context) -> None:
-    """Check every catalog entry against the schema; list all problems; exit 1 if any."""
+    """Check every entry; exit 1 on any problem.
+
+    Reports every problem (file, field, what would be valid), schema and cross-entry checks
+    alike (families, parents, variants), then a summary.
+    """
     catalog = _load(ctx, warn=False)
     err = _err()
     for problem in catalog.problems:
@@ -317,7 +326,11 @@ def timeline(
     family: Annotated[str | None, typer.Option(
         help="Only this architecture or family (as in `catalog list --family`).")] = None,
 ) -> None:
-    """Plot the catalog: date of publication against parameters (log scale), labelled points."""
+    """Plot date against parameters (log scale).
+
+    One labelled point per model at its largest published size, a bar spanning its smallest to
+    largest size, runnable models as stars; models without a published size are left out.
+    """
     from harness.report import save_figure, timeline_figure  # matplotlib: only when plotting
 
     catalog = _load(ctx)
