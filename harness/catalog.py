@@ -238,6 +238,21 @@ class Catalog:
             chain.append(current)
         return chain
 
+    def variant(self, zoo_name: str, variant: str) -> Variant:
+        """The variant `variant` of zoo model `zoo_name`, from whichever entry runs it."""
+        for entry in self.entries:
+            if entry.zoo == zoo_name and variant in (entry.variants or {}):
+                return entry.variants[variant]
+        available = self.variant_names(zoo_name)
+        if not available:
+            raise CatalogError(f"no catalog entry runs zoo model {zoo_name!r}")
+        raise CatalogError(f"zoo model {zoo_name!r} has no variant {variant!r}"
+                           f"{_did_you_mean(variant, available)}; variants: {', '.join(available)}")
+
+    def variant_names(self, zoo_name: str) -> list[str]:
+        """Every variant of zoo model `zoo_name`, across the entries that run it."""
+        return [name for e in self.entries if e.zoo == zoo_name for name in (e.variants or {})]
+
     def families(self) -> list[str]:
         return sorted({e.family for e in self.entries}, key=str.casefold)
 
@@ -303,6 +318,48 @@ class Catalog:
         return lambda e: any(
             wanted in (t.casefold(), task_name(t).casefold()) for t in e.pretraining_task
         )
+
+
+def check_variants(catalog: Catalog) -> list[Problem]:
+    """Checks that need the zoo (imports torch): every variant's fields are fields of its
+    model's config. Entries whose model the zoo cannot import are reported too."""
+    import dataclasses
+
+    import zoo
+
+    problems = []
+    for entry in catalog.entries:
+        if not entry.zoo:
+            continue
+        path = catalog.root / f"{entry.id}.yaml"
+        try:
+            config_class = zoo.load_class(entry.zoo).config_class
+        except (ImportError, KeyError, AttributeError) as exc:
+            problems.append(Problem(path, "zoo", f"the zoo cannot load {entry.zoo!r}: {exc}"))
+            continue
+        fields = {f.name for f in dataclasses.fields(config_class)}
+        for name, variant in (entry.variants or {}).items():
+            for key in variant.config:
+                if key not in fields:
+                    problems.append(Problem(path, f"variants.{name}.{key}", (
+                        f"not a field of {config_class.__name__}{_did_you_mean(key, fields)}; "
+                        f"fields: {', '.join(sorted(fields))}")))
+    return problems
+
+
+def computed_params(entry: Entry) -> dict[str, int | None]:
+    """Each variant's parameter count, from the zoo model built on the `meta` device (no
+    memory); None where the model cannot be built."""
+    import zoo
+
+    counts: dict[str, int | None] = {}
+    for name, variant in (entry.variants or {}).items():
+        try:
+            model = zoo.build(entry.zoo, device="meta", **variant.config)
+            counts[name] = model.num_params()
+        except (ImportError, KeyError, TypeError, ValueError):
+            counts[name] = None
+    return counts
 
 
 def sort_entries(entries: Iterable[Entry], key: str = "date", descending: bool = False):
@@ -400,6 +457,7 @@ def _cross_check(entries: Sequence[Entry], files: dict[str, Path]) -> list[Probl
     names = {_normalise(e.name) for e in entries} | {_normalise(g) for g in FAMILY_GROUPS}
     ids = {e.id for e in entries}
     problems = []
+    variant_owner: dict[tuple[str, str], str] = {}
     for entry in entries:
         path = files[entry.id]
         if _normalise(entry.family) not in names:
@@ -419,6 +477,11 @@ def _cross_check(entries: Sequence[Entry], files: dict[str, Path]) -> list[Probl
             problems.append(Problem(path, "zoo", "missing: variants are only for runnable entries"))
         published = {p.count for p in entry.params}
         for name, variant in (entry.variants or {}).items():
+            owner = variant_owner.setdefault((entry.zoo or "", name), entry.id)
+            if owner != entry.id:
+                problems.append(Problem(path, f"variants.{name}", (
+                    f"zoo model {entry.zoo!r} already has a variant {name!r} (in {owner}); "
+                    "variant names must be unique per zoo model")))
             if variant.params is not None and variant.params not in published:
                 problems.append(Problem(path, f"variants.{name}.params", (
                     f"{format_count(variant.params)} is not among the entry's published params "

@@ -22,6 +22,8 @@ from harness.catalog import (
     Catalog,
     CatalogError,
     Entry,
+    check_variants,
+    computed_params,
     format_count,
     load_catalog,
     sort_entries,
@@ -280,20 +282,18 @@ def _print_card(catalog: Catalog, entry: Entry) -> None:
     out.print(lineage)
 
     if entry.zoo:
-        out.print(f"\n[bold]Runnable[/]: zoo implementation [bold]{escape(entry.zoo)}[/]"
-                  f"{'' if _implemented(entry.zoo) else ' (not in this version of the zoo yet)'}")
-        variants = Table("variant", "published params", "config (differences from the defaults)",
-                         header_style="bold")
+        computed = computed_params(entry)
+        out.print(f"\n[bold]Runnable[/]: zoo implementation [bold]{escape(entry.zoo)}[/] "
+                  f"(`zoo.build({entry.zoo!r}, VARIANT)`)")
+        variants = Table("variant", "published params", "computed params",
+                         "config (differences from the defaults)", header_style="bold")
         for name, variant in (entry.variants or {}).items():
             config = ", ".join(f"{k}={v}" for k, v in variant.config.items()) or "defaults"
-            variants.add_row(escape(name), format_count(variant.params), escape(config))
+            count = computed[name]
+            variants.add_row(escape(name), format_count(variant.params),
+                             f"{count:,}" if count is not None else "cannot build",
+                             escape(config))
         out.print(variants)
-
-
-def _implemented(key: str) -> bool:
-    import zoo  # light: the registry maps names to "module:Class" strings, imported lazily
-
-    return key in zoo.REGISTRY
 
 
 @app.command()
@@ -304,13 +304,14 @@ def validate(ctx: typer.Context) -> None:
     alike (families, parents, variants), then a summary.
     """
     catalog = _load(ctx, warn=False)
+    problems = [*catalog.problems, *check_variants(catalog)]
     err = _err()
-    for problem in catalog.problems:
+    for problem in problems:
         err.print(f"[red]x[/] {escape(str(problem))}")
-    files = len({p.file for p in catalog.problems})
+    files = len({p.file for p in problems})
     summary = (f"{len(catalog.entries)} valid entries in {catalog.root}; "
-               f"{len(catalog.problems)} problem(s) in {files} file(s)")
-    if catalog.problems:
+               f"{len(problems)} problem(s) in {files} file(s)")
+    if problems:
         err.print(f"[bold red]{escape(summary)}[/]")
         raise typer.Exit(1)
     _out().print(f"[green]ok[/]: {escape(summary)}")

@@ -232,3 +232,17 @@ def test_the_installed_console_script_runs_from_any_directory(tmp_path):
                             env={**os.environ, "TRANSFORMER_CATALOG_DIR": ""})
     assert result.returncode == 0, result.stderr
     assert "RoBERTa" in names(json.loads(result.stdout))
+
+
+def test_show_lists_variants_with_computed_parameter_counts():
+    out = run("show", "rwkv").stdout
+    assert "computed params" in out
+    assert "169,342,464" in out and "14,148,597,760" in out and "28,871,680" in out
+
+
+def test_validate_checks_variant_fields_against_the_zoo_config(write_catalog):
+    folder = write_catalog(gpt=valid_entry("gpt", zoo="gpt", variants={"tiny": {"n_layers": 2}}))
+    result = run("--catalog-dir", str(folder), "validate")
+    assert result.exit_code == 1
+    assert "gpt.yaml: field 'variants.tiny.n_layers'" in result.stderr
+    assert "did you mean 'n_layer'" in result.stderr

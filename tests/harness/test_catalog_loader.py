@@ -210,3 +210,27 @@ def test_lineage(small_catalog):
     assert small_catalog.family_root(roberta).id == "bert"
     assert [e.id for e in small_catalog.family_members(roberta)] == ["bert"]
     assert [e.id for e in small_catalog.ancestry(roberta)] == ["bert"]
+
+
+def test_variant_lookup_across_entries_of_one_zoo_model(write_catalog):
+    catalog = load_catalog(write_catalog(
+        gpt=valid_entry("gpt", zoo="gpt", variants={"gpt-1": {"params": "100M", "n_layer": 12}}),
+        gpt2=valid_entry("gpt2", zoo="gpt", variants={"small": {"n_layer": 4}}),
+    ))
+    assert catalog.problems == ()
+    assert catalog.variant("gpt", "gpt-1").config == {"n_layer": 12}
+    assert catalog.variant("gpt", "small").config == {"n_layer": 4}
+    with pytest.raises(CatalogError, match="no variant 'smal'.*did you mean 'small'"):
+        catalog.variant("gpt", "smal")
+    with pytest.raises(CatalogError, match="no catalog entry runs zoo model 'bert'"):
+        catalog.variant("bert", "small")
+
+
+def test_variant_names_are_unique_per_zoo_model(write_catalog):
+    catalog = load_catalog(write_catalog(
+        a=valid_entry("a", zoo="gpt", variants={"small": {"n_layer": 4}}),
+        b=valid_entry("b", zoo="gpt", variants={"small": {"n_layer": 6}}),
+    ))
+    problem = only_problem(catalog)
+    assert (problem.file.stem, problem.field) == ("b", "variants.small")
+    assert "unique" in problem.message

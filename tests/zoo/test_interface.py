@@ -1,0 +1,97 @@
+"""Every registered zoo model offers the same interface (zoo/model.py), built from the catalog."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import zoo
+from zoo.model import Output
+
+MODELS = sorted(zoo.REGISTRY)
+SMALL_RANGE = (26.5e6, 29.0e6)  # every `small` variant lands here, so they match within 10%
+
+
+@pytest.fixture(params=MODELS)
+def tiny(request):
+    torch.manual_seed(0)
+    return zoo.build(request.param, "tiny").eval()
+
+
+def test_config_is_a_frozen_dataclass(tiny):
+    assert dataclasses.is_dataclass(tiny.config)
+    field = dataclasses.fields(tiny.config)[0].name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(tiny.config, field, getattr(tiny.config, field))
+    assert type(tiny).config_class is type(tiny.config)
+
+
+def test_forward_on_dummy_inputs(tiny):
+    inputs = tiny.dummy_inputs(batch=2, seqlen=11, device="cpu")
+    out = tiny(**inputs)
+    assert isinstance(out, Output) and out.loss is None
+    assert out.logits.shape[:2] == (2, 11) and torch.isfinite(out.logits).all()
+
+
+def test_targets_give_a_loss_that_trains(tiny):
+    inputs = tiny.dummy_inputs(batch=2, seqlen=11, device="cpu")
+    logits = tiny(**inputs).logits
+    targets = torch.randint(0, logits.size(-1), logits.shape[:2])
+    tiny.train()
+    out = tiny(**inputs, targets=targets)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [p.grad for p in tiny.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_flops_per_token_counts_at_least_the_matmuls(tiny):
+    flops = tiny.flops_per_token(64)
+    assert flops >= 2 * tiny.num_params(exclude_embeddings=True) * 0.9
+    assert flops <= 2 * tiny.num_params() * 1.5 + 4 * 64 * 64 * 64 * 8
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_small_variants_are_parameter_matched(name):
+    counts = {n: zoo.build(n, "small", device="meta").num_params() for n in MODELS}
+    assert SMALL_RANGE[0] <= counts[name] <= SMALL_RANGE[1], counts[name]
+    assert max(counts.values()) / min(counts.values()) <= 1.10, counts
+
+
+CAUSAL = [n for n in MODELS if getattr(zoo.load_class(n), "causal_lm", False)]
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_incremental_decoding_equals_the_full_forward(name):
+    torch.manual_seed(0)
+    model = zoo.build(name, "tiny").eval()
+    ids = model.dummy_inputs(batch=2, seqlen=13, device="cpu")["input_ids"]
+    with torch.no_grad():
+        full = model(ids).logits
+        out = model(ids[:, :5], use_cache=True)
+        steps = [out.logits]
+        for t in range(5, 13):
+            out = model(ids[:, t : t + 1], cache=out.cache)
+            steps.append(out.logits)
+        # A chunk of several tokens on top of a cache works too.
+        chunked = model(ids[:, 5:], cache=model(ids[:, :5], use_cache=True).cache).logits
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(chunked, full[:, 5:], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_generate_greedy_and_sampled(name):
+    torch.manual_seed(0)
+    model = zoo.build(name, "tiny").eval()
+    prompt = model.dummy_inputs(batch=2, seqlen=4, device="cpu")["input_ids"]
+    greedy = model.generate(prompt, max_new_tokens=6)
+    assert greedy.shape == (2, 10) and torch.equal(greedy[:, :4], prompt)
+    assert torch.equal(greedy, model.generate(prompt, max_new_tokens=6))
+    # Greedy decoding picks the argmax of the full forward at every step.
+    full = model(greedy[:, :-1]).logits
+    assert torch.equal(full[:, 3:].argmax(-1), greedy[:, 4:])
+    sample = lambda seed: model.generate(prompt, 6, temperature=1.0, top_k=5,  # noqa: E731
+                                         generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(sample(1), sample(1))

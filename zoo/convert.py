@@ -1,0 +1,493 @@
+"""Import published checkpoints into zoo models.
+
+`from_pretrained(name, path)` reads a Hugging Face-format folder (config.json with
+model.safetensors or pytorch_model.bin) or a single weights file (an official RWKV-4 `.pth`),
+turns its config and weights into the zoo's with the model's converter below, and loads them
+strictly: a missing, unexpected or mis-shaped key is an error that names the key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+# A converter takes the checkpoint's config (config.json as a dict; {} for a bare weights file)
+# and its state dict, and returns (zoo config fields, zoo state dict).
+Converter = Callable[[dict[str, Any], StateDict], tuple[dict[str, Any], StateDict]]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not match the model; the message names the
+    file and the key."""
+
+
+def read_state_dict(path: Path) -> StateDict:
+    """Weights from a .safetensors, .bin/.pt or .pth file (loaded on the CPU, no code run)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign files raise many different types
+        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def read_checkpoint(path: Path | str) -> tuple[dict[str, Any], StateDict, Path]:
+    """(config dict, state dict, weights file) from a folder or a single weights file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    if path.is_file():
+        return {}, read_state_dict(path), path
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no config.json in the folder") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_file}: invalid JSON ({exc})") from None
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).exists():
+            return config, read_state_dict(path / name), path / name
+    raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin in the folder")
+
+
+def load_into(model: torch.nn.Module, state: StateDict, source: Path | str) -> None:
+    """Copy `state` into `model`, requiring exactly its keys and shapes."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    for problem, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+            raise CheckpointError(f"{source}: {problem} weight {keys[0]!r}{more}")
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise CheckpointError(f"{source}: weight {key!r} has shape {tuple(state[key].shape)}, "
+                                  f"the model expects {tuple(tensor.shape)}")
+    model.load_state_dict(state, strict=True)
+
+
+def from_pretrained(name: str, path: Path | str, **overrides: Any):
+    """A zoo model `name` with the weights of the checkpoint at `path` (fp32, eval mode)."""
+    from zoo import load_class
+
+    if name not in CONVERTERS:
+        raise CheckpointError(f"no checkpoint converter for zoo model {name!r}; "
+                              f"available: {', '.join(sorted(CONVERTERS)) or 'none'}")
+    config, state, weights_file = read_checkpoint(path)
+    try:
+        fields, state = CONVERTERS[name](config, state)
+    except KeyError as exc:
+        raise CheckpointError(f"{weights_file}: missing weight or config field {exc}") from None
+    except CheckpointError as exc:
+        raise CheckpointError(f"{weights_file}: {exc}") from None
+    cls = load_class(name)
+    model = cls(cls.config_class(**{**fields, **overrides}))
+    load_into(model, {k: v.float() for k, v in state.items()}, weights_file)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# Hugging Face GPT-2 (`model_type: gpt2`) and OpenAI GPT (`openai-gpt`) checkpoints -> zoo.gpt.
+#
+# Both store their matrices as `Conv1D` weights of shape (in, out), the transpose of an
+# `nn.Linear` weight, and fuse the query, key and value projections into one `c_attn` of width
+# 3 * d_model (in that order), which is split here. The output head is tied to the token
+# embedding, so a stored `lm_head.weight` is dropped (after checking that it is that matrix).
+# Keys may carry a `transformer.` prefix (`*LMHeadModel`) or not (`*Model`, old hub files).
+# A bare weights file (config {}) is read as GPT-2 unless it has GPT-1's `tokens_embed`; its
+# sizes come from the tensors, and its head count is d_model / 64, as in every published size.
+# --------------------------------------------------------------------------------------------------
+
+# Hugging Face activation names -> zoo.layers.ACTIVATIONS. OpenAI GPT's afn="gelu" is the tanh
+# form (its modeling code maps it to gelu_new); GPT-2's activation_function="gelu" is exact.
+_GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu",
+                     "relu": "relu"}
+_OPENAI_ACTIVATIONS = {"gelu": "gelu_tanh", "relu": "relu"}
+# Per-block Conv1D layers other than the fused c_attn -> zoo module names.
+_CONV1D = {"attn.c_proj": "attn.out_proj", "mlp.c_fc": "mlp.fc_in", "mlp.c_proj": "mlp.fc_out"}
+_CONV1D_WEIGHTS = tuple(f"{conv}.weight" for conv in _CONV1D)
+# Buffers of old checkpoints (the causal mask) that hold no weights.
+_BUFFERS = (".attn.bias", ".attn.masked_bias")
+
+
+def convert_gpt(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
+    state = {k.removeprefix("transformer."): v for k, v in state.items()}
+    default_type = "openai-gpt" if "tokens_embed.weight" in state else "gpt2"
+    model_type = config.get("model_type") or default_type
+    if model_type not in ("gpt2", "openai-gpt"):
+        raise CheckpointError(f"config.json: model_type {model_type!r} is not gpt2 or openai-gpt")
+    gpt1 = model_type == "openai-gpt"
+    # zoo key -> source key of every tensor copied as it is (or transposed, for Conv1D weights).
+    names = {"wte.weight": "tokens_embed.weight" if gpt1 else "wte.weight",
+             "wpe.weight": "positions_embed.weight" if gpt1 else "wpe.weight"}
+    fields = _gpt_config_fields(config, gpt1, state[names["wte.weight"]],
+                                state[names["wpe.weight"]], state)
+
+    d = fields["d_model"]
+    out: StateDict = {}
+    for i in range(fields["n_layer"]):
+        src, dst = f"h.{i}.", f"blocks.{i}."
+        out.update(_split_qkv(state, src + "attn.c_attn", dst + "attn", d))
+        for p in ("weight", "bias"):
+            for ln in ("ln_1", "ln_2"):
+                names[f"{dst}{ln}.{p}"] = f"{src}{ln}.{p}"
+            for conv, linear in _CONV1D.items():
+                names[f"{dst}{linear}.{p}"] = f"{src}{conv}.{p}"
+    if not gpt1:  # GPT-2's final LayerNorm
+        names |= {"ln_f.weight": "ln_f.weight", "ln_f.bias": "ln_f.bias"}
+    for key, source in names.items():
+        tensor = state[source]
+        # Conv1D (in, out) -> nn.Linear (out, in)
+        out[key] = tensor.t().contiguous() if source.endswith(_CONV1D_WEIGHTS) else tensor
+
+    used = set(names.values()) | {f"h.{i}.attn.c_attn.{p}" for i in range(fields["n_layer"])
+                                  for p in ("weight", "bias")}
+    head = state.get("lm_head.weight")
+    if head is not None:
+        used.add("lm_head.weight")
+        if head.shape != out["wte.weight"].shape or not torch.equal(head, out["wte.weight"]):
+            raise CheckpointError("weight 'lm_head.weight' differs from the token embedding; "
+                                  "zoo.gpt ties its output head to it")
+    extra = [k for k in state if k not in used and not k.endswith(_BUFFERS)]
+    if extra:
+        raise CheckpointError(f"unexpected weight {extra[0]!r}"
+                              + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    return fields, out
+
+
+def _split_qkv(state: StateDict, src: str, dst: str, d: int) -> StateDict:
+    """The fused (d, 3d) Conv1D `c_attn` -> three (d, d) nn.Linear projections."""
+    weight, bias = state[src + ".weight"], state[src + ".bias"]
+    for key, tensor, shape in ((".weight", weight, (d, 3 * d)), (".bias", bias, (3 * d,))):
+        if tuple(tensor.shape) != shape:
+            raise CheckpointError(f"weight {src + key!r} has shape {tuple(tensor.shape)}; "
+                                  f"expected {shape} (fused query, key, value)")
+    out = {}
+    for name, w, b in zip(("q_proj", "k_proj", "v_proj"), weight.split(d, dim=1), bias.split(d),
+                          strict=True):
+        out[f"{dst}.{name}.weight"] = w.t().contiguous()
+        out[f"{dst}.{name}.bias"] = b.contiguous()
+    return out
+
+
+def _gpt_config_fields(config: dict[str, Any], gpt1: bool, wte: torch.Tensor, wpe: torch.Tensor,
+                   state: StateDict) -> dict[str, Any]:
+    """zoo.gpt.GPTConfig fields from config.json, or from the tensors' shapes where it is silent."""
+    if config.get("tie_word_embeddings") is False:
+        raise CheckpointError("config.json: tie_word_embeddings is false; zoo.gpt ties its head")
+    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
+                 "add_cross_attention"):
+        if config.get(flag):
+            raise CheckpointError(f"config.json: {flag}=true is not supported by zoo.gpt")
+    if config.get("scale_attn_weights") is False:
+        raise CheckpointError("config.json: scale_attn_weights=false is not supported by zoo.gpt")
+    activations = _OPENAI_ACTIVATIONS if gpt1 else _GPT2_ACTIVATIONS
+    if gpt1:
+        act_name = config.get("afn", "gelu")
+    else:
+        act_name = config.get("activation_function", "gelu_new")
+    if act_name not in activations:
+        raise CheckpointError(f"config.json: activation {act_name!r} is not one of "
+                              f"{', '.join(activations)}")
+    d_model = config.get("n_embd", wte.size(1))
+    n_layer = config.get("n_layer")
+    if n_layer is None:  # count the blocks h.0, h.1, ...
+        n_layer = len({k.split(".")[1] for k in state if k.startswith("h.")})
+    return {
+        "vocab_size": config.get("vocab_size", wte.size(0)),
+        "max_seq_len": config.get("n_positions", wpe.size(0)),
+        "n_layer": n_layer,
+        "n_head": config.get("n_head", d_model // 64),
+        "d_model": d_model,
+        "d_ff": config.get("n_inner") or state["h.0.mlp.c_fc.weight"].size(1),
+        "pre_ln": not gpt1,
+        "activation": activations[act_name],
+        "dropout": config.get("resid_pdrop", 0.1),
+        "layer_norm_eps": config.get("layer_norm_epsilon", 1e-5),
+        "init_std": config.get("initializer_range", 0.02),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Hugging Face BERT / RoBERTa checkpoints -> zoo.bert / zoo.roberta.
+#
+# Reads folders written by `BertForPreTraining`, `BertForMaskedLM` and `RobertaForMaskedLM`
+# (or a bare state dict of one of them). Key layout of the Hugging Face side:
+#
+#     {bert|roberta}.embeddings.{word,position,token_type}_embeddings.weight, .LayerNorm
+#     {bert|roberta}.encoder.layer.N.attention.self.{query,key,value}
+#     {bert|roberta}.encoder.layer.N.attention.output.{dense,LayerNorm}
+#     {bert|roberta}.encoder.layer.N.intermediate.dense, .output.{dense,LayerNorm}
+#     bert.pooler.dense, cls.seq_relationship                       (BertForPreTraining only)
+#     cls.predictions.{transform.dense, transform.LayerNorm, bias}  (BERT MLM head)
+#     lm_head.{dense, layer_norm, bias}                             (RoBERTa MLM head)
+#
+# The decoder weight is tied to the word embeddings and its bias to the head's bias, so copies
+# of them (`*.decoder.weight`, `*.decoder.bias`) are dropped, as are the non-persistent
+# `position_ids` / `token_type_ids` buffers that old checkpoints carry. Old TF-converted files
+# name LayerNorm parameters gamma/beta; they are read as weight/bias. RoBERTa's pooler (present
+# in the published roberta-base files, unused by its MLM head) is dropped.
+# --------------------------------------------------------------------------------------------------
+
+StateDict = dict[str, torch.Tensor]
+
+# zoo name (inside block N) -> Hugging Face name (inside encoder.layer.N)
+_BLOCK_KEYS = {
+    "attn.q_proj": "attention.self.query",
+    "attn.k_proj": "attention.self.key",
+    "attn.v_proj": "attention.self.value",
+    "attn.out_proj": "attention.output.dense",
+    "ln_attn": "attention.output.LayerNorm",
+    "ffn.fc_in": "intermediate.dense",
+    "ffn.fc_out": "output.dense",
+    "ln_ffn": "output.LayerNorm",
+}
+_EMBEDDING_KEYS = {
+    "embeddings.word_embeddings.weight": "embeddings.word_embeddings.weight",
+    "embeddings.position_embeddings.weight": "embeddings.position_embeddings.weight",
+    "embeddings.token_type_embeddings.weight": "embeddings.token_type_embeddings.weight",
+    "embeddings.ln": "embeddings.LayerNorm",
+}
+_REDUNDANT_SUFFIXES = ("decoder.weight", "decoder.bias", "embeddings.position_ids",
+                       "embeddings.token_type_ids")
+
+
+def convert_bert(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """A BertForPreTraining / BertForMaskedLM checkpoint -> (BertConfig fields, Bert state).
+    The pooler and NSP head are kept when the checkpoint has the NSP classifier."""
+    state = _normalised(state)
+    prefix = "bert." if any(k.startswith("bert.") for k in state) else ""
+    has_nsp = "cls.seq_relationship.weight" in state
+    fields = _bert_config_fields(config, state, prefix)
+    fields["next_sentence_head"] = has_nsp
+    head = {"lm_head.dense": "cls.predictions.transform.dense",
+            "lm_head.ln": "cls.predictions.transform.LayerNorm",
+            "lm_head.bias": "cls.predictions.bias"}
+    if has_nsp:
+        head.update({"pooler": prefix + "pooler.dense", "nsp_head": "cls.seq_relationship"})
+    else:
+        _drop(state, prefix + "pooler.")  # a pooler with nothing on top of it is not used
+    return fields, _renamed(state, prefix, fields["n_layer"], head)
+
+
+def convert_roberta(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """A RobertaForMaskedLM checkpoint -> (RobertaConfig fields, Roberta state)."""
+    state = _normalised(state)
+    prefix = "roberta." if any(k.startswith("roberta.") for k in state) else ""
+    fields = _bert_config_fields(config, state, prefix, default_pad=1)
+    _drop(state, prefix + "pooler.")  # RoBERTa has no NSP; its MLM head does not use the pooler
+    head = {"lm_head.dense": "lm_head.dense", "lm_head.ln": "lm_head.layer_norm",
+            "lm_head.bias": "lm_head.bias"}
+    return fields, _renamed(state, prefix, fields["n_layer"], head)
+
+
+def _normalised(state: StateDict) -> StateDict:
+    """Drop tied copies and buffers; gamma/beta -> weight/bias."""
+    out = {}
+    for key, tensor in state.items():
+        if key.endswith(_REDUNDANT_SUFFIXES):
+            continue
+        if "LayerNorm" in key or "layer_norm" in key:
+            key = key.replace(".gamma", ".weight").replace(".beta", ".bias")
+        out[key] = tensor
+    return out
+
+
+def _drop(state: StateDict, prefix: str) -> None:
+    for key in [k for k in state if k.startswith(prefix)]:
+        del state[key]
+
+
+def _bert_config_fields(config: dict[str, Any], state: StateDict, prefix: str,
+                   default_pad: int = 0) -> dict[str, Any]:
+    """Zoo config fields from config.json; from the tensor shapes for a bare weights file
+    (with 64-wide heads, as in every published BERT and RoBERTa size)."""
+    if not config:
+        words = state[prefix + "embeddings.word_embeddings.weight"]
+        positions = state[prefix + "embeddings.position_embeddings.weight"]
+        n_layer = 1 + max(int(k[len(prefix + "encoder.layer."):].split(".")[0])
+                          for k in state if k.startswith(prefix + "encoder.layer."))
+        return {
+            "vocab_size": words.size(0), "d_model": words.size(1), "n_head": words.size(1) // 64,
+            "n_layer": n_layer,
+            "d_ff": state[prefix + "encoder.layer.0.intermediate.dense.weight"].size(0),
+            "max_position_embeddings": positions.size(0),
+            "type_vocab_size": state[prefix + "embeddings.token_type_embeddings.weight"].size(0),
+            "pad_token_id": default_pad,
+        }
+    if config.get("hidden_act", "gelu") != "gelu":
+        raise CheckpointError(f"hidden_act {config['hidden_act']!r} is not supported "
+                              "(the zoo's BERT uses the exact GELU, 'gelu')")
+    if config.get("position_embedding_type", "absolute") != "absolute":
+        raise CheckpointError(f"position_embedding_type {config['position_embedding_type']!r} "
+                              "is not supported (only 'absolute')")
+    if not config.get("tie_word_embeddings", True):
+        raise CheckpointError("tie_word_embeddings is false; the zoo's MLM decoder is always "
+                              "tied to the word embeddings")
+    return {
+        "vocab_size": config["vocab_size"],
+        "max_position_embeddings": config["max_position_embeddings"],
+        "type_vocab_size": config["type_vocab_size"],
+        "n_layer": config["num_hidden_layers"],
+        "d_model": config["hidden_size"],
+        "n_head": config["num_attention_heads"],
+        "d_ff": config["intermediate_size"],
+        "dropout": config["hidden_dropout_prob"],
+        "attn_dropout": config["attention_probs_dropout_prob"],
+        "layer_norm_eps": config["layer_norm_eps"],
+        "pad_token_id": config.get("pad_token_id", default_pad),
+    }
+
+
+def _renamed(state: StateDict, prefix: str, n_layer: int, head: dict[str, str]) -> StateDict:
+    """Zoo state dict; a missing Hugging Face key raises KeyError naming it. Keys left over in
+    the checkpoint are passed on unchanged, so loading reports them as unexpected."""
+    modules = {zoo: prefix + hf for zoo, hf in _EMBEDDING_KEYS.items()}
+    for i in range(n_layer):
+        modules.update({f"blocks.{i}.{zoo}": f"{prefix}encoder.layer.{i}.{hf}"
+                        for zoo, hf in _BLOCK_KEYS.items()})
+    modules.update(head)
+    out = {}
+    for zoo, hf in modules.items():
+        if zoo.endswith((".weight", "lm_head.bias")):  # a single tensor
+            out[zoo] = state.pop(hf)
+        else:  # a Linear or LayerNorm: weight and bias
+            out[zoo + ".weight"] = state.pop(hf + ".weight")
+            out[zoo + ".bias"] = state.pop(hf + ".bias")
+    return {**out, **state}
+
+
+# --------------------------------------------------------------------------------------------------
+# RWKV-4 checkpoints -> zoo.rwkv.
+#
+# Two sources:
+#   - a Hugging Face folder (config.json with model_type "rwkv"): keys `rwkv.embeddings.weight`,
+#     `rwkv.blocks.N.pre_ln|ln1|ln2.*`, `rwkv.blocks.N.attention.time_mix_key|value|receptance`,
+#     `...feed_forward.*`, `rwkv.ln_out.*`, `head.weight`;
+#   - an official `.pth` state dict (BlinkDL, e.g. RWKV-4-Pile-169M-20220807-8023.pth; config {}):
+#     keys `emb.weight`, `blocks.N.ln0|ln1|ln2.*`, `blocks.N.att.time_mix_k|v|r`, `blocks.N.ffn.*`,
+#     `ln_out.*`, `head.weight`; the sizes are read off the tensors.
+# The zoo uses the official names; the time_* vectors, stored (1, 1, d) in both formats, become
+# (d,). Both formats hold raw time_decay (w = -exp(time_decay) is applied in the model) and raw
+# time_first. HF's `rescale_every` is an inference-time rescaling applied by HF in eval mode, not a
+# property of the stored weights, so it is not carried over.
+# --------------------------------------------------------------------------------------------------
+
+StateDict = dict[str, torch.Tensor]
+
+_HF_RENAMES = [  # (HF pattern, official replacement), applied in order after dropping "rwkv."
+    (r"^embeddings\.", "emb."),
+    (r"^blocks\.0\.pre_ln\.", "blocks.0.ln0."),
+    (r"\.attention\.", ".att."),
+    (r"\.feed_forward\.", ".ffn."),
+    (r"\.time_mix_key$", ".time_mix_k"),
+    (r"\.time_mix_value$", ".time_mix_v"),
+    (r"\.time_mix_receptance$", ".time_mix_r"),
+]
+
+
+def _hf_to_official(name: str) -> str:
+    name = name.removeprefix("rwkv.")
+    for pattern, repl in _HF_RENAMES:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+def _official_to_hf(name: str) -> str:
+    """The HF spelling of an official key (to name a missing weight of an HF checkpoint)."""
+    if name == "head.weight":
+        return name
+    name = re.sub(r"^emb\.", "embeddings.", name)
+    name = re.sub(r"^blocks\.0\.ln0\.", "blocks.0.pre_ln.", name)
+    name = name.replace(".att.", ".attention.").replace(".ffn.", ".feed_forward.")
+    for short, long in (("k", "key"), ("v", "value"), ("r", "receptance")):
+        name = re.sub(rf"\.time_mix_{short}$", f".time_mix_{long}", name)
+    return "rwkv." + name
+
+
+def _expected_shapes(n_layer: int, d: int, vocab: int) -> dict[str, tuple[int, ...]]:
+    """Official key -> the zoo's shape (time_* vectors as (d,))."""
+    shapes = {"emb.weight": (vocab, d), "blocks.0.ln0.weight": (d,), "blocks.0.ln0.bias": (d,)}
+    for i in range(n_layer):
+        b = f"blocks.{i}."
+        for name in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.time_decay",
+                     "att.time_first", "att.time_mix_k", "att.time_mix_v", "att.time_mix_r",
+                     "ffn.time_mix_k", "ffn.time_mix_r"):
+            shapes[b + name] = (d,)
+        for name in ("att.key", "att.value", "att.receptance", "att.output", "ffn.receptance"):
+            shapes[b + name + ".weight"] = (d, d)
+        shapes[b + "ffn.key.weight"] = (4 * d, d)
+        shapes[b + "ffn.value.weight"] = (d, 4 * d)
+    shapes.update({"ln_out.weight": (d,), "ln_out.bias": (d,), "head.weight": (vocab, d)})
+    return shapes
+
+
+def _fields_from_hf(config: dict[str, Any]) -> dict[str, Any]:
+    if config.get("model_type") != "rwkv":
+        raise CheckpointError(f"config.json has model_type {config.get('model_type')!r}, "
+                              "expected 'rwkv' (RWKV-4)")
+    d = config["hidden_size"]
+    for field, value in (("attention_hidden_size", d), ("intermediate_size", 4 * d)):
+        if config.get(field) not in (None, value):
+            raise CheckpointError(f"config.json field {field!r} = {config[field]} is not "
+                                  f"supported: RWKV-4 uses {value} (d_model {d})")
+    if config.get("tie_word_embeddings"):
+        raise CheckpointError("config.json field 'tie_word_embeddings' is true; "
+                              "RWKV-4's head is untied")
+    return {"vocab_size": config["vocab_size"], "n_layer": config["num_hidden_layers"],
+            "d_model": d, "context_length": config.get("context_length", 1024),
+            "layer_norm_eps": config.get("layer_norm_epsilon", 1e-5)}
+
+
+def _fields_from_tensors(state: StateDict) -> dict[str, Any]:
+    vocab, d = state["emb.weight"].shape
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if not layers:
+        raise CheckpointError("no 'blocks.N.' weights: not an RWKV-4 state dict")
+    return {"vocab_size": vocab, "n_layer": max(layers) + 1, "d_model": d}
+
+
+def convert_rwkv(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """(zoo.rwkv config fields, zoo state dict) from an HF RWKV-4 folder's config and weights,
+    or from an official .pth state dict (config == {}). A missing weight raises KeyError with
+    the checkpoint's key name; a mis-shaped one, CheckpointError naming it."""
+    hf = bool(config)
+    # official name -> the checkpoint's own key
+    source = {_hf_to_official(k) if hf else k: k for k in state}
+    fields = _fields_from_hf(config) if hf else _fields_from_tensors(state)
+    out = {}
+    for name, shape in _expected_shapes(fields["n_layer"], fields["d_model"],
+                                        fields["vocab_size"]).items():
+        if name not in source:
+            raise KeyError(_official_to_hf(name) if hf else name)
+        key = source.pop(name)
+        tensor = state[key]
+        if len(shape) == 1 and tensor.numel() == shape[0] and tensor.dim() in (1, 3):
+            tensor = tensor.reshape(shape)  # time_mix (1, 1, d) -> (d,)
+        if tuple(tensor.shape) != shape:
+            raise CheckpointError(f"weight {key!r} has shape {tuple(tensor.shape)}, "
+                                  f"expected {shape}")
+        out[name] = tensor
+    out.update({key: state[key] for key in source.values()})  # left over: reported as unexpected
+    return fields, out
+
+
+# zoo model name -> its converter.
+CONVERTERS: dict[str, Converter] = {
+    "gpt": convert_gpt,
+    "bert": convert_bert,
+    "roberta": convert_roberta,
+    "rwkv": convert_rwkv,
+}

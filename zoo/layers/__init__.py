@@ -1,0 +1,8 @@
+"""Primitives shared unchanged by at least two zoo models. Layers take plain numbers, never a
+config."""
+
+from zoo.layers.attention import KVCache, MultiHeadAttention, causal_mask, merge_masks
+from zoo.layers.feedforward import ACTIVATIONS, FeedForward
+
+__all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "MultiHeadAttention", "causal_mask",
+           "merge_masks"]

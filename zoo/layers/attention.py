@@ -1,0 +1,110 @@
+"""Multi-head attention with an optional KV cache, on top of scaled_dot_product_attention.
+
+Used unchanged by the Transformer (self- and cross-attention), BERT/RoBERTa, GPT and
+MosaicBERT (which passes its ALiBi bias as an additive mask). Masks follow
+`F.scaled_dot_product_attention`: a bool mask is True where a query may attend, a float mask
+is added to the scores; either broadcasts to (B, nh, T_query, T_key).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class KVCache:
+    """Keys and values of past positions, (B, nh, T, hs) each, grown in place: the buffer
+    doubles when full, so appending one token costs O(1) amortised instead of a full copy."""
+
+    def __init__(self) -> None:
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        new = k.size(2)
+        if self._k is None or self.length + new > self._k.size(2):
+            capacity = max(2 * (self.length + new), 16)
+            grown_k = k.new_empty(*k.shape[:2], capacity, k.size(3))
+            grown_v = v.new_empty(*v.shape[:2], capacity, v.size(3))
+            if self._k is not None:
+                grown_k[:, :, : self.length] = self._k[:, :, : self.length]
+                grown_v[:, :, : self.length] = self._v[:, :, : self.length]
+            self._k, self._v = grown_k, grown_v
+        self._k[:, :, self.length : self.length + new] = k
+        self._v[:, :, self.length : self.length + new] = v
+        self.length += new
+        return self._k[:, :, : self.length], self._v[:, :, : self.length]
+
+    def set(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store fixed keys and values (cross-attention over an encoder's output)."""
+        self._k, self._v, self.length = k, v, k.size(2)
+
+    def get(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._k[:, :, : self.length], self._v[:, :, : self.length]
+
+
+def causal_mask(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+    """Bool (q_len, k_len) mask for queries that are the last q_len of k_len positions."""
+    offset = k_len - q_len
+    return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=offset)
+
+
+def merge_masks(mask: torch.Tensor | None, extra: torch.Tensor | None) -> torch.Tensor | None:
+    """Combine two masks (bool = may attend, float = additive) into one; a float result keeps
+    the float mask's dtype, so that it matches the attention's inputs."""
+    if mask is None or extra is None:
+        return extra if mask is None else mask
+    if mask.dtype == torch.bool and extra.dtype == torch.bool:
+        return mask & extra
+    dtype = mask.dtype if mask.dtype != torch.bool else extra.dtype
+    as_float = [m if m.dtype != torch.bool else
+                torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, float("-inf"))
+                for m in (mask, extra)]
+    return as_float[0] + as_float[1]
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, d_model: int, n_head: int, bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        assert d_model % n_head == 0, f"d_model {d_model} is not divisible by n_head {n_head}"
+        self.n_head, self.dropout = n_head, dropout
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        return x.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """Self-attention over `x` (B, T, C), or cross-attention to `memory` (B, S, C) when given.
+        With a `cache`, self-attention appends this call's keys/values to it and attends over
+        all of them; cross-attention computes the memory's keys/values once and reuses them."""
+        B, T, C = x.shape
+        q = self._heads(self.q_proj(x))
+        if memory is not None and cache is not None and cache.length:
+            k, v = cache.get()
+        else:
+            source = x if memory is None else memory
+            k, v = self._heads(self.k_proj(source)), self._heads(self.v_proj(source))
+            if cache is not None:
+                if memory is None:
+                    k, v = cache.append(k, v)
+                else:
+                    cache.set(k, v)
+        dropout = self.dropout if self.training else 0.0
+        if is_causal and (attn_mask is not None or k.size(2) != T):
+            # SDPA's own causal flag aligns queries to the first keys; with a cache the queries
+            # are the last T positions, so build the mask explicitly.
+            attn_mask = merge_masks(attn_mask, causal_mask(T, k.size(2), x.device))
+            is_causal = False
+        if is_causal and T == 1:
+            is_causal = False  # one new query may see every cached key
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout,
+                                           is_causal=is_causal)  # (B, nh, T, hs)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, C))

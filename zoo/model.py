@@ -1,0 +1,89 @@
+"""What every zoo model offers, so that the harness never special-cases a model.
+
+A model subclasses `ZooModel` and provides:
+  - `config`: its frozen config dataclass (defaults = the paper's base model);
+  - `forward(...) -> Output`: logits, plus the loss when `targets` are given;
+  - `dummy_inputs(batch, seqlen, device)`: keyword arguments for `forward`;
+  - `flops_per_token(seqlen)`: analytic forward FLOPs per token (multiply-add = 2 FLOPs).
+Decoders also take `cache=` / `use_cache=` in `forward` and return the updated cache in
+`Output.cache`, so that `generate` (below) can decode one token at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Output:
+    logits: torch.Tensor  # (B, T, V)
+    loss: torch.Tensor | None = None
+    cache: Any = None  # a KV cache or a recurrent state, for the next incremental call
+
+
+class ZooModel(nn.Module):
+    config: Any
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Parameters counted once (tied weights are one tensor). With `exclude_embeddings`,
+        the token and position embedding tables are left out (Kaplan et al.'s N)."""
+        params = {id(p): p for p in self.parameters()}
+        if exclude_embeddings:
+            for module in self.modules():
+                if isinstance(module, nn.Embedding):
+                    params.pop(id(module.weight), None)
+        return sum(p.numel() for p in params.values())
+
+    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu") -> dict:
+        raise NotImplementedError
+
+    def flops_per_token(self, seqlen: int) -> float:
+        raise NotImplementedError
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean cross-entropy over the positions whose target is not `ignore_index`."""
+    return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(),
+                           ignore_index=ignore_index)
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token ids (B,) from last-position logits (B, V): greedy when temperature == 0,
+    otherwise sampled from softmax(logits / temperature), optionally restricted to the top k."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(step: Callable[[torch.Tensor, Any], Output], input_ids: torch.Tensor,
+             max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+             generator: torch.Generator | None = None, eos_id: int | None = None) -> torch.Tensor:
+    """Decode `max_new_tokens` after `input_ids` (B, T) with `step(tokens, cache) -> Output`,
+    which the model implements with its KV cache or recurrent state (cache None = start).
+    Returns (B, T + new). Greedy by default; `temperature > 0` samples. Stops early once every
+    sequence has produced `eos_id`."""
+    out = step(input_ids, None)
+    tokens = [input_ids]
+    finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
+    for i in range(max_new_tokens):
+        next_ids = sample_next(out.logits[:, -1], temperature, top_k, generator)
+        if eos_id is not None:
+            next_ids = next_ids.masked_fill(finished, eos_id)
+            finished |= next_ids == eos_id
+        tokens.append(next_ids[:, None])
+        if (eos_id is not None and bool(finished.all())) or i == max_new_tokens - 1:
+            break
+        out = step(next_ids[:, None], out.cache)
+    return torch.cat(tokens, dim=1)

@@ -1,0 +1,246 @@
+"""MosaicBERT: Portes et al. 2023, "MosaicBERT: A Bidirectional Encoder Optimized for Fast
+Pretraining" (arXiv 2312.17482); reference code mosaicml/examples, benchmarks/bert/src.
+
+A BERT encoder (post-LN layers, exact GELU, LayerNorm eps 1e-12, MLM head tied to the word
+embeddings) with these differences from BERT:
+  - no position embeddings: every attention head adds a symmetric ALiBi bias
+    -slope_h * |i - j| to its scores (Press et al.'s slopes), so there is no maximum length;
+  - the feed-forward layer is a GeGLU: GELU(x W_gate) * (x W_lin), no bias on that projection;
+  - padding tokens are removed before the layers run ("unpadding"): the real tokens of a batch
+    are packed into one (nnz, C) tensor, every per-token op (embeddings, LayerNorms, GeGLU,
+    MLM head) runs on it, and only attention re-pads to (B, T, C). Outputs are scattered back
+    into zeros, so padded positions read exactly 0;
+  - vocabulary 30528 (bert-base-uncased's 30522 padded to a multiple of 64), no NSP head, no
+    pooler in the masked-LM model (`pooler=True` adds BERT's for classification).
+Attention uses the shared MultiHeadAttention with ALiBi + padding as an additive float mask; the
+reference fuses the q/k/v projections into one Wqkv (same parameters) and runs them on packed
+tokens, whereas here q/k/v/out run on the re-padded (B, T, C) tensor, so only the attention
+sub-layer pays for padding. The reference's FlashAttention/Triton kernels are a speed detail.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.layers import MultiHeadAttention
+from zoo.model import Output, ZooModel, lm_loss
+
+
+@dataclass(frozen=True)
+class MosaicBertConfig:
+    vocab_size: int = 30528  # 30522 WordPiece ids padded to a multiple of 64
+    type_vocab_size: int = 2
+    pad_token_id: int = 0
+    n_layer: int = 12
+    d_model: int = 768
+    n_head: int = 12
+    d_ff: int = 3072  # GeGLU intermediate size I (the gate projection is d_model x 2I)
+    dropout: float = 0.1  # embeddings and residual branches (BERT's hidden_dropout_prob)
+    attn_dropout: float = 0.0  # MosaicBERT trains without attention dropout
+    layer_norm_eps: float = 1e-12
+    init_std: float = 0.02
+    pooler: bool = False  # BertForMaskedLM has none; True adds BERT's tanh pooler
+    unpad: bool = True  # run per-token ops on the packed real tokens (forward can override)
+
+
+def alibi_slopes(n_head: int) -> list[float]:
+    """Press et al.'s head slopes: 2^(-8k/n), k = 1..n, for n a power of two; otherwise those of
+    the closest lower power of two c, then every other slope of 2c, (n - c) of them."""
+
+    def power_of_two(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * k / n) for k in range(1, n + 1)]
+
+    if math.log2(n_head).is_integer():
+        return power_of_two(n_head)
+    closest = 2 ** math.floor(math.log2(n_head))
+    return power_of_two(closest) + alibi_slopes(2 * closest)[0::2][: n_head - closest]
+
+
+def alibi_bias(n_head: int, seqlen: int, device=None, dtype=None) -> torch.Tensor:
+    """Symmetric ALiBi for a bidirectional encoder: bias[h, i, j] = -slope_h * |i - j|.
+    Returns (n_head, T, T)."""
+    slopes = torch.tensor(alibi_slopes(n_head), device=device, dtype=torch.float32)
+    pos = torch.arange(seqlen, device=device)
+    distance = (pos[None, :] - pos[:, None]).abs().float()  # (T, T)
+    return (-slopes[:, None, None] * distance).to(dtype or torch.float32)
+
+
+@dataclass
+class Packing:
+    """Where the real tokens of a padded (B, T) batch live in the packed (nnz, ...) tensor."""
+
+    indices: torch.Tensor  # (nnz,) flat positions b * T + t of the tokens whose mask is 1
+    batch: int
+    seqlen: int
+
+    @classmethod
+    def from_mask(cls, attention_mask: torch.Tensor) -> Packing:
+        indices = attention_mask.flatten().nonzero().squeeze(1)
+        return cls(indices, *attention_mask.shape)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (nnz, ...)."""
+        return x.flatten(0, 1)[self.indices]
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(nnz, ...) -> (B, T, ...), zeros at padded positions."""
+        full = x.new_zeros(self.batch * self.seqlen, *x.shape[1:])
+        full.index_copy_(0, self.indices, x)  # in place: no clone of the zeros
+        return full.view(self.batch, self.seqlen, *x.shape[1:])
+
+
+class GeGLU(nn.Module):
+    """The gated feed-forward layer: wo(Dropout(GELU(x W_gate) * (x W_lin))). One projection
+    without bias produces both halves: the first d_ff columns are the gate."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float):
+        super().__init__()
+        self.d_ff = d_ff
+        self.gated_layers = nn.Linear(d_model, 2 * d_ff, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.wo = nn.Linear(d_ff, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, linear = self.gated_layers(x).split(self.d_ff, dim=-1)  # (..., I) each
+        return self.wo(self.dropout(F.gelu(gate) * linear))  # exact (erf) GELU
+
+
+class Block(nn.Module):
+    """Post-LN layer as in BERT: x = LN(x + Dropout(Attn(x))); x = LN(x + GeGLU(x)).
+    `x` is (B, T, C), or (nnz, C) with a `packing`, in which case only attention re-pads."""
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.attn = MultiHeadAttention(config.d_model, config.n_head, bias=True,
+                                       dropout=config.attn_dropout)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.ln_attn = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.ffn = GeGLU(config.d_model, config.d_ff, config.dropout)
+        self.ln_ffn = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor,
+                packing: Packing | None = None) -> torch.Tensor:
+        h = x if packing is None else packing.unpack(x)  # (B, T, C)
+        h = self.attn(h, attn_mask=attn_bias)  # attn_bias: (B or 1, nh, T, T), ALiBi + padding
+        h = h if packing is None else packing.pack(h)
+        x = self.ln_attn(x + self.attn_dropout(h))
+        # The reference puts its dropout inside the GeGLU (before wo), none after it.
+        x = self.ln_ffn(x + self.ffn(x))
+        return x
+
+
+class MosaicBert(ZooModel):
+    config_class = MosaicBertConfig
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.config = config
+        C = config.d_model
+        self.wte = nn.Embedding(config.vocab_size, C, padding_idx=config.pad_token_id)
+        self.wtt = nn.Embedding(config.type_vocab_size, C)  # token types; no position table
+        self.ln_emb = nn.LayerNorm(C, eps=config.layer_norm_eps)
+        self.drop_emb = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.pooler = nn.Linear(C, C) if config.pooler else None
+        # MLM head: Dense -> GELU -> LN (eps fixed at 1e-12 in the reference) -> tied decoder.
+        self.head_dense = nn.Linear(C, C)
+        self.head_ln = nn.LayerNorm(C, eps=1e-12)
+        self.lm_head = nn.Linear(C, config.vocab_size)  # weight tied below, own bias
+        self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        with torch.no_grad():  # the tied decoder's init must not un-zero the padding row
+            self.wte.weight[config.pad_token_id].zero_()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # BERT's init: N(0, 0.02) weights, zero biases, LayerNorm (1, 0), zero padding row.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def attention_bias(self, attention_mask: torch.Tensor | None, seqlen: int,
+                       dtype: torch.dtype) -> torch.Tensor:
+        """ALiBi plus the reference's padding mask, (1 - mask) * -10000 on padded keys:
+        (B, nh, T, T), or (1, nh, T, T) without a mask."""
+        device = self.wte.weight.device
+        bias = alibi_bias(self.config.n_head, seqlen, device, dtype)[None]  # (1, nh, T, T)
+        if attention_mask is not None:
+            padding = (1.0 - attention_mask.to(dtype)) * -10000.0  # (B, T)
+            bias = bias + padding[:, None, None, :]  # (B, nh, T, T)
+        return bias
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, unpad):
+        """Final hidden states, packed (nnz, C) with their Packing, or (B, T, C) with None."""
+        B, T = input_ids.shape
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        unpad = self.config.unpad if unpad is None else unpad
+        packing = Packing.from_mask(attention_mask) if unpad and attention_mask is not None \
+            else None
+        if packing is not None:  # embed only the real tokens
+            input_ids, token_type_ids = packing.pack(input_ids), packing.pack(token_type_ids)
+        x = self.drop_emb(self.ln_emb(self.wte(input_ids) + self.wtt(token_type_ids)))
+        attn_bias = self.attention_bias(attention_mask, T, x.dtype)
+        for block in self.blocks:
+            x = block(x, attn_bias, packing)
+        return x, packing
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               token_type_ids: torch.Tensor | None = None,
+               unpad: bool | None = None) -> torch.Tensor:
+        """The encoder's last hidden states (B, T, C); zeros at padded positions when unpadded."""
+        x, packing = self._encode(input_ids, attention_mask, token_type_ids, unpad)
+        return x if packing is None else packing.unpack(x)
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """BERT's pooler: tanh(Dense(h[:, 0])), (B, C). Needs `pooler=True`."""
+        if self.pooler is None:
+            raise ValueError("this MosaicBert has no pooler; build it with pooler=True")
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+                unpad: bool | None = None) -> Output:
+        """MLM logits (B, T, V) for `input_ids` (B, T); `attention_mask` (B, T) is 1 on real
+        tokens. `unpad` (default: the config's) packs the real tokens; their logits equal the
+        padded computation's and padded positions' logits are 0. `targets` hold the original
+        ids at masked positions and -100 elsewhere."""
+        x, packing = self._encode(input_ids, attention_mask, token_type_ids, unpad)
+        h = self.head_ln(F.gelu(self.head_dense(x)))
+        logits = self.lm_head(h)  # (nnz, V) or (B, T, V)
+        if packing is not None:
+            logits = packing.unpack(logits)
+        loss = lm_loss(logits, targets) if targets is not None else None
+        return Output(logits=logits, loss=loss)
+
+    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu") -> dict:
+        """Random ids with right padding: row b keeps seqlen - b * seqlen // (2 * batch) tokens
+        (row 0 is full, the last about half-plus), so the unpadded path has work to skip."""
+        lengths = torch.tensor([seqlen - b * seqlen // (2 * batch) for b in range(batch)],
+                               device=device)
+        attention_mask = (torch.arange(seqlen, device=device)[None] < lengths[:, None]).long()
+        input_ids = torch.randint(1, self.config.vocab_size, (batch, seqlen), device=device)
+        input_ids = input_ids.masked_fill(attention_mask == 0, self.config.pad_token_id)
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def flops_per_token(self, seqlen: int) -> float:
+        """Forward FLOPs per (real) token: 2 x the matrix-multiply weights, i.e. per layer
+        q/k/v/out (4 d^2) and the GeGLU (2 d I + I d), plus the MLM head's dense (d^2) and the
+        tied decoder (V d); plus bidirectional attention, 4 * n_layer * d * T (scores and
+        weighted values over T keys). Embedding lookups, the pooler (once per sequence, when
+        present) and elementwise ops are not counted."""
+        c = self.config
+        per_layer = 4 * c.d_model**2 + 3 * c.d_model * c.d_ff
+        head = c.d_model**2 + c.vocab_size * c.d_model
+        return 2.0 * (c.n_layer * per_layer + head) + 4.0 * c.n_layer * c.d_model * seqlen
