@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import FeedForward, MultiHeadAttention
+from zoo.layers import FeedForward, MultiHeadAttention, bert_init
 from zoo.model import Output, ZooModel, lm_loss
 
 INIT_STD = 0.02  # BERT's initializer_range
@@ -144,16 +144,7 @@ class Bert(ZooModel):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-            with torch.no_grad():
-                module.weight[module.padding_idx].zero_()
-        if isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        bert_init(module, std=INIT_STD)
         if isinstance(module, MaskedLMHead):
             nn.init.zeros_(module.bias)
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import MultiHeadAttention
+from zoo.layers import MultiHeadAttention, bert_init
 from zoo.model import Output, ZooModel, lm_loss
 
 
@@ -157,17 +157,7 @@ class MosaicBert(ZooModel):
             self.wte.weight[config.pad_token_id].zero_()
 
     def _init_weights(self, module: nn.Module) -> None:
-        # BERT's init: N(0, 0.02) weights, zero biases, LayerNorm (1, 0), zero padding row.
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-            with torch.no_grad():
-                module.weight[module.padding_idx].zero_()
-        if isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        bert_init(module, std=self.config.init_std)
 
     def attention_bias(self, attention_mask: torch.Tensor | None, seqlen: int,
                        dtype: torch.dtype) -> torch.Tensor:

@@ -3,6 +3,7 @@ config."""
 
 from zoo.layers.attention import KVCache, MultiHeadAttention, causal_mask, merge_masks
 from zoo.layers.feedforward import ACTIVATIONS, FeedForward
+from zoo.layers.init import bert_init
 
-__all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "MultiHeadAttention", "causal_mask",
-           "merge_masks"]
+__all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "MultiHeadAttention", "bert_init",
+           "causal_mask", "merge_masks"]
