@@ -129,6 +129,7 @@ def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
 
 class Bert(ZooModel):
     config_class = BertConfig
+    position_table = "max_position_embeddings"
     embeddings_class = BertEmbeddings  # RoBERTa swaps in its own position ids
 
     def __init__(self, config: BertConfig):
@@ -192,16 +193,20 @@ class Bert(ZooModel):
         h = self.encode(input_ids, attention_mask, token_type_ids)
         return self.lm_head(h, self.embeddings.word_embeddings.weight), self.next_sentence_logits(h)
 
-    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu") -> dict:
-        """Random sentence pairs: sequence b has T - b*T//(2B) real tokens (the first one is
-        full length), then padding; segment B covers the second half of the real tokens. With
-        the NSP head, random NSP labels too (used only when `targets` are given)."""
+    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
+                     padded: bool = False) -> dict:
+        """Random sentence pairs; segment B covers the second half of the real tokens. With
+        `padded`, sequence b has T - b*T//(2B) real tokens (the first one is full length), then
+        padding, and an attention mask; otherwise every token is real and there is no mask.
+        With the NSP head, random NSP labels too (used only when `targets` are given)."""
         ids, mask = random_padded_ids(batch, seqlen, self.config.vocab_size,
-                                      self.config.pad_token_id, device)
+                                      self.config.pad_token_id, device, padded)
         half = mask.sum(dim=1, keepdim=True) // 2  # (B, 1)
         second = torch.arange(seqlen, device=device)[None, :] >= half  # (B, T)
         token_type_ids = (second & mask.bool()).long()
-        inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": token_type_ids}
+        inputs = {"input_ids": ids, "token_type_ids": token_type_ids}
+        if padded:
+            inputs["attention_mask"] = mask
         if self.config.next_sentence_head:
             inputs["next_sentence_label"] = torch.randint(0, 2, (batch,), device=device)
         return inputs
@@ -221,11 +226,14 @@ class Bert(ZooModel):
 
 
 def random_padded_ids(batch: int, seqlen: int, vocab_size: int, pad_token_id: int,
-                      device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+                      device: torch.device | str, padded: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random non-pad token ids (B, T) whose tails are padding, and the matching 0/1 mask:
-    sequence b keeps T - b*T//(2B) real tokens."""
+    sequence b keeps T - b*T//(2B) real tokens (all T when not `padded`)."""
     ids = torch.randint(0, vocab_size - 1, (batch, seqlen), device=device)
     ids = ids + (ids >= pad_token_id).long()  # skip the pad id: real tokens never look like pads
     lengths = seqlen - torch.arange(batch, device=device) * seqlen // (2 * batch)  # (B,)
+    if not padded:
+        lengths = torch.full_like(lengths, seqlen)
     mask = (torch.arange(seqlen, device=device)[None, :] < lengths[:, None]).long()  # (B, T)
     return ids.masked_fill(mask == 0, pad_token_id), mask

@@ -99,6 +99,7 @@ class PreLNBlock(nn.Module):
 
 class GPT(ZooModel):
     config_class = GPTConfig
+    position_table = "max_seq_len"
     causal_lm = True
 
     def __init__(self, config: GPTConfig):
@@ -186,10 +187,11 @@ class GPT(ZooModel):
 
         return generate(step, input_ids, max_new_tokens, temperature, top_k, generator, eos_id)
 
-    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu") -> dict:
-        """Random token ids. No padding mask: a causal LM reads a right-padded batch correctly
-        without one (no real token sees a later pad), and benchmarks then time the plain causal
-        attention path, which is the one pretraining and generation use."""
+    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
+                     padded: bool = False) -> dict:
+        """Random token ids, never padded (`padded` is ignored): a causal LM reads a right-padded
+        batch correctly without a mask (no real token sees a later pad), and benchmarks then
+        time the plain causal attention path, which pretraining and generation use."""
         ids = torch.randint(0, self.config.vocab_size, (batch, seqlen), device=device)
         return {"input_ids": ids}
 

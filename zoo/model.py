@@ -3,7 +3,8 @@
 A model subclasses `ZooModel` and provides:
   - `config`: its frozen config dataclass (defaults = the paper's base model);
   - `forward(...) -> Output`: logits, plus the loss when `targets` are given;
-  - `dummy_inputs(batch, seqlen, device)`: keyword arguments for `forward`;
+  - `dummy_inputs(batch, seqlen, device, padded=False)`: keyword arguments for `forward`
+    (random ids; with `padded`, models that take a padding mask get uneven padding);
   - `flops_per_token(seqlen)`: analytic forward FLOPs per token (multiply-add = 2 FLOPs).
 Decoders also take `cache=` / `use_cache=` in `forward` and return the updated cache in
 `Output.cache`, so that `generate` (below) can decode one token at a time.
@@ -11,6 +12,7 @@ Decoders also take `cache=` / `use_cache=` in `forward` and return the updated c
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,20 @@ class Output:
 
 class ZooModel(nn.Module):
     config: Any
+    # The config field that sizes a learned position table, for models that have one.
+    position_table: str | None = None
+
+    @classmethod
+    def config_for_length(cls, config: Any, seqlen: int) -> tuple[Any, str | None]:
+        """A config whose model takes `seqlen` tokens, and a note when that needed a longer
+        position table than the published one (benchmarks past the trained length)."""
+        limit = getattr(config, "max_seq_len", None) if cls.position_table else None
+        if limit is None or seqlen <= limit:
+            return config, None
+        rows = getattr(config, cls.position_table) + seqlen - limit
+        note = (f"position table extended from {limit} to {seqlen} positions "
+                "(beyond the published length; the extra rows are untrained)")
+        return dataclasses.replace(config, **{cls.position_table: rows}), note
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Parameters counted once (tied weights are one tensor). With `exclude_embeddings`,
@@ -40,7 +56,8 @@ class ZooModel(nn.Module):
                     params.pop(id(module.weight), None)
         return sum(p.numel() for p in params.values())
 
-    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu") -> dict:
+    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
+                     padded: bool = False) -> dict:
         raise NotImplementedError
 
     def flops_per_token(self, seqlen: int) -> float:

@@ -214,11 +214,12 @@ class MosaicBert(ZooModel):
         loss = lm_loss(logits, targets) if targets is not None else None
         return Output(logits=logits, loss=loss)
 
-    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu") -> dict:
-        """Random ids with right padding: row b keeps seqlen - b * seqlen // (2 * batch) tokens
-        (row 0 is full, the last about half-plus), so the unpadded path has work to skip."""
-        lengths = torch.tensor([seqlen - b * seqlen // (2 * batch) for b in range(batch)],
-                               device=device)
+    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
+                     padded: bool = False) -> dict:
+        """Random ids; with `padded`, right padding: row b keeps seqlen - b * seqlen // (2 * batch)
+        tokens (row 0 is full, the last about half-plus), so the unpadded path has work to skip."""
+        lengths = torch.tensor([seqlen - (b * seqlen // (2 * batch) if padded else 0)
+                                for b in range(batch)], device=device)
         attention_mask = (torch.arange(seqlen, device=device)[None] < lengths[:, None]).long()
         input_ids = torch.randint(1, self.config.vocab_size, (batch, seqlen), device=device)
         input_ids = input_ids.masked_fill(attention_mask == 0, self.config.pad_token_id)

@@ -322,7 +322,8 @@ class PanguPi(ZooModel):
         loss = lm_loss(logits, targets) if targets is not None else None
         return Output(logits=logits, loss=loss, cache=cache)
 
-    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu") -> dict:
+    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
+                     padded: bool = False) -> dict:
         ids = torch.randint(0, self.config.vocab_size, (batch, seqlen), device=device)
         return {"input_ids": ids}
 

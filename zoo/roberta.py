@@ -54,9 +54,10 @@ class Roberta(Bert):
     config_class = RobertaConfig
     embeddings_class = RobertaEmbeddings
 
-    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu") -> dict:
-        """Random ids with padding (pad id 1) at the tail of every sequence but the first, and
-        the matching mask; no token types (RoBERTa has one)."""
+    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
+                     padded: bool = False) -> dict:
+        """Random ids; with `padded`, padding (pad id 1) at the tail of every sequence but the
+        first, and the matching mask. No token types (RoBERTa has one)."""
         ids, mask = random_padded_ids(batch, seqlen, self.config.vocab_size,
-                                      self.config.pad_token_id, device)
-        return {"input_ids": ids, "attention_mask": mask}
+                                      self.config.pad_token_id, device, padded)
+        return {"input_ids": ids, "attention_mask": mask} if padded else {"input_ids": ids}

@@ -287,7 +287,8 @@ class RWKV(ZooModel):
 
         return generate(step, input_ids, max_new_tokens, temperature, top_k, generator, eos_id)
 
-    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu") -> dict:
+    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
+                     padded: bool = False) -> dict:
         ids = torch.randint(0, self.config.vocab_size, (batch, seqlen), device=device)
         return {"input_ids": ids}
 

@@ -270,15 +270,18 @@ class Transformer(ZooModel):
         bos = torch.full((src_ids.size(0), 1), bos_id, dtype=torch.long, device=src_ids.device)
         return generate(step, bos, max_new_tokens, temperature, top_k, generator, eos_id)
 
-    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu") -> dict:
-        """Random source and target ids of `seqlen` tokens each; every other source row has its
-        last quarter padded (src_mask 0), so the padding path is exercised."""
+    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
+                     padded: bool = False) -> dict:
+        """Random source and target ids of `seqlen` tokens each; with `padded`, every other
+        source row has its last quarter padded (src_mask 0), so the padding path is exercised."""
         V = self.config.vocab_size
-        src_mask = torch.ones(batch, seqlen, dtype=torch.bool, device=device)
-        src_mask[1::2, seqlen - seqlen // 4:] = False
-        return {"src_ids": torch.randint(0, V, (batch, seqlen), device=device),
-                "tgt_ids": torch.randint(0, V, (batch, seqlen), device=device),
-                "src_mask": src_mask}
+        inputs = {"src_ids": torch.randint(0, V, (batch, seqlen), device=device),
+                  "tgt_ids": torch.randint(0, V, (batch, seqlen), device=device)}
+        if padded:
+            src_mask = torch.ones(batch, seqlen, dtype=torch.bool, device=device)
+            src_mask[1::2, seqlen - seqlen // 4:] = False
+            inputs["src_mask"] = src_mask
+        return inputs
 
     def flops_per_token(self, seqlen: int, src_len: int | None = None) -> float:
         """Forward FLOPs per TARGET token: the forward cost of one (source, target) pair with

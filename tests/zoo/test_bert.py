@@ -106,7 +106,7 @@ def test_positions_and_token_types_are_added(tiny):
 
 
 def test_padding_is_masked_out(tiny):
-    inputs = tiny.dummy_inputs(batch=2, seqlen=9)
+    inputs = tiny.dummy_inputs(batch=2, seqlen=9, padded=True)
     mask = inputs["attention_mask"]
     assert mask[0].all() and not mask[1].all()  # first row full, the others padded
     assert padding_mask(mask).shape == (2, 1, 1, 9)
@@ -116,7 +116,7 @@ def test_padding_is_masked_out(tiny):
 
 
 def test_nsp_logits_and_loss(tiny):
-    inputs = tiny.dummy_inputs(batch=3, seqlen=7)
+    inputs = tiny.dummy_inputs(batch=3, seqlen=7, padded=True)
     label = inputs.pop("next_sentence_label")
     mlm, nsp = tiny.pretraining_logits(**inputs)
     h = tiny.encode(**inputs)

@@ -35,6 +35,23 @@ def test_forward_on_dummy_inputs(tiny):
     assert out.logits.shape[:2] == (2, 11) and torch.isfinite(out.logits).all()
 
 
+def test_padded_dummy_inputs(tiny):
+    inputs = tiny.dummy_inputs(batch=3, seqlen=9, device="cpu", padded=True)
+    assert torch.isfinite(tiny(**inputs).logits).all()
+
+
+def test_config_for_length_lengthens_a_learned_position_table(tiny):
+    cls = type(tiny)
+    limit = getattr(tiny.config, "max_seq_len", None)
+    longer = (limit or 40) + 7
+    config, note = cls.config_for_length(tiny.config, longer)
+    assert (note is not None) == (cls.position_table is not None and limit is not None)
+    model = cls(config).eval()
+    out = model(**model.dummy_inputs(batch=1, seqlen=longer, device="cpu"))
+    assert out.logits.shape[1] == longer and torch.isfinite(out.logits).all()
+    assert cls.config_for_length(tiny.config, 8) == (tiny.config, None)
+
+
 def test_targets_give_a_loss_that_trains(tiny):
     inputs = tiny.dummy_inputs(batch=2, seqlen=11, device="cpu")
     logits = tiny(**inputs).logits

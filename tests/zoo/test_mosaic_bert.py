@@ -259,7 +259,7 @@ def test_flops_per_token_formula():
 
 
 def test_dummy_inputs_have_uneven_padding(tiny):
-    inputs = tiny.dummy_inputs(batch=3, seqlen=11)
+    inputs = tiny.dummy_inputs(batch=3, seqlen=11, padded=True)
     lengths = inputs["attention_mask"].sum(1).tolist()
     assert lengths[0] == 11 and len(set(lengths)) == 3
     assert torch.all(inputs["input_ids"][inputs["attention_mask"] == 0] == 0)

@@ -85,7 +85,7 @@ def test_position_padding_row(tiny):
 
 def test_no_pooler_and_no_nsp(tiny):
     assert isinstance(tiny, Bert) and not hasattr(tiny, "pooler") and not hasattr(tiny, "nsp_head")
-    inputs = tiny.dummy_inputs(batch=3, seqlen=7)
+    inputs = tiny.dummy_inputs(batch=3, seqlen=7, padded=True)
     assert set(inputs) == {"input_ids", "attention_mask"}
     # Padding uses the pad id, so positions and the attention mask agree.
     assert torch.equal(inputs["input_ids"] != 1, inputs["attention_mask"].bool())

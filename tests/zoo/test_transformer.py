@@ -259,7 +259,7 @@ def test_initialisation():
 
 def test_dropout_only_in_training():
     model = tiny_model(dropout=0.3)
-    inputs = model.dummy_inputs(2, 7)
+    inputs = model.dummy_inputs(2, 7, padded=True)
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, model(**inputs).logits)
         model.train()
@@ -268,7 +268,7 @@ def test_dropout_only_in_training():
 
 def test_dummy_inputs_have_equal_lengths_and_source_padding():
     model = tiny_model()
-    inputs = model.dummy_inputs(batch=4, seqlen=13)
+    inputs = model.dummy_inputs(batch=4, seqlen=13, padded=True)
     assert inputs["src_ids"].shape == inputs["tgt_ids"].shape == (4, 13)
     assert inputs["src_mask"].all(1)[0::2].all() and not inputs["src_mask"].all(1)[1::2].any()
     assert inputs["src_mask"].any(1).all()
