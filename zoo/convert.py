@@ -116,8 +116,8 @@ _GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", 
                      "relu": "relu"}
 _OPENAI_ACTIVATIONS = {"gelu": "gelu_tanh", "relu": "relu"}
 # Per-block Conv1D layers other than the fused c_attn -> zoo module names.
-_CONV1D = {"attn.c_proj": "attn.out_proj", "mlp.c_fc": "mlp.fc_in", "mlp.c_proj": "mlp.fc_out"}
-_CONV1D_WEIGHTS = tuple(f"{conv}.weight" for conv in _CONV1D)
+GPT_CONV1D = {"attn.c_proj": "attn.out_proj", "mlp.c_fc": "mlp.fc_in", "mlp.c_proj": "mlp.fc_out"}
+GPT_CONV1D_WEIGHTS = tuple(f"{conv}.weight" for conv in GPT_CONV1D)
 # Buffers of old checkpoints (the causal mask) that hold no weights.
 _BUFFERS = (".attn.bias", ".attn.masked_bias")
 
@@ -143,14 +143,14 @@ def convert_gpt(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any
         for p in ("weight", "bias"):
             for ln in ("ln_1", "ln_2"):
                 names[f"{dst}{ln}.{p}"] = f"{src}{ln}.{p}"
-            for conv, linear in _CONV1D.items():
+            for conv, linear in GPT_CONV1D.items():
                 names[f"{dst}{linear}.{p}"] = f"{src}{conv}.{p}"
     if not gpt1:  # GPT-2's final LayerNorm
         names |= {"ln_f.weight": "ln_f.weight", "ln_f.bias": "ln_f.bias"}
     for key, source in names.items():
         tensor = state[source]
         # Conv1D (in, out) -> nn.Linear (out, in)
-        out[key] = tensor.t().contiguous() if source.endswith(_CONV1D_WEIGHTS) else tensor
+        out[key] = tensor.t().contiguous() if source.endswith(GPT_CONV1D_WEIGHTS) else tensor
 
     used = set(names.values()) | {f"h.{i}.attn.c_attn.{p}" for i in range(fields["n_layer"])
                                   for p in ("weight", "bias")}
@@ -244,7 +244,7 @@ def _gpt_config_fields(config: dict[str, Any], gpt1: bool, wte: torch.Tensor, wp
 StateDict = dict[str, torch.Tensor]
 
 # zoo name (inside block N) -> Hugging Face name (inside encoder.layer.N)
-_BLOCK_KEYS = {
+BERT_BLOCK_KEYS = {
     "attn.q_proj": "attention.self.query",
     "attn.k_proj": "attention.self.key",
     "attn.v_proj": "attention.self.value",
@@ -254,7 +254,7 @@ _BLOCK_KEYS = {
     "ffn.fc_out": "output.dense",
     "ln_ffn": "output.LayerNorm",
 }
-_EMBEDDING_KEYS = {
+BERT_EMBEDDING_KEYS = {
     "embeddings.word_embeddings.weight": "embeddings.word_embeddings.weight",
     "embeddings.position_embeddings.weight": "embeddings.position_embeddings.weight",
     "embeddings.token_type_embeddings.weight": "embeddings.token_type_embeddings.weight",
@@ -354,10 +354,10 @@ def _bert_config_fields(config: dict[str, Any], state: StateDict, prefix: str,
 def _renamed(state: StateDict, prefix: str, n_layer: int, head: dict[str, str]) -> StateDict:
     """Zoo state dict; a missing Hugging Face key raises KeyError naming it. Keys left over in
     the checkpoint are passed on unchanged, so loading reports them as unexpected."""
-    modules = {zoo: prefix + hf for zoo, hf in _EMBEDDING_KEYS.items()}
+    modules = {zoo: prefix + hf for zoo, hf in BERT_EMBEDDING_KEYS.items()}
     for i in range(n_layer):
         modules.update({f"blocks.{i}.{zoo}": f"{prefix}encoder.layer.{i}.{hf}"
-                        for zoo, hf in _BLOCK_KEYS.items()})
+                        for zoo, hf in BERT_BLOCK_KEYS.items()})
     modules.update(head)
     out = {}
     for zoo, hf in modules.items():
@@ -405,7 +405,7 @@ def _hf_to_official(name: str) -> str:
     return name
 
 
-def _official_to_hf(name: str) -> str:
+def rwkv_official_to_hf(name: str) -> str:
     """The HF spelling of an official key (to name a missing weight of an HF checkpoint)."""
     if name == "head.weight":
         return name
@@ -471,7 +471,7 @@ def convert_rwkv(config: dict[str, Any], state: StateDict) -> tuple[dict[str, An
     for name, shape in _expected_shapes(fields["n_layer"], fields["d_model"],
                                         fields["vocab_size"]).items():
         if name not in source:
-            raise KeyError(_official_to_hf(name) if hf else name)
+            raise KeyError(rwkv_official_to_hf(name) if hf else name)
         key = source.pop(name)
         tensor = state[key]
         if len(shape) == 1 and tensor.numel() == shape[0] and tensor.dim() in (1, 3):

@@ -246,3 +246,32 @@ def test_validate_checks_variant_fields_against_the_zoo_config(write_catalog):
     assert result.exit_code == 1
     assert "gpt.yaml: field 'variants.tiny.n_layers'" in result.stderr
     assert "did you mean 'n_layer'" in result.stderr
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["bench", "gtp"], ["unknown model 'gtp'", "rwkv"]),
+    (["bench", "rwkv", "--seqlen", "8k"], ["--seqlen '8k'"]),
+    (["bench", "bert", "--mode", "generate"], ["bert is an encoder and cannot generate"]),
+    (["bench", "rwkv", "--variant", "huge"], ["no variant 'huge'"]),
+    (["bench", "rwkv", "--max-memory", "lots"], ["--max-memory 'lots'"]),
+    (["bench", "rwkv", "--dtype", "float64"], ["unknown dtype 'float64'"]),
+    (["bench", "mosaic-bert", "--against", "hf"], ["--against hf has no peer for mosaic-bert"]),
+    (["bench"], ["name at least one model"]),
+])
+def test_bench_refuses_bad_requests_in_one_line(args, fragments):
+    assert_one_line_error(run(*args), *fragments)
+
+
+def test_bench_prints_a_table_and_accepts_catalog_ids(tmp_path, monkeypatch):
+    import harness.cli as cli
+    from harness.sweep import peak_label
+
+    cache = tmp_path / "peaks.json"
+    cache.write_text(json.dumps({peak_label("cpu", "float32", None): 1e11}))
+    monkeypatch.setattr(cli, "PEAK_CACHE", cache)
+    out = tmp_path / "r.jsonl"
+    result = run("bench", "gpt-2", "--variant", "tiny", "--seqlen", "48", "--results", str(out))
+    assert result.exit_code == 0, result.output
+    table = " ".join(result.stdout.replace("│", " ").split())
+    assert "gpt zoo forward 48 ok" in table and "%" in table and "GiB" in table
+    assert json.loads(out.read_text())["model"] == "gpt"

@@ -1,0 +1,354 @@
+"""A benchmark sweep: plan the cells, run each in a fresh process, write one record per cell.
+
+Each cell runs in `python -m harness.bench` so that its memory is its own; this process watches
+it: over `max_memory` (peak RSS on CPU) or past `timeout` it is killed and recorded as
+`over_budget` or `timeout`; killed by the system (the kernel's OOM killer) or out of memory
+inside, `oom`. After such a failure the longer lengths of that model, impl and mode are
+recorded as `skipped` and the sweep goes on. Records are appended to the results file as each
+cell ends, so an interrupted sweep keeps what it finished and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from harness import results
+from harness.bench import DTYPES, MODES, current_rss, machine_info
+
+FAILURES = ("oom", "over_budget", "timeout")
+
+
+class SweepError(ValueError):
+    """A sweep that cannot start as asked; the message says which argument is wrong."""
+
+
+def parse_seqlens(text: str) -> list[int]:
+    """"512,1024" -> [512, 1024]; "512..4096" -> [512, 1024, 2048, 4096] (doubling)."""
+    text = text.strip()
+    try:
+        if ".." in text:
+            low, high = (int(part) for part in text.split(".."))
+            if low <= 0 or high < low:
+                raise ValueError
+            lengths = []
+            while low <= high:
+                lengths.append(low)
+                low *= 2
+            return lengths
+        lengths = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        lengths = []
+    if not lengths or lengths[0] <= 0:
+        raise SweepError(f"--seqlen {text!r}: give positive lengths, e.g. 8192, 512,1024,2048 "
+                         "or the doubling range 512..16384")
+    return lengths
+
+
+def parse_bytes(text: str | None) -> int | None:
+    """"8G" -> 8 GiB, "500M" -> 500 MiB, "1024" -> bytes."""
+    if text is None:
+        return None
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = (raw[:-1], raw[-1]) if raw and raw[-1] in units else (raw, "")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise SweepError(f"--max-memory {text!r}: give a size such as 8G, 500M or 1.5G")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    variant: str
+    impl: str
+    mode: str
+    seqlen: int
+    batch: int
+    dtype: str
+    device: str
+    threads: int | None
+    warmup: int
+    repeat: int
+    new_tokens: int
+    max_memory: int | None = None
+    catalog_dir: str | None = None
+
+
+@dataclass
+class Sweep:
+    models: list[str]
+    variant: str = "small"
+    modes: list[str] = field(default_factory=lambda: ["forward"])
+    seqlens: list[int] = field(default_factory=lambda: [1024])
+    batch: int = 1
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int | None = None
+    warmup: int = 1
+    repeat: int = 3
+    new_tokens: int = 16
+    max_memory: int | None = None
+    timeout: float = 600.0
+    against: list[str] = field(default_factory=list)
+    force: bool = False
+    results: Path = Path("reports/results/bench.jsonl")
+    catalog_dir: str | None = None
+
+    def cells(self) -> list[Cell]:
+        """Model by model, impl by impl, mode by mode, shortest length first (so that a failure
+        can skip the longer ones)."""
+        from harness.peers import PEERS
+
+        out = []
+        for model in self.models:
+            impls = ["zoo"] + [peer for peer in self.against if model in PEERS.get(peer, ())]
+            for impl in impls:
+                for mode in self.modes:
+                    for seqlen in self.seqlens:
+                        out.append(Cell(model, self.variant, impl, mode, seqlen, self.batch,
+                                        self.dtype, self.device, self.threads, self.warmup,
+                                        self.repeat, self.new_tokens, self.max_memory,
+                                        self.catalog_dir))
+        return out
+
+
+def check(sweep: Sweep) -> None:
+    """Refuse, before running anything, what cannot work: unknown models, modes a model lacks,
+    peers none of the models has, bad numbers, a device this machine does not have."""
+    import zoo
+    from harness.peers import PEERS
+
+    unknown = [m for m in sweep.models if m not in zoo.REGISTRY]
+    if unknown:
+        raise SweepError(f"unknown model {unknown[0]!r}; runnable models: "
+                         f"{', '.join(sorted(zoo.REGISTRY))} (or --all)")
+    for mode in sweep.modes:
+        if mode not in MODES:
+            raise SweepError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    if "generate" in sweep.modes:
+        encoders = [m for m in sweep.models if not hasattr(zoo.load_class(m), "generate")]
+        if encoders:
+            raise SweepError(f"{encoders[0]} is an encoder and cannot generate; generate mode "
+                             "is for gpt, rwkv, pangu-pi and transformer")
+    for peer in sweep.against:
+        if peer not in PEERS:
+            raise SweepError(f"unknown peer {peer!r}; valid: {', '.join(PEERS)}")
+        if not set(PEERS[peer]) & set(sweep.models):
+            raise SweepError(f"--against {peer} has no peer for {', '.join(sweep.models)}; "
+                             f"it covers {', '.join(PEERS[peer])}")
+    if sweep.dtype not in DTYPES:
+        raise SweepError(f"unknown dtype {sweep.dtype!r}; valid: {', '.join(DTYPES)}")
+    for name in ("batch", "repeat", "new_tokens"):
+        if getattr(sweep, name) < 1:
+            raise SweepError(f"--{name.replace('_', '-')} must be at least 1")
+    if sweep.warmup < 0 or sweep.timeout <= 0 or (sweep.threads is not None and sweep.threads < 1):
+        raise SweepError("--warmup must be >= 0, --timeout > 0 and --threads >= 1")
+    if sweep.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SweepError(f"--device {sweep.device}: no CUDA device on this machine")
+    elif sweep.device != "cpu":
+        raise SweepError(f"--device {sweep.device!r}: use cpu, cuda or cuda:N")
+    import zoo as _zoo
+
+    for model in sweep.models:  # the variant must exist (the error lists the valid ones)
+        _zoo.variant_config(model, sweep.variant, sweep.catalog_dir)
+
+
+# --- running a cell in its own process --------------------------------------------------------
+
+def _spawn(argv: list[str], timeout: float, max_rss: int | None) -> tuple[str, dict[str, Any]]:
+    """Run `python -m harness.bench ARGV`; return (status, result dict)."""
+    proc = subprocess.Popen([sys.executable, "-m", "harness.bench", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    start, peak, killed = time.monotonic(), 0, None
+    stdout = stderr = ""
+    try:
+        while True:
+            try:
+                stdout, stderr = proc.communicate(timeout=0.05)
+                break
+            except subprocess.TimeoutExpired:
+                rss = current_rss(proc.pid) or 0
+                peak = max(peak, rss)
+                if max_rss is not None and rss > max_rss:
+                    killed = "over_budget"
+                elif time.monotonic() - start > timeout:
+                    killed = "timeout"
+                if killed:
+                    proc.kill()
+                    stdout, stderr = proc.communicate()
+                    break
+    except BaseException:  # Ctrl-C or a kill of the sweep: take the child down with us
+        proc.kill()
+        proc.wait()
+        raise
+    wall = time.monotonic() - start
+    if killed == "over_budget":
+        return killed, {"error": f"peak RSS passed the budget of {max_rss / 2**30:.2f} GiB "
+                                 f"(reached {peak / 2**30:.2f} GiB)", "peak_mem_bytes": peak,
+                        "wall_s": wall}
+    if killed == "timeout":
+        return killed, {"error": f"still running after {timeout:g} s", "wall_s": wall}
+    last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    try:
+        result = json.loads(last)
+    except json.JSONDecodeError:
+        result = None
+    if proc.returncode == -9 or (proc.returncode and result is None and "Killed" in stderr):
+        return "oom", {"error": "killed by the system (out of memory)", "wall_s": wall}
+    if not isinstance(result, dict):
+        tail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {proc.returncode}"
+        return "error", {"error": f"the cell process failed: {tail}", "wall_s": wall}
+    result["wall_s"] = wall
+    return result.pop("status", "error"), result
+
+
+def peak_label(device: str, dtype: str, threads: int | None) -> str:
+    """The key of a matmul peak in the cache: the machine, device, dtype and threads."""
+    info = machine_info(device)
+    return f"{info['cpu']}|{info['gpu']}|{device}|{dtype}|threads={threads or 'default'}"
+
+
+def calibrate(device: str, dtype: str, threads: int | None, cache: Path,
+              force: bool = False) -> float:
+    """The matrix-multiply peak (FLOP/s) of this machine for (device, dtype, threads), measured
+    once and cached in `cache` (JSON) for later sweeps."""
+    label = peak_label(device, dtype, threads)
+    try:
+        peaks = json.loads(cache.read_text()) if cache.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        peaks = {}
+    if label in peaks and not force:
+        return peaks[label]
+    status, result = _spawn(["--calibrate", device, dtype, str(threads or 0)], 300, None)
+    if status != "ok":
+        raise SweepError(f"could not measure the matmul peak: {result.get('error')}")
+    peaks[label] = result["peak_flops"]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(peaks, indent=2))
+    return peaks[label]
+
+
+def _provenance() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = version("transformer-catalog")
+    except PackageNotFoundError:
+        package = None
+    git = None
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain"],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            git = out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"version": package, "git": git}
+
+
+@dataclass
+class Event:
+    """What the sweep reports as it goes: a cell about to start, or its record."""
+
+    kind: str  # "start" | "done"
+    cell: Cell
+    record: dict[str, Any] | None = None
+    index: int = 0
+    total: int = 0
+
+
+def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lambda e: None
+        ) -> Iterator[dict[str, Any]]:
+    """Run the sweep, yielding each cell's record once it is appended to the results file."""
+    check(sweep)
+    import torch
+
+    info = {**machine_info(sweep.device), **_provenance(), "torch": torch.__version__}
+    peak = calibrate(sweep.device, sweep.dtype, sweep.threads, peak_cache)
+    done = {} if sweep.force else {
+        results.key(r): r for r in results.load([sweep.results]).records
+        if r.get("kind") == "bench" and r.get("status") != "skipped"}
+    failed_at: dict[tuple, tuple[str, int]] = {}
+    cells = sweep.cells()
+    for index, cell in enumerate(cells, start=1):
+        base = dict(kind="bench", model=cell.model, variant=cell.variant, impl=cell.impl,
+                    mode=cell.mode, seqlen=cell.seqlen, batch=cell.batch, dtype=cell.dtype,
+                    device=cell.device, threads=cell.threads or torch.get_num_threads(),
+                    cpu=info["cpu"], gpu=info["gpu"])
+        previous = done.get(results.key(base))
+        if previous is not None:  # measured before with the same key: not again (see --force)
+            previous = {**previous, "resumed": True}
+            on_event(Event("done", cell, previous, index, len(cells)))
+            yield previous
+            continue
+        line = (cell.model, cell.impl, cell.mode)
+        if line in failed_at:
+            status, result = "skipped", {"error": None}
+            why, length = failed_at[line]
+            notes = [f"skipped: {why} at seqlen {length}"]
+        else:
+            on_event(Event("start", cell, None, index, len(cells)))
+            status, result = _spawn([json.dumps(asdict(cell))], sweep.timeout,
+                                    sweep.max_memory if cell.device == "cpu" else None)
+            if status == "oom" and sweep.max_memory and cell.device != "cpu":
+                status = "over_budget"  # the CUDA allocator was capped at the budget
+            notes = result.pop("notes", [])
+            if status in FAILURES:
+                failed_at[line] = (status, cell.seqlen)
+        flops_per_s = result.pop("flops_per_s", None)
+        rec = results.record(
+            **base, status=status, tokens_per_s=result.pop("tokens_per_s", None),
+            ms_median=result.pop("ms_median", None), ms_iqr=result.pop("ms_iqr", None),
+            peak_mem_bytes=result.pop("peak_mem_bytes", None),
+            act_mem_bytes=result.pop("act_mem_bytes", None),
+            flops_per_token=result.pop("flops_per_token", None),
+            mfu=flops_per_s / peak if flops_per_s else None,
+            params=result.pop("params", None), torch=info["torch"], version=info["version"],
+            git=info["git"], time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            notes=notes, cores=info["cores"], ram_bytes=info["ram_bytes"], peak_flops=peak,
+            warmup=cell.warmup, repeat=cell.new_tokens if cell.mode == "generate" else cell.repeat,
+            max_memory=sweep.max_memory, timeout_s=sweep.timeout,
+            error=result.pop("error", None), wall_s=result.pop("wall_s", None))
+        if "threads" in result:
+            rec["threads"] = result.pop("threads")
+        results.append(sweep.results, rec)
+        on_event(Event("done", cell, rec, index, len(cells)))
+        yield rec
+
+
+def ratios(records: list[dict[str, Any]]) -> dict[tuple, dict[str, float]]:
+    """ours / theirs per cell where both were measured ok: tokens/s and peak memory, keyed by
+    (model, mode, seqlen, peer)."""
+    ours = {(r["model"], r["mode"], r["seqlen"]): r for r in records
+            if r.get("impl") == "zoo" and r.get("status") == "ok"}
+    out = {}
+    for r in records:
+        if r.get("impl") in (None, "zoo") or r.get("status") != "ok":
+            continue
+        mine = ours.get((r["model"], r["mode"], r["seqlen"]))
+        if mine is None:
+            continue
+        out[(r["model"], r["mode"], r["seqlen"], r["impl"])] = {
+            "tokens_per_s": mine["tokens_per_s"] / r["tokens_per_s"],
+            "peak_mem": (mine["peak_mem_bytes"] / r["peak_mem_bytes"]
+                         if r.get("peak_mem_bytes") else float("nan")),
+        }
+    return out

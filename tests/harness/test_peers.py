@@ -1,0 +1,208 @@
+"""Peers (harness.peers): transformers and the rwkv pip package run with the zoo's weights.
+
+Each peer is built from a tiny zoo model whose weights are all made non-trivial first (the
+official inits leave biases, LayerNorms and several RWKV matrices at constants, which would
+hide a mis-mapped tensor), then its workload is compared with the zoo's workload of the same
+cell: same logits (<= 1e-4 in fp32), same loss, same decoded steps, same token and FLOP counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+import sys
+import weakref
+
+import pytest
+import torch
+
+from harness import peers
+from harness.bench import BenchError, build_model, zoo_workload
+from harness.peers import PEERS, peer_workload
+
+pytest.importorskip("transformers")
+pytest.importorskip("rwkv")
+# The rwkv package's TorchScript (its default, which the peer keeps) is deprecated in torch 2.x.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+
+CPU = torch.device("cpu")
+BATCH, SEQLEN, STEPS = 2, 16, 3
+MODES = {"bert": ("forward", "train"), "roberta": ("forward", "train"),
+         "gpt": ("forward", "train", "generate"), "rwkv": ("forward", "train", "generate")}
+CASES = [(impl, name, mode) for impl, names in PEERS.items() for name in names
+         for mode in MODES[name] if not (impl == "rwkv-pip" and mode == "train")]
+NO_DROPOUT = {"gpt": {"dropout": 0.0}, "bert": {"dropout": 0.0, "attn_dropout": 0.0},
+              "roberta": {"dropout": 0.0, "attn_dropout": 0.0}, "rwkv": {}}
+
+
+@pytest.fixture(autouse=True)
+def rwkv_pip_switches(monkeypatch):
+    """The peer sets the pip package's switches in os.environ and imports it afresh when
+    needed: restore both after each test."""
+    for switch in ("RWKV_JIT_ON", "RWKV_CUDA_ON", "RWKV_V7_ON"):
+        monkeypatch.delenv(switch, raising=False)
+    monkeypatch.delitem(sys.modules, "rwkv.model", raising=False)
+
+
+def randomized(model: torch.nn.Module, seed: int = 7) -> torch.nn.Module:
+    """Random weights everywhere; RWKV's time_* vectors in their working ranges."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if name.endswith("time_decay"):
+                p.copy_(torch.rand(p.shape, generator=g) * 8 - 5)
+            elif name.endswith("time_first"):
+                p.copy_(math.log(0.3) + 0.5 * noise)
+            elif "time_mix" in name:
+                p.copy_(torch.rand(p.shape, generator=g))
+            elif p.dim() == 2:
+                p.copy_(noise / math.sqrt(p.shape[1]))
+            else:
+                p.add_(0.1 * noise)
+    return model
+
+
+def tiny(name: str, seqlen: int = SEQLEN, **overrides):
+    """The bench's tiny zoo model of `name` (fp32, CPU), with config `overrides`, randomized."""
+    model, notes = build_model(name, "tiny", seqlen, torch.float32, CPU)
+    if overrides:
+        torch.manual_seed(0)
+        model = type(model)(dataclasses.replace(model.config, **overrides))
+    return randomized(model), notes
+
+
+def both(impl: str, name: str, model, mode: str, batch: int = BATCH, seqlen: int = SEQLEN):
+    """(peer workload, zoo workload) of one cell, each drawing its inputs from the same seed."""
+    torch.manual_seed(3)
+    peer = peer_workload(impl, name, model, mode, batch, seqlen, CPU, STEPS)
+    torch.manual_seed(3)
+    return peer, zoo_workload(model, mode, batch, seqlen, CPU, STEPS)
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape
+    return (a.float() - b.float()).abs().max().item()
+
+
+def test_the_peer_table():
+    assert PEERS == {"hf": ("bert", "gpt", "roberta", "rwkv"), "rwkv-pip": ("rwkv",)}
+
+
+@pytest.mark.parametrize("impl,name,mode", CASES)
+def test_peer_runs_like_the_zoo_with_the_same_weights(impl, name, mode):
+    model, _ = tiny(name, **(NO_DROPOUT[name] if mode == "train" else {}))
+    peer, ours = both(impl, name, model, mode)
+    assert (peer.tokens, peer.flops) == (ours.tokens, ours.flops)
+    assert peer.notes and peer.notes[0].startswith("peer: ")
+    vocab = model.config.vocab_size
+    if mode == "forward":
+        logits = peer.run()
+        assert logits.shape == (BATCH, SEQLEN, vocab)
+        assert max_diff(logits, ours.run()) <= 1e-4
+    elif mode == "generate":  # greedy on the same weights: the same tokens, the same logits
+        assert peer.notes[-1] == f"decodes {STEPS} timed tokens after the prompt"
+        for _ in range(STEPS):
+            logits = peer.run()
+            assert logits.shape == (BATCH, 1, vocab)
+            assert max_diff(logits, ours.run()) <= 1e-4
+    else:  # the same loss on the same targets, then AdamW steps that lower it
+        losses = [peer.run().item() for _ in range(STEPS)]
+        assert abs(losses[0] - ours.run().item()) <= 1e-4
+        assert losses[-1] < losses[0]
+
+
+def test_gpt1_runs_as_openai_gpt_with_eager_attention():
+    model, _ = tiny("gpt", pre_ln=False)
+    peer, ours = both("hf", "gpt", model, "forward")
+    assert "OpenAIGPTLMHeadModel" in peer.notes[0] and "attention: eager" in peer.notes[1]
+    assert max_diff(peer.run(), ours.run()) <= 1e-4
+    with pytest.raises(BenchError, match="no KV cache"):
+        peer_workload("hf", "gpt", model, "generate", BATCH, SEQLEN, CPU, STEPS)
+
+
+def test_gpt2_reports_sdpa_attention():
+    peer, _ = both("hf", "gpt", tiny("gpt")[0], "forward")
+    assert "GPT2LMHeadModel" in peer.notes[0] and peer.notes[1] == "attention: sdpa"
+
+
+@pytest.mark.parametrize("mode", ["forward", "train"])
+def test_bert_without_the_nsp_head_is_bert_for_masked_lm(mode):
+    model, _ = tiny("bert", next_sentence_head=False, **NO_DROPOUT["bert"])
+    peer, ours = both("hf", "bert", model, mode)
+    assert "BertForMaskedLM" in peer.notes[0]
+    assert max_diff(peer.run(), ours.run()) <= 1e-4
+
+
+@pytest.mark.parametrize("name,seqlen", [("gpt", 1030), ("bert", 80), ("roberta", 70)])
+def test_a_lengthened_position_table(name, seqlen):
+    model, notes = tiny(name, seqlen)
+    assert notes and "position table extended" in notes[0]
+    peer, ours = both("hf", name, model, "forward", batch=1, seqlen=seqlen)
+    assert max_diff(peer.run(), ours.run()) <= 1e-4
+
+
+def test_gpt2_decoding_stops_at_the_position_table():
+    model, _ = tiny("gpt", max_seq_len=SEQLEN + 2)
+    peer = peer_workload("hf", "gpt", model, "generate", BATCH, SEQLEN, CPU, STEPS)
+    peer.run()
+    peer.run()
+    with pytest.raises(BenchError, match="position table"):
+        peer.run()
+
+
+def test_the_rwkv_pip_package_runs_its_official_configuration():
+    peer, _ = both("rwkv-pip", "rwkv", tiny("rwkv")[0], "forward")
+    assert "strategy 'cpu fp32', RWKV_JIT_ON=1, RWKV_CUDA_ON=0" in peer.notes[0]
+
+
+@pytest.mark.parametrize("impl,name", [("hf", "gpt"), ("hf", "rwkv"), ("rwkv-pip", "rwkv")])
+def test_the_peer_keeps_no_reference_to_the_zoo_model(impl, name):
+    """bench.measure drops the zoo model once the peer is built: its memory must go."""
+    model, _ = tiny(name)
+    peer = peer_workload(impl, name, model, "forward", BATCH, SEQLEN, CPU, STEPS)
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
+    peer.run()
+
+
+def test_a_mis_mapped_weight_is_caught(monkeypatch):
+    """The inverse mapping is checked by converting the peer back with zoo.convert."""
+    inverse = peers._gpt_state_to_hf
+
+    def swapped_ln(c, zoo):
+        state = inverse(c, zoo)
+        w = "transformer.h.0.ln_1.weight"
+        state[w] = state[w].flip(0)
+        return state
+
+    monkeypatch.setattr(peers, "_gpt_state_to_hf", swapped_ln)
+    with pytest.raises(BenchError, match=r"'blocks\.0\.ln_1\.weight' differs"):
+        peer_workload("hf", "gpt", tiny("gpt")[0], "forward", BATCH, SEQLEN, CPU, STEPS)
+
+
+@pytest.mark.parametrize("impl,name,mode,message", [
+    ("torch-compile", "gpt", "forward", "unknown peer"),
+    ("hf", "pangu-pi", "forward", "no implementation of 'pangu-pi'"),
+    ("rwkv-pip", "gpt", "forward", "no implementation of 'gpt'"),
+    ("hf", "gpt", "sample", "unknown mode"),
+    ("hf", "bert", "generate", "encoder"),
+    ("hf", "roberta", "generate", "encoder"),
+    ("rwkv-pip", "rwkv", "train", "inference-only"),
+])
+def test_unsupported_cells_are_refused(impl, name, mode, message):
+    model, _ = tiny(name if name in MODES else "gpt")
+    with pytest.raises(BenchError, match=message):
+        peer_workload(impl, name, model, mode, BATCH, SEQLEN, CPU, STEPS)
+
+
+def test_configs_transformers_cannot_express_are_refused():
+    with pytest.raises(BenchError, match="d_ff"):
+        peer_workload("hf", "gpt", tiny("gpt", pre_ln=False, d_ff=100)[0], "forward",
+                      BATCH, SEQLEN, CPU, STEPS)
+    with pytest.raises(BenchError, match="eps"):
+        peer_workload("rwkv-pip", "rwkv", tiny("rwkv", layer_norm_eps=1e-6)[0], "forward",
+                      BATCH, SEQLEN, CPU, STEPS)

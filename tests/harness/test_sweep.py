@@ -1,0 +1,153 @@
+"""Benchmark sweeps end to end on tiny models: records, resume, failures, interruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness import results
+from harness import sweep as sweeps
+from harness.results import FIELDS
+
+
+@pytest.fixture
+def peak_cache(tmp_path):
+    """A cached matmul peak, so that tests do not calibrate (1e11 FLOP/s)."""
+    cache = tmp_path / "peaks.json"
+    cache.write_text(json.dumps({sweeps.peak_label("cpu", "float32", None): 1e11}))
+    return cache
+
+
+def tiny(tmp_path, **fields) -> sweeps.Sweep:
+    return sweeps.Sweep(**{"models": ["gpt"], "variant": "tiny", "seqlens": [32, 64],
+                           "repeat": 2, "results": tmp_path / "bench.jsonl", **fields})
+
+
+def test_parse_seqlens():
+    assert sweeps.parse_seqlens("8192") == [8192]
+    assert sweeps.parse_seqlens("1024,512, 2048") == [512, 1024, 2048]
+    assert sweeps.parse_seqlens("512..4096") == [512, 1024, 2048, 4096]
+    assert sweeps.parse_seqlens("500..1500") == [500, 1000]
+    for bad in ("", "abc", "0", "-5", "4096..512", "512..", "1,x"):
+        with pytest.raises(sweeps.SweepError, match="--seqlen"):
+            sweeps.parse_seqlens(bad)
+
+
+def test_parse_bytes():
+    assert sweeps.parse_bytes("8G") == 8 * 2**30
+    assert sweeps.parse_bytes("1.5GiB") == int(1.5 * 2**30)
+    assert sweeps.parse_bytes("500M") == 500 * 2**20 and sweeps.parse_bytes("4096") == 4096
+    for bad in ("lots", "-1G", "0"):
+        with pytest.raises(sweeps.SweepError, match="--max-memory"):
+            sweeps.parse_bytes(bad)
+
+
+def test_a_sweep_writes_one_complete_record_per_cell(tmp_path, peak_cache):
+    plan = tiny(tmp_path, modes=["forward", "generate"])
+    records = list(sweeps.run(plan, peak_cache))
+    assert [(r["mode"], r["seqlen"]) for r in records] == [
+        ("forward", 32), ("forward", 64), ("generate", 32), ("generate", 64)]
+    for r in records:
+        assert set(FIELDS) <= set(r) and r["kind"] == "bench" and r["status"] == "ok", r
+        assert r["tokens_per_s"] > 0 and r["ms_median"] > 0 and r["ms_iqr"] >= 0
+        assert r["peak_mem_bytes"] >= r["act_mem_bytes"] >= 0
+        assert r["flops_per_token"] > 0 and r["mfu"] == pytest.approx(
+            r["flops_per_token"] * r["tokens_per_s"] / 1e11)
+        assert r["params"] > 0 and r["threads"] >= 1 and r["cpu"] and r["torch"]
+        assert r["peak_flops"] == 1e11 and r["impl"] == "zoo" and r["time"]
+    on_disk = results.load([plan.results]).records
+    assert [r["seqlen"] for r in on_disk] == [32, 64, 32, 64]
+
+
+def test_a_rerun_skips_measured_cells_unless_forced(tmp_path, peak_cache):
+    plan = tiny(tmp_path)
+    first = list(sweeps.run(plan, peak_cache))
+    with open(plan.results, "a") as f:
+        f.write("not json\n")  # a damaged line does not stop the resume
+    again = list(sweeps.run(plan, peak_cache))
+    assert all(r.get("resumed") for r in again)
+    assert [r["tokens_per_s"] for r in again] == [r["tokens_per_s"] for r in first]
+    assert len(plan.results.read_text().splitlines()) == 3
+    plan.force = True
+    assert not any(r.get("resumed") for r in sweeps.run(plan, peak_cache))
+    assert len(results.load([plan.results]).records) == 4
+
+
+@pytest.mark.parametrize("fields, status", [
+    ({"timeout": 0.2}, "timeout"),
+    ({"max_memory": 20 * 2**20}, "over_budget"),
+    ({"batch": 10**9}, "oom"),  # the first allocation is refused at once
+])
+def test_failures_are_recorded_and_skip_longer_lengths(tmp_path, peak_cache, fields, status):
+    plan = tiny(tmp_path, models=["gpt", "rwkv"], seqlens=[32, 64, 128], **fields)
+    records = list(sweeps.run(plan, peak_cache))
+    assert [(r["model"], r["status"]) for r in records] == [
+        ("gpt", status), ("gpt", "skipped"), ("gpt", "skipped"),
+        ("rwkv", status), ("rwkv", "skipped"), ("rwkv", "skipped")]
+    assert records[0]["error"] and records[0]["tokens_per_s"] is None
+    assert records[1]["notes"] == [f"skipped: {status} at seqlen 32"]
+    assert len(results.load([plan.results]).records) == 6
+
+
+def test_a_longer_position_table_is_noted(tmp_path, peak_cache):
+    plan = tiny(tmp_path, models=["bert"], seqlens=[2048])
+    (rec,) = sweeps.run(plan, peak_cache)
+    assert rec["status"] == "ok"
+    assert any("position table extended" in note for note in rec["notes"])
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"models": ["gtp"]}, "unknown model 'gtp'"),
+    ({"models": ["bert"], "modes": ["generate"]}, "bert is an encoder and cannot generate"),
+    ({"models": ["mosaic-bert"], "against": ["hf"]}, "--against hf has no peer for mosaic-bert"),
+    ({"against": ["nope"]}, "unknown peer 'nope'"),
+    ({"dtype": "float64"}, "unknown dtype 'float64'"),
+    ({"batch": 0}, "--batch must be at least 1"),
+    ({"variant": "huge"}, "no variant 'huge'"),
+])
+def test_sweeps_that_cannot_start(tmp_path, fields, message):
+    with pytest.raises(ValueError, match=message):
+        sweeps.check(tiny(tmp_path, **fields))
+
+
+def test_interrupting_a_sweep_keeps_a_valid_file(tmp_path, peak_cache):
+    out = tmp_path / "bench.jsonl"
+    env = {**os.environ, "HOME": str(tmp_path)}
+    cache = tmp_path / ".cache" / "transformer-catalog" / "matmul_peaks.json"
+    cache.parent.mkdir(parents=True)
+    cache.write_text(peak_cache.read_text())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "bench", "gpt", "--variant", "tiny",
+         "--seqlen", "32..4096", "--repeat", "2", "--results", str(out)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or not out.read_text().strip()):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+    lines = out.read_text().splitlines()
+    assert 1 <= len(lines) < 8 and all(json.loads(line)["status"] == "ok" for line in lines)
+
+
+def test_peers_are_measured_side_by_side_with_a_ratio(tmp_path, peak_cache):
+    plan = tiny(tmp_path, models=["gpt", "rwkv"], seqlens=[40], against=["hf", "rwkv-pip"])
+    records = list(sweeps.run(plan, peak_cache))
+    assert [(r["model"], r["impl"], r["status"]) for r in records] == [
+        ("gpt", "zoo", "ok"), ("gpt", "hf", "ok"),
+        ("rwkv", "zoo", "ok"), ("rwkv", "hf", "ok"), ("rwkv", "rwkv-pip", "ok")]
+    ratios = sweeps.ratios(records)
+    assert set(ratios) == {("gpt", "forward", 40, "hf"), ("rwkv", "forward", 40, "hf"),
+                           ("rwkv", "forward", 40, "rwkv-pip")}
+    zoo_gpt, hf_gpt = records[0], records[1]
+    assert ratios[("gpt", "forward", 40, "hf")]["tokens_per_s"] == pytest.approx(
+        zoo_gpt["tokens_per_s"] / hf_gpt["tokens_per_s"])
+    assert hf_gpt["params"] == zoo_gpt["params"]  # the peer runs the same weights
+    assert hf_gpt["flops_per_token"] == zoo_gpt["flops_per_token"]
