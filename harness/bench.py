@@ -241,7 +241,7 @@ def measure(cell: dict[str, Any], catalog_dir: Any = None) -> dict[str, Any]:
 # --- the machine's matrix-multiply peak, for MFU ------------------------------------------
 
 def measure_matmul_peak(device: str = "cpu", dtype: str = "float32", threads: int | None = None,
-                        seconds: float = 1.0) -> float:
+                        seconds: float = 3.0) -> float:
     """FLOP/s of the best of several n x n matrix multiplies, n chosen for the device (2048 on
     CPU, 8192 on GPUs), each timed after a warm-up, for about `seconds`."""
     if threads:

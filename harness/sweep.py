@@ -329,6 +329,9 @@ def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lamb
             error=result.pop("error", None), wall_s=result.pop("wall_s", None))
         if "threads" in result:
             rec["threads"] = result.pop("threads")
+        if rec["mfu"] is not None and rec["mfu"] > 1:
+            rec["notes"].append("MFU above 100%: the cached matmul peak looks too low (measured "
+                                "on a busy machine?); run `catalog bench --calibrate`")
         results.append(sweep.results, rec)
         on_event(Event("done", cell, rec, index, len(cells)))
         yield rec
