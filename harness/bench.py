@@ -10,6 +10,10 @@ Modes:
   train     forward + backward + an AdamW step, with a next-token (or masked-token) loss;
   generate  incremental decoding after a prompt of `seqlen` tokens: each timed run decodes one
             token per sequence on the KV cache or recurrent state (greedy).
+
+Memory: the peak during the warm-up and timed runs (peak RSS on CPU, max_memory_allocated on
+CUDA), and the part of it above the loaded weights. For generate cells the prefill happens
+before, so their memory is that of decoding: the weights plus the KV cache or the state.
 """
 
 from __future__ import annotations
@@ -110,13 +114,16 @@ def zoo_workload(model, mode: str, batch: int, seqlen: int, device: torch.device
             else:
                 out = model(inputs["input_ids"], use_cache=True)
                 step = lambda tok, cache: model(tok, cache=cache)  # noqa: E731
-        state = {"out": out}
+        # Keep the last position's logits only: the prompt's (B, T, V) logits would otherwise
+        # stay alive and count as decoding memory.
+        state = {"logits": out.logits[:, -1:].clone(), "cache": out.cache}
+        del out
 
         def run():
             with torch.no_grad():
-                token = state["out"].logits[:, -1:].argmax(dim=-1)
-                state["out"] = step(token, state["out"].cache)
-            return state["out"].logits
+                out = step(state["logits"].argmax(dim=-1), state["cache"])
+            state["logits"], state["cache"] = out.logits, out.cache
+            return out.logits
 
         return Workload(run, tokens, flops,
                         notes=(f"decodes {new_tokens} timed tokens after the prompt",))
@@ -149,6 +156,18 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def release_freed_memory() -> None:
+    """Hand memory that was freed back to the OS (glibc keeps it otherwise), so that the RSS
+    measured next is what is live: the weights, the inputs, a KV cache or a state."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def peak_rss() -> int:
@@ -192,6 +211,9 @@ def measure(cell: dict[str, Any], catalog_dir: Any = None) -> dict[str, Any]:
                                else 0)
     model, notes = build_model(cell["model"], cell["variant"], length, dtype, device, catalog_dir)
     params = model.num_params()
+    # "Above the weights" is measured from here: the loaded model, before any input exists.
+    release_freed_memory()
+    weights = torch.cuda.memory_allocated(device) if device.type == "cuda" else current_rss() or 0
     if cell["impl"] == "zoo":
         workload = zoo_workload(model, cell["mode"], cell["batch"], cell["seqlen"], device,
                                 cell["new_tokens"])
@@ -200,13 +222,13 @@ def measure(cell: dict[str, Any], catalog_dir: Any = None) -> dict[str, Any]:
 
         workload = peer_workload(cell["impl"], cell["model"], model, cell["mode"], cell["batch"],
                                  cell["seqlen"], device, cell["new_tokens"])
-        del model  # the peer holds its own copy of the weights
-    gc.collect()
+        del model  # the peer holds its own copy of the weights (as many bytes as ours)
+    # The peak is measured from here: what preparing the workload (a generate cell's prefill)
+    # freed is not counted; what it keeps (the KV cache or the state) is.
+    release_freed_memory()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
     else:
-        base = current_rss() or 0
         reset_peak_rss()
 
     times = []
@@ -231,7 +253,7 @@ def measure(cell: dict[str, Any], catalog_dir: Any = None) -> dict[str, Any]:
         "ms_median": 1000 * median,
         "ms_iqr": 1000 * (q[2] - q[0]),
         "peak_mem_bytes": peak,
-        "act_mem_bytes": max(peak - base, 0),
+        "act_mem_bytes": max(peak - weights, 0),
         "flops_per_token": workload.flops / workload.tokens if workload.flops else None,
         "flops_per_s": workload.flops / median if workload.flops else None,
         "notes": [*notes, *workload.notes],

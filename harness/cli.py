@@ -432,6 +432,9 @@ def bench(
             against=[p.value for p in against or []], force=force, results=results_path,
             catalog_dir=str(ctx.obj) if ctx.obj else None)
         sweeps.check(plan)
+    for model, unsupported_mode in plan.unsupported():
+        _err().print(f"[yellow]note:[/] {model} cannot run {unsupported_mode} mode; "
+                     "those cells are left out")
     records = _run_with_progress(plan, sweeps)
     _out().print(_bench_table(records, sweeps.ratios(records)))
     _out().print(f"records appended to {escape(str(results_path))}")

@@ -302,18 +302,22 @@ def _hf_gpt_decoder(model, prompt: torch.Tensor):
     """Greedy decoding on transformers' KV cache, one token per sequence per run."""
     model.eval()
     with torch.no_grad():
-        state: dict[str, Any] = {"out": model(prompt, use_cache=True), "length": prompt.size(1)}
+        out = model(prompt, use_cache=True)
+    # The last position's logits only: the prompt's would stay alive as decoding memory.
+    state: dict[str, Any] = {"logits": out.logits[:, -1:].clone(),
+                             "past": out.past_key_values, "length": prompt.size(1)}
+    del out
 
     def run():
         if state["length"] >= model.config.n_positions:  # an index error (CUDA: an assert)
             raise BenchError(f"decoding past the {model.config.n_positions} positions of the "
                              "position table")
         with torch.no_grad():
-            token = state["out"].logits[:, -1:].argmax(dim=-1)
-            state["out"] = model(token, past_key_values=state["out"].past_key_values,
-                                 use_cache=True)
+            out = model(state["logits"].argmax(dim=-1), past_key_values=state["past"],
+                        use_cache=True)
+        state["logits"], state["past"] = out.logits, out.past_key_values
         state["length"] += 1
-        return state["out"].logits
+        return out.logits
 
     return run
 
@@ -324,8 +328,10 @@ def _hf_rwkv_decoder(model, prompt: torch.Tensor):
     model.eval()
     with torch.no_grad():
         out = model(prompt, use_cache=True)
-    rows = [{"logits": out.logits[b:b + 1, -1:], "state": [s[b:b + 1] for s in out.state]}
-            for b in range(prompt.size(0))]
+    # Copies: views would keep the prompt's (B, T, V) logits alive as decoding memory.
+    rows = [{"logits": out.logits[b:b + 1, -1:].clone(),
+             "state": [s[b:b + 1].clone() for s in out.state]} for b in range(prompt.size(0))]
+    del out
 
     def run():
         with torch.no_grad():

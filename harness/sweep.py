@@ -106,16 +106,24 @@ class Sweep:
     results: Path = Path("reports/results/bench.jsonl")
     catalog_dir: str | None = None
 
+    def unsupported(self) -> list[tuple[str, str]]:
+        """(model, mode) pairs of the sweep that the model cannot run: generate on encoders."""
+        import zoo
+
+        return [(m, "generate") for m in self.models if "generate" in self.modes
+                and not hasattr(zoo.load_class(m), "generate")]
+
     def cells(self) -> list[Cell]:
         """Model by model, impl by impl, mode by mode, shortest length first (so that a failure
-        can skip the longer ones)."""
+        can skip the longer ones). Modes a model cannot run are left out (see `check`)."""
         from harness.peers import PEERS
 
         out = []
+        left_out = set(self.unsupported())
         for model in self.models:
             impls = ["zoo"] + [peer for peer in self.against if model in PEERS.get(peer, ())]
             for impl in impls:
-                for mode in self.modes:
+                for mode in [m for m in self.modes if (model, m) not in left_out]:
                     for seqlen in self.seqlens:
                         out.append(Cell(model, self.variant, impl, mode, seqlen, self.batch,
                                         self.dtype, self.device, self.threads, self.warmup,
@@ -137,10 +145,9 @@ def check(sweep: Sweep) -> None:
     for mode in sweep.modes:
         if mode not in MODES:
             raise SweepError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    if "generate" in sweep.modes:
-        encoders = [m for m in sweep.models if not hasattr(zoo.load_class(m), "generate")]
-        if encoders:
-            raise SweepError(f"{encoders[0]} is an encoder and cannot generate; generate mode "
+    for model in sweep.models:  # a model that can run none of the modes asked is an error
+        if all((model, mode) in sweep.unsupported() for mode in sweep.modes):
+            raise SweepError(f"{model} is an encoder and cannot generate; generate mode "
                              "is for gpt, rwkv, pangu-pi and transformer")
     for peer in sweep.against:
         if peer not in PEERS:

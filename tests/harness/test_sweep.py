@@ -151,3 +151,11 @@ def test_peers_are_measured_side_by_side_with_a_ratio(tmp_path, peak_cache):
         zoo_gpt["tokens_per_s"] / hf_gpt["tokens_per_s"])
     assert hf_gpt["params"] == zoo_gpt["params"]  # the peer runs the same weights
     assert hf_gpt["flops_per_token"] == zoo_gpt["flops_per_token"]
+
+
+def test_modes_a_model_cannot_run_are_left_out_of_a_mixed_sweep(tmp_path):
+    plan = tiny(tmp_path, models=["bert", "gpt"], modes=["forward", "generate"])
+    sweeps.check(plan)
+    assert plan.unsupported() == [("bert", "generate")]
+    assert {(c.model, c.mode) for c in plan.cells()} == {
+        ("bert", "forward"), ("gpt", "forward"), ("gpt", "generate")}
