@@ -55,10 +55,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _targets_like(logits_shape: tuple[int, ...], vocab: int, device) -> torch.Tensor:
-    return torch.randint(0, vocab, logits_shape, device=device)
-
-
 def accounting(model, mode: str, batch: int, seqlen: int) -> tuple[int, float | None]:
     """(tokens, FLOPs) of one timed run of `mode`, for the zoo model and its peers alike.
     Training costs 3x the forward (backward about twice the forward, Kaplan et al. 2020).
@@ -90,7 +86,7 @@ def zoo_workload(model, mode: str, batch: int, seqlen: int, device: torch.device
         return Workload(run, tokens, flops)
     if mode == "train":
         model.train()
-        targets = _targets_like((batch, seqlen), vocab, device)
+        targets = torch.randint(0, vocab, (batch, seqlen), device=device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def run():

@@ -169,10 +169,8 @@ def check(sweep: Sweep) -> None:
             raise SweepError(f"--device {sweep.device}: no CUDA device on this machine")
     elif sweep.device != "cpu":
         raise SweepError(f"--device {sweep.device!r}: use cpu, cuda or cuda:N")
-    import zoo as _zoo
-
     for model in sweep.models:  # the variant must exist (the error lists the valid ones)
-        _zoo.variant_config(model, sweep.variant, sweep.catalog_dir)
+        zoo.variant_config(model, sweep.variant, sweep.catalog_dir)
 
 
 # --- running a cell in its own process --------------------------------------------------------
