@@ -1,0 +1,192 @@
+"""The equal-budget trainer: the same tokens (or seconds), schedule, seed and data order for
+every model of a comparison.
+
+A budget is a number of training tokens ("20M-tokens", deterministic) or of seconds ("5m",
+"90s", "1h": as fair as the machine is quiet). The learning rate warms up linearly, then
+decays along a cosine to `min_lr_ratio` of its peak over the budget; gradients are clipped to
+`grad_clip`. Every `checkpoint_every` steps the model, the optimizer, the step, the data
+position and the random states are saved, and `resume=True` continues from there to the
+same numbers an uninterrupted run would give (on the same machine).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_BUDGET_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMB]?)-?tokens$|^(\d+(?:\.\d+)?)\s*([smh])$",
+                        re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Budget:
+    tokens: int | None = None
+    seconds: float | None = None
+
+    def __str__(self) -> str:
+        return f"{self.tokens:,} tokens" if self.tokens else f"{self.seconds:g} s"
+
+
+def parse_budget(text: str) -> Budget:
+    """"20M-tokens" / "500K-tokens" / "1e6 tokens" -> tokens; "5m" / "90s" / "1h" -> seconds."""
+    match = _BUDGET_RE.match(text.strip().replace(" ", "-"))
+    if not match:
+        raise ValueError(f"--budget {text!r}: give a time (90s, 5m, 1h) or a number of tokens "
+                         "(500K-tokens, 20M-tokens)")
+    if match.group(1):
+        scale = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9}[match.group(2).upper()]
+        value = int(float(match.group(1)) * scale)
+        budget = Budget(tokens=value)
+    else:
+        scale = {"s": 1, "m": 60, "h": 3600}[match.group(4).lower()]
+        value = float(match.group(3)) * scale
+        budget = Budget(seconds=value)
+    if value <= 0:
+        raise ValueError(f"--budget {text!r} must be positive")
+    return budget
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    budget: Budget
+    batch_size: int = 16
+    seqlen: int = 256
+    lr: float = 1e-3
+    warmup: float = 0.05  # fraction of the budget spent warming up
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 100  # steps
+    checkpoint_every: int = 100  # steps
+
+
+def lr_at(progress: float, config: TrainConfig) -> float:
+    """Learning rate at `progress` in [0, 1] of the budget: linear warm-up, cosine decay."""
+    if progress < config.warmup:
+        return config.lr * (progress / config.warmup) if config.warmup else config.lr
+    decay = (progress - config.warmup) / max(1e-12, 1 - config.warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(decay, 1.0)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+@dataclass
+class History:
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+Batches = Callable[[int], tuple[dict[str, torch.Tensor], torch.Tensor]]
+
+
+def train(model, batches: Batches, config: TrainConfig, *,
+          evaluate: Callable[[Any], dict[str, float]] | None = None,
+          state_path: Path | None = None, resume: bool = False,
+          on_step: Callable[[History, float], None] | None = None) -> History:
+    """Train `model` on `batches(step) -> (inputs, targets)` until the budget is spent.
+
+    `batches` must be a pure function of the step (it owns the seeded data order), so a resumed
+    run sees the batches the interrupted one would have. `evaluate(model)` runs every
+    `eval_every` steps and at the end; `on_step(history, lr)` reports progress."""
+    torch.manual_seed(config.seed)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=config.lr, betas=config.betas)
+    history = History()
+    if resume and state_path is not None and state_path.exists():
+        history = _load_state(state_path, model, optimizer)
+    tokens_per_step = config.batch_size * config.seqlen
+    model.train()
+    start = time.monotonic() - history.seconds
+    while True:
+        progress = _progress(history, config)
+        if progress >= 1:
+            break
+        lr = lr_at(progress, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        inputs, targets = batches(history.steps)
+        loss = model(**inputs, targets=targets).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        history.steps += 1
+        history.tokens += tokens_per_step
+        history.seconds = time.monotonic() - start
+        history.losses.append(loss.item())
+        if on_step is not None:
+            on_step(history, lr)
+        if evaluate is not None and history.steps % config.eval_every == 0:
+            history.evals.append({"step": history.steps, **_evaluate(model, evaluate)})
+        if state_path is not None and history.steps % config.checkpoint_every == 0:
+            _save_state(state_path, model, optimizer, history)
+    if evaluate is not None and (not history.evals or history.evals[-1]["step"] != history.steps):
+        history.evals.append({"step": history.steps, **_evaluate(model, evaluate)})
+    return history
+
+
+def _progress(history: History, config: TrainConfig) -> float:
+    if config.budget.tokens:
+        return history.tokens / config.budget.tokens
+    return history.seconds / config.budget.seconds
+
+
+def _evaluate(model, evaluate) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        result = evaluate(model)
+    model.train()
+    return result
+
+
+def _save_state(path: Path, model, optimizer, history: History) -> None:
+    """Everything a resumed run needs, written whole (a crash mid-write keeps the last one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "history": asdict(history), "rng": torch.get_rng_state()}, tmp)
+    tmp.replace(path)
+
+
+def _load_state(path: Path, model, optimizer) -> History:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    return History(**state["history"])
+
+
+def block_batches(stream: torch.Tensor, batch_size: int, seqlen: int, seed: int
+                  ) -> tuple[Batches, int]:
+    """Batches of a causal LM over one token stream: the stream is cut into blocks of
+    seqlen + 1 tokens, shuffled once with `seed`, and step s takes the blocks
+    s*batch_size .. (s+1)*batch_size (cycling through epochs in the same order). Returns the
+    batch function and the number of blocks."""
+    n_blocks = (stream.numel() - 1) // seqlen
+    if n_blocks < batch_size:
+        raise ValueError(f"the training text gives {n_blocks} blocks of {seqlen} tokens, fewer "
+                         f"than one batch of {batch_size}")
+    order = torch.randperm(n_blocks, generator=torch.Generator().manual_seed(seed))
+
+    def batches(step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        picks = order[(torch.arange(batch_size) + step * batch_size) % n_blocks]
+        rows = torch.stack([stream[i * seqlen: i * seqlen + seqlen + 1] for i in picks.tolist()])
+        return {"input_ids": rows[:, :-1]}, rows[:, 1:]
+
+    return batches, n_blocks

@@ -1,0 +1,103 @@
+"""The trainer: budgets, schedule, learning, determinism and resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import zoo
+from harness.quality.train import (
+    Budget,
+    TrainConfig,
+    block_batches,
+    lr_at,
+    parse_budget,
+    train,
+)
+
+
+@pytest.mark.parametrize("text, budget", [
+    ("20M-tokens", Budget(tokens=20_000_000)), ("500K-tokens", Budget(tokens=500_000)),
+    ("4096-tokens", Budget(tokens=4096)), ("5m", Budget(seconds=300)), ("90s", Budget(seconds=90)),
+    ("1.5h", Budget(seconds=5400)),
+])
+def test_parse_budget(text, budget):
+    assert parse_budget(text) == budget
+
+
+@pytest.mark.parametrize("bad", ["", "5", "tokens", "5 minutes", "-3m", "0s", "3x-tokens"])
+def test_bad_budgets(bad):
+    with pytest.raises(ValueError, match="--budget"):
+        parse_budget(bad)
+
+
+def test_warmup_then_cosine_decay():
+    config = TrainConfig(budget=Budget(tokens=1), lr=1e-3, warmup=0.1, min_lr_ratio=0.1)
+    assert lr_at(0.0, config) == 0 and lr_at(0.05, config) == pytest.approx(5e-4)
+    assert lr_at(0.1, config) == pytest.approx(1e-3)
+    assert lr_at(0.55, config) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert lr_at(1.0, config) == pytest.approx(1e-4)
+    values = [lr_at(p / 100, config) for p in range(10, 101)]
+    assert all(a >= b for a, b in zip(values[:-1], values[1:], strict=True))
+
+
+def pattern_stream(n: int = 4000) -> torch.Tensor:
+    """A learnable stream: a fixed random sequence of 50 tokens, repeated."""
+    base = torch.randint(0, 64, (50,), generator=torch.Generator().manual_seed(1))
+    return base.repeat(n // 50 + 1)[:n]
+
+
+def run(steps: int, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    model = zoo.build("gpt", "tiny", vocab_size=64, max_seq_len=32)
+    batches, _ = block_batches(pattern_stream(), batch_size=4, seqlen=32, seed=seed)
+    config = TrainConfig(budget=Budget(tokens=steps * 4 * 32), batch_size=4, seqlen=32,
+                         lr=3e-3, seed=seed, **kw.pop("config", {}))
+    return model, train(model, batches, config, **kw)
+
+
+def test_training_learns_a_repeated_pattern():
+    model, history = run(steps=60, evaluate=lambda m: {"steps_seen": 1.0},
+                         config={"eval_every": 20})
+    assert history.steps == 60 and history.tokens == 60 * 128
+    assert history.losses[-1] < 0.5 * history.losses[0] and history.losses[0] > math.log(64) - 1
+    assert [e["step"] for e in history.evals] == [20, 40, 60]
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers():
+    _, a = run(steps=8)
+    _, b = run(steps=8)
+    _, c = run(steps=8, seed=1)
+    assert a.losses == b.losses and a.losses != c.losses
+
+
+def test_resume_continues_to_the_same_result(tmp_path):
+    straight, _ = run(steps=8)
+    state = tmp_path / "trainer_state.pt"
+
+    def stop_at_5(history, lr):
+        if history.steps == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(steps=8, state_path=state, on_step=stop_at_5, config={"checkpoint_every": 4})
+    resumed, history = run(steps=8, state_path=state, resume=True,
+                           config={"checkpoint_every": 4})
+    assert history.steps == 8
+    resumed_state = resumed.state_dict()
+    for name, tensor in straight.state_dict().items():
+        torch.testing.assert_close(tensor, resumed_state[name], rtol=0, atol=0, msg=name)
+
+
+def test_block_batches_cover_the_stream_in_a_seeded_order():
+    stream = torch.arange(1000)
+    batches, n = block_batches(stream, batch_size=3, seqlen=10, seed=0)
+    inputs, targets = batches(0)
+    assert n == 99 and inputs["input_ids"].shape == (3, 10)
+    assert torch.equal(targets, inputs["input_ids"] + 1)  # next-token targets
+    firsts = {int(batches(s)[0]["input_ids"][i, 0]) for s in range(33) for i in range(3)}
+    assert firsts == {10 * i for i in range(99)}
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        block_batches(torch.arange(50), batch_size=8, seqlen=10, seed=0)
