@@ -27,6 +27,8 @@ def test_a_non_editable_install_ships_and_finds_the_catalog(tmp_path):
         capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr
     assert len(list((target / "catalog").glob("*.yaml"))) == len(list(REPO.glob("catalog/*.yaml")))
+    tasks = target / "harness" / "quality" / "lm_eval_tasks"
+    assert {p.name for p in tasks.glob("*.yaml")} == {"heldout.yaml", "lastword.yaml"}
 
     # Run from an unrelated folder with only the installed copy importable.
     probe = ("import json, harness.catalog as c; cat = c.load_catalog(); print(json.dumps("

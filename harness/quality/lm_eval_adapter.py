@@ -1,0 +1,336 @@
+"""lm-evaluation-harness model adapter for causal zoo checkpoints, registered as `zoo`.
+
+`ZooLM` wraps a checkpoint folder written by `harness.quality.checkpoint.save_checkpoint`
+(GPT, RWKV, Pangu-pi: any zoo model with `causal_lm = True`) in lm-eval's `LM` interface:
+
+  - `loglikelihood`: log p(continuation | start + context) summed over the continuation's
+    tokens, and whether greedy decoding would have produced exactly those tokens;
+  - `loglikelihood_rolling`: log p(text | start) of a whole document, cut into windows of at
+    most `max_length` tokens in which every token is predicted exactly once (lm-eval's own
+    `get_rolling_token_windows`, so the windows are those of its Hugging Face model);
+  - `generate_until`: greedy decoding on the model's KV cache or recurrent state, until a stop
+    string, the EOS token or `max_gen_toks` new tokens.
+
+"start" is the token that precedes every document: by default EOS, which is what the trainer
+puts between documents (`harness.quality.tasks.token_stream`) and what lm-eval's Hugging Face
+model uses too (GPT-2's <|endoftext|>); `prefix_token="bos"` for models trained on
+BOS-prefixed documents. A model conditioned on a token it never saw in training scores worse.
+
+Python use (the task YAMLs come from `harness.quality.lm_eval_tasks.write_tasks`):
+
+    lm = ZooLM(pretrained="runs/gpt/checkpoint", batch_size=8)
+    lm_eval.simple_evaluate(model=lm, tasks=["zoo_heldout"], task_manager=task_manager(folder),
+                            bootstrap_iters=0, log_samples=False)
+
+or `evaluate_checkpoint(...)` below, which does both steps and returns the metrics.
+
+Command line: lm-eval 0.4.13 has no plugin mechanism for models (no entry-point group; its
+`--include_path` indexes task YAMLs only), so a model is known to its CLI only once the module
+that registers it is imported. Importing this module registers `zoo`; run lm-eval's own CLI
+through it:
+
+    python -m harness.quality.lm_eval_adapter run --model zoo \
+        --model_args pretrained=runs/gpt/checkpoint,max_length=256 \
+        --tasks zoo_heldout --include_path runs/gpt/lm_eval_tasks --batch_size 8
+
+(every argument after the module name is lm-eval's). The same works from Python with
+`simple_evaluate(model="zoo", model_args="pretrained=...")` after importing this module.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lm_eval.api.model import LM
+from lm_eval.api.registry import model_registry
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+from harness.quality.checkpoint import load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "zoo"  # the name lm-eval knows the adapter by (`--model zoo`)
+DEFAULT_MAX_LENGTH = 2048  # for models without a position table (RWKV, Pangu-pi)
+DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's own default for generate_until tasks
+
+# (context tokens, continuation tokens): the continuation is scored given the context.
+TokenPair = tuple[list[int], list[int]]
+
+
+class ZooLM(LM):
+    """A causal zoo checkpoint as an lm-eval model.
+
+    pretrained: checkpoint folder (config.json, model.safetensors, tokenizer.json);
+    device: "cpu", "cuda", "cuda:1", ...; None picks CUDA when available;
+    batch_size: sequences per forward pass when scoring (generation runs one at a time);
+    max_length: the longest token sequence fed to the model; None means the model's
+        `max_seq_len` where it has a position table (GPT), else 2048. A model trained on
+        shorter sequences than that should be given its training length here;
+    dtype: "float32", "bfloat16" or "float16"; None keeps the checkpoint's (float32);
+    rolling_context: tokens of context that every prediction of a rolling window after the
+        first keeps at least (lm-eval's `context_len`). 1 = back-to-back windows as lm-eval's
+        Hugging Face model uses; up to max_length = overlapping windows (more context for the
+        first tokens of each window, more forward passes);
+    prefix_token: "eos" or "bos", the token every text is conditioned on (see above);
+    max_batch_size: accepted because lm-eval's CLI passes it; unused (no automatic batch size).
+    """
+
+    def __init__(self, pretrained: str | Path, device: str | None = None,
+                 batch_size: int | str = 8, max_length: int | str | None = None,
+                 dtype: str | None = None, rolling_context: int | str = 1,
+                 prefix_token: str = "eos", max_batch_size: int | None = None) -> None:
+        super().__init__()
+        if device is None or (device.startswith("cuda") and not torch.cuda.is_available()):
+            # lm-eval's CLI asks for cuda:0 unless told otherwise; like its own Hugging Face
+            # model, fall back to the CPU when there is no GPU.
+            if device is not None:
+                logger.warning("device %s is not available; using cpu", device)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, tokenizer, meta = load_checkpoint(pretrained, device=device)
+        if not getattr(model, "causal_lm", False):
+            raise ValueError(f"{pretrained}: zoo model {meta['zoo']!r} is not a causal language "
+                             "model; lm-eval's scoring needs one (gpt, rwkv, pangu-pi)")
+        if dtype is not None:
+            if dtype not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
+            model = model.to(getattr(torch, dtype))
+        self.model = model
+        self.text_tokenizer = tokenizer  # not `tokenizer`: lm-eval reads that one as a HF one
+        if prefix_token not in ("eos", "bos"):
+            raise ValueError(f"prefix_token must be 'eos' or 'bos', not {prefix_token!r}")
+        self.prefix_id = tokenizer.eos_id if prefix_token == "eos" else tokenizer.bos_id
+        self.zoo_name = meta["zoo"]
+        self.checkpoint = str(pretrained)
+        self._device = torch.device(device)
+        self.batch_size = _positive_int(batch_size, "batch_size")
+        position_limit = getattr(model.config, "max_seq_len", None)
+        if max_length is None:
+            self.max_length = position_limit or DEFAULT_MAX_LENGTH
+        else:
+            self.max_length = _positive_int(max_length, "max_length")
+            if position_limit is not None and self.max_length > position_limit:
+                raise ValueError(f"max_length {self.max_length} exceeds the {position_limit} "
+                                 f"positions of {self.zoo_name}'s position table")
+        self.rolling_context = _positive_int(rolling_context, "rolling_context")
+        if self.rolling_context > self.max_length:
+            raise ValueError(f"rolling_context {self.rolling_context} exceeds max_length "
+                             f"{self.max_length}")
+
+    # --- lm-eval's three request types ---------------------------------------------------------
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """(log p(continuation | start + context), is_greedy) for each (context, continuation).
+        When the two exceed max_length + 1 tokens, the context loses its oldest tokens."""
+        pairs = [self._truncated(*self._encode_pair(context, continuation))
+                 for context, continuation in (request.args for request in requests)]
+        results = self._score(pairs)
+        for request, result in zip(requests, results, strict=True):
+            self.cache_hook.add_partial("loglikelihood", request.args, result)
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """log p(text | start) of each whole text, every token predicted exactly once."""
+        windows, owner = [], []
+        for index, request in enumerate(requests):
+            (text,) = request.args
+            for window in self.rolling_windows(self.text_tokenizer.encode(text)):
+                windows.append(window)
+                owner.append(index)
+        totals = [0.0] * len(requests)
+        for index, (logprob, _) in zip(owner, self._score(windows), strict=True):
+            totals[index] += logprob
+        for request, total in zip(requests, totals, strict=True):
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
+        return totals
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy continuation of each context, cut before the first stop string."""
+        outputs = []
+        for request in requests:
+            context, gen_kwargs = request.args
+            text = self._generate(context, **(gen_kwargs or {}))
+            self.cache_hook.add_partial("generate_until", request.args, text)
+            outputs.append(text)
+        return outputs
+
+    def get_model_info(self) -> dict[str, Any]:
+        """Added by lm-eval to the results' `config`."""
+        return {"zoo_model": self.zoo_name, "checkpoint": self.checkpoint,
+                "params": self.model.num_params(), "max_length": self.max_length}
+
+    # --- tokens ---------------------------------------------------------------------------------
+
+    def _encode_pair(self, context: str, continuation: str) -> TokenPair:
+        """Start token + context tokens, and continuation tokens. Trailing whitespace of the
+        context moves to the continuation (so it is scored), and the pair is tokenized as one
+        text then split where the context ends, so that a subword tokenizer sees the
+        continuation's leading space as in running text (lm-eval's convention)."""
+        stripped = context.rstrip()
+        context, continuation = stripped, context[len(stripped):] + continuation
+        encode = self.text_tokenizer.encode
+        context_ids, whole = encode(context), encode(context + continuation)
+        if whole[:len(context_ids)] == context_ids:
+            continuation_ids = whole[len(context_ids):]
+        else:  # a token straddles the boundary: tokenize the two parts separately
+            continuation_ids = encode(continuation)
+        return [self.prefix_id, *context_ids], continuation_ids
+
+    def _truncated(self, context: list[int], continuation: list[int]) -> TokenPair:
+        """The pair cut from the left so that the model reads at most max_length tokens (the
+        last continuation token is never fed to it)."""
+        if len(continuation) > self.max_length:
+            raise ValueError(f"a continuation of {len(continuation)} tokens does not fit in "
+                             f"max_length {self.max_length} (it needs at least one context token)")
+        keep = self.max_length + 1 - len(continuation)
+        return context[-keep:], continuation
+
+    def rolling_windows(self, tokens: list[int]) -> list[TokenPair]:
+        """(context, continuation) windows that predict each of `tokens` exactly once, the first
+        from the start token: the continuations tile `tokens` in order; each window is at most
+        max_length tokens long and, after the first, keeps at least `rolling_context` tokens of
+        context."""
+        windows = get_rolling_token_windows(tokens, prefix_token=self.prefix_id,
+                                            max_seq_len=self.max_length,
+                                            context_len=self.rolling_context)
+        return [make_disjoint_window(window) for window in windows]
+
+    # --- scoring --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _score(self, pairs: Sequence[TokenPair]) -> list[tuple[float, bool]]:
+        """(sum of log p(continuation token | everything before it), all tokens greedy?) for each
+        pair. Pairs are batched longest first and right-padded: in a causal model no real token
+        attends to a later position, so padding needs no mask."""
+        results: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
+        todo = sorted((i for i, (_, cont) in enumerate(pairs) if cont),
+                      key=lambda i: -sum(map(len, pairs[i])))
+        for start in range(0, len(todo), self.batch_size):
+            batch = todo[start:start + self.batch_size]
+            # The model reads context + continuation except its last token; the logits at the
+            # last len(continuation) positions predict the continuation.
+            inputs = [(pairs[i][0] + pairs[i][1])[:-1] for i in batch]
+            ids = torch.full((len(batch), max(map(len, inputs))), self.text_tokenizer.pad_id,
+                             dtype=torch.long)
+            for row, tokens in enumerate(inputs):
+                ids[row, :len(tokens)] = torch.tensor(tokens)
+            logits = self.model(ids.to(self._device)).logits  # (B, T, V)
+            for row, i in enumerate(batch):
+                continuation = torch.tensor(pairs[i][1], device=self._device)
+                end = len(inputs[row])
+                # float64: a document's score sums thousands of terms
+                logprobs = logits[row, end - len(continuation):end].double().log_softmax(-1)
+                picked = logprobs.gather(-1, continuation[:, None]).sum()
+                greedy = bool((logprobs.argmax(-1) == continuation).all())
+                results[i] = (picked.item(), greedy)
+        return results
+
+    # --- generation -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _generate(self, context: str, until: str | Iterable[str] | None = None,
+                  max_gen_toks: int = DEFAULT_MAX_GEN_TOKS, do_sample: bool = False,
+                  temperature: float = 0.0, **ignored: Any) -> str:
+        """Greedy decoding, one token per step on the model's cache."""
+        if do_sample or temperature:
+            raise ValueError("the zoo adapter decodes greedily: set do_sample false and "
+                             "temperature 0 in the task's generation_kwargs")
+        stops = [until] if isinstance(until, str) else [s for s in (until or []) if s]
+        max_gen_toks = int(max_gen_toks)
+        tok = self.text_tokenizer
+        # Keep room for the new tokens, as lm-eval's own models do: the context loses its oldest
+        # tokens first. A model reads prompt + new - 1 tokens (the last one is never fed back).
+        prompt = [self.prefix_id, *tok.encode(context)][-max(1, self.max_length - max_gen_toks):]
+        budget = min(max_gen_toks, self.max_length + 1 - len(prompt))
+        new: list[int] = []
+        if budget <= 0:
+            return ""
+        out = self.model(torch.tensor([prompt], device=self._device), use_cache=True)
+        while True:
+            next_id = int(out.logits[0, -1].argmax())
+            if next_id == tok.eos_id:
+                break
+            new.append(next_id)
+            if len(new) >= budget or _first_stop(tok.decode(new), stops) is not None:
+                break
+            out = self.model(torch.tensor([[next_id]], device=self._device), cache=out.cache,
+                             use_cache=True)
+        text = tok.decode(new)
+        cut = _first_stop(text, stops)
+        return text if cut is None else text[:cut]
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    """Where the earliest stop string starts in `text` (None: none occurs)."""
+    found = [i for i in (text.find(stop) for stop in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _positive_int(value: int | str, name: str) -> int:
+    """A positive int from a Python value or an lm-eval CLI string ("8"; not "auto": the
+    adapter has no automatic batch size)."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    return number
+
+
+def evaluate_checkpoint(checkpoint: str | Path, documents: Sequence[str], folder: str | Path, *,
+                        tasks: Sequence[str] | None = None, limit: int | float | None = None,
+                        **model_args: Any) -> dict[str, dict[str, float]]:
+    """Evaluate a checkpoint with lm-eval on the local tasks built from `documents` (held-out
+    texts) in `folder`: {task: {metric: value}}, e.g. results["zoo_heldout"]["bits_per_byte"].
+    `tasks`: names among those written (default: all); `model_args`: ZooLM's (device,
+    batch_size, max_length, ...); `limit`: lm-eval's, examples per task.
+
+    Runs offline as long as the caller has set HF_DATASETS_OFFLINE=1 (lm-eval reads only the
+    JSONL files written here). No bootstrap standard errors, no logged samples."""
+    import lm_eval
+
+    from harness.quality.lm_eval_tasks import task_manager, write_tasks
+
+    written = write_tasks(folder, documents)
+    names = list(tasks) if tasks is not None else list(written)
+    missing = [name for name in names if name not in written]
+    if missing:
+        raise ValueError(f"no data for task(s) {', '.join(missing)}; written: "
+                         f"{', '.join(written) or 'none'}")
+    lm = ZooLM(checkpoint, **model_args)
+    # The seeds stay None: these tasks draw no random numbers, and lm-eval would otherwise
+    # reseed the caller's global random, numpy and torch generators.
+    output = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=task_manager(folder),
+                                     limit=limit, bootstrap_iters=0, log_samples=False,
+                                     random_seed=None, numpy_random_seed=None,
+                                     torch_random_seed=None)
+    # lm-eval's keys are "<metric>,<filter>" ("bits_per_byte,none") beside "<metric>_stderr,..."
+    # entries, which are "N/A" without bootstrapping.
+    return {task: {key.partition(",")[0]: value for key, value in metrics.items()
+                   if key.endswith(",none") and "_stderr," not in key}
+            for task, metrics in output["results"].items()}
+
+
+def register() -> None:
+    """Make `zoo` known to lm-eval (`--model zoo`, `simple_evaluate(model="zoo")`); idempotent.
+
+    Registered lazily by import path, so that running this module as `__main__` and importing
+    it again from lm-eval resolve to one class. lm-eval's built-in models are registered first:
+    its `get_model` registers them only while the registry is still empty."""
+    import lm_eval.models  # noqa: F401  (registers lm-eval's built-in model names)
+
+    if MODEL_NAME not in model_registry:
+        model_registry.register(MODEL_NAME, target="harness.quality.lm_eval_adapter:ZooLM")
+
+
+register()  # the one thing importing this module does
+
+
+if __name__ == "__main__":  # lm-eval's own CLI, with `zoo` registered
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
