@@ -35,6 +35,7 @@ from zoo.convert import (
     BERT_EMBEDDING_KEYS,
     CONVERTERS,
     GPT_CONV1D,
+    StateDict,
     rwkv_official_to_hf,
 )
 from zoo.model import lm_loss
@@ -43,7 +44,6 @@ PEERS: dict[str, tuple[str, ...]] = {  # peer -> the zoo models it implements
     "hf": ("bert", "gpt", "roberta", "rwkv"),
     "rwkv-pip": ("rwkv",),
 }
-StateDict = dict[str, torch.Tensor]
 
 
 def peer_workload(impl: str, name: str, zoo_model, mode: str, batch: int, seqlen: int,

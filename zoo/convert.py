@@ -241,7 +241,6 @@ def _gpt_config_fields(config: dict[str, Any], gpt1: bool, wte: torch.Tensor, wp
 # in the published roberta-base files, unused by its MLM head) is dropped.
 # --------------------------------------------------------------------------------------------------
 
-StateDict = dict[str, torch.Tensor]
 
 # zoo name (inside block N) -> Hugging Face name (inside encoder.layer.N)
 BERT_BLOCK_KEYS = {
@@ -385,7 +384,6 @@ def _renamed(state: StateDict, prefix: str, n_layer: int, head: dict[str, str]) 
 # property of the stored weights, so it is not carried over.
 # --------------------------------------------------------------------------------------------------
 
-StateDict = dict[str, torch.Tensor]
 
 _HF_RENAMES = [  # (HF pattern, official replacement), applied in order after dropping "rwkv."
     (r"^embeddings\.", "emb."),
