@@ -67,9 +67,9 @@ class ZooLM(LM):
     pretrained: checkpoint folder (config.json, model.safetensors, tokenizer.json);
     device: "cpu", "cuda", "cuda:1", ...; None picks CUDA when available;
     batch_size: sequences per forward pass when scoring (generation runs one at a time);
-    max_length: the longest token sequence fed to the model; None means the model's
-        `max_seq_len` where it has a position table (GPT), else 2048. A model trained on
-        shorter sequences than that should be given its training length here;
+    max_length: the longest token sequence fed to the model; None means the length the
+        checkpoint was trained at (`seqlen` in its config.json, written by `catalog train`),
+        else the model's `max_seq_len` where it has a position table (GPT), else 2048;
     dtype: "float32", "bfloat16" or "float16"; None keeps the checkpoint's (float32);
     rolling_context: tokens of context that every prediction of a rolling window after the
         first keeps at least (lm-eval's `context_len`). 1 = back-to-back windows as lm-eval's
@@ -108,8 +108,8 @@ class ZooLM(LM):
         self._device = torch.device(device)
         self.batch_size = _positive_int(batch_size, "batch_size")
         position_limit = getattr(model.config, "max_seq_len", None)
-        if max_length is None:
-            self.max_length = position_limit or DEFAULT_MAX_LENGTH
+        if max_length is None:  # the length it was trained at, else what its positions allow
+            self.max_length = meta.get("seqlen") or position_limit or DEFAULT_MAX_LENGTH
         else:
             self.max_length = _positive_int(max_length, "max_length")
             if position_limit is not None and self.max_length > position_limit:
