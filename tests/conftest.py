@@ -45,3 +45,15 @@ def write_catalog(tmp_path: Path):
         return folder
 
     return write
+
+
+def write_corpus(folder: Path) -> Path:
+    """A ~40 KB text file of varied sentences for quick quality runs (split 90/5/5 by
+    position, as a user's single-file corpus is)."""
+    words = ("the model reads a sequence of tokens and predicts the next one while attention "
+             "mixes positions and the recurrence keeps a state of fixed size").split()
+    lines = [" ".join(words[(i * 7 + j) % len(words)] for j in range(5 + i % 9)) + "."
+             for i in range(800)]
+    path = folder / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

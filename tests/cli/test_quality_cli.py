@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_corpus
 from typer.testing import CliRunner
 
 from harness.cli import app
@@ -21,13 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    words = ("a recurrent network keeps a state while attention looks back at every token and "
-             "the feed forward layer mixes channels").split()
-    lines = [" ".join(words[(i * 5 + j) % len(words)] for j in range(4 + i % 7)) + "."
-             for i in range(700)]
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_corpus(tmp_path)
 
 
 def quick(corpus: Path, tmp_path: Path) -> list[str]:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import write_corpus
 
 from harness.quality import run
 from harness.quality.checkpoint import load_checkpoint
@@ -15,20 +16,9 @@ from harness.quality.train import Budget, parse_budget
 from harness.results import FIELDS
 
 
-def small_corpus(tmp_path: Path) -> Path:
-    """A 40 KB text file: a few hundred varied sentences, split 90/5/5 by position."""
-    words = ("the model reads a sequence of tokens and predicts the next one while attention "
-             "mixes positions and the recurrence keeps a state of fixed size").split()
-    lines = [" ".join(words[(i * 7 + j) % len(words)] for j in range(5 + i % 9)) + "."
-             for i in range(800)]
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 def spec(tmp_path: Path, task: str = "lm", **fields) -> run.RunSpec:
     fields.setdefault("budget", Budget(tokens=4 * 4 * 64))
-    fields.setdefault("corpus", str(small_corpus(tmp_path)))
+    fields.setdefault("corpus", str(write_corpus(tmp_path)))
     return run.RunSpec(task=task, variant="tiny", seqlen=fields.pop("seqlen", 64), batch_size=4,
                        eval_every=2, **fields)
 
