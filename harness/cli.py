@@ -661,6 +661,12 @@ def _quality(ctx, models, task, budget, variant, seed, corpus, tokenizer, bpe_vo
         _out().print(f"records appended to {escape(str(results_path))}")
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _resolve_device(device: str) -> str:
     if device == "auto":
         import torch
@@ -745,10 +751,13 @@ def eval_checkpoint(
     from harness.quality import run as runs
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
+    device = _resolve_device(device)
     with _one_line_errors():
         scores, meta = runs.evaluate_with_lm_eval(
-            checkpoint, names, corpus, limit, device=_resolve_device(device),
-            batch_size=batch_size, max_length=max_length)
+            checkpoint, names, corpus, limit, device=device, batch_size=batch_size,
+            max_length=max_length)
+    where = {"device": device, "dtype": "float32", "threads": torch_threads(),
+             **runs.machine(device)}
     own = (meta.get("scores") or {}).get("bits_per_byte")
     table = Table(title=f"lm-eval: {escape(str(checkpoint))}", header_style="bold")
     for column in ("task", "metric", "lm-eval", "harness", "lm-eval / harness"):
@@ -763,8 +772,9 @@ def eval_checkpoint(
                     kind="quality", model=meta.get("zoo"), variant=meta.get("variant"),
                     impl="lm-eval", mode="eval", seqlen=max_length or meta.get("seqlen"),
                     status="ok", task=task_name, metric=metric, value=value,
-                    checkpoint=str(checkpoint), corpus=corpus or meta.get("corpus"),
-                    limit=limit, time=datetime.now(timezone.utc).isoformat(timespec="seconds")))
+                    params=meta.get("params"), checkpoint=str(checkpoint),
+                    corpus=corpus or meta.get("corpus"), limit=limit, **where,
+                    time=datetime.now(timezone.utc).isoformat(timespec="seconds")))
     _out().print(table)
     _out().print(f"records appended to {escape(str(results_path))}")
 
@@ -773,6 +783,65 @@ def _number(value) -> str:
     if not isinstance(value, float):
         return str(value)
     return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.3e}"
+
+
+# ----------------------------------------------------------------------------- report
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    results_paths: Annotated[list[Path] | None, typer.Option(
+        "--results", metavar="PATH", help="Results file(s) to read; repeat for several "
+        "(default: every reports/results/*.jsonl).", show_default=False)] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", metavar="FOLDER", help="Folder of the report: index.md, index.html and the "
+        "PNG plots (other files in it are kept).")] = Path("reports/latest"),
+    models: Annotated[list[str] | None, typer.Option(
+        "--models", metavar="MODEL[,MODEL...]", help="Only these models: zoo names or "
+        "catalog ids, comma-separated or repeated (default: every model in the results).",
+        show_default=False)] = None,
+    command: Annotated[list[str] | None, typer.Option(
+        "--command", metavar="TEXT", help="A command that made the results, written verbatim "
+        "into the report; repeat for several.", show_default=False)] = None,
+    title: Annotated[str | None, typer.Option(metavar="TEXT", help="The report's title.",
+                                              show_default=False)] = None,
+) -> None:
+    """Write a comparison report from the results store: Markdown, HTML and PNG plots.
+
+    Throughput, peak memory and MFU against sequence length (one line per model, peers dashed,
+    one panel per mode), ours/peer ratios, quality tables and charts per task, the catalog's
+    timeline, and the machine, versions, commands and flags behind every number. Results from
+    different machines, devices or dtypes go into separate sections.
+    """
+    from harness.report import build_report, default_results
+
+    catalog = _load(ctx, warn=False)
+    names = [_report_model(catalog, n.strip()) for ns in models or [] for n in ns.split(",")
+             if n.strip()]
+    with _one_line_errors():
+        made = build_report(results_paths or default_results(), out, models=names or None,
+                            entries=catalog.entries, commands=command or [], title=title)
+    for warning in made.warnings:
+        _err().print(f"[yellow]warning:[/] {escape(warning)}")
+    table = Table(title=f"Report written to {escape(str(made.out))}", header_style="bold")
+    table.add_column("file")
+    table.add_column("size", justify="right")
+    for path in made.files:
+        table.add_row(escape(path.name), f"{path.stat().st_size / 1024:,.0f} KiB")
+    _out().print(table)
+    _out().print(f"{made.bench_cells} benchmark cell(s), {made.quality_scores} quality score(s) "
+                 f"in {len(made.sections)} section(s) (one per machine, device and dtype):")
+    for section in made.sections:
+        _out().print(f"  {escape(section)}")
+    _out().print(f"open {escape(str(made.out / 'index.html'))}")
+
+
+def _report_model(catalog: Catalog, name: str) -> str:
+    """The zoo name records carry for a catalog id (gpt-2 -> gpt); other names unchanged."""
+    try:
+        return catalog.get(name).zoo or name
+    except CatalogError:
+        return name
 
 
 def main() -> None:

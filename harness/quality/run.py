@@ -373,7 +373,8 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
         notes.append("no next-sentence head (the corpus has no sentence pairs)")
     meta = {"task": task, "variant": spec.variant, "seed": spec.seed, "seqlen": config.seqlen,
             "budget": str(spec.budget), "steps": history.steps, "tokens": history.tokens,
-            "tokenizer_kind": spec.tokenizer, "corpus": data.corpus_name, "scores": scores}
+            "tokenizer_kind": spec.tokenizer, "corpus": data.corpus_name, "scores": scores,
+            "params": params}
     if task == "mqar":
         meta["mqar"] = dataclasses.asdict(spec.mqar)
     checkpoint = save_checkpoint(out, model, net, _checkpoint_tokenizer(data, task), **meta)
@@ -392,7 +393,7 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
         vocab_size=net.config.vocab_size, corpus=data.corpus_name, scores=scores,
         final_train_loss=_mean_tail(history.losses), baseline=data.baseline if task in (
             "lm", "seq2seq") else None, checkpoint=str(checkpoint),
-        **_machine(spec.device))
+        **machine(spec.device))
     if task == "mqar":
         rec["mqar"] = meta["mqar"]
         rec["chance"] = 1 / spec.mqar.num_kv_pairs
@@ -409,7 +410,8 @@ def _mean_tail(losses: list[float], n: int = 20) -> float | None:
     return sum(tail) / len(tail) if tail else None
 
 
-def _machine(device: str) -> dict[str, Any]:
+def machine(device: str) -> dict[str, Any]:
+    """Where a record was made: CPU, GPU, torch, package version and git revision."""
     from harness.bench import machine_info
     from harness.sweep import _provenance
 
