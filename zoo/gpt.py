@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import FeedForward, KVCache, MultiHeadAttention, causal_mask
+from zoo.layers import FeedForward, KVCache, MultiHeadAttention, causal_mask, hidden_key_bias
 from zoo.model import Output, ZooModel, generate, lm_loss
 
 
@@ -136,10 +136,10 @@ class GPT(ZooModel):
     def _padding_mask(self, attention_mask: torch.Tensor, T: int, past: int,
                       dtype: torch.dtype) -> torch.Tensor:
         """Additive (B, 1, T, past + T) mask from a (B, past + T) mask of 1 = token, 0 = padding,
-        merged with the causal mask. Future keys get -inf; padded keys get the dtype's lowest
-        finite value instead, so that a query that sees only padding (a left pad) spreads its
-        weight over its past pads rather than producing NaNs, which would reach the real tokens
-        through its keys and values."""
+        merged with the causal mask. Future keys get -inf; padded keys a very low finite score
+        instead (hidden_key_bias), so that a query that sees only padding (a left pad) spreads
+        its weight over its past pads rather than producing NaNs, which would reach the real
+        tokens through its keys and values."""
         B, S = attention_mask.shape
         if S != past + T:
             raise ValueError(f"attention_mask covers {S} positions; expected {past + T} "
@@ -147,7 +147,7 @@ class GPT(ZooModel):
         padded = ~attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
         future = ~causal_mask(T, S, attention_mask.device)  # (T, S)
         mask = torch.zeros(B, 1, T, S, dtype=dtype, device=attention_mask.device)
-        return mask.masked_fill(padded, torch.finfo(dtype).min).masked_fill(future, float("-inf"))
+        return mask.masked_fill(padded, hidden_key_bias(dtype)).masked_fill(future, float("-inf"))
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: list[KVCache] | None = None, use_cache: bool = False,

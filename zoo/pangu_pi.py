@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import KVCache, causal_mask
+from zoo.layers import KVCache, causal_mask, sdpa
 from zoo.model import Output, ZooModel, generate, lm_loss
 
 SIAF_ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh}
@@ -166,11 +166,13 @@ class Attention(nn.Module):
         past = cache.length if cache is not None else 0
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nh, past + T, hs)
-        if past == 0:  # queries are the first T positions: SDPA's own causal flag is right
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        if past == 0 or T == 1:
+            # Queries are the first T positions (SDPA's own causal flag is right), or the one
+            # new query of a decoding step, which sees every key: no mask (see MultiHeadAttention).
+            y = sdpa(q, k, v, is_causal=past == 0 and T > 1, new_key_length=cache is not None)
         else:  # queries are the last T of past + T keys
             mask = causal_mask(T, past + T, x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = sdpa(q, k, v, attn_mask=mask, new_key_length=True)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
 
 

@@ -44,7 +44,9 @@ class RWKVConfig:
     layer_norm_eps: float = 1e-5
     emb_init_range: float = 1e-4  # small-init embedding U(±1e-4) (paper App. E)
     # Tokens per chunk of the parallel WKV; speed only, same result. None: 8 on CPU (the
-    # pairwise work grows with it), 32 on GPUs (fewer, larger kernels).
+    # pairwise work grows with it), 128 on GPUs, where the Python loop's kernel launches cost
+    # more than the pairwise work (small model on an H100: 3.5x faster than 32 at 8192 tokens,
+    # 0.1 GiB more at 1024; 256 gains little more for twice the table).
     wkv_chunk_len: int | None = None
 
 
@@ -141,7 +143,7 @@ class TimeMix(nn.Module):
         if x.size(1) == 1:  # decoding: one step of the recurrence
             wkv, state = wkv_recurrent(w, u, k, v, state)
         else:
-            chunk_len = self.chunk_len or (32 if k.is_cuda else 8)
+            chunk_len = self.chunk_len or (128 if k.is_cuda else 8)
             wkv, state = wkv_chunked(w, u, k, v, state, chunk_len)
         return self.output(r * wkv.to(x.dtype)), x[:, -1], state
 

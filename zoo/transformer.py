@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import FeedForward, KVCache, MultiHeadAttention, causal_mask
+from zoo.layers import FeedForward, KVCache, MultiHeadAttention, causal_mask, hidden_key_bias
 from zoo.model import Output, ZooModel, generate, lm_loss
 
 
@@ -68,12 +68,12 @@ def sinusoidal_positions(positions: torch.Tensor, d_model: int) -> torch.Tensor:
 
 def padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive (B, 1, 1, S) key mask from a (B, S) mask of 1 = token, 0 = padding. Masked keys
-    get the dtype's lowest finite value rather than -inf, so a query that sees no token at all
-    (a padded position) gets finite uniform weights instead of NaNs, which would otherwise reach
-    the real tokens through the next layer's keys and values."""
+    get a very low finite score (hidden_key_bias) rather than -inf, so a query that sees no
+    token at all (a padded position) gets finite uniform weights instead of NaNs, which would
+    otherwise reach the real tokens through the next layer's keys and values."""
     hidden = ~mask.bool()[:, None, None, :]
     return torch.zeros(hidden.shape, dtype=dtype, device=mask.device).masked_fill(
-        hidden, torch.finfo(dtype).min)
+        hidden, hidden_key_bias(dtype))
 
 
 class EncoderLayer(nn.Module):
@@ -225,7 +225,7 @@ class Transformer(ZooModel):
                                  f"{past + T} ({past} cached + {T} new)")
             causal = causal_mask(T, past + T, y.device)  # (T, past + T)
             tgt_bias = padding_bias(tgt_mask, y.dtype).expand(-1, -1, T, -1).masked_fill(
-                ~causal, torch.finfo(y.dtype).min)  # (B, 1, T, past + T)
+                ~causal, hidden_key_bias(y.dtype))  # (B, 1, T, past + T)
         for i, layer in enumerate(self.decoder):
             self_cache = cache.self_attn[i] if cache is not None else None
             cross_cache = cache.cross_attn[i] if cache is not None else None

@@ -1,9 +1,16 @@
 """Primitives shared unchanged by at least two zoo models. Layers take plain numbers, never a
 config."""
 
-from zoo.layers.attention import KVCache, MultiHeadAttention, causal_mask, merge_masks
+from zoo.layers.attention import (
+    KVCache,
+    MultiHeadAttention,
+    causal_mask,
+    hidden_key_bias,
+    merge_masks,
+    sdpa,
+)
 from zoo.layers.feedforward import ACTIVATIONS, FeedForward
 from zoo.layers.init import bert_init
 
 __all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "MultiHeadAttention", "bert_init",
-           "causal_mask", "merge_masks"]
+           "causal_mask", "hidden_key_bias", "merge_masks", "sdpa"]
