@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Set up everything in a virtual environment (.venv, or $VENV) and run the main job.
 #
-#   ./quickstart.sh            set up, then list the catalog
+#   ./quickstart.sh               set up, then the main job (a few minutes on a 2-core CPU):
+#                                 a short benchmark sweep, a quality comparison, a report
+#   ./quickstart.sh --setup-only  set up and list the catalog
 #
 # torch: an existing install in the environment is kept (GPU users: install your CUDA build
 # first, see README). Otherwise a machine with an NVIDIA GPU gets PyPI's default (CUDA) build
 # and any other machine the CPU build, never the multi-GB CUDA packages.
 set -euo pipefail
 cd "$(dirname "$0")"
+MAIN_JOB=1
+case "${1:-}" in
+    --setup-only) MAIN_JOB=0 ;;
+    "") ;;
+    *) echo "usage: ./quickstart.sh [--setup-only]" >&2; exit 2 ;;
+esac
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
@@ -40,5 +48,28 @@ fi
 step "installing transformer-catalog and its test tools"
 pip install -qq -e ".[test]"
 
-step "catalog list"
-"$VENV/bin/catalog" list
+catalog() { "$VENV/bin/catalog" "$@"; }
+if [ "$MAIN_JOB" = 0 ]; then
+    step "catalog list"
+    catalog list
+    exit 0
+fi
+
+# The main job. Results go to reports/results/ (a rerun skips benchmark cells already
+# measured), checkpoints to runs/quickstart/, the report to reports/quickstart/.
+RESULTS=reports/results
+step "catalog list --runnable"
+catalog list --runnable
+step "benchmark: forward and decoding against sequence length (small variants)"
+catalog bench gpt rwkv bert --seqlen 256..1024 --mode forward --results "$RESULTS/bench.jsonl"
+catalog bench gpt rwkv --seqlen 256..2048 --mode generate --results "$RESULTS/bench.jsonl"
+step "quality: equal-budget language modelling on the standard library's documentation"
+catalog quality gpt rwkv pangu-pi --task lm --variant tiny --budget 100K-tokens --force \
+    --out runs/quickstart --results "$RESULTS/quality.jsonl"
+step "report"
+catalog report --results "$RESULTS/bench.jsonl" --results "$RESULTS/quality.jsonl" \
+    --out reports/quickstart \
+    --command "catalog bench gpt rwkv bert --seqlen 256..1024 --mode forward" \
+    --command "catalog bench gpt rwkv --seqlen 256..2048 --mode generate" \
+    --command "catalog quality gpt rwkv pangu-pi --task lm --variant tiny --budget 100K-tokens"
+echo "open reports/quickstart/index.html (or read reports/quickstart/index.md)"
