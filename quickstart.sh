@@ -64,12 +64,12 @@ step "benchmark: forward and decoding against sequence length (small variants)"
 catalog bench gpt rwkv bert --seqlen 256..1024 --mode forward --results "$RESULTS/bench.jsonl"
 catalog bench gpt rwkv --seqlen 256..2048 --mode generate --results "$RESULTS/bench.jsonl"
 step "quality: equal-budget language modelling on the standard library's documentation"
-catalog quality gpt rwkv pangu-pi --task lm --variant tiny --budget 100K-tokens --force \
+catalog quality gpt rwkv pangu-pi --task lm --variant tiny --budget 200K-tokens --lr 3e-3 --force \
     --out runs/quickstart --results "$RESULTS/quality.jsonl"
 step "report"
 catalog report --results "$RESULTS/bench.jsonl" --results "$RESULTS/quality.jsonl" \
     --out reports/quickstart \
     --command "catalog bench gpt rwkv bert --seqlen 256..1024 --mode forward" \
     --command "catalog bench gpt rwkv --seqlen 256..2048 --mode generate" \
-    --command "catalog quality gpt rwkv pangu-pi --task lm --variant tiny --budget 100K-tokens"
+    --command "catalog quality gpt rwkv pangu-pi --task lm --variant tiny --budget 200K-tokens --lr 3e-3"
 echo "open reports/quickstart/index.html (or read reports/quickstart/index.md)"
