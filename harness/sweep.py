@@ -248,7 +248,8 @@ def calibrate(device: str, dtype: str, threads: int | None, cache: Path,
     return peaks[label]
 
 
-def _provenance() -> dict[str, Any]:
+def provenance() -> dict[str, Any]:
+    """The package version and git revision (with -dirty) every record carries."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -286,7 +287,7 @@ def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lamb
     check(sweep)
     import torch
 
-    info = {**machine_info(sweep.device), **_provenance(), "torch": torch.__version__}
+    info = {**machine_info(sweep.device), **provenance(), "torch": torch.__version__}
     peak = calibrate(sweep.device, sweep.dtype, sweep.threads, peak_cache)
     done = {} if sweep.force else {
         results.key(r): r for r in results.load([sweep.results]).records

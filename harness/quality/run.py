@@ -413,10 +413,10 @@ def _mean_tail(losses: list[float], n: int = 20) -> float | None:
 def machine(device: str) -> dict[str, Any]:
     """Where a record was made: CPU, GPU, torch, package version and git revision."""
     from harness.bench import machine_info
-    from harness.sweep import _provenance
+    from harness.sweep import provenance
 
     info = machine_info(device)
-    return {"cpu": info["cpu"], "gpu": info["gpu"], "torch": info["torch"], **_provenance()}
+    return {"cpu": info["cpu"], "gpu": info["gpu"], "torch": info["torch"], **provenance()}
 
 
 # ---------------------------------------------------------------------- folders, processes
