@@ -268,7 +268,7 @@ def test_bench_prints_a_table_and_accepts_catalog_ids(tmp_path, monkeypatch):
 
     cache = tmp_path / "peaks.json"
     cache.write_text(json.dumps({peak_label("cpu", "float32", None): 1e11}))
-    monkeypatch.setattr(cli, "PEAK_CACHE", cache)
+    monkeypatch.setattr(cli.bench, "PEAK_CACHE", cache)
     out = tmp_path / "r.jsonl"
     result = run("bench", "gpt-2", "--variant", "tiny", "--seqlen", "48", "--results", str(out))
     assert result.exit_code == 0, result.output

@@ -1,0 +1,22 @@
+"""The `catalog` command: parse the arguments, call one library function, render with rich.
+
+One module per group of subcommands, all registered on the typer app of `common`:
+  catalog_commands  list, show, validate, timeline
+  bench             bench
+  quality           train, quality, eval
+  report            report
+"""
+
+import importlib
+
+from harness.cli.common import app
+
+# Importing a module registers its commands; `catalog --help` lists them in this order.
+for _module in ("catalog_commands", "bench", "quality", "report"):
+    importlib.import_module(f"harness.cli.{_module}")
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    app()

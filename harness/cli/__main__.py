@@ -1,0 +1,5 @@
+"""`python -m harness.cli ...` runs the `catalog` command."""
+
+from harness.cli import main
+
+main()

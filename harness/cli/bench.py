@@ -1,0 +1,182 @@
+"""`catalog bench`: speed and memory sweeps of the zoo models (and their peers)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from harness.cli.common import (
+    USAGE_ERROR,
+    app,
+    load_catalog_for,
+    one_line_errors,
+    stderr,
+    stdout,
+    zoo_names,
+)
+
+
+class Mode(str, Enum):
+    forward = "forward"
+    train = "train"
+    generate = "generate"
+
+
+class Peer(str, Enum):
+    hf = "hf"
+    rwkv_pip = "rwkv-pip"
+
+
+PEAK_CACHE = Path.home() / ".cache" / "transformer-catalog" / "matmul_peaks.json"
+
+
+@app.command()
+def bench(
+    ctx: typer.Context,
+    models: Annotated[list[str] | None, typer.Argument(
+        metavar="MODEL...", help="Zoo models (rwkv, gpt, bert, roberta, mosaic-bert, pangu-pi, "
+        "transformer) or catalog ids that run one (gpt-2, mosaicbert).", show_default=False)
+    ] = None,
+    all_models: Annotated[bool, typer.Option("--all", help="Every runnable model.")] = False,
+    variant: Annotated[str, typer.Option(help="Catalog variant (tiny, small, or a published "
+                                              "size such as 169m or gpt2-medium).")] = "small",
+    seqlen: Annotated[str, typer.Option(
+        help="Sequence length(s): 8192, a list 512,1024,2048 or a doubling range 512..16384.")
+    ] = "1024",
+    mode: Annotated[list[Mode] | None, typer.Option(
+        help="forward (prefill/encode), train (forward + backward + optimizer step) or generate "
+             "(decode after a prompt of SEQLEN tokens); repeat the option for several.",
+        show_default="forward")] = None,
+    batch: Annotated[int, typer.Option(help="Sequences per batch.")] = 1,
+    device: Annotated[str, typer.Option(help="auto (cuda when present), cpu, cuda or cuda:N.")
+                      ] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads per cell (default: torch's default).", show_default=False)] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 1,
+    repeat: Annotated[int, typer.Option(help="Timed runs per cell (forward, train).")] = 3,
+    new_tokens: Annotated[int, typer.Option(help="Timed tokens per cell in generate mode.")] = 16,
+    max_memory: Annotated[str | None, typer.Option(
+        help="Memory budget per cell, e.g. 8G: a cell whose peak passes it is stopped and "
+             "recorded as over_budget.", show_default=False)] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per cell before it is stopped.")
+                       ] = 600.0,
+    against: Annotated[list[Peer] | None, typer.Option(
+        help="Also measure a peer implementation with the same weights and print ours/theirs: "
+             "hf (Hugging Face: bert, gpt, roberta, rwkv) or rwkv-pip (the official package).",
+        show_default=False)] = None,
+    results_path: Annotated[Path, typer.Option(
+        "--results", help="JSON Lines file the records are appended to.")
+    ] = Path("reports/results/bench.jsonl"),
+    force: Annotated[bool, typer.Option(
+        help="Measure again cells already in the results file.")] = False,
+    calibrate: Annotated[bool, typer.Option(
+        help="Measure this machine's matrix-multiply peak again (used for MFU).")] = False,
+) -> None:
+    """Measure throughput, latency, peak memory and MFU against sequence length.
+
+    Every cell (model, mode, length, ...) runs in a fresh process; its record is appended to
+    the results file as soon as it ends, and a rerun skips cells already measured. A cell that
+    runs out of memory, passes --max-memory or --timeout is recorded as such, the longer
+    lengths of that model are skipped, and the sweep goes on.
+    """
+    from harness import sweep as sweeps
+
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    catalog = load_catalog_for(ctx, warn=False)
+    with one_line_errors():
+        names = zoo_names(catalog, models or [], all_models)
+        if calibrate:
+            peak = sweeps.calibrate(device, dtype, threads, PEAK_CACHE, force=True)
+            stdout().print(f"matrix-multiply peak on {device}, {dtype}: {peak / 1e9:,.1f} GFLOP/s "
+                         f"(cached in {PEAK_CACHE})")
+            if not names:
+                return
+        if not names:
+            raise sweeps.SweepError("name at least one model (e.g. `catalog bench rwkv`), or --all")
+        plan = sweeps.Sweep(
+            models=names, variant=variant, modes=[m.value for m in mode or [Mode.forward]],
+            seqlens=sweeps.parse_seqlens(seqlen), batch=batch, dtype=dtype, device=device,
+            threads=threads, warmup=warmup, repeat=repeat, new_tokens=new_tokens,
+            max_memory=sweeps.parse_bytes(max_memory), timeout=timeout,
+            against=[p.value for p in against or []], force=force, results=results_path,
+            catalog_dir=str(ctx.obj) if ctx.obj else None)
+        sweeps.check(plan)
+    for model, unsupported_mode in plan.unsupported():
+        stderr().print(f"[yellow]note:[/] {model} cannot run {unsupported_mode} mode; "
+                     "those cells are left out")
+    records = _run_with_progress(plan, sweeps)
+    stdout().print(_bench_table(records, sweeps.ratios(records)))
+    stdout().print(f"records appended to {escape(str(results_path))}")
+
+
+
+def _run_with_progress(plan, sweeps) -> list[dict]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    records: list[dict] = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=stderr(), transient=False) as progress:
+        task = progress.add_task("benchmark", total=len(plan.cells()))
+
+        def on_event(event) -> None:
+            c = event.cell
+            label = f"{c.model} {c.impl} {c.mode} seqlen {c.seqlen}"
+            if event.kind == "start":
+                progress.update(task, description=f"running {label}")
+            else:
+                status = event.record["status"] + (" (earlier run)" if event.record.get("resumed")
+                                                   else "")
+                progress.update(task, advance=1, description=f"{label}: {status}")
+
+        try:
+            for rec in sweeps.run(plan, PEAK_CACHE, on_event):
+                records.append(rec)
+        except KeyboardInterrupt:
+            progress.stop()
+            stderr().print(f"[yellow]interrupted[/]: {len(records)} record(s) kept in "
+                         f"{escape(str(plan.results))}")
+            raise typer.Exit(130) from None
+        except sweeps.SweepError as exc:
+            progress.stop()
+            stderr().print(f"[bold red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(USAGE_ERROR) from None
+    return records
+
+
+def _bench_table(records: list[dict], ratios: dict) -> Table:
+    table = Table(title="Benchmark", header_style="bold")
+    for column in ("model", "impl", "mode", "seqlen", "status", "tokens/s", "ms (median ± IQR)",
+                   "peak mem", "above weights", "MFU", "ours/peer tok/s", "notes"):
+        table.add_column(column, justify="right" if column not in ("model", "impl", "mode",
+                                                                    "status", "notes") else "left")
+    for r in records:
+        ok = r["status"] == "ok"
+        ratio = ""
+        if r["impl"] != "zoo" and (r["model"], r["mode"], r["seqlen"], r["impl"]) in ratios:
+            value = ratios[(r["model"], r["mode"], r["seqlen"], r["impl"])]["tokens_per_s"]
+            ratio = f"{value:.2f}x"
+        notes = [*r.get("notes", [])] + ([r["error"]] if r.get("error") else [])
+        if r.get("resumed"):
+            notes.append("from an earlier run")
+        table.add_row(
+            r["model"], r["impl"], r["mode"], str(r["seqlen"]),
+            r["status"] if ok else f"[red]{r['status']}[/]",
+            f"{r['tokens_per_s']:,.0f}" if ok else "",
+            f"{r['ms_median']:,.1f} ± {r['ms_iqr']:,.1f}" if ok else "",
+            _gib(r.get("peak_mem_bytes")), _gib(r.get("act_mem_bytes")) if ok else "",
+            f"{100 * r['mfu']:.1f}%" if ok and r.get("mfu") else "", ratio,
+            escape("; ".join(notes)))
+    return table
+
+
+def _gib(value: int | None) -> str:
+    return f"{value / 2**30:.2f} GiB" if value else ""

@@ -1,0 +1,113 @@
+"""What every `catalog` subcommand shares: the typer app, the consoles, one-line errors and
+the catalog and model-name look-ups."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from harness.catalog import (
+    Catalog,
+    CatalogError,
+    load_catalog,
+)
+
+app = typer.Typer(
+    name="catalog",
+    help="The Transformer model family (Amatriain's catalog plus the models this project runs): "
+    "browse and validate the catalog, benchmark and train the runnable models, evaluate them "
+    "with lm-eval and write comparison reports.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+USAGE_ERROR = 2  # bad input (unknown id, bad filter value): as click does for usage errors
+
+
+def stdout() -> Console:
+    # A pipe gets a wide table rather than rich's default of 80 columns.
+    return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+
+
+def stderr() -> Console:
+    # soft_wrap: an error stays one line however long, so it can be grepped and parsed.
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Turn the library's errors into `error: ...` on stderr and a non-zero exit."""
+    try:
+        yield
+    except (CatalogError, ValueError, OSError) as exc:
+        stderr().print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(USAGE_ERROR) from None
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    catalog_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--catalog-dir",
+            envvar="TRANSFORMER_CATALOG_DIR",
+            help="Folder of catalog YAML files to read instead of the shipped catalog.",
+        ),
+    ] = None,
+) -> None:
+    ctx.obj = catalog_dir
+
+
+def load_catalog_for(ctx: typer.Context, warn: bool = True) -> Catalog:
+    with one_line_errors():
+        catalog = load_catalog(ctx.obj)
+    if warn and catalog.problems:
+        files = sorted({p.file.name for p in catalog.problems})
+        stderr().print(
+            f"[yellow]warning:[/] {len(catalog.problems)} problem(s) in {', '.join(files)}; "
+            "malformed entries are left out. Run `catalog validate` for details."
+        )
+    return catalog
+
+
+
+def zoo_names(catalog: Catalog, names: list[str], all_models: bool) -> list[str]:
+    """Zoo model names from zoo names or catalog ids (gpt-2 -> gpt), in the order given."""
+    import zoo
+
+    if all_models:
+        return sorted(zoo.REGISTRY)
+    out = []
+    for name in names:
+        if name not in zoo.REGISTRY:
+            try:
+                entry = catalog.get(name)
+            except CatalogError:
+                entry = None
+            if entry is None or not entry.zoo:
+                raise CatalogError(f"unknown model {name!r}; runnable models: "
+                                   f"{', '.join(sorted(zoo.REGISTRY))} (or --all)")
+            name = entry.zoo
+        if name not in out:
+            out.append(name)
+    return out
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+

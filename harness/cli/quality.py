@@ -1,0 +1,278 @@
+"""`catalog train`, `quality` and `eval`: equal-budget training and lm-eval."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from harness.cli.common import (
+    app,
+    load_catalog_for,
+    one_line_errors,
+    resolve_device,
+    stderr,
+    stdout,
+    zoo_names,
+)
+
+# ---------------------------------------------------------------------------- quality
+
+# Options shared by `train` and `quality`: everything a comparison holds fixed.
+TaskOpt = Annotated[str, typer.Option(
+    help="lm (decoders; the encoder-decoder runs it as seq2seq), seq2seq, mlm (encoders) or "
+         "mqar (decoders).")]
+BudgetOpt = Annotated[str, typer.Option(
+    help="Training budget per model: a time (90s, 5m, 1h) or tokens (500K-tokens, 20M-tokens).")]
+VariantOpt = Annotated[str, typer.Option(help="Catalog variant; small is parameter-matched.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the initialisation and the data order.")]
+CorpusOpt = Annotated[str | None, typer.Option(
+    help="Text for lm/mlm/seq2seq: a UTF-8 file or a folder of .txt/.md/.rst files, or "
+         "hf:NAME (online). Default: the Python standard library's documentation.",
+    show_default=False)]
+TokenizerOpt = Annotated[str, typer.Option(
+    help="bytes, or bpe (byte-level BPE trained on the training split; see --bpe-vocab).")]
+BpeVocabOpt = Annotated[int, typer.Option(help="Vocabulary of --tokenizer bpe.")]
+SeqlenOpt = Annotated[int | None, typer.Option(
+    help="Training length in tokens (default: lm/seq2seq 256, mlm 128, mqar --mqar-seqlen).",
+    show_default=False)]
+BatchOpt = Annotated[int | None, typer.Option(
+    "--batch-size", help="Sequences per step (default: lm 8, mlm 16, mqar 32).",
+    show_default=False)]
+LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate (default 1e-3).",
+                                             show_default=False)]
+EvalEveryOpt = Annotated[int, typer.Option(
+    help="Steps between validation evaluations (and resumable saves).")]
+MqarSeqlenOpt = Annotated[int, typer.Option(help="MQAR sequence length.")]
+MqarPairsOpt = Annotated[int, typer.Option(help="MQAR key-value pairs per sequence.")]
+MqarVocabOpt = Annotated[int, typer.Option(help="MQAR vocabulary.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (cuda when present), cpu, cuda or cuda:N.")]
+QualityResultsOpt = Annotated[Path, typer.Option(
+    "--results", help="JSON Lines file the quality records are appended to.")]
+ResumeOpt = Annotated[bool, typer.Option(
+    help="Continue an interrupted run from its last save in the output folder.")]
+ForceOpt = Annotated[bool, typer.Option(help="Overwrite a finished checkpoint in the folder.")]
+QUALITY_RESULTS = Path("reports/results/quality.jsonl")
+
+
+@app.command("train")
+def train_model(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Zoo model or catalog id (gpt, rwkv, bert, ...).")],
+    task: TaskOpt = "lm", budget: BudgetOpt = "5m", variant: VariantOpt = "small",
+    seed: SeedOpt = 0, corpus: CorpusOpt = None, tokenizer: TokenizerOpt = "bytes",
+    bpe_vocab: BpeVocabOpt = 8192, seqlen: SeqlenOpt = None, batch_size: BatchOpt = None,
+    lr: LrOpt = None, eval_every: EvalEveryOpt = 50, mqar_seqlen: MqarSeqlenOpt = 64,
+    mqar_kv_pairs: MqarPairsOpt = 4, mqar_vocab: MqarVocabOpt = 8192, device: DeviceOpt = "auto",
+    out: Annotated[Path | None, typer.Option(
+        help="Checkpoint folder (default runs/MODEL-TASK-VARIANT-seedN).", show_default=False)
+    ] = None,
+    resume: ResumeOpt = False, force: ForceOpt = False,
+    results_path: QualityResultsOpt = QUALITY_RESULTS,
+) -> None:
+    """Train one model from scratch on a task and save its checkpoint and quality record.
+
+    The checkpoint folder gets config.json, model.safetensors and tokenizer.json (what
+    `catalog eval` and lm-eval's `zoo` model read). Under torchrun the model trains data
+    parallel (gloo on CPU, nccl on GPU) with the same global batch and data order.
+    """
+    _quality(ctx, [model], task, budget, variant, seed, corpus, tokenizer, bpe_vocab, seqlen,
+             batch_size, lr, eval_every, (mqar_seqlen, mqar_kv_pairs, mqar_vocab), device, out,
+             resume, force, results_path, compare=False)
+
+
+@app.command()
+def quality(
+    ctx: typer.Context,
+    models: Annotated[list[str], typer.Argument(
+        metavar="MODEL...", help="Zoo models or catalog ids, trained one after the other.")],
+    task: TaskOpt = "lm", budget: BudgetOpt = "5m", variant: VariantOpt = "small",
+    seed: SeedOpt = 0, corpus: CorpusOpt = None, tokenizer: TokenizerOpt = "bytes",
+    bpe_vocab: BpeVocabOpt = 8192, seqlen: SeqlenOpt = None, batch_size: BatchOpt = None,
+    lr: LrOpt = None, eval_every: EvalEveryOpt = 50, mqar_seqlen: MqarSeqlenOpt = 64,
+    mqar_kv_pairs: MqarPairsOpt = 4, mqar_vocab: MqarVocabOpt = 8192, device: DeviceOpt = "auto",
+    out: Annotated[Path | None, typer.Option(
+        help="Folder of the checkpoints, one subfolder per model (default runs/quality-TASK).",
+        show_default=False)] = None,
+    resume: ResumeOpt = False, force: ForceOpt = False,
+    results_path: QualityResultsOpt = QUALITY_RESULTS,
+) -> None:
+    """Train several models at an equal budget and compare them on one task.
+
+    Every model gets the same tokenizer, budget, seed, examples and data order; the `small`
+    variants are parameter-matched. Prints one row per model (and, for lm, the unigram byte
+    baseline every model must beat).
+    """
+    _quality(ctx, models, task, budget, variant, seed, corpus, tokenizer, bpe_vocab, seqlen,
+             batch_size, lr, eval_every, (mqar_seqlen, mqar_kv_pairs, mqar_vocab), device, out,
+             resume, force, results_path, compare=True)
+
+
+def _quality(ctx, models, task, budget, variant, seed, corpus, tokenizer, bpe_vocab, seqlen,
+             batch_size, lr, eval_every, mqar_args, device, out, resume, force, results_path,
+             compare) -> None:
+    import os
+
+    from harness import results
+    from harness.quality import run as runs
+    from harness.quality.tasks import MQARConfig
+    from harness.quality.train import parse_budget
+
+    catalog = load_catalog_for(ctx, warn=False)
+    with one_line_errors():
+        names = zoo_names(catalog, models, False)
+        device, rank = runs.init_distributed(resolve_device(device), os.environ)
+        mqar_seqlen, mqar_pairs, mqar_vocab = mqar_args
+        spec = runs.RunSpec(
+            task=task, budget=parse_budget(budget), variant=variant, seed=seed, corpus=corpus,
+            tokenizer=tokenizer, bpe_vocab=bpe_vocab, seqlen=seqlen, batch_size=batch_size,
+            lr=lr, eval_every=eval_every, device=device,
+            mqar=MQARConfig(vocab_size=mqar_vocab, seqlen=mqar_seqlen, num_kv_pairs=mqar_pairs),
+            catalog_dir=str(ctx.obj) if ctx.obj else None)
+        tasks_needed = {runs.check_model(name, spec) for name in names}
+        folders = {name: runs.run_folder(out, name, spec, several=compare) for name in names}
+        for folder in folders.values():
+            runs.check_folder(folder, resume=resume, force=force)
+        data = runs.prepare(spec, tasks_needed)
+    is_main = rank == 0
+    console = stderr() if is_main else Console(stderr=True, quiet=True)
+    records = []
+    for name in names:
+        with one_line_errors(), _train_progress(console, name, spec) as on_step:
+            result = runs.run_one(name, data, folders[name], resume=resume, on_step=on_step,
+                                  is_main=is_main)
+        if not is_main:
+            continue
+        results.append(results_path, result.record)
+        records.append(result.record)
+        console.print(f"{name}: {result.record['metric']} {result.record['value']:.4f}; "
+                      f"checkpoint {escape(str(result.checkpoint))}")
+    if is_main:
+        stdout().print(_quality_table(records, data.baseline))
+        stdout().print(f"records appended to {escape(str(results_path))}")
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+
+@contextmanager
+def _train_progress(console: Console, name: str, spec) -> Iterator:
+    """A progress bar over the budget (tokens or seconds) with the loss and learning rate."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    total = spec.budget.tokens or spec.budget.seconds
+    with Progress(TextColumn(f"training {name}"), BarColumn(),
+                  TextColumn("{task.percentage:>3.0f}% {task.fields[status]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        bar = progress.add_task(name, total=total, status="")
+
+        def on_step(history, lr: float) -> None:
+            done = history.tokens if spec.budget.tokens else history.seconds
+            progress.update(bar, completed=min(done, total),
+                            status=f"step {history.steps} loss {history.losses[-1]:.3f} "
+                                   f"lr {lr:.1e}")
+
+        try:
+            yield on_step
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print("[yellow]interrupted[/]: the last save is kept; rerun with --resume")
+            raise typer.Exit(130) from None
+
+
+def _quality_table(records: list[dict], baseline: float | None) -> Table:
+    table = Table(title="Quality (equal budget)", header_style="bold")
+    for column in ("model", "variant", "task", "metric", "value", "params", "tokens", "steps",
+                   "train time", "notes"):
+        table.add_column(column, justify="right" if column in (
+            "value", "params", "tokens", "steps", "train time") else "left")
+    for r in records:
+        table.add_row(r["model"], r["variant"], r["task"], r["metric"], f"{r['value']:.4f}",
+                      f"{r['params']:,}", f"{r['tokens']:,}", str(r["steps"]),
+                      f"{r['train_seconds']:,.0f} s", escape("; ".join(r.get("notes", []))))
+    if baseline is not None and any(r["metric"] == "bits_per_byte" for r in records):
+        table.add_row("unigram bytes", "", "lm", "bits_per_byte", f"{baseline:.4f}", "", "", "",
+                      "", "byte frequencies of the training split (the bar to clear)")
+    return table
+
+
+@app.command("eval")
+def eval_checkpoint(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder from `catalog train`.")],
+    tasks: Annotated[str, typer.Option(
+        help="Comma-separated local lm-eval tasks: zoo_heldout (bits per byte, perplexities of "
+             "the held-out text), zoo_lastword (last-word cloze).")] = "zoo_heldout,zoo_lastword",
+    corpus: Annotated[str | None, typer.Option(
+        help="Corpus whose test split is evaluated (default: the one the checkpoint was "
+             "trained on).", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")
+                          ] = 8,
+    max_length: Annotated[int | None, typer.Option(
+        help="Longest sequence fed to the model (default: its training length).",
+        show_default=False)] = None,
+    limit: Annotated[int | None, typer.Option(help="Examples per task (a quick check).",
+                                              show_default=False)] = None,
+    device: DeviceOpt = "auto",
+    results_path: QualityResultsOpt = QUALITY_RESULTS,
+) -> None:
+    """Evaluate a trained checkpoint through lm-evaluation-harness (offline, `zoo` adapter).
+
+    The tasks are built from the test split of the checkpoint's corpus and shipped with this
+    package; lm-eval runs with `simple_evaluate`. For bits per byte the harness's own score of
+    the same text (saved at training time) is printed beside lm-eval's.
+    """
+    import os
+    from datetime import datetime, timezone
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the task data is local files
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # rich prints; not tqdm
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from harness import results
+    from harness.quality import run as runs
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    device = resolve_device(device)
+    with one_line_errors():
+        scores, meta = runs.evaluate_with_lm_eval(
+            checkpoint, names, corpus, limit, device=device, batch_size=batch_size,
+            max_length=max_length)
+    where = {"device": device, "dtype": "float32", "threads": torch_threads(),
+             **runs.machine(device)}
+    own = (meta.get("scores") or {}).get("bits_per_byte")
+    table = Table(title=f"lm-eval: {escape(str(checkpoint))}", header_style="bold")
+    for column in ("task", "metric", "lm-eval", "harness", "lm-eval / harness"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    for task_name, metrics in scores.items():
+        for metric, value in metrics.items():
+            same = metric == "bits_per_byte" and own is not None
+            table.add_row(task_name, metric, _number(value), f"{own:.4f}" if same else "",
+                          f"{value / own:.4f}" if same else "")
+            if isinstance(value, (int, float)):
+                results.append(results_path, results.record(
+                    kind="quality", model=meta.get("zoo"), variant=meta.get("variant"),
+                    impl="lm-eval", mode="eval", seqlen=max_length or meta.get("seqlen"),
+                    status="ok", task=task_name, metric=metric, value=value,
+                    params=meta.get("params"), checkpoint=str(checkpoint),
+                    corpus=corpus or meta.get("corpus"), limit=limit, **where,
+                    time=datetime.now(timezone.utc).isoformat(timespec="seconds")))
+    stdout().print(table)
+    stdout().print(f"records appended to {escape(str(results_path))}")
+
+
+def _number(value) -> str:
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.3e}"
+
+
+# ----------------------------------------------------------------------------- report
