@@ -12,10 +12,12 @@ embeddings) with these differences from BERT:
     into zeros, so padded positions read exactly 0;
   - vocabulary 30528 (bert-base-uncased's 30522 padded to a multiple of 64), no NSP head, no
     pooler in the masked-LM model (`pooler=True` adds BERT's for classification).
-Attention uses the shared MultiHeadAttention with ALiBi + padding as an additive float mask; the
-reference fuses the q/k/v projections into one Wqkv (same parameters) and runs them on packed
-tokens, whereas here q/k/v/out run on the re-padded (B, T, C) tensor, so only the attention
-sub-layer pays for padding. The reference's FlashAttention/Triton kernels are a speed detail.
+Attention is the shared MultiHeadAttention's (same q/k/v/out weights) with ALiBi + padding as an
+additive float mask, computed in blocks of query rows so that the (n_head, T, T) bias is never
+built whole (see AlibiAttention); the reference fuses the q/k/v projections into one Wqkv (same
+parameters) and runs them on packed tokens, whereas here q/k/v/out run on the re-padded
+(B, T, C) tensor, so only the attention sub-layer pays for padding. The reference's
+FlashAttention/Triton kernels are a speed detail.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from zoo.layers import MultiHeadAttention, bert_init
+from zoo.layers.attention import sdpa
 from zoo.model import Output, ZooModel, lm_loss
 
 
@@ -65,9 +69,69 @@ def alibi_bias(n_head: int, seqlen: int, device=None, dtype=None) -> torch.Tenso
     """Symmetric ALiBi for a bidirectional encoder: bias[h, i, j] = -slope_h * |i - j|.
     Returns (n_head, T, T)."""
     slopes = torch.tensor(alibi_slopes(n_head), device=device, dtype=torch.float32)
-    pos = torch.arange(seqlen, device=device)
-    distance = (pos[None, :] - pos[:, None]).abs().float()  # (T, T)
-    return (-slopes[:, None, None] * distance).to(dtype or torch.float32)
+    return alibi_rows(slopes, 0, seqlen, seqlen).to(dtype or torch.float32)
+
+
+def alibi_rows(slopes: torch.Tensor, start: int, end: int, seqlen: int) -> torch.Tensor:
+    """Query rows start..end-1 of the ALiBi bias for `slopes` (n_head,): (n_head, end - start, T)
+    float32, equal to those rows of alibi_bias."""
+    pos = torch.arange(seqlen, device=slopes.device)
+    distance = (pos[None, :] - pos[start:end, None]).abs().float()  # (rows, T)
+    return -slopes[:, None, None] * distance
+
+
+def padding_bias(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """The reference's padding term, (1 - mask) * -10000 on padded keys: (B, 1, 1, T), or None
+    without a mask."""
+    if attention_mask is None:
+        return None
+    return ((1.0 - attention_mask.to(dtype)) * -10000.0)[:, None, None, :]
+
+
+# The chunked attention picks its number of query rows per chunk so that one chunk's bias,
+# (B or 1, n_head, rows, T) at 4 bytes an entry, stays within ATTN_CHUNK_BYTES; rows are a
+# multiple of MIN_ATTN_CHUNK and at least that many (so at very long T a chunk may exceed it).
+ATTN_CHUNK_BYTES = 64 * 2**20
+MIN_ATTN_CHUNK = 64
+
+
+def attention_chunk_size(seqlen: int, n_head: int, batch: int = 1) -> int:
+    """Query rows per attention chunk; `batch` is 1 when there is no padding (the bias is then
+    shared by the whole batch)."""
+    rows = ATTN_CHUNK_BYTES // (4 * n_head * seqlen * batch)
+    rows = max(MIN_ATTN_CHUNK, rows // MIN_ATTN_CHUNK * MIN_ATTN_CHUNK)
+    return min(rows, seqlen)
+
+
+class AlibiBias:
+    """One forward's attention bias, ALiBi + padding, handed out a block of query rows at a time:
+    rows(s, e) is (B or 1, n_head, e - s, T), the same values as rows s..e-1 of
+    MosaicBert.attention_bias. When a single chunk covers every query it is built once and shared
+    by all layers, as the full bias was; otherwise every chunk is built anew when needed."""
+
+    def __init__(self, n_head: int, seqlen: int, padding: torch.Tensor | None,
+                 dtype: torch.dtype, device: torch.device, chunk_size: int | None = None):
+        self.slopes = torch.tensor(alibi_slopes(n_head), device=device, dtype=torch.float32)
+        self.seqlen, self.padding, self.dtype = seqlen, padding, dtype
+        batch = 1 if padding is None else padding.size(0)
+        self.chunk_size = chunk_size or attention_chunk_size(seqlen, n_head, batch)
+        self._whole: torch.Tensor | None = None
+
+    def chunks(self) -> list[tuple[int, int]]:
+        """The [start, end) query ranges; the last may be shorter."""
+        T, c = self.seqlen, self.chunk_size
+        return [(s, min(s + c, T)) for s in range(0, T, c)]
+
+    def rows(self, start: int, end: int) -> torch.Tensor:
+        whole = start == 0 and end == self.seqlen
+        if whole and self._whole is not None:
+            return self._whole
+        bias = alibi_rows(self.slopes, start, end, self.seqlen).to(self.dtype)[None]
+        if self.padding is not None:
+            bias = bias + self.padding  # (B, nh, rows, T)
+        if whole:
+            self._whole = bias
+        return bias
 
 
 @dataclass
@@ -110,23 +174,60 @@ class GeGLU(nn.Module):
         return self.wo(self.dropout(F.gelu(gate) * linear))  # exact (erf) GELU
 
 
+class AlibiAttention(MultiHeadAttention):
+    """The shared MultiHeadAttention (same weights) with MosaicBERT's additive bias.
+
+    Why chunks: an additive mask must be materialised for SDPA, and the whole ALiBi bias is
+    (n_head, T, T), 2 GiB in float32 at T = 8192 with 8 heads (times B with padding). So q, k and v
+    are projected once, and the queries are processed in blocks of rows [s, e), each with only
+    its (B or 1, n_head, e - s, T) slice of the bias; the outputs go into one preallocated tensor.
+    With a single chunk (short sequences) this is the plain computation. With several chunks and
+    autograd on, each chunk is checkpointed: its bias (which SDPA's backward would keep) and
+    attention weights are rebuilt in the backward pass, so nothing T x T outlives its chunk.
+    Given a full bias tensor instead of an AlibiBias, it runs MultiHeadAttention's plain path."""
+
+    def forward(self, x: torch.Tensor, attn_bias: AlibiBias | torch.Tensor) -> torch.Tensor:
+        if isinstance(attn_bias, torch.Tensor):  # (B or 1, nh, T, T): the plain path
+            return super().forward(x, attn_mask=attn_bias)
+        B, T, C = x.shape
+        q, k, v = (self._heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        dropout = self.dropout if self.training else 0.0
+        chunks = attn_bias.chunks()
+        recompute = len(chunks) > 1 and torch.is_grad_enabled()
+        y = q.new_empty(B, T, C)  # heads already merged, as out_proj takes them
+        for start, end in chunks:
+            args = (q, k, v, attn_bias, start, end, dropout)
+            y[:, start:end] = (checkpoint(self._attend, *args, use_reentrant=False) if recompute
+                               else self._attend(*args))
+        return self.out_proj(y)
+
+    @staticmethod
+    def _attend(q, k, v, attn_bias: AlibiBias, start: int, end: int,
+                dropout: float) -> torch.Tensor:
+        """Attention of queries start..end-1 over all keys: (B, end - start, C)."""
+        y = sdpa(q[:, :, start:end], k, v, attn_bias.rows(start, end), dropout)  # (B, nh, r, hs)
+        return y.transpose(1, 2).flatten(2)
+
+
 class Block(nn.Module):
     """Post-LN layer as in BERT: x = LN(x + Dropout(Attn(x))); x = LN(x + GeGLU(x)).
     `x` is (B, T, C), or (nnz, C) with a `packing`, in which case only attention re-pads."""
 
     def __init__(self, config: MosaicBertConfig):
         super().__init__()
-        self.attn = MultiHeadAttention(config.d_model, config.n_head, bias=True,
-                                       dropout=config.attn_dropout)
+        self.attn = AlibiAttention(config.d_model, config.n_head, bias=True,
+                                   dropout=config.attn_dropout)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.ln_attn = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.ffn = GeGLU(config.d_model, config.d_ff, config.dropout)
         self.ln_ffn = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor,
+    def forward(self, x: torch.Tensor, attn_bias: AlibiBias | torch.Tensor,
                 packing: Packing | None = None) -> torch.Tensor:
+        """`attn_bias`: ALiBi + padding, built a chunk at a time (AlibiBias) or whole,
+        (B or 1, nh, T, T)."""
         h = x if packing is None else packing.unpack(x)  # (B, T, C)
-        h = self.attn(h, attn_mask=attn_bias)  # attn_bias: (B or 1, nh, T, T), ALiBi + padding
+        h = self.attn(h, attn_bias)
         h = h if packing is None else packing.pack(h)
         x = self.ln_attn(x + self.attn_dropout(h))
         # The reference puts its dropout inside the GeGLU (before wo), none after it.
@@ -155,20 +256,23 @@ class MosaicBert(ZooModel):
         self.apply(self._init_weights)
         with torch.no_grad():  # the tied decoder's init must not un-zero the padding row
             self.wte.weight[config.pad_token_id].zero_()
+        # Attention in query chunks (AlibiAttention) by default; False builds the whole
+        # (B or 1, nh, T, T) bias with attention_bias, as a reference for the chunked path.
+        self.chunked_attention = True
+        self.attn_chunk_size: int | None = None  # query rows per chunk; None: attention_chunk_size
 
     def _init_weights(self, module: nn.Module) -> None:
         bert_init(module, std=self.config.init_std)
 
     def attention_bias(self, attention_mask: torch.Tensor | None, seqlen: int,
                        dtype: torch.dtype) -> torch.Tensor:
-        """ALiBi plus the reference's padding mask, (1 - mask) * -10000 on padded keys:
-        (B, nh, T, T), or (1, nh, T, T) without a mask."""
+        """The whole bias, ALiBi plus the reference's padding mask, (1 - mask) * -10000 on padded
+        keys: (B, nh, T, T), or (1, nh, T, T) without a mask. Only the plain path
+        (chunked_attention False) builds it."""
         device = self.wte.weight.device
         bias = alibi_bias(self.config.n_head, seqlen, device, dtype)[None]  # (1, nh, T, T)
-        if attention_mask is not None:
-            padding = (1.0 - attention_mask.to(dtype)) * -10000.0  # (B, T)
-            bias = bias + padding[:, None, None, :]  # (B, nh, T, T)
-        return bias
+        padding = padding_bias(attention_mask, dtype)
+        return bias if padding is None else bias + padding  # (B, nh, T, T)
 
     def _encode(self, input_ids, attention_mask, token_type_ids, unpad):
         """Final hidden states, packed (nnz, C) with their Packing, or (B, T, C) with None."""
@@ -181,7 +285,11 @@ class MosaicBert(ZooModel):
         if packing is not None:  # embed only the real tokens
             input_ids, token_type_ids = packing.pack(input_ids), packing.pack(token_type_ids)
         x = self.drop_emb(self.ln_emb(self.wte(input_ids) + self.wtt(token_type_ids)))
-        attn_bias = self.attention_bias(attention_mask, T, x.dtype)
+        if self.chunked_attention:
+            attn_bias = AlibiBias(self.config.n_head, T, padding_bias(attention_mask, x.dtype),
+                                  x.dtype, self.wte.weight.device, self.attn_chunk_size)
+        else:
+            attn_bias = self.attention_bias(attention_mask, T, x.dtype)
         for block in self.blocks:
             x = block(x, attn_bias, packing)
         return x, packing

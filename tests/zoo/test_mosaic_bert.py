@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import zoo
+from zoo import mosaic_bert
 from zoo.mosaic_bert import MosaicBert, MosaicBertConfig, Packing, alibi_bias, alibi_slopes
 
 NAME = "mosaic-bert"
@@ -263,3 +265,142 @@ def test_dummy_inputs_have_uneven_padding(tiny):
     lengths = inputs["attention_mask"].sum(1).tolist()
     assert lengths[0] == 11 and len(set(lengths)) == 3
     assert torch.all(inputs["input_ids"][inputs["attention_mask"] == 0] == 0)
+
+
+# ---- chunked attention: equal to the whole-bias path, memory linear in T ------------------------
+
+def chunked_and_plain(model: MosaicBert, run):
+    """`run()`'s result with the default chunked attention, then with the whole-bias path."""
+    results = []
+    for chunked in (True, False):
+        model.chunked_attention = chunked
+        results.append(run())
+    model.chunked_attention = True
+    return results
+
+
+@pytest.fixture
+def no_dropout():
+    torch.manual_seed(0)
+    model = zoo.build(NAME, "tiny", dropout=0.0, attn_dropout=0.0)
+    model.attn_chunk_size = 4  # 13 queries: chunks of 4, 4, 4 and 1
+    return model
+
+
+def test_chunked_attention_runs_several_chunks_with_an_uneven_last_one(no_dropout):
+    ids, mask, _ = padded_batch(no_dropout.config.vocab_size, LENGTHS, SEQLEN)
+    spans = []
+    rows = mosaic_bert.AlibiBias.rows
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mosaic_bert.AlibiBias, "rows",
+                   lambda self, s, e: spans.append((s, e)) or rows(self, s, e))
+        with torch.no_grad():
+            no_dropout.eval()(ids, attention_mask=mask)
+    per_layer = [(0, 4), (4, 8), (8, 12), (12, 13)]
+    assert spans == per_layer * no_dropout.config.n_layer
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("unpad", [False, True])
+@pytest.mark.parametrize("train", [False, True])
+def test_chunked_attention_equals_the_whole_bias_path(no_dropout, padded, unpad, train):
+    lengths = LENGTHS if padded else [SEQLEN] * len(LENGTHS)
+    ids, mask, types = padded_batch(no_dropout.config.vocab_size, lengths, SEQLEN, seed=7)
+    no_dropout.train(train)
+    chunked, plain = chunked_and_plain(no_dropout, lambda: no_dropout(
+        ids, attention_mask=mask, token_type_ids=types, unpad=unpad).logits.detach())
+    torch.testing.assert_close(chunked, plain, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("unpad", [False, True])
+def test_chunked_attention_gradients_equal_the_whole_bias_path(no_dropout, unpad):
+    ids, mask, types = padded_batch(no_dropout.config.vocab_size, LENGTHS, SEQLEN, seed=8)
+    targets = torch.full_like(ids, -100)
+    chosen = torch.rand(ids.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+    targets[mask.bool() & chosen] = 7
+    no_dropout.train()
+
+    def grads():
+        no_dropout.zero_grad()
+        no_dropout(ids, attention_mask=mask, token_type_ids=types, targets=targets,
+                   unpad=unpad).loss.backward()
+        return {n: p.grad.clone() for n, p in no_dropout.named_parameters()}
+
+    chunked, plain = chunked_and_plain(no_dropout, grads)
+    for name in plain:
+        torch.testing.assert_close(chunked[name], plain[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_default_chunks_keep_the_bias_near_64_mib():
+    for T, nh, batch in [(8192, 8, 1), (8192, 12, 1), (4096, 8, 4), (2048, 8, 1)]:
+        rows = mosaic_bert.attention_chunk_size(T, nh, batch)
+        assert rows < T and rows % 64 == 0
+        assert 4 * batch * nh * rows * T <= 64 * 2**20
+    assert mosaic_bert.attention_chunk_size(8192, 12, 32) == 64  # the floor, past the budget
+    assert mosaic_bert.attention_chunk_size(128, 12, 32) == 128  # short: one chunk, as before
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an aten op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+LONG = 2048
+
+
+@pytest.fixture
+def long_inputs(monkeypatch):
+    """A one-layer, two-head model and a padded batch of one LONG sequence; the chunk budget is
+    cut to 1 MiB (64 query rows), as the 64 MiB default gives one chunk at this size."""
+    monkeypatch.setattr(mosaic_bert, "ATTN_CHUNK_BYTES", 2**20)
+    torch.manual_seed(0)
+    model = zoo.build(NAME, "tiny", vocab_size=128, n_layer=1, d_model=64, n_head=2, d_ff=128)
+    ids, mask, _ = padded_batch(128, [LONG - 100], LONG)
+    return model, ids, mask
+
+
+def test_chunked_forward_never_creates_a_seqlen_squared_tensor(long_inputs):
+    model, ids, mask = long_inputs
+    model.eval()
+    largest = []
+    for chunked in (True, False):
+        model.chunked_attention = chunked
+        with torch.no_grad(), LargestTensor() as spy:
+            model(ids, attention_mask=mask, unpad=True)
+        largest.append(spy.largest)
+    # The largest are the GeGLU's (nnz, 2 d_ff) and a chunk's (1, nh, 64, T) bias or scores.
+    assert largest[0] <= LONG * LONG // 4
+    assert largest[1] >= 2 * LONG * LONG  # the whole-bias path, so the spy does see such tensors
+
+
+def test_chunked_training_keeps_no_seqlen_squared_activations(long_inputs):
+    # What autograd saves for the backward pass: with several chunks each is checkpointed, so
+    # neither a chunk's bias nor its attention weights are kept.
+    model, ids, mask = long_inputs
+    model.train()
+    kept = []
+    for chunked in (True, False):
+        model.chunked_attention = chunked
+        storages = {}
+
+        def pack(t, storages=storages):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(ids, attention_mask=mask, unpad=True)
+        kept.append(sum(storages.values()))
+    # Everything kept (activations of all sizes) is less than one (nh, T, T) float32 tensor;
+    # the whole-bias path keeps at least its bias (SDPA's backward needs it), that much alone.
+    assert kept[0] < 4 * 2 * LONG * LONG
+    assert kept[1] >= 4 * 2 * LONG * LONG + kept[0] // 2
