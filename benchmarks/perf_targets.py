@@ -1,0 +1,93 @@
+"""Run the performance comparison of issue 7 and print its target table.
+
+    python benchmarks/perf_targets.py                 # 512..8192, decoding at 512 and 8192
+    python benchmarks/perf_targets.py --quick         # 512 and 2048 only (minutes, not an hour)
+    python benchmarks/perf_targets.py --check-only --results FILE   # table from earlier records
+
+Each cell runs in its own process through the benchmark harness (`harness.sweep`), ours and the
+peers one after the other in the same run, so every ratio compares measurements taken under
+the same conditions. The records are appended to --results (a `catalog report` input too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from harness import results, sweep, targets
+
+PEAK_CACHE = Path.home() / ".cache" / "transformer-catalog" / "matmul_peaks.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seqlen", default="512..8192", help="forward lengths (512..8192)")
+    parser.add_argument("--decode", default="512,8192", help="prompt lengths for decoding")
+    parser.add_argument("--quick", action="store_true", help="--seqlen 512,2048 --decode 512,2048")
+    parser.add_argument("--variant", default="small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--results", type=Path, default=Path("reports/results/perf_targets.jsonl"))
+    parser.add_argument("--check-only", action="store_true",
+                        help="measure nothing; check the records already in --results")
+    args = parser.parse_args(argv)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        seqlens = sweep.parse_seqlens("512,2048" if args.quick else args.seqlen)
+        decode = sweep.parse_seqlens("512,2048" if args.quick else args.decode)
+    except sweep.SweepError as error:
+        err.print(f"[bold red]error:[/] {error}")
+        return 2
+    records: list[dict] = []
+    if args.check_only:
+        loaded = results.load([args.results])
+        records = loaded.records
+        if not records:
+            err.print(f"[bold red]error:[/] no records in {args.results}")
+            return 2
+    else:
+        sweeps = [sweep.Sweep(models=list(p.models), variant=args.variant, modes=list(p.modes),
+                              seqlens=list(p.seqlens), dtype=p.dtype, device=args.device,
+                              threads=args.threads, repeat=args.repeat, against=list(p.against),
+                              force=True, results=args.results)
+                  for p in targets.plan(tuple(seqlens), tuple(decode))]
+        total = sum(len(s.cells()) for s in sweeps)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err) as progress:
+            bar = progress.add_task("benchmark", total=total)
+
+            def on_event(event: sweep.Event) -> None:
+                c = event.cell
+                progress.update(bar, description=f"{c.model} {c.impl} {c.mode} {c.seqlen} "
+                                                 f"{c.dtype}")
+                if event.kind == "done":
+                    progress.advance(bar)
+
+            try:
+                for s in sweeps:
+                    records.extend(sweep.run(s, PEAK_CACHE, on_event))
+            except sweep.SweepError as error:
+                err.print(f"[bold red]error:[/] {error}")
+                return 2
+    rows = targets.check(records)
+    table = Table(title="Performance targets (ratios from one run)", header_style="bold")
+    for column in ("target", "cell", "measured", "required", "verdict"):
+        table.add_column(column, justify="right" if column in ("measured", "required") else "left")
+    colour = {"met": "green", "missed": "red", "not measured": "yellow"}
+    for row in rows:
+        table.add_row(row.target, row.cell, "" if row.value is None else f"{row.value:.2f}",
+                      row.required, f"[{colour[row.verdict]}]{row.verdict}[/]")
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    met = sum(r.met is True for r in rows)
+    print(f"{met} of {len(rows)} met; records in {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The performance targets (issue 7), checked against benchmark records.
+
+`plan(...)` lists the sweeps that measure them; `check(records)` turns the records of such a run
+into one `Row` per target and cell: what was measured, what is required, and whether it is met.
+Every ratio is taken between records of one run (same machine, dtype and threads), so a noisy
+machine slows both sides of a ratio alike. `benchmarks/perf_targets.py` runs and prints it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+DENSE = ("bert", "gpt", "roberta")  # the models compared with Hugging Face's forward
+ATTENTION = ("bert", "gpt", "roberta", "mosaic-bert", "pangu-pi")  # memory must grow linearly
+DECODERS_WITH_CACHE = ("gpt", "pangu-pi")  # compared with Hugging Face GPT-2's decoding
+
+FORWARD_RATIO = 1.0  # ours / HF tokens/s, and at most 1.0 for peak memory
+MFU_AT_LENGTH = (2048, 0.80)  # from this length on, MFU against the measured matmul peak
+RWKV_PREFILL_RATIO = 1.8  # ours / (HF RwkvModel, official rwkv package) at the longest length
+RWKV_DECODE_RATIO = 2.0
+RWKV_LATENCY_SPREAD = 1.10  # per-token latency at the longest context / at the shortest
+DECODE_RATIO = 1.5  # GPT and Pangu-pi decoding / HF GPT-2 decoding
+LINEAR_MEMORY = 2.5  # activation memory at 2T / at T: 2 when linear, 4 when a T x T is kept
+BF16_RATIO = (2048, 3.0)  # bf16 / fp32 tokens/s of the dense forward at this length
+
+
+@dataclass(frozen=True)
+class Row:
+    target: str  # what is required, in words
+    cell: str  # which measurement
+    value: float | None  # the measured ratio (None: a side is missing or failed)
+    required: str  # e.g. ">= 1.80"
+    met: bool | None  # None when it could not be measured
+
+    @property
+    def verdict(self) -> str:
+        return {True: "met", False: "missed", None: "not measured"}[self.met]
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    models: tuple[str, ...]
+    modes: tuple[str, ...]
+    seqlens: tuple[int, ...]
+    against: tuple[str, ...] = ()
+    dtype: str = "float32"
+
+
+def plan(seqlens: tuple[int, ...] = (512, 1024, 2048, 4096, 8192),
+         decode_lengths: tuple[int, ...] = (512, 8192)) -> list[SweepPlan]:
+    """The sweeps behind every target; the longest of `seqlens` is "the long length"."""
+    bf16_length = BF16_RATIO[0] if BF16_RATIO[0] in seqlens else max(seqlens)
+    return [
+        SweepPlan(DENSE, ("forward",), seqlens, ("hf",)),
+        SweepPlan(("mosaic-bert", "pangu-pi"), ("forward",), seqlens),
+        SweepPlan(("rwkv",), ("forward",), (max(seqlens),), ("hf", "rwkv-pip")),
+        SweepPlan(("rwkv",), ("generate",), decode_lengths, ("hf", "rwkv-pip")),
+        SweepPlan(("gpt",), ("generate",), decode_lengths, ("hf",)),
+        SweepPlan(("pangu-pi",), ("generate",), decode_lengths),
+        SweepPlan(DENSE, ("forward",), (bf16_length,), (), "bfloat16"),
+    ]
+
+
+def _ok(records: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    return {(r["model"], r["impl"], r["mode"], r["seqlen"], r["dtype"]): r for r in records
+            if r.get("kind") == "bench" and r.get("status") == "ok"}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def _row(target: str, cell: str, value: float | None, bound: float, at_least: bool = True
+         ) -> Row:
+    met = None if value is None else (value >= bound if at_least else value <= bound)
+    return Row(target, cell, value, f"{'>=' if at_least else '<='} {bound:.2f}", met)
+
+
+def check(records: Iterable[dict[str, Any]]) -> list[Row]:
+    """One row per target and cell found in `records` (fp32 unless the target says bf16)."""
+    ok = _ok(records)
+    rows: list[Row] = []
+    lengths = sorted({k[3] for k in ok if k[2] == "forward" and k[4] == "float32"})
+
+    def get(model, impl, mode, seqlen, dtype="float32"):
+        return ok.get((model, impl, mode, seqlen, dtype), {})
+
+    for model in DENSE:  # forward against Hugging Face, and MFU
+        for T in lengths:
+            ours, hf = get(model, "zoo", "forward", T), get(model, "hf", "forward", T)
+            if not ours and not hf:
+                continue
+            cell = f"{model} forward {T}"
+            rows.append(_row("throughput vs HF", cell,
+                             _ratio(ours.get("tokens_per_s"), hf.get("tokens_per_s")),
+                             FORWARD_RATIO))
+            rows.append(_row("peak memory vs HF", cell,
+                             _ratio(ours.get("peak_mem_bytes"), hf.get("peak_mem_bytes")),
+                             FORWARD_RATIO, at_least=False))
+            if T >= MFU_AT_LENGTH[0]:
+                rows.append(_row("MFU (fp32 peak)", cell, ours.get("mfu"), MFU_AT_LENGTH[1]))
+
+    longest = max((k[3] for k in ok if k[0] == "rwkv" and k[2] == "forward"), default=None)
+    if longest is not None:  # RWKV prefill
+        ours = get("rwkv", "zoo", "forward", longest)
+        for peer in ("hf", "rwkv-pip"):
+            rows.append(_row(f"RWKV prefill vs {peer}", f"rwkv forward {longest}",
+                             _ratio(ours.get("tokens_per_s"),
+                                    get("rwkv", peer, "forward", longest).get("tokens_per_s")),
+                             RWKV_PREFILL_RATIO))
+
+    decode = sorted({k[3] for k in ok if k[2] == "generate" and k[4] == "float32"})
+    for T in decode:  # decoding: RWKV against its peers, GPT and Pangu-pi against HF GPT-2
+        ours = get("rwkv", "zoo", "generate", T)
+        for peer in ("hf", "rwkv-pip"):
+            theirs = get("rwkv", peer, "generate", T)
+            if ours or theirs:
+                rows.append(_row(f"RWKV decoding vs {peer}", f"rwkv generate {T}",
+                                 _ratio(ours.get("tokens_per_s"), theirs.get("tokens_per_s")),
+                                 RWKV_DECODE_RATIO))
+        hf_gpt2 = get("gpt", "hf", "generate", T)
+        for model in DECODERS_WITH_CACHE:
+            mine = get(model, "zoo", "generate", T)
+            if mine or hf_gpt2:
+                rows.append(_row("decoding vs HF GPT-2", f"{model} generate {T}",
+                                 _ratio(mine.get("tokens_per_s"), hf_gpt2.get("tokens_per_s")),
+                                 DECODE_RATIO))
+    if len(decode) >= 2:  # RWKV: flat latency and memory over the context
+        short, long = get("rwkv", "zoo", "generate", decode[0]), \
+            get("rwkv", "zoo", "generate", decode[-1])
+        cell = f"rwkv generate {decode[-1]} / {decode[0]}"
+        rows.append(_row("RWKV per-token latency, long / short", cell,
+                         _ratio(long.get("ms_median"), short.get("ms_median")),
+                         RWKV_LATENCY_SPREAD, at_least=False))
+        rows.append(_row("RWKV decoding memory, long / short", cell,
+                         _ratio(long.get("peak_mem_bytes"), short.get("peak_mem_bytes")),
+                         RWKV_LATENCY_SPREAD, at_least=False))
+
+    for model in ATTENTION:  # memory linear in length: compare each doubling
+        mine = [T for T in lengths if get(model, "zoo", "forward", T)]
+        for short, long in pairwise(mine):
+            if long != 2 * short or long < 4096:
+                continue
+            a = get(model, "zoo", "forward", short).get("act_mem_bytes")
+            b = get(model, "zoo", "forward", long).get("act_mem_bytes")
+            rows.append(_row("activation memory per doubling", f"{model} forward {long} / {short}",
+                             _ratio(b, a), LINEAR_MEMORY, at_least=False))
+
+    for model in DENSE:  # bfloat16 against float32
+        for T in sorted({k[3] for k in ok if k[4] == "bfloat16" and k[0] == model}):
+            rows.append(_row("bf16 vs fp32 throughput", f"{model} forward {T}",
+                             _ratio(get(model, "zoo", "forward", T, "bfloat16").get("tokens_per_s"),
+                                    get(model, "zoo", "forward", T).get("tokens_per_s")),
+                             BF16_RATIO[1]))
+    return rows

@@ -1,0 +1,81 @@
+"""The performance-target table: each target is met, missed or not measured from records."""
+
+from harness import targets
+
+
+def rec(model, impl, mode, seqlen, tps, mem=1000, act=100, mfu=None, ms=None, dtype="float32",
+        status="ok"):
+    return {"kind": "bench", "model": model, "impl": impl, "mode": mode, "seqlen": seqlen,
+            "dtype": dtype, "status": status, "tokens_per_s": tps, "peak_mem_bytes": mem,
+            "act_mem_bytes": act, "mfu": mfu, "ms_median": ms}
+
+
+def find(rows, target, cell):
+    found = [r for r in rows if r.target == target and r.cell == cell]
+    assert len(found) == 1, (target, cell, rows)
+    return found[0]
+
+
+def test_forward_against_hf_and_mfu():
+    rows = targets.check([rec("gpt", "zoo", "forward", 2048, 1100, mem=900, mfu=0.85),
+                          rec("gpt", "hf", "forward", 2048, 1000, mem=1000),
+                          rec("bert", "zoo", "forward", 2048, 900, mem=1100, mfu=0.5),
+                          rec("bert", "hf", "forward", 2048, 1000, mem=1000)])
+    assert find(rows, "throughput vs HF", "gpt forward 2048").met is True
+    assert abs(find(rows, "throughput vs HF", "gpt forward 2048").value - 1.1) < 1e-12
+    assert find(rows, "peak memory vs HF", "gpt forward 2048").met is True
+    assert find(rows, "MFU (fp32 peak)", "gpt forward 2048").met is True
+    assert find(rows, "throughput vs HF", "bert forward 2048").met is False
+    assert find(rows, "peak memory vs HF", "bert forward 2048").met is False
+    assert find(rows, "MFU (fp32 peak)", "bert forward 2048").met is False
+
+
+def test_a_failed_peer_is_not_measured_rather_than_met():
+    rows = targets.check([rec("roberta", "zoo", "forward", 512, 1000),
+                          rec("roberta", "hf", "forward", 512, None, status="oom")])
+    row = find(rows, "throughput vs HF", "roberta forward 512")
+    assert row.met is None and row.value is None and row.verdict == "not measured"
+    assert not [r for r in rows if r.target.startswith("MFU")]  # only from 2048 on
+
+
+def test_rwkv_prefill_decoding_and_flatness():
+    rows = targets.check([
+        rec("rwkv", "zoo", "forward", 8192, 2000), rec("rwkv", "hf", "forward", 8192, 1000),
+        rec("rwkv", "rwkv-pip", "forward", 8192, 1500),
+        rec("rwkv", "zoo", "generate", 512, 400, mem=100, ms=2.5),
+        rec("rwkv", "zoo", "generate", 8192, 390, mem=104, ms=2.6),
+        rec("rwkv", "hf", "generate", 512, 150), rec("rwkv", "rwkv-pip", "generate", 8192, 300)])
+    assert find(rows, "RWKV prefill vs hf", "rwkv forward 8192").met is True
+    assert find(rows, "RWKV prefill vs rwkv-pip", "rwkv forward 8192").met is False  # 1.33
+    assert find(rows, "RWKV decoding vs hf", "rwkv generate 512").met is True
+    assert find(rows, "RWKV decoding vs rwkv-pip", "rwkv generate 8192").met is False
+    assert find(rows, "RWKV decoding vs hf", "rwkv generate 8192").met is None
+    flat = find(rows, "RWKV per-token latency, long / short", "rwkv generate 8192 / 512")
+    assert flat.met is True and abs(flat.value - 2.6 / 2.5) < 1e-12
+    assert find(rows, "RWKV decoding memory, long / short", "rwkv generate 8192 / 512").met
+
+
+def test_decoders_against_hf_gpt2_and_linear_memory_and_bf16():
+    rows = targets.check([
+        rec("gpt", "zoo", "generate", 512, 300), rec("pangu-pi", "zoo", "generate", 512, 200),
+        rec("gpt", "hf", "generate", 512, 150),
+        rec("mosaic-bert", "zoo", "forward", 4096, 1, act=100),
+        rec("mosaic-bert", "zoo", "forward", 8192, 1, act=400),  # quadratic: 4x per doubling
+        rec("pangu-pi", "zoo", "forward", 4096, 1, act=100),
+        rec("pangu-pi", "zoo", "forward", 8192, 1, act=210),
+        rec("bert", "zoo", "forward", 2048, 1000), rec("bert", "zoo", "forward", 2048, 3500,
+                                                       dtype="bfloat16")])
+    assert find(rows, "decoding vs HF GPT-2", "gpt generate 512").met is True
+    assert find(rows, "decoding vs HF GPT-2", "pangu-pi generate 512").met is False  # 1.33
+    assert find(rows, "activation memory per doubling", "mosaic-bert forward 8192 / 4096"
+                ).met is False
+    assert find(rows, "activation memory per doubling", "pangu-pi forward 8192 / 4096").met
+    assert find(rows, "bf16 vs fp32 throughput", "bert forward 2048").met is True
+
+
+def test_plan_covers_every_target_group():
+    plans = targets.plan((512, 2048), (512, 2048))
+    assert {p.dtype for p in plans} == {"float32", "bfloat16"}
+    assert any(p.models == ("rwkv",) and "rwkv-pip" in p.against for p in plans)
+    bf16 = [p for p in plans if p.dtype == "bfloat16"][0]
+    assert bf16.seqlens == (2048,) and set(bf16.models) == set(targets.DENSE)
