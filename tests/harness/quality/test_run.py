@@ -71,6 +71,17 @@ def test_mqar_run(tmp_path):
     assert rec["task"] == "mqar" and rec["metric"] == "accuracy" and rec["seqlen"] == 32
     assert rec["chance"] == 0.25 and rec["mqar"]["num_kv_pairs"] == 4
     assert rec["vocab_size"] == 128 and 0 <= rec["value"] <= 1
+    # GPT's dropout (0.1 in the catalog's variants) is off for the recall task, and said so
+    assert load_checkpoint(tmp_path / "m")[0].config.dropout == 0.0
+    assert "dropout set to 0 for the recall task" in rec["notes"]
+    lm_model = run.build_model("gpt", "lm", run.prepare(spec(tmp_path)))
+    assert lm_model.config.dropout == 0.1  # the language-modelling task keeps it
+
+
+def test_mqar_defaults_take_large_batches():
+    mqar = run.RunSpec(task="mqar", budget=Budget(tokens=1)).train_config
+    assert (mqar.batch_size, mqar.seqlen) == (256, 64)
+    assert run.RunSpec(task="mqar", budget=Budget(tokens=1)).mqar.vocab_size == 512
 
 
 def test_same_seed_same_numbers(tmp_path):
