@@ -21,8 +21,6 @@ from rich.table import Table
 
 from harness import results, sweep, targets
 
-PEAK_CACHE = Path.home() / ".cache" / "transformer-catalog" / "matmul_peaks.json"
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -71,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
             try:
                 for s in sweeps:
-                    records.extend(sweep.run(s, PEAK_CACHE, on_event))
+                    records.extend(sweep.run(s, results.PEAK_CACHE, on_event))
             except sweep.SweepError as error:
                 err.print(f"[bold red]error:[/] {error}")
                 return 2

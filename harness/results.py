@@ -27,6 +27,10 @@ FIELDS = (
 BENCH_KEY = ("kind", "model", "variant", "impl", "mode", "seqlen", "batch", "dtype", "device",
              "threads", "cpu", "gpu")
 
+# Where the measured matmul peaks (MFU's denominators) are kept between runs: see
+# harness.sweep.calibrate.
+PEAK_CACHE = Path.home() / ".cache" / "transformer-catalog" / "matmul_peaks.json"
+
 
 def record(**values: Any) -> dict[str, Any]:
     """A record with every standard field (None where not given), then any extra fields."""

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from harness import results
 from harness.cli.common import (
     USAGE_ERROR,
     app,
@@ -32,7 +33,7 @@ class Peer(str, Enum):
     rwkv_pip = "rwkv-pip"
 
 
-PEAK_CACHE = Path.home() / ".cache" / "transformer-catalog" / "matmul_peaks.json"
+PEAK_CACHE = results.PEAK_CACHE  # a module global, so that tests can point it elsewhere
 
 
 @app.command()

@@ -383,8 +383,8 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
     if task == "mlm" and model == "bert":
         notes.append("no next-sentence head (the corpus has no sentence pairs)")
     if task == "mqar":
-        off = [n for n in MQAR_NO_DROPOUT if getattr(net.config, n, 0) == 0.0
-               and n in {f.name for f in dataclasses.fields(net.config)}]
+        fields = {f.name for f in dataclasses.fields(net.config)}
+        off = [n for n in MQAR_NO_DROPOUT if n in fields]  # build_model set them to 0
         if off:
             notes.append(f"{', '.join(off)} set to 0 for the recall task")
     meta = {"task": task, "variant": spec.variant, "seed": spec.seed, "seqlen": config.seqlen,
