@@ -26,10 +26,16 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import FeedForward, KVCache, MultiHeadAttention, causal_mask, hidden_key_bias
+from zoo.layers import (
+    FeedForward,
+    KVCache,
+    MultiHeadAttention,
+    causal_mask,
+    hidden_key_bias,
+    linear,
+)
 from zoo.model import Output, ZooModel, generate, lm_loss
 
 
@@ -173,7 +179,7 @@ class GPT(ZooModel):
             x = block(x, attn_mask, cache[i] if cache is not None else None)
         if self.ln_f is not None:
             x = self.ln_f(x)
-        logits = F.linear(x, self.wte.weight)  # (B, T, V): the tied output head
+        logits = linear(x, self.wte.weight)  # (B, T, V): the tied output head
         loss = lm_loss(logits, targets) if targets is not None else None
         return Output(logits=logits, loss=loss, cache=cache)
 

@@ -34,10 +34,16 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import FeedForward, KVCache, MultiHeadAttention, causal_mask, hidden_key_bias
+from zoo.layers import (
+    FeedForward,
+    KVCache,
+    MultiHeadAttention,
+    causal_mask,
+    hidden_key_bias,
+    linear,
+)
 from zoo.model import Output, ZooModel, generate, lm_loss
 
 
@@ -232,7 +238,7 @@ class Transformer(ZooModel):
             y = layer(y, memory, src_bias, tgt_bias, self_cache, cross_cache)
         if cache is not None:
             cache.length += T
-        return F.linear(self.dec_norm(y), self.tok_emb.weight)  # (B, T, V): the tied projection
+        return linear(self.dec_norm(y), self.tok_emb.weight)  # (B, T, V): the tied projection
 
     def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor,
                 src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None,

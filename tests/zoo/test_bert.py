@@ -3,6 +3,7 @@ BertForPreTraining / BertForMaskedLM built from tiny random configs (nothing dow
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -85,9 +86,19 @@ def test_decoder_is_tied_to_the_word_embeddings(tiny):
 
 
 def test_gelu_is_the_exact_erf_form(tiny):
-    x = torch.linspace(-3, 3, 7)
-    exact = 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
-    torch.testing.assert_close(tiny.blocks[0].ffn.act(x), exact)
+    ffn = copy.deepcopy(tiny.blocks[0].ffn)
+    d = ffn.fc_in.in_features
+    with torch.no_grad():
+        ffn.fc_in.weight.normal_(0, 1 / math.sqrt(d))  # pre-activations of about unit scale
+    x = torch.randn(2, 50, d)
+    exact = lambda z: 0.5 * z * (1 + torch.erf(z / math.sqrt(2)))  # noqa: E731
+    h = F.linear(x, ffn.fc_in.weight, ffn.fc_in.bias)
+    expected = F.linear(exact(h), ffn.fc_out.weight, ffn.fc_out.bias)
+    tanh_form = F.linear(F.gelu(h, approximate="tanh"), ffn.fc_out.weight, ffn.fc_out.bias)
+    assert (expected - tanh_form).abs().max() > 1e-5  # the test can tell the two forms apart
+    for grad in (False, True):  # the fused inference path and the plain autograd path
+        with torch.set_grad_enabled(grad):
+            torch.testing.assert_close(ffn(x), expected, atol=2e-6, rtol=1e-5)
 
 
 def test_block_is_post_ln(tiny):

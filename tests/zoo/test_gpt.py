@@ -118,10 +118,18 @@ def test_gpt2_block_is_pre_ln():
 
 
 def test_activation_is_the_tanh_gelu():
-    x = torch.linspace(-6, 6, 101)
-    act = tiny().blocks[0].mlp.act
-    torch.testing.assert_close(act(x), gelu_tanh(x), atol=1e-6, rtol=0)
-    assert (act(x) - F.gelu(x)).abs().max() > 1e-4  # not the exact erf form
+    mlp = tiny().blocks[0].mlp
+    d = mlp.fc_in.in_features
+    with torch.no_grad():
+        mlp.fc_in.weight.normal_(0, 2 / math.sqrt(d))  # pre-activations spread over about [-6, 6]
+    x = torch.randn(2, 50, d)
+    h = F.linear(x, mlp.fc_in.weight, mlp.fc_in.bias)
+    expected = F.linear(gelu_tanh(h), mlp.fc_out.weight, mlp.fc_out.bias)
+    exact_form = F.linear(F.gelu(h), mlp.fc_out.weight, mlp.fc_out.bias)
+    assert (expected - exact_form).abs().max() > 1e-4  # the test can tell the two forms apart
+    for grad in (False, True):  # the fused inference path and the plain autograd path
+        with torch.set_grad_enabled(grad):
+            torch.testing.assert_close(mlp(x), expected, atol=2e-6, rtol=1e-5)
 
 
 def test_whole_model_wiring_and_tied_head():

@@ -9,8 +9,9 @@ from zoo.layers.attention import (
     merge_masks,
     sdpa,
 )
-from zoo.layers.feedforward import ACTIVATIONS, FeedForward
+from zoo.layers.feedforward import FeedForward
 from zoo.layers.init import bert_init
+from zoo.layers.linear import ACTIVATIONS, Linear, linear
 
-__all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "MultiHeadAttention", "bert_init",
-           "causal_mask", "hidden_key_bias", "merge_masks", "sdpa"]
+__all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "Linear", "MultiHeadAttention", "bert_init",
+           "causal_mask", "hidden_key_bias", "linear", "merge_masks", "sdpa"]

@@ -7,11 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ACTIVATIONS = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,  # exact, erf form
-    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new"
-}
+from zoo.layers.linear import ACTIVATIONS, Linear
 
 
 class FeedForward(nn.Module):
@@ -19,9 +15,10 @@ class FeedForward(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
-        self.fc_in = nn.Linear(d_model, d_ff, bias=bias)
-        self.act = ACTIVATIONS[activation]()
-        self.fc_out = nn.Linear(d_ff, d_model, bias=bias)
+        self.activation = activation  # a key of zoo.layers.ACTIVATIONS
+        self.fc_in = Linear(d_model, d_ff, bias=bias)
+        self.fc_out = Linear(d_ff, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_out(self.act(self.fc_in(x)))
+        # fc_in applies the activation itself: in the same pass over its output where it can.
+        return self.fc_out(self.fc_in(x, activation=self.activation))

@@ -1,0 +1,81 @@
+"""Time zoo.layers.linear's routes against F.linear on this machine, side by side.
+
+    python benchmarks/linear_backends.py            # decoding (1 row) and prefill (2048 rows)
+    python benchmarks/linear_backends.py --quick
+
+For one row (decoding) the weights of a `small` model's shapes are cycled through, about 100 MB
+of them, so that they stream from memory as in a decoding step rather than sit in the cache;
+the table gives GB/s of weight read. For many rows it gives GFLOP/s. Each route is timed in
+alternation with the others (median of several rounds), so a noisy machine slows all alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from zoo.layers.linear import linear, onednn_available
+
+SHAPES = [(512, 512), (1536, 512), (2048, 512), (512, 2048), (8192, 512)]  # (out, in)
+
+
+def timed(fn, rounds: int) -> list[float]:
+    fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rounds = 5 if args.quick else 15
+    routes = {"F.linear (MKL)": F.linear, "zoo linear": linear}
+    if onednn_available():
+        routes["oneDNN"] = lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none",
+                                                                            [], "")
+    table = Table(title=f"linear routes, float32, {torch.get_num_threads()} threads",
+                  header_style="bold")
+    for column in ("weight (out, in)", "rows", "unit", *routes, "zoo / F.linear"):
+        table.add_column(column, justify="right")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for out_features, in_features in SHAPES:
+            for rows in (1, 2048):
+                copies = max(1, 100_000_000 // (out_features * in_features * 4)) if rows == 1 else 1
+                weights = [torch.randn(out_features, in_features) for _ in range(copies)]
+                x = torch.randn(rows, in_features)
+                samples = {name: [] for name in routes}
+                for _ in range(rounds):  # alternate the routes round by round
+                    for name, fn in routes.items():
+                        run = lambda fn=fn, x=x, weights=weights: [fn(x, w) for w in weights]  # noqa: E731
+                        samples[name] += timed(run, 1)
+                median = {name: statistics.median(s) for name, s in samples.items()}
+                if rows == 1:
+                    unit, work = "GB/s", copies * out_features * in_features * 4 / 1e9
+                else:
+                    unit, work = "GFLOP/s", 2 * rows * out_features * in_features / 1e9
+                speed = [f"{work / median[name]:.1f}" for name in routes]
+                ratio = median["F.linear (MKL)"] / median["zoo linear"]
+                table.add_row(f"({out_features}, {in_features})", str(rows), unit, *speed,
+                              f"{ratio:.2f}x")
+    Console(width=160 if not sys.stdout.isatty() else None).print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
