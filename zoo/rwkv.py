@@ -12,9 +12,11 @@ Differences from its parent, the GPT decoder:
   - an extra LayerNorm (ln0) on the embeddings in block 0; the output head is untied;
   - decoding is a recurrence with a constant-size state per layer (no KV cache).
 
-WKV is evaluated in fp32 in the numerically stable form (state a, b kept as aa·e^pp, bb·e^pp).
-Prefill and training use `wkv_chunked` (a Python loop over T / C chunks only); generation
-uses `wkv_recurrent`, the plain per-token recurrence, which also serves as the test oracle.
+WKV is evaluated in fp32 in the numerically stable form (state a, b kept as aa·e^pp, bb·e^pp),
+three ways (`wkv_backend` picks): CPU inference runs the recurrence as a compiled C loop
+(zoo/wkv_cpu.py) when a C compiler is available; otherwise, and for training (autograd),
+prefill uses `wkv_chunked` (a Python loop over T / C chunks only) and decoding
+`wkv_recurrent`, the plain per-token recurrence, which is also the test oracle of both.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from zoo import wkv_cpu
+from zoo.layers import Linear
 from zoo.model import Output, ZooModel, generate, lm_loss
 
 # WKV state of one layer: (aa, bb, pp), each (B, d) in fp32, with a = aa·e^pp and b = bb·e^pp
@@ -112,6 +116,15 @@ def wkv_chunked(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return torch.cat(out, dim=1), (aa, bb, pp)
 
 
+def wkv_backend(*tensors: torch.Tensor) -> str:
+    """Which WKV evaluation the tensors of a call take: "compiled" (zoo.wkv_cpu's C loop) for
+    CPU inference where a C compiler built it, else "pytorch" (wkv_recurrent for one token,
+    wkv_chunked for more), which autograd can differentiate."""
+    cpu = all(t.device.type == "cpu" for t in tensors)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return "compiled" if cpu and not needs_grad and wkv_cpu.available() else "pytorch"
+
+
 def token_shift(x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     """The previous token's vector at every position (B, T, d); `last` (B, d) precedes x[:, 0]
     (zeros at the start of a text, the cached one when decoding)."""
@@ -129,18 +142,21 @@ class TimeMix(nn.Module):
         self.time_mix_k = nn.Parameter(torch.empty(d))  # token-shift mixing weights
         self.time_mix_v = nn.Parameter(torch.empty(d))
         self.time_mix_r = nn.Parameter(torch.empty(d))
-        self.key = nn.Linear(d, d, bias=False)
-        self.value = nn.Linear(d, d, bias=False)
-        self.receptance = nn.Linear(d, d, bias=False)
-        self.output = nn.Linear(d, d, bias=False)
+        self.key = Linear(d, d, bias=False)
+        self.value = Linear(d, d, bias=False)
+        self.receptance = Linear(d, d, bias=False)
+        self.output = Linear(d, d, bias=False)
 
     def forward(self, x: torch.Tensor, last_x: torch.Tensor, state: WKVState):
         prev = token_shift(x, last_x)  # (B, T, d)
-        k = self.key(x * self.time_mix_k + prev * (1 - self.time_mix_k)).float()
-        v = self.value(x * self.time_mix_v + prev * (1 - self.time_mix_v)).float()
-        r = torch.sigmoid(self.receptance(x * self.time_mix_r + prev * (1 - self.time_mix_r)))
+        # lerp(prev, x, mix) = x * mix + prev * (1 - mix): the paper's token-shift interpolation
+        k = self.key(torch.lerp(prev, x, self.time_mix_k)).float()
+        v = self.value(torch.lerp(prev, x, self.time_mix_v)).float()
+        r = torch.sigmoid(self.receptance(torch.lerp(prev, x, self.time_mix_r)))
         w, u = -torch.exp(self.time_decay.float()), self.time_first.float()
-        if x.size(1) == 1:  # decoding: one step of the recurrence
+        if wkv_backend(k, w, u, v) == "compiled":  # CPU inference: zoo.wkv_cpu's C loop
+            wkv, state = wkv_cpu.wkv(w, u, k, v, state)
+        elif x.size(1) == 1:  # decoding: one step of the recurrence
             wkv, state = wkv_recurrent(w, u, k, v, state)
         else:
             chunk_len = self.chunk_len or (128 if k.is_cuda else 8)
@@ -155,15 +171,18 @@ class ChannelMix(nn.Module):
         super().__init__()
         self.time_mix_k = nn.Parameter(torch.empty(d))
         self.time_mix_r = nn.Parameter(torch.empty(d))
-        self.key = nn.Linear(d, 4 * d, bias=False)
-        self.receptance = nn.Linear(d, d, bias=False)
-        self.value = nn.Linear(4 * d, d, bias=False)
+        self.key = Linear(d, 4 * d, bias=False)
+        self.receptance = Linear(d, d, bias=False)
+        self.value = Linear(4 * d, d, bias=False)
 
     def forward(self, x: torch.Tensor, last_x: torch.Tensor):
         prev = token_shift(x, last_x)
-        k = self.key(x * self.time_mix_k + prev * (1 - self.time_mix_k))
-        r = self.receptance(x * self.time_mix_r + prev * (1 - self.time_mix_r))
-        return torch.sigmoid(r) * self.value(torch.square(torch.relu(k))), x[:, -1]
+        k = self.key(torch.lerp(prev, x, self.time_mix_k), activation="relu")  # (B, T, 4d)
+        # Squared in place when no gradient needs it: a fresh 4d-wide buffer costs a page
+        # fault per 4 KiB on the CPU (~20 ms at 8192 tokens of width 2048), the squaring 2 ms.
+        k = k.square() if k.requires_grad else k.square_()
+        r = self.receptance(torch.lerp(prev, x, self.time_mix_r))
+        return torch.sigmoid(r) * self.value(k), x[:, -1]
 
 
 class Block(nn.Module):
@@ -225,7 +244,7 @@ class RWKV(ZooModel):
         self.emb = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)  # untied
+        self.head = Linear(config.d_model, config.vocab_size, bias=False)  # untied
         self.init_weights()
 
     @torch.no_grad()

@@ -5,17 +5,29 @@ checkpoint conversion, and fp32 parity with Hugging Face `RwkvForCausalLM` and t
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import zoo
 import zoo.rwkv as rwkv
+from zoo import wkv_cpu
 from zoo.convert import CheckpointError
-from zoo.rwkv import EMPTY_PP, RWKV, RWKVConfig, RWKVState, wkv_chunked, wkv_recurrent
+from zoo.rwkv import (
+    EMPTY_PP,
+    RWKV,
+    RWKVConfig,
+    RWKVState,
+    wkv_backend,
+    wkv_chunked,
+    wkv_recurrent,
+)
 
 TINY = dict(vocab_size=300, n_layer=3, d_model=32)
 
@@ -228,7 +240,13 @@ def test_long_sequences_are_stable_and_equal_the_recurrence():
 # The model: chunk length, state across calls, long inputs, dtypes
 
 
-def test_chunk_length_does_not_change_the_logits():
+@pytest.fixture
+def pytorch_wkv(monkeypatch):
+    """Keep the model on its PyTorch WKV paths (chunks, recurrence), off the compiled kernel."""
+    monkeypatch.setattr(rwkv, "wkv_backend", lambda *tensors: "pytorch")
+
+
+def test_chunk_length_does_not_change_the_logits(pytorch_wkv):
     ids = torch.randint(0, TINY["vocab_size"], (3, 45))
     with torch.no_grad():
         logits = [tiny_model(wkv_chunk_len=c)(ids).logits for c in (1, 5, 16, None)]
@@ -253,7 +271,7 @@ def test_a_prompt_with_a_state_then_more_tokens_equals_the_full_forward():
     assert model(ids[:, :5]).cache is None
 
 
-def test_model_long_input_chunked_equals_recurrence(monkeypatch):
+def test_model_long_input_chunked_and_compiled_equal_the_recurrence(monkeypatch, pytorch_wkv):
     model = tiny_model(seed=2, vocab_size=128, n_layer=2)
     randomize_(model, seed=2, decay=(-8.0, 6.0))
     ids = torch.randint(0, 128, (2, 2050))
@@ -262,8 +280,82 @@ def test_model_long_input_chunked_equals_recurrence(monkeypatch):
         monkeypatch.setattr(rwkv, "wkv_chunked",
                             lambda w, u, k, v, state, _: wkv_recurrent(w, u, k, v, state))
         recurrent = model(ids).logits
+        if wkv_cpu.available():
+            monkeypatch.setattr(rwkv, "wkv_backend", lambda *tensors: "compiled")
+            compiled = model(ids).logits
+            torch.testing.assert_close(compiled, recurrent, atol=1e-4, rtol=0)
     assert torch.isfinite(chunked).all()
     torch.testing.assert_close(chunked, recurrent, atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled WKV kernel (zoo.wkv_cpu), CPU inference
+
+needs_kernel = pytest.mark.skipif(
+    not wkv_cpu.available() and shutil.which("cc") is None and shutil.which("gcc") is None,
+    reason="no C compiler: the model uses its PyTorch WKV paths")
+
+
+@needs_kernel
+def test_the_kernel_builds_where_there_is_a_compiler():
+    assert wkv_cpu.available()
+    assert wkv_backend(torch.zeros(2)) == "compiled"
+    assert wkv_backend(torch.zeros(2, requires_grad=True)) == "pytorch"  # training: autograd
+    with torch.no_grad():
+        assert wkv_backend(torch.zeros(2, requires_grad=True)) == "compiled"
+
+
+@needs_kernel
+@pytest.mark.parametrize("T", [1, 2, 37, 1000])
+def test_the_kernel_equals_the_recurrence_with_a_carried_state(T):
+    """Decays from e^-8 to e^6 and keys of scale 5 (e^k overflows fp32 without the max
+    shift); compared with the recurrence in float64, state included."""
+    B, D = 3, 40
+    w, u, k, v = random_wkv_inputs(B, T + 11, D, seed=T)
+    k[:, ::7] = 100.0 * torch.sign(k[:, ::7])
+    f64 = lambda *xs: [x.double() for x in xs]  # noqa: E731
+    _, state = wkv_recurrent(*f64(w, u, k[:, :11], v[:, :11]), empty_wkv(B, D, torch.float64))
+    ref, ref_state = wkv_recurrent(*f64(w, u, k[:, 11:], v[:, 11:]), state)
+    state32 = tuple(s.float() for s in state)
+    out, out_state = wkv_cpu.wkv(w, u, k[:, 11:].contiguous(), v[:, 11:], state32)
+    assert out.dtype == torch.float32 and out.shape == (B, T, D)
+    # As accurate as the same recurrence run in float32 by PyTorch (rounding accumulates
+    # over the tokens in the long-memory channels: ~2e-4 after 1000 tokens, ~1e-6 after 2).
+    fp32, fp32_state = wkv_recurrent(w, u, k[:, 11:], v[:, 11:], state32)
+
+    def no_worse_than_pytorch_fp32(ours, theirs, exact):
+        error = (ours.double() - exact).abs().max().item()
+        assert error <= 2 * (theirs.double() - exact).abs().max().item() + 1e-6 and error < 1e-3
+
+    no_worse_than_pytorch_fp32(out, fp32, ref)
+    aa, bb, pp = out_state
+    torch.testing.assert_close(pp.double(), ref_state[2], atol=1e-3, rtol=1e-5)
+    # The state's values, a / b: bounded by the values, compared after the shared e^pp.
+    no_worse_than_pytorch_fp32(aa / bb, fp32_state[0] / fp32_state[1],
+                               ref_state[0] / ref_state[1])
+    for given, kept in zip(state32, (s.float() for s in state), strict=True):
+        assert torch.equal(given, kept)  # the caller's state is not changed
+
+
+@needs_kernel
+def test_loading_the_kernel_keeps_denormals():
+    """A library linked with -ffast-math would set flush-to-zero for the whole process."""
+    torch.set_flush_denormal(False)
+    assert wkv_cpu.available()
+    assert (torch.tensor([1e-40]) * 1.0).item() != 0.0
+
+
+def test_without_a_compiler_the_model_uses_the_pytorch_paths(monkeypatch):
+    model = tiny_model()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 30))
+    with torch.no_grad():
+        before = model(ids).logits
+        monkeypatch.setattr(wkv_cpu.shutil, "which", lambda name: None)
+        monkeypatch.setattr(wkv_cpu, "_library", functools.cache(wkv_cpu._library.__wrapped__))
+        monkeypatch.setattr(wkv_cpu.Path, "home", lambda: Path("/nonexistent-home"))
+        assert not wkv_cpu.available() and wkv_backend(ids.float()) == "pytorch"
+        after = model(ids).logits
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
 
 
 def test_bf16_runs_with_an_fp32_wkv():
