@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import results
-from harness.bench import DTYPES, MODES, current_rss, machine_info
+from harness.bench import DTYPES, MODES, PEAK_METHOD, current_rss, machine_info
 
 FAILURES = ("oom", "over_budget", "timeout")
 
@@ -225,7 +225,8 @@ def _spawn(argv: list[str], timeout: float, max_rss: int | None) -> tuple[str, d
 def peak_label(device: str, dtype: str, threads: int | None) -> str:
     """The key of a matmul peak in the cache: the machine, device, dtype and threads."""
     info = machine_info(device)
-    return f"{info['cpu']}|{info['gpu']}|{device}|{dtype}|threads={threads or 'default'}"
+    return (f"{info['cpu']}|{info['gpu']}|{device}|{dtype}|threads={threads or 'default'}"
+            f"|method={PEAK_METHOD}")
 
 
 def calibrate(device: str, dtype: str, threads: int | None, cache: Path,

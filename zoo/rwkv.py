@@ -313,6 +313,14 @@ class RWKV(ZooModel):
         ids = torch.randint(0, self.config.vocab_size, (batch, seqlen), device=device)
         return {"input_ids": ids}
 
+    def inference_notes(self) -> tuple[str, ...]:
+        with torch.no_grad():
+            compiled = wkv_backend(self.head.weight) == "compiled"
+        chunk = self.config.wkv_chunk_len or (128 if self.head.weight.is_cuda else 8)
+        wkv = ("WKV: compiled C loop (zoo.wkv_cpu)" if compiled else
+               f"WKV: PyTorch, chunks of {chunk} for prefill, the recurrence for decoding")
+        return (*super().inference_notes(), wkv)
+
     def flops_per_token(self, seqlen: int) -> float:
         """Forward FLOPs per token: 2 x the matrix-multiply weights (13·d² per layer: 4·d² in
         time-mix, 9·d² in channel-mix; plus the V·d head; the embedding lookup is free), which

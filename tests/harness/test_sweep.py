@@ -159,3 +159,34 @@ def test_modes_a_model_cannot_run_are_left_out_of_a_mixed_sweep(tmp_path):
     assert plan.unsupported() == [("bert", "generate")]
     assert {(c.model, c.mode) for c in plan.cells()} == {
         ("bert", "forward"), ("gpt", "forward"), ("gpt", "generate")}
+
+
+def test_the_matmul_peak_is_the_best_of_torch_mm_and_the_zoo_route(monkeypatch):
+    """MFU's denominator is the machine's peak: if the zoo's linears reach a faster kernel than
+    torch.mm (oneDNN here), the peak must count it, or MFU passes 100%."""
+    import torch
+
+    import zoo.layers
+    from harness.bench import measure_matmul_peak
+
+    calls = {"mm": 0, "linear": 0}
+    real_mm, real_linear = torch.mm, zoo.layers.linear
+
+    def slow_mm(a, b):  # torch.mm made to run at most 2 * 2048^3 / 0.5 s = 34 GFLOP/s
+        calls["mm"] += 1
+        time.sleep(0.5)
+        return real_mm(a, b)
+
+    def counted_linear(a, b):
+        calls["linear"] += 1
+        return real_linear(a, b)
+
+    monkeypatch.setattr(torch, "mm", slow_mm)
+    monkeypatch.setattr(zoo.layers, "linear", counted_linear)
+    peak = measure_matmul_peak("cpu", "float32", seconds=0.4)
+    assert calls["mm"] >= 2 and calls["linear"] >= 2
+    assert peak > 2 * (2 * 2048**3 / 0.5)  # set by the zoo route, not by the slowed torch.mm
+
+
+def test_the_peak_cache_key_names_the_method():
+    assert sweeps.peak_label("cpu", "float32", None).endswith("|method=2")

@@ -149,3 +149,11 @@ def test_generate_greedy_and_sampled(name):
     sample = lambda seed: model.generate(prompt, 6, temperature=1.0, top_k=5,  # noqa: E731
                                          generator=torch.Generator().manual_seed(seed))
     assert torch.equal(sample(1), sample(1))
+
+
+def test_inference_notes_say_which_routes_run(tiny):
+    notes = tiny.inference_notes()
+    assert notes and all(isinstance(n, str) and n for n in notes)
+    assert notes[0].startswith("linears: ")
+    if type(tiny).__name__ == "RWKV":
+        assert any(n.startswith("WKV: ") for n in notes)

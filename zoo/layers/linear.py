@@ -50,6 +50,15 @@ def onednn_available() -> bool:
     return bool(torch.equal(y, torch.full((2, 4), 3.0)))
 
 
+def route(device: torch.device | str, dtype: torch.dtype) -> str:
+    """In words, how linear layers compute without gradients on `device` in `dtype`."""
+    if torch.device(device).type != "cpu" or dtype != torch.float32:
+        return "linears: F.linear"
+    many = "oneDNN matmul" if onednn_available() else "F.linear"
+    return (f"linears: {many}, split matrix-vector products for <= {FEW_ROWS} rows "
+            "(zoo.layers.linear)")
+
+
 def _fast_path(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """CPU float32 inference: nothing here needs a gradient."""
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
