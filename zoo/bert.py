@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import FeedForward, MultiHeadAttention, bert_init
+from zoo.layers import FeedForward, Linear, MultiHeadAttention, bert_init, linear
 from zoo.model import Output, ZooModel, lm_loss
 
 INIT_STD = 0.02  # BERT's initializer_range
@@ -109,13 +109,13 @@ class MaskedLMHead(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.dense = Linear(config.d_model, config.d_model)
         self.ln = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, h: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        h = self.ln(F.gelu(self.dense(h)))
-        return F.linear(h, word_embeddings, self.bias)  # (B, T, V)
+        h = self.ln(self.dense(h, activation="gelu"))  # exact erf GELU
+        return linear(h, word_embeddings, self.bias)  # (B, T, V)
 
 
 def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
