@@ -1,7 +1,8 @@
 """Run the performance comparison of issue 7 and print its target table.
 
-    python benchmarks/perf_targets.py                 # 512..8192, decoding at 512 and 8192
-    python benchmarks/perf_targets.py --quick         # 512 and 2048 only (minutes, not an hour)
+    python benchmarks/perf_targets.py                 # 512..8192, decoding at 512 and 8192,
+                                                      # small and the published base sizes
+    python benchmarks/perf_targets.py --quick         # 512 and 2048, small only (minutes)
     python benchmarks/perf_targets.py --check-only --results FILE   # table from earlier records
 
 Each cell runs in its own process through the benchmark harness (`harness.sweep`), ours and the
@@ -26,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seqlen", default="512..8192", help="forward lengths (512..8192)")
     parser.add_argument("--decode", default="512,8192", help="prompt lengths for decoding")
-    parser.add_argument("--quick", action="store_true", help="--seqlen 512,2048 --decode 512,2048")
+    parser.add_argument("--quick", action="store_true",
+                        help="--seqlen 512,2048 --decode 512,2048 --no-base-sizes")
+    parser.add_argument("--base-sizes", action=argparse.BooleanOptionalAction, default=None,
+                        help="also compare the published base sizes (bert base, gpt2, roberta "
+                             "base) with HF; default: on, off with --quick")
     parser.add_argument("--variant", default="small")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
@@ -50,11 +55,14 @@ def main(argv: list[str] | None = None) -> int:
             err.print(f"[bold red]error:[/] no records in {args.results}")
             return 2
     else:
-        sweeps = [sweep.Sweep(models=list(p.models), variant=args.variant, modes=list(p.modes),
+        base_sizes = not args.quick if args.base_sizes is None else args.base_sizes
+        plans = targets.plan(tuple(seqlens), tuple(decode), base_sizes)
+        sweeps = [sweep.Sweep(models=list(p.models), variant=p.variant or args.variant,
+                              modes=list(p.modes),
                               seqlens=list(p.seqlens), dtype=p.dtype, device=args.device,
                               threads=args.threads, repeat=args.repeat, against=list(p.against),
                               force=True, results=args.results)
-                  for p in targets.plan(tuple(seqlens), tuple(decode))]
+                  for p in plans]
         total = sum(len(s.cells()) for s in sweeps)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err) as progress:

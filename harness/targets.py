@@ -47,13 +47,19 @@ class SweepPlan:
     seqlens: tuple[int, ...]
     against: tuple[str, ...] = ()
     dtype: str = "float32"
+    variant: str | None = None  # None: the run's variant (`small` by default)
+
+
+# The published base size of each dense model (its catalog variant), also compared with HF.
+BASE_VARIANTS = {"bert": "base", "gpt": "gpt2", "roberta": "base"}
 
 
 def plan(seqlens: tuple[int, ...] = (512, 1024, 2048, 4096, 8192),
-         decode_lengths: tuple[int, ...] = (512, 8192)) -> list[SweepPlan]:
+         decode_lengths: tuple[int, ...] = (512, 8192), base_sizes: bool = True
+         ) -> list[SweepPlan]:
     """The sweeps behind every target; the longest of `seqlens` is "the long length"."""
     bf16_length = BF16_RATIO[0] if BF16_RATIO[0] in seqlens else max(seqlens)
-    return [
+    plans = [
         SweepPlan(DENSE, ("forward",), seqlens, ("hf",)),
         SweepPlan(("mosaic-bert", "pangu-pi"), ("forward",), seqlens),
         SweepPlan(("rwkv",), ("forward",), (max(seqlens),), ("hf", "rwkv-pip")),
@@ -62,11 +68,15 @@ def plan(seqlens: tuple[int, ...] = (512, 1024, 2048, 4096, 8192),
         SweepPlan(("pangu-pi",), ("generate",), decode_lengths),
         SweepPlan(DENSE, ("forward",), (bf16_length,), (), "bfloat16"),
     ]
+    if base_sizes:
+        plans += [SweepPlan((model,), ("forward",), seqlens, ("hf",), variant=variant)
+                  for model, variant in BASE_VARIANTS.items()]
+    return plans
 
 
 def _ok(records: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
-    return {(r["model"], r["impl"], r["mode"], r["seqlen"], r["dtype"]): r for r in records
-            if r.get("kind") == "bench" and r.get("status") == "ok"}
+    return {(r["model"], r.get("variant"), r["impl"], r["mode"], r["seqlen"], r["dtype"]): r
+            for r in records if r.get("kind") == "bench" and r.get("status") == "ok"}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -80,79 +90,94 @@ def _row(target: str, cell: str, value: float | None, bound: float, at_least: bo
 
 
 def check(records: Iterable[dict[str, Any]]) -> list[Row]:
-    """One row per target and cell found in `records` (fp32 unless the target says bf16)."""
+    """One row per target and cell found in `records` (fp32 unless the target says bf16).
+    Cells are named "model variant mode length"; records of different variants never form
+    a ratio."""
     ok = _ok(records)
     rows: list[Row] = []
-    lengths = sorted({k[3] for k in ok if k[2] == "forward" and k[4] == "float32"})
+    variants = sorted({k[1] for k in ok}, key=lambda v: (v != "small", str(v)))
 
-    def get(model, impl, mode, seqlen, dtype="float32"):
-        return ok.get((model, impl, mode, seqlen, dtype), {})
+    def name(model, variant):
+        return f"{model} {variant}" if variant else model
 
-    for model in DENSE:  # forward against Hugging Face, and MFU
-        for T in lengths:
-            ours, hf = get(model, "zoo", "forward", T), get(model, "hf", "forward", T)
-            if not ours and not hf:
-                continue
-            cell = f"{model} forward {T}"
-            rows.append(_row("throughput vs HF", cell,
-                             _ratio(ours.get("tokens_per_s"), hf.get("tokens_per_s")),
-                             FORWARD_RATIO))
-            rows.append(_row("peak memory vs HF", cell,
-                             _ratio(ours.get("peak_mem_bytes"), hf.get("peak_mem_bytes")),
-                             FORWARD_RATIO, at_least=False))
-            if T >= MFU_AT_LENGTH[0]:
-                rows.append(_row("MFU (fp32 peak)", cell, ours.get("mfu"), MFU_AT_LENGTH[1]))
+    for variant in variants:
+        def get(model, impl, mode, seqlen, dtype="float32", variant=variant):
+            return ok.get((model, variant, impl, mode, seqlen, dtype), {})
 
-    longest = max((k[3] for k in ok if k[0] == "rwkv" and k[2] == "forward"), default=None)
-    if longest is not None:  # RWKV prefill
-        ours = get("rwkv", "zoo", "forward", longest)
-        for peer in ("hf", "rwkv-pip"):
-            rows.append(_row(f"RWKV prefill vs {peer}", f"rwkv forward {longest}",
-                             _ratio(ours.get("tokens_per_s"),
-                                    get("rwkv", peer, "forward", longest).get("tokens_per_s")),
-                             RWKV_PREFILL_RATIO))
+        lengths = sorted({k[4] for k in ok if k[1] == variant and k[3] == "forward"
+                          and k[5] == "float32"})
+        for model in DENSE:  # forward against Hugging Face, and MFU
+            for T in lengths:
+                ours, hf = get(model, "zoo", "forward", T), get(model, "hf", "forward", T)
+                if not ours and not hf:
+                    continue
+                cell = f"{name(model, variant)} forward {T}"
+                rows.append(_row("throughput vs HF", cell,
+                                 _ratio(ours.get("tokens_per_s"), hf.get("tokens_per_s")),
+                                 FORWARD_RATIO))
+                rows.append(_row("peak memory vs HF", cell,
+                                 _ratio(ours.get("peak_mem_bytes"), hf.get("peak_mem_bytes")),
+                                 FORWARD_RATIO, at_least=False))
+                if T >= MFU_AT_LENGTH[0]:
+                    rows.append(_row("MFU (fp32 peak)", cell, ours.get("mfu"),
+                                     MFU_AT_LENGTH[1]))
 
-    decode = sorted({k[3] for k in ok if k[2] == "generate" and k[4] == "float32"})
-    for T in decode:  # decoding: RWKV against its peers, GPT and Pangu-pi against HF GPT-2
-        ours = get("rwkv", "zoo", "generate", T)
-        for peer in ("hf", "rwkv-pip"):
-            theirs = get("rwkv", peer, "generate", T)
-            if ours or theirs:
-                rows.append(_row(f"RWKV decoding vs {peer}", f"rwkv generate {T}",
-                                 _ratio(ours.get("tokens_per_s"), theirs.get("tokens_per_s")),
-                                 RWKV_DECODE_RATIO))
-        hf_gpt2 = get("gpt", "hf", "generate", T)
-        for model in DECODERS_WITH_CACHE:
-            mine = get(model, "zoo", "generate", T)
-            if mine or hf_gpt2:
-                rows.append(_row("decoding vs HF GPT-2", f"{model} generate {T}",
-                                 _ratio(mine.get("tokens_per_s"), hf_gpt2.get("tokens_per_s")),
-                                 DECODE_RATIO))
-    if len(decode) >= 2:  # RWKV: flat latency and memory over the context
-        short, long = get("rwkv", "zoo", "generate", decode[0]), \
-            get("rwkv", "zoo", "generate", decode[-1])
-        cell = f"rwkv generate {decode[-1]} / {decode[0]}"
-        rows.append(_row("RWKV per-token latency, long / short", cell,
-                         _ratio(long.get("ms_median"), short.get("ms_median")),
-                         RWKV_LATENCY_SPREAD, at_least=False))
-        rows.append(_row("RWKV decoding memory, long / short", cell,
-                         _ratio(long.get("peak_mem_bytes"), short.get("peak_mem_bytes")),
-                         RWKV_LATENCY_SPREAD, at_least=False))
+        rwkv = name("rwkv", variant)
+        longest = max((k[4] for k in ok if k[:2] == ("rwkv", variant) and k[3] == "forward"),
+                      default=None)
+        if longest is not None:  # RWKV prefill
+            ours = get("rwkv", "zoo", "forward", longest)
+            for peer in ("hf", "rwkv-pip"):
+                rows.append(_row(f"RWKV prefill vs {peer}", f"{rwkv} forward {longest}",
+                                 _ratio(ours.get("tokens_per_s"),
+                                        get("rwkv", peer, "forward", longest).get("tokens_per_s")),
+                                 RWKV_PREFILL_RATIO))
 
-    for model in ATTENTION:  # memory linear in length: compare each doubling
-        mine = [T for T in lengths if get(model, "zoo", "forward", T)]
-        for short, long in pairwise(mine):
-            if long != 2 * short or long < 4096:
-                continue
-            a = get(model, "zoo", "forward", short).get("act_mem_bytes")
-            b = get(model, "zoo", "forward", long).get("act_mem_bytes")
-            rows.append(_row("activation memory per doubling", f"{model} forward {long} / {short}",
-                             _ratio(b, a), LINEAR_MEMORY, at_least=False))
+        decode = sorted({k[4] for k in ok if k[1] == variant and k[3] == "generate"
+                         and k[5] == "float32"})
+        for T in decode:  # decoding: RWKV against its peers, GPT and Pangu-pi against HF GPT-2
+            ours = get("rwkv", "zoo", "generate", T)
+            for peer in ("hf", "rwkv-pip"):
+                theirs = get("rwkv", peer, "generate", T)
+                if ours or theirs:
+                    rows.append(_row(f"RWKV decoding vs {peer}", f"{rwkv} generate {T}",
+                                     _ratio(ours.get("tokens_per_s"), theirs.get("tokens_per_s")),
+                                     RWKV_DECODE_RATIO))
+            hf_gpt2 = get("gpt", "hf", "generate", T)
+            for model in DECODERS_WITH_CACHE:
+                mine = get(model, "zoo", "generate", T)
+                if mine or hf_gpt2:
+                    rows.append(_row("decoding vs HF GPT-2", f"{name(model, variant)} generate {T}",
+                                     _ratio(mine.get("tokens_per_s"), hf_gpt2.get("tokens_per_s")),
+                                     DECODE_RATIO))
+        if len(decode) >= 2:  # RWKV: flat latency and memory over the context
+            short, long = get("rwkv", "zoo", "generate", decode[0]), \
+                get("rwkv", "zoo", "generate", decode[-1])
+            if short or long:
+                cell = f"{rwkv} generate {decode[-1]} / {decode[0]}"
+                rows.append(_row("RWKV per-token latency, long / short", cell,
+                                 _ratio(long.get("ms_median"), short.get("ms_median")),
+                                 RWKV_LATENCY_SPREAD, at_least=False))
+                rows.append(_row("RWKV decoding memory, long / short", cell,
+                                 _ratio(long.get("peak_mem_bytes"), short.get("peak_mem_bytes")),
+                                 RWKV_LATENCY_SPREAD, at_least=False))
 
-    for model in DENSE:  # bfloat16 against float32
-        for T in sorted({k[3] for k in ok if k[4] == "bfloat16" and k[0] == model}):
-            rows.append(_row("bf16 vs fp32 throughput", f"{model} forward {T}",
-                             _ratio(get(model, "zoo", "forward", T, "bfloat16").get("tokens_per_s"),
-                                    get(model, "zoo", "forward", T).get("tokens_per_s")),
-                             BF16_RATIO[1]))
+        for model in ATTENTION:  # memory linear in length: compare each doubling
+            mine = [T for T in lengths if get(model, "zoo", "forward", T)]
+            for short, long in pairwise(mine):
+                if long != 2 * short or long < 4096:
+                    continue
+                a = get(model, "zoo", "forward", short).get("act_mem_bytes")
+                b = get(model, "zoo", "forward", long).get("act_mem_bytes")
+                rows.append(_row("activation memory per doubling",
+                                 f"{name(model, variant)} forward {long} / {short}",
+                                 _ratio(b, a), LINEAR_MEMORY, at_least=False))
+
+        for model in DENSE:  # bfloat16 against float32
+            for T in sorted({k[4] for k in ok if k[5] == "bfloat16" and k[:2] == (model, variant)}):
+                rows.append(_row("bf16 vs fp32 throughput", f"{name(model, variant)} forward {T}",
+                                 _ratio(get(model, "zoo", "forward", T, "bfloat16")
+                                        .get("tokens_per_s"),
+                                        get(model, "zoo", "forward", T).get("tokens_per_s")),
+                                 BF16_RATIO[1]))
     return rows

@@ -4,8 +4,9 @@ from harness import targets
 
 
 def rec(model, impl, mode, seqlen, tps, mem=1000, act=100, mfu=None, ms=None, dtype="float32",
-        status="ok"):
-    return {"kind": "bench", "model": model, "impl": impl, "mode": mode, "seqlen": seqlen,
+        status="ok", variant=None):
+    return {"kind": "bench", "model": model, "variant": variant, "impl": impl, "mode": mode,
+            "seqlen": seqlen,
             "dtype": dtype, "status": status, "tokens_per_s": tps, "peak_mem_bytes": mem,
             "act_mem_bytes": act, "mfu": mfu, "ms_median": ms}
 
@@ -79,3 +80,26 @@ def test_plan_covers_every_target_group():
     assert any(p.models == ("rwkv",) and "rwkv-pip" in p.against for p in plans)
     bf16 = [p for p in plans if p.dtype == "bfloat16"][0]
     assert bf16.seqlens == (2048,) and set(bf16.models) == set(targets.DENSE)
+
+
+def test_base_sizes_are_their_own_cells_and_never_pair_with_small():
+    rows = targets.check([rec("gpt", "zoo", "forward", 2048, 1100, mfu=0.81, variant="small"),
+                          rec("gpt", "hf", "forward", 2048, 1000, variant="small"),
+                          rec("gpt", "zoo", "forward", 2048, 300, mfu=0.7, variant="gpt2"),
+                          rec("gpt", "hf", "forward", 2048, 330, variant="gpt2"),
+                          rec("bert", "zoo", "forward", 2048, 500, variant="base")])
+    assert find(rows, "throughput vs HF", "gpt small forward 2048").met is True
+    base = find(rows, "throughput vs HF", "gpt gpt2 forward 2048")
+    assert base.met is False and abs(base.value - 300 / 330) < 1e-12
+    assert find(rows, "MFU (fp32 peak)", "gpt gpt2 forward 2048").met is False
+    assert find(rows, "throughput vs HF", "bert base forward 2048").met is None  # no HF record
+    assert [r.cell for r in rows][:3] == ["gpt small forward 2048"] * 3  # small first
+
+
+def test_plan_adds_the_base_sizes_against_hf():
+    plans = targets.plan((512, 2048), (512,))
+    base = [p for p in plans if p.variant]
+    assert {(p.models, p.variant) for p in base} == {(("bert",), "base"), (("gpt",), "gpt2"),
+                                                      (("roberta",), "base")}
+    assert all(p.against == ("hf",) and p.seqlens == (512, 2048) for p in base)
+    assert not [p for p in targets.plan((512,), (512,), base_sizes=False) if p.variant]
