@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 MODES = ("forward", "train", "generate")
+COMPILED = "zoo-compiled"  # the zoo model under torch.compile (`catalog bench --compile`)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SEED = 0  # every cell builds its model from this seed: a peer converts these same weights
 
@@ -211,7 +212,14 @@ def measure(cell: dict[str, Any], catalog_dir: Any = None) -> dict[str, Any]:
     # "Above the weights" is measured from here: the loaded model, before any input exists.
     release_freed_memory()
     weights = torch.cuda.memory_allocated(device) if device.type == "cuda" else current_rss() or 0
-    if cell["impl"] == "zoo":
+    if cell["impl"] in ("zoo", COMPILED):
+        if cell["impl"] == COMPILED:
+            # Compiled on the first calls, which are warm-up runs (at least two: decoding
+            # recompiles once for a growing KV cache, then treats its length as dynamic).
+            cell = {**cell, "warmup": max(cell["warmup"], 2)}
+            model = torch.compile(model)
+            notes += (f"torch.compile (inductor), compiled during {cell['warmup']} warm-up "
+                      "runs",)
         workload = zoo_workload(model, cell["mode"], cell["batch"], cell["seqlen"], device,
                                 cell["new_tokens"])
     else:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import results
-from harness.bench import DTYPES, MODES, PEAK_METHOD, current_rss, machine_info
+from harness.bench import COMPILED, DTYPES, MODES, PEAK_METHOD, current_rss, machine_info
 
 FAILURES = ("oom", "over_budget", "timeout")
 
@@ -102,6 +102,7 @@ class Sweep:
     max_memory: int | None = None
     timeout: float = 600.0
     against: list[str] = field(default_factory=list)
+    compile: bool = False  # also measure the zoo model under torch.compile ("zoo-compiled")
     force: bool = False
     results: Path = Path("reports/results/bench.jsonl")
     catalog_dir: str | None = None
@@ -121,7 +122,8 @@ class Sweep:
         out = []
         left_out = set(self.unsupported())
         for model in self.models:
-            impls = ["zoo"] + [peer for peer in self.against if model in PEERS.get(peer, ())]
+            impls = ["zoo"] + ([COMPILED] if self.compile else []) + [
+                peer for peer in self.against if model in PEERS.get(peer, ())]
             for impl in impls:
                 for mode in [m for m in self.modes if (model, m) not in left_out]:
                     for seqlen in self.seqlens:

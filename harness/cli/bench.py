@@ -71,6 +71,10 @@ def bench(
         help="Also measure a peer implementation with the same weights and print ours/theirs: "
              "hf (Hugging Face: bert, gpt, roberta, rwkv) or rwkv-pip (the official package).",
         show_default=False)] = None,
+    compile_model: Annotated[bool, typer.Option(
+        "--compile", help="Also measure each zoo model under torch.compile, beside the eager "
+                          "one, as impl zoo-compiled (compiled during the warm-up runs).")
+    ] = False,
     results_path: Annotated[Path, typer.Option(
         "--results", help="JSON Lines file the records are appended to.")
     ] = Path("reports/results/bench.jsonl"),
@@ -108,7 +112,8 @@ def bench(
             seqlens=sweeps.parse_seqlens(seqlen), batch=batch, dtype=dtype, device=device,
             threads=threads, warmup=warmup, repeat=repeat, new_tokens=new_tokens,
             max_memory=sweeps.parse_bytes(max_memory), timeout=timeout,
-            against=[p.value for p in against or []], force=force, results=results_path,
+            against=[p.value for p in against or []], compile=compile_model, force=force,
+            results=results_path,
             catalog_dir=str(ctx.obj) if ctx.obj else None)
         sweeps.check(plan)
     for model, unsupported_mode in plan.unsupported():

@@ -190,3 +190,22 @@ def test_the_matmul_peak_is_the_best_of_torch_mm_and_the_zoo_route(monkeypatch):
 
 def test_the_peak_cache_key_names_the_method():
     assert sweeps.peak_label("cpu", "float32", None).endswith("|method=2")
+
+
+def test_compile_adds_a_compiled_cell_beside_each_eager_one(tmp_path):
+    plan = tiny(tmp_path, models=["gpt", "rwkv"], compile=True, against=["hf"])
+    impls = [(c.model, c.impl) for c in plan.cells() if c.seqlen == 32]
+    assert impls == [("gpt", "zoo"), ("gpt", "zoo-compiled"), ("gpt", "hf"),
+                     ("rwkv", "zoo"), ("rwkv", "zoo-compiled"), ("rwkv", "hf")]
+    assert all(c.impl != "zoo-compiled" for c in tiny(tmp_path).cells())
+
+
+@pytest.mark.slow
+def test_a_compiled_cell_runs_and_says_so(tmp_path, peak_cache):
+    plan = tiny(tmp_path, seqlens=[32], compile=True, warmup=0)
+    eager, compiled = list(sweeps.run(plan, peak_cache))
+    assert compiled["impl"] == "zoo-compiled" and compiled["status"] == "ok", compiled
+    assert compiled["tokens_per_s"] > 0
+    assert any(n.startswith("torch.compile (inductor), compiled during 2 warm-up runs")
+               for n in compiled["notes"])
+    assert (("gpt", "forward", 32, "zoo-compiled") in sweeps.ratios([eager, compiled]))

@@ -87,3 +87,17 @@ def test_linear_is_an_nn_linear_with_the_same_state_dict():
     layer = Linear(4, 3)
     assert isinstance(layer, torch.nn.Linear)
     assert set(layer.state_dict()) == {"weight", "bias"}
+
+
+def test_under_torch_compile_it_is_f_linear(monkeypatch):
+    """Inductor picks its own kernels and cannot lower the oneDNN call."""
+    calls = []
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append("bmm"))
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append("dnn"),
+                        raising=False)
+    x, w = torch.randn(10, 16), torch.randn(8, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x, w, activation="relu"), F.relu(F.linear(x, w)))
+        torch.testing.assert_close(linear(x[:1], w), F.linear(x[:1], w))
+    assert calls == []

@@ -11,7 +11,8 @@ ways, all giving the same numbers up to the order of the additions:
   - more rows, no gradient needed: oneDNN's matrix multiply (`torch.ops.mkldnn._linear_pointwise`,
     the kernel torch.compile uses for CPU linears), 30 to 65% faster than MKL's on the model
     shapes here at 2048 rows, with the activation applied in the same pass over the output;
-  - otherwise (CUDA, other dtypes, a weight that needs a gradient, no oneDNN): F.linear.
+  - otherwise (CUDA, other dtypes, a weight that needs a gradient, torch.compile, no oneDNN):
+    F.linear.
 
 `benchmarks/linear_backends.py` measures the three side by side on this machine.
 """
@@ -59,9 +60,16 @@ def route(device: torch.device | str, dtype: torch.dtype) -> str:
             "(zoo.layers.linear)")
 
 
+def _compiling() -> bool:
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)  # torch >= 2.3
+    return bool(is_compiling and is_compiling())
+
+
 def _fast_path(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """CPU float32 inference: nothing here needs a gradient."""
+    """CPU float32 inference, nothing here needs a gradient, and not under torch.compile
+    (which chooses its own kernels, and cannot lower the oneDNN call)."""
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and not _compiling()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or bias is not None and bias.requires_grad)))
 
