@@ -128,6 +128,8 @@ def wkv_backend(*tensors: torch.Tensor) -> str:
 def token_shift(x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     """The previous token's vector at every position (B, T, d); `last` (B, d) precedes x[:, 0]
     (zeros at the start of a text, the cached one when decoding)."""
+    if x.size(1) == 1:  # decoding: the shifted sequence is the cached token alone
+        return last[:, None]
     return torch.cat([last[:, None], x[:, :-1]], dim=1)
 
 

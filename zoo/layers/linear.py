@@ -61,7 +61,7 @@ def route(device: torch.device | str, dtype: torch.dtype) -> str:
 
 
 def _compiling() -> bool:
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)  # torch >= 2.3
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
     return bool(is_compiling and is_compiling())
 
 
