@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=64,
+                        help="timed tokens per decoding cell (a median over more of them: "
+                             "decoding is bandwidth bound, and a shared machine's bandwidth "
+                             "varies from token to token)")
     parser.add_argument("--results", type=Path, default=Path("reports/results/perf_targets.jsonl"))
     parser.add_argument("--check-only", action="store_true",
                         help="measure nothing; check the records already in --results")
@@ -60,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         sweeps = [sweep.Sweep(models=list(p.models), variant=p.variant or args.variant,
                               modes=list(p.modes),
                               seqlens=list(p.seqlens), dtype=p.dtype, device=args.device,
-                              threads=args.threads, repeat=args.repeat, against=list(p.against),
+                              threads=args.threads, repeat=args.repeat,
+                              new_tokens=args.new_tokens, against=list(p.against),
                               force=True, results=args.results)
                   for p in plans]
         total = sum(len(s.cells()) for s in sweeps)

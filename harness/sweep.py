@@ -115,8 +115,10 @@ class Sweep:
                 and not hasattr(zoo.load_class(m), "generate")]
 
     def cells(self) -> list[Cell]:
-        """Model by model, impl by impl, mode by mode, shortest length first (so that a failure
-        can skip the longer ones). Modes a model cannot run are left out (see `check`)."""
+        """Model by model, mode by mode, shortest length first (so that a failure can skip the
+        longer ones), and at each length ours then each peer's, one after the other: the cells
+        of a ratio are measured minutes apart at most, under the same load of a shared machine.
+        Modes a model cannot run are left out (see `check`)."""
         from harness.peers import PEERS
 
         out = []
@@ -124,9 +126,9 @@ class Sweep:
         for model in self.models:
             impls = ["zoo"] + ([COMPILED] if self.compile else []) + [
                 peer for peer in self.against if model in PEERS.get(peer, ())]
-            for impl in impls:
-                for mode in [m for m in self.modes if (model, m) not in left_out]:
-                    for seqlen in self.seqlens:
+            for mode in [m for m in self.modes if (model, m) not in left_out]:
+                for seqlen in self.seqlens:
+                    for impl in impls:
                         out.append(Cell(model, self.variant, impl, mode, seqlen, self.batch,
                                         self.dtype, self.device, self.threads, self.warmup,
                                         self.repeat, self.new_tokens, self.max_memory,

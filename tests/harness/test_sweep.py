@@ -209,3 +209,12 @@ def test_a_compiled_cell_runs_and_says_so(tmp_path, peak_cache):
     assert any(n.startswith("torch.compile (inductor), compiled during 2 warm-up runs")
                for n in compiled["notes"])
     assert (("gpt", "forward", 32, "zoo-compiled") in sweeps.ratios([eager, compiled]))
+
+
+def test_ours_and_the_peers_alternate_length_by_length(tmp_path):
+    """The two sides of a ratio are measured one right after the other."""
+    plan = tiny(tmp_path, against=["hf"], modes=["forward", "generate"])
+    assert [(c.mode, c.seqlen, c.impl) for c in plan.cells()] == [
+        ("forward", 32, "zoo"), ("forward", 32, "hf"), ("forward", 64, "zoo"),
+        ("forward", 64, "hf"), ("generate", 32, "zoo"), ("generate", 32, "hf"),
+        ("generate", 64, "zoo"), ("generate", 64, "hf")]
