@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                              "decoding is bandwidth bound, and a shared machine's bandwidth "
                              "varies from token to token)")
     parser.add_argument("--results", type=Path, default=Path("reports/results/perf_targets.jsonl"))
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="also write the table to this Markdown file")
     parser.add_argument("--check-only", action="store_true",
                         help="measure nothing; check the records already in --results")
     args = parser.parse_args(argv)
@@ -97,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
     met = sum(r.met is True for r in rows)
     print(f"{met} of {len(rows)} met; records in {args.results}")
+    if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(targets.markdown(rows))
+        print(f"table written to {args.markdown}")
     return 0
 
 

@@ -181,3 +181,15 @@ def check(records: Iterable[dict[str, Any]]) -> list[Row]:
                                         get(model, "zoo", "forward", T).get("tokens_per_s")),
                                  BF16_RATIO[1]))
     return rows
+
+
+def markdown(rows: list[Row]) -> str:
+    """The rows as a Markdown table, with a closing line counting the targets met."""
+    lines = ["| target | cell | measured | required | verdict |", "|---|---|---:|---:|---|"]
+    for row in rows:
+        value = "" if row.value is None else f"{row.value:.2f}"
+        lines.append(f"| {row.target} | {row.cell} | {value} | {row.required} | {row.verdict} |")
+    met = sum(row.met is True for row in rows)
+    missed = sum(row.met is False for row in rows)
+    return "\n".join([*lines, "", f"{met} of {len(rows)} met, {missed} missed, "
+                       f"{len(rows) - met - missed} not measured."]) + "\n"

@@ -103,3 +103,13 @@ def test_plan_adds_the_base_sizes_against_hf():
                                                       (("roberta",), "base")}
     assert all(p.against == ("hf",) and p.seqlens == (512, 2048) for p in base)
     assert not [p for p in targets.plan((512,), (512,), base_sizes=False) if p.variant]
+
+
+def test_markdown_table_counts_met_missed_and_not_measured():
+    rows = targets.check([rec("gpt", "zoo", "forward", 2048, 1100, mfu=0.9),
+                          rec("gpt", "hf", "forward", 2048, 1000),
+                          rec("bert", "zoo", "forward", 512, 900)])
+    text = targets.markdown(rows)
+    assert "| throughput vs HF | gpt forward 2048 | 1.10 | >= 1.00 | met |" in text
+    assert "| throughput vs HF | bert forward 512 |  | >= 1.00 | not measured |" in text
+    assert text.endswith("3 of 5 met, 0 missed, 2 not measured.\n")
