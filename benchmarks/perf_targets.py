@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
                              "decoding is bandwidth bound, and a shared machine's bandwidth "
                              "varies from token to token)")
     parser.add_argument("--results", type=Path, default=Path("reports/results/perf_targets.jsonl"))
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every cell this many times, round after round; each "
+                             "side of a ratio keeps its fastest round")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated groups of sweeps: {', '.join(targets.GROUPS)}")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="also write the table to this Markdown file")
     parser.add_argument("--check-only", action="store_true",
@@ -50,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         seqlens = sweep.parse_seqlens("512,2048" if args.quick else args.seqlen)
         decode = sweep.parse_seqlens("512,2048" if args.quick else args.decode)
+        only = set(args.only.split(",")) if args.only else set(targets.GROUPS)
+        if only - set(targets.GROUPS):
+            raise sweep.SweepError(f"--only {args.only!r}: the groups are "
+                                   f"{', '.join(targets.GROUPS)}")
+        if args.rounds < 1:
+            raise sweep.SweepError(f"--rounds {args.rounds}: give at least 1")
     except sweep.SweepError as error:
         err.print(f"[bold red]error:[/] {error}")
         return 2
@@ -62,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     else:
         base_sizes = not args.quick if args.base_sizes is None else args.base_sizes
-        plans = targets.plan(tuple(seqlens), tuple(decode), base_sizes)
+        plans = [p for p in targets.plan(tuple(seqlens), tuple(decode), base_sizes)
+                 if p.group in only] * args.rounds
         sweeps = [sweep.Sweep(models=list(p.models), variant=p.variant or args.variant,
                               modes=list(p.modes),
                               seqlens=list(p.seqlens), dtype=p.dtype, device=args.device,

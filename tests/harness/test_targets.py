@@ -113,3 +113,22 @@ def test_markdown_table_counts_met_missed_and_not_measured():
     assert "| throughput vs HF | gpt forward 2048 | 1.10 | >= 1.00 | met |" in text
     assert "| throughput vs HF | bert forward 512 |  | >= 1.00 | not measured |" in text
     assert text.endswith("3 of 5 met, 0 missed, 2 not measured.\n")
+
+
+def test_a_cell_measured_in_several_rounds_keeps_its_fastest_record():
+    rows = targets.check([rec("gpt", "zoo", "forward", 512, 900, mem=800),
+                          rec("gpt", "hf", "forward", 512, 1000),
+                          rec("gpt", "zoo", "forward", 512, 1200, mem=700),
+                          rec("gpt", "hf", "forward", 512, 800),
+                          rec("gpt", "zoo", "forward", 512, 5000, status="error")])
+    row = find(rows, "throughput vs HF", "gpt forward 512")
+    assert abs(row.value - 1.2) < 1e-12  # 1200 (zoo's best) / 1000 (HF's best)
+    assert abs(find(rows, "peak memory vs HF", "gpt forward 512").value - 0.7) < 1e-12
+
+
+def test_every_plan_belongs_to_a_group_that_only_selects():
+    plans = targets.plan((512, 2048), (512,))
+    assert {p.group for p in plans} == set(targets.GROUPS)
+    decoding = [p for p in plans if p.group == "decoding"]
+    assert {m for p in decoding for m in p.models} == {"rwkv", "gpt", "pangu-pi"}
+    assert all(p.modes == ("generate",) for p in decoding)
