@@ -13,6 +13,7 @@ the same conditions. The records are appended to --results (a `catalog report` i
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated groups of sweeps: {', '.join(targets.GROUPS)}")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="also write the table to this Markdown file")
+    parser.add_argument("--fastest-records", type=Path, default=None,
+                        help="also write the records the table uses (each cell's fastest "
+                             "round) to this JSON Lines file, e.g. for `catalog report`")
     parser.add_argument("--check-only", action="store_true",
                         help="measure nothing; check the records already in --results")
     args = parser.parse_args(argv)
@@ -111,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
     met = sum(r.met is True for r in rows)
     print(f"{met} of {len(rows)} met; records in {args.results}")
+    if args.fastest_records is not None:
+        args.fastest_records.parent.mkdir(parents=True, exist_ok=True)
+        args.fastest_records.write_text("".join(json.dumps(r) + "\n"
+                                                for r in targets.fastest(records)))
+        print(f"fastest records written to {args.fastest_records}")
     if args.markdown is not None:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(targets.markdown(rows))

@@ -132,3 +132,10 @@ def test_every_plan_belongs_to_a_group_that_only_selects():
     decoding = [p for p in plans if p.group == "decoding"]
     assert {m for p in decoding for m in p.models} == {"rwkv", "gpt", "pangu-pi"}
     assert all(p.modes == ("generate",) for p in decoding)
+
+
+def test_fastest_records_are_the_ones_the_table_uses():
+    slow, fast = rec("gpt", "zoo", "forward", 512, 900), rec("gpt", "zoo", "forward", 512, 1200)
+    other = rec("gpt", "zoo", "forward", 1024, 800)
+    assert targets.fastest([slow, fast, other, rec("gpt", "hf", "forward", 512, None,
+                                                    status="oom")]) == [fast, other]
