@@ -20,6 +20,7 @@ counts, the zoo's analytic FLOPs (so MFU compares), the same loss and AdamW step
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import tempfile
 from importlib.metadata import version
@@ -298,6 +299,19 @@ def _hf_run(name: str, zoo_model, mode: str, inputs: dict, targets, seqlen: int)
     return run, tuple(notes)
 
 
+def hf_cache_kwargs(model, past: Any) -> dict[str, Any]:
+    """The keyword a transformers model takes its KV cache under: `cache` in recent releases
+    (5.24 deprecates `past_key_values`, to be removed in 5.40), `past_key_values` in older ones."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: past}
+
+
+def hf_returned_cache(out: Any) -> Any:
+    """The KV cache a transformers model returned, under either name (see hf_cache_kwargs)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def _hf_gpt_decoder(model, prompt: torch.Tensor):
     """Greedy decoding on transformers' KV cache, one token per sequence per run."""
     model.eval()
@@ -305,7 +319,7 @@ def _hf_gpt_decoder(model, prompt: torch.Tensor):
         out = model(prompt, use_cache=True)
     # The last position's logits only: the prompt's would stay alive as decoding memory.
     state: dict[str, Any] = {"logits": out.logits[:, -1:].clone(),
-                             "past": out.past_key_values, "length": prompt.size(1)}
+                             "past": hf_returned_cache(out), "length": prompt.size(1)}
     del out
 
     def run():
@@ -313,9 +327,9 @@ def _hf_gpt_decoder(model, prompt: torch.Tensor):
             raise BenchError(f"decoding past the {model.config.n_positions} positions of the "
                              "position table")
         with torch.no_grad():
-            out = model(state["logits"].argmax(dim=-1), past_key_values=state["past"],
-                        use_cache=True)
-        state["logits"], state["past"] = out.logits, out.past_key_values
+            out = model(state["logits"].argmax(dim=-1), use_cache=True,
+                        **hf_cache_kwargs(model, state["past"]))
+        state["logits"], state["past"] = out.logits, hf_returned_cache(out)
         state["length"] += 1
         return out.logits
 

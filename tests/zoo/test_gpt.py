@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
+from harness.peers import hf_cache_kwargs, hf_returned_cache
 from zoo.convert import CheckpointError, convert_gpt
 from zoo.gpt import GPT, GPTConfig, PostLNBlock, PreLNBlock
 
@@ -288,7 +289,7 @@ def test_cached_decoding_matches_hugging_face_cache():
     ids = torch.randint(0, 389, (2, 17))
     with torch.no_grad():
         ref = hf(ids[:, :10], use_cache=True)
-        ref_step = hf(ids[:, 10:], past_key_values=ref.past_key_values).logits
+        ref_step = hf(ids[:, 10:], **hf_cache_kwargs(hf, hf_returned_cache(ref))).logits
         ours = model(ids[:, :10], use_cache=True)
         our_step = model(ids[:, 10:], cache=ours.cache).logits
     assert (our_step - ref_step).abs().max() <= ATOL
