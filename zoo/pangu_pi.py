@@ -57,6 +57,7 @@ from zoo.layers import KVCache, Linear, causal_mask, sdpa
 from zoo.model import Output, ZooModel, generate, lm_loss
 
 SIAF_ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh}
+RMS_NORM = getattr(F, "rms_norm", None)  # torch >= 2.4; the written-out equation before that
 
 
 def llama_ffn_size(d_model: int, multiple_of: int = 256) -> int:
@@ -121,8 +122,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:  # the same equation in one call (fewer ops per token)
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        if x.dtype == torch.float32 and RMS_NORM is not None:  # the same equation in one call
+            return RMS_NORM(x, self.weight.shape, self.weight, self.eps)
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
+from zoo import pangu_pi
 from zoo.pangu_pi import (
     AugmentedShortcut,
     PanguPi,
@@ -326,3 +327,15 @@ def test_rmsnorm_formula_and_scale_invariance():
     expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight
     torch.testing.assert_close(norm(x), expected)
     torch.testing.assert_close(norm(10 * x), norm(x), atol=1e-5, rtol=1e-5)
+
+
+def test_rmsnorm_written_out_equals_torch_rms_norm(monkeypatch):
+    """fp32 takes F.rms_norm (torch >= 2.4); the written-out equation (other dtypes, older
+    torch) gives the same numbers."""
+    norm = RMSNorm(64, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 64)
+    fused = norm(x)
+    monkeypatch.setattr(pangu_pi, "RMS_NORM", None)
+    torch.testing.assert_close(norm(x), fused, atol=1e-6, rtol=1e-6)
