@@ -116,6 +116,11 @@ def wkv_chunked(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return torch.cat(out, dim=1), (aa, bb, pp)
 
 
+def chunk_length(configured: int | None, cuda: bool) -> int:
+    """wkv_chunked's chunk: the config's `wkv_chunk_len`, else 128 on CUDA and 8 on the CPU."""
+    return configured or (128 if cuda else 8)
+
+
 def wkv_backend(*tensors: torch.Tensor) -> str:
     """Which WKV evaluation the tensors of a call take: "compiled" (zoo.wkv_cpu's C loop) for
     CPU inference where a C compiler built it, else "pytorch" (wkv_recurrent for one token,
@@ -161,8 +166,7 @@ class TimeMix(nn.Module):
         elif x.size(1) == 1:  # decoding: one step of the recurrence
             wkv, state = wkv_recurrent(w, u, k, v, state)
         else:
-            chunk_len = self.chunk_len or (128 if k.is_cuda else 8)
-            wkv, state = wkv_chunked(w, u, k, v, state, chunk_len)
+            wkv, state = wkv_chunked(w, u, k, v, state, chunk_length(self.chunk_len, k.is_cuda))
         return self.output(r * wkv.to(x.dtype)), x[:, -1], state
 
 
@@ -318,7 +322,7 @@ class RWKV(ZooModel):
     def inference_notes(self) -> tuple[str, ...]:
         with torch.no_grad():
             compiled = wkv_backend(self.head.weight) == "compiled"
-        chunk = self.config.wkv_chunk_len or (128 if self.head.weight.is_cuda else 8)
+        chunk = chunk_length(self.config.wkv_chunk_len, self.head.weight.is_cuda)
         wkv = ("WKV: compiled C loop (zoo.wkv_cpu)" if compiled else
                f"WKV: PyTorch, chunks of {chunk} for prefill, the recurrence for decoding")
         return (*super().inference_notes(), wkv)
