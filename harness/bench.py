@@ -180,26 +180,21 @@ def peak_rss() -> int:
 
 # --- one cell ------------------------------------------------------------------------------
 
-def build_model(name: str, variant: str, seqlen: int, dtype: torch.dtype, device: torch.device,
-                catalog_dir: Any = None):
-    """The zoo model of a cell, seeded, with its position table lengthened when `seqlen` is
-    longer than the published one (the returned notes say so)."""
-    import zoo
+def build_model(name: str, fields: dict[str, Any], seqlen: int, dtype: torch.dtype,
+                device: torch.device):
+    """The zoo model of a cell from its config fields (the parent resolved the catalog
+    variant), seeded, with its position table lengthened when `seqlen` is longer than the
+    published one (the returned notes say so)."""
+    from harness.models import build
 
-    cls = zoo.load_class(name)
-    fields = zoo.variant_config(name, variant, catalog_dir)
-    config = cls.config_class(**fields)
-    config, note = cls.config_for_length(config, seqlen)
-    torch.manual_seed(SEED)
-    with torch.device(device):
-        model = cls(config)
-    return model.to(dtype), (note,) if note else ()
+    built = build(name, overrides=fields, seqlen=seqlen, seed=SEED, dtype=dtype, device=device)
+    return built.model, built.notes
 
 
-def measure(cell: dict[str, Any], catalog_dir: Any = None) -> dict[str, Any]:
+def measure(cell: dict[str, Any]) -> dict[str, Any]:
     """Run one cell in this process and return its measurements (see the module docstring).
-    `cell` holds model, variant, impl, mode, seqlen, batch, dtype, device, threads, warmup,
-    repeat and new_tokens."""
+    `cell` holds model, fields (its config), impl, mode, seqlen, batch, dtype, device, threads,
+    warmup, repeat and new_tokens."""
     device = torch.device(cell["device"])
     dtype = DTYPES[cell["dtype"]]
     if cell.get("threads"):
@@ -207,7 +202,7 @@ def measure(cell: dict[str, Any], catalog_dir: Any = None) -> dict[str, Any]:
     # Decoding goes past the prompt: the position table must cover the decoded tokens too.
     length = cell["seqlen"] + (cell["warmup"] + cell["new_tokens"] if cell["mode"] == "generate"
                                else 0)
-    model, notes = build_model(cell["model"], cell["variant"], length, dtype, device, catalog_dir)
+    model, notes = build_model(cell["model"], cell["fields"], length, dtype, device)
     params = model.num_params()
     # "Above the weights" is measured from here: the loaded model, before any input exists.
     release_freed_memory()
@@ -339,7 +334,7 @@ def _child(argv: list[str]) -> int:
                 total = torch.cuda.get_device_properties(torch.device(cell["device"])).total_memory
                 torch.cuda.set_per_process_memory_fraction(
                     min(cell["max_memory"] / total, 1.0), torch.device(cell["device"]))
-            result = {"status": "ok", **measure(cell, cell.get("catalog_dir")),
+            result = {"status": "ok", **measure(cell),
                       "threads": torch.get_num_threads()}
     except Exception as exc:  # noqa: BLE001 - any failure becomes a record with a status
         message = str(exc).splitlines()[0] if str(exc) else ""

@@ -18,10 +18,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import results
 from harness.bench import COMPILED, DTYPES, MODES, PEAK_METHOD, current_rss, machine_info
+
+if TYPE_CHECKING:
+    from harness.catalog import Catalog
 
 FAILURES = ("oom", "over_budget", "timeout")
 
@@ -83,7 +86,7 @@ class Cell:
     repeat: int
     new_tokens: int
     max_memory: int | None = None
-    catalog_dir: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)  # the variant's config fields
 
 
 @dataclass
@@ -105,7 +108,6 @@ class Sweep:
     compile: bool = False  # also measure the zoo model under torch.compile ("zoo-compiled")
     force: bool = False
     results: Path = Path("reports/results/bench.jsonl")
-    catalog_dir: str | None = None
 
     def unsupported(self) -> list[tuple[str, str]]:
         """(model, mode) pairs of the sweep that the model cannot run: generate on encoders."""
@@ -114,16 +116,19 @@ class Sweep:
         return [(m, "generate") for m in self.models if "generate" in self.modes
                 and not hasattr(zoo.load_class(m), "generate")]
 
-    def cells(self) -> list[Cell]:
+    def cells(self, catalog: Catalog | None = None) -> list[Cell]:
         """Model by model, mode by mode, shortest length first (so that a failure can skip the
         longer ones), and at each length ours then each peer's, one after the other: the cells
         of a ratio are measured minutes apart at most, under the same load of a shared machine.
-        Modes a model cannot run are left out (see `check`)."""
+        Modes a model cannot run are left out (see `check`). Each cell carries its variant's
+        config fields from `catalog` (default: the shipped one)."""
+        from harness.models import variant_fields
         from harness.peers import PEERS
 
         out = []
         left_out = set(self.unsupported())
         for model in self.models:
+            fields = variant_fields(model, self.variant, catalog)
             impls = ["zoo"] + ([COMPILED] if self.compile else []) + [
                 peer for peer in self.against if model in PEERS.get(peer, ())]
             for mode in [m for m in self.modes if (model, m) not in left_out]:
@@ -132,14 +137,16 @@ class Sweep:
                         out.append(Cell(model, self.variant, impl, mode, seqlen, self.batch,
                                         self.dtype, self.device, self.threads, self.warmup,
                                         self.repeat, self.new_tokens, self.max_memory,
-                                        self.catalog_dir))
+                                        fields))
         return out
 
 
-def check(sweep: Sweep) -> None:
+def check(sweep: Sweep, catalog: Catalog | None = None) -> None:
     """Refuse, before running anything, what cannot work: unknown models, modes a model lacks,
-    peers none of the models has, bad numbers, a device this machine does not have."""
+    peers none of the models has, bad numbers, a device this machine does not have, a variant
+    `catalog` (default: the shipped one) does not have."""
     import zoo
+    from harness.models import variant_fields
     from harness.peers import PEERS
 
     unknown = [m for m in sweep.models if m not in zoo.REGISTRY]
@@ -174,7 +181,7 @@ def check(sweep: Sweep) -> None:
     elif sweep.device != "cpu":
         raise SweepError(f"--device {sweep.device!r}: use cpu, cuda or cuda:N")
     for model in sweep.models:  # the variant must exist (the error lists the valid ones)
-        zoo.variant_config(model, sweep.variant, sweep.catalog_dir)
+        variant_fields(model, sweep.variant, catalog)
 
 
 # --- running a cell in its own process --------------------------------------------------------
@@ -286,10 +293,11 @@ class Event:
     total: int = 0
 
 
-def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lambda e: None
-        ) -> Iterator[dict[str, Any]]:
-    """Run the sweep, yielding each cell's record once it is appended to the results file."""
-    check(sweep)
+def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lambda e: None,
+        catalog: Catalog | None = None) -> Iterator[dict[str, Any]]:
+    """Run the sweep, yielding each cell's record once it is appended to the results file.
+    Variants are read from `catalog` (default: the shipped one)."""
+    check(sweep, catalog)
     import torch
 
     info = {**machine_info(sweep.device), **provenance(), "torch": torch.__version__}
@@ -298,7 +306,7 @@ def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lamb
         results.key(r): r for r in results.load([sweep.results]).records
         if r.get("kind") == "bench" and r.get("status") != "skipped"}
     failed_at: dict[tuple, tuple[str, int]] = {}
-    cells = sweep.cells()
+    cells = sweep.cells(catalog)
     for index, cell in enumerate(cells, start=1):
         base = dict(kind="bench", model=cell.model, variant=cell.variant, impl=cell.impl,
                     mode=cell.mode, seqlen=cell.seqlen, batch=cell.batch, dtype=cell.dtype,

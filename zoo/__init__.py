@@ -1,10 +1,13 @@
 """The zoo: readable PyTorch implementations of the family's landmark models.
 
 `REGISTRY` maps a model name (the `zoo:` key of catalog entries) to "module:Class"; modules are
-imported only when a model is built, so `import zoo` stays light (no torch, no YAML).
+imported only when a model is built, so `import zoo` stays light (no torch). The zoo knows
+nothing of the catalog, the harness or YAML: a model is built from plain config fields.
 
-    model = zoo.build("rwkv", "small")          # a variant from the catalog's YAML
-    model = zoo.build("gpt", n_layer=2)         # the config's defaults (paper's base) + overrides
+    model = zoo.build("gpt", n_layer=2)         # the config's defaults (paper's base) + fields
+
+Catalog variants (`tiny`, `small`, the published sizes) are resolved by the harness:
+`harness.models.build("rwkv", "small")`.
 """
 
 from __future__ import annotations
@@ -32,23 +35,18 @@ def load_class(name: str) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
-def variant_config(name: str, variant: str, catalog_dir: Any = None) -> dict[str, Any]:
-    """Config fields of a catalog variant of zoo model `name` (e.g. "rwkv", "small")."""
-    from harness.catalog import load_catalog  # the catalog is data: read only when asked
+def build(name: str, *, device: Any = None, dtype: Any = None, **fields: Any):
+    """Build zoo model `name` from its config's defaults (the paper's base model) and `fields`.
+    `device="meta"` builds without allocating weights; without `device` the model is built
+    where torch builds tensors by default (the CPU, or the device of an enclosing
+    `with torch.device(...)` block)."""
+    import contextlib
 
-    return load_catalog(catalog_dir).variant(name, variant).config
-
-
-def build(name: str, variant: str | None = None, *, device: Any = None, dtype: Any = None,
-          catalog_dir: Any = None, **overrides: Any):
-    """Build zoo model `name`: the config's defaults, then the catalog variant's fields (if a
-    variant is named), then `overrides`. `device="meta"` builds without allocating weights."""
     import torch
 
     cls = load_class(name)
-    fields = variant_config(name, variant, catalog_dir) if variant else {}
-    config = cls.config_class(**{**fields, **overrides})
-    with torch.device(device if device is not None else "cpu"):
+    config = cls.config_class(**fields)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
         model = cls(config)
     return model.to(dtype) if dtype is not None else model
 

@@ -113,25 +113,24 @@ def bench(
             threads=threads, warmup=warmup, repeat=repeat, new_tokens=new_tokens,
             max_memory=sweeps.parse_bytes(max_memory), timeout=timeout,
             against=[p.value for p in against or []], compile=compile_model, force=force,
-            results=results_path,
-            catalog_dir=str(ctx.obj) if ctx.obj else None)
-        sweeps.check(plan)
+            results=results_path)
+        sweeps.check(plan, catalog)
     for model, unsupported_mode in plan.unsupported():
         stderr().print(f"[yellow]note:[/] {model} cannot run {unsupported_mode} mode; "
                      "those cells are left out")
-    records = _run_with_progress(plan, sweeps)
+    records = _run_with_progress(plan, sweeps, catalog)
     stdout().print(_bench_table(records, sweeps.ratios(records)))
     stdout().print(f"records appended to {escape(str(results_path))}")
 
 
 
-def _run_with_progress(plan, sweeps) -> list[dict]:
+def _run_with_progress(plan, sweeps, catalog) -> list[dict]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     records: list[dict] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=stderr(), transient=False) as progress:
-        task = progress.add_task("benchmark", total=len(plan.cells()))
+        task = progress.add_task("benchmark", total=len(plan.cells(catalog)))
 
         def on_event(event) -> None:
             c = event.cell
@@ -144,7 +143,7 @@ def _run_with_progress(plan, sweeps) -> list[dict]:
                 progress.update(task, advance=1, description=f"{label}: {status}")
 
         try:
-            for rec in sweeps.run(plan, PEAK_CACHE, on_event):
+            for rec in sweeps.run(plan, PEAK_CACHE, on_event, catalog):
                 records.append(rec)
         except KeyboardInterrupt:
             progress.stop()

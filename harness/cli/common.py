@@ -70,8 +70,10 @@ def _options(
 
 
 def load_catalog_for(ctx: typer.Context, warn: bool = True) -> Catalog:
+    from harness.models import shipped_catalog
+
     with one_line_errors():
-        catalog = load_catalog(ctx.obj)
+        catalog = load_catalog(ctx.obj) if ctx.obj else shipped_catalog()
     if warn and catalog.problems:
         files = sorted({p.file.name for p in catalog.problems})
         stderr().print(

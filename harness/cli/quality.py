@@ -135,9 +135,8 @@ def _quality(ctx, models, task, budget, variant, seed, corpus, tokenizer, bpe_vo
             task=task, budget=parse_budget(budget), variant=variant, seed=seed, corpus=corpus,
             tokenizer=tokenizer, bpe_vocab=bpe_vocab, seqlen=seqlen, batch_size=batch_size,
             lr=lr, eval_every=eval_every, device=device,
-            mqar=MQARConfig(vocab_size=mqar_vocab, seqlen=mqar_seqlen, num_kv_pairs=mqar_pairs),
-            catalog_dir=str(ctx.obj) if ctx.obj else None)
-        tasks_needed = {runs.check_model(name, spec) for name in names}
+            mqar=MQARConfig(vocab_size=mqar_vocab, seqlen=mqar_seqlen, num_kv_pairs=mqar_pairs))
+        tasks_needed = {runs.check_model(name, spec, catalog) for name in names}
         folders = {name: runs.run_folder(out, name, spec, several=compare) for name in names}
         for folder in folders.values():
             runs.check_folder(folder, resume=resume, force=force)
@@ -148,7 +147,7 @@ def _quality(ctx, models, task, budget, variant, seed, corpus, tokenizer, bpe_vo
     for name in names:
         with one_line_errors(), _train_progress(console, name, spec) as on_step:
             result = runs.run_one(name, data, folders[name], resume=resume, on_step=on_step,
-                                  is_main=is_main)
+                                  is_main=is_main, catalog=catalog)
         if not is_main:
             continue
         results.append(results_path, result.record)

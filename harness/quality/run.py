@@ -29,13 +29,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from harness.quality import tasks
 from harness.quality.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer
 from harness.quality.train import Budget, History, TrainConfig, block_batches, train
+
+if TYPE_CHECKING:
+    from harness.catalog import Catalog
 
 TASKS = ("lm", "seq2seq", "mlm", "mqar")
 TOKENIZERS = ("bytes", "bpe")
@@ -81,7 +84,6 @@ class RunSpec:
     # lookup in minutes (GPT tiny: 94% in 5 min); --mqar-vocab 8192 gives Zoology's figure.
     mqar: tasks.MQARConfig = tasks.MQARConfig(seqlen=64, num_kv_pairs=4, vocab_size=512)
     device: str = "cpu"
-    catalog_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -182,31 +184,33 @@ def prepare(spec: RunSpec, tasks_needed: set[str] | None = None) -> Prepared:
 # ------------------------------------------------------------------------------ model
 
 
-def check_model(model: str, spec: RunSpec) -> str:
-    """The task `model` runs for the spec, after checking it has the spec's variant."""
-    import zoo
-
+def check_model(model: str, spec: RunSpec, catalog: Catalog | None = None) -> str:
+    """The task `model` runs for the spec, after checking that `catalog` (default: the shipped
+    one) has the spec's variant of it."""
     task = task_for(model, spec.task)
-    try:
-        zoo.variant_config(model, spec.variant, spec.catalog_dir)
-    except Exception as error:  # the catalog's own message names the variants it has
-        raise QualityError(str(error)) from None
+    _variant_fields(model, spec, catalog)
     return task
 
 
-def build_model(model: str, task: str, data: Prepared):
+def _variant_fields(model: str, spec: RunSpec, catalog: Catalog | None) -> dict[str, Any]:
+    from harness.catalog import CatalogError
+    from harness.models import variant_fields
+
+    try:
+        return variant_fields(model, spec.variant, catalog)
+    except CatalogError as error:  # the catalog's own message names the variants it has
+        raise QualityError(str(error)) from None
+
+
+def build_model(model: str, task: str, data: Prepared, catalog: Catalog | None = None):
     """The zoo model `model` at the spec's variant, sized for the task's vocabulary and
     length; seeded with the spec's seed, so every run of a comparison starts alike."""
-    import zoo
+    from harness.models import build, config_field_names
 
     spec = data.spec
-    cls = zoo.load_class(model)
-    try:
-        fields = zoo.variant_config(model, spec.variant, spec.catalog_dir)
-    except Exception as error:  # the catalog's own message names the variants it has
-        raise QualityError(str(error)) from None
+    fields = _variant_fields(model, spec, catalog)
     overrides: dict[str, Any] = {}
-    names = {f.name for f in dataclasses.fields(cls.config_class)}
+    names = config_field_names(model)
     if task == "mqar":
         overrides["vocab_size"] = spec.mqar.vocab_size
         overrides.update({name: 0.0 for name in MQAR_NO_DROPOUT if name in names})
@@ -217,10 +221,11 @@ def build_model(model: str, task: str, data: Prepared):
             overrides["pad_token_id"] = tok.pad_id
     if "next_sentence_head" in names:
         overrides["next_sentence_head"] = False  # no sentence pairs here: MLM alone
-    config = cls.config_class(**{**fields, **overrides})
-    config, _ = cls.config_for_length(config, spec.train_config.seqlen)
-    torch.manual_seed(spec.seed)
-    return cls(config).to(spec.device)
+    # Drawn on the CPU whatever the device, so that a seed gives the same initial weights on
+    # every machine; then moved.
+    built = build(model, overrides={**fields, **overrides}, seqlen=spec.train_config.seqlen,
+                  seed=spec.seed, device="cpu")
+    return built.model.to(spec.device)
 
 
 # -------------------------------------------------------------------------- the tasks
@@ -355,7 +360,7 @@ class RunResult:
 
 def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
             on_step: Callable[[History, float], None] | None = None,
-            is_main: bool = True) -> RunResult:
+            is_main: bool = True, catalog: Catalog | None = None) -> RunResult:
     """Train `model` on the prepared task from scratch (or `resume` from `out/state.pt`), test
     it, save the checkpoint into `out` and return the quality record (written by the caller).
     In a multi-process run only the main process (`is_main`) saves."""
@@ -364,7 +369,7 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
 
     spec = data.spec
     task = task_for(model, spec.task)
-    net = build_model(model, task, data)
+    net = build_model(model, task, data, catalog)
     setup = setup_task(model, task, data, spec.device)
     config = spec.train_config
     if task == "seq2seq" and config.seqlen % 2:

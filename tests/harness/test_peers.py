@@ -19,6 +19,7 @@ import torch
 
 from harness import peers
 from harness.bench import BenchError, build_model, zoo_workload
+from harness.models import variant_fields
 from harness.peers import PEERS, peer_workload
 
 pytest.importorskip("transformers")
@@ -66,7 +67,7 @@ def randomized(model: torch.nn.Module, seed: int = 7) -> torch.nn.Module:
 
 def tiny(name: str, seqlen: int = SEQLEN, **overrides):
     """The bench's tiny zoo model of `name` (fp32, CPU), with config `overrides`, randomized."""
-    model, notes = build_model(name, "tiny", seqlen, torch.float32, CPU)
+    model, notes = build_model(name, variant_fields(name, "tiny"), seqlen, torch.float32, CPU)
     if overrides:
         torch.manual_seed(0)
         model = type(model)(dataclasses.replace(model.config, **overrides))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
+from harness.models import build_variant
 from zoo.bert import Bert, BertConfig, padding_mask
 from zoo.convert import CheckpointError
 
@@ -38,11 +39,11 @@ def test_published_sizes_have_the_reference_count(variant, bert_model, d):
     # large: 335,141,888 + 1,049,600 + 2,048 + 30,522 + 2,050 = 336,226,108
     expected = bert_model + head_params(d, 30522)
     assert expected == {"base": 110_106_428, "large": 336_226_108}[variant]
-    assert zoo.build("bert", variant, device="meta").num_params() == expected
+    assert build_variant("bert", variant, device="meta").num_params() == expected
 
 
 def test_small_variant_count_and_length():
-    model = zoo.build("bert", "small", device="meta")
+    model = build_variant("bert", "small", device="meta")
     assert model.num_params() == 27_060_738  # the count written in catalog/bert.yaml
     assert model.config.max_seq_len == 512
 
@@ -64,7 +65,7 @@ def test_the_same_count_as_hf_bert_for_pretraining():
 @pytest.fixture
 def tiny():
     torch.manual_seed(0)
-    return zoo.build("bert", "tiny").eval()
+    return build_variant("bert", "tiny").eval()
 
 
 def test_init_follows_bert(tiny):
@@ -142,7 +143,7 @@ def test_nsp_logits_and_loss(tiny):
 
 
 def test_without_the_nsp_head():
-    model = zoo.build("bert", "tiny", next_sentence_head=False)
+    model = build_variant("bert", "tiny", next_sentence_head=False)
     assert not hasattr(model, "pooler") and "next_sentence_label" not in model.dummy_inputs(2, 5)
     with pytest.raises(ValueError, match="next-sentence"):
         model.pretraining_logits(torch.tensor([[1, 2]]))

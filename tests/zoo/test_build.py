@@ -1,31 +1,68 @@
-"""zoo.build and zoo.from_pretrained: the registry and the catalog's variants."""
+"""zoo.build and zoo.from_pretrained (plain fields), and the harness's builder of catalog
+variants."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
+import torch
 
 import zoo
 from harness.catalog import CatalogError
+from harness.models import build, build_variant
 from zoo.convert import CheckpointError
 
 
 def test_every_registered_model_builds_from_its_small_variant_on_meta():
     for name in zoo.REGISTRY:
-        model = zoo.build(name, "small", device="meta")
+        model = build_variant(name, "small", device="meta")
         assert model.config.vocab_size == 8192
         assert next(model.parameters()).device.type == "meta"
 
 
 def test_overrides_win_over_the_variant():
-    model = zoo.build("gpt", "tiny", n_layer=1)
+    model = build_variant("gpt", "tiny", n_layer=1)
     assert model.config.n_layer == 1
+
+
+def test_zoo_build_takes_plain_fields_only():
+    model = zoo.build("gpt", n_layer=2, d_model=32, n_head=2, vocab_size=64, device="meta")
+    assert (model.config.n_layer, model.config.d_model) == (2, 32)
+    with pytest.raises(TypeError, match="variant"):
+        zoo.build("gpt", variant="tiny")
+
+
+def test_zoo_build_honours_an_enclosing_device_block():
+    with torch.device("meta"):
+        model = zoo.build("gpt", n_layer=1)
+        built = build("gpt", "tiny").model
+    assert next(model.parameters()).device.type == "meta"
+    assert next(built.parameters()).device.type == "meta"
+
+
+def test_the_zoo_imports_without_the_harness_or_yaml():
+    code = ("import sys; sys.modules['harness'] = None; sys.modules['yaml'] = None; "
+            "import zoo; m = zoo.build('gpt', n_layer=2); print(m.config.n_layer)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "2"
 
 
 def test_unknown_model_or_variant():
     with pytest.raises(KeyError, match="unknown zoo model 'gtp'"):
         zoo.build("gtp")
     with pytest.raises(CatalogError, match="no variant 'smal'.*'small'"):
-        zoo.build("rwkv", "smal")
+        build_variant("rwkv", "smal")
+
+
+def test_the_builder_seeds_fits_the_length_and_casts():
+    a = build("gpt", "tiny", seed=3, seqlen=10_000, dtype=torch.bfloat16)
+    b, c = build("gpt", "tiny", seed=3), build("gpt", "tiny", seed=3, seqlen=1024)
+    assert a.model.config.max_seq_len == 10_000 and "position table extended" in a.notes[0]
+    assert b.notes == c.notes == () and next(a.model.parameters()).dtype == torch.bfloat16
+    assert torch.equal(b.model.wte.weight, c.model.wte.weight)
 
 
 def test_from_pretrained_errors(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import zoo
+from harness.models import build_variant
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -36,7 +37,7 @@ def exact_fp32():
 def perturbed(name: str):
     """The tiny variant on the CPU, every weight moved off its initial value."""
     torch.manual_seed(0)
-    model = zoo.build(name, "tiny").eval()
+    model = build_variant(name, "tiny").eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -45,7 +46,7 @@ def perturbed(name: str):
 
 def on_cuda(name: str, cpu_model):
     """`zoo.build(..., device="cuda")` holding the CPU model's weights."""
-    model = zoo.build(name, "tiny", device="cuda").eval()
+    model = build_variant(name, "tiny", device="cuda").eval()
     tensors = [*model.parameters(), *model.buffers()]
     assert tensors and all(t.is_cuda for t in tensors)
     model.load_state_dict(cpu_model.state_dict())

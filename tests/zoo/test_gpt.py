@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
+from harness.models import build_variant
 from harness.peers import hf_cache_kwargs, hf_returned_cache
 from zoo.convert import CheckpointError, convert_gpt
 from zoo.gpt import GPT, GPTConfig, PostLNBlock, PreLNBlock
@@ -40,21 +41,21 @@ def test_gpt2_published_parameter_counts(variant, n_layer, d, published):
     # The spec counts HF GPT2Model (incl. ln_f); GPT2LMHeadModel's head is tied to wte, so our
     # LM has exactly the same count.
     assert gpt2_count(50257, 1024, n_layer, d) == published
-    assert zoo.build(NAME, variant, device="meta").num_params() == published
+    assert build_variant(NAME, variant, device="meta").num_params() == published
 
 
 def test_gpt1_published_parameter_count():
     # HF OpenAIGPTModel: no final LN (-2d relative to the GPT-2 formula), tied head adds 0.
     published = 116_534_784
     assert gpt2_count(40478, 512, 12, 768) - 2 * 768 == published
-    model = zoo.build(NAME, "gpt-1", device="meta")
+    model = build_variant(NAME, "gpt-1", device="meta")
     assert model.num_params() == published
     assert not model.config.pre_ln and model.ln_f is None
 
 
 def test_small_variant_count():
     # 8192*512 + 1024*512 + 7 * (12*512^2 + 13*512) + 2*512 = 26,786,304.
-    assert zoo.build(NAME, "small", device="meta").num_params() == 26_786_304
+    assert build_variant(NAME, "small", device="meta").num_params() == 26_786_304
 
 
 def test_defaults_are_gpt2_124m():
@@ -69,7 +70,7 @@ def test_defaults_are_gpt2_124m():
 
 def tiny(**overrides) -> GPT:
     torch.manual_seed(0)
-    return zoo.build(NAME, "tiny", **overrides).eval()
+    return build_variant(NAME, "tiny", **overrides).eval()
 
 
 def randomize_(module: torch.nn.Module) -> None:
@@ -167,7 +168,7 @@ def test_initialisation_scales_residual_projections_in_gpt2_only():
 
 
 def test_flops_per_token():
-    model = zoo.build(NAME, "gpt2", device="meta")
+    model = build_variant(NAME, "gpt2", device="meta")
     d, L, V = 768, 12, 50257
     weights = L * (4 * d * d + 2 * d * 4 * d) + V * d  # 123,532,032 (no biases, no wpe)
     assert model.flops_per_token(1024) == 2 * weights + 4 * L * d * 1025 / 2

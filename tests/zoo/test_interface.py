@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import zoo
+from harness.models import build_variant
 from zoo.model import Output
 
 MODELS = sorted(zoo.REGISTRY)
@@ -17,7 +18,7 @@ SMALL_RANGE = (26.5e6, 29.0e6)  # every `small` variant lands here, so they matc
 @pytest.fixture(params=MODELS)
 def tiny(request):
     torch.manual_seed(0)
-    return zoo.build(request.param, "tiny").eval()
+    return build_variant(request.param, "tiny").eval()
 
 
 def test_config_is_a_frozen_dataclass(tiny):
@@ -72,7 +73,7 @@ def test_flops_per_token_counts_at_least_the_matmuls(tiny):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_small_variants_are_parameter_matched(name):
-    counts = {n: zoo.build(n, "small", device="meta").num_params() for n in MODELS}
+    counts = {n: build_variant(n, "small", device="meta").num_params() for n in MODELS}
     assert SMALL_RANGE[0] <= counts[name] <= SMALL_RANGE[1], counts[name]
     assert max(counts.values()) / min(counts.values()) <= 1.10, counts
 
@@ -83,7 +84,7 @@ CAUSAL = [n for n in MODELS if getattr(zoo.load_class(n), "causal_lm", False)]
 @pytest.mark.parametrize("name", CAUSAL)
 def test_incremental_decoding_equals_the_full_forward(name):
     torch.manual_seed(0)
-    model = zoo.build(name, "tiny").eval()
+    model = build_variant(name, "tiny").eval()
     ids = model.dummy_inputs(batch=2, seqlen=13, device="cpu")["input_ids"]
     with torch.no_grad():
         full = model(ids).logits
@@ -123,7 +124,7 @@ def test_inference_routes_equal_the_autograd_route(tiny):
 @pytest.mark.parametrize("name", CAUSAL)
 def test_decoding_without_gradients_equals_the_autograd_forward(name):
     torch.manual_seed(0)
-    model = perturbed(zoo.build(name, "tiny").eval())
+    model = perturbed(build_variant(name, "tiny").eval())
     ids = model.dummy_inputs(batch=1, seqlen=9, device="cpu")["input_ids"]
     plain = model(ids).logits.detach()
     with torch.no_grad():
@@ -138,7 +139,7 @@ def test_decoding_without_gradients_equals_the_autograd_forward(name):
 @pytest.mark.parametrize("name", CAUSAL)
 def test_generate_greedy_and_sampled(name):
     torch.manual_seed(0)
-    model = zoo.build(name, "tiny").eval()
+    model = build_variant(name, "tiny").eval()
     prompt = model.dummy_inputs(batch=2, seqlen=4, device="cpu")["input_ids"]
     greedy = model.generate(prompt, max_new_tokens=6)
     assert greedy.shape == (2, 10) and torch.equal(greedy[:, :4], prompt)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import zoo
+from harness.models import build_variant
 from zoo import mosaic_bert
 from zoo.mosaic_bert import MosaicBert, MosaicBertConfig, Packing, alibi_bias, alibi_slopes
 
@@ -33,15 +34,15 @@ def test_published_parameter_counts(variant, encoder, with_both, d_model):
     # MLM head. The masked-LM model (the default, like the reference's BertForMaskedLM) has the
     # MLM head but no pooler: base 136,777,728 + 622,656 = 137,400,384;
     # large 434,139,136 + 1,082,176 = 435,221,312.
-    mlm = zoo.build(NAME, variant, device="meta")
+    mlm = build_variant(NAME, variant, device="meta")
     assert mlm.num_params() == encoder + mlm_head_params(d_model, 30528)
     assert mlm.num_params() == with_both - (d_model * d_model + d_model)
-    assert zoo.build(NAME, variant, device="meta", pooler=True).num_params() == with_both
+    assert build_variant(NAME, variant, device="meta", pooler=True).num_params() == with_both
 
 
 def test_small_variant_count():
     # 4,196,352 (embeddings + LN) + 6 x 3,805,696 (layers) + 271,872 (MLM head) = 27,302,400.
-    assert zoo.build(NAME, "small", device="meta").num_params() == 27_302_400
+    assert build_variant(NAME, "small", device="meta").num_params() == 27_302_400
 
 
 def test_defaults_are_the_base_model():
@@ -121,7 +122,7 @@ def padded_batch(vocab: int, lengths: list[int], seqlen: int, seed: int = 0):
 @pytest.fixture
 def tiny():
     torch.manual_seed(0)
-    return zoo.build(NAME, "tiny").eval()
+    return build_variant(NAME, "tiny").eval()
 
 
 LENGTHS, SEQLEN = [13, 7, 10], 13  # uneven padding, none a power of two
@@ -139,7 +140,7 @@ def test_parity_with_the_plain_reference(tiny, unpad):
 
 def test_parity_with_a_non_power_of_two_head_count():
     torch.manual_seed(1)
-    model = zoo.build(NAME, "tiny", n_head=6, d_model=48).eval()
+    model = build_variant(NAME, "tiny", n_head=6, d_model=48).eval()
     ids, mask, types = padded_batch(model.config.vocab_size, [11, 5], 11, seed=1)
     with torch.no_grad():
         ours = model(ids, attention_mask=mask, token_type_ids=types).logits
@@ -245,7 +246,7 @@ def test_pooler_is_optional(tiny):
     with pytest.raises(ValueError, match="pooler"):
         tiny.pool(torch.zeros(1, 3, 64))
     torch.manual_seed(0)
-    model = zoo.build(NAME, "tiny", pooler=True).eval()
+    model = build_variant(NAME, "tiny", pooler=True).eval()
     ids, mask, _ = padded_batch(model.config.vocab_size, [5, 3], 5)
     hidden = model.encode(ids, mask)
     torch.testing.assert_close(model.pool(hidden), torch.tanh(model.pooler(hidden[:, 0])))
@@ -282,7 +283,7 @@ def chunked_and_plain(model: MosaicBert, run):
 @pytest.fixture
 def no_dropout():
     torch.manual_seed(0)
-    model = zoo.build(NAME, "tiny", dropout=0.0, attn_dropout=0.0)
+    model = build_variant(NAME, "tiny", dropout=0.0, attn_dropout=0.0)
     model.attn_chunk_size = 4  # 13 queries: chunks of 4, 4, 4 and 1
     return model
 
@@ -364,7 +365,7 @@ def long_inputs(monkeypatch):
     cut to 1 MiB (64 query rows), as the 64 MiB default gives one chunk at this size."""
     monkeypatch.setattr(mosaic_bert, "ATTN_CHUNK_BYTES", 2**20)
     torch.manual_seed(0)
-    model = zoo.build(NAME, "tiny", vocab_size=128, n_layer=1, d_model=64, n_head=2, d_ff=128)
+    model = build_variant(NAME, "tiny", vocab_size=128, n_layer=1, d_model=64, n_head=2, d_ff=128)
     ids, mask, _ = padded_batch(128, [LONG - 100], LONG)
     return model, ids, mask
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import zoo
+from harness.models import build_variant
 from zoo.bert import Bert
 from zoo.convert import CheckpointError
 from zoo.roberta import Roberta, RobertaConfig
@@ -30,11 +31,11 @@ def test_published_sizes_have_the_reference_count(variant, roberta_model, d):
     # large: 355,359,744 - 1,049,600 + 1,049,600 + 2,048 + 50,265 = 355,412,057
     expected = roberta_model - (d * d + d) + (d * d + d) + 2 * d + 50265
     assert expected == {"base": 124_697_433, "large": 355_412_057}[variant]
-    assert zoo.build("roberta", variant, device="meta").num_params() == expected
+    assert build_variant("roberta", variant, device="meta").num_params() == expected
 
 
 def test_small_variant_count_and_length():
-    model = zoo.build("roberta", "small", device="meta")
+    model = build_variant("roberta", "small", device="meta")
     assert model.num_params() == 26_797_568  # the count written in catalog/roberta.yaml
     assert model.config.max_position_embeddings == 514 and model.config.max_seq_len == 512
 
@@ -61,7 +62,7 @@ def test_config_deltas():
 @pytest.fixture
 def tiny():
     torch.manual_seed(0)
-    return zoo.build("roberta", "tiny").eval()
+    return build_variant("roberta", "tiny").eval()
 
 
 def test_position_ids_count_real_tokens_past_the_pad_id(tiny):

@@ -17,6 +17,7 @@ import torch
 
 import zoo
 import zoo.rwkv as rwkv
+from harness.models import build_variant
 from zoo import wkv_cpu
 from zoo.convert import CheckpointError
 from zoo.rwkv import (
@@ -90,7 +91,7 @@ def random_wkv_inputs(B, T, D, seed=0, decay=(-8.0, 6.0), k_scale=5.0, dtype=tor
 @pytest.mark.parametrize("variant", PUBLISHED)
 def test_published_parameter_counts_are_exact(variant):
     n_layer, d, count, _ = PUBLISHED[variant]
-    model = zoo.build("rwkv", variant, device="meta")
+    model = build_variant("rwkv", variant, device="meta")
     c = model.config
     assert (c.n_layer, c.d_model, c.vocab_size) == (n_layer, d, 50277)
     assert model.num_params() == count
@@ -99,7 +100,7 @@ def test_published_parameter_counts_are_exact(variant):
 
 
 def test_small_variant_count():
-    model = zoo.build("rwkv", "small", device="meta")
+    model = build_variant("rwkv", "small", device="meta")
     assert model.config.vocab_size == 8192
     assert model.num_params() == 28_871_680  # = 8,388,608 + 20,447,232 + 35,840
 
@@ -107,7 +108,7 @@ def test_small_variant_count():
 @pytest.mark.parametrize("variant", PUBLISHED)
 def test_flops_per_token_is_the_papers_table_plus_wkv(variant):
     n_layer, d, _, table = PUBLISHED[variant]
-    model = zoo.build("rwkv", variant, device="meta")
+    model = build_variant("rwkv", variant, device="meta")
     matmul = 2 * (50277 * d + 13 * d * d * n_layer)  # the table's values (embedding not counted)
     assert float(f"{matmul:.3e}") == table
     assert model.flops_per_token(1024) == matmul + rwkv.WKV_FLOPS_PER_CHANNEL * d * n_layer

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import zoo
+from harness.models import build_variant
 from zoo.transformer import Transformer, TransformerConfig, sinusoidal_positions
 
 TINY = dict(vocab_size=97, n_layer=2, d_model=48, n_head=4, d_ff=80, dropout=0.0)
@@ -368,7 +368,7 @@ def reference_count(V, N, d, d_ff, final_norms=0):
 @pytest.mark.parametrize(("variant", "exact", "published"), [
     ("base", 63_082_496, 65e6), ("big", 214_245_376, 213e6)])
 def test_published_sizes(variant, exact, published):
-    model = zoo.build("transformer", variant, device="meta")
+    model = build_variant("transformer", variant, device="meta")
     c = model.config
     assert reference_count(c.vocab_size, c.n_layer, c.d_model, c.d_ff) == exact
     # The model has exactly the spec's parts: no head of its own (tied), no final LayerNorm.
@@ -379,20 +379,20 @@ def test_published_sizes(variant, exact, published):
 
 
 def test_pre_ln_adds_exactly_two_final_norms():
-    model = zoo.build("transformer", "base", device="meta", pre_ln=True)
+    model = build_variant("transformer", "base", device="meta", pre_ln=True)
     assert model.num_params() == 63_082_496 + 2 * 2 * 512
 
 
 def test_small_and_tiny_variants():
-    small = zoo.build("transformer", "small", device="meta")
+    small = build_variant("transformer", "small", device="meta")
     assert small.num_params() == reference_count(8192, 3, 512, 2304) == 27_837_952
     assert 26.5e6 <= small.num_params() <= 29.0e6
     assert reference_count(8192, 3, 512, 2048) == 26_263_552  # why d_ff is not the base 2048
-    assert zoo.build("transformer", "tiny").num_params() < 1e6
+    assert build_variant("transformer", "tiny").num_params() < 1e6
 
 
 def test_flops_per_target_token():
-    model = zoo.build("transformer", "base", device="meta")
+    model = build_variant("transformer", "base", device="meta")
     d, N, ff, V, T = 512, 6, 2048, 37000, 100
     encoder = 2 * N * (4 * d * d + 2 * d * ff) + 4 * N * d * T
     decoder = 2 * N * (8 * d * d + 2 * d * ff) + 4 * N * d * (T + 1) / 2 + 4 * N * d * T

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import zoo
+from harness.models import build_variant
 from harness.quality.checkpoint import load_checkpoint, save_checkpoint
 from harness.quality.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
 
@@ -37,7 +37,7 @@ def test_unknown_tokenizer_kind(tmp_path):
 @pytest.mark.parametrize("name", ["gpt", "rwkv"])
 def test_checkpoint_round_trip(tmp_path, name):
     torch.manual_seed(0)
-    model = zoo.build(name, "tiny", vocab_size=ByteTokenizer.vocab_size).eval()
+    model = build_variant(name, "tiny", vocab_size=ByteTokenizer.vocab_size).eval()
     save_checkpoint(tmp_path / "ckpt", name, model, ByteTokenizer(), task="lm", step=3)
     loaded, tok, meta = load_checkpoint(tmp_path / "ckpt")
     ids = torch.randint(0, 256, (2, 9))

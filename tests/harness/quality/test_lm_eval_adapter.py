@@ -10,7 +10,7 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
-import zoo
+from harness.models import build_variant
 from harness.quality.checkpoint import save_checkpoint
 from harness.quality.lm_eval_adapter import ZooLM, evaluate_checkpoint
 from harness.quality.lm_eval_tasks import (
@@ -38,7 +38,7 @@ def tiny_model(name: str):
     greedy choices are ASCII bytes (which decode to the same one character and back).
     GPT's output head is its tied token embedding."""
     torch.manual_seed(0)
-    model = zoo.build(name, "tiny", vocab_size=TOK.vocab_size).eval()
+    model = build_variant(name, "tiny", vocab_size=TOK.vocab_size).eval()
     head = getattr(model, {"gpt": "wte", "rwkv": "head", "pangu-pi": "lm_head"}[name]).weight
     with torch.no_grad():
         head[128:] = 0
@@ -275,7 +275,7 @@ def test_registered_as_zoo_and_rejects_encoders(tmp_path):
     assert get_model("zoo") is ZooLM
     assert "hf" in model_registry  # lm-eval's own names are still there
     torch.manual_seed(0)
-    bert = zoo.build("bert", "tiny", vocab_size=TOK.vocab_size)
+    bert = build_variant("bert", "tiny", vocab_size=TOK.vocab_size)
     save_checkpoint(tmp_path / "bert", "bert", bert, TOK)
     with pytest.raises(ValueError, match="not a causal language model"):
         ZooLM(tmp_path / "bert", device="cpu")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import zoo
+from harness.models import build_variant
 from harness.quality.tasks import (
     IGNORE,
     Document,
@@ -306,10 +306,10 @@ def test_tasks_fit_the_zoo_models():
     tok = ByteTokenizer()
     torch.manual_seed(0)
     stream = token_stream([Document("d", "a small text to feed the models " * 4)], tok)
-    gpt = zoo.build("gpt", "tiny", vocab_size=tok.vocab_size, max_seq_len=32)
+    gpt = build_variant("gpt", "tiny", vocab_size=tok.vocab_size, max_seq_len=32)
     inputs, targets = lm_blocks(stream, 32, tok.pad_id)
     assert gpt(input_ids=inputs, targets=targets).loss.isfinite()
-    transformer = zoo.build("transformer", "tiny", vocab_size=tok.vocab_size)
+    transformer = build_variant("transformer", "tiny", vocab_size=tok.vocab_size)
     pairs, targets = seq2seq_pairs(stream, 16, 16, tok.bos_id, tok.eos_id)
     out = transformer(**pairs, targets=targets)
     assert out.logits.shape == (*targets.shape, tok.vocab_size) and out.loss.isfinite()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-import zoo
+from harness.models import build_variant
 from harness.quality.train import (
     Budget,
     TrainConfig,
@@ -51,7 +51,7 @@ def pattern_stream(n: int = 4000) -> torch.Tensor:
 
 def run(steps: int, seed: int = 0, **kw):
     torch.manual_seed(seed)
-    model = zoo.build("gpt", "tiny", vocab_size=64, max_seq_len=32)
+    model = build_variant("gpt", "tiny", vocab_size=64, max_seq_len=32)
     batches, _ = block_batches(pattern_stream(), batch_size=4, seqlen=32, seed=seed)
     config = TrainConfig(budget=Budget(tokens=steps * 4 * 32), batch_size=4, seqlen=32,
                          lr=3e-3, seed=seed, **kw.pop("config", {}))

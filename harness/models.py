@@ -1,0 +1,94 @@
+"""The one model builder of the harness: a catalog variant (plus overrides) -> a zoo model.
+
+The zoo builds models from plain config fields (`zoo.build("gpt", n_layer=2)`); the catalog
+names sizes of them (`tiny`, `small`, `gpt2-medium`, ...). This module joins the two, and adds
+what every caller of the harness needs: a position table long enough for the sequence length
+asked for, a seed (so that every process and every peer starts from the same weights), a dtype
+and a device.
+
+    built = build("rwkv", "small", seqlen=4096, seed=0)
+    built.model, built.notes                # notes: e.g. a lengthened position table
+
+The shipped catalog is read once per process (`shipped_catalog`); a caller that reads another
+folder (`catalog --catalog-dir`) passes its `Catalog` down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # a cell's process builds from fields alone: it need not load YAML
+    from harness.catalog import Catalog
+
+
+@functools.cache
+def shipped_catalog() -> Catalog:
+    """The catalog shipped with the package, loaded and validated once per process."""
+    from harness.catalog import load_catalog
+
+    return load_catalog()
+
+
+def variant_fields(name: str, variant: str, catalog: Catalog | None = None) -> dict[str, Any]:
+    """Config fields of `variant` of zoo model `name`; CatalogError (naming the variants there
+    are) when the catalog has no such variant."""
+    return (catalog or shipped_catalog()).variant(name, variant).config
+
+
+def config_field_names(name: str) -> set[str]:
+    """The fields of zoo model `name`'s config."""
+    import zoo
+
+    return {f.name for f in dataclasses.fields(zoo.load_class(name).config_class)}
+
+
+@dataclass
+class Built:
+    """A built model, the config fields it was built from, and notes for its records (say, a
+    position table lengthened past the published length)."""
+
+    model: Any
+    fields: dict[str, Any]
+    notes: tuple[str, ...] = ()
+
+
+def build(name: str, variant: str | None = None, *, catalog: Catalog | None = None,
+          overrides: Mapping[str, Any] | None = None, seqlen: int | None = None,
+          seed: int | None = None, dtype: Any = None, device: Any = None) -> Built:
+    """Zoo model `name`: the config's defaults, then the catalog `variant`'s fields (when one is
+    named), then `overrides`. With `seqlen`, a learned position table shorter than that is
+    lengthened (the extra rows are untrained; the notes say so). With `seed`, the weights are
+    drawn from `torch.manual_seed(seed)`. `device=None` builds where torch builds by default
+    (honouring an enclosing `with torch.device(...)`)."""
+    import contextlib
+
+    import torch
+
+    import zoo
+
+    cls = zoo.load_class(name)
+    fields = {**(variant_fields(name, variant, catalog) if variant else {}), **(overrides or {})}
+    config = cls.config_class(**fields)
+    notes: tuple[str, ...] = ()
+    if seqlen is not None:
+        config, note = cls.config_for_length(config, seqlen)
+        notes = (note,) if note else ()
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = cls(config)
+    if dtype is not None:
+        model = model.to(dtype)
+    return Built(model, dataclasses.asdict(config), notes)
+
+
+def build_variant(name: str, variant: str | None = None, **options: Any):
+    """The model alone of `build(name, variant, ...)`; other keyword arguments not among
+    `build`'s options are config overrides: `build_variant("gpt", "tiny", n_layer=1)`."""
+    known = ("catalog", "seqlen", "seed", "dtype", "device")
+    kwargs = {k: options.pop(k) for k in known if k in options}
+    return build(name, variant, overrides=options, **kwargs).model
