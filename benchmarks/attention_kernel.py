@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     lengths = sweep.parse_seqlens(args.seqlen)
     try:
-        peaks = json.loads(results.PEAK_CACHE.read_text())
+        peaks = json.loads(results.default_peak_cache().read_text())
     except (OSError, ValueError):
         peaks = {}
     table = Table(title=f"F.scaled_dot_product_attention, {args.heads} heads of "

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     except sweep.SweepError as error:
         err.print(f"[bold red]error:[/] {error}")
         return 2
-    records: list[dict] = []
+    records: list = []
     if args.check_only:
         loaded = results.load([args.results])
         records = loaded.records
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
             try:
                 for s in sweeps:
-                    records.extend(sweep.run(s, results.PEAK_CACHE, on_event))
+                    records.extend(sweep.run(s, results.default_peak_cache(), on_event))
             except sweep.SweepError as error:
                 err.print(f"[bold red]error:[/] {error}")
                 return 2

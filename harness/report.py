@@ -82,7 +82,7 @@ def load_results(paths: Sequence[Path | str], models: Sequence[str] | None = Non
                  ) -> tuple[list[dict[str, Any]], list[str]]:
     """The report's records (the latest of repeated measurements of a cell) and warnings.
     Each record gets `_source`, the file it came from."""
-    from harness.results import BENCH_KEY, key, load
+    from harness.results import BENCH_KEY, load
 
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
@@ -91,7 +91,7 @@ def load_results(paths: Sequence[Path | str], models: Sequence[str] | None = Non
     for path in paths:
         loaded = load([path])
         warnings += loaded.warnings
-        for rec in loaded.records:
+        for rec in (r.to_dict() for r in loaded.records):
             kind = rec.get("kind")
             if kind not in ("bench", "quality") or not rec.get("model"):
                 warnings.append(f"{path}: skipped a record of kind {kind!r} (model "
@@ -109,7 +109,7 @@ def load_results(paths: Sequence[Path | str], models: Sequence[str] | None = Non
         records = [r for r in records if r["model"] in models]
     latest: dict[tuple, dict[str, Any]] = {}
     for rec in records:  # later records (by time, then by order read) replace earlier ones
-        k = key(rec, BENCH_KEY if rec["kind"] == "bench" else QUALITY_KEY)
+        k = tuple(rec.get(n) for n in (BENCH_KEY if rec["kind"] == "bench" else QUALITY_KEY))
         if k not in latest or str(rec.get("time") or "") >= str(latest[k].get("time") or ""):
             latest[k] = rec
     if len(latest) < len(records):

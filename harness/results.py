@@ -1,55 +1,177 @@
-"""The results store: one flat JSON record per line, appended and flushed record by record.
+"""Results: one declared schema per kind of record, an append-only JSON Lines store, and a
+pandas DataFrame of any set of result files.
 
-An interrupted run keeps every record it finished (each line is written whole, then flushed and
-synced), and a reader skips a damaged line with a warning instead of failing. Benchmarks and
-quality runs share the store; `kind` tells them apart.
+Every record is flat and carries the same standard names (DESIGN.md), so that reports, scripts
+and pandas read every file alike; each kind adds its own fields:
+
+  BenchRecord    a benchmark cell: speed, memory and MFU of one (model, impl, mode, length, ...)
+  QualityRecord  a quality score: a model trained at an equal budget and tested, or a trained
+                 checkpoint scored by lm-evaluation-harness (`impl` "lm-eval")
+
+A record is built with its fields by name: a mistyped or unknown name is an error, not a silent
+None. Each record also carries the `command` that made it.
+
+The store: one record per line, appended, flushed and synced record by record, so that an
+interrupted run keeps every record it finished; a reader skips a damaged line (or one that does
+not match the schema) with a warning naming the file and line instead of failing.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STATUSES = ("ok", "oom", "over_budget", "timeout", "error", "skipped")
+Status = Literal["ok", "oom", "over_budget", "timeout", "error", "skipped"]
 
-# The names every record carries (DESIGN.md), so reports, scripts and pandas read every file alike.
-FIELDS = (
-    "kind", "model", "variant", "impl", "mode", "seqlen", "batch", "dtype", "device", "threads",
-    "status", "tokens_per_s", "ms_median", "ms_iqr", "peak_mem_bytes", "act_mem_bytes",
-    "flops_per_token", "mfu", "params", "task", "metric", "value", "torch", "version", "git",
-    "cpu", "gpu", "time", "notes",
-)
-# What makes two benchmark records the same measurement (a rerun skips a cell with this key).
+
+class Record(BaseModel):
+    """The names every record carries (None where they do not apply to its kind)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    kind: str
+    model: str
+    variant: str | None = None
+    impl: str | None = None  # zoo | zoo-compiled | hf | rwkv-pip | lm-eval
+    mode: str | None = None  # forward | train | generate | eval
+    seqlen: int | None = None
+    batch: int | None = None
+    dtype: str | None = None
+    device: str | None = None
+    threads: int | None = None
+    status: Status = "ok"
+    tokens_per_s: float | None = None
+    ms_median: float | None = None
+    ms_iqr: float | None = None
+    peak_mem_bytes: int | None = None
+    act_mem_bytes: int | None = None
+    flops_per_token: float | None = None
+    mfu: float | None = None
+    params: int | None = None
+    task: str | None = None
+    metric: str | None = None
+    value: float | None = None
+    torch: str | None = None
+    version: str | None = None
+    git: str | None = None
+    cpu: str | None = None
+    gpu: str | None = None
+    cores: int | None = None  # of the machine
+    ram_bytes: int | None = None  # of the machine
+    time: str | None = None  # ISO 8601, UTC
+    notes: list[str] = Field(default_factory=list)
+    command: str | None = None  # the command line that made the record
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as written to the store: every field, in declaration order."""
+        return self.model_dump(mode="json")
+
+
+class BenchRecord(Record):
+    """One benchmark cell (see harness.sweep): measured, failed, or skipped after a failure."""
+
+    kind: Literal["bench"] = "bench"
+    peak_flops: float | None = None  # the matmul peak MFU is measured against
+    warmup: int | None = None
+    repeat: int | None = None  # timed runs (generate: timed tokens)
+    max_memory: int | None = None  # the budget a cell was stopped at, in bytes
+    timeout_s: float | None = None
+    error: str | None = None
+    wall_s: float | None = None
+    routes: list[str] | None = None  # the zoo's speed routes applied (None: not recorded)
+    # Set on a record read back from the results file by a resumed sweep; never written.
+    resumed: bool = Field(default=False, exclude=True)
+
+
+class QualityRecord(Record):
+    """A quality score: equal-budget training then testing (`impl` zoo), or an lm-eval score of
+    a trained checkpoint (`impl` lm-eval, `mode` eval)."""
+
+    kind: Literal["quality"] = "quality"
+    budget: str | None = None
+    budget_tokens: int | None = None
+    budget_seconds: float | None = None
+    tokens: int | None = None
+    steps: int | None = None
+    train_seconds: float | None = None
+    test_seconds: float | None = None
+    seed: int | None = None
+    lr: float | None = None
+    tokenizer: str | None = None
+    vocab_size: int | None = None
+    corpus: str | None = None
+    scores: dict[str, float] | None = None
+    final_train_loss: float | None = None
+    baseline: float | None = None  # unigram bits per byte of the test split (lm, seq2seq)
+    chance: float | None = None  # accuracy of a uniform guess (mqar)
+    mqar: dict[str, Any] | None = None
+    checkpoint: str | None = None
+    limit: int | None = None  # lm-eval: examples per task (None: all)
+
+
+KINDS: dict[str, type[Record]] = {"bench": BenchRecord, "quality": QualityRecord}
+FIELDS = tuple(Record.model_fields)  # the standard names, in order
+
+# What makes two records the same measurement: a rerun of a sweep skips a bench cell with
+# this key, and a report keeps the latest record of each key.
 BENCH_KEY = ("kind", "model", "variant", "impl", "mode", "seqlen", "batch", "dtype", "device",
              "threads", "cpu", "gpu")
-
-# Where the measured matmul peaks (MFU's denominators) are kept between runs: see
-# harness.sweep.calibrate.
-PEAK_CACHE = Path.home() / ".cache" / "transformer-catalog" / "matmul_peaks.json"
-
-
-def record(**values: Any) -> dict[str, Any]:
-    """A record with every standard field (None where not given), then any extra fields."""
-    out = {name: values.pop(name, None) for name in FIELDS}
-    if out["notes"] is None:
-        out["notes"] = []
-    out.update(values)
-    return out
+QUALITY_KEY = ("kind", "model", "variant", "impl", "task", "metric", "budget", "seed", "seqlen",
+               "batch", "corpus", "tokenizer", "checkpoint", "limit", "cpu", "gpu", "device",
+               "dtype")
+KEYS = {"bench": BENCH_KEY, "quality": QUALITY_KEY}
 
 
-def key(rec: dict[str, Any], fields: Iterable[str] = BENCH_KEY) -> tuple:
-    return tuple(rec.get(name) for name in fields)
+def parse(data: dict[str, Any]) -> Record:
+    """The typed record of a dict read from a store (pydantic's ValidationError when it does
+    not match its kind's schema; ValueError for an unknown kind)."""
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected {' or '.join(KINDS)}")
+    return KINDS[kind].model_validate(data)
 
 
-def append(path: Path | str, rec: dict[str, Any]) -> None:
+def key(rec: Record, fields: Iterable[str] | None = None) -> tuple:
+    """The fields that identify `rec`'s measurement (its kind's key by default)."""
+    return tuple(getattr(rec, name, None) for name in fields or KEYS[rec.kind])
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+def check_writable(path: Path | str) -> None:
+    """Refuse a results path that cannot be appended to, before anything is measured: an
+    OSError whose message names the path and why. Opens the file for appending (creating its
+    folder) and removes it again if it did not exist."""
+    path = Path(path)
+    if path.is_dir():
+        raise OSError(f"results file {path} is a folder; give a .jsonl file")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise OSError(f"results file {path} cannot be written: {exc.strerror or exc}") from None
+    if not existed:
+        path.unlink(missing_ok=True)
+
+
+def append(path: Path | str, rec: Record) -> None:
     """Append one record as one line, flushed and synced before returning."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(rec, sort_keys=False, default=str)
+    line = json.dumps(rec.to_dict(), sort_keys=False)
     # A run killed while writing can leave a last line without its newline: start a new line
     # so that only that damaged line is lost, not this record too.
     torn = path.exists() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
@@ -67,13 +189,15 @@ def _last_byte(path: Path) -> bytes:
 
 @dataclass
 class Loaded:
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # the file of each record
     warnings: list[str] = field(default_factory=list)
 
 
 def load(paths: Iterable[Path | str]) -> Loaded:
-    """Every record of the given files (missing files are skipped); a line that is not a JSON
-    object becomes a warning naming the file and line."""
+    """Every record of the given files (missing files are skipped). A line that is not JSON,
+    not a record of a known kind, or not valid for its kind's schema becomes a warning naming
+    the file, the line and the field."""
     loaded = Loaded()
     for path in map(Path, paths):
         if not path.exists():
@@ -82,13 +206,127 @@ def load(paths: Iterable[Path | str]) -> Loaded:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
+                where = f"{path}:{number}"
                 try:
-                    rec = json.loads(line)
+                    data = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    loaded.warnings.append(f"{path}:{number}: skipped a damaged line ({exc.msg})")
+                    loaded.warnings.append(f"{where}: skipped a damaged line ({exc.msg})")
                     continue
-                if not isinstance(rec, dict):
-                    loaded.warnings.append(f"{path}:{number}: skipped a line that is not a record")
+                if not isinstance(data, dict):
+                    loaded.warnings.append(f"{where}: skipped a line that is not a record")
+                    continue
+                try:
+                    rec = parse(data)
+                except ValidationError as exc:
+                    loaded.warnings.append(f"{where}: skipped a record that does not match the "
+                                           f"{data['kind']} schema ({_first_error(exc)})")
+                    continue
+                except ValueError as exc:
+                    loaded.warnings.append(f"{where}: skipped a record of {exc}")
                     continue
                 loaded.records.append(rec)
+                loaded.sources.append(str(path))
     return loaded
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    name = ".".join(str(p) for p in error["loc"])
+    more = f"; {exc.error_count() - 1} more" if exc.error_count() > 1 else ""
+    if error["type"] == "extra_forbidden":
+        return f"unknown field {name!r}{more}"
+    return f"field {name!r}: {error['msg']}{more}"
+
+
+# --- pandas ------------------------------------------------------------------------------------
+
+
+def frame(records: Sequence[Record], sources: Sequence[str] | None = None) -> pd.DataFrame:
+    """The records as a DataFrame: one row per record, one column per field (the standard names
+    first, then each kind's own, then `source` when `sources` are given). Columns take pandas'
+    nullable dtypes, so an integer column with gaps stays integer."""
+    import pandas as pd
+
+    columns = list(FIELDS)
+    for kind in KINDS.values():
+        columns += [name for name, info in kind.model_fields.items()
+                    if name not in columns and not info.exclude]
+    rows = [rec.model_dump() for rec in records]
+    df = pd.DataFrame.from_records(rows, columns=columns)
+    if sources is not None:
+        df["source"] = list(sources)
+    return df.convert_dtypes()
+
+
+def latest(df: pd.DataFrame) -> pd.DataFrame:
+    """Each measurement's latest record (by `time`, then by order read): a cell measured again
+    replaces its earlier records. Rows keep their original order."""
+    keep = []
+    for kind, rows in df.groupby("kind", sort=False):
+        ordered = rows.assign(_time=rows["time"].fillna("").astype(str)).sort_values(
+            "_time", kind="stable")
+        unique = ordered.drop_duplicates(subset=list(KEYS[str(kind)]), keep="last")
+        keep += list(unique.index)
+    return df.loc[sorted(keep)]
+
+
+def load_frame(paths: Iterable[Path | str], *, all_runs: bool = False
+               ) -> tuple[pd.DataFrame, list[str]]:
+    """(DataFrame of every record in `paths`, with its `source` file; warnings). Unless
+    `all_runs`, only each measurement's latest record is kept (see `latest`)."""
+    loaded = load(paths)
+    df = frame(loaded.records, loaded.sources)
+    warnings = list(loaded.warnings)
+    if not all_runs and len(df):
+        kept = latest(df)
+        if len(kept) < len(df):
+            warnings.append(f"{len(df) - len(kept)} earlier measurement(s) of the same cell "
+                            "were replaced by the latest one")
+        df = kept
+    return df, warnings
+
+
+def records_of(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows of `df` as plain dicts, missing values as None (pandas' NA is not falsy-safe)."""
+    import pandas as pd
+
+    out = []
+    for row in df.to_dict("records"):
+        out.append({k: (None if not isinstance(v, (list, dict)) and pd.isna(v) else v)
+                    for k, v in row.items()})
+    return out
+
+
+# Bench records of the same measurement in two implementations: compared in a ratio.
+LIKE = ("model", "variant", "mode", "seqlen", "batch", "threads", "dtype", "device", "cpu",
+        "gpu")
+
+
+def ratios(df: pd.DataFrame) -> pd.DataFrame:
+    """ours / peer for every bench cell measured ok both by the zoo (`impl` zoo) and by another
+    implementation with everything else alike (LIKE): one row per such pair, with the
+    implementation as `peer`, both throughputs, `tokens_per_s_ratio` (above 1: ours is faster)
+    and `peak_mem_ratio` (below 1: ours needs less; missing where a side has no peak)."""
+    import pandas as pd
+
+    columns = [*LIKE, "peer", "ours_tokens_per_s", "peer_tokens_per_s", "tokens_per_s_ratio",
+               "peak_mem_ratio"]
+    if df.empty or "kind" not in df:
+        return pd.DataFrame(columns=columns)
+    ok = df[(df["kind"] == "bench") & (df["status"] == "ok") & df["tokens_per_s"].notna()]
+    keep = [*LIKE, "impl", "tokens_per_s", "peak_mem_bytes"]
+    ours = ok.loc[ok["impl"] == "zoo", keep]
+    theirs = ok.loc[ok["impl"] != "zoo", keep]
+    pairs = ours.merge(theirs, on=list(LIKE), suffixes=("_ours", "_peer"))
+    pairs = pairs.assign(
+        peer=pairs["impl_peer"], ours_tokens_per_s=pairs["tokens_per_s_ours"],
+        peer_tokens_per_s=pairs["tokens_per_s_peer"],
+        tokens_per_s_ratio=pairs["tokens_per_s_ours"] / pairs["tokens_per_s_peer"],
+        peak_mem_ratio=(pairs["peak_mem_bytes_ours"].astype("Float64")
+                        / pairs["peak_mem_bytes_peer"].astype("Float64")))
+    return pairs[columns].reset_index(drop=True)
+
+
+# Where the measured matmul peaks (MFU's denominators) are kept between runs, by default.
+def default_peak_cache() -> Path:
+    return Path.home() / ".cache" / "transformer-catalog" / "matmul_peaks.json"

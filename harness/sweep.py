@@ -108,6 +108,7 @@ class Sweep:
     compile: bool = False  # also measure the zoo model under torch.compile ("zoo-compiled")
     force: bool = False
     results: Path = Path("reports/results/bench.jsonl")
+    command: str | None = None  # the command line that asked for the sweep, for its records
 
     def unsupported(self) -> list[tuple[str, str]]:
         """(model, mode) pairs of the sweep that the model cannot run: generate on encoders."""
@@ -294,7 +295,7 @@ class Event:
 
 
 def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lambda e: None,
-        catalog: Catalog | None = None) -> Iterator[dict[str, Any]]:
+        catalog: Catalog | None = None) -> Iterator[results.BenchRecord]:
     """Run the sweep, yielding each cell's record once it is appended to the results file.
     Variants are read from `catalog` (default: the shipped one)."""
     check(sweep, catalog)
@@ -304,73 +305,51 @@ def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lamb
     peak = calibrate(sweep.device, sweep.dtype, sweep.threads, peak_cache)
     done = {} if sweep.force else {
         results.key(r): r for r in results.load([sweep.results]).records
-        if r.get("kind") == "bench" and r.get("status") != "skipped"}
+        if isinstance(r, results.BenchRecord) and r.status != "skipped"}
     failed_at: dict[tuple, tuple[str, int]] = {}
     cells = sweep.cells(catalog)
     for index, cell in enumerate(cells, start=1):
-        base = dict(kind="bench", model=cell.model, variant=cell.variant, impl=cell.impl,
-                    mode=cell.mode, seqlen=cell.seqlen, batch=cell.batch, dtype=cell.dtype,
-                    device=cell.device, threads=cell.threads or torch.get_num_threads(),
-                    cpu=info["cpu"], gpu=info["gpu"])
-        previous = done.get(results.key(base))
+        rec = results.BenchRecord(
+            model=cell.model, variant=cell.variant, impl=cell.impl, mode=cell.mode,
+            seqlen=cell.seqlen, batch=cell.batch, dtype=cell.dtype, device=cell.device,
+            threads=cell.threads or torch.get_num_threads(), cpu=info["cpu"], gpu=info["gpu"],
+            torch=info["torch"], version=info["version"], git=info["git"],
+            cores=info["cores"], ram_bytes=info["ram_bytes"], peak_flops=peak,
+            warmup=cell.warmup, repeat=cell.new_tokens if cell.mode == "generate" else cell.repeat,
+            max_memory=sweep.max_memory, timeout_s=sweep.timeout, command=sweep.command)
+        previous = done.get(results.key(rec))
         if previous is not None:  # measured before with the same key: not again (see --force)
-            previous = {**previous, "resumed": True}
+            previous = previous.model_copy(update={"resumed": True})
             on_event(Event("done", cell, previous, index, len(cells)))
             yield previous
             continue
         line = (cell.model, cell.impl, cell.mode)
         if line in failed_at:
-            status, result = "skipped", {"error": None}
+            status, result = "skipped", {}
             why, length = failed_at[line]
-            notes = [f"skipped: {why} at seqlen {length}"]
+            rec.notes = [f"skipped: {why} at seqlen {length}"]
         else:
             on_event(Event("start", cell, None, index, len(cells)))
             status, result = _spawn([json.dumps(asdict(cell))], sweep.timeout,
                                     sweep.max_memory if cell.device == "cpu" else None)
             if status == "oom" and sweep.max_memory and cell.device != "cpu":
                 status = "over_budget"  # the CUDA allocator was capped at the budget
-            notes = result.pop("notes", [])
             if status in FAILURES:
                 failed_at[line] = (status, cell.seqlen)
         flops_per_s = result.pop("flops_per_s", None)
-        rec = results.record(
-            **base, status=status, tokens_per_s=result.pop("tokens_per_s", None),
-            ms_median=result.pop("ms_median", None), ms_iqr=result.pop("ms_iqr", None),
-            peak_mem_bytes=result.pop("peak_mem_bytes", None),
-            act_mem_bytes=result.pop("act_mem_bytes", None),
-            flops_per_token=result.pop("flops_per_token", None),
-            mfu=flops_per_s / peak if flops_per_s else None,
-            params=result.pop("params", None), torch=info["torch"], version=info["version"],
-            git=info["git"], time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            notes=notes, cores=info["cores"], ram_bytes=info["ram_bytes"], peak_flops=peak,
-            warmup=cell.warmup, repeat=cell.new_tokens if cell.mode == "generate" else cell.repeat,
-            max_memory=sweep.max_memory, timeout_s=sweep.timeout,
-            error=result.pop("error", None), wall_s=result.pop("wall_s", None))
-        if "threads" in result:
-            rec["threads"] = result.pop("threads")
-        if rec["mfu"] is not None and rec["mfu"] > 1:
-            rec["notes"].append("MFU above 100%: the cached matmul peak looks too low (measured "
-                                "on a busy machine?); run `catalog bench --calibrate`")
+        measured = {name: result[name] for name in _MEASURED if result.get(name) is not None}
+        rec = rec.model_copy(update={
+            **measured, "status": status, "mfu": flops_per_s / peak if flops_per_s else None,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        rec = results.BenchRecord.model_validate(rec.model_dump())  # check what the cell sent
+        if rec.mfu is not None and rec.mfu > 1:
+            rec.notes.append("MFU above 100%: the cached matmul peak looks too low (measured "
+                             "on a busy machine?); run `catalog bench --calibrate`")
         results.append(sweep.results, rec)
         on_event(Event("done", cell, rec, index, len(cells)))
         yield rec
 
 
-def ratios(records: list[dict[str, Any]]) -> dict[tuple, dict[str, float]]:
-    """ours / theirs per cell where both were measured ok: tokens/s and peak memory, keyed by
-    (model, mode, seqlen, peer)."""
-    ours = {(r["model"], r["mode"], r["seqlen"]): r for r in records
-            if r.get("impl") == "zoo" and r.get("status") == "ok"}
-    out = {}
-    for r in records:
-        if r.get("impl") in (None, "zoo") or r.get("status") != "ok":
-            continue
-        mine = ours.get((r["model"], r["mode"], r["seqlen"]))
-        if mine is None:
-            continue
-        out[(r["model"], r["mode"], r["seqlen"], r["impl"])] = {
-            "tokens_per_s": mine["tokens_per_s"] / r["tokens_per_s"],
-            "peak_mem": (mine["peak_mem_bytes"] / r["peak_mem_bytes"]
-                         if r.get("peak_mem_bytes") else float("nan")),
-        }
-    return out
+# What a cell's process reports (harness.bench.measure), by record field.
+_MEASURED = ("params", "tokens_per_s", "ms_median", "ms_iqr", "peak_mem_bytes", "act_mem_bytes",
+             "flops_per_token", "notes", "threads", "error", "wall_s", "routes")

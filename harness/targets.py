@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+from harness.results import Record
+
 DENSE = ("bert", "gpt", "roberta")  # the models compared with Hugging Face's forward
 ATTENTION = ("bert", "gpt", "roberta", "mosaic-bert", "pangu-pi")  # memory must grow linearly
 DECODERS_WITH_CACHE = ("gpt", "pangu-pi")  # compared with Hugging Face GPT-2's decoding
@@ -81,11 +83,12 @@ def plan(seqlens: tuple[int, ...] = (512, 1024, 2048, 4096, 8192),
     return plans
 
 
-def _ok(records: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+def _ok(records: Iterable[Record | dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     """The measured cells by key. A cell measured in several rounds keeps its fastest record,
     ours and the peers' alike: a shared machine only ever slows a measurement down."""
     best: dict[tuple, dict[str, Any]] = {}
     for r in records:
+        r = r.to_dict() if isinstance(r, Record) else r
         if r.get("kind") != "bench" or r.get("status") != "ok":
             continue
         key = (r["model"], r.get("variant"), r["impl"], r["mode"], r["seqlen"], r["dtype"])
@@ -94,7 +97,7 @@ def _ok(records: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     return best
 
 
-def fastest(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def fastest(records: Iterable[Record | dict[str, Any]]) -> list[dict[str, Any]]:
     """The records the targets are checked on: each cell's fastest measured (ok) round."""
     return list(_ok(records).values())
 
@@ -109,7 +112,7 @@ def _row(target: str, cell: str, value: float | None, bound: float, at_least: bo
     return Row(target, cell, value, f"{'>=' if at_least else '<='} {bound:.2f}", met)
 
 
-def check(records: Iterable[dict[str, Any]]) -> list[Row]:
+def check(records: Iterable[Record | dict[str, Any]]) -> list[Row]:
     """One row per target and cell found in `records` (fp32 unless the target says bf16).
     Cells are named "model variant mode length"; records of different variants never form
     a ratio."""

@@ -14,6 +14,7 @@ from harness import results
 from harness.cli.common import (
     USAGE_ERROR,
     app,
+    command_line,
     load_catalog_for,
     one_line_errors,
     stderr,
@@ -33,7 +34,7 @@ class Peer(str, Enum):
     rwkv_pip = "rwkv-pip"
 
 
-PEAK_CACHE = results.PEAK_CACHE  # a module global, so that tests can point it elsewhere
+PEAK_CACHE = results.default_peak_cache()  # a module global, so tests can point it elsewhere
 
 
 @app.command()
@@ -113,21 +114,22 @@ def bench(
             threads=threads, warmup=warmup, repeat=repeat, new_tokens=new_tokens,
             max_memory=sweeps.parse_bytes(max_memory), timeout=timeout,
             against=[p.value for p in against or []], compile=compile_model, force=force,
-            results=results_path)
+            results=results_path, command=command_line(ctx))
         sweeps.check(plan, catalog)
+        results.check_writable(results_path)
     for model, unsupported_mode in plan.unsupported():
         stderr().print(f"[yellow]note:[/] {model} cannot run {unsupported_mode} mode; "
                      "those cells are left out")
     records = _run_with_progress(plan, sweeps, catalog)
-    stdout().print(_bench_table(records, sweeps.ratios(records)))
+    stdout().print(_bench_table(records))
     stdout().print(f"records appended to {escape(str(results_path))}")
 
 
 
-def _run_with_progress(plan, sweeps, catalog) -> list[dict]:
+def _run_with_progress(plan, sweeps, catalog) -> list[results.BenchRecord]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    records: list[dict] = []
+    records: list[results.BenchRecord] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=stderr(), transient=False) as progress:
         task = progress.add_task("benchmark", total=len(plan.cells(catalog)))
@@ -138,8 +140,8 @@ def _run_with_progress(plan, sweeps, catalog) -> list[dict]:
             if event.kind == "start":
                 progress.update(task, description=f"running {label}")
             else:
-                status = event.record["status"] + (" (earlier run)" if event.record.get("resumed")
-                                                   else "")
+                status = event.record.status + (" (earlier run)" if event.record.resumed
+                                                 else "")
                 progress.update(task, advance=1, description=f"{label}: {status}")
 
         try:
@@ -157,28 +159,29 @@ def _run_with_progress(plan, sweeps, catalog) -> list[dict]:
     return records
 
 
-def _bench_table(records: list[dict], ratios: dict) -> Table:
+def _bench_table(records: list[results.BenchRecord]) -> Table:
     table = Table(title="Benchmark", header_style="bold")
     for column in ("model", "impl", "mode", "seqlen", "status", "tokens/s", "ms (median ± IQR)",
                    "peak mem", "above weights", "MFU", "ours/peer tok/s", "notes"):
         table.add_column(column, justify="right" if column not in ("model", "impl", "mode",
                                                                     "status", "notes") else "left")
+    pairs = results.ratios(results.frame(records))
+    ratio_of = {(p.model, p.mode, p.seqlen, p.peer): p.tokens_per_s_ratio
+                for p in pairs.itertuples()}
     for r in records:
-        ok = r["status"] == "ok"
-        ratio = ""
-        if r["impl"] != "zoo" and (r["model"], r["mode"], r["seqlen"], r["impl"]) in ratios:
-            value = ratios[(r["model"], r["mode"], r["seqlen"], r["impl"])]["tokens_per_s"]
-            ratio = f"{value:.2f}x"
-        notes = [*r.get("notes", [])] + ([r["error"]] if r.get("error") else [])
-        if r.get("resumed"):
+        ok = r.status == "ok"
+        ratio = ratio_of.get((r.model, r.mode, r.seqlen, r.impl))
+        notes = [*r.notes] + ([r.error] if r.error else [])
+        if r.resumed:
             notes.append("from an earlier run")
         table.add_row(
-            r["model"], r["impl"], r["mode"], str(r["seqlen"]),
-            r["status"] if ok else f"[red]{r['status']}[/]",
-            f"{r['tokens_per_s']:,.0f}" if ok else "",
-            f"{r['ms_median']:,.1f} ± {r['ms_iqr']:,.1f}" if ok else "",
-            _gib(r.get("peak_mem_bytes")), _gib(r.get("act_mem_bytes")) if ok else "",
-            f"{100 * r['mfu']:.1f}%" if ok and r.get("mfu") else "", ratio,
+            r.model, r.impl, r.mode, str(r.seqlen),
+            r.status if ok else f"[red]{r.status}[/]",
+            f"{r.tokens_per_s:,.0f}" if ok else "",
+            f"{r.ms_median:,.1f} ± {r.ms_iqr:,.1f}" if ok else "",
+            _gib(r.peak_mem_bytes), _gib(r.act_mem_bytes) if ok else "",
+            f"{100 * r.mfu:.1f}%" if ok and r.mfu else "",
+            f"{ratio:.2f}x" if ratio is not None and r.impl != "zoo" else "",
             escape("; ".join(notes)))
     return table
 

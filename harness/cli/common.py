@@ -3,9 +3,11 @@ the catalog and model-name look-ups."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -104,6 +106,44 @@ def zoo_names(catalog: Catalog, names: list[str], all_models: bool) -> list[str]
         if name not in out:
             out.append(name)
     return out
+
+def command_line(ctx: typer.Context) -> str:
+    """The command that is running, as the user would type it again: `catalog`, the command's
+    name, then every argument and option given on the command line or through the environment
+    (not the defaults), from click's parsed parameters. Records carry it."""
+    parts = ["catalog"]
+    chain = []
+    while ctx is not None:
+        chain.append(ctx)
+        ctx = ctx.parent
+    for level in reversed(chain):
+        if level.parent is not None:
+            parts.append(level.info_name)
+        parts += _given_parameters(level)
+    return shlex.join(str(p) for p in parts)
+
+
+def _given_parameters(ctx: typer.Context) -> list[str]:
+    # By name, not by class: typer carries its own copy of click, whose classes are not
+    # click's.
+    out: list[str] = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if getattr(source, "name", None) not in ("COMMANDLINE", "ENVIRONMENT"):
+            continue
+        value = ctx.params.get(param.name)
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        values = [v.value if isinstance(v, Enum) else v for v in values]
+        if param.param_type_name == "argument":
+            out += values
+        elif getattr(param, "is_flag", False) and isinstance(value, bool):
+            flags = param.opts if value else param.secondary_opts
+            out += flags[:1]
+        else:
+            for v in values:
+                out += [param.opts[0], v]
+    return out
+
 
 def resolve_device(device: str) -> str:
     if device == "auto":

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from harness.cli.common import (
     app,
+    command_line,
     load_catalog_for,
     one_line_errors,
     resolve_device,
@@ -140,6 +141,8 @@ def _quality(ctx, models, task, budget, variant, seed, corpus, tokenizer, bpe_vo
         folders = {name: runs.run_folder(out, name, spec, several=compare) for name in names}
         for folder in folders.values():
             runs.check_folder(folder, resume=resume, force=force)
+        if rank == 0:
+            results.check_writable(results_path)
         data = runs.prepare(spec, tasks_needed)
     is_main = rank == 0
     console = stderr() if is_main else Console(stderr=True, quiet=True)
@@ -147,12 +150,12 @@ def _quality(ctx, models, task, budget, variant, seed, corpus, tokenizer, bpe_vo
     for name in names:
         with one_line_errors(), _train_progress(console, name, spec) as on_step:
             result = runs.run_one(name, data, folders[name], resume=resume, on_step=on_step,
-                                  is_main=is_main, catalog=catalog)
+                                  is_main=is_main, catalog=catalog, command=command_line(ctx))
         if not is_main:
             continue
         results.append(results_path, result.record)
         records.append(result.record)
-        console.print(f"{name}: {result.record['metric']} {result.record['value']:.4f}; "
+        console.print(f"{name}: {result.record.metric} {result.record.value:.4f}; "
                       f"checkpoint {escape(str(result.checkpoint))}")
     if is_main:
         stdout().print(_quality_table(records, data.baseline))
@@ -191,17 +194,17 @@ def _train_progress(console: Console, name: str, spec) -> Iterator:
             raise typer.Exit(130) from None
 
 
-def _quality_table(records: list[dict], baseline: float | None) -> Table:
+def _quality_table(records: list, baseline: float | None) -> Table:
     table = Table(title="Quality (equal budget)", header_style="bold")
     for column in ("model", "variant", "task", "metric", "value", "params", "tokens", "steps",
                    "train time", "notes"):
         table.add_column(column, justify="right" if column in (
             "value", "params", "tokens", "steps", "train time") else "left")
     for r in records:
-        table.add_row(r["model"], r["variant"], r["task"], r["metric"], f"{r['value']:.4f}",
-                      f"{r['params']:,}", f"{r['tokens']:,}", str(r["steps"]),
-                      f"{r['train_seconds']:,.0f} s", escape("; ".join(r.get("notes", []))))
-    if baseline is not None and any(r["metric"] == "bits_per_byte" for r in records):
+        table.add_row(r.model, r.variant, r.task, r.metric, f"{r.value:.4f}",
+                      f"{r.params:,}", f"{r.tokens:,}", str(r.steps),
+                      f"{r.train_seconds:,.0f} s", escape("; ".join(r.notes)))
+    if baseline is not None and any(r.metric == "bits_per_byte" for r in records):
         table.add_row("unigram bytes", "", "lm", "bits_per_byte", f"{baseline:.4f}", "", "", "",
                       "", "byte frequencies of the training split (the bar to clear)")
     return table
@@ -209,6 +212,7 @@ def _quality_table(records: list[dict], baseline: float | None) -> Table:
 
 @app.command("eval")
 def eval_checkpoint(
+    ctx: typer.Context,
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder from `catalog train`.")],
     tasks: Annotated[str, typer.Option(
         help="Comma-separated local lm-eval tasks: zoo_heldout (bits per byte, perplexities of "
@@ -244,6 +248,7 @@ def eval_checkpoint(
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     device = resolve_device(device)
     with one_line_errors():
+        results.check_writable(results_path)
         scores, meta = runs.evaluate_with_lm_eval(
             checkpoint, names, corpus, limit, device=device, batch_size=batch_size,
             max_length=max_length)
@@ -259,12 +264,13 @@ def eval_checkpoint(
             table.add_row(task_name, metric, _number(value), f"{own:.4f}" if same else "",
                           f"{value / own:.4f}" if same else "")
             if isinstance(value, (int, float)):
-                results.append(results_path, results.record(
-                    kind="quality", model=meta.get("zoo"), variant=meta.get("variant"),
+                results.append(results_path, results.QualityRecord(
+                    model=meta.get("zoo"), variant=meta.get("variant"),
                     impl="lm-eval", mode="eval", seqlen=max_length or meta.get("seqlen"),
                     status="ok", task=task_name, metric=metric, value=value,
                     params=meta.get("params"), checkpoint=str(checkpoint),
                     corpus=corpus or meta.get("corpus"), limit=limit, **where,
+                    command=command_line(ctx),
                     time=datetime.now(timezone.utc).isoformat(timespec="seconds")))
     stdout().print(table)
     stdout().print(f"records appended to {escape(str(results_path))}")

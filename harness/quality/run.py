@@ -39,6 +39,7 @@ from harness.quality.train import Budget, History, TrainConfig, block_batches, t
 
 if TYPE_CHECKING:
     from harness.catalog import Catalog
+    from harness.results import QualityRecord
 
 TASKS = ("lm", "seq2seq", "mlm", "mqar")
 TOKENIZERS = ("bytes", "bpe")
@@ -353,19 +354,20 @@ def _scored_positions(model, inputs, targets, device) -> tuple[int, int, float]:
 
 @dataclass
 class RunResult:
-    record: dict[str, Any]
+    record: QualityRecord | None  # None in a process other than the main one
     history: History
     checkpoint: Path | None
 
 
 def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
             on_step: Callable[[History, float], None] | None = None,
-            is_main: bool = True, catalog: Catalog | None = None) -> RunResult:
+            is_main: bool = True, catalog: Catalog | None = None,
+            command: str | None = None) -> RunResult:
     """Train `model` on the prepared task from scratch (or `resume` from `out/state.pt`), test
     it, save the checkpoint into `out` and return the quality record (written by the caller).
     In a multi-process run only the main process (`is_main`) saves."""
     from harness.quality.checkpoint import save_checkpoint
-    from harness.results import record
+    from harness.results import QualityRecord
 
     spec = data.spec
     task = task_for(model, spec.task)
@@ -378,7 +380,7 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
     history = train(net, setup.batches, config, evaluate=setup.evaluate,
                     state_path=out / "state.pt", resume=resume, on_step=on_step)
     if not is_main:
-        return RunResult({}, history, None)
+        return RunResult(None, history, None)
     net.eval()
     with torch.no_grad():
         scores = setup.test(net)
@@ -400,8 +402,8 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
         meta["mqar"] = dataclasses.asdict(spec.mqar)
     checkpoint = save_checkpoint(out, model, net, _checkpoint_tokenizer(data, task), **meta)
     (out / "state.pt").unlink(missing_ok=True)  # finished: the optimizer state is not needed
-    rec = record(
-        kind="quality", model=model, variant=spec.variant, impl="zoo", mode="train",
+    rec = QualityRecord(
+        model=model, variant=spec.variant, impl="zoo", mode="train",
         seqlen=config.seqlen, batch=config.batch_size, dtype="float32", device=spec.device,
         threads=torch.get_num_threads(), status="ok", params=params, task=task,
         metric=setup.metric, value=scores[setup.metric], notes=notes,
@@ -413,11 +415,11 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
         seed=spec.seed, lr=config.lr, tokenizer=spec.tokenizer,
         vocab_size=net.config.vocab_size, corpus=data.corpus_name, scores=scores,
         final_train_loss=_mean_tail(history.losses), baseline=data.baseline if task in (
-            "lm", "seq2seq") else None, checkpoint=str(checkpoint),
+            "lm", "seq2seq") else None, checkpoint=str(checkpoint), command=command,
         **machine(spec.device))
     if task == "mqar":
-        rec["mqar"] = meta["mqar"]
-        rec["chance"] = 1 / spec.mqar.num_kv_pairs
+        rec.mqar = meta["mqar"]
+        rec.chance = 1 / spec.mqar.num_kv_pairs
     return RunResult(rec, history, checkpoint)
 
 
@@ -432,12 +434,14 @@ def _mean_tail(losses: list[float], n: int = 20) -> float | None:
 
 
 def machine(device: str) -> dict[str, Any]:
-    """Where a record was made: CPU, GPU, torch, package version and git revision."""
+    """Where a record was made: CPU, GPU, cores, memory, torch, package version and git
+    revision."""
     from harness.bench import machine_info
     from harness.sweep import provenance
 
     info = machine_info(device)
-    return {"cpu": info["cpu"], "gpu": info["gpu"], "torch": info["torch"], **provenance()}
+    return {"cpu": info["cpu"], "gpu": info["gpu"], "cores": info["cores"],
+            "ram_bytes": info["ram_bytes"], "torch": info["torch"], **provenance()}
 
 
 # ---------------------------------------------------------------------- folders, processes

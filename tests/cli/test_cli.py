@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import enum
 import io
 import json
 import os
@@ -10,12 +11,15 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import pytest
+import typer
 from conftest import valid_entry
 from typer.testing import CliRunner
 
 from harness.cli import app
+from harness.cli.common import command_line
 
 runner = CliRunner()
 
@@ -257,6 +261,8 @@ def test_validate_checks_variant_fields_against_the_zoo_config(write_catalog):
     (["bench", "rwkv", "--dtype", "float64"], ["unknown dtype 'float64'"]),
     (["bench", "mosaic-bert", "--against", "hf"], ["--against hf has no peer for mosaic-bert"]),
     (["bench"], ["name at least one model"]),
+    (["bench", "gpt", "--variant", "tiny", "--results", "/proc/x/r.jsonl"],
+     ["/proc/x/r.jsonl cannot be written"]),
 ])
 def test_bench_refuses_bad_requests_in_one_line(args, fragments):
     assert_one_line_error(run(*args), *fragments)
@@ -274,4 +280,39 @@ def test_bench_prints_a_table_and_accepts_catalog_ids(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     table = " ".join(result.stdout.replace("│", " ").split())
     assert "gpt zoo forward 48 ok" in table and "%" in table and "GiB" in table
-    assert json.loads(out.read_text())["model"] == "gpt"
+    rec = json.loads(out.read_text())
+    assert rec["model"] == "gpt"
+    assert rec["command"] == (f"catalog bench gpt-2 --variant tiny --seqlen 48 --results {out}")
+
+
+class DemoMode(str, enum.Enum):
+    forward = "forward"
+    generate = "generate"
+
+
+demo = typer.Typer()
+demo_commands: list[str] = []
+
+
+@demo.callback()
+def demo_top(ctx: typer.Context, folder: Annotated[str | None, typer.Option(
+        envvar="DEMO_FOLDER")] = None) -> None:
+    pass
+
+
+@demo.command("bench")
+def demo_bench(ctx: typer.Context, models: list[str],
+               mode: Annotated[list[DemoMode] | None, typer.Option()] = None,
+               seqlen: str = "1024", force: bool = False, warm: bool = True) -> None:
+    demo_commands.append(command_line(ctx))
+
+
+def test_the_command_line_is_rebuilt_from_what_was_given(monkeypatch):
+    """Records carry the command that made them: arguments, repeated options, enum values,
+    flags both ways and environment-set options, never the defaults."""
+    monkeypatch.setenv("DEMO_FOLDER", "my dir")
+    result = runner.invoke(demo, ["bench", "gpt", "rwkv", "--mode", "forward", "--mode",
+                                  "generate", "--force", "--no-warm"])
+    assert result.exit_code == 0, result.output
+    assert demo_commands == ["catalog --folder 'my dir' bench gpt rwkv --mode forward --mode "
+                             "generate --force --no-warm"]

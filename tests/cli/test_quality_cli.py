@@ -45,8 +45,10 @@ def test_train_writes_checkpoint_and_record(tmp_path, corpus):
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors",
                                                 "tokenizer.json"}
     [rec] = load([tmp_path / "quality.jsonl"]).records
-    assert rec["kind"] == "quality" and rec["model"] == "gpt" and rec["task"] == "lm"
-    assert rec["checkpoint"] == str(out) and rec["steps"] == 4
+    assert rec.kind == "quality" and rec.model == "gpt" and rec.task == "lm"
+    assert rec.checkpoint == str(out) and rec.steps == 4
+    assert rec.command.startswith("catalog train gpt --budget 1024-tokens")
+    assert f"--out {out}" in rec.command and "--variant tiny" in rec.command
     assert "bits_per_byte" in result.stdout and "unigram bytes" in result.stdout
     # a second run into the same folder must not overwrite it
     again = runner.invoke(app, ["train", "gpt", *quick(corpus, tmp_path), "--out", str(out)])
@@ -59,8 +61,8 @@ def test_quality_compares_models_on_one_table(tmp_path, corpus):
                                  "--out", str(tmp_path / "cmp")])
     assert result.exit_code == 0, result.output
     records = load([tmp_path / "quality.jsonl"]).records
-    assert [r["model"] for r in records] == ["gpt", "rwkv"]  # gpt-2 is the gpt zoo model
-    assert {r["tokens"] for r in records} == {1024} and {r["seed"] for r in records} == {0}
+    assert [r.model for r in records] == ["gpt", "rwkv"]  # gpt-2 is the gpt zoo model
+    assert {r.tokens for r in records} == {1024} and {r.seed for r in records} == {0}
     assert (tmp_path / "cmp" / "gpt" / "config.json").exists()
     assert (tmp_path / "cmp" / "rwkv" / "config.json").exists()
     for name in ("gpt", "rwkv", "unigram bytes"):
@@ -83,6 +85,13 @@ def test_errors_are_one_line(tmp_path, args, fragment):
     assert not (tmp_path / "q.jsonl").exists()
 
 
+def test_a_results_file_that_cannot_be_written_is_refused_before_training(tmp_path, corpus):
+    options = [*quick(corpus, tmp_path)][:-1] + ["/proc/x/r.jsonl"]
+    result = runner.invoke(app, ["train", "gpt", *options, "--out", str(tmp_path / "x")])
+    one_line_error(result, "/proc/x/r.jsonl cannot be written")
+    assert not (tmp_path / "x").exists()  # nothing was trained
+
+
 def test_resume_needs_an_interrupted_run(tmp_path, corpus):
     result = runner.invoke(app, ["train", "gpt", *quick(corpus, tmp_path), "--resume",
                                  "--out", str(tmp_path / "none")])
@@ -98,10 +107,10 @@ def test_eval_agrees_with_the_harness(tmp_path, corpus):
     result = runner.invoke(app, ["eval", str(out), "--tasks", "zoo_heldout", "--device", "cpu",
                                  "--results", str(tmp_path / "eval.jsonl")])
     assert result.exit_code == 0, result.output
-    records = {r["metric"]: r for r in load([tmp_path / "eval.jsonl"]).records}
+    records = {r.metric: r for r in load([tmp_path / "eval.jsonl"]).records}
     own = json.loads((out / "config.json").read_text())["scores"]["bits_per_byte"]
-    assert records["bits_per_byte"]["impl"] == "lm-eval"
-    assert records["bits_per_byte"]["value"] == pytest.approx(own, rel=0.01)
+    assert records["bits_per_byte"].impl == "lm-eval"
+    assert records["bits_per_byte"].value == pytest.approx(own, rel=0.01)
 
 
 def test_eval_errors(tmp_path):
@@ -122,7 +131,7 @@ def test_two_processes_train_data_parallel(tmp_path, corpus):
         capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     one, two = load([tmp_path / "quality.jsonl"]).records
-    assert two["checkpoint"] == str(tmp_path / "two")
-    assert (two["steps"], two["tokens"]) == (one["steps"], one["tokens"]) == (4, 1024)
+    assert two.checkpoint == str(tmp_path / "two")
+    assert (two.steps, two.tokens) == (one.steps, one.tokens) == (4, 1024)
     # same data, same init; only the dropout masks differ between the two runs
-    assert two["value"] == pytest.approx(one["value"], rel=0.02)
+    assert two.value == pytest.approx(one.value, rel=0.02)

@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from harness.report import ReportError, build_report
-from harness.results import record
+from harness.results import parse
+
+
+def record(**values) -> dict:
+    """A record as the store holds it, checked against its kind's schema."""
+    return parse(values).to_dict()
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CPU, OTHER_CPU = "AMD EPYC 7B13", "Intel(R) Xeon(R) Platinum 8375C"

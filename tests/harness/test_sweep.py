@@ -51,18 +51,18 @@ def test_parse_bytes():
 def test_a_sweep_writes_one_complete_record_per_cell(tmp_path, peak_cache):
     plan = tiny(tmp_path, modes=["forward", "generate"])
     records = list(sweeps.run(plan, peak_cache))
-    assert [(r["mode"], r["seqlen"]) for r in records] == [
+    assert [(r.mode, r.seqlen) for r in records] == [
         ("forward", 32), ("forward", 64), ("generate", 32), ("generate", 64)]
     for r in records:
-        assert set(FIELDS) <= set(r) and r["kind"] == "bench" and r["status"] == "ok", r
-        assert r["tokens_per_s"] > 0 and r["ms_median"] > 0 and r["ms_iqr"] >= 0
-        assert r["peak_mem_bytes"] >= r["act_mem_bytes"] >= 0
-        assert r["flops_per_token"] > 0 and r["mfu"] == pytest.approx(
-            r["flops_per_token"] * r["tokens_per_s"] / 1e11)
-        assert r["params"] > 0 and r["threads"] >= 1 and r["cpu"] and r["torch"]
-        assert r["peak_flops"] == 1e11 and r["impl"] == "zoo" and r["time"]
+        assert set(FIELDS) <= set(r.to_dict()) and r.kind == "bench" and r.status == "ok", r
+        assert r.tokens_per_s > 0 and r.ms_median > 0 and r.ms_iqr >= 0
+        assert r.peak_mem_bytes >= r.act_mem_bytes >= 0
+        assert r.flops_per_token > 0 and r.mfu == pytest.approx(
+            r.flops_per_token * r.tokens_per_s / 1e11)
+        assert r.params > 0 and r.threads >= 1 and r.cpu and r.torch
+        assert r.peak_flops == 1e11 and r.impl == "zoo" and r.time
     on_disk = results.load([plan.results]).records
-    assert [r["seqlen"] for r in on_disk] == [32, 64, 32, 64]
+    assert [r.seqlen for r in on_disk] == [32, 64, 32, 64]
 
 
 def test_a_rerun_skips_measured_cells_unless_forced(tmp_path, peak_cache):
@@ -71,11 +71,11 @@ def test_a_rerun_skips_measured_cells_unless_forced(tmp_path, peak_cache):
     with open(plan.results, "a") as f:
         f.write("not json\n")  # a damaged line does not stop the resume
     again = list(sweeps.run(plan, peak_cache))
-    assert all(r.get("resumed") for r in again)
-    assert [r["tokens_per_s"] for r in again] == [r["tokens_per_s"] for r in first]
+    assert all(r.resumed for r in again)
+    assert [r.tokens_per_s for r in again] == [r.tokens_per_s for r in first]
     assert len(plan.results.read_text().splitlines()) == 3
     plan.force = True
-    assert not any(r.get("resumed") for r in sweeps.run(plan, peak_cache))
+    assert not any(r.resumed for r in sweeps.run(plan, peak_cache))
     assert len(results.load([plan.results]).records) == 4
 
 
@@ -87,19 +87,19 @@ def test_a_rerun_skips_measured_cells_unless_forced(tmp_path, peak_cache):
 def test_failures_are_recorded_and_skip_longer_lengths(tmp_path, peak_cache, fields, status):
     plan = tiny(tmp_path, models=["gpt", "rwkv"], seqlens=[32, 64, 128], **fields)
     records = list(sweeps.run(plan, peak_cache))
-    assert [(r["model"], r["status"]) for r in records] == [
+    assert [(r.model, r.status) for r in records] == [
         ("gpt", status), ("gpt", "skipped"), ("gpt", "skipped"),
         ("rwkv", status), ("rwkv", "skipped"), ("rwkv", "skipped")]
-    assert records[0]["error"] and records[0]["tokens_per_s"] is None
-    assert records[1]["notes"] == [f"skipped: {status} at seqlen 32"]
+    assert records[0].error and records[0].tokens_per_s is None
+    assert records[1].notes == [f"skipped: {status} at seqlen 32"]
     assert len(results.load([plan.results]).records) == 6
 
 
 def test_a_longer_position_table_is_noted(tmp_path, peak_cache):
     plan = tiny(tmp_path, models=["bert"], seqlens=[2048])
     (rec,) = sweeps.run(plan, peak_cache)
-    assert rec["status"] == "ok"
-    assert any("position table extended" in note for note in rec["notes"])
+    assert rec.status == "ok"
+    assert any("position table extended" in note for note in rec.notes)
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -140,17 +140,17 @@ def test_interrupting_a_sweep_keeps_a_valid_file(tmp_path, peak_cache):
 def test_peers_are_measured_side_by_side_with_a_ratio(tmp_path, peak_cache):
     plan = tiny(tmp_path, models=["gpt", "rwkv"], seqlens=[40], against=["hf", "rwkv-pip"])
     records = list(sweeps.run(plan, peak_cache))
-    assert [(r["model"], r["impl"], r["status"]) for r in records] == [
+    assert [(r.model, r.impl, r.status) for r in records] == [
         ("gpt", "zoo", "ok"), ("gpt", "hf", "ok"),
         ("rwkv", "zoo", "ok"), ("rwkv", "hf", "ok"), ("rwkv", "rwkv-pip", "ok")]
-    ratios = sweeps.ratios(records)
-    assert set(ratios) == {("gpt", "forward", 40, "hf"), ("rwkv", "forward", 40, "hf"),
-                           ("rwkv", "forward", 40, "rwkv-pip")}
+    ratios = results.ratios(results.frame(records))
+    assert sorted(zip(ratios.model, ratios.peer, strict=True)) == [
+        ("gpt", "hf"), ("rwkv", "hf"), ("rwkv", "rwkv-pip")]
     zoo_gpt, hf_gpt = records[0], records[1]
-    assert ratios[("gpt", "forward", 40, "hf")]["tokens_per_s"] == pytest.approx(
-        zoo_gpt["tokens_per_s"] / hf_gpt["tokens_per_s"])
-    assert hf_gpt["params"] == zoo_gpt["params"]  # the peer runs the same weights
-    assert hf_gpt["flops_per_token"] == zoo_gpt["flops_per_token"]
+    assert ratios.tokens_per_s_ratio[0] == pytest.approx(
+        zoo_gpt.tokens_per_s / hf_gpt.tokens_per_s)
+    assert hf_gpt.params == zoo_gpt.params  # the peer runs the same weights
+    assert hf_gpt.flops_per_token == zoo_gpt.flops_per_token
 
 
 def test_modes_a_model_cannot_run_are_left_out_of_a_mixed_sweep(tmp_path):
@@ -172,9 +172,9 @@ def test_the_matmul_peak_is_the_best_of_torch_mm_and_the_zoo_route(monkeypatch):
     calls = {"mm": 0, "linear": 0}
     real_mm, real_linear = torch.mm, zoo.layers.linear
 
-    def slow_mm(a, b):  # torch.mm made to run at most 2 * 2048^3 / 0.5 s = 34 GFLOP/s
+    def slow_mm(a, b):  # torch.mm made to run at most 2 * 2048^3 / 1 s = 17 GFLOP/s
         calls["mm"] += 1
-        time.sleep(0.5)
+        time.sleep(1.0)
         return real_mm(a, b)
 
     def counted_linear(a, b):
@@ -185,7 +185,8 @@ def test_the_matmul_peak_is_the_best_of_torch_mm_and_the_zoo_route(monkeypatch):
     monkeypatch.setattr(zoo.layers, "linear", counted_linear)
     peak = measure_matmul_peak("cpu", "float32", seconds=0.4)
     assert calls["mm"] >= 2 and calls["linear"] >= 2
-    assert peak > 2 * (2 * 2048**3 / 0.5)  # set by the zoo route, not by the slowed torch.mm
+    # Set by the zoo route, not by the slowed torch.mm (with room for a busy machine).
+    assert peak > 2 * (2 * 2048**3 / 1.0)
 
 
 def test_the_peak_cache_key_names_the_method():
@@ -204,11 +205,11 @@ def test_compile_adds_a_compiled_cell_beside_each_eager_one(tmp_path):
 def test_a_compiled_cell_runs_and_says_so(tmp_path, peak_cache):
     plan = tiny(tmp_path, seqlens=[32], compile=True, warmup=0)
     eager, compiled = list(sweeps.run(plan, peak_cache))
-    assert compiled["impl"] == "zoo-compiled" and compiled["status"] == "ok", compiled
-    assert compiled["tokens_per_s"] > 0
+    assert compiled.impl == "zoo-compiled" and compiled.status == "ok", compiled
+    assert compiled.tokens_per_s > 0
     assert any(n.startswith("torch.compile (inductor), compiled during 2 warm-up runs")
-               for n in compiled["notes"])
-    assert (("gpt", "forward", 32, "zoo-compiled") in sweeps.ratios([eager, compiled]))
+               for n in compiled.notes)
+    assert list(results.ratios(results.frame([eager, compiled])).peer) == ["zoo-compiled"]
 
 
 def test_ours_and_the_peers_alternate_length_by_length(tmp_path):

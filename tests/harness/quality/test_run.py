@@ -33,30 +33,30 @@ def test_every_model_trains_and_records(tmp_path, model, task, metric):
     data = run.prepare(spec(tmp_path, task))
     result = run.run_one(model, data, tmp_path / "out")
     rec = result.record
-    assert set(FIELDS) <= set(rec)
-    assert rec["kind"] == "quality" and rec["model"] == model and rec["metric"] == metric
-    assert rec["steps"] == 4 and rec["tokens"] == 4 * 4 * 64
-    assert math.isfinite(rec["value"]) and rec["params"] > 0
-    assert rec["value"] == rec["scores"][metric]
+    assert set(FIELDS) <= set(rec.to_dict())
+    assert rec.kind == "quality" and rec.model == model and rec.metric == metric
+    assert rec.steps == 4 and rec.tokens == 4 * 4 * 64
+    assert math.isfinite(rec.value) and rec.params > 0
+    assert rec.value == rec.scores[metric]
     assert len(result.history.evals) == 2  # at steps 2 and 4
     if metric == "bits_per_byte":
-        assert 0 < rec["value"] < 12 and rec["baseline"] == pytest.approx(data.baseline)
+        assert 0 < rec.value < 12 and rec.baseline == pytest.approx(data.baseline)
     else:
-        assert 0 <= rec["value"] <= 1
+        assert 0 <= rec.value <= 1
     # the checkpoint loads back to the same model
     model_back, tok, meta = load_checkpoint(tmp_path / "out")
-    assert meta["seqlen"] == 64 and meta["task"] == rec["task"]
-    assert model_back.num_params() == rec["params"]
+    assert meta["seqlen"] == 64 and meta["task"] == rec.task
+    assert model_back.num_params() == rec.params
     assert not (tmp_path / "out" / "state.pt").exists()
 
 
 def test_encoder_decoder_runs_lm_as_seq2seq(tmp_path):
     rec = run.run_one("transformer", run.prepare(spec(tmp_path)), tmp_path / "o").record
-    assert rec["task"] == "seq2seq" and any("encoder reads 32" in n for n in rec["notes"])
+    assert rec.task == "seq2seq" and any("encoder reads 32" in n for n in rec.notes)
 
 
 def test_masking_recipes(tmp_path):
-    notes = {m: run.run_one(m, run.prepare(spec(tmp_path, "mlm")), tmp_path / m).record["notes"]
+    notes = {m: run.run_one(m, run.prepare(spec(tmp_path, "mlm")), tmp_path / m).record.notes
              for m in ("bert", "mosaic-bert")}
     assert "15% masking, static" in notes["bert"][0]
     assert "30% masking, dynamic" in notes["mosaic-bert"][0]
@@ -68,12 +68,12 @@ def test_mqar_run(tmp_path):
     mqar = MQARConfig(vocab_size=128, seqlen=32, num_kv_pairs=4, num_train=256, num_test=64)
     data = run.prepare(spec(tmp_path, "mqar", mqar=mqar, seqlen=None))
     rec = run.run_one("gpt", data, tmp_path / "m").record
-    assert rec["task"] == "mqar" and rec["metric"] == "accuracy" and rec["seqlen"] == 32
-    assert rec["chance"] == 0.25 and rec["mqar"]["num_kv_pairs"] == 4
-    assert rec["vocab_size"] == 128 and 0 <= rec["value"] <= 1
+    assert rec.task == "mqar" and rec.metric == "accuracy" and rec.seqlen == 32
+    assert rec.chance == 0.25 and rec.mqar["num_kv_pairs"] == 4
+    assert rec.vocab_size == 128 and 0 <= rec.value <= 1
     # GPT's dropout (0.1 in the catalog's variants) is off for the recall task, and said so
     assert load_checkpoint(tmp_path / "m")[0].config.dropout == 0.0
-    assert "dropout set to 0 for the recall task" in rec["notes"]
+    assert "dropout set to 0 for the recall task" in rec.notes
     lm_model = run.build_model("gpt", "lm", run.prepare(spec(tmp_path)))
     assert lm_model.config.dropout == 0.1  # the language-modelling task keeps it
 
@@ -88,18 +88,18 @@ def test_same_seed_same_numbers(tmp_path):
     values = []
     for i in range(2):
         data = run.prepare(spec(tmp_path))
-        values.append(run.run_one("gpt", data, tmp_path / f"r{i}").record["scores"])
+        values.append(run.run_one("gpt", data, tmp_path / f"r{i}").record.scores)
     assert values[0] == values[1]
     other = run.run_one("gpt", run.prepare(spec(tmp_path, seed=1)), tmp_path / "s").record
-    assert other["scores"] != values[0]
+    assert other.scores != values[0]
 
 
 def test_bpe_tokenizer_gives_comparable_bits_per_byte(tmp_path):
     data = run.prepare(spec(tmp_path, tokenizer="bpe", bpe_vocab=300))
     assert data.tokenizer.vocab_size <= 300
     rec = run.run_one("gpt", data, tmp_path / "b").record
-    assert rec["tokenizer"] == "bpe" and rec["vocab_size"] == data.tokenizer.vocab_size
-    assert 0 < rec["value"] < 12
+    assert rec.tokenizer == "bpe" and rec.vocab_size == data.tokenizer.vocab_size
+    assert 0 < rec.value < 12
 
 
 @pytest.mark.parametrize("model, task, message", [
@@ -159,5 +159,5 @@ def test_resume_matches_uninterrupted(tmp_path):
         run.run_one("gpt", data, tmp_path / "cut", on_step=stop_after_save)
     assert (tmp_path / "cut" / "state.pt").exists()
     resumed = run.run_one("gpt", data, tmp_path / "cut", resume=True).record
-    assert resumed["scores"] == full["scores"] and resumed["steps"] == full["steps"]
+    assert resumed.scores == full.scores and resumed.steps == full.steps
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["steps"] == 4
