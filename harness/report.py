@@ -28,6 +28,7 @@ from harness.catalog import Entry
 from harness.document import Doc, slug
 from harness.plots import COLOR_BY, save_figure, timeline_figure
 from harness.results import records_of
+from harness.tables import DEFAULT_RESULTS, default_results
 
 __all__ = ["COLOR_BY", "Report", "ReportError", "build_report", "default_results", "save_figure",
            "timeline_figure"]
@@ -38,14 +39,8 @@ class ReportError(ValueError):
     """A report that cannot be made as asked (nothing to report, a missing results file)."""
 
 
-DEFAULT_RESULTS = Path("reports/results")
 COMPARABLE = ("cpu", "gpu", "device", "dtype")  # records differing in these are never compared
 DPI = 110
-
-
-def default_results(folder: Path | str = DEFAULT_RESULTS) -> list[Path]:
-    """Every results file of the store: `reports/results/*.jsonl`."""
-    return sorted(Path(folder).glob("*.jsonl"))
 
 
 def _none(value: Any) -> Any:
