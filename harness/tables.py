@@ -325,16 +325,14 @@ def build(paths: Sequence[Path | str], options: Options) -> Table:
         raise TableError("--ratios pairs benchmark cells; drop --kind quality")
     df, warnings = load(paths, all_runs=options.all_runs)
     read = len(df)
-    if options.ratios:
-        # Filters then apply to the pairs: --where peer=hf, --query "tokens_per_s_ratio < 1".
-        df, default = results.ratios(df), "ratios"
-    else:
-        df = of_kind(df, options.kind)
-        kinds = set(df["kind"].dropna())
-        default = kinds.pop() if len(kinds) == 1 else "mixed"
+    # With --ratios the filters apply to the pairs: --where peer=hf, --query "... < 1".
+    df = results.ratios(df) if options.ratios else of_kind(df, options.kind)
     df = where(df, options.where)
     if options.query:
         df = query(df, options.query)
+    # The default columns suit the rows that are left: bench cells alone need no quality field.
+    kinds = set() if options.ratios else set(df["kind"].dropna())
+    default = "ratios" if options.ratios else kinds.pop() if len(kinds) == 1 else "mixed"
     if options.pivot:
         df = pivot(df, Pivot.parse(options.pivot), options.agg)
     else:
