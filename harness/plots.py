@@ -1,10 +1,11 @@
 """Figures: benchmark curves against sequence length, quality bar charts, the catalog's timeline.
 
-Every function takes records of one comparable group (one machine, device and dtype: see
-`harness.report`) and returns a `matplotlib.figure.Figure` (Agg, no pyplot state). A line is one
-series of like cells: the same model, variant, implementation, batch and threads. Our
-implementation is drawn solid and a peer's (Hugging Face, the rwkv package) dashed in the same
-colour; a cell that failed or was skipped is an `x` on the bottom edge of its panel.
+The benchmark and quality figures take a DataFrame of records (`harness.results.frame`) of one
+comparable group (one machine, device and dtype: see `harness.report`) and return a
+`matplotlib.figure.Figure` (Agg, no pyplot state). A line is one series of like cells: the same
+model, variant, implementation, batch and threads. Our implementation is drawn solid and a
+peer's (Hugging Face, the rwkv package) dashed in the same colour; a cell that failed or was
+skipped is an `x` on the bottom edge of its panel.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from harness.catalog import Entry, format_count
+from harness.results import records_of
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MODES = ("forward", "train", "generate")
 MODE_TITLES = {
@@ -45,26 +50,27 @@ class Curve:
     scale: float = 1.0  # value shown = record value * scale
 
 
-def series_key(rec: dict[str, Any]) -> tuple:
-    return tuple(rec.get(name) for name in SERIES_FIELDS)
+def series_labels(cells: pd.DataFrame) -> pd.Series:
+    """Each row's series name: "gpt", "gpt (hf)", plus the variant, batch or threads where
+    they differ between the series of `cells`."""
+    import pandas as pd
+
+    varying = [name for name in ("variant", "batch", "threads")
+               if cells[name].nunique(dropna=False) > 1]
+    prefixes = {"variant": "", "batch": "batch ", "threads": "threads "}
+
+    def label(row: dict) -> str:
+        extras = [prefixes[name] + str(row[name]) for name in varying]
+        if row["impl"] not in (None, "zoo"):
+            extras.insert(0, row["impl"])
+        return str(row["model"]) + (f" ({', '.join(extras)})" if extras else "")
+
+    labels = [label(row) for row in records_of(cells[list(SERIES_FIELDS)])]
+    return pd.Series(labels, index=cells.index, dtype=object)
 
 
-def series_labels(records: Sequence[dict[str, Any]]) -> dict[tuple, str]:
-    """"gpt", "gpt (hf)", plus the variant, batch or threads where they differ between series."""
-    keys = sorted({series_key(r) for r in records}, key=lambda k: tuple(map(str, k)))
-    varying = [i for i in (1, 3, 4) if len({k[i] for k in keys}) > 1]
-    labels = {}
-    for k in keys:
-        extras = [("" if i == 1 else "batch " if i == 3 else "threads ") + str(k[i])
-                  for i in varying]
-        if k[2] not in (None, "zoo"):
-            extras.insert(0, k[2])
-        labels[k] = k[0] + (f" ({', '.join(extras)})" if extras else "")
-    return labels
-
-
-def model_colors(records: Sequence[dict[str, Any]]) -> dict[str, str]:
-    models = sorted({str(r.get("model")) for r in records})
+def model_colors(cells: pd.DataFrame) -> dict[str, str]:
+    models = sorted(cells["model"].astype(str).unique())
     return {m: f"C{i % 10}" for i, m in enumerate(models)}
 
 
@@ -77,43 +83,42 @@ def _number(value: float, _pos=None) -> str:
     return f"{value:,.0f}" if value >= 1 else f"{value:g}"
 
 
-def curves_figure(records: Sequence[dict[str, Any]], rows: Sequence[Curve], title: str
-                  ) -> Figure:
+def curves_figure(cells: pd.DataFrame, rows: Sequence[Curve], title: str) -> Figure:
     """One panel per mode present (columns) and per quantity in `rows`: the quantity against
     sequence length, one line per series. The x axis is logarithmic (base 2); a y axis is
     logarithmic where its values span a decade or more."""
-    modes = [m for m in MODES if any(r.get("mode") == m for r in records)]
-    modes += sorted({str(r.get("mode")) for r in records} - set(modes))
+    present = set(cells["mode"].dropna().astype(str))
+    modes = [m for m in MODES if m in present] + sorted(present - set(MODES))
     if not modes:
         raise ValueError("no benchmark records to plot")
-    labels, colors = series_labels(records), model_colors(records)
+    colors = model_colors(cells)
+    # Only cells with a length can sit on a length axis.
+    cells = cells[cells["seqlen"].notna()].assign(series=series_labels(cells))
+    ok = (cells["status"] == "ok").fillna(False).astype(bool)
     fig = Figure(figsize=(5.2 * len(modes) + 1.5, 3.9 * len(rows) + 0.6), layout="constrained")
     axes = fig.subplots(len(rows), len(modes), squeeze=False)
     failed_seen = False
     for row, curve in enumerate(rows):
         for col, mode in enumerate(modes):
             ax = axes[row][col]
-            cells = [r for r in records if r.get("mode") == mode]
+            in_mode = (cells["mode"] == mode).fillna(False).astype(bool)
             plotted: list[float] = []
-            seqlens = sorted({r["seqlen"] for r in cells if isinstance(r.get("seqlen"), int)})
-            for key in sorted({series_key(r) for r in cells}, key=lambda k: labels[k]):
-                line = sorted((r for r in cells if series_key(r) == key and r.get("seqlen")),
-                              key=lambda r: r["seqlen"])
-                ok = [r for r in line if r.get("status") == "ok" and r.get(curve.field)
-                      is not None]
-                style = PEER_STYLES.get(key[2], ":")
-                color = colors[str(key[0])]
-                if ok:
-                    ys = [r[curve.field] * curve.scale for r in ok]
+            seqlens = sorted(cells.loc[in_mode, "seqlen"].unique())
+            for label, line in cells[in_mode].sort_values("seqlen").groupby("series"):
+                model = str(line["model"].iloc[0])
+                style = PEER_STYLES.get(line["impl"].iloc[0], ":")
+                good = line[ok[line.index] & line[curve.field].notna()]
+                if len(good):
+                    ys = [float(v) * curve.scale for v in good[curve.field]]
                     plotted += ys
-                    ax.plot([r["seqlen"] for r in ok], ys, linestyle=style, marker="o",
-                            markersize=4, color=color, label=labels[key])
-                bad = [r["seqlen"] for r in line if r.get("status") != "ok"]
+                    ax.plot(list(good["seqlen"]), ys, linestyle=style, marker="o",
+                            markersize=4, color=colors[model], label=label)
+                bad = list(line.loc[~ok[line.index], "seqlen"])
                 if bad:
                     failed_seen = True
                     ax.plot(bad, [0.0] * len(bad), linestyle="", marker="x", markersize=9,
-                            markeredgewidth=2, color=color, transform=ax.get_xaxis_transform(),
-                            clip_on=False, zorder=5)
+                            markeredgewidth=2, color=colors[model],
+                            transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
             ax.set_xscale("log", base=2)
             if seqlens:
                 ax.set_xticks(seqlens)
@@ -175,30 +180,32 @@ QUALITY_LABELS = {
 }
 
 
-def quality_figure(records: Sequence[dict[str, Any]], title: str, *,
+def quality_figure(scores: pd.DataFrame, title: str, *,
                    baseline: float | None = None, chance: float | None = None) -> Figure:
-    """A bar per record (one trained model) with its score on top and its parameter count under
-    its name; the unigram byte baseline (bits per byte) or chance (accuracy) as a dashed line."""
-    if not records:
+    """A bar per row of `scores` (one trained model) with its score on top and its parameter
+    count under its name; the unigram byte baseline (bits per byte) or chance (accuracy) as a
+    dashed line."""
+    if scores.empty:
         raise ValueError("no quality records to plot")
-    metric = records[0].get("metric")
-    colors = model_colors(records)
-    seeds = {r.get("seed") for r in records}
+    records = records_of(scores)
+    metric = records[0]["metric"]
+    colors = model_colors(scores)
+    several_seeds = scores["seed"].nunique(dropna=False) > 1
     fig = Figure(figsize=(max(5.5, 1.3 * len(records) + 2.5), 4.6), layout="constrained")
     ax = fig.add_subplot()
     names = []
     for i, r in enumerate(records):
-        ax.bar(i, r["value"], color=colors[str(r.get("model"))], edgecolor="black",
+        ax.bar(i, r["value"], color=colors[str(r["model"])], edgecolor="black",
                linewidth=0.5, width=0.65)
         ax.annotate(f"{r['value']:.4g}", (i, r["value"]), xytext=(0, 3),
                     textcoords="offset points", ha="center", fontsize=8)
-        params = f"{r['params']:,} params" if isinstance(r.get("params"), int) else ""
-        seed = f", seed {r.get('seed')}" if len(seeds) > 1 else ""
-        names.append(f"{r.get('model')} ({r.get('variant')}{seed})\n{params}")
+        params = f"{r['params']:,} params" if isinstance(r["params"], int) else ""
+        seed = f", seed {r['seed']}" if several_seeds else ""
+        names.append(f"{r['model']} ({r['variant']}{seed})\n{params}")
     ax.set_xticks(range(len(records)), names, fontsize=8)
     ax.set_xlabel("model (variant) and parameters")
     ax.set_ylabel(QUALITY_LABELS.get(metric, str(metric)))
-    top = max(r["value"] for r in records)
+    top = float(scores["value"].max())
     if baseline is not None:
         ax.axhline(baseline, color="black", linestyle="--", linewidth=1,
                    label=f"unigram byte baseline: {baseline:.3f} bits/byte")

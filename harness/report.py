@@ -1,9 +1,10 @@
 """Reports generated from the results store (and the catalog's timeline figure).
 
-`build_report` reads JSON Lines results (`harness.results`), groups them by machine, device and
-dtype (only like is compared with like), and writes `index.md`, a self-contained `index.html`
-(the PNG plots embedded as data URIs) and the PNG plots from `harness.plots`. The document is
-built once as a list of blocks and rendered twice, to Markdown and to HTML.
+`build_report` reads JSON Lines results into a DataFrame (`harness.results.load_frame`), splits it
+by machine, device and dtype (only like is compared with like), and writes `index.md`, a
+self-contained `index.html` (the PNG plots embedded as data URIs) and the PNG plots from
+`harness.plots`. Every section, table, ratio and plot is computed from that frame. The document
+is built once as a list of blocks and rendered twice, to Markdown and to HTML.
 """
 
 from __future__ import annotations
@@ -14,16 +15,20 @@ import re
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from matplotlib.figure import Figure
 
+from harness import results
 from harness.catalog import Entry
 from harness.document import Doc, slug
 from harness.plots import COLOR_BY, save_figure, timeline_figure
+from harness.results import records_of
+from harness.tables import DEFAULT_RESULTS, default_results
 
 __all__ = ["COLOR_BY", "Report", "ReportError", "build_report", "default_results", "save_figure",
            "timeline_figure"]
@@ -34,16 +39,18 @@ class ReportError(ValueError):
     """A report that cannot be made as asked (nothing to report, a missing results file)."""
 
 
-DEFAULT_RESULTS = Path("reports/results")
 COMPARABLE = ("cpu", "gpu", "device", "dtype")  # records differing in these are never compared
-QUALITY_KEY = ("kind", "model", "variant", "impl", "task", "metric", "budget", "seed", "seqlen",
-               "batch", "corpus", "tokenizer", "checkpoint", "limit", *COMPARABLE)
 DPI = 110
 
 
-def default_results(folder: Path | str = DEFAULT_RESULTS) -> list[Path]:
-    """Every results file of the store: `reports/results/*.jsonl`."""
-    return sorted(Path(folder).glob("*.jsonl"))
+def _none(value: Any) -> Any:
+    """A cell's value, with pandas' missing values as None."""
+    return None if not isinstance(value, (list, dict)) and pd.isna(value) else value
+
+
+def _is(column: pd.Series, value: str) -> pd.Series:
+    """A row mask: `column` equals `value` (a missing value is not equal)."""
+    return column.eq(value).fillna(False).astype(bool)
 
 
 @dataclass
@@ -51,8 +58,7 @@ class Section:
     """The records of one machine, device and dtype: compared with each other only."""
 
     key: tuple
-    bench: list[dict[str, Any]] = field(default_factory=list)
-    quality: list[dict[str, Any]] = field(default_factory=list)
+    rows: pd.DataFrame
 
     @property
     def title(self) -> str:
@@ -61,8 +67,17 @@ class Section:
         return f"{machine} · {device} · {dtype}"
 
     @property
-    def records(self) -> list[dict[str, Any]]:
-        return self.bench + self.quality
+    def bench(self) -> pd.DataFrame:
+        return self.rows[_is(self.rows["kind"], "bench")]
+
+    @property
+    def quality(self) -> pd.DataFrame:
+        return self.rows[_is(self.rows["kind"], "quality")]
+
+    @property
+    def records(self) -> pd.DataFrame:
+        """Benchmark cells first, then quality scores, each in the order read."""
+        return pd.concat([self.bench, self.quality])
 
 
 @dataclass
@@ -79,53 +94,45 @@ class Report:
 
 
 def load_results(paths: Sequence[Path | str], models: Sequence[str] | None = None
-                 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """The report's records (the latest of repeated measurements of a cell) and warnings.
-    Each record gets `_source`, the file it came from."""
-    from harness.results import BENCH_KEY, load
-
+                 ) -> tuple[pd.DataFrame, list[str]]:
+    """The report's records as a DataFrame (the latest of repeated measurements of a cell; a
+    `source` column names each record's file) and warnings. Records a report cannot place (a
+    benchmark cell with no mode or length, a quality record with no value) are left out with a
+    warning."""
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
         raise ReportError(f"no results file {', '.join(missing)}")
-    records, warnings = [], []
-    for path in paths:
-        loaded = load([path])
-        warnings += loaded.warnings
-        for rec in (r.to_dict() for r in loaded.records):
-            kind = rec.get("kind")
-            if kind not in ("bench", "quality") or not rec.get("model"):
-                warnings.append(f"{path}: skipped a record of kind {kind!r} (model "
-                                f"{rec.get('model')!r}); expected bench or quality")
-            elif kind == "quality" and not isinstance(rec.get("value"), (int, float)):
-                warnings.append(f"{path}: skipped a quality record of {rec['model']} with no value")
-            elif kind == "bench" and not (isinstance(rec.get("seqlen"), int) and rec.get("mode")):
-                warnings.append(f"{path}: skipped a bench record of {rec['model']} with no mode "
-                                "or sequence length")
-            else:
-                records.append({**rec, "_source": str(path)})
+    df, warnings = results.load_frame(paths, all_runs=True)
+    if df.empty:
+        return df, warnings
+    bench, quality = _is(df["kind"], "bench"), _is(df["kind"], "quality")
+    no_model = df["model"].fillna("").eq("")
+    no_value = quality & df["value"].isna()
+    no_cell = bench & (df["seqlen"].isna() | df["mode"].fillna("").eq(""))
+    for r in records_of(df[no_model]):
+        warnings.append(f"{r['source']}: skipped a {r['kind']} record with no model")
+    for r in records_of(df[~no_model & no_value]):
+        warnings.append(f"{r['source']}: skipped a quality record of {r['model']} with no value")
+    for r in records_of(df[~no_model & no_cell]):
+        warnings.append(f"{r['source']}: skipped a bench record of {r['model']} with no mode "
+                        "or sequence length")
+    df = df[~(no_model | no_value | no_cell)]
     if models:
-        present = {r["model"] for r in records}
+        present = set(df["model"])
         warnings += [f"--models: no record of {m!r}" for m in models if m not in present]
-        records = [r for r in records if r["model"] in models]
-    latest: dict[tuple, dict[str, Any]] = {}
-    for rec in records:  # later records (by time, then by order read) replace earlier ones
-        k = tuple(rec.get(n) for n in (BENCH_KEY if rec["kind"] == "bench" else QUALITY_KEY))
-        if k not in latest or str(rec.get("time") or "") >= str(latest[k].get("time") or ""):
-            latest[k] = rec
-    if len(latest) < len(records):
-        warnings.append(f"{len(records) - len(latest)} earlier measurement(s) of the same cell "
+        df = df[df["model"].isin(list(models))]
+    kept = results.latest(df) if len(df) else df
+    if len(kept) < len(df):
+        warnings.append(f"{len(df) - len(kept)} earlier measurement(s) of the same cell "
                         "were replaced by the latest one")
-    return list(latest.values()), warnings
+    return kept, warnings
 
 
-def sections_of(records: Sequence[dict[str, Any]]) -> list[Section]:
+def sections_of(df: pd.DataFrame) -> list[Section]:
     """Records grouped by machine (cpu, gpu), device and dtype, the largest group first."""
-    groups: dict[tuple, Section] = {}
-    for rec in records:
-        k = tuple(rec.get(name) for name in COMPARABLE)
-        section = groups.setdefault(k, Section(k))
-        (section.bench if rec["kind"] == "bench" else section.quality).append(rec)
-    return sorted(groups.values(), key=lambda s: (-len(s.records), tuple(map(str, s.key))))
+    sections = [Section(tuple(_none(v) for v in key), rows)
+                for key, rows in df.groupby(list(COMPARABLE), dropna=False, sort=False)]
+    return sorted(sections, key=lambda s: (-len(s.rows), tuple(map(str, s.key))))
 
 
 def build_report(paths: Sequence[Path | str], out: Path | str, *,
@@ -135,23 +142,23 @@ def build_report(paths: Sequence[Path | str], out: Path | str, *,
     """Read the results files and write `out/index.md`, a self-contained `out/index.html` and
     the PNG plots next to them. Nothing is written when there is nothing to report (a
     ReportError says why); each file is replaced atomically and other files in `out` are kept.
-    `entries` (the catalog) adds its timeline; `commands` are written verbatim as the commands
-    that made the results."""
+    `entries` (the catalog) adds its timeline; `commands` are written verbatim, before the
+    commands the records carry, as commands that made the results."""
     if not paths:
         raise ReportError(f"no results to report: {DEFAULT_RESULTS} holds no .jsonl file; run "
                           "`catalog bench` or `catalog quality` first, or pass --results")
-    records, warnings = load_results(paths, models)
-    if not records:
+    df, warnings = load_results(paths, models)
+    if df.empty:
         which = f" for {', '.join(models)}" if models else ""
         raise ReportError(f"no results to report{which} in {', '.join(map(str, paths))}; run "
                           "`catalog bench` or `catalog quality` first")
     now = now or datetime.now(timezone.utc)
-    sections = sections_of(records)
+    sections = sections_of(df)
     doc, figures = Doc(), {}
     doc.heading(1, title or "Transformer family: speed, memory and quality")
-    bench = [r for r in records if r["kind"] == "bench"]
-    quality = [r for r in records if r["kind"] == "quality"]
-    failed = sum(r.get("status") != "ok" for r in bench)
+    bench = df[_is(df["kind"], "bench")]
+    quality = df[_is(df["kind"], "quality")]
+    failed = int((~_is(bench["status"], "ok")).sum())
     doc.para(f"Generated {now:%Y-%m-%d %H:%M} UTC from {len(bench)} benchmark cell(s)"
              f"{f' ({failed} failed or skipped)' if failed else ''} and {len(quality)} quality "
              f"score(s) in {', '.join(str(p) for p in paths)}. Results from different machines, "
@@ -164,9 +171,9 @@ def build_report(paths: Sequence[Path | str], out: Path | str, *,
     for i, (section, name) in enumerate(zip(sections, names, strict=True), start=1):
         doc.heading(2, f"{i}. {section.title}")
         _machine(doc, section)
-        if section.bench:
+        if len(section.bench):
             _bench(doc, figures, section, name)
-        if section.quality:
+        if len(section.quality):
             _quality(doc, figures, section, name)
         _flags(doc, section)
         _commands(doc, section, commands)
@@ -176,7 +183,7 @@ def build_report(paths: Sequence[Path | str], out: Path | str, *,
         except ValueError as exc:
             warnings.append(f"timeline left out: {exc}")
         else:
-            ours = sorted({r["model"] for r in records})
+            ours = sorted(df["model"].unique())
             doc.heading(2, "The family's timeline")
             doc.para("Date of first publication against the largest published size; the models "
                      f"the zoo runs are stars (this report measured: {', '.join(ours)}).")
@@ -203,16 +210,17 @@ def _file_names(sections: Sequence[Section]) -> list[str]:
     return stems
 
 
-def _values(records: Sequence[dict[str, Any]], name: str, fmt=str) -> str:
-    values = sorted({fmt(r[name]) for r in records if r.get(name) is not None})
+def _values(df: pd.DataFrame, name: str, fmt=str) -> str:
+    """The distinct values of a column, formatted and sorted, as one line."""
+    values = sorted(df[name].dropna().map(fmt).unique())
     return ", ".join(values) or "not recorded"
 
 
 def _machine(doc: Doc, section: Section) -> None:
     records = section.records
-    times = sorted(str(r["time"]) for r in records if r.get("time"))
-    threads = [f"{_values(rs, 'threads')} ({what})" for what, rs in
-               (("benchmarks", section.bench), ("quality runs", section.quality)) if rs]
+    times = records["time"].dropna()
+    threads = [f"{_values(rows, 'threads')} ({what})" for what, rows in
+               (("benchmarks", section.bench), ("quality runs", section.quality)) if len(rows)]
     rows = [
         ("CPU", section.key[0] or "not recorded"), ("GPU", section.key[1] or "none"),
         ("device", section.key[2] or "not recorded"), ("dtype", section.key[3] or "not recorded"),
@@ -222,31 +230,39 @@ def _machine(doc: Doc, section: Section) -> None:
          _values(section.bench, "peak_flops", lambda f: f"{f / 1e9:,.1f} GFLOP/s")),
         ("torch", _values(records, "torch")), ("transformer-catalog", _values(records, "version")),
         ("git revision", _values(records, "git")),
-        ("measured", f"{times[0]} to {times[-1]}" if times else "not recorded"),
-        ("results files", _values(records, "_source")),
+        ("measured", f"{times.min()} to {times.max()}" if len(times) else "not recorded"),
+        ("results files", _values(records, "source")),
     ]
     doc.heading(3, "Machine and provenance")
     doc.table(["", "value"], [list(r) for r in rows])
-
-
-def _status(rec: dict[str, Any]) -> str:
-    return rec.get("status") or "unknown"
 
 
 def _mib(value: float | None) -> str:
     return f"{value / 2**20:,.1f}" if value is not None else ""
 
 
+def _in_mode_order(mode: pd.Series) -> pd.Series:
+    """A sort key: forward, train, generate, then any other mode."""
+    from harness.plots import MODES
+
+    return mode.map({m: i for i, m in enumerate(MODES)}).fillna(len(MODES))
+
+
+def _bench_order(cells: pd.DataFrame) -> pd.DataFrame:
+    """Cells by model and variant, ours before the peers, then mode, batch, threads, length."""
+    keys = cells.assign(_peer=~_is(cells["impl"], "zoo"), _mode=_in_mode_order(cells["mode"]))
+    order = keys.sort_values(["model", "variant", "_peer", "impl", "_mode", "batch", "threads",
+                              "seqlen"], kind="stable", na_position="first").index
+    return cells.loc[order]
+
+
 def _bench(doc: Doc, figures: dict[str, Figure], section: Section, stem: str) -> None:
     from harness import plots
 
-    cells = sorted(section.bench, key=lambda r: (
-        r["model"], str(r.get("variant")), r.get("impl") != "zoo", str(r.get("impl")),
-        plots.MODES.index(r["mode"]) if r.get("mode") in plots.MODES else 9,
-        r.get("batch") or 0, r.get("threads") or 0, r.get("seqlen") or 0))
-    models = ", ".join(sorted({r["model"] for r in cells}))
-    ok = [r for r in cells if _status(r) == "ok"]
-    peak = max((r.get("peak_mem_bytes") or 0 for r in ok), default=0)
+    cells = _bench_order(section.bench)
+    models = ", ".join(sorted(cells["model"].unique()))
+    ok = cells[_is(cells["status"], "ok")]
+    peak = ok["peak_mem_bytes"].max() if ok["peak_mem_bytes"].notna().any() else 0
     unit, scale = ("GiB", 2**-30) if peak >= 4 * 2**30 else ("MiB", 2**-20)
     where = f"{models} on {section.title}"
     plots_to_draw = [
@@ -268,14 +284,15 @@ def _bench(doc: Doc, figures: dict[str, Figure], section: Section, stem: str) ->
          "for the dtype."),
     ]
     for name, heading, rows, fig_title, caption in plots_to_draw:
-        if not any(r.get(row.field) is not None for r in ok for row in rows) and ok:
+        # A quantity no successful cell measured gets no figure (all failed: draw the failures).
+        if len(ok) and not ok[[row.field for row in rows]].notna().any(axis=None):
             continue
         file = f"{stem}-{name}.png"
         figures[file] = plots.curves_figure(cells, rows, fig_title)
         doc.heading(3, heading)
         doc.image(file, fig_title)
         doc.para(caption)
-    ratios = _ratios(cells)
+    ratios = _ratio_rows(cells)
     if ratios:
         doc.heading(3, "Ours against peer implementations")
         doc.para("The same weights measured in our implementation and a peer's, cell by cell; "
@@ -286,44 +303,38 @@ def _bench(doc: Doc, figures: dict[str, Figure], section: Section, stem: str) ->
                   ratios, right=range(3, 9))
     doc.heading(3, "Benchmark cells")
     rows = []
-    for r in cells:
-        good = _status(r) == "ok"
-        notes = [*(r.get("notes") or []), *([r["error"]] if r.get("error") else [])]
-        rows.append([r["model"], str(r.get("variant")), str(r.get("impl")), str(r.get("mode")),
-                     str(r.get("seqlen")), str(r.get("batch")), str(r.get("threads")), _status(r),
-                     f"{r['tokens_per_s']:,.0f}" if good and r.get("tokens_per_s") else "",
+    for r in records_of(cells):
+        good = r["status"] == "ok"
+        notes = [*(r["notes"] or []), *([r["error"]] if r["error"] else [])]
+        rows.append([r["model"], str(r["variant"]), str(r["impl"]), str(r["mode"]),
+                     str(r["seqlen"]), str(r["batch"]), str(r["threads"]), r["status"],
+                     f"{r['tokens_per_s']:,.0f}" if good and r["tokens_per_s"] else "",
                      f"{r['ms_median']:,.2f} ± {r['ms_iqr']:,.2f}" if good and
-                     r.get("ms_median") is not None and r.get("ms_iqr") is not None else "",
-                     _mib(r.get("peak_mem_bytes")), _mib(r.get("act_mem_bytes")) if good else "",
-                     f"{100 * r['mfu']:.1f}%" if good and r.get("mfu") is not None else "",
-                     f"{r['params']:,}" if isinstance(r.get("params"), int) else "",
-                     "; ".join(notes)])
+                     r["ms_median"] is not None and r["ms_iqr"] is not None else "",
+                     _mib(r["peak_mem_bytes"]), _mib(r["act_mem_bytes"]) if good else "",
+                     f"{100 * r['mfu']:.1f}%" if good and r["mfu"] is not None else "",
+                     f"{r['params']:,}" if isinstance(r["params"], int) else "",
+                     "; ".join(map(str, notes))])
     doc.table(["model", "variant", "impl", "mode", "seqlen", "batch", "threads", "status",
                "tokens/s", "ms (median ± IQR)", "peak MiB", "above weights MiB", "MFU",
                "params", "notes"], rows, right=[4, 5, 6, 8, 9, 10, 11, 12, 13])
 
 
-def _ratios(cells: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """ours/peer per cell measured ok by both (same model, variant, mode, length, batch,
-    threads)."""
-    def like(r):
-        return (r["model"], r.get("variant"), r.get("mode"), r.get("seqlen"), r.get("batch"),
-                r.get("threads"))
-
-    ok = [r for r in cells if _status(r) == "ok" and r.get("tokens_per_s")]
-    ours = {like(r): r for r in ok if r.get("impl") == "zoo"}
-    rows = []
-    for r in ok:
-        mine = ours.get(like(r))
-        if r.get("impl") == "zoo" or mine is None:
-            continue
-        memory = (f"{mine['peak_mem_bytes'] / r['peak_mem_bytes']:.2f}"
-                  if mine.get("peak_mem_bytes") and r.get("peak_mem_bytes") else "")
-        rows.append([r["model"], str(r.get("variant")), str(r.get("mode")), str(r.get("seqlen")),
-                     str(r.get("impl")), f"{mine['tokens_per_s']:,.0f}",
-                     f"{r['tokens_per_s']:,.0f}",
-                     f"{mine['tokens_per_s'] / r['tokens_per_s']:.2f}x", memory])
-    return rows
+def _ratio_rows(cells: pd.DataFrame) -> list[list[str]]:
+    """ours/peer for each cell measured ok by both (`results.ratios`), in the order of the
+    peers' cells in the benchmark table."""
+    pairs = results.ratios(cells)
+    pairs = pairs[pairs["peer_tokens_per_s"].gt(0).fillna(False).astype(bool)]
+    pairs = pairs.assign(_mode=_in_mode_order(pairs["mode"])).sort_values(
+        ["model", "variant", "peer", "_mode", "batch", "threads", "seqlen"], kind="stable",
+        na_position="first")
+    return [[p["model"], str(p["variant"]), str(p["mode"]), str(p["seqlen"]), str(p["peer"]),
+             f"{p['ours_tokens_per_s']:,.0f}", f"{p['peer_tokens_per_s']:,.0f}",
+             f"{p['tokens_per_s_ratio']:.2f}x",
+             # No ratio where a side has no peak (or a zero one).
+             f"{p['peak_mem_ratio']:.2f}" if p["peak_mem_ratio"] not in (None, 0.0, float("inf"))
+             else ""]
+            for p in records_of(pairs)]
 
 
 QUALITY_GROUP = ("impl", "task", "metric", "budget", "corpus", "tokenizer", "seqlen", "batch")
@@ -331,168 +342,115 @@ METRIC_NAMES = {"bits_per_byte": "bits per byte", "mlm_accuracy": "masked-token 
                 "accuracy": "accuracy"}
 
 
+def _only_value(column: pd.Series) -> float | None:
+    """The one value a column holds (None when it holds none, or several)."""
+    values = column.dropna().unique()
+    return float(values[0]) if len(values) == 1 else None
+
+
 def _quality(doc: Doc, figures: dict[str, Figure], section: Section, stem: str) -> None:
     from harness import plots
 
-    trained = [r for r in section.quality if r.get("impl") != "lm-eval"]
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in sorted(trained, key=lambda r: (str(r.get("task")), r["model"], str(r.get("seed")))):
-        groups.setdefault(tuple(r.get(name) for name in QUALITY_GROUP), []).append(r)
-    if trained:
+    scores = section.quality
+    is_eval = _is(scores["impl"], "lm-eval")
+    trained = scores[~is_eval].sort_values(["task", "model", "seed"], kind="stable",
+                                           na_position="first")
+    if len(trained):
         doc.heading(3, "Quality at an equal budget")
         doc.para("Each model trained from scratch with the same budget, tokenizer, seed, "
                  "examples and data order, then scored on the held-out test split.")
     per_task: Counter = Counter()
-    for k, rs in groups.items():
-        _, task, metric, budget, corpus, tokenizer, seqlen, batch = k
-        baselines = {r.get("baseline") for r in rs} - {None}
-        chances = {r.get("chance") for r in rs} - {None}
-        baseline = baselines.pop() if len(baselines) == 1 else None
-        chance = chances.pop() if len(chances) == 1 else None
-        where = (f"corpus {Path(str(corpus)).name}, {tokenizer} tokenizer" if corpus
+    # One table and chart per comparison: the runs that share a task, metric, budget and data.
+    for _, rows in trained.groupby(list(QUALITY_GROUP), dropna=False, sort=False):
+        first = records_of(rows.head(1))[0]
+        task, metric, budget, corpus = (first[k] for k in ("task", "metric", "budget", "corpus"))
+        baseline, chance = _only_value(rows["baseline"]), _only_value(rows["chance"])
+        where = (f"corpus {Path(str(corpus)).name}, {first['tokenizer']} tokenizer" if corpus
                  else "synthetic data")
-        heading = (f"{task}: {METRIC_NAMES.get(metric, metric)}, budget {budget}, {where}, "
-                   f"seqlen {seqlen}, batch {batch}")
-        doc.heading(4, heading)
-        rows = [[r["model"], str(r.get("variant")), f"{r['value']:.4f}",
-                 f"{r['params']:,}" if isinstance(r.get("params"), int) else "",
-                 str(r.get("budget")), f"{r['tokens']:,}" if isinstance(r.get("tokens"), int)
-                 else "", str(r.get("steps", "")),
-                 f"{r['train_seconds']:,.0f} s" if r.get("train_seconds") is not None else "",
-                 str(r.get("seed")), str(r.get("lr")), "; ".join(r.get("notes") or [])]
-                for r in rs]
+        doc.heading(4, f"{task}: {METRIC_NAMES.get(metric, metric)}, budget {budget}, {where}, "
+                       f"seqlen {first['seqlen']}, batch {first['batch']}")
+        table = [[r["model"], str(r["variant"]), f"{r['value']:.4f}",
+                  f"{r['params']:,}" if isinstance(r["params"], int) else "",
+                  str(r["budget"]), f"{r['tokens']:,}" if isinstance(r["tokens"], int) else "",
+                  str(r["steps"]),
+                  f"{r['train_seconds']:,.0f} s" if r["train_seconds"] is not None else "",
+                  str(r["seed"]), str(r["lr"]), "; ".join(r["notes"] or [])]
+                 for r in records_of(rows)]
         if baseline is not None:
-            rows.append(["unigram byte baseline", "", f"{baseline:.4f}", "", "", "", "", "", "",
-                         "", "byte frequencies of the training split: the bar to clear"])
+            table.append(["unigram byte baseline", "", f"{baseline:.4f}", "", "", "", "", "", "",
+                          "", "byte frequencies of the training split: the bar to clear"])
         if chance is not None:
-            rows.append(["chance", "", f"{chance:.4f}", "", "", "", "", "", "", "", ""])
+            table.append(["chance", "", f"{chance:.4f}", "", "", "", "", "", "", "", ""])
         doc.table(["model", "variant", metric, "params", "budget", "tokens", "steps",
-                   "train time", "seed", "lr", "notes"], rows, right=[2, 3, 5, 6, 7, 8, 9])
+                   "train time", "seed", "lr", "notes"], table, right=[2, 3, 5, 6, 7, 8, 9])
         file = f"{stem}-quality-{re.sub(r'[^a-z0-9]+', '-', str(task).lower())}"
         per_task[file] += 1
         file += f"-{per_task[file]}.png" if per_task[file] > 1 else ".png"
         fig_title = f"{task}: {METRIC_NAMES.get(metric, metric)} at a budget of {budget}"
-        figures[file] = plots.quality_figure(rs, f"{fig_title}\n({where}, seqlen {seqlen})",
-                                             baseline=baseline, chance=chance)
+        figures[file] = plots.quality_figure(
+            rows, f"{fig_title}\n({where}, seqlen {first['seqlen']})", baseline=baseline,
+            chance=chance)
         doc.image(file, fig_title)
-    evals = sorted((r for r in section.quality if r.get("impl") == "lm-eval"),
-                   key=lambda r: (r["model"], str(r.get("checkpoint")), str(r.get("task")),
-                                  str(r.get("metric"))))
-    if evals:
+    evals = scores[is_eval].sort_values(["model", "checkpoint", "task", "metric"],
+                                        kind="stable", na_position="first")
+    if len(evals):
         doc.heading(3, "lm-evaluation-harness")
         doc.para("Trained checkpoints scored by lm-evaluation-harness through this package's "
                  "`zoo` model adapter, on local tasks built from the checkpoint's held-out text.")
         doc.table(["model", "variant", "task", "metric", "value", "params", "max length",
                    "limit", "checkpoint"],
-                  [[r["model"], str(r.get("variant")), str(r.get("task")), str(r.get("metric")),
+                  [[r["model"], str(r["variant"]), str(r["task"]), str(r["metric"]),
                     f"{r['value']:.4f}" if abs(r["value"]) < 1e5 else f"{r['value']:.3e}",
-                    f"{r['params']:,}" if isinstance(r.get("params"), int) else "",
-                    str(r.get("seqlen") or ""), str(r.get("limit") or "all"),
-                    str(r.get("checkpoint"))] for r in evals], right=[4, 5, 6])
+                    f"{r['params']:,}" if isinstance(r["params"], int) else "",
+                    str(r["seqlen"] or ""), str(r["limit"] or "all"), str(r["checkpoint"])]
+                   for r in records_of(evals)], right=[4, 5, 6])
 
 
 def _cell(r: dict[str, Any]) -> str:
+    """A record named in a line of text: gpt zoo forward 1024, rwkv lm."""
     if r["kind"] == "bench":
-        return f"{r['model']} {r.get('impl')} {r.get('mode')} {r.get('seqlen')}"
-    return f"{r['model']} {r.get('task')} {r.get('metric') if r.get('impl') == 'lm-eval' else ''}"
+        return f"{r['model']} {r['impl']} {r['mode']} {r['seqlen']}"
+    return f"{r['model']} {r['task']} {r['metric'] if r['impl'] == 'lm-eval' else ''}".strip()
 
 
 def _flags(doc: Doc, section: Section) -> None:
-    notes: dict[str, list[str]] = {}
-    for r in section.records:
-        for note in r.get("notes") or []:
-            notes.setdefault(note, []).append(_cell(r).strip())
-    bad = [r for r in section.bench if _status(r) != "ok"]
+    records = section.records
+    named = records.assign(cell=[_cell(r) for r in records_of(records)])
+    # Each note with the cells that carry it, notes in the order first met.
+    by_note = (named[["notes", "cell"]].explode("notes").dropna(subset=["notes"])
+               .groupby("notes", sort=False)["cell"].agg(list))
+    bad = named[_is(named["kind"], "bench") & ~_is(named["status"], "ok")]
     doc.heading(3, "Flags")
-    if not notes and not bad:
+    if by_note.empty and bad.empty:
         doc.para("No flags: every cell ran to completion and no number carries a note.")
         return
     doc.bullets([f"{note} (on {len(cells)} cell(s): {', '.join(cells)})"
-                 for note, cells in notes.items()]
-                + [f"{_cell(r)}: {_status(r)}" + (f" ({r['error']})" if r.get("error") else "")
-                   for r in bad])
+                 for note, cells in by_note.items()]
+                + [f"{r['cell']}: {r['status']}" + (f" ({r['error']})" if r["error"] else "")
+                   for r in records_of(bad)])
 
 
 def _commands(doc: Doc, section: Section, commands: Sequence[str]) -> None:
-    given = [*commands, *sorted({str(r["command"]) for r in section.records
-                                 if r.get("command")})]
+    """The commands given with the report, then those the records carry (in the order they
+    were first run); records made before records carried their command are counted."""
+    records = section.records
+    carried = records[records["command"].notna()].sort_values("time", kind="stable",
+                                                               na_position="last")
+    lines = list(dict.fromkeys([*commands, *carried["command"].astype(str)]))
     doc.heading(3, "Commands")
-    if given:
+    if lines:
         doc.para("The commands that made these results:")
-        doc.code(given)
-    made = _bench_commands(section.bench) + _quality_commands(section.quality)
-    if made:
-        doc.para("Equivalent commands, reconstructed from the records (cells are appended to "
-                 "the results file; a rerun measures only what is missing):")
-        doc.code(made)
-
-
-def _bench_commands(records: Sequence[dict[str, Any]]) -> list[str]:
-    """One `catalog bench` per set of models run with the same options, lengths and modes."""
-    runs: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
-    for r in records:
-        options = tuple(r.get(k) for k in ("variant", "batch", "device", "dtype", "threads",
-                                           "warmup", "max_memory", "timeout_s", "_source"))
-        runs.setdefault(options, {}).setdefault(r["model"], []).append(r)
-    out = []
-    for (variant, batch, device, dtype, threads, warmup, max_memory, timeout, source
-         ), by_model in runs.items():
-        alike: dict[tuple, list[str]] = {}  # (lengths, modes, peers) -> models
-        for model, rs in sorted(by_model.items()):
-            alike.setdefault((tuple(sorted({r["seqlen"] for r in rs})),
-                              tuple(m for m in ("forward", "train", "generate")
-                                    if any(r["mode"] == m for r in rs)),
-                              tuple(sorted({str(r["impl"]) for r in rs} - {"zoo"}))),
-                             []).append(model)
-        rs = [r for rs in by_model.values() for r in rs]
-        repeats = {r.get("repeat") for r in rs if r.get("mode") != "generate"} - {None}
-        tokens = {r.get("repeat") for r in rs if r.get("mode") == "generate"} - {None}
-        options = [f"--batch {batch}", f"--device {device}", f"--dtype {dtype}",
-                   f"--threads {threads}",
-                   *([f"--warmup {warmup}"] if warmup is not None else []),
-                   *([f"--repeat {repeats.pop()}"] if len(repeats) == 1 else []),
-                   *([f"--new-tokens {tokens.pop()}"] if len(tokens) == 1 else []),
-                   *([f"--max-memory {max_memory / 2**30:g}G"] if max_memory else []),
-                   *([f"--timeout {timeout:g}"] if timeout else []), f"--results {source}"]
-        for (lengths, modes, peers), models in alike.items():
-            out.append(" ".join(["catalog bench", *models, f"--variant {variant}",
-                                 "--seqlen " + ",".join(map(str, lengths)),
-                                 *(f"--mode {m}" for m in modes),
-                                 *(f"--against {p}" for p in peers), *options]))
-    return out
-
-
-def _quality_commands(records: Sequence[dict[str, Any]]) -> list[str]:
-    runs: dict[tuple, list[dict[str, Any]]] = {}
-    for r in records:
-        if r.get("impl") == "lm-eval":
-            continue
-        runs.setdefault(tuple(str(r.get(k)) for k in (
-            "task", "variant", "budget_tokens", "budget_seconds", "seed", "seqlen", "batch", "lr",
-            "tokenizer", "vocab_size", "corpus", "device", "mqar", "_source")), []).append(r)
-    out = []
-    for rs in runs.values():
-        r = rs[0]
-        task = "lm" if r.get("task") == "seq2seq" else r.get("task")
-        budget = (f"{r['budget_tokens']}-tokens" if r.get("budget_tokens")
-                  else f"{r['budget_seconds']:g}s" if r.get("budget_seconds") else r.get("budget"))
-        mqar = r.get("mqar") or {}
-        parts = ["catalog quality", *sorted({x["model"] for x in rs}), f"--task {task}",
-                 f"--variant {r.get('variant')}", f"--budget {budget}", f"--seed {r.get('seed')}",
-                 *([] if task == "mqar" else [f"--seqlen {r.get('seqlen')}"]),
-                 f"--batch-size {r.get('batch')}",
-                 f"--lr {r.get('lr')}", f"--device {r.get('device')}"]
-        if task == "mqar":
-            parts += [f"--mqar-seqlen {mqar.get('seqlen')}",
-                      f"--mqar-kv-pairs {mqar.get('num_kv_pairs')}",
-                      f"--mqar-vocab {mqar.get('vocab_size')}"]
-        else:
-            parts += [f"--tokenizer {r.get('tokenizer')}", f"--corpus {r.get('corpus')}"]
-            if r.get("tokenizer") == "bpe":
-                mask = r.get("task") == "mlm" and isinstance(r.get("vocab_size"), int)
-                parts.append(f"--bpe-vocab {r.get('vocab_size') - mask}")
-        out.append(" ".join(parts + [f"--results {r['_source']}"]))
-    return out
+        doc.code(lines)
+    unrecorded = records[records["command"].isna()]
+    if len(unrecorded):
+        counts = unrecorded["kind"].value_counts()
+        what = " and ".join(f"{counts[kind]} {name}" for kind, name in
+                            (("bench", "benchmark cell(s)"), ("quality", "quality score(s)"))
+                            if kind in counts)
+        files = ", ".join(sorted(unrecorded["source"].unique()))
+        doc.para(f"The command was not recorded for {what} in {files}: they were written "
+                 "before records carried the command that made them"
+                 + ("." if commands else "; `catalog report --command` can list it here."))
 
 
 METHOD = (

@@ -12,7 +12,7 @@ import importlib
 from harness.cli.common import app
 
 # Importing a module registers its commands; `catalog --help` lists them in this order.
-for _module in ("catalog_commands", "bench", "quality", "report"):
+for _module in ("catalog_commands", "bench", "quality", "report", "results"):
     importlib.import_module(f"harness.cli.{_module}")
 
 __all__ = ["app", "main"]

@@ -37,7 +37,8 @@ def report(
         show_default=False)] = None,
     command: Annotated[list[str] | None, typer.Option(
         "--command", metavar="TEXT", help="A command that made the results, written verbatim "
-        "into the report; repeat for several.", show_default=False)] = None,
+        "into the report before the commands the records carry (older records carry none); "
+        "repeat for several.", show_default=False)] = None,
     title: Annotated[str | None, typer.Option(metavar="TEXT", help="The report's title.",
                                               show_default=False)] = None,
 ) -> None:

@@ -31,7 +31,8 @@ def one_line_error(result, fragment: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], lines
 
 
-def results_file(path: Path, models=("gpt", "rwkv"), **machine) -> Path:
+def results_file(path: Path, models=("gpt", "rwkv"), command: str | None = None,
+                 **machine) -> Path:
     rows = []
     for model in models:
         for seqlen in (128, 256):
@@ -41,7 +42,7 @@ def results_file(path: Path, models=("gpt", "rwkv"), **machine) -> Path:
                 ms_median=1.0, ms_iqr=0.1, peak_mem_bytes=2**28, act_mem_bytes=2**20 * seqlen,
                 mfu=0.1, params=200_000, time="2026-11-20T10:00:00+00:00",
                 notes=["position table extended"] if seqlen == 256 else [],
-                **{**MACHINE, **machine}))
+                command=command, **{**MACHINE, **machine}))
         rows.append(record(
             kind="quality", model=model, variant="tiny", impl="zoo", mode="train", seqlen=64,
             batch=4, status="ok", task="lm", metric="bits_per_byte", value=5.4321,
@@ -72,6 +73,17 @@ def test_report_writes_the_files_and_summarises(tmp_path):
     assert "position table extended (on 2 cell(s)" in md
     html = (out / "index.html").read_text()
     assert html.count("data:image/png;base64,") == 5 and "<table>" in html
+
+
+def test_the_commands_records_carry_are_listed_without_command(tmp_path):
+    made_by = "catalog bench gpt rwkv --variant tiny --seqlen 128,256"
+    results = results_file(tmp_path / "r.jsonl", command=made_by)
+    result = run("report", "--results", str(results), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    commands = (tmp_path / "out" / "index.md").read_text().split("### Commands")[1]
+    assert f"```bash\n{made_by}\n```" in commands  # once, though four cells carry it
+    # the quality scores were written without one
+    assert f"The command was not recorded for 2 quality score(s) in {results}" in commands
 
 
 def test_models_takes_catalog_ids_and_lists(tmp_path):

@@ -64,9 +64,18 @@ def quality(model: str, task: str, metric: str, value: float, **fields) -> dict:
     return record(**values)
 
 
+SWEEP = "catalog bench gpt rwkv --seqlen 512..8192 --mode forward --mode generate"
+PEERS = "catalog bench gpt --seqlen 512,1024,4096 --against hf"
+
+
 def sweep() -> list[dict]:
     """gpt (with a Hugging Face peer) and rwkv, forward and generate, 512..8192; gpt forward
-    runs out of memory at 8192 (skipped after), its longest lengths carry a flag."""
+    runs out of memory at 8192 (skipped after), its longest lengths carry a flag. Each record
+    carries the command that made it."""
+    return [{**r, "command": PEERS if r["impl"] == "hf" else SWEEP} for r in _sweep()]
+
+
+def _sweep() -> list[dict]:
     out = []
     for model in ("gpt", "rwkv"):
         for mode in ("forward", "generate"):
@@ -87,7 +96,18 @@ def sweep() -> list[dict]:
     return out
 
 
+LM = "catalog quality gpt rwkv --task lm --budget 500K-tokens"
+EVAL = "catalog eval runs/gpt"
+
+
 def scores() -> list[dict]:
+    """Quality scores of three tasks and an lm-eval score; all but MQAR's carry a command."""
+    commands = {"lm": LM, "mlm": "catalog quality bert --task mlm --budget 500K-tokens",
+                "zoo_heldout": EVAL}
+    return [{**r, "command": commands.get(r["task"])} for r in _scores()]
+
+
+def _scores() -> list[dict]:
     return [
         quality("gpt", "lm", "bits_per_byte", 2.3456),
         quality("rwkv", "lm", "bits_per_byte", 2.1234, params=28_871_680),
@@ -174,16 +194,31 @@ def test_flags_and_failed_cells_are_carried(full):
     assert "| gpt | small | zoo | forward | 8192 | 1 | 2 | oom |" in md
 
 
-def test_reconstructed_commands(full):
+def test_commands_are_those_given_then_those_the_records_carry(full):
     md = (full[1] / "index.md").read_text()
-    # one command per set of models with the same lengths, modes and peers
-    assert ("catalog bench gpt --variant small --seqlen 512,1024,2048,4096,8192 --mode forward "
-            "--mode generate --against hf --batch 1 --device cpu --dtype float32 --threads 2 "
-            "--warmup 1 --repeat 3 --new-tokens 3") in md
-    assert "catalog bench rwkv --variant small --seqlen 512,1024,2048,4096,8192 --mode " in md
-    assert "--max-memory 8G" in md
-    assert "catalog quality gpt rwkv --task lm --variant small --budget 500000-tokens" in md
-    assert "catalog quality gpt rwkv --task mqar" in md and "--mqar-kv-pairs 4" in md
+    [block] = re.findall(r"### Commands\n\n(.*?)\n\n(?=##)", md, re.S)
+    listed = block.split("```bash\n")[1].split("\n```")[0].splitlines()
+    # given first, then each recorded command once, earliest first (the lm-eval score has no
+    # time: last)
+    assert listed == ["catalog bench gpt rwkv --seqlen 512..8192", SWEEP, PEERS, LM,
+                      "catalog quality bert --task mlm --budget 500K-tokens", EVAL]
+    assert "The command was not recorded for 2 quality score(s) in " in block  # MQAR's
+    assert "--variant small --seqlen 512,1024" not in md  # nothing rebuilt from the fields
+
+
+def test_records_without_a_command_say_so(tmp_path):
+    old = [{**r, "command": None} for r in sweep()]
+    path = write(tmp_path / "b.jsonl", old)
+    build_report([path], tmp_path / "out")
+    md = (tmp_path / "out" / "index.md").read_text()
+    commands = md.split("### Commands")[1].split("##")[0]
+    assert "```" not in commands
+    assert (f"The command was not recorded for 23 benchmark cell(s) in {path}: they were "
+            "written before records carried the command that made them; `catalog report "
+            "--command` can list it here.") in commands
+    build_report([path], tmp_path / "given", commands=["catalog bench gpt rwkv"])
+    md = (tmp_path / "given" / "index.md").read_text()
+    assert "```bash\ncatalog bench gpt rwkv\n```" in md and "can list it here" not in md
 
 
 def test_figures_have_titles_labels_legends_and_log_scales(full):
