@@ -124,26 +124,30 @@ def _quality(ctx, models, task, budget, variant, seed, corpus, tokenizer, bpe_vo
 
     from harness import results
     from harness.quality import run as runs
+    from harness.quality.data import prepare
+    from harness.quality.distributed import init_distributed
+    from harness.quality.model import check_model
+    from harness.quality.spec import RunSpec
     from harness.quality.tasks import MQARConfig
     from harness.quality.train import parse_budget
 
     catalog = load_catalog_for(ctx, warn=False)
     with one_line_errors():
         names = zoo_names(catalog, models, False)
-        device, rank = runs.init_distributed(resolve_device(device), os.environ)
+        device, rank = init_distributed(resolve_device(device), os.environ)
         mqar_seqlen, mqar_pairs, mqar_vocab = mqar_args
-        spec = runs.RunSpec(
+        spec = RunSpec(
             task=task, budget=parse_budget(budget), variant=variant, seed=seed, corpus=corpus,
             tokenizer=tokenizer, bpe_vocab=bpe_vocab, seqlen=seqlen, batch_size=batch_size,
             lr=lr, eval_every=eval_every, device=device,
             mqar=MQARConfig(vocab_size=mqar_vocab, seqlen=mqar_seqlen, num_kv_pairs=mqar_pairs))
-        tasks_needed = {runs.check_model(name, spec, catalog) for name in names}
+        tasks_needed = {check_model(name, spec, catalog) for name in names}
         folders = {name: runs.run_folder(out, name, spec, several=compare) for name in names}
         for folder in folders.values():
             runs.check_folder(folder, resume=resume, force=force)
         if rank == 0:
             results.check_writable(results_path)
-        data = runs.prepare(spec, tasks_needed)
+        data = prepare(spec, tasks_needed)
     is_main = rank == 0
     console = stderr() if is_main else Console(stderr=True, quiet=True)
     records = []
@@ -243,17 +247,18 @@ def eval_checkpoint(
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # rich prints; not tqdm
     os.environ.setdefault("TQDM_DISABLE", "1")
     from harness import results
-    from harness.quality import run as runs
+    from harness.quality.evaluate import evaluate_with_lm_eval
+    from harness.quality.machine import machine
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     device = resolve_device(device)
     with one_line_errors():
         results.check_writable(results_path)
-        scores, meta = runs.evaluate_with_lm_eval(
+        scores, meta = evaluate_with_lm_eval(
             checkpoint, names, corpus, limit, device=device, batch_size=batch_size,
             max_length=max_length)
     where = {"device": device, "dtype": "float32", "threads": torch_threads(),
-             **runs.machine(device)}
+             **machine(device)}
     own = (meta.get("scores") or {}).get("bits_per_byte")
     table = Table(title=f"lm-eval: {escape(str(checkpoint))}", header_style="bold")
     for column in ("task", "metric", "lm-eval", "harness", "lm-eval / harness"):
