@@ -1,6 +1,7 @@
 """One quality run, end to end: the model trained at the equal budget, tested, saved as a
 checkpoint and described by a `QualityRecord` (written by the caller). `catalog train` runs one
-model, `catalog quality` several on the same `Prepared` data, each into its own folder."""
+model, `catalog quality` several on the same `Prepared` data; `plan_runs` checks all of them and
+their checkpoint folders before any data is prepared."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from harness.quality.checkpoint import save_checkpoint
 from harness.quality.data import Prepared
 from harness.quality.machine import machine, now
-from harness.quality.model import build_model, task_for
+from harness.quality.model import build_model, check_model, task_for
 from harness.quality.spec import MQAR_NO_DROPOUT, QualityError, RunSpec
 from harness.quality.task_setup import setup_task
 from harness.quality.tokenizer import ByteTokenizer, Tokenizer
@@ -107,6 +108,25 @@ def _mean_tail(losses: list[float], n: int = 20) -> float | None:
 
 
 # ------------------------------------------------------------------------------ folders
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The models of a command, each checked against the spec, with its checkpoint folder."""
+
+    folders: dict[str, Path]  # model -> where its checkpoint goes, in the order given
+    tasks: set[str]  # what `prepare` must build: the tasks the models run
+
+
+def plan_runs(models: list[str], spec: RunSpec, out: Path | None, *, several: bool,
+              resume: bool, force: bool, catalog: Catalog | None = None) -> RunPlan:
+    """Check, before any data is prepared, that every model runs the spec's task at its
+    variant and that its folder may be written (see `run_folder`, `check_folder`)."""
+    tasks_needed = {check_model(name, spec, catalog) for name in models}
+    folders = {name: run_folder(out, name, spec, several) for name in models}
+    for folder in folders.values():
+        check_folder(folder, resume=resume, force=force)
+    return RunPlan(folders, tasks_needed)
 
 
 def run_folder(out: Path | None, model: str, spec: RunSpec, several: bool) -> Path:

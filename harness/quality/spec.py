@@ -20,9 +20,12 @@ variant's, and the other fields of the variant (`small`: parameter-matched) unch
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 from harness.quality.tasks import MQARConfig
-from harness.quality.train import Budget, TrainConfig
+from harness.quality.train import Budget, TrainConfig, parse_budget
 
 TASKS = ("lm", "seq2seq", "mlm", "mqar")
 TOKENIZERS = ("bytes", "bpe")
@@ -84,6 +87,36 @@ class RunSpec:
         if self.task == "seq2seq" and self.seqlen is not None and self.seqlen % 2:
             raise QualityError(f"--seqlen {self.seqlen}: seq2seq splits it in two halves; "
                                "give an even length")
+        # The trainer evaluates and saves when the step is a multiple of it: 0 would divide
+        # by zero mid-run, after the data was prepared.
+        if self.eval_every < 1:
+            raise QualityError(f"--eval-every must be at least 1, not {self.eval_every}")
+        try:  # caught here rather than when the model is moved, after the data is prepared
+            torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise QualityError(f"--device {self.device!r} is not a torch device; give cpu, "
+                               "cuda or cuda:N") from None
+
+    @classmethod
+    def from_options(cls, *, task: str, budget: str, mqar_seqlen: int = DEFAULT_MQAR.seqlen,
+                     mqar_kv_pairs: int = DEFAULT_MQAR.num_kv_pairs,
+                     mqar_vocab: int = DEFAULT_MQAR.vocab_size, **fields: Any) -> RunSpec:
+        """The spec of command-line option values: the budget as its text ("5m",
+        "500K-tokens"), MQAR as its three options, every other option as the field of the same
+        name. A bad value is a QualityError that names the option."""
+        try:
+            parsed_budget = parse_budget(budget)
+        except ValueError as error:  # parse_budget's message already names --budget
+            raise QualityError(str(error)) from None
+        if mqar_kv_pairs < 1:
+            raise QualityError(f"--mqar-kv-pairs must be at least 1, not {mqar_kv_pairs}")
+        try:
+            mqar = MQARConfig(seqlen=mqar_seqlen, num_kv_pairs=mqar_kv_pairs,
+                              vocab_size=mqar_vocab)
+        except ValueError as error:  # MQARConfig's own rule, said in its field names
+            raise QualityError(f"--mqar-seqlen {mqar_seqlen}, --mqar-kv-pairs {mqar_kv_pairs}, "
+                               f"--mqar-vocab {mqar_vocab}: {error}") from None
+        return cls(task=task, budget=parsed_budget, mqar=mqar, **fields)
 
     @property
     def train_config(self) -> TrainConfig:

@@ -77,6 +77,10 @@ def test_quality_compares_models_on_one_table(tmp_path, corpus):
     (["train", "gpt", "--corpus", "/no/such/file"], "/no/such/file: no such file"),
     (["train", "gpt", "--variant", "huge"], "huge"),
     (["quality", "gpt", "bert", "--task", "mlm"], "gpt is a decoder"),
+    (["train", "gpt", "--eval-every", "0"], "--eval-every must be at least 1, not 0"),
+    (["train", "gpt", "--device", "gpu0"], "--device 'gpu0' is not a torch device"),
+    (["train", "gpt", "--task", "mqar", "--mqar-seqlen", "63"], "--mqar-seqlen 63"),
+    (["quality", "gpt", "--mqar-kv-pairs", "0"], "--mqar-kv-pairs must be at least 1"),
 ])
 def test_errors_are_one_line(tmp_path, args, fragment):
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "x"),

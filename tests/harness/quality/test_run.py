@@ -13,7 +13,7 @@ from conftest import write_corpus
 from harness.quality.checkpoint import load_checkpoint
 from harness.quality.data import prepare
 from harness.quality.model import build_model
-from harness.quality.run import check_folder, run_folder, run_one
+from harness.quality.run import check_folder, plan_runs, run_folder, run_one
 from harness.quality.spec import QualityError, RunSpec
 from harness.quality.train import Budget
 from harness.results import FIELDS
@@ -120,6 +120,21 @@ def test_run_folders(tmp_path):
     assert run_folder(None, "gpt", lm, several=True) == Path("runs/quality-lm/gpt")
     assert run_folder(tmp_path, "gpt", lm, several=False) == tmp_path
     assert run_folder(tmp_path, "gpt", lm, several=True) == tmp_path / "gpt"
+
+
+def test_plan_checks_every_model_and_folder_before_any_work(tmp_path):
+    lm = RunSpec(task="lm", budget=Budget(tokens=1), variant="tiny")
+    plan = plan_runs(["gpt", "transformer"], lm, tmp_path, several=True, resume=False,
+                     force=False)
+    assert plan.folders == {"gpt": tmp_path / "gpt", "transformer": tmp_path / "transformer"}
+    assert plan.tasks == {"lm", "seq2seq"}  # what `prepare` must build for the two
+    with pytest.raises(QualityError, match="bert is an encoder"):
+        plan_runs(["gpt", "bert"], lm, tmp_path, several=True, resume=False, force=False)
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "gpt" / "config.json").write_text("{}")
+    with pytest.raises(QualityError, match="already holds a checkpoint"):
+        plan_runs(["gpt"], lm, tmp_path, several=True, resume=False, force=False)
+    assert not (tmp_path / "transformer").exists()  # checking writes nothing
 
 
 def test_resume_matches_uninterrupted(tmp_path):
