@@ -174,12 +174,6 @@ def _train_and_record(ctx: typer.Context, models: list[str], spec: RunSpec, out:
         stdout().print(f"records appended to {escape(str(results_path))}")
 
 
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
 @contextmanager
 def _train_progress(console: Console, name: str, spec: RunSpec) -> Iterator:
     """A progress bar over the budget (tokens or seconds) with the loss and learning rate."""
@@ -247,42 +241,27 @@ def eval_checkpoint(
     package; lm-eval runs with `simple_evaluate`. For bits per byte the harness's own score of
     the same text (saved at training time) is printed beside lm-eval's.
     """
-    from datetime import datetime, timezone
-
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the task data is local files
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # rich prints; not tqdm
-    os.environ.setdefault("TQDM_DISABLE", "1")
     from harness import results
-    from harness.quality.evaluate import evaluate_with_lm_eval
-    from harness.quality.machine import machine
+    from harness.quality.evaluate import EvalSpec, run_lm_eval
 
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
-    device = resolve_device(device)
     with one_line_errors():
+        spec = EvalSpec(checkpoint=checkpoint,
+                        tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
+                        corpus=corpus, batch_size=batch_size, max_length=max_length,
+                        limit=limit, device=resolve_device(device))
         results.check_writable(results_path)
-        scores, meta = evaluate_with_lm_eval(
-            checkpoint, names, corpus, limit, device=device, batch_size=batch_size,
-            max_length=max_length)
-    where = {"device": device, "dtype": "float32", "threads": torch_threads(),
-             **machine(device)}
-    own = (meta.get("scores") or {}).get("bits_per_byte")
+        evaluation = run_lm_eval(spec, command=command_line(ctx))
+    for rec in evaluation.records:
+        results.append(results_path, rec)
+    own = evaluation.trained_scores.get("bits_per_byte")
     table = Table(title=f"lm-eval: {escape(str(checkpoint))}", header_style="bold")
     for column in ("task", "metric", "lm-eval", "harness", "lm-eval / harness"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
-    for task_name, metrics in scores.items():
+    for task_name, metrics in evaluation.scores.items():
         for metric, value in metrics.items():
             same = metric == "bits_per_byte" and own is not None
             table.add_row(task_name, metric, _number(value), f"{own:.4f}" if same else "",
                           f"{value / own:.4f}" if same else "")
-            if isinstance(value, (int, float)):
-                results.append(results_path, results.QualityRecord(
-                    model=meta.get("zoo"), variant=meta.get("variant"),
-                    impl="lm-eval", mode="eval", seqlen=max_length or meta.get("seqlen"),
-                    status="ok", task=task_name, metric=metric, value=value,
-                    params=meta.get("params"), checkpoint=str(checkpoint),
-                    corpus=corpus or meta.get("corpus"), limit=limit, **where,
-                    command=command_line(ctx),
-                    time=datetime.now(timezone.utc).isoformat(timespec="seconds")))
     stdout().print(table)
     stdout().print(f"records appended to {escape(str(results_path))}")
 

@@ -16,5 +16,5 @@ One module per job, each importing only those listed above it:
   distributed     joining torchrun's process group
   lm_eval_tasks   the local lm-eval tasks: YAML templates and the held-out data they read
   lm_eval_adapter the `zoo` model for lm-evaluation-harness
-  evaluate        lm-eval on a checkpoint
+  evaluate        lm-eval on a checkpoint, offline, as records
 """
