@@ -4,6 +4,7 @@ checkpoint's corpus, offline, and one `QualityRecord` per numeric score."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator, Mapping, MutableMapping
@@ -44,6 +45,23 @@ def environment_defaults(values: Mapping[str, str],
                 environ.pop(name, None)
             else:
                 environ[name] = value
+
+
+@contextmanager
+def _silent_request_bars() -> Iterator[None]:
+    """lm-eval draws a tqdm bar while it builds each task's requests, and has no option to turn
+    it off. TQDM_DISABLE would, but tqdm reads it once, when first imported, and torch imports
+    tqdm long before lm-eval runs. So for the call, that bar's tqdm is a disabled one."""
+    import lm_eval.api.task as task_module
+
+    bar = getattr(task_module, "tqdm", None)  # None: an lm-eval without that bar
+    if bar is not None:
+        task_module.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            task_module.tqdm = bar
 
 
 @dataclass(frozen=True)
@@ -92,10 +110,11 @@ def run_lm_eval(spec: EvalSpec, command: str | None = None) -> Evaluation:
         # imports it, so the variables must be set by then.
         from harness.quality.lm_eval_adapter import evaluate_checkpoint
 
-        scores = evaluate_checkpoint(
-            spec.checkpoint, documents, Path(spec.checkpoint) / "lm_eval_tasks",
-            tasks=list(spec.tasks) if spec.tasks is not None else None, limit=spec.limit,
-            device=spec.device, batch_size=spec.batch_size, max_length=spec.max_length)
+        with _silent_request_bars():
+            scores = evaluate_checkpoint(
+                spec.checkpoint, documents, Path(spec.checkpoint) / "lm_eval_tasks",
+                tasks=list(spec.tasks) if spec.tasks is not None else None, limit=spec.limit,
+                device=spec.device, batch_size=spec.batch_size, max_length=spec.max_length)
     where = {"device": spec.device, "dtype": "float32", "threads": torch.get_num_threads(),
              **machine(spec.device)}
     made = now()

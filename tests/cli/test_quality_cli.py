@@ -121,6 +121,7 @@ def test_eval_agrees_with_the_harness(tmp_path, corpus, monkeypatch):
     given = f"{out} --tasks zoo_heldout --device cpu --results {tmp_path / 'eval.jsonl'}"
     assert records["bits_per_byte"].command == f"catalog eval {given}"
     assert "bits_per_byte" in result.stdout and "records appended to" in result.stdout
+    assert "it/s" not in result.stderr, result.stderr  # no tqdm bar from lm-eval
     assert not {"HF_DATASETS_OFFLINE", "HF_DATASETS_DISABLE_PROGRESS_BARS",
                 "TQDM_DISABLE"} & set(os.environ)
 

@@ -1,14 +1,17 @@
 """lm-eval evaluation of a checkpoint, as a library call: its spec's checks, the records it
-builds, and the offline environment that exists only while lm-eval runs. (The same through
-lm-eval itself: tests/cli/test_quality_cli.py::test_eval_agrees_with_the_harness.)"""
+builds, and the offline environment and silenced progress bar that last only while lm-eval
+runs. (The same through lm-eval itself:
+tests/cli/test_quality_cli.py::test_eval_agrees_with_the_harness.)"""
 
 from __future__ import annotations
 
 import json
 import os
 
+import lm_eval.api.task as lm_eval_task
 import pytest
 from conftest import write_corpus
+from tqdm import tqdm
 
 from harness.quality import lm_eval_adapter
 from harness.quality.evaluate import (
@@ -97,7 +100,7 @@ def test_records_of_the_numeric_scores_with_the_command(tmp_path, monkeypatch):
     def stand_in(checkpoint, documents, task_folder, **kwargs):
         seen.update(checkpoint=checkpoint, documents=documents, task_folder=task_folder,
                     environ={name: os.environ.get(name) for name in LM_EVAL_ENVIRONMENT},
-                    **kwargs)
+                    bar=lm_eval_task.tqdm, **kwargs)
         return {"zoo_heldout": {"bits_per_byte": 2.4, "word_perplexity": 30.0, "note": "N/A"}}
 
     monkeypatch.setattr(lm_eval_adapter, "evaluate_checkpoint", stand_in)
@@ -110,6 +113,8 @@ def test_records_of_the_numeric_scores_with_the_command(tmp_path, monkeypatch):
     assert seen["environ"] == {"HF_DATASETS_OFFLINE": "1",
                                "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "0"}
     assert "HF_DATASETS_OFFLINE" not in os.environ and os.environ["TQDM_DISABLE"] == "0"
+    # lm-eval's request bar was silenced for the call only
+    assert seen["bar"].keywords == {"disable": True} and lm_eval_task.tqdm is tqdm
     assert seen["task_folder"] == folder / "lm_eval_tasks" and seen["documents"]
     assert (seen["tasks"], seen["limit"], seen["batch_size"], seen["max_length"],
             seen["device"]) == (["zoo_heldout"], 3, 2, None, "cpu")
