@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -22,6 +24,9 @@ from harness.cli.common import (
     stdout,
     zoo_names,
 )
+
+if TYPE_CHECKING:  # the library is imported when a command runs: `catalog --help` needs no torch
+    from harness.quality.spec import RunSpec
 
 # ---------------------------------------------------------------------------- quality
 
@@ -85,9 +90,16 @@ def train_model(
     `catalog eval` and lm-eval's `zoo` model read). Under torchrun the model trains data
     parallel (gloo on CPU, nccl on GPU) with the same global batch and data order.
     """
-    _quality(ctx, [model], task, budget, variant, seed, corpus, tokenizer, bpe_vocab, seqlen,
-             batch_size, lr, eval_every, (mqar_seqlen, mqar_kv_pairs, mqar_vocab), device, out,
-             resume, force, results_path, compare=False)
+    from harness.quality.spec import RunSpec
+
+    with one_line_errors():
+        spec = RunSpec.from_options(
+            task=task, budget=budget, variant=variant, seed=seed, corpus=corpus,
+            tokenizer=tokenizer, bpe_vocab=bpe_vocab, seqlen=seqlen, batch_size=batch_size,
+            lr=lr, eval_every=eval_every, mqar_seqlen=mqar_seqlen, mqar_kv_pairs=mqar_kv_pairs,
+            mqar_vocab=mqar_vocab, device=resolve_device(device))
+    _train_and_record(ctx, [model], spec, out, several=False, resume=resume, force=force,
+                      results_path=results_path)
 
 
 @app.command()
@@ -112,45 +124,45 @@ def quality(
     variants are parameter-matched. Prints one row per model (and, for lm, the unigram byte
     baseline every model must beat).
     """
-    _quality(ctx, models, task, budget, variant, seed, corpus, tokenizer, bpe_vocab, seqlen,
-             batch_size, lr, eval_every, (mqar_seqlen, mqar_kv_pairs, mqar_vocab), device, out,
-             resume, force, results_path, compare=True)
+    from harness.quality.spec import RunSpec
+
+    with one_line_errors():
+        spec = RunSpec.from_options(
+            task=task, budget=budget, variant=variant, seed=seed, corpus=corpus,
+            tokenizer=tokenizer, bpe_vocab=bpe_vocab, seqlen=seqlen, batch_size=batch_size,
+            lr=lr, eval_every=eval_every, mqar_seqlen=mqar_seqlen, mqar_kv_pairs=mqar_kv_pairs,
+            mqar_vocab=mqar_vocab, device=resolve_device(device))
+    _train_and_record(ctx, models, spec, out, several=True, resume=resume, force=force,
+                      results_path=results_path)
 
 
-def _quality(ctx, models, task, budget, variant, seed, corpus, tokenizer, bpe_vocab, seqlen,
-             batch_size, lr, eval_every, mqar_args, device, out, resume, force, results_path,
-             compare) -> None:
-    import os
-
+def _train_and_record(ctx: typer.Context, models: list[str], spec: RunSpec, out: Path | None,
+                      *, several: bool, resume: bool, force: bool, results_path: Path) -> None:
+    """Check every model, folder and the results file, prepare the data once, then train the
+    models one after the other, appending each record as soon as its model is done."""
     from harness import results
-    from harness.quality import run as runs
-    from harness.quality.tasks import MQARConfig
-    from harness.quality.train import parse_budget
+    from harness.quality.data import prepare
+    from harness.quality.distributed import init_distributed
+    from harness.quality.run import plan_runs, run_one
 
     catalog = load_catalog_for(ctx, warn=False)
     with one_line_errors():
         names = zoo_names(catalog, models, False)
-        device, rank = runs.init_distributed(resolve_device(device), os.environ)
-        mqar_seqlen, mqar_pairs, mqar_vocab = mqar_args
-        spec = runs.RunSpec(
-            task=task, budget=parse_budget(budget), variant=variant, seed=seed, corpus=corpus,
-            tokenizer=tokenizer, bpe_vocab=bpe_vocab, seqlen=seqlen, batch_size=batch_size,
-            lr=lr, eval_every=eval_every, device=device,
-            mqar=MQARConfig(vocab_size=mqar_vocab, seqlen=mqar_seqlen, num_kv_pairs=mqar_pairs))
-        tasks_needed = {runs.check_model(name, spec, catalog) for name in names}
-        folders = {name: runs.run_folder(out, name, spec, several=compare) for name in names}
-        for folder in folders.values():
-            runs.check_folder(folder, resume=resume, force=force)
+        # Under torchrun each process takes its own GPU: the spec says which.
+        device, rank = init_distributed(spec.device, os.environ)
+        spec = dataclasses.replace(spec, device=device)
+        plan = plan_runs(names, spec, out, several=several, resume=resume, force=force,
+                         catalog=catalog)
         if rank == 0:
             results.check_writable(results_path)
-        data = runs.prepare(spec, tasks_needed)
+        data = prepare(spec, plan.tasks)
     is_main = rank == 0
     console = stderr() if is_main else Console(stderr=True, quiet=True)
     records = []
-    for name in names:
+    for name, folder in plan.folders.items():
         with one_line_errors(), _train_progress(console, name, spec) as on_step:
-            result = runs.run_one(name, data, folders[name], resume=resume, on_step=on_step,
-                                  is_main=is_main, catalog=catalog, command=command_line(ctx))
+            result = run_one(name, data, folder, resume=resume, on_step=on_step,
+                             is_main=is_main, catalog=catalog, command=command_line(ctx))
         if not is_main:
             continue
         results.append(results_path, result.record)
@@ -162,15 +174,8 @@ def _quality(ctx, models, task, budget, variant, seed, corpus, tokenizer, bpe_vo
         stdout().print(f"records appended to {escape(str(results_path))}")
 
 
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-
 @contextmanager
-def _train_progress(console: Console, name: str, spec) -> Iterator:
+def _train_progress(console: Console, name: str, spec: RunSpec) -> Iterator:
     """A progress bar over the budget (tokens or seconds) with the loss and learning rate."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -236,42 +241,27 @@ def eval_checkpoint(
     package; lm-eval runs with `simple_evaluate`. For bits per byte the harness's own score of
     the same text (saved at training time) is printed beside lm-eval's.
     """
-    import os
-    from datetime import datetime, timezone
-
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the task data is local files
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # rich prints; not tqdm
-    os.environ.setdefault("TQDM_DISABLE", "1")
     from harness import results
-    from harness.quality import run as runs
+    from harness.quality.evaluate import EvalSpec, run_lm_eval
 
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
-    device = resolve_device(device)
     with one_line_errors():
+        spec = EvalSpec(checkpoint=checkpoint,
+                        tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
+                        corpus=corpus, batch_size=batch_size, max_length=max_length,
+                        limit=limit, device=resolve_device(device))
         results.check_writable(results_path)
-        scores, meta = runs.evaluate_with_lm_eval(
-            checkpoint, names, corpus, limit, device=device, batch_size=batch_size,
-            max_length=max_length)
-    where = {"device": device, "dtype": "float32", "threads": torch_threads(),
-             **runs.machine(device)}
-    own = (meta.get("scores") or {}).get("bits_per_byte")
+        evaluation = run_lm_eval(spec, command=command_line(ctx))
+    for rec in evaluation.records:
+        results.append(results_path, rec)
+    own = evaluation.trained_scores.get("bits_per_byte")
     table = Table(title=f"lm-eval: {escape(str(checkpoint))}", header_style="bold")
     for column in ("task", "metric", "lm-eval", "harness", "lm-eval / harness"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
-    for task_name, metrics in scores.items():
+    for task_name, metrics in evaluation.scores.items():
         for metric, value in metrics.items():
             same = metric == "bits_per_byte" and own is not None
             table.add_row(task_name, metric, _number(value), f"{own:.4f}" if same else "",
                           f"{value / own:.4f}" if same else "")
-            if isinstance(value, (int, float)):
-                results.append(results_path, results.QualityRecord(
-                    model=meta.get("zoo"), variant=meta.get("variant"),
-                    impl="lm-eval", mode="eval", seqlen=max_length or meta.get("seqlen"),
-                    status="ok", task=task_name, metric=metric, value=value,
-                    params=meta.get("params"), checkpoint=str(checkpoint),
-                    corpus=corpus or meta.get("corpus"), limit=limit, **where,
-                    command=command_line(ctx),
-                    time=datetime.now(timezone.utc).isoformat(timespec="seconds")))
     stdout().print(table)
     stdout().print(f"records appended to {escape(str(results_path))}")
 
@@ -280,6 +270,3 @@ def _number(value) -> str:
     if not isinstance(value, float):
         return str(value)
     return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.3e}"
-
-
-# ----------------------------------------------------------------------------- report

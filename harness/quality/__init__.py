@@ -1,1 +1,20 @@
-"""Quality: tasks that need no download, equal-budget training, and lm-eval evaluation."""
+"""Quality: tasks that need no download, equal-budget training, and lm-eval evaluation.
+
+One module per job, each importing only those listed above it:
+
+  tokenizer       bytes or a byte-level BPE, saved with a checkpoint
+  tasks           corpora, MQAR, masking, batches and the bits-per-byte arithmetic
+  train           budgets and the equal-budget trainer (data parallel under torchrun)
+  checkpoint      a trained model's folder: config.json, model.safetensors, tokenizer.json
+  spec            RunSpec (what a comparison holds fixed), the tasks, defaults and recipes
+  data            Prepared: the corpus or MQAR data, built once per comparison
+  model           which task a model runs; the model built for it
+  scoring         the scores of a model on an evaluation set, per kind of task
+  task_setup      a task's training batches, validation and test
+  machine         where and when a record was made
+  run             run_one: train, test, save, record; the checkpoint folders
+  distributed     joining torchrun's process group
+  lm_eval_tasks   the local lm-eval tasks: YAML templates and the held-out data they read
+  lm_eval_adapter the `zoo` model for lm-evaluation-harness
+  evaluate        lm-eval on a checkpoint, offline, as records
+"""

@@ -290,7 +290,8 @@ def evaluate_checkpoint(checkpoint: str | Path, documents: Sequence[str], folder
     batch_size, max_length, ...); `limit`: lm-eval's, examples per task.
 
     Runs offline as long as the caller has set HF_DATASETS_OFFLINE=1 (lm-eval reads only the
-    JSONL files written here). No bootstrap standard errors, no logged samples."""
+    JSONL files written here), as `harness.quality.evaluate.run_lm_eval` does for the call. No
+    bootstrap standard errors, no logged samples."""
     import lm_eval
 
     from harness.quality.lm_eval_tasks import task_manager, write_tasks

@@ -77,6 +77,10 @@ def test_quality_compares_models_on_one_table(tmp_path, corpus):
     (["train", "gpt", "--corpus", "/no/such/file"], "/no/such/file: no such file"),
     (["train", "gpt", "--variant", "huge"], "huge"),
     (["quality", "gpt", "bert", "--task", "mlm"], "gpt is a decoder"),
+    (["train", "gpt", "--eval-every", "0"], "--eval-every must be at least 1, not 0"),
+    (["train", "gpt", "--device", "gpu0"], "--device 'gpu0' is not a torch device"),
+    (["train", "gpt", "--task", "mqar", "--mqar-seqlen", "63"], "--mqar-seqlen 63"),
+    (["quality", "gpt", "--mqar-kv-pairs", "0"], "--mqar-kv-pairs must be at least 1"),
 ])
 def test_errors_are_one_line(tmp_path, args, fragment):
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "x"),
@@ -98,12 +102,15 @@ def test_resume_needs_an_interrupted_run(tmp_path, corpus):
     one_line_error(result, "holds no interrupted run")
 
 
-def test_eval_agrees_with_the_harness(tmp_path, corpus):
+def test_eval_agrees_with_the_harness(tmp_path, corpus, monkeypatch):
     """lm-eval's bits per byte of the held-out text, through the `zoo` adapter, within 1% of the
-    harness's own evaluation saved at training time."""
+    harness's own evaluation saved at training time; lm-eval's offline settings are gone from
+    the environment afterwards."""
     out = tmp_path / "ckpt"
     assert runner.invoke(app, ["train", "gpt", *quick(corpus, tmp_path), "--out", str(out)]
                          ).exit_code == 0
+    for name in ("HF_DATASETS_OFFLINE", "HF_DATASETS_DISABLE_PROGRESS_BARS", "TQDM_DISABLE"):
+        monkeypatch.delenv(name, raising=False)
     result = runner.invoke(app, ["eval", str(out), "--tasks", "zoo_heldout", "--device", "cpu",
                                  "--results", str(tmp_path / "eval.jsonl")])
     assert result.exit_code == 0, result.output
@@ -111,10 +118,24 @@ def test_eval_agrees_with_the_harness(tmp_path, corpus):
     own = json.loads((out / "config.json").read_text())["scores"]["bits_per_byte"]
     assert records["bits_per_byte"].impl == "lm-eval"
     assert records["bits_per_byte"].value == pytest.approx(own, rel=0.01)
+    given = f"{out} --tasks zoo_heldout --device cpu --results {tmp_path / 'eval.jsonl'}"
+    assert records["bits_per_byte"].command == f"catalog eval {given}"
+    assert "bits_per_byte" in result.stdout and "records appended to" in result.stdout
+    assert "it/s" not in result.stderr, result.stderr  # no tqdm bar from lm-eval
+    assert not {"HF_DATASETS_OFFLINE", "HF_DATASETS_DISABLE_PROGRESS_BARS",
+                "TQDM_DISABLE"} & set(os.environ)
 
 
 def test_eval_errors(tmp_path):
     one_line_error(runner.invoke(app, ["eval", str(tmp_path)]), "not a checkpoint")
+    (tmp_path / "config.json").write_text(json.dumps({"zoo": "gpt", "task": "lm"}))
+    for option, fragment in ((["--batch-size", "0"], "--batch-size must be at least 1"),
+                             (["--tasks", ","], "--tasks names no task"),
+                             (["--limit", "0"], "--limit must be at least 1")):
+        result = runner.invoke(app, ["eval", str(tmp_path), *option,
+                                     "--results", str(tmp_path / "e.jsonl")])
+        one_line_error(result, fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # nothing written
 
 
 def test_two_processes_train_data_parallel(tmp_path, corpus):

@@ -1,0 +1,82 @@
+"""The model of a quality run: which task a zoo model runs (decided by what the model is, not
+by its name) and the model itself, built through `harness.models` at the spec's variant with
+the task's vocabulary and length."""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+from harness.quality.spec import MQAR_NO_DROPOUT, QualityError, RunSpec
+
+if TYPE_CHECKING:
+    from harness.catalog import Catalog
+    from harness.quality.data import Prepared
+
+
+def architecture(model: str) -> str:
+    """"decoder", "encoder" or "encoder-decoder", from the zoo class itself."""
+    import zoo
+
+    cls = zoo.load_class(model)
+    if getattr(cls, "causal_lm", False):
+        return "decoder"
+    if "src_ids" in inspect.signature(cls.forward).parameters:
+        return "encoder-decoder"
+    return "encoder"
+
+
+def task_for(model: str, task: str) -> str:
+    """The task `model` runs for the requested one (the encoder-decoder runs `lm` as seq2seq),
+    or a QualityError saying which tasks it takes."""
+    arch = architecture(model)
+    allowed = {"decoder": ("lm", "mqar"), "encoder": ("mlm",),
+               "encoder-decoder": ("seq2seq", "lm")}[arch]
+    if task not in allowed:
+        raise QualityError(f"{model} is {'an' if arch[0] == 'e' else 'a'} {arch}: it runs "
+                           f"--task {' or '.join(allowed)}, not {task}")
+    return "seq2seq" if arch == "encoder-decoder" else task
+
+
+def check_model(model: str, spec: RunSpec, catalog: Catalog | None = None) -> str:
+    """The task `model` runs for the spec, after checking that `catalog` (default: the shipped
+    one) has the spec's variant of it."""
+    task = task_for(model, spec.task)
+    _variant_fields(model, spec, catalog)
+    return task
+
+
+def _variant_fields(model: str, spec: RunSpec, catalog: Catalog | None) -> dict[str, Any]:
+    from harness.catalog import CatalogError
+    from harness.models import variant_fields
+
+    try:
+        return variant_fields(model, spec.variant, catalog)
+    except CatalogError as error:  # the catalog's own message names the variants it has
+        raise QualityError(str(error)) from None
+
+
+def build_model(model: str, task: str, data: Prepared, catalog: Catalog | None = None):
+    """The zoo model `model` at the spec's variant, sized for the task's vocabulary and
+    length; seeded with the spec's seed, so every run of a comparison starts alike."""
+    from harness.models import build, config_field_names
+
+    spec = data.spec
+    fields = _variant_fields(model, spec, catalog)
+    overrides: dict[str, Any] = {}
+    names = config_field_names(model)
+    if task == "mqar":
+        overrides["vocab_size"] = spec.mqar.vocab_size
+        overrides.update({name: 0.0 for name in MQAR_NO_DROPOUT if name in names})
+    else:
+        tok = data.tokenizer
+        overrides["vocab_size"] = tok.vocab_size + (task == "mlm")  # + [MASK] for encoders
+        if "pad_token_id" in names:
+            overrides["pad_token_id"] = tok.pad_id
+    if "next_sentence_head" in names:
+        overrides["next_sentence_head"] = False  # no sentence pairs here: MLM alone
+    # Drawn on the CPU whatever the device, so that a seed gives the same initial weights on
+    # every machine; then moved.
+    built = build(model, overrides={**fields, **overrides}, seqlen=spec.train_config.seqlen,
+                  seed=spec.seed, device="cpu")
+    return built.model.to(spec.device)

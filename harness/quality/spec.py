@@ -1,0 +1,128 @@
+"""What a quality comparison holds fixed across its models (`RunSpec`), the tasks it can run,
+and the per-task defaults and training recipes.
+
+Tasks, and the models they take (by what the model is, not by name):
+
+  lm       decoders: next-token prediction on the corpus, bits per byte on its test split.
+           The encoder-decoder runs it as `seq2seq` (below), in the same bits per byte.
+  seq2seq  the encoder-decoder: the encoder reads `seqlen / 2` tokens of the corpus, the
+           decoder writes the next `seqlen / 2`; bits per byte of what it writes.
+  mlm      encoders: masked-token prediction (BERT's 80/10/10 masking; BERT's masks are drawn
+           once, RoBERTa's and MosaicBERT's anew each step, MosaicBERT at 30%); accuracy and
+           loss on one common masking of the test split (15%, fixed seed).
+  mqar     decoders: Zoology's multi-query associative recall; accuracy at the queries.
+
+The text is tokenized with bytes (default) or a byte-level BPE trained on the training split;
+models get the tokenizer's vocabulary (plus a [MASK] id for encoders) in place of their
+variant's, and the other fields of the variant (`small`: parameter-matched) unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from harness.quality.tasks import MQARConfig
+from harness.quality.train import Budget, TrainConfig, parse_budget
+
+TASKS = ("lm", "seq2seq", "mlm", "mqar")
+TOKENIZERS = ("bytes", "bpe")
+
+# Per task: (seqlen, batch size, peak learning rate). Chosen so that a run of a few minutes on a
+# 2-core CPU takes a few hundred optimizer steps with the `small` variants. MQAR's batch is
+# large because its signal is sparse (one target per key-value pair, 4 in 64 tokens): at 32
+# sequences a step GPT stayed at picking a random value from the context (25%) for 7,000 steps;
+# at 256 it learned the lookup within 500 steps.
+TASK_DEFAULTS = {"lm": (256, 8, 1e-3), "seq2seq": (256, 8, 1e-3), "mlm": (128, 16, 1e-3),
+                 "mqar": (64, 256, 1e-3)}
+# Zoology's smallest setting (64 tokens, 4 pairs) with a vocabulary of 512 instead of 8192: a
+# 2-core CPU then computes the logits of 256 x 64 positions fast enough to learn the lookup in
+# minutes (GPT tiny: 94% in 5 min); --mqar-vocab 8192 gives Zoology's figure.
+DEFAULT_MQAR = MQARConfig(seqlen=64, num_kv_pairs=4, vocab_size=512)
+# Config fields a synthetic recall task sets to 0: dropout on the attention probabilities blurs
+# the exact lookup MQAR tests (GPT tiny, batch 256, after 400 steps: 30% without dropout and
+# rising, 21% with 0.1). Zoology trains its attention with 0.1, but for 64 epochs, not minutes.
+MQAR_NO_DROPOUT = ("dropout", "attn_dropout")
+# Masked-LM recipes: (masking rate, masks drawn anew at every step).
+MLM_RECIPES = {"bert": (0.15, False), "roberta": (0.15, True), "mosaic-bert": (0.30, True)}
+DEFAULT_MLM_RECIPE = (0.15, True)
+
+
+class QualityError(ValueError):
+    """Bad input to a quality run: the message names what is wrong and what would be right."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a comparison holds fixed across its models."""
+
+    task: str
+    budget: Budget
+    variant: str = "small"
+    seed: int = 0
+    corpus: str | None = None  # None: the standard library's documentation
+    tokenizer: str = "bytes"
+    bpe_vocab: int = 8192
+    seqlen: int | None = None  # None: TASK_DEFAULTS
+    batch_size: int | None = None
+    lr: float | None = None
+    eval_every: int = 50  # steps between evaluations on (part of) the validation split
+    eval_tokens: int = 16_384  # validation tokens per periodic evaluation (the test is whole)
+    mqar: MQARConfig = DEFAULT_MQAR
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise QualityError(f"--task {self.task!r}: choose one of {', '.join(TASKS)}")
+        if self.tokenizer not in TOKENIZERS:
+            raise QualityError(f"--tokenizer {self.tokenizer!r}: choose bytes or bpe")
+        for name in ("seqlen", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 2:
+                raise QualityError(f"--{name.replace('_', '-')} must be at least 2, not {value}")
+        if self.lr is not None and not 0 < self.lr < 1:
+            raise QualityError(f"--lr must be in (0, 1), not {self.lr}")
+        if self.task == "seq2seq" and self.seqlen is not None and self.seqlen % 2:
+            raise QualityError(f"--seqlen {self.seqlen}: seq2seq splits it in two halves; "
+                               "give an even length")
+        # The trainer evaluates and saves when the step is a multiple of it: 0 would divide
+        # by zero mid-run, after the data was prepared.
+        if self.eval_every < 1:
+            raise QualityError(f"--eval-every must be at least 1, not {self.eval_every}")
+        try:  # caught here rather than when the model is moved, after the data is prepared
+            torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise QualityError(f"--device {self.device!r} is not a torch device; give cpu, "
+                               "cuda or cuda:N") from None
+
+    @classmethod
+    def from_options(cls, *, task: str, budget: str, mqar_seqlen: int = DEFAULT_MQAR.seqlen,
+                     mqar_kv_pairs: int = DEFAULT_MQAR.num_kv_pairs,
+                     mqar_vocab: int = DEFAULT_MQAR.vocab_size, **fields: Any) -> RunSpec:
+        """The spec of command-line option values: the budget as its text ("5m",
+        "500K-tokens"), MQAR as its three options, every other option as the field of the same
+        name. A bad value is a QualityError that names the option."""
+        try:
+            parsed_budget = parse_budget(budget)
+        except ValueError as error:  # parse_budget's message already names --budget
+            raise QualityError(str(error)) from None
+        if mqar_kv_pairs < 1:
+            raise QualityError(f"--mqar-kv-pairs must be at least 1, not {mqar_kv_pairs}")
+        try:
+            mqar = MQARConfig(seqlen=mqar_seqlen, num_kv_pairs=mqar_kv_pairs,
+                              vocab_size=mqar_vocab)
+        except ValueError as error:  # MQARConfig's own rule, said in its field names
+            raise QualityError(f"--mqar-seqlen {mqar_seqlen}, --mqar-kv-pairs {mqar_kv_pairs}, "
+                               f"--mqar-vocab {mqar_vocab}: {error}") from None
+        return cls(task=task, budget=parsed_budget, mqar=mqar, **fields)
+
+    @property
+    def train_config(self) -> TrainConfig:
+        seqlen, batch, lr = TASK_DEFAULTS[self.task]
+        if self.task == "mqar":
+            seqlen = self.mqar.seqlen
+        return TrainConfig(budget=self.budget, seqlen=self.seqlen or seqlen,
+                           batch_size=self.batch_size or batch, lr=self.lr or lr, seed=self.seed,
+                           eval_every=self.eval_every, checkpoint_every=self.eval_every)

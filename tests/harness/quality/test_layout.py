@@ -1,0 +1,54 @@
+"""The quality package's modules import one another in one direction only: each imports only
+the modules listed above it in the package's docstring (so no two import each other), and
+nothing in harness/ imports the CLI."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import harness.quality
+
+HARNESS = Path(harness.quality.__file__).resolve().parents[1]
+QUALITY = HARNESS / "quality"
+# The module map of the package docstring: "  name   what it holds", in dependency order.
+ORDER = re.findall(r"^  (\w+)\s", harness.quality.__doc__, flags=re.MULTILINE)
+
+
+def imported(path: Path) -> set[str]:
+    """Every module `path` imports, at the top or inside a function, as dotted names."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def quality_modules() -> dict[str, Path]:
+    files = {p.stem: p for p in QUALITY.glob("*.py") if p.stem != "__init__"}
+    files.update({p.parent.name: p for p in QUALITY.glob("*/__init__.py")})
+    return files
+
+
+def test_the_docstring_lists_every_module():
+    assert sorted(ORDER) == sorted(quality_modules())
+
+
+def test_each_module_imports_only_those_listed_above_it():
+    for name, path in quality_modules().items():
+        uses = {n.split(".")[2] for n in imported(path)
+                if n.startswith("harness.quality.") and n.split(".")[2] in ORDER}
+        later = {other for other in uses if ORDER.index(other) >= ORDER.index(name)}
+        assert not later, f"{name} imports {sorted(later)}, listed after it (or itself)"
+
+
+def test_nothing_in_the_library_imports_the_cli():
+    for path in HARNESS.rglob("*.py"):
+        if "cli" in path.relative_to(HARNESS).parts:
+            continue
+        cli = {n for n in imported(path) if n == "harness.cli" or n.startswith("harness.cli.")}
+        assert not cli, f"{path.relative_to(HARNESS)} imports {sorted(cli)}"

@@ -1,0 +1,32 @@
+"""Which task a model runs (by what the model is) and the model built for it."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.quality.model import architecture, check_model, task_for
+from harness.quality.spec import QualityError, RunSpec
+from harness.quality.train import Budget
+
+
+@pytest.mark.parametrize("model, task, message", [
+    ("bert", "lm", "bert is an encoder: it runs --task mlm, not lm"),
+    ("gpt", "mlm", "gpt is a decoder: it runs --task lm or mqar, not mlm"),
+    ("transformer", "mqar", "transformer is an encoder-decoder"),
+])
+def test_task_for_wrong_kind(model, task, message):
+    with pytest.raises(QualityError, match=message):
+        task_for(model, task)
+
+
+@pytest.mark.parametrize("model, kind", [("gpt", "decoder"), ("rwkv", "decoder"),
+                                         ("bert", "encoder"), ("transformer", "encoder-decoder")])
+def test_architecture_from_the_zoo_class(model, kind):
+    assert architecture(model) == kind
+
+
+def test_check_model_names_the_missing_variant():
+    spec = RunSpec(task="lm", budget=Budget(tokens=1), variant="huge")
+    with pytest.raises(QualityError, match="huge"):
+        check_model("gpt", spec)
+    assert check_model("transformer", RunSpec(task="lm", budget=Budget(tokens=1))) == "seq2seq"

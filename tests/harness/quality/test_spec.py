@@ -1,0 +1,58 @@
+"""The spec of a quality run: its defaults, its checks, and the parsing of command-line option
+values into it (each bad value refused with a message that names the option)."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.quality.spec import DEFAULT_MQAR, QualityError, RunSpec
+from harness.quality.tasks import MQARConfig
+from harness.quality.train import Budget, parse_budget
+
+
+def test_mqar_defaults_take_large_batches():
+    mqar = RunSpec(task="mqar", budget=Budget(tokens=1)).train_config
+    assert (mqar.batch_size, mqar.seqlen) == (256, 64)
+    assert RunSpec(task="mqar", budget=Budget(tokens=1)).mqar.vocab_size == 512
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"task": "ppl"}, "--task 'ppl'"), ({"tokenizer": "chars"}, "--tokenizer 'chars'"),
+    ({"seqlen": 1}, "--seqlen must be at least 2"), ({"lr": 3.0}, "--lr must be in"),
+    ({"task": "seq2seq", "seqlen": 65}, "even length"),
+    ({"eval_every": 0}, "--eval-every must be at least 1, not 0"),
+    ({"device": "gpu0"}, "--device 'gpu0' is not a torch device"),
+])
+def test_bad_specs(fields, message):
+    with pytest.raises(QualityError, match=message):
+        RunSpec(**{"task": "lm", "budget": parse_budget("1m"), **fields})
+
+
+def test_from_options_parses_the_budget_and_the_mqar_options():
+    spec = RunSpec.from_options(task="mqar", budget="500K-tokens", variant="tiny", seed=3,
+                                mqar_seqlen=32, mqar_kv_pairs=2, mqar_vocab=128, device="cpu")
+    assert spec.budget == Budget(tokens=500_000)
+    assert spec.mqar == MQARConfig(seqlen=32, num_kv_pairs=2, vocab_size=128)
+    assert (spec.task, spec.variant, spec.seed) == ("mqar", "tiny", 3)
+    assert spec.train_config.seqlen == 32  # mqar trains at the MQAR length
+
+
+def test_from_options_defaults_are_the_specs():
+    assert RunSpec.from_options(task="lm", budget="5m") == RunSpec(task="lm",
+                                                                     budget=Budget(seconds=300))
+    assert RunSpec.from_options(task="lm", budget="5m").mqar == DEFAULT_MQAR
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"budget": "5 parsecs"}, "--budget '5 parsecs'"),
+    ({"mqar_kv_pairs": 0}, "--mqar-kv-pairs must be at least 1, not 0"),
+    ({"mqar_seqlen": 63}, "--mqar-seqlen 63, .*: MQAR seqlen must be even"),
+    ({"mqar_vocab": 64}, "--mqar-vocab 64: MQAR vocab_size 64 must exceed seqlen 64"),
+    ({"mqar_kv_pairs": 20}, "--mqar-kv-pairs 20, .*need seqlen >= 80"),
+    ({"batch_size": 1}, "--batch-size must be at least 2, not 1"),
+    ({"eval_every": -5}, "--eval-every must be at least 1, not -5"),
+    ({"device": "tpu:x"}, "--device 'tpu:x'"),
+])
+def test_from_options_names_the_bad_option(options, message):
+    with pytest.raises(QualityError, match=message):
+        RunSpec.from_options(**{"task": "lm", "budget": "5m", **options})
