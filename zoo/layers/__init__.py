@@ -6,6 +6,7 @@ from zoo.layers.attention import (
     MultiHeadAttention,
     causal_mask,
     hidden_key_bias,
+    math_attention,
     merge_masks,
     sdpa,
 )
@@ -14,4 +15,4 @@ from zoo.layers.init import bert_init
 from zoo.layers.linear import ACTIVATIONS, Linear, linear
 
 __all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "Linear", "MultiHeadAttention", "bert_init",
-           "causal_mask", "hidden_key_bias", "linear", "merge_masks", "sdpa"]
+           "causal_mask", "hidden_key_bias", "linear", "math_attention", "merge_masks", "sdpa"]

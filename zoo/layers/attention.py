@@ -3,10 +3,13 @@
 Used unchanged by the Transformer (self- and cross-attention), BERT/RoBERTa, GPT and
 MosaicBERT (which passes its ALiBi bias as an additive mask). Masks follow
 `F.scaled_dot_product_attention`: a bool mask is True where a query may attend, a float mask
-is added to the scores; either broadcasts to (B, nh, T_query, T_key).
+is added to the scores; either broadcasts to (B, nh, T_query, T_key). `math_attention` is the
+same attention written out, the oracle of the tests.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +99,24 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Ten
                                                   dropout_p=dropout_p, is_causal=is_causal)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                                           is_causal=is_causal)
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hs) + mask) v, written out: the plain attention that tests hold
+    `sdpa` to. q (B, nh, T_query, hs), k and v (B, nh, T_key, hs); `attn_mask` as in `sdpa` (bool:
+    True where a query may attend; float: added to the scores); `is_causal` lets query i see
+    keys 0..i, aligned to the first key as in F.scaled_dot_product_attention. A query that may
+    see no key at all gets NaNs here (softmax over nothing), where PyTorch's kernels differ."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T_query, T_key)
+    if is_causal:
+        future = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    elif attn_mask is not None:
+        scores = scores + attn_mask
+    return torch.softmax(scores, dim=-1) @ v  # (B, nh, T_query, hs)
 
 
 class MultiHeadAttention(nn.Module):
