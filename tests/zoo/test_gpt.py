@@ -144,7 +144,9 @@ def test_whole_model_wiring_and_tied_head():
         if pre_ln:
             x = model.ln_f(x)
         torch.testing.assert_close(model(ids).logits, x @ model.wte.weight.T, atol=1e-5, rtol=0)
-        assert not any("head" in k for k in model.state_dict())
+        state = model.state_dict()  # the head is the embedding: one tensor under two keys
+        assert [k for k in state if "head" in k] == ["lm_head.weight"]
+        assert state["lm_head.weight"].data_ptr() == state["wte.weight"].data_ptr()
         assert (model.ln_f is not None) == pre_ln
 
 

@@ -2,9 +2,9 @@
 
 The reference below is written from Vaswani et al. 2017, section 3, with plain tensor algebra:
 softmax(Q K^T / sqrt(d_k)) V written out (zoo.layers.math_attention) in h heads with explicit
-masks, the sinusoid formula in a
-Python loop, LayerNorm from its definition and the post-LN wiring LN(x + Sublayer(x)). It reads
-its weights from the zoo model, so any difference is in the computation, not the parameters.
+masks, the sinusoid formula in a Python loop, LayerNorm from its definition and the post-LN
+wiring LN(x + Sublayer(x)). It reads its weights from the zoo model, so any difference is in the
+computation, not the parameters.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def tiny_model(**overrides) -> Transformer:
         for module in model.modules():
             if isinstance(module, nn.LayerNorm):
                 module.weight.uniform_(0.5, 1.5)
-            if isinstance(module, (nn.LayerNorm, nn.Linear)):
+            if isinstance(module, (nn.LayerNorm, nn.Linear)) and module.bias is not None:
                 module.bias.uniform_(-0.5, 0.5)
     return model
 
@@ -250,7 +250,9 @@ def test_initialisation():
     model = Transformer(TransformerConfig(**{**TINY, "vocab_size": 2000}))
     assert model.tok_emb.weight.std().item() == pytest.approx(48**-0.5, rel=0.05)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in linears)
+    assert model.lm_head.bias is None  # the output projection is E alone
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias))
+               for m in linears if m is not model.lm_head)
     bound = math.sqrt(6 / (48 + 80))  # Xavier-uniform bound of the (80, 48) fc_in
     assert model.encoder[0].ffn.fc_in.weight.abs().max() <= bound
 
