@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import FeedForward, Linear, MultiHeadAttention, bert_init, tied_head
+from zoo.layers import FeedForward, MultiHeadAttention, bert_init, tied_head
 from zoo.model import Output, ZooModel, lm_loss
 
 INIT_STD = 0.02  # BERT's initializer_range
@@ -110,7 +110,7 @@ class MaskedLMHead(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = Linear(config.d_model, config.d_model)
+        self.dense = nn.Linear(config.d_model, config.d_model)
         self.ln = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.decoder: nn.Linear | None = None
@@ -119,7 +119,7 @@ class MaskedLMHead(nn.Module):
         self.decoder = tied_head(word_embeddings, self.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = self.ln(self.dense(h, activation="gelu"))  # exact erf GELU
+        h = self.ln(F.gelu(self.dense(h)))  # exact erf GELU
         return self.decoder(h)  # (B, T, V)
 
 

@@ -15,8 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers.linear import Linear
-
 try:  # torch >= 2.3
     from torch.nn.attention import SDPBackend, sdpa_kernel
 except ImportError:  # older torch has no cuDNN attention to keep out
@@ -124,10 +122,10 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         assert d_model % n_head == 0, f"d_model {d_model} is not divisible by n_head {n_head}"
         self.n_head, self.dropout = n_head, dropout
-        self.q_proj = Linear(d_model, d_model, bias=bias)
-        self.k_proj = Linear(d_model, d_model, bias=bias)
-        self.v_proj = Linear(d_model, d_model, bias=bias)
-        self.out_proj = Linear(d_model, d_model, bias=bias)
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape

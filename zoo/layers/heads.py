@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from zoo.layers.linear import Linear
-
 
 def tied_head(embedding: nn.Embedding, bias: nn.Parameter | None = None) -> nn.Linear:
     """nn.Linear(d, V) whose weight IS `embedding`'s (V, d) table: one Parameter under two
@@ -18,7 +16,7 @@ def tied_head(embedding: nn.Embedding, bias: nn.Parameter | None = None) -> nn.L
     every module initialised after it. Call it after the model's initialisation, which must
     draw the table once, as the embedding it is."""
     rows, width = embedding.weight.shape
-    head = Linear(width, rows, bias=bias is not None, device="meta")
+    head = nn.Linear(width, rows, bias=bias is not None, device="meta")
     head.weight = embedding.weight
     if bias is not None:
         head.bias = bias
