@@ -1,4 +1,4 @@
-"""Time zoo.layers.linear's routes against F.linear on this machine, side by side.
+"""Time zoo.fast.linear's routes against F.linear on this machine, side by side.
 
     python benchmarks/linear_backends.py            # decoding (1 row) and prefill (2048 rows)
     python benchmarks/linear_backends.py --quick
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from zoo.layers.linear import linear, onednn_available
+from zoo.fast import linear, onednn_available
 
 SHAPES = [(512, 512), (1536, 512), (2048, 512), (512, 2048), (8192, 512)]  # (out, in)
 

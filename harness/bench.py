@@ -73,6 +73,8 @@ def accounting(model, mode: str, batch: int, seqlen: int) -> tuple[int, float | 
 def zoo_workload(model, mode: str, batch: int, seqlen: int, device: torch.device,
                  new_tokens: int) -> Workload:
     """The workload of a zoo model (any of them, through the shared interface)."""
+    from zoo.fast import describe
+
     inputs = model.dummy_inputs(batch, seqlen, device)
     seq2seq = "src_ids" in inputs
     vocab = model.config.vocab_size
@@ -84,7 +86,7 @@ def zoo_workload(model, mode: str, batch: int, seqlen: int, device: torch.device
             with torch.no_grad():
                 return model(**inputs).logits
 
-        return Workload(run, tokens, flops, notes=model.inference_notes())
+        return Workload(run, tokens, flops, notes=describe(model))
     if mode == "train":
         model.train()
         targets = torch.randint(0, vocab, (batch, seqlen), device=device)
@@ -123,7 +125,7 @@ def zoo_workload(model, mode: str, batch: int, seqlen: int, device: torch.device
             return out.logits
 
         return Workload(run, tokens, flops,
-                        notes=(*model.inference_notes(),
+                        notes=(*describe(model),
                                f"decodes {new_tokens} timed tokens after the prompt"))
     raise BenchError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
 
@@ -262,7 +264,7 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
 
 # --- the machine's matrix-multiply peak, for MFU ------------------------------------------
 
-PEAK_METHOD = 2  # 1: torch.mm alone; 2: the best of torch.mm and zoo.layers.linear's route
+PEAK_METHOD = 2  # 1: torch.mm alone; 2: the best of torch.mm and zoo.fast.linear's route
 
 
 def measure_matmul_peak(device: str = "cpu", dtype: str = "float32", threads: int | None = None,
@@ -272,7 +274,7 @@ def measure_matmul_peak(device: str = "cpu", dtype: str = "float32", threads: in
     route the zoo's linear layers take (on the CPU, oneDNN's matmul, faster than MKL's on some
     processors) are timed, and the faster counts: MFU is measured against the machine's peak,
     not one library's."""
-    from zoo.layers import linear
+    from zoo.fast import linear
 
     if threads:
         torch.set_num_threads(threads)

@@ -5,6 +5,7 @@ imported only when a model is built, so `import zoo` stays light (no torch). The
 nothing of the catalog, the harness or YAML: a model is built from plain config fields.
 
     model = zoo.build("gpt", n_layer=2)         # the config's defaults (paper's base) + fields
+    plain = zoo.build("gpt", fast=False)        # without the CPU speed routes of zoo.fast
 
 Catalog variants (`tiny`, `small`, the published sizes) are resolved by the harness:
 `harness.models.build("rwkv", "small")`.
@@ -35,11 +36,13 @@ def load_class(name: str) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
-def build(name: str, *, device: Any = None, dtype: Any = None, **fields: Any):
+def build(name: str, *, device: Any = None, dtype: Any = None, fast: bool = True, **fields: Any):
     """Build zoo model `name` from its config's defaults (the paper's base model) and `fields`.
     `device="meta"` builds without allocating weights; without `device` the model is built
     where torch builds tensors by default (the CPU, or the device of an enclosing
-    `with torch.device(...)` block)."""
+    `with torch.device(...)` block). With `fast` (the default) every speed route of zoo.fast is
+    applied: same numbers, faster CPU inference; `fast=False` gives the paper's plain modules,
+    as constructing the model class directly does."""
     import contextlib
 
     import torch
@@ -48,11 +51,22 @@ def build(name: str, *, device: Any = None, dtype: Any = None, **fields: Any):
     config = cls.config_class(**fields)
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = cls(config)
-    return model.to(dtype) if dtype is not None else model
+    if dtype is not None:
+        model = model.to(dtype)
+    return _with_routes(model, fast)
 
 
-def from_pretrained(name: str, path: Any, **kwargs: Any):
-    """Load a published checkpoint (Hugging Face folder or official file); see zoo.convert."""
+def from_pretrained(name: str, path: Any, *, fast: bool = True, **kwargs: Any):
+    """Load a published checkpoint (Hugging Face folder or official file); see zoo.convert.
+    `fast` as for `build`."""
     from zoo.convert import from_pretrained as _from_pretrained
 
-    return _from_pretrained(name, path, **kwargs)
+    return _with_routes(_from_pretrained(name, path, **kwargs), fast)
+
+
+def _with_routes(model, fast: bool):
+    if fast:
+        from zoo import fast as routes
+
+        routes.apply(model)
+    return model

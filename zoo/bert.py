@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import FeedForward, Linear, MultiHeadAttention, bert_init, linear
+from zoo.layers import FeedForward, MultiHeadAttention, bert_init, tied_head
 from zoo.model import Output, ZooModel, lm_loss
 
 INIT_STD = 0.02  # BERT's initializer_range
@@ -105,17 +105,22 @@ class Block(nn.Module):
 
 class MaskedLMHead(nn.Module):
     """Dense -> GELU -> LayerNorm -> decoder. The decoder's weight is the word-embedding table
-    (passed in, so the checkpoint stores it once); only its bias belongs to the head."""
+    (tied: `tie` makes it so, once the model is initialised); only its bias belongs to the head,
+    and the decoder shares it (as Hugging Face's `cls.predictions.decoder.bias`)."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = Linear(config.d_model, config.d_model)
+        self.dense = nn.Linear(config.d_model, config.d_model)
         self.ln = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.decoder: nn.Linear | None = None
 
-    def forward(self, h: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        h = self.ln(self.dense(h, activation="gelu"))  # exact erf GELU
-        return linear(h, word_embeddings, self.bias)  # (B, T, V)
+    def tie(self, word_embeddings: nn.Embedding) -> None:
+        self.decoder = tied_head(word_embeddings, self.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.ln(F.gelu(self.dense(h)))  # exact erf GELU
+        return self.decoder(h)  # (B, T, V)
 
 
 def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -142,6 +147,7 @@ class Bert(ZooModel):
             self.pooler = nn.Linear(config.d_model, config.d_model)  # tanh(Dense(h[CLS]))
             self.nsp_head = nn.Linear(config.d_model, 2)  # 0 = B follows A, 1 = B is random
         self.apply(self._init_weights)
+        self.lm_head.tie(self.embeddings.word_embeddings)  # after the init: see tied_head
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -166,7 +172,7 @@ class Bert(ZooModel):
         BERT's NSP cross-entropy, as in pretraining (it is ignored without `targets`, as
         `BertForPreTraining` needs both labels for its loss)."""
         h = self.encode(input_ids, attention_mask, token_type_ids)
-        logits = self.lm_head(h, self.embeddings.word_embeddings.weight)
+        logits = self.lm_head(h)
         loss = None
         if targets is not None:
             loss = lm_loss(logits, targets)
@@ -191,7 +197,7 @@ class Bert(ZooModel):
         """Both pretraining outputs from one pass: masked-LM logits (B, T, V) and NSP logits
         (B, 2) (Hugging Face's `prediction_logits` and `seq_relationship_logits`)."""
         h = self.encode(input_ids, attention_mask, token_type_ids)
-        return self.lm_head(h, self.embeddings.word_embeddings.weight), self.next_sentence_logits(h)
+        return self.lm_head(h), self.next_sentence_logits(h)
 
     def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
                      padded: bool = False) -> dict:

@@ -104,7 +104,7 @@ def from_pretrained(name: str, path: Path | str, **overrides: Any):
 # Both store their matrices as `Conv1D` weights of shape (in, out), the transpose of an
 # `nn.Linear` weight, and fuse the query, key and value projections into one `c_attn` of width
 # 3 * d_model (in that order), which is split here. The output head is tied to the token
-# embedding, so a stored `lm_head.weight` is dropped (after checking that it is that matrix).
+# embedding: the zoo's `lm_head.weight` is that matrix, and a stored `lm_head.weight` must be it.
 # Keys may carry a `transformer.` prefix (`*LMHeadModel`) or not (`*Model`, old hub files).
 # A bare weights file (config {}) is read as GPT-2 unless it has GPT-1's `tokens_embed`; its
 # sizes come from the tensors, and its head count is d_model / 64, as in every published size.
@@ -160,6 +160,7 @@ def convert_gpt(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any
         if head.shape != out["wte.weight"].shape or not torch.equal(head, out["wte.weight"]):
             raise CheckpointError("weight 'lm_head.weight' differs from the token embedding; "
                                   "zoo.gpt ties its output head to it")
+    out["lm_head.weight"] = out["wte.weight"]  # the tied head: one tensor under both keys
     extra = [k for k in state if k not in used and not k.endswith(_BUFFERS)]
     if extra:
         raise CheckpointError(f"unexpected weight {extra[0]!r}"
@@ -234,8 +235,9 @@ def _gpt_config_fields(config: dict[str, Any], gpt1: bool, wte: torch.Tensor, wp
 #     cls.predictions.{transform.dense, transform.LayerNorm, bias}  (BERT MLM head)
 #     lm_head.{dense, layer_norm, bias}                             (RoBERTa MLM head)
 #
-# The decoder weight is tied to the word embeddings and its bias to the head's bias, so copies
-# of them (`*.decoder.weight`, `*.decoder.bias`) are dropped, as are the non-persistent
+# The decoder weight is tied to the word embeddings and its bias to the head's bias: the zoo's
+# `lm_head.decoder.*` keys are given those tensors, and the checkpoint's copies of them
+# (`*.decoder.weight`, `*.decoder.bias`) are dropped, as are the non-persistent
 # `position_ids` / `token_type_ids` buffers that old checkpoints carry. Old TF-converted files
 # name LayerNorm parameters gamma/beta; they are read as weight/bias. RoBERTa's pooler (present
 # in the published roberta-base files, unused by its MLM head) is dropped.
@@ -365,6 +367,9 @@ def _renamed(state: StateDict, prefix: str, n_layer: int, head: dict[str, str]) 
         else:  # a Linear or LayerNorm: weight and bias
             out[zoo + ".weight"] = state.pop(hf + ".weight")
             out[zoo + ".bias"] = state.pop(hf + ".bias")
+    # The tied MLM decoder: the same tensors under its own keys.
+    out["lm_head.decoder.weight"] = out["embeddings.word_embeddings.weight"]
+    out["lm_head.decoder.bias"] = out["lm_head.bias"]
     return {**out, **state}
 
 

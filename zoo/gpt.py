@@ -34,7 +34,7 @@ from zoo.layers import (
     MultiHeadAttention,
     causal_mask,
     hidden_key_bias,
-    linear,
+    tied_head,
 )
 from zoo.model import Output, ZooModel, generate, lm_loss
 
@@ -111,7 +111,7 @@ class GPT(ZooModel):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.d_model)  # also the output head (tied)
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)  # also the output head
         self.wpe = nn.Embedding(config.max_seq_len, config.d_model)
         self.drop = nn.Dropout(config.dropout)
         block_class = PreLNBlock if config.pre_ln else PostLNBlock  # GPT-2 or GPT-1 wiring
@@ -128,6 +128,7 @@ class GPT(ZooModel):
             for block in self.blocks:
                 nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=std)
                 nn.init.normal_(block.mlp.fc_out.weight, mean=0.0, std=std)
+        self.lm_head = tied_head(self.wte)  # the output head is the token embedding (tied)
 
     def _init_weights(self, module: nn.Module) -> None:
         # Both papers: N(0, 0.02) for matrices and embeddings, zero biases, unit LayerNorm gains.
@@ -179,7 +180,7 @@ class GPT(ZooModel):
             x = block(x, attn_mask, cache[i] if cache is not None else None)
         if self.ln_f is not None:
             x = self.ln_f(x)
-        logits = linear(x, self.wte.weight)  # (B, T, V): the tied output head
+        logits = self.lm_head(x)  # (B, T, V)
         loss = lm_loss(logits, targets) if targets is not None else None
         return Output(logits=logits, loss=loss, cache=cache)
 

@@ -60,14 +60,6 @@ class ZooModel(nn.Module):
                      padded: bool = False) -> dict:
         raise NotImplementedError
 
-    def inference_notes(self) -> tuple[str, ...]:
-        """How this model computes without gradients where its weights are (which fast routes
-        it takes), in words, for benchmark records."""
-        from zoo.layers.linear import route
-
-        weight = next(self.parameters())
-        return (route(weight.device, weight.dtype),)
-
     def flops_per_token(self, seqlen: int) -> float:
         raise NotImplementedError
 

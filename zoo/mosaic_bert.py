@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from zoo.layers import Linear, MultiHeadAttention, bert_init
+from zoo.layers import MultiHeadAttention, bert_init
 from zoo.layers.attention import sdpa
 from zoo.model import Output, ZooModel, lm_loss
 
@@ -165,9 +165,9 @@ class GeGLU(nn.Module):
     def __init__(self, d_model: int, d_ff: int, dropout: float):
         super().__init__()
         self.d_ff = d_ff
-        self.gated_layers = Linear(d_model, 2 * d_ff, bias=False)
+        self.gated_layers = nn.Linear(d_model, 2 * d_ff, bias=False)
         self.dropout = nn.Dropout(dropout)
-        self.wo = Linear(d_ff, d_model)
+        self.wo = nn.Linear(d_ff, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, linear = self.gated_layers(x).split(self.d_ff, dim=-1)  # (..., I) each
@@ -249,9 +249,9 @@ class MosaicBert(ZooModel):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.pooler = nn.Linear(C, C) if config.pooler else None
         # MLM head: Dense -> GELU -> LN (eps fixed at 1e-12 in the reference) -> tied decoder.
-        self.head_dense = Linear(C, C)
+        self.head_dense = nn.Linear(C, C)
         self.head_ln = nn.LayerNorm(C, eps=1e-12)
-        self.lm_head = Linear(C, config.vocab_size)  # weight tied below, own bias
+        self.lm_head = nn.Linear(C, config.vocab_size)  # weight tied below, own bias
         self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
         with torch.no_grad():  # the tied decoder's init must not un-zero the padding row
@@ -315,7 +315,7 @@ class MosaicBert(ZooModel):
         padded computation's and padded positions' logits are 0. `targets` hold the original
         ids at masked positions and -100 elsewhere."""
         x, packing = self._encode(input_ids, attention_mask, token_type_ids, unpad)
-        h = self.head_ln(self.head_dense(x, activation="gelu"))  # exact (erf) GELU
+        h = self.head_ln(F.gelu(self.head_dense(x)))  # exact (erf) GELU
         logits = self.lm_head(h)  # (nnz, V) or (B, T, V)
         if packing is not None:
             logits = packing.unpack(logits)

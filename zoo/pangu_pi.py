@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import KVCache, Linear, causal_mask, sdpa
+from zoo.layers import KVCache, causal_mask, sdpa
 from zoo.model import Output, ZooModel, generate, lm_loss
 
 SIAF_ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh}
@@ -156,10 +156,10 @@ class Attention(nn.Module):
     def __init__(self, d_model: int, n_head: int):
         super().__init__()
         self.n_head = n_head
-        self.q_proj = Linear(d_model, d_model, bias=False)
-        self.k_proj = Linear(d_model, d_model, bias=False)
-        self.v_proj = Linear(d_model, d_model, bias=False)
-        self.o_proj = Linear(d_model, d_model, bias=False)
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)
+        self.k_proj = nn.Linear(d_model, d_model, bias=False)
+        self.v_proj = nn.Linear(d_model, d_model, bias=False)
+        self.o_proj = nn.Linear(d_model, d_model, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None) -> torch.Tensor:
@@ -234,9 +234,9 @@ class FeedForward(nn.Module):
     def __init__(self, config: PanguPiConfig):
         super().__init__()
         d, f = config.d_model, config.ffn_size
-        self.gate_proj = Linear(d, f, bias=False)
-        self.up_proj = Linear(d, f, bias=False) if config.siaf_fusion == "gate" else None
-        self.down_proj = Linear(f, d, bias=False)
+        self.gate_proj = nn.Linear(d, f, bias=False)
+        self.up_proj = nn.Linear(d, f, bias=False) if config.siaf_fusion == "gate" else None
+        self.down_proj = nn.Linear(f, d, bias=False)
         self.series = SeriesActivation(f, config.siaf_terms, config.siaf_activation,
                                        config.siaf_per_channel, config.siaf_window,
                                        config.siaf_bias_init)
@@ -253,11 +253,11 @@ class AugmentedShortcut(nn.Module):
 
     def __init__(self, d_model: int, ratio: int, bias: bool):
         super().__init__()
-        self.down = Linear(d_model, d_model // ratio, bias=bias)
-        self.up = Linear(d_model // ratio, d_model, bias=bias)
+        self.down = nn.Linear(d_model, d_model // ratio, bias=bias)
+        self.up = nn.Linear(d_model // ratio, d_model, bias=bias)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.up(self.down(z, activation="gelu"))
+        return self.up(F.gelu(self.down(z)))
 
 
 @dataclass
@@ -306,7 +306,7 @@ class PanguPi(ZooModel):
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.apply(self._init_weights)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight

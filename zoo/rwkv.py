@@ -13,10 +13,10 @@ Differences from its parent, the GPT decoder:
   - decoding is a recurrence with a constant-size state per layer (no KV cache).
 
 WKV is evaluated in fp32 in the numerically stable form (state a, b kept as aa·e^pp, bb·e^pp),
-three ways (`wkv_backend` picks): CPU inference runs the recurrence as a compiled C loop
-(zoo/wkv_cpu.py) when a C compiler is available; otherwise, and for training (autograd),
-prefill uses `wkv_chunked` (a Python loop over T / C chunks only) and decoding
-`wkv_recurrent`, the plain per-token recurrence, which is also the test oracle of both.
+in PyTorch, two ways (`TimeMix.wkv`): decoding runs `wkv_recurrent`, the plain per-token
+recurrence, which is also the test oracle; longer inputs run `wkv_chunked` (a Python loop over
+T / C chunks only). Both are differentiable. zoo/fast.py swaps in a compiled C loop for CPU
+inference (zoo/wkv_cpu.py), one of the zoo's speed routes.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from zoo import wkv_cpu
-from zoo.layers import Linear
 from zoo.model import Output, ZooModel, generate, lm_loss
 
 # WKV state of one layer: (aa, bb, pp), each (B, d) in fp32, with a = aa·e^pp and b = bb·e^pp
@@ -121,15 +119,6 @@ def chunk_length(configured: int | None, cuda: bool) -> int:
     return configured or (128 if cuda else 8)
 
 
-def wkv_backend(*tensors: torch.Tensor) -> str:
-    """Which WKV evaluation the tensors of a call take: "compiled" (zoo.wkv_cpu's C loop) for
-    CPU inference where a C compiler built it, else "pytorch" (wkv_recurrent for one token,
-    wkv_chunked for more), which autograd can differentiate."""
-    cpu = all(t.device.type == "cpu" for t in tensors)
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    return "compiled" if cpu and not needs_grad and wkv_cpu.available() else "pytorch"
-
-
 def token_shift(x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     """The previous token's vector at every position (B, T, d); `last` (B, d) precedes x[:, 0]
     (zeros at the start of a text, the cached one when decoding)."""
@@ -149,10 +138,10 @@ class TimeMix(nn.Module):
         self.time_mix_k = nn.Parameter(torch.empty(d))  # token-shift mixing weights
         self.time_mix_v = nn.Parameter(torch.empty(d))
         self.time_mix_r = nn.Parameter(torch.empty(d))
-        self.key = Linear(d, d, bias=False)
-        self.value = Linear(d, d, bias=False)
-        self.receptance = Linear(d, d, bias=False)
-        self.output = Linear(d, d, bias=False)
+        self.key = nn.Linear(d, d, bias=False)
+        self.value = nn.Linear(d, d, bias=False)
+        self.receptance = nn.Linear(d, d, bias=False)
+        self.output = nn.Linear(d, d, bias=False)
 
     def forward(self, x: torch.Tensor, last_x: torch.Tensor, state: WKVState):
         prev = token_shift(x, last_x)  # (B, T, d)
@@ -161,13 +150,16 @@ class TimeMix(nn.Module):
         v = self.value(torch.lerp(prev, x, self.time_mix_v)).float()
         r = torch.sigmoid(self.receptance(torch.lerp(prev, x, self.time_mix_r)))
         w, u = -torch.exp(self.time_decay.float()), self.time_first.float()
-        if wkv_backend(k, w, u, v) == "compiled":  # CPU inference: zoo.wkv_cpu's C loop
-            wkv, state = wkv_cpu.wkv(w, u, k, v, state)
-        elif x.size(1) == 1:  # decoding: one step of the recurrence
-            wkv, state = wkv_recurrent(w, u, k, v, state)
-        else:
-            wkv, state = wkv_chunked(w, u, k, v, state, chunk_length(self.chunk_len, k.is_cuda))
+        wkv, state = self.wkv(w, u, k, v, state)
         return self.output(r * wkv.to(x.dtype)), x[:, -1], state
+
+    def wkv(self, w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            state: WKVState) -> tuple[torch.Tensor, WKVState]:
+        """WKV of k, v (B, T, d) in fp32 after `state`: the recurrence for one token (decoding),
+        the chunked parallel form for more."""
+        if k.size(1) == 1:
+            return wkv_recurrent(w, u, k, v, state)
+        return wkv_chunked(w, u, k, v, state, chunk_length(self.chunk_len, k.is_cuda))
 
 
 class ChannelMix(nn.Module):
@@ -177,18 +169,19 @@ class ChannelMix(nn.Module):
         super().__init__()
         self.time_mix_k = nn.Parameter(torch.empty(d))
         self.time_mix_r = nn.Parameter(torch.empty(d))
-        self.key = Linear(d, 4 * d, bias=False)
-        self.receptance = Linear(d, d, bias=False)
-        self.value = Linear(4 * d, d, bias=False)
+        self.key = nn.Linear(d, 4 * d, bias=False)
+        self.receptance = nn.Linear(d, d, bias=False)
+        self.value = nn.Linear(4 * d, d, bias=False)
 
     def forward(self, x: torch.Tensor, last_x: torch.Tensor):
         prev = token_shift(x, last_x)
-        k = self.key(torch.lerp(prev, x, self.time_mix_k), activation="relu")  # (B, T, 4d)
-        # Squared in place when no gradient needs it: a fresh 4d-wide buffer costs a page
-        # fault per 4 KiB on the CPU (~20 ms at 8192 tokens of width 2048), the squaring 2 ms.
-        k = k.square() if k.requires_grad else k.square_()
+        k = self.squared_relu_key(torch.lerp(prev, x, self.time_mix_k))  # (B, T, 4d)
         r = self.receptance(torch.lerp(prev, x, self.time_mix_r))
         return torch.sigmoid(r) * self.value(k), x[:, -1]
+
+    def squared_relu_key(self, xk: torch.Tensor) -> torch.Tensor:
+        """relu(W_k xk)², the hidden layer."""
+        return torch.square(torch.relu(self.key(xk)))
 
 
 class Block(nn.Module):
@@ -250,7 +243,7 @@ class RWKV(ZooModel):
         self.emb = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.head = Linear(config.d_model, config.vocab_size, bias=False)  # untied
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)  # untied
         self.init_weights()
 
     @torch.no_grad()
@@ -318,14 +311,6 @@ class RWKV(ZooModel):
                      padded: bool = False) -> dict:
         ids = torch.randint(0, self.config.vocab_size, (batch, seqlen), device=device)
         return {"input_ids": ids}
-
-    def inference_notes(self) -> tuple[str, ...]:
-        with torch.no_grad():
-            compiled = wkv_backend(self.head.weight) == "compiled"
-        chunk = chunk_length(self.config.wkv_chunk_len, self.head.weight.is_cuda)
-        wkv = ("WKV: compiled C loop (zoo.wkv_cpu)" if compiled else
-               f"WKV: PyTorch, chunks of {chunk} for prefill, the recurrence for decoding")
-        return (*super().inference_notes(), wkv)
 
     def flops_per_token(self, seqlen: int) -> float:
         """Forward FLOPs per token: 2 x the matrix-multiply weights (13·d² per layer: 4·d² in

@@ -42,7 +42,7 @@ from zoo.layers import (
     MultiHeadAttention,
     causal_mask,
     hidden_key_bias,
-    linear,
+    tied_head,
 )
 from zoo.model import Output, ZooModel, generate, lm_loss
 
@@ -179,6 +179,7 @@ class Transformer(ZooModel):
         else:
             self.enc_norm, self.dec_norm = nn.Identity(), nn.Identity()
         self.apply(self._init_weights)
+        self.lm_head = tied_head(self.tok_emb)  # the pre-softmax projection: E again (tied)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Embedding):
@@ -238,7 +239,7 @@ class Transformer(ZooModel):
             y = layer(y, memory, src_bias, tgt_bias, self_cache, cross_cache)
         if cache is not None:
             cache.length += T
-        return linear(self.dec_norm(y), self.tok_emb.weight)  # (B, T, V): the tied projection
+        return self.lm_head(self.dec_norm(y))  # (B, T, V)
 
     def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor,
                 src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None,

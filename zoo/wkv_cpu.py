@@ -9,8 +9,9 @@ the C source below: about 15 ms per layer for 8192 tokens of width 512, against 
 chunks. Inference only: it has no backward, so training keeps the PyTorch paths.
 
 The source is compiled on first use with the system's C compiler (`cc`), once per machine, and
-cached in ~/.cache/transformer-catalog/kernels/. Without a compiler `available()` is False
-and the model uses its PyTorch paths (same numbers; `zoo.rwkv.wkv_backend()` says which ran).
+cached in ~/.cache/transformer-catalog/kernels/. zoo/fast.py's "wkv" route runs it; without a
+compiler `available()` is False and the model keeps its PyTorch paths (same numbers;
+`zoo.fast.describe(model)` says which run).
 It is compiled with -ffast-math so that expf is vectorised (glibc's libmvec), but linked
 without it: a shared library linked with -ffast-math would switch the whole process to
 flush-denormals-to-zero when loaded (gcc < 13), changing every other computation.

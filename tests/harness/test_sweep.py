@@ -166,11 +166,11 @@ def test_the_matmul_peak_is_the_best_of_torch_mm_and_the_zoo_route(monkeypatch):
     torch.mm (oneDNN here), the peak must count it, or MFU passes 100%."""
     import torch
 
-    import zoo.layers
+    import zoo.fast
     from harness.bench import measure_matmul_peak
 
     calls = {"mm": 0, "linear": 0}
-    real_mm, real_linear = torch.mm, zoo.layers.linear
+    real_mm, real_linear = torch.mm, zoo.fast.linear
 
     def slow_mm(a, b):  # torch.mm made to run at most 2 * 2048^3 / 1 s = 17 GFLOP/s
         calls["mm"] += 1
@@ -182,7 +182,7 @@ def test_the_matmul_peak_is_the_best_of_torch_mm_and_the_zoo_route(monkeypatch):
         return real_linear(a, b)
 
     monkeypatch.setattr(torch, "mm", slow_mm)
-    monkeypatch.setattr(zoo.layers, "linear", counted_linear)
+    monkeypatch.setattr(zoo.fast, "linear", counted_linear)
     peak = measure_matmul_peak("cpu", "float32", seconds=0.4)
     assert calls["mm"] >= 2 and calls["linear"] >= 2
     # Set by the zoo route, not by the slowed torch.mm (with room for a busy machine).

@@ -83,7 +83,11 @@ def test_decoder_is_tied_to_the_word_embeddings(tiny):
     t = tiny.lm_head
     expected = t.ln(F.gelu(t.dense(h))) @ tiny.embeddings.word_embeddings.weight.T + t.bias
     torch.testing.assert_close(tiny(ids).logits, expected)
-    assert "lm_head.decoder.weight" not in tiny.state_dict()
+    # One tensor under two keys each (as Hugging Face's state dicts have them).
+    assert t.decoder.weight is tiny.embeddings.word_embeddings.weight and t.decoder.bias is t.bias
+    state = tiny.state_dict()
+    assert state["lm_head.decoder.weight"].data_ptr() == \
+        state["embeddings.word_embeddings.weight"].data_ptr()
 
 
 def test_gelu_is_the_exact_erf_form(tiny):

@@ -16,6 +16,7 @@ from harness.models import build_variant
 from harness.peers import hf_cache_kwargs, hf_returned_cache
 from zoo.convert import CheckpointError, convert_gpt
 from zoo.gpt import GPT, GPTConfig, PostLNBlock, PreLNBlock
+from zoo.layers import math_attention
 
 transformers = pytest.importorskip("transformers")
 
@@ -86,10 +87,8 @@ def manual_attention(attn, x: torch.Tensor) -> torch.Tensor:
     B, T, C = x.shape
     nh = attn.n_head
     q, k, v = (proj(x).view(B, T, nh, C // nh).transpose(1, 2)
-               for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-    scores = q @ k.transpose(-1, -2) / math.sqrt(C // nh)
-    scores = scores.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
-    y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C)
+               for proj in (attn.q_proj, attn.k_proj, attn.v_proj))  # (B, nh, T, hs)
+    y = math_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
     return attn.out_proj(y)
 
 
@@ -145,7 +144,9 @@ def test_whole_model_wiring_and_tied_head():
         if pre_ln:
             x = model.ln_f(x)
         torch.testing.assert_close(model(ids).logits, x @ model.wte.weight.T, atol=1e-5, rtol=0)
-        assert not any("head" in k for k in model.state_dict())
+        state = model.state_dict()  # the head is the embedding: one tensor under two keys
+        assert [k for k in state if "head" in k] == ["lm_head.weight"]
+        assert state["lm_head.weight"].data_ptr() == state["wte.weight"].data_ptr()
         assert (model.ln_f is not None) == pre_ln
 
 

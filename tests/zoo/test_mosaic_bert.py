@@ -13,6 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import zoo
 from harness.models import build_variant
 from zoo import mosaic_bert
+from zoo.layers import math_attention
 from zoo.mosaic_bert import MosaicBert, MosaicBertConfig, Packing, alibi_bias, alibi_slopes
 
 NAME = "mosaic-bert"
@@ -76,7 +77,7 @@ def test_alibi_bias_is_symmetric_and_linear_in_distance():
         torch.testing.assert_close(bias[:, i, j], -slopes * abs(i - j))
 
 
-# ---- a plain reference: explicit per-head softmax, ALiBi matrix, GeGLU --------------------------
+# ---- a plain reference: attention written out (math_attention), ALiBi matrix, GeGLU ------------
 
 def reference_logits(model: MosaicBert, ids, mask, types=None) -> torch.Tensor:
     """The reference's padded math, written out with the model's weights."""
@@ -89,15 +90,14 @@ def reference_logits(model: MosaicBert, ids, mask, types=None) -> torch.Tensor:
     distance = (pos[:, None] - pos[None, :]).abs()
     # Press et al.'s slopes written out: 4 heads 2^-2k; 6 heads = 4 heads + 2^-1, 2^-3.
     slopes = {4: [2**-2, 2**-4, 2**-6, 2**-8], 6: [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3]}[nh]
+    alibi = -torch.tensor(slopes)[:, None, None] * distance  # (nh, T, T)
+    padding = (1.0 - mask[:, None, None, :].float()) * -10000.0  # (B, 1, 1, T)
     for blk in model.blocks:
         a = blk.attn
-        q, k, v = (p(x).view(B, T, nh, hs) for p in (a.q_proj, a.k_proj, a.v_proj))
-        heads = []
-        for h in range(nh):
-            scores = q[:, :, h] @ k[:, :, h].transpose(1, 2) / math.sqrt(hs)  # (B, T, T)
-            scores = scores - slopes[h] * distance + (1.0 - mask[:, None, :].float()) * -10000.0
-            heads.append(torch.softmax(scores, dim=-1) @ v[:, :, h])  # (B, T, hs)
-        attn = a.out_proj(torch.cat(heads, dim=-1))
+        q, k, v = (p(x).view(B, T, nh, hs).transpose(1, 2)
+                   for p in (a.q_proj, a.k_proj, a.v_proj))  # (B, nh, T, hs)
+        y = math_attention(q, k, v, attn_mask=alibi + padding)  # (B, nh, T, hs)
+        attn = a.out_proj(y.transpose(1, 2).flatten(2))
         x = F.layer_norm(x + attn, (c.d_model,), blk.ln_attn.weight, blk.ln_attn.bias,
                          c.layer_norm_eps)
         both = x @ blk.ffn.gated_layers.weight.t()  # (B, T, 2I), gate = first I columns

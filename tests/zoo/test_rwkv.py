@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import zoo
+import zoo.fast
 import zoo.rwkv as rwkv
 from harness.models import build_variant
 from zoo import wkv_cpu
@@ -25,7 +26,6 @@ from zoo.rwkv import (
     RWKV,
     RWKVConfig,
     RWKVState,
-    wkv_backend,
     wkv_chunked,
     wkv_recurrent,
 )
@@ -241,13 +241,7 @@ def test_long_sequences_are_stable_and_equal_the_recurrence():
 # The model: chunk length, state across calls, long inputs, dtypes
 
 
-@pytest.fixture
-def pytorch_wkv(monkeypatch):
-    """Keep the model on its PyTorch WKV paths (chunks, recurrence), off the compiled kernel."""
-    monkeypatch.setattr(rwkv, "wkv_backend", lambda *tensors: "pytorch")
-
-
-def test_chunk_length_does_not_change_the_logits(pytorch_wkv):
+def test_chunk_length_does_not_change_the_logits():
     ids = torch.randint(0, TINY["vocab_size"], (3, 45))
     with torch.no_grad():
         logits = [tiny_model(wkv_chunk_len=c)(ids).logits for c in (1, 5, 16, None)]
@@ -272,8 +266,8 @@ def test_a_prompt_with_a_state_then_more_tokens_equals_the_full_forward():
     assert model(ids[:, :5]).cache is None
 
 
-def test_model_long_input_chunked_and_compiled_equal_the_recurrence(monkeypatch, pytorch_wkv):
-    model = tiny_model(seed=2, vocab_size=128, n_layer=2)
+def test_model_long_input_chunked_and_compiled_equal_the_recurrence(monkeypatch):
+    model = tiny_model(seed=2, vocab_size=128, n_layer=2)  # plain: the PyTorch WKV paths
     randomize_(model, seed=2, decay=(-8.0, 6.0))
     ids = torch.randint(0, 128, (2, 2050))
     with torch.no_grad():
@@ -282,7 +276,7 @@ def test_model_long_input_chunked_and_compiled_equal_the_recurrence(monkeypatch,
                             lambda w, u, k, v, state, _: wkv_recurrent(w, u, k, v, state))
         recurrent = model(ids).logits
         if wkv_cpu.available():
-            monkeypatch.setattr(rwkv, "wkv_backend", lambda *tensors: "compiled")
+            zoo.fast.apply(model, ["wkv"])  # zoo.wkv_cpu's C loop
             compiled = model(ids).logits
             torch.testing.assert_close(compiled, recurrent, atol=1e-4, rtol=0)
     assert torch.isfinite(chunked).all()
@@ -298,12 +292,20 @@ needs_kernel = pytest.mark.skipif(
 
 
 @needs_kernel
-def test_the_kernel_builds_where_there_is_a_compiler():
+def test_the_kernel_builds_and_the_wkv_route_runs_it_for_inference_only(monkeypatch):
     assert wkv_cpu.available()
-    assert wkv_backend(torch.zeros(2)) == "compiled"
-    assert wkv_backend(torch.zeros(2, requires_grad=True)) == "pytorch"  # training: autograd
+    model = tiny_model()
+    assert zoo.fast.apply(model, ["wkv"]) == ("wkv",)
+    calls = []
+    real = wkv_cpu.wkv
+    monkeypatch.setattr(wkv_cpu, "wkv", lambda *args: calls.append(1) or real(*args))
+    ids = torch.randint(0, TINY["vocab_size"], (2, 7))
     with torch.no_grad():
-        assert wkv_backend(torch.zeros(2, requires_grad=True)) == "compiled"
+        model(ids)
+    assert len(calls) == TINY["n_layer"]  # once per layer
+    model(ids).logits.sum().backward()  # training: the PyTorch paths, which autograd follows
+    assert len(calls) == TINY["n_layer"]
+    assert model.blocks[0].att.time_decay.grad is not None
 
 
 @needs_kernel
@@ -346,15 +348,18 @@ def test_loading_the_kernel_keeps_denormals():
     assert (torch.tensor([1e-40]) * 1.0).item() != 0.0
 
 
-def test_without_a_compiler_the_model_uses_the_pytorch_paths(monkeypatch):
+def test_without_a_compiler_the_wkv_route_runs_the_pytorch_paths(monkeypatch):
     model = tiny_model()
+    zoo.fast.apply(model, ["wkv"])
     ids = torch.randint(0, TINY["vocab_size"], (2, 30))
     with torch.no_grad():
         before = model(ids).logits
         monkeypatch.setattr(wkv_cpu.shutil, "which", lambda name: None)
         monkeypatch.setattr(wkv_cpu, "_library", functools.cache(wkv_cpu._library.__wrapped__))
         monkeypatch.setattr(wkv_cpu.Path, "home", lambda: Path("/nonexistent-home"))
-        assert not wkv_cpu.available() and wkv_backend(ids.float()) == "pytorch"
+        assert not wkv_cpu.available()
+        assert "WKV: PyTorch, chunks of 8 for prefill, the recurrence for decoding" in \
+            zoo.fast.describe(model)
         after = model(ids).logits
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
 

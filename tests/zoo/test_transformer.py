@@ -1,9 +1,10 @@
 """The original Transformer (zoo/transformer.py) against the paper's equations.
 
 The reference below is written from Vaswani et al. 2017, section 3, with plain tensor algebra:
-explicit per-head softmax(Q K^T / sqrt(d_k)) V with explicit masks, the sinusoid formula in a
-Python loop, LayerNorm from its definition and the post-LN wiring LN(x + Sublayer(x)). It reads
-its weights from the zoo model, so any difference is in the computation, not the parameters.
+softmax(Q K^T / sqrt(d_k)) V written out (zoo.layers.math_attention) in h heads with explicit
+masks, the sinusoid formula in a Python loop, LayerNorm from its definition and the post-LN
+wiring LN(x + Sublayer(x)). It reads its weights from the zoo model, so any difference is in the
+computation, not the parameters.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models import build_variant
+from zoo.layers import math_attention
 from zoo.transformer import Transformer, TransformerConfig, sinusoidal_positions
 
 TINY = dict(vocab_size=97, n_layer=2, d_model=48, n_head=4, d_ff=80, dropout=0.0)
@@ -30,7 +32,7 @@ def tiny_model(**overrides) -> Transformer:
         for module in model.modules():
             if isinstance(module, nn.LayerNorm):
                 module.weight.uniform_(0.5, 1.5)
-            if isinstance(module, (nn.LayerNorm, nn.Linear)):
+            if isinstance(module, (nn.LayerNorm, nn.Linear)) and module.bias is not None:
                 module.bias.uniform_(-0.5, 0.5)
     return model
 
@@ -75,13 +77,9 @@ def reference_logits(model: Transformer, src, tgt, src_mask, tgt_mask=None) -> t
     def attention(xq, xkv, allowed, prefix):  # allowed: (B, Tq, Tk) bool
         q, k, v = (linear(xq, prefix + ".q_proj"), linear(xkv, prefix + ".k_proj"),
                    linear(xkv, prefix + ".v_proj"))
-        heads = []
-        for j in range(h):
-            cols = slice(j * dk, (j + 1) * dk)
-            scores = q[..., cols] @ k[..., cols].transpose(-1, -2) / math.sqrt(dk)
-            scores = scores.masked_fill(~allowed, float("-inf"))
-            heads.append(torch.softmax(scores, dim=-1) @ v[..., cols])
-        return linear(torch.cat(heads, dim=-1), prefix + ".out_proj")  # Concat(heads) W^O
+        heads = lambda t: t.view(*t.shape[:2], h, dk).transpose(1, 2)  # noqa: E731 (B, h, T, dk)
+        y = math_attention(heads(q), heads(k), heads(v), attn_mask=allowed[:, None])
+        return linear(y.transpose(1, 2).flatten(2), prefix + ".out_proj")  # Concat(heads) W^O
 
     def ffn(x, prefix):
         return linear(torch.relu(linear(x, prefix + ".fc_in")), prefix + ".fc_out")
@@ -252,7 +250,9 @@ def test_initialisation():
     model = Transformer(TransformerConfig(**{**TINY, "vocab_size": 2000}))
     assert model.tok_emb.weight.std().item() == pytest.approx(48**-0.5, rel=0.05)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in linears)
+    assert model.lm_head.bias is None  # the output projection is E alone
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias))
+               for m in linears if m is not model.lm_head)
     bound = math.sqrt(6 / (48 + 80))  # Xavier-uniform bound of the (80, 48) fc_in
     assert model.encoder[0].ffn.fc_in.weight.abs().max() <= bound
 

@@ -6,12 +6,13 @@ from zoo.layers.attention import (
     MultiHeadAttention,
     causal_mask,
     hidden_key_bias,
+    math_attention,
     merge_masks,
     sdpa,
 )
-from zoo.layers.feedforward import FeedForward
+from zoo.layers.feedforward import ACTIVATIONS, FeedForward
+from zoo.layers.heads import tied_head
 from zoo.layers.init import bert_init
-from zoo.layers.linear import ACTIVATIONS, Linear, linear
 
-__all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "Linear", "MultiHeadAttention", "bert_init",
-           "causal_mask", "hidden_key_bias", "linear", "merge_masks", "sdpa"]
+__all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "MultiHeadAttention", "bert_init",
+           "causal_mask", "hidden_key_bias", "math_attention", "merge_masks", "sdpa", "tied_head"]

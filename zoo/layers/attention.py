@@ -3,16 +3,17 @@
 Used unchanged by the Transformer (self- and cross-attention), BERT/RoBERTa, GPT and
 MosaicBERT (which passes its ALiBi bias as an additive mask). Masks follow
 `F.scaled_dot_product_attention`: a bool mask is True where a query may attend, a float mask
-is added to the scores; either broadcasts to (B, nh, T_query, T_key).
+is added to the scores; either broadcasts to (B, nh, T_query, T_key). `math_attention` is the
+same attention written out, the oracle of the tests.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from zoo.layers.linear import Linear
 
 try:  # torch >= 2.3
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -98,15 +99,33 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Ten
                                           is_causal=is_causal)
 
 
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hs) + mask) v, written out: the plain attention that tests hold
+    `sdpa` to. q (B, nh, T_query, hs), k and v (B, nh, T_key, hs); `attn_mask` as in `sdpa` (bool:
+    True where a query may attend; float: added to the scores); `is_causal` lets query i see
+    keys 0..i, aligned to the first key as in F.scaled_dot_product_attention. A query that may
+    see no key at all gets NaNs here (softmax over nothing), where PyTorch's kernels differ."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T_query, T_key)
+    if is_causal:
+        future = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    elif attn_mask is not None:
+        scores = scores + attn_mask
+    return torch.softmax(scores, dim=-1) @ v  # (B, nh, T_query, hs)
+
+
 class MultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, n_head: int, bias: bool = True, dropout: float = 0.0):
         super().__init__()
         assert d_model % n_head == 0, f"d_model {d_model} is not divisible by n_head {n_head}"
         self.n_head, self.dropout = n_head, dropout
-        self.q_proj = Linear(d_model, d_model, bias=bias)
-        self.k_proj = Linear(d_model, d_model, bias=bias)
-        self.v_proj = Linear(d_model, d_model, bias=bias)
-        self.out_proj = Linear(d_model, d_model, bias=bias)
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape

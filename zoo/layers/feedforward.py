@@ -4,10 +4,18 @@ Used by the Transformer (ReLU), BERT/RoBERTa (exact GELU) and GPT (GELU, tanh fo
 
 from __future__ import annotations
 
+import functools
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers.linear import ACTIVATIONS, Linear
+# The activations a feed-forward layer can take, by the name a config gives.
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,  # exact, erf form
+    "gelu_tanh": functools.partial(F.gelu, approximate="tanh"),  # GPT-2's "gelu_new"
+}
 
 
 class FeedForward(nn.Module):
@@ -15,10 +23,9 @@ class FeedForward(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
-        self.activation = activation  # a key of zoo.layers.ACTIVATIONS
-        self.fc_in = Linear(d_model, d_ff, bias=bias)
-        self.fc_out = Linear(d_ff, d_model, bias=bias)
+        self.activation = activation  # a key of ACTIVATIONS
+        self.fc_in = nn.Linear(d_model, d_ff, bias=bias)
+        self.fc_out = nn.Linear(d_ff, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # fc_in applies the activation itself: in the same pass over its output where it can.
-        return self.fc_out(self.fc_in(x, activation=self.activation))
+        return self.fc_out(ACTIVATIONS[self.activation](self.fc_in(x)))

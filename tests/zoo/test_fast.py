@@ -1,0 +1,295 @@
+"""zoo.fast, the CPU speed routes, against the plain path they replace.
+
+`linear`: every route (split matrix-vector product, oneDNN, F.linear) gives F.linear's numbers,
+with and without a bias and an activation, and autograd still works. The routes on models:
+every zoo model gives its plain logits with the routes applied, in a forward and when decoding
+one token at a time, still trains (gradients as the plain model's), and keeps its keys, hooks
+and modules; apply / remove / applied round-trip, describe() says which routes run.
+
+Tolerances: the routes only reorder float32 additions. A linear layer is compared with a float64
+F.linear at 1e-5; a tiny model's logits (2 to 3 layers, values of order 1 to 10) with the plain
+model's at atol 2e-5, rtol 1e-5, and its gradients at atol 1e-5, rtol 1e-4.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import zoo
+import zoo.fast
+from harness.models import build_variant
+from zoo import wkv_cpu
+from zoo.fast import FEW_ROWS, FastLinear, linear, onednn_available
+from zoo.layers import ACTIVATIONS, FeedForward, MultiHeadAttention
+
+MODELS = sorted(zoo.REGISTRY)
+CAUSAL = [n for n in MODELS if getattr(zoo.load_class(n), "causal_lm", False)]
+# The routes each model has modules for.
+EXPECTED = {"gpt": ("linear", "ffn"), "bert": ("linear", "ffn"), "roberta": ("linear", "ffn"),
+            "transformer": ("linear", "ffn"), "mosaic-bert": ("linear",),
+            "pangu-pi": ("linear",), "rwkv": ("linear", "ffn", "wkv")}
+LOGITS = dict(atol=2e-5, rtol=1e-5)
+
+
+# ---- the routed linear function ---------------------------------------------------------------
+
+def reference(x, weight, bias, activation):
+    y = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+    return y if activation is None else ACTIVATIONS[activation](y)
+
+
+@pytest.mark.parametrize("rows", [1, 2, FEW_ROWS, FEW_ROWS + 1, 64])
+@pytest.mark.parametrize("activation", [None, *ACTIVATIONS])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_every_route_equals_f_linear(rows, activation, with_bias):
+    torch.manual_seed(rows)
+    weight = torch.randn(48, 40) / 40**0.5
+    bias = torch.randn(48) if with_bias else None
+    x = 2 * torch.randn(rows, 40)
+    expected = reference(x, weight, bias, activation)
+    with torch.no_grad():
+        for shaped in (x, x.view(1, rows, 40)):  # 2-D and 3-D inputs
+            out = linear(shaped, weight, bias, activation)
+            assert out.shape == (*shaped.shape[:-1], 48) and out.dtype == torch.float32
+            torch.testing.assert_close(out.double().view(rows, 48), expected,
+                                       atol=1e-5, rtol=1e-5)
+
+
+def test_odd_widths_transposed_weights_and_bf16_take_f_linear():
+    torch.manual_seed(0)
+    x = torch.randn(1, 33)
+    with torch.no_grad():
+        for weight in (torch.randn(31, 33), torch.randn(33, 32).t()):  # odd rows; not contiguous
+            torch.testing.assert_close(linear(x, weight), F.linear(x, weight))
+        w16, x16 = torch.randn(32, 33).bfloat16(), x.bfloat16()
+        torch.testing.assert_close(linear(x16, w16, activation="relu"), F.relu(F.linear(x16, w16)))
+
+
+def test_the_split_product_is_taken_for_few_rows(monkeypatch):
+    calls = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm",
+                        lambda *a: calls.append((a[0].shape, a[1].stride())) or real_bmm(*a))
+    with torch.no_grad():
+        linear(torch.randn(1, 16), torch.randn(8, 16))
+        linear(torch.randn(FEW_ROWS + 1, 16), torch.randn(8, 16))
+    # Two halves of 4 rows each, only for the one-row input; the columns a transposed view
+    # (strides (0, 1, 16)): MKL's batched product is 3-5x slower on the same values laid out
+    # with strides (0, 1, 1).
+    assert calls == [((2, 4, 16), (0, 1, 16))]
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    """The post-op of every call to oneDNN's linear, in order."""
+    if not onednn_available():
+        pytest.skip("this torch has no oneDNN")
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise",
+                        lambda *a: calls.append(a[3]) or real(*a), raising=False)
+    return calls
+
+
+def test_onednn_runs_for_many_rows_without_gradients(onednn_calls):
+    layer = FastLinear(16, 8)
+    x = torch.randn(10, 16)
+    with torch.no_grad():
+        layer(x)
+        linear(x, layer.weight, layer.bias, activation="gelu_tanh")
+    layer(x)  # with gradients: F.linear
+    assert onednn_calls == ["none", "gelu"]
+
+
+def test_gradients_flow_through_the_plain_route():
+    torch.manual_seed(0)
+    layer = FastLinear(16, 8)
+    x = torch.randn(1, 16, requires_grad=True)  # one row: the split route would apply
+    y = linear(x, layer.weight, layer.bias, activation="gelu")
+    y.sum().backward()
+    ref_x = x.detach().clone().requires_grad_()
+    F.gelu(F.linear(ref_x, layer.weight, layer.bias)).sum().backward()
+    torch.testing.assert_close(x.grad, ref_x.grad)
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_unknown_activation_is_a_clear_error():
+    with pytest.raises(ValueError, match="activation 'swish' is not one of relu, gelu"):
+        linear(torch.randn(2, 4), torch.randn(3, 4), activation="swish")
+
+
+def test_fast_linear_is_an_nn_linear_with_the_same_state_dict():
+    layer = FastLinear(4, 3)
+    assert isinstance(layer, torch.nn.Linear)
+    assert set(layer.state_dict()) == {"weight", "bias"}
+
+
+def test_under_torch_compile_it_is_f_linear(monkeypatch):
+    """Inductor picks its own kernels and cannot lower the oneDNN call."""
+    calls = []
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append("bmm"))
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append("dnn"),
+                        raising=False)
+    x, w = torch.randn(10, 16), torch.randn(8, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x, w, activation="relu"), F.relu(F.linear(x, w)))
+        torch.testing.assert_close(linear(x[:1], w), F.linear(x[:1], w))
+    assert calls == []
+
+
+# ---- the ffn route ----------------------------------------------------------------------------
+
+def test_the_ffn_route_fuses_the_activation_and_keeps_hooks(onednn_calls):
+    torch.manual_seed(0)
+    ffn = FeedForward(16, 32, activation="gelu_tanh")
+    x = torch.randn(1, 10, 16)
+    with torch.no_grad():
+        plain = ffn(x)
+        zoo.fast.apply(ffn, ["ffn"])
+        fused = ffn(x)
+        assert onednn_calls == ["gelu"]  # fc_in with its activation; fc_out stays plain
+        seen = []
+        ffn.fc_in.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+        hooked = ffn(x)  # a hook on fc_in must see fc_in called: the fusion steps aside
+    assert seen == [(1, 10, 32)]
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hooked, plain, atol=1e-5, rtol=1e-5)
+
+
+# ---- the routes on every model -----------------------------------------------------------------
+
+def tiny(name: str, fast: bool) -> nn.Module:
+    """The tiny variant with noise on every parameter, so that no matrix is zero (RWKV's init
+    zeroes several) and both builds hold the same weights."""
+    torch.manual_seed(0)
+    model = build_variant(name, "tiny", fast=fast).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_route_gives_the_plain_logits(name):
+    fast, plain = tiny(name, fast=True), tiny(name, fast=False)
+    assert zoo.fast.applied(fast) == EXPECTED[name] and zoo.fast.applied(plain) == ()
+    # Every module a route covers was swapped: no plain nn.Linear is left behind (the LM heads,
+    # tied to the embeddings, included).
+    assert not [n for n, m in fast.named_modules() if type(m) is nn.Linear]
+    inputs = plain.dummy_inputs(batch=2, seqlen=11, device="cpu", padded=True)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(**inputs).logits, plain(**inputs).logits, **LOGITS)
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_decoding_with_the_routes_gives_the_plain_logits(name):
+    fast, plain = tiny(name, fast=True), tiny(name, fast=False)
+    ids = plain.dummy_inputs(batch=1, seqlen=9, device="cpu")["input_ids"]
+    with torch.no_grad():
+        expected = plain(ids).logits
+        out = fast(ids[:, :3], use_cache=True)
+        steps = [out.logits]
+        for t in range(3, 9):  # one row per step: the split matrix-vector route
+            out = fast(ids[:, t : t + 1], cache=out.cache)
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), expected, **LOGITS)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_training_under_the_routes_takes_the_plain_ops(name):
+    """With gradients every route falls back to the plain op: same loss, same gradients."""
+    grads = []
+    for fast in (True, False):
+        model = tiny(name, fast).train()
+        for m in model.modules():  # dropout off, so that both runs compute the same thing
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0
+            if isinstance(m, MultiHeadAttention):
+                m.dropout = 0.0
+        torch.manual_seed(1)
+        inputs = model.dummy_inputs(batch=2, seqlen=7, device="cpu")
+        logits = model(**inputs).logits
+        targets = torch.randint(0, logits.size(-1), logits.shape[:2])
+        model(**inputs, targets=targets).loss.backward()
+        grads.append({k: p.grad for k, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(g is not None for g in grads[0].values())
+    for key, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_apply_remove_round_trip_keeps_modules_keys_and_hooks(name):
+    model = tiny(name, fast=False)
+    modules = dict(model.named_modules())
+    keys = list(model.state_dict())
+    seen = []
+    first_linear = next(m for m in model.modules() if type(m) is nn.Linear)
+    first_linear.register_forward_hook(lambda *args: seen.append(1))
+
+    assert zoo.fast.apply(model) == EXPECTED[name]
+    assert zoo.fast.apply(model) == EXPECTED[name]  # idempotent
+    assert all(m is modules[n] for n, m in model.named_modules())  # the same objects
+    assert list(model.state_dict()) == keys
+    assert isinstance(first_linear, FastLinear)
+    with torch.no_grad():
+        model(**model.dummy_inputs(batch=1, seqlen=5, device="cpu"))
+    assert seen  # the hook registered before the swap still runs
+
+    zoo.fast.remove(model)
+    assert zoo.fast.applied(model) == ()
+    assert {n: type(m) for n, m in model.named_modules()} == \
+        {n: type(m) for n, m in tiny(name, fast=False).named_modules()}
+    assert zoo.fast.apply(model, ["linear"]) == ("linear",)
+    assert zoo.fast.apply(model, "linear") == ("linear",)  # one name, not its letters
+    assert zoo.fast.applied(model) == ("linear",)
+
+
+def test_build_applies_the_routes_unless_told_not_to():
+    fields = dict(n_layer=1, d_model=32, n_head=2, vocab_size=64)
+    assert zoo.fast.applied(zoo.build("gpt", **fields)) == ("linear", "ffn")
+    assert zoo.fast.applied(zoo.build("gpt", fast=False, **fields)) == ()
+    cls = zoo.load_class("gpt")
+    assert zoo.fast.applied(cls(cls.config_class(**fields))) == ()  # the class itself: plain
+
+
+def test_the_tied_heads_are_the_embeddings():
+    gpt, bert = tiny("gpt", fast=True), tiny("bert", fast=True)
+    assert gpt.lm_head.weight is gpt.wte.weight and isinstance(gpt.lm_head, FastLinear)
+    decoder = bert.lm_head.decoder
+    assert decoder.weight is bert.embeddings.word_embeddings.weight
+    assert decoder.bias is bert.lm_head.bias and isinstance(decoder, FastLinear)
+
+
+def test_unknown_route_is_a_value_error_naming_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown fast route 'flash'; valid: linear, ffn, wkv"):
+        zoo.fast.apply(tiny("gpt", fast=False), ["linear", "flash"])
+    assert set(zoo.fast.ROUTES) == {"linear", "ffn", "wkv"}
+    assert all(isinstance(line, str) and line for line in zoo.fast.ROUTES.values())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_describe_says_which_routes_run(name):
+    fast, plain = tiny(name, fast=True), tiny(name, fast=False)
+    notes, plain_notes = zoo.fast.describe(fast), zoo.fast.describe(plain)
+    assert notes[0] == (f"linears: {'oneDNN matmul' if onednn_available() else 'F.linear'}, "
+                        f"split matrix-vector products for <= {FEW_ROWS} rows (zoo.fast)")
+    assert plain_notes[0] == "linears: F.linear"
+    assert zoo.fast.describe(fast.to(torch.bfloat16))[0] == "linears: F.linear"  # not float32
+    fast.float()
+    has_ffn = "ffn" in EXPECTED[name]
+    fused = "feed-forward: activation in oneDNN's matmul pass (zoo.fast)"
+    assert (fused in notes) == (has_ffn and onednn_available())
+    assert ("feed-forward: activation as a separate op" in plain_notes) == has_ffn
+    if name == "rwkv":
+        pytorch = "WKV: PyTorch, chunks of 8 for prefill, the recurrence for decoding"
+        compiled = "WKV: compiled C loop (zoo.wkv_cpu)"
+        assert notes[-1] == (compiled if wkv_cpu.available() else pytorch)
+        assert plain_notes[-1] == pytorch
+    else:
+        assert not any(n.startswith("WKV") for n in notes + plain_notes)

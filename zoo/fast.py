@@ -1,0 +1,271 @@
+"""The zoo's speed routes for CPU inference, in one place, so that the model files stay the papers.
+
+Every model file computes in plain PyTorch: nn.Linear, activations as separate calls, RWKV's WKV
+as a PyTorch recurrence or in chunks. That plain path is what the tests hold against the
+references, and what runs with gradients, on CUDA and in other dtypes. The routes below compute
+the same numbers (up to the order of the additions) faster for float32 inference on the CPU,
+where this project's benchmarks run:
+
+  linear  nn.Linear -> FastLinear, computed by `linear` below: a split matrix-vector product for
+          a few rows (decoding), oneDNN's matrix multiply for more;
+  ffn     a feed-forward layer's activation applied by oneDNN in the pass that writes its first
+          matrix product (FeedForward -> FusedFeedForward), and RWKV's squared ReLU squared in
+          place as well (ChannelMix -> FusedChannelMix);
+  wkv     RWKV's TimeMix -> CompiledWKVTimeMix: WKV as zoo/wkv_cpu.py's compiled C loop.
+
+    model = zoo.build("gpt")              # every route; zoo.build("gpt", fast=False): none
+    zoo.fast.remove(model)                # back to the plain modules
+    zoo.fast.apply(model, ["linear"])     # one route
+    zoo.fast.applied(model)               # ("linear",)
+    zoo.fast.describe(model)              # in words, for benchmark records
+
+A route changes the class of the modules it covers in place (`module.__class__ = FastLinear`),
+as torch.nn.utils.parametrize does: the module stays the same object, so its parameters,
+state-dict keys, hooks and every reference to it are kept. The fast classes subclass the plain
+ones and add no state, only a faster forward, so `remove` is the assignment back. Only modules of
+exactly the plain class are swapped: a subclass has a forward of its own that no route knows.
+
+Measured on the 2-core AMD EPYC this project is measured on (`benchmarks/linear_backends.py`
+times the linear routes side by side):
+  - one to FEW_ROWS rows (decoding one token at a time): a matrix-vector product, whose speed is
+    the speed at which the weight streams from memory. MKL's routine for it (what F.linear
+    reaches) streams the weights of a `small` model at 7 to 12 GB/s; the same product as a batch
+    of two half-height products (`torch.bmm` on a free view of the weight's two halves) streams
+    them at 15 to 30 GB/s;
+  - more rows, no gradient needed: oneDNN's matrix multiply (`torch.ops.mkldnn._linear_pointwise`,
+    the kernel torch.compile uses for CPU linears), 30 to 65% faster than MKL's on the model
+    shapes here at 2048 rows;
+  - a separate activation writes a fresh tensor as wide as the hidden layer, and on this CPU a
+    fresh tensor that large costs a page fault per 4 KiB: at 1024 tokens GPT-2 `small`'s
+    feed-forward layer (512 -> 2048 -> 512) takes 48 ms with the fused activation, 52 ms
+    without; RWKV's channel mix (the same widths, squared ReLU) 37 ms fused and squared in
+    place, 50 ms plain;
+  - RWKV's WKV: about 15 ms per layer for 8192 tokens of width 512 as the C loop, 170 ms in
+    chunks (zoo/wkv_cpu.py).
+Elsewhere (CUDA, other dtypes, gradients, torch.compile, no oneDNN) the routes run the plain ops.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo import wkv_cpu
+from zoo.layers.feedforward import ACTIVATIONS, FeedForward
+from zoo.rwkv import ChannelMix, TimeMix, WKVState, chunk_length
+
+FEW_ROWS = 4  # at most this many rows take the split product (measured faster up to 4)
+
+# Route name -> what it does, in one line.
+ROUTES: dict[str, str] = {
+    "linear": f"nn.Linear: split matrix-vector products for <= {FEW_ROWS} rows, oneDNN's "
+              "matmul for more (CPU float32 inference)",
+    "ffn": "feed-forward layers: the activation applied in oneDNN's matmul pass, RWKV's squared "
+           "ReLU squared in place (CPU float32 inference)",
+    "wkv": "RWKV's WKV as a compiled C loop (zoo.wkv_cpu; CPU inference)",
+}
+
+# The activations of zoo.layers.ACTIVATIONS as oneDNN post-ops: name -> (post-op, algorithm).
+_ONEDNN_POST_OPS = {None: ("none", ""), "relu": ("relu", ""), "gelu": ("gelu", "none"),
+                    "gelu_tanh": ("gelu", "tanh")}
+
+
+# --- the linear route -----------------------------------------------------------------------
+
+@functools.cache
+def onednn_available() -> bool:
+    """Whether this torch has oneDNN's fused linear (a CPU build with mkldnn, torch >= 2.0)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        x = torch.ones(2, 3)
+        y = torch.ops.mkldnn._linear_pointwise(x, torch.ones(4, 3), None, "none", [], "")
+    except (AttributeError, RuntimeError):
+        return False
+    return bool(torch.equal(y, torch.full((2, 4), 3.0)))
+
+
+def _compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return bool(is_compiling and is_compiling())
+
+
+def _fast_path(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """CPU float32 inference, nothing here needs a gradient, and not under torch.compile
+    (which chooses its own kernels, and cannot lower the oneDNN call)."""
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and not _compiling()
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                                  or bias is not None and bias.requires_grad)))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           activation: str | None = None) -> torch.Tensor:
+    """activation(F.linear(x, weight, bias)) for x (..., in), weight (out, in), by the fastest
+    route for where and how it runs; `activation` is None or a key of zoo.layers.ACTIVATIONS
+    ("relu", "gelu" (exact), "gelu_tanh")."""
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
+    out_features, in_features = weight.shape
+    rows = x.numel() // in_features if in_features else 0
+    if not _fast_path(x, weight, bias) or rows == 0:
+        y = F.linear(x, weight, bias)
+    elif rows <= FEW_ROWS and out_features % 2 == 0 and weight.is_contiguous():
+        # (2, out/2, in) @ (2, in, rows): each half of the weight's rows times the same inputs.
+        # The columns' strides matter: built as below (a transposed view) the product runs at
+        # 15-30 GB/s; built as x.reshape(1, in, 1).expand(2, in, 1), same values, at 6 GB/s.
+        halves = weight.view(2, out_features // 2, in_features)
+        columns = x.reshape(rows, in_features).t().expand(2, in_features, rows)
+        y = torch.bmm(halves, columns)  # (2, out/2, rows)
+        y = y.view(1, out_features) if rows == 1 else y.reshape(out_features, rows).t()
+        if bias is not None:
+            y = y + bias
+        y = y.view(*x.shape[:-1], out_features)
+    elif onednn_available():
+        post_op, algorithm = _ONEDNN_POST_OPS[activation]
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], algorithm)
+    else:
+        y = F.linear(x, weight, bias)
+    return y if activation is None else ACTIVATIONS[activation](y)
+
+
+class FastLinear(nn.Linear):
+    """nn.Linear computed by `linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+# --- the ffn route ----------------------------------------------------------------------------
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether `module` has forward hooks, which expect it to be called as a module: a fused
+    route that would only read its weights calls it instead."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+class FusedFeedForward(FeedForward):
+    """FeedForward with fc_in's activation applied in the same pass as its matrix product."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _hooked(self.fc_in):
+            return super().forward(x)
+        h = linear(x, self.fc_in.weight, self.fc_in.bias, self.activation)
+        return self.fc_out(h)
+
+
+class FusedChannelMix(ChannelMix):
+    """RWKV's ChannelMix with the ReLU applied in the key's matrix product and the square taken
+    in place when no gradient needs the unsquared values: a fresh 4d-wide tensor costs a page
+    fault per 4 KiB on this CPU (~20 ms at 8192 tokens of width 2048), the squaring 2 ms."""
+
+    def squared_relu_key(self, xk: torch.Tensor) -> torch.Tensor:
+        if _hooked(self.key):
+            return super().squared_relu_key(xk)
+        k = linear(xk, self.key.weight, self.key.bias, "relu")
+        return k.square() if k.requires_grad else k.square_()
+
+
+# --- the wkv route ----------------------------------------------------------------------------
+
+def _compiled_wkv_runs(*tensors: torch.Tensor) -> bool:
+    """float32 CPU tensors, none needing a gradient (the C loop has no backward), and a C
+    compiler that built the loop. torch.compile, which cannot trace the C call, runs it between
+    its graphs."""
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+            and wkv_cpu.available())
+
+
+class CompiledWKVTimeMix(TimeMix):
+    """RWKV's TimeMix with WKV computed by zoo/wkv_cpu.py's C loop where it can run."""
+
+    def wkv(self, w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            state: WKVState) -> tuple[torch.Tensor, WKVState]:
+        if _compiled_wkv_runs(w, u, k, v, *state):
+            return wkv_cpu.wkv(w, u, k, v, state)
+        return super().wkv(w, u, k, v, state)
+
+
+# --- applying and removing routes -------------------------------------------------------------
+
+# route -> {plain class: its fast subclass}
+_SWAPS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
+    "linear": {nn.Linear: FastLinear},
+    "ffn": {FeedForward: FusedFeedForward, ChannelMix: FusedChannelMix},
+    "wkv": {TimeMix: CompiledWKVTimeMix},
+}
+_PLAIN = {fast: plain for swaps in _SWAPS.values() for plain, fast in swaps.items()}
+_ROUTE_OF = {fast: route for route, swaps in _SWAPS.items() for fast in swaps.values()}
+
+
+def _route_names(routes: Iterable[str] | None) -> tuple[str, ...]:
+    if routes is None:
+        return tuple(ROUTES)
+    if isinstance(routes, str):  # one name, not its letters
+        routes = (routes,)
+    names = tuple(routes)
+    unknown = [name for name in names if name not in ROUTES]
+    if unknown:
+        raise ValueError(f"unknown fast route {unknown[0]!r}; valid: {', '.join(ROUTES)}")
+    return names
+
+
+def apply(model: nn.Module, routes: Iterable[str] | None = None) -> tuple[str, ...]:
+    """Swap in the fast modules of `routes` (None: every route) in place. Returns the names of
+    those routes that found modules to cover in `model`; applying again changes nothing."""
+    names = _route_names(routes)
+    for module in model.modules():
+        for name in names:
+            fast = _SWAPS[name].get(type(module))
+            if fast is not None:
+                module.__class__ = fast
+    return tuple(name for name in applied(model) if name in names)
+
+
+def remove(model: nn.Module) -> None:
+    """Back to the plain modules, the paper's path, in place."""
+    for module in model.modules():
+        plain = _PLAIN.get(type(module))
+        if plain is not None:
+            module.__class__ = plain
+
+
+def applied(model: nn.Module) -> tuple[str, ...]:
+    """The names of the routes `model` has now, in ROUTES' order."""
+    found = {_ROUTE_OF[type(m)] for m in model.modules() if type(m) in _ROUTE_OF}
+    return tuple(name for name in ROUTES if name in found)
+
+
+def describe(model: nn.Module) -> tuple[str, ...]:
+    """In words, how `model` computes without gradients where its weights are (device, dtype):
+    which routes run and what the plain path does where they do not, for benchmark records."""
+    weight = next(model.parameters())
+    cpu = weight.device.type == "cpu"
+    cpu32 = cpu and weight.dtype == torch.float32
+    routes = applied(model)
+    kinds = {type(m) for m in model.modules()}
+    notes = []
+    if "linear" in routes and cpu32:
+        many = "oneDNN matmul" if onednn_available() else "F.linear"
+        notes.append(f"linears: {many}, split matrix-vector products for <= {FEW_ROWS} rows "
+                     "(zoo.fast)")
+    else:
+        notes.append("linears: F.linear")
+    if kinds & {FeedForward, ChannelMix, FusedFeedForward, FusedChannelMix}:
+        fused = "ffn" in routes and cpu32 and onednn_available()
+        notes.append("feed-forward: activation in oneDNN's matmul pass (zoo.fast)" if fused
+                     else "feed-forward: activation as a separate op")
+    time_mix = next((m for m in model.modules() if isinstance(m, TimeMix)), None)
+    if time_mix is not None:
+        if "wkv" in routes and cpu and wkv_cpu.available():
+            notes.append("WKV: compiled C loop (zoo.wkv_cpu)")
+        else:
+            chunk = chunk_length(time_mix.chunk_len, weight.is_cuda)
+            notes.append(f"WKV: PyTorch, chunks of {chunk} for prefill, the recurrence for "
+                         "decoding")
+    return tuple(notes)
