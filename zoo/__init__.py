@@ -1,8 +1,9 @@
 """The zoo: readable PyTorch implementations of the family's landmark models.
 
-`REGISTRY` maps a model name (the `zoo:` key of catalog entries) to "module:Class"; modules are
-imported only when a model is built, so `import zoo` stays light (no torch). The zoo knows
-nothing of the catalog, the harness or YAML: a model is built from plain config fields.
+`REGISTRY` (zoo.registry) maps a model name (the `zoo:` key of catalog entries) to
+"module:Class"; modules are imported only when a model is built, so `import zoo` stays light
+(no torch). The zoo knows nothing of the catalog, the harness or YAML: a model is built from
+plain config fields.
 
     model = zoo.build("gpt", n_layer=2)         # the config's defaults (paper's base) + fields
     plain = zoo.build("gpt", fast=False)        # without the CPU speed routes of zoo.fast
@@ -13,27 +14,11 @@ Catalog variants (`tiny`, `small`, the published sizes) are resolved by the harn
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-REGISTRY: dict[str, str] = {
-    "transformer": "zoo.transformer:Transformer",
-    "bert": "zoo.bert:Bert",
-    "gpt": "zoo.gpt:GPT",
-    "roberta": "zoo.roberta:Roberta",
-    "mosaic-bert": "zoo.mosaic_bert:MosaicBert",
-    "rwkv": "zoo.rwkv:RWKV",
-    "pangu-pi": "zoo.pangu_pi:PanguPi",
-}
+from zoo.registry import REGISTRY, load_class
 
-
-def load_class(name: str) -> type:
-    """The model class registered under `name`."""
-    if name not in REGISTRY:
-        known = ", ".join(sorted(REGISTRY)) or "none yet"
-        raise KeyError(f"unknown zoo model {name!r}; known: {known}")
-    module, _, attr = REGISTRY[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+__all__ = ["REGISTRY", "build", "from_pretrained", "load_class"]
 
 
 def build(name: str, *, device: Any = None, dtype: Any = None, fast: bool = True, **fields: Any):

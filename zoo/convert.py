@@ -80,7 +80,7 @@ def load_into(model: torch.nn.Module, state: StateDict, source: Path | str) -> N
 
 def from_pretrained(name: str, path: Path | str, **overrides: Any):
     """A zoo model `name` with the weights of the checkpoint at `path` (fp32, eval mode)."""
-    from zoo import load_class
+    from zoo.registry import load_class
 
     if name not in CONVERTERS:
         raise CheckpointError(f"no checkpoint converter for zoo model {name!r}; "
@@ -493,4 +493,143 @@ CONVERTERS: dict[str, Converter] = {
     "bert": convert_bert,
     "roberta": convert_roberta,
     "rwkv": convert_rwkv,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Export: zoo models -> Hugging Face layouts (and RWKV-4's official one), the inverse of the
+# converters above. An exporter takes the zoo config (the dataclass) and state dict and returns
+# (config.json as a dict, with model_type and architectures, state dict in the Hugging Face
+# layout); reading them back with the converter gives the zoo config and weights exactly (the
+# round trip is tested). A zoo config the Hugging Face class cannot express is a CheckpointError.
+# --------------------------------------------------------------------------------------------------
+
+Exporter = Callable[[Any, StateDict], tuple[dict[str, Any], StateDict]]
+
+
+def _inverse(table: dict[str, str]) -> dict[str, str]:
+    """zoo name -> the first Hugging Face name that maps to it (the canonical spelling)."""
+    out: dict[str, str] = {}
+    for hf_name, zoo_name in table.items():
+        out.setdefault(zoo_name, hf_name)
+    return out
+
+
+def export_gpt(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """zoo.gpt -> GPT2LMHeadModel (pre-LN) or OpenAIGPTLMHeadModel (post-LN): q, k, v fused
+    into c_attn and nn.Linear (out, in) weights transposed into Conv1D (in, out). The head is
+    tied to the token embedding, so only the embedding is stored."""
+    gpt1 = not c.pre_ln
+    table = _inverse(_OPENAI_ACTIVATIONS if gpt1 else _GPT2_ACTIVATIONS)
+    if c.activation not in table:
+        raise CheckpointError(f"transformers' {'OpenAI GPT' if gpt1 else 'GPT-2'} has no "
+                              f"{c.activation!r} activation")
+    config = {"vocab_size": c.vocab_size, "n_positions": c.max_seq_len, "n_embd": c.d_model,
+              "n_layer": c.n_layer, "n_head": c.n_head, "resid_pdrop": c.dropout,
+              "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
+              "layer_norm_epsilon": c.layer_norm_eps, "initializer_range": c.init_std}
+    if gpt1:
+        if c.d_ff != 4 * c.d_model:
+            raise CheckpointError(f"transformers' OpenAI GPT fixes d_ff at 4 * d_model; this "
+                                  f"config has d_ff {c.d_ff}")
+        config |= {"model_type": "openai-gpt", "architectures": ["OpenAIGPTLMHeadModel"],
+                   "afn": table[c.activation]}
+    else:
+        config |= {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+                   "n_inner": c.d_ff, "activation_function": table[c.activation],
+                   "bos_token_id": None, "eos_token_id": None}
+    hf = {("tokens_embed.weight" if gpt1 else "wte.weight"): zoo["wte.weight"],
+          ("positions_embed.weight" if gpt1 else "wpe.weight"): zoo["wpe.weight"]}
+    for i in range(c.n_layer):
+        src, dst = f"blocks.{i}.", f"h.{i}."
+        qkv = [f"{src}attn.{p}_proj" for p in "qkv"]
+        hf[dst + "attn.c_attn.weight"] = torch.cat([zoo[m + ".weight"] for m in qkv]).t()
+        hf[dst + "attn.c_attn.bias"] = torch.cat([zoo[m + ".bias"] for m in qkv])
+        for p in ("weight", "bias"):
+            for ln in ("ln_1", "ln_2"):
+                hf[f"{dst}{ln}.{p}"] = zoo[f"{src}{ln}.{p}"]
+            for conv, linear in GPT_CONV1D.items():
+                tensor = zoo[f"{src}{linear}.{p}"]
+                hf[f"{dst}{conv}.{p}"] = tensor.t() if p == "weight" else tensor
+    if not gpt1:
+        hf |= {"ln_f.weight": zoo["ln_f.weight"], "ln_f.bias": zoo["ln_f.bias"]}
+    return config, {"transformer." + key: tensor for key, tensor in hf.items()}
+
+
+def _export_bert_like(c: Any, zoo: StateDict, roberta: bool) -> tuple[dict[str, Any], StateDict]:
+    """zoo.bert / zoo.roberta -> Bert* / RobertaForMaskedLM: the converters' tables read
+    backwards. The MLM decoder is tied to the word embeddings (and its bias to the head's)."""
+    if roberta and c.next_sentence_head:
+        raise CheckpointError("transformers' RobertaForMaskedLM has no next-sentence head")
+    if roberta:
+        architecture = "RobertaForMaskedLM"
+    else:
+        architecture = "BertForPreTraining" if c.next_sentence_head else "BertForMaskedLM"
+    config = {"model_type": "roberta" if roberta else "bert", "architectures": [architecture],
+              "vocab_size": c.vocab_size, "hidden_size": c.d_model,
+              "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head,
+              "intermediate_size": c.d_ff, "hidden_act": "gelu",
+              "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.attn_dropout,
+              "max_position_embeddings": c.max_position_embeddings,
+              "type_vocab_size": c.type_vocab_size, "layer_norm_eps": c.layer_norm_eps,
+              "pad_token_id": c.pad_token_id, "position_embedding_type": "absolute",
+              "tie_word_embeddings": True}
+    prefix = "roberta." if roberta else "bert."
+    modules = {zoo_name: prefix + hf_name for zoo_name, hf_name in BERT_EMBEDDING_KEYS.items()}
+    for i in range(c.n_layer):
+        modules |= {f"blocks.{i}.{zoo_name}": f"{prefix}encoder.layer.{i}.{hf_name}"
+                    for zoo_name, hf_name in BERT_BLOCK_KEYS.items()}
+    if roberta:
+        modules |= {"lm_head.dense": "lm_head.dense", "lm_head.ln": "lm_head.layer_norm",
+                    "lm_head.bias": "lm_head.bias"}
+    else:
+        modules |= {"lm_head.dense": "cls.predictions.transform.dense",
+                    "lm_head.ln": "cls.predictions.transform.LayerNorm",
+                    "lm_head.bias": "cls.predictions.bias"}
+        if c.next_sentence_head:
+            modules |= {"pooler": "bert.pooler.dense", "nsp_head": "cls.seq_relationship"}
+    hf = {}
+    for zoo_name, hf_name in modules.items():
+        if zoo_name.endswith((".weight", "lm_head.bias")):  # a single tensor
+            hf[hf_name] = zoo[zoo_name]
+        else:  # a Linear or a LayerNorm
+            for p in ("weight", "bias"):
+                hf[f"{hf_name}.{p}"] = zoo[f"{zoo_name}.{p}"]
+    return config, hf
+
+
+def export_bert(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
+    return _export_bert_like(c, zoo, roberta=False)
+
+
+def export_roberta(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
+    return _export_bert_like(c, zoo, roberta=True)
+
+
+def rwkv_to_official(zoo: StateDict) -> StateDict:
+    """The official RWKV-4 .pth layout: the zoo's key names, with time_mix_* as (1, 1, d)."""
+    return {key: tensor.reshape(1, 1, -1) if ".time_mix_" in key else tensor
+            for key, tensor in zoo.items()}
+
+
+def export_rwkv(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """zoo.rwkv -> RwkvForCausalLM. `rescale_every` is 0: Hugging Face's rescaling of the
+    weights at inference would change the numbers; the zoo (and the official package in fp32)
+    does not rescale."""
+    config = {"model_type": "rwkv", "architectures": ["RwkvForCausalLM"],
+              "vocab_size": c.vocab_size, "context_length": c.context_length,
+              "hidden_size": c.d_model, "num_hidden_layers": c.n_layer,
+              "attention_hidden_size": c.d_model, "intermediate_size": 4 * c.d_model,
+              "layer_norm_epsilon": c.layer_norm_eps, "rescale_every": 0,
+              "tie_word_embeddings": False}
+    return config, {rwkv_official_to_hf(key): tensor
+                    for key, tensor in rwkv_to_official(zoo).items()}
+
+
+# zoo model name -> its exporter (the inverse of CONVERTERS).
+EXPORTERS: dict[str, Exporter] = {
+    "gpt": export_gpt,
+    "bert": export_bert,
+    "roberta": export_roberta,
+    "rwkv": export_rwkv,
 }

@@ -1,0 +1,118 @@
+"""zoo.convert in both directions: every exporter (zoo -> Hugging Face / official layout) read
+back by its converter gives the zoo config and weights exactly, and the exported folder loads
+in transformers with the same logits."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import zoo
+from zoo.convert import CONVERTERS, EXPORTERS, CheckpointError, rwkv_to_official
+
+TINY = {
+    "gpt": dict(vocab_size=96, max_seq_len=40, n_layer=2, n_head=2, d_model=32, d_ff=80),
+    "bert": dict(vocab_size=96, max_position_embeddings=40, n_layer=2, n_head=2, d_model=32,
+                 d_ff=64),
+    "roberta": dict(vocab_size=96, max_position_embeddings=40, n_layer=2, n_head=2, d_model=32,
+                    d_ff=64),
+    "rwkv": dict(vocab_size=96, n_layer=2, d_model=32),
+}
+CASES = [("gpt", {}), ("gpt", {"pre_ln": False, "d_ff": 128, "activation": "relu"}),
+         ("gpt", {"activation": "gelu", "layer_norm_eps": 1e-6, "dropout": 0.0}),
+         ("bert", {}), ("bert", {"next_sentence_head": False}), ("roberta", {}), ("rwkv", {}),
+         ("rwkv", {"layer_norm_eps": 1e-6, "context_length": 64})]
+
+
+def randomized(model: torch.nn.Module) -> torch.nn.Module:
+    """Every weight random (official inits leave many at constants, which would hide a
+    mis-mapped tensor); RWKV's time_* vectors in their working ranges."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if name.endswith("time_decay"):
+                p.copy_(torch.rand(p.shape, generator=g) * 8 - 5)
+            elif name.endswith("time_first"):
+                p.copy_(math.log(0.3) + 0.5 * noise)
+            elif "time_mix" in name:
+                p.copy_(torch.rand(p.shape, generator=g))
+            else:
+                p.copy_(noise / math.sqrt(p.shape[-1]))
+    return model
+
+
+def build(name: str, **fields):
+    return randomized(zoo.build(name, **{**TINY[name], **fields}).eval())
+
+
+@pytest.mark.parametrize("name,fields", CASES)
+def test_export_then_import_gives_the_model_back_exactly(name, fields):
+    model = build(name, **fields)
+    config, state = EXPORTERS[name](model.config, model.state_dict())
+    assert config["model_type"] and config["architectures"]
+    json.dumps(config)  # a config.json
+    back_fields, back_state = CONVERTERS[name](config, state)
+    for field, value in back_fields.items():
+        assert getattr(model.config, field) == value, field
+    ours = model.state_dict()
+    assert set(back_state) == set(ours)
+    for key, tensor in ours.items():
+        assert torch.equal(back_state[key], tensor), key
+
+
+@pytest.mark.parametrize("name,fields", CASES)
+def test_an_exported_folder_loads_back_with_from_pretrained(name, fields, tmp_path):
+    from safetensors.torch import save_file
+
+    model = build(name, **fields)
+    config, state = EXPORTERS[name](model.config, model.state_dict())
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    loaded = zoo.from_pretrained(name, tmp_path)
+    ids = torch.randint(0, TINY[name]["vocab_size"], (2, 12))
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, model(ids).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,fields", CASES)
+def test_the_exported_model_runs_in_transformers_with_the_same_logits(name, fields):
+    transformers = pytest.importorskip("transformers")
+    model = build(name, **fields)
+    config, state = EXPORTERS[name](model.config, model.state_dict())
+    model_type, (architecture,) = config.pop("model_type"), config.pop("architectures")
+    hf_class = getattr(transformers, architecture)
+    hf = hf_class(transformers.AutoConfig.for_model(model_type, **config)).eval()
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
+            "lm_head.decoder.weight", "lm_head.decoder.bias"}
+    assert not unexpected and set(missing) <= tied, (missing, unexpected)
+    ids = torch.randint(0, TINY[name]["vocab_size"], (2, 12))
+    with torch.no_grad():
+        out = hf(ids)
+        theirs = out.prediction_logits if hasattr(out, "prediction_logits") else out.logits
+        assert torch.allclose(theirs, model(ids).logits, atol=1e-4)
+
+
+def test_the_official_rwkv_layout_keeps_the_names_and_widens_time_mix():
+    model = build("rwkv")
+    official = rwkv_to_official(model.state_dict())
+    assert official.keys() == model.state_dict().keys()
+    assert official["blocks.0.att.time_mix_k"].shape == (1, 1, 32)
+    fields, back = CONVERTERS["rwkv"]({}, official)
+    assert fields["n_layer"] == 2 and torch.equal(back["blocks.1.att.time_mix_r"],
+                                                  model.blocks[1].att.time_mix_r)
+
+
+@pytest.mark.parametrize("name,fields,message", [
+    ("gpt", {"pre_ln": False, "d_ff": 100}, "d_ff"),
+    ("gpt", {"pre_ln": False, "activation": "gelu"}, "no 'gelu' activation"),
+    ("roberta", {"next_sentence_head": True}, "next-sentence head"),
+])
+def test_configs_hugging_face_cannot_express_are_refused(name, fields, message):
+    model = zoo.build(name, **{**TINY[name], **fields}, device="meta")
+    with pytest.raises(CheckpointError, match=message):
+        EXPORTERS[name](model.config, model.state_dict())

@@ -1,0 +1,26 @@
+"""The zoo's models by name: `REGISTRY` maps a model name (the `zoo:` key of catalog entries)
+to "module:Class". Modules are imported only when a model is built, so that importing the
+registry stays light (no torch)."""
+
+from __future__ import annotations
+
+import importlib
+
+REGISTRY: dict[str, str] = {
+    "transformer": "zoo.transformer:Transformer",
+    "bert": "zoo.bert:Bert",
+    "gpt": "zoo.gpt:GPT",
+    "roberta": "zoo.roberta:Roberta",
+    "mosaic-bert": "zoo.mosaic_bert:MosaicBert",
+    "rwkv": "zoo.rwkv:RWKV",
+    "pangu-pi": "zoo.pangu_pi:PanguPi",
+}
+
+
+def load_class(name: str) -> type:
+    """The model class registered under `name`."""
+    if name not in REGISTRY:
+        known = ", ".join(sorted(REGISTRY)) or "none yet"
+        raise KeyError(f"unknown zoo model {name!r}; known: {known}")
+    module, _, attr = REGISTRY[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
