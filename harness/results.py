@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+import types
+import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +127,7 @@ FIELDS = tuple(Record.model_fields)  # the standard names, in order
 # What makes two records the same measurement: a rerun of a sweep skips a bench cell with
 # this key, and a report keeps the latest record of each key.
 BENCH_KEY = ("kind", "model", "variant", "impl", "mode", "seqlen", "batch", "dtype", "device",
-             "threads", "cpu", "gpu")
+             "threads", "cpu", "gpu", "routes")
 QUALITY_KEY = ("kind", "model", "variant", "impl", "task", "metric", "budget", "seed", "seqlen",
                "batch", "corpus", "tokenizer", "checkpoint", "limit", "cpu", "gpu", "device",
                "dtype")
@@ -142,8 +144,13 @@ def parse(data: dict[str, Any]) -> Record:
 
 
 def key(rec: Record, fields: Iterable[str] | None = None) -> tuple:
-    """The fields that identify `rec`'s measurement (its kind's key by default)."""
-    return tuple(getattr(rec, name, None) for name in fields or KEYS[rec.kind])
+    """The fields that identify `rec`'s measurement (its kind's key by default); lists (the
+    routes) as tuples, so that a key can be looked up."""
+    return tuple(_hashable(getattr(rec, name, None)) for name in fields or KEYS[rec.kind])
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
 
 
 # --- the store ---------------------------------------------------------------------------------
@@ -243,19 +250,32 @@ def _first_error(exc: ValidationError) -> str:
 
 def frame(records: Sequence[Record], sources: Sequence[str] | None = None) -> pd.DataFrame:
     """The records as a DataFrame: one row per record, one column per field (the standard names
-    first, then each kind's own, then `source` when `sources` are given). Columns take pandas'
-    nullable dtypes, so an integer column with gaps stays integer."""
+    first, then each kind's own, then `source` when `sources` are given). Each column's dtype
+    comes from the schema, as pandas' nullable dtypes: an integer field with gaps stays
+    integer, a float field stays float even when its values happen to be whole."""
     import pandas as pd
 
-    columns = list(FIELDS)
-    for kind in KINDS.values():
-        columns += [name for name, info in kind.model_fields.items()
-                    if name not in columns and not info.exclude]
+    dtypes: dict[str, str] = {}
+    for kind in (Record, *KINDS.values()):
+        for name, info in kind.model_fields.items():
+            if name not in dtypes and not info.exclude:
+                dtypes[name] = _pandas_dtype(info.annotation)
     rows = [rec.model_dump() for rec in records]
-    df = pd.DataFrame.from_records(rows, columns=columns)
+    df = pd.DataFrame.from_records(rows, columns=list(dtypes)).astype(dtypes)
     if sources is not None:
-        df["source"] = list(sources)
-    return df.convert_dtypes()
+        df["source"] = pd.array(list(sources), dtype="string")
+    return df
+
+
+def _pandas_dtype(annotation: Any) -> str:
+    """The nullable pandas dtype of a schema field: Int64, Float64, string, or object (lists
+    and dicts)."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    members = [t for t in typing.get_args(annotation) if t is not type(None)] if union else [
+        annotation]
+    kinds = {str if typing.get_origin(t) is Literal else t for t in members}
+    return {frozenset({str}): "string", frozenset({int}): "Int64",
+            frozenset({float}): "Float64"}.get(frozenset(kinds), "object")
 
 
 def latest(df: pd.DataFrame) -> pd.DataFrame:
@@ -263,9 +283,10 @@ def latest(df: pd.DataFrame) -> pd.DataFrame:
     replaces its earlier records. Rows keep their original order."""
     keep = []
     for kind, rows in df.groupby("kind", sort=False):
-        ordered = rows.assign(_time=rows["time"].fillna("").astype(str)).sort_values(
-            "_time", kind="stable")
-        unique = ordered.drop_duplicates(subset=list(KEYS[str(kind)]), keep="last")
+        fields = list(KEYS[str(kind)])
+        ordered = rows[fields].map(_hashable).assign(
+            _time=rows["time"].fillna("").astype(str)).sort_values("_time", kind="stable")
+        unique = ordered.drop_duplicates(subset=fields, keep="last")
         keep += list(unique.index)
     return df.loc[sorted(keep)]
 

@@ -1,6 +1,6 @@
 """A benchmark sweep: plan the cells, run each in a fresh process, write one record per cell.
 
-Each cell runs in `python -m harness.bench` so that its memory is its own; this process watches
+Each cell runs in `python -m harness.bench.cell` so that its memory is its own; this process watches
 it: over `max_memory` (peak RSS on CPU) or past `timeout` it is killed and recorded as
 `over_budget` or `timeout`; killed by the system (the kernel's OOM killer) or out of memory
 inside, `oom`. After such a failure the longer lengths of that model, impl and mode are
@@ -10,6 +10,7 @@ cell ends, so an interrupted sweep keeps what it finished and a rerun resumes.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -21,7 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import results
-from harness.bench import COMPILED, DTYPES, MODES, PEAK_METHOD, current_rss, machine_info
+from harness.bench.implementations import COMPILED, OURS, PEERS
+from harness.bench.memory import current_rss
+from harness.bench.peak import PEAK_METHOD
+from harness.bench.workload import DTYPES, MODES, Cell
+from harness.machine import machine_info, provenance
 
 if TYPE_CHECKING:
     from harness.catalog import Catalog
@@ -71,24 +76,6 @@ def parse_bytes(text: str | None) -> int | None:
     return int(value)
 
 
-@dataclass(frozen=True)
-class Cell:
-    model: str
-    variant: str
-    impl: str
-    mode: str
-    seqlen: int
-    batch: int
-    dtype: str
-    device: str
-    threads: int | None
-    warmup: int
-    repeat: int
-    new_tokens: int
-    max_memory: int | None = None
-    fields: dict[str, Any] = field(default_factory=dict)  # the variant's config fields
-
-
 @dataclass
 class Sweep:
     models: list[str]
@@ -106,6 +93,7 @@ class Sweep:
     timeout: float = 600.0
     against: list[str] = field(default_factory=list)
     compile: bool = False  # also measure the zoo model under torch.compile ("zoo-compiled")
+    fast: bool = True  # the zoo's CPU speed routes (zoo.fast); False: its plain PyTorch path
     force: bool = False
     results: Path = Path("reports/results/bench.jsonl")
     command: str | None = None  # the command line that asked for the sweep, for its records
@@ -124,13 +112,12 @@ class Sweep:
         Modes a model cannot run are left out (see `check`). Each cell carries its variant's
         config fields from `catalog` (default: the shipped one)."""
         from harness.models import variant_fields
-        from harness.peers import PEERS
 
         out = []
         left_out = set(self.unsupported())
         for model in self.models:
             fields = variant_fields(model, self.variant, catalog)
-            impls = ["zoo"] + ([COMPILED] if self.compile else []) + [
+            impls = [OURS] + ([COMPILED] if self.compile else []) + [
                 peer for peer in self.against if model in PEERS.get(peer, ())]
             for mode in [m for m in self.modes if (model, m) not in left_out]:
                 for seqlen in self.seqlens:
@@ -138,7 +125,7 @@ class Sweep:
                         out.append(Cell(model, self.variant, impl, mode, seqlen, self.batch,
                                         self.dtype, self.device, self.threads, self.warmup,
                                         self.repeat, self.new_tokens, self.max_memory,
-                                        fields))
+                                        fields, self.fast))
         return out
 
 
@@ -148,7 +135,6 @@ def check(sweep: Sweep, catalog: Catalog | None = None) -> None:
     `catalog` (default: the shipped one) does not have."""
     import zoo
     from harness.models import variant_fields
-    from harness.peers import PEERS
 
     unknown = [m for m in sweep.models if m not in zoo.REGISTRY]
     if unknown:
@@ -188,8 +174,8 @@ def check(sweep: Sweep, catalog: Catalog | None = None) -> None:
 # --- running a cell in its own process --------------------------------------------------------
 
 def _spawn(argv: list[str], timeout: float, max_rss: int | None) -> tuple[str, dict[str, Any]]:
-    """Run `python -m harness.bench ARGV`; return (status, result dict)."""
-    proc = subprocess.Popen([sys.executable, "-m", "harness.bench", *argv],
+    """Run `python -m harness.bench.cell ARGV`; return (status, result dict)."""
+    proc = subprocess.Popen([sys.executable, "-m", "harness.bench.cell", *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     start, peak, killed = time.monotonic(), 0, None
     stdout = stderr = ""
@@ -261,28 +247,6 @@ def calibrate(device: str, dtype: str, threads: int | None, cache: Path,
     return peaks[label]
 
 
-def provenance() -> dict[str, Any]:
-    """The package version and git revision (with -dirty) every record carries."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        package = version("transformer-catalog")
-    except PackageNotFoundError:
-        package = None
-    git = None
-    try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5)
-        if out.returncode == 0:
-            dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain"],
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
-            git = out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"version": package, "git": git}
-
-
 @dataclass
 class Event:
     """What the sweep reports as it goes: a cell about to start, or its record."""
@@ -316,7 +280,8 @@ def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lamb
             torch=info["torch"], version=info["version"], git=info["git"],
             cores=info["cores"], ram_bytes=info["ram_bytes"], peak_flops=peak,
             warmup=cell.warmup, repeat=cell.new_tokens if cell.mode == "generate" else cell.repeat,
-            max_memory=sweep.max_memory, timeout_s=sweep.timeout, command=sweep.command)
+            max_memory=sweep.max_memory, timeout_s=sweep.timeout, command=sweep.command,
+            routes=routes(cell))
         previous = done.get(results.key(rec))
         if previous is not None:  # measured before with the same key: not again (see --force)
             previous = previous.model_copy(update={"resumed": True})
@@ -350,6 +315,26 @@ def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lamb
         yield rec
 
 
-# What a cell's process reports (harness.bench.measure), by record field.
+@functools.cache
+def _routes_of(model: str, fields: str) -> tuple[str, ...]:
+    from harness.models import build
+    from zoo import fast
+
+    built = build(model, overrides=json.loads(fields), device="meta", fast=True)
+    return fast.applied(built.model)
+
+
+def routes(cell: Cell) -> list[str] | None:
+    """The zoo speed routes (zoo.fast) the cell's model will take, known before it runs (part
+    of what identifies a measurement): every route that applies to the model for the eager zoo
+    cell, none for the plain model or under torch.compile, None for a peer."""
+    if cell.impl in PEERS:
+        return None
+    if cell.impl != OURS or not cell.fast:
+        return []
+    return list(_routes_of(cell.model, json.dumps(cell.fields, sort_keys=True)))
+
+
+# What a cell's process reports (harness.bench.cell.measure), by record field.
 _MEASURED = ("params", "tokens_per_s", "ms_median", "ms_iqr", "peak_mem_bytes", "act_mem_bytes",
              "flops_per_token", "notes", "threads", "error", "wall_s", "routes")

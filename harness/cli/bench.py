@@ -15,6 +15,7 @@ from harness.cli.common import (
     USAGE_ERROR,
     app,
     command_line,
+    interrupts_raise,
     load_catalog_for,
     one_line_errors,
     stderr,
@@ -34,7 +35,6 @@ class Peer(str, Enum):
     rwkv_pip = "rwkv-pip"
 
 
-PEAK_CACHE = results.default_peak_cache()  # a module global, so tests can point it elsewhere
 
 
 @app.command()
@@ -83,6 +83,10 @@ def bench(
         help="Measure again cells already in the results file.")] = False,
     calibrate: Annotated[bool, typer.Option(
         help="Measure this machine's matrix-multiply peak again (used for MFU).")] = False,
+    plain: Annotated[bool, typer.Option(
+        "--plain", help="Time the zoo models' plain PyTorch path, without their CPU speed "
+                        "routes (zoo.fast: oneDNN and split matrix products, the compiled WKV "
+                        "loop); records list the routes each cell took.")] = False,
 ) -> None:
     """Measure throughput, latency, peak memory and MFU against sequence length.
 
@@ -98,12 +102,13 @@ def bench(
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     catalog = load_catalog_for(ctx, warn=False)
+    peak_cache = results.default_peak_cache()
     with one_line_errors():
         names = zoo_names(catalog, models or [], all_models)
         if calibrate:
-            peak = sweeps.calibrate(device, dtype, threads, PEAK_CACHE, force=True)
+            peak = sweeps.calibrate(device, dtype, threads, peak_cache, force=True)
             stdout().print(f"matrix-multiply peak on {device}, {dtype}: {peak / 1e9:,.1f} GFLOP/s "
-                         f"(cached in {PEAK_CACHE})")
+                         f"(cached in {peak_cache})")
             if not names:
                 return
         if not names:
@@ -113,20 +118,21 @@ def bench(
             seqlens=sweeps.parse_seqlens(seqlen), batch=batch, dtype=dtype, device=device,
             threads=threads, warmup=warmup, repeat=repeat, new_tokens=new_tokens,
             max_memory=sweeps.parse_bytes(max_memory), timeout=timeout,
-            against=[p.value for p in against or []], compile=compile_model, force=force,
+            against=[p.value for p in against or []], compile=compile_model, fast=not plain,
+            force=force,
             results=results_path, command=command_line(ctx))
         sweeps.check(plan, catalog)
         results.check_writable(results_path)
     for model, unsupported_mode in plan.unsupported():
         stderr().print(f"[yellow]note:[/] {model} cannot run {unsupported_mode} mode; "
                      "those cells are left out")
-    records = _run_with_progress(plan, sweeps, catalog)
+    records = _run_with_progress(plan, sweeps, catalog, peak_cache)
     stdout().print(_bench_table(records))
     stdout().print(f"records appended to {escape(str(results_path))}")
 
 
 
-def _run_with_progress(plan, sweeps, catalog) -> list[results.BenchRecord]:
+def _run_with_progress(plan, sweeps, catalog, peak_cache) -> list[results.BenchRecord]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     records: list[results.BenchRecord] = []
@@ -145,8 +151,9 @@ def _run_with_progress(plan, sweeps, catalog) -> list[results.BenchRecord]:
                 progress.update(task, advance=1, description=f"{label}: {status}")
 
         try:
-            for rec in sweeps.run(plan, PEAK_CACHE, on_event, catalog):
-                records.append(rec)
+            with interrupts_raise():
+                for rec in sweeps.run(plan, peak_cache, on_event, catalog):
+                    records.append(rec)
         except KeyboardInterrupt:
             progress.stop()
             stderr().print(f"[yellow]interrupted[/]: {len(records)} record(s) kept in "

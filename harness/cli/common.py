@@ -4,6 +4,7 @@ the catalog and model-name look-ups."""
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,6 +55,18 @@ def one_line_errors() -> Iterator[None]:
     except (CatalogError, ValueError, OSError) as exc:
         stderr().print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(USAGE_ERROR) from None
+
+
+@contextmanager
+def interrupts_raise() -> Iterator[None]:
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt inside the block, even where the process was
+    started with SIGINT ignored (a shell's background job: Python then installs no handler of
+    its own), so that an interrupted sweep always stops cleanly and says what it kept."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @app.callback()

@@ -17,6 +17,7 @@ from rich.table import Table
 from harness.cli.common import (
     app,
     command_line,
+    interrupts_raise,
     load_catalog_for,
     one_line_errors,
     resolve_device,
@@ -192,7 +193,8 @@ def _train_progress(console: Console, name: str, spec: RunSpec) -> Iterator:
                                    f"lr {lr:.1e}")
 
         try:
-            yield on_step
+            with interrupts_raise():
+                yield on_step
         except KeyboardInterrupt:
             progress.stop()
             console.print("[yellow]interrupted[/]: the last save is kept; rerun with --resume")

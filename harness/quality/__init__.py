@@ -11,7 +11,6 @@ One module per job, each importing only those listed above it:
   model           which task a model runs; the model built for it
   scoring         the scores of a model on an evaluation set, per kind of task
   task_setup      a task's training batches, validation and test
-  machine         where and when a record was made
   run             run_one: train, test, save, record; the checkpoint folders
   distributed     joining torchrun's process group
   lm_eval_tasks   the local lm-eval tasks: YAML templates and the held-out data they read

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +14,9 @@ from typing import Any
 
 import torch
 
+from harness.environment import environment_defaults
+from harness.machine import now, where
 from harness.quality import tasks
-from harness.quality.machine import machine, now
 from harness.quality.spec import QualityError
 from harness.results import QualityRecord
 
@@ -25,26 +25,6 @@ from harness.results import QualityRecord
 # progress bars over the caller's own output.
 LM_EVAL_ENVIRONMENT = {"HF_DATASETS_OFFLINE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
                        "TQDM_DISABLE": "1"}
-
-
-@contextmanager
-def environment_defaults(values: Mapping[str, str],
-                         environ: MutableMapping[str, str] | None = None) -> Iterator[None]:
-    """Inside the block, each variable of `values` that `environ` (default: os.environ) lacks
-    has the given value; one already set keeps its own, as the user chose it. On leaving,
-    however the block ends, every one of those variables is back as it was."""
-    environ = os.environ if environ is None else environ
-    previous = {name: environ.get(name) for name in values}
-    for name, value in values.items():
-        environ.setdefault(name, value)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                environ.pop(name, None)
-            else:
-                environ[name] = value
 
 
 @contextmanager
@@ -115,15 +95,15 @@ def run_lm_eval(spec: EvalSpec, command: str | None = None) -> Evaluation:
                 spec.checkpoint, documents, Path(spec.checkpoint) / "lm_eval_tasks",
                 tasks=list(spec.tasks) if spec.tasks is not None else None, limit=spec.limit,
                 device=spec.device, batch_size=spec.batch_size, max_length=spec.max_length)
-    where = {"device": spec.device, "dtype": "float32", "threads": torch.get_num_threads(),
-             **machine(spec.device)}
+    made_on = {"device": spec.device, "dtype": "float32", "threads": torch.get_num_threads(),
+               **where(spec.device)}
     made = now()
     records = [
         QualityRecord(model=meta.get("zoo"), variant=meta.get("variant"), impl="lm-eval",
                       mode="eval", seqlen=spec.max_length or meta.get("seqlen"), status="ok",
                       task=task_name, metric=metric, value=value, params=meta.get("params"),
                       checkpoint=str(spec.checkpoint), corpus=spec.corpus or meta.get("corpus"),
-                      limit=spec.limit, command=command, time=made, **where)
+                      limit=spec.limit, command=command, time=made, **made_on)
         for task_name, metrics in scores.items() for metric, value in metrics.items()
         if isinstance(value, (int, float))]  # a record holds a number; the rest is shown only
     return Evaluation(scores, records, meta.get("scores") or {})

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from harness.machine import now, where
 from harness.quality.checkpoint import save_checkpoint
 from harness.quality.data import Prepared
-from harness.quality.machine import machine, now
 from harness.quality.model import build_model, check_model, task_for
 from harness.quality.spec import MQAR_NO_DROPOUT, QualityError, RunSpec
 from harness.quality.task_setup import setup_task
@@ -90,7 +90,7 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
         vocab_size=net.config.vocab_size, corpus=data.corpus_name, scores=scores,
         final_train_loss=_mean_tail(history.losses), baseline=data.baseline if task in (
             "lm", "seq2seq") else None, checkpoint=str(checkpoint), command=command,
-        **machine(spec.device))
+        **where(spec.device))
     if task == "mqar":
         rec.mqar = meta["mqar"]
         rec.chance = 1 / spec.mqar.num_kv_pairs

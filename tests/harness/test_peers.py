@@ -1,4 +1,5 @@
-"""Peers (harness.peers): transformers and the rwkv pip package run with the zoo's weights.
+"""Peers (harness.bench.hf, harness.bench.rwkv_pip): transformers and the rwkv pip package run
+with the zoo's weights.
 
 Each peer is built from a tiny zoo model whose weights are all made non-trivial first (the
 official inits leave biases, LayerNorms and several RWKV matrices at constants, which would
@@ -11,16 +12,19 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
+import os
 import sys
 import weakref
 
 import pytest
 import torch
 
-from harness import peers
-from harness.bench import BenchError, build_model, zoo_workload
+from harness.bench import implementations, ours
+from harness.bench.cell import build_model
+from harness.bench.implementations import PEERS
+from harness.bench.workload import BenchError, Cell, draw_inputs
 from harness.models import variant_fields
-from harness.peers import PEERS, peer_workload
+from zoo import convert
 
 pytest.importorskip("transformers")
 pytest.importorskip("rwkv")
@@ -39,8 +43,8 @@ NO_DROPOUT = {"gpt": {"dropout": 0.0}, "bert": {"dropout": 0.0, "attn_dropout": 
 
 @pytest.fixture(autouse=True)
 def rwkv_pip_switches(monkeypatch):
-    """The peer sets the pip package's switches in os.environ and imports it afresh when
-    needed: restore both after each test."""
+    """Each test imports the pip package afresh (its switches are read at import), from an
+    environment without them."""
     for switch in ("RWKV_JIT_ON", "RWKV_CUDA_ON", "RWKV_V7_ON"):
         monkeypatch.delenv(switch, raising=False)
     monkeypatch.delitem(sys.modules, "rwkv.model", raising=False)
@@ -65,21 +69,34 @@ def randomized(model: torch.nn.Module, seed: int = 7) -> torch.nn.Module:
     return model
 
 
+def cell(name: str, impl: str = "zoo", mode: str = "forward", batch: int = BATCH,
+         seqlen: int = SEQLEN) -> Cell:
+    return Cell(name, "tiny", impl, mode, seqlen, batch, "float32", "cpu", None, 0, 1, STEPS,
+                fields=variant_fields(name, "tiny"))
+
+
 def tiny(name: str, seqlen: int = SEQLEN, **overrides):
     """The bench's tiny zoo model of `name` (fp32, CPU), with config `overrides`, randomized."""
-    model, notes = build_model(name, variant_fields(name, "tiny"), seqlen, torch.float32, CPU)
+    model, notes = build_model(cell(name, seqlen=seqlen))
     if overrides:
         torch.manual_seed(0)
         model = type(model)(dataclasses.replace(model.config, **overrides))
     return randomized(model), notes
 
 
+def peer_workload(impl: str, name: str, model, mode: str, batch: int = BATCH,
+                  seqlen: int = SEQLEN, inputs=None):
+    """The peer's workload of a cell, on `inputs` (drawn for the cell when not given)."""
+    inputs = inputs or draw_inputs(model, mode, batch, seqlen, CPU)
+    peer_cell = cell(name, impl, mode, batch, seqlen)
+    return implementations.get(impl).workload(peer_cell, model, inputs)
+
+
 def both(impl: str, name: str, model, mode: str, batch: int = BATCH, seqlen: int = SEQLEN):
-    """(peer workload, zoo workload) of one cell, each drawing its inputs from the same seed."""
-    torch.manual_seed(3)
-    peer = peer_workload(impl, name, model, mode, batch, seqlen, CPU, STEPS)
-    torch.manual_seed(3)
-    return peer, zoo_workload(model, mode, batch, seqlen, CPU, STEPS)
+    """(peer workload, zoo workload) of one cell, handed the same inputs."""
+    inputs = draw_inputs(model, mode, batch, seqlen, CPU)
+    peer = peer_workload(impl, name, model, mode, batch, seqlen, inputs)
+    return peer, ours.eager(cell(name, "zoo", mode, batch, seqlen), model, inputs)
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -120,7 +137,7 @@ def test_gpt1_runs_as_openai_gpt_with_eager_attention():
     assert "OpenAIGPTLMHeadModel" in peer.notes[0] and "attention: eager" in peer.notes[1]
     assert max_diff(peer.run(), ours.run()) <= 1e-4
     with pytest.raises(BenchError, match="no KV cache"):
-        peer_workload("hf", "gpt", model, "generate", BATCH, SEQLEN, CPU, STEPS)
+        peer_workload("hf", "gpt", model, "generate")
 
 
 def test_gpt2_reports_sdpa_attention():
@@ -146,7 +163,7 @@ def test_a_lengthened_position_table(name, seqlen):
 
 def test_gpt2_decoding_stops_at_the_position_table():
     model, _ = tiny("gpt", max_seq_len=SEQLEN + 2)
-    peer = peer_workload("hf", "gpt", model, "generate", BATCH, SEQLEN, CPU, STEPS)
+    peer = peer_workload("hf", "gpt", model, "generate")
     peer.run()
     peer.run()
     with pytest.raises(BenchError, match="position table"):
@@ -162,7 +179,7 @@ def test_the_rwkv_pip_package_runs_its_official_configuration():
 def test_the_peer_keeps_no_reference_to_the_zoo_model(impl, name):
     """bench.measure drops the zoo model once the peer is built: its memory must go."""
     model, _ = tiny(name)
-    peer = peer_workload(impl, name, model, "forward", BATCH, SEQLEN, CPU, STEPS)
+    peer = peer_workload(impl, name, model, "forward")
     ref = weakref.ref(model)
     del model
     gc.collect()
@@ -172,17 +189,17 @@ def test_the_peer_keeps_no_reference_to_the_zoo_model(impl, name):
 
 def test_a_mis_mapped_weight_is_caught(monkeypatch):
     """The inverse mapping is checked by converting the peer back with zoo.convert."""
-    inverse = peers._gpt_state_to_hf
+    inverse = convert.EXPORTERS["gpt"]
 
     def swapped_ln(c, zoo):
-        state = inverse(c, zoo)
+        config, state = inverse(c, zoo)
         w = "transformer.h.0.ln_1.weight"
         state[w] = state[w].flip(0)
-        return state
+        return config, state
 
-    monkeypatch.setattr(peers, "_gpt_state_to_hf", swapped_ln)
+    monkeypatch.setitem(convert.EXPORTERS, "gpt", swapped_ln)
     with pytest.raises(BenchError, match=r"'blocks\.0\.ln_1\.weight' differs"):
-        peer_workload("hf", "gpt", tiny("gpt")[0], "forward", BATCH, SEQLEN, CPU, STEPS)
+        peer_workload("hf", "gpt", tiny("gpt")[0], "forward")
 
 
 @pytest.mark.parametrize("impl,name,mode,message", [
@@ -197,13 +214,49 @@ def test_a_mis_mapped_weight_is_caught(monkeypatch):
 def test_unsupported_cells_are_refused(impl, name, mode, message):
     model, _ = tiny(name if name in MODES else "gpt")
     with pytest.raises(BenchError, match=message):
-        peer_workload(impl, name, model, mode, BATCH, SEQLEN, CPU, STEPS)
+        peer_workload(impl, name, model, mode)
 
 
 def test_configs_transformers_cannot_express_are_refused():
     with pytest.raises(BenchError, match="d_ff"):
-        peer_workload("hf", "gpt", tiny("gpt", pre_ln=False, d_ff=100)[0], "forward",
-                      BATCH, SEQLEN, CPU, STEPS)
+        peer_workload("hf", "gpt", tiny("gpt", pre_ln=False, d_ff=100)[0], "forward")
     with pytest.raises(BenchError, match="eps"):
-        peer_workload("rwkv-pip", "rwkv", tiny("rwkv", layer_norm_eps=1e-6)[0], "forward",
-                      BATCH, SEQLEN, CPU, STEPS)
+        peer_workload("rwkv-pip", "rwkv", tiny("rwkv", layer_norm_eps=1e-6)[0], "forward")
+
+
+def test_the_rwkv_pip_switches_are_set_only_while_the_package_imports(monkeypatch):
+    monkeypatch.setenv("RWKV_CUDA_ON", "1")  # a user's own value comes back afterwards
+    peer_workload("rwkv-pip", "rwkv", tiny("rwkv")[0], "forward")
+    assert "RWKV_JIT_ON" not in os.environ and os.environ["RWKV_CUDA_ON"] == "1"
+
+
+def test_the_inputs_do_not_depend_on_what_was_drawn_before():
+    model, _ = tiny("bert")
+    first = draw_inputs(model, "train", BATCH, SEQLEN, CPU)
+    torch.rand(1000)
+    again = draw_inputs(model, "train", BATCH, SEQLEN, CPU)
+    assert first.forward.keys() == again.forward.keys()
+    assert all(torch.equal(first.forward[k], again.forward[k]) for k in first.forward)
+    assert torch.equal(first.targets, again.targets)
+
+
+@pytest.mark.parametrize("name,impl", [("gpt", "hf"), ("rwkv", "rwkv-pip")])
+def test_a_cell_hands_the_same_inputs_to_ours_and_to_the_peer(monkeypatch, name, impl):
+    """harness.bench.cell.measure draws the inputs once, in one place, and hands them over."""
+    from harness.bench import cell as cells
+
+    seen = {}
+    for target in ("harness.bench.ours:eager", implementations.IMPLEMENTATIONS[impl].target):
+        module, _, function = target.partition(":")
+        original = getattr(sys.modules.get(module) or __import__(module, fromlist=["_"]),
+                           function)
+
+        def spy(c, model, inputs, original=original):
+            seen[c.impl] = inputs
+            return original(c, model, inputs)
+
+        monkeypatch.setattr(f"{module}.{function}", spy)
+    for which in ("zoo", impl):
+        cells.measure(cell(name, which))
+    ours_ids, peer_ids = seen["zoo"].input_ids, seen[impl].input_ids
+    assert ours_ids is not peer_ids and torch.equal(ours_ids, peer_ids)

@@ -117,6 +117,9 @@ def test_sweeps_that_cannot_start(tmp_path, fields, message):
 
 
 def test_interrupting_a_sweep_keeps_a_valid_file(tmp_path, peak_cache):
+    """Ctrl-C stops a sweep cleanly, even in a process started with SIGINT ignored (as a
+    shell starts a background job, and as this suite may be started): the CLI installs its own
+    handler for the sweep."""
     out = tmp_path / "bench.jsonl"
     env = {**os.environ, "HOME": str(tmp_path)}
     cache = tmp_path / ".cache" / "transformer-catalog" / "matmul_peaks.json"
@@ -125,7 +128,8 @@ def test_interrupting_a_sweep_keeps_a_valid_file(tmp_path, peak_cache):
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "bench", "gpt", "--variant", "tiny",
          "--seqlen", "32..4096", "--repeat", "2", "--results", str(out)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or not out.read_text().strip()):
         time.sleep(0.1)
@@ -167,7 +171,7 @@ def test_the_matmul_peak_is_the_best_of_torch_mm_and_the_zoo_route(monkeypatch):
     import torch
 
     import zoo.fast
-    from harness.bench import measure_matmul_peak
+    from harness.bench.peak import measure_matmul_peak
 
     calls = {"mm": 0, "linear": 0}
     real_mm, real_linear = torch.mm, zoo.fast.linear

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import zoo
+from harness.bench.hf import cache_kwargs, returned_cache
 from harness.models import build_variant
-from harness.peers import hf_cache_kwargs, hf_returned_cache
 from zoo.convert import CheckpointError, convert_gpt
 from zoo.gpt import GPT, GPTConfig, PostLNBlock, PreLNBlock
 from zoo.layers import math_attention
@@ -291,7 +291,7 @@ def test_cached_decoding_matches_hugging_face_cache():
     ids = torch.randint(0, 389, (2, 17))
     with torch.no_grad():
         ref = hf(ids[:, :10], use_cache=True)
-        ref_step = hf(ids[:, 10:], **hf_cache_kwargs(hf, hf_returned_cache(ref))).logits
+        ref_step = hf(ids[:, 10:], **cache_kwargs(hf, returned_cache(ref))).logits
         ours = model(ids[:, :10], use_cache=True)
         our_step = model(ids[:, 10:], cache=ours.cache).logits
     assert (our_step - ref_step).abs().max() <= ATOL

@@ -1,0 +1,210 @@
+"""The Hugging Face transformers peer (`catalog bench --against hf`): GPT2LMHeadModel (GPT-2) or
+OpenAIGPTLMHeadModel (GPT-1), BertForPreTraining (or BertForMaskedLM without the NSP head),
+RobertaForMaskedLM, RwkvForCausalLM.
+
+The peer gets THE SAME WEIGHTS as the zoo model of the cell and the same sizes, eps,
+activation, dropout and position table, so that a difference in speed or memory is a
+difference between implementations: `zoo.convert.EXPORTERS` writes the zoo model as a Hugging
+Face config and state dict, and the forward converter (`zoo.convert.CONVERTERS`), run on the
+built peer, must give back the zoo config and weights exactly. Every cell is checked that way,
+not only the tiny configurations the tests compare logits on. The workload is the zoo's:
+the same inputs (handed over, see harness.bench.workload), the same token counts, the zoo's
+analytic FLOPs (so MFU compares), the same loss and AdamW step for training.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from importlib.metadata import version
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from harness.bench.workload import (
+    BenchError,
+    Cell,
+    Inputs,
+    Workload,
+    accounting,
+    check_mode,
+)
+from zoo.convert import CONVERTERS, EXPORTERS, CheckpointError, StateDict
+from zoo.model import lm_loss
+
+
+def _transformers():
+    try:
+        return importlib.import_module("transformers")
+    except ImportError:
+        raise BenchError("this peer needs the 'transformers' package (pip install it, or the "
+                         "project's test extra)") from None
+
+
+def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
+    """The transformers workload of the cell, with `zoo_model`'s weights, dtype and device."""
+    check_mode(cell.model, zoo_model, cell.mode)
+    if cell.model == "gpt" and not zoo_model.config.pre_ln and cell.mode == "generate":
+        raise BenchError("transformers' OpenAIGPTLMHeadModel (GPT-1) has no KV cache: "
+                         "no generate mode")
+    tokens, flops = accounting(zoo_model, cell.mode, cell.batch, cell.seqlen)
+    model = hf_model(cell.model, zoo_model, cell.seqlen)
+    kind = type(model).__name__
+    notes = [f"peer: transformers {version('transformers')} {kind}"]
+    if cell.model == "rwkv":
+        from transformers.models.rwkv import modeling_rwkv
+
+        loop = modeling_rwkv.rwkv_cuda_kernel is None or not next(model.parameters()).is_cuda
+        notes.append(f"WKV: transformers' {'per-token PyTorch loop' if loop else 'CUDA kernel'}")
+    else:  # sdpa where transformers has it (not for OpenAI GPT: eager only)
+        notes.append(f"attention: {model.config._attn_implementation}")
+    forward = dict(inputs.forward)
+    nsp_labels = forward.pop("next_sentence_label", None)  # a loss input, as in the zoo
+    causal = cell.model in ("gpt", "rwkv")
+
+    def logits():
+        """(LM or masked-LM logits, next-sentence logits or None)."""
+        out = model(**forward, **({"use_cache": False} if causal else {}))
+        if hasattr(out, "prediction_logits"):  # BertForPreTraining
+            return out.prediction_logits, out.seq_relationship_logits
+        return out.logits, None
+
+    if cell.mode == "forward":
+        model.eval()
+
+        def run():
+            with torch.no_grad():
+                return logits()[0]
+
+    elif cell.mode == "train":
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def run():
+            optimizer.zero_grad(set_to_none=True)
+            lm, nsp = logits()
+            loss = lm_loss(lm, inputs.targets)
+            if nsp is not None and nsp_labels is not None:
+                loss = loss + F.cross_entropy(nsp.float(), nsp_labels.flatten())
+            loss.backward()
+            optimizer.step()
+            return loss
+
+    elif cell.model == "gpt":
+        run = _gpt_decoder(model, inputs.input_ids)
+        notes.append("KV cache: transformers' DynamicCache")
+    else:
+        run = _rwkv_decoder(model, inputs.input_ids)
+        notes.append("decodes one sequence at a time: transformers' one-token RWKV step with a "
+                     "state broadcasts a batch of B to (B, B, d)")
+    if cell.mode == "generate":
+        notes.append(f"decodes {cell.new_tokens} timed tokens after the prompt")
+    return Workload(run, tokens, flops, notes=tuple(notes))
+
+
+def hf_model(name: str, zoo_model: Any, seqlen: int):
+    """A transformers model holding `zoo_model`'s weights, in its dtype and on its device."""
+    hf = _transformers()
+    try:
+        config, state = EXPORTERS[name](zoo_model.config, zoo_model.state_dict())
+    except CheckpointError as exc:  # a config the Hugging Face class cannot express
+        raise BenchError(str(exc)) from None
+    model_type, (architecture,) = config.pop("model_type"), config.pop("architectures")
+    if name == "rwkv":  # context_length only bounds transformers' optional CUDA kernel
+        config["context_length"] = max(config["context_length"], seqlen)
+    options = {} if model_type in ("openai-gpt", "rwkv") else {"attn_implementation": "sdpa"}
+    hf_config = hf.AutoConfig.for_model(model_type, **config, **options)
+    weight = next(zoo_model.parameters())
+    with torch.device(weight.device):
+        model = getattr(hf, architecture)(hf_config).to(weight.dtype)
+    copy_weights(model, state)
+    check_same_model(name, model, zoo_model, ignore=("context_length",))
+    return model
+
+
+def copy_weights(model: torch.nn.Module, state: StateDict) -> None:
+    """Copy `state` into `model`'s tensors. Each of the model's weights must be given, or be
+    tied to (share its storage with) one that is."""
+    target = model.state_dict()
+    with torch.no_grad():
+        for key, tensor in state.items():
+            if key not in target or target[key].shape != tensor.shape:
+                raise BenchError(f"peer weight {key!r} {tuple(tensor.shape)} does not match "
+                                 f"{type(model).__name__}")
+            target[key].copy_(tensor)
+    given = {target[key].data_ptr() for key in state}
+    left = [key for key, t in target.items() if key not in state and t.data_ptr() not in given]
+    if left:
+        raise BenchError(f"{type(model).__name__} weight {left[0]!r} has no zoo counterpart")
+
+
+def check_same_model(name: str, model: Any, zoo_model: Any, ignore: tuple[str, ...] = ()) -> None:
+    """Convert the peer back with zoo.convert: it must give the zoo config and weights exactly."""
+    fields, back = CONVERTERS[name](model.config.to_dict(), model.state_dict())
+    for field, value in fields.items():
+        if field not in ignore and getattr(zoo_model.config, field) != value:
+            raise BenchError(f"the {name} peer has {field}={value!r}; the zoo model has "
+                             f"{getattr(zoo_model.config, field)!r}")
+    zoo = zoo_model.state_dict()
+    for key in set(zoo) | set(back):
+        if key not in zoo or key not in back or not torch.equal(zoo[key], back[key]):
+            raise BenchError(f"the {name} peer's weight {key!r} differs from the zoo model's")
+
+
+def cache_kwargs(model: Any, past: Any) -> dict[str, Any]:
+    """The keyword a transformers model takes its KV cache under: `cache` in recent releases
+    (5.24 deprecates `past_key_values`, to be removed in 5.40), `past_key_values` in older ones."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: past}
+
+
+def returned_cache(out: Any) -> Any:
+    """The KV cache a transformers model returned, under either name (see cache_kwargs)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _gpt_decoder(model: Any, prompt: torch.Tensor):
+    """Greedy decoding on transformers' KV cache, one token per sequence per run."""
+    model.eval()
+    with torch.no_grad():
+        out = model(prompt, use_cache=True)
+    # The last position's logits only: the prompt's would stay alive as decoding memory.
+    state: dict[str, Any] = {"logits": out.logits[:, -1:].clone(),
+                             "past": returned_cache(out), "length": prompt.size(1)}
+    del out
+
+    def run():
+        if state["length"] >= model.config.n_positions:  # an index error (CUDA: an assert)
+            raise BenchError(f"decoding past the {model.config.n_positions} positions of the "
+                             "position table")
+        with torch.no_grad():
+            out = model(state["logits"].argmax(dim=-1), use_cache=True,
+                        **cache_kwargs(model, state["past"]))
+        state["logits"], state["past"] = out.logits, returned_cache(out)
+        state["length"] += 1
+        return out.logits
+
+    return run
+
+
+def _rwkv_decoder(model: Any, prompt: torch.Tensor):
+    """Greedy decoding on transformers' RWKV state. The prompt is read as a batch; decoding
+    goes one sequence at a time on that sequence's slice of the state (see `workload`)."""
+    model.eval()
+    with torch.no_grad():
+        out = model(prompt, use_cache=True)
+    # Copies: views would keep the prompt's (B, T, V) logits alive as decoding memory.
+    rows = [{"logits": out.logits[b:b + 1, -1:].clone(),
+             "state": [s[b:b + 1].clone() for s in out.state]} for b in range(prompt.size(0))]
+    del out
+
+    def run():
+        with torch.no_grad():
+            for row in rows:
+                step = model(row["logits"].argmax(dim=-1), state=row["state"], use_cache=True)
+                row["logits"], row["state"] = step.logits, step.state
+        return torch.cat([row["logits"] for row in rows])  # (B, 1, V)
+
+    return run
