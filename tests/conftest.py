@@ -57,3 +57,32 @@ def write_corpus(folder: Path) -> Path:
     path = folder / "corpus.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+class _LazyModule:
+    """A module imported on first use; a test that uses it is skipped (only that test) where
+    the package is not installed. Module-level `pytest.importorskip` would skip every test of
+    the file, also those that never touch the package."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__"):  # pytest's own probing of module globals must not import
+            raise AttributeError(attr)
+        return getattr(pytest.importorskip(self._name), attr)
+
+
+def lazy_import(name: str) -> _LazyModule:
+    return _LazyModule(name)
+
+
+def installed(name: str) -> bool:
+    """Whether `name` imports here."""
+    import importlib
+
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True

@@ -17,6 +17,7 @@ import sys
 import weakref
 
 import pytest
+from conftest import installed
 import torch
 
 from harness.bench import implementations, ours
@@ -26,8 +27,9 @@ from harness.bench.workload import BenchError, Cell, draw_inputs
 from harness.models import variant_fields
 from zoo import convert
 
-pytest.importorskip("transformers")
-pytest.importorskip("rwkv")
+# The tests that run a peer need its package; the others run without them.
+needs_peers = pytest.mark.skipif(not (installed("transformers") and installed("rwkv")),
+                                 reason="the peers need transformers and rwkv (the test extra)")
 # The rwkv package's TorchScript (its default, which the peer keeps) is deprecated in torch 2.x.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
@@ -108,6 +110,7 @@ def test_the_peer_table():
     assert PEERS == {"hf": ("bert", "gpt", "roberta", "rwkv"), "rwkv-pip": ("rwkv",)}
 
 
+@needs_peers
 @pytest.mark.parametrize("impl,name,mode", CASES)
 def test_peer_runs_like_the_zoo_with_the_same_weights(impl, name, mode):
     model, _ = tiny(name, **(NO_DROPOUT[name] if mode == "train" else {}))
@@ -131,6 +134,7 @@ def test_peer_runs_like_the_zoo_with_the_same_weights(impl, name, mode):
         assert losses[-1] < losses[0]
 
 
+@needs_peers
 def test_gpt1_runs_as_openai_gpt_with_eager_attention():
     model, _ = tiny("gpt", pre_ln=False)
     peer, ours = both("hf", "gpt", model, "forward")
@@ -140,11 +144,13 @@ def test_gpt1_runs_as_openai_gpt_with_eager_attention():
         peer_workload("hf", "gpt", model, "generate")
 
 
+@needs_peers
 def test_gpt2_reports_sdpa_attention():
     peer, _ = both("hf", "gpt", tiny("gpt")[0], "forward")
     assert "GPT2LMHeadModel" in peer.notes[0] and peer.notes[1] == "attention: sdpa"
 
 
+@needs_peers
 @pytest.mark.parametrize("mode", ["forward", "train"])
 def test_bert_without_the_nsp_head_is_bert_for_masked_lm(mode):
     model, _ = tiny("bert", next_sentence_head=False, **NO_DROPOUT["bert"])
@@ -153,6 +159,7 @@ def test_bert_without_the_nsp_head_is_bert_for_masked_lm(mode):
     assert max_diff(peer.run(), ours.run()) <= 1e-4
 
 
+@needs_peers
 @pytest.mark.parametrize("name,seqlen", [("gpt", 1030), ("bert", 80), ("roberta", 70)])
 def test_a_lengthened_position_table(name, seqlen):
     model, notes = tiny(name, seqlen)
@@ -161,6 +168,7 @@ def test_a_lengthened_position_table(name, seqlen):
     assert max_diff(peer.run(), ours.run()) <= 1e-4
 
 
+@needs_peers
 def test_gpt2_decoding_stops_at_the_position_table():
     model, _ = tiny("gpt", max_seq_len=SEQLEN + 2)
     peer = peer_workload("hf", "gpt", model, "generate")
@@ -170,11 +178,13 @@ def test_gpt2_decoding_stops_at_the_position_table():
         peer.run()
 
 
+@needs_peers
 def test_the_rwkv_pip_package_runs_its_official_configuration():
     peer, _ = both("rwkv-pip", "rwkv", tiny("rwkv")[0], "forward")
     assert "strategy 'cpu fp32', RWKV_JIT_ON=1, RWKV_CUDA_ON=0" in peer.notes[0]
 
 
+@needs_peers
 @pytest.mark.parametrize("impl,name", [("hf", "gpt"), ("hf", "rwkv"), ("rwkv-pip", "rwkv")])
 def test_the_peer_keeps_no_reference_to_the_zoo_model(impl, name):
     """bench.measure drops the zoo model once the peer is built: its memory must go."""
@@ -187,6 +197,7 @@ def test_the_peer_keeps_no_reference_to_the_zoo_model(impl, name):
     peer.run()
 
 
+@needs_peers
 def test_a_mis_mapped_weight_is_caught(monkeypatch):
     """The inverse mapping is checked by converting the peer back with zoo.convert."""
     inverse = convert.EXPORTERS["gpt"]
@@ -217,6 +228,7 @@ def test_unsupported_cells_are_refused(impl, name, mode, message):
         peer_workload(impl, name, model, mode)
 
 
+@needs_peers
 def test_configs_transformers_cannot_express_are_refused():
     with pytest.raises(BenchError, match="d_ff"):
         peer_workload("hf", "gpt", tiny("gpt", pre_ln=False, d_ff=100)[0], "forward")
@@ -224,6 +236,7 @@ def test_configs_transformers_cannot_express_are_refused():
         peer_workload("rwkv-pip", "rwkv", tiny("rwkv", layer_norm_eps=1e-6)[0], "forward")
 
 
+@needs_peers
 def test_the_rwkv_pip_switches_are_set_only_while_the_package_imports(monkeypatch):
     monkeypatch.setenv("RWKV_CUDA_ON", "1")  # a user's own value comes back afterwards
     peer_workload("rwkv-pip", "rwkv", tiny("rwkv")[0], "forward")
@@ -240,6 +253,7 @@ def test_the_inputs_do_not_depend_on_what_was_drawn_before():
     assert torch.equal(first.targets, again.targets)
 
 
+@needs_peers
 @pytest.mark.parametrize("name,impl", [("gpt", "hf"), ("rwkv", "rwkv-pip")])
 def test_a_cell_hands_the_same_inputs_to_ours_and_to_the_peer(monkeypatch, name, impl):
     """harness.bench.cell.measure draws the inputs once, in one place, and hands them over."""

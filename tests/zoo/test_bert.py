@@ -10,13 +10,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import lazy_import
 
 import zoo
 from harness.models import build_variant
 from zoo.bert import Bert, BertConfig, padding_mask
 from zoo.convert import CheckpointError
 
-transformers = pytest.importorskip("transformers")
+transformers = lazy_import("transformers")  # tests that use it skip without it
 
 TOL = dict(atol=1e-4, rtol=0)
 

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import lazy_import
 
 import zoo
 from harness.bench.hf import cache_kwargs, returned_cache
@@ -18,7 +19,7 @@ from zoo.convert import CheckpointError, convert_gpt
 from zoo.gpt import GPT, GPTConfig, PostLNBlock, PreLNBlock
 from zoo.layers import math_attention
 
-transformers = pytest.importorskip("transformers")
+transformers = lazy_import("transformers")  # tests that use it skip without it
 
 NAME = "gpt"
 ATOL = 1e-4  # fp32 parity target on logits

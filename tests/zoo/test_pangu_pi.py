@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import lazy_import
 
 from harness.models import build_variant
 from zoo import pangu_pi
@@ -24,7 +25,7 @@ from zoo.pangu_pi import (
     rope_tables,
 )
 
-transformers = pytest.importorskip("transformers")
+transformers = lazy_import("transformers")  # tests that use it skip without it
 
 TINY = dict(vocab_size=300, d_model=64, n_head=4, n_layer=2, d_ff=176)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import lazy_import
 
 import zoo
 from harness.models import build_variant
@@ -12,7 +13,7 @@ from zoo.bert import Bert
 from zoo.convert import CheckpointError
 from zoo.roberta import Roberta, RobertaConfig
 
-transformers = pytest.importorskip("transformers")
+transformers = lazy_import("transformers")  # tests that use it skip without it
 
 TOL = dict(atol=1e-4, rtol=0)
 
