@@ -17,8 +17,8 @@ import sys
 import weakref
 
 import pytest
-from conftest import installed
 import torch
+from conftest import installed
 
 from harness.bench import implementations, ours
 from harness.bench.cell import build_model
