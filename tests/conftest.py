@@ -1,10 +1,13 @@
-"""Shared fixtures: small catalogs written to a temporary folder."""
+"""Shared fixtures and helpers: small catalogs written to a temporary folder, a corpus, random
+weights, and imports that skip only the tests that need them."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 
@@ -86,3 +89,24 @@ def installed(name: str) -> bool:
     except ImportError:
         return False
     return True
+
+
+def randomized(model: torch.nn.Module, seed: int = 7) -> torch.nn.Module:
+    """Random weights everywhere, so that a mis-mapped tensor shows (official inits leave
+    biases, LayerNorms and several RWKV matrices at constants); RWKV's time_* vectors in their
+    working ranges."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if name.endswith("time_decay"):
+                p.copy_(torch.rand(p.shape, generator=g) * 8 - 5)
+            elif name.endswith("time_first"):
+                p.copy_(math.log(0.3) + 0.5 * noise)
+            elif "time_mix" in name:
+                p.copy_(torch.rand(p.shape, generator=g))
+            elif p.dim() == 2:
+                p.copy_(noise / math.sqrt(p.shape[1]))
+            else:
+                p.add_(0.1 * noise)
+    return model

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import math
 import os
 import sys
 import weakref
 
 import pytest
 import torch
-from conftest import installed
+from conftest import installed, randomized
 
 from harness.bench import implementations, ours
 from harness.bench.cell import build_model
@@ -50,25 +49,6 @@ def rwkv_pip_switches(monkeypatch):
     for switch in ("RWKV_JIT_ON", "RWKV_CUDA_ON", "RWKV_V7_ON"):
         monkeypatch.delenv(switch, raising=False)
     monkeypatch.delitem(sys.modules, "rwkv.model", raising=False)
-
-
-def randomized(model: torch.nn.Module, seed: int = 7) -> torch.nn.Module:
-    """Random weights everywhere; RWKV's time_* vectors in their working ranges."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if name.endswith("time_decay"):
-                p.copy_(torch.rand(p.shape, generator=g) * 8 - 5)
-            elif name.endswith("time_first"):
-                p.copy_(math.log(0.3) + 0.5 * noise)
-            elif "time_mix" in name:
-                p.copy_(torch.rand(p.shape, generator=g))
-            elif p.dim() == 2:
-                p.copy_(noise / math.sqrt(p.shape[1]))
-            else:
-                p.add_(0.1 * noise)
-    return model
 
 
 def cell(name: str, impl: str = "zoo", mode: str = "forward", batch: int = BATCH,

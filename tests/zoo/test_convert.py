@@ -5,10 +5,10 @@ in transformers with the same logits."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
+from conftest import randomized
 
 import zoo
 from zoo.convert import CONVERTERS, EXPORTERS, CheckpointError, rwkv_to_official
@@ -25,24 +25,6 @@ CASES = [("gpt", {}), ("gpt", {"pre_ln": False, "d_ff": 128, "activation": "relu
          ("gpt", {"activation": "gelu", "layer_norm_eps": 1e-6, "dropout": 0.0}),
          ("bert", {}), ("bert", {"next_sentence_head": False}), ("roberta", {}), ("rwkv", {}),
          ("rwkv", {"layer_norm_eps": 1e-6, "context_length": 64})]
-
-
-def randomized(model: torch.nn.Module) -> torch.nn.Module:
-    """Every weight random (official inits leave many at constants, which would hide a
-    mis-mapped tensor); RWKV's time_* vectors in their working ranges."""
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if name.endswith("time_decay"):
-                p.copy_(torch.rand(p.shape, generator=g) * 8 - 5)
-            elif name.endswith("time_first"):
-                p.copy_(math.log(0.3) + 0.5 * noise)
-            elif "time_mix" in name:
-                p.copy_(torch.rand(p.shape, generator=g))
-            else:
-                p.copy_(noise / math.sqrt(p.shape[-1]))
-    return model
 
 
 def build(name: str, **fields):
