@@ -132,7 +132,7 @@ class Sweep:
 def check(sweep: Sweep, catalog: Catalog | None = None) -> None:
     """Refuse, before running anything, what cannot work: unknown models, modes a model lacks,
     peers none of the models has, bad numbers, a device this machine does not have, a variant
-    `catalog` (default: the shipped one) does not have."""
+    `catalog` (default: the shipped one) does not have, a results file that cannot be written."""
     import zoo
     from harness.models import variant_fields
 
@@ -169,6 +169,10 @@ def check(sweep: Sweep, catalog: Catalog | None = None) -> None:
         raise SweepError(f"--device {sweep.device!r}: use cpu, cuda or cuda:N")
     for model in sweep.models:  # the variant must exist (the error lists the valid ones)
         variant_fields(model, sweep.variant, catalog)
+    try:  # a measurement must never be made only to be lost
+        results.check_writable(sweep.results)
+    except OSError as error:
+        raise SweepError(str(error)) from None
 
 
 # --- running a cell in its own process --------------------------------------------------------

@@ -122,7 +122,6 @@ def bench(
             force=force,
             results=results_path, command=command_line(ctx))
         sweeps.check(plan, catalog)
-        results.check_writable(results_path)
     for model, unsupported_mode in plan.unsupported():
         stderr().print(f"[yellow]note:[/] {model} cannot run {unsupported_mode} mode; "
                      "those cells are left out")

@@ -110,6 +110,7 @@ def test_a_longer_position_table_is_noted(tmp_path, peak_cache):
     ({"dtype": "float64"}, "unknown dtype 'float64'"),
     ({"batch": 0}, "--batch must be at least 1"),
     ({"variant": "huge"}, "no variant 'huge'"),
+    ({"results": "/proc/x/bench.jsonl"}, "cannot be written"),
 ])
 def test_sweeps_that_cannot_start(tmp_path, fields, message):
     with pytest.raises(ValueError, match=message):
