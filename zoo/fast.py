@@ -35,14 +35,21 @@ times the linear routes side by side):
   - more rows, no gradient needed: oneDNN's matrix multiply (`torch.ops.mkldnn._linear_pointwise`,
     the kernel torch.compile uses for CPU linears), 30 to 65% faster than MKL's on the model
     shapes here at 2048 rows;
-  - a separate activation writes a fresh tensor as wide as the hidden layer, and on this CPU a
-    fresh tensor that large costs a page fault per 4 KiB: at 1024 tokens GPT-2 `small`'s
-    feed-forward layer (512 -> 2048 -> 512) takes 48 ms with the fused activation, 52 ms
-    without; RWKV's channel mix (the same widths, squared ReLU) 37 ms fused and squared in
-    place, 50 ms plain;
+  - a separate activation reads and writes a tensor as wide as the hidden layer, a pass that
+    oneDNN saves by applying it as it writes the product. A feed-forward layer of the `small`
+    shapes (512 -> 2048 -> 512) at 1024 tokens, best of 15 in three rounds, each once the shared
+    machine was idle: ReLU 40-44 ms fused, 45-47 ms separate; exact GELU 43-50 ms either way;
+    tanh GELU 53-57 ms fused, 50-54 ms separate (oneDNN's GELUs are slower than PyTorch's).
+    Yet the benchmark itself (`catalog bench gpt bert --seqlen 1024`, a fresh process per
+    cell, six rounds) ran BERT 7% faster with its GELU fused and GPT the same either way, so
+    every activation is fused. RWKV's key and value products in its channel mix (the same
+    widths, squared ReLU between them): 37 ms with the ReLU fused and the square taken in
+    place, 50 ms plain; 2-4% of the model's forward;
   - RWKV's WKV: about 15 ms per layer for 8192 tokens of width 512 as the C loop, 170 ms in
     chunks (zoo/wkv_cpu.py).
-Elsewhere (CUDA, other dtypes, gradients, torch.compile, no oneDNN) the routes run the plain ops.
+Elsewhere the linear and ffn routes run the plain ops (CUDA, other dtypes, gradients,
+torch.compile; F.linear without oneDNN), and the wkv route the PyTorch WKV (CUDA, gradients,
+no C compiler).
 """
 
 from __future__ import annotations
