@@ -32,11 +32,13 @@ def save_checkpoint(folder: Path | str, name: str, model, tokenizer: Tokenizer,
     return folder
 
 
-def load_checkpoint(folder: Path | str, device: str = "cpu"):
-    """(model in eval mode, tokenizer, config.json dict) of a checkpoint folder."""
+def load_checkpoint(folder: Path | str, device: str = "cpu", fast: bool = True):
+    """(model in eval mode, tokenizer, config.json dict) of a checkpoint folder; with the zoo's
+    CPU speed routes unless `fast` is False (as zoo.build)."""
     from safetensors.torch import load_model
 
     import zoo
+    import zoo.fast
 
     folder = Path(folder)
     for file in ("config.json", "model.safetensors", "tokenizer.json"):
@@ -46,4 +48,6 @@ def load_checkpoint(folder: Path | str, device: str = "cpu"):
     cls = zoo.load_class(meta["zoo"])
     model = cls(cls.config_class(**meta["config"]))
     load_model(model, str(folder / "model.safetensors"), device=device)
+    if fast:
+        zoo.fast.apply(model)
     return model.to(device).eval(), load_tokenizer(folder / "tokenizer.json"), meta

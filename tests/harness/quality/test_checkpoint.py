@@ -8,6 +8,7 @@ import torch
 from harness.models import build_variant
 from harness.quality.checkpoint import load_checkpoint, save_checkpoint
 from harness.quality.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
+from zoo import fast
 
 
 def test_byte_tokenizer_round_trip(tmp_path):
@@ -43,6 +44,8 @@ def test_checkpoint_round_trip(tmp_path, name):
     ids = torch.randint(0, 256, (2, 9))
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
     assert meta["task"] == "lm" and meta["step"] == 3 and isinstance(tok, ByteTokenizer)
+    assert fast.applied(loaded) == fast.applied(model) != ()  # as zoo.build: the speed routes
+    assert fast.applied(load_checkpoint(tmp_path / "ckpt", fast=False)[0]) == ()
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         (tmp_path / "ckpt" / "model.safetensors").unlink()
         load_checkpoint(tmp_path / "ckpt")
