@@ -1,4 +1,4 @@
-"""The zoo's speed routes for CPU inference, in one place, so that the model files stay the papers.
+"""The zoo's CPU speed routes, in one place, so that the model files stay the papers.
 
 Every model file computes in plain PyTorch: nn.Linear, activations as separate calls, RWKV's WKV
 as a PyTorch recurrence or in chunks. That plain path is what the tests hold against the
@@ -11,7 +11,10 @@ where this project's benchmarks run:
   ffn     a feed-forward layer's activation applied by oneDNN in the pass that writes its first
           matrix product (FeedForward -> FusedFeedForward), and RWKV's squared ReLU squared in
           place as well (ChannelMix -> FusedChannelMix);
-  wkv     RWKV's TimeMix -> CompiledWKVTimeMix: WKV as zoo/wkv_cpu.py's compiled C loop.
+  wkv     RWKV's TimeMix -> CompiledWKVTimeMix: WKV as zoo/wkv_cpu.py's compiled C loop;
+  dropout (training) nn.Dropout -> FastDropout, and attention modules -> DropoutAttention /
+          DropoutAlibiAttention: dropout masks drawn by zoo/dropout_cpu.py's C kernel, and
+          attention with dropout computed as its math form with such a mask.
 
     model = zoo.build("gpt")              # every route; zoo.build("gpt", fast=False): none
     zoo.fast.remove(model)                # back to the plain modules
@@ -47,22 +50,32 @@ times the linear routes side by side):
     place, 50 ms plain; 2-4% of the model's forward;
   - RWKV's WKV: about 15 ms per layer for 8192 tokens of width 512 as the C loop, 170 ms in
     chunks (zoo/wkv_cpu.py).
+  - dropout in training: PyTorch draws a CPU mask with its Mersenne Twister, ~10 ns an element;
+    the `small` GPT's attention probabilities at 1024 tokens (8 heads x 1024 x 1024) took 94 ms
+    for the mask and 137 ms for F.dropout, 13 ms in the kernel (43 ms with fresh output
+    pages). PyTorch's CPU flash attention takes no dropout, so with dropout SDPA runs its math
+    path anyway: the route runs the same math with the kernel's mask, and leaves attention
+    without dropout (inference, p = 0) to SDPA.
 Elsewhere the linear and ffn routes run the plain ops (CUDA, other dtypes, gradients,
-torch.compile; F.linear without oneDNN), and the wkv route the PyTorch WKV (CUDA, gradients,
-no C compiler).
+torch.compile; F.linear without oneDNN), the wkv route the PyTorch WKV (CUDA, gradients,
+no C compiler), and the dropout route PyTorch's dropout and SDPA (CUDA, other dtypes, autocast,
+torch.compile, no C compiler).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import wkv_cpu
+from zoo import dropout_cpu, wkv_cpu
+from zoo.layers.attention import MultiHeadAttention
 from zoo.layers.feedforward import ACTIVATIONS, FeedForward
+from zoo.mosaic_bert import AlibiAttention
 from zoo.rwkv import ChannelMix, TimeMix, WKVState, chunk_length
 
 FEW_ROWS = 4  # at most this many rows take the split product (measured faster up to 4)
@@ -74,6 +87,8 @@ ROUTES: dict[str, str] = {
     "ffn": "feed-forward layers: the activation applied in oneDNN's matmul pass, RWKV's squared "
            "ReLU squared in place (CPU float32 inference)",
     "wkv": "RWKV's WKV as a compiled C loop (zoo.wkv_cpu; CPU inference)",
+    "dropout": "dropout masks drawn by a C kernel (zoo.dropout_cpu), attention with dropout "
+               "as its math path on them (CPU float32 training)",
 }
 
 # The activations of zoo.layers.ACTIVATIONS as oneDNN post-ops: name -> (post-op, algorithm).
@@ -198,6 +213,58 @@ class CompiledWKVTimeMix(TimeMix):
         return super().wkv(w, u, k, v, state)
 
 
+# --- the dropout route ------------------------------------------------------------------------
+
+def _dropout_runs(x: torch.Tensor, p: float) -> bool:
+    return not _compiling() and dropout_cpu.runs(x, p)
+
+
+class FastDropout(nn.Dropout):
+    """nn.Dropout with its mask drawn by zoo/dropout_cpu.py's kernel where it runs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and not self.inplace and _dropout_runs(x, self.p):
+            return dropout_cpu.dropout(x, self.p)
+        return super().forward(x)
+
+
+def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           attn_mask: torch.Tensor | None, is_causal: bool,
+                           p: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hs) + mask) v with dropout p on the probabilities, written out as
+    zoo.layers.math_attention is, with zoo/dropout_cpu.py's mask. `attn_mask` is None or an
+    additive float mask, broadcasting to (B, nh, T_query, T_key); `is_causal` as in SDPA."""
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(1.0 / math.sqrt(q.size(-1)))
+    if is_causal:
+        future = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).triu(1)
+        scores.masked_fill_(future, float("-inf"))
+    if attn_mask is not None:
+        scores.add_(attn_mask)
+    return torch.matmul(dropout_cpu.dropout(torch.softmax(scores, dim=-1), p), v)
+
+
+class _DropoutAttend:
+    """An attention module's `attend` with the probabilities' dropout done by zoo/dropout_cpu.py:
+    PyTorch's CPU flash attention takes no dropout, so with dropout SDPA computes the same math
+    path, with PyTorch's slow mask. Without dropout (inference, p = 0), a boolean mask, or where
+    the kernel does not run, it is the plain `attend` (SDPA)."""
+
+    def attend(self, q, k, v, attn_mask, dropout, is_causal, new_key_length):
+        if (dropout > 0 and _dropout_runs(q, dropout)
+                and (attn_mask is None or attn_mask.dtype == q.dtype)
+                and q.numel() // q.size(-1) * k.size(-2) < dropout_cpu.MAX_ELEMENTS):
+            return attention_with_dropout(q, k, v, attn_mask, is_causal, dropout)
+        return super().attend(q, k, v, attn_mask, dropout, is_causal, new_key_length)
+
+
+class DropoutAttention(_DropoutAttend, MultiHeadAttention):
+    pass
+
+
+class DropoutAlibiAttention(_DropoutAttend, AlibiAttention):
+    pass
+
+
 # --- applying and removing routes -------------------------------------------------------------
 
 # route -> {plain class: its fast subclass}
@@ -205,6 +272,8 @@ _SWAPS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
     "linear": {nn.Linear: FastLinear},
     "ffn": {FeedForward: FusedFeedForward, ChannelMix: FusedChannelMix},
     "wkv": {TimeMix: CompiledWKVTimeMix},
+    "dropout": {nn.Dropout: FastDropout, MultiHeadAttention: DropoutAttention,
+                AlibiAttention: DropoutAlibiAttention},
 }
 _PLAIN = {fast: plain for swaps in _SWAPS.values() for plain, fast in swaps.items()}
 _ROUTE_OF = {fast: route for route, swaps in _SWAPS.items() for fast in swaps.values()}
@@ -248,23 +317,27 @@ def applied(model: nn.Module) -> tuple[str, ...]:
     return tuple(name for name in ROUTES if name in found)
 
 
-def describe(model: nn.Module) -> tuple[str, ...]:
-    """In words, how `model` computes without gradients where its weights are (device, dtype):
-    which routes run and what the plain path does where they do not, for benchmark records."""
+def describe(model: nn.Module, training: bool = False,
+             dtype: torch.dtype | None = None) -> tuple[str, ...]:
+    """In words, how `model` computes where its weights are: which routes run and what the
+    plain path does where they do not, for benchmark records. `training`: in a training step
+    (gradients), where the inference routes give way to the plain ops; `dtype`: what the
+    model computes in (autocast), when not its weights' dtype."""
     weight = next(model.parameters())
     cpu = weight.device.type == "cpu"
-    cpu32 = cpu and weight.dtype == torch.float32
+    cpu32 = cpu and (dtype or weight.dtype) == torch.float32
+    inference = cpu32 and not training
     routes = applied(model)
     kinds = {type(m) for m in model.modules()}
     notes = []
-    if "linear" in routes and cpu32:
+    if "linear" in routes and inference:
         many = "oneDNN matmul" if onednn_available() else "F.linear"
         notes.append(f"linears: {many}, split matrix-vector products for <= {FEW_ROWS} rows "
                      "(zoo.fast)")
     else:
         notes.append("linears: F.linear")
     if kinds & {FeedForward, ChannelMix, FusedFeedForward, FusedChannelMix}:
-        fused = "ffn" in routes and cpu32 and onednn_available()
+        fused = "ffn" in routes and inference and onednn_available()
         notes.append("feed-forward: activation in oneDNN's matmul pass (zoo.fast)" if fused
                      else "feed-forward: activation as a separate op")
     time_mix = next((m for m in model.modules() if isinstance(m, TimeMix)), None)
@@ -275,4 +348,8 @@ def describe(model: nn.Module) -> tuple[str, ...]:
             chunk = chunk_length(time_mix.chunk_len, weight.is_cuda)
             notes.append(f"WKV: PyTorch, chunks of {chunk} for prefill, the recurrence for "
                          "decoding")
+    if kinds & set(_SWAPS["dropout"]) | kinds & set(_SWAPS["dropout"].values()):
+        kernel = "dropout" in routes and cpu32 and dropout_cpu.available()
+        notes.append("dropout (training): masks from a C kernel (zoo.dropout_cpu)" if kernel
+                     else "dropout (training): PyTorch's")
     return tuple(notes)

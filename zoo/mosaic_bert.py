@@ -31,7 +31,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from zoo.layers import MultiHeadAttention, bert_init
-from zoo.layers.attention import sdpa
 from zoo.model import Output, ZooModel, lm_loss
 
 
@@ -201,11 +200,11 @@ class AlibiAttention(MultiHeadAttention):
                                else self._attend(*args))
         return self.out_proj(y)
 
-    @staticmethod
-    def _attend(q, k, v, attn_bias: AlibiBias, start: int, end: int,
+    def _attend(self, q, k, v, attn_bias: AlibiBias, start: int, end: int,
                 dropout: float) -> torch.Tensor:
         """Attention of queries start..end-1 over all keys: (B, end - start, C)."""
-        y = sdpa(q[:, :, start:end], k, v, attn_bias.rows(start, end), dropout)  # (B, nh, r, hs)
+        y = self.attend(q[:, :, start:end], k, v, attn_bias.rows(start, end), dropout,
+                        is_causal=False, new_key_length=False)  # (B, nh, r, hs)
         return y.transpose(1, 2).flatten(2)
 
 

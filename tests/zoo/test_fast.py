@@ -21,16 +21,17 @@ from torch import nn
 import zoo
 import zoo.fast
 from harness.models import build_variant
-from zoo import wkv_cpu
+from zoo import dropout_cpu, wkv_cpu
 from zoo.fast import FEW_ROWS, FastLinear, linear, onednn_available
 from zoo.layers import ACTIVATIONS, FeedForward, MultiHeadAttention
 
 MODELS = sorted(zoo.REGISTRY)
 CAUSAL = [n for n in MODELS if getattr(zoo.load_class(n), "causal_lm", False)]
 # The routes each model has modules for.
-EXPECTED = {"gpt": ("linear", "ffn"), "bert": ("linear", "ffn"), "roberta": ("linear", "ffn"),
-            "transformer": ("linear", "ffn"), "mosaic-bert": ("linear",),
-            "pangu-pi": ("linear",), "rwkv": ("linear", "ffn", "wkv")}
+EXPECTED = {"gpt": ("linear", "ffn", "dropout"), "bert": ("linear", "ffn", "dropout"),
+            "roberta": ("linear", "ffn", "dropout"), "transformer": ("linear", "ffn", "dropout"),
+            "mosaic-bert": ("linear", "dropout"), "pangu-pi": ("linear",),
+            "rwkv": ("linear", "ffn", "wkv")}
 LOGITS = dict(atol=2e-5, rtol=1e-5)
 
 
@@ -201,8 +202,8 @@ def test_decoding_with_the_routes_gives_the_plain_logits(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_training_under_the_routes_takes_the_plain_ops(name):
-    """With gradients every route falls back to the plain op: same loss, same gradients."""
+def test_training_under_the_routes_gives_the_plain_gradients(name):
+    """With gradients and no dropout, the routes give the plain loss and gradients."""
     grads = []
     for fast in (True, False):
         model = tiny(name, fast).train()
@@ -252,7 +253,7 @@ def test_apply_remove_round_trip_keeps_modules_keys_and_hooks(name):
 
 def test_build_applies_the_routes_unless_told_not_to():
     fields = dict(n_layer=1, d_model=32, n_head=2, vocab_size=64)
-    assert zoo.fast.applied(zoo.build("gpt", **fields)) == ("linear", "ffn")
+    assert zoo.fast.applied(zoo.build("gpt", **fields)) == ("linear", "ffn", "dropout")
     assert zoo.fast.applied(zoo.build("gpt", fast=False, **fields)) == ()
     cls = zoo.load_class("gpt")
     assert zoo.fast.applied(cls(cls.config_class(**fields))) == ()  # the class itself: plain
@@ -267,9 +268,10 @@ def test_the_tied_heads_are_the_embeddings():
 
 
 def test_unknown_route_is_a_value_error_naming_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown fast route 'flash'; valid: linear, ffn, wkv"):
+    with pytest.raises(ValueError,
+                       match="unknown fast route 'flash'; valid: linear, ffn, wkv, dropout"):
         zoo.fast.apply(tiny("gpt", fast=False), ["linear", "flash"])
-    assert set(zoo.fast.ROUTES) == {"linear", "ffn", "wkv"}
+    assert set(zoo.fast.ROUTES) == {"linear", "ffn", "wkv", "dropout"}
     assert all(isinstance(line, str) and line for line in zoo.fast.ROUTES.values())
 
 
@@ -293,3 +295,20 @@ def test_describe_says_which_routes_run(name):
         assert plain_notes[-1] == pytorch
     else:
         assert not any(n.startswith("WKV") for n in notes + plain_notes)
+    dropout_kinds = (nn.Dropout, MultiHeadAttention)
+    if any(isinstance(m, dropout_kinds) for m in plain.modules()):
+        kernel = "dropout (training): masks from a C kernel (zoo.dropout_cpu)"
+        assert (kernel in notes) == dropout_cpu.available()
+        assert "dropout (training): PyTorch's" in plain_notes
+    else:
+        assert not any(n.startswith("dropout") for n in notes + plain_notes)
+
+
+def test_describe_a_training_step():
+    model = tiny("gpt", fast=True)
+    assert zoo.fast.describe(model, training=True) == (
+        "linears: F.linear", "feed-forward: activation as a separate op",
+        "dropout (training): masks from a C kernel (zoo.dropout_cpu)"
+        if dropout_cpu.available() else "dropout (training): PyTorch's")
+    autocast = zoo.fast.describe(model, training=True, dtype=torch.bfloat16)
+    assert autocast[-1] == "dropout (training): PyTorch's"

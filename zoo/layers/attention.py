@@ -160,6 +160,12 @@ class MultiHeadAttention(nn.Module):
             # are the last T positions, so build the mask explicitly.
             attn_mask = merge_masks(attn_mask, causal_mask(T, k.size(2), x.device))
             is_causal = False
-        y = sdpa(q, k, v, attn_mask, dropout, is_causal,
-                 new_key_length=cache is not None and memory is None)  # (B, nh, T, hs)
+        y = self.attend(q, k, v, attn_mask, dropout, is_causal,
+                        new_key_length=cache is not None and memory is None)  # (B, nh, T, hs)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               attn_mask: torch.Tensor | None, dropout: float, is_causal: bool,
+               new_key_length: bool) -> torch.Tensor:
+        """softmax(q k^T / sqrt(hs) + mask) v with dropout on the probabilities: `sdpa`."""
+        return sdpa(q, k, v, attn_mask, dropout, is_causal, new_key_length)

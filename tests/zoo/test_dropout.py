@@ -1,0 +1,177 @@
+"""zoo.dropout_cpu and zoo.fast's "dropout" route: the compiled dropout and attention with it.
+
+The kernel's masks come from another generator than PyTorch's, so the route cannot give the
+plain model's numbers with dropout on. What is checked instead:
+  - the mask: keep rate 1 - p within 5 standard deviations of a binomial, no correlation between
+    neighbours, fixed by its key, a new key per call drawn from torch's generator (manual_seed
+    reproduces it);
+  - given its mask, dropout is exactly x * keep / (1 - p), forward and backward;
+  - attention with dropout equals a float64 math attention with the same mask, for outputs and
+    the gradients of q, k and v (atol 1e-5, rtol 1e-4: float32 sums of order-one values);
+  - the route runs only where it should (training, float32 CPU, 0 < p < 1), and a recomputed
+    (checkpointed) attention chunk draws the same mask as its forward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import zoo
+import zoo.fast
+from zoo import dropout_cpu
+from zoo.fast import FastDropout, attention_with_dropout
+
+pytestmark = pytest.mark.skipif(not dropout_cpu.available(), reason="no C compiler built it")
+GRADS = dict(atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_the_mask_keeps_one_minus_p_without_correlation(p):
+    n = 1_000_000
+    keep = dropout_cpu.mask(n, p, (12345, 678)).double()
+    sigma = math.sqrt(n * p * (1 - p))
+    assert abs(keep.sum().item() - n * (1 - p)) < 5 * sigma
+    centred = keep - keep.mean()
+    for lag in (1, 2, 7, 1024):  # neighbours along a row, and a row of 1024 apart
+        correlation = (centred[:-lag] * centred[lag:]).mean() / centred.var()
+        assert abs(correlation.item()) < 5 / math.sqrt(n)
+
+
+def test_the_key_fixes_the_mask_and_each_call_draws_a_new_one():
+    a, b = dropout_cpu.mask(4096, 0.3, (1, 2)), dropout_cpu.mask(4096, 0.3, (1, 2))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, dropout_cpu.mask(4096, 0.3, (1, 3)))
+    assert not torch.equal(a, dropout_cpu.mask(4096, 0.3, (2, 2)))
+    x = torch.ones(64, 64)
+    torch.manual_seed(0)
+    first, second = dropout_cpu.dropout(x, 0.5), dropout_cpu.dropout(x, 0.5)
+    assert not torch.equal(first, second)
+    torch.manual_seed(0)
+    assert torch.equal(dropout_cpu.dropout(x, 0.5), first)  # manual_seed reproduces the masks
+
+
+@pytest.mark.parametrize("p", [0.1, 0.6])
+def test_given_its_mask_dropout_is_exact_forward_and_backward(p):
+    torch.manual_seed(1)
+    x = torch.randn(3, 5, 77, requires_grad=True)
+    dy = torch.randn(3, 5, 77)
+    key = (99, 7)
+    y = dropout_cpu.dropout(x, p, key)
+    keep = dropout_cpu.mask(x.numel(), p, key).view(x.shape)
+    scale = torch.tensor(1 / (1 - p), dtype=torch.float32)
+    assert torch.equal(y, torch.where(keep, x.detach() * scale, 0.0))
+    (dx,) = torch.autograd.grad(y, x, dy)
+    assert torch.equal(dx, torch.where(keep, dy * scale, 0.0))
+    strided = x.detach().transpose(0, 2)  # a non-contiguous input is read in its own order
+    assert torch.equal(dropout_cpu.dropout(strided, p, key),
+                       dropout_cpu.dropout(strided.contiguous(), p, key))
+
+
+def test_where_the_kernel_does_not_run():
+    x = torch.ones(4)
+    assert dropout_cpu.runs(x, 0.1)
+    assert not dropout_cpu.runs(x, 0.0) and not dropout_cpu.runs(x, 1.0)
+    assert not dropout_cpu.runs(x.double(), 0.1) and not dropout_cpu.runs(x.bfloat16(), 0.1)
+    with pytest.raises(ValueError, match="float32 CPU tensors"):
+        dropout_cpu.dropout(x.double(), 0.1)
+
+
+def _reference_attention(q, k, v, mask, keep, p, causal):
+    """float64 math attention with dropout by the given keep mask."""
+    q, k, v = (t.double() for t in (q, k, v))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    if causal:
+        future = torch.ones(scores.shape[-2:], dtype=torch.bool).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    if mask is not None:
+        scores = scores + mask.double()
+    return (torch.softmax(scores, dim=-1) * keep / (1 - p)) @ v
+
+
+@pytest.mark.parametrize("causal, masked", [(True, False), (False, True), (False, False)])
+def test_attention_with_dropout_equals_math_attention_with_its_mask(causal, masked, monkeypatch):
+    torch.manual_seed(2)
+    B, nh, T, S, hs, p = 2, 3, 9, 9 if causal else 13, 8, 0.2
+    q = torch.randn(B, nh, T, hs, requires_grad=True)
+    k, v = (torch.randn(B, nh, S, hs, requires_grad=True) for _ in range(2))
+    mask = -3 * torch.rand(B, 1, T, S) if masked else None
+    key = (5, 6)
+    monkeypatch.setattr(dropout_cpu, "_key", lambda: key)
+    y = attention_with_dropout(q, k, v, mask, causal, p)
+    keep = dropout_cpu.mask(B * nh * T * S, p, key).view(B, nh, T, S)
+    expected = _reference_attention(q, k, v, mask, keep, p, causal)
+    torch.testing.assert_close(y.double(), expected, atol=1e-5, rtol=1e-5)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (q, k, v), dy)
+    expected_grads = torch.autograd.grad(expected, (q, k, v), dy.double())
+    for grad, reference in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, reference, **GRADS)  # float64 math, then cast
+
+
+def test_the_route_runs_in_training_only():
+    layer = FastDropout(0.5)
+    x = torch.ones(1000)
+    calls = []
+    real = dropout_cpu.dropout
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dropout_cpu, "dropout", counting)
+        assert torch.equal(layer.eval()(x), x)
+        y = layer.train()(x)
+        assert calls and set(y.unique().tolist()) <= {0.0, 2.0}
+        calls.clear()
+        layer(x.double())  # not float32: PyTorch's dropout
+        FastDropout(0.0).train()(x)
+        assert not calls
+
+
+def test_a_model_trains_through_the_route(monkeypatch):
+    """GPT with dropout trains with the kernel's masks: every dropout (embedding, attention,
+    residual) goes through it, and the loss and gradients are finite."""
+    calls = []
+    real = dropout_cpu.dropout
+
+    def counting(x, p, key=None):
+        calls.append(tuple(x.shape))
+        return real(x, p, key)
+
+    monkeypatch.setattr(dropout_cpu, "dropout", counting)
+    model = zoo.build("gpt", n_layer=2, d_model=32, n_head=2, vocab_size=64, dropout=0.1).train()
+    ids = torch.randint(0, 64, (2, 16))
+    loss = model(ids, targets=ids).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert calls.count((2, 2, 16, 16)) == 2  # one attention per layer
+    assert calls.count((2, 16, 32)) == 1 + 2 * 2  # the embedding's, two residuals per layer
+
+
+def test_a_recomputed_attention_chunk_draws_its_forward_mask(monkeypatch):
+    """MosaicBERT checkpoints its attention chunks at length: the recomputation in the backward
+    draws the same keys as the forward (torch.utils.checkpoint restores the generator)."""
+    keys = []
+    real = dropout_cpu._key
+
+    def recording():
+        keys.append(real())
+        return keys[-1]
+
+    monkeypatch.setattr(dropout_cpu, "_key", recording)
+    model = zoo.build("mosaic-bert", n_layer=1, d_model=32, n_head=2, d_ff=64, vocab_size=64,
+                      dropout=0.1, attn_dropout=0.1).train()
+    model.attn_chunk_size = 4
+    assert zoo.fast.applied(model) == ("linear", "dropout")
+    ids = torch.randint(0, 64, (1, 12))
+    forward_keys = len(keys)
+    model(ids, targets=ids).loss.backward()
+    drawn = keys[forward_keys:]
+    # 3 chunks of 4 query rows: 3 keys in the forward, the same 3 again in the backward
+    chunk_keys = [key for key in drawn if drawn.count(key) == 2]
+    assert len(chunk_keys) == 6 and len(set(chunk_keys)) == 3

@@ -1,0 +1,80 @@
+"""Small C kernels for the CPU routes of zoo/fast.py: compiled on first use, cached, loaded.
+
+A kernel is one C source string. `load(name, source)` compiles it with the system's C compiler
+(`cc`, else gcc or clang) into a shared library, once per source, flags and CPU, cached in
+~/.cache/transformer-catalog/kernels/ (or the temporary folder when home is not writable), and
+returns it as a ctypes library; None when no compiler manages it, so that a route can say it is
+unavailable and the model keeps its PyTorch path.
+
+Sources are compiled with -ffast-math so that loops over exp vectorise (glibc's libmvec), but
+linked without it: a shared library linked with -ffast-math switches the whole process to
+flush-denormals-to-zero when it is loaded (gcc < 13), which would change every other
+computation of the process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+# Tried in order: tuned for this CPU, then portable.
+COMPILE_FLAGS = (("-O3", "-march=native", "-ffast-math", "-fopenmp-simd"),
+                 ("-O3", "-ffast-math", "-fopenmp-simd"))
+
+
+def _machine_key() -> str:
+    """What a -march=native build depends on: the architecture and the CPU's feature flags."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line for line in info if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return platform.machine() + flags
+
+
+def _build(folder: Path, name: str, source: str) -> Path | None:
+    """Compile `source` into a shared library in `folder`; None when no compiler manages it."""
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        return None
+    key = hashlib.sha256((source + repr(COMPILE_FLAGS) + _machine_key()).encode()).hexdigest()
+    library = folder / f"{name}-{key[:16]}.so"
+    if library.exists():
+        return library
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        src, obj, out = (Path(scratch) / f"{name}{ext}" for ext in (".c", ".o", ".so"))
+        src.write_text(source)
+        for flags in COMPILE_FLAGS:
+            steps = ([compiler, *flags, "-fPIC", "-c", str(src), "-o", str(obj)],
+                     [compiler, "-shared", str(obj), "-o", str(out), "-lm"])
+            try:
+                if all(subprocess.run(step, capture_output=True, timeout=120).returncode == 0
+                       for step in steps):
+                    out.replace(library)  # atomic: a concurrent build finds a whole file
+                    return library
+            except (OSError, subprocess.SubprocessError):
+                continue
+    return None
+
+
+@functools.cache
+def load(name: str, source: str) -> ctypes.CDLL | None:
+    """The compiled `source` as a ctypes library (built the first time), or None."""
+    cache = Path.home() / ".cache" / "transformer-catalog" / "kernels"
+    for folder in (cache, Path(tempfile.gettempdir()) / "transformer-catalog-kernels"):
+        try:
+            path = _build(folder, name, source)
+            if path is None:
+                return None
+            return ctypes.CDLL(str(path))
+        except OSError:
+            continue
+    return None
