@@ -1,9 +1,11 @@
-"""Run the performance comparison of issue 7 and print its target table.
+"""Run the performance comparison of issue 7 (or of issue 15, training) and print its targets.
 
     python benchmarks/perf_targets.py                 # 512..8192, decoding at 512 and 8192,
                                                       # small and the published base sizes
     python benchmarks/perf_targets.py --quick         # 512 and 2048, small only (minutes)
     python benchmarks/perf_targets.py --check-only --results FILE   # table from earlier records
+    python benchmarks/perf_targets.py --suite training --seqlen 256..4096   # training steps:
+        # ours against HF, MFU, RWKV against HF and our GPT, mixed-precision bf16 against fp32
 
 Each cell runs in its own process through the benchmark harness (`harness.sweep`), ours and the
 peers one after the other in the same run, so every ratio compares measurements taken under
@@ -26,10 +28,15 @@ from harness import results, sweep, targets
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seqlen", default="512..8192", help="forward lengths (512..8192)")
+    parser.add_argument("--suite", choices=("inference", "training"), default="inference",
+                        help="inference: forward, decoding, memory (issue 7); training: the "
+                             "training step (issue 15)")
+    parser.add_argument("--seqlen", default=None,
+                        help="lengths (inference: 512..8192; training: 256..4096)")
     parser.add_argument("--decode", default="512,8192", help="prompt lengths for decoding")
     parser.add_argument("--quick", action="store_true",
-                        help="--seqlen 512,2048 --decode 512,2048 --no-base-sizes")
+                        help="--seqlen 512,2048 --decode 512,2048 --no-base-sizes "
+                             "(training: --seqlen 256,1024)")
     parser.add_argument("--base-sizes", action=argparse.BooleanOptionalAction, default=None,
                         help="also compare the published base sizes (bert base, gpt2, roberta "
                              "base) with HF; default: on, off with --quick")
@@ -46,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure every cell this many times, round after round; each "
                              "side of a ratio keeps its fastest round")
     parser.add_argument("--only", default=None,
-                        help=f"comma-separated groups of sweeps: {', '.join(targets.GROUPS)}")
+                        help=f"comma-separated groups of sweeps: {', '.join(targets.GROUPS)} "
+                             f"(training: {', '.join(targets.TRAIN_GROUPS)})")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="also write the table to this Markdown file")
     parser.add_argument("--fastest-records", type=Path, default=None,
@@ -57,12 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
-        seqlens = sweep.parse_seqlens("512,2048" if args.quick else args.seqlen)
+        training = args.suite == "training"
+        default = ("256,1024" if args.quick else "256..4096") if training else (
+            "512,2048" if args.quick else "512..8192")
+        seqlens = sweep.parse_seqlens(args.seqlen or default)
         decode = sweep.parse_seqlens("512,2048" if args.quick else args.decode)
-        only = set(args.only.split(",")) if args.only else set(targets.GROUPS)
-        if only - set(targets.GROUPS):
-            raise sweep.SweepError(f"--only {args.only!r}: the groups are "
-                                   f"{', '.join(targets.GROUPS)}")
+        groups = targets.TRAIN_GROUPS if training else targets.GROUPS
+        only = set(args.only.split(",")) if args.only else set(groups)
+        if only - set(groups):
+            raise sweep.SweepError(f"--only {args.only!r}: the groups are {', '.join(groups)}")
         if args.rounds < 1:
             raise sweep.SweepError(f"--rounds {args.rounds}: give at least 1")
     except sweep.SweepError as error:
@@ -77,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     else:
         base_sizes = not args.quick if args.base_sizes is None else args.base_sizes
-        plans = [p for p in targets.plan(tuple(seqlens), tuple(decode), base_sizes)
-                 if p.group in only] * args.rounds
+        planned = (targets.train_plan(tuple(seqlens)) if training
+                   else targets.plan(tuple(seqlens), tuple(decode), base_sizes))
+        plans = [p for p in planned if p.group in only] * args.rounds
         sweeps = [sweep.Sweep(models=list(p.models), variant=p.variant or args.variant,
                               modes=list(p.modes),
                               seqlens=list(p.seqlens), dtype=p.dtype, device=args.device,
@@ -104,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             except sweep.SweepError as error:
                 err.print(f"[bold red]error:[/] {error}")
                 return 2
-    rows = targets.check(records)
-    table = Table(title="Performance targets (ratios from one run)", header_style="bold")
+    rows = targets.check_training(records) if training else targets.check(records)
+    title = "Training targets" if training else "Performance targets"
+    table = Table(title=f"{title} (ratios from one run)", header_style="bold")
     for column in ("target", "cell", "measured", "required", "verdict"):
         table.add_column(column, justify="right" if column in ("measured", "required") else "left")
     colour = {"met": "green", "missed": "red", "not measured": "yellow"}

@@ -119,6 +119,7 @@ class QualityRecord(Record):
     mqar: dict[str, Any] | None = None
     checkpoint: str | None = None
     limit: int | None = None  # lm-eval: examples per task (None: all)
+    routes: list[str] | None = None  # the zoo's speed routes the training ran with
 
 
 KINDS: dict[str, type[Record]] = {"bench": BenchRecord, "quality": QualityRecord}

@@ -206,6 +206,72 @@ def check(records: Iterable[Record | dict[str, Any]]) -> list[Row]:
     return rows
 
 
+# --- training (issue 15) ----------------------------------------------------------------------
+
+TRAIN_MODELS = ("gpt", "bert", "rwkv")  # the training step against Hugging Face's
+TRAIN_RATIO = 1.0  # ours / HF tokens/s, and at most 1.0 for peak memory, at every length
+TRAIN_MFU = ((256, 1024), 0.50)  # the dense models' MFU at these lengths
+RWKV_TRAIN = (1024, 3.0, 1.5)  # at this length: RWKV / HF RWKV, and RWKV / our GPT
+TRAIN_BF16 = ((256, 1024), 2.0)  # mixed-precision bf16 / fp32 tokens/s of ours at these lengths
+
+
+def train_plan(seqlens: tuple[int, ...] = (256, 512, 1024, 2048, 4096)) -> list[SweepPlan]:
+    """The sweeps behind the training targets."""
+    bf16 = tuple(T for T in TRAIN_BF16[0] if T in seqlens) or (min(seqlens),)
+    return [SweepPlan(TRAIN_MODELS, ("train",), seqlens, ("hf",), group="train"),
+            SweepPlan(("gpt", "bert"), ("train",), bf16, (), "bfloat16", group="train-bf16")]
+
+
+TRAIN_GROUPS = ("train", "train-bf16")
+
+
+def _name(model: str, variant: str | None) -> str:
+    return f"{model} {variant}" if variant else model
+
+
+def check_training(records: Iterable[Record | dict[str, Any]]) -> list[Row]:
+    """One row per training target and cell found in `records`."""
+    ok = _ok(records)
+    rows: list[Row] = []
+    for variant in sorted({k[1] for k in ok}, key=lambda v: (v != "small", str(v))):
+        def get(model, impl, seqlen, dtype="float32", variant=variant):
+            return ok.get((model, variant, impl, "train", seqlen, dtype), {})
+
+        lengths = sorted({k[4] for k in ok if k[1] == variant and k[3] == "train"})
+        for model in TRAIN_MODELS:
+            for T in lengths:
+                ours, hf = get(model, "zoo", T), get(model, "hf", T)
+                if not ours and not hf:
+                    continue
+                cell = f"{_name(model, variant)} train {T}"
+                rows.append(_row("training vs HF", cell,
+                                 _ratio(ours.get("tokens_per_s"), hf.get("tokens_per_s")),
+                                 TRAIN_RATIO))
+                rows.append(_row("training peak memory vs HF", cell,
+                                 _ratio(ours.get("peak_mem_bytes"), hf.get("peak_mem_bytes")),
+                                 TRAIN_RATIO, at_least=False))
+                if model != "rwkv" and T in TRAIN_MFU[0]:
+                    rows.append(_row("training MFU (fp32 peak)", cell, ours.get("mfu"),
+                                     TRAIN_MFU[1]))
+        T, vs_hf, vs_gpt = RWKV_TRAIN
+        rwkv = get("rwkv", "zoo", T)
+        if rwkv:
+            cell = f"{_name('rwkv', variant)} train {T}"
+            rows.append(_row("RWKV training vs HF", cell, _ratio(
+                rwkv.get("tokens_per_s"), get("rwkv", "hf", T).get("tokens_per_s")), vs_hf))
+            rows.append(_row("RWKV training vs our GPT", cell, _ratio(
+                rwkv.get("tokens_per_s"), get("gpt", "zoo", T).get("tokens_per_s")), vs_gpt))
+        for model in ("gpt", "bert"):
+            for T in sorted({k[4] for k in ok if k[5] == "bfloat16" and k[:2] == (model, variant)
+                             and k[3] == "train"}):
+                rows.append(_row("bf16 (mixed) vs fp32 training",
+                                 f"{_name(model, variant)} train {T}",
+                                 _ratio(get(model, "zoo", T, "bfloat16").get("tokens_per_s"),
+                                        get(model, "zoo", T).get("tokens_per_s")),
+                                 TRAIN_BF16[1]))
+    return rows
+
+
 def markdown(rows: list[Row]) -> str:
     """The rows as a Markdown table, with a closing line counting the targets met."""
     lines = ["| target | cell | measured | required | verdict |", "|---|---|---:|---:|---|"]

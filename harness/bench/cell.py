@@ -22,24 +22,49 @@ from typing import Any
 import torch
 
 from harness.bench import implementations
-from harness.bench.memory import current_rss, peak_rss, release_freed_memory, reset_peak_rss
+from harness.bench.memory import (
+    current_rss,
+    keep_freed_memory,
+    peak_rss,
+    release_freed_memory,
+    reset_peak_rss,
+)
 from harness.bench.peak import measure_matmul_peak
 from harness.bench.workload import DTYPES, SEED, Cell, draw_inputs, sync
 
 
+def mixed_precision(cell: Cell) -> bool:
+    """A training cell in bfloat16 or float16 trains as the quality trainer does: float32
+    weights, gradients and optimizer, the step under torch.autocast to the cell's dtype."""
+    return cell.mode == "train" and cell.dtype != "float32"
+
+
 def build_model(cell: Cell):
     """The zoo model of a cell from its config fields (the sweep resolved the catalog
-    variant), seeded, in the cell's dtype and device, with the zoo's speed routes unless the
-    cell asks for the plain model, and its position table lengthened when the cell needs more
-    positions than the published table has (the returned notes say so)."""
+    variant), seeded, in the cell's dtype (float32 for mixed precision) and device, with the
+    zoo's speed routes unless the cell asks for the plain model, and its position table
+    lengthened when the cell needs more positions than the published table has (the returned
+    notes say so)."""
     from harness.models import build
 
     # Only the eager zoo cell takes the routes: torch.compile chooses its own kernels, and a
     # peer takes the weights alone.
     fast = cell.fast and cell.impl == implementations.OURS
+    dtype = torch.float32 if mixed_precision(cell) else DTYPES[cell.dtype]
     built = build(cell.model, overrides=cell.fields, seqlen=cell.length, seed=SEED,
-                  dtype=DTYPES[cell.dtype], device=torch.device(cell.device), fast=fast)
+                  dtype=dtype, device=torch.device(cell.device), fast=fast)
     return built.model, built.notes
+
+
+def training_setup() -> list[str]:
+    """A CPU training cell runs as the quality trainer trains (harness.quality.train): denormals
+    flushed to zero, freed memory kept for reuse. Returns what was set, for the record's notes."""
+    notes = []
+    if torch.set_flush_denormal(True):
+        notes.append("denormals flushed to zero")
+    if keep_freed_memory():
+        notes.append("freed memory kept for reuse (glibc: no mmap, no trim)")
+    return notes
 
 
 def measure(cell: Cell) -> dict[str, Any]:
@@ -49,6 +74,7 @@ def measure(cell: Cell) -> dict[str, Any]:
     device = torch.device(cell.device)
     if cell.threads:
         torch.set_num_threads(cell.threads)
+    setup = training_setup() if cell.mode == "train" and device.type == "cpu" else []
     implementation = implementations.get(cell.impl)
     model, notes = build_model(cell)
     params = model.num_params()
@@ -58,6 +84,15 @@ def measure(cell: Cell) -> dict[str, Any]:
     weights = torch.cuda.memory_allocated(device) if device.type == "cuda" else current_rss() or 0
     inputs = draw_inputs(model, cell.mode, cell.batch, cell.seqlen, device)
     workload = implementation.workload(cell, model, inputs)
+    if mixed_precision(cell):
+        step, dtype = workload.run, DTYPES[cell.dtype]
+
+        def autocast_step():
+            with torch.autocast(device.type, dtype=dtype):
+                return step()
+
+        workload.run = autocast_step
+        setup.append(f"mixed precision: autocast to {cell.dtype} over float32 weights")
     # A peer holds its own copy of the weights (as many bytes as ours): the zoo model goes.
     del model
     # The peak is measured from here: what preparing the workload (a generate cell's prefill)
@@ -91,7 +126,7 @@ def measure(cell: Cell) -> dict[str, Any]:
         "act_mem_bytes": max(peak - weights, 0),
         "flops_per_token": workload.flops / workload.tokens if workload.flops else None,
         "flops_per_s": workload.flops / median if workload.flops else None,
-        "notes": [*notes, *workload.notes],
+        "notes": [*notes, *workload.notes, *setup],
         "routes": routes,
     }
 

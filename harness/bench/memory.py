@@ -45,6 +45,28 @@ def release_freed_memory() -> None:
         pass
 
 
+# glibc's mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Let this process reuse the memory it frees instead of handing it back to the OS, as the
+    jemalloc or tcmalloc that CPU training guides preload do. glibc serves every allocation over
+    32 MiB with a fresh mmap and unmaps it when freed, and trims its heap when freed memory sits
+    on top: a training step's large temporaries then cost a page fault per 4 KiB every step
+    (on the machine here a 32 MiB elementwise product takes 21 ms in fresh pages, 3.4 ms in
+    reused ones). With no mmap and no trimming the heap keeps its pages; the peak RSS is then
+    the heap's high-water mark. `release_freed_memory` still trims on request. False where
+    this is not glibc."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
 def peak_rss() -> int:
     peak = _status_field("self", "VmHWM")
     if peak is not None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from harness.bench.workload import Cell, Inputs, Workload, accounting, check_mode
+from harness.bench.workload import DTYPES, Cell, Inputs, Workload, accounting, check_mode
 from zoo import fast
 
 
@@ -22,7 +22,9 @@ def eager(cell: Cell, model: Any, inputs: Inputs) -> Workload:
             with torch.no_grad():
                 return model(**forward).logits
 
-        return Workload(run, tokens, flops, notes=fast.describe(model))
+        # in the cell's dtype, under autocast over float32 weights for a mixed-precision cell
+        notes = fast.describe(model, training=True, dtype=DTYPES[cell.dtype])
+        return Workload(run, tokens, flops, notes=notes)
     if cell.mode == "train":
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -34,7 +36,7 @@ def eager(cell: Cell, model: Any, inputs: Inputs) -> Workload:
             optimizer.step()
             return loss
 
-        return Workload(run, tokens, flops)
+        return Workload(run, tokens, flops, notes=fast.describe(model))
     model.eval()
     batch = inputs.input_ids.size(0) if "input_ids" in forward else forward["src_ids"].size(0)
     with torch.no_grad():

@@ -62,6 +62,9 @@ MqarVocabOpt = Annotated[int, typer.Option(
     help="MQAR vocabulary (keys from the lower half, values from the upper). Zoology's "
          "figure uses 8192; 512 lets a CPU learn the lookup in minutes.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda when present), cpu, cuda or cuda:N.")]
+TrainDtypeOpt = Annotated[str, typer.Option(
+    help="Training precision: float32, or bfloat16 (mixed: autocast over float32 weights; "
+         "fast where the hardware has bfloat16 matrix units, slower on CPUs without them).")]
 QualityResultsOpt = Annotated[Path, typer.Option(
     "--results", help="JSON Lines file the quality records are appended to.")]
 ResumeOpt = Annotated[bool, typer.Option(
@@ -79,6 +82,7 @@ def train_model(
     bpe_vocab: BpeVocabOpt = 8192, seqlen: SeqlenOpt = None, batch_size: BatchOpt = None,
     lr: LrOpt = None, eval_every: EvalEveryOpt = 50, mqar_seqlen: MqarSeqlenOpt = 64,
     mqar_kv_pairs: MqarPairsOpt = 4, mqar_vocab: MqarVocabOpt = 512, device: DeviceOpt = "auto",
+    dtype: TrainDtypeOpt = "float32",
     out: Annotated[Path | None, typer.Option(
         help="Checkpoint folder (default runs/MODEL-TASK-VARIANT-seedN).", show_default=False)
     ] = None,
@@ -98,7 +102,7 @@ def train_model(
             task=task, budget=budget, variant=variant, seed=seed, corpus=corpus,
             tokenizer=tokenizer, bpe_vocab=bpe_vocab, seqlen=seqlen, batch_size=batch_size,
             lr=lr, eval_every=eval_every, mqar_seqlen=mqar_seqlen, mqar_kv_pairs=mqar_kv_pairs,
-            mqar_vocab=mqar_vocab, device=resolve_device(device))
+            mqar_vocab=mqar_vocab, device=resolve_device(device), dtype=dtype)
     _train_and_record(ctx, [model], spec, out, several=False, resume=resume, force=force,
                       results_path=results_path)
 
@@ -113,6 +117,7 @@ def quality(
     bpe_vocab: BpeVocabOpt = 8192, seqlen: SeqlenOpt = None, batch_size: BatchOpt = None,
     lr: LrOpt = None, eval_every: EvalEveryOpt = 50, mqar_seqlen: MqarSeqlenOpt = 64,
     mqar_kv_pairs: MqarPairsOpt = 4, mqar_vocab: MqarVocabOpt = 512, device: DeviceOpt = "auto",
+    dtype: TrainDtypeOpt = "float32",
     out: Annotated[Path | None, typer.Option(
         help="Folder of the checkpoints, one subfolder per model (default runs/quality-TASK).",
         show_default=False)] = None,
@@ -132,7 +137,7 @@ def quality(
             task=task, budget=budget, variant=variant, seed=seed, corpus=corpus,
             tokenizer=tokenizer, bpe_vocab=bpe_vocab, seqlen=seqlen, batch_size=batch_size,
             lr=lr, eval_every=eval_every, mqar_seqlen=mqar_seqlen, mqar_kv_pairs=mqar_kv_pairs,
-            mqar_vocab=mqar_vocab, device=resolve_device(device))
+            mqar_vocab=mqar_vocab, device=resolve_device(device), dtype=dtype)
     _train_and_record(ctx, models, spec, out, several=True, resume=resume, force=force,
                       results_path=results_path)
 

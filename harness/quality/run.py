@@ -24,6 +24,7 @@ from harness.quality.task_setup import setup_task
 from harness.quality.tokenizer import ByteTokenizer, Tokenizer
 from harness.quality.train import History, train
 from harness.results import QualityRecord
+from zoo import fast
 
 if TYPE_CHECKING:
     from harness.catalog import Catalog
@@ -79,7 +80,7 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
     (out / "state.pt").unlink(missing_ok=True)  # finished: the optimizer state is not needed
     rec = QualityRecord(
         model=model, variant=spec.variant, impl="zoo", mode="train",
-        seqlen=config.seqlen, batch=config.batch_size, dtype="float32", device=spec.device,
+        seqlen=config.seqlen, batch=config.batch_size, dtype=config.dtype, device=spec.device,
         threads=torch.get_num_threads(), status="ok", params=params, task=task,
         metric=setup.metric, value=scores[setup.metric], notes=notes, time=now(),
         budget=str(spec.budget), budget_tokens=spec.budget.tokens,
@@ -88,6 +89,7 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
         tokens_per_s=history.tokens / history.seconds if history.seconds else None,
         seed=spec.seed, lr=config.lr, tokenizer=spec.tokenizer,
         vocab_size=net.config.vocab_size, corpus=data.corpus_name, scores=scores,
+        routes=list(fast.applied(net)),
         final_train_loss=_mean_tail(history.losses), baseline=data.baseline if task in (
             "lm", "seq2seq") else None, checkpoint=str(checkpoint), command=command,
         **where(spec.device))

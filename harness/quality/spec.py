@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from harness.quality.tasks import MQARConfig
-from harness.quality.train import Budget, TrainConfig, parse_budget
+from harness.quality.train import PRECISIONS, Budget, TrainConfig, parse_budget
 
 TASKS = ("lm", "seq2seq", "mlm", "mqar")
 TOKENIZERS = ("bytes", "bpe")
@@ -72,10 +72,14 @@ class RunSpec:
     eval_tokens: int = 16_384  # validation tokens per periodic evaluation (the test is whole)
     mqar: MQARConfig = DEFAULT_MQAR
     device: str = "cpu"
+    dtype: str = "float32"  # training precision: float32, or bfloat16 mixed precision
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise QualityError(f"--task {self.task!r}: choose one of {', '.join(TASKS)}")
+        if self.dtype not in PRECISIONS:
+            raise QualityError(f"--dtype {self.dtype!r}: training takes "
+                               f"{' or '.join(PRECISIONS)} (bfloat16: mixed precision)")
         if self.tokenizer not in TOKENIZERS:
             raise QualityError(f"--tokenizer {self.tokenizer!r}: choose bytes or bpe")
         for name in ("seqlen", "batch_size"):
@@ -125,4 +129,5 @@ class RunSpec:
             seqlen = self.mqar.seqlen
         return TrainConfig(budget=self.budget, seqlen=self.seqlen or seqlen,
                            batch_size=self.batch_size or batch, lr=self.lr or lr, seed=self.seed,
-                           eval_every=self.eval_every, checkpoint_every=self.eval_every)
+                           eval_every=self.eval_every, checkpoint_every=self.eval_every,
+                           dtype=self.dtype)

@@ -15,11 +15,14 @@ single-process run. Rank 0 alone evaluates and saves; the others wait for it.
 
 On CPU the trainer flushes denormal floats to zero while it runs: RWKV's decays drive some
 gradients below 1e-38, where x86 arithmetic slows down by 10x or more (measured: an RWKV
-`small` step took 44 s instead of 4.6 s); values that small change no result in float32.
+`small` step took 44 s instead of 4.6 s); values that small change no result in float32. The
+process also keeps the memory it frees for reuse (harness.bench.memory.keep_freed_memory), so
+that a step's large temporaries do not fault in fresh pages every step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
@@ -29,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from harness.bench.memory import keep_freed_memory
 
 _BUDGET_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMB]?)-?tokens$|^(\d+(?:\.\d+)?)\s*([smh])$",
                         re.IGNORECASE)
@@ -62,6 +67,12 @@ def parse_budget(text: str) -> Budget:
     return budget
 
 
+# Training precisions: float32, or bfloat16 as mixed precision (torch.autocast: matrix products
+# in bfloat16, weights, gradients, optimizer state and reductions in float32; no loss scaling
+# needed, bfloat16 having float32's range). float16 would need a gradient scaler: not offered.
+PRECISIONS = ("float32", "bfloat16")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     budget: Budget
@@ -76,6 +87,11 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 100  # steps
     checkpoint_every: int = 100  # steps
+    dtype: str = "float32"  # or "bfloat16": autocast over float32 master weights
+
+    def __post_init__(self) -> None:
+        if self.dtype not in PRECISIONS:
+            raise ValueError(f"dtype {self.dtype!r}: training takes {' or '.join(PRECISIONS)}")
 
 
 def lr_at(progress: float, config: TrainConfig) -> float:
@@ -121,6 +137,8 @@ def train(model, batches: Batches, config: TrainConfig, *,
 
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     flushed = device.type == "cpu" and torch.set_flush_denormal(True)
+    if device.type == "cpu":
+        keep_freed_memory()  # large temporaries reuse pages instead of faulting in new ones
     try:
         return _train(model, net, batches, config, evaluate, state_path, resume, on_step,
                       device, rank, world)
@@ -164,7 +182,8 @@ def _train(model, net, batches, config, evaluate, state_path, resume, on_step, d
             inputs = {k: v[rank::world] for k, v in inputs.items()}
             targets = targets[rank::world]
         inputs = {k: v.to(device) for k, v in inputs.items()}
-        loss = net(**inputs, targets=targets.to(device)).loss
+        with _precision(config.dtype, device):
+            loss = net(**inputs, targets=targets.to(device)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
@@ -191,6 +210,13 @@ def _train(model, net, batches, config, evaluate, state_path, resume, on_step, d
 
         dist.barrier()
     return history
+
+
+def _precision(dtype: str, device: torch.device):
+    """The context a training forward runs in: autocast for bfloat16, nothing for float32."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
 def _agree(loss: torch.Tensor, seconds: float, world: int) -> tuple[torch.Tensor, float]:

@@ -139,3 +139,34 @@ def test_fastest_records_are_the_ones_the_table_uses():
     other = rec("gpt", "zoo", "forward", 1024, 800)
     assert targets.fastest([slow, fast, other, rec("gpt", "hf", "forward", 512, None,
                                                     status="oom")]) == [fast, other]
+
+
+def test_training_targets():
+    train = [rec("gpt", "zoo", "train", 1024, 600, mem=900, mfu=0.55),
+             rec("gpt", "hf", "train", 1024, 500, mem=1000),
+             rec("bert", "zoo", "train", 256, 400, mem=1100, mfu=0.4),
+             rec("bert", "hf", "train", 256, 410, mem=1000),
+             rec("rwkv", "zoo", "train", 1024, 950), rec("rwkv", "hf", "train", 1024, 300),
+             rec("gpt", "zoo", "train", 1024, 1300, dtype="bfloat16"),
+             rec("gpt", "zoo", "forward", 1024, 5000)]  # not a training cell: ignored
+    rows = targets.check_training(train)
+    assert find(rows, "training vs HF", "gpt train 1024").met is True
+    assert abs(find(rows, "training vs HF", "gpt train 1024").value - 1.2) < 1e-12
+    assert find(rows, "training peak memory vs HF", "gpt train 1024").met is True
+    assert find(rows, "training MFU (fp32 peak)", "gpt train 1024").met is True
+    assert find(rows, "training vs HF", "bert train 256").met is False
+    assert find(rows, "training peak memory vs HF", "bert train 256").met is False
+    assert find(rows, "training MFU (fp32 peak)", "bert train 256").met is False
+    assert find(rows, "RWKV training vs HF", "rwkv train 1024").met is True  # 3.17
+    assert find(rows, "RWKV training vs our GPT", "rwkv train 1024").met is True  # 1.58
+    assert find(rows, "bf16 (mixed) vs fp32 training", "gpt train 1024").met is True  # 2.17
+    assert not [r for r in rows if "MFU" in r.target and r.cell.startswith("rwkv")]
+    assert not [r for r in rows if "forward" in r.cell]
+
+
+def test_training_plan():
+    plans = targets.train_plan((256, 512, 1024))
+    assert {p.group for p in plans} == set(targets.TRAIN_GROUPS)
+    assert all(p.modes == ("train",) for p in plans)
+    bf16 = next(p for p in plans if p.dtype == "bfloat16")
+    assert bf16.seqlens == (256, 1024) and bf16.against == ()

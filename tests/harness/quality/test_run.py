@@ -54,6 +54,16 @@ def test_every_model_trains_and_records(tmp_path, model, task, metric):
     assert not (tmp_path / "out" / "state.pt").exists()
 
 
+def test_the_record_says_the_precision_routes_and_speed(tmp_path):
+    full = run_one("gpt", prepare(spec(tmp_path)), tmp_path / "a").record
+    mixed = run_one("gpt", prepare(spec(tmp_path, dtype="bfloat16")), tmp_path / "b").record
+    assert (full.dtype, mixed.dtype) == ("float32", "bfloat16")
+    assert full.routes == ["linear", "ffn", "dropout"]
+    # train_seconds is rounded to 0.1 s; tokens_per_s is computed from the exact time
+    seconds = full.tokens / full.tokens_per_s
+    assert abs(seconds - full.train_seconds) <= 0.05 + 1e-9
+
+
 def test_encoder_decoder_runs_lm_as_seq2seq(tmp_path):
     rec = run_one("transformer", prepare(spec(tmp_path)), tmp_path / "o").record
     assert rec.task == "seq2seq" and any("encoder reads 32" in n for n in rec.notes)

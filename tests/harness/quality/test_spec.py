@@ -22,6 +22,7 @@ def test_mqar_defaults_take_large_batches():
     ({"task": "seq2seq", "seqlen": 65}, "even length"),
     ({"eval_every": 0}, "--eval-every must be at least 1, not 0"),
     ({"device": "gpu0"}, "--device 'gpu0' is not a torch device"),
+    ({"dtype": "float16"}, "--dtype 'float16': training takes float32 or bfloat16"),
 ])
 def test_bad_specs(fields, message):
     with pytest.raises(QualityError, match=message):
