@@ -228,16 +228,40 @@ class FastDropout(nn.Dropout):
         return super().forward(x)
 
 
+CAUSAL_BLOCK = 256  # query rows per block of causal attention with dropout
+
+
 def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                           attn_mask: torch.Tensor | None, is_causal: bool,
-                           p: float) -> torch.Tensor:
+                           attn_mask: torch.Tensor | None, is_causal: bool, p: float,
+                           block: int = CAUSAL_BLOCK) -> torch.Tensor:
     """softmax(q k^T / sqrt(hs) + mask) v with dropout p on the probabilities, written out as
     zoo.layers.math_attention is, with zoo/dropout_cpu.py's mask. `attn_mask` is None or an
-    additive float mask, broadcasting to (B, nh, T_query, T_key); `is_causal` as in SDPA."""
+    additive float mask, broadcasting to (B, nh, T_query, T_key); `is_causal` as in SDPA.
+
+    Causal self-attention goes `block` query rows at a time, each block over the keys up to its
+    last row only: the keys after it would all be masked. At T = 1024 in blocks of 256 that is
+    62% of the full product's work and memory (1/2 + 1/(2 * blocks) of it in general)."""
+    T, S = q.size(-2), k.size(-2)
+    if not is_causal or T != S or T <= block:
+        return _attention_rows(q, k, v, attn_mask, 0 if is_causal else None, p)
+    rows = []
+    for start in range(0, T, block):
+        end = min(start + block, T)
+        mask = attn_mask
+        if mask is not None:  # its rows and columns, where it has them (not broadcast)
+            mask = mask[..., start:end, :] if mask.size(-2) > 1 else mask
+            mask = mask[..., :end] if mask.size(-1) > 1 else mask
+        rows.append(_attention_rows(q[:, :, start:end], k[:, :, :end], v[:, :, :end], mask,
+                                    start, p))
+    return torch.cat(rows, dim=2)
+
+
+def _attention_rows(q, k, v, attn_mask, first_row: int | None, p: float) -> torch.Tensor:
+    """Attention of queries at rows first_row.. (None: not causal) over keys 0..S-1."""
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(1.0 / math.sqrt(q.size(-1)))
-    if is_causal:
-        future = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).triu(1)
-        scores.masked_fill_(future, float("-inf"))
+    if first_row is not None:  # query r (row first_row + r) sees keys 0..first_row + r
+        future = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device)
+        scores.masked_fill_(future.triu(1 + first_row), float("-inf"))
     if attn_mask is not None:
         scores.add_(attn_mask)
     return torch.matmul(dropout_cpu.dropout(torch.softmax(scores, dim=-1), p), v)

@@ -111,6 +111,31 @@ def test_attention_with_dropout_equals_math_attention_with_its_mask(causal, mask
         torch.testing.assert_close(grad, reference, **GRADS)  # float64 math, then cast
 
 
+@pytest.mark.parametrize("mask_shape", [None, (2, 1, 10, 10), (2, 1, 1, 10)])
+def test_causal_attention_in_blocks_equals_the_whole(mask_shape, monkeypatch):
+    """Causal attention in blocks of 4 query rows over the keys up to each block's end: each
+    block draws its own mask; given them, the float64 math attention's outputs and gradients."""
+    torch.manual_seed(3)
+    B, nh, T, hs, p, block = 2, 3, 10, 8, 0.3, 4
+    q, k, v = (torch.randn(B, nh, T, hs, requires_grad=True) for _ in range(3))
+    mask = None if mask_shape is None else -2 * torch.rand(mask_shape)
+    key = (11, 12)
+    monkeypatch.setattr(dropout_cpu, "_key", lambda: key)
+    y = attention_with_dropout(q, k, v, mask, True, p, block=block)
+    keep = torch.zeros(B, nh, T, T)
+    for start in range(0, T, block):
+        end = min(start + block, T)
+        n = B * nh * (end - start) * end
+        keep[:, :, start:end, :end] = dropout_cpu.mask(n, p, key).view(B, nh, end - start, end)
+    expected = _reference_attention(q, k, v, mask, keep, p, causal=True)
+    torch.testing.assert_close(y.double(), expected, atol=1e-5, rtol=1e-5)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (q, k, v), dy)
+    for grad, reference in zip(grads, torch.autograd.grad(expected, (q, k, v), dy.double()),
+                               strict=True):
+        torch.testing.assert_close(grad, reference, **GRADS)
+
+
 def test_the_route_runs_in_training_only():
     layer = FastDropout(0.5)
     x = torch.ones(1000)
