@@ -30,6 +30,7 @@ from harness.bench.workload import (
     accounting,
     check_mode,
 )
+from harness.optim import adamw
 from zoo.convert import CONVERTERS, EXPORTERS, CheckpointError, StateDict
 from zoo.model import lm_loss
 
@@ -79,7 +80,7 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
 
     elif cell.mode == "train":
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        optimizer = adamw(model.parameters(), lr=1e-4)
 
         def run():
             optimizer.zero_grad(set_to_none=True)

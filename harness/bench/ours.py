@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from harness.bench.workload import DTYPES, Cell, Inputs, Workload, accounting, check_mode
+from harness.optim import adamw
 from zoo import fast
 
 
@@ -27,7 +28,7 @@ def eager(cell: Cell, model: Any, inputs: Inputs) -> Workload:
         return Workload(run, tokens, flops, notes=notes)
     if cell.mode == "train":
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        optimizer = adamw(model.parameters(), lr=1e-4)
 
         def run():
             optimizer.zero_grad(set_to_none=True)

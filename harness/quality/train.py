@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from harness.bench.memory import keep_freed_memory
+from harness.optim import adamw
 
 _BUDGET_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMB]?)-?tokens$|^(\d+(?:\.\d+)?)\s*([smh])$",
                         re.IGNORECASE)
@@ -161,9 +162,8 @@ def _train(model, net, batches, config, evaluate, state_path, resume, on_step, d
     decay, no_decay = [], []
     for p in model.parameters():
         (decay if p.dim() >= 2 else no_decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=config.lr, betas=config.betas)
+    optimizer = adamw([{"params": decay, "weight_decay": config.weight_decay},
+                       {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=config.betas)
     history = History()
     if resume and state_path is not None and state_path.exists():
         history = _load_state(state_path, model, optimizer)

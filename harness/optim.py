@@ -1,0 +1,28 @@
+"""The optimizer every training step of the harness takes: the trainer's, and the benchmark's
+for ours and the peers alike.
+
+AdamW with PyTorch's fused kernel (torch >= 2.4 on the CPU, earlier on CUDA): one pass over each
+parameter instead of about eight tensor operations per parameter and step. For the `small` GPT
+(26.8M parameters) on the 2-core CPU here a step takes 28 ms fused and 95-105 ms unfused (for
+loop or foreach): 14% of a whole training step at 256 tokens. The fused kernel computes the same
+update; where it is not available (an older torch, another device), the default one runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def adamw(params: Any, **options: Any) -> torch.optim.AdamW:
+    """torch.optim.AdamW(params, **options), fused where PyTorch has the kernel."""
+    params = list(params)  # a generator would be spent by a first, refused attempt
+    try:
+        return torch.optim.AdamW(params, fused=True, **options)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.AdamW(params, **options)
+
+
+def is_fused(optimizer: torch.optim.Optimizer) -> bool:
+    return bool(optimizer.defaults.get("fused"))
