@@ -73,7 +73,8 @@ ROUTES: dict[str, str] = {
               "matmul for more (CPU float32 inference)",
     "ffn": "feed-forward layers: the activation applied in oneDNN's matmul pass, RWKV's squared "
            "ReLU squared in place (CPU float32 inference)",
-    "wkv": "RWKV's WKV as a compiled C loop (zoo.wkv_cpu; CPU inference)",
+    "wkv": "RWKV's WKV as a compiled C loop with its backward (zoo.wkv_cpu; CPU float32, "
+           "inference and training)",
 }
 
 # The activations of zoo.layers.ACTIVATIONS as oneDNN post-ops: name -> (post-op, algorithm).
@@ -180,20 +181,26 @@ class FusedChannelMix(ChannelMix):
 # --- the wkv route ----------------------------------------------------------------------------
 
 def _compiled_wkv_runs(*tensors: torch.Tensor) -> bool:
-    """float32 CPU tensors, none needing a gradient (the C loop has no backward), and a C
-    compiler that built the loop. torch.compile, which cannot trace the C call, runs it between
-    its graphs."""
+    """float32 CPU tensors and a C compiler that built the loop; with or without gradients
+    (wkv_cpu.wkv_with_grad has the backward). torch.compile, which cannot trace the C call,
+    runs it between its graphs."""
     return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
             and wkv_cpu.available())
 
 
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 class CompiledWKVTimeMix(TimeMix):
-    """RWKV's TimeMix with WKV computed by zoo/wkv_cpu.py's C loop where it can run."""
+    """RWKV's TimeMix with WKV computed by zoo/wkv_cpu.py's C loop where it can run, its
+    backward included when a gradient is needed (training)."""
 
     def wkv(self, w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             state: WKVState) -> tuple[torch.Tensor, WKVState]:
         if _compiled_wkv_runs(w, u, k, v, *state):
+            if _needs_grad(w, u, k, v, *state):
+                return wkv_cpu.wkv_with_grad(w, u, k, v, state)
             return wkv_cpu.wkv(w, u, k, v, state)
         return super().wkv(w, u, k, v, state)
 

@@ -303,7 +303,7 @@ def test_the_kernel_builds_and_the_wkv_route_runs_it_for_inference_only(monkeypa
     with torch.no_grad():
         model(ids)
     assert len(calls) == TINY["n_layer"]  # once per layer
-    model(ids).logits.sum().backward()  # training: the PyTorch paths, which autograd follows
+    model(ids).logits.sum().backward()  # training: wkv_cpu.wkv_with_grad (test_wkv_backward.py)
     assert len(calls) == TINY["n_layer"]
     assert model.blocks[0].att.time_decay.grad is not None
 
