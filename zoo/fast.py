@@ -11,7 +11,8 @@ where this project's benchmarks run:
   ffn     a feed-forward layer's activation applied by oneDNN in the pass that writes its first
           matrix product (FeedForward -> FusedFeedForward), and RWKV's squared ReLU squared in
           place as well (ChannelMix -> FusedChannelMix);
-  wkv     RWKV's TimeMix -> CompiledWKVTimeMix: WKV as zoo/wkv_cpu.py's compiled C loop;
+  wkv     RWKV's TimeMix -> CompiledWKVTimeMix: WKV as zoo/wkv_cpu.py's compiled C loop, with
+          its C backward when a gradient is needed (training);
   dropout (training) nn.Dropout -> FastDropout, and attention modules -> DropoutAttention /
           DropoutAlibiAttention: dropout masks drawn by zoo/dropout_cpu.py's C kernel, and
           attention with dropout computed as its math form with such a mask.
@@ -49,7 +50,10 @@ times the linear routes side by side):
     widths, squared ReLU between them): 37 ms with the ReLU fused and the square taken in
     place, 50 ms plain; 2-4% of the model's forward;
   - RWKV's WKV: about 15 ms per layer for 8192 tokens of width 512 as the C loop, 170 ms in
-    chunks (zoo/wkv_cpu.py).
+    chunks (zoo/wkv_cpu.py). With gradients, forward and backward of 1024 tokens of width 512
+    take 8-13 ms per layer, against 280-300 ms for the checkpointed chunks: RWKV small's
+    training step (benchmarks/rwkv_training.py) ran 1.9x / 2.2x / 3.2x faster at 256 / 1024 /
+    4096 tokens, and the WKV is then 3% of the step, matrix products 74%.
   - dropout in training: PyTorch draws a CPU mask with its Mersenne Twister, ~10 ns an element;
     the `small` GPT's attention probabilities at 1024 tokens (8 heads x 1024 x 1024) took 94 ms
     for the mask and 137 ms for F.dropout, 13 ms in the kernel (43 ms with fresh output
@@ -57,8 +61,8 @@ times the linear routes side by side):
     path anyway: the route runs the same math with the kernel's mask, and leaves attention
     without dropout (inference, p = 0) to SDPA.
 Elsewhere the linear and ffn routes run the plain ops (CUDA, other dtypes, gradients,
-torch.compile; F.linear without oneDNN), the wkv route the PyTorch WKV (CUDA, gradients,
-no C compiler), and the dropout route PyTorch's dropout and SDPA (CUDA, other dtypes, autocast,
+torch.compile; F.linear without oneDNN), the wkv route the PyTorch WKV (CUDA, no C
+compiler), and the dropout route PyTorch's dropout and SDPA (CUDA, other dtypes, autocast,
 torch.compile, no C compiler).
 """
 
@@ -86,7 +90,8 @@ ROUTES: dict[str, str] = {
               "matmul for more (CPU float32 inference)",
     "ffn": "feed-forward layers: the activation applied in oneDNN's matmul pass, RWKV's squared "
            "ReLU squared in place (CPU float32 inference)",
-    "wkv": "RWKV's WKV as a compiled C loop (zoo.wkv_cpu; CPU inference)",
+    "wkv": "RWKV's WKV as a compiled C loop with its backward (zoo.wkv_cpu; CPU float32, "
+           "inference and training)",
     "dropout": "dropout masks drawn by a C kernel (zoo.dropout_cpu), attention with dropout "
                "as its math path on them (CPU float32 training)",
 }
@@ -195,20 +200,26 @@ class FusedChannelMix(ChannelMix):
 # --- the wkv route ----------------------------------------------------------------------------
 
 def _compiled_wkv_runs(*tensors: torch.Tensor) -> bool:
-    """float32 CPU tensors, none needing a gradient (the C loop has no backward), and a C
-    compiler that built the loop. torch.compile, which cannot trace the C call, runs it between
-    its graphs."""
+    """float32 CPU tensors and a C compiler that built the loop; with or without gradients
+    (wkv_cpu.wkv_with_grad has the backward). torch.compile, which cannot trace the C call,
+    runs it between its graphs."""
     return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
             and wkv_cpu.available())
 
 
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 class CompiledWKVTimeMix(TimeMix):
-    """RWKV's TimeMix with WKV computed by zoo/wkv_cpu.py's C loop where it can run."""
+    """RWKV's TimeMix with WKV computed by zoo/wkv_cpu.py's C loop where it can run, its
+    backward included when a gradient is needed (training)."""
 
     def wkv(self, w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             state: WKVState) -> tuple[torch.Tensor, WKVState]:
         if _compiled_wkv_runs(w, u, k, v, *state):
+            if _needs_grad(w, u, k, v, *state):
+                return wkv_cpu.wkv_with_grad(w, u, k, v, state)
             return wkv_cpu.wkv(w, u, k, v, state)
         return super().wkv(w, u, k, v, state)
 

@@ -200,3 +200,20 @@ def test_a_recomputed_attention_chunk_draws_its_forward_mask(monkeypatch):
     # 3 chunks of 4 query rows: 3 keys in the forward, the same 3 again in the backward
     chunk_keys = [key for key in drawn if drawn.count(key) == 2]
     assert len(chunk_keys) == 6 and len(set(chunk_keys)) == 3
+
+
+def test_without_a_compiler_the_route_runs_pytorchs_dropout(monkeypatch):
+    import functools
+    from pathlib import Path
+
+    from zoo import ckernel
+
+    monkeypatch.setattr(ckernel.shutil, "which", lambda name: None)
+    monkeypatch.setattr(ckernel, "load", functools.cache(ckernel.load.__wrapped__))
+    monkeypatch.setattr(ckernel.Path, "home", lambda: Path("/nonexistent-home"))
+    assert not dropout_cpu.available()
+    model = zoo.build("gpt", n_layer=1, d_model=32, n_head=2, vocab_size=64).train()
+    assert zoo.fast.describe(model, training=True)[-1] == "dropout (training): PyTorch's"
+    ids = torch.randint(0, 64, (2, 8))
+    model(ids, targets=ids).loss.backward()  # PyTorch's dropout and SDPA
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

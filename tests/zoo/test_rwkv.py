@@ -19,7 +19,7 @@ import zoo
 import zoo.fast
 import zoo.rwkv as rwkv
 from harness.models import build_variant
-from zoo import wkv_cpu
+from zoo import ckernel, wkv_cpu
 from zoo.convert import CheckpointError
 from zoo.rwkv import (
     EMPTY_PP,
@@ -303,7 +303,7 @@ def test_the_kernel_builds_and_the_wkv_route_runs_it_for_inference_only(monkeypa
     with torch.no_grad():
         model(ids)
     assert len(calls) == TINY["n_layer"]  # once per layer
-    model(ids).logits.sum().backward()  # training: the PyTorch paths, which autograd follows
+    model(ids).logits.sum().backward()  # training: wkv_cpu.wkv_with_grad (test_wkv_backward.py)
     assert len(calls) == TINY["n_layer"]
     assert model.blocks[0].att.time_decay.grad is not None
 
@@ -354,9 +354,9 @@ def test_without_a_compiler_the_wkv_route_runs_the_pytorch_paths(monkeypatch):
     ids = torch.randint(0, TINY["vocab_size"], (2, 30))
     with torch.no_grad():
         before = model(ids).logits
-        monkeypatch.setattr(wkv_cpu.shutil, "which", lambda name: None)
-        monkeypatch.setattr(wkv_cpu, "_library", functools.cache(wkv_cpu._library.__wrapped__))
-        monkeypatch.setattr(wkv_cpu.Path, "home", lambda: Path("/nonexistent-home"))
+        monkeypatch.setattr(ckernel.shutil, "which", lambda name: None)
+        monkeypatch.setattr(ckernel, "load", functools.cache(ckernel.load.__wrapped__))
+        monkeypatch.setattr(ckernel.Path, "home", lambda: Path("/nonexistent-home"))
         assert not wkv_cpu.available()
         assert "WKV: PyTorch, chunks of 8 for prefill, the recurrence for decoding" in \
             zoo.fast.describe(model)
