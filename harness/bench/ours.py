@@ -23,9 +23,7 @@ def eager(cell: Cell, model: Any, inputs: Inputs) -> Workload:
             with torch.no_grad():
                 return model(**forward).logits
 
-        # in the cell's dtype, under autocast over float32 weights for a mixed-precision cell
-        notes = fast.describe(model, training=True, dtype=DTYPES[cell.dtype])
-        return Workload(run, tokens, flops, notes=notes)
+        return Workload(run, tokens, flops, notes=fast.describe(model))
     if cell.mode == "train":
         model.train()
         optimizer = adamw(model.parameters(), lr=1e-4)
@@ -37,7 +35,9 @@ def eager(cell: Cell, model: Any, inputs: Inputs) -> Workload:
             optimizer.step()
             return loss
 
-        return Workload(run, tokens, flops, notes=fast.describe(model))
+        # in the cell's dtype, under autocast over float32 weights for a mixed-precision cell
+        notes = fast.describe(model, training=True, dtype=DTYPES[cell.dtype])
+        return Workload(run, tokens, flops, notes=notes)
     model.eval()
     batch = inputs.input_ids.size(0) if "input_ids" in forward else forward["src_ids"].size(0)
     with torch.no_grad():

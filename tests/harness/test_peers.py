@@ -254,3 +254,14 @@ def test_a_cell_hands_the_same_inputs_to_ours_and_to_the_peer(monkeypatch, name,
         cells.measure(cell(name, which))
     ours_ids, peer_ids = seen["zoo"].input_ids, seen[impl].input_ids
     assert ours_ids is not peer_ids and torch.equal(ours_ids, peer_ids)
+
+
+def test_a_training_cell_says_which_routes_its_step_takes():
+    """A training step takes the plain linears and activations (gradients) and the dropout
+    kernel; the forward's notes say the inference routes."""
+    model, _ = tiny("gpt")
+    inputs = draw_inputs(model, "train", BATCH, SEQLEN, CPU)
+    train = ours.eager(cell("gpt", mode="train"), model, inputs).notes
+    forward = ours.eager(cell("gpt"), model, draw_inputs(model, "forward", BATCH, SEQLEN, CPU))
+    assert train[:2] == ("linears: F.linear", "feed-forward: activation as a separate op")
+    assert forward.notes[0] != "linears: F.linear"  # the linear route's words
