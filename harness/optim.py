@@ -23,6 +23,3 @@ def adamw(params: Any, **options: Any) -> torch.optim.AdamW:
     except (RuntimeError, ValueError, TypeError):
         return torch.optim.AdamW(params, **options)
 
-
-def is_fused(optimizer: torch.optim.Optimizer) -> bool:
-    return bool(optimizer.defaults.get("fused"))

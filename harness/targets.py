@@ -112,6 +112,19 @@ def _row(target: str, cell: str, value: float | None, bound: float, at_least: bo
     return Row(target, cell, value, f"{'>=' if at_least else '<='} {bound:.2f}", met)
 
 
+def _name(model: str, variant: str | None) -> str:
+    return f"{model} {variant}" if variant else model
+
+
+def _against_hf(speed: str, memory: str, cell: str, ours: dict[str, Any],
+                hf: dict[str, Any], bound: float) -> list[Row]:
+    """Ours against Hugging Face in one cell: tokens/s at least `bound` times theirs, peak
+    memory at most `bound` times theirs."""
+    return [_row(speed, cell, _ratio(ours.get("tokens_per_s"), hf.get("tokens_per_s")), bound),
+            _row(memory, cell, _ratio(ours.get("peak_mem_bytes"), hf.get("peak_mem_bytes")),
+                 bound, at_least=False)]
+
+
 def check(records: Iterable[Record | dict[str, Any]]) -> list[Row]:
     """One row per target and cell found in `records` (fp32 unless the target says bf16).
     Cells are named "model variant mode length"; records of different variants never form
@@ -119,9 +132,6 @@ def check(records: Iterable[Record | dict[str, Any]]) -> list[Row]:
     ok = _ok(records)
     rows: list[Row] = []
     variants = sorted({k[1] for k in ok}, key=lambda v: (v != "small", str(v)))
-
-    def name(model, variant):
-        return f"{model} {variant}" if variant else model
 
     for variant in variants:
         def get(model, impl, mode, seqlen, dtype="float32", variant=variant):
@@ -134,18 +144,14 @@ def check(records: Iterable[Record | dict[str, Any]]) -> list[Row]:
                 ours, hf = get(model, "zoo", "forward", T), get(model, "hf", "forward", T)
                 if not ours and not hf:
                     continue
-                cell = f"{name(model, variant)} forward {T}"
-                rows.append(_row("throughput vs HF", cell,
-                                 _ratio(ours.get("tokens_per_s"), hf.get("tokens_per_s")),
-                                 FORWARD_RATIO))
-                rows.append(_row("peak memory vs HF", cell,
-                                 _ratio(ours.get("peak_mem_bytes"), hf.get("peak_mem_bytes")),
-                                 FORWARD_RATIO, at_least=False))
+                cell = f"{_name(model, variant)} forward {T}"
+                rows += _against_hf("throughput vs HF", "peak memory vs HF", cell, ours, hf,
+                                    FORWARD_RATIO)
                 if T >= MFU_AT_LENGTH[0]:
                     rows.append(_row("MFU (fp32 peak)", cell, ours.get("mfu"),
                                      MFU_AT_LENGTH[1]))
 
-        rwkv = name("rwkv", variant)
+        rwkv = _name("rwkv", variant)
         longest = max((k[4] for k in ok if k[:2] == ("rwkv", variant) and k[3] == "forward"),
                       default=None)
         if longest is not None:  # RWKV prefill
@@ -170,7 +176,8 @@ def check(records: Iterable[Record | dict[str, Any]]) -> list[Row]:
             for model in DECODERS_WITH_CACHE:
                 mine = get(model, "zoo", "generate", T)
                 if mine or hf_gpt2:
-                    rows.append(_row("decoding vs HF GPT-2", f"{name(model, variant)} generate {T}",
+                    cell = f"{_name(model, variant)} generate {T}"
+                    rows.append(_row("decoding vs HF GPT-2", cell,
                                      _ratio(mine.get("tokens_per_s"), hf_gpt2.get("tokens_per_s")),
                                      DECODE_RATIO))
         if len(decode) >= 2:  # RWKV: flat latency and memory over the context
@@ -193,12 +200,12 @@ def check(records: Iterable[Record | dict[str, Any]]) -> list[Row]:
                 a = get(model, "zoo", "forward", short).get("act_mem_bytes")
                 b = get(model, "zoo", "forward", long).get("act_mem_bytes")
                 rows.append(_row("activation memory per doubling",
-                                 f"{name(model, variant)} forward {long} / {short}",
+                                 f"{_name(model, variant)} forward {long} / {short}",
                                  _ratio(b, a), LINEAR_MEMORY, at_least=False))
 
         for model in DENSE:  # bfloat16 against float32
             for T in sorted({k[4] for k in ok if k[5] == "bfloat16" and k[:2] == (model, variant)}):
-                rows.append(_row("bf16 vs fp32 throughput", f"{name(model, variant)} forward {T}",
+                rows.append(_row("bf16 vs fp32 throughput", f"{_name(model, variant)} forward {T}",
                                  _ratio(get(model, "zoo", "forward", T, "bfloat16")
                                         .get("tokens_per_s"),
                                         get(model, "zoo", "forward", T).get("tokens_per_s")),
@@ -225,10 +232,6 @@ def train_plan(seqlens: tuple[int, ...] = (256, 512, 1024, 2048, 4096)) -> list[
 TRAIN_GROUPS = ("train", "train-bf16")
 
 
-def _name(model: str, variant: str | None) -> str:
-    return f"{model} {variant}" if variant else model
-
-
 def check_training(records: Iterable[Record | dict[str, Any]]) -> list[Row]:
     """One row per training target and cell found in `records`."""
     ok = _ok(records)
@@ -244,12 +247,8 @@ def check_training(records: Iterable[Record | dict[str, Any]]) -> list[Row]:
                 if not ours and not hf:
                     continue
                 cell = f"{_name(model, variant)} train {T}"
-                rows.append(_row("training vs HF", cell,
-                                 _ratio(ours.get("tokens_per_s"), hf.get("tokens_per_s")),
-                                 TRAIN_RATIO))
-                rows.append(_row("training peak memory vs HF", cell,
-                                 _ratio(ours.get("peak_mem_bytes"), hf.get("peak_mem_bytes")),
-                                 TRAIN_RATIO, at_least=False))
+                rows += _against_hf("training vs HF", "training peak memory vs HF", cell, ours,
+                                    hf, TRAIN_RATIO)
                 if model != "rwkv" and T in TRAIN_MFU[0]:
                     rows.append(_row("training MFU (fp32 peak)", cell, ours.get("mfu"),
                                      TRAIN_MFU[1]))

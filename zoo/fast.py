@@ -383,7 +383,7 @@ def describe(model: nn.Module, training: bool = False,
             chunk = chunk_length(time_mix.chunk_len, weight.is_cuda)
             notes.append(f"WKV: PyTorch, chunks of {chunk} for prefill, the recurrence for "
                          "decoding")
-    if kinds & set(_SWAPS["dropout"]) | kinds & set(_SWAPS["dropout"].values()):
+    if any(isinstance(m, tuple(_SWAPS["dropout"])) for m in model.modules()):
         kernel = "dropout" in routes and cpu32 and dropout_cpu.available()
         notes.append("dropout (training): masks from a C kernel (zoo.dropout_cpu)" if kernel
                      else "dropout (training): PyTorch's")
