@@ -1,9 +1,11 @@
 """Dropout for float32 CPU training, its mask drawn by a counter-based hash in C.
 
-PyTorch draws a CPU dropout mask with its Mersenne Twister one number at a time, about 10 ns per
-element on the 2-core AMD EPYC this project is measured on, plus two more passes to scale. At
-training lengths the masks of attention probabilities are (B, heads, T, T): for the `small` GPT
-at 1024 tokens, 8M elements per layer, ~130 ms a layer, half of a whole training step.
+PyTorch draws a CPU dropout mask with its Mersenne Twister one number at a time, plus two more
+passes to scale. At training lengths the masks of attention probabilities are (B, heads, T, T):
+for the `small` GPT at 1024 tokens, 8M elements per layer, whose mask takes PyTorch 61 ms on the
+2-core AMD EPYC this project is measured on and this kernel 13 ms
+(benchmarks/training_parts.py). In a profile of that model's training step on the plain path,
+PyTorch's masks are about a fifth of the step (`training_parts.py --profile gpt:1024 --plain`).
 
 Here element i of a call is kept when h(i) >= p * 2^32, with h a keyed 32-bit integer hash
 (two rounds of the "lowbias32" mixer, keyed between them) of its index: one pass that draws the

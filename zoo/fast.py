@@ -54,12 +54,13 @@ times the linear routes side by side):
     take 8-13 ms per layer, against 280-300 ms for the checkpointed chunks: RWKV small's
     training step (benchmarks/rwkv_training.py) ran 1.9x / 2.2x / 3.2x faster at 256 / 1024 /
     4096 tokens, and the WKV is then 3% of the step, matrix products 74%.
-  - dropout in training: PyTorch draws a CPU mask with its Mersenne Twister, ~10 ns an element;
-    the `small` GPT's attention probabilities at 1024 tokens (8 heads x 1024 x 1024) took 94 ms
-    for the mask and 137 ms for F.dropout, 13 ms in the kernel (43 ms with fresh output
-    pages). PyTorch's CPU flash attention takes no dropout, so with dropout SDPA runs its math
-    path anyway: the route runs the same math with the kernel's mask, and leaves attention
-    without dropout (inference, p = 0) to SDPA.
+  - dropout in training (benchmarks/training_parts.py, on a quiet machine): for the `small`
+    GPT's attention probabilities at 1024 tokens (8 heads x 1024 x 1024) PyTorch's mask
+    (bernoulli_, a Mersenne Twister, one number at a time) takes 61 ms and F.dropout 68 ms, the
+    kernel 13 ms. PyTorch's CPU flash attention takes no dropout, so with dropout SDPA runs its
+    math path anyway: the route runs the same math with the kernel's mask (that layer's causal
+    attention, forward and backward: 142 ms in SDPA, 98 ms whole, 60 ms in blocks of 256), and
+    leaves attention without dropout (inference, p = 0) to SDPA.
 Elsewhere the linear and ffn routes run the plain ops (CUDA, other dtypes, gradients,
 torch.compile; F.linear without oneDNN), the wkv route the PyTorch WKV (CUDA, no C
 compiler), and the dropout route PyTorch's dropout and SDPA (CUDA, other dtypes, autocast,

@@ -1,0 +1,127 @@
+"""Time the parts of a CPU training step that issue 15 changed, each beside what it replaced.
+
+    python benchmarks/training_parts.py
+    python benchmarks/training_parts.py --profile gpt:1024 [--plain]   # where a step's time goes
+
+  - a 32 MiB elementwise product in fresh pages, then after `keep_freed_memory` (reused pages),
+    which the rest is timed under, as training cells and the trainer run;
+  - a dropout mask over one `small` GPT layer's attention probabilities at 1024 tokens
+    (8 x 1024 x 1024): PyTorch's `bernoulli_` and `F.dropout` against zoo/dropout_cpu.py;
+  - that layer's causal attention with dropout, forward and backward: SDPA (its math path, the
+    only one that takes dropout on the CPU), the route's math path whole, and in blocks of 256;
+  - one AdamW step of the `small` GPT (26.8M parameters): PyTorch's default and the fused kernel;
+  - a (1024 x 512) by (512 x 2048) product in float32 and in bfloat16.
+Each figure is the fastest of several runs (a shared machine only ever slows a run down).
+--profile MODEL:SEQLEN prints torch.profiler's top operators over two training steps of the
+`small` model (the benchmark's train workload), with the zoo's routes or, with --plain, without.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from harness.bench import ours
+from harness.bench.cell import training_setup
+from harness.bench.memory import keep_freed_memory
+from harness.bench.workload import Cell, draw_inputs
+from harness.models import build
+from zoo import dropout_cpu
+from zoo.fast import attention_with_dropout
+
+
+def fastest_ms(run, repeat: int = 7) -> float:
+    run()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times)
+
+
+def profile_step(model_name: str, seqlen: int, fast: bool) -> None:
+    """torch.profiler's top operators over two training steps, as a training cell runs them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    training_setup()
+    model = build(model_name, "small", seqlen=seqlen, seed=0, fast=fast).model
+    cell = Cell(model=model_name, variant="small", impl="zoo", mode="train", seqlen=seqlen,
+                batch=1, dtype="float32", device="cpu", threads=None, warmup=2, repeat=1,
+                new_tokens=0, fast=fast)
+    step = ours.eager(cell, model, draw_inputs(model, "train", 1, seqlen, torch.device("cpu"))).run
+    step(), step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(), step()
+    print(f"{model_name} small, {seqlen} tokens, {'routes' if fast else 'plain'}, two steps:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", metavar="MODEL:SEQLEN", default=None)
+    parser.add_argument("--plain", action="store_true", help="profile without the routes")
+    args = parser.parse_args(argv)
+    if args.profile:
+        model_name, _, seqlen = args.profile.partition(":")
+        profile_step(model_name, int(seqlen or 1024), fast=not args.plain)
+        return
+    torch.manual_seed(0)
+    rows: list[tuple[str, str, float]] = []
+    x = torch.randn(8 * 1024 * 1024)
+    fresh = fastest_ms(lambda: x * 2)
+    # From here on this process keeps the pages it frees, as training cells and the trainer do,
+    # so that what follows is timed as a training step runs it.
+    keep_freed_memory()
+    rows += [("32 MiB elementwise product", "fresh pages (glibc default)", fresh),
+             ("", "reused pages (keep_freed_memory)", fastest_ms(lambda: x * 2))]
+    probs = torch.rand(1, 8, 1024, 1024)
+    rows += [("dropout mask, 8M elements", "torch bernoulli_",
+              fastest_ms(lambda: torch.empty_like(probs).bernoulli_(0.9))),
+             ("", "F.dropout", fastest_ms(lambda: F.dropout(probs, 0.1, True))),
+             ("", "zoo.dropout_cpu", fastest_ms(lambda: dropout_cpu.dropout(probs, 0.1)))]
+
+    q, k, v = (torch.randn(1, 8, 1024, 64, requires_grad=True) for _ in range(3))
+
+    def attention(route):
+        route().sum().backward()
+
+    rows += [("causal attention + dropout, fwd+bwd", "SDPA (math path)", fastest_ms(
+                lambda: attention(lambda: F.scaled_dot_product_attention(
+                    q, k, v, dropout_p=0.1, is_causal=True)), 5)),
+             ("", "route, whole", fastest_ms(lambda: attention(
+                 lambda: attention_with_dropout(q, k, v, None, True, 0.1, block=1024)), 5)),
+             ("", "route, blocks of 256", fastest_ms(lambda: attention(
+                 lambda: attention_with_dropout(q, k, v, None, True, 0.1)), 5))]
+
+    model = build("gpt", variant="small", seqlen=256).model
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    for label, options in (("torch.optim.AdamW default", {}), ("fused", {"fused": True})):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **options)
+        rows.append(("AdamW step, small GPT" if not options else "", label,
+                     fastest_ms(optimizer.step, 10)))
+
+    a, w = torch.randn(1024, 512), torch.randn(2048, 512)
+    for dtype in (torch.float32, torch.bfloat16):
+        ms = fastest_ms(lambda dtype=dtype: F.linear(a.to(dtype), w.to(dtype)))
+        gflops = 2 * 1024 * 512 * 2048 / ms / 1e6
+        rows.append(("linear 1024x512 @ 512x2048" if dtype == torch.float32 else "",
+                     f"{str(dtype).removeprefix('torch.')} ({gflops:.1f} GFLOP/s)", ms))
+
+    table = Table(title=f"Parts of a training step ({torch.get_num_threads()} threads)",
+                  header_style="bold")
+    for column in ("part", "how", "ms (fastest)"):
+        table.add_column(column, justify="right" if column.startswith("ms") else "left")
+    for part, how, ms in rows:
+        table.add_row(part, how, f"{ms:.1f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
