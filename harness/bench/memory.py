@@ -55,9 +55,9 @@ def keep_freed_memory() -> bool:
     32 MiB with a fresh mmap and unmaps it when freed, and trims its heap when freed memory sits
     on top: a training step's large temporaries then cost a page fault per 4 KiB every step
     (on the machine here a 32 MiB elementwise product takes 15 ms in fresh pages, 2.5 ms in
-    reused ones: benchmarks/training_parts.py). With no mmap and no trimming the heap keeps its pages; the peak RSS is then
-    the heap's high-water mark. `release_freed_memory` still trims on request. False where
-    this is not glibc."""
+    reused ones: benchmarks/training_parts.py). With no mmap and no trimming the heap keeps its
+    pages; the peak RSS is then the heap's high-water mark. `release_freed_memory` still trims
+    on request. False where this is not glibc."""
     try:
         import ctypes
 
