@@ -120,6 +120,20 @@ class QualityRecord(Record):
     checkpoint: str | None = None
     limit: int | None = None  # lm-eval: examples per task (None: all)
     routes: list[str] | None = None  # the zoo's speed routes the training ran with
+    # Grids (quality against length): what a cell varied, and what it was chosen and scored on.
+    budget_flops: float | None = None  # a compute budget: training FLOPs (analytic, at seqlen)
+    width: int | None = None  # d_model, when the cell set it (the variant's other fields kept)
+    kv_pairs: int | None = None  # MQAR: key-value pairs per sequence
+    val_value: float | None = None  # the headline metric on the validation split, at the end
+    stopped_early: bool | None = None  # training stopped once validation passed the target
+    error: str | None = None  # why a cell failed (status oom, timeout or error)
+    wall_s: float | None = None  # the cell's whole process, preparation and test included
+    # Bits per byte of the test text at several evaluation lengths (Press et al.): one dict per
+    # (eval_seqlen, stride) with bits_per_byte None (n/a) where the model cannot take the length.
+    extrapolation: list[dict[str, Any]] | None = None
+    # Mean loss by token position of the evaluation windows, log-binned, and the late-minus-early
+    # in-context-learning score (Olsson et al.); see harness.quality.curves.
+    position_loss: dict[str, Any] | None = None
 
 
 KINDS: dict[str, type[Record]] = {"bench": BenchRecord, "quality": QualityRecord}
@@ -131,7 +145,7 @@ BENCH_KEY = ("kind", "model", "variant", "impl", "mode", "seqlen", "batch", "dty
              "threads", "cpu", "gpu", "routes")
 QUALITY_KEY = ("kind", "model", "variant", "impl", "task", "metric", "budget", "seed", "seqlen",
                "batch", "corpus", "tokenizer", "checkpoint", "limit", "cpu", "gpu", "device",
-               "dtype")
+               "dtype", "lr", "width", "kv_pairs")
 KEYS = {"bench": BENCH_KEY, "quality": QUALITY_KEY}
 
 
