@@ -15,6 +15,7 @@ choice).
   selected_cells  the ok cells at each group's chosen learning rate, one row per seed
   extrapolation   bits per byte against evaluation length at the chosen rate, mean over seeds
   position_loss   mean loss by token position at the chosen rate, mean over seeds
+  format_lr       a learning rate as the report writes it: 4.64e-4
 
 Every function takes and returns a pandas DataFrame (`harness.results.frame`); a missing value
 in a group field is equal to another missing value. Spreads are sample standard deviations over
@@ -43,6 +44,14 @@ LR_CURVE_COLUMNS = (*GROUP, "lr", "val_mean", "val_std", "test_mean", "test_std"
                     "failed")
 SELECT_COLUMNS = (*GROUP, "lr", "lrs", "val_mean", "val_std", "test_mean", "test_std", "seeds",
                   "failed", "status", "error", "chance", "baseline", "params")
+
+
+def format_lr(value: Any) -> str:
+    """A learning rate as tables and axes show it: 1e-3, 4.64e-4 (three significant digits)."""
+    if value is None or pd.isna(value):
+        return "none"
+    mantissa, exponent = f"{float(value):.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def higher_is_better(metric: str) -> bool:
@@ -218,8 +227,8 @@ def extrapolation(df: pd.DataFrame) -> pd.DataFrame:
         out.append({**_key_dict(by, key), "bits_per_byte": mean, "bits_per_byte_std": std,
                     "seeds": int(same["value"].notna().sum()), "notes": "; ".join(notes)})
     result = pd.DataFrame.from_records(out, columns=list(EXTRAPOLATION_COLUMNS))
-    return result.astype({"bits_per_byte": "Float64", "bits_per_byte_std": "Float64",
-                          "seeds": "Int64"})
+    return result.astype({"stride": "Int64", "eval_seqlen": "Int64", "bits_per_byte": "Float64",
+                          "bits_per_byte_std": "Float64", "seeds": "Int64"})
 
 
 POSITION_COLUMNS = (*GROUP, "lr", "eval_seqlen", "windows", "start", "end", "position", "loss",
@@ -266,7 +275,11 @@ def position_loss(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                     "mean_loss": mean_loss, "mean_loss_std": mean_loss_std,
                     "icl_score": icl_score, "icl_score_std": icl_score_std,
                     "seeds": len(same)})
-    curves_df = pd.DataFrame.from_records(curves, columns=list(POSITION_COLUMNS))
-    icl_df = pd.DataFrame.from_records(icl, columns=list(ICL_COLUMNS))
-    return curves_df, icl_df.astype({"icl_score": "Float64", "icl_score_std": "Float64",
-                                     "mean_loss": "Float64", "mean_loss_std": "Float64"})
+    curves_df = pd.DataFrame.from_records(curves, columns=list(POSITION_COLUMNS)).astype(
+        {"eval_seqlen": "Int64", "start": "Int64", "end": "Int64", "position": "Float64",
+         "loss": "Float64", "tokens": "Int64", "seeds": "Int64"})
+    icl_df = pd.DataFrame.from_records(icl, columns=list(ICL_COLUMNS)).astype(
+        {"eval_seqlen": "Int64", "windows": "Int64", "mean_loss": "Float64",
+         "mean_loss_std": "Float64", "icl_score": "Float64", "icl_score_std": "Float64",
+         "seeds": "Int64"})
+    return curves_df, icl_df
