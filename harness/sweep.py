@@ -177,9 +177,11 @@ def check(sweep: Sweep, catalog: Catalog | None = None) -> None:
 
 # --- running a cell in its own process --------------------------------------------------------
 
-def _spawn(argv: list[str], timeout: float, max_rss: int | None) -> tuple[str, dict[str, Any]]:
-    """Run `python -m harness.bench.cell ARGV`; return (status, result dict)."""
-    proc = subprocess.Popen([sys.executable, "-m", "harness.bench.cell", *argv],
+def spawn(argv: list[str], timeout: float, max_rss: int | None,
+          module: str = "harness.bench.cell") -> tuple[str, dict[str, Any]]:
+    """Run `python -m MODULE ARGV` (a benchmark or quality cell), watching its memory and
+    time; return (status, the result dict it printed last, or why it failed)."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     start, peak, killed = time.monotonic(), 0, None
     stdout = stderr = ""
@@ -242,7 +244,7 @@ def calibrate(device: str, dtype: str, threads: int | None, cache: Path,
         peaks = {}
     if label in peaks and not force:
         return peaks[label]
-    status, result = _spawn(["--calibrate", device, dtype, str(threads or 0)], 300, None)
+    status, result = spawn(["--calibrate", device, dtype, str(threads or 0)], 300, None)
     if status != "ok":
         raise SweepError(f"could not measure the matmul peak: {result.get('error')}")
     peaks[label] = result["peak_flops"]
@@ -299,7 +301,7 @@ def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lamb
             rec.notes = [f"skipped: {why} at seqlen {length}"]
         else:
             on_event(Event("start", cell, None, index, len(cells)))
-            status, result = _spawn([json.dumps(asdict(cell))], sweep.timeout,
+            status, result = spawn([json.dumps(asdict(cell))], sweep.timeout,
                                     sweep.max_memory if cell.device == "cpu" else None)
             if status == "oom" and sweep.max_memory and cell.device != "cpu":
                 status = "over_budget"  # the CUDA allocator was capped at the budget

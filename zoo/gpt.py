@@ -48,7 +48,7 @@ class GPTConfig:
     n_layer: int = 12
     n_head: int = 12
     d_model: int = 768
-    d_ff: int | None = None  # None: 4 * d_model, as in both papers
+    d_ff: int | None = None  # None: 4 * d_model, as in both papers; 0: no MLP (mixer-only)
     pre_ln: bool = True  # True: GPT-2 (pre-LN + ln_f + scaled residual init); False: GPT-1
     activation: str = "gelu_tanh"  # a key of zoo.layers.ACTIVATIONS
     dropout: float = 0.1  # embedding, attention-probability and residual dropout alike
@@ -70,7 +70,8 @@ class PostLNBlock(nn.Module):
         super().__init__()
         self.attn = MultiHeadAttention(config.d_model, config.n_head, dropout=config.dropout)
         self.ln_1 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.mlp = FeedForward(config.d_model, config.d_ff, config.activation)
+        self.mlp = FeedForward(config.d_model, config.d_ff, config.activation) if config.d_ff \
+            else None
         self.ln_2 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.drop = nn.Dropout(config.dropout)
 
@@ -79,6 +80,8 @@ class PostLNBlock(nn.Module):
         # A padding mask, when given, already holds the causal mask (see GPT._padding_mask).
         a = self.attn(x, attn_mask=attn_mask, is_causal=attn_mask is None, cache=cache)
         n = self.ln_1(x + self.drop(a))
+        if self.mlp is None:  # d_ff = 0: the block is its attention alone
+            return n
         return self.ln_2(n + self.drop(self.mlp(n)))
 
 
@@ -93,13 +96,16 @@ class PreLNBlock(nn.Module):
         self.ln_1 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.attn = MultiHeadAttention(config.d_model, config.n_head, dropout=config.dropout)
         self.ln_2 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.mlp = FeedForward(config.d_model, config.d_ff, config.activation)
+        self.mlp = FeedForward(config.d_model, config.d_ff, config.activation) if config.d_ff \
+            else None
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
                 cache: KVCache | None) -> torch.Tensor:
         a = self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=attn_mask is None, cache=cache)
         x = x + self.drop(a)
+        if self.mlp is None:  # d_ff = 0: the block is its attention alone
+            return x
         return x + self.drop(self.mlp(self.ln_2(x)))
 
 
@@ -127,7 +133,8 @@ class GPT(ZooModel):
             std = config.init_std / math.sqrt(2 * config.n_layer)
             for block in self.blocks:
                 nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=std)
-                nn.init.normal_(block.mlp.fc_out.weight, mean=0.0, std=std)
+                if block.mlp is not None:
+                    nn.init.normal_(block.mlp.fc_out.weight, mean=0.0, std=std)
         self.lm_head = tied_head(self.wte)  # the output head is the token embedding (tied)
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -282,7 +282,7 @@ class Block(nn.Module):
             AugmentedShortcut(config.d_model, config.shortcut_ratio, config.shortcut_bias)
             for _ in range(config.n_shortcuts))
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.ffn = FeedForward(config)
+        self.ffn = FeedForward(config) if config.ffn_size else None  # d_ff = 0: none
 
     def forward(self, x, cos, sin, kv: KVCache | None, series_state: torch.Tensor | None):
         h = self.attn_norm(x)
@@ -292,6 +292,8 @@ class Block(nn.Module):
         for shortcut in self.shortcuts:
             update = update + shortcut(z)
         x = x + update
+        if self.ffn is None:
+            return x, series_state
         update, series_state = self.ffn(self.ffn_norm(x), series_state)
         return x + update, series_state
 

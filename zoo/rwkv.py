@@ -41,7 +41,8 @@ WKV_FLOPS_PER_CHANNEL = 23  # elementwise ops of one stable recurrence step (12 
 class RWKVConfig:
     vocab_size: int = 50277  # GPT-NeoX-20B tokenizer of the Pile models
     n_layer: int = 12
-    d_model: int = 768  # channel-mix width is always 4 * d_model, attention width d_model
+    d_model: int = 768  # attention (time-mix) width
+    d_ff: int | None = None  # channel-mix hidden width: None: 4 * d_model (the paper); 0: none
     context_length: int = 1024  # training context of the Pile models; inference has no limit
     layer_norm_eps: float = 1e-5
     emb_init_range: float = 1e-4  # small-init embedding U(±1e-4) (paper App. E)
@@ -165,13 +166,13 @@ class TimeMix(nn.Module):
 class ChannelMix(nn.Module):
     """The feed-forward layer: sigmoid(r) ⊙ W_v relu(W_k x)², on token-shifted input."""
 
-    def __init__(self, d: int):
+    def __init__(self, d: int, hidden: int):
         super().__init__()
         self.time_mix_k = nn.Parameter(torch.empty(d))
         self.time_mix_r = nn.Parameter(torch.empty(d))
-        self.key = nn.Linear(d, 4 * d, bias=False)
+        self.key = nn.Linear(d, hidden, bias=False)
         self.receptance = nn.Linear(d, d, bias=False)
-        self.value = nn.Linear(4 * d, d, bias=False)
+        self.value = nn.Linear(hidden, d, bias=False)
 
     def forward(self, x: torch.Tensor, last_x: torch.Tensor):
         prev = token_shift(x, last_x)
@@ -193,7 +194,8 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(d, eps=eps)
         self.ln2 = nn.LayerNorm(d, eps=eps)
         self.att = TimeMix(d, config.wkv_chunk_len)
-        self.ffn = ChannelMix(d)
+        hidden = 4 * d if config.d_ff is None else config.d_ff
+        self.ffn = ChannelMix(d, hidden) if hidden else None  # 0: time-mix alone (mixer-only)
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, ...]):
         att_x, aa, bb, pp, ffn_x = state
@@ -202,8 +204,9 @@ class Block(nn.Module):
         # Pre-LN residuals; the *normalised* inputs are what gets token-shifted and cached.
         h, att_x, (aa, bb, pp) = self.att(self.ln1(x), att_x, (aa, bb, pp))
         x = x + h
-        h, ffn_x = self.ffn(self.ln2(x), ffn_x)
-        x = x + h
+        if self.ffn is not None:
+            h, ffn_x = self.ffn(self.ln2(x), ffn_x)
+            x = x + h
         return x, (att_x, aa, bb, pp, ffn_x)
 
 
@@ -267,11 +270,13 @@ class RWKV(ZooModel):
             att.time_decay.copy_(-5 + 8 * (ch / max(d - 1, 1)) ** (0.7 + 1.3 * ratio_0_to_1))
             zigzag = 0.5 * (((ch + 1) % 3) - 1)  # 0, +0.5, -0.5, 0, ...
             att.time_first.copy_(math.log(0.3) + zigzag)
-            ffn.time_mix_k.copy_(ddd.pow(ratio_1_to_almost0))
-            ffn.time_mix_r.copy_(ddd.pow(ratio_1_to_almost0))
-            for zero in (att.key, att.receptance, att.output, ffn.receptance, ffn.value):
+            if ffn is not None:
+                ffn.time_mix_k.copy_(ddd.pow(ratio_1_to_almost0))
+                ffn.time_mix_r.copy_(ddd.pow(ratio_1_to_almost0))
+            for zero in (att.key, att.receptance, att.output, *(
+                    (ffn.receptance, ffn.value) if ffn is not None else ())):
                 nn.init.zeros_(zero.weight)
-            for lin in (att.value, ffn.key):
+            for lin in (att.value, *((ffn.key,) if ffn is not None else ())):
                 rows, cols = lin.weight.shape
                 nn.init.orthogonal_(lin.weight, gain=math.sqrt(rows / cols) if rows > cols else 1.0)
             for ln in (block.ln0, block.ln1, block.ln2):
@@ -319,5 +324,7 @@ class RWKV(ZooModel):
         elementwise cost, WKV_FLOPS_PER_CHANNEL per channel and layer (about 0.1%).
         Independent of `seqlen`: the state has a fixed size."""
         c = self.config
-        matmul = 2 * (c.vocab_size * c.d_model + 13 * c.d_model**2 * c.n_layer)
+        d, f = c.d_model, 4 * c.d_model if c.d_ff is None else c.d_ff
+        channel_mix = 2 * d * f + d * d if f else 0  # key, value, receptance
+        matmul = 2 * (c.vocab_size * d + (4 * d * d + channel_mix) * c.n_layer)
         return float(matmul + WKV_FLOPS_PER_CHANNEL * c.d_model * c.n_layer)

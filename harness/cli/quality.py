@@ -107,20 +107,65 @@ def train_model(
                       results_path=results_path)
 
 
+def _numbers(option: str, text: str | None, kind: type = int) -> list:
+    """"64,128" -> [64, 128] for a grid axis; a one-line error naming the option if not."""
+    if text is None:
+        return [None]
+    try:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise typer.BadParameter(f"give a {kind.__name__} or a comma-separated list, e.g. "
+                                 f"{'1e-3,1e-2' if kind is float else '64,128'}", param_hint=option)
+    return values
+
+
 @app.command()
 def quality(
     ctx: typer.Context,
     models: Annotated[list[str], typer.Argument(
         metavar="MODEL...", help="Zoo models or catalog ids, trained one after the other.")],
-    task: TaskOpt = "lm", budget: BudgetOpt = "5m", variant: VariantOpt = "small",
-    seed: SeedOpt = 0, corpus: CorpusOpt = None, tokenizer: TokenizerOpt = "bytes",
-    bpe_vocab: BpeVocabOpt = 8192, seqlen: SeqlenOpt = None, batch_size: BatchOpt = None,
-    lr: LrOpt = None, eval_every: EvalEveryOpt = 50, mqar_seqlen: MqarSeqlenOpt = 64,
-    mqar_kv_pairs: MqarPairsOpt = 4, mqar_vocab: MqarVocabOpt = 512, device: DeviceOpt = "auto",
-    dtype: TrainDtypeOpt = "float32",
-    out: Annotated[Path | None, typer.Option(
-        help="Folder of the checkpoints, one subfolder per model (default runs/quality-TASK).",
+    task: TaskOpt = "lm", budget: BudgetOpt = "5m",
+    variant: Annotated[str | None, typer.Option(
+        help="Catalog variant (default: small; tiny for mqar, Zoology's 2 layers at width "
+             "64); small is parameter-matched.", show_default=False)] = None,
+    seed: Annotated[str, typer.Option(help="Seed, or seeds (0,1,2): one cell per seed.")] = "0",
+    corpus: CorpusOpt = None, tokenizer: TokenizerOpt = "bytes",
+    bpe_vocab: BpeVocabOpt = 8192,
+    seqlen: Annotated[str | None, typer.Option(
+        help="Training length, or lengths (128,256,512): one cell per length (default: lm "
+             "256, mlm 128).", show_default=False)] = None,
+    batch_size: BatchOpt = None,
+    lr: Annotated[str | None, typer.Option(
+        help="Peak learning rate, or rates (1e-3,1e-2): one cell per rate, the best chosen on "
+             "the validation split (default 1e-3).", show_default=False)] = None,
+    width: Annotated[str | None, typer.Option(
+        help="d_model, or widths (64,128): one cell per width, the variant's other fields kept.",
         show_default=False)] = None,
+    eval_every: EvalEveryOpt = 50,
+    mqar_seqlen: Annotated[str, typer.Option(
+        help="MQAR sequence length, or lengths (64,128,256).")] = "64",
+    mqar_kv_pairs: Annotated[str, typer.Option(
+        help="MQAR key-value pairs, or counts (4,8,16): paired with --mqar-seqlen one to one, "
+             "as Zoology pairs them, or every combination with --cross.")] = "4",
+    cross: Annotated[bool, typer.Option(
+        help="MQAR cells: every (seqlen, pairs) combination instead of pairs.")] = False,
+    mqar_vocab: MqarVocabOpt = 512,
+    extrapolate: Annotated[int | None, typer.Option(
+        help="lm: also score the test text at 2T, 4T ... up to this length (Press et al.), "
+             "and the loss by token position.", show_default=False)] = None,
+    stride: Annotated[int | None, typer.Option(
+        help="lm, with --extrapolate: also score with sliding windows moved by this many "
+             "tokens.", show_default=False)] = None,
+    device: DeviceOpt = "auto", dtype: TrainDtypeOpt = "float32",
+    grid: Annotated[bool, typer.Option(
+        help="Run each model (and each cell of the axes above) in its own process, recorded "
+             "as it ends and skipped on a rerun; implied by any list.")] = False,
+    timeout: Annotated[float, typer.Option(help="Grid: seconds a cell may run.")] = 3600.0,
+    out: Annotated[Path | None, typer.Option(
+        help="Folder of the checkpoints, one subfolder per model or cell (default "
+             "runs/quality-TASK).", show_default=False)] = None,
     resume: ResumeOpt = False, force: ForceOpt = False,
     results_path: QualityResultsOpt = QUALITY_RESULTS,
 ) -> None:
@@ -128,18 +173,135 @@ def quality(
 
     Every model gets the same tokenizer, budget, seed, examples and data order; the `small`
     variants are parameter-matched. Prints one row per model (and, for lm, the unigram byte
-    baseline every model must beat).
+    baseline every model must beat). Lists of widths, lengths, learning rates or seeds make a
+    grid: one process per cell, each recorded as it ends; each model's learning rate is then
+    chosen on the validation split and its test score shown as mean and spread over seeds.
     """
     from harness.quality.spec import RunSpec
 
     with one_line_errors():
+        seeds = _numbers("--seed", seed)
+        lrs = _numbers("--lr", lr, float)
+        widths = _numbers("--width", width)
+        seqlens = _numbers("--seqlen", seqlen)
+        mqar_lengths = _numbers("--mqar-seqlen", mqar_seqlen)
+        mqar_pairs = _numbers("--mqar-kv-pairs", mqar_kv_pairs)
         spec = RunSpec.from_options(
-            task=task, budget=budget, variant=variant, seed=seed, corpus=corpus,
-            tokenizer=tokenizer, bpe_vocab=bpe_vocab, seqlen=seqlen, batch_size=batch_size,
-            lr=lr, eval_every=eval_every, mqar_seqlen=mqar_seqlen, mqar_kv_pairs=mqar_kv_pairs,
-            mqar_vocab=mqar_vocab, device=resolve_device(device), dtype=dtype)
+            task=task, budget=budget, variant=variant or ("tiny" if task == "mqar" else "small"),
+            seed=seeds[0], corpus=corpus, tokenizer=tokenizer, bpe_vocab=bpe_vocab,
+            seqlen=seqlens[0], batch_size=batch_size, lr=lrs[0], eval_every=eval_every,
+            mqar_seqlen=mqar_lengths[0], mqar_kv_pairs=mqar_pairs[0], mqar_vocab=mqar_vocab,
+            device=resolve_device(device), dtype=dtype, width=widths[0],
+            extrapolate=extrapolate, stride=stride)
+        if task == "lm" and variant is None and widths == [None]:
+            spec = _sized(ctx, models, spec)
+        axes = (seeds, lrs, widths, seqlens, mqar_lengths, mqar_pairs)
+        if grid or cross or any(len(axis) > 1 for axis in axes):
+            from harness.quality.grid import parse_shapes
+
+            if task == "mqar":
+                shapes = parse_shapes(mqar_lengths, mqar_pairs, paired=not cross)
+            else:
+                shapes = [(T, None) for T in seqlens]
+            _run_grid(ctx, models, spec, shapes=shapes, widths=widths, lrs=lrs, seeds=seeds,
+                      out=out, timeout=timeout, force=force, results_path=results_path)
+            return
     _train_and_record(ctx, models, spec, out, several=True, resume=resume, force=force,
                       results_path=results_path)
+
+
+def _sized(ctx: typer.Context, models: list[str], spec: RunSpec) -> RunSpec:
+    """The spec with a width chosen for its budget (harness.quality.sizing), said on stderr."""
+    from harness.quality.model import task_for
+    from harness.quality.sizing import size_for_budget
+    from harness.quality.tokenizer import ByteTokenizer
+
+    catalog = load_catalog_for(ctx, warn=False)
+    names = zoo_names(catalog, models, False)
+    if any(task_for(name, spec.task) != "lm" for name in names):
+        return spec  # the encoder-decoder's seq2seq: keep the variant
+    vocab = ByteTokenizer().vocab_size if spec.tokenizer == "bytes" else spec.bpe_vocab
+    with stderr().status("choosing a model size for the budget"):
+        choice = size_for_budget(names, spec, vocab, catalog)
+    stderr().print(escape(choice.reason))
+    return dataclasses.replace(spec, width=choice.width, depth=True,
+                               notes=(*spec.notes, choice.reason))
+
+
+def _run_grid(ctx: typer.Context, models: list[str], spec: RunSpec, *, shapes, widths, lrs,
+              seeds, out: Path | None, timeout: float, force: bool, results_path: Path) -> None:
+    """Run the grid's cells one process each, with a progress bar, then print each model's
+    test score at the learning rate chosen on validation."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from harness.quality.grid import Grid, check, run_grid
+    from harness.quality.run import plan_runs
+
+    catalog = load_catalog_for(ctx, warn=False)
+    names = zoo_names(catalog, models, False)
+    plan_runs(names, spec, None, several=True, resume=False, force=True, catalog=catalog)
+    grid = Grid(names, spec, widths=widths, shapes=shapes, lrs=lrs, seeds=seeds,
+                out=out or Path("runs") / f"quality-{spec.task}", results=results_path,
+                timeout=timeout, force=force, catalog_dir=ctx.obj, command=command_line(ctx))
+    check(grid)
+    console = stderr()
+    records = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("grid", total=len(grid.cells()))
+
+        def on_event(event) -> None:
+            if event.kind == "start":
+                progress.update(bar, description=f"training {event.cell.label}")
+                return
+            rec = event.record
+            progress.advance(bar)
+            if event.resumed:
+                shown = "already in the results file"
+            elif rec.status == "ok":
+                shown = (f"{rec.metric} {rec.value:.4f} (validation {rec.val_value:.4f}), "
+                         f"{rec.steps} steps, {rec.wall_s:.0f} s")
+            else:
+                shown = f"[red]{rec.status}[/]: {escape(rec.error or '')}"
+            console.print(f"{escape(event.cell.label)}: {shown}")
+
+        try:
+            with interrupts_raise():
+                records = list(run_grid(grid, on_event))
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print("[yellow]interrupted[/]: finished cells are in the results file; "
+                          "rerun the same command to run the rest")
+            raise typer.Exit(130) from None
+    stdout().print(_grid_table(records))
+    stdout().print(f"records appended to {escape(str(results_path))}")
+
+
+def _grid_table(records: list) -> Table:
+    """Each model and cell: the test score at the learning rate with the best validation score
+    (mean over seeds), its spread over seeds and the rates tried."""
+    from harness import results
+    from harness.quality.selection import select
+
+    chosen = select(results.frame(records))
+    table = Table(title="Quality grid (learning rate chosen on validation)", header_style="bold")
+    columns = ("model", "width", "seqlen", "pairs", "metric", "test mean", "± std", "seeds",
+               "lr chosen", "lrs tried", "validation", "failed")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "metric") else "right")
+    for row in results.records_of(chosen):
+        table.add_row(*(_shown(row.get(name)) for name in (
+            "model", "width", "seqlen", "kv_pairs", "metric", "test_mean", "test_std", "seeds",
+            "lr", "lrs", "val_mean", "failed")))
+    return table
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def _train_and_record(ctx: typer.Context, models: list[str], spec: RunSpec, out: Path | None,

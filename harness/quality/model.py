@@ -7,7 +7,13 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from harness.quality.spec import MQAR_NO_DROPOUT, QualityError, RunSpec
+from harness.quality.spec import (
+    MQAR_MIXER_ONLY,
+    MQAR_NO_DROPOUT,
+    MQAR_ONE_HEAD,
+    QualityError,
+    RunSpec,
+)
 
 if TYPE_CHECKING:
     from harness.catalog import Catalog
@@ -68,6 +74,8 @@ def build_model(model: str, task: str, data: Prepared, catalog: Catalog | None =
     if task == "mqar":
         overrides["vocab_size"] = spec.mqar.vocab_size
         overrides.update({name: 0.0 for name in MQAR_NO_DROPOUT if name in names})
+        overrides.update({k: v for k, v in {**MQAR_MIXER_ONLY, **MQAR_ONE_HEAD}.items()
+                          if k in names})
     else:
         tok = data.tokenizer
         overrides["vocab_size"] = tok.vocab_size + (task == "mlm")  # + [MASK] for encoders
@@ -75,6 +83,12 @@ def build_model(model: str, task: str, data: Prepared, catalog: Catalog | None =
             overrides["pad_token_id"] = tok.pad_id
     if "next_sentence_head" in names:
         overrides["next_sentence_head"] = False  # no sentence pairs here: MLM alone
+    if spec.width is not None:  # d_model, the variant's other fields (a fixed d_ff scaled)
+        from harness.quality.sizing import width_fields
+
+        overrides.update({k: v for k, v in width_fields(
+            model, fields, spec.width, depth=spec.depth).items()
+            if k in ("d_model", "d_ff", "n_layer")})
     # Drawn on the CPU whatever the device, so that a seed gives the same initial weights on
     # every machine; then moved.
     built = build(model, overrides={**fields, **overrides}, seqlen=spec.train_config.seqlen,

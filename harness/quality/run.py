@@ -20,6 +20,7 @@ from harness.quality.checkpoint import save_checkpoint
 from harness.quality.data import Prepared
 from harness.quality.model import build_model, check_model, task_for
 from harness.quality.spec import MQAR_NO_DROPOUT, QualityError, RunSpec
+from harness.quality import curves, tasks
 from harness.quality.task_setup import setup_task
 from harness.quality.tokenizer import ByteTokenizer, Tokenizer
 from harness.quality.train import History, train
@@ -52,6 +53,9 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
     config = spec.train_config
     if task == "seq2seq" and config.seqlen % 2:
         raise QualityError(f"--seqlen {config.seqlen}: seq2seq needs an even length")
+    if spec.budget.flops:  # a compute budget counts each model's own cost of a token
+        config = dataclasses.replace(config, flops_per_token=3 * net.flops_per_token(
+            config.seqlen))
     started = time.monotonic()
     history = train(net, setup.batches, config, evaluate=setup.evaluate,
                     state_path=out / "state.pt", resume=resume, on_step=on_step)
@@ -60,9 +64,11 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
     net.eval()
     with torch.no_grad():
         scores = setup.test(net)
+        validation = setup.validate(net) if setup.validate else {}
+        length_curves = _length_curves(net, data, config.seqlen) if spec.extrapolate else {}
     test_seconds = time.monotonic() - started - history.seconds
     params = net.num_params()
-    notes = list(setup.notes)
+    notes = [*spec.notes, *setup.notes]
     if task == "mlm" and model == "bert":
         notes.append("no next-sentence head (the corpus has no sentence pairs)")
     if task == "mqar":
@@ -70,12 +76,19 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
         off = [n for n in MQAR_NO_DROPOUT if n in fields]  # build_model set them to 0
         if off:
             notes.append(f"{', '.join(off)} set to 0 for the recall task")
+        if getattr(net.config, "d_ff", None) == 0:
+            notes.append("mixer-only blocks (d_ff = 0), as Zoology's")
+        if getattr(net.config, "n_head", None) == 1:
+            notes.append("one attention head, as Zoology's")
     meta = {"task": task, "variant": spec.variant, "seed": spec.seed, "seqlen": config.seqlen,
             "budget": str(spec.budget), "steps": history.steps, "tokens": history.tokens,
             "tokenizer_kind": spec.tokenizer, "corpus": data.corpus_name, "scores": scores,
             "params": params}
     if task == "mqar":
         meta["mqar"] = dataclasses.asdict(spec.mqar)
+    if history.stopped_early:
+        notes.append(f"stopped early at step {history.steps}: validation passed "
+                     f"{config.stop_at[1]:g} {config.stop_at[0]}")
     checkpoint = save_checkpoint(out, model, net, _checkpoint_tokenizer(data, task), **meta)
     (out / "state.pt").unlink(missing_ok=True)  # finished: the optimizer state is not needed
     rec = QualityRecord(
@@ -89,14 +102,44 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
         tokens_per_s=history.tokens / history.seconds if history.seconds else None,
         seed=spec.seed, lr=config.lr, tokenizer=spec.tokenizer,
         vocab_size=net.config.vocab_size, corpus=data.corpus_name, scores=scores,
-        routes=list(fast.applied(net)),
+        routes=list(fast.applied(net)), budget_flops=spec.budget.flops,
+        width=spec.width if spec.width is not None else getattr(net.config, "d_model", None),
+        val_value=validation.get(setup.metric), stopped_early=history.stopped_early,
+        **length_curves,
         final_train_loss=_mean_tail(history.losses), baseline=data.baseline if task in (
             "lm", "seq2seq") else None, checkpoint=str(checkpoint), command=command,
         **where(spec.device))
     if task == "mqar":
         rec.mqar = meta["mqar"]
         rec.chance = 1 / spec.mqar.num_kv_pairs
+        rec.kv_pairs = spec.mqar.num_kv_pairs
     return RunResult(rec, history, checkpoint)
+
+
+def _length_curves(net, data: Prepared, trained: int) -> dict:
+    """Bits per byte of the first `curve_tokens` test tokens at each evaluation length
+    (nonoverlapping windows, and sliding ones with --stride), and the loss by token position in
+    windows of the longest length the model takes (cut from test documents at their start,
+    or from the joined stream when too few documents are that long)."""
+    spec, tok = data.spec, data.tokenizer
+    stream = data.test_stream[:spec.curve_tokens + 1]
+    byte_lengths = tasks.token_bytes(tok)
+    rows = []
+    for stride in (None, spec.stride) if spec.stride else (None,):
+        rows += curves.extrapolation(net, stream, byte_lengths, lengths=spec.eval_lengths(),
+                                     trained_length=trained, pad_id=tok.pad_id, stride=stride,
+                                     device=spec.device)
+    limit = curves.length_limit(net, trained)
+    longest = max(L for L in spec.eval_lengths() if limit is None or L <= limit)
+    documents = [torch.tensor([tok.eos_id, *tok.encode(text)]) for text in data.test_documents]
+    windows = curves.document_windows(documents, longest)
+    source = "test documents, from their start"
+    if windows.shape[0] < 4:
+        windows = curves.stream_windows(data.test_stream, longest)
+        source = "the joined test stream (too few documents that long)"
+    by_position = curves.loss_by_position(net, windows, device=spec.device)
+    by_position["source"] = source
+    return {"extrapolation": rows, "position_loss": by_position}
 
 
 def _checkpoint_tokenizer(data: Prepared, task: str) -> Tokenizer:

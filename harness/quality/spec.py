@@ -19,6 +19,7 @@ variant's, and the other fields of the variant (`small`: parameter-matched) unch
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,11 @@ TOKENIZERS = ("bytes", "bpe")
 # at 256 it learned the lookup within 500 steps.
 TASK_DEFAULTS = {"lm": (256, 8, 1e-3), "seq2seq": (256, 8, 1e-3), "mlm": (128, 16, 1e-3),
                  "mqar": (64, 256, 1e-3)}
+# MQAR's default batch: this many tokens per step (128 sequences of 64, 32 of 256). Zoology uses
+# 32K-64K (512 x 64 ... 128 x 512) for up to 64 epochs; a CPU budget buys few steps, and steps
+# are what the lookup needs: at 16K tokens a step a mixer-only GPT stayed at 25% after 489 steps
+# on (64, 4), at 8K it reached 80% in 375.
+MQAR_TOKENS_PER_STEP = 8_192
 # Zoology's smallest setting (64 tokens, 4 pairs) with a vocabulary of 512 instead of 8192: a
 # 2-core CPU then computes the logits of 256 x 64 positions fast enough to learn the lookup in
 # minutes (GPT tiny: 94% in 5 min); --mqar-vocab 8192 gives Zoology's figure.
@@ -45,6 +51,18 @@ DEFAULT_MQAR = MQARConfig(seqlen=64, num_kv_pairs=4, vocab_size=512)
 # the exact lookup MQAR tests (GPT tiny, batch 256, after 400 steps: 30% without dropout and
 # rising, 21% with 0.1). Zoology trains its attention with 0.1, but for 64 epochs, not minutes.
 MQAR_NO_DROPOUT = ("dropout", "attn_dropout")
+# Zoology's blocks hold the sequence mixer alone (its state mixer is the identity): MQAR cells
+# drop each model's feed-forward layer (d_ff = 0; for Pangu-π this removes its series-informed
+# activation too), so that recall is compared mixer against mixer. With the feed-forward kept,
+# a 2-layer GPT at width 64 was still at chance (25%) after 1,000 steps on (64, 4) where the
+# mixer-only one reached 80% in 375 (batch 128, lr 3e-3, one seed each).
+MQAR_MIXER_ONLY = {"d_ff": 0}
+# ... and Zoology's attention has one head.
+MQAR_ONE_HEAD = {"n_head": 1}
+# Zoology's training recipe for MQAR (zoology/train.py and the figure's configs): the learning
+# rate decays along a cosine to 0, weight decay 0.1 (the trainer's default), and training stops
+# once the validation accuracy passes 0.99.
+MQAR_RECIPE = {"min_lr_ratio": 0.0, "stop_at": ("accuracy", 0.99, "max")}
 # Masked-LM recipes: (masking rate, masks drawn anew at every step).
 MLM_RECIPES = {"bert": (0.15, False), "roberta": (0.15, True), "mosaic-bert": (0.30, True)}
 DEFAULT_MLM_RECIPE = (0.15, True)
@@ -73,6 +91,14 @@ class RunSpec:
     mqar: MQARConfig = DEFAULT_MQAR
     device: str = "cpu"
     dtype: str = "float32"  # training precision: float32, or bfloat16 mixed precision
+    width: int | None = None  # d_model in place of the variant's (its other fields kept)
+    # lm: after training, bits per byte of the test text at T, 2T, 4T ... up to this length
+    # (Press et al.), and the loss by token position; None: at the training length only.
+    extrapolate: int | None = None
+    stride: int | None = None  # also score with sliding windows moved by this many tokens
+    curve_tokens: int = 65_536  # test tokens scored at each evaluation length (same for all)
+    notes: tuple[str, ...] = ()  # said in every record of the run (e.g. how the size was chosen)
+    depth: bool = False  # with `width`: scale the variant's layers with it (a sized model)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -88,6 +114,19 @@ class RunSpec:
                 raise QualityError(f"--{name.replace('_', '-')} must be at least 2, not {value}")
         if self.lr is not None and not 0 < self.lr < 1:
             raise QualityError(f"--lr must be in (0, 1), not {self.lr}")
+        if self.width is not None and self.width < 1:
+            raise QualityError(f"--width must be at least 1, not {self.width}")
+        if self.extrapolate is not None or self.stride is not None:
+            if self.task != "lm":
+                raise QualityError("--extrapolate and --stride evaluate language models: they "
+                                   "go with --task lm")
+            longest = self.extrapolate or self.train_config.seqlen
+            if longest < self.train_config.seqlen:
+                raise QualityError(f"--extrapolate {longest} is shorter than the training "
+                                   f"length {self.train_config.seqlen}")
+            if self.stride is not None and not 1 <= self.stride <= self.train_config.seqlen:
+                raise QualityError(f"--stride {self.stride}: give 1 to the training length "
+                                   f"({self.train_config.seqlen})")
         if self.task == "seq2seq" and self.seqlen is not None and self.seqlen % 2:
             raise QualityError(f"--seqlen {self.seqlen}: seq2seq splits it in two halves; "
                                "give an even length")
@@ -125,9 +164,37 @@ class RunSpec:
     @property
     def train_config(self) -> TrainConfig:
         seqlen, batch, lr = TASK_DEFAULTS[self.task]
+        recipe = {}
         if self.task == "mqar":
             seqlen = self.mqar.seqlen
+            recipe = MQAR_RECIPE
+        if self.task == "mqar":  # as Zoology's grid: fewer sequences per step as they grow
+            batch = max(1, MQAR_TOKENS_PER_STEP // seqlen)
         return TrainConfig(budget=self.budget, seqlen=self.seqlen or seqlen,
                            batch_size=self.batch_size or batch, lr=self.lr or lr, seed=self.seed,
                            eval_every=self.eval_every, checkpoint_every=self.eval_every,
-                           dtype=self.dtype)
+                           dtype=self.dtype, **recipe)
+
+    def eval_lengths(self) -> list[int]:
+        """The evaluation lengths of the length curves: T, 2T, 4T ... up to --extrapolate (and
+        that length itself when it is not a doubling of T)."""
+        T = self.train_config.seqlen
+        lengths = [T]
+        while self.extrapolate and lengths[-1] * 2 <= self.extrapolate:
+            lengths.append(lengths[-1] * 2)
+        if self.extrapolate and lengths[-1] != self.extrapolate:
+            lengths.append(self.extrapolate)
+        return lengths
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON-ready fields (the budget as its parts), for a cell's process."""
+        fields = dataclasses.asdict(self)
+        fields["budget"] = dataclasses.asdict(self.budget)
+        return fields
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> RunSpec:
+        """The spec of `to_dict`'s fields."""
+        return cls(**{**fields, "budget": Budget(**fields["budget"]),
+                      "mqar": MQARConfig(**fields["mqar"]),
+                      "notes": tuple(fields.get("notes", ()))})

@@ -19,10 +19,12 @@ from harness.quality.train import block_batches
 @dataclass
 class TaskSetup:
     batches: Callable
-    evaluate: Callable  # on the validation split, during training
+    evaluate: Callable  # on (part of) the validation split, during training
     test: Callable  # the final score
     metric: str  # the headline metric of `test`'s result
     notes: list[str] = field(default_factory=list)
+    validate: Callable | None = None  # the whole validation split, once trained: what a grid
+    # chooses learning rates on (never the test)
 
 
 def setup_task(model: str, task: str, data: Prepared, device: str) -> TaskSetup:
@@ -33,11 +35,12 @@ def setup_task(model: str, task: str, data: Prepared, device: str) -> TaskSetup:
     if task == "mqar":
         mq = data.mqar
         batches = tasks.example_batches({"input_ids": mq.train_inputs}, mq.train_targets, B, seed)
-        val = max(1, data.spec.eval_tokens // mq.test_inputs.shape[1])
+        val = max(1, data.spec.eval_tokens // mq.valid_inputs.shape[1])
         return TaskSetup(
             batches,
-            lambda m: mqar_scores(m, mq.test_inputs[:val], mq.test_targets[:val], device),
-            lambda m: mqar_scores(m, mq.test_inputs, mq.test_targets, device), "accuracy")
+            lambda m: mqar_scores(m, mq.valid_inputs[:val], mq.valid_targets[:val], device),
+            lambda m: mqar_scores(m, mq.test_inputs, mq.test_targets, device), "accuracy",
+            validate=lambda m: mqar_scores(m, mq.valid_inputs, mq.valid_targets, device))
     tok = data.tokenizer
     if task == "lm":
         batches, _ = block_batches(data.train_stream, B, T, seed)
@@ -45,7 +48,8 @@ def setup_task(model: str, task: str, data: Prepared, device: str) -> TaskSetup:
         val = data.validation_stream[:data.spec.eval_tokens + 1]
         return TaskSetup(batches, lambda m: lm_scores(m, val, T, tok, byte_lengths, device),
                          lambda m: lm_scores(m, data.test_stream, T, tok, byte_lengths, device),
-                         "bits_per_byte")
+                         "bits_per_byte", validate=lambda m: lm_scores(
+                             m, data.validation_stream, T, tok, byte_lengths, device))
     if task == "seq2seq":
         half = T // 2
         inputs, targets = tasks.seq2seq_pairs(data.train_stream, half, half, tok.bos_id,

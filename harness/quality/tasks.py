@@ -45,6 +45,7 @@ class MQARConfig:
     random_non_queries: bool = True  # filler tokens random (True) or 0 (False)
     num_train: int = 100_000
     num_test: int = 3_000
+    num_valid: int = 3_000  # held out from training to choose learning rates and stop early
 
     def __post_init__(self) -> None:
         if self.seqlen % 2:
@@ -62,14 +63,20 @@ class MQARData:
     train_targets: torch.Tensor  # (num_train, seqlen): -100 but at the queries
     test_inputs: torch.Tensor
     test_targets: torch.Tensor
+    valid_inputs: torch.Tensor  # (num_valid, seqlen): drawn after the training examples
+    valid_targets: torch.Tensor
 
 
 def make_mqar(config: MQARConfig = MQARConfig(), seed: int = 0) -> MQARData:
-    """MQAR's train and test sets, a pure function of (config, seed). As in Zoology they come
-    from different seeds (here 2*seed and 2*seed + 1)."""
-    train = mqar_examples(config.num_train, config, torch.Generator().manual_seed(2 * seed))
+    """MQAR's train, test and validation sets, a pure function of (config, seed). As in Zoology
+    train and test come from different seeds (here 2*seed and 2*seed + 1); the validation set
+    (which Zoology does not have: it picks learning rates on the test set) continues the
+    training seed's generator, so the training examples are the same with or without it."""
+    generator = torch.Generator().manual_seed(2 * seed)
+    train = mqar_examples(config.num_train, config, generator)
+    valid = mqar_examples(config.num_valid, config, generator)
     test = mqar_examples(config.num_test, config, torch.Generator().manual_seed(2 * seed + 1))
-    return MQARData(*train, *test)
+    return MQARData(*train, *test, *valid)
 
 
 def mqar_examples(n: int, config: MQARConfig, generator: torch.Generator
@@ -165,6 +172,15 @@ def load_corpus(spec: str | Path | None = None) -> Corpus:
     if isinstance(spec, str) and spec.startswith("hf:"):
         return _hf_corpus(spec[3:])
     return path_corpus(Path(spec))
+
+
+def corpus_name(spec: str | Path | None = None) -> str:
+    """The name `load_corpus(spec)` gives its corpus, without loading it."""
+    if spec is None or spec == "stdlib":
+        return "stdlib"
+    if isinstance(spec, str) and spec.startswith("hf:"):
+        return f"hf:{spec[3:]}"
+    return str(Path(spec))
 
 
 def stdlib_documents() -> list[Document]:

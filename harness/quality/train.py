@@ -36,25 +36,44 @@ import torch
 from harness.bench.memory import keep_freed_memory
 from harness.optim import adamw
 
-_BUDGET_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMB]?)-?tokens$|^(\d+(?:\.\d+)?)\s*([smh])$",
-                        re.IGNORECASE)
+_BUDGET_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMB]?)-?tokens$|^(\d+(?:\.\d+)?)\s*([smh])$"
+                        r"|^(\d+(?:\.\d+)?(?:e\+?\d+)?)\s*([KMGTP]?)-?flops$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class Budget:
+    """One of: training tokens, seconds, or training FLOPs (each model's analytic cost of a
+    training step at its training length: 3x the forward's `flops_per_token`, so that a model
+    whose cost per token grows with the context pays for it)."""
+
     tokens: int | None = None
     seconds: float | None = None
+    flops: float | None = None
 
     def __str__(self) -> str:
+        if self.flops:
+            return f"{self.flops:.3g} FLOPs"
         return f"{self.tokens:,} tokens" if self.tokens else f"{self.seconds:g} s"
+
+    @property
+    def kind(self) -> str:
+        """"tokens", "seconds" or "flops": what the budget counts."""
+        return "flops" if self.flops else "tokens" if self.tokens else "seconds"
 
 
 def parse_budget(text: str) -> Budget:
-    """"20M-tokens" / "500K-tokens" / "1e6 tokens" -> tokens; "5m" / "90s" / "1h" -> seconds."""
+    """"20M-tokens" / "500K-tokens" / "1e6 tokens" -> tokens; "5m" / "90s" / "1h" -> seconds;
+    "2e14-flops" / "200T-flops" -> training FLOPs."""
     match = _BUDGET_RE.match(text.strip().replace(" ", "-"))
     if not match:
-        raise ValueError(f"--budget {text!r}: give a time (90s, 5m, 1h) or a number of tokens "
-                         "(500K-tokens, 20M-tokens)")
+        raise ValueError(f"--budget {text!r}: give a time (90s, 5m, 1h), a number of tokens "
+                         "(500K-tokens, 20M-tokens) or of training FLOPs (2e14-flops)")
+    if match.group(5):
+        scale = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
+        flops = float(match.group(5)) * scale[match.group(6).upper()]
+        if flops <= 0:
+            raise ValueError(f"--budget {text!r} must be positive")
+        return Budget(flops=flops)
     if match.group(1):
         scale = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9}[match.group(2).upper()]
         value = int(float(match.group(1)) * scale)
@@ -89,6 +108,10 @@ class TrainConfig:
     eval_every: int = 100  # steps
     checkpoint_every: int = 100  # steps
     dtype: str = "float32"  # or "bfloat16": autocast over float32 master weights
+    # Training FLOPs of one token at `seqlen` (3x the forward): what a FLOPs budget counts.
+    flops_per_token: float | None = None
+    # Stop once the validation scores pass this: (metric, threshold, "max" or "min").
+    stop_at: tuple[str, float, str] | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in PRECISIONS:
@@ -111,6 +134,8 @@ class History:
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
+    flops: float = 0.0  # training FLOPs spent (when the config knows the model's cost)
+    stopped_early: bool = False  # the validation passed `stop_at` before the budget ran out
 
 
 Batches = Callable[[int], tuple[dict[str, torch.Tensor], torch.Tensor]]
@@ -126,6 +151,8 @@ def train(model, batches: Batches, config: TrainConfig, *,
     run sees the batches the interrupted one would have. `evaluate(model)` runs every
     `eval_every` steps and at the end; `on_step(history, lr)` reports progress. Batches are
     built on the CPU and moved to the model's device."""
+    if config.budget.flops and not config.flops_per_token:
+        raise ValueError("a FLOPs budget needs the model's training FLOPs per token")
     torch.manual_seed(config.seed)
     device = next(model.parameters()).device
     rank, world = _distributed()
@@ -191,6 +218,7 @@ def _train(model, net, batches, config, evaluate, state_path, resume, on_step, d
         optimizer.step()
         history.steps += 1
         history.tokens += tokens_per_step
+        history.flops += tokens_per_step * (config.flops_per_token or 0.0)
         history.seconds = time.monotonic() - start
         loss_value = loss.detach()
         if world > 1:
@@ -200,6 +228,11 @@ def _train(model, net, batches, config, evaluate, state_path, resume, on_step, d
             on_step(history, lr)
         if evaluate is not None and rank == 0 and history.steps % config.eval_every == 0:
             history.evals.append({"step": history.steps, **_evaluate(model, evaluate)})
+            history.stopped_early = _passed(history.evals[-1], config.stop_at)
+        if world > 1 and config.stop_at is not None:  # every process takes rank 0's decision
+            history.stopped_early = _broadcast_flag(history.stopped_early, device)
+        if history.stopped_early:
+            break
         if state_path is not None and rank == 0 and history.steps % config.checkpoint_every == 0:
             _save_state(state_path, model, optimizer, history)
     if evaluate is not None and rank == 0 and (not history.evals
@@ -233,7 +266,28 @@ def _agree(loss: torch.Tensor, seconds: float, world: int) -> tuple[torch.Tensor
     return losses[0].cpu() / world, clocks.item()
 
 
+def _passed(scores: dict[str, float], stop_at: tuple[str, float, str] | None) -> bool:
+    """Whether validation `scores` pass the early-stopping target."""
+    if stop_at is None:
+        return False
+    metric, threshold, direction = stop_at
+    value = scores.get(metric)
+    if value is None:
+        return False
+    return value >= threshold if direction == "max" else value <= threshold
+
+
+def _broadcast_flag(flag: bool, device: torch.device) -> bool:
+    import torch.distributed as dist
+
+    value = torch.tensor([float(flag)], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
 def _progress(history: History, config: TrainConfig) -> float:
+    if config.budget.flops:
+        return history.flops / config.budget.flops
     if config.budget.tokens:
         return history.tokens / config.budget.tokens
     return history.seconds / config.budget.seconds

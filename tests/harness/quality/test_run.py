@@ -165,3 +165,47 @@ def test_resume_matches_uninterrupted(tmp_path):
     resumed = run_one("gpt", data, tmp_path / "cut", resume=True).record
     assert resumed.scores == full.scores and resumed.steps == full.steps
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["steps"] == 4
+
+
+def test_length_curves_are_recorded_and_learned_positions_say_na(tmp_path):
+    """Trained at 32 and scored up to 128: GPT's learned positions stop at its training length
+    (n/a, no number), RWKV takes every length; the loss by position averages to the windows'
+    loss and the record carries both curves."""
+    rows = {}
+    for model in ("gpt", "rwkv"):
+        data = prepare(spec(tmp_path, seqlen=32, extrapolate=128, stride=16))
+        rec = run_one(model, data, tmp_path / model).record
+        rows[model] = {(r["eval_seqlen"], r["mode"]): r for r in rec.extrapolation}
+        assert set(rows[model]) == {(L, mode) for L in (32, 64, 128)
+                                    for mode in ("nonoverlapping", "sliding")}
+        curve = rec.position_loss
+        weighted = sum(l * n for l, n in zip(curve["loss"], curve["tokens"], strict=True)
+                       if n) / sum(curve["tokens"])
+        assert weighted == pytest.approx(curve["mean_loss"], rel=1e-6)
+    gpt, rwkv = rows["gpt"], rows["rwkv"]
+    assert gpt[32, "nonoverlapping"]["bits_per_byte"] > 0
+    for L in (64, 128):
+        assert gpt[L, "nonoverlapping"]["bits_per_byte"] is None
+        assert "n/a" in gpt[L, "sliding"]["note"]
+        assert rwkv[L, "nonoverlapping"]["bits_per_byte"] > 0
+    # the sliding windows score the same targets as the nonoverlapping ones
+    assert rwkv[128, "sliding"]["tokens"] == rwkv[128, "nonoverlapping"]["tokens"]
+
+
+def test_mqar_cells_choose_on_a_validation_split_of_their_own(tmp_path):
+    """MQAR's validation examples are neither training nor test examples, and the record's
+    validation score is measured on them."""
+    from harness.quality.tasks import MQARConfig
+
+    mqar = MQARConfig(vocab_size=64, seqlen=16, num_kv_pairs=2, num_train=64, num_test=32,
+                      num_valid=32)
+    data = prepare(RunSpec(task="mqar", budget=Budget(tokens=2 * 16 * 16), variant="tiny",
+                           batch_size=16, mqar=mqar, eval_every=1))
+    mq = data.mqar
+    rows = {tuple(r) for r in mq.train_inputs.tolist()}
+    assert not rows & {tuple(r) for r in mq.valid_inputs.tolist()}
+    assert not {tuple(r) for r in mq.test_inputs.tolist()} & {tuple(r) for r in
+                                                              mq.valid_inputs.tolist()}
+    rec = run_one("gpt", data, tmp_path / "out").record
+    assert rec.val_value is not None and rec.kv_pairs == 2 and rec.width == 64
+    assert "mixer-only blocks (d_ff = 0), as Zoology's" in rec.notes

@@ -10,10 +10,27 @@ from harness.quality.tasks import MQARConfig
 from harness.quality.train import Budget, parse_budget
 
 
-def test_mqar_defaults_take_large_batches():
+def test_mqar_defaults_follow_zoology_at_a_cpu_size():
+    """8,192 tokens a step whatever the length; Zoology's cosine to 0 and its early stop."""
     mqar = RunSpec(task="mqar", budget=Budget(tokens=1)).train_config
-    assert (mqar.batch_size, mqar.seqlen) == (256, 64)
+    assert (mqar.batch_size, mqar.seqlen) == (128, 64)
+    assert (mqar.min_lr_ratio, mqar.stop_at) == (0.0, ("accuracy", 0.99, "max"))
+    longer = RunSpec(task="mqar", budget=Budget(tokens=1), mqar=MQARConfig(seqlen=256))
+    assert longer.train_config.batch_size == 32
     assert RunSpec(task="mqar", budget=Budget(tokens=1)).mqar.vocab_size == 512
+
+
+def test_evaluation_lengths_double_up_to_the_longest():
+    spec = RunSpec(task="lm", budget=Budget(tokens=1), seqlen=256, extrapolate=4096)
+    assert spec.eval_lengths() == [256, 512, 1024, 2048, 4096]
+    assert RunSpec(task="lm", budget=Budget(tokens=1), seqlen=256,
+                   extrapolate=1000).eval_lengths() == [256, 512, 1000]
+    with pytest.raises(QualityError, match="--extrapolate 128 is shorter"):
+        RunSpec(task="lm", budget=Budget(tokens=1), seqlen=256, extrapolate=128)
+    with pytest.raises(QualityError, match="--stride 512"):
+        RunSpec(task="lm", budget=Budget(tokens=1), seqlen=256, extrapolate=512, stride=512)
+    with pytest.raises(QualityError, match="--task lm"):
+        RunSpec(task="mqar", budget=Budget(tokens=1), extrapolate=512)
 
 
 @pytest.mark.parametrize("fields, message", [

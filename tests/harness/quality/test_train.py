@@ -21,13 +21,15 @@ from harness.quality.train import (
 @pytest.mark.parametrize("text, budget", [
     ("20M-tokens", Budget(tokens=20_000_000)), ("500K-tokens", Budget(tokens=500_000)),
     ("4096-tokens", Budget(tokens=4096)), ("5m", Budget(seconds=300)), ("90s", Budget(seconds=90)),
-    ("1.5h", Budget(seconds=5400)),
+    ("1.5h", Budget(seconds=5400)), ("2e14-flops", Budget(flops=2e14)),
+    ("200T-flops", Budget(flops=2e14)), ("1.5e9 flops", Budget(flops=1.5e9)),
 ])
 def test_parse_budget(text, budget):
     assert parse_budget(text) == budget
 
 
-@pytest.mark.parametrize("bad", ["", "5", "tokens", "5 minutes", "-3m", "0s", "3x-tokens"])
+@pytest.mark.parametrize("bad", ["", "5", "tokens", "5 minutes", "-3m", "0s", "3x-tokens",
+                                 "flops", "0-flops", "2e14"])
 def test_bad_budgets(bad):
     with pytest.raises(ValueError, match="--budget"):
         parse_budget(bad)
@@ -53,8 +55,8 @@ def run(steps: int, seed: int = 0, **kw):
     torch.manual_seed(seed)
     model = build_variant("gpt", "tiny", vocab_size=64, max_seq_len=32)
     batches, _ = block_batches(pattern_stream(), batch_size=4, seqlen=32, seed=seed)
-    config = TrainConfig(budget=Budget(tokens=steps * 4 * 32), batch_size=4, seqlen=32,
-                         lr=3e-3, seed=seed, **kw.pop("config", {}))
+    fields = {"budget": Budget(tokens=steps * 4 * 32), **kw.pop("config", {})}
+    config = TrainConfig(batch_size=4, seqlen=32, lr=3e-3, seed=seed, **fields)
     return model, train(model, batches, config, **kw)
 
 
@@ -127,3 +129,27 @@ def test_bfloat16_trains_mixed_precision_over_float32_weights():
 def test_an_unknown_training_dtype_is_refused():
     with pytest.raises(ValueError, match="dtype 'float16': training takes float32 or bfloat16"):
         TrainConfig(budget=Budget(tokens=1), dtype="float16")
+
+
+def test_a_flops_budget_stops_at_the_budget():
+    """Each step costs batch x seqlen x the model's training FLOPs per token; training stops at
+    the first step that reaches the budget, and the record knows the kind of budget."""
+    per_token = 3 * 1000.0
+    step_cost = 4 * 32 * per_token  # batch x seqlen x FLOPs per token
+    budget = Budget(flops=10.5 * step_cost)
+    _, history = run(steps=0, config={"budget": budget, "flops_per_token": per_token})
+    assert history.steps == 11 and history.flops == pytest.approx(11 * step_cost)
+    assert budget.kind == "flops" and "FLOPs" in str(budget)
+    with pytest.raises(ValueError, match="FLOPs per token"):
+        run(steps=0, config={"budget": budget})
+
+
+def test_training_stops_early_once_validation_passes_the_target():
+    scores = iter([0.5, 0.995, 1.0])
+    _, history = run(steps=60, evaluate=lambda m: {"accuracy": next(scores)},
+                     config={"eval_every": 10, "stop_at": ("accuracy", 0.99, "max")})
+    assert history.stopped_early and history.steps == 20
+    assert [e["accuracy"] for e in history.evals] == [0.5, 0.995]
+    _, full = run(steps=30, evaluate=lambda m: {"accuracy": 0.5},
+                  config={"eval_every": 10, "stop_at": ("accuracy", 0.99, "max")})
+    assert not full.stopped_early and full.steps == 30

@@ -1,0 +1,108 @@
+"""A model size for a training budget, so that a short comparison trains models that can learn
+in it (Hoffmann et al. 2022: compute-optimal training sees about 20 tokens per parameter).
+
+The `small` variants (27M parameters) see about 300K tokens in 3 minutes on a 2-core CPU: a
+hundred steps, 0.01 tokens per parameter, where every model is still learning byte
+frequencies. `size_for_budget` keeps the variant's other fields and picks the widest d_model of
+`WIDTHS` at which every model of the comparison gets at least `TOKENS_PER_PARAM` tokens per
+parameter from the budget. A token budget gives the tokens directly, a FLOPs budget through
+the models' analytic cost, a time budget through each model's training throughput measured
+here on a few steps (so the choice depends on the machine, and says so).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from harness.catalog import Catalog
+    from harness.quality.spec import RunSpec
+
+WIDTHS = (64, 96, 128, 192, 256, 384, 512)
+TOKENS_PER_PARAM = 20
+
+
+@dataclass(frozen=True)
+class Choice:
+    width: int
+    params: dict[str, int]  # model -> parameters at that width
+    tokens: dict[str, float]  # model -> tokens the budget buys it (estimated for time budgets)
+    reason: str  # one line for the user and the records
+
+
+def width_fields(model: str, fields: dict[str, Any], width: int, depth: bool = False
+                 ) -> dict[str, Any]:
+    """The variant's fields at d_model = `width`, with a feed-forward width the variant fixed
+    scaled by the same factor (Pangu-π's `small` sets d_ff), so that models stay matched. With
+    `depth`, the layers scale too (at least 2): a narrow model is also a shallow one, as in
+    every published family of sizes."""
+    out = {**fields, "d_model": width}
+    scale = width / fields["d_model"] if fields.get("d_model") else 1.0
+    if fields.get("d_ff"):
+        out["d_ff"] = max(8, round(fields["d_ff"] * scale / 8) * 8)
+    if depth and fields.get("n_layer"):
+        out["n_layer"] = max(2, round(fields["n_layer"] * scale))
+    return out
+
+
+def size_for_budget(models: list[str], spec: RunSpec, vocab_size: int,
+                    catalog: Catalog | None = None) -> Choice:
+    """The widest width of WIDTHS at which every model gets TOKENS_PER_PARAM tokens per
+    parameter of the budget (the narrowest when none does)."""
+    from harness.models import build, variant_fields
+
+    config = spec.train_config
+    budget = spec.budget
+    chosen: Choice | None = None
+    for width in WIDTHS:
+        params, tokens = {}, {}
+        for model in models:
+            fields = width_fields(model, variant_fields(model, spec.variant, catalog), width,
+                                  depth=True)
+            net = build(model, overrides={**fields, "vocab_size": vocab_size},
+                        seqlen=config.seqlen, seed=0, device="cpu").model
+            params[model] = net.num_params()
+            if budget.tokens:
+                tokens[model] = float(budget.tokens)
+            elif budget.flops:
+                tokens[model] = budget.flops / (3 * net.flops_per_token(config.seqlen))
+            else:
+                tokens[model] = budget.seconds * training_throughput(net, config.batch_size,
+                                                                     config.seqlen)
+        fits = all(tokens[m] >= TOKENS_PER_PARAM * params[m] for m in models)
+        if chosen is not None and not fits:
+            break
+        chosen = Choice(width, params, tokens, "")
+        if not fits:
+            break
+    assert chosen is not None
+    fewest = min(chosen.tokens[m] / chosen.params[m] for m in models)
+    how = ("measured training speed on this machine" if budget.seconds else
+           "the models' training FLOPs" if budget.flops else "the token budget")
+    reason = (f"d_model {chosen.width} (layers scaled with it) chosen for a budget of {budget}: at least "
+              f"{fewest:.0f} tokens per parameter for every model (from {how}; Hoffmann et al. "
+              f"suggest about {TOKENS_PER_PARAM}); give --width or --variant to choose yourself")
+    return Choice(chosen.width, chosen.params, chosen.tokens, reason)
+
+
+def training_throughput(net, batch: int, seqlen: int, steps: int = 3) -> float:
+    """Tokens per second of `net`'s training step (forward, backward, AdamW) on random
+    tokens: the median of `steps` timed steps after one warm-up step."""
+    from harness.optim import adamw
+
+    optimizer = adamw(net.parameters(), lr=1e-4)
+    ids = torch.randint(0, net.config.vocab_size, (batch, seqlen),
+                        generator=torch.Generator().manual_seed(0))
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        loss = net(input_ids=ids, targets=ids).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return batch * seqlen / sorted(times[1:])[len(times[1:]) // 2]

@@ -1,0 +1,134 @@
+"""Quality grids: the cells of the axes, one process per cell, records appended as cells end,
+failures recorded, a rerun skipping what is done."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from harness import results
+from harness.quality import grid as grid_module
+from harness.quality.grid import Grid, identity, parse_shapes, run_grid
+from harness.quality.spec import QualityError, RunSpec
+from harness.quality.tasks import MQARConfig
+from harness.quality.train import Budget
+
+# A small MQAR: 64 examples, 2 steps of 16 sequences of 16 tokens.
+MQAR = MQARConfig(vocab_size=64, seqlen=16, num_kv_pairs=2, num_train=64, num_test=32,
+                  num_valid=32)
+
+
+def small_grid(tmp_path, **fields) -> Grid:
+    base = RunSpec(task="mqar", budget=Budget(tokens=2 * 16 * 16), variant="tiny",
+                   batch_size=16, mqar=MQAR, eval_every=1)
+    fields.setdefault("lrs", [1e-3, 3e-3])
+    return Grid(["gpt"], base, out=tmp_path / "runs", results=tmp_path / "q.jsonl",
+                timeout=300, **fields)
+
+
+def test_cells_cover_the_axes_with_distinct_folders(tmp_path):
+    grid = small_grid(tmp_path, widths=[32, 64], shapes=[(16, 2), (32, 4)], seeds=[0, 1])
+    cells = grid.cells()
+    assert len(cells) == 2 * 2 * 2 * 2
+    assert len({c.folder for c in cells}) == len(cells) == len({identity(c) for c in cells})
+    first = cells[0].spec
+    assert (first.width, first.mqar.seqlen, first.mqar.num_kv_pairs) == (32, 16, 2)
+    assert {c.spec.train_config.lr for c in cells} == {1e-3, 3e-3}
+
+
+def test_zoology_pairs_or_every_combination():
+    assert parse_shapes([64, 128], [4, 8], paired=True) == [(64, 4), (128, 8)]
+    assert parse_shapes([64, 128], [4, 32], paired=False) == [(64, 4), (128, 4), (128, 32)]
+    with pytest.raises(QualityError, match="--cross"):
+        parse_shapes([64, 128], [4], paired=True)
+
+
+def test_a_cell_that_cannot_fit_is_refused_before_any_runs(tmp_path):
+    grid = small_grid(tmp_path, shapes=[(16, 2), (16, 8)])  # 8 pairs need 32 tokens
+    with pytest.raises(ValueError, match="seqlen"):
+        list(run_grid(grid))
+    assert not grid.results.exists()
+
+
+@pytest.mark.slow
+def test_cells_run_in_their_own_process_and_a_rerun_skips_them(tmp_path, monkeypatch):
+    grid = small_grid(tmp_path)
+    records = list(run_grid(grid))
+    assert [r.status for r in records] == ["ok", "ok"]
+    assert [r.lr for r in records] == [1e-3, 3e-3]
+    rec = records[0]
+    assert rec.task == "mqar" and rec.kv_pairs == 2 and rec.width == 64
+    assert rec.val_value is not None and rec.value is not None and rec.wall_s > 0
+    assert len(results.load([grid.results]).records) == 2
+
+    def no_spawn(*args, **kwargs):
+        raise AssertionError("a finished cell ran again")
+
+    monkeypatch.setattr("harness.sweep.spawn", no_spawn)
+    events = []
+    again = list(run_grid(grid, events.append))
+    assert [r.value for r in again] == [r.value for r in records]
+    assert all(e.resumed for e in events)
+
+
+def test_a_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
+    calls = []
+
+    def spawn(argv, timeout, max_rss, module):
+        calls.append(module)
+        if len(calls) == 1:
+            return "oom", {"error": "killed by the system (out of memory)", "wall_s": 3.0}
+        return "timeout", {"error": f"still running after {timeout:g} s", "wall_s": timeout}
+
+    monkeypatch.setattr("harness.sweep.spawn", spawn)
+    grid = small_grid(tmp_path)
+    records = list(run_grid(grid))
+    assert [r.status for r in records] == ["oom", "timeout"]
+    assert calls == ["harness.quality.cell"] * 2
+    assert "out of memory" in records[0].error and records[0].value is None
+    stored = results.load([grid.results]).records
+    assert [r.status for r in stored] == ["oom", "timeout"]
+    assert identity(stored[1]) == identity(grid.cells()[1])
+
+
+def test_a_killed_grid_keeps_its_finished_cells(tmp_path, monkeypatch):
+    """Ctrl-C during the second cell: the first cell's record is in the file, and the rerun
+    runs the second only."""
+    ran = []
+
+    def spawn(argv, timeout, max_rss, module):
+        ran.append(argv)
+        if len(ran) == 2:
+            raise KeyboardInterrupt
+        return "ok", {"record": fake_record(grid.cells()[0]).to_dict(), "wall_s": 1.0}
+
+    monkeypatch.setattr("harness.sweep.spawn", spawn)
+    grid = small_grid(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        list(run_grid(grid))
+    assert len(results.load([grid.results]).records) == 1
+
+    def second(argv, timeout, max_rss, module):
+        ran.append(argv)
+        return "ok", {"record": fake_record(grid.cells()[1]).to_dict(), "wall_s": 1.0}
+
+    monkeypatch.setattr("harness.sweep.spawn", second)
+    records = list(run_grid(grid))
+    assert len(ran) == 3 and [r.lr for r in records] == [1e-3, 3e-3]
+    assert len(results.load([grid.results]).records) == 2
+
+
+def fake_record(cell):
+    """The record a cell's process would send (its identity, made-up scores)."""
+    values = dict(zip(grid_module.CELL_FIELDS, identity(cell), strict=True))
+    return results.QualityRecord(**values, impl="zoo", mode="train", metric="accuracy",
+                                 value=0.5, val_value=0.5)
+
+
+def test_the_spec_crosses_to_a_cell_process_intact():
+    spec = RunSpec(task="lm", budget=Budget(flops=2e12), width=96, lr=3e-3, seed=2,
+                   extrapolate=1024, stride=128)
+    assert RunSpec.from_dict(spec.to_dict()) == spec
+    mqar = dataclasses.replace(spec, task="mqar", extrapolate=None, stride=None, mqar=MQAR)
+    assert RunSpec.from_dict(mqar.to_dict()) == mqar
