@@ -116,8 +116,8 @@ def _numbers(option: str, text: str | None, kind: type = int) -> list:
     except ValueError:
         values = []
     if not values:
-        raise typer.BadParameter(f"give a {kind.__name__} or a comma-separated list, e.g. "
-                                 f"{'1e-3,1e-2' if kind is float else '64,128'}", param_hint=option)
+        raise ValueError(f"{option} {text!r}: give a number or a comma-separated list, e.g. "
+                         f"{'1e-3,1e-2' if kind is float else '64,128'}")
     return values
 
 

@@ -64,7 +64,8 @@ def size_for_budget(models: list[str], spec: RunSpec, vocab_size: int,
             fields = width_fields(model, variant_fields(model, spec.variant, catalog), width,
                                   depth=True)
             net = build(model, overrides={**fields, "vocab_size": vocab_size},
-                        seqlen=config.seqlen, seed=0, device="cpu").model
+                        seqlen=config.seqlen, seed=0,
+                        device="cpu" if budget.seconds else "meta").model  # meta: no weights
             params[model] = net.num_params()
             if budget.tokens:
                 tokens[model] = float(budget.tokens)
@@ -83,9 +84,10 @@ def size_for_budget(models: list[str], spec: RunSpec, vocab_size: int,
     fewest = min(chosen.tokens[m] / chosen.params[m] for m in models)
     how = ("measured training speed on this machine" if budget.seconds else
            "the models' training FLOPs" if budget.flops else "the token budget")
-    reason = (f"d_model {chosen.width} (layers scaled with it) chosen for a budget of {budget}: at least "
-              f"{fewest:.0f} tokens per parameter for every model (from {how}; Hoffmann et al. "
-              f"suggest about {TOKENS_PER_PARAM}); give --width or --variant to choose yourself")
+    reason = (f"d_model {chosen.width} (layers scaled with it) chosen for a budget of "
+              f"{budget}: at least {fewest:.0f} tokens per parameter for every model (from "
+              f"{how}; Hoffmann et al. suggest about {TOKENS_PER_PARAM}); give --width or "
+              "--variant to choose yourself")
     return Choice(chosen.width, chosen.params, chosen.tokens, reason)
 
 

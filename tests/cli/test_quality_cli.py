@@ -81,6 +81,17 @@ def test_quality_compares_models_on_one_table(tmp_path, corpus):
     (["train", "gpt", "--device", "gpu0"], "--device 'gpu0' is not a torch device"),
     (["train", "gpt", "--task", "mqar", "--mqar-seqlen", "63"], "--mqar-seqlen 63"),
     (["quality", "gpt", "--mqar-kv-pairs", "0"], "--mqar-kv-pairs must be at least 1"),
+    (["quality", "gpt", "--lr", "1e-3,fast"], "--lr '1e-3,fast': give a number"),
+    (["quality", "gpt", "--width", "wide"], "--width 'wide'"),
+    (["quality", "gpt", "--task", "mqar", "--mqar-seqlen", "64,128", "--mqar-kv-pairs", "4"],
+     "--cross"),
+    (["quality", "gpt", "--task", "mqar", "--mqar-seqlen", "64,128", "--mqar-kv-pairs", "4,64"],
+     "seqlen >= 256"),
+    (["quality", "gpt", "--task", "mqar", "--extrapolate", "1024"], "--task lm"),
+    (["quality", "gpt", "--seqlen", "256", "--extrapolate", "128"], "--extrapolate 128"),
+    (["quality", "gpt", "--budget", "2e14-flop"], "--budget '2e14-flop'"),
+    (["quality", "gpt", "--task", "mqar", "--lr", "1e-3,1e-2", "--timeout", "0"],
+     "--timeout must be positive"),
 ])
 def test_errors_are_one_line(tmp_path, args, fragment):
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "x"),
@@ -156,3 +167,21 @@ def test_two_processes_train_data_parallel(tmp_path, corpus):
     assert (two.steps, two.tokens) == (one.steps, one.tokens) == (4, 1024)
     # same data, same init; only the dropout masks differ between the two runs
     assert two.value == pytest.approx(one.value, rel=0.02)
+
+
+def test_a_grid_runs_cells_in_processes_and_a_rerun_skips_them(tmp_path):
+    """Two learning rates of one tiny MQAR cell: each trained in its own process and recorded,
+    the table gives the rate chosen on validation, and the same command again trains nothing."""
+    args = ["quality", "gpt", "--task", "mqar", "--budget", "2048-tokens", "--batch-size", "16",
+            "--mqar-seqlen", "16", "--mqar-kv-pairs", "2", "--mqar-vocab", "64", "--lr",
+            "1e-3,3e-3", "--eval-every", "1", "--device", "cpu", "--out", str(tmp_path / "g"),
+            "--results", str(tmp_path / "q.jsonl")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    records = load([tmp_path / "q.jsonl"]).records
+    assert [(r.lr, r.status) for r in records] == [(1e-3, "ok"), (3e-3, "ok")]
+    assert all(r.val_value is not None and r.kv_pairs == 2 for r in records)
+    assert "learning rate chosen on validation" in result.stdout
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and again.stderr.count("already in the results file") == 2
+    assert len(load([tmp_path / "q.jsonl"]).records) == 2

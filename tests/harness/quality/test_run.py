@@ -179,7 +179,7 @@ def test_length_curves_are_recorded_and_learned_positions_say_na(tmp_path):
         assert set(rows[model]) == {(L, mode) for L in (32, 64, 128)
                                     for mode in ("nonoverlapping", "sliding")}
         curve = rec.position_loss
-        weighted = sum(l * n for l, n in zip(curve["loss"], curve["tokens"], strict=True)
+        weighted = sum(loss * n for loss, n in zip(curve["loss"], curve["tokens"], strict=True)
                        if n) / sum(curve["tokens"])
         assert weighted == pytest.approx(curve["mean_loss"], rel=1e-6)
     gpt, rwkv = rows["gpt"], rows["rwkv"]

@@ -1,0 +1,42 @@
+"""A model size for the budget: the widest width at which every model of the comparison gets
+about 20 tokens per parameter."""
+
+from __future__ import annotations
+
+from harness.models import build, variant_fields
+from harness.quality.sizing import TOKENS_PER_PARAM, size_for_budget, width_fields
+from harness.quality.spec import RunSpec
+from harness.quality.train import Budget
+
+MODELS = ["gpt", "rwkv"]
+
+
+def params(width: int) -> dict[str, int]:
+    out = {}
+    for model in MODELS:
+        fields = width_fields(model, variant_fields(model, "small"), width, depth=True)
+        out[model] = build(model, overrides={**fields, "vocab_size": 259}, seqlen=256,
+                           device="meta").model.num_params()
+    return out
+
+
+def test_a_token_budget_picks_the_widest_width_that_gets_20_tokens_a_parameter():
+    at_96, at_128 = params(96), params(128)
+    tokens = TOKENS_PER_PARAM * max(at_96.values()) + 1
+    assert tokens < TOKENS_PER_PARAM * max(at_128.values())
+    choice = size_for_budget(MODELS, RunSpec(task="lm", budget=Budget(tokens=tokens)), 259)
+    assert choice.width == 96 and choice.params == at_96
+    assert "d_model 96" in choice.reason and "token budget" in choice.reason
+
+
+def test_too_small_a_budget_gets_the_narrowest_and_a_flops_budget_counts_flops():
+    assert size_for_budget(MODELS, RunSpec(task="lm", budget=Budget(tokens=10)), 259).width == 64
+    choice = size_for_budget(MODELS, RunSpec(task="lm", budget=Budget(flops=1e20)), 259)
+    assert choice.width == 512 and "FLOPs" in choice.reason
+
+
+def test_width_fields_scale_a_fixed_feed_forward_and_the_depth():
+    small = variant_fields("pangu-pi", "small")  # d 512, d_ff 1408, 6 layers
+    sized = width_fields("pangu-pi", small, 128, depth=True)
+    assert (sized["d_model"], sized["d_ff"], sized["n_layer"]) == (128, 352, 2)
+    assert width_fields("pangu-pi", small, 128)["n_layer"] == 6
