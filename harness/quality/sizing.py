@@ -85,7 +85,7 @@ def size_for_budget(models: list[str], spec: RunSpec, vocab_size: int,
     how = ("measured training speed on this machine" if budget.seconds else
            "the models' training FLOPs" if budget.flops else "the token budget")
     reason = (f"d_model {chosen.width} (layers scaled with it) chosen for a budget of "
-              f"{budget}: at least {fewest:.0f} tokens per parameter for every model (from "
+              f"{budget}: at least {fewest:.2g} tokens per parameter for every model (from "
               f"{how}; Hoffmann et al. suggest about {TOKENS_PER_PARAM}); give --width or "
               "--variant to choose yourself")
     return Choice(chosen.width, chosen.params, chosen.tokens, reason)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -114,6 +115,9 @@ class RunSpec:
                 raise QualityError(f"--{name.replace('_', '-')} must be at least 2, not {value}")
         if self.lr is not None and not 0 < self.lr < 1:
             raise QualityError(f"--lr must be in (0, 1), not {self.lr}")
+        if self.corpus not in (None, "stdlib") and not str(self.corpus).startswith("hf:") \
+                and not Path(self.corpus).exists():  # before any model is sized or trained
+            raise QualityError(f"--corpus {self.corpus}: no such file or folder")
         if self.width is not None and self.width < 1:
             raise QualityError(f"--width must be at least 1, not {self.width}")
         if self.extrapolate is not None or self.stride is not None:
