@@ -227,7 +227,7 @@ def _record(cell: Cell, status: str, result: dict[str, Any]) -> QualityRecord:
     return QualityRecord(
         **values, impl="zoo", mode="train", status=status,
         error=result.get("error") or "the cell failed", wall_s=round(result["wall_s"], 1),
-        metric="accuracy" if spec.task == "mqar" else "bits_per_byte",
+        metric={"mqar": "accuracy", "mlm": "mlm_accuracy"}.get(spec.task, "bits_per_byte"),
         budget_tokens=spec.budget.tokens, budget_seconds=spec.budget.seconds,
         budget_flops=spec.budget.flops, checkpoint=str(cell.folder), time=now(),
         mqar=dataclasses.asdict(spec.mqar) if spec.task == "mqar" else None,
