@@ -132,3 +132,14 @@ def test_the_spec_crosses_to_a_cell_process_intact():
     assert RunSpec.from_dict(spec.to_dict()) == spec
     mqar = dataclasses.replace(spec, task="mqar", extrapolate=None, stride=None, mqar=MQAR)
     assert RunSpec.from_dict(mqar.to_dict()) == mqar
+
+
+def test_training_length_is_an_axis_of_an_lm_grid(tmp_path):
+    base = RunSpec(task="lm", budget=Budget(flops=1e12), variant="tiny")
+    grid = Grid(["gpt", "rwkv"], base, shapes=[(128, None), (256, None)],
+                out=tmp_path, results=tmp_path / "q.jsonl")
+    cells = grid.cells()
+    assert [(c.model, c.spec.train_config.seqlen) for c in cells] == [
+        ("gpt", 128), ("gpt", 256), ("rwkv", 128), ("rwkv", 256)]
+    assert all(c.spec.budget.flops == 1e12 and c.spec.width == 64 for c in cells)
+    assert len({identity(c) for c in cells}) == 4
