@@ -13,6 +13,7 @@ from harness.quality.spec import (
     MQAR_ONE_HEAD,
     QualityError,
     RunSpec,
+    mqar_init_std,
 )
 
 if TYPE_CHECKING:
@@ -62,6 +63,12 @@ def _variant_fields(model: str, spec: RunSpec, catalog: Catalog | None) -> dict[
         raise QualityError(str(error)) from None
 
 
+def _default(model: str, name: str) -> Any:
+    import zoo
+
+    return getattr(zoo.load_class(model).config_class(), name)
+
+
 def build_model(model: str, task: str, data: Prepared, catalog: Catalog | None = None):
     """The zoo model `model` at the spec's variant, sized for the task's vocabulary and
     length; seeded with the spec's seed, so every run of a comparison starts alike."""
@@ -91,6 +98,9 @@ def build_model(model: str, task: str, data: Prepared, catalog: Catalog | None =
             if k in ("d_model", "d_ff", "n_layer")})
     # Drawn on the CPU whatever the device, so that a seed gives the same initial weights on
     # every machine; then moved.
+    if task == "mqar" and "init_std" in names:
+        width = overrides.get("d_model") or fields.get("d_model") or _default(model, "d_model")
+        overrides["init_std"] = mqar_init_std(width)
     built = build(model, overrides={**fields, **overrides}, seqlen=spec.train_config.seqlen,
                   seed=spec.seed, device="cpu")
     return built.model.to(spec.device)

@@ -80,6 +80,9 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
             notes.append("mixer-only blocks (d_ff = 0), as Zoology's")
         if getattr(net.config, "n_head", None) == 1:
             notes.append("one attention head, as Zoology's")
+        if hasattr(net.config, "init_std"):
+            notes.append(f"weights initialised with std {net.config.init_std:.3g} "
+                         "(1/sqrt(3 d): PyTorch's default scale, as Zoology's models)")
     meta = {"task": task, "variant": spec.variant, "seed": spec.seed, "seqlen": config.seqlen,
             "budget": str(spec.budget), "steps": history.steps, "tokens": history.tokens,
             "tokenizer_kind": spec.tokenizer, "corpus": data.corpus_name, "scores": scores,
