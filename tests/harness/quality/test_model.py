@@ -30,3 +30,21 @@ def test_check_model_names_the_missing_variant():
     with pytest.raises(QualityError, match="huge"):
         check_model("gpt", spec)
     assert check_model("transformer", RunSpec(task="lm", budget=Budget(tokens=1))) == "seq2seq"
+
+
+@pytest.mark.parametrize("model", ["gpt", "rwkv", "pangu-pi"])
+def test_mqar_builds_zoology_models(model):
+    """Mixer-only blocks, one head, no dropout, and PyTorch's default weight scale where the
+    model has an init_std (RWKV keeps its own scheme); lm builds the variant as it is."""
+    from harness.quality.data import Prepared
+    from harness.quality.model import build_model
+    from harness.quality.tokenizer import ByteTokenizer
+
+    spec = RunSpec(task="mqar", budget=Budget(tokens=1), variant="tiny", width=96)
+    config = build_model(model, "mqar", Prepared(spec)).config
+    assert (config.d_model, config.d_ff) == (96, 0)
+    if model != "rwkv":
+        assert config.n_head == 1 and config.init_std == pytest.approx((3 * 96) ** -0.5)
+    lm = RunSpec(task="lm", budget=Budget(tokens=1), variant="tiny")
+    plain = build_model(model, "lm", Prepared(lm, tokenizer=ByteTokenizer())).config
+    assert plain.d_ff != 0 and getattr(plain, "init_std", 0.02) == 0.02
