@@ -12,6 +12,7 @@ def test_fused_adamw_takes_the_default_steps():
     keys' biases: their exact gradient is zero (a bias on every key shifts all of a query's
     scores alike), so what they get is rounding noise, which Adam scales up to steps of the
     learning rate in either direction."""
+    torch.manual_seed(0)  # the weights, whatever ran before (some draws amplify the noise more)
     models = [build_variant("gpt", "tiny", vocab_size=64, max_seq_len=16) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
     optimizers = []
