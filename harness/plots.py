@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -154,7 +155,7 @@ def curves_figure(cells: pd.DataFrame, rows: Sequence[Curve], title: str) -> Fig
         handles.append(Line2D([], [], linestyle="", marker="x", color="black"))
         names.append("failed or skipped cell (see the table)")
     fig.legend(handles, names, loc="outside right upper", fontsize=8, title="series")
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 46))  # clear of the legend
     return fig
 
 
@@ -343,7 +344,7 @@ def recall_figure(groups: pd.DataFrame, title: str) -> Figure:
         ax.grid(True, which="major", alpha=0.3)
     extra = [(Line2D([], [], linestyle=":", color="black"), "chance")] if chance_seen else []
     _legend(fig, axes, "series", extra + ([FAILED_HANDLE] if failed_seen else []))
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 46))  # clear of the legend
     return fig
 
 
@@ -397,7 +398,7 @@ def lr_figure(curve: pd.DataFrame, chosen: pd.DataFrame, title: str) -> Figure:
     if failed_seen:
         extra.append((FAILED_HANDLE[0], "every cell failed at this rate"))
     _legend(fig, axes, "series", extra)
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 46))  # clear of the legend
     return fig
 
 
@@ -482,7 +483,7 @@ def extrapolation_figure(points: pd.DataFrame, title: str) -> Figure:
             ax.grid(True, which="major", alpha=0.3)
     _legend(fig, axes, "series", [(Line2D([], [], linestyle=":", color="#777777"),
                                    "training length")])
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 46))  # clear of the legend
     return fig
 
 
@@ -509,7 +510,7 @@ def position_figure(bins: pd.DataFrame, title: str) -> Figure:
         ax.set_title(f"evaluation windows of {length} tokens", fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
     _legend(fig, axes, "series")
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 46))  # clear of the legend
     return fig
 
 
