@@ -211,7 +211,9 @@ def extrapolation(df: pd.DataFrame) -> pd.DataFrame:
     is missing (n/a) where no seed could take the length. `notes` joins the points' notes."""
     rows = []
     for cell in selected_cells(df).to_dict("records"):
-        for point in cell["extrapolation"] or []:
+        points = cell["extrapolation"]
+        # a missing list comes out of pandas as None or as a float NaN: neither has points
+        for point in points if isinstance(points, list) else []:
             rows.append({**{name: cell[name] for name in (*GROUP, "lr")},
                          "mode_eval": point.get("mode"), "stride": point.get("stride"),
                          "eval_seqlen": point.get("eval_seqlen"),
@@ -246,7 +248,7 @@ def position_loss(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     bins, scores = [], []
     for cell in selected_cells(df).to_dict("records"):
         curve = cell["position_loss"]
-        if not curve:
+        if not isinstance(curve, dict) or not curve:  # missing: None, or NaN from pandas
             continue
         ident = {name: cell[name] for name in (*GROUP, "lr")}
         ident["eval_seqlen"] = curve.get("seqlen")

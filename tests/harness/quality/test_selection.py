@@ -152,3 +152,36 @@ def test_curves_of_the_chosen_rate(tmp_path):
     [score] = scores.to_dict("records")
     assert score["icl_score"] == pytest.approx(-0.5) and score["seeds"] == 2
     assert score["mean_loss"] == pytest.approx(2.5) and score["windows"] == 4
+
+
+def test_cells_without_length_curves_beside_cells_with_them(tmp_path):
+    """Equal-budget runs record no curves; read in one frame with benchmark records, their
+    missing lists come out of pandas as NaN, which the curves skip."""
+    from harness import results
+    from harness.quality import selection
+    from harness.results import QualityRecord
+
+    common = {"task": "lm", "impl": "zoo", "mode": "train", "metric": "bits_per_byte",
+              "seqlen": 64, "lr": 1e-3, "seed": 0, "budget": "1 s", "val_value": 3.0,
+              "value": 3.1}
+    curve = [{"eval_seqlen": 64, "mode": "nonoverlapping", "stride": None,
+              "bits_per_byte": 3.1, "loss": 2.0, "tokens": 10, "note": None}]
+    path = tmp_path / "q.jsonl"
+    # a benchmark record in the same frame turns the curve columns' gaps into float NaN
+    results.append(path, results.BenchRecord(model="gpt", impl="zoo", mode="forward"))
+    results.append(path, QualityRecord(model="gpt", **common))
+    results.append(path, QualityRecord(model="rwkv", extrapolation=curve,
+                                       position_loss={"seqlen": 64, "bins": [[1, 2]],
+                                                      "loss": [2.0], "tokens": [10],
+                                                      "mean_loss": 2.0, "icl_score": None,
+                                                      "windows": 1}, **common))
+    only_plain, _ = results.load_frame([path])
+    only_plain = only_plain[only_plain["model"] == "gpt"]  # no record with curves at all
+    # (after a merge of frames read with benchmark records, pandas gives NaN for the gaps)
+    only_plain = only_plain.assign(extrapolation=float("nan"), position_loss=float("nan"))
+    assert selection.extrapolation(only_plain).empty
+    assert selection.position_loss(only_plain)[1].empty
+    df, _ = results.load_frame([path])
+    assert list(selection.extrapolation(df)["model"]) == ["rwkv"]
+    bins, scores = selection.position_loss(df)
+    assert list(scores["model"]) == ["rwkv"]
