@@ -195,6 +195,7 @@ def quality(
             extrapolate=extrapolate, stride=stride)
         if task == "lm" and variant is None and widths == [None]:
             spec = _sized(ctx, models, spec)
+            widths = [spec.width]  # every cell at the chosen width, not the variant's
         axes = (seeds, lrs, widths, seqlens, mqar_lengths, mqar_pairs)
         if grid or cross or any(len(axis) > 1 for axis in axes):
             from harness.quality.grid import parse_shapes

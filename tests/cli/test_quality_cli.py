@@ -185,3 +185,25 @@ def test_a_grid_runs_cells_in_processes_and_a_rerun_skips_them(tmp_path):
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and again.stderr.count("already in the results file") == 2
     assert len(load([tmp_path / "q.jsonl"]).records) == 2
+
+
+def test_an_lm_grid_trains_every_cell_at_the_width_chosen_for_the_budget(tmp_path, monkeypatch,
+                                                                          corpus):
+    """Without --width or --variant the size is chosen for the budget, and every cell of a grid
+    over training lengths takes it (not the variant's own width)."""
+    from harness.quality import grid as grid_module
+    from harness.quality import sizing
+
+    seen = []
+    monkeypatch.setattr(sizing, "size_for_budget", lambda models, spec, vocab, catalog=None:
+                        sizing.Choice(96, {}, {}, "d_model 96 chosen for the test"))
+    monkeypatch.setattr(grid_module, "run_grid",
+                        lambda grid, on_event: seen.extend(grid.cells()) or iter(()))
+    result = runner.invoke(app, ["quality", "gpt", "rwkv", "--task", "lm", "--seqlen", "64,128",
+                                 "--budget", "1e9-flops", "--corpus", str(corpus),
+                                 "--results", str(tmp_path / "q.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "d_model 96 chosen for the test" in result.stderr
+    assert [(c.model, c.spec.train_config.seqlen, c.spec.width, c.spec.depth) for c in seen] == [
+        ("gpt", 64, 96, True), ("gpt", 128, 96, True), ("rwkv", 64, 96, True),
+        ("rwkv", 128, 96, True)]
