@@ -322,6 +322,11 @@ def load_frame(paths: Iterable[Path | str], *, all_runs: bool = False
     return df, warnings
 
 
+def matches(column: pd.Series, value: str) -> pd.Series:
+    """A row mask: `column` equals `value` (a missing value is not equal)."""
+    return column.eq(value).fillna(False).astype(bool)
+
+
 def records_of(df: pd.DataFrame) -> list[dict[str, Any]]:
     """The rows of `df` as plain dicts, missing values as None (pandas' NA is not falsy-safe)."""
     import pandas as pd

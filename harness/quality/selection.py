@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.results import matches
+
 # The fields of a comparison point, besides lr and seed: the cells of one group differ only in
 # their learning rate and seed.
 GROUP = ("task", "model", "variant", "width", "seqlen", "kv_pairs", "budget", "batch", "corpus",
@@ -44,6 +46,9 @@ LR_CURVE_COLUMNS = (*GROUP, "lr", "val_mean", "val_std", "test_mean", "test_std"
                     "failed")
 SELECT_COLUMNS = (*GROUP, "lr", "lrs", "val_mean", "val_std", "test_mean", "test_std", "seeds",
                   "failed", "status", "error", "chance", "baseline", "params")
+# How the report names each metric.
+METRIC_NAMES = {"bits_per_byte": "bits per byte", "mlm_accuracy": "masked-token accuracy",
+                "accuracy": "accuracy"}
 
 
 def format_lr(value: Any) -> str:
@@ -63,22 +68,19 @@ def higher_is_better(metric: str) -> bool:
     return DIRECTIONS[metric] == "max"
 
 
-def _mask(column: pd.Series, value: str) -> pd.Series:
-    return column.eq(value).fillna(False).astype(bool)
-
-
 def grid_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The grid cells of `df`: quality records of zoo training (kind quality, impl zoo, mode
     train) with a validation score, or that failed (status other than ok)."""
     if df.empty:
         return df
-    trained = _mask(df["kind"], "quality") & _mask(df["impl"], "zoo") & _mask(df["mode"], "train")
-    scored = df["val_value"].notna() | ~_mask(df["status"], "ok")
+    trained = (matches(df["kind"], "quality") & matches(df["impl"], "zoo")
+               & matches(df["mode"], "train"))
+    scored = df["val_value"].notna() | ~matches(df["status"], "ok")
     return df[trained & scored.astype(bool)]
 
 
 def _ok(cells: pd.DataFrame) -> pd.Series:
-    return _mask(cells["status"], "ok") & cells["val_value"].notna()
+    return matches(cells["status"], "ok") & cells["val_value"].notna()
 
 
 def _groups(cells: pd.DataFrame, by: list[str]):
@@ -138,7 +140,7 @@ def lr_curve(df: pd.DataFrame) -> pd.DataFrame:
         test_mean, test_std = _stats(ok["value"])
         rows.append({**_key_dict([*GROUP, "lr"], key), "val_mean": val_mean, "val_std": val_std,
                      "test_mean": test_mean, "test_std": test_std, "seeds": len(ok),
-                     "failed": int((~_mask(at_lr["status"], "ok")).sum())})
+                     "failed": int((~matches(at_lr["status"], "ok")).sum())})
     return _frame(rows, LR_CURVE_COLUMNS, cells)
 
 
@@ -164,7 +166,7 @@ def select(df: pd.DataFrame) -> pd.DataFrame:
         ident = _key_dict(list(GROUP), key)
         mine = curves[_norm(key)]
         candidates = mine[mine["seeds"].gt(0).fillna(False) & mine["val_mean"].notna()]
-        failed = group[~_mask(group["status"], "ok")]
+        failed = group[~matches(group["status"], "ok")]
         row = {**ident, "lrs": int(group["lr"].nunique(dropna=False)),
                "failed": len(failed), "chance": _only(group["chance"]),
                "baseline": _only(group["baseline"]), "params": _only(group["params"])}
