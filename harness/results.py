@@ -22,7 +22,8 @@ import json
 import os
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -73,6 +74,13 @@ class Record(BaseModel):
     time: str | None = None  # ISO 8601, UTC
     notes: list[str] = Field(default_factory=list)
     command: str | None = None  # the command line that made the record
+    # Where and beside what the cell ran, set when a launcher ran several cells at once
+    # (harness.launch); None for a cell that had the machine to itself, one after another.
+    launcher: str | None = None  # local | ray
+    jobs: int | None = None  # cells the launcher allowed at once
+    host: str | None = None  # the machine that ran the cell
+    cpus: list[int] | None = None  # the cores the cell was pinned to
+    co_running: int | None = None  # the most other cells in flight while it ran (0: alone)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as written to the store: every field, in declaration order."""
@@ -190,17 +198,35 @@ def check_writable(path: Path | str) -> None:
 
 
 def append(path: Path | str, rec: Record) -> None:
-    """Append one record as one line, flushed and synced before returning."""
+    """Append one record as one line, flushed and synced before returning. Several sweeps may
+    append to one file at once: each holds an exclusive lock on the file (flock) while it
+    writes its line, in one write, so that no line is lost, torn or interleaved."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(rec.to_dict(), sort_keys=False)
-    # A run killed while writing can leave a last line without its newline: start a new line
-    # so that only that damaged line is lost, not this record too.
-    torn = path.exists() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
-    with open(path, "a", encoding="utf-8") as out:
-        out.write(("\n" if torn else "") + line + "\n")
+    with open(path, "ab") as out, _locked(out):
+        # A run killed while writing can leave a last line without its newline: start a new
+        # line so that only that damaged line is lost, not this record too.
+        torn = out.seek(0, os.SEEK_END) > 0 and _last_byte(path) != b"\n"
+        out.write((("\n" if torn else "") + line + "\n").encode("utf-8"))
         out.flush()
         os.fsync(out.fileno())
+
+
+@contextmanager
+def _locked(file) -> Iterator[None]:
+    """An exclusive advisory lock on an open file, where the system has flock (not Windows:
+    there one writer at a time is the user's care)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(file.fileno(), fcntl.LOCK_UN)
 
 
 def _last_byte(path: Path) -> bytes:

@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import results
+from harness import launch, results
 from harness.bench.implementations import COMPILED, OURS, PEERS
-from harness.bench.memory import current_rss
 from harness.bench.peak import PEAK_METHOD
 from harness.bench.workload import DTYPES, MODES, Cell
 from harness.machine import machine_info, provenance
@@ -32,6 +28,7 @@ if TYPE_CHECKING:
     from harness.catalog import Catalog
 
 FAILURES = ("oom", "over_budget", "timeout")
+CELL_MODULE = "harness.bench.cell"
 
 
 class SweepError(ValueError):
@@ -175,57 +172,6 @@ def check(sweep: Sweep, catalog: Catalog | None = None) -> None:
         raise SweepError(str(error)) from None
 
 
-# --- running a cell in its own process --------------------------------------------------------
-
-def spawn(argv: list[str], timeout: float, max_rss: int | None,
-          module: str = "harness.bench.cell") -> tuple[str, dict[str, Any]]:
-    """Run `python -m MODULE ARGV` (a benchmark or quality cell), watching its memory and
-    time; return (status, the result dict it printed last, or why it failed)."""
-    proc = subprocess.Popen([sys.executable, "-m", module, *argv],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    start, peak, killed = time.monotonic(), 0, None
-    stdout = stderr = ""
-    try:
-        while True:
-            try:
-                stdout, stderr = proc.communicate(timeout=0.05)
-                break
-            except subprocess.TimeoutExpired:
-                rss = current_rss(proc.pid) or 0
-                peak = max(peak, rss)
-                if max_rss is not None and rss > max_rss:
-                    killed = "over_budget"
-                elif time.monotonic() - start > timeout:
-                    killed = "timeout"
-                if killed:
-                    proc.kill()
-                    stdout, stderr = proc.communicate()
-                    break
-    except BaseException:  # Ctrl-C or a kill of the sweep: take the child down with us
-        proc.kill()
-        proc.wait()
-        raise
-    wall = time.monotonic() - start
-    if killed == "over_budget":
-        return killed, {"error": f"peak RSS passed the budget of {max_rss / 2**30:.2f} GiB "
-                                 f"(reached {peak / 2**30:.2f} GiB)", "peak_mem_bytes": peak,
-                        "wall_s": wall}
-    if killed == "timeout":
-        return killed, {"error": f"still running after {timeout:g} s", "wall_s": wall}
-    last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
-    try:
-        result = json.loads(last)
-    except json.JSONDecodeError:
-        result = None
-    if proc.returncode == -9 or (proc.returncode and result is None and "Killed" in stderr):
-        return "oom", {"error": "killed by the system (out of memory)", "wall_s": wall}
-    if not isinstance(result, dict):
-        tail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {proc.returncode}"
-        return "error", {"error": f"the cell process failed: {tail}", "wall_s": wall}
-    result["wall_s"] = wall
-    return result.pop("status", "error"), result
-
-
 def peak_label(device: str, dtype: str, threads: int | None) -> str:
     """The key of a matmul peak in the cache: the machine, device, dtype and threads."""
     info = machine_info(device)
@@ -244,7 +190,8 @@ def calibrate(device: str, dtype: str, threads: int | None, cache: Path,
         peaks = {}
     if label in peaks and not force:
         return peaks[label]
-    status, result = spawn(["--calibrate", device, dtype, str(threads or 0)], 300, None)
+    status, result = launch.spawn(launch.Job(("--calibrate", device, dtype, str(threads or 0)),
+                                             CELL_MODULE, 300))
     if status != "ok":
         raise SweepError(f"could not measure the matmul peak: {result.get('error')}")
     peaks[label] = result["peak_flops"]
@@ -265,9 +212,12 @@ class Event:
 
 
 def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lambda e: None,
-        catalog: Catalog | None = None) -> Iterator[results.BenchRecord]:
-    """Run the sweep, yielding each cell's record once it is appended to the results file.
-    Variants are read from `catalog` (default: the shipped one)."""
+        catalog: Catalog | None = None, launcher: launch.Local | launch.Ray | None = None
+        ) -> Iterator[results.BenchRecord]:
+    """Run the sweep, yielding each cell's record once it is appended to the results file
+    (cells measured before first, then the others as they end). Variants are read from
+    `catalog` (default: the shipped one); cells run on `launcher` (default: one after another
+    on this machine)."""
     check(sweep, catalog)
     import torch
 
@@ -276,8 +226,8 @@ def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lamb
     done = {} if sweep.force else {
         results.key(r): r for r in results.load([sweep.results]).records
         if isinstance(r, results.BenchRecord) and r.status != "skipped"}
-    failed_at: dict[tuple, tuple[str, int]] = {}
     cells = sweep.cells(catalog)
+    planned, to_run = {}, []
     for index, cell in enumerate(cells, start=1):
         rec = results.BenchRecord(
             model=cell.model, variant=cell.variant, impl=cell.impl, mode=cell.mode,
@@ -293,25 +243,38 @@ def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lamb
             previous = previous.model_copy(update={"resumed": True})
             on_event(Event("done", cell, previous, index, len(cells)))
             yield previous
-            continue
-        line = (cell.model, cell.impl, cell.mode)
-        if line in failed_at:
-            status, result = "skipped", {}
-            why, length = failed_at[line]
-            rec.notes = [f"skipped: {why} at seqlen {length}"]
         else:
-            on_event(Event("start", cell, None, index, len(cells)))
-            status, result = spawn([json.dumps(asdict(cell))], sweep.timeout,
-                                    sweep.max_memory if cell.device == "cpu" else None)
-            if status == "oom" and sweep.max_memory and cell.device != "cpu":
-                status = "over_budget"  # the CUDA allocator was capped at the budget
-            if status in FAILURES:
-                failed_at[line] = (status, cell.seqlen)
+            planned[index] = rec
+            to_run.append((index, cell))
+
+    failed_at: dict[tuple, tuple[str, int]] = {}
+
+    def job_of(item: tuple[int, Cell]) -> launch.Job | str:
+        index, cell = item
+        line = (cell.model, cell.impl, cell.mode)
+        if line in failed_at:  # a shorter length of this line failed: not this one either
+            why, length = failed_at[line]
+            return f"skipped: {why} at seqlen {length}"
+        on_event(Event("start", cell, None, index, len(cells)))
+        return launch.Job((json.dumps(asdict(cell)),), CELL_MODULE, sweep.timeout,
+                          sweep.max_memory if cell.device == "cpu" else None)
+
+    for outcome in launch.execute(launcher or launch.Local(), to_run, job_of):
+        index, cell = outcome.item
+        status, result = outcome.status, outcome.result
+        if status == "oom" and sweep.max_memory and cell.device != "cpu":
+            status = "over_budget"  # the CUDA allocator was capped at the budget
+        line = (cell.model, cell.impl, cell.mode)
+        if status in FAILURES and (line not in failed_at or cell.seqlen < failed_at[line][1]):
+            failed_at[line] = (status, cell.seqlen)
         flops_per_s = result.pop("flops_per_s", None)
         measured = {name: result[name] for name in _MEASURED if result.get(name) is not None}
-        rec = rec.model_copy(update={
+        rec = planned[index].model_copy(update={
             **measured, "status": status, "mfu": flops_per_s / peak if flops_per_s else None,
+            **launch.record_fields(outcome.placement),
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        if status == "skipped":
+            rec.notes = [result["skipped"]]
         rec = results.BenchRecord.model_validate(rec.model_dump())  # check what the cell sent
         if rec.mfu is not None and rec.mfu > 1:
             rec.notes.append("MFU above 100%: the cached matmul peak looks too low (measured "

@@ -13,9 +13,13 @@ from rich.table import Table
 from harness import results
 from harness.cli.common import (
     USAGE_ERROR,
+    AddressOpt,
+    JobsOpt,
+    LauncherOpt,
     app,
     command_line,
     interrupts_raise,
+    launcher_for,
     load_catalog_for,
     one_line_errors,
     stderr,
@@ -87,6 +91,7 @@ def bench(
         "--plain", help="Time the zoo models' plain PyTorch path, without their CPU speed "
                         "routes (zoo.fast: oneDNN and split matrix products, the compiled WKV "
                         "loop); records list the routes each cell took.")] = False,
+    launcher: LauncherOpt = "local", jobs: JobsOpt = None, address: AddressOpt = None,
 ) -> None:
     """Measure throughput, latency, peak memory and MFU against sequence length.
 
@@ -125,13 +130,18 @@ def bench(
     for model, unsupported_mode in plan.unsupported():
         stderr().print(f"[yellow]note:[/] {model} cannot run {unsupported_mode} mode; "
                      "those cells are left out")
-    records = _run_with_progress(plan, sweeps, catalog, peak_cache)
+    with one_line_errors():
+        runner, plan.threads = launcher_for(launcher, jobs, address, device, threads)
+    if runner.jobs > 1:
+        stderr().print(f"[yellow]note:[/] {runner.jobs} cells at once ({runner.name}): their "
+                       "timings are taken beside each other and marked so in the records")
+    records = _run_with_progress(plan, sweeps, catalog, peak_cache, runner)
     stdout().print(_bench_table(records))
     stdout().print(f"records appended to {escape(str(results_path))}")
 
 
 
-def _run_with_progress(plan, sweeps, catalog, peak_cache) -> list[results.BenchRecord]:
+def _run_with_progress(plan, sweeps, catalog, peak_cache, runner) -> list[results.BenchRecord]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     records: list[results.BenchRecord] = []
@@ -151,7 +161,7 @@ def _run_with_progress(plan, sweeps, catalog, peak_cache) -> list[results.BenchR
 
         try:
             with interrupts_raise():
-                for rec in sweeps.run(plan, peak_cache, on_event, catalog):
+                for rec in sweeps.run(plan, peak_cache, on_event, catalog, runner):
                     records.append(rec)
         except KeyboardInterrupt:
             progress.stop()

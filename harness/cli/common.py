@@ -166,3 +166,34 @@ def resolve_device(device: str) -> str:
     return device
 
 
+
+
+# --- where a sweep's cells run (harness.launch) ------------------------------------------------
+
+LauncherOpt = Annotated[str, typer.Option(
+    help="Where the cells run: local (this machine) or ray (a Ray cluster; pip install "
+         "'transformer-catalog[ray]').")]
+JobsOpt = Annotated[int | None, typer.Option(
+    help="Cells at once. local: default 1, one after another with the whole machine; N > 1 "
+         "pins each CPU cell to its own share of the cores, or gives each CUDA cell a GPU, and "
+         "marks the timings as taken beside other cells. ray: default, what the cluster holds.",
+    show_default=False)]
+AddressOpt = Annotated[str | None, typer.Option(
+    help="ray: the cluster to join (e.g. auto, or ray://HOST:10001); default: start a local "
+         "one for this sweep.", show_default=False)]
+
+
+def launcher_for(name: str, jobs: int | None, address: str | None, device: str,
+                 threads: int | None):
+    """The launcher of --launcher/--jobs/--address, and the threads each cell will use (None:
+    the cell's default, when it has the machine to itself). Cells that share a CPU get an
+    explicit thread count so that their records and MFU peaks say what they ran with."""
+    from harness import launch
+
+    made = launch.make(name, jobs, device, threads, address)
+    if device == "cpu" and threads is None:
+        if isinstance(made, launch.Ray):
+            threads = 1
+        elif made.jobs > 1:
+            threads = launch.cores_per_job(made.jobs)
+    return made, threads

@@ -15,9 +15,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness.cli.common import (
+    AddressOpt,
+    JobsOpt,
+    LauncherOpt,
     app,
     command_line,
     interrupts_raise,
+    launcher_for,
     load_catalog_for,
     one_line_errors,
     resolve_device,
@@ -163,6 +167,7 @@ def quality(
         help="Run each model (and each cell of the axes above) in its own process, recorded "
              "as it ends and skipped on a rerun; implied by any list.")] = False,
     timeout: Annotated[float, typer.Option(help="Grid: seconds a cell may run.")] = 3600.0,
+    launcher: LauncherOpt = "local", jobs: JobsOpt = None, address: AddressOpt = None,
     out: Annotated[Path | None, typer.Option(
         help="Folder of the checkpoints, one subfolder per model or cell (default "
              "runs/quality-TASK).", show_default=False)] = None,
@@ -205,8 +210,12 @@ def quality(
             else:
                 shapes = [(T, None) for T in seqlens]
             _run_grid(ctx, models, spec, shapes=shapes, widths=widths, lrs=lrs, seeds=seeds,
-                      out=out, timeout=timeout, force=force, results_path=results_path)
+                      out=out, timeout=timeout, force=force, results_path=results_path,
+                      launch_options=(launcher, jobs, address))
             return
+        if (launcher, jobs, address) != ("local", None, None):
+            raise ValueError("--launcher, --jobs and --address spread a grid's cells: give a "
+                             "list of seeds, rates, widths or lengths, or --grid")
     _train_and_record(ctx, models, spec, out, several=True, resume=resume, force=force,
                       results_path=results_path)
 
@@ -230,7 +239,8 @@ def _sized(ctx: typer.Context, models: list[str], spec: RunSpec) -> RunSpec:
 
 
 def _run_grid(ctx: typer.Context, models: list[str], spec: RunSpec, *, shapes, widths, lrs,
-              seeds, out: Path | None, timeout: float, force: bool, results_path: Path) -> None:
+              seeds, out: Path | None, timeout: float, force: bool, results_path: Path,
+              launch_options: tuple[str, int | None, str | None]) -> None:
     """Run the grid's cells one process each, with a progress bar, then print each model's
     test score at the learning rate chosen on validation."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -245,6 +255,7 @@ def _run_grid(ctx: typer.Context, models: list[str], spec: RunSpec, *, shapes, w
                 out=out or Path("runs") / f"quality-{spec.task}", results=results_path,
                 timeout=timeout, force=force, catalog_dir=ctx.obj, command=command_line(ctx))
     check(grid)
+    launcher, grid.threads = launcher_for(*launch_options, spec.device, grid.threads)
     console = stderr()
     records = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -268,7 +279,7 @@ def _run_grid(ctx: typer.Context, models: list[str], spec: RunSpec, *, shapes, w
 
         try:
             with interrupts_raise():
-                records = list(run_grid(grid, on_event))
+                records = list(run_grid(grid, on_event, launcher))
         except KeyboardInterrupt:
             progress.stop()
             console.print("[yellow]interrupted[/]: finished cells are in the results file; "

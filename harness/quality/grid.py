@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import results
+from harness import launch, results
 from harness.quality.spec import QualityError, RunSpec
 from harness.results import QualityRecord
 
 # What identifies a cell in the results file: a record with these values is that cell's.
+CELL_MODULE = "harness.quality.cell"  # `python -m` of one cell (harness.launch runs it)
 CELL_FIELDS = ("model", "variant", "task", "width", "seqlen", "kv_pairs", "lr", "seed",
                "budget", "batch", "corpus", "tokenizer", "dtype", "device")
 
@@ -183,12 +184,11 @@ class Event:
     resumed: bool = False
 
 
-def run_grid(grid: Grid, on_event: Callable[[Event], None] = lambda e: None
-             ) -> Iterator[QualityRecord]:
-    """Run every cell not already in the results file, each in its own process, appending
-    each record as it arrives; yield the records (the ones found as well)."""
-    from harness.sweep import spawn
-
+def run_grid(grid: Grid, on_event: Callable[[Event], None] = lambda e: None,
+             launcher: launch.Local | launch.Ray | None = None) -> Iterator[QualityRecord]:
+    """Run every cell not already in the results file, each in its own process on `launcher`
+    (default: one after another on this machine), appending each record as it arrives; yield
+    the records (the ones found first, then the others as they end)."""
     check(grid)
     done: dict[tuple, QualityRecord] = {}
     if not grid.force:
@@ -196,19 +196,28 @@ def run_grid(grid: Grid, on_event: Callable[[Event], None] = lambda e: None
             if isinstance(rec, QualityRecord) and rec.impl == "zoo" and rec.mode == "train":
                 done[identity(rec)] = rec
     cells = grid.cells()
+    to_run = []
     for index, cell in enumerate(cells, start=1):
         found = done.get(identity(cell))
         if found is not None:
             on_event(Event("done", cell, index, len(cells), found, resumed=True))
             yield found
-            continue
+        else:
+            to_run.append((index, cell))
+
+    def job_of(item: tuple[int, Cell]) -> launch.Job:
+        index, cell = item
         on_event(Event("start", cell, index, len(cells)))
         order = {"model": cell.model, "spec": cell.spec.to_dict(), "folder": str(cell.folder),
                  "catalog_dir": str(grid.catalog_dir) if grid.catalog_dir else None,
                  "threads": grid.threads, "command": grid.command}
-        status, result = spawn([json.dumps(order)], grid.timeout, grid.max_memory,
-                               module="harness.quality.cell")
-        rec = _record(cell, status, result)
+        return launch.Job((json.dumps(order),), CELL_MODULE, grid.timeout, grid.max_memory)
+
+    for outcome in launch.execute(launcher or launch.Local(), to_run, job_of):
+        index, cell = outcome.item
+        rec = _record(cell, outcome.status, outcome.result)
+        for name, value in launch.record_fields(outcome.placement).items():
+            setattr(rec, name, value)
         results.append(grid.results, rec)
         on_event(Event("done", cell, index, len(cells), rec))
         yield rec

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from harness import results
+from harness.launch import Outcome, Placement
 from harness.quality import grid as grid_module
 from harness.quality.grid import Grid, identity, parse_shapes, run_grid
 from harness.quality.spec import QualityError, RunSpec
@@ -62,12 +63,11 @@ def test_cells_run_in_their_own_process_and_a_rerun_skips_them(tmp_path, monkeyp
     assert rec.val_value is not None and rec.value is not None and rec.wall_s > 0
     assert len(results.load([grid.results]).records) == 2
 
-    def no_spawn(*args, **kwargs):
+    def no_run(job):
         raise AssertionError("a finished cell ran again")
 
-    monkeypatch.setattr("harness.sweep.spawn", no_spawn)
     events = []
-    again = list(run_grid(grid, events.append))
+    again = list(run_grid(grid, events.append, Scripted(no_run)))
     assert [r.value for r in again] == [r.value for r in records]
     assert all(e.resumed for e in events)
 
@@ -75,15 +75,15 @@ def test_cells_run_in_their_own_process_and_a_rerun_skips_them(tmp_path, monkeyp
 def test_a_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
     calls = []
 
-    def spawn(argv, timeout, max_rss, module):
-        calls.append(module)
+    def answer(job):
+        calls.append(job.module)
         if len(calls) == 1:
             return "oom", {"error": "killed by the system (out of memory)", "wall_s": 3.0}
-        return "timeout", {"error": f"still running after {timeout:g} s", "wall_s": timeout}
+        return "timeout", {"error": f"still running after {job.timeout:g} s",
+                           "wall_s": job.timeout}
 
-    monkeypatch.setattr("harness.sweep.spawn", spawn)
     grid = small_grid(tmp_path)
-    records = list(run_grid(grid))
+    records = list(run_grid(grid, launcher=Scripted(answer)))
     assert [r.status for r in records] == ["oom", "timeout"]
     assert calls == ["harness.quality.cell"] * 2
     assert "out of memory" in records[0].error and records[0].value is None
@@ -97,26 +97,51 @@ def test_a_killed_grid_keeps_its_finished_cells(tmp_path, monkeypatch):
     runs the second only."""
     ran = []
 
-    def spawn(argv, timeout, max_rss, module):
-        ran.append(argv)
+    def answer(job):
+        ran.append(job.argv)
         if len(ran) == 2:
             raise KeyboardInterrupt
         return "ok", {"record": fake_record(grid.cells()[0]).to_dict(), "wall_s": 1.0}
 
-    monkeypatch.setattr("harness.sweep.spawn", spawn)
     grid = small_grid(tmp_path)
+    first = Scripted(answer)
     with pytest.raises(KeyboardInterrupt):
-        list(run_grid(grid))
+        list(run_grid(grid, launcher=first))
     assert len(results.load([grid.results]).records) == 1
+    assert first.closed  # the launcher stopped what was still running
 
-    def second(argv, timeout, max_rss, module):
-        ran.append(argv)
+    def second(job):
+        ran.append(job.argv)
         return "ok", {"record": fake_record(grid.cells()[1]).to_dict(), "wall_s": 1.0}
 
-    monkeypatch.setattr("harness.sweep.spawn", second)
-    records = list(run_grid(grid))
+    records = list(run_grid(grid, launcher=Scripted(second)))
     assert len(ran) == 3 and [r.lr for r in records] == [1e-3, 3e-3]
     assert len(results.load([grid.results]).records) == 2
+
+
+class Scripted:
+    """A launcher that runs nothing: each job's outcome is `answer(job)`, one at a time."""
+
+    name, jobs = "local", 1
+
+    def __init__(self, answer):
+        self.answer, self.pending, self.closed = answer, [], False
+
+    def has_room(self):
+        return not self.pending
+
+    def busy(self):
+        return bool(self.pending)
+
+    def submit(self, item, job):
+        self.pending.append((item, job))
+
+    def wait(self):
+        item, job = self.pending.pop()
+        return [Outcome(item, *self.answer(job), Placement("local", 1))]
+
+    def close(self):
+        self.closed = True
 
 
 def fake_record(cell):
