@@ -45,8 +45,8 @@ else
     fi
 fi
 
-step "installing transformer-catalog and its test tools"
-pip install -qq -e ".[test]"
+step "installing transformer-catalog, its test tools and Ray (for --launcher ray)"
+pip install -qq -e ".[test,ray]"
 
 catalog() { "$VENV/bin/catalog" "$@"; }
 if [ "$MAIN_JOB" = 0 ]; then

@@ -294,7 +294,7 @@ class Ray:
         self.jobs = jobs or capacity
         self._task = ray.remote(_ray_cell).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
         self._cpus = cpus
-        self._running: dict[Any, tuple[Any, Placement]] = {}
+        self._running: dict[Any, tuple[Any, Placement, float]] = {}
 
     def has_room(self) -> bool:
         return len(self._running) < self.jobs
@@ -305,23 +305,25 @@ class Ray:
     def submit(self, item: Any, job: Job) -> None:
         ref = self._task.remote(job, self._cpus)
         placement = Placement(self.name, self.jobs, co_running=len(self._running))
-        for _, other in self._running.values():
+        for _, other, _ in self._running.values():
             other.co_running = max(other.co_running, len(self._running))
-        self._running[ref] = (item, placement)
+        self._running[ref] = (item, placement, time.monotonic())
 
     def wait(self) -> list[Outcome]:
         ray = self._ray
         ready, _ = ray.wait(list(self._running), num_returns=1)
         done = []
         for ref in ready:
-            item, placement = self._running.pop(ref)
+            item, placement, submitted = self._running.pop(ref)
             try:
                 status, result, where = ray.get(ref)
                 placement.host, placement.gpu = where["host"], where["gpu"]
             except ray.exceptions.RayError as error:  # the worker died, or the task failed
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                status, result = "error", {"error": f"the Ray worker running the cell failed: "
-                                                    f"{type(error).__name__}: {reason}"[:400]}
+                status, result = "error", {
+                    "error": f"the Ray worker running the cell failed: "
+                             f"{type(error).__name__}: {reason}"[:400],
+                    "wall_s": time.monotonic() - submitted}
             done.append(Outcome(item, status, result, placement))
         return done
 

@@ -48,6 +48,7 @@ class ReportError(ValueError):
 
 
 COMPARABLE = ("cpu", "gpu", "device", "dtype")  # records differing in these are never compared
+ALONE = "alone"  # a record timed with the machine to itself (see `timing`)
 DPI = 110
 
 
@@ -65,9 +66,10 @@ class Section:
 
     @property
     def title(self) -> str:
-        cpu, gpu, device, dtype = (v or "unknown" for v in self.key)
+        cpu, gpu, device, dtype, timing = (v or "unknown" for v in self.key)
         machine = f"{gpu} (host CPU {cpu})" if self.key[1] else cpu
-        return f"{machine} · {device} · {dtype}"
+        shared = "" if timing == ALONE else f" · timed with {timing}"
+        return f"{machine} · {device} · {dtype}{shared}"
 
     @property
     def bench(self) -> pd.DataFrame:
@@ -131,17 +133,37 @@ def load_results(paths: Sequence[Path | str], models: Sequence[str] | None = Non
         present = set(df["model"])
         warnings += [f"--models: no record of {m!r}" for m in models if m not in present]
         df = df[df["model"].isin(list(models))]
-    kept = results.latest(df) if len(df) else df
+    df = df.assign(timing=timing(df))  # a timing taken beside other cells replaces no other
+    kept = results.latest(df, also=("timing",)) if len(df) else df
     if len(kept) < len(df):
         warnings.append(f"{len(df) - len(kept)} earlier measurement(s) of the same cell "
                         "were replaced by the latest one")
     return kept, warnings
 
 
+def timing(df: pd.DataFrame) -> pd.Series:
+    """How each record's time was taken: ALONE, or "N cells at once (launcher)" for a
+    benchmark cell (or a quality run on a wall-clock budget) that a launcher ran beside other
+    cells (harness.launch). Such timings are never put on a plot or table with the others."""
+    jobs = df["jobs"] if "jobs" in df else pd.Series(None, index=df.index, dtype=float)
+    launcher = df["launcher"] if "launcher" in df else pd.Series(None, index=df.index)
+    timed = matches(df["kind"], "bench") | df.get(
+        "budget_seconds", pd.Series(None, index=df.index)).notna()
+    shared = timed & jobs.fillna(1).gt(1)
+    labels = [f"{int(j)} cells at once ({name})"
+              for j, name in zip(jobs[shared], launcher[shared], strict=True)]
+    out = pd.Series(ALONE, index=df.index, dtype=object)
+    out[shared] = labels
+    return out
+
+
 def sections_of(df: pd.DataFrame) -> list[Section]:
-    """Records grouped by machine (cpu, gpu), device and dtype, the largest group first."""
-    sections = [Section(tuple(_none(v) for v in key), rows)
-                for key, rows in df.groupby(list(COMPARABLE), dropna=False, sort=False)]
+    """Records grouped by machine (cpu, gpu), device, dtype and how they were timed, the
+    largest group first."""
+    if "timing" not in df:
+        df = df.assign(timing=timing(df))
+    sections = [Section(tuple(_none(v) for v in key), rows) for key, rows in
+                df.groupby([*COMPARABLE, "timing"], dropna=False, sort=False)]
     return sorted(sections, key=lambda s: (-len(s.rows), tuple(map(str, s.key))))
 
 
@@ -216,7 +238,9 @@ def _file_names(sections: Sequence[Section]) -> list[str]:
     """A file-name stem per section: cpu-float32, cuda-bfloat16, then -2, -3 for repeats."""
     stems, seen = [], Counter()
     for section in sections:
-        stem = re.sub(r"[^a-z0-9]+", "-", f"{section.key[2]}-{section.key[3]}".lower()).strip("-")
+        shared = "" if section.key[4] == ALONE else "-shared"
+        stem = re.sub(r"[^a-z0-9]+", "-", f"{section.key[2]}-{section.key[3]}{shared}".lower()
+                      ).strip("-")
         seen[stem] += 1
         stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
     return stems

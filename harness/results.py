@@ -319,12 +319,13 @@ def _pandas_dtype(annotation: Any) -> str:
             frozenset({float}): "Float64"}.get(frozenset(kinds), "object")
 
 
-def latest(df: pd.DataFrame) -> pd.DataFrame:
+def latest(df: pd.DataFrame, also: Sequence[str] = ()) -> pd.DataFrame:
     """Each measurement's latest record (by `time`, then by order read): a cell measured again
-    replaces its earlier records. Rows keep their original order."""
+    replaces its earlier records; `also` names columns that must match too. Rows keep their
+    original order."""
     keep = []
     for kind, rows in df.groupby("kind", sort=False):
-        fields = list(KEYS[str(kind)])
+        fields = [*KEYS[str(kind)], *also]
         ordered = rows[fields].map(_hashable).assign(
             _time=rows["time"].fillna("").astype(str)).sort_values("_time", kind="stable")
         unique = ordered.drop_duplicates(subset=fields, keep="last")

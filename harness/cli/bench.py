@@ -136,6 +136,8 @@ def bench(
         stderr().print(f"[yellow]note:[/] {runner.jobs} cells at once ({runner.name}): their "
                        "timings are taken beside each other and marked so in the records")
     records = _run_with_progress(plan, sweeps, catalog, peak_cache, runner)
+    order = {(c.model, c.impl, c.mode, c.seqlen): i for i, c in enumerate(plan.cells(catalog))}
+    records.sort(key=lambda r: order.get((r.model, r.impl, r.mode, r.seqlen), len(order)))
     stdout().print(_bench_table(records))
     stdout().print(f"records appended to {escape(str(results_path))}")
 

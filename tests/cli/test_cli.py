@@ -268,6 +268,10 @@ def test_validate_checks_variant_fields_against_the_zoo_config(write_catalog):
     (["bench", "rwkv", "--dtype", "float64"], ["unknown dtype 'float64'"]),
     (["bench", "mosaic-bert", "--against", "hf"], ["--against hf has no peer for mosaic-bert"]),
     (["bench"], ["name at least one model"]),
+    (["bench", "gpt", "--jobs", str(len(os.sched_getaffinity(0)) + 1)],
+     ["on the CPU needs", "one per cell at least"]),
+    (["bench", "gpt", "--launcher", "slurm"], ["--launcher 'slurm': choose local or ray"]),
+    (["bench", "gpt", "--address", "auto"], ["--address is for --launcher ray"]),
     (["bench", "gpt", "--variant", "tiny", "--results", "/proc/x/r.jsonl"],
      ["/proc/x/r.jsonl cannot be written"]),
 ])

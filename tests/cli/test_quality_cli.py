@@ -92,6 +92,9 @@ def test_quality_compares_models_on_one_table(tmp_path, corpus):
     (["quality", "gpt", "--budget", "2e14-flop"], "--budget '2e14-flop'"),
     (["quality", "gpt", "--task", "mqar", "--lr", "1e-3,1e-2", "--timeout", "0"],
      "--timeout must be positive"),
+    (["quality", "gpt", "--task", "mqar", "--jobs", "2"], "spread a grid's cells"),
+    (["quality", "gpt", "--task", "mqar", "--lr", "1e-3,1e-2", "--jobs",
+      str(len(os.sched_getaffinity(0)) + 1)], "on the CPU needs"),
 ])
 def test_errors_are_one_line(tmp_path, args, fragment):
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "x"),
