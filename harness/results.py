@@ -140,8 +140,10 @@ class QualityRecord(Record):
     # (eval_seqlen, stride) with bits_per_byte None (n/a) where the model cannot take the length.
     extrapolation: list[dict[str, Any]] | None = None
     # Mean loss by token position of the evaluation windows, log-binned, and the late-minus-early
-    # in-context-learning score (Olsson et al.); see harness.quality.curves.
-    position_loss: dict[str, Any] | None = None
+    # in-context-learning score (Olsson et al.); see harness.quality.curves. One dict per window
+    # length (the training length, then the longest the model takes); a single dict in records
+    # written before 2026-12-05.
+    position_loss: list[dict[str, Any]] | dict[str, Any] | None = None
 
 
 KINDS: dict[str, type[Record]] = {"bench": BenchRecord, "quality": QualityRecord}

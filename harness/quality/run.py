@@ -121,9 +121,11 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
 
 def _length_curves(net, data: Prepared, trained: int) -> dict:
     """Bits per byte of the first `curve_tokens` test tokens at each evaluation length
-    (nonoverlapping windows, and sliding ones with --stride), and the loss by token position in
-    windows of the longest length the model takes (cut from test documents at their start,
-    or from the joined stream when too few documents are that long)."""
+    (nonoverlapping windows, and sliding ones with --stride), and the loss by token position:
+    in windows of the training length, which every model takes (so that the curves of a grid
+    compare on the same windows), and in windows of the longest evaluation length the model
+    takes when that is longer. Windows are cut from test documents at their start, or from the
+    joined stream when too few documents are that long."""
     spec, tok = data.spec, data.tokenizer
     stream = data.test_stream[:spec.curve_tokens + 1]
     byte_lengths = tasks.token_bytes(tok)
@@ -135,13 +137,15 @@ def _length_curves(net, data: Prepared, trained: int) -> dict:
     limit = curves.length_limit(net, trained)
     longest = max(L for L in spec.eval_lengths() if limit is None or L <= limit)
     documents = [torch.tensor([tok.eos_id, *tok.encode(text)]) for text in data.test_documents]
-    windows = curves.document_windows(documents, longest)
-    source = "test documents, from their start"
-    if windows.shape[0] < 4:
-        windows = curves.stream_windows(data.test_stream, longest)
-        source = "the joined test stream (too few documents that long)"
-    by_position = curves.loss_by_position(net, windows, device=spec.device)
-    by_position["source"] = source
+    by_position = []
+    for length in dict.fromkeys((trained, longest)):
+        windows = curves.document_windows(documents, length)
+        source = "test documents, from their start"
+        if windows.shape[0] < 4:
+            windows = curves.stream_windows(data.test_stream, length)
+            source = "the joined test stream (too few documents that long)"
+        curve = curves.loss_by_position(net, windows, device=spec.device)
+        by_position.append({**curve, "source": source})
     return {"extrapolation": rows, "position_loss": by_position}
 
 

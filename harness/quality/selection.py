@@ -249,16 +249,18 @@ def position_loss(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     minus earlier loss; missing where no seed has one), their spreads, and `seeds`)."""
     bins, scores = [], []
     for cell in selected_cells(df).to_dict("records"):
-        curve = cell["position_loss"]
-        if not isinstance(curve, dict) or not curve:  # missing: None, or NaN from pandas
-            continue
-        ident = {name: cell[name] for name in (*GROUP, "lr")}
-        ident["eval_seqlen"] = curve.get("seqlen")
-        for (start, end), loss, count in zip(curve.get("bins", []), curve.get("loss", []),
-                                             curve.get("tokens", []), strict=False):
-            bins.append({**ident, "start": start, "end": end, "loss": loss, "tokens": count})
-        scores.append({**ident, "windows": curve.get("windows"),
-                       "mean_loss": curve.get("mean_loss"), "icl_score": curve.get("icl_score")})
+        found = cell["position_loss"]  # one curve per window length (one dict: older records)
+        for curve in found if isinstance(found, list) else [found]:
+            if not isinstance(curve, dict) or not curve:  # missing: None, or NaN from pandas
+                continue
+            ident = {name: cell[name] for name in (*GROUP, "lr")}
+            ident["eval_seqlen"] = curve.get("seqlen")
+            for (start, end), loss, count in zip(curve.get("bins", []), curve.get("loss", []),
+                                                 curve.get("tokens", []), strict=False):
+                bins.append({**ident, "start": start, "end": end, "loss": loss, "tokens": count})
+            scores.append({**ident, "windows": curve.get("windows"),
+                           "mean_loss": curve.get("mean_loss"),
+                           "icl_score": curve.get("icl_score")})
     if not scores:
         return (pd.DataFrame(columns=list(POSITION_COLUMNS)),
                 pd.DataFrame(columns=list(ICL_COLUMNS)))

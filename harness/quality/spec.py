@@ -44,6 +44,11 @@ TASK_DEFAULTS = {"lm": (256, 8, 1e-3), "seq2seq": (256, 8, 1e-3), "mlm": (128, 1
 # are what the lookup needs: at 16K tokens a step a mixer-only GPT stayed at 25% after 489 steps
 # on (64, 4), at 8K it reached 80% in 375.
 MQAR_TOKENS_PER_STEP = 8_192
+# lm's batch is counted in tokens: 8 sequences at the default 256, 16 at 128, 2 at 1024, so that
+# training length as an axis changes the context a step sees, not the tokens a step holds (with
+# 8 sequences at every length, an equal FLOPs budget gave T = 1024 8x fewer steps than T = 128,
+# and every model got worse with T: reports/lm-train-length-cpu, before).
+LM_TOKENS_PER_STEP = TASK_DEFAULTS["lm"][0] * TASK_DEFAULTS["lm"][1]
 # Zoology's smallest setting (64 tokens, 4 pairs) with a vocabulary of 512 instead of 8192: a
 # 2-core CPU then computes the logits of 256 x 64 positions fast enough to learn the lookup in
 # minutes (GPT tiny: 94% in 5 min); --mqar-vocab 8192 gives Zoology's figure.
@@ -184,6 +189,8 @@ class RunSpec:
             recipe = MQAR_RECIPE
         if self.task == "mqar":  # as Zoology's grid: fewer sequences per step as they grow
             batch = max(1, MQAR_TOKENS_PER_STEP // seqlen)
+        elif self.task == "lm" and self.seqlen:  # the batch is counted in tokens (see above)
+            batch = max(1, LM_TOKENS_PER_STEP // self.seqlen)
         return TrainConfig(budget=self.budget, seqlen=self.seqlen or seqlen,
                            batch_size=self.batch_size or batch, lr=self.lr or lr, seed=self.seed,
                            eval_every=self.eval_every, checkpoint_every=self.eval_every,

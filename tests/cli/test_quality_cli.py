@@ -201,7 +201,7 @@ def test_an_lm_grid_trains_every_cell_at_the_width_chosen_for_the_budget(tmp_pat
     monkeypatch.setattr(sizing, "size_for_budget", lambda models, spec, vocab, catalog=None:
                         sizing.Choice(96, {}, {}, "d_model 96 chosen for the test"))
     monkeypatch.setattr(grid_module, "run_grid",
-                        lambda grid, on_event: seen.extend(grid.cells()) or iter(()))
+                        lambda grid, on_event, launcher: seen.extend(grid.cells()) or iter(()))
     result = runner.invoke(app, ["quality", "gpt", "rwkv", "--task", "lm", "--seqlen", "64,128",
                                  "--budget", "1e9-flops", "--corpus", str(corpus),
                                  "--results", str(tmp_path / "q.jsonl")])

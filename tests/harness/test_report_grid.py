@@ -51,7 +51,10 @@ def lm(model: str, seqlen: int, lr: float, seed: int, bpb: float) -> QualityReco
                          metric="bits_per_byte", seqlen=seqlen, lr=lr, seed=seed, batch=8,
                          budget="1M tokens", corpus="python-stdlib-docs", tokenizer="bytes",
                          val_value=bpb, value=test, baseline=4.05,
-                         extrapolation=extrapolation, position_loss=position, **MACHINE)
+                         extrapolation=extrapolation,
+                         # a list of curves, one per window length; seed 0 as records written
+                         # before that held it: one dict
+                         position_loss=[position] if seed else position, **MACHINE)
 
 
 def grid() -> list[QualityRecord]:

@@ -20,6 +20,15 @@ def test_mqar_defaults_follow_zoology_at_a_cpu_size():
     assert RunSpec(task="mqar", budget=Budget(tokens=1)).mqar.vocab_size == 512
 
 
+def test_an_lm_batch_is_counted_in_tokens():
+    """Training length as an axis keeps the tokens of a step: 8 x 256 = 16 x 128 = 2 x 1024."""
+    batches = {T: RunSpec(task="lm", seqlen=T).train_config.batch_size
+               for T in (128, 256, 1024, 4096)}
+    assert batches == {128: 16, 256: 8, 1024: 2, 4096: 1}
+    assert RunSpec(task="lm").train_config.batch_size == 8
+    assert RunSpec(task="lm", seqlen=1024, batch_size=8).train_config.batch_size == 8
+
+
 def test_evaluation_lengths_double_up_to_the_longest():
     spec = RunSpec(task="lm", budget=Budget(tokens=1), seqlen=256, extrapolate=4096)
     assert spec.eval_lengths() == [256, 512, 1024, 2048, 4096]
