@@ -22,11 +22,13 @@ def test_mqar_defaults_follow_zoology_at_a_cpu_size():
 
 def test_an_lm_batch_is_counted_in_tokens():
     """Training length as an axis keeps the tokens of a step: 8 x 256 = 16 x 128 = 2 x 1024."""
-    batches = {T: RunSpec(task="lm", seqlen=T).train_config.batch_size
+    budget = Budget(tokens=10_000)
+    batches = {T: RunSpec(task="lm", budget=budget, seqlen=T).train_config.batch_size
                for T in (128, 256, 1024, 4096)}
     assert batches == {128: 16, 256: 8, 1024: 2, 4096: 1}
-    assert RunSpec(task="lm").train_config.batch_size == 8
-    assert RunSpec(task="lm", seqlen=1024, batch_size=8).train_config.batch_size == 8
+    assert RunSpec(task="lm", budget=budget).train_config.batch_size == 8
+    explicit = RunSpec(task="lm", budget=budget, seqlen=1024, batch_size=8)
+    assert explicit.train_config.batch_size == 8
 
 
 def test_evaluation_lengths_double_up_to_the_longest():
