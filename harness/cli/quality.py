@@ -256,6 +256,10 @@ def _run_grid(ctx: typer.Context, models: list[str], spec: RunSpec, *, shapes, w
                 timeout=timeout, force=force, catalog_dir=ctx.obj, command=command_line(ctx))
     check(grid)
     launcher, grid.threads = launcher_for(*launch_options, spec.device, grid.threads)
+    if launcher.jobs > 1 and spec.budget.seconds:
+        stderr().print(f"[yellow]note:[/] {launcher.jobs} cells at once on a wall-clock budget: "
+                       "each cell's share of the machine decides what the budget buys it (a "
+                       "token or FLOPs budget does not depend on it); the records say so")
     console = stderr()
     records = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
