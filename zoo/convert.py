@@ -1,9 +1,10 @@
 """Import published checkpoints into zoo models.
 
 `from_pretrained(name, path)` reads a Hugging Face-format folder (config.json with
-model.safetensors or pytorch_model.bin) or a single weights file (an official RWKV-4 `.pth`),
-turns its config and weights into the zoo's with the model's converter below, and loads them
-strictly: a missing, unexpected or mis-shaped key is an error that names the key.
+model.safetensors or pytorch_model.bin, whole or in shards) or a single weights file (an
+official RWKV-4 `.pth`), turns its config and weights into the zoo's with the model's converter
+below, and loads them strictly: a missing, unexpected or mis-shaped key is an error that names
+the key.
 """
 
 from __future__ import annotations
