@@ -1,9 +1,10 @@
 """Import published checkpoints into zoo models.
 
 `from_pretrained(name, path)` reads a Hugging Face-format folder (config.json with
-model.safetensors or pytorch_model.bin) or a single weights file (an official RWKV-4 `.pth`),
-turns its config and weights into the zoo's with the model's converter below, and loads them
-strictly: a missing, unexpected or mis-shaped key is an error that names the key.
+model.safetensors or pytorch_model.bin, whole or in shards) or a single weights file (an
+official RWKV-4 `.pth`), turns its config and weights into the zoo's with the model's converter
+below, and loads them strictly: a missing, unexpected or mis-shaped key is an error that names
+the key.
 """
 
 from __future__ import annotations
@@ -59,7 +60,32 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, Any], StateDict, Path]:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (path / name).exists():
             return config, read_state_dict(path / name), path / name
-    raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin in the folder")
+    for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (path / name).exists():  # weights split into shards (save_pretrained's max_shard_size)
+            return config, read_sharded(path / name), path / name
+    raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin (nor a .index.json "
+                          "of shards) in the folder")
+
+
+def read_sharded(index_file: Path) -> StateDict:
+    """Weights split into shards, read by their index ({"weight_map": {key: shard file}}, as
+    Hugging Face writes it): every shard must be in the folder and hold the keys it is given."""
+    try:
+        weight_map = json.loads(index_file.read_text(encoding="utf-8")).get("weight_map")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise CheckpointError(f"{index_file}: not a JSON object ({exc})") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_file}: no 'weight_map' of weights to shard files")
+    state: StateDict = {}
+    for shard in sorted(set(weight_map.values())):
+        if not (index_file.parent / shard).is_file():
+            raise CheckpointError(f"{index_file}: shard {shard!r} is not in the folder")
+        state.update(read_state_dict(index_file.parent / shard))
+    absent = [key for key in weight_map if key not in state]
+    if absent:
+        raise CheckpointError(f"{index_file}: weight {absent[0]!r} is not in its shard "
+                              f"{weight_map[absent[0]]!r}")
+    return state
 
 
 def load_into(model: torch.nn.Module, state: StateDict, source: Path | str) -> None:
@@ -487,12 +513,97 @@ def convert_rwkv(config: dict[str, Any], state: StateDict) -> tuple[dict[str, An
     return fields, out
 
 
+# --------------------------------------------------------------------------------------------------
+# Hugging Face LLaMA (`model_type: llama`, Llama 1 and 2) and Mistral (`mistral`) checkpoints ->
+# zoo.llama, from LlamaForCausalLM / MistralForCausalLM folders (one file or shards).
+#
+#     model.embed_tokens.weight, model.norm.weight, lm_head.weight
+#     model.layers.N.self_attn.{q,k,v,o}_proj.weight, model.layers.N.mlp.{gate,up,down}_proj.weight
+#     model.layers.N.input_layernorm.weight, model.layers.N.post_attention_layernorm.weight
+#
+# The tensors are copied as they are: Hugging Face's q and k rows are already in the rotate-half
+# RoPE layout the zoo uses (its conversion script permuted Meta's). Mistral's `sliding_window`
+# becomes `window` (null in v0.2 and later; absent means MistralConfig's default, 4096). RoPE's
+# base is `rope_parameters.rope_theta` in transformers 5, `rope_theta` before. What zoo.llama
+# does not compute is refused, naming the field: scaled RoPE (linear, dynamic, yarn, Llama 3.1's
+# "llama3"), biases, an activation other than SiLU, a head size other than d / n_head, a tied head.
+# --------------------------------------------------------------------------------------------------
+
+# zoo name inside block N -> Hugging Face name inside model.layers.N
+LLAMA_BLOCK_KEYS = {
+    "attn_norm": "input_layernorm",
+    "attn.q_proj": "self_attn.q_proj",
+    "attn.k_proj": "self_attn.k_proj",
+    "attn.v_proj": "self_attn.v_proj",
+    "attn.o_proj": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn.gate_proj": "mlp.gate_proj",
+    "ffn.up_proj": "mlp.up_proj",
+    "ffn.down_proj": "mlp.down_proj",
+}
+
+
+def convert_llama(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """(zoo.llama config fields, zoo state dict) from a LlamaForCausalLM or MistralForCausalLM
+    folder. A missing weight raises KeyError with its Hugging Face name; weights left over are
+    passed on under their own names, so that loading reports them as unexpected."""
+    fields = _llama_config_fields(config)
+    names = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+             "lm_head.weight": "lm_head.weight"}
+    for i in range(fields["n_layer"]):
+        names |= {f"blocks.{i}.{zoo}.weight": f"model.layers.{i}.{hf}.weight"
+                  for zoo, hf in LLAMA_BLOCK_KEYS.items()}
+    # Old checkpoints store RoPE's inverse frequencies, a buffer the zoo recomputes.
+    left = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+    out = {zoo: left.pop(hf) for zoo, hf in names.items()}
+    return fields, {**out, **left}
+
+
+def _llama_config_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """zoo.llama.LlamaConfig fields from a Llama or Mistral config.json."""
+    model_type = config.get("model_type")
+    if model_type not in ("llama", "mistral"):
+        raise CheckpointError(f"config.json: model_type {model_type!r} is not llama or mistral")
+    d, n_head = config["hidden_size"], config["num_attention_heads"]
+    unsupported = [
+        ("hidden_act", config.get("hidden_act", "silu") != "silu"),
+        ("attention_bias", bool(config.get("attention_bias"))),
+        ("mlp_bias", bool(config.get("mlp_bias"))),
+        ("head_dim", config.get("head_dim") not in (None, d // n_head)),
+        ("tie_word_embeddings", bool(config.get("tie_word_embeddings"))),
+    ]
+    for field, refused in unsupported:
+        if refused:
+            raise CheckpointError(f"config.json: {field} = {config[field]!r} is not supported by "
+                                  "zoo.llama (SiLU, no biases, head size d / n_head, untied head)")
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise CheckpointError(f"config.json: rope_type {rope_type!r} is not supported by "
+                              "zoo.llama (plain RoPE only)")
+    window = config.get("sliding_window", 4096) if model_type == "mistral" else None
+    return {
+        "vocab_size": config["vocab_size"],
+        "max_seq_len": config.get("max_position_embeddings", 2048),
+        "n_layer": config["num_hidden_layers"],
+        "n_head": n_head,
+        "n_kv_head": config.get("num_key_value_heads") or n_head,
+        "d_model": d,
+        "d_ff": config["intermediate_size"],
+        "norm_eps": config.get("rms_norm_eps", 1e-6),
+        "rope_theta": float(rope.get("rope_theta", config.get("rope_theta", 10_000.0))),
+        "window": window,
+        "init_std": config.get("initializer_range", 0.02),
+    }
+
+
 # zoo model name -> its converter.
 CONVERTERS: dict[str, Converter] = {
     "gpt": convert_gpt,
     "bert": convert_bert,
     "roberta": convert_roberta,
     "rwkv": convert_rwkv,
+    "llama": convert_llama,
 }
 
 

@@ -1,0 +1,291 @@
+"""LLaMA: a GPT-style decoder with pre-RMSNorm, SwiGLU and rotary positions; with Llama 2's
+grouped-query attention and Mistral's sliding window as config fields.
+
+Paper: Touvron et al. 2023, "LLaMA: Open and Efficient Foundation Language Models",
+arXiv 2302.13971 (architecture: section 2.2). References: Meta's `llama` repository (model.py)
+and Hugging Face's LlamaForCausalLM / MistralForCausalLM, whose folders zoo.convert reads.
+
+Differences from its parent, GPT-2 (zoo/gpt.py), as section 2.2 lists them:
+  - pre-normalisation with RMSNorm (Zhang & Sennrich 2019) instead of LayerNorm: each sub-block
+    normalises its input, the residual stream never is, and one RMSNorm precedes the head;
+  - SwiGLU feed-forward (Shazeer 2020), down(silu(gate(x)) * up(x)), of width 2/3 * 4d rounded
+    up to a multiple of 256 (11008 at d = 4096): three matrices with about the weights of GPT's
+    two;
+  - rotary position embeddings (RoPE, Su et al. 2021) applied to queries and keys in every layer
+    instead of a learned table added to the input: no table, so no hard length limit
+    (`max_seq_len` records the trained context only);
+  - no biases anywhere; the output head is a matrix of its own, not the token embedding.
+
+Two later models change one thing each, here a config field each:
+  - grouped-query attention (Ainslie et al. 2023; Llama 2 70B, Mistral), `n_kv_head`: keys and
+    values have n_kv_head heads, each read by a group of n_head / n_kv_head consecutive query
+    heads (query head h reads key/value head h // group). n_kv_head = n_head is LLaMA's
+    multi-head attention, 1 is multi-query attention. The KV cache stores the n_kv_head heads,
+    a group-fold smaller cache, which is the point of it.
+  - the sliding window (Jiang et al. 2023, Mistral 7B), `window` = W: a query at position q sees
+    keys k with q - W < k <= q, W keys including itself (None: full causal attention). Stacked
+    layers still carry information further back, up to W more positions per layer. Generation
+    then needs only the last W - 1 positions' keys and values: the cache stops growing there
+    (the paper's rolling buffer cache).
+
+Choices the paper leaves open, taken as Hugging Face's Llama takes them:
+  - RoPE in the rotate-half layout (channel i pairs with i + hs/2; zoo.layers.positions).
+    Meta's own checkpoints pair channels (2i, 2i+1); Hugging Face permutes their q and k rows
+    when converting, so both compute the same function. The zoo reads Hugging Face folders.
+  - RMSNorm eps 1e-6 (LLaMA-1; Llama 2 and Mistral use 1e-5), computed in fp32; RoPE base 10000
+    (Mistral v0.2 and later: 1e6).
+  - initialisation (unpublished): every matrix and the embedding N(0, 0.02), norm gains 1.
+  - in a padded batch, positions count from the start of the row, padding included (as
+    Hugging Face does without position_ids, and as zoo.gpt does).
+Parameter count (head size hs = d / n_head, kv width = n_kv_head * hs, f = d_ff):
+    2 V d + d + L (2 d^2 + 2 d kv + 3 d f + 2 d)
+which is 6,738,415,616 for the defaults, LLaMA-7B.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.layers import KVCache, RMSNorm, apply_rope, hidden_key_bias, rope_tables, sdpa
+from zoo.model import Output, ZooModel, generate, lm_loss
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """Defaults: LLaMA-7B (paper Table 2; Hugging Face's `huggyllama/llama-7b`)."""
+
+    vocab_size: int = 32_000
+    max_seq_len: int = 2048  # the trained context; RoPE has no table, so longer inputs still run
+    n_layer: int = 32
+    n_head: int = 32
+    n_kv_head: int | None = None  # key/value heads (GQA); None: n_head, LLaMA-1's multi-head
+    d_model: int = 4096
+    d_ff: int = 11_008  # SwiGLU width; 0: no feed-forward (mixer-only)
+    norm_eps: float = 1e-6
+    rope_theta: float = 10_000.0
+    window: int | None = None  # Mistral's sliding window W; None: full causal attention
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            object.__setattr__(self, "n_kv_head", self.n_head)
+        checks = [
+            (self.n_head >= 1 and self.d_model % self.n_head == 0,
+             f"d_model {self.d_model} is not divisible by n_head {self.n_head}"),
+            ((self.d_model // max(self.n_head, 1)) % 2 == 0, "RoPE needs an even head size"),
+            (self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0,
+             f"n_head {self.n_head} is not a multiple of n_kv_head {self.n_kv_head}"),
+            (self.window is None or self.window >= 1, "window must be None or >= 1"),
+            (self.d_ff >= 0, "d_ff must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+class WindowKVCache:
+    """A layer's keys and values under a sliding window W: only the last W - 1 positions are
+    kept, since the next query sees those and itself. `length` counts every position seen (the
+    next token's RoPE position), as KVCache.length does; `keys` holds at most W - 1 of them.
+    Appending concatenates and trims, a copy of W keys per step, the order of the attention's
+    own work over them (a ring buffer would save the copy but scramble the order of keys)."""
+
+    def __init__(self, window: int) -> None:
+        self.keep = window - 1
+        self.keys: torch.Tensor | None = None  # (B, n_kv, <= W - 1, hs)
+        self.values: torch.Tensor | None = None
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept keys and values followed by this call's T, (B, n_kv, kept + T, hs): what this
+        call's queries may see. Then keeps the last W - 1 of them."""
+        if self.keys is not None:
+            k, v = torch.cat((self.keys, k), dim=2), torch.cat((self.values, v), dim=2)
+        self.length += k.size(2) - (0 if self.keys is None else self.keys.size(2))
+        first = max(k.size(2) - self.keep, 0)
+        self.keys, self.values = k[:, :, first:].contiguous(), v[:, :, first:].contiguous()
+        return k, v
+
+
+class GroupedQueryAttention(nn.Module):
+    """Causal self-attention with RoPE on queries and keys, n_kv_head key/value heads shared by
+    groups of query heads, and a cache of the n_kv_head heads."""
+
+    def __init__(self, d_model: int, n_head: int, n_kv_head: int):
+        super().__init__()
+        self.n_head, self.n_kv_head = n_head, n_kv_head
+        self.group = n_head // n_kv_head  # query heads per key/value head
+        kv_width = n_kv_head * (d_model // n_head)
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)
+        self.k_proj = nn.Linear(d_model, kv_width, bias=False)
+        self.v_proj = nn.Linear(d_model, kv_width, bias=False)
+        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn_mask: torch.Tensor | None, is_causal: bool,
+                cache: KVCache | WindowKVCache | None) -> torch.Tensor:
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q = self.q_proj(x).view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, T, hs)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, hs).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, n_kv, S, hs): kept keys, then this call's
+        if self.group > 1:  # query head h reads key/value head h // group
+            k = k.repeat_interleave(self.group, dim=1)  # (B, nh, S, hs)
+            v = v.repeat_interleave(self.group, dim=1)
+        y = sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                 new_key_length=cache is not None)  # (B, nh, T, hs)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class SwiGLU(nn.Module):
+    """The feed-forward layer: down(silu(gate(x)) * up(x)), no biases."""
+
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=False)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=False)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm: each sub-block reads RMSNorm(x) and adds to the un-normalised stream.
+
+        a = x + Attn(RMSNorm(x));  h = a + SwiGLU(RMSNorm(a))
+    """
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = GroupedQueryAttention(config.d_model, config.n_head, config.n_kv_head)
+        self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.ffn = SwiGLU(config.d_model, config.d_ff) if config.d_ff else None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn_mask: torch.Tensor | None, is_causal: bool,
+                cache: KVCache | WindowKVCache | None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, attn_mask, is_causal, cache)
+        if self.ffn is None:  # d_ff = 0: the block is its attention alone
+            return x
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Llama(ZooModel):
+    config_class = LlamaConfig
+    causal_lm = True
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)  # untied
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # As Hugging Face's Llama (the paper does not say): N(0, init_std); RMSNorm gains stay 1.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+
+    def new_cache(self) -> list[KVCache | WindowKVCache]:
+        """One empty cache per layer: every position's keys, or the last W - 1 with a window."""
+        window = self.config.window
+        return [KVCache() if window is None else WindowKVCache(window) for _ in self.blocks]
+
+    def _attention_mask(self, attention_mask: torch.Tensor | None, T: int, past: int, kept: int,
+                        dtype: torch.dtype, device: torch.device
+                        ) -> tuple[torch.Tensor | None, bool]:
+        """(mask, is_causal) for SDPA: what this call's T queries (positions past..past+T-1) may
+        see of its kept + T keys (positions past-kept..past+T-1). Query q sees key k when
+        k <= q and, with a window W, q - W < k. `attention_mask` (B, past + T), 1 = token,
+        0 = padding, makes the mask an additive (B, 1, T, S): -inf where a key is not visible,
+        a very low finite score on padded keys, so that a query with only padding to see (a left
+        pad) averages it instead of producing NaNs (see zoo.layers.hidden_key_bias)."""
+        window = self.config.window
+        if attention_mask is None:
+            if T == 1:  # one new query sees every kept key (the window cache keeps W - 1)
+                return None, False
+            if kept == 0 and (window is None or T <= window):
+                return None, True  # plain causal attention: SDPA's own flag
+        q_pos = torch.arange(past, past + T, device=device)[:, None]  # (T, 1)
+        k_pos = torch.arange(past - kept, past + T, device=device)[None, :]  # (1, S)
+        visible = k_pos <= q_pos
+        if window is not None:
+            visible = visible & (k_pos > q_pos - window)  # (T, S)
+        if attention_mask is None:
+            return visible, False
+        B, positions = attention_mask.shape
+        if positions != past + T:
+            raise ValueError(f"attention_mask covers {positions} positions; expected {past + T} "
+                             f"({past} cached + {T} new)")
+        padded = ~attention_mask[:, past - kept:].bool()[:, None, None, :]  # (B, 1, 1, S)
+        mask = torch.zeros(B, 1, T, kept + T, dtype=dtype, device=device)
+        return mask.masked_fill(padded, hidden_key_bias(dtype)).masked_fill(~visible,
+                                                                            float("-inf")), False
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None,
+                cache: list[KVCache | WindowKVCache] | None = None,
+                use_cache: bool = False) -> Output:
+        """Logits (B, T, vocab) for `input_ids` (B, T). `targets` (B, T) are the next tokens,
+        aligned with the positions (-100 = ignored). With `cache` (one per layer, from the
+        previous call's `Output.cache`) the inputs continue the cached positions.
+        `attention_mask` (B, cached + T), 1 = token and 0 = padding, hides padded keys."""
+        B, T = input_ids.shape
+        c = self.config
+        if cache is None and use_cache:
+            cache = self.new_cache()
+        past = cache[0].length if cache is not None else 0
+        kept = past if c.window is None else min(past, c.window - 1)  # keys the cache holds
+        x = self.tok_emb(input_ids)  # (B, T, C); no position embedding, no scale
+        cos, sin = rope_tables(c.d_model // c.n_head, past, T, c.rope_theta, x.device)  # (T, hs)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # once here, not in every layer
+        mask, is_causal = self._attention_mask(attention_mask, T, past, kept, x.dtype, x.device)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, mask, is_causal, cache[i] if cache is not None else None)
+        logits = self.lm_head(self.norm(x))  # (B, T, V)
+        loss = lm_loss(logits, targets) if targets is not None else None
+        return Output(logits=logits, loss=loss, cache=cache)
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None,
+                 eos_id: int | None = None) -> torch.Tensor:
+        """(B, T + new) tokens: greedy by default, sampled when temperature > 0 (see
+        zoo.model.generate); each step feeds one token on top of the KV cache."""
+        step = lambda tokens, cache: self(tokens, cache=cache, use_cache=True)  # noqa: E731
+        return generate(step, input_ids, max_new_tokens, temperature, top_k, generator, eos_id)
+
+    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
+                     padded: bool = False) -> dict:
+        """Random token ids, never padded (`padded` is ignored), as zoo.gpt: a causal LM reads a
+        right-padded batch correctly without a mask, and benchmarks time the plain path."""
+        ids = torch.randint(0, self.config.vocab_size, (batch, seqlen), device=device)
+        return {"input_ids": ids}
+
+    def flops_per_token(self, seqlen: int) -> float:
+        """Forward FLOPs per token at context `seqlen`:
+            2 * (n_layer * (2 d^2 + 2 d kv + 3 d f) + V d)  [q, o; k, v (GQA: kv = n_kv * hs);
+                                                           SwiGLU; untied head]
+          + 4 * n_layer * d * (average keys a query sees) [QK^T and AV over every query head]
+        The average is (seqlen + 1) / 2 for causal attention; a window W caps each query at W
+        keys: (W (W + 1) / 2 + (seqlen - W) W) / seqlen once seqlen > W. Norms, RoPE, softmax,
+        the SiLU and the embedding lookup are left out."""
+        c = self.config
+        d, kv = c.d_model, c.n_kv_head * (c.d_model // c.n_head)
+        matmul_weights = c.n_layer * (2 * d * d + 2 * d * kv + 3 * d * c.d_ff) + c.vocab_size * d
+        w = c.window
+        if w is None or seqlen <= w:
+            context = (seqlen + 1) / 2
+        else:
+            context = (w * (w + 1) / 2 + (seqlen - w) * w) / seqlen
+        return 2.0 * matmul_weights + 4.0 * c.n_layer * d * context
