@@ -64,7 +64,7 @@ MQAR_NO_DROPOUT = ("dropout", "attn_dropout")
 # mixer-only one reached 80% in 375 (batch 128, lr 3e-3, one seed each).
 MQAR_MIXER_ONLY = {"d_ff": 0}
 # ... and Zoology's attention has one head.
-MQAR_ONE_HEAD = {"n_head": 1}
+MQAR_ONE_HEAD = {"n_head": 1, "n_kv_head": 1}  # (grouped-query attention: one kv head)
 
 
 def mqar_init_std(d_model: int) -> float:
