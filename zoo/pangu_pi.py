@@ -53,11 +53,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import KVCache, causal_mask, sdpa
+from zoo.layers import KVCache, RMSNorm, apply_rope, causal_mask, rope_tables, sdpa
 from zoo.model import Output, ZooModel, generate, lm_loss
 
 SIAF_ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh}
-RMS_NORM = getattr(F, "rms_norm", None)  # torch >= 2.4; the written-out equation before that
 
 
 def llama_ffn_size(d_model: int, multiple_of: int = 256) -> int:
@@ -111,43 +110,6 @@ class PanguPiConfig:
     @property
     def ffn_size(self) -> int:
         return self.d_ff if self.d_ff is not None else llama_ffn_size(self.d_model)
-
-
-class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, computed in fp32 (no mean subtraction, no bias)."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and RMS_NORM is not None:  # the same equation in one call
-            return RMS_NORM(x, self.weight.shape, self.weight, self.eps)
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
-
-
-def rope_tables(head_size: int, start: int, length: int, theta: float,
-                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin (length, hs) for positions start..start+length-1. Channel pair (i, i + hs/2)
-    rotates by angle pos * theta^(-2i/hs). Built in fp32 per call: no buffer to go stale."""
-    inv_freq = theta ** -(torch.arange(0, head_size, 2, device=device, dtype=torch.float32)
-                          / head_size)
-    pos = torch.arange(start, start + length, device=device, dtype=torch.float32)
-    angles = torch.outer(pos, inv_freq)  # (T, hs/2)
-    angles = torch.cat((angles, angles), dim=-1)  # (T, hs)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, nh, T, hs) by the tables: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
-    if cos.dtype != x.dtype:
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return x * cos + rotated * sin
 
 
 class Attention(nn.Module):

@@ -13,6 +13,9 @@ from zoo.layers.attention import (
 from zoo.layers.feedforward import ACTIVATIONS, FeedForward
 from zoo.layers.heads import tied_head
 from zoo.layers.init import bert_init
+from zoo.layers.norms import RMSNorm
+from zoo.layers.positions import apply_rope, rope_tables
 
-__all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "MultiHeadAttention", "bert_init",
-           "causal_mask", "hidden_key_bias", "math_attention", "merge_masks", "sdpa", "tied_head"]
+__all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "MultiHeadAttention", "RMSNorm", "apply_rope",
+           "bert_init", "causal_mask", "hidden_key_bias", "math_attention", "merge_masks",
+           "rope_tables", "sdpa", "tied_head"]
