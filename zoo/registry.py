@@ -14,6 +14,7 @@ REGISTRY: dict[str, str] = {
     "mosaic-bert": "zoo.mosaic_bert:MosaicBert",
     "rwkv": "zoo.rwkv:RWKV",
     "pangu-pi": "zoo.pangu_pi:PanguPi",
+    "mamba": "zoo.mamba:Mamba",
 }
 
 
