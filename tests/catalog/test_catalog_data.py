@@ -22,10 +22,10 @@ openassistant-llama opt palm pegasus pythia roberta seeker sparrow stable-diffus
 swin-transformer switch t0 t5 trajectory-transformer transformer-xl turing-nlg ul2 vicuna vit
 wu-dao-2 xlm-roberta xlnet
 """.split()
-ADDED_IDS = ["transformer", "rwkv", "mosaicbert", "pangu-pi"]
+ADDED_IDS = ["transformer", "rwkv", "mosaicbert", "pangu-pi", "mamba"]
 RUNNABLE = {"transformer": "transformer", "bert": "bert", "gpt": "gpt", "gpt-2": "gpt",
             "roberta": "roberta", "mosaicbert": "mosaic-bert", "rwkv": "rwkv",
-            "pangu-pi": "pangu-pi"}
+            "pangu-pi": "pangu-pi", "mamba": "mamba"}
 
 
 @pytest.fixture(scope="module")
