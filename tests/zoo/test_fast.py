@@ -31,7 +31,7 @@ CAUSAL = [n for n in MODELS if getattr(zoo.load_class(n), "causal_lm", False)]
 EXPECTED = {"gpt": ("linear", "ffn", "dropout"), "bert": ("linear", "ffn", "dropout"),
             "roberta": ("linear", "ffn", "dropout"), "transformer": ("linear", "ffn", "dropout"),
             "mosaic-bert": ("linear", "dropout"), "pangu-pi": ("linear",),
-            "rwkv": ("linear", "ffn", "wkv")}
+            "rwkv": ("linear", "ffn", "wkv"), "mamba": ("linear",)}
 LOGITS = dict(atol=2e-5, rtol=1e-5)
 
 
