@@ -68,8 +68,9 @@ class MambaConfig:
     dt_min: float = 0.001  # initial step sizes are log-uniform in [dt_min, dt_max]
     dt_max: float = 0.1
     # Tokens per chunk of the parallel scan; speed only, same result. None: 16 on the CPU (the
-    # doubling work grows with log2 of it; 8 to 16 measured fastest), 128 on GPUs, where each
-    # Python step costs kernel launches rather than work (not measured here).
+    # doubling work grows with log2 of it; 16 ran fastest of 8, 16 and 32 for the tiny and
+    # small variants at 1024 tokens), 128 on GPUs, where each Python step costs kernel
+    # launches rather than work (not measured).
     scan_chunk_len: int | None = None
 
     def __post_init__(self) -> None:
@@ -275,14 +276,18 @@ class Mamba(ZooModel):
         and 0 = padding, covers the new tokens (B, T) or, as for GPT, the cached ones too
         (B, cached + T; the state already holds the past, so only the last T columns are read).
         A padded token adds nothing to either state, so left padding leaves the real tokens'
-        logits as without it; the logits at padded positions are meaningless."""
+        logits and the state as without it; the logits at padded positions are meaningless.
+        (As in Hugging Face, padding after real tokens still lets the state decay.)"""
         B, T = input_ids.shape
         x = self.embedding(input_ids)  # (B, T, d)
         state = cache if cache is not None else MambaState.empty(self.config, B, x.dtype,
                                                                  x.device)
         mask = None
         if attention_mask is not None:
-            mask = attention_mask[:, -T:].to(x.dtype)
+            if attention_mask.size(1) < T:
+                raise ValueError(f"attention_mask covers {attention_mask.size(1)} positions; "
+                                 f"expected at least the {T} new ones")
+            mask = attention_mask[:, -T:].to(x.dtype)  # (B, T)
         conv_states, ssm_states = [], []
         for i, block in enumerate(self.layers):
             x, conv, ssm = block(x, state.conv[i], state.ssm[i], mask)

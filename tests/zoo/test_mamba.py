@@ -285,6 +285,8 @@ def test_left_padding_does_not_reach_the_real_tokens():
             torch.testing.assert_close(out_next[b:b + 1], ref_next, atol=1e-5, rtol=0)
             if length < 31:  # without the mask the pads are read as tokens
                 assert (unmasked[b, 31 - length:] - ref.logits[0]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="attention_mask covers 1 positions"):
+        model(padded, attention_mask=mask[:, :1])
 
 
 def test_bf16_runs_with_an_fp32_state():
