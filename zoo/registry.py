@@ -13,8 +13,8 @@ REGISTRY: dict[str, str] = {
     "roberta": "zoo.roberta:Roberta",
     "mosaic-bert": "zoo.mosaic_bert:MosaicBert",
     "rwkv": "zoo.rwkv:RWKV",
-    "pangu-pi": "zoo.pangu_pi:PanguPi",
     "mamba": "zoo.mamba:Mamba",
+    "pangu-pi": "zoo.pangu_pi:PanguPi",
 }
 
 

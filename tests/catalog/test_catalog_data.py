@@ -24,8 +24,9 @@ wu-dao-2 xlm-roberta xlnet
 """.split()
 ADDED_IDS = ["transformer", "rwkv", "mosaicbert", "pangu-pi", "mamba"]
 RUNNABLE = {"transformer": "transformer", "bert": "bert", "gpt": "gpt", "gpt-2": "gpt",
+            "mamba": "mamba",
             "roberta": "roberta", "mosaicbert": "mosaic-bert", "rwkv": "rwkv",
-            "pangu-pi": "pangu-pi", "mamba": "mamba"}
+            "pangu-pi": "pangu-pi"}
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,10 @@ MODELS = sorted(zoo.REGISTRY)
 CAUSAL = [n for n in MODELS if getattr(zoo.load_class(n), "causal_lm", False)]
 # The routes each model has modules for.
 EXPECTED = {"gpt": ("linear", "ffn", "dropout"), "bert": ("linear", "ffn", "dropout"),
+            "mamba": ("linear",),
             "roberta": ("linear", "ffn", "dropout"), "transformer": ("linear", "ffn", "dropout"),
             "mosaic-bert": ("linear", "dropout"), "pangu-pi": ("linear",),
-            "rwkv": ("linear", "ffn", "wkv"), "mamba": ("linear",)}
+            "rwkv": ("linear", "ffn", "wkv")}
 LOGITS = dict(atol=2e-5, rtol=1e-5)
 
 
