@@ -400,6 +400,139 @@ def _renamed(state: StateDict, prefix: str, n_layer: int, head: dict[str, str]) 
 
 
 # --------------------------------------------------------------------------------------------------
+# Mamba checkpoints -> zoo.mamba.
+#
+# Two layouts of the same tensors (prefix `backbone.`, then `layers.N.norm.weight`,
+# `layers.N.mixer.{in_proj,conv1d,x_proj,dt_proj,out_proj}.*`, `layers.N.mixer.A_log|D` and
+# `norm_f.weight`):
+#   - Hugging Face `MambaForCausalLM` folders (config.json with model_type "mamba"; state-spaces/
+#     mamba-*-hf): the embedding is `backbone.embeddings.weight`; the tied `lm_head.weight` is
+#     not stored;
+#   - the original mamba_ssm layout (state-spaces/mamba-*: config.json with d_model, n_layer,
+#     vocab_size, ssm_cfg, pad_vocab_size_multiple; pytorch_model.bin): `backbone.embedding.weight`
+#     and a stored copy of it as `lm_head.weight`. Its vocab_size is the tokenizer's (50277);
+#     the tensors have it padded up to a multiple of pad_vocab_size_multiple (50280). A bare
+#     weights file in this layout is read with the sizes of its tensors.
+# The zoo's names are the original ones without `backbone.`.
+# --------------------------------------------------------------------------------------------------
+
+# mamba_ssm's ssm_cfg keys the zoo reads, and those that only shape the initialisation or pick a
+# CUDA kernel (the same numbers either way).
+_MAMBA_SSM_CFG = {"d_state": "d_state", "d_conv": "d_conv", "expand": "expand",
+                  "dt_rank": "dt_rank", "conv_bias": "conv_bias", "bias": "bias",
+                  "dt_min": "dt_min", "dt_max": "dt_max"}
+_MAMBA_SSM_CFG_IGNORED = {"dt_init", "dt_scale", "dt_init_floor", "use_fast_path", "layer"}
+
+
+def _mamba_fields_from_hf(config: dict[str, Any]) -> dict[str, Any]:
+    if config.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"config.json field 'hidden_act' = {config['hidden_act']!r} is not "
+                              "supported: Mamba uses 'silu'")
+    if config.get("tie_word_embeddings") is False:
+        raise CheckpointError("config.json field 'tie_word_embeddings' is false; zoo.mamba ties "
+                              "its head to the embedding")
+    d, expand = config["hidden_size"], config.get("expand", 2)
+    if config.get("intermediate_size") not in (None, expand * d):
+        raise CheckpointError(f"config.json field 'intermediate_size' = "
+                              f"{config['intermediate_size']} is not expand * hidden_size = "
+                              f"{expand * d}")
+    rank = config.get("time_step_rank", "auto")
+    return {"vocab_size": config["vocab_size"], "n_layer": config["num_hidden_layers"],
+            "d_model": d, "d_state": config.get("state_size", 16),
+            "d_conv": config.get("conv_kernel", 4), "expand": expand,
+            "dt_rank": None if rank == "auto" else rank,
+            "conv_bias": config.get("use_conv_bias", True), "bias": config.get("use_bias", False),
+            "norm_eps": config.get("layer_norm_epsilon", 1e-5),
+            "dt_min": config.get("time_step_min", 0.001),
+            "dt_max": config.get("time_step_max", 0.1)}
+
+
+def _mamba_fields_from_original(config: dict[str, Any]) -> dict[str, Any]:
+    """mamba_ssm's MambaConfig (config.json of state-spaces/mamba-*) -> zoo fields."""
+    for field, plain in (("d_intermediate", 0), ("attn_layer_idx", []), ("rms_norm", True),
+                         ("tie_embeddings", True)):
+        if config.get(field, plain) != plain:
+            raise CheckpointError(f"config.json field {field!r} = {config[field]!r} is not "
+                                  f"supported: zoo.mamba is the plain Mamba ({field} {plain!r})")
+    ssm_cfg = dict(config.get("ssm_cfg") or {})
+    if ssm_cfg.get("layer", "Mamba1") != "Mamba1":
+        raise CheckpointError(f"config.json field 'ssm_cfg.layer' = {ssm_cfg['layer']!r}: "
+                              "zoo.mamba is Mamba1")
+    unknown = sorted(set(ssm_cfg) - set(_MAMBA_SSM_CFG) - _MAMBA_SSM_CFG_IGNORED)
+    if unknown:
+        raise CheckpointError(f"config.json field 'ssm_cfg.{unknown[0]}' is not supported")
+    multiple = config.get("pad_vocab_size_multiple", 8)
+    fields = {"vocab_size": -(-config["vocab_size"] // multiple) * multiple,  # round up
+              "n_layer": config["n_layer"], "d_model": config["d_model"]}
+    fields |= {ours: ssm_cfg[theirs] for theirs, ours in _MAMBA_SSM_CFG.items()
+               if theirs in ssm_cfg}
+    if fields.get("dt_rank") == "auto":
+        fields["dt_rank"] = None
+    return fields
+
+
+def _mamba_fields_from_tensors(state: StateDict) -> dict[str, Any]:
+    """zoo fields from a bare state dict in the original layout (the zoo's keys)."""
+    vocab, d = state["embedding.weight"].shape
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))}
+    if not layers:
+        raise CheckpointError("no 'layers.N.' weights: not a Mamba state dict")
+    mixer = "layers.0.mixer."
+    d_inner, d_state = state[mixer + "A_log"].shape
+    return {"vocab_size": vocab, "n_layer": max(layers) + 1, "d_model": d,
+            "d_state": d_state, "d_conv": state[mixer + "conv1d.weight"].shape[-1],
+            "expand": d_inner // d, "dt_rank": state[mixer + "dt_proj.weight"].shape[1],
+            "conv_bias": mixer + "conv1d.bias" in state,
+            "bias": mixer + "in_proj.bias" in state}
+
+
+def convert_mamba(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """(zoo.mamba config fields, zoo state dict) from a Hugging Face MambaForCausalLM folder, an
+    original mamba_ssm checkpoint (config.json + weights) or a bare original state dict."""
+    from zoo.mamba import Mamba, MambaConfig
+
+    model_type = config.get("model_type")
+    if model_type == "mamba":
+        fields = _mamba_fields_from_hf(config)
+    elif model_type is None and "d_model" in config:
+        fields = _mamba_fields_from_original(config)
+    elif not config:
+        fields = None  # sizes from the tensors, once the keys are the zoo's
+    else:
+        raise CheckpointError(f"config.json has model_type {model_type!r}, expected 'mamba' "
+                              "(Hugging Face) or mamba_ssm's config (d_model, n_layer, ssm_cfg)")
+    prefix = "backbone." if any(k.startswith("backbone.") for k in state) else ""
+    zoo_key = {}  # zoo key -> the checkpoint's key
+    for key in state:
+        zoo_key[re.sub(r"^embeddings\.", "embedding.", key.removeprefix(prefix))] = key
+    renamed = {name: state[key] for name, key in zoo_key.items()}
+    if fields is None:
+        fields = _mamba_fields_from_tensors(renamed)
+    with torch.device("meta"):  # the zoo's keys and shapes for these fields, no memory used
+        expected = Mamba(MambaConfig(**fields)).state_dict()
+    out = {}
+    for name, like in expected.items():
+        if name == "lm_head.weight":
+            continue
+        if name not in renamed:  # named as the checkpoint's layout spells it
+            hf = model_type == "mamba" and name == "embedding.weight"
+            raise KeyError(prefix + ("embeddings.weight" if hf else name))
+        tensor = renamed.pop(name)
+        if tensor.shape != like.shape:
+            raise CheckpointError(f"weight {zoo_key[name]!r} has shape {tuple(tensor.shape)}, "
+                                  f"expected {tuple(like.shape)}")
+        out[name] = tensor
+    head = renamed.pop("lm_head.weight", None)  # the original layout stores the tied copy
+    if head is not None and (head.shape != out["embedding.weight"].shape
+                             or not torch.equal(head, out["embedding.weight"])):
+        raise CheckpointError("weight 'lm_head.weight' differs from the token embedding; "
+                              "zoo.mamba ties its output head to it")
+    out["lm_head.weight"] = out["embedding.weight"]  # the tied head: one tensor, two keys
+    out.update({zoo_key[name]: tensor for name, tensor in renamed.items()})  # -> unexpected
+    return fields, out
+
+
+# --------------------------------------------------------------------------------------------------
 # RWKV-4 checkpoints -> zoo.rwkv.
 #
 # Two sources:
@@ -602,6 +735,7 @@ CONVERTERS: dict[str, Converter] = {
     "gpt": convert_gpt,
     "bert": convert_bert,
     "roberta": convert_roberta,
+    "mamba": convert_mamba,
     "rwkv": convert_rwkv,
     "llama": convert_llama,
 }

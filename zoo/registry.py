@@ -13,6 +13,7 @@ REGISTRY: dict[str, str] = {
     "roberta": "zoo.roberta:Roberta",
     "mosaic-bert": "zoo.mosaic_bert:MosaicBert",
     "rwkv": "zoo.rwkv:RWKV",
+    "mamba": "zoo.mamba:Mamba",
     "pangu-pi": "zoo.pangu_pi:PanguPi",
     "llama": "zoo.llama:Llama",
 }
