@@ -117,29 +117,47 @@ def test_sweeps_that_cannot_start(tmp_path, fields, message):
         sweeps.check(tiny(tmp_path, **fields))
 
 
-def test_interrupting_a_sweep_keeps_a_valid_file(tmp_path, peak_cache):
+@pytest.mark.parametrize("jobs", [[], ["--jobs", "2"]])
+def test_interrupting_a_sweep_keeps_a_valid_file(tmp_path, peak_cache, jobs):
     """Ctrl-C stops a sweep cleanly, even in a process started with SIGINT ignored (as a
     shell starts a background job, and as this suite may be started): the CLI installs its own
-    handler for the sweep."""
+    handler for the sweep. With several cells at once, every running cell is stopped too."""
+    if jobs and len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("two jobs need two cores")
     out = tmp_path / "bench.jsonl"
     env = {**os.environ, "HOME": str(tmp_path)}
     cache = tmp_path / ".cache" / "transformer-catalog" / "matmul_peaks.json"
     cache.parent.mkdir(parents=True)
-    cache.write_text(peak_cache.read_text())
+    cache.write_text(json.dumps({sweeps.peak_label("cpu", "float32", threads): 1e11
+                                 for threads in (None, 1)}))
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "bench", "gpt", "--variant", "tiny",
-         "--seqlen", "32..4096", "--repeat", "2", "--results", str(out)],
+         "--seqlen", "32..4096", "--repeat", "2", "--results", str(out), *jobs],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or not out.read_text().strip()):
         time.sleep(0.1)
+    cells = _children(proc.pid)
+    while not cells and time.monotonic() < deadline:  # between two cells: wait for the next
+        time.sleep(0.05)
+        cells = _children(proc.pid)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
     lines = out.read_text().splitlines()
     assert 1 <= len(lines) < 8 and all(json.loads(line)["status"] == "ok" for line in lines)
+    assert cells and not any(os.path.exists(f"/proc/{pid}") for pid in cells)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes `pid` started (Linux), e.g. a sweep's running cells."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as children:
+            found += [int(child) for child in children.read().split()]
+    return found
 
 
 def test_peers_are_measured_side_by_side_with_a_ratio(tmp_path, peak_cache):
