@@ -32,19 +32,25 @@ def test_check_model_names_the_missing_variant():
     assert check_model("transformer", RunSpec(task="lm", budget=Budget(tokens=1))) == "seq2seq"
 
 
-@pytest.mark.parametrize("model", ["gpt", "rwkv", "pangu-pi"])
+@pytest.mark.parametrize("model", ["gpt", "rwkv", "pangu-pi", "llama", "mamba"])
 def test_mqar_builds_zoology_models(model):
-    """Mixer-only blocks, one head, no dropout, and PyTorch's default weight scale where the
-    model has an init_std (RWKV keeps its own scheme); lm builds the variant as it is."""
+    """Mixer-only blocks, one head (LLaMA: one key/value head too), no dropout, and PyTorch's
+    default weight scale where the model has an init_std (RWKV and Mamba keep their own
+    schemes; Mamba's block is its mixer alone, with no heads); lm builds the variant as it is."""
     from harness.quality.data import Prepared
     from harness.quality.model import build_model
     from harness.quality.tokenizer import ByteTokenizer
 
     spec = RunSpec(task="mqar", budget=Budget(tokens=1), variant="tiny", width=96)
     config = build_model(model, "mqar", Prepared(spec)).config
-    assert (config.d_model, config.d_ff) == (96, 0)
-    if model != "rwkv":
+    assert (config.d_model, getattr(config, "d_ff", 0)) == (96, 0)
+    assert config.vocab_size == spec.mqar.vocab_size
+    if model not in ("rwkv", "mamba"):
         assert config.n_head == 1 and config.init_std == pytest.approx((3 * 96) ** -0.5)
+    if model == "llama":
+        assert config.n_kv_head == 1
+    if model == "mamba":  # mamba_ssm's initialisation, and its width sizes the rest
+        assert config.emb_init_std == 0.02 and (config.d_inner, config.dt_rank) == (192, 6)
     lm = RunSpec(task="lm", budget=Budget(tokens=1), variant="tiny")
     plain = build_model(model, "lm", Prepared(lm, tokenizer=ByteTokenizer())).config
-    assert plain.d_ff != 0 and getattr(plain, "init_std", 0.02) == 0.02
+    assert getattr(plain, "d_ff", 1) != 0 and getattr(plain, "init_std", 0.02) == 0.02

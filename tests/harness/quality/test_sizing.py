@@ -40,3 +40,20 @@ def test_width_fields_scale_a_fixed_feed_forward_and_the_depth():
     sized = width_fields("pangu-pi", small, 128, depth=True)
     assert (sized["d_model"], sized["d_ff"], sized["n_layer"]) == (128, 352, 2)
     assert width_fields("pangu-pi", small, 128)["n_layer"] == 6
+
+
+def test_width_fields_size_llama_and_mamba():
+    """LLaMA's fixed SwiGLU width scales with d_model (its heads stay, at an even head size for
+    RoPE); Mamba has no d_ff: its d_inner and dt_rank follow d_model."""
+    llama = width_fields("llama", variant_fields("llama", "small"), 128, depth=True)
+    assert (llama["d_model"], llama["d_ff"], llama["n_layer"]) == (128, 352, 2)
+    mamba = width_fields("mamba", variant_fields("mamba", "small"), 128, depth=True)
+    assert (mamba["d_model"], mamba["n_layer"]) == (128, 4) and "d_ff" not in mamba
+    for name, fields in (("llama", llama), ("mamba", mamba)):
+        config = build(name, overrides={**fields, "vocab_size": 259}, seqlen=256,
+                       device="meta").model.config
+        assert config.d_model == 128
+    choice = size_for_budget(["llama", "mamba"],
+                             RunSpec(task="lm", budget=Budget(tokens=20_000_000)), 259)
+    assert choice.width == 128  # at 192 LLaMA's small has 1.0M parameters, over 20M / 20
+    assert all(choice.tokens[m] >= TOKENS_PER_PARAM * choice.params[m] for m in choice.params)
