@@ -871,10 +871,64 @@ def export_rwkv(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
                     for key, tensor in rwkv_to_official(zoo).items()}
 
 
+def export_llama(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """zoo.llama -> LlamaForCausalLM, or MistralForCausalLM when the config has a sliding window
+    (`window` -> `sliding_window`): LLAMA_BLOCK_KEYS read backwards, the tensors as they are
+    (both sides use the rotate-half RoPE layout). RoPE's base goes into `rope_parameters`, as
+    transformers 5 keeps it; the head is untied and nothing has a bias. A block without a
+    feed-forward (d_ff 0) has no Hugging Face counterpart."""
+    if c.d_ff == 0:
+        raise CheckpointError("transformers' Llama and Mistral always have a feed-forward; "
+                              "this config has d_ff 0")
+    mistral = c.window is not None
+    config = {"model_type": "mistral" if mistral else "llama",
+              "architectures": ["MistralForCausalLM" if mistral else "LlamaForCausalLM"],
+              "vocab_size": c.vocab_size, "max_position_embeddings": c.max_seq_len,
+              "hidden_size": c.d_model, "intermediate_size": c.d_ff,
+              "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head,
+              "num_key_value_heads": c.n_kv_head, "head_dim": c.d_model // c.n_head,
+              "hidden_act": "silu", "rms_norm_eps": c.norm_eps,
+              "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+              "initializer_range": c.init_std, "attention_dropout": 0.0,
+              "tie_word_embeddings": False, "bos_token_id": None, "eos_token_id": None}
+    if mistral:
+        config["sliding_window"] = c.window
+    else:  # MistralConfig has no bias switches: it never has biases
+        config |= {"attention_bias": False, "mlp_bias": False}
+    hf = {"model.embed_tokens.weight": zoo["tok_emb.weight"],
+          "model.norm.weight": zoo["norm.weight"], "lm_head.weight": zoo["lm_head.weight"]}
+    for i in range(c.n_layer):
+        hf |= {f"model.layers.{i}.{hf_name}.weight": zoo[f"blocks.{i}.{zoo_name}.weight"]
+               for zoo_name, hf_name in LLAMA_BLOCK_KEYS.items()}
+    return config, hf
+
+
+def export_mamba(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """zoo.mamba -> MambaForCausalLM: the zoo's names under `backbone.`, the embedding as
+    `backbone.embeddings.weight`, the tied head not stored. `residual_in_fp32` is false: the zoo
+    keeps the residual stream in the activations' dtype (the same numbers in fp32, and the same
+    computation in half precision)."""
+    config = {"model_type": "mamba", "architectures": ["MambaForCausalLM"],
+              "vocab_size": c.vocab_size, "hidden_size": c.d_model,
+              "num_hidden_layers": c.n_layer, "state_size": c.d_state,
+              "conv_kernel": c.d_conv, "expand": c.expand, "intermediate_size": c.d_inner,
+              "time_step_rank": c.dt_rank, "use_conv_bias": c.conv_bias, "use_bias": c.bias,
+              "hidden_act": "silu", "layer_norm_epsilon": c.norm_eps,
+              "time_step_min": c.dt_min, "time_step_max": c.dt_max,
+              "residual_in_fp32": False, "tie_word_embeddings": True,
+              "pad_token_id": None, "bos_token_id": None, "eos_token_id": None}
+    hf = {"backbone.embeddings.weight": zoo["embedding.weight"]}
+    hf |= {"backbone." + key: tensor for key, tensor in zoo.items()
+           if key not in ("embedding.weight", "lm_head.weight")}
+    return config, hf
+
+
 # zoo model name -> its exporter (the inverse of CONVERTERS).
 EXPORTERS: dict[str, Exporter] = {
     "gpt": export_gpt,
     "bert": export_bert,
     "roberta": export_roberta,
     "rwkv": export_rwkv,
+    "llama": export_llama,
+    "mamba": export_mamba,
 }

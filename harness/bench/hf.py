@@ -1,6 +1,7 @@
 """The Hugging Face transformers peer (`catalog bench --against hf`): GPT2LMHeadModel (GPT-2) or
 OpenAIGPTLMHeadModel (GPT-1), BertForPreTraining (or BertForMaskedLM without the NSP head),
-RobertaForMaskedLM, RwkvForCausalLM.
+RobertaForMaskedLM, RwkvForCausalLM, LlamaForCausalLM (or MistralForCausalLM with a sliding
+window), MambaForCausalLM.
 
 The peer gets THE SAME WEIGHTS as the zoo model of the cell and the same sizes, eps,
 activation, dropout and position table, so that a difference in speed or memory is a
@@ -15,6 +16,7 @@ analytic FLOPs (so MFU compares), the same loss and AdamW step for training.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 from importlib.metadata import version
 from typing import Any
@@ -58,11 +60,13 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
 
         loop = modeling_rwkv.rwkv_cuda_kernel is None or not next(model.parameters()).is_cuda
         notes.append(f"WKV: transformers' {'per-token PyTorch loop' if loop else 'CUDA kernel'}")
+    elif cell.model == "mamba":
+        notes.append(f"selective scan: {_mamba_route(model)}")
     else:  # sdpa where transformers has it (not for OpenAI GPT: eager only)
         notes.append(f"attention: {model.config._attn_implementation}")
     forward = dict(inputs.forward)
     nsp_labels = forward.pop("next_sentence_label", None)  # a loss input, as in the zoo
-    causal = cell.model in ("gpt", "rwkv")
+    causal = cell.model in ("gpt", "rwkv", "llama", "mamba")
 
     def logits():
         """(LM or masked-LM logits, next-sentence logits or None)."""
@@ -92,9 +96,14 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
             optimizer.step()
             return loss
 
-    elif cell.model == "gpt":
-        run = _gpt_decoder(model, inputs.input_ids)
+    elif cell.model in ("gpt", "llama"):
+        # GPT-2's learned table ends decoding; RoPE has no table to run out of.
+        limit = model.config.n_positions if cell.model == "gpt" else None
+        run = _cache_decoder(model, inputs.input_ids, limit)
         notes.append("KV cache: transformers' DynamicCache")
+    elif cell.model == "mamba":  # as GenerationMixin decodes Mamba: one token on the cache
+        run = _cache_decoder(model, inputs.input_ids, None)
+        notes.append("state: transformers' cache (conv and SSM states per layer)")
     else:
         run = _rwkv_decoder(model, inputs.input_ids)
         notes.append("decodes one sequence at a time: transformers' one-token RWKV step with a "
@@ -114,7 +123,8 @@ def hf_model(name: str, zoo_model: Any, seqlen: int):
     model_type, (architecture,) = config.pop("model_type"), config.pop("architectures")
     if name == "rwkv":  # context_length only bounds transformers' optional CUDA kernel
         config["context_length"] = max(config["context_length"], seqlen)
-    options = {} if model_type in ("openai-gpt", "rwkv") else {"attn_implementation": "sdpa"}
+    attention = model_type not in ("openai-gpt", "rwkv", "mamba")  # eager only, or none
+    options = {"attn_implementation": "sdpa"} if attention else {}
     hf_config = hf.AutoConfig.for_model(model_type, **config, **options)
     weight = next(zoo_model.parameters())
     with torch.device(weight.device):
@@ -166,8 +176,18 @@ def returned_cache(out: Any) -> Any:
     return cache if cache is not None else out.past_key_values
 
 
-def _gpt_decoder(model: Any, prompt: torch.Tensor):
-    """Greedy decoding on transformers' KV cache, one token per sequence per run."""
+def _mamba_route(model: Any) -> str:
+    """How transformers' MambaForCausalLM scans: mamba_ssm's CUDA kernels where that package
+    is installed and the model is on a GPU, else its PyTorch reference (a loop over tokens)."""
+    cuda = next(model.parameters()).is_cuda
+    if cuda and importlib.util.find_spec("mamba_ssm") is not None:
+        return "mamba_ssm's CUDA kernels"
+    return "transformers' per-token PyTorch loop (no mamba_ssm kernels)"
+
+
+def _cache_decoder(model: Any, prompt: torch.Tensor, limit: int | None):
+    """Greedy decoding on transformers' cache (a KV cache, or Mamba's states), one token per
+    sequence per run; `limit` is the position table's length, if the model has one."""
     model.eval()
     with torch.no_grad():
         out = model(prompt, use_cache=True)
@@ -177,9 +197,8 @@ def _gpt_decoder(model: Any, prompt: torch.Tensor):
     del out
 
     def run():
-        if state["length"] >= model.config.n_positions:  # an index error (CUDA: an assert)
-            raise BenchError(f"decoding past the {model.config.n_positions} positions of the "
-                             "position table")
+        if limit is not None and state["length"] >= limit:  # an index error (CUDA: an assert)
+            raise BenchError(f"decoding past the {limit} positions of the position table")
         with torch.no_grad():
             out = model(state["logits"].argmax(dim=-1), use_cache=True,
                         **cache_kwargs(model, state["past"]))

@@ -54,7 +54,7 @@ from harness.quality.checkpoint import load_checkpoint
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "zoo"  # the name lm-eval knows the adapter by (`--model zoo`)
-DEFAULT_MAX_LENGTH = 2048  # for models without a position table (RWKV, Pangu-pi)
+DEFAULT_MAX_LENGTH = 2048  # for models without a position table (RWKV, Pangu-pi, LLaMA, Mamba)
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's own default for generate_until tasks
 
 # (context tokens, continuation tokens): the continuation is scored given the context.
@@ -93,7 +93,8 @@ class ZooLM(LM):
         model, tokenizer, meta = load_checkpoint(pretrained, device=device)
         if not getattr(model, "causal_lm", False):
             raise ValueError(f"{pretrained}: zoo model {meta['zoo']!r} is not a causal language "
-                             "model; lm-eval's scoring needs one (gpt, rwkv, pangu-pi)")
+                             "model; lm-eval's scoring needs one (gpt, rwkv, pangu-pi, llama, "
+                             "mamba)")
         if dtype is not None:
             if dtype not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
@@ -107,7 +108,10 @@ class ZooLM(LM):
         self.checkpoint = str(pretrained)
         self._device = torch.device(device)
         self.batch_size = _positive_int(batch_size, "batch_size")
-        position_limit = getattr(model.config, "max_seq_len", None)
+        # Only a learned table limits the positions: LLaMA's `max_seq_len` (RoPE, no table) is
+        # the trained context, not a limit, and RWKV, Pangu-pi and Mamba have none.
+        table = type(model).position_table
+        position_limit = getattr(model.config, table) if table else None
         if max_length is None:  # the length it was trained at, else what its positions allow
             self.max_length = meta.get("seqlen") or position_limit or DEFAULT_MAX_LENGTH
         else:

@@ -93,9 +93,11 @@ def build_model(model: str, task: str, data: Prepared, catalog: Catalog | None =
     if spec.width is not None:  # d_model, the variant's other fields (a fixed d_ff scaled)
         from harness.quality.sizing import width_fields
 
+        # The task's own fields win: MQAR's mixer-only d_ff 0 stays 0 where the variant fixes
+        # a d_ff that the width would scale (LLaMA's tiny, Pangu-π's small).
         overrides.update({k: v for k, v in width_fields(
             model, fields, spec.width, depth=spec.depth).items()
-            if k in ("d_model", "d_ff", "n_layer")})
+            if k in ("d_model", "d_ff", "n_layer") and k not in overrides})
     # Drawn on the CPU whatever the device, so that a seed gives the same initial weights on
     # every machine; then moved.
     if task == "mqar" and "init_std" in names:

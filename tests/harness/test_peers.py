@@ -35,11 +35,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 CPU = torch.device("cpu")
 BATCH, SEQLEN, STEPS = 2, 16, 3
 MODES = {"bert": ("forward", "train"), "roberta": ("forward", "train"),
-         "gpt": ("forward", "train", "generate"), "rwkv": ("forward", "train", "generate")}
+         "gpt": ("forward", "train", "generate"), "rwkv": ("forward", "train", "generate"),
+         "llama": ("forward", "train", "generate"), "mamba": ("forward", "train", "generate")}
 CASES = [(impl, name, mode) for impl, names in PEERS.items() for name in names
          for mode in MODES[name] if not (impl == "rwkv-pip" and mode == "train")]
 NO_DROPOUT = {"gpt": {"dropout": 0.0}, "bert": {"dropout": 0.0, "attn_dropout": 0.0},
-              "roberta": {"dropout": 0.0, "attn_dropout": 0.0}, "rwkv": {}}
+              "roberta": {"dropout": 0.0, "attn_dropout": 0.0}, "rwkv": {}, "llama": {},
+              "mamba": {}}
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +89,8 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_the_peer_table():
-    assert PEERS == {"hf": ("bert", "gpt", "roberta", "rwkv"), "rwkv-pip": ("rwkv",)}
+    assert PEERS == {"hf": ("bert", "gpt", "llama", "mamba", "roberta", "rwkv"),
+                     "rwkv-pip": ("rwkv",)}
 
 
 @needs_peers
@@ -149,6 +152,32 @@ def test_a_lengthened_position_table(name, seqlen):
 
 
 @needs_peers
+@pytest.mark.parametrize("mode", ["forward", "generate"])
+def test_llama_with_a_window_runs_as_mistral(mode):
+    """A sliding window of 5 over a 16-token prompt: transformers' MistralForCausalLM masks the
+    same keys (forward) and its cache decodes the same logits (generate)."""
+    model, _ = tiny("llama", window=5)
+    peer, ours = both("hf", "llama", model, mode)
+    assert "MistralForCausalLM" in peer.notes[0] and peer.notes[1] == "attention: sdpa"
+    for _ in range(STEPS if mode == "generate" else 1):
+        assert max_diff(peer.run(), ours.run()) <= 1e-4
+
+
+@needs_peers
+def test_llama_decodes_past_max_seq_len_and_mamba_says_how_it_scans():
+    """RoPE has no table: decoding goes on past max_seq_len, where GPT-2's peer stops."""
+    model, _ = tiny("llama", max_seq_len=SEQLEN)
+    peer, ours = both("hf", "llama", model, "generate")
+    assert "LlamaForCausalLM" in peer.notes[0]
+    for _ in range(STEPS):
+        assert max_diff(peer.run(), ours.run()) <= 1e-4
+    peer = peer_workload("hf", "mamba", tiny("mamba")[0], "forward")
+    assert "MambaForCausalLM" in peer.notes[0]
+    assert peer.notes[1] == ("selective scan: transformers' per-token PyTorch loop "
+                             "(no mamba_ssm kernels)")
+
+
+@needs_peers
 def test_gpt2_decoding_stops_at_the_position_table():
     model, _ = tiny("gpt", max_seq_len=SEQLEN + 2)
     peer = peer_workload("hf", "gpt", model, "generate")
@@ -165,7 +194,8 @@ def test_the_rwkv_pip_package_runs_its_official_configuration():
 
 
 @needs_peers
-@pytest.mark.parametrize("impl,name", [("hf", "gpt"), ("hf", "rwkv"), ("rwkv-pip", "rwkv")])
+@pytest.mark.parametrize("impl,name", [("hf", "gpt"), ("hf", "rwkv"), ("hf", "llama"),
+                                       ("hf", "mamba"), ("rwkv-pip", "rwkv")])
 def test_the_peer_keeps_no_reference_to_the_zoo_model(impl, name):
     """bench.measure drops the zoo model once the peer is built: its memory must go."""
     model, _ = tiny(name)

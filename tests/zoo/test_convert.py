@@ -20,11 +20,19 @@ TINY = {
     "roberta": dict(vocab_size=96, max_position_embeddings=40, n_layer=2, n_head=2, d_model=32,
                     d_ff=64),
     "rwkv": dict(vocab_size=96, n_layer=2, d_model=32),
+    "llama": dict(vocab_size=96, max_seq_len=40, n_layer=2, n_head=4, d_model=32, d_ff=48),
+    "mamba": dict(vocab_size=96, n_layer=2, d_model=32),
 }
 CASES = [("gpt", {}), ("gpt", {"pre_ln": False, "d_ff": 128, "activation": "relu"}),
          ("gpt", {"activation": "gelu", "layer_norm_eps": 1e-6, "dropout": 0.0}),
          ("bert", {}), ("bert", {"next_sentence_head": False}), ("roberta", {}), ("rwkv", {}),
-         ("rwkv", {"layer_norm_eps": 1e-6, "context_length": 64})]
+         ("rwkv", {"layer_norm_eps": 1e-6, "context_length": 64}),
+         # LLaMA's multi-head attention; GQA with Llama 2's eps and Mistral's RoPE base; and
+         # Mistral: GQA with a window (5) shorter than the 12 tokens the logits are compared on.
+         ("llama", {}), ("llama", {"n_kv_head": 2, "norm_eps": 1e-5, "rope_theta": 1e6}),
+         ("llama", {"n_kv_head": 1, "window": 5}),
+         ("mamba", {}), ("mamba", {"d_state": 8, "d_conv": 3, "expand": 3, "dt_rank": 5,
+                                   "conv_bias": False, "bias": True, "norm_eps": 1e-6})]
 
 
 def build(name: str, **fields):
@@ -67,7 +75,8 @@ def test_the_exported_model_runs_in_transformers_with_the_same_logits(name, fiel
     config, state = EXPORTERS[name](model.config, model.state_dict())
     model_type, (architecture,) = config.pop("model_type"), config.pop("architectures")
     hf_class = getattr(transformers, architecture)
-    hf = hf_class(transformers.AutoConfig.for_model(model_type, **config)).eval()
+    options = {"attn_implementation": "eager"} if model_type in ("llama", "mistral") else {}
+    hf = hf_class(transformers.AutoConfig.for_model(model_type, **config, **options)).eval()
     missing, unexpected = hf.load_state_dict(state, strict=False)
     tied = {"lm_head.weight", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
             "lm_head.decoder.weight", "lm_head.decoder.bias"}
@@ -77,6 +86,30 @@ def test_the_exported_model_runs_in_transformers_with_the_same_logits(name, fiel
         out = hf(ids)
         theirs = out.prediction_logits if hasattr(out, "prediction_logits") else out.logits
         assert torch.allclose(theirs, model(ids).logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,fields,architecture", [
+    ("llama", {}, "LlamaForCausalLM"), ("llama", {"window": 5}, "MistralForCausalLM"),
+    ("mamba", {}, "MambaForCausalLM")])
+def test_llama_and_mamba_export_the_fields_transformers_reads(name, fields, architecture):
+    transformers = pytest.importorskip("transformers")
+    model = build(name, **fields)
+    config, state = EXPORTERS[name](model.config, model.state_dict())
+    assert config["architectures"] == [architecture]
+    model_type = config.pop("model_type")
+    config.pop("architectures")
+    hf = transformers.AutoConfig.for_model(model_type, **config)
+    c = model.config
+    if name == "llama":
+        assert (hf.num_key_value_heads, hf.head_dim, hf.rms_norm_eps) == (
+            c.n_kv_head, c.d_model // c.n_head, c.norm_eps)
+        assert hf.rope_parameters["rope_theta"] == c.rope_theta
+        assert getattr(hf, "sliding_window", None) == c.window
+        assert hf.tie_word_embeddings is False and "lm_head.weight" in state
+    else:  # the embedding under Hugging Face's name, the tied head not stored
+        assert (hf.intermediate_size, hf.time_step_rank) == (c.d_inner, c.dt_rank)
+        assert hf.tie_word_embeddings is True and hf.residual_in_fp32 is False
+        assert "backbone.embeddings.weight" in state and "lm_head.weight" not in state
 
 
 def test_the_official_rwkv_layout_keeps_the_names_and_widens_time_mix():
@@ -93,6 +126,7 @@ def test_the_official_rwkv_layout_keeps_the_names_and_widens_time_mix():
     ("gpt", {"pre_ln": False, "d_ff": 100}, "d_ff"),
     ("gpt", {"pre_ln": False, "activation": "gelu"}, "no 'gelu' activation"),
     ("roberta", {"next_sentence_head": True}, "next-sentence head"),
+    ("llama", {"d_ff": 0}, "d_ff 0"),
 ])
 def test_configs_hugging_face_cannot_express_are_refused(name, fields, message):
     model = zoo.build(name, **{**TINY[name], **fields}, device="meta")

@@ -285,3 +285,19 @@ def test_registered_as_zoo_and_rejects_encoders(tmp_path):
     with pytest.raises(ValueError, match="batch_size must be a positive integer, not 'auto'"):
         ZooLM(gpt, device="cpu", batch_size="auto")
     assert ZooLM(gpt, device="cpu", batch_size="4", max_length="64").max_length == 64  # CLI text
+
+
+@pytest.mark.parametrize("name", ["llama", "mamba"])
+def test_models_without_a_position_table_are_not_capped(name, tmp_path):
+    """LLaMA's max_seq_len is the trained context (RoPE has no table) and Mamba has no positions:
+    neither limits max_length, which defaults to 2048 as for RWKV and Pangu-pi."""
+    torch.manual_seed(0)
+    model = build_variant(name, "tiny", vocab_size=TOK.vocab_size,
+                          **({"max_seq_len": 32} if name == "llama" else {})).eval()
+    folder = save_checkpoint(tmp_path / name, name, model, TOK)
+    assert ZooLM(folder, device="cpu").max_length == 2048
+    lm = ZooLM(folder, device="cpu", max_length=64)
+    (score,) = lm.loglikelihood_rolling(requests("loglikelihood_rolling", (DOCUMENTS[0],)))
+    # lm-eval's back-to-back windows of 64 tokens, each a plain forward pass past position 32
+    oracle = sliding_oracle(model, TOK.encode(DOCUMENTS[0]), 64, back_to_back=True)
+    assert score == pytest.approx(oracle, abs=1e-5)

@@ -54,5 +54,6 @@ def test_width_fields_size_llama_and_mamba():
                        device="meta").model.config
         assert config.d_model == 128
     choice = size_for_budget(["llama", "mamba"],
-                             RunSpec(task="lm", budget=Budget(tokens=2_000_000)), 259)
+                             RunSpec(task="lm", budget=Budget(tokens=20_000_000)), 259)
+    assert choice.width == 128  # at 192 LLaMA's small has 1.0M parameters, over 20M / 20
     assert all(choice.tokens[m] >= TOKENS_PER_PARAM * choice.params[m] for m in choice.params)
