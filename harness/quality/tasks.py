@@ -188,8 +188,28 @@ def stdlib_documents() -> list[Document]:
     (`pydoc_data.topics`), then per module, sorted, the docstrings of the module, its public
     functions and classes, and their public methods. The modules are the public names of
     `sys.stdlib_module_names` and their public submodules, less `_STDLIB_SKIP` and those that do
-    not import here (imported into this process). A docstring seen before is not repeated, and
-    no text depends on the hash seed: the same Python build gives the same corpus."""
+    not import here. A docstring seen before is not repeated, and no text depends on the hash
+    seed or on what the calling process imported: the documents are read in a fresh interpreter
+    (a library can patch the standard library it imports into: Ray replaces
+    `inspect.isgenerator`), so the same Python build gives the same corpus."""
+    import json
+    import os
+    import subprocess
+
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
+            "from harness.quality.tasks import documents_of_this_interpreter as read; "
+            "json.dump([[d.title, d.text] for d in read()], sys.stdout)")
+    root = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, "-c", code, root], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONHASHSEED": "0"}, check=False)
+    if done.returncode:
+        tail = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no output"
+        raise RuntimeError(f"reading the standard library's documentation failed: {tail}")
+    return [Document(title, text) for title, text in json.loads(done.stdout)]
+
+
+def documents_of_this_interpreter() -> list[Document]:
+    """`stdlib_documents`, read in this process (imports every standard module into it)."""
     from pydoc_data.topics import topics
 
     documents = [Document(f"topic:{name}", topics[name].strip()) for name in sorted(topics)]
