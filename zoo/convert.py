@@ -544,7 +544,9 @@ def convert_mamba(config: dict[str, Any], state: StateDict) -> tuple[dict[str, A
 #   - the original mamba_ssm layout (state-spaces/mamba2-*: config.json with d_model, n_layer,
 #     vocab_size, pad_vocab_size_multiple and ssm_cfg with layer "Mamba2"):
 #     `backbone.embedding.weight` and its tied copy `lm_head.weight`.
-# A bare weights file is refused: the number of groups is not in the tensors' shapes.
+# A bare weights file is refused: the number of groups is not in the tensors' shapes. The
+# checkpoint's chunk_size (its GPU kernel's) is not carried over: it changes the speed, not the
+# numbers, and zoo.mamba2 picks its own per device.
 # --------------------------------------------------------------------------------------------------
 
 # Hugging Face Mamba2Config keys -> (zoo.mamba2 field, Mamba2Config's default: a config.json
@@ -554,17 +556,17 @@ _MAMBA2_HF = {"vocab_size": ("vocab_size", 32768), "num_hidden_layers": ("n_laye
               "conv_kernel": ("d_conv", 4), "expand": ("expand", 2), "head_dim": ("head_dim", 64),
               "n_groups": ("n_groups", 8), "use_conv_bias": ("conv_bias", True),
               "use_bias": ("bias", False), "layer_norm_epsilon": ("norm_eps", 1e-5),
-              "time_step_min": ("dt_min", 0.001), "time_step_max": ("dt_max", 0.1),
-              "chunk_size": ("chunk_size", 256)}
+              "time_step_min": ("dt_min", 0.001), "time_step_max": ("dt_max", 0.1)}
 # mamba_ssm's ssm_cfg keys -> zoo.mamba2 fields (absent: mamba_ssm's defaults, the zoo's).
 _MAMBA2_SSM_CFG = {"d_state": "d_state", "d_conv": "d_conv", "expand": "expand",
                    "headdim": "head_dim", "ngroups": "n_groups", "conv_bias": "conv_bias",
-                   "bias": "bias", "dt_min": "dt_min", "dt_max": "dt_max",
-                   "chunk_size": "chunk_size"}
+                   "bias": "bias", "dt_min": "dt_min", "dt_max": "dt_max"}
 # ssm_cfg keys the zoo cannot express unless they hold mamba_ssm's default.
 _MAMBA2_SSM_CFG_PLAIN = {"d_ssm": None, "D_has_hdim": False, "rmsnorm": True,
                          "norm_before_gate": False}
-_MAMBA2_SSM_CFG_IGNORED = {"layer", "A_init_range", "dt_init_floor", "dt_limit",
+# Keys read apart (layer, dt_limit), and those that only shape the initialisation, pick a CUDA
+# kernel or set the chunk (the same numbers either way).
+_MAMBA2_SSM_CFG_IGNORED = {"layer", "A_init_range", "dt_init_floor", "dt_limit", "chunk_size",
                            "use_mem_eff_path", "process_group", "sequence_parallel"}
 
 
