@@ -228,8 +228,11 @@ def test_chunk_size_and_the_recurrence_give_the_same_logits(monkeypatch):
         torch.testing.assert_close(other, recurrent, atol=3e-5, rtol=0)
 
 
-def test_a_prompt_with_a_state_then_more_tokens_equals_the_full_forward():
-    model = tiny_model()
+@pytest.mark.parametrize("limits", [{}, {"dt_limit_min": 0.01, "dt_limit_max": 1.5}])
+def test_a_prompt_with_a_state_then_more_tokens_equals_the_full_forward(limits):
+    """Also with delta clamped: the decode step clamps it like the chunked prefill (Hugging
+    Face's and mamba_ssm's decode steps skip the clamp, so theirs drift from their forward)."""
+    model = tiny_model(**limits)
     ids = torch.randint(0, TINY["vocab_size"], (3, 45))
     with torch.no_grad():
         full = model(ids).logits
