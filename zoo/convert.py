@@ -10,6 +10,7 @@ the key.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -533,6 +534,135 @@ def convert_mamba(config: dict[str, Any], state: StateDict) -> tuple[dict[str, A
 
 
 # --------------------------------------------------------------------------------------------------
+# Mamba-2 checkpoints -> zoo.mamba2.
+#
+# The keys are Mamba's, with the Mamba-2 mixer: `layers.N.mixer.{in_proj,conv1d,norm,out_proj}.*`
+# and `layers.N.mixer.{dt_bias,A_log,D}` (one number per head). Two layouts, as for Mamba:
+#   - Hugging Face `Mamba2ForCausalLM` folders (config.json with model_type "mamba2"):
+#     `backbone.embeddings.weight`; `lm_head.weight` stored or not. Mamba2Config's defaults are
+#     Codestral's (untied, 8 groups), so the fields are read as written;
+#   - the original mamba_ssm layout (state-spaces/mamba2-*: config.json with d_model, n_layer,
+#     vocab_size, pad_vocab_size_multiple and ssm_cfg with layer "Mamba2"):
+#     `backbone.embedding.weight` and its tied copy `lm_head.weight`.
+# A bare weights file is refused: the number of groups is not in the tensors' shapes. The
+# checkpoint's chunk_size (its GPU kernel's) is not carried over: it changes the speed, not the
+# numbers, and zoo.mamba2 picks its own per device.
+# --------------------------------------------------------------------------------------------------
+
+# Hugging Face Mamba2Config keys -> (zoo.mamba2 field, Mamba2Config's default: a config.json
+# without the key means that default, Codestral's, not the zoo's mamba2-130m).
+_MAMBA2_HF = {"vocab_size": ("vocab_size", 32768), "num_hidden_layers": ("n_layer", 64),
+              "hidden_size": ("d_model", 4096), "state_size": ("d_state", 128),
+              "conv_kernel": ("d_conv", 4), "expand": ("expand", 2), "head_dim": ("head_dim", 64),
+              "n_groups": ("n_groups", 8), "use_conv_bias": ("conv_bias", True),
+              "use_bias": ("bias", False), "layer_norm_epsilon": ("norm_eps", 1e-5),
+              "time_step_min": ("dt_min", 0.001), "time_step_max": ("dt_max", 0.1)}
+# mamba_ssm's ssm_cfg keys -> zoo.mamba2 fields (absent: mamba_ssm's defaults, the zoo's).
+_MAMBA2_SSM_CFG = {"d_state": "d_state", "d_conv": "d_conv", "expand": "expand",
+                   "headdim": "head_dim", "ngroups": "n_groups", "conv_bias": "conv_bias",
+                   "bias": "bias", "dt_min": "dt_min", "dt_max": "dt_max"}
+# ssm_cfg keys the zoo cannot express unless they hold mamba_ssm's default.
+_MAMBA2_SSM_CFG_PLAIN = {"d_ssm": None, "D_has_hdim": False, "rmsnorm": True,
+                         "norm_before_gate": False}
+# Keys read apart (layer, dt_limit), and those that only shape the initialisation, pick a CUDA
+# kernel or set the chunk (the same numbers either way).
+_MAMBA2_SSM_CFG_IGNORED = {"layer", "A_init_range", "dt_init_floor", "dt_limit", "chunk_size",
+                           "use_mem_eff_path", "process_group", "sequence_parallel"}
+
+
+def _mamba2_fields_from_hf(config: dict[str, Any]) -> dict[str, Any]:
+    if config.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"config.json field 'hidden_act' = {config['hidden_act']!r} is not "
+                              "supported: Mamba-2 uses 'silu'")
+    if config.get("tie_word_embeddings", False) is False:
+        raise CheckpointError("config.json field 'tie_word_embeddings' is false; zoo.mamba2 ties "
+                              "its head to the embedding")
+    fields = {ours: config.get(theirs, default) for theirs, (ours, default) in _MAMBA2_HF.items()}
+    heads = config.get("num_heads", 128)
+    if heads * fields["head_dim"] != fields["expand"] * fields["d_model"]:
+        raise CheckpointError(f"config.json field 'num_heads' = {heads} times head_dim is not "
+                              "expand * hidden_size")
+    low, high = config.get("time_step_limit", (0.0, math.inf))
+    return fields | {"dt_limit_min": _json_float(low), "dt_limit_max": _json_float(high)}
+
+
+def _json_float(value: Any) -> float:
+    """A number of config.json; transformers 5 writes infinity as {"__float__": "Infinity"}."""
+    return float(value["__float__"] if isinstance(value, dict) else value)
+
+
+def _mamba2_fields_from_original(config: dict[str, Any]) -> dict[str, Any]:
+    """mamba_ssm's MambaConfig with ssm_cfg layer "Mamba2" (state-spaces/mamba2-*)."""
+    for field, plain in (("d_intermediate", 0), ("attn_layer_idx", []), ("rms_norm", True),
+                         ("tie_embeddings", True)):
+        if config.get(field, plain) != plain:
+            raise CheckpointError(f"config.json field {field!r} = {config[field]!r} is not "
+                                  f"supported: zoo.mamba2 is the plain Mamba-2 ({field} {plain!r})")
+    ssm_cfg = dict(config.get("ssm_cfg") or {})
+    if ssm_cfg.get("layer", "Mamba1") != "Mamba2":
+        raise CheckpointError(f"config.json field 'ssm_cfg.layer' = "
+                              f"{ssm_cfg.get('layer', 'Mamba1')!r}: zoo.mamba2 is Mamba2")
+    for key, plain in _MAMBA2_SSM_CFG_PLAIN.items():
+        if ssm_cfg.get(key, plain) != plain:
+            raise CheckpointError(f"config.json field 'ssm_cfg.{key}' = {ssm_cfg[key]!r} is not "
+                                  f"supported (only {plain!r})")
+    unknown = sorted(set(ssm_cfg) - set(_MAMBA2_SSM_CFG) - set(_MAMBA2_SSM_CFG_PLAIN)
+                     - _MAMBA2_SSM_CFG_IGNORED)
+    if unknown:
+        raise CheckpointError(f"config.json field 'ssm_cfg.{unknown[0]}' is not supported")
+    multiple = config.get("pad_vocab_size_multiple", 8)
+    fields = {"vocab_size": -(-config["vocab_size"] // multiple) * multiple,  # round up
+              "n_layer": config["n_layer"], "d_model": config["d_model"]}
+    fields |= {ours: ssm_cfg[theirs] for theirs, ours in _MAMBA2_SSM_CFG.items()
+               if theirs in ssm_cfg}
+    low, high = ssm_cfg.get("dt_limit", (0.0, math.inf))
+    return fields | {"dt_limit_min": _json_float(low), "dt_limit_max": _json_float(high)}
+
+
+def convert_mamba2(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """(zoo.mamba2 config fields, zoo state dict) from a Hugging Face Mamba2ForCausalLM folder
+    or an original mamba_ssm Mamba-2 checkpoint (config.json + weights)."""
+    from zoo.mamba2 import Mamba2, Mamba2Config
+
+    model_type = config.get("model_type")
+    if model_type == "mamba2":
+        fields = _mamba2_fields_from_hf(config)
+    elif model_type is None and "d_model" in config:
+        fields = _mamba2_fields_from_original(config)
+    elif not config:
+        raise CheckpointError("a bare weights file: Mamba-2 needs its config.json (the number "
+                              "of groups is not in the tensors)")
+    else:
+        raise CheckpointError(f"config.json has model_type {model_type!r}, expected 'mamba2' "
+                              "(Hugging Face) or mamba_ssm's config (d_model, n_layer, ssm_cfg)")
+    prefix = "backbone." if any(k.startswith("backbone.") for k in state) else ""
+    zoo_key = {re.sub(r"^embeddings\.", "embedding.", k.removeprefix(prefix)): k for k in state}
+    renamed = {name: state[key] for name, key in zoo_key.items()}
+    with torch.device("meta"):  # the zoo's keys and shapes for these fields, no memory used
+        expected = Mamba2(Mamba2Config(**fields)).state_dict()
+    out = {}
+    for name, like in expected.items():
+        if name == "lm_head.weight":
+            continue
+        if name not in renamed:  # named as the checkpoint's layout spells it
+            hf = model_type == "mamba2" and name == "embedding.weight"
+            raise KeyError(prefix + ("embeddings.weight" if hf else name))
+        tensor = renamed.pop(name)
+        if tensor.shape != like.shape:
+            raise CheckpointError(f"weight {zoo_key[name]!r} has shape {tuple(tensor.shape)}, "
+                                  f"expected {tuple(like.shape)}")
+        out[name] = tensor
+    head = renamed.pop("lm_head.weight", None)  # a stored copy of the tied head
+    if head is not None and (head.shape != out["embedding.weight"].shape
+                             or not torch.equal(head, out["embedding.weight"])):
+        raise CheckpointError("weight 'lm_head.weight' differs from the token embedding; "
+                              "zoo.mamba2 ties its output head to it")
+    out["lm_head.weight"] = out["embedding.weight"]  # the tied head: one tensor, two keys
+    out.update({zoo_key[name]: tensor for name, tensor in renamed.items()})  # -> unexpected
+    return fields, out
+
+
+# --------------------------------------------------------------------------------------------------
 # RWKV-4 checkpoints -> zoo.rwkv.
 #
 # Two sources:
@@ -736,6 +866,7 @@ CONVERTERS: dict[str, Converter] = {
     "bert": convert_bert,
     "roberta": convert_roberta,
     "mamba": convert_mamba,
+    "mamba2": convert_mamba2,
     "rwkv": convert_rwkv,
     "llama": convert_llama,
 }

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from zoo.layers import RMSNorm, tied_head
+from zoo.layers import RMSNorm, causal_depthwise_conv, tied_head
 from zoo.model import Output, ZooModel, generate, lm_loss
 
 # Elementwise FLOPs of one recurrence step per state element (d_inner x d_state): delta * A,
@@ -171,11 +171,9 @@ class MambaMixer(nn.Module):
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (b, T, d_inner) each
         if mask is not None:  # a padded token writes nothing into the conv window...
             x = x * mask[..., None]
-        # Prepending the conv state and convolving without padding is the paper's conv with
-        # d_conv - 1 zeros of padding keeping the first T outputs, continued across calls.
-        window = torch.cat([conv_state, x.transpose(1, 2)], dim=2)  # (b, d_inner, d_conv-1+T)
-        conv = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=x.size(-1))
-        x = F.silu(conv.transpose(1, 2))  # (b, T, d_inner)
+        conv, new_conv_state = causal_depthwise_conv(x, conv_state, self.conv1d.weight,
+                                                     self.conv1d.bias)
+        x = F.silu(conv)  # (b, T, d_inner)
         if mask is not None:  # ...nor into the SSM state: with u = 0 a zero state stays zero
             x = x * mask[..., None]
         # Selection: delta, B and C are projections of the token itself.
@@ -184,7 +182,6 @@ class MambaMixer(nn.Module):
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
         y, ssm_state = self.scan(x.float(), delta.float(), A, B.float(), C.float(), ssm_state)
         y = y.to(x.dtype) + x * self.D
-        new_conv_state = window[:, :, window.size(2) - conv_state.size(2):]
         return self.out_proj(y * F.silu(z)), new_conv_state, ssm_state
 
     def scan(self, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,

@@ -14,6 +14,7 @@ REGISTRY: dict[str, str] = {
     "mosaic-bert": "zoo.mosaic_bert:MosaicBert",
     "rwkv": "zoo.rwkv:RWKV",
     "mamba": "zoo.mamba:Mamba",
+    "mamba2": "zoo.mamba2:Mamba2",
     "pangu-pi": "zoo.pangu_pi:PanguPi",
     "llama": "zoo.llama:Llama",
 }

@@ -22,9 +22,10 @@ openassistant-llama opt palm pegasus pythia roberta seeker sparrow stable-diffus
 swin-transformer switch t0 t5 trajectory-transformer transformer-xl turing-nlg ul2 vicuna vit
 wu-dao-2 xlm-roberta xlnet
 """.split()
-ADDED_IDS = ["transformer", "rwkv", "mosaicbert", "pangu-pi", "llama-2", "mistral", "mamba"]
+ADDED_IDS = ["transformer", "rwkv", "mosaicbert", "pangu-pi", "llama-2", "mistral", "mamba",
+             "mamba2"]
 RUNNABLE = {"transformer": "transformer", "bert": "bert", "gpt": "gpt", "gpt-2": "gpt",
-            "mamba": "mamba",
+            "mamba": "mamba", "mamba2": "mamba2",
             "roberta": "roberta", "mosaicbert": "mosaic-bert", "rwkv": "rwkv",
             "pangu-pi": "pangu-pi", "llama": "llama", "llama-2": "llama", "mistral": "llama"}
 

@@ -10,6 +10,7 @@ from zoo.layers.attention import (
     merge_masks,
     sdpa,
 )
+from zoo.layers.conv import causal_depthwise_conv
 from zoo.layers.feedforward import ACTIVATIONS, FeedForward
 from zoo.layers.heads import tied_head
 from zoo.layers.init import bert_init
@@ -17,5 +18,5 @@ from zoo.layers.norms import RMSNorm
 from zoo.layers.positions import apply_rope, rope_tables
 
 __all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "MultiHeadAttention", "RMSNorm", "apply_rope",
-           "bert_init", "causal_mask", "hidden_key_bias", "math_attention", "merge_masks",
-           "rope_tables", "sdpa", "tied_head"]
+           "bert_init", "causal_depthwise_conv", "causal_mask", "hidden_key_bias",
+           "math_attention", "merge_masks", "rope_tables", "sdpa", "tied_head"]

@@ -1,0 +1,19 @@
+"""The short causal depthwise convolution of the state-space models (Mamba, Mamba-2), continued
+across calls through a conv state."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def causal_depthwise_conv(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
+                          bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (b, T, channels); conv_state (b, channels, k - 1): the last k - 1 inputs before x
+    (zeros at the start of a text); weight (channels, 1, k), one filter per channel. Returns
+    the convolution (b, T, channels), each output seeing its token and the k - 1 before it, and
+    the new conv state. Prepending the state and convolving without padding is the paper's conv
+    with k - 1 zeros of padding keeping the first T outputs, continued across calls."""
+    window = torch.cat([conv_state, x.transpose(1, 2)], dim=2)  # (b, channels, k - 1 + T)
+    conv = F.conv1d(window, weight, bias, groups=x.size(-1))
+    return conv.transpose(1, 2), window[:, :, window.size(2) - conv_state.size(2):]
