@@ -502,22 +502,38 @@ def convert_mamba(config: dict[str, Any], state: StateDict) -> tuple[dict[str, A
     else:
         raise CheckpointError(f"config.json has model_type {model_type!r}, expected 'mamba' "
                               "(Hugging Face) or mamba_ssm's config (d_model, n_layer, ssm_cfg)")
-    prefix = "backbone." if any(k.startswith("backbone.") for k in state) else ""
-    zoo_key = {}  # zoo key -> the checkpoint's key
-    for key in state:
-        zoo_key[re.sub(r"^embeddings\.", "embedding.", key.removeprefix(prefix))] = key
-    renamed = {name: state[key] for name, key in zoo_key.items()}
+    prefix, zoo_key, renamed = _ssm_names(state)
     if fields is None:
         fields = _mamba_fields_from_tensors(renamed)
     with torch.device("meta"):  # the zoo's keys and shapes for these fields, no memory used
         expected = Mamba(MambaConfig(**fields)).state_dict()
+    return fields, _tied_ssm_state(renamed, zoo_key, prefix, expected,
+                                   hf=model_type == "mamba", model="zoo.mamba")
+
+
+def _ssm_names(state: StateDict) -> tuple[str, dict[str, str], StateDict]:
+    """A Mamba or Mamba-2 checkpoint's tensors under the zoo's names: mamba_ssm's keys without
+    `backbone.`, Hugging Face's `embeddings.` as `embedding.`. Returns (the prefix dropped,
+    zoo name -> the checkpoint's key, zoo name -> tensor)."""
+    prefix = "backbone." if any(k.startswith("backbone.") for k in state) else ""
+    zoo_key = {re.sub(r"^embeddings\.", "embedding.", k.removeprefix(prefix)): k for k in state}
+    return prefix, zoo_key, {name: state[key] for name, key in zoo_key.items()}
+
+
+def _tied_ssm_state(renamed: StateDict, zoo_key: dict[str, str], prefix: str,
+                    expected: StateDict, *, hf: bool, model: str) -> StateDict:
+    """The zoo state dict of a Mamba or Mamba-2 checkpoint (`_ssm_names`' tensors) checked
+    against `expected` (the zoo's keys and shapes): a missing key is a KeyError named as the
+    checkpoint's layout spells it (`hf`: Hugging Face's), a misshaped one a CheckpointError; a
+    stored output head must equal the embedding it is tied to; keys left over are returned
+    under their own names, for the caller to report as unexpected."""
     out = {}
     for name, like in expected.items():
         if name == "lm_head.weight":
             continue
-        if name not in renamed:  # named as the checkpoint's layout spells it
-            hf = model_type == "mamba" and name == "embedding.weight"
-            raise KeyError(prefix + ("embeddings.weight" if hf else name))
+        if name not in renamed:
+            raise KeyError(prefix + ("embeddings.weight" if hf and name == "embedding.weight"
+                                     else name))
         tensor = renamed.pop(name)
         if tensor.shape != like.shape:
             raise CheckpointError(f"weight {zoo_key[name]!r} has shape {tuple(tensor.shape)}, "
@@ -527,10 +543,10 @@ def convert_mamba(config: dict[str, Any], state: StateDict) -> tuple[dict[str, A
     if head is not None and (head.shape != out["embedding.weight"].shape
                              or not torch.equal(head, out["embedding.weight"])):
         raise CheckpointError("weight 'lm_head.weight' differs from the token embedding; "
-                              "zoo.mamba ties its output head to it")
+                              f"{model} ties its output head to it")
     out["lm_head.weight"] = out["embedding.weight"]  # the tied head: one tensor, two keys
     out.update({zoo_key[name]: tensor for name, tensor in renamed.items()})  # -> unexpected
-    return fields, out
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -635,31 +651,11 @@ def convert_mamba2(config: dict[str, Any], state: StateDict) -> tuple[dict[str, 
     else:
         raise CheckpointError(f"config.json has model_type {model_type!r}, expected 'mamba2' "
                               "(Hugging Face) or mamba_ssm's config (d_model, n_layer, ssm_cfg)")
-    prefix = "backbone." if any(k.startswith("backbone.") for k in state) else ""
-    zoo_key = {re.sub(r"^embeddings\.", "embedding.", k.removeprefix(prefix)): k for k in state}
-    renamed = {name: state[key] for name, key in zoo_key.items()}
+    prefix, zoo_key, renamed = _ssm_names(state)
     with torch.device("meta"):  # the zoo's keys and shapes for these fields, no memory used
         expected = Mamba2(Mamba2Config(**fields)).state_dict()
-    out = {}
-    for name, like in expected.items():
-        if name == "lm_head.weight":
-            continue
-        if name not in renamed:  # named as the checkpoint's layout spells it
-            hf = model_type == "mamba2" and name == "embedding.weight"
-            raise KeyError(prefix + ("embeddings.weight" if hf else name))
-        tensor = renamed.pop(name)
-        if tensor.shape != like.shape:
-            raise CheckpointError(f"weight {zoo_key[name]!r} has shape {tuple(tensor.shape)}, "
-                                  f"expected {tuple(like.shape)}")
-        out[name] = tensor
-    head = renamed.pop("lm_head.weight", None)  # a stored copy of the tied head
-    if head is not None and (head.shape != out["embedding.weight"].shape
-                             or not torch.equal(head, out["embedding.weight"])):
-        raise CheckpointError("weight 'lm_head.weight' differs from the token embedding; "
-                              "zoo.mamba2 ties its output head to it")
-    out["lm_head.weight"] = out["embedding.weight"]  # the tied head: one tensor, two keys
-    out.update({zoo_key[name]: tensor for name, tensor in renamed.items()})  # -> unexpected
-    return fields, out
+    return fields, _tied_ssm_state(renamed, zoo_key, prefix, expected,
+                                   hf=model_type == "mamba2", model="zoo.mamba2")
 
 
 # --------------------------------------------------------------------------------------------------

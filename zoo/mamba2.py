@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import RMSNorm, causal_depthwise_conv, tied_head
+from zoo.layers import RMSNorm, causal_depthwise_conv, new_token_mask, tied_head
 from zoo.model import Output, ZooModel, generate, lm_loss
 
 # Elementwise FLOPs of one recurrence step per state element (heads x head_dim x d_state): the
@@ -327,12 +327,7 @@ class Mamba2(ZooModel):
         x = self.embedding(input_ids)  # (B, T, d)
         state = cache if cache is not None else Mamba2State.empty(self.config, B, x.dtype,
                                                                   x.device)
-        mask = None
-        if attention_mask is not None:
-            if attention_mask.size(1) < T:
-                raise ValueError(f"attention_mask covers {attention_mask.size(1)} positions; "
-                                 f"expected at least the {T} new ones")
-            mask = attention_mask[:, -T:].to(x.dtype)  # (B, T)
+        mask = new_token_mask(attention_mask, T, x.dtype)  # (B, T) or None
         conv_states, ssm_states = [], []
         for i, block in enumerate(self.layers):
             x, conv, ssm = block(x, state.conv[i], state.ssm[i], mask)

@@ -10,7 +10,7 @@ from zoo.layers.attention import (
     merge_masks,
     sdpa,
 )
-from zoo.layers.conv import causal_depthwise_conv
+from zoo.layers.conv import causal_depthwise_conv, new_token_mask
 from zoo.layers.feedforward import ACTIVATIONS, FeedForward
 from zoo.layers.heads import tied_head
 from zoo.layers.init import bert_init
@@ -19,4 +19,4 @@ from zoo.layers.positions import apply_rope, rope_tables
 
 __all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "MultiHeadAttention", "RMSNorm", "apply_rope",
            "bert_init", "causal_depthwise_conv", "causal_mask", "hidden_key_bias",
-           "math_attention", "merge_masks", "rope_tables", "sdpa", "tied_head"]
+           "math_attention", "merge_masks", "new_token_mask", "rope_tables", "sdpa", "tied_head"]
