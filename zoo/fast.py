@@ -7,10 +7,11 @@ the same numbers (up to the order of the additions) faster for float32 inference
 where this project's benchmarks run:
 
   linear  nn.Linear -> FastLinear, computed by `linear` below: a split matrix-vector product for
-          a few rows (decoding), oneDNN's matrix multiply for more;
-  ffn     a feed-forward layer's activation applied by oneDNN in the pass that writes its first
-          matrix product (FeedForward -> FusedFeedForward), and RWKV's squared ReLU squared in
-          place as well (ChannelMix -> FusedChannelMix);
+          a few rows (decoding), the faster of MKL's and oneDNN's matrix multiply for more;
+  ffn     a feed-forward layer's activation applied in the pass that writes its first matrix
+          product (oneDNN) or in place after it (MKL) (FeedForward -> FusedFeedForward; LLaMA's
+          SwiGLU -> FusedSwiGLU), and RWKV's squared ReLU squared in place as well
+          (ChannelMix -> FusedChannelMix);
   wkv     RWKV's TimeMix -> CompiledWKVTimeMix: WKV as zoo/wkv_cpu.py's compiled C loop, with
           its C backward when a gradient is needed (training);
   dropout (training) nn.Dropout -> FastDropout, and attention modules -> DropoutAttention /
@@ -36,11 +37,19 @@ times the linear routes side by side):
     reaches) streams the weights of a `small` model at 7 to 12 GB/s; the same product as a batch
     of two half-height products (`torch.bmm` on a free view of the weight's two halves) streams
     them at 15 to 30 GB/s;
-  - more rows, no gradient needed: oneDNN's matrix multiply (`torch.ops.mkldnn._linear_pointwise`,
-    the kernel torch.compile uses for CPU linears), 30 to 65% faster than MKL's on the model
-    shapes here at 2048 rows;
+  - more rows, no gradient needed: whichever of MKL's matrix multiply (what F.linear reaches)
+    and oneDNN's (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile uses for CPU
+    linears) is faster on the machine, timed once per process (`many_rows_kernel`). The answer
+    differs between hosts of the same processor family: on 2026-12-01 oneDNN was 30 to 65%
+    faster than MKL on the model shapes here at 2048 rows; on 2026-12-05, on another host of
+    the same 2-core AMD EPYC (Zen 3) type, MKL was 3 to 14% faster (benchmarks/linear_backends.py)
+    and whole `small` forwards at 1024 tokens 8 to 20% faster with MKL than with oneDNN;
   - a separate activation reads and writes a tensor as wide as the hidden layer, a pass that
-    oneDNN saves by applying it as it writes the product. A feed-forward layer of the `small`
+    oneDNN saves by applying it as it writes the product; after MKL's product the activation is
+    applied in place, which saves the allocation (a fresh tensor costs a page fault per 4 KiB).
+    SwiGLU's product silu(x G) * (x U) is then two matrix products and two in-place passes (or,
+    with oneDNN, a product with SiLU as its post-op and one multiplied by it as it is written):
+    LLaMA small's feed-forward at 1024 tokens took 30 ms so against 35 ms plain (MKL host). A feed-forward layer of the `small`
     shapes (512 -> 2048 -> 512) at 1024 tokens, best of 15 in three rounds, each once the shared
     machine was idle: ReLU 40-44 ms fused, 45-47 ms separate; exact GELU 43-50 ms either way;
     tanh GELU 53-57 ms fused, 50-54 ms separate (oneDNN's GELUs are slower than PyTorch's).
@@ -71,6 +80,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import statistics
+import time
 from collections.abc import Iterable
 
 import torch
@@ -80,6 +92,7 @@ from torch import nn
 from zoo import dropout_cpu, wkv_cpu
 from zoo.layers.attention import MultiHeadAttention
 from zoo.layers.feedforward import ACTIVATIONS, FeedForward
+from zoo.llama import SwiGLU
 from zoo.mosaic_bert import AlibiAttention
 from zoo.rwkv import ChannelMix, TimeMix, WKVState, chunk_length
 
@@ -87,10 +100,10 @@ FEW_ROWS = 4  # at most this many rows take the split product (measured faster u
 
 # Route name -> what it does, in one line.
 ROUTES: dict[str, str] = {
-    "linear": f"nn.Linear: split matrix-vector products for <= {FEW_ROWS} rows, oneDNN's "
-              "matmul for more (CPU float32 inference)",
-    "ffn": "feed-forward layers: the activation applied in oneDNN's matmul pass, RWKV's squared "
-           "ReLU squared in place (CPU float32 inference)",
+    "linear": f"nn.Linear: split matrix-vector products for <= {FEW_ROWS} rows, the faster of "
+              "MKL's and oneDNN's matmul for more (CPU float32 inference)",
+    "ffn": "feed-forward layers (SwiGLU's included): the activation in oneDNN's matmul pass or "
+           "in place after MKL's, RWKV's squared ReLU squared in place (CPU float32 inference)",
     "wkv": "RWKV's WKV as a compiled C loop with its backward (zoo.wkv_cpu; CPU float32, "
            "inference and training)",
     "dropout": "dropout masks drawn by a C kernel (zoo.dropout_cpu), attention with dropout "
@@ -100,6 +113,10 @@ ROUTES: dict[str, str] = {
 # The activations of zoo.layers.ACTIVATIONS as oneDNN post-ops: name -> (post-op, algorithm).
 _ONEDNN_POST_OPS = {None: ("none", ""), "relu": ("relu", ""), "gelu": ("gelu", "none"),
                     "gelu_tanh": ("gelu", "tanh")}
+# The same activations applied in place to a fresh product (GELU has no in-place form).
+_IN_PLACE = {"relu": F.relu_, "gelu": F.gelu,
+             "gelu_tanh": functools.partial(F.gelu, approximate="tanh")}
+KERNELS = ("mkl", "onednn")  # for many rows; ZOO_LINEAR_KERNEL names one to skip the timing
 
 
 # --- the linear route -----------------------------------------------------------------------
@@ -115,6 +132,37 @@ def onednn_available() -> bool:
     except (AttributeError, RuntimeError):
         return False
     return bool(torch.equal(y, torch.full((2, 4), 3.0)))
+
+
+@functools.cache
+def many_rows_kernel() -> str:
+    """"mkl" or "onednn": the matrix multiply that the linear route uses for more than FEW_ROWS
+    rows, the faster of the two on this machine. Timed once per process on a product of the
+    `small` models' shapes (1024 rows, 512 -> 1536, about 10 ms), alternating the two for five
+    rounds after a warm-up and comparing medians: about 0.15 s, once. The environment variable
+    ZOO_LINEAR_KERNEL=mkl|onednn names one instead (reproducible runs, tests)."""
+    chosen = os.environ.get("ZOO_LINEAR_KERNEL", "").strip().lower()
+    if chosen:
+        if chosen not in KERNELS:
+            raise ValueError(f"ZOO_LINEAR_KERNEL={chosen!r}: expected one of {', '.join(KERNELS)}")
+        return chosen if chosen == "mkl" or onednn_available() else "mkl"
+    if not onednn_available():
+        return "mkl"
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1024, 512, generator=generator)
+    weight = torch.randn(1536, 512, generator=generator)
+    kernels = {"mkl": lambda: F.linear(x, weight),
+               "onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [],
+                                                                    "")}
+    times: dict[str, list[float]] = {name: [] for name in kernels}
+    with torch.no_grad():
+        for round_ in range(6):
+            for name, multiply in kernels.items():
+                start = time.perf_counter()
+                multiply()
+                if round_:  # the first round warms up
+                    times[name].append(time.perf_counter() - start)
+    return min(times, key=lambda name: statistics.median(times[name]))
 
 
 def _compiling() -> bool:
@@ -153,11 +201,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         if bias is not None:
             y = y + bias
         y = y.view(*x.shape[:-1], out_features)
-    elif onednn_available():
+    elif many_rows_kernel() == "onednn":
         post_op, algorithm = _ONEDNN_POST_OPS[activation]
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], algorithm)
-    else:
+    else:  # MKL's product, then the activation in place on the fresh tensor
         y = F.linear(x, weight, bias)
+        return y if activation is None else _IN_PLACE[activation](y)
     return y if activation is None else ACTIVATIONS[activation](y)
 
 
@@ -184,6 +233,28 @@ class FusedFeedForward(FeedForward):
             return super().forward(x)
         h = linear(x, self.fc_in.weight, self.fc_in.bias, self.activation)
         return self.fc_out(h)
+
+
+def swiglu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(F.linear(x, gate)) * F.linear(x, up), no biases, by the fastest route (see `linear`):
+    with oneDNN, SiLU ("swish") as the gate product's post-op and the up product multiplied by
+    the gate as it is written; otherwise SiLU and the product taken in place."""
+    rows = x.numel() // x.size(-1) if x.size(-1) else 0
+    if not (_fast_path(x, gate, None) and _fast_path(x, up, None)) or rows == 0:
+        return F.silu(F.linear(x, gate)) * F.linear(x, up)
+    if rows > FEW_ROWS and many_rows_kernel() == "onednn":
+        g = torch.ops.mkldnn._linear_pointwise(x, gate, None, "swish", [], "")
+        return torch.ops.mkldnn._linear_pointwise.binary(x, g, up, None, "mul")
+    return F.silu(linear(x, gate), inplace=True).mul_(linear(x, up))
+
+
+class FusedSwiGLU(SwiGLU):
+    """LLaMA's SwiGLU with SiLU and the gating product fused into the two products' passes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _hooked(self.gate_proj) or _hooked(self.up_proj):
+            return super().forward(x)
+        return self.down_proj(swiglu(x, self.gate_proj.weight, self.up_proj.weight))
 
 
 class FusedChannelMix(ChannelMix):
@@ -306,7 +377,7 @@ class DropoutAlibiAttention(_DropoutAttend, AlibiAttention):
 # route -> {plain class: its fast subclass}
 _SWAPS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
     "linear": {nn.Linear: FastLinear},
-    "ffn": {FeedForward: FusedFeedForward, ChannelMix: FusedChannelMix},
+    "ffn": {FeedForward: FusedFeedForward, ChannelMix: FusedChannelMix, SwiGLU: FusedSwiGLU},
     "wkv": {TimeMix: CompiledWKVTimeMix},
     "dropout": {nn.Dropout: FastDropout, MultiHeadAttention: DropoutAttention,
                 AlibiAttention: DropoutAlibiAttention},
@@ -366,16 +437,18 @@ def describe(model: nn.Module, training: bool = False,
     routes = applied(model)
     kinds = {type(m) for m in model.modules()}
     notes = []
+    onednn = many_rows_kernel() == "onednn"
     if "linear" in routes and inference:
-        many = "oneDNN matmul" if onednn_available() else "F.linear"
+        many = "oneDNN matmul" if onednn else "MKL matmul (F.linear)"
         notes.append(f"linears: {many}, split matrix-vector products for <= {FEW_ROWS} rows "
                      "(zoo.fast)")
     else:
         notes.append("linears: F.linear")
-    if kinds & {FeedForward, ChannelMix, FusedFeedForward, FusedChannelMix}:
-        fused = "ffn" in routes and inference and onednn_available()
-        notes.append("feed-forward: activation in oneDNN's matmul pass (zoo.fast)" if fused
-                     else "feed-forward: activation as a separate op")
+    if kinds & {FeedForward, ChannelMix, SwiGLU, *_SWAPS["ffn"].values()}:
+        fused = "ffn" in routes and inference
+        notes.append(("feed-forward: activation in oneDNN's matmul pass (zoo.fast)" if onednn
+                      else "feed-forward: activation in place after the matmul (zoo.fast)")
+                     if fused else "feed-forward: activation as a separate op")
     time_mix = next((m for m in model.modules() if isinstance(m, TimeMix)), None)
     if time_mix is not None:
         if "wkv" in routes and cpu and wkv_cpu.available():

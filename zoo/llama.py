@@ -26,7 +26,10 @@ Two later models change one thing each, here a config field each:
     keys k with q - W < k <= q, W keys including itself (None: full causal attention). Stacked
     layers still carry information further back, up to W more positions per layer. Generation
     then needs only the last W - 1 positions' keys and values: the cache stops growing there
-    (the paper's rolling buffer cache).
+    (the paper's rolling buffer cache). A long input is attended in bands of `Llama.band`
+    queries, each against the keys its window reaches only (the paper's chunked pre-fill): the
+    cost grows as T * (W + band), not T^2. The whole masked attention (band = None) is its
+    oracle in the tests.
 
 Choices the paper leaves open, taken as Hugging Face's Llama takes them:
   - RoPE in the rotate-half layout (channel i pairs with i + hs/2; zoo.layers.positions).
@@ -44,7 +47,7 @@ which is 6,738,415,616 for the defaults, LLaMA-7B.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -111,6 +114,29 @@ class WindowKVCache:
         return k, v
 
 
+@dataclass
+class Visibility:
+    """What a call's T queries may see of its S keys, computed once per forward for every layer:
+    one SDPA mask for all queries (`mask`, `is_causal`), or with a window over a long input,
+    `bands` of (query slice, key slice, mask): each band of queries with the keys its window
+    reaches, and a mask over those."""
+
+    mask: torch.Tensor | None = None
+    is_causal: bool = False
+    bands: list[tuple[slice, slice, torch.Tensor | None]] = field(default_factory=list)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seen: Visibility,
+           new_key_length: bool) -> torch.Tensor:
+    """Attention of q (B, nh, T, hs) over k, v (B, nh, S, hs) as `seen` allows: (B, nh, T, hs)."""
+    if not seen.bands:
+        return sdpa(q, k, v, attn_mask=seen.mask, is_causal=seen.is_causal,
+                    new_key_length=new_key_length)
+    return torch.cat([sdpa(q[:, :, rows], k[:, :, keys], v[:, :, keys], attn_mask=mask,
+                           new_key_length=new_key_length)
+                      for rows, keys, mask in seen.bands], dim=2)
+
+
 class GroupedQueryAttention(nn.Module):
     """Causal self-attention with RoPE on queries and keys, n_kv_head key/value heads shared by
     groups of query heads, and a cache of the n_kv_head heads."""
@@ -125,8 +151,7 @@ class GroupedQueryAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, kv_width, bias=False)
         self.o_proj = nn.Linear(d_model, d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attn_mask: torch.Tensor | None, is_causal: bool,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seen: Visibility,
                 cache: KVCache | WindowKVCache | None) -> torch.Tensor:
         B, T, C = x.shape
         hs = C // self.n_head
@@ -139,8 +164,7 @@ class GroupedQueryAttention(nn.Module):
         if self.group > 1:  # query head h reads key/value head h // group
             k = k.repeat_interleave(self.group, dim=1)  # (B, nh, S, hs)
             v = v.repeat_interleave(self.group, dim=1)
-        y = sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                 new_key_length=cache is not None)  # (B, nh, T, hs)
+        y = attend(q, k, v, seen, new_key_length=cache is not None)  # (B, nh, T, hs)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -170,10 +194,9 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.ffn = SwiGLU(config.d_model, config.d_ff) if config.d_ff else None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attn_mask: torch.Tensor | None, is_causal: bool,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seen: Visibility,
                 cache: KVCache | WindowKVCache | None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, attn_mask, is_causal, cache)
+        x = x + self.attn(self.attn_norm(x), cos, sin, seen, cache)
         if self.ffn is None:  # d_ff = 0: the block is its attention alone
             return x
         return x + self.ffn(self.ffn_norm(x))
@@ -182,6 +205,7 @@ class Block(nn.Module):
 class Llama(ZooModel):
     config_class = LlamaConfig
     causal_lm = True
+    band = 256  # queries per band under a window (None: one masked attention over everything)
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
@@ -202,36 +226,51 @@ class Llama(ZooModel):
         window = self.config.window
         return [KVCache() if window is None else WindowKVCache(window) for _ in self.blocks]
 
-    def _attention_mask(self, attention_mask: torch.Tensor | None, T: int, past: int, kept: int,
-                        dtype: torch.dtype, device: torch.device
-                        ) -> tuple[torch.Tensor | None, bool]:
-        """(mask, is_causal) for SDPA: what this call's T queries (positions past..past+T-1) may
-        see of its kept + T keys (positions past-kept..past+T-1). Query q sees key k when
-        k <= q and, with a window W, q - W < k. `attention_mask` (B, past + T), 1 = token,
-        0 = padding, makes the mask an additive (B, 1, T, S): -inf where a key is not visible,
-        a very low finite score on padded keys, so that a query with only padding to see (a left
-        pad) averages it instead of producing NaNs (see zoo.layers.hidden_key_bias)."""
+    def _visibility(self, attention_mask: torch.Tensor | None, T: int, past: int, kept: int,
+                    dtype: torch.dtype, device: torch.device) -> Visibility:
+        """What this call's T queries (positions past..past+T-1) may see of its kept + T keys
+        (positions past-kept..past+T-1): query q sees key k when k <= q and, with a window W,
+        q - W < k. `attention_mask` (B, past + T), 1 = token, 0 = padding, hides padded keys.
+        With a window and more keys than it spans, the queries go in bands of `band`."""
         window = self.config.window
+        if attention_mask is not None and attention_mask.shape[1] != past + T:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions; "
+                             f"expected {past + T} ({past} cached + {T} new)")
         if attention_mask is None:
             if T == 1:  # one new query sees every kept key (the window cache keeps W - 1)
-                return None, False
+                return Visibility()
             if kept == 0 and (window is None or T <= window):
-                return None, True  # plain causal attention: SDPA's own flag
-        q_pos = torch.arange(past, past + T, device=device)[:, None]  # (T, 1)
-        k_pos = torch.arange(past - kept, past + T, device=device)[None, :]  # (1, S)
+                return Visibility(is_causal=True)  # plain causal attention: SDPA's own flag
+        if window is None or self.band is None or kept + T <= window:
+            return Visibility(mask=self._mask(attention_mask, past, T, past - kept, kept + T,
+                                              dtype, device))
+        bands = []
+        for first in range(0, T, self.band):
+            last = min(first + self.band, T)  # queries first..last-1: positions past + first..
+            keys = slice(max(0, kept + first - (window - 1)), kept + last)
+            mask = self._mask(attention_mask, past + first, last - first,
+                              past - kept + keys.start, keys.stop - keys.start, dtype, device)
+            bands.append((slice(first, last), keys, mask))
+        return Visibility(bands=bands)
+
+    def _mask(self, attention_mask: torch.Tensor | None, q_first: int, n_q: int, k_first: int,
+              n_k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The SDPA mask of queries at positions q_first.. (n_q) over keys at k_first.. (n_k):
+        bool (n_q, n_k) without padding; with `attention_mask` an additive (B, 1, n_q, n_k),
+        -inf where a key is not visible and a very low finite score on padded keys, so that a
+        query with only padding to see (a left pad) averages it instead of producing NaNs (see
+        zoo.layers.hidden_key_bias)."""
+        q_pos = torch.arange(q_first, q_first + n_q, device=device)[:, None]  # (n_q, 1)
+        k_pos = torch.arange(k_first, k_first + n_k, device=device)[None, :]  # (1, n_k)
         visible = k_pos <= q_pos
-        if window is not None:
-            visible = visible & (k_pos > q_pos - window)  # (T, S)
+        if self.config.window is not None:
+            visible = visible & (k_pos > q_pos - self.config.window)  # (n_q, n_k)
         if attention_mask is None:
-            return visible, False
-        B, positions = attention_mask.shape
-        if positions != past + T:
-            raise ValueError(f"attention_mask covers {positions} positions; expected {past + T} "
-                             f"({past} cached + {T} new)")
-        padded = ~attention_mask[:, past - kept:].bool()[:, None, None, :]  # (B, 1, 1, S)
-        mask = torch.zeros(B, 1, T, kept + T, dtype=dtype, device=device)
+            return visible
+        padded = ~attention_mask[:, k_first:k_first + n_k].bool()[:, None, None, :]  # (B,1,1,n_k)
+        mask = torch.zeros(attention_mask.size(0), 1, n_q, n_k, dtype=dtype, device=device)
         return mask.masked_fill(padded, hidden_key_bias(dtype)).masked_fill(~visible,
-                                                                            float("-inf")), False
+                                                                            float("-inf"))
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,
@@ -250,9 +289,9 @@ class Llama(ZooModel):
         x = self.tok_emb(input_ids)  # (B, T, C); no position embedding, no scale
         cos, sin = rope_tables(c.d_model // c.n_head, past, T, c.rope_theta, x.device)  # (T, hs)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # once here, not in every layer
-        mask, is_causal = self._attention_mask(attention_mask, T, past, kept, x.dtype, x.device)
+        seen = self._visibility(attention_mask, T, past, kept, x.dtype, x.device)
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, mask, is_causal, cache[i] if cache is not None else None)
+            x = block(x, cos, sin, seen, cache[i] if cache is not None else None)
         logits = self.lm_head(self.norm(x))  # (B, T, V)
         loss = lm_loss(logits, targets) if targets is not None else None
         return Output(logits=logits, loss=loss, cache=cache)

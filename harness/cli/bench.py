@@ -90,7 +90,7 @@ def bench(
         help="Measure this machine's matrix-multiply peak again (used for MFU).")] = False,
     plain: Annotated[bool, typer.Option(
         "--plain", help="Time the zoo models' plain PyTorch path, without their CPU speed "
-                        "routes (zoo.fast: oneDNN and split matrix products, the compiled WKV "
+                        "routes (zoo.fast: the faster matmul, split matrix products, the compiled WKV "
                         "loop); records list the routes each cell took.")] = False,
     launcher: LauncherOpt = "local", jobs: JobsOpt = None, address: AddressOpt = None,
 ) -> None:

@@ -1,7 +1,8 @@
 """zoo.fast, the CPU speed routes, against the plain path they replace.
 
-`linear`: every route (split matrix-vector product, oneDNN, F.linear) gives F.linear's numbers,
-with and without a bias and an activation, and autograd still works. The routes on models:
+`linear`: every route (split matrix-vector product, oneDNN, MKL's F.linear with the activation in
+place) gives F.linear's numbers, with and without a bias and an activation, and autograd still
+works; the kernel for many rows is the faster one, or the one ZOO_LINEAR_KERNEL names. The routes on models:
 every zoo model gives its plain logits with the routes applied, in a forward and when decoding
 one token at a time, still trains (gradients as the plain model's), and keeps its keys, hooks
 and modules; apply / remove / applied round-trip, describe() says which routes run.
@@ -22,7 +23,7 @@ import zoo
 import zoo.fast
 from harness.models import build_variant
 from zoo import dropout_cpu, wkv_cpu
-from zoo.fast import FEW_ROWS, FastLinear, linear, onednn_available
+from zoo.fast import FEW_ROWS, KERNELS, FastLinear, linear, many_rows_kernel, onednn_available
 from zoo.layers import ACTIVATIONS, FeedForward, MultiHeadAttention
 
 MODELS = sorted(zoo.REGISTRY)
@@ -32,7 +33,7 @@ EXPECTED = {"gpt": ("linear", "ffn", "dropout"), "bert": ("linear", "ffn", "drop
             "mamba": ("linear",), "mamba2": ("linear",),
             "roberta": ("linear", "ffn", "dropout"), "transformer": ("linear", "ffn", "dropout"),
             "mosaic-bert": ("linear", "dropout"), "pangu-pi": ("linear",),
-            "rwkv": ("linear", "ffn", "wkv"), "llama": ("linear",)}
+            "rwkv": ("linear", "ffn", "wkv"), "llama": ("linear", "ffn")}
 LOGITS = dict(atol=2e-5, rtol=1e-5)
 
 
@@ -43,10 +44,19 @@ def reference(x, weight, bias, activation):
     return y if activation is None else ACTIVATIONS[activation](y)
 
 
+@pytest.fixture(params=KERNELS)
+def kernel(request, monkeypatch):
+    """Each kernel for many rows in turn (oneDNN where this torch has it)."""
+    if request.param == "onednn" and not onednn_available():
+        pytest.skip("this torch has no oneDNN")
+    monkeypatch.setattr(zoo.fast, "many_rows_kernel", lambda: request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("rows", [1, 2, FEW_ROWS, FEW_ROWS + 1, 64])
 @pytest.mark.parametrize("activation", [None, *ACTIVATIONS])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_every_route_equals_f_linear(rows, activation, with_bias):
+def test_every_route_equals_f_linear(rows, activation, with_bias, kernel):
     torch.manual_seed(rows)
     weight = torch.randn(48, 40) / 40**0.5
     bias = torch.randn(48) if with_bias else None
@@ -86,9 +96,11 @@ def test_the_split_product_is_taken_for_few_rows(monkeypatch):
 
 @pytest.fixture
 def onednn_calls(monkeypatch):
-    """The post-op of every call to oneDNN's linear, in order."""
+    """The post-op of every call to oneDNN's linear, in order, with oneDNN chosen for many
+    rows."""
     if not onednn_available():
         pytest.skip("this torch has no oneDNN")
+    monkeypatch.setattr(zoo.fast, "many_rows_kernel", lambda: "onednn")
     calls = []
     real = torch.ops.mkldnn._linear_pointwise
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise",
@@ -104,6 +116,39 @@ def test_onednn_runs_for_many_rows_without_gradients(onednn_calls):
         linear(x, layer.weight, layer.bias, activation="gelu_tanh")
     layer(x)  # with gradients: F.linear
     assert onednn_calls == ["none", "gelu"]
+
+
+def test_with_mkl_chosen_oneDNN_never_runs_and_activations_apply_in_place(monkeypatch):
+    monkeypatch.setattr(zoo.fast, "many_rows_kernel", lambda: "mkl")
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: pytest.fail("oneDNN"),
+                        raising=False)
+    relus = []
+    real_relu_ = F.relu_
+    monkeypatch.setitem(zoo.fast._IN_PLACE, "relu",
+                        lambda t: relus.append(t.shape) or real_relu_(t))
+    x, w = torch.randn(10, 16), torch.randn(8, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x, w, activation="relu"), F.relu(F.linear(x, w)))
+    assert relus == [(10, 8)]
+
+
+def test_the_kernel_is_timed_once_or_named_by_the_environment(monkeypatch):
+    assert many_rows_kernel() in KERNELS
+    assert many_rows_kernel() is many_rows_kernel()  # cached: timed once per process
+    try:
+        many_rows_kernel.cache_clear()
+        monkeypatch.setenv("ZOO_LINEAR_KERNEL", "mkl")
+        assert many_rows_kernel() == "mkl"
+        many_rows_kernel.cache_clear()
+        monkeypatch.setenv("ZOO_LINEAR_KERNEL", "onednn")
+        assert many_rows_kernel() == ("onednn" if onednn_available() else "mkl")
+        many_rows_kernel.cache_clear()
+        monkeypatch.setenv("ZOO_LINEAR_KERNEL", "blas")
+        with pytest.raises(ValueError, match="ZOO_LINEAR_KERNEL='blas': expected one of mkl, "
+                                             "onednn"):
+            many_rows_kernel()
+    finally:
+        many_rows_kernel.cache_clear()
 
 
 def test_gradients_flow_through_the_plain_route():
@@ -160,6 +205,36 @@ def test_the_ffn_route_fuses_the_activation_and_keeps_hooks(onednn_calls):
     assert seen == [(1, 10, 32)]
     torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(hooked, plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, FEW_ROWS + 1, 40])
+def test_the_swiglu_route_equals_the_plain_one_with_either_kernel(rows, kernel, monkeypatch):
+    from zoo.llama import SwiGLU
+
+    torch.manual_seed(0)
+    ffn = SwiGLU(16, 48)
+    x = torch.randn(1, rows, 16)
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", real, raising=False)
+    with torch.no_grad():
+        plain = ffn(x)
+        zoo.fast.apply(ffn, ["ffn"])
+        assert type(ffn).__name__ == "FusedSwiGLU"
+        monkeypatch.setattr(zoo.fast, "swiglu", lambda *a: calls.append(1) or real_swiglu(*a))
+        fused = ffn(x)
+        seen = []
+        ffn.up_proj.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+        hooked = ffn(x)
+    assert calls == [1] and seen == [(1, rows, 48)]  # the hook made the fusion step aside
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hooked, plain, atol=1e-5, rtol=1e-5)
+    x.requires_grad_()  # with gradients: the plain products
+    torch.testing.assert_close(zoo.fast.swiglu(x, ffn.gate_proj.weight, ffn.up_proj.weight),
+                               F.silu(x @ ffn.gate_proj.weight.t()) * (x @ ffn.up_proj.weight.t()))
+
+
+real_swiglu = zoo.fast.swiglu
 
 
 # ---- the routes on every model -----------------------------------------------------------------
@@ -280,14 +355,16 @@ def test_unknown_route_is_a_value_error_naming_the_valid_ones():
 def test_describe_says_which_routes_run(name):
     fast, plain = tiny(name, fast=True), tiny(name, fast=False)
     notes, plain_notes = zoo.fast.describe(fast), zoo.fast.describe(plain)
-    assert notes[0] == (f"linears: {'oneDNN matmul' if onednn_available() else 'F.linear'}, "
+    onednn = many_rows_kernel() == "onednn"
+    assert notes[0] == (f"linears: {'oneDNN matmul' if onednn else 'MKL matmul (F.linear)'}, "
                         f"split matrix-vector products for <= {FEW_ROWS} rows (zoo.fast)")
     assert plain_notes[0] == "linears: F.linear"
     assert zoo.fast.describe(fast.to(torch.bfloat16))[0] == "linears: F.linear"  # not float32
     fast.float()
     has_ffn = "ffn" in EXPECTED[name]
-    fused = "feed-forward: activation in oneDNN's matmul pass (zoo.fast)"
-    assert (fused in notes) == (has_ffn and onednn_available())
+    fused = ("feed-forward: activation in oneDNN's matmul pass (zoo.fast)" if onednn
+             else "feed-forward: activation in place after the matmul (zoo.fast)")
+    assert (fused in notes) == has_ffn
     assert ("feed-forward: activation as a separate op" in plain_notes) == has_ffn
     if name == "rwkv":
         pytorch = "WKV: PyTorch, chunks of 8 for prefill, the recurrence for decoding"
