@@ -15,7 +15,8 @@ Where things live; each family module holds its converter (checkpoint -> zoo) an
     bert.py     BERT and RoBERTa         convert_bert, convert_roberta, export_bert, export_roberta
     rwkv.py     RWKV-4                   convert_rwkv, export_rwkv, rwkv_to_official
     llama.py    LLaMA and Mistral        convert_llama, export_llama
-    mamba.py    Mamba and Mamba-2        convert_mamba, convert_mamba2, export_mamba
+    mamba.py    Mamba and Mamba-2        convert_mamba, convert_mamba2, export_mamba,
+                                         export_mamba2
 
 This module holds the two registries (CONVERTERS, EXPORTERS) and `from_pretrained`, and
 re-exports the public names above, so `from zoo.convert import ...` reads any of them.
@@ -46,7 +47,7 @@ from zoo.convert.common import (
 )
 from zoo.convert.gpt import GPT_CONV1D, GPT_CONV1D_WEIGHTS, convert_gpt, export_gpt
 from zoo.convert.llama import LLAMA_BLOCK_KEYS, convert_llama, export_llama
-from zoo.convert.mamba import convert_mamba, convert_mamba2, export_mamba
+from zoo.convert.mamba import convert_mamba, convert_mamba2, export_mamba, export_mamba2
 from zoo.convert.rwkv import convert_rwkv, export_rwkv, rwkv_official_to_hf, rwkv_to_official
 
 __all__ = [
@@ -54,9 +55,9 @@ __all__ = [
     "GPT_CONV1D_WEIGHTS", "LLAMA_BLOCK_KEYS", "CheckpointError", "Converter", "Exporter",
     "StateDict", "convert_bert", "convert_gpt", "convert_llama", "convert_mamba",
     "convert_mamba2", "convert_roberta", "convert_rwkv", "export_bert", "export_gpt",
-    "export_llama", "export_mamba", "export_roberta", "export_rwkv", "from_pretrained",
-    "load_into", "read_checkpoint", "read_sharded", "read_state_dict", "rwkv_official_to_hf",
-    "rwkv_to_official",
+    "export_llama", "export_mamba", "export_mamba2", "export_roberta", "export_rwkv",
+    "from_pretrained", "load_into", "read_checkpoint", "read_sharded", "read_state_dict",
+    "rwkv_official_to_hf", "rwkv_to_official",
 ]
 
 # zoo model name -> its converter.
@@ -78,6 +79,7 @@ EXPORTERS: dict[str, Exporter] = {
     "rwkv": export_rwkv,
     "llama": export_llama,
     "mamba": export_mamba,
+    "mamba2": export_mamba2,
 }
 
 

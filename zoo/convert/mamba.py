@@ -1,7 +1,7 @@
 """Mamba and Mamba-2 checkpoints <-> zoo.mamba / zoo.mamba2: Hugging Face MambaForCausalLM and
 Mamba2ForCausalLM folders and the original mamba_ssm layout in (convert_mamba, convert_mamba2;
 both read their keys with _ssm_names and _tied_ssm_state), and Hugging Face folders out
-(export_mamba)."""
+(export_mamba, export_mamba2; both write their keys with _hf_ssm_state)."""
 
 from __future__ import annotations
 
@@ -285,7 +285,30 @@ def export_mamba(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
               "time_step_min": c.dt_min, "time_step_max": c.dt_max,
               "residual_in_fp32": False, "tie_word_embeddings": True,
               "pad_token_id": None, "bos_token_id": None, "eos_token_id": None}
+    return config, _hf_ssm_state(zoo)
+
+
+def export_mamba2(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """zoo.mamba2 -> Mamba2ForCausalLM, with the keys of export_mamba. Every field is written
+    out, since Mamba2Config's defaults are Codestral's, not the zoo's: _MAMBA2_HF read backwards,
+    the head count, the step-size clamp as `time_step_limit`, the head tied. `residual_in_fp32`
+    is false, as for Mamba. chunk_size is written only where the zoo config sets one: it changes
+    the speed, not the numbers, and otherwise transformers keeps its own (mamba_ssm's 256)."""
+    config = {"model_type": "mamba2", "architectures": ["Mamba2ForCausalLM"]}
+    config |= {theirs: getattr(c, ours) for theirs, (ours, _) in _MAMBA2_HF.items()}
+    config |= {"num_heads": c.n_heads, "time_step_limit": [c.dt_limit_min, c.dt_limit_max],
+               "hidden_act": "silu", "residual_in_fp32": False, "tie_word_embeddings": True,
+               "pad_token_id": None, "bos_token_id": None, "eos_token_id": None}
+    if c.chunk_size is not None:
+        config["chunk_size"] = c.chunk_size
+    return config, _hf_ssm_state(zoo)
+
+
+def _hf_ssm_state(zoo: StateDict) -> StateDict:
+    """A zoo.mamba or zoo.mamba2 state dict in Hugging Face's layout (the inverse of
+    _ssm_names): every key under `backbone.`, the embedding as `embeddings.`, the head tied to
+    it and so not stored."""
     hf = {"backbone.embeddings.weight": zoo["embedding.weight"]}
     hf |= {"backbone." + key: tensor for key, tensor in zoo.items()
            if key not in ("embedding.weight", "lm_head.weight")}
-    return config, hf
+    return hf
