@@ -1,7 +1,7 @@
 """The Hugging Face transformers peer (`catalog bench --against hf`): GPT2LMHeadModel (GPT-2) or
 OpenAIGPTLMHeadModel (GPT-1), BertForPreTraining (or BertForMaskedLM without the NSP head),
 RobertaForMaskedLM, RwkvForCausalLM, LlamaForCausalLM (or MistralForCausalLM with a sliding
-window), MambaForCausalLM.
+window), MambaForCausalLM, Mamba2ForCausalLM.
 
 The peer gets THE SAME WEIGHTS as the zoo model of the cell and the same sizes, eps,
 activation, dropout and position table, so that a difference in speed or memory is a
@@ -62,11 +62,13 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
         notes.append(f"WKV: transformers' {'per-token PyTorch loop' if loop else 'CUDA kernel'}")
     elif cell.model == "mamba":
         notes.append(f"selective scan: {_mamba_route(model)}")
+    elif cell.model == "mamba2":
+        notes.append(f"SSD scan: {_mamba2_route(model)}")
     else:  # sdpa where transformers has it (not for OpenAI GPT: eager only)
         notes.append(f"attention: {model.config._attn_implementation}")
     forward = dict(inputs.forward)
     nsp_labels = forward.pop("next_sentence_label", None)  # a loss input, as in the zoo
-    causal = cell.model in ("gpt", "rwkv", "llama", "mamba")
+    causal = cell.model in ("gpt", "rwkv", "llama", "mamba", "mamba2")
 
     def logits():
         """(LM or masked-LM logits, next-sentence logits or None)."""
@@ -101,7 +103,7 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
         limit = model.config.n_positions if cell.model == "gpt" else None
         run = _cache_decoder(model, inputs.input_ids, limit)
         notes.append("KV cache: transformers' DynamicCache")
-    elif cell.model == "mamba":  # as GenerationMixin decodes Mamba: one token on the cache
+    elif cell.model in ("mamba", "mamba2"):  # as GenerationMixin decodes them: a token a step
         run = _cache_decoder(model, inputs.input_ids, None)
         notes.append("state: transformers' cache (conv and SSM states per layer)")
     else:
@@ -123,7 +125,7 @@ def hf_model(name: str, zoo_model: Any, seqlen: int):
     model_type, (architecture,) = config.pop("model_type"), config.pop("architectures")
     if name == "rwkv":  # context_length only bounds transformers' optional CUDA kernel
         config["context_length"] = max(config["context_length"], seqlen)
-    attention = model_type not in ("openai-gpt", "rwkv", "mamba")  # eager only, or none
+    attention = model_type not in ("openai-gpt", "rwkv", "mamba", "mamba2")  # eager, or none
     options = {"attn_implementation": "sdpa"} if attention else {}
     hf_config = hf.AutoConfig.for_model(model_type, **config, **options)
     weight = next(zoo_model.parameters())
@@ -183,6 +185,19 @@ def _mamba_route(model: Any) -> str:
     if cuda and importlib.util.find_spec("mamba_ssm") is not None:
         return "mamba_ssm's CUDA kernels"
     return "transformers' per-token PyTorch loop (no mamba_ssm kernels)"
+
+
+def _mamba2_route(model: Any) -> str:
+    """How transformers' Mamba2ForCausalLM scans: mamba_ssm's Triton kernels where that package
+    is installed and the model is on a GPU, else its PyTorch reference: the chunked SSD (what
+    transformers 4 called `torch_forward`) in chunks of the config's chunk_size, and the
+    one-token recurrence for decoding on the cache."""
+    chunk = model.config.chunk_size
+    cuda = next(model.parameters()).is_cuda
+    if cuda and importlib.util.find_spec("mamba_ssm") is not None:
+        return f"mamba_ssm's Triton kernels, chunks of {chunk}"
+    return (f"transformers' chunked PyTorch SSD, chunks of {chunk}; the one-token recurrence "
+            "for decoding (no mamba_ssm or causal-conv1d kernels)")
 
 
 def _cache_decoder(model: Any, prompt: torch.Tensor, limit: int | None):

@@ -2,8 +2,8 @@
 
   zoo           this project's model (the `impl` of "ours" in every ratio)
   zoo-compiled  the same model under torch.compile (`catalog bench --compile`)
-  hf            Hugging Face transformers (`--against hf`): bert, gpt, llama, mamba, roberta,
-                rwkv
+  hf            Hugging Face transformers (`--against hf`): bert, gpt, llama, mamba, mamba2,
+                roberta, rwkv
   rwkv-pip      the official `rwkv` package (`--against rwkv-pip`): rwkv
 
 Each is a function `(cell, zoo_model, inputs) -> Workload`, imported when a cell uses it: the
@@ -51,8 +51,8 @@ COMPILED = "zoo-compiled"
 IMPLEMENTATIONS: dict[str, Implementation] = {impl.name: impl for impl in (
     Implementation(OURS, "harness.bench.ours:eager", peer=False),
     Implementation(COMPILED, "harness.bench.ours:compiled", peer=False),
-    Implementation("hf", "harness.bench.hf:workload", ("bert", "gpt", "llama", "mamba", "roberta",
-                                                        "rwkv")),
+    Implementation("hf", "harness.bench.hf:workload", ("bert", "gpt", "llama", "mamba", "mamba2",
+                                                        "roberta", "rwkv")),
     Implementation("rwkv-pip", "harness.bench.rwkv_pip:workload", ("rwkv",)),
 )}
 # peer -> the zoo models it implements

@@ -74,7 +74,7 @@ def bench(
                        ] = 600.0,
     against: Annotated[list[Peer] | None, typer.Option(
         help="Also measure a peer implementation with the same weights and print ours/theirs: "
-             "hf (Hugging Face: bert, gpt, llama, mamba, roberta, rwkv) or rwkv-pip (the "
+             "hf (Hugging Face: bert, gpt, llama, mamba, mamba2, roberta, rwkv) or rwkv-pip (the "
              "official package).",
         show_default=False)] = None,
     compile_model: Annotated[bool, typer.Option(

@@ -36,12 +36,13 @@ CPU = torch.device("cpu")
 BATCH, SEQLEN, STEPS = 2, 16, 3
 MODES = {"bert": ("forward", "train"), "roberta": ("forward", "train"),
          "gpt": ("forward", "train", "generate"), "rwkv": ("forward", "train", "generate"),
-         "llama": ("forward", "train", "generate"), "mamba": ("forward", "train", "generate")}
+         "llama": ("forward", "train", "generate"), "mamba": ("forward", "train", "generate"),
+         "mamba2": ("forward", "train", "generate")}
 CASES = [(impl, name, mode) for impl, names in PEERS.items() for name in names
          for mode in MODES[name] if not (impl == "rwkv-pip" and mode == "train")]
 NO_DROPOUT = {"gpt": {"dropout": 0.0}, "bert": {"dropout": 0.0, "attn_dropout": 0.0},
               "roberta": {"dropout": 0.0, "attn_dropout": 0.0}, "rwkv": {}, "llama": {},
-              "mamba": {}}
+              "mamba": {}, "mamba2": {}}
 
 
 @pytest.fixture(autouse=True)
@@ -89,7 +90,7 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_the_peer_table():
-    assert PEERS == {"hf": ("bert", "gpt", "llama", "mamba", "roberta", "rwkv"),
+    assert PEERS == {"hf": ("bert", "gpt", "llama", "mamba", "mamba2", "roberta", "rwkv"),
                      "rwkv-pip": ("rwkv",)}
 
 
@@ -178,6 +179,36 @@ def test_llama_decodes_past_max_seq_len_and_mamba_says_how_it_scans():
 
 
 @needs_peers
+def test_mamba2_with_groups_matches_and_says_how_it_scans():
+    """Two groups (B, C and the gated norm per group), and a chunk_size the exporter hands on:
+    both scan the 16-token prompt in two chunks of 8 and give the same logits, then decode the
+    same steps."""
+    model, _ = tiny("mamba2", n_groups=2, d_state=8, chunk_size=8)
+    for mode in ("forward", "generate"):
+        peer, ours = both("hf", "mamba2", model, mode)
+        assert "Mamba2ForCausalLM" in peer.notes[0]
+        assert peer.notes[1] == ("SSD scan: transformers' chunked PyTorch SSD, chunks of 8; the "
+                                 "one-token recurrence for decoding (no mamba_ssm or "
+                                 "causal-conv1d kernels)")
+        for _ in range(STEPS if mode == "generate" else 1):
+            assert max_diff(peer.run(), ours.run()) <= 1e-4
+
+
+@needs_peers
+@pytest.mark.parametrize("mode", ["forward", "generate"])
+def test_a_tiny_mamba2_cell_runs_against_hf(mode):
+    """The whole cell, as `catalog bench mamba2 --against hf` measures it in its subprocess."""
+    from harness.bench import cell as cells
+
+    ours, theirs = (cells.measure(cell("mamba2", impl, mode)) for impl in ("zoo", "hf"))
+    assert theirs["params"] == ours["params"] and theirs["routes"] is None
+    assert theirs["flops_per_token"] == ours["flops_per_token"]
+    assert theirs["tokens_per_s"] > 0 and theirs["peak_mem_bytes"] > 0
+    assert any(note.startswith("SSD scan: transformers' chunked PyTorch SSD, chunks of 256")
+               for note in theirs["notes"])
+
+
+@needs_peers
 def test_gpt2_decoding_stops_at_the_position_table():
     model, _ = tiny("gpt", max_seq_len=SEQLEN + 2)
     peer = peer_workload("hf", "gpt", model, "generate")
@@ -195,7 +226,7 @@ def test_the_rwkv_pip_package_runs_its_official_configuration():
 
 @needs_peers
 @pytest.mark.parametrize("impl,name", [("hf", "gpt"), ("hf", "rwkv"), ("hf", "llama"),
-                                       ("hf", "mamba"), ("rwkv-pip", "rwkv")])
+                                       ("hf", "mamba"), ("hf", "mamba2"), ("rwkv-pip", "rwkv")])
 def test_the_peer_keeps_no_reference_to_the_zoo_model(impl, name):
     """bench.measure drops the zoo model once the peer is built: its memory must go."""
     model, _ = tiny(name)

@@ -22,6 +22,7 @@ TINY = {
     "rwkv": dict(vocab_size=96, n_layer=2, d_model=32),
     "llama": dict(vocab_size=96, max_seq_len=40, n_layer=2, n_head=4, d_model=32, d_ff=48),
     "mamba": dict(vocab_size=96, n_layer=2, d_model=32),
+    "mamba2": dict(vocab_size=96, n_layer=2, d_model=32, d_state=16, head_dim=16),
 }
 CASES = [("gpt", {}), ("gpt", {"pre_ln": False, "d_ff": 128, "activation": "relu"}),
          ("gpt", {"activation": "gelu", "layer_norm_eps": 1e-6, "dropout": 0.0}),
@@ -32,7 +33,12 @@ CASES = [("gpt", {}), ("gpt", {"pre_ln": False, "d_ff": 128, "activation": "relu
          ("llama", {}), ("llama", {"n_kv_head": 2, "norm_eps": 1e-5, "rope_theta": 1e6}),
          ("llama", {"n_kv_head": 1, "window": 5}),
          ("mamba", {}), ("mamba", {"d_state": 8, "d_conv": 3, "expand": 3, "dt_rank": 5,
-                                   "conv_bias": False, "bias": True, "norm_eps": 1e-6})]
+                                   "conv_bias": False, "bias": True, "norm_eps": 1e-6}),
+         # Mamba-2: 4 heads in one group; and 6 heads in 2 groups (B, C and the gated norm
+         # per group) with a clamped step size and chunks shorter than the 12 tokens compared.
+         ("mamba2", {}), ("mamba2", {"n_groups": 2, "d_conv": 3, "expand": 3, "conv_bias": False,
+                                     "bias": True, "norm_eps": 1e-6, "dt_limit_min": 0.01,
+                                     "dt_limit_max": 1.5, "chunk_size": 8})]
 
 
 def build(name: str, **fields):
@@ -90,7 +96,8 @@ def test_the_exported_model_runs_in_transformers_with_the_same_logits(name, fiel
 
 @pytest.mark.parametrize("name,fields,architecture", [
     ("llama", {}, "LlamaForCausalLM"), ("llama", {"window": 5}, "MistralForCausalLM"),
-    ("mamba", {}, "MambaForCausalLM")])
+    ("mamba", {}, "MambaForCausalLM"), ("mamba2", {}, "Mamba2ForCausalLM"),
+    ("mamba2", {"chunk_size": 8}, "Mamba2ForCausalLM")])
 def test_llama_and_mamba_export_the_fields_transformers_reads(name, fields, architecture):
     transformers = pytest.importorskip("transformers")
     model = build(name, **fields)
@@ -106,10 +113,16 @@ def test_llama_and_mamba_export_the_fields_transformers_reads(name, fields, arch
         assert hf.rope_parameters["rope_theta"] == c.rope_theta
         assert getattr(hf, "sliding_window", None) == c.window
         assert hf.tie_word_embeddings is False and "lm_head.weight" in state
-    else:  # the embedding under Hugging Face's name, the tied head not stored
-        assert (hf.intermediate_size, hf.time_step_rank) == (c.d_inner, c.dt_rank)
+    else:  # the Mambas: the embedding under Hugging Face's name, the tied head not stored
         assert hf.tie_word_embeddings is True and hf.residual_in_fp32 is False
         assert "backbone.embeddings.weight" in state and "lm_head.weight" not in state
+    if name == "mamba":
+        assert (hf.intermediate_size, hf.time_step_rank) == (c.d_inner, c.dt_rank)
+    elif name == "mamba2":  # every field written, Mamba2Config's defaults being Codestral's
+        assert (hf.num_heads, hf.head_dim, hf.n_groups, hf.state_size) == (
+            c.n_heads, c.head_dim, c.n_groups, c.d_state)
+        assert tuple(hf.time_step_limit) == (c.dt_limit_min, c.dt_limit_max)
+        assert hf.chunk_size == (c.chunk_size or 256)  # unset: transformers' own
 
 
 def test_the_official_rwkv_layout_keeps_the_names_and_widens_time_mix():

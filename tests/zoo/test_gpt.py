@@ -1,4 +1,4 @@
-"""GPT-1 / GPT-2 (zoo/gpt.py, zoo/convert_gpt.py): parameter counts, the two block wirings,
+"""GPT-1 / GPT-2 (zoo/gpt.py, zoo/convert/gpt.py): parameter counts, the two block wirings,
 initialisation, the KV cache, and fp32 parity with Hugging Face's GPT2LMHeadModel and
 OpenAIGPTLMHeadModel built from tiny random configs (nothing downloaded)."""
 

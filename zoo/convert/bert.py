@@ -1,0 +1,210 @@
+"""BERT and RoBERTa checkpoints <-> zoo.bert / zoo.roberta: Hugging Face BertForPreTraining,
+BertForMaskedLM and RobertaForMaskedLM folders in (convert_bert, convert_roberta), and out
+(export_bert, export_roberta)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zoo.convert.common import CheckpointError, StateDict
+
+# --------------------------------------------------------------------------------------------------
+# Hugging Face BERT / RoBERTa checkpoints -> zoo.bert / zoo.roberta.
+#
+# Reads folders written by `BertForPreTraining`, `BertForMaskedLM` and `RobertaForMaskedLM`
+# (or a bare state dict of one of them). Key layout of the Hugging Face side:
+#
+#     {bert|roberta}.embeddings.{word,position,token_type}_embeddings.weight, .LayerNorm
+#     {bert|roberta}.encoder.layer.N.attention.self.{query,key,value}
+#     {bert|roberta}.encoder.layer.N.attention.output.{dense,LayerNorm}
+#     {bert|roberta}.encoder.layer.N.intermediate.dense, .output.{dense,LayerNorm}
+#     bert.pooler.dense, cls.seq_relationship                       (BertForPreTraining only)
+#     cls.predictions.{transform.dense, transform.LayerNorm, bias}  (BERT MLM head)
+#     lm_head.{dense, layer_norm, bias}                             (RoBERTa MLM head)
+#
+# The decoder weight is tied to the word embeddings and its bias to the head's bias: the zoo's
+# `lm_head.decoder.*` keys are given those tensors, and the checkpoint's copies of them
+# (`*.decoder.weight`, `*.decoder.bias`) are dropped, as are the non-persistent
+# `position_ids` / `token_type_ids` buffers that old checkpoints carry. Old TF-converted files
+# name LayerNorm parameters gamma/beta; they are read as weight/bias. RoBERTa's pooler (present
+# in the published roberta-base files, unused by its MLM head) is dropped.
+# --------------------------------------------------------------------------------------------------
+
+
+# zoo name (inside block N) -> Hugging Face name (inside encoder.layer.N)
+BERT_BLOCK_KEYS = {
+    "attn.q_proj": "attention.self.query",
+    "attn.k_proj": "attention.self.key",
+    "attn.v_proj": "attention.self.value",
+    "attn.out_proj": "attention.output.dense",
+    "ln_attn": "attention.output.LayerNorm",
+    "ffn.fc_in": "intermediate.dense",
+    "ffn.fc_out": "output.dense",
+    "ln_ffn": "output.LayerNorm",
+}
+BERT_EMBEDDING_KEYS = {
+    "embeddings.word_embeddings.weight": "embeddings.word_embeddings.weight",
+    "embeddings.position_embeddings.weight": "embeddings.position_embeddings.weight",
+    "embeddings.token_type_embeddings.weight": "embeddings.token_type_embeddings.weight",
+    "embeddings.ln": "embeddings.LayerNorm",
+}
+_REDUNDANT_SUFFIXES = ("decoder.weight", "decoder.bias", "embeddings.position_ids",
+                       "embeddings.token_type_ids")
+
+
+def convert_bert(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """A BertForPreTraining / BertForMaskedLM checkpoint -> (BertConfig fields, Bert state).
+    The pooler and NSP head are kept when the checkpoint has the NSP classifier."""
+    state = _normalised(state)
+    prefix = "bert." if any(k.startswith("bert.") for k in state) else ""
+    has_nsp = "cls.seq_relationship.weight" in state
+    fields = _bert_config_fields(config, state, prefix)
+    fields["next_sentence_head"] = has_nsp
+    head = {"lm_head.dense": "cls.predictions.transform.dense",
+            "lm_head.ln": "cls.predictions.transform.LayerNorm",
+            "lm_head.bias": "cls.predictions.bias"}
+    if has_nsp:
+        head.update({"pooler": prefix + "pooler.dense", "nsp_head": "cls.seq_relationship"})
+    else:
+        _drop(state, prefix + "pooler.")  # a pooler with nothing on top of it is not used
+    return fields, _renamed(state, prefix, fields["n_layer"], head)
+
+
+def convert_roberta(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """A RobertaForMaskedLM checkpoint -> (RobertaConfig fields, Roberta state)."""
+    state = _normalised(state)
+    prefix = "roberta." if any(k.startswith("roberta.") for k in state) else ""
+    fields = _bert_config_fields(config, state, prefix, default_pad=1)
+    _drop(state, prefix + "pooler.")  # RoBERTa has no NSP; its MLM head does not use the pooler
+    head = {"lm_head.dense": "lm_head.dense", "lm_head.ln": "lm_head.layer_norm",
+            "lm_head.bias": "lm_head.bias"}
+    return fields, _renamed(state, prefix, fields["n_layer"], head)
+
+
+def _normalised(state: StateDict) -> StateDict:
+    """Drop tied copies and buffers; gamma/beta -> weight/bias."""
+    out = {}
+    for key, tensor in state.items():
+        if key.endswith(_REDUNDANT_SUFFIXES):
+            continue
+        if "LayerNorm" in key or "layer_norm" in key:
+            key = key.replace(".gamma", ".weight").replace(".beta", ".bias")
+        out[key] = tensor
+    return out
+
+
+def _drop(state: StateDict, prefix: str) -> None:
+    for key in [k for k in state if k.startswith(prefix)]:
+        del state[key]
+
+
+def _bert_config_fields(config: dict[str, Any], state: StateDict, prefix: str,
+                   default_pad: int = 0) -> dict[str, Any]:
+    """Zoo config fields from config.json; from the tensor shapes for a bare weights file
+    (with 64-wide heads, as in every published BERT and RoBERTa size)."""
+    if not config:
+        words = state[prefix + "embeddings.word_embeddings.weight"]
+        positions = state[prefix + "embeddings.position_embeddings.weight"]
+        n_layer = 1 + max(int(k[len(prefix + "encoder.layer."):].split(".")[0])
+                          for k in state if k.startswith(prefix + "encoder.layer."))
+        return {
+            "vocab_size": words.size(0), "d_model": words.size(1), "n_head": words.size(1) // 64,
+            "n_layer": n_layer,
+            "d_ff": state[prefix + "encoder.layer.0.intermediate.dense.weight"].size(0),
+            "max_position_embeddings": positions.size(0),
+            "type_vocab_size": state[prefix + "embeddings.token_type_embeddings.weight"].size(0),
+            "pad_token_id": default_pad,
+        }
+    if config.get("hidden_act", "gelu") != "gelu":
+        raise CheckpointError(f"hidden_act {config['hidden_act']!r} is not supported "
+                              "(the zoo's BERT uses the exact GELU, 'gelu')")
+    if config.get("position_embedding_type", "absolute") != "absolute":
+        raise CheckpointError(f"position_embedding_type {config['position_embedding_type']!r} "
+                              "is not supported (only 'absolute')")
+    if not config.get("tie_word_embeddings", True):
+        raise CheckpointError("tie_word_embeddings is false; the zoo's MLM decoder is always "
+                              "tied to the word embeddings")
+    return {
+        "vocab_size": config["vocab_size"],
+        "max_position_embeddings": config["max_position_embeddings"],
+        "type_vocab_size": config["type_vocab_size"],
+        "n_layer": config["num_hidden_layers"],
+        "d_model": config["hidden_size"],
+        "n_head": config["num_attention_heads"],
+        "d_ff": config["intermediate_size"],
+        "dropout": config["hidden_dropout_prob"],
+        "attn_dropout": config["attention_probs_dropout_prob"],
+        "layer_norm_eps": config["layer_norm_eps"],
+        "pad_token_id": config.get("pad_token_id", default_pad),
+    }
+
+
+def _renamed(state: StateDict, prefix: str, n_layer: int, head: dict[str, str]) -> StateDict:
+    """Zoo state dict; a missing Hugging Face key raises KeyError naming it. Keys left over in
+    the checkpoint are passed on unchanged, so loading reports them as unexpected."""
+    modules = {zoo: prefix + hf for zoo, hf in BERT_EMBEDDING_KEYS.items()}
+    for i in range(n_layer):
+        modules.update({f"blocks.{i}.{zoo}": f"{prefix}encoder.layer.{i}.{hf}"
+                        for zoo, hf in BERT_BLOCK_KEYS.items()})
+    modules.update(head)
+    out = {}
+    for zoo, hf in modules.items():
+        if zoo.endswith((".weight", "lm_head.bias")):  # a single tensor
+            out[zoo] = state.pop(hf)
+        else:  # a Linear or LayerNorm: weight and bias
+            out[zoo + ".weight"] = state.pop(hf + ".weight")
+            out[zoo + ".bias"] = state.pop(hf + ".bias")
+    # The tied MLM decoder: the same tensors under its own keys.
+    out["lm_head.decoder.weight"] = out["embeddings.word_embeddings.weight"]
+    out["lm_head.decoder.bias"] = out["lm_head.bias"]
+    return {**out, **state}
+
+
+def _export_bert_like(c: Any, zoo: StateDict, roberta: bool) -> tuple[dict[str, Any], StateDict]:
+    """zoo.bert / zoo.roberta -> Bert* / RobertaForMaskedLM: the converters' tables read
+    backwards. The MLM decoder is tied to the word embeddings (and its bias to the head's)."""
+    if roberta and c.next_sentence_head:
+        raise CheckpointError("transformers' RobertaForMaskedLM has no next-sentence head")
+    if roberta:
+        architecture = "RobertaForMaskedLM"
+    else:
+        architecture = "BertForPreTraining" if c.next_sentence_head else "BertForMaskedLM"
+    config = {"model_type": "roberta" if roberta else "bert", "architectures": [architecture],
+              "vocab_size": c.vocab_size, "hidden_size": c.d_model,
+              "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head,
+              "intermediate_size": c.d_ff, "hidden_act": "gelu",
+              "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.attn_dropout,
+              "max_position_embeddings": c.max_position_embeddings,
+              "type_vocab_size": c.type_vocab_size, "layer_norm_eps": c.layer_norm_eps,
+              "pad_token_id": c.pad_token_id, "position_embedding_type": "absolute",
+              "tie_word_embeddings": True}
+    prefix = "roberta." if roberta else "bert."
+    modules = {zoo_name: prefix + hf_name for zoo_name, hf_name in BERT_EMBEDDING_KEYS.items()}
+    for i in range(c.n_layer):
+        modules |= {f"blocks.{i}.{zoo_name}": f"{prefix}encoder.layer.{i}.{hf_name}"
+                    for zoo_name, hf_name in BERT_BLOCK_KEYS.items()}
+    if roberta:
+        modules |= {"lm_head.dense": "lm_head.dense", "lm_head.ln": "lm_head.layer_norm",
+                    "lm_head.bias": "lm_head.bias"}
+    else:
+        modules |= {"lm_head.dense": "cls.predictions.transform.dense",
+                    "lm_head.ln": "cls.predictions.transform.LayerNorm",
+                    "lm_head.bias": "cls.predictions.bias"}
+        if c.next_sentence_head:
+            modules |= {"pooler": "bert.pooler.dense", "nsp_head": "cls.seq_relationship"}
+    hf = {}
+    for zoo_name, hf_name in modules.items():
+        if zoo_name.endswith((".weight", "lm_head.bias")):  # a single tensor
+            hf[hf_name] = zoo[zoo_name]
+        else:  # a Linear or a LayerNorm
+            for p in ("weight", "bias"):
+                hf[f"{hf_name}.{p}"] = zoo[f"{zoo_name}.{p}"]
+    return config, hf
+
+
+def export_bert(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
+    return _export_bert_like(c, zoo, roberta=False)
+
+
+def export_roberta(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
+    return _export_bert_like(c, zoo, roberta=True)

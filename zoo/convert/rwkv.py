@@ -1,0 +1,142 @@
+"""RWKV-4 checkpoints <-> zoo.rwkv: Hugging Face RwkvForCausalLM folders and BlinkDL's official
+.pth files in (convert_rwkv), and both layouts out (export_rwkv, rwkv_to_official)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from zoo.convert.common import CheckpointError, StateDict
+
+# --------------------------------------------------------------------------------------------------
+# RWKV-4 checkpoints -> zoo.rwkv.
+#
+# Two sources:
+#   - a Hugging Face folder (config.json with model_type "rwkv"): keys `rwkv.embeddings.weight`,
+#     `rwkv.blocks.N.pre_ln|ln1|ln2.*`, `rwkv.blocks.N.attention.time_mix_key|value|receptance`,
+#     `...feed_forward.*`, `rwkv.ln_out.*`, `head.weight`;
+#   - an official `.pth` state dict (BlinkDL, e.g. RWKV-4-Pile-169M-20220807-8023.pth; config {}):
+#     keys `emb.weight`, `blocks.N.ln0|ln1|ln2.*`, `blocks.N.att.time_mix_k|v|r`, `blocks.N.ffn.*`,
+#     `ln_out.*`, `head.weight`; the sizes are read off the tensors.
+# The zoo uses the official names; the time_* vectors, stored (1, 1, d) in both formats, become
+# (d,). Both formats hold raw time_decay (w = -exp(time_decay) is applied in the model) and raw
+# time_first. HF's `rescale_every` is an inference-time rescaling applied by HF in eval mode, not a
+# property of the stored weights, so it is not carried over.
+# --------------------------------------------------------------------------------------------------
+
+
+_HF_RENAMES = [  # (HF pattern, official replacement), applied in order after dropping "rwkv."
+    (r"^embeddings\.", "emb."),
+    (r"^blocks\.0\.pre_ln\.", "blocks.0.ln0."),
+    (r"\.attention\.", ".att."),
+    (r"\.feed_forward\.", ".ffn."),
+    (r"\.time_mix_key$", ".time_mix_k"),
+    (r"\.time_mix_value$", ".time_mix_v"),
+    (r"\.time_mix_receptance$", ".time_mix_r"),
+]
+
+
+def _hf_to_official(name: str) -> str:
+    name = name.removeprefix("rwkv.")
+    for pattern, repl in _HF_RENAMES:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+def rwkv_official_to_hf(name: str) -> str:
+    """The HF spelling of an official key (to name a missing weight of an HF checkpoint)."""
+    if name == "head.weight":
+        return name
+    name = re.sub(r"^emb\.", "embeddings.", name)
+    name = re.sub(r"^blocks\.0\.ln0\.", "blocks.0.pre_ln.", name)
+    name = name.replace(".att.", ".attention.").replace(".ffn.", ".feed_forward.")
+    for short, long in (("k", "key"), ("v", "value"), ("r", "receptance")):
+        name = re.sub(rf"\.time_mix_{short}$", f".time_mix_{long}", name)
+    return "rwkv." + name
+
+
+def _expected_shapes(n_layer: int, d: int, vocab: int) -> dict[str, tuple[int, ...]]:
+    """Official key -> the zoo's shape (time_* vectors as (d,))."""
+    shapes = {"emb.weight": (vocab, d), "blocks.0.ln0.weight": (d,), "blocks.0.ln0.bias": (d,)}
+    for i in range(n_layer):
+        b = f"blocks.{i}."
+        for name in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.time_decay",
+                     "att.time_first", "att.time_mix_k", "att.time_mix_v", "att.time_mix_r",
+                     "ffn.time_mix_k", "ffn.time_mix_r"):
+            shapes[b + name] = (d,)
+        for name in ("att.key", "att.value", "att.receptance", "att.output", "ffn.receptance"):
+            shapes[b + name + ".weight"] = (d, d)
+        shapes[b + "ffn.key.weight"] = (4 * d, d)
+        shapes[b + "ffn.value.weight"] = (d, 4 * d)
+    shapes.update({"ln_out.weight": (d,), "ln_out.bias": (d,), "head.weight": (vocab, d)})
+    return shapes
+
+
+def _fields_from_hf(config: dict[str, Any]) -> dict[str, Any]:
+    if config.get("model_type") != "rwkv":
+        raise CheckpointError(f"config.json has model_type {config.get('model_type')!r}, "
+                              "expected 'rwkv' (RWKV-4)")
+    d = config["hidden_size"]
+    for field, value in (("attention_hidden_size", d), ("intermediate_size", 4 * d)):
+        if config.get(field) not in (None, value):
+            raise CheckpointError(f"config.json field {field!r} = {config[field]} is not "
+                                  f"supported: RWKV-4 uses {value} (d_model {d})")
+    if config.get("tie_word_embeddings"):
+        raise CheckpointError("config.json field 'tie_word_embeddings' is true; "
+                              "RWKV-4's head is untied")
+    return {"vocab_size": config["vocab_size"], "n_layer": config["num_hidden_layers"],
+            "d_model": d, "context_length": config.get("context_length", 1024),
+            "layer_norm_eps": config.get("layer_norm_epsilon", 1e-5)}
+
+
+def _fields_from_tensors(state: StateDict) -> dict[str, Any]:
+    vocab, d = state["emb.weight"].shape
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if not layers:
+        raise CheckpointError("no 'blocks.N.' weights: not an RWKV-4 state dict")
+    return {"vocab_size": vocab, "n_layer": max(layers) + 1, "d_model": d}
+
+
+def convert_rwkv(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """(zoo.rwkv config fields, zoo state dict) from an HF RWKV-4 folder's config and weights,
+    or from an official .pth state dict (config == {}). A missing weight raises KeyError with
+    the checkpoint's key name; a mis-shaped one, CheckpointError naming it."""
+    hf = bool(config)
+    # official name -> the checkpoint's own key
+    source = {_hf_to_official(k) if hf else k: k for k in state}
+    fields = _fields_from_hf(config) if hf else _fields_from_tensors(state)
+    out = {}
+    for name, shape in _expected_shapes(fields["n_layer"], fields["d_model"],
+                                        fields["vocab_size"]).items():
+        if name not in source:
+            raise KeyError(rwkv_official_to_hf(name) if hf else name)
+        key = source.pop(name)
+        tensor = state[key]
+        if len(shape) == 1 and tensor.numel() == shape[0] and tensor.dim() in (1, 3):
+            tensor = tensor.reshape(shape)  # time_mix (1, 1, d) -> (d,)
+        if tuple(tensor.shape) != shape:
+            raise CheckpointError(f"weight {key!r} has shape {tuple(tensor.shape)}, "
+                                  f"expected {shape}")
+        out[name] = tensor
+    out.update({key: state[key] for key in source.values()})  # left over: reported as unexpected
+    return fields, out
+
+
+def rwkv_to_official(zoo: StateDict) -> StateDict:
+    """The official RWKV-4 .pth layout: the zoo's key names, with time_mix_* as (1, 1, d)."""
+    return {key: tensor.reshape(1, 1, -1) if ".time_mix_" in key else tensor
+            for key, tensor in zoo.items()}
+
+
+def export_rwkv(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """zoo.rwkv -> RwkvForCausalLM. `rescale_every` is 0: Hugging Face's rescaling of the
+    weights at inference would change the numbers; the zoo (and the official package in fp32)
+    does not rescale."""
+    config = {"model_type": "rwkv", "architectures": ["RwkvForCausalLM"],
+              "vocab_size": c.vocab_size, "context_length": c.context_length,
+              "hidden_size": c.d_model, "num_hidden_layers": c.n_layer,
+              "attention_hidden_size": c.d_model, "intermediate_size": 4 * c.d_model,
+              "layer_norm_epsilon": c.layer_norm_eps, "rescale_every": 0,
+              "tie_word_embeddings": False}
+    return config, {rwkv_official_to_hf(key): tensor
+                    for key, tensor in rwkv_to_official(zoo).items()}
