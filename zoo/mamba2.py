@@ -16,7 +16,10 @@ Differences from its parent, Mamba (zoo.mamba):
     shared keys) and are produced with x, z and delta by one input projection, in parallel,
     rather than from the convolved x by a second projection (x_proj, dt_proj are gone);
     in_proj's output is [z | xBC | dt(heads)], and the causal conv runs over x, B and C;
-  - delta = softplus(dt + dt_bias), clamped to [dt_limit_min, dt_limit_max]; D is per head;
+  - delta = softplus(dt + dt_bias), clamped to [dt_limit_min, dt_limit_max]; D is per head.
+    The clamp applies when decoding too, so that cached decoding equals the full forward;
+    Hugging Face's one-token step (and, as far as we can tell, mamba_ssm's) leaves it out, which
+    only matters for a clamp other than the published checkpoints' (0, inf);
   - an extra normalisation before out_proj: RMSNorm(y * silu(z)), over groups of d_inner /
     n_groups channels (mamba_ssm's RMSNormGated, norm_before_gate=False);
   - a larger state (d_state 128 instead of 16), which the matrix-product form makes affordable.
