@@ -6,7 +6,8 @@
 For one row (decoding) the weights of a `small` model's shapes are cycled through, about 100 MB
 of them, so that they stream from memory as in a decoding step rather than sit in the cache;
 the table gives GB/s of weight read. For many rows it gives GFLOP/s; `zoo linear` takes the
-kernel zoo.fast.many_rows_kernel() timed faster for this process (printed under the table). Each route is timed in
+kernel zoo.fast.many_rows_kernel() names (MKL's unless ZOO_LINEAR_KERNEL=onednn; printed under
+the table). Each route is timed in
 alternation with the others (median of several rounds), so a noisy machine slows all alike.
 """
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"{ratio:.2f}x")
     console = Console(width=160 if not sys.stdout.isatty() else None)
     console.print(table)
-    console.print(f"zoo linear, more than a few rows: {many_rows_kernel()} (timed faster at start)")
+    console.print(f"zoo linear, more than a few rows: {many_rows_kernel()} (ZOO_LINEAR_KERNEL)")
     return 0
 
 

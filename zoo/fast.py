@@ -7,13 +7,15 @@ the same numbers (up to the order of the additions) faster for float32 inference
 where this project's benchmarks run:
 
   linear  nn.Linear -> FastLinear, computed by `linear` below: a split matrix-vector product for
-          a few rows (decoding), the faster of MKL's and oneDNN's matrix multiply for more;
+          a few rows (decoding), MKL's (or oneDNN's) matrix multiply for more;
   ffn     a feed-forward layer's activation applied in the pass that writes its first matrix
           product (oneDNN) or in place after it (MKL) (FeedForward -> FusedFeedForward; LLaMA's
           SwiGLU -> FusedSwiGLU), and RWKV's squared ReLU squared in place as well
           (ChannelMix -> FusedChannelMix);
   wkv     RWKV's TimeMix -> CompiledWKVTimeMix: WKV as zoo/wkv_cpu.py's compiled C loop, with
           its C backward when a gradient is needed (training);
+  scan    Mamba's MambaMixer -> CompiledScanMambaMixer: the selective scan as zoo/scan_cpu.py's
+          compiled C loop for inference (prefill and decoding);
   dropout (training) nn.Dropout -> FastDropout, and attention modules -> DropoutAttention /
           DropoutAlibiAttention: dropout masks drawn by zoo/dropout_cpu.py's C kernel, and
           attention with dropout computed as its math form with such a mask.
@@ -37,24 +39,26 @@ times the linear routes side by side):
     reaches) streams the weights of a `small` model at 7 to 12 GB/s; the same product as a batch
     of two half-height products (`torch.bmm` on a free view of the weight's two halves) streams
     them at 15 to 30 GB/s;
-  - more rows, no gradient needed: whichever of MKL's matrix multiply (what F.linear reaches)
-    and oneDNN's (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile uses for CPU
-    linears) is faster on the machine, timed once per process (`many_rows_kernel`). The answer
-    differs between hosts of the same processor family: on 2026-12-01 oneDNN was 30 to 65%
-    faster than MKL on the model shapes here at 2048 rows; on 2026-12-05, on another host of
-    the same 2-core AMD EPYC (Zen 3) type, MKL was 3 to 14% faster (benchmarks/linear_backends.py)
-    and whole `small` forwards at 1024 tokens 8 to 20% faster with MKL than with oneDNN;
+  - more rows, no gradient needed: MKL's matrix multiply (what F.linear reaches), or oneDNN's
+    (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile uses for CPU linears) with
+    ZOO_LINEAR_KERNEL=onednn (`many_rows_kernel`). The faster one differs between hosts of the
+    same processor type: on 2026-12-01 oneDNN measured 30 to 65% faster than MKL on the model
+    shapes here at 2048 rows; on 2026-12-05, on another host of the same 2-core AMD EPYC
+    (Zen 3) type, MKL was 3 to 14% faster on those products (benchmarks/linear_backends.py) and
+    whole `small` forwards at 1024 tokens (GPT, BERT, LLaMA, RWKV) 7 to 20% faster with MKL,
+    in separate processes alternated over two rounds;
   - a separate activation reads and writes a tensor as wide as the hidden layer, a pass that
     oneDNN saves by applying it as it writes the product; after MKL's product the activation is
     applied in place, which saves the allocation (a fresh tensor costs a page fault per 4 KiB).
     SwiGLU's product silu(x G) * (x U) is then two matrix products and two in-place passes (or,
     with oneDNN, a product with SiLU as its post-op and one multiplied by it as it is written):
-    LLaMA small's feed-forward at 1024 tokens took 30 ms so against 35 ms plain (MKL host). A feed-forward layer of the `small`
-    shapes (512 -> 2048 -> 512) at 1024 tokens, best of 15 in three rounds, each once the shared
-    machine was idle: ReLU 40-44 ms fused, 45-47 ms separate; exact GELU 43-50 ms either way;
-    tanh GELU 53-57 ms fused, 50-54 ms separate (oneDNN's GELUs are slower than PyTorch's).
-    Yet the benchmark itself (`catalog bench gpt bert --seqlen 1024`, a fresh process per
-    cell, six rounds) ran BERT 7% faster with its GELU fused and GPT the same either way, so
+    LLaMA small's feed-forward (512 -> 1408 -> 512) at 1024 tokens: 30 ms so, 35 ms plain, 36 ms
+    with oneDNN's post-ops (2026-12-05, median of 15). On the 2026-12-01 host, a feed-forward
+    layer of the `small` shapes (512 -> 2048 -> 512) at 1024 tokens, best of 15 in three rounds:
+    ReLU 40-44 ms fused by oneDNN, 45-47 ms separate; exact GELU 43-50 ms either way; tanh GELU
+    53-57 ms fused, 50-54 ms separate (oneDNN's GELUs are slower than PyTorch's); yet the
+    benchmark itself (`catalog bench gpt bert --seqlen 1024`, a fresh process per cell, six
+    rounds) ran BERT 7% faster with its GELU fused and GPT the same either way, so with oneDNN
     every activation is fused. RWKV's key and value products in its channel mix (the same
     widths, squared ReLU between them): 37 ms with the ReLU fused and the square taken in
     place, 50 ms plain; 2-4% of the model's forward;
@@ -81,18 +85,18 @@ from __future__ import annotations
 import functools
 import math
 import os
-import statistics
-import time
 from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import dropout_cpu, wkv_cpu
+from zoo import dropout_cpu, scan_cpu, wkv_cpu
 from zoo.layers.attention import MultiHeadAttention
 from zoo.layers.feedforward import ACTIVATIONS, FeedForward
 from zoo.llama import SwiGLU
+from zoo.mamba import MambaMixer
+from zoo.mamba import chunk_length as mamba_chunk_length
 from zoo.mosaic_bert import AlibiAttention
 from zoo.rwkv import ChannelMix, TimeMix, WKVState, chunk_length
 
@@ -100,12 +104,13 @@ FEW_ROWS = 4  # at most this many rows take the split product (measured faster u
 
 # Route name -> what it does, in one line.
 ROUTES: dict[str, str] = {
-    "linear": f"nn.Linear: split matrix-vector products for <= {FEW_ROWS} rows, the faster of "
-              "MKL's and oneDNN's matmul for more (CPU float32 inference)",
+    "linear": f"nn.Linear: split matrix-vector products for <= {FEW_ROWS} rows, MKL's matmul "
+              "(or oneDNN's: ZOO_LINEAR_KERNEL) for more (CPU float32 inference)",
     "ffn": "feed-forward layers (SwiGLU's included): the activation in oneDNN's matmul pass or "
            "in place after MKL's, RWKV's squared ReLU squared in place (CPU float32 inference)",
     "wkv": "RWKV's WKV as a compiled C loop with its backward (zoo.wkv_cpu; CPU float32, "
            "inference and training)",
+    "scan": "Mamba's selective scan as a compiled C loop (zoo.scan_cpu; CPU float32 inference)",
     "dropout": "dropout masks drawn by a C kernel (zoo.dropout_cpu), attention with dropout "
                "as its math path on them (CPU float32 training)",
 }
@@ -116,7 +121,7 @@ _ONEDNN_POST_OPS = {None: ("none", ""), "relu": ("relu", ""), "gelu": ("gelu", "
 # The same activations applied in place to a fresh product (GELU has no in-place form).
 _IN_PLACE = {"relu": F.relu_, "gelu": F.gelu,
              "gelu_tanh": functools.partial(F.gelu, approximate="tanh")}
-KERNELS = ("mkl", "onednn")  # for many rows; ZOO_LINEAR_KERNEL names one to skip the timing
+KERNELS = ("mkl", "onednn")  # for many rows; ZOO_LINEAR_KERNEL names one (default mkl)
 
 
 # --- the linear route -----------------------------------------------------------------------
@@ -136,33 +141,16 @@ def onednn_available() -> bool:
 
 @functools.cache
 def many_rows_kernel() -> str:
-    """"mkl" or "onednn": the matrix multiply that the linear route uses for more than FEW_ROWS
-    rows, the faster of the two on this machine. Timed once per process on a product of the
-    `small` models' shapes (1024 rows, 512 -> 1536, about 10 ms), alternating the two for five
-    rounds after a warm-up and comparing medians: about 0.15 s, once. The environment variable
-    ZOO_LINEAR_KERNEL=mkl|onednn names one instead (reproducible runs, tests)."""
-    chosen = os.environ.get("ZOO_LINEAR_KERNEL", "").strip().lower()
-    if chosen:
-        if chosen not in KERNELS:
-            raise ValueError(f"ZOO_LINEAR_KERNEL={chosen!r}: expected one of {', '.join(KERNELS)}")
-        return chosen if chosen == "mkl" or onednn_available() else "mkl"
-    if not onednn_available():
-        return "mkl"
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(1024, 512, generator=generator)
-    weight = torch.randn(1536, 512, generator=generator)
-    kernels = {"mkl": lambda: F.linear(x, weight),
-               "onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [],
-                                                                    "")}
-    times: dict[str, list[float]] = {name: [] for name in kernels}
-    with torch.no_grad():
-        for round_ in range(6):
-            for name, multiply in kernels.items():
-                start = time.perf_counter()
-                multiply()
-                if round_:  # the first round warms up
-                    times[name].append(time.perf_counter() - start)
-    return min(times, key=lambda name: statistics.median(times[name]))
+    """"mkl" or "onednn": the matrix multiply the linear route uses for more than FEW_ROWS rows.
+    MKL's (F.linear's) unless the environment variable ZOO_LINEAR_KERNEL=onednn asks for
+    oneDNN's (and this torch has it). Which is faster depends on the host, not only on the
+    processor model (see the module's notes; benchmarks/linear_backends.py times both), and a
+    timing at start-up was tried and rejected: on this shared 2-core machine a quarter-second
+    probe picked the slower kernel in about one process in three."""
+    chosen = os.environ.get("ZOO_LINEAR_KERNEL", "mkl").strip().lower() or "mkl"
+    if chosen not in KERNELS:
+        raise ValueError(f"ZOO_LINEAR_KERNEL={chosen!r}: expected one of {', '.join(KERNELS)}")
+    return chosen if chosen == "mkl" or onednn_available() else "mkl"
 
 
 def _compiling() -> bool:
@@ -296,6 +284,21 @@ class CompiledWKVTimeMix(TimeMix):
         return super().wkv(w, u, k, v, state)
 
 
+# --- the scan route ---------------------------------------------------------------------------
+
+class CompiledScanMambaMixer(MambaMixer):
+    """Mamba's mixer with the selective scan run by zoo/scan_cpu.py's C loop for float32 CPU
+    inference; with a gradient, on CUDA or without a compiler, the PyTorch scans."""
+
+    def scan(self, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+             C: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tensors = (x, delta, A, B, C, state)
+        if (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+                and not _needs_grad(*tensors) and not _compiling() and scan_cpu.available()):
+            return scan_cpu.scan(*tensors)
+        return super().scan(*tensors)
+
+
 # --- the dropout route ------------------------------------------------------------------------
 
 def _dropout_runs(x: torch.Tensor, p: float) -> bool:
@@ -379,6 +382,7 @@ _SWAPS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
     "linear": {nn.Linear: FastLinear},
     "ffn": {FeedForward: FusedFeedForward, ChannelMix: FusedChannelMix, SwiGLU: FusedSwiGLU},
     "wkv": {TimeMix: CompiledWKVTimeMix},
+    "scan": {MambaMixer: CompiledScanMambaMixer},
     "dropout": {nn.Dropout: FastDropout, MultiHeadAttention: DropoutAttention,
                 AlibiAttention: DropoutAlibiAttention},
 }
@@ -457,6 +461,14 @@ def describe(model: nn.Module, training: bool = False,
             chunk = chunk_length(time_mix.chunk_len, weight.is_cuda)
             notes.append(f"WKV: PyTorch, chunks of {chunk} for prefill, the recurrence for "
                          "decoding")
+    mixer = next((m for m in model.modules() if isinstance(m, MambaMixer)), None)
+    if mixer is not None:
+        if "scan" in routes and inference and scan_cpu.available():
+            notes.append("selective scan: compiled C loop (zoo.scan_cpu)")
+        else:
+            chunk = mamba_chunk_length(mixer.chunk_len, weight.is_cuda)
+            notes.append(f"selective scan: PyTorch, chunks of {chunk} for prefill, the "
+                         "recurrence for decoding")
     if any(isinstance(m, tuple(_SWAPS["dropout"])) for m in model.modules()):
         kernel = "dropout" in routes and cpu32 and dropout_cpu.available()
         notes.append("dropout (training): masks from a C kernel (zoo.dropout_cpu)" if kernel

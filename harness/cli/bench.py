@@ -90,8 +90,9 @@ def bench(
         help="Measure this machine's matrix-multiply peak again (used for MFU).")] = False,
     plain: Annotated[bool, typer.Option(
         "--plain", help="Time the zoo models' plain PyTorch path, without their CPU speed "
-                        "routes (zoo.fast: the faster matmul, split matrix products, the compiled WKV "
-                        "loop); records list the routes each cell took.")] = False,
+                        "routes (zoo.fast: split matrix products, fused activations, the compiled "
+                        "WKV and selective-scan loops); records list the routes each cell "
+                        "took.")] = False,
     launcher: LauncherOpt = "local", jobs: JobsOpt = None, address: AddressOpt = None,
 ) -> None:
     """Measure throughput, latency, peak memory and MFU against sequence length.

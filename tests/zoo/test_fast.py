@@ -2,7 +2,7 @@
 
 `linear`: every route (split matrix-vector product, oneDNN, MKL's F.linear with the activation in
 place) gives F.linear's numbers, with and without a bias and an activation, and autograd still
-works; the kernel for many rows is the faster one, or the one ZOO_LINEAR_KERNEL names. The routes on models:
+works; the kernel for many rows is MKL's, or the one ZOO_LINEAR_KERNEL names. The routes on models:
 every zoo model gives its plain logits with the routes applied, in a forward and when decoding
 one token at a time, still trains (gradients as the plain model's), and keeps its keys, hooks
 and modules; apply / remove / applied round-trip, describe() says which routes run.
@@ -22,7 +22,7 @@ from torch import nn
 import zoo
 import zoo.fast
 from harness.models import build_variant
-from zoo import dropout_cpu, wkv_cpu
+from zoo import dropout_cpu, scan_cpu, wkv_cpu
 from zoo.fast import FEW_ROWS, KERNELS, FastLinear, linear, many_rows_kernel, onednn_available
 from zoo.layers import ACTIVATIONS, FeedForward, MultiHeadAttention
 
@@ -30,7 +30,7 @@ MODELS = sorted(zoo.REGISTRY)
 CAUSAL = [n for n in MODELS if getattr(zoo.load_class(n), "causal_lm", False)]
 # The routes each model has modules for.
 EXPECTED = {"gpt": ("linear", "ffn", "dropout"), "bert": ("linear", "ffn", "dropout"),
-            "mamba": ("linear",), "mamba2": ("linear",),
+            "mamba": ("linear", "scan"), "mamba2": ("linear",),
             "roberta": ("linear", "ffn", "dropout"), "transformer": ("linear", "ffn", "dropout"),
             "mosaic-bert": ("linear", "dropout"), "pangu-pi": ("linear",),
             "rwkv": ("linear", "ffn", "wkv"), "llama": ("linear", "ffn")}
@@ -132,16 +132,12 @@ def test_with_mkl_chosen_oneDNN_never_runs_and_activations_apply_in_place(monkey
     assert relus == [(10, 8)]
 
 
-def test_the_kernel_is_timed_once_or_named_by_the_environment(monkeypatch):
-    assert many_rows_kernel() in KERNELS
-    assert many_rows_kernel() is many_rows_kernel()  # cached: timed once per process
+def test_the_kernel_is_mkl_unless_the_environment_names_onednn(monkeypatch):
     try:
-        many_rows_kernel.cache_clear()
-        monkeypatch.setenv("ZOO_LINEAR_KERNEL", "mkl")
-        assert many_rows_kernel() == "mkl"
-        many_rows_kernel.cache_clear()
-        monkeypatch.setenv("ZOO_LINEAR_KERNEL", "onednn")
-        assert many_rows_kernel() == ("onednn" if onednn_available() else "mkl")
+        for value, expected in (("", "mkl"), ("mkl", "mkl"), (" OneDNN ", "onednn")):
+            many_rows_kernel.cache_clear()
+            monkeypatch.setenv("ZOO_LINEAR_KERNEL", value)
+            assert many_rows_kernel() == (expected if onednn_available() else "mkl")
         many_rows_kernel.cache_clear()
         monkeypatch.setenv("ZOO_LINEAR_KERNEL", "blas")
         with pytest.raises(ValueError, match="ZOO_LINEAR_KERNEL='blas': expected one of mkl, "
@@ -345,9 +341,9 @@ def test_the_tied_heads_are_the_embeddings():
 
 def test_unknown_route_is_a_value_error_naming_the_valid_ones():
     with pytest.raises(ValueError,
-                       match="unknown fast route 'flash'; valid: linear, ffn, wkv, dropout"):
+                       match="unknown fast route 'flash'; valid: linear, ffn, wkv, scan, dropout"):
         zoo.fast.apply(tiny("gpt", fast=False), ["linear", "flash"])
-    assert set(zoo.fast.ROUTES) == {"linear", "ffn", "wkv", "dropout"}
+    assert set(zoo.fast.ROUTES) == {"linear", "ffn", "wkv", "scan", "dropout"}
     assert all(isinstance(line, str) and line for line in zoo.fast.ROUTES.values())
 
 
@@ -373,6 +369,13 @@ def test_describe_says_which_routes_run(name):
         assert plain_notes[-1] == pytorch
     else:
         assert not any(n.startswith("WKV") for n in notes + plain_notes)
+    if name == "mamba":
+        pytorch = "selective scan: PyTorch, chunks of 16 for prefill, the recurrence for decoding"
+        compiled = "selective scan: compiled C loop (zoo.scan_cpu)"
+        assert (compiled if scan_cpu.available() else pytorch) in notes
+        assert pytorch in plain_notes and pytorch in zoo.fast.describe(fast, training=True)
+    else:
+        assert not any(n.startswith("selective scan") for n in notes + plain_notes)
     dropout_kinds = (nn.Dropout, MultiHeadAttention)
     if any(isinstance(m, dropout_kinds) for m in plain.modules()):
         kernel = "dropout (training): masks from a C kernel (zoo.dropout_cpu)"

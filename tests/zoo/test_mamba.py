@@ -301,13 +301,24 @@ def test_bf16_runs_with_an_fp32_state():
     assert error < 0.05
 
 
-def test_the_fast_routes_cover_every_linear_and_keep_the_logits():
+def test_the_fast_routes_cover_every_linear_and_the_scan_and_keep_the_logits():
+    """The linear and scan routes against the plain model: a padded prefill, then decoding on
+    the state (the compiled scan for one token too)."""
     fast, plain = tiny_model(fast=True), tiny_model(fast=False)
-    assert zoo.fast.applied(fast) == ("linear",) and zoo.fast.applied(plain) == ()
+    assert zoo.fast.applied(fast) == ("linear", "scan") and zoo.fast.applied(plain) == ()
     assert not [n for n, m in fast.named_modules() if type(m) is torch.nn.Linear]
     ids = torch.randint(0, 300, (2, 40))
+    mask = torch.ones(2, 40, dtype=torch.long)
+    mask[1, :7] = 0
     with torch.no_grad():
         torch.testing.assert_close(fast(ids).logits, plain(ids).logits, atol=2e-5, rtol=1e-5)
+        got = fast(ids[:, :30], attention_mask=mask[:, :30], use_cache=True)
+        want = plain(ids[:, :30], attention_mask=mask[:, :30], use_cache=True)
+        torch.testing.assert_close(got.logits, want.logits, atol=2e-5, rtol=1e-5)
+        for t in range(30, 40):
+            got = fast(ids[:, t:t + 1], cache=got.cache, attention_mask=mask[:, :t + 1])
+            want = plain(ids[:, t:t + 1], cache=want.cache, attention_mask=mask[:, :t + 1])
+            torch.testing.assert_close(got.logits, want.logits, atol=2e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
