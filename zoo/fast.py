@@ -15,7 +15,7 @@ where this project's benchmarks run:
   wkv     RWKV's TimeMix -> CompiledWKVTimeMix: WKV as zoo/wkv_cpu.py's compiled C loop, with
           its C backward when a gradient is needed (training);
   scan    Mamba's MambaMixer -> CompiledScanMambaMixer: the selective scan as zoo/scan_cpu.py's
-          compiled C loop for inference (prefill and decoding);
+          compiled C loop, with its C backward when a gradient is needed (training);
   dropout (training) nn.Dropout -> FastDropout, and attention modules -> DropoutAttention /
           DropoutAlibiAttention: dropout masks drawn by zoo/dropout_cpu.py's C kernel, and
           attention with dropout computed as its math form with such a mask.
@@ -110,7 +110,8 @@ ROUTES: dict[str, str] = {
            "in place after MKL's, RWKV's squared ReLU squared in place (CPU float32 inference)",
     "wkv": "RWKV's WKV as a compiled C loop with its backward (zoo.wkv_cpu; CPU float32, "
            "inference and training)",
-    "scan": "Mamba's selective scan as a compiled C loop (zoo.scan_cpu; CPU float32 inference)",
+    "scan": "Mamba's selective scan as a compiled C loop with its backward (zoo.scan_cpu; CPU, "
+            "inference and training)",
     "dropout": "dropout masks drawn by a C kernel (zoo.dropout_cpu), attention with dropout "
                "as its math path on them (CPU float32 training)",
 }
@@ -287,14 +288,17 @@ class CompiledWKVTimeMix(TimeMix):
 # --- the scan route ---------------------------------------------------------------------------
 
 class CompiledScanMambaMixer(MambaMixer):
-    """Mamba's mixer with the selective scan run by zoo/scan_cpu.py's C loop for float32 CPU
-    inference; with a gradient, on CUDA or without a compiler, the PyTorch scans."""
+    """Mamba's mixer with the selective scan run by zoo/scan_cpu.py's C loop on the CPU (the
+    scan is always float32), its backward included when a gradient is needed (training); on
+    CUDA or without a compiler, the PyTorch scans."""
 
     def scan(self, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
              C: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tensors = (x, delta, A, B, C, state)
         if (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-                and not _needs_grad(*tensors) and not _compiling() and scan_cpu.available()):
+                and scan_cpu.available()):
+            if _needs_grad(*tensors):
+                return scan_cpu.scan_with_grad(*tensors)
             return scan_cpu.scan(*tensors)
         return super().scan(*tensors)
 
@@ -463,7 +467,7 @@ def describe(model: nn.Module, training: bool = False,
                          "decoding")
     mixer = next((m for m in model.modules() if isinstance(m, MambaMixer)), None)
     if mixer is not None:
-        if "scan" in routes and inference and scan_cpu.available():
+        if "scan" in routes and cpu and scan_cpu.available():
             notes.append("selective scan: compiled C loop (zoo.scan_cpu)")
         else:
             chunk = mamba_chunk_length(mixer.chunk_len, weight.is_cuda)

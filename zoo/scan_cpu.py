@@ -10,10 +10,13 @@ exp(delta A), take delta x B and are read out by C, in SIMD lanes over N, the st
 staying in the cache. The channels are independent, so a call splits them between the threads
 PyTorch uses (ctypes releases the GIL during the call).
 
-`scan` runs it without gradients (inference: prefill and decoding); a gradient takes the
-chunked PyTorch path. The source is compiled on first use with the system's C compiler and
-cached (zoo/ckernel.py); zoo/fast.py's "scan" route runs it, and without a compiler
-`available()` is False and the model keeps its PyTorch paths.
+`scan` runs it without gradients (inference: prefill and decoding); `scan_with_grad` is
+differentiable, an autograd Function whose backward is `selective_scan_backward` below: it
+recomputes the states chunk by chunk (a sweep keeps the state at every 64th token) rather than
+storing a (T, d_inner, N) history, and sweeps back in time. Its gradients equal the float64
+recurrence's to float32 rounding (tests/zoo/test_scan_cpu.py). The source is compiled on first
+use with the system's C compiler and cached (zoo/ckernel.py); zoo/fast.py's "scan" route runs
+it, and without a compiler `available()` is False and the model keeps its PyTorch paths.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import ctypes
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from zoo import ckernel
 
 SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 /* x, delta, y: (Bt, T, D); A: (D, N); Bm, Cm: (Bt, T, N); h: (Bt, D, N), the state, updated in
    place. Float32, row-major. Channels d0 <= d < d1 only: a call per thread. */
@@ -54,6 +59,105 @@ void selective_scan_forward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t
         }
     }
 }
+
+/* The gradients of selective_scan_forward, for channels d0 <= d < d1. With a_t = exp(delta_t A),
+   u_t = delta_t x_t, h_t = a_t h_{t-1} + u_t B_t and y_t = C_t . h_t, going back in time with
+   G_t = dL/dh_t = gy_t C_t + a_{t+1} G_{t+1} (G_T-1 starting from gh, the final state's):
+     dL/dC_t += gy_t h_t,   dL/dB_t += u_t G_t,   du_t = B_t . G_t,
+     dL/dx_t = du_t delta_t,   dL/ddelta_t = du_t x_t + sum_n A G_t h_{t-1} a_t,
+     dL/dA += delta_t G_t h_{t-1} a_t,   dL/dh_0 = a_0 G_0 (the given state's).
+   The states are recomputed, not stored: a first sweep keeps the state at the start of every
+   chunk of K tokens, then each chunk, last first, is recomputed into a K-token buffer and
+   swept backwards. Channels go in blocks of DB so that a token's x, delta, gy of a block share
+   cache lines. gx, gdelta, gh0 are written; gA (D, N) is added to for these channels; gB, gC
+   (Bt, T, N) are added to, a buffer per thread (the caller sums them). Returns 1 when the work
+   arrays cannot be allocated, else 0. */
+#define DB 8
+int selective_scan_backward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1,
+                            int64_t K, const float *x, const float *delta, const float *A,
+                            const float *Bm, const float *Cm, const float *h0, const float *gy,
+                            const float *gh, float *gx, float *gdelta, float *gA, float *gB,
+                            float *gC, float *gh0) {
+    const int64_t chunks = (T + K - 1) / K;
+    float *starts = malloc(sizeof(float) * (chunks > 0 ? chunks : 1) * DB * N);
+    float *states = malloc(sizeof(float) * K * DB * N);
+    float *h = malloc(sizeof(float) * DB * N), *G = malloc(sizeof(float) * DB * N);
+    if (!starts || !states || !h || !G) {
+        free(starts); free(states); free(h); free(G);
+        return 1;
+    }
+    for (int64_t b = 0; b < Bt; b++) {
+        for (int64_t c0 = d0; c0 < d1; c0 += DB) {
+            const int64_t nd = (d1 - c0 < DB) ? d1 - c0 : DB;
+            /* first sweep: the state at the start of every chunk */
+            for (int64_t j = 0; j < nd; j++)
+                for (int64_t n = 0; n < N; n++) h[j * N + n] = h0[(b * D + c0 + j) * N + n];
+            for (int64_t t = 0; t < T; t++) {
+                const int64_t row = b * T + t;
+                if (t % K == 0)
+                    for (int64_t i = 0; i < nd * N; i++) starts[(t / K) * DB * N + i] = h[i];
+                for (int64_t j = 0; j < nd; j++) {
+                    const int64_t d = c0 + j;
+                    const float dt = delta[row * D + d], u = dt * x[row * D + d];
+#pragma omp simd
+                    for (int64_t n = 0; n < N; n++)
+                        h[j * N + n] = expf(dt * A[d * N + n]) * h[j * N + n] + u * Bm[row * N + n];
+                }
+            }
+            /* second sweep, backwards, chunk by chunk */
+            for (int64_t j = 0; j < nd; j++)
+                for (int64_t n = 0; n < N; n++)
+                    G[j * N + n] = gh ? gh[(b * D + c0 + j) * N + n] : 0.0f;
+            for (int64_t chunk = chunks - 1; chunk >= 0; chunk--) {
+                const int64_t t0 = chunk * K, t1 = (t0 + K < T) ? t0 + K : T;
+                const float *prev = starts + chunk * DB * N;
+                for (int64_t t = t0; t < t1; t++) {
+                    const int64_t row = b * T + t;
+                    float *cur = states + (t - t0) * DB * N;
+                    for (int64_t j = 0; j < nd; j++) {
+                        const int64_t d = c0 + j;
+                        const float dt = delta[row * D + d], u = dt * x[row * D + d];
+#pragma omp simd
+                        for (int64_t n = 0; n < N; n++)
+                            cur[j * N + n] = expf(dt * A[d * N + n]) * prev[j * N + n]
+                                             + u * Bm[row * N + n];
+                    }
+                    prev = cur;
+                }
+                for (int64_t t = t1 - 1; t >= t0; t--) {
+                    const int64_t row = b * T + t;
+                    const float *cur = states + (t - t0) * DB * N;
+                    const float *before = (t == t0) ? starts + chunk * DB * N
+                                                    : states + (t - 1 - t0) * DB * N;
+                    for (int64_t j = 0; j < nd; j++) {
+                        const int64_t d = c0 + j;
+                        const float dt = delta[row * D + d], xv = x[row * D + d], u = dt * xv;
+                        const float g = gy[row * D + d];
+                        float du = 0.0f, dd = 0.0f;
+#pragma omp simd reduction(+:du, dd)
+                        for (int64_t n = 0; n < N; n++) {
+                            const float a = expf(dt * A[d * N + n]);
+                            const float Gn = g * Cm[row * N + n] + G[j * N + n];
+                            const float da = Gn * before[j * N + n] * a;
+                            gC[row * N + n] += g * cur[j * N + n];
+                            gB[row * N + n] += Gn * u;
+                            du += Gn * Bm[row * N + n];
+                            dd += da * A[d * N + n];
+                            gA[d * N + n] += da * dt;
+                            G[j * N + n] = a * Gn;
+                        }
+                        gdelta[row * D + d] = dd + du * xv;
+                        gx[row * D + d] = du * dt;
+                    }
+                }
+            }
+            for (int64_t j = 0; j < nd; j++)
+                for (int64_t n = 0; n < N; n++) gh0[(b * D + c0 + j) * N + n] = G[j * N + n];
+        }
+    }
+    free(starts); free(states); free(h); free(G);
+    return 0;
+}
 """
 
 SPLIT_MIN_WORK = 1 << 20  # tokens x channels x N below which one thread does it all
@@ -65,6 +169,8 @@ def _library() -> ctypes.CDLL | None:
     if library is not None and library.selective_scan_forward.argtypes is None:
         library.selective_scan_forward.restype = None
         library.selective_scan_forward.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 7
+        library.selective_scan_backward.restype = ctypes.c_int
+        library.selective_scan_backward.argtypes = [ctypes.c_int64] * 7 + [ctypes.c_void_p] * 14
     return library
 
 
@@ -80,30 +186,100 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return _POOL
 
 
-def scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-         C: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same contract as `zoo.mamba.selective_scan_recurrent`, for float32 CPU tensors
-    without gradients: x, delta (b, T, d_inner); A (d_inner, N); B, C (b, T, N); state
-    (b, d_inner, N). Returns y (b, T, d_inner) and the new state; the given one is unchanged."""
+def _checked(*tensors: torch.Tensor) -> ctypes.CDLL:
     library = _library()
     if library is None:
         raise RuntimeError("the compiled selective-scan kernel is not available (no C compiler?)")
-    tensors = (x, delta, A, B, C, state)
     if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
         raise ValueError("the compiled selective-scan kernel takes float32 CPU tensors")
-    x, delta, A, B, C = (t.contiguous() for t in (x, delta, A, B, C))
+    return library
+
+
+def _channel_ranges(work: int, D: int) -> list[tuple[int, int]]:
+    """The channels of each thread's call: one range, or as many as PyTorch's threads."""
+    threads = min(torch.get_num_threads(), D)
+    if threads <= 1 or work < SPLIT_MIN_WORK:
+        return [(0, D)]
+    bounds = [D * i // threads for i in range(threads + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _run(function, ranges: list[tuple[int, int]], arguments) -> list:
+    """function(lo, hi, *arguments(i)) for the i-th range (lo, hi), in parallel threads."""
+    if len(ranges) == 1:
+        return [function(*ranges[0], *arguments(0))]
+    pool = _pool(len(ranges))
+    runs = [pool.submit(function, lo, hi, *arguments(i)) for i, (lo, hi) in enumerate(ranges)]
+    return [run.result() for run in runs]
+
+
+def _forward(library: ctypes.CDLL, x, delta, A, B, C, state):
+    """selective_scan_forward on contiguous tensors: y and the new state."""
     h = state.clone(memory_format=torch.contiguous_format)
     y = torch.empty_like(x)
     (batch, T, D), N = x.shape, A.size(1)
     pointers = [t.data_ptr() for t in (x, delta, A, B, C, y, h)]
-    threads = min(torch.get_num_threads(), D)
-    if threads <= 1 or batch * T * D * N < SPLIT_MIN_WORK:
-        library.selective_scan_forward(batch, T, D, N, 0, D, *pointers)
-        return y, h
-    bounds = [D * i // threads for i in range(threads + 1)]
-    pool = _pool(threads)
-    runs = [pool.submit(library.selective_scan_forward, batch, T, D, N, lo, hi, *pointers)
-            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-    for run in runs:
-        run.result()
+    head = (batch, T, D, N)
+    _run(lambda lo, hi: library.selective_scan_forward(*head, lo, hi, *pointers),
+         _channel_ranges(batch * T * D * N, D), lambda i: ())
     return y, h
+
+
+def scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+         C: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same contract as `zoo.mamba.selective_scan_recurrent`, for float32 CPU tensors
+    without gradients: x, delta (b, T, d_inner); A (d_inner, N); B, C (b, T, N); state
+    (b, d_inner, N). Returns y (b, T, d_inner) and the new state; the given one is unchanged.
+    `scan_with_grad` is the same with a backward."""
+    library = _checked(x, delta, A, B, C, state)
+    return _forward(library, *(t.contiguous() for t in (x, delta, A, B, C)), state)
+
+
+BACKWARD_CHUNK = 64  # tokens whose states the backward recomputes at a time
+
+
+class _Scan(torch.autograd.Function):
+    """selective_scan_forward, with selective_scan_backward as its backward (gradients of x,
+    delta, A, B, C and the given state, from those of y and of the new state)."""
+
+    @staticmethod
+    def forward(ctx, x, delta, A, B, C, state):
+        library = _library()
+        x, delta, A, B, C = (t.contiguous() for t in (x, delta, A, B, C))
+        state = state.contiguous()
+        y, h = _forward(library, x, delta, A, B, C, state)
+        ctx.save_for_backward(x, delta, A, B, C, state)
+        ctx.set_materialize_grads(False)
+        return y, h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy, gh):
+        x, delta, A, B, C, state = ctx.saved_tensors
+        (batch, T, D), N = x.shape, A.size(1)
+        gy = torch.zeros_like(x) if gy is None else gy.contiguous()
+        gh = None if gh is None else gh.contiguous()
+        gx, gdelta, gh0 = torch.empty_like(x), torch.empty_like(x), torch.empty_like(state)
+        gA = torch.zeros_like(A)
+        ranges = _channel_ranges(3 * batch * T * D * N, D)
+        gB, gC = torch.zeros(2, len(ranges), batch, T, N)  # a buffer per thread
+        shared = [t.data_ptr() for t in (x, delta, A, B, C, state, gy)]
+        shared += [None if gh is None else gh.data_ptr()]
+        shared += [t.data_ptr() for t in (gx, gdelta, gA)]
+        backward = _library().selective_scan_backward
+        codes = _run(lambda lo, hi, *rest: backward(batch, T, D, N, lo, hi, BACKWARD_CHUNK,
+                                                    *rest),
+                     ranges, lambda i: (*shared, gB[i].data_ptr(), gC[i].data_ptr(),
+                                        gh0.data_ptr()))
+        if any(codes):
+            raise MemoryError("the compiled selective-scan backward could not allocate its work "
+                              "arrays")
+        return gx, gdelta, gA, gB.sum(0), gC.sum(0), gh0
+
+
+@torch.compiler.disable  # torch.compile runs it between its graphs: it cannot trace the C call
+def scan_with_grad(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                   C: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`scan`, differentiable: autograd's gradients of every input, as the recurrence's."""
+    _checked(x, delta, A, B, C, state)
+    return _Scan.apply(x, delta, A, B, C, state)
