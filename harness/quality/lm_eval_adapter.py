@@ -1,7 +1,8 @@
 """lm-evaluation-harness model adapter for causal zoo checkpoints, registered as `zoo`.
 
 `ZooLM` wraps a checkpoint folder written by `harness.quality.checkpoint.save_checkpoint`
-(GPT, RWKV, Pangu-pi: any zoo model with `causal_lm = True`) in lm-eval's `LM` interface:
+(GPT, RWKV, Pangu-pi, LLaMA, Mamba, Mamba-2: any zoo model with `causal_lm = True`) in
+lm-eval's `LM` interface:
 
   - `loglikelihood`: log p(continuation | start + context) summed over the continuation's
     tokens, and whether greedy decoding would have produced exactly those tokens;
@@ -94,7 +95,7 @@ class ZooLM(LM):
         if not getattr(model, "causal_lm", False):
             raise ValueError(f"{pretrained}: zoo model {meta['zoo']!r} is not a causal language "
                              "model; lm-eval's scoring needs one (gpt, rwkv, pangu-pi, llama, "
-                             "mamba)")
+                             "mamba, mamba2)")
         if dtype is not None:
             if dtype not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")

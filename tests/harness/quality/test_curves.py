@@ -33,7 +33,10 @@ BYTES = tasks.token_bytes(TOK)
 def tiny(name: str, **fields) -> torch.nn.Module:
     sizes = {"gpt": dict(n_layer=1, d_model=32, n_head=2, max_seq_len=32),
              "rwkv": dict(n_layer=1, d_model=32),
-             "pangu-pi": dict(n_layer=1, d_model=32, n_head=2, d_ff=64)}[name]
+             "pangu-pi": dict(n_layer=1, d_model=32, n_head=2, d_ff=64),
+             "llama": dict(n_layer=1, d_model=32, n_head=2, d_ff=64),
+             "mamba": dict(n_layer=1, d_model=32),
+             "mamba2": dict(n_layer=1, d_model=32, head_dim=16, d_state=16)}[name]
     torch.manual_seed(0)
     return zoo.build(name, vocab_size=V, **{**sizes, **fields}).eval()
 
@@ -184,7 +187,7 @@ def test_learned_positions_are_not_scored_past_the_trained_length(table):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("name", ["rwkv", "pangu-pi"])
+@pytest.mark.parametrize("name", ["rwkv", "pangu-pi", "llama", "mamba", "mamba2"])
 def test_models_without_learned_positions_are_scored_at_every_length(name):
     model = tiny(name)
     assert length_limit(model, 32) is None

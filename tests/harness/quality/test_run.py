@@ -30,6 +30,8 @@ def spec(tmp_path: Path, task: str = "lm", **fields) -> RunSpec:
 @pytest.mark.parametrize("model, task, metric", [
     ("gpt", "lm", "bits_per_byte"), ("rwkv", "lm", "bits_per_byte"),
     ("pangu-pi", "lm", "bits_per_byte"), ("transformer", "lm", "bits_per_byte"),
+    ("llama", "lm", "bits_per_byte"), ("mamba", "lm", "bits_per_byte"),
+    ("mamba2", "lm", "bits_per_byte"),
     ("bert", "mlm", "mlm_accuracy"), ("roberta", "mlm", "mlm_accuracy"),
     ("mosaic-bert", "mlm", "mlm_accuracy"),
 ])
@@ -90,6 +92,17 @@ def test_mqar_run(tmp_path):
     assert "dropout set to 0 for the recall task" in rec.notes
     lm_model = build_model("gpt", "lm", prepare(spec(tmp_path)))
     assert lm_model.config.dropout == 0.1  # the language-modelling task keeps it
+
+
+@pytest.mark.parametrize("model", ["llama", "mamba", "mamba2"])
+def test_the_new_models_run_the_recall_task(tmp_path, model):
+    from harness.quality.tasks import MQARConfig
+
+    mqar = MQARConfig(vocab_size=128, seqlen=32, num_kv_pairs=4, num_train=256, num_test=64)
+    rec = run_one(model, prepare(spec(tmp_path, "mqar", mqar=mqar, seqlen=None)),
+                  tmp_path / model).record
+    assert rec.task == "mqar" and rec.model == model and rec.steps == 8  # 1,024 tokens, 4 x 32
+    assert 0 <= rec.value <= 1 and rec.params > 0
 
 
 def test_same_seed_same_numbers(tmp_path):
