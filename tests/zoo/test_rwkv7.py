@@ -1,18 +1,33 @@
 """RWKV-7 (zoo.rwkv7): the WKV of the generalised delta rule (chunked == recurrence == the
-explicit matrix product, with a carried state, same gradients, stable on long inputs),
-published sizes and FLOPs, the official initialisation."""
+explicit matrix product, with a carried state, same gradients, stable on long inputs), the
+recurrent state across calls, published sizes and FLOPs, the official initialisation, the
+official .pth import with its version detection, and fp32 parity with the official `rwkv` pip
+package (RWKV_V7_ON=1, "cpu fp32", run in a subprocess), all from tiny random weights."""
 
 from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 
 import zoo
 from harness.models import build_variant
+from zoo.convert import (
+    CheckpointError,
+    convert_rwkv7,
+    official_version,
+    rwkv7_to_official,
+    rwkv_to_official,
+)
 from zoo.rwkv7 import (
     LOG_DECAY_FLOOR,
     RWKV7,
     RWKV7Config,
+    RWKV7State,
     wkv7_chunked,
     wkv7_recurrent,
 )
@@ -115,7 +130,119 @@ def test_long_inputs_are_stable_in_fp32(floor):
 
 
 # ---------------------------------------------------------------------------------------------
+# Random weights: the official layout, written independently of the zoo model
+
+
+def random_official(seed: int = 0, n_layer: int = 3, d: int = 32, head_size: int = 16,
+                    vocab: int = 100, lora=(8, 8, 8, 16)) -> dict[str, torch.Tensor]:
+    """An RWKV-7 state dict in the official .pth layout (keys and shapes as the released
+    checkpoints), with random weights in the ranges trained models reach."""
+    g = torch.Generator().manual_seed(seed)
+    randn = lambda *shape: torch.randn(shape, generator=g)  # noqa: E731
+    rand = lambda *shape: torch.rand(shape, generator=g)  # noqa: E731
+    H = d // head_size
+    decay, iclr, value, gate = lora
+    state = {"emb.weight": randn(vocab, d), "blocks.0.ln0.weight": 1 + 0.2 * randn(d),
+             "blocks.0.ln0.bias": 0.2 * randn(d)}
+    for i in range(n_layer):
+        b = f"blocks.{i}."
+        for ln in ("ln1", "ln2"):
+            state[b + ln + ".weight"], state[b + ln + ".bias"] = 1 + 0.2 * randn(d), 0.2 * randn(d)
+        for mix in "rwkvag":
+            state[b + f"att.x_{mix}"] = rand(1, 1, d)
+        state[b + "att.w0"] = -2 + 2 * randn(1, 1, d)
+        state[b + "att.w1"], state[b + "att.w2"] = 0.3 * randn(d, decay), 0.3 * randn(decay, d)
+        state[b + "att.a0"] = randn(1, 1, d)
+        state[b + "att.a1"], state[b + "att.a2"] = 0.3 * randn(d, iclr), 0.3 * randn(iclr, d)
+        if i > 0:
+            state[b + "att.v0"] = randn(1, 1, d)
+            state[b + "att.v1"] = 0.3 * randn(d, value)
+            state[b + "att.v2"] = 0.3 * randn(value, d)
+        state[b + "att.g1"], state[b + "att.g2"] = 0.3 * randn(d, gate), 0.3 * randn(gate, d)
+        state[b + "att.k_k"] = 0.8 + 0.3 * randn(1, 1, d)
+        state[b + "att.k_a"] = 1 + 0.3 * randn(1, 1, d)
+        state[b + "att.r_k"] = 0.5 * randn(H, head_size)
+        for name in ("receptance", "key", "value", "output"):
+            state[b + f"att.{name}.weight"] = randn(d, d) / math.sqrt(d)
+        state[b + "att.ln_x.weight"], state[b + "att.ln_x.bias"] = 1 + 0.2 * randn(d), \
+            0.2 * randn(d)
+        state[b + "ffn.x_k"] = rand(1, 1, d)
+        state[b + "ffn.key.weight"] = randn(4 * d, d) / math.sqrt(d)
+        state[b + "ffn.value.weight"] = randn(d, 4 * d) / math.sqrt(4 * d)
+    state["ln_out.weight"], state["ln_out.bias"] = 1 + 0.2 * randn(d), 0.2 * randn(d)
+    state["head.weight"] = randn(vocab, d) / math.sqrt(d)
+    return state
+
+
+@pytest.fixture(scope="module")
+def official_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rwkv7") / "rwkv7-tiny.pth"
+    torch.save(random_official(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(official_file):
+    return zoo.from_pretrained("rwkv7", official_file, fast=False)
+
+
+def test_from_pretrained_reads_the_sizes_off_the_tensors(model):
+    c = model.config
+    assert (c.vocab_size, c.n_layer, c.d_model, c.n_head, c.head_size, c.d_ff) == \
+        (100, 3, 32, 2, 16, 128)
+    assert [c.lora(name) for name in ("decay", "iclr", "value", "gate")] == [8, 8, 8, 16]
+    assert not hasattr(model.blocks[0].att, "v0") and model.blocks[1].att.v0.shape == (32,)
+
+
+def test_the_official_layout_round_trips(model, official_file):
+    written = rwkv7_to_official(model.state_dict())
+    original = torch.load(official_file, weights_only=True)
+    assert written.keys() == original.keys()
+    for key, tensor in original.items():
+        assert torch.equal(written[key], tensor), key
+
+
+# ---------------------------------------------------------------------------------------------
 # The model: state across calls, chunk size
+
+
+def test_chunk_size_does_not_change_the_logits(official_file):
+    ids = torch.randint(0, 100, (2, 45))
+    with torch.no_grad():
+        logits = [zoo.from_pretrained("rwkv7", official_file, chunk_size=c)(ids).logits
+                  for c in (1, 7, 16, 64)]
+    for other in logits[1:]:
+        assert max_diff(other, logits[0]) <= 1e-5
+
+
+def test_cached_decoding_equals_the_full_forward(model):
+    """A prompt, then one token at a time, then a chunk, from the carried state; the state is
+    never modified in place."""
+    ids = torch.randint(0, 100, (3, 40))
+    with torch.no_grad():
+        full = model(ids).logits
+        prompt = model(ids[:, :17], use_cache=True)
+        assert isinstance(prompt.cache, RWKV7State)
+        assert prompt.cache.wkv.shape == (3, 3, 2, 16, 16)
+        out, cache = [prompt.logits], prompt.cache
+        for t in range(17, 22):
+            step = model(ids[:, t:t + 1], cache=cache)
+            out.append(step.logits)
+            cache = step.cache
+        out.append(model(ids[:, 22:], cache=cache).logits)
+        again = model(ids[:, 17:], cache=prompt.cache)
+    assert max_diff(torch.cat(out, 1), full) <= 1e-5
+    assert max_diff(again.logits, full[:, 17:]) <= 1e-5
+    assert model(ids[:, :5]).cache is None
+
+
+def test_generate_is_greedy_on_the_full_forward(model):
+    prompt = torch.randint(0, 100, (2, 6))
+    with torch.no_grad():
+        tokens = model.generate(prompt, max_new_tokens=7)
+        full = model(tokens[:, :-1]).logits
+    assert tokens.shape == (2, 13)
+    assert torch.equal(full[:, 5:].argmax(-1), tokens[:, 6:])
 
 
 def test_from_scratch_the_blocks_start_as_the_identity_and_train():
@@ -189,3 +316,96 @@ def test_initialisation_formulas():
         torch.testing.assert_close(att.ln_x.weight, torch.full((d,), ((layer + 1) / L) ** 0.7))
         assert torch.all(att.r_k == -0.04) and torch.all(att.k_a == 1.02)
     assert model.emb.weight.abs().max() <= 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# Version detection
+
+
+def test_official_version_is_read_off_the_keys(official_file):
+    d = 8
+    v4 = {"emb.weight": torch.zeros(10, d), "blocks.0.att.time_decay": torch.zeros(d),
+          "blocks.0.att.time_first": torch.zeros(d)}
+    v5 = {**v4, "blocks.0.att.ln_x.weight": torch.zeros(d)}
+    v51 = {**v5, "blocks.0.att.gate.weight": torch.zeros(d, d)}
+    v52 = {**v51, "blocks.0.att.time_decay": torch.zeros(2, 4)}
+    v6 = {**v52, "blocks.0.att.time_maa_x": torch.zeros(1, 1, d)}
+    for state, version in ((v4, "4"), (v5, "5"), (v51, "5.1"), (v52, "5.2"), (v6, "6")):
+        assert official_version(state) == version
+    assert official_version(torch.load(official_file, weights_only=True)) == "7"
+
+
+def test_a_file_of_another_version_is_a_one_line_error(official_file, tmp_path):
+    rwkv4 = tmp_path / "rwkv4.pth"
+    rwkv4_model = zoo.build("rwkv", fast=False, vocab_size=50, n_layer=1, d_model=16)
+    torch.save(rwkv_to_official(rwkv4_model.state_dict()), rwkv4)
+    with pytest.raises(CheckpointError, match=r"an RWKV-4 checkpoint; zoo model 'rwkv7' reads "
+                       r"RWKV-7 .*load it as 'rwkv'") as error:
+        zoo.from_pretrained("rwkv7", rwkv4)
+    assert "\n" not in str(error.value) and str(rwkv4) in str(error.value)
+    with pytest.raises(CheckpointError, match=r"an RWKV-7 checkpoint; zoo model 'rwkv' reads "
+                       r"RWKV-4; load it as 'rwkv7'"):
+        zoo.from_pretrained("rwkv", official_file)
+    v6 = torch.load(official_file, weights_only=True)
+    v6 = {k: v for k, v in v6.items() if not k.endswith(("r_k", "w0", "k_k"))}
+    v6["blocks.0.att.time_maa_x"] = torch.zeros(1, 1, 32)
+    torch.save(v6, tmp_path / "v6.pth")
+    with pytest.raises(CheckpointError, match=r"an RWKV-6 checkpoint"):
+        zoo.from_pretrained("rwkv7", tmp_path / "v6.pth")
+    with pytest.raises(CheckpointError, match=r"a Hugging Face folder; .* official RWKV-7 .pth"):
+        convert_rwkv7({"model_type": "rwkv7"}, {})
+
+
+# ---------------------------------------------------------------------------------------------
+# The official package (rwkv 0.8.x, RWKV_x070), in a subprocess: RWKV_V7_ON must be set before
+# it is imported, and it compiles TorchScript.
+
+OFFICIAL_SCRIPT = textwrap.dedent("""
+    import os, sys
+    os.environ.update(RWKV_V7_ON="1", RWKV_JIT_ON="1", RWKV_CUDA_ON="0")
+    import torch
+    from rwkv.model import RWKV
+    model = RWKV(model=sys.argv[1], strategy="cpu fp32")  # the path without .pth
+    out = {}
+    for i, ids in enumerate(eval(sys.argv[2])):
+        logits, state = model.forward(ids, None, full_output=True)
+        out[f"logits{i}"] = logits.reshape(len(ids), -1).clone()
+        out[f"state{i}"] = [s.clone() for s in state]
+    torch.save(out, sys.argv[3])
+""")
+LENGTHS = (1, 4, 70)
+
+
+@pytest.fixture(scope="module")
+def official_run(official_file, tmp_path_factory):
+    pytest.importorskip("rwkv")
+    g = torch.Generator().manual_seed(1)
+    sequences = [torch.randint(0, 100, (T,), generator=g).tolist() for T in LENGTHS]
+    out = tmp_path_factory.mktemp("official") / "out.pt"
+    subprocess.run([sys.executable, "-c", OFFICIAL_SCRIPT, str(official_file.with_suffix("")),
+                    repr(sequences), str(out)], check=True, capture_output=True, timeout=120)
+    return sequences, torch.load(out, weights_only=True)
+
+
+@pytest.mark.parametrize("index", range(len(LENGTHS)), ids=[f"T={T}" for T in LENGTHS])
+def test_logits_match_the_official_package(model, official_run, index):
+    sequences, official = official_run
+    ids = torch.tensor([sequences[index]])
+    with torch.no_grad():
+        ours = model(ids).logits[0]
+    assert ours.shape == official[f"logits{index}"].shape
+    assert max_diff(ours, official[f"logits{index}"]) <= 1e-4
+
+
+def test_the_state_matches_the_official_package(model, official_run):
+    """After 70 tokens: per layer the official state list holds att_x, the (H, N, N) WKV state
+    (value channel by key channel, as the zoo's) and ffn_x."""
+    sequences, official = official_run
+    with torch.no_grad():
+        cache = model(torch.tensor([sequences[-1]]), use_cache=True).cache
+    state = official[f"state{len(LENGTHS) - 1}"]
+    for i in range(model.config.n_layer):
+        att_x, wkv, ffn_x = state[3 * i:3 * i + 3]
+        assert max_diff(cache.att_x[i, 0], att_x) <= 1e-5
+        assert max_diff(cache.wkv[i, 0], wkv) <= 1e-4 * wkv.abs().max().item()
+        assert max_diff(cache.ffn_x[i, 0], ffn_x) <= 1e-5
