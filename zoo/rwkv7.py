@@ -74,7 +74,7 @@ class RWKV7Config:
     n_layer: int = 12
     d_model: int = 768
     head_size: int = 64  # N: channels per head; the state of a head is N x N
-    d_ff: int | None = None  # channel-mix width; None: 4 * d_model
+    d_ff: int | None = None  # channel-mix width; None: 4 * d_model; 0: none (mixer-only)
     # Low-rank adapter widths; None: the official suggestion from d_model (lora_width).
     decay_lora: int | None = None  # w (factor 2.5)
     iclr_lora: int | None = None  # a, the in-context learning rate (2.5)
@@ -268,7 +268,8 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(d, eps=eps)
         self.ln2 = nn.LayerNorm(d, eps=eps)
         self.att = TimeMix(config, layer_id)
-        self.ffn = ChannelMix(d, config.d_ff or 4 * d)
+        hidden = 4 * d if config.d_ff is None else config.d_ff
+        self.ffn = ChannelMix(d, hidden) if hidden else None  # 0: time-mix alone (mixer-only)
 
     def forward(self, x: torch.Tensor, v_first: torch.Tensor | None, att_x: torch.Tensor,
                 wkv: WKV7State, ffn_x: torch.Tensor):
@@ -277,8 +278,10 @@ class Block(nn.Module):
         # Pre-LN residuals; the normalised inputs are what gets token-shifted and cached.
         h, att_x, wkv, v_first = self.att(self.ln1(x), att_x, wkv, v_first)
         x = x + h
-        h, ffn_x = self.ffn(self.ln2(x), ffn_x)
-        return x + h, v_first, (att_x, wkv, ffn_x)
+        if self.ffn is not None:
+            h, ffn_x = self.ffn(self.ln2(x), ffn_x)
+            x = x + h
+        return x, v_first, (att_x, wkv, ffn_x)
 
 
 @dataclass
@@ -338,7 +341,10 @@ class RWKV7(ZooModel):
             for name, power in (("x_r", 0.2), ("x_w", 0.9), ("x_k", 0.7), ("x_v", 0.7),
                                 ("x_a", 0.9), ("x_g", 0.2)):
                 getattr(att, name).copy_(1.0 - ddd.pow(power * ratio_1_to_almost0))
-            ffn.x_k.copy_(1.0 - ddd.pow(ratio_1_to_almost0**4))
+            if ffn is not None:
+                ffn.x_k.copy_(1.0 - ddd.pow(ratio_1_to_almost0**4))
+                nn.init.orthogonal_(ffn.key.weight)
+                nn.init.zeros_(ffn.value.weight)
             decay = -6 + 6 * (ch / (d - 1)) ** (1 + ratio_0_to_1**0.3)
             att.w0.copy_(decay + 0.5 + 2.5 * zigzag)
             att.a0.copy_(-0.19 + 0.3 * zigzag + 0.4 * linear)
@@ -352,11 +358,9 @@ class RWKV7(ZooModel):
             for down, up in adapters:
                 nn.init.zeros_(down)
                 nn.init.orthogonal_(up, gain=0.1)  # (rank, d): rows < cols, no extra gain
-            for lin, gain in ((att.receptance, 1.0), (att.value, 1.0), (ffn.key, 1.0),
-                              (att.key, 0.1)):
+            for lin, gain in ((att.receptance, 1.0), (att.value, 1.0), (att.key, 0.1)):
                 nn.init.orthogonal_(lin.weight, gain=gain)
             nn.init.zeros_(att.output.weight)
-            nn.init.zeros_(ffn.value.weight)
             att.ln_x.weight.fill_(((layer + 1) / L) ** 0.7)
             nn.init.zeros_(att.ln_x.bias)
             for ln in (block.ln0, block.ln1, block.ln2):
@@ -411,7 +415,8 @@ class RWKV7(ZooModel):
         element (H N^2 = d N per layer). The chunked form does about chunk_size / N more per
         token for the same result, as matrix products; norms and activations are left out."""
         c = self.config
-        d, f = c.d_model, c.d_ff or 4 * c.d_model
+        d = c.d_model
+        f = 4 * d if c.d_ff is None else c.d_ff
         adapters = 2 * d * (c.lora("decay") + c.lora("iclr") + c.lora("gate"))
         per_layer = 4 * d * d + 2 * d * f + adapters
         matrices = c.n_layer * per_layer + (c.n_layer - 1) * 2 * d * c.lora("value")

@@ -261,6 +261,15 @@ def test_from_scratch_the_blocks_start_as_the_identity_and_train():
             assert torch.isfinite(grad).all() and grad.abs().max() > 0
 
 
+def test_without_a_channel_mix_the_blocks_are_time_mix_alone():
+    """d_ff = 0: mixer-only blocks (the recall task's setting); the state keeps its shape."""
+    model = zoo.build("rwkv7", fast=False, **{**TINY, "d_ff": 0})
+    assert all(block.ffn is None for block in model.blocks)
+    assert not any(".ffn." in name for name, _ in model.named_parameters())
+    out = model(torch.randint(0, 100, (2, 9)), use_cache=True)
+    assert out.cache.ffn_x.shape == (3, 2, 32) and torch.isfinite(out.logits).all()
+
+
 # ---------------------------------------------------------------------------------------------
 # Sizes, FLOPs, initialisation
 
