@@ -15,7 +15,9 @@ import pytest
 import torch
 
 import zoo
+import zoo.fast
 from harness.models import build_variant
+from zoo import wkv7_cpu
 from zoo.convert import (
     CheckpointError,
     convert_rwkv7,
@@ -418,3 +420,53 @@ def test_the_state_matches_the_official_package(model, official_run):
         assert max_diff(cache.att_x[i, 0], att_x) <= 1e-5
         assert max_diff(cache.wkv[i, 0], wkv) <= 1e-4 * wkv.abs().max().item()
         assert max_diff(cache.ffn_x[i, 0], ffn_x) <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled recurrence (zoo.wkv7_cpu, the "wkv7" route of zoo.fast), CPU inference
+
+needs_kernel = pytest.mark.skipif(not wkv7_cpu.available(),
+                                  reason="no C compiler: the model uses its PyTorch WKV paths")
+
+
+@needs_kernel
+@pytest.mark.parametrize("T", [1, 3, 200])
+def test_the_kernel_equals_the_recurrence_with_a_carried_state(T):
+    """Against the fp64 recurrence, after an 11-token prefix; no worse than PyTorch's fp32."""
+    x = wkv_inputs(2, T + 11, 3, 16, seed=T)
+    _, state = wkv7_recurrent(*(t[:, :11] for t in x), torch.zeros(2, 3, 16, 16,
+                                                                  dtype=torch.float64))
+    rest = [t[:, 11:] for t in x]
+    ref, ref_state = wkv7_recurrent(*rest, state)
+    given = state.float()
+    out, out_state = wkv7_cpu.wkv(*(t.float() for t in rest), given)
+    fp32, fp32_state = wkv7_recurrent(*(t.float() for t in rest), given)
+    assert out.dtype == torch.float32 and out.shape == (2, T, 3, 16)
+    assert max_diff(out, ref) <= 2 * max_diff(fp32, ref) + 1e-6
+    assert max_diff(out_state, ref_state) <= 2 * max_diff(fp32_state, ref_state) + 1e-6
+    assert torch.equal(given, state.float())  # the caller's state is not changed
+
+
+@needs_kernel
+def test_the_wkv7_route_runs_the_kernel_for_inference_only(model, monkeypatch):
+    calls = []
+    real = wkv7_cpu.wkv
+    monkeypatch.setattr(wkv7_cpu, "wkv", lambda *args: calls.append(1) or real(*args))
+    ids = torch.randint(0, 100, (2, 30))
+    with torch.no_grad():
+        plain = model(ids).logits
+        assert zoo.fast.apply(model, ["wkv7"]) == ("wkv7",)
+        try:
+            assert "WKV-7: compiled C loop (zoo.wkv7_cpu)" in zoo.fast.describe(model)
+            routed = model(ids, use_cache=True)
+            step = model(ids[:, :1], cache=routed.cache)
+            assert len(calls) == 2 * model.config.n_layer  # prefill and one decoding step
+            with torch.enable_grad():
+                model(ids).logits.sum().backward()  # training keeps the PyTorch forms
+            assert len(calls) == 2 * model.config.n_layer
+        finally:
+            zoo.fast.remove(model)
+            model.zero_grad(set_to_none=True)
+        reference = model(ids[:, :1], cache=model(ids, use_cache=True).cache).logits
+    assert max_diff(routed.logits, plain) <= 1e-5
+    assert max_diff(step.logits, reference) <= 1e-5
