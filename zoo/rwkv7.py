@@ -23,7 +23,8 @@ Differences from RWKV-4 (zoo.rwkv), through RWKV-5 (Eagle) and RWKV-6 (Finch):
   - the output: GroupNorm per head (eps 64e-5), plus a bonus (sum_i r_i k_i r_k,i) v for the
     current token (v4-v6's u), times a gate g = sigmoid(x_g G1) G2, then W_o;
   - the channel mix loses its receptance gate: W_v relu(W_k x)^2 on the shifted input.
-No bonus u in the state update, no positional encoding; the head is untied, as in RWKV-4.
+y_t reads the state after token t's write (v5/v6 read S_{t-1} and added token t with a bonus u);
+there is no positional encoding, and the head is untied, as in RWKV-4.
 
 Choices the paper leaves open, taken from the released code and checkpoints:
   - the low-rank widths: max(32, round(c sqrt(d) / 32) * 32) with c = 2.5 (decay, a), 1.7
