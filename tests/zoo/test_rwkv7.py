@@ -204,6 +204,19 @@ def test_the_official_layout_round_trips(model, official_file):
         assert torch.equal(written[key], tensor), key
 
 
+def test_layer_0s_unused_value_residual_from_training_code_is_dropped(official_file, tmp_path):
+    """RWKV-LM's training code gives layer 0 v0/v1/v2 too (unused); the package ignores them."""
+    state = torch.load(official_file, weights_only=True)
+    state.update({"blocks.0.att.v0": torch.ones(1, 1, 32), "blocks.0.att.v1": torch.ones(32, 8),
+                  "blocks.0.att.v2": torch.ones(8, 32)})
+    torch.save(state, tmp_path / "trained.pth")
+    ids = torch.randint(0, 100, (1, 12))
+    with torch.no_grad():
+        logits = [zoo.from_pretrained("rwkv7", path, fast=False)(ids).logits
+                  for path in (official_file, tmp_path / "trained.pth")]
+    assert torch.equal(*logits)
+
+
 # ---------------------------------------------------------------------------------------------
 # The model: state across calls, chunk size
 

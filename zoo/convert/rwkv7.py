@@ -7,7 +7,9 @@ Official keys (prefix `blocks.N.`; plus `emb.weight`, `blocks.0.ln0.*`, `ln_out.
 `att.{receptance,key,value,output}.weight`, `att.ln_x.*`; `ffn.x_k`, `ffn.{key,value}.weight`.
 The zoo uses the same names; the per-channel vectors, stored (1, 1, d), become (d,). The sizes
 (head count from `blocks.0.att.r_k`, as the package reads it; adapter widths) come from the
-tensors.
+tensors. Layer 0 has no value residual: the released checkpoints hold no `blocks.0.att.v0/v1/v2`,
+but RWKV-LM's training code creates them (unused), and the package ignores them; so does the
+converter, which drops them.
 """
 
 from __future__ import annotations
@@ -57,10 +59,9 @@ def convert_rwkv7(config: dict[str, Any], state: StateDict) -> tuple[dict[str, A
                               "(keys blocks.N.att.r_k, att.w0, att.k_k, ...)"
                               + ("; load it as 'rwkv'" if version == "4" else ""))
     fields = _fields(state)
-    out = {}
-    for key, tensor in state.items():
-        out[key] = tensor.reshape(-1) if _is_vector(key) else tensor
-    return fields, out
+    unused = {"blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"}  # layer 0 has v itself
+    return fields, {key: tensor.reshape(-1) if _is_vector(key) else tensor
+                    for key, tensor in state.items() if key not in unused}
 
 
 def rwkv7_to_official(zoo: StateDict) -> StateDict:
