@@ -14,6 +14,8 @@ where this project's benchmarks run:
           (ChannelMix -> FusedChannelMix);
   wkv     RWKV's TimeMix -> CompiledWKVTimeMix: WKV as zoo/wkv_cpu.py's compiled C loop, with
           its C backward when a gradient is needed (training);
+  wkv7    RWKV-7's TimeMix -> CompiledWKV7TimeMix: the generalised delta rule as
+          zoo/wkv7_cpu.py's compiled C loop (inference; training keeps the chunked PyTorch form);
   scan    Mamba's MambaMixer -> CompiledScanMambaMixer: the selective scan as zoo/scan_cpu.py's
           compiled C loop, with its C backward when a gradient is needed (training);
   dropout (training) nn.Dropout -> FastDropout, and attention modules -> DropoutAttention /
@@ -91,7 +93,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import dropout_cpu, scan_cpu, wkv_cpu
+from zoo import dropout_cpu, rwkv7, scan_cpu, wkv7_cpu, wkv_cpu
 from zoo.layers.attention import MultiHeadAttention
 from zoo.layers.feedforward import ACTIVATIONS, FeedForward
 from zoo.llama import SwiGLU
@@ -110,6 +112,7 @@ ROUTES: dict[str, str] = {
            "in place after MKL's, RWKV's squared ReLU squared in place (CPU float32 inference)",
     "wkv": "RWKV's WKV as a compiled C loop with its backward (zoo.wkv_cpu; CPU float32, "
            "inference and training)",
+    "wkv7": "RWKV-7's WKV as a compiled C loop (zoo.wkv7_cpu; CPU float32 inference)",
     "scan": "Mamba's selective scan as a compiled C loop with its backward (zoo.scan_cpu; CPU, "
             "inference and training)",
     "dropout": "dropout masks drawn by a C kernel (zoo.dropout_cpu), attention with dropout "
@@ -285,6 +288,20 @@ class CompiledWKVTimeMix(TimeMix):
         return super().wkv(w, u, k, v, state)
 
 
+# --- the wkv7 route ---------------------------------------------------------------------------
+
+class CompiledWKV7TimeMix(rwkv7.TimeMix):
+    """RWKV-7's TimeMix with the WKV run by zoo/wkv7_cpu.py's C loop for float32 CPU inference
+    (prefill and decoding); with gradients, on CUDA or without a compiler, the PyTorch forms."""
+
+    def wkv(self, r, log_w, k, v, kk, a, state):
+        tensors = (r, log_w, k, v, kk, a, state)
+        if (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+                and not _needs_grad(*tensors) and wkv7_cpu.available()):
+            return wkv7_cpu.wkv(*tensors)
+        return super().wkv(*tensors)
+
+
 # --- the scan route ---------------------------------------------------------------------------
 
 class CompiledScanMambaMixer(MambaMixer):
@@ -386,6 +403,7 @@ _SWAPS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
     "linear": {nn.Linear: FastLinear},
     "ffn": {FeedForward: FusedFeedForward, ChannelMix: FusedChannelMix, SwiGLU: FusedSwiGLU},
     "wkv": {TimeMix: CompiledWKVTimeMix},
+    "wkv7": {rwkv7.TimeMix: CompiledWKV7TimeMix},
     "scan": {MambaMixer: CompiledScanMambaMixer},
     "dropout": {nn.Dropout: FastDropout, MultiHeadAttention: DropoutAttention,
                 AlibiAttention: DropoutAlibiAttention},
@@ -465,6 +483,13 @@ def describe(model: nn.Module, training: bool = False,
             chunk = chunk_length(time_mix.chunk_len, weight.is_cuda)
             notes.append(f"WKV: PyTorch, chunks of {chunk} for prefill, the recurrence for "
                          "decoding")
+    time_mix7 = next((m for m in model.modules() if isinstance(m, rwkv7.TimeMix)), None)
+    if time_mix7 is not None:
+        if "wkv7" in routes and inference and wkv7_cpu.available():
+            notes.append("WKV-7: compiled C loop (zoo.wkv7_cpu)")
+        else:
+            notes.append(f"WKV-7: PyTorch, chunks of {time_mix7.chunk_size} for prefill, the "
+                         "recurrence for decoding")
     mixer = next((m for m in model.modules() if isinstance(m, MambaMixer)), None)
     if mixer is not None:
         if "scan" in routes and cpu and scan_cpu.available():

@@ -13,6 +13,7 @@ REGISTRY: dict[str, str] = {
     "roberta": "zoo.roberta:Roberta",
     "mosaic-bert": "zoo.mosaic_bert:MosaicBert",
     "rwkv": "zoo.rwkv:RWKV",
+    "rwkv7": "zoo.rwkv7:RWKV7",
     "mamba": "zoo.mamba:Mamba",
     "mamba2": "zoo.mamba2:Mamba2",
     "pangu-pi": "zoo.pangu_pi:PanguPi",

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from zoo.layers import token_shift
 from zoo.model import Output, ZooModel, generate, lm_loss
 
 # WKV state of one layer: (aa, bb, pp), each (B, d) in fp32, with a = aa·e^pp and b = bb·e^pp
@@ -118,14 +119,6 @@ def wkv_chunked(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tens
 def chunk_length(configured: int | None, cuda: bool) -> int:
     """wkv_chunked's chunk: the config's `wkv_chunk_len`, else 128 on CUDA and 8 on the CPU."""
     return configured or (128 if cuda else 8)
-
-
-def token_shift(x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-    """The previous token's vector at every position (B, T, d); `last` (B, d) precedes x[:, 0]
-    (zeros at the start of a text, the cached one when decoding)."""
-    if x.size(1) == 1:  # decoding: the shifted sequence is the cached token alone
-        return last[:, None]
-    return torch.cat([last[:, None], x[:, :-1]], dim=1)
 
 
 class TimeMix(nn.Module):

@@ -1,14 +1,20 @@
 """The official `rwkv` pip package as a peer (`catalog bench --against rwkv-pip`): BlinkDL's
-ChatRWKV inference code, RWKV-4, in the configuration its authors ship.
+ChatRWKV inference code, RWKV-4 and RWKV-7 (its `RWKV_x070`), in the configuration its authors
+ship.
 
-The zoo model's weights are written as an official .pth file (`zoo.convert.rwkv_to_official`)
-and loaded by the package; the package takes no batch, so each sequence of the cell's inputs
-(handed over, see harness.bench.workload) runs on its own. Inference only: no train mode.
+The zoo model's weights are written as an official .pth file (`zoo.convert.rwkv_to_official`,
+`rwkv7_to_official`) and loaded by the package; the package takes no batch, so each sequence of
+the cell's inputs (handed over, see harness.bench.workload) runs on its own. Inference only: no
+train mode.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
+import importlib.util
+import io
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -18,49 +24,79 @@ import torch
 
 from harness.bench.workload import BenchError, Cell, Inputs, Workload, accounting, check_mode
 from harness.environment import environment_defaults
-from zoo.convert import rwkv_to_official
+from zoo.convert import rwkv7_to_official, rwkv_to_official
 
 _PRECISIONS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # The package reads its switches from the environment, when it is imported, when it loads a model
 # and in every forward call: they are set around each of those (`switches`), never for good, at
 # a cost of microseconds against the milliseconds of a call. TorchScript on is its default and the
 # configuration its authors ship; its CUDA kernel is compiled at import with nvcc and ninja,
-# which a machine need not have, so WKV runs as its PyTorch loop; RWKV-4, not RWKV-7.
+# which a machine need not have, so WKV runs as its PyTorch loop. RWKV_V7_ON=1 at import turns
+# the module into RWKV-7's (`RWKV = RWKV_x070`, TorchScript forced): RWKV-7 gets a second copy
+# of the module, imported under its own name with the switch on (`_package`).
 SWITCHES = {"RWKV_JIT_ON": "1", "RWKV_CUDA_ON": "0", "RWKV_V7_ON": "0"}
 
 
-def switches():
+def switches(v7: bool = False):
     """The package's switches in os.environ for the duration of a block."""
-    return environment_defaults(SWITCHES, override=True)
+    return environment_defaults({**SWITCHES, "RWKV_V7_ON": "1" if v7 else "0"}, override=True)
 
 
-def _package():
+def _package(v7: bool = False):
+    """rwkv.model, or for RWKV-7 its copy imported with RWKV_V7_ON=1 (once per process)."""
     try:
-        return importlib.import_module("rwkv.model")
+        return _v7_module() if v7 else importlib.import_module("rwkv.model")
     except ImportError:
         raise BenchError("this peer needs the 'rwkv' package (pip install it, or the project's "
                          "test extra)") from None
 
 
+@functools.cache
+def _v7_module():
+    found = importlib.util.find_spec("rwkv.model")
+    if found is None or found.origin is None:
+        raise ImportError("rwkv.model")
+    spec = importlib.util.spec_from_file_location("rwkv_model_v7", found.origin)
+    module = importlib.util.module_from_spec(spec)
+    with switches(v7=True), contextlib.redirect_stdout(io.StringIO()):  # it prints a banner
+        spec.loader.exec_module(module)
+    return module
+
+
+def _is_rwkv7(zoo_model: Any) -> bool:
+    return hasattr(zoo_model.config, "head_size")  # zoo.rwkv7's config; zoo.rwkv's has none
+
+
 def pip_model(zoo_model: Any, device: torch.device):
     """(rwkv.model.RWKV loaded from the zoo weights written as an official .pth, notes)."""
     c = zoo_model.config
-    if c.layer_norm_eps != 1e-5:
-        raise BenchError(f"the rwkv pip package fixes LayerNorm eps at 1e-5; this config has "
-                         f"{c.layer_norm_eps}")
+    v7 = _is_rwkv7(zoo_model)
+    if c.layer_norm_eps != 1e-5 or (v7 and c.group_norm_eps != 64e-5):
+        raise BenchError("the rwkv pip package fixes LayerNorm eps at 1e-5 (and RWKV-7's "
+                         f"GroupNorm eps at 64e-5); this config has {c.layer_norm_eps}"
+                         + (f" and {c.group_norm_eps}" if v7 else ""))
+    if v7 and c.d_ff == 0:
+        raise BenchError("the rwkv pip package's RWKV-7 needs a channel mix; this config has "
+                         "d_ff 0")
     dtype = next(zoo_model.parameters()).dtype
     strategy = f"{device} {_PRECISIONS[dtype]}"  # "cpu fp32", "cuda fp16", "cuda:1 bf16"
-    with tempfile.TemporaryDirectory() as folder, switches():
-        package = _package()
-        path = Path(folder) / "rwkv-4.pth"
-        official = rwkv_to_official(zoo_model.state_dict())
+    with tempfile.TemporaryDirectory() as folder, switches(v7):
+        package = _package(v7)
+        path = Path(folder) / ("rwkv-7.pth" if v7 else "rwkv-4.pth")
+        official = (rwkv7_to_official if v7 else rwkv_to_official)(zoo_model.state_dict())
         torch.save({key: tensor.cpu() for key, tensor in official.items()}, path)
         del official
-        model = package.RWKV(model=str(path), strategy=strategy, verbose=False)
+        if v7:  # RWKV_x070 takes the path without .pth and prints as it loads
+            with contextlib.redirect_stdout(io.StringIO()):
+                model = package.RWKV(model=str(path.with_suffix("")), strategy=strategy)
+        else:
+            model = package.RWKV(model=str(path), strategy=strategy, verbose=False)
     jit = int(package.MyModule is torch.jit.ScriptModule)  # imported before with other switches?
+    rescale = getattr(model, "RESCALE_LAYER", 0)  # RWKV-7 has none
     notes = (f"peer: rwkv {version('rwkv')} pip package, strategy {strategy!r}, "
-             f"RWKV_JIT_ON={jit}, RWKV_CUDA_ON=0 (WKV as the package's per-token loop)"
-             + (f", RESCALE_LAYER={model.RESCALE_LAYER}" if model.RESCALE_LAYER else ""),
+             + ("RWKV_V7_ON=1, " if v7 else "")
+             + f"RWKV_JIT_ON={jit}, RWKV_CUDA_ON=0 (WKV as the package's per-token loop)"
+             + (f", RESCALE_LAYER={rescale}" if rescale else ""),
              "one sequence at a time (the package takes no batch)")
     return model, notes
 
@@ -72,23 +108,24 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
         raise BenchError("the rwkv pip package is inference-only: no train mode (try --against hf)")
     tokens, flops = accounting(zoo_model, cell.mode, cell.batch, cell.seqlen)
     model, notes = pip_model(zoo_model, torch.device(cell.device))
+    v7 = _is_rwkv7(zoo_model)
     rows = inputs.input_ids.tolist()  # the package takes a list of token ids
 
     if cell.mode == "forward":
         # full_output=True: logits at every position, as the zoo (and transformers) compute them.
         def run():
-            with switches():
+            with switches(v7):
                 return torch.stack([model.forward(row, None, full_output=True)[0]
                                     for row in rows])
 
         return Workload(run, tokens, flops,
                         notes=(*notes, "logits at every position (full_output=True)"))
 
-    with switches():
+    with switches(v7):
         states = [list(model.forward(row, None)) for row in rows]  # [last logits (V,), state]
 
     def run():
-        with switches():
+        with switches(v7):
             for last_and_state in states:
                 token = int(last_and_state[0].argmax())
                 last_and_state[:] = model.forward([token], last_and_state[1])

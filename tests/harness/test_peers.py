@@ -37,12 +37,12 @@ BATCH, SEQLEN, STEPS = 2, 16, 3
 MODES = {"bert": ("forward", "train"), "roberta": ("forward", "train"),
          "gpt": ("forward", "train", "generate"), "rwkv": ("forward", "train", "generate"),
          "llama": ("forward", "train", "generate"), "mamba": ("forward", "train", "generate"),
-         "mamba2": ("forward", "train", "generate")}
+         "mamba2": ("forward", "train", "generate"), "rwkv7": ("forward", "generate")}
 CASES = [(impl, name, mode) for impl, names in PEERS.items() for name in names
          for mode in MODES[name] if not (impl == "rwkv-pip" and mode == "train")]
 NO_DROPOUT = {"gpt": {"dropout": 0.0}, "bert": {"dropout": 0.0, "attn_dropout": 0.0},
               "roberta": {"dropout": 0.0, "attn_dropout": 0.0}, "rwkv": {}, "llama": {},
-              "mamba": {}, "mamba2": {}}
+              "mamba": {}, "mamba2": {}, "rwkv7": {}}
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +91,7 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_the_peer_table():
     assert PEERS == {"hf": ("bert", "gpt", "llama", "mamba", "mamba2", "roberta", "rwkv"),
-                     "rwkv-pip": ("rwkv",)}
+                     "rwkv-pip": ("rwkv", "rwkv7")}
 
 
 @needs_peers
@@ -222,6 +222,19 @@ def test_gpt2_decoding_stops_at_the_position_table():
 def test_the_rwkv_pip_package_runs_its_official_configuration():
     peer, _ = both("rwkv-pip", "rwkv", tiny("rwkv")[0], "forward")
     assert "strategy 'cpu fp32', RWKV_JIT_ON=1, RWKV_CUDA_ON=0" in peer.notes[0]
+
+
+@needs_peers
+def test_rwkv7_runs_beside_rwkv4_in_one_process():
+    """RWKV_V7_ON=1 at import turns the package into RWKV-7's: the peer imports a second copy
+    for it, and RWKV-4's keeps working after it."""
+    seven, _ = both("rwkv-pip", "rwkv7", tiny("rwkv7")[0], "forward")
+    assert "strategy 'cpu fp32', RWKV_V7_ON=1, RWKV_JIT_ON=1" in seven.notes[0]
+    four, ours = both("rwkv-pip", "rwkv", tiny("rwkv")[0], "forward")
+    assert "RWKV_V7_ON" not in four.notes[0] and max_diff(four.run(), ours.run()) <= 1e-4
+    assert "RWKV_V7_ON" not in os.environ
+    with pytest.raises(BenchError, match="needs a channel mix"):
+        peer_workload("rwkv-pip", "rwkv7", tiny("rwkv7", d_ff=0)[0], "forward")
 
 
 @needs_peers

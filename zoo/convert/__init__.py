@@ -2,9 +2,9 @@
 
 `from_pretrained(name, path)` reads a Hugging Face-format folder (config.json with
 model.safetensors or pytorch_model.bin, whole or in shards) or a single weights file (an
-official RWKV-4 `.pth`), turns its config and weights into the zoo's with the model's converter
-below, and loads them strictly: a missing, unexpected or mis-shaped key is an error that names
-the key.
+official RWKV-4 or RWKV-7 `.pth`), turns its config and weights into the zoo's with the model's
+converter below, and loads them strictly: a missing, unexpected or mis-shaped key is an error
+that names the key.
 
 Where things live; each family module holds its converter (checkpoint -> zoo) and its exporter
 (zoo -> Hugging Face layout) side by side:
@@ -13,7 +13,9 @@ Where things live; each family module holds its converter (checkpoint -> zoo) an
                 (read_state_dict, read_checkpoint, read_sharded) and load_into
     gpt.py      GPT-1 / GPT-2            convert_gpt, export_gpt
     bert.py     BERT and RoBERTa         convert_bert, convert_roberta, export_bert, export_roberta
-    rwkv.py     RWKV-4                   convert_rwkv, export_rwkv, rwkv_to_official
+    rwkv.py     RWKV-4                   convert_rwkv, export_rwkv, rwkv_to_official,
+                                         official_version (the version of an official .pth)
+    rwkv7.py    RWKV-7                   convert_rwkv7, rwkv7_to_official
     llama.py    LLaMA and Mistral        convert_llama, export_llama
     mamba.py    Mamba and Mamba-2        convert_mamba, convert_mamba2, export_mamba,
                                          export_mamba2
@@ -48,16 +50,23 @@ from zoo.convert.common import (
 from zoo.convert.gpt import GPT_CONV1D, GPT_CONV1D_WEIGHTS, convert_gpt, export_gpt
 from zoo.convert.llama import LLAMA_BLOCK_KEYS, convert_llama, export_llama
 from zoo.convert.mamba import convert_mamba, convert_mamba2, export_mamba, export_mamba2
-from zoo.convert.rwkv import convert_rwkv, export_rwkv, rwkv_official_to_hf, rwkv_to_official
+from zoo.convert.rwkv import (
+    convert_rwkv,
+    export_rwkv,
+    official_version,
+    rwkv_official_to_hf,
+    rwkv_to_official,
+)
+from zoo.convert.rwkv7 import convert_rwkv7, rwkv7_to_official
 
 __all__ = [
     "BERT_BLOCK_KEYS", "BERT_EMBEDDING_KEYS", "CONVERTERS", "EXPORTERS", "GPT_CONV1D",
     "GPT_CONV1D_WEIGHTS", "LLAMA_BLOCK_KEYS", "CheckpointError", "Converter", "Exporter",
     "StateDict", "convert_bert", "convert_gpt", "convert_llama", "convert_mamba",
-    "convert_mamba2", "convert_roberta", "convert_rwkv", "export_bert", "export_gpt",
-    "export_llama", "export_mamba", "export_mamba2", "export_roberta", "export_rwkv",
-    "from_pretrained", "load_into", "read_checkpoint", "read_sharded", "read_state_dict",
-    "rwkv_official_to_hf", "rwkv_to_official",
+    "convert_mamba2", "convert_roberta", "convert_rwkv", "convert_rwkv7", "export_bert",
+    "export_gpt", "export_llama", "export_mamba", "export_mamba2", "export_roberta", "export_rwkv",
+    "from_pretrained", "load_into", "official_version", "read_checkpoint", "read_sharded",
+    "read_state_dict", "rwkv7_to_official", "rwkv_official_to_hf", "rwkv_to_official",
 ]
 
 # zoo model name -> its converter.
@@ -68,6 +77,7 @@ CONVERTERS: dict[str, Converter] = {
     "mamba": convert_mamba,
     "mamba2": convert_mamba2,
     "rwkv": convert_rwkv,
+    "rwkv7": convert_rwkv7,
     "llama": convert_llama,
 }
 

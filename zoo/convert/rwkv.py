@@ -89,7 +89,32 @@ def _fields_from_hf(config: dict[str, Any]) -> dict[str, Any]:
             "layer_norm_eps": config.get("layer_norm_epsilon", 1e-5)}
 
 
+def official_version(state: StateDict) -> str:
+    """The RWKV version of an official .pth state dict ("4", "5", "5.1", "5.2", "6" or "7"),
+    read off its keys as the `rwkv` package reads versions 4 to 6: `ln_x` -> 5, `gate.weight`
+    -> 5.1, a 2-D time_decay (H, N) -> 5.2, `time_maa` -> 6. The package cannot tell RWKV-7
+    (its user sets RWKV_V7_ON=1); its v7 keys are `att.r_k`, `att.w0`, `att.k_k`."""
+    if any(key.endswith((".att.r_k", ".att.w0", ".att.k_k")) for key in state):
+        return "7"
+    version = "4"
+    if any("ln_x" in key for key in state):
+        version = "5"
+    if any("gate.weight" in key for key in state):
+        version = "5.1"
+    if version.startswith("5") and any(
+            key.endswith("att.time_decay") and tensor.dim() > 1 and tensor.shape[1] > 1
+            for key, tensor in state.items()):
+        version = "5.2"
+    if any("time_maa" in key for key in state):
+        version = "6"
+    return version
+
+
 def _fields_from_tensors(state: StateDict) -> dict[str, Any]:
+    version = official_version(state)
+    if version != "4":
+        raise CheckpointError(f"an RWKV-{version} checkpoint; zoo model 'rwkv' reads RWKV-4"
+                              + ("; load it as 'rwkv7'" if version == "7" else ""))
     vocab, d = state["emb.weight"].shape
     layers = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
     if not layers:

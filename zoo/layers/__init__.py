@@ -16,7 +16,9 @@ from zoo.layers.heads import tied_head
 from zoo.layers.init import bert_init
 from zoo.layers.norms import RMSNorm
 from zoo.layers.positions import apply_rope, rope_tables
+from zoo.layers.shift import token_shift
 
 __all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "MultiHeadAttention", "RMSNorm", "apply_rope",
            "bert_init", "causal_depthwise_conv", "causal_mask", "hidden_key_bias",
-           "math_attention", "merge_masks", "new_token_mask", "rope_tables", "sdpa", "tied_head"]
+           "math_attention", "merge_masks", "new_token_mask", "rope_tables", "sdpa", "tied_head",
+           "token_shift"]
