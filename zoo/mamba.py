@@ -161,6 +161,9 @@ class MambaMixer(nn.Module):
         self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)  # low-rank delta, per channel
         self.A_log = nn.Parameter(torch.empty(d_inner, d_state))  # A = -exp(A_log) < 0
         self.D = nn.Parameter(torch.empty(d_inner))  # skip connection around the scan
+        # mamba_ssm trains A and D without weight decay; a trainer reads this flag (the zoo's
+        # does: harness.quality.train), since A_log is a matrix like the weights it decays.
+        self.A_log._no_weight_decay = self.D._no_weight_decay = True
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
 
     def forward(self, hidden: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor,

@@ -184,13 +184,22 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def _train(model, net, batches, config, evaluate, state_path, resume, on_step, device, rank,
-           world) -> History:
+def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's two groups: the matrices with `weight_decay`; vectors (biases, norm gains) and
+    the parameters a model marks with `_no_weight_decay` (Mamba's A_log and D, as mamba_ssm
+    trains them) without."""
     decay, no_decay = [], []
     for p in model.parameters():
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    optimizer = adamw([{"params": decay, "weight_decay": config.weight_decay},
-                       {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=config.betas)
+        (decay if p.dim() >= 2 and not getattr(p, "_no_weight_decay", False)
+         else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _train(model, net, batches, config, evaluate, state_path, resume, on_step, device, rank,
+           world) -> History:
+    optimizer = adamw(param_groups(model, config.weight_decay), lr=config.lr,
+                      betas=config.betas)
     history = History()
     if resume and state_path is not None and state_path.exists():
         history = _load_state(state_path, model, optimizer)

@@ -13,6 +13,7 @@ from harness.quality.train import (
     TrainConfig,
     block_batches,
     lr_at,
+    param_groups,
     parse_budget,
     train,
 )
@@ -153,3 +154,14 @@ def test_training_stops_early_once_validation_passes_the_target():
     _, full = run(steps=30, evaluate=lambda m: {"accuracy": 0.5},
                   config={"eval_every": 10, "stop_at": ("accuracy", 0.99, "max")})
     assert not full.stopped_early and full.steps == 30
+
+
+def test_weight_decay_skips_vectors_and_what_a_model_marks():
+    model = build_variant("mamba", "tiny")
+    decay, no_decay = param_groups(model, 0.1)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    decayed = {id(p) for p in decay["params"]}
+    mixer = model.layers[0].mixer
+    assert id(mixer.in_proj.weight) in decayed and id(mixer.A_log) not in decayed  # as mamba_ssm
+    assert mixer.A_log.dim() == 2 and id(mixer.D) not in decayed
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
