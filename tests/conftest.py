@@ -4,6 +4,9 @@ weights, and imports that skip only the tests that need them."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -110,3 +113,46 @@ def randomized(model: torch.nn.Module, seed: int = 7) -> torch.nn.Module:
             else:
                 p.add_(0.1 * noise)
     return model
+
+
+# The official `rwkv` package (0.8.x) run in a subprocess: RWKV_V7_ON switches the whole module
+# to RWKV-7 at import (and forces TorchScript), so it must be set, or not, before the import.
+RWKV_PIP_SCRIPT = textwrap.dedent("""
+    import os, sys
+    os.environ.pop("RWKV_V7_ON", None)
+    v7 = sys.argv[4] == "7"
+    os.environ.update(RWKV_JIT_ON="1" if v7 else "0", RWKV_CUDA_ON="0")
+    if v7:
+        os.environ["RWKV_V7_ON"] = "1"
+    import torch
+    from rwkv.model import RWKV
+    model = RWKV(model=sys.argv[1], strategy="cpu fp32")  # the path without .pth
+    out = {"version": str(float(getattr(model, "version", 7)))}  # "5.2", "6.0", "7.0"
+    for i, ids in enumerate(eval(sys.argv[2])):
+        logits, state = model.forward(ids, None, full_output=True)
+        out[f"logits{i}"] = logits.reshape(len(ids), -1).clone()
+        out[f"state{i}"] = [s.clone() for s in state]
+    torch.save(out, sys.argv[3])
+""")
+
+
+def run_rwkv_pip(path: Path, sequences: list[list[int]], out_dir: Path, v7: bool = False) -> dict:
+    """The official package's fp32 CPU logits and states for each token list, from an official
+    .pth file: {"version", "logits{i}": (T, V), "state{i}": the package's state list}."""
+    pytest.importorskip("rwkv")
+    out = out_dir / "rwkv-pip.pt"
+    subprocess.run([sys.executable, "-c", RWKV_PIP_SCRIPT, str(path.with_suffix("")),
+                    repr(sequences), str(out), "7" if v7 else "5-6"],
+                   check=True, capture_output=True, timeout=120)
+    return torch.load(out, weights_only=True)
+
+
+def assert_rwkv_state_matches(cache, official_state: list[torch.Tensor], n_layer: int) -> None:
+    """RWKV-5/6/7: the package keeps three tensors per layer, att_x, the (H, N, N) WKV state and
+    ffn_x (the zoo's cache.att_x / wkv / ffn_x of batch row 0, in the same orientation): the
+    token-shift vectors within 1e-5, the WKV state within 1e-4 of its largest entry."""
+    for i in range(n_layer):
+        att_x, wkv, ffn_x = official_state[3 * i:3 * i + 3]
+        assert (cache.att_x[i, 0] - att_x).abs().max() <= 1e-5, f"layer {i} att_x"
+        assert (cache.wkv[i, 0] - wkv).abs().max() <= 1e-4 * wkv.abs().max(), f"layer {i} wkv"
+        assert (cache.ffn_x[i, 0] - ffn_x).abs().max() <= 1e-5, f"layer {i} ffn_x"
