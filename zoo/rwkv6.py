@@ -25,16 +25,10 @@ Choices the paper leaves open, taken from the released code and checkpoints: ada
 (mixing) and 64 (decay), 64 and 128 at d = 4096; channel-mix width int(3.5 d / 32) * 32; head
 size 64; the World tokenizer's 65536 ids; the initialisation in `RWKV6.init_weights`.
 
-The WKV runs in fp32 two ways: `wkv6_recurrent`, the per-token recurrence, for decoding and as
-the tests' oracle, and `wkv6_chunked`, for prefill and training, with a Python loop over chunks
-only. Its numerics: the decay has no floor (log w = -exp(.) is unbounded below), so factoring
-e^(cumulative log-decay) into a query part and a key part, as RWKV-7's chunked form does, could
-overflow. Inside a chunk every decay factor is instead exp of the sum of the log-decays over
-the tokens between an earlier and a later position, summed over that span alone (a "segment
-sum", as Mamba-2's chunked scan): the exponent is <= 0, so each factor is in [0, 1], nothing
-overflows, strong decays underflow to 0 harmlessly, and no difference of large cumulative sums
-loses fp32 precision. The price is an (L, L, N) tensor of pairwise factors per chunk and head,
-hence small chunks (16).
+The WKV, shared with RWKV-5 (zoo.layers.matrix_wkv), runs in fp32 two ways: the per-token
+recurrence for decoding (and as the tests' oracle), and a chunked form for prefill and training
+that sums the log-decays over each span of tokens, so that a decay with no floor neither
+overflows nor loses precision (see that module).
 """
 
 from __future__ import annotations
@@ -46,14 +40,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import token_shift
+from zoo.layers import MatrixRWKVState, matrix_wkv_chunked, matrix_wkv_recurrent, token_shift
 from zoo.model import Output, ZooModel, generate, lm_loss
 
 WKV6State = torch.Tensor  # (B, H, N, N) per layer, fp32, S[key channel, value channel]
+RWKV6State = MatrixRWKVState  # the state across calls: att_x, wkv (S[key, value]), ffn_x
 MIXES = ("w", "k", "v", "r", "g")  # the order of the five data-dependent mixes (time_maa_w2)
-# Elementwise FLOPs of one recurrence step per state element: the decay and the write
-# (multiply, multiply-add), the read-out with the bonus (multiply-add, and u k^T v once per row).
-WKV_FLOPS_PER_STATE = 6
+# Elementwise FLOPs of one recurrence step per state element, as matrix_wkv_recurrent does them:
+# k^T v (1), S + u k^T v (2), the read-out r (.) (multiply-add, 2), the decay and the write (2).
+WKV_FLOPS_PER_STATE = 7
 
 
 @dataclass(frozen=True)
@@ -71,7 +66,7 @@ class RWKV6Config:
     group_norm_eps: float = 64e-5  # ln_x (training's ln_x(x / 8) at eps 1e-5)
     context_length: int = 4096  # training context of the World models; inference has no limit
     emb_init_range: float = 1e-4  # small-init embedding U(+-1e-4), as RWKV-4
-    # Tokens per chunk of wkv6_chunked: speed and memory only, the same result. The pairwise
+    # Tokens per chunk of the chunked WKV: speed and memory only, the same result. The pairwise
     # decay factors take B T d L floats per layer.
     chunk_size: int = 16
 
@@ -97,66 +92,6 @@ class RWKV6Config:
     @property
     def decay_width(self) -> int:
         return self.decay_lora or (128 if self.d_model == 4096 else 64)
-
-
-def wkv6_recurrent(r: torch.Tensor, log_w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   u: torch.Tensor, state: WKV6State) -> tuple[torch.Tensor, WKV6State]:
-    """One token at a time, per head:  y_t = r_t (S_{t-1} + diag(u) k_t^T v_t);
-    S_t = diag(w_t) S_{t-1} + k_t^T v_t.  r, log_w (= log w_t), k, v: (B, T, H, N); u (H, N);
-    state (B, H, N, N). Returns y (B, T, H, N) and S_T."""
-    S = state
-    ys = []
-    for t in range(r.size(1)):
-        kv = k[:, t, :, :, None] * v[:, t, :, None, :]  # (B, H, N, N): k^T v
-        ys.append((r[:, t, :, None, :] @ (S + u[:, :, None] * kv)).squeeze(-2))
-        S = torch.exp(log_w[:, t, :, :, None]) * S + kv
-    return torch.stack(ys, dim=1), S
-
-
-def wkv6_chunked(r: torch.Tensor, log_w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 u: torch.Tensor, state: WKV6State, chunk_size: int = 16
-                 ) -> tuple[torch.Tensor, WKV6State]:
-    """The same map as `wkv6_recurrent` (same arguments), L = chunk_size tokens at a time.
-
-    Inside a chunk with start state S_0 and chunk-local cumulative log-decays c_t = sum_{i<=t}
-    log w_i (c_0 = 0), unrolled:
-        y_t = (r_t e^{c_{t-1}}) S_0 + sum_{s<t} (sum_n r_tn k_sn e^{c_{t-1,n} - c_{s,n}}) v_s
-              + (r_t u k_t) v_t,
-        S_L = e^{c_L} S_0 + sum_s (k_s e^{c_L - c_s})^T v_s.
-    Every exponent is a sum of log-decays over a span of tokens, <= 0, and is summed over that
-    span alone (Mamba-2's "segment sum"), never as a difference of two cumulative sums: c_t -
-    c_s would cancel catastrophically in fp32 after one very strong decay (c ~ -400, then
-    decays near 1).
-    """
-    B, T, H, N = r.shape
-    L = chunk_size
-    pad = -T % L  # padding: log w = 0 (w = 1) and zero inputs leave the state as it is
-    r, log_w, k, v = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (r, log_w, k, v))
-    n = (T + pad) // L
-    # (B, n, H, L, N): chunks, heads, tokens of the chunk
-    r, log_w, k, v = (x.view(B, n, L, H, N).transpose(2, 3) for x in (r, log_w, k, v))
-    strict = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)  # row i > column s
-    # span[t, s] = sum_{s < i <= t} log w_i, (B, n, H, L, L, N): row t, column s.
-    span = (log_w[..., :, None, :] * strict[:, :, None]).cumsum(dim=-3)
-    # c_{t-1}: the sum of the chunk's earlier log-decays (not c_t - log w_t, which cancels)
-    before = F.pad(log_w[:, :, :, :-1].cumsum(dim=3), (0, 0, 1, 0))
-    gap = F.pad(span[..., :-1, :, :], (0, 0, 0, 0, 1, 0))  # c_{t-1} - c_s = span[t - 1, s]
-    to_end = span[..., -1, :, :]  # c_L - c_s, (B, n, H, L, N)
-    scores = torch.einsum("...tn,...sn,...tsn->...ts", r, k, torch.exp(gap))
-    scores = scores.masked_fill(~strict, 0)  # s < t (gap is 0, not -inf, elsewhere)
-    bonus = (r * u[:, None] * k).sum(-1)  # (B, n, H, L): r_t u k_t
-    y_in = scores @ v + bonus[..., None] * v  # the chunk's own tokens
-    read = r * torch.exp(before)  # r_t e^{c_{t-1}}: what S_0 contributes
-    written = (k * torch.exp(to_end)).transpose(-1, -2) @ v  # (B, n, H, N, N)
-    # e^{c_L} per key channel, (B, n, H, N, 1)
-    decay = torch.exp(log_w.sum(dim=3, keepdim=True)).transpose(-1, -2)
-    S = state
-    ys = []
-    for c in range(n):
-        ys.append(read[:, c] @ S + y_in[:, c])
-        S = decay[:, c] * S + written[:, c]
-    y = torch.stack(ys, dim=1)  # (B, n, H, L, N)
-    return y.transpose(2, 3).reshape(B, n * L, H, N)[:, :T], S
 
 
 class TimeMix(nn.Module):
@@ -207,8 +142,8 @@ class TimeMix(nn.Module):
     def wkv(self, r, log_w, k, v, u, state) -> tuple[torch.Tensor, WKV6State]:
         """The WKV in fp32: the recurrence for one token (decoding), the chunked form for more."""
         if r.size(1) == 1:
-            return wkv6_recurrent(r, log_w, k, v, u, state)
-        return wkv6_chunked(r, log_w, k, v, u, state, self.chunk_size)
+            return matrix_wkv_recurrent(r, log_w, k, v, u, state)
+        return matrix_wkv_chunked(r, log_w, k, v, u, state, self.chunk_size)
 
 
 class ChannelMix(nn.Module):
@@ -252,28 +187,6 @@ class Block(nn.Module):
         return x, (att_x, wkv, ffn_x)
 
 
-@dataclass
-class RWKV6State:
-    """The recurrent state after the tokens seen so far, of a fixed size: att_x, ffn_x
-    (n_layer, B, d), the last ln1 / ln2 outputs (token shift; activation dtype); wkv
-    (n_layer, B, H, N, N), each layer's S[key, value] (fp32). The pip package keeps the same
-    three per layer, state[3i + 0..2] = att_x, wkv, ffn_x, without the batch dimension."""
-
-    att_x: torch.Tensor
-    wkv: torch.Tensor
-    ffn_x: torch.Tensor
-
-    @classmethod
-    def empty(cls, config: RWKV6Config, batch: int, dtype: torch.dtype,
-              device: torch.device) -> RWKV6State:
-        c = config
-        shift = (c.n_layer, batch, c.d_model)
-        return cls(att_x=torch.zeros(shift, dtype=dtype, device=device),
-                   wkv=torch.zeros(c.n_layer, batch, c.n_head, c.head_size, c.head_size,
-                                   device=device),
-                   ffn_x=torch.zeros(shift, dtype=dtype, device=device))
-
-
 class RWKV6(ZooModel):
     config_class = RWKV6Config
     causal_lm = True
@@ -290,8 +203,8 @@ class RWKV6(ZooModel):
     @torch.no_grad()
     def init_weights(self) -> None:
         """The official from-scratch initialisation (RWKV-LM RWKV_Tmix_x060 / RWKV_CMix_x060):
-        mixing weights 1 - (i/d)^(p (1 - l/L)) (p = 1 for x, w, k, r; v adds 0.3 (l / (L - 1));
-        g uses p = 0.5), adapters W1 = 0 and W2 U(+-0.01); decay -6 + 5 (i/(d-1))^(0.7 + 1.3 l /
+        mixing weights 1 - (i/d)^(p (1 - l/L)) (p = 1 for x, w, k; v adds 0.3 (l / (L - 1)); r and
+        g use p = 0.5), adapters W1 = 0 and W2 U(+-0.01); decay -6 + 5 (i/(d-1))^(0.7 + 1.3 l /
         (L - 1)); bonus l/(L-1) (1 - i/(d-1)) + zigzag; the training code's generic init of
         the matrices (orthogonal; key and gate x 0.1; output, ffn value and ffn receptance
         zero); ln_x as GroupNorm's default; embedding U(+-1e-4); head orthogonal x 0.5 sqrt(V /
@@ -343,8 +256,9 @@ class RWKV6(ZooModel):
         call's `Output.cache` (RWKV6State), never modified in place."""
         B, T = input_ids.shape
         x = self.emb(input_ids)  # (B, T, d)
-        state = cache if cache is not None else RWKV6State.empty(self.config, B, x.dtype,
-                                                                 x.device)
+        c = self.config
+        state = cache if cache is not None else RWKV6State.empty(
+            c.n_layer, B, c.d_model, c.n_head, c.head_size, x.dtype, x.device)
         new_states = []
         for i, block in enumerate(self.blocks):
             x, layer_state = block(x, state.att_x[i], state.wkv[i], state.ffn_x[i])

@@ -15,7 +15,8 @@ from conftest import assert_rwkv_state_matches, run_rwkv_pip
 import zoo
 from harness.models import build_variant
 from zoo.convert import CheckpointError, convert_rwkv6, rwkv6_to_official, rwkv_to_official
-from zoo.rwkv6 import RWKV6State, wkv6_chunked, wkv6_recurrent
+from zoo.layers import matrix_wkv_chunked, matrix_wkv_recurrent
+from zoo.rwkv6 import RWKV6State
 
 PUBLISHED = {"1.6b": (24, 2048, 1_599_873_024), "3b": (32, 2560, 3_099_863_040)}
 
@@ -44,7 +45,7 @@ def test_recurrence_is_the_formula():
     state written as a sum over the past tokens."""
     B, T, H, N = 2, 7, 3, 4
     r, log_w, k, v, u = wkv_inputs(B, T, H, N)
-    y, S_T = wkv6_recurrent(r, log_w, k, v, u, torch.zeros(B, H, N, N, dtype=torch.float64))
+    y, S_T = matrix_wkv_recurrent(r, log_w, k, v, u, torch.zeros(B, H, N, N, dtype=torch.float64))
     for t in range(T):
         S = sum(torch.exp(log_w[:, s + 1:t].sum(1))[..., None] * k[:, s, :, :, None]
                 * v[:, s, :, None, :] for s in range(t)) if t else 0
@@ -61,13 +62,13 @@ def test_chunked_equals_recurrence_with_a_carried_state(chunk_size):
     x = wkv_inputs(B, 112, H, N, seed=chunk_size)
     u = x.pop()
     S0 = torch.zeros(B, H, N, N, dtype=torch.float64)
-    _, state = wkv6_recurrent(*(t[:, :29] for t in x), u, S0)
+    _, state = matrix_wkv_recurrent(*(t[:, :29] for t in x), u, S0)
     rest = [t[:, 29:] for t in x]
-    ref, ref_state = wkv6_recurrent(*rest, u, state)
-    out, out_state = wkv6_chunked(*rest, u, state, chunk_size)
+    ref, ref_state = matrix_wkv_recurrent(*rest, u, state)
+    out, out_state = matrix_wkv_chunked(*rest, u, state, chunk_size)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
     torch.testing.assert_close(out_state, ref_state, atol=1e-10, rtol=0)
-    out32, state32 = wkv6_chunked(*(t.float() for t in rest), u.float(), state.float(),
+    out32, state32 = matrix_wkv_chunked(*(t.float() for t in rest), u.float(), state.float(),
                                   chunk_size)
     assert out32.dtype == torch.float32
     assert max_diff(out32, ref) <= 1e-5 * ref.abs().max().item()
@@ -79,7 +80,7 @@ def test_chunked_gradients_equal_the_recurrence():
     x = wkv_inputs(2, 37, 2, 6, seed=3)
     S0 = torch.randn(2, 2, 6, 6, dtype=torch.float64)
     grads = []
-    for wkv in (wkv6_recurrent, lambda *args: wkv6_chunked(*args, chunk_size=8)):
+    for wkv in (matrix_wkv_recurrent, lambda *args: matrix_wkv_chunked(*args, chunk_size=8)):
         inputs = [t.clone().requires_grad_() for t in (*x, S0)]
         y, S = wkv(*inputs)
         weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
@@ -98,9 +99,9 @@ def test_long_inputs_are_stable_in_fp32(spread):
     sums."""
     x = wkv_inputs(1, 1024, 2, 16, seed=7, dtype=torch.float32, spread=spread)
     S0 = torch.zeros(1, 2, 16, 16)
-    out, S = wkv6_chunked(*x, S0, chunk_size=64)
+    out, S = matrix_wkv_chunked(*x, S0, chunk_size=64)
     assert torch.isfinite(out).all() and torch.isfinite(S).all()
-    ref, ref_S = wkv6_recurrent(*(t.double() for t in x), S0.double())
+    ref, ref_S = matrix_wkv_recurrent(*(t.double() for t in x), S0.double())
     assert max_diff(out, ref) <= 1e-6 * ref.abs().max().item()
     assert max_diff(S, ref_S) <= 1e-6 * ref_S.abs().max().item()
 
@@ -256,7 +257,7 @@ def test_flops_per_token_are_the_matrices_head_and_recurrence():
     matrices = sum(p.numel() for name, p in model.named_parameters()
                    if p.dim() >= 2 and not name.startswith("emb")
                    and not name.endswith("time_faaaa"))
-    assert model.flops_per_token(1024) == 2 * matrices + 6 * 2048 * 64 * 24
+    assert model.flops_per_token(1024) == 2 * matrices + 7 * 2048 * 64 * 24
     assert model.flops_per_token(1) == model.flops_per_token(65536)
 
 

@@ -126,9 +126,9 @@ def within_block(key: str) -> str:
 
 # The zoo model that reads each official version (versions 5 and 5.1 have none), and the keys
 # that tell that version apart.
-ZOO_MODEL_OF_VERSION = {"4": "rwkv", "6": "rwkv6", "7": "rwkv7"}
-_TELLING_KEYS = {"4": "att.time_first, no att.ln_x", "6": "att.time_maa_w1, att.time_decay_w1",
-                 "7": "att.r_k, att.w0, att.k_k"}
+ZOO_MODEL_OF_VERSION = {"4": "rwkv", "5.2": "rwkv5", "6": "rwkv6", "7": "rwkv7"}
+_TELLING_KEYS = {"4": "att.time_first, no att.ln_x", "5.2": "att.time_decay (H, N), att.gate",
+                 "6": "att.time_maa_w1, att.time_decay_w1", "7": "att.r_k, att.w0, att.k_k"}
 
 
 def wrong_version(version: str, zoo_name: str) -> str:
