@@ -273,9 +273,9 @@ def test_a_file_of_another_version_is_a_one_line_error(official_file, tmp_path):
                        r"RWKV-6 \(keys .*\); load it as 'rwkv'") as error:
         zoo.from_pretrained("rwkv6", rwkv4)
     assert "\n" not in str(error.value)
-    for other in ("rwkv", "rwkv7"):
+    for other in ("rwkv", "rwkv5", "rwkv7"):
         with pytest.raises(CheckpointError, match=rf"an RWKV-6 checkpoint; zoo model '{other}' "
-                           r"reads RWKV-\d .*; load it as 'rwkv6'"):
+                           r"reads RWKV-[\d.]+ .*; load it as 'rwkv6'"):
             zoo.from_pretrained(other, official_file)
     with pytest.raises(CheckpointError, match=r"a Hugging Face folder; .* official RWKV-6 .pth"):
         convert_rwkv6({"model_type": "rwkv6"}, {})
