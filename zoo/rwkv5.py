@@ -112,16 +112,22 @@ class TimeMix(nn.Module):
                           (self.time_mix_k, self.time_mix_v, self.time_mix_r, self.time_mix_g))
         r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
         g = F.silu(self.gate(xg))
+        wkv_dtype = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 for an fp64 model
         # log w = -exp(time_decay), the same at every token: one row, broadcast over the batch
-        log_w = -torch.exp(self.time_decay.float()).expand(1, T, H, N)
+        log_w = -torch.exp(self.time_decay.to(wkv_dtype)).expand(1, T, H, N)
         heads = (B, T, H, N)
-        y, state = self.wkv(r.view(heads).float(), log_w, k.view(heads).float(),
-                            v.view(heads).float(), self.time_faaaa.float(), state)
-        y = self.ln_x(y.reshape(B * T, d)).view(B, T, d).to(x.dtype)
+        y, state = self.wkv(r.view(heads).to(wkv_dtype), log_w, k.view(heads).to(wkv_dtype),
+                            v.view(heads).to(wkv_dtype), self.time_faaaa.to(wkv_dtype),
+                            state.to(wkv_dtype))
+        # ln_x in the WKV's precision, as the pip package does (its weights cast to it)
+        y = F.group_norm(y.reshape(B * T, d), H, self.ln_x.weight.to(y.dtype),
+                         self.ln_x.bias.to(y.dtype), self.ln_x.eps)
+        y = y.view(B, T, d).to(x.dtype)
         return self.output(y * g), x[:, -1], state
 
     def wkv(self, r, log_w, k, v, u, state) -> tuple[torch.Tensor, WKV5State]:
-        """The WKV in fp32: the recurrence for one token (decoding), the chunked form for more."""
+        """The WKV in fp32 (fp64 for an fp64 model): the recurrence for one token (decoding),
+        the chunked form for more."""
         if r.size(1) == 1:
             return matrix_wkv_recurrent(r, log_w, k, v, u, state)
         return matrix_wkv_chunked(r, log_w, k, v, u, state, self.chunk_size)
