@@ -10,7 +10,17 @@ import math
 
 import pytest
 import torch
-from conftest import assert_rwkv_state_matches, run_rwkv_pip
+from conftest import (
+    assert_rwkv_state_matches,
+    check_bf16_with_an_fp32_state,
+    check_blocks_start_as_the_identity,
+    check_cached_decoding,
+    check_chunk_size_invariance,
+    check_fp64_chunked_equals_recurrence,
+    check_generate_is_greedy,
+    check_official_round_trip,
+    run_rwkv_pip,
+)
 
 import zoo
 from harness.models import build_variant
@@ -165,107 +175,36 @@ def test_from_pretrained_reads_the_sizes_off_the_tensors(model):
 
 
 def test_the_official_layout_round_trips(model, official_file):
-    written = rwkv6_to_official(model.state_dict())
-    original = torch.load(official_file, weights_only=True)
-    assert written.keys() == original.keys()
-    for key, tensor in original.items():
-        assert torch.equal(written[key], tensor), key
+    check_official_round_trip(model, official_file, rwkv6_to_official)
 
 
 # ---------------------------------------------------------------------------------------------
-# The model: state across calls, chunk size
+# The model (checks shared with the other RWKV with a matrix state, in tests/conftest.py)
 
 
 def test_chunk_size_does_not_change_the_logits(official_file):
-    ids = torch.randint(0, 100, (2, 45), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        logits = [zoo.from_pretrained("rwkv6", official_file, fast=False, chunk_size=c)(ids)
-                  .logits for c in (1, 7, 16, 64)]
-    for other in logits[1:]:
-        assert max_diff(other, logits[0]) <= 1e-5
+    check_chunk_size_invariance("rwkv6", official_file)
 
 
 def test_cached_decoding_equals_the_full_forward(model):
-    """A prompt, then one token at a time, then a chunk, from the carried state; the state is
-    never modified in place. Tolerance 1e-5 (fp32)."""
-    ids = torch.randint(0, 100, (3, 40), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        full = model(ids).logits
-        prompt = model(ids[:, :17], use_cache=True)
-        assert isinstance(prompt.cache, RWKV6State)
-        assert prompt.cache.wkv.shape == (3, 3, 2, 16, 16)
-        out, cache = [prompt.logits], prompt.cache
-        for t in range(17, 22):
-            step = model(ids[:, t:t + 1], cache=cache)
-            out.append(step.logits)
-            cache = step.cache
-        out.append(model(ids[:, 22:], cache=cache).logits)
-        again = model(ids[:, 17:], cache=prompt.cache)
-    assert max_diff(torch.cat(out, 1), full) <= 1e-5
-    assert max_diff(again.logits, full[:, 17:]) <= 1e-5
-    assert model(ids[:, :5]).cache is None
+    check_cached_decoding(model, RWKV6State)
 
 
 def test_the_model_in_fp64_equals_the_recurrence_with_gradients(official_file, monkeypatch):
-    """The whole model in fp64, prefill through the chunked WKV (chunks of 16, 45 tokens) against
-    the same model with the per-token recurrence in its place: logits and the gradients of every
-    weight to 1e-10 (relative to the largest gradient of each weight)."""
-    import zoo.rwkv6 as module
-
-    model = zoo.from_pretrained("rwkv6", official_file, fast=False).double()
-    ids = torch.randint(0, 100, (2, 45), generator=torch.Generator().manual_seed(3))
-    results = []
-    for recurrent in (False, True):
-        if recurrent:
-            monkeypatch.setattr(module, "matrix_wkv_chunked",
-                                lambda r, log_w, k, v, u, S, L: matrix_wkv_recurrent(
-                                    r, log_w.double(), k, v, u, S.double()))
-        out = model(ids, targets=ids)
-        params = [p for _, p in model.named_parameters()]
-        results.append((out.logits, torch.autograd.grad(out.loss, params)))
-    (logits, grads), (ref_logits, ref_grads) = results
-    assert max_diff(logits, ref_logits) <= 1e-10
-    for (name, _), grad, ref in zip(model.named_parameters(), grads, ref_grads, strict=True):
-        assert max_diff(grad, ref) <= 1e-10 * max(ref.abs().max().item(), 1e-3), name
+    check_fp64_chunked_equals_recurrence("rwkv6", official_file, monkeypatch)
 
 
 def test_bf16_runs_with_an_fp32_state(official_file):
-    """bf16 weights and activations, the WKV, ln_x and the state in fp32 (as the pip package
-    keeps them). Measured on this seed, logits up to 3.9: within 0.016 on average and 0.17
-    at most (bounds as RWKV-7's bf16 test)."""
-    model = zoo.from_pretrained("rwkv6", official_file, fast=False)
-    ids = torch.randint(0, 100, (2, 20), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = model(ids).logits
-        out = model.to(torch.bfloat16)(ids, use_cache=True)
-    assert out.logits.dtype == torch.bfloat16 and out.cache.wkv.dtype == torch.float32
-    assert out.cache.att_x.dtype == torch.bfloat16
-    assert (out.logits.float() - ref).abs().mean() <= 0.05
-    assert max_diff(out.logits, ref) <= 0.15 * ref.abs().max().item()
+    """Measured on this seed, logits up to 3.9: within 0.016 on average and 0.17 at most."""
+    check_bf16_with_an_fp32_state("rwkv6", official_file)
 
 
 def test_generate_is_greedy_on_the_full_forward(model):
-    prompt = torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        tokens = model.generate(prompt, max_new_tokens=7)
-        full = model(tokens[:, :-1]).logits
-    assert tokens.shape == (2, 13)
-    assert torch.equal(full[:, 5:].argmax(-1), tokens[:, 6:])
+    check_generate_is_greedy(model)
 
 
 def test_from_scratch_the_blocks_start_as_the_identity_and_train():
-    """The official init zeroes att.output and ffn.value: every block adds nothing at first;
-    the gradients reach those matrices."""
-    torch.manual_seed(0)
-    model = build_variant("rwkv6", "tiny")
-    ids = torch.randint(0, model.config.vocab_size, (2, 20))
-    out = model(ids[:, :-1], targets=ids[:, 1:])
-    expected = model.head(model.ln_out(model.blocks[0].ln0(model.emb(ids[:, :-1]))))
-    assert max_diff(out.logits, expected) <= 1e-5
-    out.loss.backward()
-    for block in model.blocks:
-        for grad in (block.att.output.weight.grad, block.ffn.value.weight.grad):
-            assert torch.isfinite(grad).all() and grad.abs().max() > 0
+    check_blocks_start_as_the_identity("rwkv6")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,12 @@ import math
 
 import pytest
 import torch
-from conftest import assert_rwkv_state_matches, run_rwkv_pip
+from conftest import (
+    assert_rwkv_state_matches,
+    check_cached_decoding,
+    check_generate_is_greedy,
+    run_rwkv_pip,
+)
 
 import zoo
 import zoo.fast
@@ -229,33 +234,11 @@ def test_chunk_size_does_not_change_the_logits(official_file):
 
 
 def test_cached_decoding_equals_the_full_forward(model):
-    """A prompt, then one token at a time, then a chunk, from the carried state; the state is
-    never modified in place."""
-    ids = torch.randint(0, 100, (3, 40))
-    with torch.no_grad():
-        full = model(ids).logits
-        prompt = model(ids[:, :17], use_cache=True)
-        assert isinstance(prompt.cache, RWKV7State)
-        assert prompt.cache.wkv.shape == (3, 3, 2, 16, 16)
-        out, cache = [prompt.logits], prompt.cache
-        for t in range(17, 22):
-            step = model(ids[:, t:t + 1], cache=cache)
-            out.append(step.logits)
-            cache = step.cache
-        out.append(model(ids[:, 22:], cache=cache).logits)
-        again = model(ids[:, 17:], cache=prompt.cache)
-    assert max_diff(torch.cat(out, 1), full) <= 1e-5
-    assert max_diff(again.logits, full[:, 17:]) <= 1e-5
-    assert model(ids[:, :5]).cache is None
+    check_cached_decoding(model, RWKV7State)  # shared with RWKV-5 and -6 (tests/conftest.py)
 
 
 def test_generate_is_greedy_on_the_full_forward(model):
-    prompt = torch.randint(0, 100, (2, 6))
-    with torch.no_grad():
-        tokens = model.generate(prompt, max_new_tokens=7)
-        full = model(tokens[:, :-1]).logits
-    assert tokens.shape == (2, 13)
-    assert torch.equal(full[:, 5:].argmax(-1), tokens[:, 6:])
+    check_generate_is_greedy(model)
 
 
 def test_bf16_runs_with_an_fp32_state(official_file):
