@@ -61,13 +61,14 @@ def matrix_wkv_chunked(r: torch.Tensor, log_w: torch.Tensor, k: torch.Tensor, v:
     # (B, n, H, L, N): chunks, heads, tokens of the chunk
     r, log_w, k, v = (x.view(x.size(0), n, L, H, N).transpose(2, 3) for x in (r, log_w, k, v))
     strict = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)  # row i > column s
-    # span[t, s] = sum_{s < i <= t} log w_i, (B or 1, n, H, L, L, N): row t, column s.
-    span = (log_w[..., :, None, :] * strict[:, :, None]).cumsum(dim=-3)
+    # span[n, s, t] = sum_{s < i <= t} log w_i, (B or 1, n, H, N, L, L): channel, column s,
+    # row t; the running sum over t is along the last, contiguous dimension (fast).
+    span = (log_w.transpose(-1, -2)[..., None, :] * strict.T).cumsum(dim=-1)
     # c_{t-1}: the sum of the chunk's earlier log-decays (not c_t - log w_t, which cancels)
     before = F.pad(log_w[:, :, :, :-1].cumsum(dim=3), (0, 0, 1, 0))
-    gap = F.pad(span[..., :-1, :, :], (0, 0, 0, 0, 1, 0))  # c_{t-1} - c_s = span[t - 1, s]
-    to_end = span[..., -1, :, :]  # c_L - c_s, (B, n, H, L, N)
-    scores = torch.einsum("...tn,...sn,...tsn->...ts", r, k, torch.exp(gap))
+    gap = F.pad(span[..., :-1], (1, 0))  # c_{t-1} - c_s = span[s, t - 1]
+    to_end = span[..., -1].transpose(-1, -2)  # c_L - c_s, (B, n, H, L, N)
+    scores = torch.einsum("...tn,...sn,...nst->...ts", r, k, torch.exp(gap))
     scores = scores.masked_fill(~strict, 0)  # s < t (gap is 0, not -inf, elsewhere)
     bonus = (r * u[:, None] * k).sum(-1)  # (B, n, H, L): r_t u k_t
     y_in = scores @ v + bonus[..., None] * v  # the chunk's own tokens
