@@ -13,6 +13,8 @@ REGISTRY: dict[str, str] = {
     "roberta": "zoo.roberta:Roberta",
     "mosaic-bert": "zoo.mosaic_bert:MosaicBert",
     "rwkv": "zoo.rwkv:RWKV",
+    "rwkv5": "zoo.rwkv5:RWKV5",
+    "rwkv6": "zoo.rwkv6:RWKV6",
     "rwkv7": "zoo.rwkv7:RWKV7",
     "mamba": "zoo.mamba:Mamba",
     "mamba2": "zoo.mamba2:Mamba2",

@@ -53,10 +53,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import token_shift
+from zoo.layers import MatrixRWKVState, token_shift
 from zoo.model import Output, ZooModel, generate, lm_loss
 
 WKV7State = torch.Tensor  # (B, H, N, N) per layer, fp32, S[value channel, key channel]
+RWKV7State = MatrixRWKVState  # the state across calls: att_x, wkv (S[value, key]), ffn_x
 LOG_DECAY_FLOOR = -math.exp(-0.5)  # log w > -e^-0.5: the decay per token is above 0.545
 # Elementwise FLOPs of one recurrence step per state element: the decay, S kk and the rank-one
 # removal (multiply-adds), v k^T (multiply-add), the read-out S r (multiply-add).
@@ -289,28 +290,6 @@ class Block(nn.Module):
         return x, v_first, (att_x, wkv, ffn_x)
 
 
-@dataclass
-class RWKV7State:
-    """The recurrent state after the tokens seen so far, of a fixed size: att_x, ffn_x
-    (n_layer, B, d), the last ln1 / ln2 outputs (token shift; activation dtype); wkv
-    (n_layer, B, H, N, N), each layer's S (fp32). The pip package keeps the same three per layer,
-    state[3i + 0..2] = att_x, wkv, ffn_x, without the batch dimension."""
-
-    att_x: torch.Tensor
-    wkv: torch.Tensor
-    ffn_x: torch.Tensor
-
-    @classmethod
-    def empty(cls, config: RWKV7Config, batch: int, dtype: torch.dtype,
-              device: torch.device) -> RWKV7State:
-        c = config
-        shift = (c.n_layer, batch, c.d_model)
-        return cls(att_x=torch.zeros(shift, dtype=dtype, device=device),
-                   wkv=torch.zeros(c.n_layer, batch, c.n_head, c.head_size, c.head_size,
-                                   device=device),
-                   ffn_x=torch.zeros(shift, dtype=dtype, device=device))
-
-
 class RWKV7(ZooModel):
     config_class = RWKV7Config
     causal_lm = True
@@ -382,8 +361,9 @@ class RWKV7(ZooModel):
         call's `Output.cache` (RWKV7State), never modified in place."""
         B, T = input_ids.shape
         x = self.emb(input_ids)  # (B, T, d)
-        state = cache if cache is not None else RWKV7State.empty(self.config, B, x.dtype,
-                                                                 x.device)
+        c = self.config
+        state = cache if cache is not None else RWKV7State.empty(
+            c.n_layer, B, c.d_model, c.n_head, c.head_size, x.dtype, x.device)
         v_first = None
         new_states = []
         for i, block in enumerate(self.blocks):

@@ -4,7 +4,8 @@
   zoo-compiled  the same model under torch.compile (`catalog bench --compile`)
   hf            Hugging Face transformers (`--against hf`): bert, gpt, llama, mamba, mamba2,
                 roberta, rwkv
-  rwkv-pip      the official `rwkv` package (`--against rwkv-pip`): rwkv, rwkv7
+  rwkv-pip      the official `rwkv` package (`--against rwkv-pip`): rwkv, rwkv5, rwkv6,
+                rwkv7
 
 Each is a function `(cell, zoo_model, inputs) -> Workload`, imported when a cell uses it: the
 zoo model of the cell (built from the benchmark seed) and the cell's inputs (drawn once, see
@@ -53,7 +54,8 @@ IMPLEMENTATIONS: dict[str, Implementation] = {impl.name: impl for impl in (
     Implementation(COMPILED, "harness.bench.ours:compiled", peer=False),
     Implementation("hf", "harness.bench.hf:workload", ("bert", "gpt", "llama", "mamba", "mamba2",
                                                         "roberta", "rwkv")),
-    Implementation("rwkv-pip", "harness.bench.rwkv_pip:workload", ("rwkv", "rwkv7")),
+    Implementation("rwkv-pip", "harness.bench.rwkv_pip:workload",
+                   ("rwkv", "rwkv5", "rwkv6", "rwkv7")),
 )}
 # peer -> the zoo models it implements
 PEERS: dict[str, tuple[str, ...]] = {

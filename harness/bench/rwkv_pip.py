@@ -1,9 +1,10 @@
 """The official `rwkv` pip package as a peer (`catalog bench --against rwkv-pip`): BlinkDL's
-ChatRWKV inference code, RWKV-4 and RWKV-7 (its `RWKV_x070`), in the configuration its authors
-ship.
+ChatRWKV inference code, RWKV-4, RWKV-5.2, RWKV-6 and RWKV-7 (its `RWKV_x070`), in the
+configuration its authors ship.
 
 The zoo model's weights are written as an official .pth file (`zoo.convert.rwkv_to_official`,
-`rwkv7_to_official`) and loaded by the package; the package takes no batch, so each sequence of
+`rwkv5_to_official`, `rwkv6_to_official`, `rwkv7_to_official`) and loaded by the package, which
+reads the version off the keys; the package takes no batch, so each sequence of
 the cell's inputs (handed over, see harness.bench.workload) runs on its own. Inference only: no
 train mode.
 """
@@ -24,7 +25,12 @@ import torch
 
 from harness.bench.workload import BenchError, Cell, Inputs, Workload, accounting, check_mode
 from harness.environment import environment_defaults
-from zoo.convert import rwkv7_to_official, rwkv_to_official
+from zoo.convert import (
+    rwkv5_to_official,
+    rwkv6_to_official,
+    rwkv7_to_official,
+    rwkv_to_official,
+)
 
 _PRECISIONS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # The package reads its switches from the environment, when it is imported, when it loads a model
@@ -63,27 +69,37 @@ def _v7_module():
     return module
 
 
+# zoo module -> (RWKV version, the writer of its official .pth layout)
+_VERSIONS = {"zoo.rwkv": ("4", rwkv_to_official), "zoo.rwkv5": ("5.2", rwkv5_to_official),
+             "zoo.rwkv6": ("6", rwkv6_to_official), "zoo.rwkv7": ("7", rwkv7_to_official)}
+
+
+def _version(zoo_model: Any) -> str:
+    return _VERSIONS[type(zoo_model).__module__][0]
+
+
 def _is_rwkv7(zoo_model: Any) -> bool:
-    return hasattr(zoo_model.config, "head_size")  # zoo.rwkv7's config; zoo.rwkv's has none
+    return _version(zoo_model) == "7"
 
 
 def pip_model(zoo_model: Any, device: torch.device):
     """(rwkv.model.RWKV loaded from the zoo weights written as an official .pth, notes)."""
     c = zoo_model.config
-    v7 = _is_rwkv7(zoo_model)
-    if c.layer_norm_eps != 1e-5 or (v7 and c.group_norm_eps != 64e-5):
-        raise BenchError("the rwkv pip package fixes LayerNorm eps at 1e-5 (and RWKV-7's "
+    rwkv_version, to_official = _VERSIONS[type(zoo_model).__module__]
+    v7, matrix = rwkv_version == "7", rwkv_version != "4"  # v5-v7: a matrix state, GroupNorm ln_x
+    if c.layer_norm_eps != 1e-5 or (matrix and c.group_norm_eps != 64e-5):
+        raise BenchError("the rwkv pip package fixes LayerNorm eps at 1e-5 (and RWKV-5-7's "
                          f"GroupNorm eps at 64e-5); this config has {c.layer_norm_eps}"
-                         + (f" and {c.group_norm_eps}" if v7 else ""))
-    if v7 and c.d_ff == 0:
-        raise BenchError("the rwkv pip package's RWKV-7 needs a channel mix; this config has "
-                         "d_ff 0")
+                         + (f" and {c.group_norm_eps}" if matrix else ""))
+    if matrix and c.d_ff == 0:
+        raise BenchError(f"the rwkv pip package's RWKV-{rwkv_version} needs a channel mix; this "
+                         "config has d_ff 0")
     dtype = next(zoo_model.parameters()).dtype
     strategy = f"{device} {_PRECISIONS[dtype]}"  # "cpu fp32", "cuda fp16", "cuda:1 bf16"
     with tempfile.TemporaryDirectory() as folder, switches(v7):
         package = _package(v7)
-        path = Path(folder) / ("rwkv-7.pth" if v7 else "rwkv-4.pth")
-        official = (rwkv7_to_official if v7 else rwkv_to_official)(zoo_model.state_dict())
+        path = Path(folder) / f"rwkv-{rwkv_version.replace('.', '_')}.pth"
+        official = to_official(zoo_model.state_dict())
         torch.save({key: tensor.cpu() for key, tensor in official.items()}, path)
         del official
         if v7:  # RWKV_x070 takes the path without .pth and prints as it loads

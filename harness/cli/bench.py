@@ -75,7 +75,7 @@ def bench(
     against: Annotated[list[Peer] | None, typer.Option(
         help="Also measure a peer implementation with the same weights and print ours/theirs: "
              "hf (Hugging Face: bert, gpt, llama, mamba, mamba2, roberta, rwkv) or rwkv-pip (the "
-             "official package: rwkv, rwkv7).",
+             "official package: rwkv, rwkv5, rwkv6, rwkv7).",
         show_default=False)] = None,
     compile_model: Annotated[bool, typer.Option(
         "--compile", help="Also measure each zoo model under torch.compile, beside the eager "

@@ -23,12 +23,12 @@ swin-transformer switch t0 t5 trajectory-transformer transformer-xl turing-nlg u
 wu-dao-2 xlm-roberta xlnet
 """.split()
 ADDED_IDS = ["transformer", "rwkv", "mosaicbert", "pangu-pi", "llama-2", "mistral", "mamba",
-             "mamba2", "rwkv7"]
+             "mamba2", "rwkv5", "rwkv6", "rwkv7"]
 RUNNABLE = {"transformer": "transformer", "bert": "bert", "gpt": "gpt", "gpt-2": "gpt",
             "mamba": "mamba", "mamba2": "mamba2",
             "roberta": "roberta", "mosaicbert": "mosaic-bert", "rwkv": "rwkv",
-            "rwkv7": "rwkv7", "pangu-pi": "pangu-pi", "llama": "llama", "llama-2": "llama",
-            "mistral": "llama"}
+            "rwkv5": "rwkv5", "rwkv6": "rwkv6", "rwkv7": "rwkv7", "pangu-pi": "pangu-pi",
+            "llama": "llama", "llama-2": "llama", "mistral": "llama"}
 
 
 @pytest.fixture(scope="module")

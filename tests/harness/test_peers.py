@@ -37,12 +37,13 @@ BATCH, SEQLEN, STEPS = 2, 16, 3
 MODES = {"bert": ("forward", "train"), "roberta": ("forward", "train"),
          "gpt": ("forward", "train", "generate"), "rwkv": ("forward", "train", "generate"),
          "llama": ("forward", "train", "generate"), "mamba": ("forward", "train", "generate"),
-         "mamba2": ("forward", "train", "generate"), "rwkv7": ("forward", "generate")}
+         "mamba2": ("forward", "train", "generate"), "rwkv5": ("forward", "generate"),
+         "rwkv6": ("forward", "generate"), "rwkv7": ("forward", "generate")}
 CASES = [(impl, name, mode) for impl, names in PEERS.items() for name in names
          for mode in MODES[name] if not (impl == "rwkv-pip" and mode == "train")]
 NO_DROPOUT = {"gpt": {"dropout": 0.0}, "bert": {"dropout": 0.0, "attn_dropout": 0.0},
               "roberta": {"dropout": 0.0, "attn_dropout": 0.0}, "rwkv": {}, "llama": {},
-              "mamba": {}, "mamba2": {}, "rwkv7": {}}
+              "mamba": {}, "mamba2": {}, "rwkv5": {}, "rwkv6": {}, "rwkv7": {}}
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +92,7 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_the_peer_table():
     assert PEERS == {"hf": ("bert", "gpt", "llama", "mamba", "mamba2", "roberta", "rwkv"),
-                     "rwkv-pip": ("rwkv", "rwkv7")}
+                     "rwkv-pip": ("rwkv", "rwkv5", "rwkv6", "rwkv7")}
 
 
 @needs_peers

@@ -33,7 +33,8 @@ EXPECTED = {"gpt": ("linear", "ffn", "dropout"), "bert": ("linear", "ffn", "drop
             "mamba": ("linear", "scan"), "mamba2": ("linear",),
             "roberta": ("linear", "ffn", "dropout"), "transformer": ("linear", "ffn", "dropout"),
             "mosaic-bert": ("linear", "dropout"), "pangu-pi": ("linear",),
-            "rwkv": ("linear", "ffn", "wkv"), "rwkv7": ("linear", "wkv7"),
+            "rwkv": ("linear", "ffn", "wkv"), "rwkv5": ("linear",), "rwkv6": ("linear",),
+            "rwkv7": ("linear", "wkv7"),
             "llama": ("linear", "ffn")}
 LOGITS = dict(atol=2e-5, rtol=1e-5)
 

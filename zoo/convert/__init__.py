@@ -2,9 +2,9 @@
 
 `from_pretrained(name, path)` reads a Hugging Face-format folder (config.json with
 model.safetensors or pytorch_model.bin, whole or in shards) or a single weights file (an
-official RWKV-4 or RWKV-7 `.pth`), turns its config and weights into the zoo's with the model's
-converter below, and loads them strictly: a missing, unexpected or mis-shaped key is an error
-that names the key.
+official RWKV-4 to RWKV-7 `.pth`), turns its config and weights into the zoo's with the
+model's converter below, and loads them strictly: a missing, unexpected or mis-shaped key is an
+error that names the key.
 
 Where things live; each family module holds its converter (checkpoint -> zoo) and its exporter
 (zoo -> Hugging Face layout) side by side:
@@ -15,6 +15,8 @@ Where things live; each family module holds its converter (checkpoint -> zoo) an
     bert.py     BERT and RoBERTa         convert_bert, convert_roberta, export_bert, export_roberta
     rwkv.py     RWKV-4                   convert_rwkv, export_rwkv, rwkv_to_official,
                                          official_version (the version of an official .pth)
+    rwkv5.py    RWKV-5.2 (Eagle)         convert_rwkv5, rwkv5_to_official
+    rwkv6.py    RWKV-6 (Finch)           convert_rwkv6, rwkv6_to_official
     rwkv7.py    RWKV-7                   convert_rwkv7, rwkv7_to_official
     llama.py    LLaMA and Mistral        convert_llama, export_llama
     mamba.py    Mamba and Mamba-2        convert_mamba, convert_mamba2, export_mamba,
@@ -57,16 +59,19 @@ from zoo.convert.rwkv import (
     rwkv_official_to_hf,
     rwkv_to_official,
 )
+from zoo.convert.rwkv5 import convert_rwkv5, rwkv5_to_official
+from zoo.convert.rwkv6 import convert_rwkv6, rwkv6_to_official
 from zoo.convert.rwkv7 import convert_rwkv7, rwkv7_to_official
 
 __all__ = [
     "BERT_BLOCK_KEYS", "BERT_EMBEDDING_KEYS", "CONVERTERS", "EXPORTERS", "GPT_CONV1D",
     "GPT_CONV1D_WEIGHTS", "LLAMA_BLOCK_KEYS", "CheckpointError", "Converter", "Exporter",
-    "StateDict", "convert_bert", "convert_gpt", "convert_llama", "convert_mamba",
-    "convert_mamba2", "convert_roberta", "convert_rwkv", "convert_rwkv7", "export_bert",
-    "export_gpt", "export_llama", "export_mamba", "export_mamba2", "export_roberta", "export_rwkv",
-    "from_pretrained", "load_into", "official_version", "read_checkpoint", "read_sharded",
-    "read_state_dict", "rwkv7_to_official", "rwkv_official_to_hf", "rwkv_to_official",
+    "StateDict", "convert_bert", "convert_gpt", "convert_llama", "convert_mamba", "convert_mamba2",
+    "convert_roberta", "convert_rwkv", "convert_rwkv5", "convert_rwkv6", "convert_rwkv7",
+    "export_bert", "export_gpt", "export_llama", "export_mamba", "export_mamba2", "export_roberta",
+    "export_rwkv", "from_pretrained", "load_into", "official_version", "read_checkpoint",
+    "read_sharded", "read_state_dict", "rwkv5_to_official", "rwkv6_to_official",
+    "rwkv7_to_official", "rwkv_official_to_hf", "rwkv_to_official",
 ]
 
 # zoo model name -> its converter.
@@ -77,6 +82,8 @@ CONVERTERS: dict[str, Converter] = {
     "mamba": convert_mamba,
     "mamba2": convert_mamba2,
     "rwkv": convert_rwkv,
+    "rwkv5": convert_rwkv5,
+    "rwkv6": convert_rwkv6,
     "rwkv7": convert_rwkv7,
     "llama": convert_llama,
 }

@@ -110,16 +110,43 @@ def official_version(state: StateDict) -> str:
     return version
 
 
+def official_n_layer(state: StateDict) -> int:
+    """The layer count of an official RWKV state dict: one more than the largest N of the
+    `blocks.N.` keys (CheckpointError when there are none)."""
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if not layers:
+        raise CheckpointError("no 'blocks.N.' weights: not an RWKV state dict")
+    return max(layers) + 1
+
+
+def within_block(key: str) -> str:
+    """An official key without its `blocks.N.` prefix ('att.time_decay')."""
+    return re.sub(r"^blocks\.\d+\.", "", key)
+
+
+# The zoo model that reads each official version (versions 5 and 5.1 have none), and the keys
+# that tell that version apart.
+ZOO_MODEL_OF_VERSION = {"4": "rwkv", "5.2": "rwkv5", "6": "rwkv6", "7": "rwkv7"}
+_TELLING_KEYS = {"4": "att.time_first, no att.ln_x", "5.2": "att.time_decay (H, N), att.gate",
+                 "6": "att.time_maa_w1, att.time_decay_w1", "7": "att.r_k, att.w0, att.k_k"}
+
+
+def wrong_version(version: str, zoo_name: str) -> str:
+    """The one-line message for an official file of `version` given to zoo model `zoo_name`,
+    naming the zoo model that reads it, if any."""
+    reads = {name: v for v, name in ZOO_MODEL_OF_VERSION.items()}[zoo_name]
+    right = ZOO_MODEL_OF_VERSION.get(version)
+    return (f"an RWKV-{version} checkpoint; zoo model {zoo_name!r} reads RWKV-{reads} (keys "
+            f"{_TELLING_KEYS[reads]}, ...)"
+            + (f"; load it as {right!r}" if right else "; no zoo model reads this version"))
+
+
 def _fields_from_tensors(state: StateDict) -> dict[str, Any]:
     version = official_version(state)
     if version != "4":
-        raise CheckpointError(f"an RWKV-{version} checkpoint; zoo model 'rwkv' reads RWKV-4"
-                              + ("; load it as 'rwkv7'" if version == "7" else ""))
+        raise CheckpointError(wrong_version(version, "rwkv"))
     vocab, d = state["emb.weight"].shape
-    layers = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
-    if not layers:
-        raise CheckpointError("no 'blocks.N.' weights: not an RWKV-4 state dict")
-    return {"vocab_size": vocab, "n_layer": max(layers) + 1, "d_model": d}
+    return {"vocab_size": vocab, "n_layer": official_n_layer(state), "d_model": d}
 
 
 def convert_rwkv(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:

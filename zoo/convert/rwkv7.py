@@ -14,11 +14,10 @@ converter, which drops them.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from zoo.convert.common import CheckpointError, StateDict
-from zoo.convert.rwkv import official_version
+from zoo.convert.rwkv import official_n_layer, official_version, within_block, wrong_version
 
 # Vectors stored (1, 1, d) in official files, (d,) in the zoo.
 _VECTORS = ("att.x_r", "att.x_w", "att.x_k", "att.x_v", "att.x_a", "att.x_g", "att.w0",
@@ -26,17 +25,16 @@ _VECTORS = ("att.x_r", "att.x_w", "att.x_k", "att.x_v", "att.x_a", "att.x_g", "a
 
 
 def _is_vector(key: str) -> bool:
-    return re.sub(r"^blocks\.\d+\.", "", key) in _VECTORS
+    return within_block(key) in _VECTORS
 
 
 def _fields(state: StateDict) -> dict[str, Any]:
     vocab, d = state["emb.weight"].shape
-    layers = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
     n_head, head_size = state["blocks.0.att.r_k"].shape
     if n_head * head_size != d:
         raise CheckpointError(f"weight 'blocks.0.att.r_k' has shape {(n_head, head_size)}; "
                               f"expected (heads, head size) with heads * head size = {d}")
-    fields = {"vocab_size": vocab, "n_layer": max(layers) + 1, "d_model": d,
+    fields = {"vocab_size": vocab, "n_layer": official_n_layer(state), "d_model": d,
               "head_size": head_size, "d_ff": state["blocks.0.ffn.key.weight"].shape[0],
               "decay_lora": state["blocks.0.att.w1"].shape[1],
               "iclr_lora": state["blocks.0.att.a1"].shape[1],
@@ -55,9 +53,7 @@ def convert_rwkv7(config: dict[str, Any], state: StateDict) -> tuple[dict[str, A
                               "RWKV-7 .pth file (keys blocks.N.att.r_k, att.w0, ...)")
     version = official_version(state)
     if version != "7":
-        raise CheckpointError(f"an RWKV-{version} checkpoint; zoo model 'rwkv7' reads RWKV-7 "
-                              "(keys blocks.N.att.r_k, att.w0, att.k_k, ...)"
-                              + ("; load it as 'rwkv'" if version == "4" else ""))
+        raise CheckpointError(wrong_version(version, "rwkv7"))
     fields = _fields(state)
     unused = {"blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"}  # layer 0 has v itself
     return fields, {key: tensor.reshape(-1) if _is_vector(key) else tensor
