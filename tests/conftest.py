@@ -223,7 +223,8 @@ def check_fp64_chunked_equals_recurrence(name: str, official_file: Path, monkeyp
     results = []
     for recurrent in (False, True):
         if recurrent:
-            monkeypatch.setattr(importlib.import_module(f"zoo.{name}"), "matrix_wkv_chunked",
+            monkeypatch.setattr(importlib.import_module("zoo.layers.matrix_wkv"),
+                                "matrix_wkv_chunked",
                                 lambda r, log_w, k, v, u, S, L: matrix_wkv_recurrent(
                                     r, log_w, k, v, u, S))
         out = model(ids, targets=ids)

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import MatrixRWKVState, matrix_wkv_chunked, matrix_wkv_recurrent, token_shift
+from zoo.layers import MatrixRWKVState, head_group_norm, run_matrix_wkv, token_shift
 from zoo.model import Output, ZooModel, generate, lm_loss
 
 WKV5State = torch.Tensor  # (B, H, N, N) per layer, fp32, S[key channel, value channel]
@@ -119,18 +119,13 @@ class TimeMix(nn.Module):
         y, state = self.wkv(r.view(heads).to(wkv_dtype), log_w, k.view(heads).to(wkv_dtype),
                             v.view(heads).to(wkv_dtype), self.time_faaaa.to(wkv_dtype),
                             state.to(wkv_dtype))
-        # ln_x in the WKV's precision, as the pip package does (its weights cast to it)
-        y = F.group_norm(y.reshape(B * T, d), H, self.ln_x.weight.to(y.dtype),
-                         self.ln_x.bias.to(y.dtype), self.ln_x.eps)
-        y = y.view(B, T, d).to(x.dtype)
+        y = head_group_norm(y, self.ln_x).to(x.dtype)  # in the WKV's precision
         return self.output(y * g), x[:, -1], state
 
     def wkv(self, r, log_w, k, v, u, state) -> tuple[torch.Tensor, WKV5State]:
         """The WKV in fp32 (fp64 for an fp64 model): the recurrence for one token (decoding),
         the chunked form for more."""
-        if r.size(1) == 1:
-            return matrix_wkv_recurrent(r, log_w, k, v, u, state)
-        return matrix_wkv_chunked(r, log_w, k, v, u, state, self.chunk_size)
+        return run_matrix_wkv(r, log_w, k, v, u, state, self.chunk_size)
 
 
 class ChannelMix(nn.Module):

@@ -14,7 +14,12 @@ from zoo.layers.conv import causal_depthwise_conv, new_token_mask
 from zoo.layers.feedforward import ACTIVATIONS, FeedForward
 from zoo.layers.heads import tied_head
 from zoo.layers.init import bert_init
-from zoo.layers.matrix_wkv import matrix_wkv_chunked, matrix_wkv_recurrent
+from zoo.layers.matrix_wkv import (
+    head_group_norm,
+    matrix_wkv_chunked,
+    matrix_wkv_recurrent,
+    run_matrix_wkv,
+)
 from zoo.layers.norms import RMSNorm
 from zoo.layers.positions import apply_rope, rope_tables
 from zoo.layers.rwkv_state import MatrixRWKVState
@@ -22,6 +27,6 @@ from zoo.layers.shift import token_shift
 
 __all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "MatrixRWKVState", "MultiHeadAttention",
            "RMSNorm", "apply_rope", "bert_init", "causal_depthwise_conv", "causal_mask",
-           "hidden_key_bias",
-           "math_attention", "matrix_wkv_chunked", "matrix_wkv_recurrent", "merge_masks",
-           "new_token_mask", "rope_tables", "sdpa", "tied_head", "token_shift"]
+           "head_group_norm", "hidden_key_bias", "math_attention", "matrix_wkv_chunked",
+           "matrix_wkv_recurrent", "merge_masks", "new_token_mask", "rope_tables",
+           "run_matrix_wkv", "sdpa", "tied_head", "token_shift"]

@@ -83,3 +83,22 @@ def matrix_wkv_chunked(r: torch.Tensor, log_w: torch.Tensor, k: torch.Tensor, v:
         S = decay[:, c] * S + written[:, c]
     y = torch.stack(ys, dim=1)  # (B, n, H, L, N)
     return y.transpose(2, 3).reshape(B, n * L, H, N)[:, :T], S
+
+
+def run_matrix_wkv(r: torch.Tensor, log_w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   u: torch.Tensor, state: torch.Tensor, chunk_size: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The WKV as RWKV-5 and RWKV-6 run it: the recurrence for one token (decoding), the
+    chunked form for more (prefill, training)."""
+    if r.size(1) == 1:
+        return matrix_wkv_recurrent(r, log_w, k, v, u, state)
+    return matrix_wkv_chunked(r, log_w, k, v, u, state, chunk_size)
+
+
+def head_group_norm(y: torch.Tensor, ln_x: torch.nn.GroupNorm) -> torch.Tensor:
+    """ln_x over the WKV's output y (B, T, H, N), one group per head, in y's precision (fp32
+    or fp64), with the GroupNorm's weights cast to it, as the `rwkv` package does: (B, T, d)."""
+    B, T, d = y.size(0), y.size(1), ln_x.num_channels
+    out = F.group_norm(y.reshape(B * T, d), ln_x.num_groups, ln_x.weight.to(y.dtype),
+                       ln_x.bias.to(y.dtype), ln_x.eps)
+    return out.view(B, T, d)
