@@ -16,6 +16,8 @@ reference implementation (Hugging Face `BertForPreTraining`).
 
 `forward` returns the masked-LM logits (B, T, V) in `Output.logits`; the next-sentence logits
 come from `pretraining_logits`, and `next_sentence_label` adds the NSP term to the loss.
+`hidden_states` gives the encoder's output (B, T, C), what Hugging Face's `BertModel` returns
+as `last_hidden_state` (e.g. for sentence embeddings from a checkpoint without its heads).
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
 class Bert(ZooModel):
     config_class = BertConfig
     position_table = "max_position_embeddings"
+    head_keys = ("lm_head.", "pooler.", "nsp_head.")  # the masked-LM head; the NSP head
     embeddings_class = BertEmbeddings  # RoBERTa swaps in its own position ids
 
     def __init__(self, config: BertConfig):
@@ -155,9 +158,11 @@ class Bert(ZooModel):
         if isinstance(module, MaskedLMHead):
             nn.init.zeros_(module.bias)
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Final hidden states (B, T, C) of `input_ids` (B, T)."""
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, C) of `input_ids` (B, T): the last block's output, before
+        the masked-LM head's transform (Hugging Face's BertModel). `attention_mask` (B, T) is 1
+        for tokens and 0 for padding."""
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, C)
         mask = padding_mask(attention_mask)
         for block in self.blocks:
@@ -171,8 +176,8 @@ class Bert(ZooModel):
         elsewhere) the loss is their mean cross-entropy; `next_sentence_label` (B,) then adds
         BERT's NSP cross-entropy, as in pretraining (it is ignored without `targets`, as
         `BertForPreTraining` needs both labels for its loss)."""
-        h = self.encode(input_ids, attention_mask, token_type_ids)
-        logits = self.lm_head(h)
+        h = self.hidden_states(input_ids, attention_mask, token_type_ids)
+        logits = self.logits(h)
         loss = None
         if targets is not None:
             loss = lm_loss(logits, targets)
@@ -196,8 +201,8 @@ class Bert(ZooModel):
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """Both pretraining outputs from one pass: masked-LM logits (B, T, V) and NSP logits
         (B, 2) (Hugging Face's `prediction_logits` and `seq_relationship_logits`)."""
-        h = self.encode(input_ids, attention_mask, token_type_ids)
-        return self.lm_head(h), self.next_sentence_logits(h)
+        h = self.hidden_states(input_ids, attention_mask, token_type_ids)
+        return self.logits(h), self.next_sentence_logits(h)
 
     def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
                      padded: bool = False) -> dict:

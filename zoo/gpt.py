@@ -163,17 +163,14 @@ class GPT(ZooModel):
         mask = torch.zeros(B, 1, T, S, dtype=dtype, device=attention_mask.device)
         return mask.masked_fill(padded, hidden_key_bias(dtype)).masked_fill(future, float("-inf"))
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: list[KVCache] | None = None, use_cache: bool = False,
-                attention_mask: torch.Tensor | None = None) -> Output:
-        """Logits (B, T, vocab) for `input_ids` (B, T). `targets` (B, T) are the next tokens,
-        aligned with the positions (-100 = ignored). With `cache` (one KVCache per layer, from
-        the previous call's `Output.cache`) the inputs continue the cached positions.
+    def hidden_states(self, input_ids: torch.Tensor, cache: list[KVCache] | None = None,
+                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, C) of `input_ids` (B, T): GPT-2's after ln_f, GPT-1's the
+        last block's output (Hugging Face's GPT2Model / OpenAIGPTModel). With `cache` (one
+        KVCache per layer, filled in place) the inputs continue the cached positions.
         `attention_mask` (B, cached + T), 1 = token and 0 = padding, hides padded keys; as in
         Hugging Face, positions are counted from the start of the row, padding included."""
-        B, T = input_ids.shape
-        if cache is None and use_cache:
-            cache = [KVCache() for _ in self.blocks]
+        T = input_ids.size(1)
         past = cache[0].length if cache is not None else 0
         if past + T > self.config.max_seq_len:
             raise ValueError(f"{past + T} positions exceed the model's maximum of "
@@ -187,7 +184,18 @@ class GPT(ZooModel):
             x = block(x, attn_mask, cache[i] if cache is not None else None)
         if self.ln_f is not None:
             x = self.ln_f(x)
-        logits = self.lm_head(x)  # (B, T, V)
+        return x
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: list[KVCache] | None = None, use_cache: bool = False,
+                attention_mask: torch.Tensor | None = None) -> Output:
+        """Logits (B, T, vocab) for `input_ids` (B, T), the tied head on `hidden_states` (which
+        describes `cache` and `attention_mask`). `targets` (B, T) are the next tokens, aligned
+        with the positions (-100 = ignored). With `use_cache` and no `cache`, a new one is
+        started; it is returned in `Output.cache`."""
+        if cache is None and use_cache:
+            cache = [KVCache() for _ in self.blocks]
+        logits = self.logits(self.hidden_states(input_ids, cache, attention_mask))  # (B, T, V)
         loss = lm_loss(logits, targets) if targets is not None else None
         return Output(logits=logits, loss=loss, cache=cache)
 

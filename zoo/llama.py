@@ -272,18 +272,14 @@ class Llama(ZooModel):
         return mask.masked_fill(padded, hidden_key_bias(dtype)).masked_fill(~visible,
                                                                             float("-inf"))
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None,
-                cache: list[KVCache | WindowKVCache] | None = None,
-                use_cache: bool = False) -> Output:
-        """Logits (B, T, vocab) for `input_ids` (B, T). `targets` (B, T) are the next tokens,
-        aligned with the positions (-100 = ignored). With `cache` (one per layer, from the
-        previous call's `Output.cache`) the inputs continue the cached positions.
-        `attention_mask` (B, cached + T), 1 = token and 0 = padding, hides padded keys."""
-        B, T = input_ids.shape
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      cache: list[KVCache | WindowKVCache] | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, C) of `input_ids` (B, T), after the final RMSNorm
+        (Hugging Face's LlamaModel / MistralModel). With `cache` (one per layer, filled in
+        place) the inputs continue the cached positions. `attention_mask` (B, cached + T),
+        1 = token and 0 = padding, hides padded keys."""
+        T = input_ids.size(1)
         c = self.config
-        if cache is None and use_cache:
-            cache = self.new_cache()
         past = cache[0].length if cache is not None else 0
         kept = past if c.window is None else min(past, c.window - 1)  # keys the cache holds
         x = self.tok_emb(input_ids)  # (B, T, C); no position embedding, no scale
@@ -292,7 +288,19 @@ class Llama(ZooModel):
         seen = self._visibility(attention_mask, T, past, kept, x.dtype, x.device)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, seen, cache[i] if cache is not None else None)
-        logits = self.lm_head(self.norm(x))  # (B, T, V)
+        return self.norm(x)
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None,
+                cache: list[KVCache | WindowKVCache] | None = None,
+                use_cache: bool = False) -> Output:
+        """Logits (B, T, vocab) for `input_ids` (B, T), the head on `hidden_states` (which
+        describes `attention_mask` and `cache`). `targets` (B, T) are the next tokens, aligned
+        with the positions (-100 = ignored). With `use_cache` and no `cache`, a new one is
+        started; it is returned in `Output.cache`."""
+        if cache is None and use_cache:
+            cache = self.new_cache()
+        logits = self.logits(self.hidden_states(input_ids, attention_mask, cache))  # (B, T, V)
         loss = lm_loss(logits, targets) if targets is not None else None
         return Output(logits=logits, loss=loss, cache=cache)
 

@@ -268,16 +268,22 @@ class Mamba(ZooModel):
                     nn.init.zeros_(linear.bias)
             mixer.out_proj.weight.div_(math.sqrt(c.n_layer))
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, cache: MambaState | None = None,
-                use_cache: bool = False) -> Output:
-        """Logits (B, T, vocab) for `input_ids` (B, T); `targets` (B, T) the next tokens (-100
-        = ignored). `cache` is the previous call's `Output.cache`. `attention_mask`, 1 = token
-        and 0 = padding, covers the new tokens (B, T) or, as for GPT, the cached ones too
-        (B, cached + T; the state already holds the past, so only the last T columns are read).
-        A padded token adds nothing to either state, so left padding leaves the real tokens'
-        logits and the state as without it; the logits at padded positions are meaningless.
-        (As in Hugging Face, padding after real tokens still lets the state decay.)"""
+    def hidden_states(self, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, d) of `input_ids` (B, T), after the final RMSNorm norm_f
+        (Hugging Face's MambaModel). `attention_mask`, 1 = token and 0 = padding, covers the
+        new tokens (B, T) or, as for GPT, the cached ones too (B, cached + T; the state already
+        holds the past, so only the last T columns are read). A padded token adds nothing to
+        either state, so left padding leaves the real tokens' states as without it; the states
+        at padded positions are meaningless. (As in Hugging Face, padding after real tokens
+        still lets the state decay.)"""
+        return self._hidden_and_state(input_ids, attention_mask, None, keep_state=False)[0]
+
+    def _hidden_and_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                          cache: MambaState | None, keep_state: bool
+                          ) -> tuple[torch.Tensor, MambaState | None]:
+        """`hidden_states` continuing from the state `cache` (None: the empty state), and, with
+        `keep_state`, the state after these tokens."""
         B, T = input_ids.shape
         x = self.embedding(input_ids)  # (B, T, d)
         state = cache if cache is not None else MambaState.empty(self.config, B, x.dtype,
@@ -288,12 +294,23 @@ class Mamba(ZooModel):
             x, conv, ssm = block(x, state.conv[i], state.ssm[i], mask)
             conv_states.append(conv)
             ssm_states.append(ssm)
-        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
+        new_state = None
+        if keep_state:
+            new_state = MambaState(conv=torch.stack(conv_states), ssm=torch.stack(ssm_states))
+        return self.norm_f(x), new_state
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, cache: MambaState | None = None,
+                use_cache: bool = False) -> Output:
+        """Logits (B, T, vocab) for `input_ids` (B, T): the tied head on `hidden_states` (which
+        describes `attention_mask`). `targets` (B, T) the next tokens (-100 = ignored). `cache`
+        is the previous call's `Output.cache`; with it or `use_cache`, the state after these
+        tokens is returned in `Output.cache`."""
+        hidden, state = self._hidden_and_state(input_ids, attention_mask, cache,
+                                               keep_state=use_cache or cache is not None)
+        logits = self.logits(hidden)  # (B, T, V)
         loss = lm_loss(logits, targets) if targets is not None else None
-        new_cache = None
-        if use_cache or cache is not None:
-            new_cache = MambaState(conv=torch.stack(conv_states), ssm=torch.stack(ssm_states))
-        return Output(logits=logits, loss=loss, cache=new_cache)
+        return Output(logits=logits, loss=loss, cache=state)
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,

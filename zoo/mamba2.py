@@ -319,13 +319,19 @@ class Mamba2(ZooModel):
                     nn.init.zeros_(linear.bias)
             mixer.out_proj.weight.div_(math.sqrt(c.n_layer))
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, cache: Mamba2State | None = None,
-                use_cache: bool = False) -> Output:
-        """As zoo.mamba.Mamba.forward: logits (B, T, vocab), the loss for `targets` (-100 =
-        ignored), `cache` the previous call's `Output.cache`; `attention_mask` (1 = token,
-        0 = padding) covers the new tokens or the cached ones too (only the last T columns are
-        read). Left padding leaves the real tokens' logits and the state as without it."""
+    def hidden_states(self, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """As zoo.mamba.Mamba.hidden_states: final hidden states (B, T, d) after norm_f
+        (Hugging Face's Mamba2Model); `attention_mask` (1 = token, 0 = padding) covers the new
+        tokens or the cached ones too (only the last T columns are read). Left padding leaves
+        the real tokens' states as without it."""
+        return self._hidden_and_state(input_ids, attention_mask, None, keep_state=False)[0]
+
+    def _hidden_and_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                          cache: Mamba2State | None, keep_state: bool
+                          ) -> tuple[torch.Tensor, Mamba2State | None]:
+        """`hidden_states` continuing from the state `cache` (None: the empty state), and, with
+        `keep_state`, the state after these tokens."""
         B, T = input_ids.shape
         x = self.embedding(input_ids)  # (B, T, d)
         state = cache if cache is not None else Mamba2State.empty(self.config, B, x.dtype,
@@ -336,12 +342,22 @@ class Mamba2(ZooModel):
             x, conv, ssm = block(x, state.conv[i], state.ssm[i], mask)
             conv_states.append(conv)
             ssm_states.append(ssm)
-        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
+        new_state = None
+        if keep_state:
+            new_state = Mamba2State(conv=torch.stack(conv_states), ssm=torch.stack(ssm_states))
+        return self.norm_f(x), new_state
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, cache: Mamba2State | None = None,
+                use_cache: bool = False) -> Output:
+        """As zoo.mamba.Mamba.forward: logits (B, T, vocab), the tied head on `hidden_states`;
+        the loss for `targets` (-100 = ignored); `cache` the previous call's `Output.cache`, and
+        with it or `use_cache` the new state in `Output.cache`."""
+        hidden, state = self._hidden_and_state(input_ids, attention_mask, cache,
+                                               keep_state=use_cache or cache is not None)
+        logits = self.logits(hidden)  # (B, T, V)
         loss = lm_loss(logits, targets) if targets is not None else None
-        new_cache = None
-        if use_cache or cache is not None:
-            new_cache = Mamba2State(conv=torch.stack(conv_states), ssm=torch.stack(ssm_states))
-        return Output(logits=logits, loss=loss, cache=new_cache)
+        return Output(logits=logits, loss=loss, cache=state)
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,

@@ -3,6 +3,21 @@
 A model subclasses `ZooModel` and provides:
   - `config`: its frozen config dataclass (defaults = the paper's base model);
   - `forward(...) -> Output`: logits, plus the loss when `targets` are given;
+  - `hidden_states(...)`: the final hidden states (B, T, d_model) that the output head reads,
+    from `forward`'s inputs less `targets` and `use_cache` (the KV-cache decoders take
+    `cache=` and fill it in place; the recurrent models, whose new state `forward` returns,
+    take none). They are what Hugging Face's base model (`BertModel`, `GPT2Model`,
+    `LlamaModel`, `MambaModel`, ...) returns as `last_hidden_state`: after the final norm where
+    the model has one (GPT-2's ln_f, LLaMA's norm, Mamba's norm_f, RWKV's ln_out), the last
+    block's output otherwise (BERT and RoBERTa: before the masked-LM head's transform). The
+    encoder-decoder Transformer returns its decoder's states given the source and the target
+    tokens, as Hugging Face's BART and T5 base models do (`encode` gives the encoder's);
+  - `logits(hidden)`: the output head on those states, (B, T, V); `forward` is
+    `logits(hidden_states(...))` plus the loss and the cache. A checkpoint without its head
+    (a Hugging Face base model) is useful through `hidden_states` alone, e.g. mean-pooled
+    sentence embeddings from an encoder;
+  - `head_keys`: the state-dict key prefixes of the output head(s), the only weights that
+    loading a headless checkpoint may leave newly initialised (zoo.convert);
   - `dummy_inputs(batch, seqlen, device, padded=False)`: keyword arguments for `forward`
     (random ids; with `padded`, models that take a padding mask get uneven padding);
   - `flops_per_token(seqlen)`: analytic forward FLOPs per token (multiply-add = 2 FLOPs).
@@ -33,6 +48,8 @@ class ZooModel(nn.Module):
     config: Any
     # The config field that sizes a learned position table, for models that have one.
     position_table: str | None = None
+    # State-dict key prefixes of the output head(s): what a headless checkpoint lacks.
+    head_keys: tuple[str, ...] = ("lm_head.",)
 
     @classmethod
     def config_for_length(cls, config: Any, seqlen: int) -> tuple[Any, str | None]:
@@ -55,6 +72,13 @@ class ZooModel(nn.Module):
                 if isinstance(module, nn.Embedding):
                     params.pop(id(module.weight), None)
         return sum(p.numel() for p in params.values())
+
+    def hidden_states(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output head: logits (..., V) from final hidden states (..., d_model)."""
+        return self.lm_head(hidden)
 
     def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
                      padded: bool = False) -> dict:

@@ -236,6 +236,7 @@ class Block(nn.Module):
 
 class MosaicBert(ZooModel):
     config_class = MosaicBertConfig
+    head_keys = ("head_dense.", "head_ln.", "lm_head.", "pooler.")
 
     def __init__(self, config: MosaicBertConfig):
         super().__init__()
@@ -273,7 +274,7 @@ class MosaicBert(ZooModel):
         padding = padding_bias(attention_mask, dtype)
         return bias if padding is None else bias + padding  # (B, nh, T, T)
 
-    def _encode(self, input_ids, attention_mask, token_type_ids, unpad):
+    def _packed_hidden_states(self, input_ids, attention_mask, token_type_ids, unpad):
         """Final hidden states, packed (nnz, C) with their Packing, or (B, T, C) with None."""
         B, T = input_ids.shape
         if token_type_ids is None:
@@ -293,12 +294,17 @@ class MosaicBert(ZooModel):
             x = block(x, attn_bias, packing)
         return x, packing
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               token_type_ids: torch.Tensor | None = None,
-               unpad: bool | None = None) -> torch.Tensor:
-        """The encoder's last hidden states (B, T, C); zeros at padded positions when unpadded."""
-        x, packing = self._encode(input_ids, attention_mask, token_type_ids, unpad)
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      token_type_ids: torch.Tensor | None = None,
+                      unpad: bool | None = None) -> torch.Tensor:
+        """The encoder's last hidden states (B, T, C), before the MLM head's transform; zeros at
+        padded positions when unpadded."""
+        x, packing = self._packed_hidden_states(input_ids, attention_mask, token_type_ids, unpad)
         return x if packing is None else packing.unpack(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The MLM head: Dense -> GELU (exact erf) -> LayerNorm -> the tied decoder, (..., V)."""
+        return self.lm_head(self.head_ln(F.gelu(self.head_dense(hidden))))
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
         """BERT's pooler: tanh(Dense(h[:, 0])), (B, C). Needs `pooler=True`."""
@@ -313,9 +319,8 @@ class MosaicBert(ZooModel):
         tokens. `unpad` (default: the config's) packs the real tokens; their logits equal the
         padded computation's and padded positions' logits are 0. `targets` hold the original
         ids at masked positions and -100 elsewhere."""
-        x, packing = self._encode(input_ids, attention_mask, token_type_ids, unpad)
-        h = self.head_ln(F.gelu(self.head_dense(x)))  # exact (erf) GELU
-        logits = self.lm_head(h)  # (nnz, V) or (B, T, V)
+        x, packing = self._packed_hidden_states(input_ids, attention_mask, token_type_ids, unpad)
+        logits = self.logits(x)  # (nnz, V) or (B, T, V): the head runs on real tokens only
         if packing is not None:
             logits = packing.unpack(logits)
         loss = lm_loss(logits, targets) if targets is not None else None

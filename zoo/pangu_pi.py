@@ -283,11 +283,11 @@ class PanguPi(ZooModel):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: PanguPiCache | None = None, use_cache: bool = False) -> Output:
-        B, T = input_ids.shape
-        if cache is None and use_cache:
-            cache = PanguPiCache([KVCache() for _ in self.blocks], [None] * len(self.blocks))
+    def hidden_states(self, input_ids: torch.Tensor,
+                      cache: PanguPiCache | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, C) of `input_ids` (B, T), after the final RMSNorm. With
+        `cache` (filled in place) the inputs continue the cached positions."""
+        T = input_ids.size(1)
         start = cache.length if cache is not None else 0
         cos, sin = rope_tables(self.config.d_model // self.config.n_head, start, T,
                                self.config.rope_theta, input_ids.device)  # (T, hs) each
@@ -299,7 +299,15 @@ class PanguPi(ZooModel):
             x, state = block(x, cos, sin, kv, state)
             if cache is not None:
                 cache.series[i] = state
-        logits = self.lm_head(self.norm(x))  # (B, T, V)
+        return self.norm(x)
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: PanguPiCache | None = None, use_cache: bool = False) -> Output:
+        """Logits (B, T, vocab): the head on `hidden_states`; the loss for `targets` (-100 =
+        ignored); with `use_cache` and no `cache`, a new cache, returned in `Output.cache`."""
+        if cache is None and use_cache:
+            cache = PanguPiCache([KVCache() for _ in self.blocks], [None] * len(self.blocks))
+        logits = self.logits(self.hidden_states(input_ids, cache))  # (B, T, V)
         loss = lm_loss(logits, targets) if targets is not None else None
         return Output(logits=logits, loss=loss, cache=cache)
 

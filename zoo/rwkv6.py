@@ -191,6 +191,7 @@ class Block(nn.Module):
 class RWKV6(ZooModel):
     config_class = RWKV6Config
     causal_lm = True
+    head_keys = ("head.",)
 
     def __init__(self, config: RWKV6Config):
         super().__init__()
@@ -251,10 +252,15 @@ class RWKV6(ZooModel):
         V = c.vocab_size
         nn.init.orthogonal_(self.head.weight, gain=0.5 * (math.sqrt(V / d) if V > d else 1.0))
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: RWKV6State | None = None, use_cache: bool = False) -> Output:
-        """Logits (B, T, vocab); the loss for `targets` (-100 = ignored); `cache` the previous
-        call's `Output.cache` (RWKV6State), never modified in place."""
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, T, d) of `input_ids` (B, T), after ln_out: what the head
+        reads."""
+        return self._hidden_and_state(input_ids, None, keep_state=False)[0]
+
+    def _hidden_and_state(self, input_ids: torch.Tensor, cache: RWKV6State | None,
+                          keep_state: bool) -> tuple[torch.Tensor, RWKV6State | None]:
+        """`hidden_states` continuing from the state `cache` (None: the empty state), and, with
+        `keep_state`, the state after these tokens (`cache` is never modified in place)."""
         B, T = input_ids.shape
         x = self.emb(input_ids)  # (B, T, d)
         c = self.config
@@ -264,12 +270,25 @@ class RWKV6(ZooModel):
         for i, block in enumerate(self.blocks):
             x, layer_state = block(x, state.att_x[i], state.wkv[i], state.ffn_x[i])
             new_states.append(layer_state)
-        logits = self.head(self.ln_out(x))  # (B, T, V)
+        new_state = None
+        if keep_state:
+            new_state = RWKV6State(*(torch.stack(s) for s in zip(*new_states, strict=True)))
+        return self.ln_out(x), new_state
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: RWKV6State | None = None, use_cache: bool = False) -> Output:
+        """Logits (B, T, vocab): the head on `hidden_states`; the loss for `targets` (-100 =
+        ignored); `cache` the previous call's `Output.cache` (RWKV6State), never modified in
+        place; with it or `use_cache`, the state after these tokens in `Output.cache`."""
+        hidden, state = self._hidden_and_state(input_ids, cache,
+                                               keep_state=use_cache or cache is not None)
+        logits = self.logits(hidden)  # (B, T, V)
         loss = lm_loss(logits, targets) if targets is not None else None
-        new_cache = None
-        if use_cache or cache is not None:
-            new_cache = RWKV6State(*(torch.stack(s) for s in zip(*new_states, strict=True)))
-        return Output(logits=logits, loss=loss, cache=new_cache)
+        return Output(logits=logits, loss=loss, cache=state)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The untied head: logits (..., V) from final hidden states (..., d)."""
+        return self.head(hidden)
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,

@@ -217,10 +217,11 @@ class Transformer(ZooModel):
     def decode(self, tgt_ids: torch.Tensor, memory: torch.Tensor,
                src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None,
                cache: DecoderCache | None = None) -> torch.Tensor:
-        """Logits (B, T, V) for target tokens `tgt_ids` (B, T) attending to `memory` (B, S, C).
-        With `cache` the tokens continue the `cache.length` positions decoded before, and the
-        cache is updated in place. `tgt_mask` (B, cache.length + T), 1 = token, 0 = padding,
-        hides padded target keys on top of the causal mask."""
+        """The decoder's final states (B, T, C) for target tokens `tgt_ids` (B, T) attending to
+        `memory` (B, S, C) (after dec_norm in the pre-LN variant; `logits` maps them to the
+        vocabulary). With `cache` the tokens continue the `cache.length` positions decoded
+        before, and the cache is updated in place. `tgt_mask` (B, cache.length + T), 1 = token,
+        0 = padding, hides padded target keys on top of the causal mask."""
         past = cache.length if cache is not None else 0
         T = tgt_ids.size(1)
         y = self.embed(tgt_ids, offset=past)  # (B, T, C)
@@ -239,24 +240,33 @@ class Transformer(ZooModel):
             y = layer(y, memory, src_bias, tgt_bias, self_cache, cross_cache)
         if cache is not None:
             cache.length += T
-        return self.lm_head(self.dec_norm(y))  # (B, T, V)
+        return self.dec_norm(y)  # (B, T, C)
+
+    def hidden_states(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor,
+                      src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None,
+                      cache: DecoderCache | None = None) -> torch.Tensor:
+        """The decoder's final states (B, T, C) over the target positions of `tgt_ids` (B, T)
+        given `src_ids` (B, S): what the output projection reads, and what Hugging Face's
+        encoder-decoder base models (BartModel, T5Model) return as `last_hidden_state`. The
+        encoder's output is `encode`. Masks are 1 = token, 0 = padding: `src_mask` (B, S),
+        `tgt_mask` (B, cached + T). Given a `cache` (filled in place), the source is not encoded
+        again (the cache holds its memory) and `tgt_ids` continue the cached positions."""
+        if cache is not None:
+            return self.decode(tgt_ids, cache.memory, cache.src_mask, tgt_mask, cache)
+        return self.decode(tgt_ids, self.encode(src_ids, src_mask), src_mask, tgt_mask)
 
     def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor,
                 src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None, cache: DecoderCache | None = None,
                 use_cache: bool = False) -> Output:
-        """Logits (B, T, V) over the target positions of `tgt_ids` (B, T) given `src_ids` (B, S).
-        Masks are 1 = token, 0 = padding: `src_mask` (B, S), `tgt_mask` (B, cached + T).
+        """Logits (B, T, V) over the target positions of `tgt_ids` (B, T) given `src_ids` (B, S):
+        the tied projection on `hidden_states` (which describes the masks and `cache`).
         `targets` (B, T) are the labels of the target positions (the caller shifts: tgt_ids
-        starts with BOS, targets end with EOS; -100 = ignored). With `use_cache` the result
-        carries a DecoderCache; given a `cache`, the source is not encoded again (the cache
-        holds its memory) and `tgt_ids` continue the cached positions."""
-        if cache is None:
-            memory = self.encode(src_ids, src_mask)
-            if use_cache:
-                cache = self.new_cache(memory, src_mask)
-        logits = self.decode(tgt_ids, cache.memory if cache is not None else memory,
-                             cache.src_mask if cache is not None else src_mask, tgt_mask, cache)
+        starts with BOS, targets end with EOS; -100 = ignored). With `use_cache` and no `cache`,
+        the source is encoded into a new DecoderCache, returned in `Output.cache`."""
+        if cache is None and use_cache:
+            cache = self.new_cache(self.encode(src_ids, src_mask), src_mask)
+        logits = self.logits(self.hidden_states(src_ids, tgt_ids, src_mask, tgt_mask, cache))
         loss = lm_loss(logits, targets) if targets is not None else None
         return Output(logits=logits, loss=loss, cache=cache)
 
@@ -272,7 +282,8 @@ class Transformer(ZooModel):
 
         def step(tokens: torch.Tensor, cache: DecoderCache | None) -> Output:
             cache = cache if cache is not None else self.new_cache(memory, src_mask)
-            return Output(logits=self.decode(tokens, memory, src_mask, cache=cache), cache=cache)
+            states = self.decode(tokens, memory, src_mask, cache=cache)  # (B, 1, C)
+            return Output(logits=self.logits(states), cache=cache)
 
         bos = torch.full((src_ids.size(0), 1), bos_id, dtype=torch.long, device=src_ids.device)
         return generate(step, bos, max_new_tokens, temperature, top_k, generator, eos_id)

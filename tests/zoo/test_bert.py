@@ -80,7 +80,7 @@ def test_init_follows_bert(tiny):
 
 def test_decoder_is_tied_to_the_word_embeddings(tiny):
     ids = torch.tensor([[5, 6, 7]])
-    h = tiny.encode(ids)
+    h = tiny.hidden_states(ids)
     t = tiny.lm_head
     expected = t.ln(F.gelu(t.dense(h))) @ tiny.embeddings.word_embeddings.weight.T + t.bias
     torch.testing.assert_close(tiny(ids).logits, expected)
@@ -136,7 +136,7 @@ def test_nsp_logits_and_loss(tiny):
     inputs = tiny.dummy_inputs(batch=3, seqlen=7, padded=True)
     label = inputs.pop("next_sentence_label")
     mlm, nsp = tiny.pretraining_logits(**inputs)
-    h = tiny.encode(**inputs)
+    h = tiny.hidden_states(**inputs)
     torch.testing.assert_close(nsp, tiny.nsp_head(torch.tanh(tiny.pooler(h[:, 0]))))
     targets = torch.full(mlm.shape[:2], -100)
     targets[:, 1] = 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import pytest
 import torch
@@ -40,6 +41,25 @@ def test_padded_dummy_inputs(tiny):
     inputs = tiny.dummy_inputs(batch=3, seqlen=9, device="cpu", padded=True)
     assert torch.isfinite(tiny(**inputs).logits).all()
 
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_forward_is_the_head_on_the_hidden_states(tiny, padded):
+    """`hidden_states` is the body and `logits` the head: forward's logits are the one on the
+    other, padded batches included (models whose padding mask is not among their dummy inputs
+    get a left-padded row)."""
+    inputs = tiny.dummy_inputs(batch=3, seqlen=9, device="cpu", padded=padded)
+    inputs.pop("next_sentence_label", None)  # a label for the loss, not an input
+    takes_mask = "attention_mask" in inspect.signature(tiny.hidden_states).parameters
+    if padded and takes_mask and "attention_mask" not in inputs:
+        inputs["attention_mask"] = torch.ones(3, 9, dtype=torch.long)
+        inputs["attention_mask"][1, :3] = 0
+    with torch.no_grad():
+        hidden = tiny.hidden_states(**inputs)
+        logits = tiny(**inputs).logits
+        head = tiny.logits(hidden)
+    assert hidden.shape == (3, 9, tiny.config.d_model)
+    real = inputs.get("attention_mask", torch.ones(3, 9)).bool()  # padded positions are free
+    torch.testing.assert_close(logits[real], head[real], atol=1e-6, rtol=0)
 
 def test_config_for_length_lengthens_a_learned_position_table(tiny):
     cls = type(tiny)

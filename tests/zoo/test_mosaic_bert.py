@@ -155,7 +155,7 @@ def test_unpadded_equals_padded_on_real_tokens_and_zero_elsewhere(tiny):
     with torch.no_grad():
         padded = tiny(ids, attention_mask=mask, token_type_ids=types, unpad=False).logits
         packed = tiny(ids, attention_mask=mask, token_type_ids=types, unpad=True).logits
-        hidden = tiny.encode(ids, attention_mask=mask, token_type_ids=types)
+        hidden = tiny.hidden_states(ids, attention_mask=mask, token_type_ids=types)
     real = mask.bool()
     assert (packed[real] - padded[real]).abs().max() <= 1e-5
     assert torch.all(packed[~real] == 0) and torch.all(hidden[~real] == 0)
@@ -248,7 +248,7 @@ def test_pooler_is_optional(tiny):
     torch.manual_seed(0)
     model = build_variant(NAME, "tiny", pooler=True).eval()
     ids, mask, _ = padded_batch(model.config.vocab_size, [5, 3], 5)
-    hidden = model.encode(ids, mask)
+    hidden = model.hidden_states(ids, mask)
     torch.testing.assert_close(model.pool(hidden), torch.tanh(model.pooler(hidden[:, 0])))
 
 

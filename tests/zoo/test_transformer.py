@@ -307,8 +307,9 @@ def test_incremental_decoding_equals_the_full_forward():
         chunked = model(src, tgt[:, 5:], cache=prefix.cache).logits
         # encode() + decode() with a cache is the same path, one token at a time.
         cache = model.new_cache(model.encode(src, src_mask), src_mask)
-        stepwise = torch.cat([model.decode(tgt[:, t : t + 1], cache.memory, src_mask, cache=cache)
-                              for t in range(13)], dim=1)
+        stepwise = model.logits(torch.cat([
+            model.decode(tgt[:, t : t + 1], cache.memory, src_mask, cache=cache)
+            for t in range(13)], dim=1))
     for h in hooks:
         h.remove()
     assert out.cache.length == 13
