@@ -7,6 +7,8 @@ plain config fields.
 
     model = zoo.build("gpt", n_layer=2)         # the config's defaults (paper's base) + fields
     plain = zoo.build("gpt", fast=False)        # without the CPU speed routes of zoo.fast
+    bert = zoo.from_pretrained("bert", folder)  # a published checkpoint (see zoo.convert)
+    h = bert.hidden_states(ids)                 # (B, T, d_model): what the head reads
 
 Catalog variants (`tiny`, `small`, the published sizes) are resolved by the harness:
 `harness.models.build("rwkv", "small")`.
@@ -41,12 +43,16 @@ def build(name: str, *, device: Any = None, dtype: Any = None, fast: bool = True
     return _with_routes(model, fast)
 
 
-def from_pretrained(name: str, path: Any, *, fast: bool = True, **kwargs: Any):
-    """Load a published checkpoint (Hugging Face folder or official file); see zoo.convert.
-    `fast` as for `build`."""
+def from_pretrained(name: str, path: Any, *, fast: bool = True, output_loading_info: bool = False,
+                    **kwargs: Any):
+    """Load a published checkpoint (Hugging Face folder in any common layout, or an official
+    file); see zoo.convert for the layouts, `dtype` and config overrides. `fast` as for `build`.
+    With `output_loading_info`, returns (model, zoo.convert.LoadingInfo)."""
     from zoo.convert import from_pretrained as _from_pretrained
 
-    return _with_routes(_from_pretrained(name, path, **kwargs), fast)
+    model, info = _from_pretrained(name, path, output_loading_info=True, **kwargs)
+    model = _with_routes(model, fast)
+    return (model, info) if output_loading_info else model
 
 
 def _with_routes(model, fast: bool):

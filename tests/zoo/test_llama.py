@@ -493,7 +493,8 @@ def test_configs_zoo_llama_cannot_run_are_refused_naming_the_field(mistral_folde
 def test_a_folder_of_another_model_is_one_line(tmp_path):
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2))
     gpt2.save_pretrained(tmp_path)
-    assert "model_type 'gpt2' is not llama or mistral" in error_of(tmp_path)
+    assert ("config.json: model_type 'gpt2' is not a llama checkpoint (expected one of "
+            "'llama', 'mistral')") in error_of(tmp_path)
 
 
 def test_sharded_folder_errors_name_the_shard_and_the_weight(tmp_path):

@@ -1,16 +1,40 @@
 """Import published checkpoints into zoo models, and export zoo models to them.
 
 `from_pretrained(name, path)` reads a Hugging Face-format folder (config.json with
-model.safetensors or pytorch_model.bin, whole or in shards) or a single weights file (an
-official RWKV-4 to RWKV-7 `.pth`), turns its config and weights into the zoo's with the
-model's converter below, and loads them strictly: a missing, unexpected or mis-shaped key is an
-error that names the key.
+model.safetensors or pytorch_model.bin, whole or in shards listed by a .index.json) or a single
+weights file (an official RWKV-4 to RWKV-7 `.pth`), turns its config and weights into the zoo's
+with the model's converter below, and loads them. Every common layout of a family loads:
+
+    pretraining / LM-head classes   BertForPreTraining, BertForMaskedLM, GPT2LMHeadModel,
+                                    LlamaForCausalLM, MambaForCausalLM, RwkvForCausalLM, ...:
+                                    every weight loads
+    base models (no head)           BertModel, RobertaModel, GPT2Model, OpenAIGPTModel,
+                                    LlamaModel, MistralModel, MambaModel, Mamba2Model, RwkvModel:
+                                    the body loads; the head is new (the model's own init), or
+                                    the embedding where the zoo ties it (then it is not missing)
+    task-head classes               BertForSequenceClassification, ...ForTokenClassification,
+                                    ...ForQuestionAnswering, GPT2ForSequenceClassification,
+                                    LlamaForSequenceClassification, ...: the body loads; the
+                                    task head (and a pooler nothing uses) is left unused
+
+    model = zoo.from_pretrained("bert", folder)                 # fp32, eval mode
+    model, info = zoo.from_pretrained("bert", folder, output_loading_info=True)
+    info.missing, info.unused     # ('lm_head.dense.weight', ...), ('pooler.dense.weight', ...)
+    zoo.from_pretrained("llama", folder, dtype="auto")          # keep the file's bf16 / fp16
+
+Weights are loaded as float32 whatever the file holds; `dtype="auto"` keeps the checkpoint's
+dtype (Hugging Face's torch_dtype="auto"), a torch dtype casts to it. Anything else is a
+one-line CheckpointError naming the file and the key or field: a missing body weight, a
+mis-shaped one, an unexpected key (an extra layer, a head the family does not have), a folder
+of another model_type, a bare weights file of another layout, a truncated file, a config.json
+that is not an object or lacks a field.
 
 Where things live; each family module holds its converter (checkpoint -> zoo) and its exporter
 (zoo -> Hugging Face layout) side by side:
 
-    common.py   CheckpointError, StateDict, the Converter and Exporter types, reading files
-                (read_state_dict, read_checkpoint, read_sharded) and load_into
+    common.py   CheckpointError, StateDict, the Converter and Exporter types, Importer (how a
+                zoo model reads checkpoints), LoadingInfo, reading files (read_state_dict,
+                read_checkpoint, read_sharded) and load_into
     gpt.py      GPT-1 / GPT-2            convert_gpt, export_gpt
     bert.py     BERT and RoBERTa         convert_bert, convert_roberta, export_bert, export_roberta
     rwkv.py     RWKV-4                   convert_rwkv, export_rwkv, rwkv_to_official,
@@ -22,14 +46,18 @@ Where things live; each family module holds its converter (checkpoint -> zoo) an
     mamba.py    Mamba and Mamba-2        convert_mamba, convert_mamba2, export_mamba,
                                          export_mamba2
 
-This module holds the two registries (CONVERTERS, EXPORTERS) and `from_pretrained`, and
-re-exports the public names above, so `from zoo.convert import ...` reads any of them.
+This module holds the registries (IMPORTERS, and CONVERTERS and EXPORTERS) and
+`from_pretrained`, and re-exports the public names above, so `from zoo.convert import ...`
+reads any of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from zoo.convert.bert import (
     BERT_BLOCK_KEYS,
@@ -43,11 +71,16 @@ from zoo.convert.common import (
     CheckpointError,
     Converter,
     Exporter,
+    Importer,
+    LoadingInfo,
+    MissingField,
+    RequiredFields,
     StateDict,
     load_into,
     read_checkpoint,
     read_sharded,
     read_state_dict,
+    stored_dtype,
 )
 from zoo.convert.gpt import GPT_CONV1D, GPT_CONV1D_WEIGHTS, convert_gpt, export_gpt
 from zoo.convert.llama import LLAMA_BLOCK_KEYS, convert_llama, export_llama
@@ -65,28 +98,45 @@ from zoo.convert.rwkv7 import convert_rwkv7, rwkv7_to_official
 
 __all__ = [
     "BERT_BLOCK_KEYS", "BERT_EMBEDDING_KEYS", "CONVERTERS", "EXPORTERS", "GPT_CONV1D",
-    "GPT_CONV1D_WEIGHTS", "LLAMA_BLOCK_KEYS", "CheckpointError", "Converter", "Exporter",
-    "StateDict", "convert_bert", "convert_gpt", "convert_llama", "convert_mamba", "convert_mamba2",
-    "convert_roberta", "convert_rwkv", "convert_rwkv5", "convert_rwkv6", "convert_rwkv7",
-    "export_bert", "export_gpt", "export_llama", "export_mamba", "export_mamba2", "export_roberta",
-    "export_rwkv", "from_pretrained", "load_into", "official_version", "read_checkpoint",
-    "read_sharded", "read_state_dict", "rwkv5_to_official", "rwkv6_to_official",
-    "rwkv7_to_official", "rwkv_official_to_hf", "rwkv_to_official",
+    "GPT_CONV1D_WEIGHTS", "IMPORTERS", "LLAMA_BLOCK_KEYS", "CheckpointError", "Converter",
+    "Exporter", "Importer", "LoadingInfo", "StateDict", "convert_bert", "convert_gpt",
+    "convert_llama", "convert_mamba", "convert_mamba2", "convert_roberta", "convert_rwkv",
+    "convert_rwkv5", "convert_rwkv6", "convert_rwkv7", "export_bert", "export_gpt", "export_llama",
+    "export_mamba", "export_mamba2", "export_roberta", "export_rwkv", "from_pretrained",
+    "load_into", "official_version", "read_checkpoint", "read_sharded", "read_state_dict",
+    "rwkv5_to_official", "rwkv6_to_official", "rwkv7_to_official", "rwkv_official_to_hf",
+    "rwkv_to_official",
 ]
 
-# zoo model name -> its converter.
-CONVERTERS: dict[str, Converter] = {
-    "gpt": convert_gpt,
-    "bert": convert_bert,
-    "roberta": convert_roberta,
-    "mamba": convert_mamba,
-    "mamba2": convert_mamba2,
-    "rwkv": convert_rwkv,
-    "rwkv5": convert_rwkv5,
-    "rwkv6": convert_rwkv6,
-    "rwkv7": convert_rwkv7,
-    "llama": convert_llama,
+# zoo model name -> how it reads checkpoints: its converter, the model types of the folders it
+# reads, the embedding key of each bare-file layout, the checkpoint keys it may leave unused (the
+# task heads of Hugging Face's ...ForSequenceClassification, ...ForTokenClassification,
+# ...ForQuestionAnswering, ...ForMultipleChoice, GPT2DoubleHeadsModel; unused poolers).
+_BERT_TASK_HEADS = ("classifier.", "qa_outputs.")
+IMPORTERS: dict[str, Importer] = {
+    "gpt": Importer(convert_gpt, ("gpt2", "openai-gpt"),
+                    ("transformer.wte.weight", "wte.weight", "transformer.tokens_embed.weight",
+                     "tokens_embed.weight"),
+                    unused=("score.", "classifier.", "qa_outputs.", "multiple_choice_head.")),
+    "bert": Importer(convert_bert, ("bert",),
+                     ("bert.embeddings.word_embeddings.weight",
+                      "embeddings.word_embeddings.weight"),
+                     unused=(*_BERT_TASK_HEADS, "bert.pooler.", "pooler.")),
+    "roberta": Importer(convert_roberta, ("roberta",),
+                        ("roberta.embeddings.word_embeddings.weight",
+                         "embeddings.word_embeddings.weight"),
+                        unused=(*_BERT_TASK_HEADS, "roberta.pooler.", "pooler.")),
+    "mamba": Importer(convert_mamba, ("mamba",), ("backbone.embedding.weight", "embedding.weight")),
+    "mamba2": Importer(convert_mamba2, ("mamba2",), ()),  # the group count needs config.json
+    "rwkv": Importer(convert_rwkv, ("rwkv",), ("emb.weight",)),
+    "rwkv5": Importer(convert_rwkv5, (), ("emb.weight",)),  # official .pth files only
+    "rwkv6": Importer(convert_rwkv6, (), ("emb.weight",)),
+    "rwkv7": Importer(convert_rwkv7, (), ("emb.weight",)),
+    "llama": Importer(convert_llama, ("llama", "mistral"), (), unused=("score.", "qa_outputs.")),
 }
+
+# zoo model name -> its converter.
+CONVERTERS: dict[str, Converter] = {name: imp.convert for name, imp in IMPORTERS.items()}
 
 # zoo model name -> its exporter (the inverse of CONVERTERS).
 EXPORTERS: dict[str, Exporter] = {
@@ -100,21 +150,81 @@ EXPORTERS: dict[str, Exporter] = {
 }
 
 
-def from_pretrained(name: str, path: Path | str, **overrides: Any):
-    """A zoo model `name` with the weights of the checkpoint at `path` (fp32, eval mode)."""
+def from_pretrained(name: str, path: Path | str, *, dtype: torch.dtype | str | None = None,
+                    output_loading_info: bool = False, **overrides: Any):
+    """A zoo model `name` (eval mode) with the weights of the checkpoint at `path`: a Hugging
+    Face folder in any of the layouts above, or a bare weights file. Loaded as float32 unless
+    `dtype` says otherwise: "auto" keeps the checkpoint's dtype, a torch dtype casts to it.
+    `overrides` are config fields set over the checkpoint's (e.g. a chunk size). With
+    `output_loading_info`, returns (model, LoadingInfo): the heads left new, the weights left
+    unused, the dtypes."""
     from zoo.registry import load_class
 
-    if name not in CONVERTERS:
+    if name not in IMPORTERS:
         raise CheckpointError(f"no checkpoint converter for zoo model {name!r}; "
-                              f"available: {', '.join(sorted(CONVERTERS)) or 'none'}")
+                              f"available: {', '.join(sorted(IMPORTERS)) or 'none'}")
+    importer = IMPORTERS[name]
     config, state, weights_file = read_checkpoint(path)
+    config_file = weights_file.parent / "config.json" if config else weights_file  # for errors
+    _check_kind(name, importer, config, state, config_file)
+    stored = stored_dtype(state)
+    target = _dtype(dtype, stored)
     try:
-        fields, state = CONVERTERS[name](config, state)
+        fields, state = importer.convert(RequiredFields(config), state)
+    except MissingField as exc:
+        raise CheckpointError(f"{config_file}: no field {exc.args[0]!r}") from None
     except KeyError as exc:
-        raise CheckpointError(f"{weights_file}: missing weight or config field {exc}") from None
+        raise CheckpointError(f"{weights_file}: missing weight {exc}") from None
     except CheckpointError as exc:
         raise CheckpointError(f"{weights_file}: {exc}") from None
     cls = load_class(name)
-    model = cls(cls.config_class(**{**fields, **overrides}))
-    load_into(model, {k: v.float() for k, v in state.items()}, weights_file)
-    return model.eval()
+    try:
+        model = cls(dataclasses.replace(cls.config_class(**fields), **overrides))
+    except (AssertionError, TypeError, ValueError) as exc:  # a wrong type, an impossible shape
+        given = f" with {overrides}" if overrides else ""
+        raise CheckpointError(f"{config_file}{given}: {exc}") from None
+    missing, unused = load_into(model, state, weights_file, head_keys=cls.head_keys,
+                                unused=importer.unused)
+    model = model.to(target).eval()
+    if not output_loading_info:
+        return model
+    architectures = config.get("architectures")
+    architecture = architectures[0] if isinstance(architectures, list) and architectures else None
+    return model, LoadingInfo(source=weights_file, architecture=architecture, missing=missing,
+                              unused=unused, dtype=target, checkpoint_dtype=stored)
+
+
+def _check_kind(name: str, importer: Importer, config: dict[str, Any], state: StateDict,
+                source: Path) -> None:
+    """A folder whose config.json names another model_type, or a bare weights file laid out as
+    another model's, is refused before converting, naming what it is."""
+    model_type = config.get("model_type")
+    if model_type is not None and importer.model_types and model_type not in importer.model_types:
+        expected = ", ".join(repr(t) for t in importer.model_types)
+        raise CheckpointError(f"{source}: model_type {model_type!r} is not a {name} checkpoint "
+                              f"(expected one of {expected})")
+    if config:
+        return
+    if not importer.bare_embeddings:
+        raise CheckpointError(f"{source}: a bare weights file; zoo model {name!r} reads a "
+                              "folder with its config.json")
+    if not any(key in state for key in importer.bare_embeddings):
+        others = [other for other, imp in IMPORTERS.items() if other != name
+                  and any(key in state for key in imp.bare_embeddings)]
+        what = (f"its keys are those of {' or '.join(repr(o) for o in others)}" if others else
+                f"its keys begin {', '.join(repr(k) for k in list(state)[:3])}")
+        raise CheckpointError(f"{source}: not a {name} checkpoint: no weight "
+                              f"{importer.bare_embeddings[0]!r} ({what})")
+
+
+def _dtype(dtype: torch.dtype | str | None, stored: torch.dtype | None) -> torch.dtype:
+    """The parameters' dtype: float32 by default, the checkpoint's for "auto", else `dtype`."""
+    if dtype is None or (dtype == "auto" and stored is None):
+        return torch.float32
+    if dtype == "auto":
+        return stored
+    resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype  # "bfloat16"
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(f"dtype must be None, 'auto' or a floating-point torch dtype; got "
+                         f"{dtype!r}")
+    return resolved

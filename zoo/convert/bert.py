@@ -1,6 +1,6 @@
 """BERT and RoBERTa checkpoints <-> zoo.bert / zoo.roberta: Hugging Face BertForPreTraining,
-BertForMaskedLM and RobertaForMaskedLM folders in (convert_bert, convert_roberta), and out
-(export_bert, export_roberta)."""
+BertForMaskedLM and RobertaForMaskedLM folders, and their base and task-head classes, in
+(convert_bert, convert_roberta), and out (export_bert, export_roberta)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ from zoo.convert.common import CheckpointError, StateDict
 # Hugging Face BERT / RoBERTa checkpoints -> zoo.bert / zoo.roberta.
 #
 # Reads folders written by `BertForPreTraining`, `BertForMaskedLM` and `RobertaForMaskedLM`
-# (or a bare state dict of one of them). Key layout of the Hugging Face side:
+# (or a bare state dict of one of them), by the base models `BertModel` and `RobertaModel`
+# (no prefix, no head: the zoo's masked-LM head is then left new) and by the task-head classes
+# (`BertForSequenceClassification`, ...: their `classifier.` / `qa_outputs.` are left unused).
+# Key layout of the Hugging Face side:
 #
 #     {bert|roberta}.embeddings.{word,position,token_type}_embeddings.weight, .LayerNorm
 #     {bert|roberta}.encoder.layer.N.attention.self.{query,key,value}
 #     {bert|roberta}.encoder.layer.N.attention.output.{dense,LayerNorm}
 #     {bert|roberta}.encoder.layer.N.intermediate.dense, .output.{dense,LayerNorm}
-#     bert.pooler.dense, cls.seq_relationship                       (BertForPreTraining only)
+#     bert.pooler.dense, cls.seq_relationship                       (BertForPreTraining, NSP)
 #     cls.predictions.{transform.dense, transform.LayerNorm, bias}  (BERT MLM head)
 #     lm_head.{dense, layer_norm, bias}                             (RoBERTa MLM head)
 #
@@ -26,8 +29,11 @@ from zoo.convert.common import CheckpointError, StateDict
 # `lm_head.decoder.*` keys are given those tensors, and the checkpoint's copies of them
 # (`*.decoder.weight`, `*.decoder.bias`) are dropped, as are the non-persistent
 # `position_ids` / `token_type_ids` buffers that old checkpoints carry. Old TF-converted files
-# name LayerNorm parameters gamma/beta; they are read as weight/bias. RoBERTa's pooler (present
-# in the published roberta-base files, unused by its MLM head) is dropped.
+# name LayerNorm parameters gamma/beta; they are read as weight/bias. A pooler without the NSP
+# head on top of it (RoBERTa's, in the published roberta-base files; a BertModel's) is passed on
+# under its own name, for loading to report as unused. A causal BERT (`is_decoder`, the
+# LM-head classes `BertLMHeadModel` / `RobertaForCausalLM`) is refused: the zoo's is
+# bidirectional.
 # --------------------------------------------------------------------------------------------------
 
 
@@ -53,31 +59,34 @@ _REDUNDANT_SUFFIXES = ("decoder.weight", "decoder.bias", "embeddings.position_id
 
 
 def convert_bert(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
-    """A BertForPreTraining / BertForMaskedLM checkpoint -> (BertConfig fields, Bert state).
-    The pooler and NSP head are kept when the checkpoint has the NSP classifier."""
+    """A BERT checkpoint (BertForPreTraining, BertForMaskedLM, BertModel, a task-head class)
+    -> (BertConfig fields, Bert state). The masked-LM head is read when the checkpoint has one;
+    the pooler and NSP head are kept when it has the NSP classifier."""
     state = _normalised(state)
     prefix = "bert." if any(k.startswith("bert.") for k in state) else ""
     has_nsp = "cls.seq_relationship.weight" in state
     fields = _bert_config_fields(config, state, prefix)
     fields["next_sentence_head"] = has_nsp
-    head = {"lm_head.dense": "cls.predictions.transform.dense",
-            "lm_head.ln": "cls.predictions.transform.LayerNorm",
-            "lm_head.bias": "cls.predictions.bias"}
+    head = {}
+    if any(k.startswith("cls.predictions.") for k in state):
+        head = {"lm_head.dense": "cls.predictions.transform.dense",
+                "lm_head.ln": "cls.predictions.transform.LayerNorm",
+                "lm_head.bias": "cls.predictions.bias"}
     if has_nsp:
         head.update({"pooler": prefix + "pooler.dense", "nsp_head": "cls.seq_relationship"})
-    else:
-        _drop(state, prefix + "pooler.")  # a pooler with nothing on top of it is not used
     return fields, _renamed(state, prefix, fields["n_layer"], head)
 
 
 def convert_roberta(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
-    """A RobertaForMaskedLM checkpoint -> (RobertaConfig fields, Roberta state)."""
+    """A RoBERTa checkpoint (RobertaForMaskedLM, RobertaModel, a task-head class) ->
+    (RobertaConfig fields, Roberta state); the masked-LM head is read when it is there."""
     state = _normalised(state)
     prefix = "roberta." if any(k.startswith("roberta.") for k in state) else ""
     fields = _bert_config_fields(config, state, prefix, default_pad=1)
-    _drop(state, prefix + "pooler.")  # RoBERTa has no NSP; its MLM head does not use the pooler
-    head = {"lm_head.dense": "lm_head.dense", "lm_head.ln": "lm_head.layer_norm",
-            "lm_head.bias": "lm_head.bias"}
+    head = {}
+    if any(k.startswith("lm_head.") for k in state):
+        head = {"lm_head.dense": "lm_head.dense", "lm_head.ln": "lm_head.layer_norm",
+                "lm_head.bias": "lm_head.bias"}
     return fields, _renamed(state, prefix, fields["n_layer"], head)
 
 
@@ -91,11 +100,6 @@ def _normalised(state: StateDict) -> StateDict:
             key = key.replace(".gamma", ".weight").replace(".beta", ".bias")
         out[key] = tensor
     return out
-
-
-def _drop(state: StateDict, prefix: str) -> None:
-    for key in [k for k in state if k.startswith(prefix)]:
-        del state[key]
 
 
 def _bert_config_fields(config: dict[str, Any], state: StateDict, prefix: str,
@@ -124,6 +128,11 @@ def _bert_config_fields(config: dict[str, Any], state: StateDict, prefix: str,
     if not config.get("tie_word_embeddings", True):
         raise CheckpointError("tie_word_embeddings is false; the zoo's MLM decoder is always "
                               "tied to the word embeddings")
+    for flag in ("is_decoder", "add_cross_attention"):
+        if config.get(flag):
+            raise CheckpointError(f"config.json: {flag} is true (a causal BERT, as "
+                                  "BertLMHeadModel); the zoo's BERT and RoBERTa are "
+                                  "bidirectional encoders")
     return {
         "vocab_size": config["vocab_size"],
         "max_position_embeddings": config["max_position_embeddings"],
@@ -140,8 +149,9 @@ def _bert_config_fields(config: dict[str, Any], state: StateDict, prefix: str,
 
 
 def _renamed(state: StateDict, prefix: str, n_layer: int, head: dict[str, str]) -> StateDict:
-    """Zoo state dict; a missing Hugging Face key raises KeyError naming it. Keys left over in
-    the checkpoint are passed on unchanged, so loading reports them as unexpected."""
+    """Zoo state dict; a missing Hugging Face key raises KeyError naming it (every key of the
+    body, and of each head in `head`). Keys left over in the checkpoint are passed on
+    unchanged, for loading to report as unused or unexpected."""
     modules = {zoo: prefix + hf for zoo, hf in BERT_EMBEDDING_KEYS.items()}
     for i in range(n_layer):
         modules.update({f"blocks.{i}.{zoo}": f"{prefix}encoder.layer.{i}.{hf}"
@@ -154,9 +164,11 @@ def _renamed(state: StateDict, prefix: str, n_layer: int, head: dict[str, str]) 
         else:  # a Linear or LayerNorm: weight and bias
             out[zoo + ".weight"] = state.pop(hf + ".weight")
             out[zoo + ".bias"] = state.pop(hf + ".bias")
-    # The tied MLM decoder: the same tensors under its own keys.
+    # The tied MLM decoder: the same tensors under its own keys (without a head in the
+    # checkpoint, the decoder is still the word embeddings; its bias is the new head's).
     out["lm_head.decoder.weight"] = out["embeddings.word_embeddings.weight"]
-    out["lm_head.decoder.bias"] = out["lm_head.bias"]
+    if "lm_head.bias" in out:
+        out["lm_head.decoder.bias"] = out["lm_head.bias"]
     return {**out, **state}
 
 

@@ -1,10 +1,13 @@
 """What every checkpoint converter shares: the error it raises, the state-dict and converter
-types, reading checkpoint files (whole, or in shards) and loading a state dict strictly."""
+types, how a zoo model imports checkpoints (Importer), reading checkpoint files (whole, or in
+shards), loading a state dict (strictly, up to the heads a checkpoint may lack or leave unused)
+and the report of what was loaded (LoadingInfo)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,63 @@ class CheckpointError(ValueError):
     file and the key."""
 
 
+@dataclass(frozen=True)
+class Importer:
+    """How `from_pretrained` reads checkpoints into one zoo model.
+
+    convert: the converter (checkpoint config and weights -> zoo config fields and weights).
+    model_types: the config.json `model_type` values it reads; a folder of another type is
+        refused before converting. Empty: the converter reads no Hugging Face folder and says so.
+    bare_embeddings: the token embedding's key in each layout of a bare weights file (no
+        config.json) it reads; a bare file with none of them is another model's. Empty: it
+        needs a config.json.
+    unused: prefixes of checkpoint keys that may be left unused, reported in
+        LoadingInfo.unused: the task heads of Hugging Face's task classes (`classifier.`,
+        `score.`, `qa_outputs.`, ...) and poolers the zoo model has no use for. Any other
+        checkpoint key the converter does not map is an error."""
+
+    convert: Converter
+    model_types: tuple[str, ...]
+    bare_embeddings: tuple[str, ...]
+    unused: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadingInfo:
+    """What `from_pretrained(..., output_loading_info=True)` loaded, as Hugging Face's
+    `output_loading_info` reports it.
+
+    source: the weights file, or the index of a sharded checkpoint.
+    architecture: config.json's `architectures[0]` (the Hugging Face class that saved it;
+        "BertModel", "GPT2LMHeadModel", ...), None for a bare weights file.
+    missing: zoo weight names the checkpoint lacked, left as the model's own initialisation:
+        only ever output heads (the model's `head_keys`), e.g. a headless `BertModel`'s
+        masked-LM head. A head tied to the embedding is the embedding, never missing.
+    unused: checkpoint weight names not loaded: task heads (`classifier.weight`, ...) and
+        poolers the zoo model does not use.
+    dtype: the dtype of the model's parameters; checkpoint_dtype: that of the stored weights
+        (the first floating-point tensor's)."""
+
+    source: Path
+    architecture: str | None
+    missing: tuple[str, ...]
+    unused: tuple[str, ...]
+    dtype: torch.dtype
+    checkpoint_dtype: torch.dtype | None
+
+
+class MissingField(KeyError):
+    """A required config.json field that is absent (raised by RequiredFields)."""
+
+
+class RequiredFields(dict):
+    """config.json as the converters read it: `config[field]` of an absent field raises
+    MissingField, so that the error names the field and config.json, not a weight."""
+
+    def __missing__(self, key: str) -> Any:
+        raise MissingField(key)
+
+
 def read_state_dict(path: Path) -> StateDict:
     """Weights from a .safetensors, .bin/.pt or .pth file (loaded on the CPU, no code run)."""
     try:
@@ -37,7 +97,9 @@ def read_state_dict(path: Path) -> StateDict:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated or foreign files raise many different types
-        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+        reason = (str(exc).strip().splitlines() or [""])[0]  # one line, whatever the library says
+        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {reason})"
+                              ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors")
     return state
@@ -57,6 +119,9 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, Any], StateDict, Path]:
         raise CheckpointError(f"{path}: no config.json in the folder") from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{config_file}: invalid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file}: not a JSON object of config fields (a "
+                              f"{type(config).__name__})")
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (path / name).exists():
             return config, read_state_dict(path / name), path / name
@@ -88,17 +153,38 @@ def read_sharded(index_file: Path) -> StateDict:
     return state
 
 
-def load_into(model: torch.nn.Module, state: StateDict, source: Path | str) -> None:
-    """Copy `state` into `model`, requiring exactly its keys and shapes."""
+def load_into(model: torch.nn.Module, state: StateDict, source: Path | str, *,
+              head_keys: tuple[str, ...] = (), unused: tuple[str, ...] = ()
+              ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Copy `state` into `model`, requiring its keys and shapes, except that the weights of the
+    heads under `head_keys` (key prefixes) may be missing, and that checkpoint keys under
+    `unused` may be left over. Returns (missing, unused), sorted: the zoo keys left as the
+    model's own initialisation, the checkpoint keys not loaded. A weight tied to another (one
+    Parameter under two keys) is loaded by either key, and missing only under its first name."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    for problem, keys in (("missing", missing), ("unexpected", unexpected)):
+    first_name: dict[int, str] = {}  # the first key of each parameter or buffer
+    alias = {key: first_name.setdefault(id(tensor), key) for key, tensor in (
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False))}
+    loaded = {alias.get(key, key) for key in state}
+    missing = [k for k in expected if k not in state and alias.get(k, k) not in loaded]
+    new = tuple(k for k in missing if alias.get(k, k) == k)  # each tied tensor once
+    body = [k for k in missing if not k.startswith(head_keys)]
+    left = [k for k in state if k not in expected]
+    unexpected = [k for k in left if not k.startswith(unused)]
+    for problem, keys in (("missing", body), ("unexpected", unexpected)):
         if keys:
             more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
             raise CheckpointError(f"{source}: {problem} weight {keys[0]!r}{more}")
     for key, tensor in expected.items():
-        if state[key].shape != tensor.shape:
+        if key in state and state[key].shape != tensor.shape:
             raise CheckpointError(f"{source}: weight {key!r} has shape {tuple(state[key].shape)}, "
                                   f"the model expects {tuple(tensor.shape)}")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+    return tuple(sorted(new)), tuple(sorted(left))
+
+
+def stored_dtype(state: StateDict) -> torch.dtype | None:
+    """The dtype the checkpoint's weights are stored in: its first floating-point tensor's, as
+    Hugging Face's torch_dtype="auto" takes it for a config.json that does not say."""
+    return next((t.dtype for t in state.values() if t.is_floating_point()), None)

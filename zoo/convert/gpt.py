@@ -1,5 +1,5 @@
 """GPT-1 / GPT-2 checkpoints <-> zoo.gpt: Hugging Face GPT2LMHeadModel and OpenAIGPTLMHeadModel
-folders in (convert_gpt), and out (export_gpt)."""
+folders, and their base and task-head classes, in (convert_gpt), and out (export_gpt)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from zoo.convert.common import CheckpointError, StateDict
 # `nn.Linear` weight, and fuse the query, key and value projections into one `c_attn` of width
 # 3 * d_model (in that order), which is split here. The output head is tied to the token
 # embedding: the zoo's `lm_head.weight` is that matrix, and a stored `lm_head.weight` must be it.
-# Keys may carry a `transformer.` prefix (`*LMHeadModel`) or not (`*Model`, old hub files).
+# Keys may carry a `transformer.` prefix (`*LMHeadModel`, the task-head classes) or not
+# (`GPT2Model`, `OpenAIGPTModel`, old hub files). Keys left over (a task class's `score.` or
+# `multiple_choice_head.`) are passed on under their own names, for loading to report.
 # A bare weights file (config {}) is read as GPT-2 unless it has GPT-1's `tokens_embed`; its
 # sizes come from the tensors, and its head count is d_model / 64, as in every published size.
 # --------------------------------------------------------------------------------------------------
@@ -34,6 +36,7 @@ _BUFFERS = (".attn.bias", ".attn.masked_bias")
 
 
 def convert_gpt(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
+    original = {k.removeprefix("transformer."): k for k in state}  # -> the checkpoint's name
     state = {k.removeprefix("transformer."): v for k, v in state.items()}
     default_type = "openai-gpt" if "tokens_embed.weight" in state else "gpt2"
     model_type = config.get("model_type") or default_type
@@ -72,10 +75,8 @@ def convert_gpt(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any
             raise CheckpointError("weight 'lm_head.weight' differs from the token embedding; "
                                   "zoo.gpt ties its output head to it")
     out["lm_head.weight"] = out["wte.weight"]  # the tied head: one tensor under both keys
-    extra = [k for k in state if k not in used and not k.endswith(_BUFFERS)]
-    if extra:
-        raise CheckpointError(f"unexpected weight {extra[0]!r}"
-                              + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    out.update({original[k]: v for k, v in state.items()  # left over: reported when loading
+                if k not in used and not k.endswith(_BUFFERS)})
     return fields, out
 
 

@@ -1,5 +1,6 @@
 """LLaMA and Mistral checkpoints <-> zoo.llama: Hugging Face LlamaForCausalLM and
-MistralForCausalLM folders in (convert_llama), and out (export_llama)."""
+MistralForCausalLM folders, and their base and task-head classes, in (convert_llama), and out
+(export_llama)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from zoo.convert.common import CheckpointError, StateDict
 #     model.embed_tokens.weight, model.norm.weight, lm_head.weight
 #     model.layers.N.self_attn.{q,k,v,o}_proj.weight, model.layers.N.mlp.{gate,up,down}_proj.weight
 #     model.layers.N.input_layernorm.weight, model.layers.N.post_attention_layernorm.weight
+#
+# The body's prefix is `model.`, none in the base models (LlamaModel, MistralModel: no
+# lm_head.weight, so the zoo's head is left new) and `transformer.` in LlamaForQuestionAnswering;
+# the task heads (`score.`, `qa_outputs.`) are passed on under their own names, left unused.
 #
 # The tensors are copied as they are: Hugging Face's q and k rows are already in the rotate-half
 # RoPE layout the zoo uses (its conversion script permuted Meta's). Mistral's `sliding_window`
@@ -38,14 +43,17 @@ LLAMA_BLOCK_KEYS = {
 
 
 def convert_llama(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
-    """(zoo.llama config fields, zoo state dict) from a LlamaForCausalLM or MistralForCausalLM
-    folder. A missing weight raises KeyError with its Hugging Face name; weights left over are
-    passed on under their own names, so that loading reports them as unexpected."""
+    """(zoo.llama config fields, zoo state dict) from a Llama or Mistral folder (the causal-LM,
+    base or a task-head class). A missing weight raises KeyError with its Hugging Face name;
+    weights left over are passed on under their own names, for loading to report."""
     fields = _llama_config_fields(config)
-    names = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-             "lm_head.weight": "lm_head.weight"}
+    body = next((key.removesuffix("embed_tokens.weight") for key in state
+                 if key.endswith("embed_tokens.weight")), "model.")  # "model.", "", ...
+    names = {"tok_emb.weight": body + "embed_tokens.weight", "norm.weight": body + "norm.weight"}
+    if "lm_head.weight" in state:
+        names["lm_head.weight"] = "lm_head.weight"
     for i in range(fields["n_layer"]):
-        names |= {f"blocks.{i}.{zoo}.weight": f"model.layers.{i}.{hf}.weight"
+        names |= {f"blocks.{i}.{zoo}.weight": f"{body}layers.{i}.{hf}.weight"
                   for zoo, hf in LLAMA_BLOCK_KEYS.items()}
     # Old checkpoints store RoPE's inverse frequencies, a buffer the zoo recomputes.
     left = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}

@@ -38,11 +38,13 @@ _MAMBA_SSM_CFG = {"d_state": "d_state", "d_conv": "d_conv", "expand": "expand",
 _MAMBA_SSM_CFG_IGNORED = {"dt_init", "dt_scale", "dt_init_floor", "use_fast_path", "layer"}
 
 
-def _mamba_fields_from_hf(config: dict[str, Any]) -> dict[str, Any]:
+def _mamba_fields_from_hf(config: dict[str, Any], headless: bool) -> dict[str, Any]:
+    """Hugging Face's MambaConfig -> zoo fields. An untied head is refused, unless the checkpoint
+    has none (`headless`, a MambaModel): the zoo's head is then the embedding, as always."""
     if config.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"config.json field 'hidden_act' = {config['hidden_act']!r} is not "
                               "supported: Mamba uses 'silu'")
-    if config.get("tie_word_embeddings") is False:
+    if config.get("tie_word_embeddings") is False and not headless:
         raise CheckpointError("config.json field 'tie_word_embeddings' is false; zoo.mamba ties "
                               "its head to the embedding")
     d, expand = config["hidden_size"], config.get("expand", 2)
@@ -107,7 +109,7 @@ def convert_mamba(config: dict[str, Any], state: StateDict) -> tuple[dict[str, A
 
     model_type = config.get("model_type")
     if model_type == "mamba":
-        fields = _mamba_fields_from_hf(config)
+        fields = _mamba_fields_from_hf(config, headless=_headless(config, state, "MambaModel"))
     elif model_type is None and "d_model" in config:
         fields = _mamba_fields_from_original(config)
     elif not config:
@@ -122,6 +124,13 @@ def convert_mamba(config: dict[str, Any], state: StateDict) -> tuple[dict[str, A
         expected = Mamba(MambaConfig(**fields)).state_dict()
     return fields, _tied_ssm_state(renamed, zoo_key, prefix, expected,
                                    hf=model_type == "mamba", model="zoo.mamba")
+
+
+def _headless(config: dict[str, Any], state: StateDict, base_class: str) -> bool:
+    """Whether a Hugging Face folder holds the base model `base_class` (config.json's
+    architectures) with no output head stored: then there is no head to tie or untie."""
+    architectures = config.get("architectures") or []
+    return base_class in architectures and not any(k.endswith("lm_head.weight") for k in state)
 
 
 def _ssm_names(state: StateDict) -> tuple[str, dict[str, str], StateDict]:
@@ -199,11 +208,13 @@ _MAMBA2_SSM_CFG_IGNORED = {"layer", "A_init_range", "dt_init_floor", "dt_limit",
                            "use_mem_eff_path", "process_group", "sequence_parallel"}
 
 
-def _mamba2_fields_from_hf(config: dict[str, Any]) -> dict[str, Any]:
+def _mamba2_fields_from_hf(config: dict[str, Any], headless: bool) -> dict[str, Any]:
+    """Hugging Face's Mamba2Config -> zoo fields; an untied head as for Mamba (a Mamba2Model's
+    config.json says untied, Mamba2Config's default, and has no head to untie)."""
     if config.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"config.json field 'hidden_act' = {config['hidden_act']!r} is not "
                               "supported: Mamba-2 uses 'silu'")
-    if config.get("tie_word_embeddings", False) is False:
+    if config.get("tie_word_embeddings", False) is False and not headless:
         raise CheckpointError("config.json field 'tie_word_embeddings' is false; zoo.mamba2 ties "
                               "its head to the embedding")
     fields = {ours: config.get(theirs, default) for theirs, (ours, default) in _MAMBA2_HF.items()}
@@ -255,7 +266,8 @@ def convert_mamba2(config: dict[str, Any], state: StateDict) -> tuple[dict[str, 
 
     model_type = config.get("model_type")
     if model_type == "mamba2":
-        fields = _mamba2_fields_from_hf(config)
+        fields = _mamba2_fields_from_hf(config,
+                                        headless=_headless(config, state, "Mamba2Model"))
     elif model_type is None and "d_model" in config:
         fields = _mamba2_fields_from_original(config)
     elif not config:

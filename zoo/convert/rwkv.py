@@ -1,5 +1,6 @@
-"""RWKV-4 checkpoints <-> zoo.rwkv: Hugging Face RwkvForCausalLM folders and BlinkDL's official
-.pth files in (convert_rwkv), and both layouts out (export_rwkv, rwkv_to_official)."""
+"""RWKV-4 checkpoints <-> zoo.rwkv: Hugging Face RwkvForCausalLM and RwkvModel folders and
+BlinkDL's official .pth files in (convert_rwkv), and both layouts out (export_rwkv,
+rwkv_to_official)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from zoo.convert.common import CheckpointError, StateDict
 # Two sources:
 #   - a Hugging Face folder (config.json with model_type "rwkv"): keys `rwkv.embeddings.weight`,
 #     `rwkv.blocks.N.pre_ln|ln1|ln2.*`, `rwkv.blocks.N.attention.time_mix_key|value|receptance`,
-#     `...feed_forward.*`, `rwkv.ln_out.*`, `head.weight`;
+#     `...feed_forward.*`, `rwkv.ln_out.*`, `head.weight` (a base RwkvModel: no `rwkv.` prefix
+#     and no head, which is then left new);
 #   - an official `.pth` state dict (BlinkDL, e.g. RWKV-4-Pile-169M-20220807-8023.pth; config {}):
 #     keys `emb.weight`, `blocks.N.ln0|ln1|ln2.*`, `blocks.N.att.time_mix_k|v|r`, `blocks.N.ffn.*`,
 #     `ln_out.*`, `head.weight`; the sizes are read off the tensors.
@@ -160,6 +162,8 @@ def convert_rwkv(config: dict[str, Any], state: StateDict) -> tuple[dict[str, An
     out = {}
     for name, shape in _expected_shapes(fields["n_layer"], fields["d_model"],
                                         fields["vocab_size"]).items():
+        if name == "head.weight" and name not in source and hf:  # RwkvModel: no head
+            continue
         if name not in source:
             raise KeyError(rwkv_official_to_hf(name) if hf else name)
         key = source.pop(name)
