@@ -49,7 +49,9 @@ from zoo.convert.common import (
     read_sharded,
     read_state_dict,
 )
+from zoo.convert.detect import detect_model
 from zoo.convert.gpt import GPT_CONV1D, GPT_CONV1D_WEIGHTS, convert_gpt, export_gpt
+from zoo.convert.hub import resolve
 from zoo.convert.llama import LLAMA_BLOCK_KEYS, convert_llama, export_llama
 from zoo.convert.mamba import convert_mamba, convert_mamba2, export_mamba, export_mamba2
 from zoo.convert.rwkv import (
@@ -73,6 +75,7 @@ __all__ = [
     "read_sharded", "read_state_dict", "rwkv5_to_official", "rwkv6_to_official",
     "rwkv7_to_official", "rwkv_official_to_hf", "rwkv_to_official",
 ]
+__all__ += ["detect_model", "resolve"]  # hub ids and model detection (hub.py, detect.py)
 
 # zoo model name -> its converter.
 CONVERTERS: dict[str, Converter] = {
@@ -107,7 +110,7 @@ def from_pretrained(name: str, path: Path | str, **overrides: Any):
     if name not in CONVERTERS:
         raise CheckpointError(f"no checkpoint converter for zoo model {name!r}; "
                               f"available: {', '.join(sorted(CONVERTERS)) or 'none'}")
-    config, state, weights_file = read_checkpoint(path)
+    config, state, weights_file = read_checkpoint(resolve(path))  # a hub id: its cached folder
     try:
         fields, state = CONVERTERS[name](config, state)
     except KeyError as exc:
