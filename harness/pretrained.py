@@ -324,6 +324,13 @@ def require_decoder(path_or_id: Path | str, name: str, what: str) -> None:
 # --------------------------------------------------------------------------------- generation
 
 
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
+    """A ValueError naming the option when a generation setting is out of range."""
+    if max_new_tokens < 1 or temperature < 0 or (top_k is not None and top_k < 1):
+        raise ValueError("--max-new-tokens and --top-k must be at least 1, --temperature at "
+                         "least 0")
+
+
 def decode_ids(loaded: Pretrained, prompt_ids: list[int], max_new_tokens: int = 50,
                temperature: float = 0.0, top_k: int | None = None,
                seed: int | None = None) -> Iterator[int]:
@@ -335,9 +342,7 @@ def decode_ids(loaded: Pretrained, prompt_ids: list[int], max_new_tokens: int = 
     if not loaded.is_decoder:
         raise CheckpointError(f"{loaded.path} is a {loaded.name} checkpoint, an encoder: "
                               f"generation needs a decoder checkpoint ({DECODERS})")
-    if max_new_tokens < 1 or temperature < 0 or (top_k is not None and top_k < 1):
-        raise ValueError("--max-new-tokens and --top-k must be at least 1, --temperature at "
-                         "least 0")
+    check_sampling(max_new_tokens, temperature, top_k)
     table = type(model).position_table
     limit = getattr(model.config, table) if table else None
     if limit is not None and len(prompt_ids) + max_new_tokens - 1 > limit:
