@@ -381,22 +381,30 @@ def stream_text(loaded: Pretrained, prompt: str, max_new_tokens: int = 50,
         raise CheckpointError(f"{loaded.path}: no tokenizer files (tokenizer.json, vocab.json + "
                               "merges.txt, or vocab.txt) beside the weights; generation needs "
                               "the checkpoint's own tokenizer")
+    published = isinstance(tok, CheckpointTokenizer)
     prompt_ids = tok.encode(prompt)
+    if not published:  # `catalog train` put EOS before every document: the model starts there
+        prompt_ids = [tok.eos_id, *prompt_ids]
     if not prompt_ids:  # an empty prompt starts from the start-of-text token, as GPT-2 does
         start = tok.bos_id if tok.bos_id is not None else tok.eos_id
         if start is None:
             raise ValueError("an empty prompt needs a BOS or EOS token to start from; this "
                              "tokenizer has neither: give --prompt")
         prompt_ids = [start]
-    shown_prompt = tok.decode(prompt_ids, skip_special_tokens=True)
+
+    def text_of(ids: list[int]) -> str:
+        # The harness's own tokenizers leave their special tokens out of the text already.
+        return tok.decode(ids, skip_special_tokens=True) if published else tok.decode(ids)
+
+    shown_prompt = text_of(prompt_ids)
     new: list[int] = []
     shown = ""
 
     def continuation() -> str:
-        text = tok.decode(prompt_ids + new, skip_special_tokens=True)
+        text = text_of(prompt_ids + new)
         if text.startswith(shown_prompt):
             return text[len(shown_prompt):]
-        return tok.decode(new, skip_special_tokens=True)
+        return text_of(new)
 
     for token in decode_ids(loaded, prompt_ids, max_new_tokens, temperature, top_k, seed):
         new.append(token)

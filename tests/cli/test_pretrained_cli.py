@@ -145,7 +145,8 @@ def test_bad_checkpoints_are_one_line_errors(gpt2, tmp_path, monkeypatch):
         assert result.stdout == ""
     offline_hub(tmp_path, monkeypatch)
     assert_one_line_error(run("generate", "someone/absent", "--prompt", "Hi"),
-                          "someone/absent: not in the Hugging Face cache",
+                          "someone/absent: no such file or folder, and not in the Hugging Face "
+                          "cache",
                           "hf download someone/absent")
 
 

@@ -175,6 +175,23 @@ def gpt2_byte_alphabet() -> dict[int, str]:
     return alphabet
 
 
+def test_a_catalog_train_checkpoint_generates_from_the_eos_it_was_trained_after(tmp_path):
+    from harness.quality.checkpoint import save_checkpoint
+    from harness.quality.tokenizer import ByteTokenizer
+
+    torch.manual_seed(0)
+    model = zoo.build("gpt", vocab_size=259, max_seq_len=64, n_layer=1, n_head=2, d_model=32,
+                      d_ff=64).eval()
+    folder = save_checkpoint(tmp_path / "trained", "gpt", model, ByteTokenizer(), task="lm")
+    loaded = load_pretrained(folder)
+    assert (loaded.name, loaded.label) == ("gpt", f"checkpoint:{folder}")
+    text = "".join(stream_text(loaded, "ab", max_new_tokens=8))
+    prompt = torch.tensor([[ByteTokenizer.eos_id, ord("a"), ord("b")]])
+    new = model.generate(prompt, 8, eos_id=ByteTokenizer.eos_id)[0, 3:].tolist()
+    new = new[:new.index(ByteTokenizer.eos_id)] if ByteTokenizer.eos_id in new else new
+    assert text == ByteTokenizer().decode(new)
+
+
 def test_generation_refuses_what_it_cannot_do(gpt2, tmp_path):
     loaded = load_pretrained(gpt2)
     with pytest.raises(ValueError, match="pass the 64 positions of gpt's position table"):

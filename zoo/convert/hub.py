@@ -84,16 +84,19 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
         raise CheckpointError(f"{repo_id}: a gated repository; accept its terms on the hub's "
                               "page, then log in (`hf auth login` or HF_TOKEN)") from None
     except errors.RepositoryNotFoundError:
-        raise CheckpointError(f"{repo_id}: no such model on the Hugging Face hub (or it is "
-                              "private: log in with `hf auth login` or HF_TOKEN)") from None
+        raise CheckpointError(f"{repo_id}: no such file or folder, nor a model on the Hugging "
+                              "Face hub (if it is private: log in with `hf auth login` or "
+                              "HF_TOKEN)") from None
     except incomplete:
         raise CheckpointError(f"{repo_id}: its snapshot in the Hugging Face cache ({cache}) "
                               f"misses files (an interrupted download?); {fetch}") from None
     except errors.LocalEntryNotFoundError as exc:
         if offline:
-            raise CheckpointError(f"{repo_id}: not in the Hugging Face cache ({cache}) and "
-                                  f"downloads are off (HF_HUB_OFFLINE=1); {fetch}") from None
-        raise CheckpointError(f"{repo_id}: not in the Hugging Face cache ({cache}) and the hub "
+            raise CheckpointError(f"{repo_id}: no such file or folder, and not in the Hugging "
+                                  f"Face cache ({cache}) while downloads are off "
+                                  f"(HF_HUB_OFFLINE=1); {fetch}") from None
+        raise CheckpointError(f"{repo_id}: no such file or folder, and not in the Hugging Face "
+                              f"cache ({cache}) while the hub "
                               f"cannot be reached ({_first_line(exc)}); HF_HUB_OFFLINE=1 reads "
                               "the cache without trying the network") from None
     except (errors.HfHubHTTPError, errors.HFValidationError, OSError) as exc:
