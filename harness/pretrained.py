@@ -294,8 +294,14 @@ def load_pretrained(path_or_id: Path | str, model: str | None = None, device: st
         return Pretrained(net, tokenizer, name, path, label, meta)
     config = read_config(path) if path.is_dir() else {}
     net = zoo.from_pretrained(name, path, fast=fast).to(device)
-    tokenizer = load_tokenizer(path, config) if path.is_dir() else None
+    tokenizer = load_tokenizer(tokenizer_folder(path), config)
     return Pretrained(net, tokenizer, name, path, label, {"zoo": name})
+
+
+def tokenizer_folder(path: Path) -> Path:
+    """Where a checkpoint's tokenizer files are: its folder, or the folder of a single weights
+    file (an official RWKV .pth beside the tokenizer.json it was trained with)."""
+    return path if path.is_dir() else path.parent
 
 
 def load_for_scoring(path_or_id: Path | str, device: str = "cpu"):

@@ -145,11 +145,12 @@ def _published_config(given: Path | str, path: Path) -> dict[str, Any]:
         checkpoint_label,
         load_tokenizer,
         require_decoder,
+        tokenizer_folder,
     )
 
     name, fields = checkpoint_fields(path)
     require_decoder(given, name, "lm-eval's text tasks")
-    if path.is_file() or load_tokenizer(path) is None:
+    if load_tokenizer(tokenizer_folder(path)) is None:
         raise QualityError(f"{given}: no tokenizer files (tokenizer.json, vocab.json + "
                            "merges.txt, or vocab.txt) beside the weights; lm-eval's text tasks "
                            "need the checkpoint's own tokenizer")

@@ -85,6 +85,26 @@ def test_generate_from_a_hub_id_in_the_offline_cache(gpt2, tmp_path, monkeypatch
     assert result.stdout == hf_greedy_text(gpt2, "Zoë", 8) + "\n"
 
 
+def test_generate_from_an_official_rwkv_file_with_its_tokenizer_beside_it(gpt2, tmp_path):
+    import zoo
+    from harness.pretrained import load_tokenizer
+    from zoo.convert import rwkv_to_official
+
+    torch.manual_seed(0)
+    model = zoo.build("rwkv", vocab_size=320, n_layer=2, d_model=32).eval()
+    torch.save(rwkv_to_official(model.state_dict()), tmp_path / "RWKV-4-tiny.pth")
+    load_tokenizer(gpt2).save(tmp_path / "tokenizer.json")  # as 20B_tokenizer.json would be
+    result = run("generate", tmp_path / "RWKV-4-tiny.pth", "--prompt", "Hi",
+                 "--max-new-tokens", "6")
+    assert result.exit_code == 0, result.output
+    assert "zoo model rwkv" in result.stderr
+    tok = load_tokenizer(tmp_path)
+    ids = tok.encode("Hi")
+    new = model.generate(torch.tensor([ids]), 6, eos_id=tok.eos_id)[0, len(ids):].tolist()
+    new = new[:new.index(tok.eos_id)] if tok.eos_id in new else new
+    assert result.stdout == tok.decode(ids + new, skip_special_tokens=True) + "\n"
+
+
 def test_the_command_reads_the_hub_settings_from_the_environment(gpt2, tmp_path):
     """In a fresh process huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE itself."""
     cache = tmp_path / "hf"
