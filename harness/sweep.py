@@ -94,6 +94,9 @@ class Sweep:
     force: bool = False
     results: Path = Path("reports/results/bench.jsonl")
     command: str | None = None  # the command line that asked for the sweep, for its records
+    # Config fields by model that take the place of the catalog variant's: a checkpoint's sizes
+    # (`catalog bench --checkpoint`), with `variant` then naming the checkpoint.
+    fields: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def unsupported(self) -> list[tuple[str, str]]:
         """(model, mode) pairs of the sweep that the model cannot run: generate on encoders."""
@@ -107,13 +110,14 @@ class Sweep:
         longer ones), and at each length ours then each peer's, one after the other: the cells
         of a ratio are measured minutes apart at most, under the same load of a shared machine.
         Modes a model cannot run are left out (see `check`). Each cell carries its variant's
-        config fields from `catalog` (default: the shipped one)."""
+        config fields from `catalog` (default: the shipped one), or the sweep's own fields for
+        its model."""
         from harness.models import variant_fields
 
         out = []
         left_out = set(self.unsupported())
         for model in self.models:
-            fields = variant_fields(model, self.variant, catalog)
+            fields = self.fields.get(model) or variant_fields(model, self.variant, catalog)
             impls = [OURS] + ([COMPILED] if self.compile else []) + [
                 peer for peer in self.against if model in PEERS.get(peer, ())]
             for mode in [m for m in self.modes if (model, m) not in left_out]:
@@ -165,7 +169,8 @@ def check(sweep: Sweep, catalog: Catalog | None = None) -> None:
     elif sweep.device != "cpu":
         raise SweepError(f"--device {sweep.device!r}: use cpu, cuda or cuda:N")
     for model in sweep.models:  # the variant must exist (the error lists the valid ones)
-        variant_fields(model, sweep.variant, catalog)
+        if model not in sweep.fields:
+            variant_fields(model, sweep.variant, catalog)
     try:  # a measurement must never be made only to be lost
         results.check_writable(sweep.results)
     except OSError as error:

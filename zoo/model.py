@@ -22,13 +22,13 @@ A model subclasses `ZooModel` and provides:
     (random ids; with `padded`, models that take a padding mask get uneven padding);
   - `flops_per_token(seqlen)`: analytic forward FLOPs per token (multiply-add = 2 FLOPs).
 Decoders also take `cache=` / `use_cache=` in `forward` and return the updated cache in
-`Output.cache`, so that `generate` (below) can decode one token at a time.
+`Output.cache`, so that `decode` and `generate` (below) can decode one token at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,23 +108,36 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 
 
 @torch.no_grad()
-def generate(step: Callable[[torch.Tensor, Any], Output], input_ids: torch.Tensor,
-             max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-             generator: torch.Generator | None = None, eos_id: int | None = None) -> torch.Tensor:
-    """Decode `max_new_tokens` after `input_ids` (B, T) with `step(tokens, cache) -> Output`,
-    which the model implements with its KV cache or recurrent state (cache None = start).
-    Returns (B, T + new). Greedy by default; `temperature > 0` samples. Stops early once every
-    sequence has produced `eos_id`."""
+def decode(step: Callable[[torch.Tensor, Any], Output], input_ids: torch.Tensor,
+           max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+           generator: torch.Generator | None = None,
+           eos_id: int | None = None) -> Iterator[torch.Tensor]:
+    """Yield the next token ids (B,) after `input_ids` (B, T), one step at a time, at most
+    `max_new_tokens` of them, with `step(tokens, cache) -> Output`, which the model implements
+    with its KV cache or recurrent state (cache None = start). Each step's ids come out before
+    the model computes the next one, so a caller can show text as it is decoded. Greedy by
+    default; `temperature > 0` samples. A sequence that has produced `eos_id` goes on with
+    `eos_id`; decoding stops once every sequence has."""
     out = step(input_ids, None)
-    tokens = [input_ids]
     finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
     for i in range(max_new_tokens):
         next_ids = sample_next(out.logits[:, -1], temperature, top_k, generator)
         if eos_id is not None:
             next_ids = next_ids.masked_fill(finished, eos_id)
             finished |= next_ids == eos_id
-        tokens.append(next_ids[:, None])
+        yield next_ids
         if (eos_id is not None and bool(finished.all())) or i == max_new_tokens - 1:
-            break
+            return
         out = step(next_ids[:, None], out.cache)
-    return torch.cat(tokens, dim=1)
+
+
+def generate(step: Callable[[torch.Tensor, Any], Output], input_ids: torch.Tensor,
+             max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+             generator: torch.Generator | None = None, eos_id: int | None = None) -> torch.Tensor:
+    """Decode `max_new_tokens` after `input_ids` (B, T) with `step(tokens, cache) -> Output`
+    (see `decode`, which yields them one step at a time). Returns (B, T + new). Greedy by
+    default; `temperature > 0` samples. Stops early once every sequence has produced
+    `eos_id`."""
+    new = [ids[:, None] for ids in decode(step, input_ids, max_new_tokens, temperature, top_k,
+                                          generator, eos_id)]
+    return torch.cat([input_ids, *new], dim=1)

@@ -3,6 +3,7 @@
 One module per group of subcommands, all registered on the typer app of `common`:
   catalog_commands  list, show, validate, timeline
   bench             bench
+  generate          generate (text from a published or trained decoder checkpoint)
   quality           train, quality, eval
   report            report
 """
@@ -12,7 +13,7 @@ import importlib
 from harness.cli.common import app
 
 # Importing a module registers its commands; `catalog --help` lists them in this order.
-for _module in ("catalog_commands", "bench", "quality", "report", "results"):
+for _module in ("catalog_commands", "bench", "generate", "quality", "report", "results"):
     importlib.import_module(f"harness.cli.{_module}")
 
 __all__ = ["app", "main"]

@@ -93,6 +93,15 @@ def bench(
                         "routes (zoo.fast: split matrix products, fused activations, the compiled "
                         "WKV and selective-scan loops); records list the routes each cell "
                         "took.")] = False,
+    checkpoint: Annotated[str | None, typer.Option(
+        help="Take the model and its sizes from a published checkpoint instead of a catalog "
+             "variant: a folder, a weights file or a Hugging Face hub id (e.g. gpt2: the "
+             "shape of GPT-2 small). Its config.json and the shapes in its weight files' "
+             "headers give the config; the weights are not loaded: the model is randomly "
+             "initialised, as timings do not depend on the values (a folder with config.json "
+             "alone is sized with transformers' class for it). MODEL, if given, overrides the "
+             "detected zoo model. Records name the variant checkpoint:CHECKPOINT.",
+        show_default=False)] = None,
     launcher: LauncherOpt = "local", jobs: JobsOpt = None, address: AddressOpt = None,
 ) -> None:
     """Measure throughput, latency, peak memory and MFU against sequence length.
@@ -112,6 +121,9 @@ def bench(
     peak_cache = results.default_peak_cache()
     with one_line_errors():
         names = zoo_names(catalog, models or [], all_models)
+        fields = {}
+        if checkpoint is not None:
+            names, variant, fields = _checkpoint_sizes(ctx, checkpoint, names, all_models)
         if calibrate:
             peak = sweeps.calibrate(device, dtype, threads, peak_cache, force=True)
             stdout().print(f"matrix-multiply peak on {device}, {dtype}: {peak / 1e9:,.1f} GFLOP/s "
@@ -126,8 +138,7 @@ def bench(
             threads=threads, warmup=warmup, repeat=repeat, new_tokens=new_tokens,
             max_memory=sweeps.parse_bytes(max_memory), timeout=timeout,
             against=[p.value for p in against or []], compile=compile_model, fast=not plain,
-            force=force,
-            results=results_path, command=command_line(ctx))
+            force=force, results=results_path, command=command_line(ctx), fields=fields)
         sweeps.check(plan, catalog)
     for model, unsupported_mode in plan.unsupported():
         stderr().print(f"[yellow]note:[/] {model} cannot run {unsupported_mode} mode; "
@@ -143,6 +154,26 @@ def bench(
     stdout().print(_bench_table(records))
     stdout().print(f"records appended to {escape(str(results_path))}")
 
+
+
+def _checkpoint_sizes(ctx: typer.Context, checkpoint: str, names: list[str], all_models: bool
+                      ) -> tuple[list[str], str, dict[str, dict]]:
+    """(models, variant label, fields by model) of `--checkpoint`: its zoo model (or the one
+    MODEL names) and config fields, read without its weights."""
+    import zoo
+    from harness.pretrained import checkpoint_fields, checkpoint_label
+    from harness.sweep import SweepError
+
+    if all_models or len(names) > 1:
+        raise SweepError("--checkpoint benchmarks one model: name at most one MODEL (to "
+                         "override the detected one), without --all")
+    if getattr(ctx.get_parameter_source("variant"), "name", None) == "COMMANDLINE":
+        raise SweepError("--variant and --checkpoint both give the model's sizes: use one")
+    name, fields = checkpoint_fields(checkpoint, names[0] if names else None)
+    params = zoo.build(name, device="meta", fast=False, **fields).num_params()
+    stderr().print(f"{escape(checkpoint)}: zoo model {name}, {params:,} parameters, randomly "
+                   "initialised (the checkpoint's sizes, not its weights)")
+    return [name], checkpoint_label(checkpoint), {name: fields}
 
 
 def _run_with_progress(plan, sweeps, catalog, peak_cache, runner) -> list[results.BenchRecord]:

@@ -403,13 +403,20 @@ def _quality_table(records: list, baseline: float | None) -> Table:
 @app.command("eval")
 def eval_checkpoint(
     ctx: typer.Context,
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder from `catalog train`.")],
+    checkpoint: Annotated[str, typer.Argument(
+        metavar="CHECKPOINT",
+        help="A checkpoint folder from `catalog train`, or a published decoder checkpoint: a "
+             "Hugging Face folder or hub id (gpt2, owner/name; from the local Hugging Face "
+             "cache, downloaded when not there; HF_HUB_OFFLINE=1: the cache only), scored with "
+             "its own tokenizer.")],
     tasks: Annotated[str, typer.Option(
         help="Comma-separated local lm-eval tasks: zoo_heldout (bits per byte, perplexities of "
              "the held-out text), zoo_lastword (last-word cloze).")] = "zoo_heldout,zoo_lastword",
     corpus: Annotated[str | None, typer.Option(
-        help="Corpus whose test split is evaluated (default: the one the checkpoint was "
-             "trained on).", show_default=False)] = None,
+        help="Corpus whose test split is evaluated: a UTF-8 file, a folder of .txt/.md/.rst "
+             "files, or hf:NAME (online). Default: the one a `catalog train` checkpoint was "
+             "trained on; for a published checkpoint, the Python standard library's "
+             "documentation.", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")
                           ] = 8,
     max_length: Annotated[int | None, typer.Option(
@@ -420,11 +427,11 @@ def eval_checkpoint(
     device: DeviceOpt = "auto",
     results_path: QualityResultsOpt = QUALITY_RESULTS,
 ) -> None:
-    """Evaluate a trained checkpoint through lm-evaluation-harness (offline, `zoo` adapter).
+    """Evaluate a checkpoint through lm-evaluation-harness (offline, `zoo` adapter).
 
-    The tasks are built from the test split of the checkpoint's corpus and shipped with this
-    package; lm-eval runs with `simple_evaluate`. For bits per byte the harness's own score of
-    the same text (saved at training time) is printed beside lm-eval's.
+    The tasks are built from the test split of the corpus and shipped with this package;
+    lm-eval runs with `simple_evaluate`. For a `catalog train` checkpoint the harness's own
+    bits per byte of the same text (saved at training time) is printed beside lm-eval's.
     """
     from harness import results
     from harness.quality.evaluate import EvalSpec, run_lm_eval
@@ -440,13 +447,16 @@ def eval_checkpoint(
         results.append(results_path, rec)
     own = evaluation.trained_scores.get("bits_per_byte")
     table = Table(title=f"lm-eval: {escape(str(checkpoint))}", header_style="bold")
-    for column in ("task", "metric", "lm-eval", "harness", "lm-eval / harness"):
+    # The harness's own score exists for `catalog train` checkpoints only.
+    columns = ("task", "metric", "lm-eval") + (
+        ("harness", "lm-eval / harness") if own is not None else ())
+    for column in columns:
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
     for task_name, metrics in evaluation.scores.items():
         for metric, value in metrics.items():
             same = metric == "bits_per_byte" and own is not None
-            table.add_row(task_name, metric, _number(value), f"{own:.4f}" if same else "",
-                          f"{value / own:.4f}" if same else "")
+            ours = (f"{own:.4f}" if same else "", f"{value / own:.4f}" if same else "")
+            table.add_row(task_name, metric, _number(value), *(ours if own is not None else ()))
     stdout().print(table)
     stdout().print(f"records appended to {escape(str(results_path))}")
 

@@ -1,11 +1,18 @@
-"""lm-eval evaluation of a trained checkpoint (`catalog eval`): lm-evaluation-harness's
-`simple_evaluate` with the `zoo` adapter on local tasks built from the test split of the
-checkpoint's corpus, offline, and one `QualityRecord` per numeric score."""
+"""lm-eval evaluation of a checkpoint (`catalog eval`): lm-evaluation-harness's
+`simple_evaluate` with the `zoo` adapter on local tasks built from the test split of a corpus,
+offline, and one `QualityRecord` per numeric score.
+
+The checkpoint is a folder written by `catalog train` (its tokenizer and corpus are the ones it
+was trained with; the task files are kept in CHECKPOINT/lm_eval_tasks), or a published decoder
+checkpoint: a Hugging Face folder or hub id, scored with its own tokenizer on --corpus, by
+default the standard library's documentation (as `catalog train`'s default); its task files go
+to a temporary folder, never into the folder or the Hugging Face cache."""
 
 from __future__ import annotations
 
 import functools
 import json
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +26,7 @@ from harness.machine import now, where
 from harness.quality import tasks
 from harness.quality.spec import QualityError
 from harness.results import QualityRecord
+from zoo.convert import resolve
 
 # What lm-eval needs to run from local files alone: `datasets` must not look for the Hub (the
 # task data are JSONL files next to the checkpoint), and neither it nor tqdm should draw
@@ -48,9 +56,10 @@ def _silent_request_bars() -> Iterator[None]:
 class EvalSpec:
     """What `catalog eval` evaluates, and how."""
 
-    checkpoint: Path  # a folder written by `catalog train`
+    checkpoint: Path | str  # a `catalog train` folder, or a published folder or hub id
     tasks: tuple[str, ...] | None = None  # local lm-eval task names; None: every one written
     corpus: str | None = None  # whose test split is evaluated; None: the checkpoint's own
+    # (a published checkpoint's default: the standard library's documentation)
     batch_size: int = 8  # sequences per forward pass
     max_length: int | None = None  # longest sequence fed to the model; None: its training length
     limit: int | None = None  # examples per task; None: all
@@ -77,10 +86,27 @@ class Evaluation:
 
 def run_lm_eval(spec: EvalSpec, command: str | None = None) -> Evaluation:
     """Evaluate the checkpoint through lm-eval and describe each numeric score by a record
-    that carries `command`, the command line that asked for it. The task files go to
-    CHECKPOINT/lm_eval_tasks."""
-    meta = _trained_config(spec.checkpoint)
-    source = spec.corpus or meta.get("corpus") or "stdlib"
+    that carries `command`, the command line that asked for it. The task files of a `catalog
+    train` checkpoint go to CHECKPOINT/lm_eval_tasks, a published one's to a temporary folder."""
+    from harness.pretrained import is_trained_checkpoint
+
+    path = resolve(spec.checkpoint)  # a hub id: its folder in the Hugging Face cache
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise QualityError(f"{spec.checkpoint}: not a checkpoint (no config.json); give a folder "
+                           "written by `catalog train`, a published checkpoint's folder or a "
+                           "Hugging Face hub id")
+    if is_trained_checkpoint(path):
+        meta = _trained_config(path)
+        source = spec.corpus or meta.get("corpus") or "stdlib"
+        return _evaluate(spec, str(path), path / "lm_eval_tasks", meta, source, command)
+    meta = _published_config(spec.checkpoint, path)
+    with tempfile.TemporaryDirectory(prefix="catalog-eval-") as folder:
+        return _evaluate(spec, str(path), Path(folder) / "lm_eval_tasks", meta,
+                         spec.corpus or "stdlib", command)
+
+
+def _evaluate(spec: EvalSpec, checkpoint: str, task_folder: Path, meta: dict[str, Any],
+              source: str, command: str | None) -> Evaluation:
     try:
         documents = [d.text for d in tasks.load_corpus(source).test]
     except (OSError, ValueError, RuntimeError) as error:
@@ -92,7 +118,7 @@ def run_lm_eval(spec: EvalSpec, command: str | None = None) -> Evaluation:
 
         with _silent_request_bars():
             scores = evaluate_checkpoint(
-                spec.checkpoint, documents, Path(spec.checkpoint) / "lm_eval_tasks",
+                checkpoint, documents, task_folder,
                 tasks=list(spec.tasks) if spec.tasks is not None else None, limit=spec.limit,
                 device=spec.device, batch_size=spec.batch_size, max_length=spec.max_length)
     made_on = {"device": spec.device, "dtype": "float32", "threads": torch.get_num_threads(),
@@ -109,13 +135,32 @@ def run_lm_eval(spec: EvalSpec, command: str | None = None) -> Evaluation:
     return Evaluation(scores, records, meta.get("scores") or {})
 
 
+def _published_config(given: Path | str, path: Path) -> dict[str, Any]:
+    """What the records say of a published checkpoint (zoo model, `checkpoint:...` as the
+    variant, parameters), or a QualityError when lm-eval's text tasks cannot score it: an
+    encoder, or no tokenizer."""
+    import zoo
+    from harness.pretrained import (
+        checkpoint_fields,
+        checkpoint_label,
+        load_tokenizer,
+        require_decoder,
+        tokenizer_folder,
+    )
+
+    name, fields = checkpoint_fields(path)
+    require_decoder(given, name, "lm-eval's text tasks")
+    if load_tokenizer(tokenizer_folder(path)) is None:
+        raise QualityError(f"{given}: no tokenizer files (tokenizer.json, vocab.json + "
+                           "merges.txt, or vocab.txt) beside the weights; lm-eval's text tasks "
+                           "need the checkpoint's own tokenizer")
+    params = zoo.build(name, device="meta", fast=False, **fields).num_params()
+    return {"zoo": name, "variant": checkpoint_label(given), "params": params}
+
+
 def _trained_config(checkpoint: Path) -> dict[str, Any]:
     """The checkpoint's config.json, or a QualityError when lm-eval's text tasks cannot use it."""
-    config_file = Path(checkpoint) / "config.json"
-    if not config_file.exists():
-        raise QualityError(f"{checkpoint}: not a checkpoint (no config.json); give a folder "
-                           "written by `catalog train`")
-    meta = json.loads(config_file.read_text())
+    meta = json.loads((Path(checkpoint) / "config.json").read_text())
     if meta.get("task") == "mqar":
         raise QualityError(f"{checkpoint} was trained on mqar, which has no text; lm-eval's "
                            "text tasks need a model trained with --task lm")

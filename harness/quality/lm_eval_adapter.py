@@ -1,8 +1,9 @@
 """lm-evaluation-harness model adapter for causal zoo checkpoints, registered as `zoo`.
 
 `ZooLM` wraps a checkpoint folder written by `harness.quality.checkpoint.save_checkpoint`
-(GPT, RWKV, Pangu-pi, LLaMA, Mamba, Mamba-2: any zoo model with `causal_lm = True`) in
-lm-eval's `LM` interface:
+(GPT, RWKV, Pangu-pi, LLaMA, Mamba, Mamba-2: any zoo model with `causal_lm = True`), or a
+published decoder checkpoint with its own tokenizer (a Hugging Face folder or hub id, see
+`harness.pretrained`), in lm-eval's `LM` interface:
 
   - `loglikelihood`: log p(continuation | start + context) summed over the continuation's
     tokens, and whether greedy decoding would have produced exactly those tokens;
@@ -50,7 +51,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import model_registry
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from harness.quality.checkpoint import load_checkpoint
+from harness.pretrained import load_for_scoring
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ TokenPair = tuple[list[int], list[int]]
 class ZooLM(LM):
     """A causal zoo checkpoint as an lm-eval model.
 
-    pretrained: checkpoint folder (config.json, model.safetensors, tokenizer.json);
+    pretrained: checkpoint folder (config.json, model.safetensors, tokenizer.json) written by
+        `catalog train`, or a published checkpoint: a Hugging Face folder or hub id;
     device: "cpu", "cuda", "cuda:1", ...; None picks CUDA when available;
     batch_size: sequences per forward pass when scoring (generation runs one at a time);
     max_length: the longest token sequence fed to the model; None means the length the
@@ -91,7 +93,7 @@ class ZooLM(LM):
             if device is not None:
                 logger.warning("device %s is not available; using cpu", device)
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, tokenizer, meta = load_checkpoint(pretrained, device=device)
+        model, tokenizer, meta = load_for_scoring(pretrained, device=device)
         if not getattr(model, "causal_lm", False):
             raise ValueError(f"{pretrained}: zoo model {meta['zoo']!r} is not a causal language "
                              "model; lm-eval's scoring needs one (gpt, rwkv, rwkv5, rwkv6, "
@@ -105,6 +107,10 @@ class ZooLM(LM):
         if prefix_token not in ("eos", "bos"):
             raise ValueError(f"prefix_token must be 'eos' or 'bos', not {prefix_token!r}")
         self.prefix_id = tokenizer.eos_id if prefix_token == "eos" else tokenizer.bos_id
+        if self.prefix_id is None:
+            raise ValueError(f"{pretrained}: its tokenizer has no {prefix_token.upper()} token "
+                             "to put before every text; try prefix_token="
+                             f"{'bos' if prefix_token == 'eos' else 'eos'}")
         self.zoo_name = meta["zoo"]
         self.checkpoint = str(pretrained)
         self._device = torch.device(device)

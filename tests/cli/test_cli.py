@@ -220,12 +220,17 @@ def test_timeline_errors_keep_existing_files(tmp_path):
 
 
 @pytest.mark.parametrize("command, options", [
-    ([], ["list", "show", "validate", "timeline", "--catalog-dir"]),
+    ([], ["list", "show", "validate", "timeline", "bench", "generate", "train", "quality",
+          "eval", "report", "results", "--catalog-dir"]),
     (["list"], ["--family", "--task", "--lab", "--since", "--until", "--runnable", "--query",
                 "--sort", "--format"]),
     (["show"], ["MODEL", "--format"]),
     (["validate"], []),
     (["timeline"], ["--out", "--color-by", "--family"]),
+    (["generate"], ["CHECKPOINT", "--prompt", "--model", "--max-new-tokens", "--temperature",
+                    "--top-k", "--seed", "--device"]),
+    (["eval"], ["CHECKPOINT", "hub id", "--corpus", "--limit"]),
+    (["bench"], ["--checkpoint", "randomly"]),
 ])
 def test_help_describes_every_option(command, options):
     result = run(*command, "--help")

@@ -82,7 +82,9 @@ from zoo.convert.common import (
     read_state_dict,
     stored_dtype,
 )
+from zoo.convert.detect import detect_model
 from zoo.convert.gpt import GPT_CONV1D, GPT_CONV1D_WEIGHTS, convert_gpt, export_gpt
+from zoo.convert.hub import resolve
 from zoo.convert.llama import LLAMA_BLOCK_KEYS, convert_llama, export_llama
 from zoo.convert.mamba import convert_mamba, convert_mamba2, export_mamba, export_mamba2
 from zoo.convert.rwkv import (
@@ -107,6 +109,7 @@ __all__ = [
     "rwkv5_to_official", "rwkv6_to_official", "rwkv7_to_official", "rwkv_official_to_hf",
     "rwkv_to_official",
 ]
+__all__ += ["detect_model", "resolve"]  # hub ids and model detection (hub.py, detect.py)
 
 # zoo model name -> how it reads checkpoints: its converter, the model types of the folders it
 # reads, the embedding key of each bare-file layout, the checkpoint keys it may leave unused (the
@@ -164,7 +167,7 @@ def from_pretrained(name: str, path: Path | str, *, dtype: torch.dtype | str | N
         raise CheckpointError(f"no checkpoint converter for zoo model {name!r}; "
                               f"available: {', '.join(sorted(IMPORTERS)) or 'none'}")
     importer = IMPORTERS[name]
-    config, state, weights_file = read_checkpoint(path)
+    config, state, weights_file = read_checkpoint(resolve(path))  # a hub id: its cached folder
     config_file = weights_file.parent / "config.json" if config else weights_file  # for errors
     _check_kind(name, importer, config, state, config_file)
     stored = stored_dtype(state)

@@ -1,0 +1,236 @@
+"""Published checkpoints through the `catalog` command, as a user runs it: `catalog generate`
+(text streamed from a tiny GPT-2 folder or a cached hub id: transformers' greedy tokens),
+`catalog eval CHECKPOINT` on a published folder, `catalog bench --checkpoint` (the sizes of a
+checkpoint, random weights), and every bad input as one line on stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import lazy_import, write_corpus
+from tiny_checkpoints import bert_folder, gpt2_folder, hub_cache_entry, offline_hub
+from typer.testing import CliRunner
+
+from harness.cli import app
+from harness.results import load
+
+runner = CliRunner()
+transformers = lazy_import("transformers")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments: str):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    return gpt2_folder(tmp_path_factory.mktemp("ckpt") / "gpt2")
+
+
+def hf_greedy_text(folder: Path, prompt: str, new: int) -> str:
+    """transformers' greedy continuation of `prompt` (the tokens before <|endoftext|>)."""
+    tokenizer = transformers.GPT2TokenizerFast.from_pretrained(str(folder))
+    model = transformers.GPT2LMHeadModel.from_pretrained(str(folder)).eval()
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=new, pad_token_id=0)
+    tokens = out[0, ids.size(1):].tolist()
+    tokens = tokens[:tokens.index(0)] if 0 in tokens else tokens
+    return tokenizer.decode(ids[0].tolist() + tokens)
+
+
+# ---------------------------------------------------------------------------- catalog generate
+
+
+def test_generate_streams_transformers_greedy_text(gpt2):
+    prompt = "The quick brown"
+    result = run("generate", gpt2, "--prompt", prompt, "--max-new-tokens", "12",
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == hf_greedy_text(gpt2, prompt, 12) + "\n"
+    assert "zoo model gpt, 37,760 parameters, on cpu" in result.stderr
+
+
+def test_generate_samples_repeatably_with_a_seed(gpt2):
+    args = ["generate", gpt2, "--prompt", "A model", "--temperature", "1.2", "--top-k", "20",
+            "--seed", "5", "--max-new-tokens", "10"]
+    first, second = run(*args), run(*args)
+    assert first.exit_code == 0, first.output
+    assert first.stdout == second.stdout and first.stdout.startswith("A model")
+
+
+def test_generate_from_a_hub_id_in_the_offline_cache(gpt2, tmp_path, monkeypatch):
+    cache = offline_hub(tmp_path, monkeypatch)
+    hub_cache_entry(cache, "someone/tiny-gpt2", gpt2)
+    result = run("generate", "someone/tiny-gpt2", "--prompt", "Zoë", "--max-new-tokens", "8")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == hf_greedy_text(gpt2, "Zoë", 8) + "\n"
+
+
+def test_generate_from_an_official_rwkv_file_with_its_tokenizer_beside_it(gpt2, tmp_path):
+    import zoo
+    from harness.pretrained import load_tokenizer
+    from zoo.convert import rwkv_to_official
+
+    torch.manual_seed(0)
+    model = zoo.build("rwkv", vocab_size=320, n_layer=2, d_model=32).eval()
+    torch.save(rwkv_to_official(model.state_dict()), tmp_path / "RWKV-4-tiny.pth")
+    load_tokenizer(gpt2).save(tmp_path / "tokenizer.json")  # as 20B_tokenizer.json would be
+    result = run("generate", tmp_path / "RWKV-4-tiny.pth", "--prompt", "Hi",
+                 "--max-new-tokens", "6")
+    assert result.exit_code == 0, result.output
+    assert "zoo model rwkv" in result.stderr
+    tok = load_tokenizer(tmp_path)
+    ids = tok.encode("Hi")
+    new = model.generate(torch.tensor([ids]), 6, eos_id=tok.eos_id)[0, len(ids):].tolist()
+    new = new[:new.index(tok.eos_id)] if tok.eos_id in new else new
+    assert result.stdout == tok.decode(ids + new, skip_special_tokens=True) + "\n"
+
+
+def test_the_command_reads_the_hub_settings_from_the_environment(gpt2, tmp_path):
+    """In a fresh process huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE itself."""
+    cache = tmp_path / "hf"
+    hub_cache_entry(cache, "gpt2", gpt2)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "harness.cli", "generate", "gpt2", "--prompt", "Hi",
+               "--max-new-tokens", "3", "--device", "cpu"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Hi")
+    missing = subprocess.run([*command[:4], "someone/absent", *command[5:]], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert f"not in the Hugging Face cache ({cache})" in missing.stderr
+
+
+# --------------------------------------------------------------------- every bad input, one line
+
+
+def copy_folder(source: Path, target: Path, **replace: bytes | str | None) -> Path:
+    """`source`'s files in `target`, with some replaced (None: left out)."""
+    target.mkdir()
+    for file in source.iterdir():
+        content = replace.get(file.name, file.read_bytes())
+        if content is not None:
+            (target / file.name).write_bytes(content.encode() if isinstance(content, str)
+                                             else content)
+    return target
+
+
+def test_bad_checkpoints_are_one_line_errors(gpt2, tmp_path, monkeypatch):
+    weights = (gpt2 / "model.safetensors").read_bytes()
+    truncated = copy_folder(gpt2, tmp_path / "truncated",
+                            **{"model.safetensors": weights[: len(weights) // 2]})
+    garbage = copy_folder(gpt2, tmp_path / "garbage", **{"config.json": "{not json"})
+    t5 = copy_folder(gpt2, tmp_path / "t5", **{"config.json": json.dumps(
+        {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]})})
+    no_tokenizer = copy_folder(gpt2, tmp_path / "bare", **{"vocab.json": None,
+                                                           "merges.txt": None})
+    bert = bert_folder(tmp_path / "bert")
+    cases = [
+        ([truncated], ["model.safetensors: cannot read weights"]),
+        ([garbage], ["config.json: invalid JSON"]),
+        ([garbage, "--model", "gpt"], ["config.json: invalid JSON"]),
+        ([t5], ["model_type 't5' is not a model the zoo loads", "supported:"]),
+        ([gpt2, "--model", "llama"], ["model_type 'gpt2' is not llama"]),
+        ([gpt2, "--model", "gtp"], ["no checkpoint converter for zoo model 'gtp'"]),
+        ([bert], ["is a bert checkpoint, an encoder: catalog generate needs a decoder"]),
+        ([no_tokenizer], ["no tokenizer files", "needs the checkpoint's own tokenizer"]),
+        ([tmp_path / "absent"], ["absent: no such file or folder"]),
+        ([gpt2, "--max-new-tokens", "0"], ["--max-new-tokens and --top-k must be at least 1"]),
+        ([gpt2, "--max-new-tokens", "100"], ["pass the 64 positions"]),
+    ]
+    for args, fragments in cases:
+        result = run("generate", *args, "--prompt", "Hi", "--device", "cpu")
+        assert_one_line_error(result, *fragments)
+        assert result.stdout == ""
+    offline_hub(tmp_path, monkeypatch)
+    assert_one_line_error(run("generate", "someone/absent", "--prompt", "Hi"),
+                          "someone/absent: no such file or folder, and not in the Hugging Face "
+                          "cache",
+                          "hf download someone/absent")
+
+
+# ------------------------------------------------------------------------------ catalog eval
+
+
+def test_eval_scores_a_published_checkpoint_with_its_tokenizer(gpt2, tmp_path):
+    corpus = write_corpus(tmp_path)
+    before = sorted(p.name for p in gpt2.iterdir())
+    results = tmp_path / "eval.jsonl"
+    result = run("eval", gpt2, "--corpus", corpus, "--tasks", "zoo_heldout", "--limit", "2",
+                 "--device", "cpu", "--results", results)
+    assert result.exit_code == 0, result.output
+    assert "bits_per_byte" in result.stdout and "harness" not in result.stdout
+    records = {r.metric: r for r in load([results]).records}
+    rec = records["bits_per_byte"]
+    assert (rec.model, rec.variant, rec.params, rec.corpus) == (
+        "gpt", f"checkpoint:{gpt2}", 37_760, str(corpus))
+    assert 0 < rec.value < 20
+    assert sorted(p.name for p in gpt2.iterdir()) == before  # no task files in the folder
+
+
+def test_eval_refuses_an_encoder_and_a_checkpoint_without_tokenizer(gpt2, tmp_path):
+    assert_one_line_error(run("eval", bert_folder(tmp_path / "bert")),
+                          "an encoder: lm-eval's text tasks needs a decoder")
+    bare = copy_folder(gpt2, tmp_path / "bare", **{"vocab.json": None, "merges.txt": None})
+    assert_one_line_error(run("eval", bare), "no tokenizer files")
+    assert_one_line_error(run("eval", tmp_path / "absent"), "no such file or folder")
+
+
+# ------------------------------------------------------------------------ catalog bench
+
+
+@pytest.fixture
+def peak_cache(tmp_path, monkeypatch):
+    from harness.sweep import peak_label
+
+    cache = tmp_path / ".cache" / "transformer-catalog" / "matmul_peaks.json"
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({peak_label("cpu", "float32", None): 1e11}))
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+
+def test_bench_takes_the_sizes_of_a_checkpoint(tmp_path, peak_cache):
+    """A GPT-2 folder of 3 layers, width 48: the benchmarked model has its parameters."""
+    config = transformers.GPT2Config(vocab_size=90, n_positions=40, n_embd=48, n_layer=3,
+                                     n_head=4)
+    hf = transformers.GPT2LMHeadModel(config)
+    hf.save_pretrained(tmp_path / "gpt2-shape")
+    out = tmp_path / "bench.jsonl"
+    result = run("bench", "--checkpoint", tmp_path / "gpt2-shape", "--seqlen", "16",
+                 "--repeat", "1", "--device", "cpu", "--results", out)
+    assert result.exit_code == 0, result.output
+    rec = json.loads(out.read_text())
+    assert rec["status"] == "ok" and rec["model"] == "gpt"
+    assert rec["params"] == hf.num_parameters()
+    assert rec["variant"] == f"checkpoint:{tmp_path / 'gpt2-shape'}"
+    assert "randomly initialised" in result.stderr
+
+
+def test_bench_checkpoint_refuses_mixed_requests(gpt2):
+    for args, fragment in (
+            (["gpt", "rwkv", "--checkpoint", gpt2], "--checkpoint benchmarks one model"),
+            (["--all", "--checkpoint", gpt2], "--checkpoint benchmarks one model"),
+            (["--checkpoint", gpt2, "--variant", "tiny"], "--variant and --checkpoint"),
+            (["--checkpoint", "bad id!"], "not a Hugging Face hub id")):
+        assert_one_line_error(run("bench", *args), fragment)

@@ -1,0 +1,128 @@
+"""Tiny published-style checkpoints for the tests of hub ids, checkpoint tokenizers, `catalog
+generate`, `catalog eval CHECKPOINT` and `catalog bench --checkpoint`: folders written by Hugging
+Face's `save_pretrained` from tiny random configs, with a tiny tokenizer trained here (nothing
+is downloaded), and a Hugging Face cache entry laid out as huggingface_hub lays it out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+# Text the tiny tokenizers are trained on (and that the tests encode): words, punctuation,
+# digits and a few non-ASCII characters, so that merges cross every kind of byte.
+TRAINING_TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A model reads a sequence of tokens and predicts the next one.",
+    "Attention mixes positions; the recurrence keeps a state of fixed size.",
+    "Numbers like 1234 and 3.14 appear too, as do names: Zoë, Müller, Ångström.",
+    "Héllo wörld! Ça va? 東京 and naïve café, 2024-01-01.",
+] * 4
+SENTENCES = ["The quick brown fox.", "  leading spaces and trailing  ", "Zoë's café costs €3.50!",
+             "東京 tokens, naïve\tand\nnew lines", "<|endoftext|> is special", ""]
+EOT = "<|endoftext|>"
+
+
+def write_byte_level_bpe(folder: Path, vocab_size: int = 320) -> dict:
+    """GPT-2-style vocab.json + merges.txt (byte-level BPE over every byte, <|endoftext|> = 0)
+    and the tokenizer_config.json GPT-2 ships; returns the vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(TRAINING_TEXT, trainer=trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.model.save(str(folder))  # vocab.json, merges.txt
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "add_prefix_space": False, "bos_token": EOT, "eos_token": EOT, "unk_token": EOT,
+        "model_max_length": 64, "tokenizer_class": "GPT2Tokenizer"}))
+    return tok.get_vocab()
+
+
+def write_wordpiece_vocab(folder: Path, do_lower_case: bool = True) -> None:
+    """BERT's vocab.txt ([PAD] [UNK] [CLS] [SEP] [MASK], characters, ##-pieces, words) and a
+    tokenizer_config.json saying whether to lower-case."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=do_lower_case)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+        show_progress=False)
+    tok.train_from_iterator(TRAINING_TEXT, trainer=trainer)
+    vocab = sorted(tok.get_vocab().items(), key=lambda item: item[1])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab),
+                                      encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "do_lower_case": do_lower_case, "tokenizer_class": "BertTokenizer"}))
+
+
+def gpt2_folder(folder: Path, *, tokenizer: bool = True, seed: int = 0,
+                n_positions: int = 64, safe_serialization: bool = True) -> Path:
+    """A GPT2LMHeadModel folder from a tiny random config (2 layers, width 32), with the tiny
+    byte-level tokenizer's files unless `tokenizer` is False; <|endoftext|> is id 0."""
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_size = len(write_byte_level_bpe(folder)) if tokenizer else 320
+    if not tokenizer:
+        for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+            (folder / name).unlink(missing_ok=True)
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=32,
+                                     n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    model.save_pretrained(folder, safe_serialization=safe_serialization)
+    return folder
+
+
+def bert_folder(folder: Path) -> Path:
+    """A BertForMaskedLM folder from a tiny random config, with a WordPiece vocab.txt."""
+    transformers = pytest.importorskip("transformers")
+    write_wordpiece_vocab(folder)
+    vocab_size = len((folder / "vocab.txt").read_text(encoding="utf-8").splitlines())
+    config = transformers.BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64,
+                                     max_position_embeddings=64)
+    transformers.BertForMaskedLM(config).save_pretrained(folder)
+    return folder
+
+
+def hub_cache_entry(cache: Path, repo_id: str, source: Path,
+                    commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """`source`'s files as huggingface_hub caches repository `repo_id` at `commit` on main:
+    models--owner--name/{blobs, snapshots/COMMIT/..., refs/main}. (The hub links snapshot
+    files to blobs; copies read the same.) Returns the snapshot folder."""
+    import shutil
+
+    storage = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = storage / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for file in source.iterdir():
+        shutil.copy2(file, snapshot / file.name)
+    (storage / "refs").mkdir()
+    (storage / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def offline_hub(tmp_path: Path, monkeypatch) -> Path:
+    """An empty Hugging Face cache in a temporary folder, read offline: HF_HUB_CACHE and
+    HF_HUB_OFFLINE=1 in the environment (for subprocesses), and in huggingface_hub's
+    constants, which it reads once at import (this process may have imported it already)."""
+    import huggingface_hub.constants as constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
