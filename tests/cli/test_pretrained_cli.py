@@ -151,7 +151,7 @@ def test_bad_checkpoints_are_one_line_errors(gpt2, tmp_path, monkeypatch):
         ([garbage], ["config.json: invalid JSON"]),
         ([garbage, "--model", "gpt"], ["config.json: invalid JSON"]),
         ([t5], ["model_type 't5' is not a model the zoo loads", "supported:"]),
-        ([gpt2, "--model", "llama"], ["model_type 'gpt2' is not llama"]),
+        ([gpt2, "--model", "llama"], ["model_type 'gpt2' is not a llama checkpoint"]),
         ([gpt2, "--model", "gtp"], ["no checkpoint converter for zoo model 'gtp'"]),
         ([bert], ["is a bert checkpoint, an encoder: catalog generate needs a decoder"]),
         ([no_tokenizer], ["no tokenizer files", "needs the checkpoint's own tokenizer"]),

@@ -1,8 +1,9 @@
 """Import published checkpoints into zoo models, and export zoo models to them.
 
 `from_pretrained(name, path)` reads a Hugging Face-format folder (config.json with
-model.safetensors or pytorch_model.bin, whole or in shards listed by a .index.json) or a single
-weights file (an official RWKV-4 to RWKV-7 `.pth`), turns its config and weights into the zoo's
+model.safetensors or pytorch_model.bin, whole or in shards listed by a .index.json), a single
+weights file (an official RWKV-4 to RWKV-7 `.pth`) or a Hugging Face hub id ("gpt2",
+"owner/name": its folder in the local hub cache, downloaded when online; hub.py), turns its config and weights into the zoo's
 with the model's converter below, and loads them. Every common layout of a family loads:
 
     pretraining / LM-head classes   BertForPreTraining, BertForMaskedLM, GPT2LMHeadModel,
@@ -45,6 +46,9 @@ Where things live; each family module holds its converter (checkpoint -> zoo) an
     llama.py    LLaMA and Mistral        convert_llama, export_llama
     mamba.py    Mamba and Mamba-2        convert_mamba, convert_mamba2, export_mamba,
                                          export_mamba2
+    hub.py      hub ids -> folders       resolve (huggingface_hub's cache; downloads when online)
+    detect.py   which zoo model          detect_model (config.json's model_type, or an official
+                                         .pth's version), read_shapes (weight headers only)
 
 This module holds the registries (IMPORTERS, and CONVERTERS and EXPORTERS) and
 `from_pretrained`, and re-exports the public names above, so `from zoo.convert import ...`
