@@ -14,6 +14,9 @@ where this project's benchmarks run:
           (ChannelMix -> FusedChannelMix);
   wkv     RWKV's TimeMix -> CompiledWKVTimeMix: WKV as zoo/wkv_cpu.py's compiled C loop, with
           its C backward when a gradient is needed (training);
+  wkv5    RWKV-5's and RWKV-6's TimeMix -> CompiledWKV5TimeMix, CompiledWKV6TimeMix: the
+          matrix WKV as zoo/wkv5_cpu.py's compiled C loop (inference; training keeps the
+          chunked PyTorch form);
   wkv7    RWKV-7's TimeMix -> CompiledWKV7TimeMix: the generalised delta rule as
           zoo/wkv7_cpu.py's compiled C loop (inference; training keeps the chunked PyTorch form);
   scan    Mamba's MambaMixer -> CompiledScanMambaMixer: the selective scan as zoo/scan_cpu.py's
@@ -93,7 +96,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import dropout_cpu, rwkv7, scan_cpu, wkv7_cpu, wkv_cpu
+from zoo import dropout_cpu, rwkv5, rwkv6, rwkv7, scan_cpu, wkv5_cpu, wkv7_cpu, wkv_cpu
 from zoo.layers.attention import MultiHeadAttention
 from zoo.layers.feedforward import ACTIVATIONS, FeedForward
 from zoo.llama import SwiGLU
@@ -112,6 +115,7 @@ ROUTES: dict[str, str] = {
            "in place after MKL's, RWKV's squared ReLU squared in place (CPU float32 inference)",
     "wkv": "RWKV's WKV as a compiled C loop with its backward (zoo.wkv_cpu; CPU float32, "
            "inference and training)",
+    "wkv5": "RWKV-5/6's matrix WKV as a compiled C loop (zoo.wkv5_cpu; CPU float32 inference)",
     "wkv7": "RWKV-7's WKV as a compiled C loop (zoo.wkv7_cpu; CPU float32 inference)",
     "scan": "Mamba's selective scan as a compiled C loop with its backward (zoo.scan_cpu; CPU, "
             "inference and training)",
@@ -288,6 +292,33 @@ class CompiledWKVTimeMix(TimeMix):
         return super().wkv(w, u, k, v, state)
 
 
+# --- the wkv5 route ---------------------------------------------------------------------------
+
+def _cpu_float32_inference(*tensors: torch.Tensor) -> bool:
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and not _needs_grad(*tensors))
+
+
+class _CompiledMatrixWKV:
+    """RWKV-5's or RWKV-6's TimeMix with the matrix WKV run by zoo/wkv5_cpu.py's C loop for
+    float32 CPU inference (prefill and decoding); with gradients, on CUDA, in float64 or
+    without a compiler, the PyTorch forms (the recurrence for a token, chunks for more)."""
+
+    def wkv(self, r, log_w, k, v, u, state):
+        tensors = (r, log_w, k, v, u, state)
+        if _cpu_float32_inference(*tensors) and wkv5_cpu.available():
+            return wkv5_cpu.wkv(*tensors)
+        return super().wkv(*tensors)
+
+
+class CompiledWKV5TimeMix(_CompiledMatrixWKV, rwkv5.TimeMix):
+    pass
+
+
+class CompiledWKV6TimeMix(_CompiledMatrixWKV, rwkv6.TimeMix):
+    pass
+
+
 # --- the wkv7 route ---------------------------------------------------------------------------
 
 class CompiledWKV7TimeMix(rwkv7.TimeMix):
@@ -403,6 +434,7 @@ _SWAPS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
     "linear": {nn.Linear: FastLinear},
     "ffn": {FeedForward: FusedFeedForward, ChannelMix: FusedChannelMix, SwiGLU: FusedSwiGLU},
     "wkv": {TimeMix: CompiledWKVTimeMix},
+    "wkv5": {rwkv5.TimeMix: CompiledWKV5TimeMix, rwkv6.TimeMix: CompiledWKV6TimeMix},
     "wkv7": {rwkv7.TimeMix: CompiledWKV7TimeMix},
     "scan": {MambaMixer: CompiledScanMambaMixer},
     "dropout": {nn.Dropout: FastDropout, MultiHeadAttention: DropoutAttention,
@@ -483,6 +515,14 @@ def describe(model: nn.Module, training: bool = False,
             chunk = chunk_length(time_mix.chunk_len, weight.is_cuda)
             notes.append(f"WKV: PyTorch, chunks of {chunk} for prefill, the recurrence for "
                          "decoding")
+    matrix = next((m for m in model.modules() if isinstance(m, (rwkv5.TimeMix, rwkv6.TimeMix))),
+                  None)
+    if matrix is not None:
+        if "wkv5" in routes and inference and wkv5_cpu.available():
+            notes.append("matrix WKV: compiled C loop (zoo.wkv5_cpu)")
+        else:
+            notes.append(f"matrix WKV: PyTorch, chunks of {matrix.chunk_size} for prefill, the "
+                         "recurrence for decoding")
     time_mix7 = next((m for m in model.modules() if isinstance(m, rwkv7.TimeMix)), None)
     if time_mix7 is not None:
         if "wkv7" in routes and inference and wkv7_cpu.available():

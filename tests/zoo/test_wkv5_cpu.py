@@ -1,0 +1,173 @@
+"""zoo.wkv5_cpu, RWKV-5's and RWKV-6's matrix WKV as a compiled C loop (the "wkv5" route of
+zoo.fast, CPU float32 inference), against the PyTorch recurrence it replaces.
+
+The kernel: against `matrix_wkv_recurrent` in float64, after a carried state, for RWKV-6's decay
+per token and RWKV-5's one row for every token and sequence (a stride-0 view, or expanded in
+memory), strong decays (w underflows to 0) beside weak ones, one and several sequences, one
+token (decoding) and many, heads of 64 (the unrolled path) and of 16, split between 1 to 3
+threads. Tolerance: within 2e-5 of the largest output (or state) entry, the loop only
+reordering float32 additions (measured <= 7e-7 up to 40 tokens, <= 3e-6 over 256 tokens with
+extreme decays, as PyTorch's own float32 recurrence); over 256 tokens, also no worse than twice
+that recurrence's error plus 1e-6 of the largest entry. The models: routed logits equal the
+plain ones over several chunks, cached decoding equals the full forward, generate gives the
+same tokens, and training keeps the PyTorch forms.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zoo
+import zoo.fast
+from harness.models import build_variant
+from zoo import scan_cpu, wkv5_cpu
+from zoo.layers import matrix_wkv_recurrent
+
+pytestmark = pytest.mark.skipif(not wkv5_cpu.available(),
+                                reason="no C compiler: the models use their PyTorch WKV paths")
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item()
+
+
+def inputs(B, T, H, N, decay: str, seed=0, spread=2.0):
+    """r, log_w, k, v, u in float64 as the models make them: log w = -exp(z), z ~ N(0, spread^2)
+    (some w ~ 1, some underflowing to 0). decay "per-token": (B, T, H, N) (RWKV-6); "shared":
+    one (H, N) row viewed as (1, T, H, N) with stride 0 (RWKV-5); "expanded": that row copied
+    to every token and sequence."""
+    g = torch.Generator().manual_seed(seed)
+    r, k, v = (torch.randn(B, T, H, N, generator=g, dtype=torch.float64) for _ in range(3))
+    u = torch.randn(H, N, generator=g, dtype=torch.float64)
+    if decay == "per-token":
+        log_w = -torch.exp(spread * torch.randn(B, T, H, N, generator=g, dtype=torch.float64))
+    else:
+        row = -torch.exp(spread * torch.randn(H, N, generator=g, dtype=torch.float64))
+        log_w = row.expand(1, T, H, N)
+        if decay == "expanded":
+            log_w = log_w.expand(B, T, H, N).contiguous()
+    return r, log_w, k, v, u
+
+
+@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}-threads")
+def threads(request, monkeypatch):
+    """PyTorch's thread count, with the heads split between the threads at any size."""
+    monkeypatch.setattr(scan_cpu, "SPLIT_MIN_WORK", 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def check_against_fp64(B, T, H, N, decay, seed=0, spread=2.0):
+    x = inputs(B, T + 9, H, N, decay, seed, spread)
+    S0 = torch.zeros(B, H, N, N, dtype=torch.float64)
+    _, state = matrix_wkv_recurrent(*(t[:, :9] for t in x[:4]), x[4], S0)  # a carried state
+    rest = [t[:, 9:] for t in x[:4]] + [x[4]]
+    ref, ref_state = matrix_wkv_recurrent(*rest, state)
+    given = state.float()
+    out, out_state = wkv5_cpu.wkv(*(t.float() for t in rest), given)
+    fp32, fp32_state = matrix_wkv_recurrent(*(t.float() for t in rest), given)
+    assert out.dtype == out_state.dtype == torch.float32
+    assert out.shape == (B, T, H, N) and out_state.shape == (B, H, N, N)
+    for ours, plain, exact in ((out, fp32, ref), (out_state, fp32_state, ref_state)):
+        assert torch.isfinite(ours).all()
+        scale = exact.abs().max().item()
+        assert max_diff(ours, exact) <= 2e-5 * scale
+        if T > 100:
+            assert max_diff(ours, exact) <= 2 * max_diff(plain, exact) + 1e-6 * scale
+    assert torch.equal(given, state.float())  # the caller's state is not changed
+
+
+@pytest.mark.parametrize("decay", ["per-token", "shared", "expanded"])
+@pytest.mark.parametrize("B, T", [(1, 1), (3, 1), (1, 7), (3, 40)])
+@pytest.mark.parametrize("N", [64, 16])
+def test_the_kernel_equals_the_fp64_recurrence(B, T, N, decay, threads):
+    check_against_fp64(B, T, 3, N, decay, seed=T + N)
+
+
+@pytest.mark.parametrize("decay", ["per-token", "shared"])
+def test_long_inputs_with_extreme_decays(decay):
+    """256 tokens; log-decays from -e^16 (w = 0 in float32) to ~0 (w ~ 1)."""
+    check_against_fp64(1, 256, 2, 64, decay, seed=5, spread=4.0)
+
+
+def test_any_strides_and_a_clear_error_for_other_dtypes():
+    r, log_w, k, v, u = (t.float() for t in inputs(2, 6, 2, 16, "per-token"))
+    state = torch.randn(2, 2, 16, 16)
+    expected = wkv5_cpu.wkv(r, log_w, k, v, u, state)
+    # the same values, laid out otherwise: channels-first decay, a transposed state
+    odd_log_w = log_w.permute(3, 0, 1, 2).contiguous().permute(1, 2, 3, 0)
+    odd_state = state.transpose(-1, -2).contiguous().transpose(-1, -2)
+    for got, want in zip(wkv5_cpu.wkv(r, odd_log_w, k, v, u, odd_state), expected, strict=True):
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="float32 CPU"):
+        wkv5_cpu.wkv(r.double(), log_w, k, v, u, state)
+    with pytest.raises(ValueError, match="shapes"):
+        wkv5_cpu.wkv(r, log_w[:, :3], k, v, u, state)
+
+
+# ---------------------------------------------------------------------------------------------
+# The route on the models
+
+
+def tiny(name: str) -> torch.nn.Module:
+    """The tiny variant, plain, with noise on every parameter (the init zeroes several)."""
+    torch.manual_seed(0)
+    model = build_variant(name, "tiny", fast=False).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("name", ["rwkv5", "rwkv6"])
+def test_the_route_runs_the_kernel_for_inference_only(name, monkeypatch):
+    """Prefill over several chunks (70 tokens, chunks of 16), one decoding step, then a
+    training step, which keeps the chunked PyTorch form; the logits as the plain model's."""
+    model = tiny(name)
+    calls = []
+    real = wkv5_cpu.wkv
+    monkeypatch.setattr(wkv5_cpu, "wkv", lambda *args: calls.append(1) or real(*args))
+    ids = torch.randint(0, model.config.vocab_size, (2, 70))
+    with torch.no_grad():
+        plain = model(ids, use_cache=True)
+        plain_step = model(ids[:, :1], cache=plain.cache).logits
+        assert zoo.fast.apply(model, ["wkv5"]) == ("wkv5",)
+        try:
+            assert "matrix WKV: compiled C loop (zoo.wkv5_cpu)" in zoo.fast.describe(model)
+            routed = model(ids, use_cache=True)
+            step = model(ids[:, :1], cache=routed.cache).logits
+            assert len(calls) == 2 * model.config.n_layer  # prefill and one decoding step
+            with torch.enable_grad():
+                model(ids, targets=ids).loss.backward()
+            assert len(calls) == 2 * model.config.n_layer
+            assert all(p.grad is not None for p in model.parameters())
+        finally:
+            zoo.fast.remove(model)
+            model.zero_grad(set_to_none=True)
+    assert max_diff(routed.logits, plain.logits) <= 1e-5
+    assert max_diff(routed.cache.wkv, plain.cache.wkv) <= 1e-5 * plain.cache.wkv.abs().max()
+    assert max_diff(step, plain_step) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["rwkv5", "rwkv6"])
+def test_routed_decoding_equals_the_full_forward_and_generate_the_plain_tokens(name):
+    model = tiny(name)
+    prompt = torch.randint(0, model.config.vocab_size, (2, 6),
+                           generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        plain_tokens = model.generate(prompt, max_new_tokens=8)
+        zoo.fast.apply(model)
+        assert "wkv5" in zoo.fast.applied(model)
+        tokens = model.generate(prompt, max_new_tokens=8)
+        full = model(tokens).logits
+        out = model(tokens[:, :5], use_cache=True)
+        steps = [out.logits]
+        for t in range(5, tokens.size(1)):
+            out = model(tokens[:, t:t + 1], cache=out.cache)
+            steps.append(out.logits)
+    assert torch.equal(tokens, plain_tokens)
+    assert max_diff(torch.cat(steps, 1), full) <= 1e-5
