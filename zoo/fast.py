@@ -6,8 +6,9 @@ references, and what runs with gradients, on CUDA and in other dtypes. The route
 the same numbers (up to the order of the additions) faster for float32 inference on the CPU,
 where this project's benchmarks run:
 
-  linear  nn.Linear -> FastLinear, computed by `linear` below: a split matrix-vector product for
-          a few rows (decoding), MKL's (or oneDNN's) matrix multiply for more;
+  linear  nn.Linear -> FastLinear, computed by `linear` below: zoo/matvec_cpu.py's compiled
+          matrix-vector product for a few rows (decoding; without a C compiler, a split one),
+          MKL's (or oneDNN's) matrix multiply for more;
   ffn     a feed-forward layer's activation applied in the pass that writes its first matrix
           product (oneDNN) or in place after it (MKL) (FeedForward -> FusedFeedForward; LLaMA's
           SwiGLU -> FusedSwiGLU), and RWKV's squared ReLU squared in place as well
@@ -43,7 +44,17 @@ times the linear routes side by side):
     the speed at which the weight streams from memory. MKL's routine for it (what F.linear
     reaches) streams the weights of a `small` model at 7 to 12 GB/s; the same product as a batch
     of two half-height products (`torch.bmm` on a free view of the weight's two halves) streams
-    them at 15 to 30 GB/s;
+    them at 15 to 30 GB/s on a quiet machine. But that batch is an OpenMP parallel region, whose
+    closing barrier waits for both threads: where other jobs keep the cores busy (2026-12-05,
+    8 to 10 runnable threads from other jobs on the 2 cores), such a region took 10 to 30 ms
+    however small its work (OpenMP's default spin-then-sleep wait; with OMP_WAIT_POLICY=passive
+    50 us), and a decoding step of RWKV-5 small, 55 regions a token, took 0.7 to 2 s.
+    zoo/matvec_cpu.py's product shares the rows between threads that never wait for one
+    that has not started, so it never runs slower than one thread: one decoding token's
+    matrices of RWKV-5 small (98 MB, one row each; benchmarks ad hoc, medians of 5 rounds in one
+    process, methods alternated) took 46 ms so against 48 ms by MKL's product and 1544 ms by
+    the split product, on that loaded machine; with OMP_WAIT_POLICY=passive, 15.5 / 36 /
+    17.8 ms;
   - more rows, no gradient needed: MKL's matrix multiply (what F.linear reaches), or oneDNN's
     (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile uses for CPU linears) with
     ZOO_LINEAR_KERNEL=onednn (`many_rows_kernel`). The faster one differs between hosts of the
@@ -96,7 +107,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import dropout_cpu, rwkv5, rwkv6, rwkv7, scan_cpu, wkv5_cpu, wkv7_cpu, wkv_cpu
+from zoo import (
+    dropout_cpu,
+    matvec_cpu,
+    rwkv5,
+    rwkv6,
+    rwkv7,
+    scan_cpu,
+    wkv5_cpu,
+    wkv7_cpu,
+    wkv_cpu,
+)
 from zoo.layers.attention import MultiHeadAttention
 from zoo.layers.feedforward import ACTIVATIONS, FeedForward
 from zoo.llama import SwiGLU
@@ -105,11 +126,11 @@ from zoo.mamba import chunk_length as mamba_chunk_length
 from zoo.mosaic_bert import AlibiAttention
 from zoo.rwkv import ChannelMix, TimeMix, WKVState, chunk_length
 
-FEW_ROWS = 4  # at most this many rows take the split product (measured faster up to 4)
+FEW_ROWS = 4  # at most this many rows take the matrix-vector product (measured faster up to 4)
 
 # Route name -> what it does, in one line.
 ROUTES: dict[str, str] = {
-    "linear": f"nn.Linear: split matrix-vector products for <= {FEW_ROWS} rows, MKL's matmul "
+    "linear": f"nn.Linear: compiled matrix-vector products for <= {FEW_ROWS} rows, MKL's matmul "
               "(or oneDNN's: ZOO_LINEAR_KERNEL) for more (CPU float32 inference)",
     "ffn": "feed-forward layers (SwiGLU's included): the activation in oneDNN's matmul pass or "
            "in place after MKL's, RWKV's squared ReLU squared in place (CPU float32 inference)",
@@ -186,6 +207,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rows = x.numel() // in_features if in_features else 0
     if not _fast_path(x, weight, bias) or rows == 0:
         y = F.linear(x, weight, bias)
+    elif rows <= FEW_ROWS and weight.is_contiguous() and matvec_cpu.available():
+        y = matvec_cpu.matvec(x, weight, bias)  # threads that never wait on one another
     elif rows <= FEW_ROWS and out_features % 2 == 0 and weight.is_contiguous():
         # (2, out/2, in) @ (2, in, rows): each half of the weight's rows times the same inputs.
         # The columns' strides matter: built as below (a transposed view) the product runs at
@@ -498,8 +521,9 @@ def describe(model: nn.Module, training: bool = False,
     onednn = many_rows_kernel() == "onednn"
     if "linear" in routes and inference:
         many = "oneDNN matmul" if onednn else "MKL matmul (F.linear)"
-        notes.append(f"linears: {many}, split matrix-vector products for <= {FEW_ROWS} rows "
-                     "(zoo.fast)")
+        few = ("compiled matrix-vector products (zoo.matvec_cpu)" if matvec_cpu.available()
+               else "split matrix-vector products (zoo.fast)")
+        notes.append(f"linears: {many}, {few} for <= {FEW_ROWS} rows")
     else:
         notes.append("linears: F.linear")
     if kinds & {FeedForward, ChannelMix, SwiGLU, *_SWAPS["ffn"].values()}:
