@@ -16,8 +16,8 @@ where this project's benchmarks run:
   wkv     RWKV's TimeMix -> CompiledWKVTimeMix: WKV as zoo/wkv_cpu.py's compiled C loop, with
           its C backward when a gradient is needed (training);
   wkv5    RWKV-5's and RWKV-6's TimeMix -> CompiledWKV5TimeMix, CompiledWKV6TimeMix: the
-          matrix WKV as zoo/wkv5_cpu.py's compiled C loop (inference; training keeps the
-          chunked PyTorch form);
+          matrix WKV, the GroupNorm of its heads and the gate as zoo/wkv5_cpu.py's compiled C
+          loop (inference; training keeps the chunked PyTorch form);
   wkv7    RWKV-7's TimeMix -> CompiledWKV7TimeMix: the generalised delta rule as
           zoo/wkv7_cpu.py's compiled C loop (inference; training keeps the chunked PyTorch form);
   scan    Mamba's MambaMixer -> CompiledScanMambaMixer: the selective scan as zoo/scan_cpu.py's
@@ -118,6 +118,7 @@ from zoo import (
     wkv7_cpu,
     wkv_cpu,
 )
+from zoo.layers import token_shift
 from zoo.layers.attention import MultiHeadAttention
 from zoo.layers.feedforward import ACTIVATIONS, FeedForward
 from zoo.llama import SwiGLU
@@ -136,7 +137,8 @@ ROUTES: dict[str, str] = {
            "in place after MKL's, RWKV's squared ReLU squared in place (CPU float32 inference)",
     "wkv": "RWKV's WKV as a compiled C loop with its backward (zoo.wkv_cpu; CPU float32, "
            "inference and training)",
-    "wkv5": "RWKV-5/6's matrix WKV as a compiled C loop (zoo.wkv5_cpu; CPU float32 inference)",
+    "wkv5": "RWKV-5/6's matrix WKV, with its GroupNorm and gate, as a compiled C loop "
+            "(zoo.wkv5_cpu; CPU float32 inference)",
     "wkv7": "RWKV-7's WKV as a compiled C loop (zoo.wkv7_cpu; CPU float32 inference)",
     "scan": "Mamba's selective scan as a compiled C loop with its backward (zoo.scan_cpu; CPU, "
             "inference and training)",
@@ -323,9 +325,24 @@ def _cpu_float32_inference(*tensors: torch.Tensor) -> bool:
 
 
 class _CompiledMatrixWKV:
-    """RWKV-5's or RWKV-6's TimeMix with the matrix WKV run by zoo/wkv5_cpu.py's C loop for
-    float32 CPU inference (prefill and decoding); with gradients, on CUDA, in float64 or
-    without a compiler, the PyTorch forms (the recurrence for a token, chunks for more)."""
+    """RWKV-5's or RWKV-6's TimeMix for float32 CPU inference (prefill and decoding), with the
+    matrix WKV, the GroupNorm of its heads and the gate computed in one pass by zoo/wkv5_cpu.py's
+    C loop: F.group_norm on a decoding step's few rows is an OpenMP region, whose barrier costs
+    a scheduler's time slice where other jobs keep the cores busy (see `linear`), for a
+    microsecond's work. With gradients, on CUDA, in other dtypes or without a compiler, the
+    plain forward and its PyTorch WKV forms (the recurrence for a token, chunks for more)."""
+
+    def _compiled(self, x: torch.Tensor, state: torch.Tensor) -> bool:
+        return _cpu_float32_inference(x, state, *self.parameters()) and wkv5_cpu.available()
+
+    def _wkv_norm_gate(self, r, log_w, k, v, g, state):
+        """GroupNorm(WKV) * g, (B, T, d), and the new state; r, k, v, g (B, T, d)."""
+        B, T, d = r.shape
+        heads = (B, T, self.n_head, self.head_size)
+        y, state = wkv5_cpu.wkv_group_norm_gate(
+            r.view(heads), log_w, k.view(heads), v.view(heads), self.time_faaaa, state,
+            self.ln_x.weight, self.ln_x.bias, self.ln_x.eps, g)
+        return y.view(B, T, d), state
 
     def wkv(self, r, log_w, k, v, u, state):
         tensors = (r, log_w, k, v, u, state)
@@ -335,11 +352,39 @@ class _CompiledMatrixWKV:
 
 
 class CompiledWKV5TimeMix(_CompiledMatrixWKV, rwkv5.TimeMix):
-    pass
+    def forward(self, x: torch.Tensor, last_x: torch.Tensor, state: torch.Tensor):
+        if not self._compiled(x, state):
+            return super().forward(x, last_x, state)
+        B, T, d = x.shape
+        prev = token_shift(x, last_x)
+        xk, xv, xr, xg = (torch.lerp(prev, x, mix) for mix in
+                          (self.time_mix_k, self.time_mix_v, self.time_mix_r, self.time_mix_g))
+        r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
+        g = F.silu(self.gate(xg))
+        log_w = -torch.exp(self.time_decay).expand(1, T, self.n_head, self.head_size)
+        y, state = self._wkv_norm_gate(r, log_w, k, v, g, state)
+        return self.output(y), x[:, -1], state
 
 
 class CompiledWKV6TimeMix(_CompiledMatrixWKV, rwkv6.TimeMix):
-    pass
+    def forward(self, x: torch.Tensor, last_x: torch.Tensor, state: torch.Tensor):
+        if not self._compiled(x, state):
+            return super().forward(x, last_x, state)
+        B, T, d = x.shape
+        dx = token_shift(x, last_x) - x
+        lora = torch.tanh((x + dx * self.time_maa_x) @ self.time_maa_w1).view(B, T, 5, -1)
+        # The five mixes' second products one by one: as one einsum they are a batched
+        # product, an OpenMP region (see _CompiledMatrixWKV).
+        xw, xk, xv, xr, xg = (x + dx * (getattr(self, f"time_maa_{m}")
+                                        + lora[:, :, i] @ self.time_maa_w2[i])
+                              for i, m in enumerate(rwkv6.MIXES))
+        r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
+        g = F.silu(self.gate(xg))
+        log_w = -torch.exp(self.time_decay + torch.tanh(xw @ self.time_decay_w1)
+                           @ self.time_decay_w2)
+        heads = (B, T, self.n_head, self.head_size)
+        y, state = self._wkv_norm_gate(r, log_w.view(heads), k, v, g, state)
+        return self.output(y), x[:, -1], state
 
 
 # --- the wkv7 route ---------------------------------------------------------------------------
@@ -543,7 +588,7 @@ def describe(model: nn.Module, training: bool = False,
                   None)
     if matrix is not None:
         if "wkv5" in routes and inference and wkv5_cpu.available():
-            notes.append("matrix WKV: compiled C loop (zoo.wkv5_cpu)")
+            notes.append("matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu)")
         else:
             notes.append(f"matrix WKV: PyTorch, chunks of {matrix.chunk_size} for prefill, the "
                          "recurrence for decoding")

@@ -1,7 +1,8 @@
 """zoo.wkv5_cpu, RWKV-5's and RWKV-6's matrix WKV as a compiled C loop (the "wkv5" route of
 zoo.fast, CPU float32 inference), against the PyTorch recurrence it replaces.
 
-The kernel: against `matrix_wkv_recurrent` in float64, after a carried state, for RWKV-6's decay
+The kernel: against `matrix_wkv_recurrent` in float64 (and, with the GroupNorm of its heads and
+the gate, against head_group_norm of it times the gate), after a carried state, for RWKV-6's decay
 per token and RWKV-5's one row for every token and sequence (a stride-0 view, or expanded in
 memory), strong decays (w underflows to 0) beside weak ones, one and several sequences, one
 token (decoding) and many, heads of 64 (the unrolled path) and of 16, split between 1 to 3
@@ -22,7 +23,7 @@ import zoo
 import zoo.fast
 from harness.models import build_variant
 from zoo import scan_cpu, wkv5_cpu
-from zoo.layers import matrix_wkv_recurrent
+from zoo.layers import head_group_norm, matrix_wkv_recurrent
 
 pytestmark = pytest.mark.skipif(not wkv5_cpu.available(),
                                 reason="no C compiler: the models use their PyTorch WKV paths")
@@ -93,6 +94,29 @@ def test_long_inputs_with_extreme_decays(decay):
     check_against_fp64(1, 256, 2, 64, decay, seed=5, spread=4.0)
 
 
+@pytest.mark.parametrize("decay", ["per-token", "shared"])
+@pytest.mark.parametrize("B, T", [(1, 1), (3, 40)])
+def test_with_the_group_norm_and_the_gate(B, T, decay, threads):
+    """wkv_group_norm_gate: the models' head_group_norm of the fp64 recurrence's output, times
+    the gate, within 2e-5 of the largest value."""
+    r, log_w, k, v, u = inputs(B, T, 3, 64, decay, seed=T)
+    g = torch.Generator().manual_seed(1)
+    state = torch.randn(B, 3, 64, 64, generator=g, dtype=torch.float64)
+    ln = torch.nn.GroupNorm(3, 192, eps=64e-5).double()
+    with torch.no_grad():
+        ln.weight.normal_(generator=g)
+        ln.bias.normal_(generator=g)
+    gate = torch.randn(B, T, 192, generator=g, dtype=torch.float64)
+    y, ref_state = matrix_wkv_recurrent(r, log_w, k, v, u, state)
+    ref = head_group_norm(y, ln) * gate
+    out, out_state = wkv5_cpu.wkv_group_norm_gate(
+        *(t.float() for t in (r, log_w, k, v, u, state)), ln.weight.float(), ln.bias.float(),
+        ln.eps, gate.float())
+    assert out.shape == (B, T, 3, 64)
+    assert max_diff(out.view(B, T, -1), ref) <= 2e-5 * ref.abs().max().item()
+    assert max_diff(out_state, ref_state) <= 2e-5 * ref_state.abs().max().item()
+
+
 def test_any_strides_and_a_clear_error_for_other_dtypes():
     r, log_w, k, v, u = (t.float() for t in inputs(2, 6, 2, 16, "per-token"))
     state = torch.randn(2, 2, 16, 16)
@@ -123,27 +147,40 @@ def tiny(name: str) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("name", ["rwkv5", "rwkv6"])
-def test_the_route_runs_the_kernel_for_inference_only(name, monkeypatch):
-    """Prefill over several chunks (70 tokens, chunks of 16), one decoding step, then a
-    training step, which keeps the chunked PyTorch form; the logits as the plain model's."""
-    model = tiny(name)
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """The names of the kernel's functions, as the models call them."""
     calls = []
-    real = wkv5_cpu.wkv
-    monkeypatch.setattr(wkv5_cpu, "wkv", lambda *args: calls.append(1) or real(*args))
+    for function in ("wkv", "wkv_group_norm_gate"):
+        real = getattr(wkv5_cpu, function)
+        monkeypatch.setattr(wkv5_cpu, function, lambda *args, real=real, function=function:
+                            calls.append(function) or real(*args))
+    return calls
+
+
+COMPILED = "matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu)"
+
+
+@pytest.mark.parametrize("name", ["rwkv5", "rwkv6"])
+def test_the_route_runs_the_kernel_for_inference_only(name, kernel_calls):
+    """Prefill over several chunks (70 tokens, chunks of 16), one decoding step, then a
+    training step, which keeps the chunked PyTorch form; the logits and the state as the plain
+    model's."""
+    model = tiny(name)
+    n_layer = model.config.n_layer
     ids = torch.randint(0, model.config.vocab_size, (2, 70))
     with torch.no_grad():
         plain = model(ids, use_cache=True)
         plain_step = model(ids[:, :1], cache=plain.cache).logits
         assert zoo.fast.apply(model, ["wkv5"]) == ("wkv5",)
         try:
-            assert "matrix WKV: compiled C loop (zoo.wkv5_cpu)" in zoo.fast.describe(model)
+            assert COMPILED in zoo.fast.describe(model)
             routed = model(ids, use_cache=True)
             step = model(ids[:, :1], cache=routed.cache).logits
-            assert len(calls) == 2 * model.config.n_layer  # prefill and one decoding step
+            assert kernel_calls == ["wkv_group_norm_gate"] * 2 * n_layer  # prefill, a step
             with torch.enable_grad():
                 model(ids, targets=ids).loss.backward()
-            assert len(calls) == 2 * model.config.n_layer
+            assert len(kernel_calls) == 2 * n_layer
             assert all(p.grad is not None for p in model.parameters())
         finally:
             zoo.fast.remove(model)
@@ -151,6 +188,20 @@ def test_the_route_runs_the_kernel_for_inference_only(name, monkeypatch):
     assert max_diff(routed.logits, plain.logits) <= 1e-5
     assert max_diff(routed.cache.wkv, plain.cache.wkv) <= 1e-5 * plain.cache.wkv.abs().max()
     assert max_diff(step, plain_step) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["rwkv5", "rwkv6"])
+def test_other_dtypes_take_the_plain_forward(name, kernel_calls):
+    """float64: the plain path throughout; bfloat16: the plain forward, whose WKV runs in
+    float32 (as the state is kept), there compiled."""
+    model = tiny(name)
+    zoo.fast.apply(model, ["wkv5"])
+    ids = torch.randint(0, model.config.vocab_size, (1, 20))
+    with torch.no_grad():
+        model.double()(ids)
+        assert kernel_calls == []
+        model.to(torch.bfloat16)(ids)
+    assert kernel_calls == ["wkv"] * model.config.n_layer
 
 
 @pytest.mark.parametrize("name", ["rwkv5", "rwkv6"])
