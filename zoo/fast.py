@@ -17,7 +17,9 @@ where this project's benchmarks run:
           its C backward when a gradient is needed (training);
   wkv5    RWKV-5's and RWKV-6's TimeMix -> CompiledWKV5TimeMix, CompiledWKV6TimeMix: the
           matrix WKV, the GroupNorm of its heads and the gate as zoo/wkv5_cpu.py's compiled C
-          loop (inference; training keeps the chunked PyTorch form);
+          loop; and their Block -> CompiledWKV5Block, CompiledWKV6Block: for a few rows
+          (decoding) the whole block as one compiled call, zoo/wkv5_step_cpu.py (inference;
+          training keeps the chunked PyTorch form);
   wkv7    RWKV-7's TimeMix -> CompiledWKV7TimeMix: the generalised delta rule as
           zoo/wkv7_cpu.py's compiled C loop (inference; training keeps the chunked PyTorch form);
   scan    Mamba's MambaMixer -> CompiledScanMambaMixer: the selective scan as zoo/scan_cpu.py's
@@ -115,6 +117,7 @@ from zoo import (
     rwkv7,
     scan_cpu,
     wkv5_cpu,
+    wkv5_step_cpu,
     wkv7_cpu,
     wkv_cpu,
 )
@@ -138,7 +141,8 @@ ROUTES: dict[str, str] = {
     "wkv": "RWKV's WKV as a compiled C loop with its backward (zoo.wkv_cpu; CPU float32, "
            "inference and training)",
     "wkv5": "RWKV-5/6's matrix WKV, with its GroupNorm and gate, as a compiled C loop "
-            "(zoo.wkv5_cpu; CPU float32 inference)",
+            f"(zoo.wkv5_cpu), and a block on <= {FEW_ROWS} rows (decoding) as one compiled call "
+            "(zoo.wkv5_step_cpu; CPU float32 inference)",
     "wkv7": "RWKV-7's WKV as a compiled C loop (zoo.wkv7_cpu; CPU float32 inference)",
     "scan": "Mamba's selective scan as a compiled C loop with its backward (zoo.scan_cpu; CPU, "
             "inference and training)",
@@ -387,6 +391,43 @@ class CompiledWKV6TimeMix(_CompiledMatrixWKV, rwkv6.TimeMix):
         return self.output(y), x[:, -1], state
 
 
+def _hooked_within(module: nn.Module) -> bool:
+    """Whether `module` or a module inside it has forward hooks (a walk of the module
+    dictionaries: nn.Module.modules() took 70 us for an RWKV block)."""
+    return _hooked(module) or any(child is not None and _hooked_within(child)
+                                  for child in module._modules.values())
+
+
+class _CompiledStep:
+    """An RWKV-5 or RWKV-6 block whose forward, for at most FEW_ROWS rows (decoding) in float32
+    CPU inference, is zoo/wkv5_step_cpu.py's one compiled call: the plain block runs about 250
+    PyTorch operations on vectors of width d per token, whose dispatch took as long as its
+    weights take to stream. Otherwise (prefill, gradients, other dtypes, hooks on its modules,
+    no compiler) the block's own forward, with the modules' routes."""
+
+    version: int
+
+    def forward(self, x: torch.Tensor, att_x: torch.Tensor, wkv: torch.Tensor,
+                ffn_x: torch.Tensor):
+        if (x.size(0) * x.size(1) <= FEW_ROWS and _cpu_float32_inference(x, att_x, wkv, ffn_x)
+                and not (torch.is_grad_enabled() and any(p.requires_grad
+                                                         for p in self.parameters()))
+                and not _hooked_within(self) and not _compiling()
+                and wkv5_step_cpu.available()):
+            out = wkv5_step_cpu.step(self, self.version, x, att_x, wkv, ffn_x)
+            if out is not None:
+                return out
+        return super().forward(x, att_x, wkv, ffn_x)
+
+
+class CompiledWKV5Block(_CompiledStep, rwkv5.Block):
+    version = 5
+
+
+class CompiledWKV6Block(_CompiledStep, rwkv6.Block):
+    version = 6
+
+
 # --- the wkv7 route ---------------------------------------------------------------------------
 
 class CompiledWKV7TimeMix(rwkv7.TimeMix):
@@ -502,7 +543,8 @@ _SWAPS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
     "linear": {nn.Linear: FastLinear},
     "ffn": {FeedForward: FusedFeedForward, ChannelMix: FusedChannelMix, SwiGLU: FusedSwiGLU},
     "wkv": {TimeMix: CompiledWKVTimeMix},
-    "wkv5": {rwkv5.TimeMix: CompiledWKV5TimeMix, rwkv6.TimeMix: CompiledWKV6TimeMix},
+    "wkv5": {rwkv5.TimeMix: CompiledWKV5TimeMix, rwkv6.TimeMix: CompiledWKV6TimeMix,
+             rwkv5.Block: CompiledWKV5Block, rwkv6.Block: CompiledWKV6Block},
     "wkv7": {rwkv7.TimeMix: CompiledWKV7TimeMix},
     "scan": {MambaMixer: CompiledScanMambaMixer},
     "dropout": {nn.Dropout: FastDropout, MultiHeadAttention: DropoutAttention,
@@ -588,7 +630,8 @@ def describe(model: nn.Module, training: bool = False,
                   None)
     if matrix is not None:
         if "wkv5" in routes and inference and wkv5_cpu.available():
-            notes.append("matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu)")
+            notes.append("matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu); "
+                         f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv5_step_cpu)")
         else:
             notes.append(f"matrix WKV: PyTorch, chunks of {matrix.chunk_size} for prefill, the "
                          "recurrence for decoding")

@@ -295,7 +295,7 @@ def available() -> bool:
 
 CHUNK_BYTES = 64 * 1024  # weight bytes per chunk of rows: ~4 us of streaming
 NOT_READING = 0xFFFFFFFF
-# The inputs of shared products that a helper may still read: (generation, W, x, b), oldest
+# The inputs of shared products that a helper may still read: (generation, inputs), oldest
 # first. Almost always empty or one entry: a helper announces a generation only while it works.
 _in_use: deque = deque()
 
@@ -335,12 +335,19 @@ def matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     result = library.matvec(rows, in_features, out_features,
                             rows_per_chunk(in_features, out_features), share, weight.data_ptr(),
                             x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr())
-    generation, oldest = result >> 32, result & NOT_READING
+    keep_while_read(result, weight, x, bias)
+    return y
+
+
+def keep_while_read(answer: int, *inputs) -> None:
+    """Keep the inputs of shared products alive while a helper may still read them: `answer`
+    is what the C function `matvec` returned for the last of them (its generation << 32 | the
+    oldest generation a helper may still read)."""
+    generation, oldest = answer >> 32, answer & NOT_READING
     if generation and oldest <= generation:
-        _in_use.append((generation, weight, x, bias))
+        _in_use.append((generation, inputs))
     while _in_use and _in_use[0][0] < oldest:
         _in_use.popleft()
-    return y
 
 
 _started = 0

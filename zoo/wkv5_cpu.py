@@ -3,7 +3,7 @@
 `zoo.layers.matrix_wkv.matrix_wkv_recurrent` is the recurrence in PyTorch, one token at a time:
 half a dozen tensor operations per token and layer whose dispatch, not the arithmetic, is the
 cost of decoding. Prefill goes through `matrix_wkv_chunked` instead, whose pairwise decay
-factors, (L, L, N) per chunk and head, make its memory grow with the length. This module runs
+factors, (L, L, N) per chunk and head, take B T d L floats per layer. This module runs
 the recurrence itself, compiled from the C source below: per head and token, with the bonus
 b = sum_i r_i u_i k_i taken first, each row i of the state S (N x N, key channel by value
 channel) is read out and updated in one pass over its N entries,
@@ -13,7 +13,8 @@ decay comes as log w per token, (B or 1, T, H, N) with any strides over the batc
 tokens: RWKV-5's constant decay goes in as a (1, T, H, N) view of one (H, N) row (stride 0,
 never expanded in memory, its exponentials taken once per head), RWKV-6's as one row per token.
 Heads are independent, so a call splits them between the threads PyTorch uses (ctypes releases
-the GIL during the call).
+the GIL during the call). `wkv_group_norm_gate` also applies, as it writes a head's output, what
+the models do next with it: the GroupNorm of each head (ln_x) and the gate's product.
 
 Inference only (no backward): zoo/fast.py's "wkv5" route runs it for float32 CPU tensors without
 gradients, prefill and decoding alike, and the models keep their PyTorch paths otherwise

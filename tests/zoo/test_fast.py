@@ -390,7 +390,8 @@ def test_describe_says_which_routes_run(name):
         assert plain_notes[-1] == pytorch
     elif name in ("rwkv5", "rwkv6"):
         pytorch = "matrix WKV: PyTorch, chunks of 16 for prefill, the recurrence for decoding"
-        compiled = "matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu)"
+        compiled = ("matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu); "
+                    f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv5_step_cpu)")
         assert notes[-1] == (compiled if wkv5_cpu.available() else pytorch)
         assert plain_notes[-1] == pytorch
         assert zoo.fast.describe(fast, training=True)[-1] == pytorch  # inference only

@@ -22,7 +22,8 @@ import torch
 import zoo
 import zoo.fast
 from harness.models import build_variant
-from zoo import scan_cpu, wkv5_cpu
+from zoo import scan_cpu, wkv5_cpu, wkv5_step_cpu
+from zoo.fast import FEW_ROWS
 from zoo.layers import head_group_norm, matrix_wkv_recurrent
 
 pytestmark = pytest.mark.skipif(not wkv5_cpu.available(),
@@ -151,14 +152,16 @@ def tiny(name: str) -> torch.nn.Module:
 def kernel_calls(monkeypatch):
     """The names of the kernel's functions, as the models call them."""
     calls = []
-    for function in ("wkv", "wkv_group_norm_gate"):
-        real = getattr(wkv5_cpu, function)
-        monkeypatch.setattr(wkv5_cpu, function, lambda *args, real=real, function=function:
+    for module, function in ((wkv5_cpu, "wkv"), (wkv5_cpu, "wkv_group_norm_gate"),
+                             (wkv5_step_cpu, "step")):
+        real = getattr(module, function)
+        monkeypatch.setattr(module, function, lambda *args, real=real, function=function:
                             calls.append(function) or real(*args))
     return calls
 
 
-COMPILED = "matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu)"
+COMPILED = ("matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu); "
+            f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv5_step_cpu)")
 
 
 @pytest.mark.parametrize("name", ["rwkv5", "rwkv6"])
@@ -177,7 +180,8 @@ def test_the_route_runs_the_kernel_for_inference_only(name, kernel_calls):
             assert COMPILED in zoo.fast.describe(model)
             routed = model(ids, use_cache=True)
             step = model(ids[:, :1], cache=routed.cache).logits
-            assert kernel_calls == ["wkv_group_norm_gate"] * 2 * n_layer  # prefill, a step
+            # prefill: the time mix's WKV, GroupNorm and gate; a step: each block in one call
+            assert kernel_calls == ["wkv_group_norm_gate"] * n_layer + ["step"] * n_layer
             with torch.enable_grad():
                 model(ids, targets=ids).loss.backward()
             assert len(kernel_calls) == 2 * n_layer
@@ -222,3 +226,64 @@ def test_routed_decoding_equals_the_full_forward_and_generate_the_plain_tokens(n
             steps.append(out.logits)
     assert torch.equal(tokens, plain_tokens)
     assert max_diff(torch.cat(steps, 1), full) <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# A decoding step of a whole block as one call (zoo.wkv5_step_cpu)
+
+
+def noisy(name: str, **fields) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = zoo.build(name, fast=False, **fields).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+STEP_MODELS = {  # heads of 64 (the unrolled WKV) and of 16; with and without a channel mix
+    "64": dict(vocab_size=64, n_layer=2, d_model=128, head_size=64),
+    "16-mixer-only": dict(vocab_size=64, n_layer=2, d_model=32, head_size=16, d_ff=0),
+}
+
+
+@pytest.mark.parametrize("B, T", [(1, 1), (2, 2), (4, 1)])
+@pytest.mark.parametrize("shape", STEP_MODELS)
+@pytest.mark.parametrize("name", ["rwkv5", "rwkv6"])
+def test_the_step_equals_the_blocks_forward(name, shape, B, T, threads):
+    """Block 0 (with ln0) and block 1, from a random cached state: x and the new att_x, WKV
+    state and ffn_x as the plain block's within 1e-5 of their largest entry; the given state
+    unchanged."""
+    model = noisy(name, **STEP_MODELS[shape], **({"mix_lora": 8, "decay_lora": 16}
+                                                  if name == "rwkv6" else {}))
+    c = model.config
+    g = torch.Generator().manual_seed(B * 10 + T)
+    for block in model.blocks:
+        x = torch.randn(B, T, c.d_model, generator=g)
+        state = (torch.randn(B, c.d_model, generator=g),
+                 torch.randn(B, c.n_head, c.head_size, c.head_size, generator=g),
+                 torch.randn(B, c.d_model, generator=g))
+        given = [t.clone() for t in state]
+        with torch.no_grad():
+            expected_x, expected_state = block(x, *state)
+            out_x, out_state = wkv5_step_cpu.step(block, int(name[-1]), x, *state)
+        for ours, plain in zip((out_x, *out_state), (expected_x, *expected_state), strict=True):
+            assert ours.shape == plain.shape
+            assert max_diff(ours, plain) <= 1e-5 * plain.abs().max().item()
+        assert all(torch.equal(a, b) for a, b in zip(state, given, strict=True))
+
+
+@pytest.mark.parametrize("name", ["rwkv5", "rwkv6"])
+def test_blocks_with_hooks_take_their_forward(name, kernel_calls):
+    """A hook inside block 1: that block runs its own forward (3 prompt tokens, then one), the
+    hook sees both calls; block 0 still takes the step."""
+    model = tiny(name)
+    zoo.fast.apply(model, ["wkv5"])
+    seen = []
+    model.blocks[1].att.receptance.register_forward_hook(lambda *args: seen.append(1))
+    with torch.no_grad():
+        out = model(torch.randint(0, 100, (1, 3)), use_cache=True)
+        model(torch.randint(0, 100, (1, 1)), cache=out.cache)
+    assert seen == [1, 1]  # prefill and the step
+    assert kernel_calls.count("step") == 2 * (model.config.n_layer - 1)
