@@ -13,13 +13,17 @@ a decoding step of RWKV-5 small spent nine tenths of its time in such barriers.
 
 Here the calling thread never waits for a thread that has not started: the output rows come in
 chunks, and each thread, the caller included, claims the next chunk with one atomic
-compare-and-swap until none is left; the caller then waits only for the chunks that another
-thread has already claimed. The helpers (PyTorch's thread count less one, started on first use)
-spin for a few tens of microseconds after a product, so that the products of one decoding step
-find them awake, then sleep on a condition variable. When they are not scheduled the caller
-does every chunk itself, at the speed of one thread; when they are, the work is shared. A
-product is the same sums in the same order whichever thread computes a row: the result does not
-depend on the threads.
+compare-and-swap until none is left. A helper computes its chunk into a buffer of its own and
+copies it out only if the caller has not taken the chunk over; the caller, its own chunks done,
+waits a few tens of microseconds for the helpers' and then computes those still pending itself,
+so a helper descheduled in the middle of a chunk costs the caller that chunk, never a time slice.
+The helpers (PyTorch's thread count less one, started on first use) poll for 30 us after their
+last work, long enough for the next product of a decoding step, then sleep on a condition
+variable: a polling helper takes a core that the caller, OpenMP's threads or another job could
+use (with 100 us, RWKV-5 small decoded 10-25% slower beside a busy job). When the helpers are
+not scheduled the caller does every chunk itself, at the speed of one thread; when they are, the
+work is shared. A product is the same sums in the same order whichever thread computes a row:
+the result does not depend on the threads.
 
 The loop reads four weight rows at a time (four independent sums in SIMD lanes over the input
 channels) and multiplies each by every input row (at most FEW_ROWS): one pass over the weight,
@@ -92,7 +96,7 @@ static void product_rows(int64_t R, int64_t in, int64_t out, int64_t o0, int64_t
 
 #define MAX_CHUNKS 4096
 #define MAX_CHUNK_VALUES 2048  /* rows_per_chunk * R: a helper's results, on its stack */
-#define HELPER_SPIN_NS 100000  /* a helper polls this long after its last work, then sleeps */
+#define HELPER_SPIN_NS 30000   /* a helper polls this long after its last work, then sleeps */
 #define CALLER_SPIN 2000       /* polls before the caller computes a helper's chunk itself */
 
 enum { PENDING, COMMITTING, DONE };  /* a chunk's state, tagged with its generation */
