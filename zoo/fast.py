@@ -53,10 +53,16 @@ times the linear routes side by side):
     50 us), and a decoding step of RWKV-5 small, 55 regions a token, took 0.7 to 2 s.
     zoo/matvec_cpu.py's product shares the rows between threads that never wait for one
     that has not started, so it never runs slower than one thread: one decoding token's
-    matrices of RWKV-5 small (98 MB, one row each; benchmarks ad hoc, medians of 5 rounds in one
+    matrices of RWKV-5 small (98 MB, one row each; an ad-hoc probe, medians of 5 rounds in one
     process, methods alternated) took 46 ms so against 48 ms by MKL's product and 1544 ms by
     the split product, on that loaded machine; with OMP_WAIT_POLICY=passive, 15.5 / 36 /
-    17.8 ms;
+    17.8 ms; on the quiet machine, 4.2 / 7.1 / 4.6 ms (23 / 14 / 22 GB/s; the machine reads
+    18 GB/s on one core, 29 GB/s on both). LLaMA small decoding beside one busy job: 56-64 ms
+    a token so, 384 ms with the split product. Quiet, `catalog bench gpt llama --seqlen 1024
+    --mode generate --new-tokens 64` measured 10.7-11.0 / 9.5-10.0 ms a token with the split
+    product and 11.0-12.4 / 9.7-11.6 ms with this one (two rounds each; the second round's
+    LLaMA, 48 +- 40 ms, came as another job started): in those models' steps OpenMP regions
+    remain (attention, norms), whose threads compete with the helpers;
   - more rows, no gradient needed: MKL's matrix multiply (what F.linear reaches), or oneDNN's
     (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile uses for CPU linears) with
     ZOO_LINEAR_KERNEL=onednn (`many_rows_kernel`). The faster one differs between hosts of the
@@ -85,6 +91,16 @@ times the linear routes side by side):
     take 8-13 ms per layer, against 280-300 ms for the checkpointed chunks: RWKV small's
     training step (benchmarks/rwkv_training.py) ran 1.9x / 2.2x / 3.2x faster at 256 / 1024 /
     4096 tokens, and the WKV is then 3% of the step, matrix products 74%.
+  - RWKV-5/6's matrix WKV (wkv5): 17 ms per layer for 4096 tokens of 8 heads of 64 as the C
+    loop, 7.4 s in chunks of 16, on a loaded machine (ad hoc). On the quiet machine,
+    `catalog bench rwkv5 rwkv6 --seqlen 1024,4096 --mode forward --mode generate --against
+    rwkv-pip` (2026-12-05): prefill at 4096 tokens 1.54 / 1.61 s against the official
+    package's 3.22 / 4.12 s (5.39 / 5.26 s before this route), decoding 6.2 / 6.1 ms a token
+    against 10.7 / 11.2 ms (9.2 / 13.4 ms before), peak memory of a 16384-token prefill 1.36 /
+    1.42 GiB against 4.37 / 4.57 GiB on the plain path. A decoding step streams 99 MB of
+    weights: 16 GB/s so, 9 GB/s for the package; the rest of a step is the model's Python
+    (embedding, six block calls, the states' stacking, the head). No OpenMP region is left in
+    a decoding step (the package's: 18 / 24 a token).
   - dropout in training (benchmarks/training_parts.py, on a quiet machine): for the `small`
     GPT's attention probabilities at 1024 tokens (8 heads x 1024 x 1024) PyTorch's mask
     (bernoulli_, a Mersenne Twister, one number at a time) takes 61 ms and F.dropout 68 ms, the
