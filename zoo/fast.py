@@ -344,6 +344,14 @@ def _cpu_float32_inference(*tensors: torch.Tensor) -> bool:
             and not _needs_grad(*tensors))
 
 
+def _module_inference(module: nn.Module, *tensors: torch.Tensor) -> bool:
+    """float32 CPU `tensors`, and no gradient needed for them or `module`'s parameters (which
+    are looked at only with autograd on: iterating them took 70 us for an RWKV time mix)."""
+    return (_cpu_float32_inference(*tensors)
+            and not (torch.is_grad_enabled() and any(p.requires_grad
+                                                     for p in module.parameters())))
+
+
 class _CompiledMatrixWKV:
     """RWKV-5's or RWKV-6's TimeMix for float32 CPU inference (prefill and decoding), with the
     matrix WKV, the GroupNorm of its heads and the gate computed in one pass by zoo/wkv5_cpu.py's
@@ -353,7 +361,8 @@ class _CompiledMatrixWKV:
     plain forward and its PyTorch WKV forms (the recurrence for a token, chunks for more)."""
 
     def _compiled(self, x: torch.Tensor, state: torch.Tensor) -> bool:
-        return _cpu_float32_inference(x, state, *self.parameters()) and wkv5_cpu.available()
+        return (_module_inference(self, x, state, self.time_faaaa, self.ln_x.weight)
+                and wkv5_cpu.available())
 
     def _wkv_norm_gate(self, r, log_w, k, v, g, state):
         """GroupNorm(WKV) * g, (B, T, d), and the new state; r, k, v, g (B, T, d)."""
@@ -425,9 +434,7 @@ class _CompiledStep:
 
     def forward(self, x: torch.Tensor, att_x: torch.Tensor, wkv: torch.Tensor,
                 ffn_x: torch.Tensor):
-        if (x.size(0) * x.size(1) <= FEW_ROWS and _cpu_float32_inference(x, att_x, wkv, ffn_x)
-                and not (torch.is_grad_enabled() and any(p.requires_grad
-                                                         for p in self.parameters()))
+        if (x.size(0) * x.size(1) <= FEW_ROWS and _module_inference(self, x, att_x, wkv, ffn_x)
                 and not _hooked_within(self) and not _compiling()
                 and wkv5_step_cpu.available()):
             out = wkv5_step_cpu.step(self, self.version, x, att_x, wkv, ffn_x)
