@@ -17,9 +17,9 @@ The weight products are zoo/matvec_cpu.py's, called through a pointer to that li
 share its helper threads (which never hold up the caller) and its results bit for bit.
 
 Inference only: zoo/fast.py's "wkv5" route runs it for float32 CPU blocks without gradients on
-at most matvec_cpu.MAX_ROWS rows (batch x tokens); longer inputs (prefill) take the blocks'
-forward, whose products are matrix multiplies. The source is compiled on first use with the
-system's C compiler and cached (zoo/ckernel.py).
+at most FEW_ROWS rows (batch x tokens; the step takes up to matvec_cpu.MAX_ROWS); longer inputs
+(prefill) take the blocks' forward, whose products are matrix multiplies. The source is
+compiled on first use with the system's C compiler and cached (zoo/ckernel.py).
 """
 
 from __future__ import annotations
@@ -29,17 +29,6 @@ import ctypes
 import torch
 
 from zoo import ckernel, matvec_cpu, wkv5_cpu
-
-# The order of the block's tensors in the pointer array the C step takes.
-COMMON = ("ln0.weight", "ln0.bias", "ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias",
-          "att.receptance.weight", "att.key.weight", "att.value.weight", "att.gate.weight",
-          "att.output.weight", "att.ln_x.weight", "att.ln_x.bias", "att.time_faaaa",
-          "att.time_decay", "ffn.key.weight", "ffn.receptance.weight", "ffn.value.weight")
-RWKV5 = ("att.time_mix_k", "att.time_mix_v", "att.time_mix_r", "att.time_mix_g",
-         "ffn.time_mix_k", "ffn.time_mix_r")
-RWKV6 = ("att.time_maa_x", "att.time_maa_w", "att.time_maa_k", "att.time_maa_v",
-         "att.time_maa_r", "att.time_maa_g", "att.time_maa_w1", "att.time_maa_w2",
-         "att.time_decay_w1", "att.time_decay_w2", "ffn.time_maa_k", "ffn.time_maa_r")
 
 STEP_SOURCE = r"""
 #include <stdlib.h>
@@ -95,7 +84,7 @@ static void product(int64_t R, int64_t in, int64_t out, const float *W, const fl
 /* One block, Bt sequences of T tokens (rows r = b * T + t, R = Bt * T of them): x (R, d) in
    and out (the residual stream); att_x, ffn_x (Bt, d) and S (Bt, H, N, N) the cached state in,
    new_att_x, new_ffn_x, new_S the state out. `p` holds the block's tensors in the order of
-   COMMON then RWKV5 or RWKV6 (p[LN0_W] NULL except in block 0; F = 0: no channel mix).
+   the enums above (`_tensors` below; p[LN0_W] NULL except in block 0; F = 0: no channel mix).
    `work` holds scratch floats (wkv5_step_work_floats). Returns matvec's answer for the last
    shared product (the caller keeps `work` alive while a helper may read it), or 1 << 63 when
    the sizes are out of range. */
@@ -258,9 +247,10 @@ def available() -> bool:
 
 
 def _tensors(block, version: int) -> list | None:
-    """The block's tensors in the C step's order (None for absent ones), or None when one of
-    them is not a contiguous float32 CPU tensor (the step would misread it). Read from the
-    modules' parameter dictionaries: nn.Module's attribute lookup took 70 us a block."""
+    """The block's tensors in the C step's order (its enums: LN0_W ... FFN_V, then V5_... or
+    V6_...; None for absent ones), or None when one of them is not a contiguous float32 CPU
+    tensor (the step would misread it). Read from the modules' parameter dictionaries:
+    nn.Module's attribute lookup took 70 us a block."""
     modules = block._modules
     att, ffn, ln0 = modules["att"], modules.get("ffn"), modules.get("ln0")  # None: absent
     ln1, ln2 = modules["ln1"]._parameters, modules["ln2"]._parameters
