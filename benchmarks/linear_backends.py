@@ -5,9 +5,10 @@
 
 For one row (decoding) the weights of a `small` model's shapes are cycled through, about 100 MB
 of them, so that they stream from memory as in a decoding step rather than sit in the cache;
-the table gives GB/s of weight read; `split bmm` is the route's product without a C compiler
-(and before zoo/matvec_cpu.py), a batch of two half-height products that PyTorch runs as an
-OpenMP region, timed for one row only. For many rows it gives GFLOP/s; `zoo linear` takes the
+the table gives GB/s of weight read; `matvec_cpu` is zoo/matvec_cpu.py's product (RWKV-5/6's
+decoding; the route's split product is an OpenMP region, the compiled one shares the rows
+between threads that never wait for one another), timed for one row only. For many rows it
+gives GFLOP/s; `zoo linear` takes the
 kernel zoo.fast.many_rows_kernel() names (MKL's unless ZOO_LINEAR_KERNEL=onednn; printed under
 the table). Each route is timed in
 alternation with the others (median of several rounds), so a noisy machine slows all alike.
@@ -25,17 +26,10 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
+from zoo import matvec_cpu
 from zoo.fast import linear, many_rows_kernel, onednn_available
 
 SHAPES = [(512, 512), (1536, 512), (2048, 512), (512, 2048), (8192, 512)]  # (out, in)
-
-
-def split_bmm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """zoo.fast.linear's few-rows product without a compiler: the weight's two halves times the
-    same rows, as one batched product."""
-    out_features, in_features = weight.shape
-    halves = weight.view(2, out_features // 2, in_features)
-    return torch.bmm(halves, x.t().expand(2, in_features, x.size(0)))
 
 
 def timed(fn, rounds: int) -> list[float]:
@@ -56,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = 5 if args.quick else 15
-    routes = {"F.linear (MKL)": F.linear, "zoo linear": linear, "split bmm": split_bmm}
+    routes = {"F.linear (MKL)": F.linear, "zoo linear": linear}
+    if matvec_cpu.available():
+        routes["matvec_cpu"] = matvec_cpu.matvec
     if onednn_available():
         routes["oneDNN"] = lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none",
                                                                             [], "")
@@ -72,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 weights = [torch.randn(out_features, in_features) for _ in range(copies)]
                 x = torch.randn(rows, in_features)
                 timed_here = {name: fn for name, fn in routes.items()
-                              if rows == 1 or name != "split bmm"}
+                              if rows == 1 or name != "matvec_cpu"}
                 samples = {name: [] for name in timed_here}
                 for _ in range(rounds):  # alternate the routes round by round
                     for name, fn in timed_here.items():

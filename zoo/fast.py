@@ -6,9 +6,8 @@ references, and what runs with gradients, on CUDA and in other dtypes. The route
 the same numbers (up to the order of the additions) faster for float32 inference on the CPU,
 where this project's benchmarks run:
 
-  linear  nn.Linear -> FastLinear, computed by `linear` below: zoo/matvec_cpu.py's compiled
-          matrix-vector product for a few rows (decoding; without a C compiler, a split one),
-          MKL's (or oneDNN's) matrix multiply for more;
+  linear  nn.Linear -> FastLinear, computed by `linear` below: a split matrix-vector product for
+          a few rows (decoding), MKL's (or oneDNN's) matrix multiply for more;
   ffn     a feed-forward layer's activation applied in the pass that writes its first matrix
           product (oneDNN) or in place after it (MKL) (FeedForward -> FusedFeedForward; LLaMA's
           SwiGLU -> FusedSwiGLU), and RWKV's squared ReLU squared in place as well
@@ -18,8 +17,9 @@ where this project's benchmarks run:
   wkv5    RWKV-5's and RWKV-6's TimeMix -> CompiledWKV5TimeMix, CompiledWKV6TimeMix: the
           matrix WKV, the GroupNorm of its heads and the gate as zoo/wkv5_cpu.py's compiled C
           loop; and their Block -> CompiledWKV5Block, CompiledWKV6Block: for a few rows
-          (decoding) the whole block as one compiled call, zoo/wkv5_step_cpu.py (inference;
-          training keeps the chunked PyTorch form);
+          (decoding) the whole block as one compiled call, zoo/wkv5_step_cpu.py, its products
+          zoo/matvec_cpu.py's, as the output head's (-> MatvecHead) (inference; training keeps
+          the chunked PyTorch form);
   wkv7    RWKV-7's TimeMix -> CompiledWKV7TimeMix: the generalised delta rule as
           zoo/wkv7_cpu.py's compiled C loop (inference; training keeps the chunked PyTorch form);
   scan    Mamba's MambaMixer -> CompiledScanMambaMixer: the selective scan as zoo/scan_cpu.py's
@@ -57,12 +57,15 @@ times the linear routes side by side):
     process, methods alternated) took 46 ms so against 48 ms by MKL's product and 1544 ms by
     the split product, on that loaded machine; with OMP_WAIT_POLICY=passive, 15.5 / 36 /
     17.8 ms; on the quiet machine, 4.2 / 7.1 / 4.6 ms (23 / 14 / 22 GB/s; the machine reads
-    18 GB/s on one core, 29 GB/s on both). LLaMA small decoding beside one busy job: 56-64 ms
-    a token so, 384 ms with the split product. Quiet, `catalog bench gpt llama --seqlen 1024
-    --mode generate --new-tokens 64` measured 10.7-11.0 / 9.5-10.0 ms a token with the split
-    product and 11.0-12.4 / 9.7-11.6 ms with this one (two rounds each; the second round's
-    LLaMA, 48 +- 40 ms, came as another job started): in those models' steps OpenMP regions
-    remain (attention, norms), whose threads compete with the helpers;
+    18 GB/s on one core, 29 GB/s on both). RWKV-5/6 decode with it (wkv5: no OpenMP region
+    is left in their step). The other models keep the split product: OpenMP regions remain in
+    their decoding steps (attention, norms), and OpenMP's threads, which spin for a while after
+    a region, and the helpers take each other's core. Quiet, `catalog bench gpt llama mamba
+    rwkv rwkv7 --seqlen 1024 --mode generate --new-tokens 64`, two rounds: GPT small 9.1-9.4
+    ms a token with the split product, 11.1-13.8 (+-3-5) with the compiled one; LLaMA 9.0-10.7
+    and 10.9-11.6; Mamba, RWKV-4 and RWKV-7 the same or faster. Beside one busy job (ad hoc)
+    the split product's regions cost far more: LLaMA small decoded at 384 ms a token so, 56-64
+    ms with the compiled product;
   - more rows, no gradient needed: MKL's matrix multiply (what F.linear reaches), or oneDNN's
     (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile uses for CPU linears) with
     ZOO_LINEAR_KERNEL=onednn (`many_rows_kernel`). The faster one differs between hosts of the
@@ -146,19 +149,20 @@ from zoo.mamba import chunk_length as mamba_chunk_length
 from zoo.mosaic_bert import AlibiAttention
 from zoo.rwkv import ChannelMix, TimeMix, WKVState, chunk_length
 
-FEW_ROWS = 4  # at most this many rows take the matrix-vector product (measured faster up to 4)
+FEW_ROWS = 4  # at most this many rows take the split product (measured faster up to 4)
 
 # Route name -> what it does, in one line.
 ROUTES: dict[str, str] = {
-    "linear": f"nn.Linear: compiled matrix-vector products for <= {FEW_ROWS} rows, MKL's matmul "
+    "linear": f"nn.Linear: split matrix-vector products for <= {FEW_ROWS} rows, MKL's matmul "
               "(or oneDNN's: ZOO_LINEAR_KERNEL) for more (CPU float32 inference)",
     "ffn": "feed-forward layers (SwiGLU's included): the activation in oneDNN's matmul pass or "
            "in place after MKL's, RWKV's squared ReLU squared in place (CPU float32 inference)",
     "wkv": "RWKV's WKV as a compiled C loop with its backward (zoo.wkv_cpu; CPU float32, "
            "inference and training)",
     "wkv5": "RWKV-5/6's matrix WKV, with its GroupNorm and gate, as a compiled C loop "
-            f"(zoo.wkv5_cpu), and a block on <= {FEW_ROWS} rows (decoding) as one compiled call "
-            "(zoo.wkv5_step_cpu; CPU float32 inference)",
+            f"(zoo.wkv5_cpu), a block on <= {FEW_ROWS} rows (decoding) as one compiled call "
+            "(zoo.wkv5_step_cpu) and the head's product as zoo.matvec_cpu's (CPU float32 "
+            "inference)",
     "wkv7": "RWKV-7's WKV as a compiled C loop (zoo.wkv7_cpu; CPU float32 inference)",
     "scan": "Mamba's selective scan as a compiled C loop with its backward (zoo.scan_cpu; CPU, "
             "inference and training)",
@@ -229,8 +233,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rows = x.numel() // in_features if in_features else 0
     if not _fast_path(x, weight, bias) or rows == 0:
         y = F.linear(x, weight, bias)
-    elif rows <= FEW_ROWS and weight.is_contiguous() and matvec_cpu.available():
-        y = matvec_cpu.matvec(x, weight, bias)  # threads that never wait on one another
     elif rows <= FEW_ROWS and out_features % 2 == 0 and weight.is_contiguous():
         # (2, out/2, in) @ (2, in, rows): each half of the weight's rows times the same inputs.
         # The columns' strides matter: built as below (a transposed view) the product runs at
@@ -443,6 +445,21 @@ class _CompiledStep:
         return super().forward(x, att_x, wkv, ffn_x)
 
 
+class MatvecHead(nn.Linear):
+    """RWKV-5's or RWKV-6's output head with its decoding product (at most FEW_ROWS rows) as
+    zoo/matvec_cpu.py's, whose helper threads the blocks' steps use: the split product's
+    OpenMP region would leave OpenMP's second thread spinning on the core the helpers need
+    (RWKV-5 small: 4.7-5.9 ms a token so, 6.4-6.8 ms with the split product; quiet machine,
+    ad hoc). Otherwise `linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features if self.in_features else 0
+        if (0 < rows <= FEW_ROWS and _fast_path(x, self.weight, self.bias)
+                and self.weight.is_contiguous() and matvec_cpu.available()):
+            return matvec_cpu.matvec(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
+
+
 class CompiledWKV5Block(_CompiledStep, rwkv5.Block):
     version = 5
 
@@ -573,8 +590,15 @@ _SWAPS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
     "dropout": {nn.Dropout: FastDropout, MultiHeadAttention: DropoutAttention,
                 AlibiAttention: DropoutAlibiAttention},
 }
+# route -> (model classes, the attribute of theirs, its fast class): a module swapped by its
+# place in a model rather than by its class (it is an nn.Linear, or FastLinear by then).
+_BY_PLACE: dict[str, tuple[tuple[type[nn.Module], ...], str, type[nn.Module]]] = {
+    "wkv5": ((rwkv5.RWKV5, rwkv6.RWKV6), "head", MatvecHead),
+}
 _PLAIN = {fast: plain for swaps in _SWAPS.values() for plain, fast in swaps.items()}
+_PLAIN[MatvecHead] = nn.Linear
 _ROUTE_OF = {fast: route for route, swaps in _SWAPS.items() for fast in swaps.values()}
+_ROUTE_OF[MatvecHead] = "wkv5"
 
 
 def _route_names(routes: Iterable[str] | None) -> tuple[str, ...]:
@@ -598,6 +622,13 @@ def apply(model: nn.Module, routes: Iterable[str] | None = None) -> tuple[str, .
             fast = _SWAPS[name].get(type(module))
             if fast is not None:
                 module.__class__ = fast
+    for name in names:
+        owners, attribute, fast = _BY_PLACE.get(name, ((), "", nn.Module))
+        for module in model.modules():
+            if type(module) in owners:
+                placed = getattr(module, attribute, None)
+                if type(placed) in (nn.Linear, FastLinear):
+                    placed.__class__ = fast
     return tuple(name for name in applied(model) if name in names)
 
 
@@ -631,9 +662,8 @@ def describe(model: nn.Module, training: bool = False,
     onednn = many_rows_kernel() == "onednn"
     if "linear" in routes and inference:
         many = "oneDNN matmul" if onednn else "MKL matmul (F.linear)"
-        few = ("compiled matrix-vector products (zoo.matvec_cpu)" if matvec_cpu.available()
-               else "split matrix-vector products (zoo.fast)")
-        notes.append(f"linears: {many}, {few} for <= {FEW_ROWS} rows")
+        notes.append(f"linears: {many}, split matrix-vector products for <= {FEW_ROWS} rows "
+                     "(zoo.fast)")
     else:
         notes.append("linears: F.linear")
     if kinds & {FeedForward, ChannelMix, SwiGLU, *_SWAPS["ffn"].values()}:
@@ -654,7 +684,8 @@ def describe(model: nn.Module, training: bool = False,
     if matrix is not None:
         if "wkv5" in routes and inference and wkv5_cpu.available():
             notes.append("matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu); "
-                         f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv5_step_cpu)")
+                         f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv5_step_cpu), "
+                         "the head's product zoo.matvec_cpu's")
         else:
             notes.append(f"matrix WKV: PyTorch, chunks of {matrix.chunk_size} for prefill, the "
                          "recurrence for decoding")

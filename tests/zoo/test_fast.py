@@ -1,9 +1,8 @@
 """zoo.fast, the CPU speed routes, against the plain path they replace.
 
-`linear`: every route (the compiled matrix-vector product, or without a compiler the split one,
-oneDNN, MKL's F.linear with the activation in place) gives F.linear's numbers, with and without
-a bias and an activation, and autograd still works; the kernel for many rows is MKL's, or the one
-ZOO_LINEAR_KERNEL names. The routes on models:
+`linear`: every route (split matrix-vector product, oneDNN, MKL's F.linear with the activation in
+place) gives F.linear's numbers, with and without a bias and an activation, and autograd still
+works; the kernel for many rows is MKL's, or the one ZOO_LINEAR_KERNEL names. The routes on models:
 every zoo model gives its plain logits with the routes applied, in a forward and when decoding
 one token at a time, still trains (gradients as the plain model's), and keeps its keys, hooks
 and modules; apply / remove / applied round-trip, describe() says which routes run.
@@ -23,7 +22,7 @@ from torch import nn
 import zoo
 import zoo.fast
 from harness.models import build_variant
-from zoo import dropout_cpu, matvec_cpu, scan_cpu, wkv5_cpu, wkv7_cpu, wkv_cpu
+from zoo import dropout_cpu, scan_cpu, wkv5_cpu, wkv7_cpu, wkv_cpu
 from zoo.fast import FEW_ROWS, KERNELS, FastLinear, linear, many_rows_kernel, onednn_available
 from zoo.layers import ACTIVATIONS, FeedForward, MultiHeadAttention
 
@@ -83,30 +82,14 @@ def test_odd_widths_transposed_weights_and_bf16_take_f_linear():
         torch.testing.assert_close(linear(x16, w16, activation="relu"), F.relu(F.linear(x16, w16)))
 
 
-def test_the_compiled_product_is_taken_for_few_rows(monkeypatch):
-    if not matvec_cpu.available():
-        pytest.skip("no C compiler: few rows take the split product")
-    calls = []
-    real = matvec_cpu.matvec
-    monkeypatch.setattr(matvec_cpu, "matvec", lambda x, *a: calls.append(x.shape) or real(x, *a))
-    with torch.no_grad():
-        linear(torch.randn(1, 16), torch.randn(8, 16))
-        linear(torch.randn(FEW_ROWS, 16), torch.randn(7, 16), torch.randn(7), "relu")
-        linear(torch.randn(FEW_ROWS + 1, 16), torch.randn(8, 16))
-        linear(torch.randn(1, 16), torch.randn(16, 8).t())  # a transposed weight: F.linear
-    assert calls == [(1, 16), (FEW_ROWS, 16)]
-
-
-def test_without_a_compiler_the_split_product_is_taken_for_few_rows(monkeypatch):
-    monkeypatch.setattr(matvec_cpu, "available", lambda: False)
+def test_the_split_product_is_taken_for_few_rows(monkeypatch):
     calls = []
     real_bmm = torch.bmm
     monkeypatch.setattr(torch, "bmm",
                         lambda *a: calls.append((a[0].shape, a[1].stride())) or real_bmm(*a))
-    x, w = torch.randn(1, 16), torch.randn(8, 16)
     with torch.no_grad():
-        torch.testing.assert_close(linear(x, w), F.linear(x, w))
-        linear(torch.randn(FEW_ROWS + 1, 16), w)
+        linear(torch.randn(1, 16), torch.randn(8, 16))
+        linear(torch.randn(FEW_ROWS + 1, 16), torch.randn(8, 16))
     # Two halves of 4 rows each, only for the one-row input; the columns a transposed view
     # (strides (0, 1, 16)): MKL's batched product is 3-5x slower on the same values laid out
     # with strides (0, 1, 1).
@@ -286,7 +269,7 @@ def test_decoding_with_the_routes_gives_the_plain_logits(name):
         expected = plain(ids).logits
         out = fast(ids[:, :3], use_cache=True)
         steps = [out.logits]
-        for t in range(3, 9):  # one row per step: the matrix-vector route
+        for t in range(3, 9):  # one row per step: the split matrix-vector route
             out = fast(ids[:, t : t + 1], cache=out.cache)
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), expected, **LOGITS)
@@ -371,10 +354,8 @@ def test_describe_says_which_routes_run(name):
     fast, plain = tiny(name, fast=True), tiny(name, fast=False)
     notes, plain_notes = zoo.fast.describe(fast), zoo.fast.describe(plain)
     onednn = many_rows_kernel() == "onednn"
-    few = ("compiled matrix-vector products (zoo.matvec_cpu)" if matvec_cpu.available()
-           else "split matrix-vector products (zoo.fast)")
     assert notes[0] == (f"linears: {'oneDNN matmul' if onednn else 'MKL matmul (F.linear)'}, "
-                        f"{few} for <= {FEW_ROWS} rows")
+                        f"split matrix-vector products for <= {FEW_ROWS} rows (zoo.fast)")
     assert plain_notes[0] == "linears: F.linear"
     assert zoo.fast.describe(fast.to(torch.bfloat16))[0] == "linears: F.linear"  # not float32
     fast.float()
@@ -391,7 +372,8 @@ def test_describe_says_which_routes_run(name):
     elif name in ("rwkv5", "rwkv6"):
         pytorch = "matrix WKV: PyTorch, chunks of 16 for prefill, the recurrence for decoding"
         compiled = ("matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu); "
-                    f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv5_step_cpu)")
+                    f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv5_step_cpu), the "
+                    "head's product zoo.matvec_cpu's")
         assert notes[-1] == (compiled if wkv5_cpu.available() else pytorch)
         assert plain_notes[-1] == pytorch
         assert zoo.fast.describe(fast, training=True)[-1] == pytorch  # inference only

@@ -22,7 +22,7 @@ import torch
 import zoo
 import zoo.fast
 from harness.models import build_variant
-from zoo import scan_cpu, wkv5_cpu, wkv5_step_cpu
+from zoo import matvec_cpu, scan_cpu, wkv5_cpu, wkv5_step_cpu
 from zoo.fast import FEW_ROWS
 from zoo.layers import head_group_norm, matrix_wkv_recurrent
 
@@ -161,7 +161,8 @@ def kernel_calls(monkeypatch):
 
 
 COMPILED = ("matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu); "
-            f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv5_step_cpu)")
+            f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv5_step_cpu), the head's "
+            "product zoo.matvec_cpu's")
 
 
 @pytest.mark.parametrize("name", ["rwkv5", "rwkv6"])
@@ -287,3 +288,26 @@ def test_blocks_with_hooks_take_their_forward(name, kernel_calls):
         model(torch.randint(0, 100, (1, 1)), cache=out.cache)
     assert seen == [1, 1]  # prefill and the step
     assert kernel_calls.count("step") == 2 * (model.config.n_layer - 1)
+
+
+@pytest.mark.parametrize("name", ["rwkv5", "rwkv6"])
+def test_the_head_decodes_with_the_compiled_product(name, monkeypatch):
+    """The route swaps the output head (by its place: it is an nn.Linear) for MatvecHead, whose
+    few-row products are zoo.matvec_cpu's, and `remove` restores it; prefill takes `linear`."""
+    model = tiny(name)
+    zoo.fast.apply(model, ["linear"])
+    assert type(model.head) is zoo.fast.FastLinear
+    zoo.fast.apply(model)
+    assert type(model.head) is zoo.fast.MatvecHead and "wkv5" in zoo.fast.applied(model)
+    calls = []
+    real = matvec_cpu.matvec
+    monkeypatch.setattr(matvec_cpu, "matvec", lambda x, *a: calls.append(x.shape) or real(x, *a))
+    ids = torch.randint(0, model.config.vocab_size, (1, 9))
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+        step = model(ids[:, :1], cache=out.cache).logits
+        zoo.fast.remove(model)
+        assert type(model.head) is torch.nn.Linear
+        plain = model(ids[:, :1], cache=model(ids, use_cache=True).cache).logits
+    assert calls == [(1, 1, model.config.d_model)]  # the decoding step only
+    assert max_diff(step, plain) <= 1e-5
