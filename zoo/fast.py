@@ -97,13 +97,15 @@ times the linear routes side by side):
   - RWKV-5/6's matrix WKV (wkv5): 17 ms per layer for 4096 tokens of 8 heads of 64 as the C
     loop, 7.4 s in chunks of 16, on a loaded machine (ad hoc). On the quiet machine,
     `catalog bench rwkv5 rwkv6 --seqlen 1024,4096 --mode forward --mode generate --against
-    rwkv-pip` (2026-12-05): prefill at 4096 tokens 1.54 / 1.61 s against the official
-    package's 3.22 / 4.12 s (5.39 / 5.26 s before this route), decoding 6.2 / 6.1 ms a token
-    against 10.7 / 11.2 ms (9.2 / 13.4 ms before), peak memory of a 16384-token prefill 1.36 /
-    1.42 GiB against 4.37 / 4.57 GiB on the plain path. A decoding step streams 99 MB of
-    weights: 16 GB/s so, 9 GB/s for the package; the rest of a step is the model's Python
-    (embedding, six block calls, the states' stacking, the head). No OpenMP region is left in
-    a decoding step (the package's: 18 / 24 a token).
+    rwkv-pip` (2026-12-05, two rounds): prefill at 4096 tokens 1.50-1.54 / 1.53-1.66 s against
+    the official package's 4.03-4.41 / 3.36-3.88 s, decoding 5.7-7.1 / 5.1-5.5 ms a token
+    against 10.0-12.1 / 10.7-11.7 ms; before this route (two rounds) prefill took 5.0-5.4 /
+    5.2-5.3 s and decoding 9.0-9.2 / 10.0-13.4 ms. Peak memory of a 16384-token prefill: 1.36 /
+    1.42 GiB against 4.37 / 4.57 GiB on the plain path (--plain; the (T, vocab) logits are
+    0.5 GiB of it); decoding's, 0.42 GiB at any length. A decoding step streams 99 MB of
+    weights: 14-19 GB/s so, 8-10 GB/s for the package; the rest of a step is the model's
+    Python (embedding, six block calls, the states' stacking). No OpenMP region is left in a
+    decoding step (the package's: 18 / 24 a token).
   - dropout in training (benchmarks/training_parts.py, on a quiet machine): for the `small`
     GPT's attention probabilities at 1024 tokens (8 heads x 1024 x 1024) PyTorch's mask
     (bernoulli_, a Mersenne Twister, one number at a time) takes 61 ms and F.dropout 68 ms, the
