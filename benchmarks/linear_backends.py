@@ -5,7 +5,10 @@
 
 For one row (decoding) the weights of a `small` model's shapes are cycled through, about 100 MB
 of them, so that they stream from memory as in a decoding step rather than sit in the cache;
-the table gives GB/s of weight read. For many rows it gives GFLOP/s; `zoo linear` takes the
+the table gives GB/s of weight read; `matvec_cpu` is zoo/matvec_cpu.py's product (RWKV-5/6's
+decoding; the route's split product is an OpenMP region, the compiled one shares the rows
+between threads that never wait for one another), timed for one row only. For many rows it
+gives GFLOP/s; `zoo linear` takes the
 kernel zoo.fast.many_rows_kernel() names (MKL's unless ZOO_LINEAR_KERNEL=onednn; printed under
 the table). Each route is timed in
 alternation with the others (median of several rounds), so a noisy machine slows all alike.
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
+from zoo import matvec_cpu
 from zoo.fast import linear, many_rows_kernel, onednn_available
 
 SHAPES = [(512, 512), (1536, 512), (2048, 512), (512, 2048), (8192, 512)]  # (out, in)
@@ -47,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     rounds = 5 if args.quick else 15
     routes = {"F.linear (MKL)": F.linear, "zoo linear": linear}
+    if matvec_cpu.available():
+        routes["matvec_cpu"] = matvec_cpu.matvec
     if onednn_available():
         routes["oneDNN"] = lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none",
                                                                             [], "")
@@ -61,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
                 copies = max(1, 100_000_000 // (out_features * in_features * 4)) if rows == 1 else 1
                 weights = [torch.randn(out_features, in_features) for _ in range(copies)]
                 x = torch.randn(rows, in_features)
-                samples = {name: [] for name in routes}
+                timed_here = {name: fn for name, fn in routes.items()
+                              if rows == 1 or name != "matvec_cpu"}
+                samples = {name: [] for name in timed_here}
                 for _ in range(rounds):  # alternate the routes round by round
-                    for name, fn in routes.items():
+                    for name, fn in timed_here.items():
                         run = lambda fn=fn, x=x, weights=weights: [fn(x, w) for w in weights]  # noqa: E731
                         samples[name] += timed(run, 1)
                 median = {name: statistics.median(s) for name, s in samples.items()}
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                     unit, work = "GB/s", copies * out_features * in_features * 4 / 1e9
                 else:
                     unit, work = "GFLOP/s", 2 * rows * out_features * in_features / 1e9
-                speed = [f"{work / median[name]:.1f}" for name in routes]
+                speed = [f"{work / median[name]:.1f}" if name in median else "" for name in routes]
                 ratio = median["F.linear (MKL)"] / median["zoo linear"]
                 table.add_row(f"({out_features}, {in_features})", str(rows), unit, *speed,
                               f"{ratio:.2f}x")

@@ -14,6 +14,12 @@ where this project's benchmarks run:
           (ChannelMix -> FusedChannelMix);
   wkv     RWKV's TimeMix -> CompiledWKVTimeMix: WKV as zoo/wkv_cpu.py's compiled C loop, with
           its C backward when a gradient is needed (training);
+  wkv5    RWKV-5's and RWKV-6's TimeMix -> CompiledWKV5TimeMix, CompiledWKV6TimeMix: the
+          matrix WKV, the GroupNorm of its heads and the gate as zoo/wkv5_cpu.py's compiled C
+          loop; and their Block -> CompiledWKV5Block, CompiledWKV6Block: for a few rows
+          (decoding) the whole block as one compiled call, zoo/wkv5_step_cpu.py, its products
+          zoo/matvec_cpu.py's, as the output head's (-> MatvecHead) (inference; training keeps
+          the chunked PyTorch form);
   wkv7    RWKV-7's TimeMix -> CompiledWKV7TimeMix: the generalised delta rule as
           zoo/wkv7_cpu.py's compiled C loop (inference; training keeps the chunked PyTorch form);
   scan    Mamba's MambaMixer -> CompiledScanMambaMixer: the selective scan as zoo/scan_cpu.py's
@@ -40,7 +46,26 @@ times the linear routes side by side):
     the speed at which the weight streams from memory. MKL's routine for it (what F.linear
     reaches) streams the weights of a `small` model at 7 to 12 GB/s; the same product as a batch
     of two half-height products (`torch.bmm` on a free view of the weight's two halves) streams
-    them at 15 to 30 GB/s;
+    them at 15 to 30 GB/s on a quiet machine. But that batch is an OpenMP parallel region, whose
+    closing barrier waits for both threads: where other jobs keep the cores busy (2026-12-05,
+    8 to 10 runnable threads from other jobs on the 2 cores), such a region took 10 to 30 ms
+    however small its work (OpenMP's default spin-then-sleep wait; with OMP_WAIT_POLICY=passive
+    50 us), and a decoding step of RWKV-5 small, 55 regions a token, took 0.7 to 2 s.
+    zoo/matvec_cpu.py's product shares the rows between threads that never wait for one
+    that has not started, so it never runs slower than one thread: one decoding token's
+    matrices of RWKV-5 small (98 MB, one row each; an ad-hoc probe, medians of 5 rounds in one
+    process, methods alternated) took 46 ms so against 48 ms by MKL's product and 1544 ms by
+    the split product, on that loaded machine; with OMP_WAIT_POLICY=passive, 15.5 / 36 /
+    17.8 ms; on the quiet machine, 4.2 / 7.1 / 4.6 ms (23 / 14 / 22 GB/s; the machine reads
+    18 GB/s on one core, 29 GB/s on both). RWKV-5/6 decode with it (wkv5: no OpenMP region
+    is left in their step). The other models keep the split product: OpenMP regions remain in
+    their decoding steps (attention, norms), and OpenMP's threads, which spin for a while after
+    a region, and the helpers take each other's core. Quiet, `catalog bench gpt llama mamba
+    rwkv rwkv7 --seqlen 1024 --mode generate --new-tokens 64`, two rounds: GPT small 9.1-9.4
+    ms a token with the split product, 11.1-13.8 (+-3-5) with the compiled one; LLaMA 9.0-10.7
+    and 10.9-11.6; Mamba, RWKV-4 and RWKV-7 the same or faster. Beside one busy job (ad hoc)
+    the split product's regions cost far more: LLaMA small decoded at 384 ms a token so, 56-64
+    ms with the compiled product;
   - more rows, no gradient needed: MKL's matrix multiply (what F.linear reaches), or oneDNN's
     (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile uses for CPU linears) with
     ZOO_LINEAR_KERNEL=onednn (`many_rows_kernel`). The faster one differs between hosts of the
@@ -69,6 +94,18 @@ times the linear routes side by side):
     take 8-13 ms per layer, against 280-300 ms for the checkpointed chunks: RWKV small's
     training step (benchmarks/rwkv_training.py) ran 1.9x / 2.2x / 3.2x faster at 256 / 1024 /
     4096 tokens, and the WKV is then 3% of the step, matrix products 74%.
+  - RWKV-5/6's matrix WKV (wkv5): 17 ms per layer for 4096 tokens of 8 heads of 64 as the C
+    loop, 7.4 s in chunks of 16, on a loaded machine (ad hoc). On the quiet machine,
+    `catalog bench rwkv5 rwkv6 --seqlen 1024,4096 --mode forward --mode generate --against
+    rwkv-pip` (2026-12-05, two rounds): prefill at 4096 tokens 1.50-1.54 / 1.53-1.66 s against
+    the official package's 4.03-4.41 / 3.36-3.88 s, decoding 5.7-7.1 / 5.1-5.5 ms a token
+    against 10.0-12.1 / 10.7-11.7 ms; before this route (two rounds) prefill took 5.0-5.4 /
+    5.2-5.3 s and decoding 9.0-9.2 / 10.0-13.4 ms. Peak memory of a 16384-token prefill: 1.36 /
+    1.42 GiB against 4.37 / 4.57 GiB on the plain path (--plain; the (T, vocab) logits are
+    0.5 GiB of it); decoding's, 0.42 GiB at any length. A decoding step streams 99 MB of
+    weights: 14-19 GB/s so, 8-10 GB/s for the package; the rest of a step is the model's
+    Python (embedding, six block calls, the states' stacking). No OpenMP region is left in a
+    decoding step (the package's: 18 / 24 a token).
   - dropout in training (benchmarks/training_parts.py, on a quiet machine): for the `small`
     GPT's attention probabilities at 1024 tokens (8 heads x 1024 x 1024) PyTorch's mask
     (bernoulli_, a Mersenne Twister, one number at a time) takes 61 ms and F.dropout 68 ms, the
@@ -93,7 +130,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import dropout_cpu, rwkv7, scan_cpu, wkv7_cpu, wkv_cpu
+from zoo import (
+    dropout_cpu,
+    matvec_cpu,
+    rwkv5,
+    rwkv6,
+    rwkv7,
+    scan_cpu,
+    wkv5_cpu,
+    wkv5_step_cpu,
+    wkv7_cpu,
+    wkv_cpu,
+)
+from zoo.layers import token_shift
 from zoo.layers.attention import MultiHeadAttention
 from zoo.layers.feedforward import ACTIVATIONS, FeedForward
 from zoo.llama import SwiGLU
@@ -112,6 +161,10 @@ ROUTES: dict[str, str] = {
            "in place after MKL's, RWKV's squared ReLU squared in place (CPU float32 inference)",
     "wkv": "RWKV's WKV as a compiled C loop with its backward (zoo.wkv_cpu; CPU float32, "
            "inference and training)",
+    "wkv5": "RWKV-5/6's matrix WKV, with its GroupNorm and gate, as a compiled C loop "
+            f"(zoo.wkv5_cpu), a block on <= {FEW_ROWS} rows (decoding) as one compiled call "
+            "(zoo.wkv5_step_cpu) and the head's product as zoo.matvec_cpu's (CPU float32 "
+            "inference)",
     "wkv7": "RWKV-7's WKV as a compiled C loop (zoo.wkv7_cpu; CPU float32 inference)",
     "scan": "Mamba's selective scan as a compiled C loop with its backward (zoo.scan_cpu; CPU, "
             "inference and training)",
@@ -288,6 +341,135 @@ class CompiledWKVTimeMix(TimeMix):
         return super().wkv(w, u, k, v, state)
 
 
+# --- the wkv5 route ---------------------------------------------------------------------------
+
+def _cpu_float32_inference(*tensors: torch.Tensor) -> bool:
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and not _needs_grad(*tensors))
+
+
+def _module_inference(module: nn.Module, *tensors: torch.Tensor) -> bool:
+    """float32 CPU `tensors`, and no gradient needed for them or `module`'s parameters (which
+    are looked at only with autograd on: iterating them took 70 us for an RWKV time mix)."""
+    return (_cpu_float32_inference(*tensors)
+            and not (torch.is_grad_enabled() and any(p.requires_grad
+                                                     for p in module.parameters())))
+
+
+class _CompiledMatrixWKV:
+    """RWKV-5's or RWKV-6's TimeMix for float32 CPU inference (prefill and decoding), with the
+    matrix WKV, the GroupNorm of its heads and the gate computed in one pass by zoo/wkv5_cpu.py's
+    C loop: F.group_norm on a decoding step's few rows is an OpenMP region, whose barrier costs
+    a scheduler's time slice where other jobs keep the cores busy (see `linear`), for a
+    microsecond's work. With gradients, on CUDA, in other dtypes or without a compiler, the
+    plain forward and its PyTorch WKV forms (the recurrence for a token, chunks for more)."""
+
+    def _compiled(self, x: torch.Tensor, state: torch.Tensor) -> bool:
+        return (_module_inference(self, x, state, self.time_faaaa, self.ln_x.weight)
+                and wkv5_cpu.available())
+
+    def _wkv_norm_gate(self, r, log_w, k, v, g, state):
+        """GroupNorm(WKV) * g, (B, T, d), and the new state; r, k, v, g (B, T, d)."""
+        B, T, d = r.shape
+        heads = (B, T, self.n_head, self.head_size)
+        y, state = wkv5_cpu.wkv_group_norm_gate(
+            r.view(heads), log_w, k.view(heads), v.view(heads), self.time_faaaa, state,
+            self.ln_x.weight, self.ln_x.bias, self.ln_x.eps, g)
+        return y.view(B, T, d), state
+
+    def wkv(self, r, log_w, k, v, u, state):
+        tensors = (r, log_w, k, v, u, state)
+        if _cpu_float32_inference(*tensors) and wkv5_cpu.available():
+            return wkv5_cpu.wkv(*tensors)
+        return super().wkv(*tensors)
+
+
+class CompiledWKV5TimeMix(_CompiledMatrixWKV, rwkv5.TimeMix):
+    def forward(self, x: torch.Tensor, last_x: torch.Tensor, state: torch.Tensor):
+        if not self._compiled(x, state):
+            return super().forward(x, last_x, state)
+        B, T, d = x.shape
+        prev = token_shift(x, last_x)
+        xk, xv, xr, xg = (torch.lerp(prev, x, mix) for mix in
+                          (self.time_mix_k, self.time_mix_v, self.time_mix_r, self.time_mix_g))
+        r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
+        g = F.silu(self.gate(xg))
+        log_w = -torch.exp(self.time_decay).expand(1, T, self.n_head, self.head_size)
+        y, state = self._wkv_norm_gate(r, log_w, k, v, g, state)
+        return self.output(y), x[:, -1], state
+
+
+class CompiledWKV6TimeMix(_CompiledMatrixWKV, rwkv6.TimeMix):
+    def forward(self, x: torch.Tensor, last_x: torch.Tensor, state: torch.Tensor):
+        if not self._compiled(x, state):
+            return super().forward(x, last_x, state)
+        B, T, d = x.shape
+        dx = token_shift(x, last_x) - x
+        lora = torch.tanh((x + dx * self.time_maa_x) @ self.time_maa_w1).view(B, T, 5, -1)
+        # The five mixes' second products one by one: as one einsum they are a batched
+        # product, an OpenMP region (see _CompiledMatrixWKV).
+        xw, xk, xv, xr, xg = (x + dx * (getattr(self, f"time_maa_{m}")
+                                        + lora[:, :, i] @ self.time_maa_w2[i])
+                              for i, m in enumerate(rwkv6.MIXES))
+        r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
+        g = F.silu(self.gate(xg))
+        log_w = -torch.exp(self.time_decay + torch.tanh(xw @ self.time_decay_w1)
+                           @ self.time_decay_w2)
+        heads = (B, T, self.n_head, self.head_size)
+        y, state = self._wkv_norm_gate(r, log_w.view(heads), k, v, g, state)
+        return self.output(y), x[:, -1], state
+
+
+def _hooked_within(module: nn.Module) -> bool:
+    """Whether `module` or a module inside it has forward hooks (a walk of the module
+    dictionaries: nn.Module.modules() took 70 us for an RWKV block)."""
+    return _hooked(module) or any(child is not None and _hooked_within(child)
+                                  for child in module._modules.values())
+
+
+class _CompiledStep:
+    """An RWKV-5 or RWKV-6 block whose forward, for at most FEW_ROWS rows (decoding) in float32
+    CPU inference, is zoo/wkv5_step_cpu.py's one compiled call: the plain block runs about 250
+    PyTorch operations on vectors of width d per token, whose dispatch took as long as its
+    weights take to stream. Otherwise (prefill, gradients, other dtypes, hooks on its modules,
+    no compiler) the block's own forward, with the modules' routes."""
+
+    version: int
+
+    def forward(self, x: torch.Tensor, att_x: torch.Tensor, wkv: torch.Tensor,
+                ffn_x: torch.Tensor):
+        if (x.size(0) * x.size(1) <= FEW_ROWS and _module_inference(self, x, att_x, wkv, ffn_x)
+                and not _hooked_within(self) and not _compiling()
+                and wkv5_step_cpu.available()):
+            out = wkv5_step_cpu.step(self, self.version, x, att_x, wkv, ffn_x)
+            if out is not None:
+                return out
+        return super().forward(x, att_x, wkv, ffn_x)
+
+
+class MatvecHead(nn.Linear):
+    """RWKV-5's or RWKV-6's output head with its decoding product (at most FEW_ROWS rows) as
+    zoo/matvec_cpu.py's, whose helper threads the blocks' steps use: the split product's
+    OpenMP region would leave OpenMP's second thread spinning on the core the helpers need
+    (RWKV-5 small: 4.7-5.9 ms a token so, 6.4-6.8 ms with the split product; quiet machine,
+    ad hoc). Otherwise `linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features if self.in_features else 0
+        if (0 < rows <= FEW_ROWS and _fast_path(x, self.weight, self.bias)
+                and self.weight.is_contiguous() and matvec_cpu.available()):
+            return matvec_cpu.matvec(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
+
+
+class CompiledWKV5Block(_CompiledStep, rwkv5.Block):
+    version = 5
+
+
+class CompiledWKV6Block(_CompiledStep, rwkv6.Block):
+    version = 6
+
+
 # --- the wkv7 route ---------------------------------------------------------------------------
 
 class CompiledWKV7TimeMix(rwkv7.TimeMix):
@@ -403,13 +585,22 @@ _SWAPS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
     "linear": {nn.Linear: FastLinear},
     "ffn": {FeedForward: FusedFeedForward, ChannelMix: FusedChannelMix, SwiGLU: FusedSwiGLU},
     "wkv": {TimeMix: CompiledWKVTimeMix},
+    "wkv5": {rwkv5.TimeMix: CompiledWKV5TimeMix, rwkv6.TimeMix: CompiledWKV6TimeMix,
+             rwkv5.Block: CompiledWKV5Block, rwkv6.Block: CompiledWKV6Block},
     "wkv7": {rwkv7.TimeMix: CompiledWKV7TimeMix},
     "scan": {MambaMixer: CompiledScanMambaMixer},
     "dropout": {nn.Dropout: FastDropout, MultiHeadAttention: DropoutAttention,
                 AlibiAttention: DropoutAlibiAttention},
 }
+# route -> (model classes, the attribute of theirs, its fast class): a module swapped by its
+# place in a model rather than by its class (it is an nn.Linear, or FastLinear by then).
+_BY_PLACE: dict[str, tuple[tuple[type[nn.Module], ...], str, type[nn.Module]]] = {
+    "wkv5": ((rwkv5.RWKV5, rwkv6.RWKV6), "head", MatvecHead),
+}
 _PLAIN = {fast: plain for swaps in _SWAPS.values() for plain, fast in swaps.items()}
+_PLAIN[MatvecHead] = nn.Linear
 _ROUTE_OF = {fast: route for route, swaps in _SWAPS.items() for fast in swaps.values()}
+_ROUTE_OF[MatvecHead] = "wkv5"
 
 
 def _route_names(routes: Iterable[str] | None) -> tuple[str, ...]:
@@ -433,6 +624,13 @@ def apply(model: nn.Module, routes: Iterable[str] | None = None) -> tuple[str, .
             fast = _SWAPS[name].get(type(module))
             if fast is not None:
                 module.__class__ = fast
+    for name in names:
+        owners, attribute, fast = _BY_PLACE.get(name, ((), "", nn.Module))
+        for module in model.modules():
+            if type(module) in owners:
+                placed = getattr(module, attribute, None)
+                if type(placed) in (nn.Linear, FastLinear):
+                    placed.__class__ = fast
     return tuple(name for name in applied(model) if name in names)
 
 
@@ -483,6 +681,16 @@ def describe(model: nn.Module, training: bool = False,
             chunk = chunk_length(time_mix.chunk_len, weight.is_cuda)
             notes.append(f"WKV: PyTorch, chunks of {chunk} for prefill, the recurrence for "
                          "decoding")
+    matrix = next((m for m in model.modules() if isinstance(m, (rwkv5.TimeMix, rwkv6.TimeMix))),
+                  None)
+    if matrix is not None:
+        if "wkv5" in routes and inference and wkv5_cpu.available():
+            notes.append("matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu); "
+                         f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv5_step_cpu), "
+                         "the head's product zoo.matvec_cpu's")
+        else:
+            notes.append(f"matrix WKV: PyTorch, chunks of {matrix.chunk_size} for prefill, the "
+                         "recurrence for decoding")
     time_mix7 = next((m for m in model.modules() if isinstance(m, rwkv7.TimeMix)), None)
     if time_mix7 is not None:
         if "wkv7" in routes and inference and wkv7_cpu.available():

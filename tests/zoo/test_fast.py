@@ -22,7 +22,7 @@ from torch import nn
 import zoo
 import zoo.fast
 from harness.models import build_variant
-from zoo import dropout_cpu, scan_cpu, wkv7_cpu, wkv_cpu
+from zoo import dropout_cpu, scan_cpu, wkv5_cpu, wkv7_cpu, wkv_cpu
 from zoo.fast import FEW_ROWS, KERNELS, FastLinear, linear, many_rows_kernel, onednn_available
 from zoo.layers import ACTIVATIONS, FeedForward, MultiHeadAttention
 
@@ -33,8 +33,8 @@ EXPECTED = {"gpt": ("linear", "ffn", "dropout"), "bert": ("linear", "ffn", "drop
             "mamba": ("linear", "scan"), "mamba2": ("linear",),
             "roberta": ("linear", "ffn", "dropout"), "transformer": ("linear", "ffn", "dropout"),
             "mosaic-bert": ("linear", "dropout"), "pangu-pi": ("linear",),
-            "rwkv": ("linear", "ffn", "wkv"), "rwkv5": ("linear",), "rwkv6": ("linear",),
-            "rwkv7": ("linear", "wkv7"),
+            "rwkv": ("linear", "ffn", "wkv"), "rwkv5": ("linear", "wkv5"),
+            "rwkv6": ("linear", "wkv5"), "rwkv7": ("linear", "wkv7"),
             "llama": ("linear", "ffn")}
 LOGITS = dict(atol=2e-5, rtol=1e-5)
 
@@ -343,9 +343,9 @@ def test_the_tied_heads_are_the_embeddings():
 
 def test_unknown_route_is_a_value_error_naming_the_valid_ones():
     with pytest.raises(ValueError, match="unknown fast route 'flash'; valid: linear, ffn, wkv, "
-                                         "wkv7, scan, dropout"):
+                                         "wkv5, wkv7, scan, dropout"):
         zoo.fast.apply(tiny("gpt", fast=False), ["linear", "flash"])
-    assert set(zoo.fast.ROUTES) == {"linear", "ffn", "wkv", "wkv7", "scan", "dropout"}
+    assert set(zoo.fast.ROUTES) == {"linear", "ffn", "wkv", "wkv5", "wkv7", "scan", "dropout"}
     assert all(isinstance(line, str) and line for line in zoo.fast.ROUTES.values())
 
 
@@ -369,6 +369,14 @@ def test_describe_says_which_routes_run(name):
         compiled = "WKV: compiled C loop (zoo.wkv_cpu)"
         assert notes[-1] == (compiled if wkv_cpu.available() else pytorch)
         assert plain_notes[-1] == pytorch
+    elif name in ("rwkv5", "rwkv6"):
+        pytorch = "matrix WKV: PyTorch, chunks of 16 for prefill, the recurrence for decoding"
+        compiled = ("matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu); "
+                    f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv5_step_cpu), the "
+                    "head's product zoo.matvec_cpu's")
+        assert notes[-1] == (compiled if wkv5_cpu.available() else pytorch)
+        assert plain_notes[-1] == pytorch
+        assert zoo.fast.describe(fast, training=True)[-1] == pytorch  # inference only
     elif name == "rwkv7":
         pytorch = "WKV-7: PyTorch, chunks of 16 for prefill, the recurrence for decoding"
         compiled = "WKV-7: compiled C loop (zoo.wkv7_cpu)"
@@ -376,7 +384,7 @@ def test_describe_says_which_routes_run(name):
         assert plain_notes[-1] == pytorch
         assert zoo.fast.describe(fast, training=True)[-1] == pytorch  # inference only
     else:
-        assert not any(n.startswith("WKV") for n in notes + plain_notes)
+        assert not any(n.startswith(("WKV", "matrix WKV")) for n in notes + plain_notes)
     if name == "mamba":
         pytorch = "selective scan: PyTorch, chunks of 16 for prefill, the recurrence for decoding"
         compiled = "selective scan: compiled C loop (zoo.scan_cpu)"

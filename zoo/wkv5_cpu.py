@@ -1,0 +1,199 @@
+"""RWKV-5's and RWKV-6's matrix WKV as a small C loop, for CPU inference.
+
+`zoo.layers.matrix_wkv.matrix_wkv_recurrent` is the recurrence in PyTorch, one token at a time:
+half a dozen tensor operations per token and layer whose dispatch, not the arithmetic, is the
+cost of decoding. Prefill goes through `matrix_wkv_chunked` instead, whose pairwise decay
+factors, (L, L, N) per chunk and head, take B T d L floats per layer. This module runs
+the recurrence itself, compiled from the C source below: per head and token, with the bonus
+b = sum_i r_i u_i k_i taken first, each row i of the state S (N x N, key channel by value
+channel) is read out and updated in one pass over its N entries,
+    y_j += r_i S_ij,    S_ij <- w_i S_ij + k_i v_j,            (then y_j += b v_j)
+in SIMD lanes over the value channel j, the state (16 KiB for N = 64) staying in the cache. The
+decay comes as log w per token, (B or 1, T, H, N) with any strides over the batch and the
+tokens: RWKV-5's constant decay goes in as a (1, T, H, N) view of one (H, N) row (stride 0,
+never expanded in memory, its exponentials taken once per head), RWKV-6's as one row per token.
+Heads are independent, so a call splits them between the threads PyTorch uses (ctypes releases
+the GIL during the call). `wkv_group_norm_gate` also applies, as it writes a head's output, what
+the models do next with it: the GroupNorm of each head (ln_x) and the gate's product.
+
+Inference only (no backward): zoo/fast.py's "wkv5" route runs it for float32 CPU tensors without
+gradients, prefill and decoding alike, and the models keep their PyTorch paths otherwise
+(training, CUDA, other dtypes, no C compiler). The source is compiled on first use with the
+system's C compiler and cached (zoo/ckernel.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from zoo import ckernel
+from zoo.scan_cpu import _channel_ranges, _run
+
+SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+
+/* One (batch, head) pair over T tokens. N is a compile-time constant where the caller passes
+   one (the heads of 64 of every released model), so that the pass over a row unrolls. With nw
+   (not NULL), y is the head's GroupNorm (weight nw, bias nb, eps) times the gate g, else the
+   WKV itself. */
+static inline __attribute__((always_inline)) void
+matrix_wkv_head(int64_t T, int64_t H, int64_t N, int64_t wt, const float *r, const float *log_w,
+                const float *k, const float *v, const float *u, float *y, float *S,
+                const float *nw, const float *nb, const float *g, float eps) {
+    float w[N], acc[N];
+    const float *exponentiated = 0;
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t at = t * H * N;
+        const float *rt = r + at, *kt = k + at, *vt = v + at, *lw = log_w + t * wt;
+        if (lw != exponentiated) {  /* RWKV-5: the same row at every token (wt = 0) */
+#pragma omp simd
+            for (int64_t i = 0; i < N; i++) w[i] = expf(lw[i]);
+            exponentiated = lw;
+        }
+        float bonus = 0.0f;
+#pragma omp simd reduction(+:bonus)
+        for (int64_t i = 0; i < N; i++) bonus += rt[i] * u[i] * kt[i];
+#pragma omp simd
+        for (int64_t j = 0; j < N; j++) acc[j] = bonus * vt[j];
+        for (int64_t i = 0; i < N; i++) {
+            float *row = S + i * N;
+            const float ri = rt[i], ki = kt[i], wi = w[i];
+#pragma omp simd
+            for (int64_t j = 0; j < N; j++) {
+                const float s = row[j];
+                acc[j] += ri * s;
+                row[j] = wi * s + ki * vt[j];
+            }
+        }
+        if (!nw) {
+#pragma omp simd
+            for (int64_t j = 0; j < N; j++) y[at + j] = acc[j];
+            continue;
+        }
+        float mean = 0.0f, var = 0.0f;
+#pragma omp simd reduction(+:mean)
+        for (int64_t j = 0; j < N; j++) mean += acc[j];
+        mean /= N;
+#pragma omp simd reduction(+:var)
+        for (int64_t j = 0; j < N; j++) var += (acc[j] - mean) * (acc[j] - mean);
+        const float rstd = 1.0f / sqrtf(var / N + eps);
+#pragma omp simd
+        for (int64_t j = 0; j < N; j++)
+            y[at + j] = ((acc[j] - mean) * rstd * nw[j] + nb[j]) * g[at + j];
+    }
+}
+
+/* r, k, v, y: (Bt, T, H, N), contiguous; log_w: the row of H * N floats of (batch b, token t)
+   starts at log_w + b * wb + t * wt (strides in floats, 0 where one row serves every sequence
+   or every token); u: (H, N); S: (Bt, H, N, N), S[key channel][value channel], updated in
+   place. Float32, row-major. Pairs p0 <= p < p1 of the Bt * H (batch, head) pairs only: a call
+   per thread. With nw (not NULL): y is the WKV's GroupNorm per head (weight nw, bias nb, both
+   (H, N); eps) times the gate g (Bt, T, H, N). */
+void matrix_wkv_forward(int64_t Bt, int64_t T, int64_t H, int64_t N, int64_t p0, int64_t p1,
+                        int64_t wb, int64_t wt, const float *r, const float *log_w,
+                        const float *k, const float *v, const float *u, float *y, float *S,
+                        const float *nw, const float *nb, const float *g, float eps) {
+    for (int64_t p = p0; p < p1; p++) {
+        const int64_t b = p / H, h = p % H, at = (b * T * H + h) * N;
+        const float *lw = log_w + b * wb + h * N;
+        const float *nwh = nw ? nw + h * N : 0, *nbh = nw ? nb + h * N : 0, *gh = nw ? g + at : 0;
+        if (N == 64)
+            matrix_wkv_head(T, H, 64, wt, r + at, lw, k + at, v + at, u + h * N, y + at,
+                            S + p * N * N, nwh, nbh, gh, eps);
+        else
+            matrix_wkv_head(T, H, N, wt, r + at, lw, k + at, v + at, u + h * N, y + at,
+                            S + p * N * N, nwh, nbh, gh, eps);
+    }
+}
+"""
+
+
+def _library() -> ctypes.CDLL | None:
+    library = ckernel.load("matrix_wkv", SOURCE)
+    if library is not None and library.matrix_wkv_forward.argtypes is None:
+        library.matrix_wkv_forward.restype = None
+        library.matrix_wkv_forward.argtypes = ([ctypes.c_int64] * 8 + [ctypes.c_void_p] * 10
+                                               + [ctypes.c_float])
+    return library
+
+
+def available() -> bool:
+    """Whether the compiled kernel can run here (compiles it the first time it is asked)."""
+    return _library() is not None
+
+
+def _decay_rows(log_w: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """log_w (B or 1, T, H, N) as a tensor whose (H, N) rows are contiguous, with its batch and
+    token strides in floats (0 where one row is shared): a broadcast view stays a view."""
+    H, N = log_w.shape[2:]
+    if log_w.stride(3) != 1 or (H > 1 and log_w.stride(2) != N):
+        log_w = log_w.contiguous()
+    return log_w, 0 if log_w.size(0) == 1 else log_w.stride(0), log_w.stride(1)
+
+
+def _checked(*tensors: torch.Tensor) -> ctypes.CDLL:
+    library = _library()
+    if library is None:
+        raise RuntimeError("the compiled matrix-WKV kernel is not available (no C compiler?)")
+    if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+        raise ValueError("the compiled matrix-WKV kernel takes float32 CPU tensors")
+    return library
+
+
+def _forward(library: ctypes.CDLL, r, log_w, k, v, u, state, norm=None):
+    """y (or GroupNorm(y) * gate, for norm = (weight, bias, eps, gate)) and the new state."""
+    r, k, v, u = (t.contiguous() for t in (r, k, v, u))
+    B, T, H, N = r.shape
+    if log_w.shape not in ((B, T, H, N), (1, T, H, N)) or u.shape != (H, N) \
+            or state.shape != (B, H, N, N) or k.shape != r.shape or v.shape != r.shape:
+        raise ValueError(f"shapes: r, k, v {tuple(r.shape)}, log_w {tuple(log_w.shape)}, "
+                         f"u {tuple(u.shape)}, state {tuple(state.shape)}")
+    log_w, batch_stride, token_stride = _decay_rows(log_w)
+    S = state.clone(memory_format=torch.contiguous_format)
+    y = torch.empty_like(r)
+    if y.numel() == 0:
+        return y, S
+    pointers = [t.data_ptr() for t in (r, log_w, k, v, u, y, S)]
+    eps, keep = 0.0, []
+    if norm is None:
+        pointers += [None, None, None]
+    else:
+        weight, bias, eps, gate = norm
+        keep = [t.contiguous() for t in (weight, bias, gate)]
+        if keep[0].numel() != H * N or keep[1].numel() != H * N or keep[2].numel() != y.numel():
+            raise ValueError(f"GroupNorm weight {tuple(weight.shape)}, bias "
+                             f"{tuple(bias.shape)} and gate {tuple(gate.shape)} for heads "
+                             f"{tuple(r.shape)}")
+        pointers += [t.data_ptr() for t in keep]
+    _run(lambda lo, hi: library.matrix_wkv_forward(B, T, H, N, lo, hi, batch_stride,
+                                                   token_stride, *pointers, eps),
+         _channel_ranges(B * T * H * N * N, B * H), lambda i: ())
+    return y, S
+
+
+@torch.compiler.disable  # torch.compile runs it between its graphs: it cannot trace the C call
+def wkv(r: torch.Tensor, log_w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
+        state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same contract as `zoo.layers.matrix_wkv_recurrent`, for float32 CPU tensors without
+    gradients: r, k, v (B, T, H, N); log_w (B, T, H, N), or (1, T, H, N) when the decay is the
+    same for every sequence, any strides (a broadcast view is read as such); u (H, N); state
+    (B, H, N, N), S[key channel, value channel]. Returns y (B, T, H, N) and the new state; the
+    given one is unchanged."""
+    library = _checked(r, log_w, k, v, u, state)
+    return _forward(library, r, log_w, k, v, u, state)
+
+
+@torch.compiler.disable
+def wkv_group_norm_gate(r: torch.Tensor, log_w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        u: torch.Tensor, state: torch.Tensor, weight: torch.Tensor,
+                        bias: torch.Tensor, eps: float, gate: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`wkv`, with its output y put through the models' GroupNorm, one group per head
+    (zoo.layers.head_group_norm: weight and bias (H * N,), eps), and multiplied by the gate
+    (B, T, H * N), in the same pass: what RWKV-5's and RWKV-6's TimeMix do with y before their
+    output matrix. Returns that (B, T, H, N) and the new state."""
+    library = _checked(r, log_w, k, v, u, state, weight, bias, gate)
+    return _forward(library, r, log_w, k, v, u, state, (weight, bias, float(eps), gate))
