@@ -28,7 +28,10 @@ from zoo.convert import CheckpointError, convert_rwkv6, rwkv6_to_official, rwkv_
 from zoo.layers import matrix_wkv_chunked, matrix_wkv_recurrent
 from zoo.rwkv6 import RWKV6State
 
-PUBLISHED = {"1.6b": (24, 2048, 1_599_873_024), "3b": (32, 2560, 3_099_863_040)}
+# variant: (layers, width, adapter widths (mixes, decay), parameters)
+PUBLISHED = {"1.6b": (24, 2048, (32, 64), 1_599_873_024), "3b": (32, 2560, (32, 64), 3_099_863_040),
+             "7b": (32, 4096, (64, 128), 7_635_746_816),
+             "14b": (61, 4096, (64, 128), 14_069_088_256)}
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -213,14 +216,16 @@ def test_from_scratch_the_blocks_start_as_the_identity_and_train():
 
 @pytest.mark.parametrize("variant", PUBLISHED)
 def test_published_parameter_counts_are_exact(variant):
-    n_layer, d, count = PUBLISHED[variant]
+    n_layer, d, (mix, decay), count = PUBLISHED[variant]
     model = build_variant("rwkv6", variant, device="meta")
     c = model.config
     assert (c.n_layer, c.d_model, c.vocab_size, c.head_size) == (n_layer, d, 65536, 64)
+    assert (c.mix_width, c.decay_width) == (mix, decay)
     assert model.num_params() == count
-    # 2Vd + 4d + L (6 d^2 + 2 d f + d (16 + 2 * 5 * 32 + 2 * 64)) with f = 3.5 d
+    # 2Vd + 4d + L (6 d^2 + 2 d f + d (16 + 2 * 5 * mix + 2 * decay)) with f = 3.5 d
     f = int(3.5 * d)
-    assert count == 2 * 65536 * d + 4 * d + n_layer * (6 * d * d + 2 * d * f + 464 * d)
+    per_layer = 6 * d * d + 2 * d * f + d * (16 + 2 * 5 * mix + 2 * decay)
+    assert count == 2 * 65536 * d + 4 * d + n_layer * per_layer
 
 
 def test_small_variant_is_parameter_matched_and_tiny_is_tiny():
