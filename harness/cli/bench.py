@@ -26,6 +26,7 @@ from harness.cli.common import (
     stdout,
     zoo_names,
 )
+from zoo.registry import REGISTRY
 
 
 class Mode(str, Enum):
@@ -45,8 +46,8 @@ class Peer(str, Enum):
 def bench(
     ctx: typer.Context,
     models: Annotated[list[str] | None, typer.Argument(
-        metavar="MODEL...", help="Zoo models (rwkv, gpt, bert, roberta, mosaic-bert, pangu-pi, "
-        "transformer) or catalog ids that run one (gpt-2, mosaicbert).", show_default=False)
+        metavar="MODEL...", help=f"Zoo models ({', '.join(REGISTRY)}) or catalog ids that run "
+        "one (gpt-2, mosaicbert).", show_default=False)
     ] = None,
     all_models: Annotated[bool, typer.Option("--all", help="Every runnable model.")] = False,
     variant: Annotated[str, typer.Option(help="Catalog variant (tiny, small, or a published "
