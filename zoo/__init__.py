@@ -46,8 +46,9 @@ def build(name: str, *, device: Any = None, dtype: Any = None, fast: bool = True
 def from_pretrained(name: str, path: Any, *, fast: bool = True, output_loading_info: bool = False,
                     **kwargs: Any):
     """Load a published checkpoint (Hugging Face folder in any common layout, an official
-    file, or a hub id such as "gpt2" read from the local Hugging Face cache); see zoo.convert for the layouts, `dtype` and config overrides. `fast` as for `build`.
-    With `output_loading_info`, returns (model, zoo.convert.LoadingInfo)."""
+    file, or a hub id such as "gpt2" read from the local Hugging Face cache); see zoo.convert
+    for the layouts, `dtype` and config overrides. `fast` as for `build`. With
+    `output_loading_info`, returns (model, zoo.convert.LoadingInfo)."""
     from zoo.convert import from_pretrained as _from_pretrained
 
     model, info = _from_pretrained(name, path, output_loading_info=True, **kwargs)

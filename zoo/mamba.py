@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from zoo.layers import RMSNorm, causal_depthwise_conv, new_token_mask, tied_head
-from zoo.model import Output, ZooModel, generate, lm_loss
+from zoo.model import RecurrentLM
 
 # Elementwise FLOPs of one recurrence step per state element (d_inner x d_state): delta * A,
 # its exp, delta x * B, the decay times the state, plus the input, and C's multiply-add.
@@ -230,7 +230,7 @@ class MambaState:
                    ssm=torch.zeros(c.n_layer, batch, c.d_inner, c.d_state, device=device))
 
 
-class Mamba(ZooModel):
+class Mamba(RecurrentLM):
     config_class = MambaConfig
     causal_lm = True
 
@@ -277,10 +277,10 @@ class Mamba(ZooModel):
         either state, so left padding leaves the real tokens' states as without it; the states
         at padded positions are meaningless. (As in Hugging Face, padding after real tokens
         still lets the state decay.)"""
-        return self._hidden_and_state(input_ids, attention_mask, None, keep_state=False)[0]
+        return super().hidden_states(input_ids, attention_mask=attention_mask)
 
-    def _hidden_and_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                          cache: MambaState | None, keep_state: bool
+    def _hidden_and_state(self, input_ids: torch.Tensor, cache: MambaState | None,
+                          keep_state: bool, attention_mask: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, MambaState | None]:
         """`hidden_states` continuing from the state `cache` (None: the empty state), and, with
         `keep_state`, the state after these tokens."""
@@ -298,36 +298,6 @@ class Mamba(ZooModel):
         if keep_state:
             new_state = MambaState(conv=torch.stack(conv_states), ssm=torch.stack(ssm_states))
         return self.norm_f(x), new_state
-
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, cache: MambaState | None = None,
-                use_cache: bool = False) -> Output:
-        """Logits (B, T, vocab) for `input_ids` (B, T): the tied head on `hidden_states` (which
-        describes `attention_mask`). `targets` (B, T) the next tokens (-100 = ignored). `cache`
-        is the previous call's `Output.cache`; with it or `use_cache`, the state after these
-        tokens is returned in `Output.cache`."""
-        hidden, state = self._hidden_and_state(input_ids, attention_mask, cache,
-                                               keep_state=use_cache or cache is not None)
-        logits = self.logits(hidden)  # (B, T, V)
-        loss = lm_loss(logits, targets) if targets is not None else None
-        return Output(logits=logits, loss=loss, cache=state)
-
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None,
-                 eos_id: int | None = None) -> torch.Tensor:
-        """(B, T + new) tokens: greedy by default, sampled when temperature > 0 (see
-        zoo.model.generate); each step feeds one token on top of the recurrent state."""
-        def step(ids: torch.Tensor, cache: MambaState | None) -> Output:
-            return self(ids, cache=cache, use_cache=True)
-
-        return generate(step, input_ids, max_new_tokens, temperature, top_k, generator, eos_id)
-
-    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
-                     padded: bool = False) -> dict:
-        """Random token ids, never padded (`padded` is ignored, as for GPT): benchmarks time the
-        plain path that pretraining and generation use."""
-        ids = torch.randint(0, self.config.vocab_size, (batch, seqlen), device=device)
-        return {"input_ids": ids}
 
     def flops_per_token(self, seqlen: int) -> float:
         """Forward FLOPs per token, the same at every length (the state has a fixed size):

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.layers import RMSNorm, causal_depthwise_conv, new_token_mask, tied_head
-from zoo.model import Output, ZooModel, generate, lm_loss
+from zoo.model import RecurrentLM
 
 # Elementwise FLOPs of one recurrence step per state element (heads x head_dim x d_state): the
 # decay times the state, the input's outer product (delta x) B^T and its add, C's multiply-add.
@@ -284,7 +284,7 @@ class Mamba2State:
                                    device=device))
 
 
-class Mamba2(ZooModel):
+class Mamba2(RecurrentLM):
     config_class = Mamba2Config
     causal_lm = True
 
@@ -325,10 +325,10 @@ class Mamba2(ZooModel):
         (Hugging Face's Mamba2Model); `attention_mask` (1 = token, 0 = padding) covers the new
         tokens or the cached ones too (only the last T columns are read). Left padding leaves
         the real tokens' states as without it."""
-        return self._hidden_and_state(input_ids, attention_mask, None, keep_state=False)[0]
+        return super().hidden_states(input_ids, attention_mask=attention_mask)
 
-    def _hidden_and_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                          cache: Mamba2State | None, keep_state: bool
+    def _hidden_and_state(self, input_ids: torch.Tensor, cache: Mamba2State | None,
+                          keep_state: bool, attention_mask: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, Mamba2State | None]:
         """`hidden_states` continuing from the state `cache` (None: the empty state), and, with
         `keep_state`, the state after these tokens."""
@@ -346,35 +346,6 @@ class Mamba2(ZooModel):
         if keep_state:
             new_state = Mamba2State(conv=torch.stack(conv_states), ssm=torch.stack(ssm_states))
         return self.norm_f(x), new_state
-
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, cache: Mamba2State | None = None,
-                use_cache: bool = False) -> Output:
-        """As zoo.mamba.Mamba.forward: logits (B, T, vocab), the tied head on `hidden_states`;
-        the loss for `targets` (-100 = ignored); `cache` the previous call's `Output.cache`, and
-        with it or `use_cache` the new state in `Output.cache`."""
-        hidden, state = self._hidden_and_state(input_ids, attention_mask, cache,
-                                               keep_state=use_cache or cache is not None)
-        logits = self.logits(hidden)  # (B, T, V)
-        loss = lm_loss(logits, targets) if targets is not None else None
-        return Output(logits=logits, loss=loss, cache=state)
-
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None,
-                 eos_id: int | None = None) -> torch.Tensor:
-        """(B, T + new) tokens: greedy by default, sampled when temperature > 0 (see
-        zoo.model.generate); each step feeds one token on top of the recurrent state."""
-        def step(ids: torch.Tensor, cache: Mamba2State | None) -> Output:
-            return self(ids, cache=cache, use_cache=True)
-
-        return generate(step, input_ids, max_new_tokens, temperature, top_k, generator, eos_id)
-
-    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
-                     padded: bool = False) -> dict:
-        """Random token ids, never padded (`padded` is ignored, as for GPT): benchmarks time the
-        plain path that pretraining and generation use."""
-        ids = torch.randint(0, self.config.vocab_size, (batch, seqlen), device=device)
-        return {"input_ids": ids}
 
     def flops_per_token(self, seqlen: int) -> float:
         """Forward FLOPs per token, the same at every length (the state has a fixed size):

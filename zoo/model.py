@@ -88,6 +88,54 @@ class ZooModel(nn.Module):
         raise NotImplementedError
 
 
+
+class RecurrentLM(ZooModel):
+    """A language model whose past is a state of fixed size carried from one call to the next
+    (RWKV-4 to RWKV-7, Mamba, Mamba-2). A subclass gives `_hidden_and_state(input_ids, cache,
+    keep_state, **inputs)`: the final hidden states (B, T, d) of `input_ids` (B, T) continuing
+    from the state `cache` (None: the empty state; never modified in place) and, with
+    `keep_state`, the state after these tokens (else None); and `logits`. The rest, the same for
+    every such model, is here."""
+
+    def _hidden_and_state(self, input_ids: torch.Tensor, cache: Any, keep_state: bool,
+                          **inputs: Any) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+    def hidden_states(self, input_ids: torch.Tensor, **inputs: Any) -> torch.Tensor:
+        """Final hidden states (B, T, d) of `input_ids` (B, T), after the last norm: what the
+        head reads (Hugging Face's base model's last_hidden_state)."""
+        return self._hidden_and_state(input_ids, None, keep_state=False, **inputs)[0]
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: Any = None, use_cache: bool = False, **inputs: Any) -> Output:
+        """Logits (B, T, vocab): the head on `hidden_states`; the loss for `targets` (-100 =
+        ignored); `cache` the previous call's `Output.cache`, never modified in place; with it
+        or `use_cache`, the state after these tokens in `Output.cache`. `inputs`: the model's
+        other inputs of hidden_states (Mamba's attention_mask)."""
+        hidden, state = self._hidden_and_state(input_ids, cache,
+                                               keep_state=use_cache or cache is not None,
+                                               **inputs)
+        logits = self.logits(hidden)  # (B, T, V)
+        loss = lm_loss(logits, targets) if targets is not None else None
+        return Output(logits=logits, loss=loss, cache=state)
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None,
+                 eos_id: int | None = None) -> torch.Tensor:
+        """(B, T + new) tokens: greedy by default, sampled when temperature > 0 (see
+        `generate`); each step feeds one token on top of the recurrent state."""
+        def step(ids: torch.Tensor, cache: Any) -> Output:
+            return self(ids, cache=cache, use_cache=True)
+
+        return generate(step, input_ids, max_new_tokens, temperature, top_k, generator, eos_id)
+
+    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
+                     padded: bool = False) -> dict:
+        """Random token ids, never padded (`padded` is ignored): benchmarks time the plain path
+        that pretraining and generation use."""
+        ids = torch.randint(0, self.config.vocab_size, (batch, seqlen), device=device)
+        return {"input_ids": ids}
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean cross-entropy over the positions whose target is not `ignore_index`."""
     return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(),

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from zoo.layers import token_shift
-from zoo.model import Output, ZooModel, generate, lm_loss
+from zoo.model import RecurrentLM
 
 # WKV state of one layer: (aa, bb, pp), each (B, d) in fp32, with a = aa·e^pp and b = bb·e^pp
 # the decayed sums of e^k·v and of e^k over the past tokens.
@@ -229,7 +229,7 @@ class RWKVState:
         return self.att_x[i], self.aa[i], self.bb[i], self.pp[i], self.ffn_x[i]
 
 
-class RWKV(ZooModel):
+class RWKV(RecurrentLM):
     config_class = RWKVConfig
     causal_lm = True
     head_keys = ("head.",)
@@ -281,11 +281,6 @@ class RWKV(ZooModel):
         V = c.vocab_size
         nn.init.orthogonal_(self.head.weight, gain=0.5 * (math.sqrt(V / d) if V > d else 1.0))
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Final hidden states (B, T, d) of `input_ids` (B, T), after ln_out (Hugging Face's
-        RwkvModel)."""
-        return self._hidden_and_state(input_ids, None, keep_state=False)[0]
-
     def _hidden_and_state(self, input_ids: torch.Tensor, cache: RWKVState | None,
                           keep_state: bool) -> tuple[torch.Tensor, RWKVState | None]:
         """`hidden_states` continuing from the state `cache` (None: the empty state), and, with
@@ -303,33 +298,9 @@ class RWKV(ZooModel):
             new_state = RWKVState(*(torch.stack(s) for s in zip(*new_states, strict=True)))
         return self.ln_out(x), new_state
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: RWKVState | None = None, use_cache: bool = False) -> Output:
-        """Logits (B, T, vocab): the head on `hidden_states`; the loss for `targets` (-100 =
-        ignored); `cache` the previous call's `Output.cache` (RWKVState), never modified in
-        place; with it or `use_cache`, the state after these tokens in `Output.cache`."""
-        hidden, state = self._hidden_and_state(input_ids, cache,
-                                               keep_state=use_cache or cache is not None)
-        logits = self.logits(hidden)  # (B, T, V)
-        loss = lm_loss(logits, targets) if targets is not None else None
-        return Output(logits=logits, loss=loss, cache=state)
-
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The untied head: logits (..., V) from final hidden states (..., d)."""
         return self.head(hidden)
-
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None,
-                 eos_id: int | None = None) -> torch.Tensor:
-        def step(ids: torch.Tensor, cache: RWKVState | None) -> Output:
-            return self(ids, cache=cache, use_cache=True)
-
-        return generate(step, input_ids, max_new_tokens, temperature, top_k, generator, eos_id)
-
-    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
-                     padded: bool = False) -> dict:
-        ids = torch.randint(0, self.config.vocab_size, (batch, seqlen), device=device)
-        return {"input_ids": ids}
 
     def flops_per_token(self, seqlen: int) -> float:
         """Forward FLOPs per token: 2 x the matrix-multiply weights (13·d² per layer: 4·d² in

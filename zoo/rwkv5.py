@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.layers import MatrixRWKVState, head_group_norm, run_matrix_wkv, token_shift
-from zoo.model import Output, ZooModel, generate, lm_loss
+from zoo.model import RecurrentLM
 
 WKV5State = torch.Tensor  # (B, H, N, N) per layer, fp32, S[key channel, value channel]
 RWKV5State = MatrixRWKVState  # the state across calls: att_x, wkv (S[key, value]), ffn_x
@@ -169,7 +169,7 @@ class Block(nn.Module):
         return x, (att_x, wkv, ffn_x)
 
 
-class RWKV5(ZooModel):
+class RWKV5(RecurrentLM):
     config_class = RWKV5Config
     causal_lm = True
     head_keys = ("head.",)
@@ -227,11 +227,6 @@ class RWKV5(ZooModel):
         V = c.vocab_size
         nn.init.orthogonal_(self.head.weight, gain=0.5 * (math.sqrt(V / d) if V > d else 1.0))
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Final hidden states (B, T, d) of `input_ids` (B, T), after ln_out: what the head
-        reads."""
-        return self._hidden_and_state(input_ids, None, keep_state=False)[0]
-
     def _hidden_and_state(self, input_ids: torch.Tensor, cache: RWKV5State | None,
                           keep_state: bool) -> tuple[torch.Tensor, RWKV5State | None]:
         """`hidden_states` continuing from the state `cache` (None: the empty state), and, with
@@ -250,36 +245,9 @@ class RWKV5(ZooModel):
             new_state = RWKV5State(*(torch.stack(s) for s in zip(*new_states, strict=True)))
         return self.ln_out(x), new_state
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: RWKV5State | None = None, use_cache: bool = False) -> Output:
-        """Logits (B, T, vocab): the head on `hidden_states`; the loss for `targets` (-100 =
-        ignored); `cache` the previous call's `Output.cache` (RWKV5State), never modified in
-        place; with it or `use_cache`, the state after these tokens in `Output.cache`."""
-        hidden, state = self._hidden_and_state(input_ids, cache,
-                                               keep_state=use_cache or cache is not None)
-        logits = self.logits(hidden)  # (B, T, V)
-        loss = lm_loss(logits, targets) if targets is not None else None
-        return Output(logits=logits, loss=loss, cache=state)
-
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The untied head: logits (..., V) from final hidden states (..., d)."""
         return self.head(hidden)
-
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None,
-                 eos_id: int | None = None) -> torch.Tensor:
-        """(B, T + new) tokens: greedy by default, sampled when temperature > 0 (see
-        zoo.model.generate); each step feeds one token on top of the recurrent state."""
-        def step(ids: torch.Tensor, cache: RWKV5State | None) -> Output:
-            return self(ids, cache=cache, use_cache=True)
-
-        return generate(step, input_ids, max_new_tokens, temperature, top_k, generator, eos_id)
-
-    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
-                     padded: bool = False) -> dict:
-        """Random token ids, never padded (`padded` is ignored, as for RWKV-4)."""
-        ids = torch.randint(0, self.config.vocab_size, (batch, seqlen), device=device)
-        return {"input_ids": ids}
 
     def flops_per_token(self, seqlen: int) -> float:
         """Forward FLOPs per token, the same at every length (the state has a fixed size):

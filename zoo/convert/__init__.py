@@ -3,8 +3,9 @@
 `from_pretrained(name, path)` reads a Hugging Face-format folder (config.json with
 model.safetensors or pytorch_model.bin, whole or in shards listed by a .index.json), a single
 weights file (an official RWKV-4 to RWKV-7 `.pth`) or a Hugging Face hub id ("gpt2",
-"owner/name": its folder in the local hub cache, downloaded when online; hub.py), turns its config and weights into the zoo's
-with the model's converter below, and loads them. Every common layout of a family loads:
+"owner/name": its folder in the local hub cache, downloaded when online; hub.py), turns its
+config and weights into the zoo's with the model's converter below, and loads them. Every
+common layout of a family loads:
 
     pretraining / LM-head classes   BertForPreTraining, BertForMaskedLM, GPT2LMHeadModel,
                                     LlamaForCausalLM, MambaForCausalLM, RwkvForCausalLM, ...:
