@@ -30,17 +30,16 @@ import torch
 
 from zoo import ckernel, matvec_cpu, wkv5_cpu
 
-STEP_SOURCE = r"""
+# The C pieces every block step shares (zoo/wkv7_step_cpu.py's too): the norms, the adapters'
+# vector-matrix product, the token shift, and the weight products through zoo/matvec_cpu.py.
+BLOCK_SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 typedef uint64_t (*matvec_fn)(int64_t, int64_t, int64_t, int64_t, int, const float *,
                               const float *, const float *, float *);
-enum { LN0_W, LN0_B, LN1_W, LN1_B, LN2_W, LN2_B, ATT_R, ATT_K, ATT_V, ATT_G, ATT_O, LNX_W,
-       LNX_B, FAAAA, DECAY, FFN_K, FFN_R, FFN_V, VERSION_SPECIFIC };
-enum { V5_MIX_K = VERSION_SPECIFIC, V5_MIX_V, V5_MIX_R, V5_MIX_G, V5_FFN_K, V5_FFN_R };
-enum { V6_MAA_X = VERSION_SPECIFIC, V6_MAA_W, V6_MAA_K, V6_MAA_V, V6_MAA_R, V6_MAA_G,
-       V6_MAA_W1, V6_MAA_W2, V6_DECAY_W1, V6_DECAY_W2, V6_FFN_K, V6_FFN_R };
 
 static void layer_norm(int64_t d, const float *x, const float *w, const float *b, float eps,
                        float *y) {
@@ -66,11 +65,35 @@ static void vector_matrix(int64_t m, int64_t n, const float *x, const float *W, 
     }
 }
 
+/* The token shift: the input of the token before row `row` (of rows b * T + t, width d), the
+   cached one (row b of `cached`) for a sequence's first token. */
+static inline const float *previous(int64_t row, int64_t T, int64_t d, const float *rows,
+                                    const float *cached) {
+    return row % T ? rows + (row - 1) * d : cached + row / T * d;
+}
+
+/* y = a + (b - a) mu, elementwise over d: the mixes of a token with the one before it. */
+static void lerp(int64_t d, const float *a, const float *b, const float *mu, float *y) {
+#pragma omp simd
+    for (int64_t i = 0; i < d; i++) y[i] = a[i] + (b[i] - a[i]) * mu[i];
+}
+
+static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+static void squared_relu(int64_t n, float *h) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) {
+        const float relu = h[i] > 0.0f ? h[i] : 0.0f;
+        h[i] = relu * relu;
+    }
+}
+
 static matvec_fn matvec = 0;
 static uint64_t last_product = 0xffffffffu;  /* matvec's answer for the last shared product */
 
-void wkv5_step_init(matvec_fn product) { matvec = product; }
+void block_step_init(matvec_fn product) { matvec = product; }
 
+/* y (R, out) = x (R, in) W^T, W (out, in): zoo.matvec_cpu.matvec's product. */
 static void product(int64_t R, int64_t in, int64_t out, const float *W, const float *x,
                     float *y, int share) {
     int64_t rows = 16384 / (in > 0 ? in : 1) / 4 * 4;  /* zoo.matvec_cpu.rows_per_chunk */
@@ -80,19 +103,27 @@ static void product(int64_t R, int64_t in, int64_t out, const float *W, const fl
     const uint64_t answer = matvec(R, in, out, rows, share, W, x, 0, y);
     if (answer >> 32) last_product = answer;
 }
+"""
+
+STEP_SOURCE = r"""
+enum { LN0_W, LN0_B, LN1_W, LN1_B, LN2_W, LN2_B, ATT_R, ATT_K, ATT_V, ATT_G, ATT_O, LNX_W,
+       LNX_B, FAAAA, DECAY, FFN_K, FFN_R, FFN_V, VERSION_SPECIFIC };
+enum { V5_MIX_K = VERSION_SPECIFIC, V5_MIX_V, V5_MIX_R, V5_MIX_G, V5_FFN_K, V5_FFN_R };
+enum { V6_MAA_X = VERSION_SPECIFIC, V6_MAA_W, V6_MAA_K, V6_MAA_V, V6_MAA_R, V6_MAA_G,
+       V6_MAA_W1, V6_MAA_W2, V6_DECAY_W1, V6_DECAY_W2, V6_FFN_K, V6_FFN_R };
 
 /* One block, Bt sequences of T tokens (rows r = b * T + t, R = Bt * T of them): x (R, d) in
    and out (the residual stream); att_x, ffn_x (Bt, d) and S (Bt, H, N, N) the cached state in,
    new_att_x, new_ffn_x, new_S the state out. `p` holds the block's tensors in the order of
    the enums above (`_tensors` below; p[LN0_W] NULL except in block 0; F = 0: no channel mix).
-   `work` holds scratch floats (wkv5_step_work_floats). Returns matvec's answer for the last
+   `work` holds scratch floats (work_floats below). Returns matvec's answer for the last
    shared product (the caller keeps `work` alive while a helper may read it), or 1 << 63 when
    the sizes are out of range. */
-uint64_t wkv5_step(int version, int64_t Bt, int64_t T, int64_t H, int64_t N, int64_t F,
-                   int64_t mix_width, int64_t decay_width, float ln_eps, float gn_eps,
-                   int share, const float **p, float *x, const float *att_x,
-                   const float *ffn_x, const float *S, float *new_att_x, float *new_ffn_x,
-                   float *new_S, float *work) {
+uint64_t wkv5_step(int share, const float **p, int version, int64_t Bt, int64_t T, int64_t H,
+                   int64_t N, int64_t F, int64_t mix_width, int64_t decay_width, float ln_eps,
+                   float gn_eps, float *x, const float *att_x, const float *ffn_x,
+                   const float *S, float *new_att_x, float *new_ffn_x, float *new_S,
+                   float *work) {
     const int64_t d = H * N, R = Bt * T;
     if (!matvec || R < 1 || R > 8) return (uint64_t)1 << 63;
     last_product = 0xffffffffu;
@@ -109,26 +140,19 @@ uint64_t wkv5_step(int version, int64_t Bt, int64_t T, int64_t H, int64_t N, int
         layer_norm(d, xrow, p[LN1_W], p[LN1_B], ln_eps, xa + row * d);
     }
     for (int64_t row = 0; row < R; row++) {
-        const int64_t b = row / T, t = row % T, at = row * d;
-        const float *cur = xa + at, *prev = t ? xa + at - d : att_x + b * d;
-        if (version == 5) {
-            const float *mk = p[V5_MIX_K], *mv = p[V5_MIX_V], *mr = p[V5_MIX_R],
-                        *mg = p[V5_MIX_G];
-#pragma omp simd
-            for (int64_t i = 0; i < d; i++) {  /* lerp(prev, x, mix) */
-                const float dx = cur[i] - prev[i];
-                xk[at + i] = prev[i] + mk[i] * dx;
-                xv[at + i] = prev[i] + mv[i] * dx;
-                xr[at + i] = prev[i] + mr[i] * dx;
-                xg[at + i] = prev[i] + mg[i] * dx;
-            }
+        const int64_t at = row * d;
+        const float *cur = xa + at, *prev = previous(row, T, d, xa, att_x);
+        if (version == 5) {  /* lerp(prev, x, mix) */
+            lerp(d, prev, cur, p[V5_MIX_K], xk + at);
+            lerp(d, prev, cur, p[V5_MIX_V], xv + at);
+            lerp(d, prev, cur, p[V5_MIX_R], xr + at);
+            lerp(d, prev, cur, p[V5_MIX_G], xg + at);
             continue;
         }
         /* RWKV-6: dx toward the previous token; the adapter adds a part per mix */
         const int64_t M = mix_width;
         float *shifted = o + at;  /* scratch until the output product */
-#pragma omp simd
-        for (int64_t i = 0; i < d; i++) shifted[i] = cur[i] + (prev[i] - cur[i]) * p[V6_MAA_X][i];
+        lerp(d, cur, prev, p[V6_MAA_X], shifted);
         vector_matrix(d, 5 * M, shifted, p[V6_MAA_W1], lora);
         for (int64_t i = 0; i < 5 * M; i++) lora[i] = tanhf(lora[i]);
         float *mixed[5] = {xw + at, xk + at, xv + at, xr + at, xg + at};
@@ -152,7 +176,7 @@ uint64_t wkv5_step(int version, int64_t Bt, int64_t T, int64_t H, int64_t N, int
     product(R, d, d, p[ATT_V], xv, v, share);
     product(R, d, d, p[ATT_G], xg, g, share);
 #pragma omp simd
-    for (int64_t i = 0; i < R * d; i++) g[i] = g[i] / (1.0f + expf(-g[i]));  /* SiLU */
+    for (int64_t i = 0; i < R * d; i++) g[i] = g[i] * sigmoid(g[i]);  /* SiLU */
 
     /* the WKV per (sequence, head), GroupNorm and gate: from S into new_S */
     float decay5[version == 5 ? d : 1];
@@ -187,34 +211,24 @@ uint64_t wkv5_step(int version, int64_t Bt, int64_t T, int64_t H, int64_t N, int
     const float *fk = p[version == 5 ? V5_FFN_K : V6_FFN_K];
     const float *fr = p[version == 5 ? V5_FFN_R : V6_FFN_R];
     for (int64_t row = 0; row < R; row++) {
-        const int64_t b = row / T, t = row % T, at = row * d;
-        const float *cur = xf + at, *prev = t ? xf + at - d : ffn_x + b * d;
-        if (version == 5) {
-#pragma omp simd
-            for (int64_t i = 0; i < d; i++) {  /* lerp(prev, x, mix) */
-                xk[at + i] = prev[i] + fk[i] * (cur[i] - prev[i]);
-                xr[at + i] = prev[i] + fr[i] * (cur[i] - prev[i]);
-            }
-        } else {
-#pragma omp simd
-            for (int64_t i = 0; i < d; i++) {  /* lerp(x, prev, maa) */
-                xk[at + i] = cur[i] + fk[i] * (prev[i] - cur[i]);
-                xr[at + i] = cur[i] + fr[i] * (prev[i] - cur[i]);
-            }
+        const int64_t at = row * d;
+        const float *cur = xf + at, *prev = previous(row, T, d, xf, ffn_x);
+        if (version == 5) {  /* lerp(prev, x, mix) */
+            lerp(d, prev, cur, fk, xk + at);
+            lerp(d, prev, cur, fr, xr + at);
+        } else {  /* lerp(x, prev, maa) */
+            lerp(d, cur, prev, fk, xk + at);
+            lerp(d, cur, prev, fr, xr + at);
         }
     }
     for (int64_t b = 0; b < Bt; b++) memcpy(new_ffn_x + b * d, xf + (b * T + T - 1) * d,
                                            sizeof(float) * d);
     product(R, d, F, p[FFN_K], xk, hidden, share);
-#pragma omp simd
-    for (int64_t i = 0; i < R * F; i++) {
-        const float relu = hidden[i] > 0.0f ? hidden[i] : 0.0f;
-        hidden[i] = relu * relu;
-    }
+    squared_relu(R * F, hidden);
     product(R, d, d, p[FFN_R], xr, r, share);
     product(R, F, d, p[FFN_V], hidden, v, share);
 #pragma omp simd
-    for (int64_t i = 0; i < R * d; i++) x[i] += v[i] / (1.0f + expf(-r[i]));
+    for (int64_t i = 0; i < R * d; i++) x[i] += v[i] * sigmoid(r[i]);
     return last_product;
 }
 """
@@ -225,20 +239,54 @@ def work_floats(rows: int, d: int, ffn: int, mix_width: int, decay_width: int) -
     return rows * (14 * d + max(ffn, 5 * mix_width)) + 5 * mix_width + decay_width + d
 
 
-def _library() -> ctypes.CDLL | None:
+def load_step(name: str, source: str, function: str, argtypes: list) -> ctypes.CDLL | None:
+    """A block step's library: BLOCK_SOURCE + `source` compiled as `name`, its products pointed
+    at zoo.matvec_cpu's library (so they share its helper threads), and `function`'s C type set
+    (it returns matvec's answer; its first two arguments: share, the block's tensors); None
+    without a compiler."""
     products = matvec_cpu._library()
     if products is None:
         return None
-    library = ckernel.load("wkv5_step", wkv5_cpu.SOURCE + STEP_SOURCE)
-    if library is not None and library.wkv5_step.argtypes is None:
-        library.wkv5_step_init.restype = None
-        library.wkv5_step_init.argtypes = [ctypes.c_void_p]
-        library.wkv5_step_init(ctypes.cast(products.matvec, ctypes.c_void_p))
-        library.wkv5_step.restype = ctypes.c_uint64
-        library.wkv5_step.argtypes = ([ctypes.c_int] + [ctypes.c_int64] * 7
-                                      + [ctypes.c_float] * 2 + [ctypes.c_int]
-                                      + [ctypes.c_void_p] * 9)
+    library = ckernel.load(name, BLOCK_SOURCE + source)
+    if library is not None and getattr(library, function).argtypes is None:
+        library.block_step_init.restype = None
+        library.block_step_init.argtypes = [ctypes.c_void_p]
+        library.block_step_init(ctypes.cast(products.matvec, ctypes.c_void_p))
+        getattr(library, function).restype = ctypes.c_uint64
+        getattr(library, function).argtypes = [ctypes.c_int, ctypes.c_void_p, *argtypes]
     return library
+
+
+def cpu_float32(tensors: list) -> bool:
+    """Whether every tensor (None: an absent one) is a contiguous float32 CPU tensor, as the C
+    steps read them."""
+    return all(t is None or (t.dtype == torch.float32 and t.is_contiguous()
+                             and t.device.type == "cpu") for t in tensors)
+
+
+def weights(modules: dict, names) -> list:
+    """The weights of the linear layers `names` of a module dictionary (`module._modules`)."""
+    return [modules[name]._parameters["weight"] for name in names]
+
+
+def run_step(function, tensors: list, work: torch.Tensor, *args) -> None:
+    """Call a block step, function(share, tensors' pointers, *args), with the products shared
+    with matvec_cpu's helpers when PyTorch has more than one thread; keep `work` and the
+    tensors alive while a helper may still read them."""
+    pointers = (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr()
+                                                  for t in tensors))
+    threads = torch.get_num_threads()
+    share = threads > 1 and matvec_cpu._helpers(threads - 1) > 0
+    answer = function(share, pointers, *args)
+    if answer >> 63:
+        raise ValueError("the compiled block step refused its sizes")
+    matvec_cpu.keep_while_read(answer, work, tensors)
+
+
+def _library() -> ctypes.CDLL | None:
+    return load_step("wkv5_step", wkv5_cpu.SOURCE + STEP_SOURCE, "wkv5_step",
+                     [ctypes.c_int] + [ctypes.c_int64] * 7 + [ctypes.c_float] * 2
+                     + [ctypes.c_void_p] * 8)
 
 
 def available() -> bool:
@@ -258,13 +306,11 @@ def _tensors(block, version: int) -> list | None:
     ln_x = am["ln_x"]._parameters
     tensors = [None, None] if ln0 is None else [ln0._parameters["weight"], ln0._parameters["bias"]]
     tensors += [ln1["weight"], ln1["bias"], ln2["weight"], ln2["bias"]]
-    tensors += [am[name]._parameters["weight"]
-                for name in ("receptance", "key", "value", "gate", "output")]
+    tensors += weights(am, ("receptance", "key", "value", "gate", "output"))
     tensors += [ln_x["weight"], ln_x["bias"], a["time_faaaa"], a["time_decay"]]
     f = None if ffn is None else ffn._parameters
     fm = None if ffn is None else ffn._modules
-    tensors += ([None] * 3 if ffn is None else
-                [fm[name]._parameters["weight"] for name in ("key", "receptance", "value")])
+    tensors += [None] * 3 if ffn is None else weights(fm, ("key", "receptance", "value"))
     if version == 5:
         tensors += [a[f"time_mix_{m}"] for m in "kvrg"]
         tensors += [None] * 2 if ffn is None else [f["time_mix_k"], f["time_mix_r"]]
@@ -272,11 +318,7 @@ def _tensors(block, version: int) -> list | None:
         tensors += [a[f"time_maa_{m}"] for m in "xwkvrg"]
         tensors += [a["time_maa_w1"], a["time_maa_w2"], a["time_decay_w1"], a["time_decay_w2"]]
         tensors += [None] * 2 if ffn is None else [f["time_maa_k"], f["time_maa_r"]]
-    for t in tensors:
-        if t is not None and not (t.dtype == torch.float32 and t.is_contiguous()
-                                  and not t.is_cuda and t.device.type == "cpu"):
-            return None
-    return tensors
+    return tensors if cpu_float32(tensors) else None
 
 
 def step(block, version: int, x: torch.Tensor, att_x: torch.Tensor, wkv: torch.Tensor,
@@ -305,16 +347,8 @@ def step(block, version: int, x: torch.Tensor, att_x: torch.Tensor, wkv: torch.T
     new_att_x, new_wkv = torch.empty(B, d), torch.empty(B, H, N, N)
     new_ffn_x = ffn_x if F == 0 else torch.empty(B, d)
     work = torch.empty(work_floats(B * T, d, F, mix, decay))
-    pointers = (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr()
-                                                  for t in tensors))
-    threads = torch.get_num_threads()
-    share = threads > 1 and matvec_cpu._helpers(threads - 1) > 0
-    answer = library.wkv5_step(version, B, T, H, N, F, mix, decay, block.ln1.eps,
-                               att.ln_x.eps, share, pointers, out.data_ptr(),
-                               att_x.data_ptr(), ffn_x.data_ptr(), wkv.data_ptr(),
-                               new_att_x.data_ptr(), new_ffn_x.data_ptr(), new_wkv.data_ptr(),
-                               work.data_ptr())
-    if answer >> 63:
-        raise ValueError("the compiled RWKV-5/6 step refused its sizes")
-    matvec_cpu.keep_while_read(answer, work, tensors)
+    run_step(library.wkv5_step, tensors, work, version, B, T, H, N, F, mix, decay,
+             block.ln1.eps, att.ln_x.eps, out.data_ptr(), att_x.data_ptr(), ffn_x.data_ptr(),
+             wkv.data_ptr(), new_att_x.data_ptr(), new_ffn_x.data_ptr(), new_wkv.data_ptr(),
+             work.data_ptr())
     return out, (new_att_x, new_wkv, new_ffn_x)
