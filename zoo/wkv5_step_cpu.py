@@ -15,6 +15,9 @@ written out in C from the model files (zoo/rwkv5.py, zoo/rwkv6.py), which stay i
 returning x and the new att_x (the last xa), WKV state and ffn_x; the given ones are unchanged.
 The weight products are zoo/matvec_cpu.py's, called through a pointer to that library, so they
 share its helper threads (which never hold up the caller) and its results bit for bit.
+The C pieces any block step needs (BLOCK_SOURCE: the norms, the adapters' products, the token
+shift, the weight products) and the Python call around it (load_step, block_parts, run_step)
+serve RWKV-7's step, zoo/wkv7_step_cpu.py, as well.
 
 Inference only: zoo/fast.py's "wkv5" route runs it for float32 CPU blocks without gradients on
 at most FEW_ROWS rows (batch x tokens; the step takes up to matvec_cpu.MAX_ROWS); longer inputs
@@ -52,6 +55,23 @@ static void layer_norm(int64_t d, const float *x, const float *w, const float *b
     const float rstd = 1.0f / sqrtf(var / d + eps);
 #pragma omp simd
     for (int64_t i = 0; i < d; i++) y[i] = (x[i] - mean) * rstd * w[i] + b[i];
+}
+
+/* A block's input norms over its R rows: LN0 of x in place (block 0: ln0_w not NULL), then LN1
+   of x into xa, the time mix's input. */
+static void input_norms(int64_t R, int64_t d, const float *ln0_w, const float *ln0_b,
+                        const float *ln1_w, const float *ln1_b, float eps, float *x, float *xa) {
+    for (int64_t row = 0; row < R; row++) {
+        float *xrow = x + row * d;
+        if (ln0_w) layer_norm(d, xrow, ln0_w, ln0_b, eps, xrow);
+        layer_norm(d, xrow, ln1_w, ln1_b, eps, xa + row * d);
+    }
+}
+
+/* The last row of each of the Bt sequences of T rows: the token shift's cached input. */
+static void last_rows(int64_t Bt, int64_t T, int64_t d, const float *rows, float *last) {
+    for (int64_t b = 0; b < Bt; b++)
+        memcpy(last + b * d, rows + (b * T + T - 1) * d, sizeof(float) * d);
 }
 
 /* y (n) = x (m) W, W (m, n) row-major: the adapters' layout (x @ W). */
@@ -134,11 +154,7 @@ uint64_t wkv5_step(int share, const float **p, int version, int64_t Bt, int64_t 
     float *extra = lora + 5 * mix_width + decay_width;
 
     /* the time mix's inputs */
-    for (int64_t row = 0; row < R; row++) {
-        float *xrow = x + row * d;
-        if (p[LN0_W]) layer_norm(d, xrow, p[LN0_W], p[LN0_B], ln_eps, xrow);
-        layer_norm(d, xrow, p[LN1_W], p[LN1_B], ln_eps, xa + row * d);
-    }
+    input_norms(R, d, p[LN0_W], p[LN0_B], p[LN1_W], p[LN1_B], ln_eps, x, xa);
     for (int64_t row = 0; row < R; row++) {
         const int64_t at = row * d;
         const float *cur = xa + at, *prev = previous(row, T, d, xa, att_x);
@@ -200,8 +216,7 @@ uint64_t wkv5_step(int share, const float **p, int version, int64_t Bt, int64_t 
     product(R, d, d, p[ATT_O], y, o, share);
 #pragma omp simd
     for (int64_t i = 0; i < R * d; i++) x[i] += o[i];
-    for (int64_t b = 0; b < Bt; b++) memcpy(new_att_x + b * d, xa + (b * T + T - 1) * d,
-                                           sizeof(float) * d);
+    last_rows(Bt, T, d, xa, new_att_x);
 
     /* the channel mix */
     if (F == 0) return last_product;
@@ -221,8 +236,7 @@ uint64_t wkv5_step(int share, const float **p, int version, int64_t Bt, int64_t 
             lerp(d, cur, prev, fr, xr + at);
         }
     }
-    for (int64_t b = 0; b < Bt; b++) memcpy(new_ffn_x + b * d, xf + (b * T + T - 1) * d,
-                                           sizeof(float) * d);
+    last_rows(Bt, T, d, xf, new_ffn_x);
     product(R, d, F, p[FFN_K], xk, hidden, share);
     squared_relu(R * F, hidden);
     product(R, d, d, p[FFN_R], xr, r, share);
@@ -269,6 +283,20 @@ def weights(modules: dict, names) -> list:
     return [modules[name]._parameters["weight"] for name in names]
 
 
+def block_parts(block) -> tuple:
+    """What the steps' `_tensors` read from an RWKV block, from the modules' dictionaries
+    (nn.Module's attribute lookup took 70 us a block): the LayerNorms' tensors in the steps'
+    order (LN0_W, LN0_B, None outside block 0; LN1_W, LN1_B, LN2_W, LN2_B), the time mix's
+    parameter and module dictionaries, its ln_x's parameters, and the channel mix (None:
+    absent)."""
+    modules = block._modules
+    att, ffn, ln0 = modules["att"], modules.get("ffn"), modules.get("ln0")  # None: absent
+    ln1, ln2 = modules["ln1"]._parameters, modules["ln2"]._parameters
+    norms = [None, None] if ln0 is None else [ln0._parameters["weight"], ln0._parameters["bias"]]
+    norms += [ln1["weight"], ln1["bias"], ln2["weight"], ln2["bias"]]
+    return norms, att._parameters, att._modules, att._modules["ln_x"]._parameters, ffn
+
+
 def run_step(function, tensors: list, work: torch.Tensor, *args) -> None:
     """Call a block step, function(share, tensors' pointers, *args), with the products shared
     with matvec_cpu's helpers when PyTorch has more than one thread; keep `work` and the
@@ -297,15 +325,8 @@ def available() -> bool:
 def _tensors(block, version: int) -> list | None:
     """The block's tensors in the C step's order (its enums: LN0_W ... FFN_V, then V5_... or
     V6_...; None for absent ones), or None when one of them is not a contiguous float32 CPU
-    tensor (the step would misread it). Read from the modules' parameter dictionaries:
-    nn.Module's attribute lookup took 70 us a block."""
-    modules = block._modules
-    att, ffn, ln0 = modules["att"], modules.get("ffn"), modules.get("ln0")  # None: absent
-    ln1, ln2 = modules["ln1"]._parameters, modules["ln2"]._parameters
-    a, am = att._parameters, att._modules
-    ln_x = am["ln_x"]._parameters
-    tensors = [None, None] if ln0 is None else [ln0._parameters["weight"], ln0._parameters["bias"]]
-    tensors += [ln1["weight"], ln1["bias"], ln2["weight"], ln2["bias"]]
+    tensor (the step would misread it)."""
+    tensors, a, am, ln_x, ffn = block_parts(block)
     tensors += weights(am, ("receptance", "key", "value", "gate", "output"))
     tensors += [ln_x["weight"], ln_x["bias"], a["time_faaaa"], a["time_decay"]]
     f = None if ffn is None else ffn._parameters
