@@ -94,6 +94,17 @@ def installed(name: str) -> bool:
     return True
 
 
+def with_noise(model: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> torch.nn.Module:
+    """`model` with N(0, scale^2) noise added to every parameter, in place: the official inits
+    zero several of RWKV's matrices and set others to constants, on which a wrong kernel could
+    still agree with the plain path."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return model
+
+
 def randomized(model: torch.nn.Module, seed: int = 7) -> torch.nn.Module:
     """Random weights everywhere, so that a mis-mapped tensor shows (official inits leave
     biases, LayerNorms and several RWKV matrices at constants); RWKV's time_* vectors in their

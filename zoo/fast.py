@@ -21,7 +21,10 @@ where this project's benchmarks run:
           zoo/matvec_cpu.py's, as the output head's (-> MatvecHead) (inference; training keeps
           the chunked PyTorch form);
   wkv7    RWKV-7's TimeMix -> CompiledWKV7TimeMix: the generalised delta rule as
-          zoo/wkv7_cpu.py's compiled C loop (inference; training keeps the chunked PyTorch form);
+          zoo/wkv7_cpu.py's compiled C loop; and its Block -> CompiledWKV7Block: for a few rows
+          (decoding) the whole block as one compiled call, zoo/wkv7_step_cpu.py, its products
+          zoo/matvec_cpu.py's, as the output head's (-> MatvecHead) (inference; training keeps
+          the chunked PyTorch form);
   scan    Mamba's MambaMixer -> CompiledScanMambaMixer: the selective scan as zoo/scan_cpu.py's
           compiled C loop, with its C backward when a gradient is needed (training);
   dropout (training) nn.Dropout -> FastDropout, and attention modules -> DropoutAttention /
@@ -57,15 +60,15 @@ times the linear routes side by side):
     process, methods alternated) took 46 ms so against 48 ms by MKL's product and 1544 ms by
     the split product, on that loaded machine; with OMP_WAIT_POLICY=passive, 15.5 / 36 /
     17.8 ms; on the quiet machine, 4.2 / 7.1 / 4.6 ms (23 / 14 / 22 GB/s; the machine reads
-    18 GB/s on one core, 29 GB/s on both). RWKV-5/6 decode with it (wkv5: no OpenMP region
-    is left in their step). The other models keep the split product: OpenMP regions remain in
-    their decoding steps (attention, norms), and OpenMP's threads, which spin for a while after
-    a region, and the helpers take each other's core. Quiet, `catalog bench gpt llama mamba
-    rwkv rwkv7 --seqlen 1024 --mode generate --new-tokens 64`, two rounds: GPT small 9.1-9.4
-    ms a token with the split product, 11.1-13.8 (+-3-5) with the compiled one; LLaMA 9.0-10.7
-    and 10.9-11.6; Mamba, RWKV-4 and RWKV-7 the same or faster. Beside one busy job (ad hoc)
-    the split product's regions cost far more: LLaMA small decoded at 384 ms a token so, 56-64
-    ms with the compiled product;
+    18 GB/s on one core, 29 GB/s on both). RWKV-5/6/7 decode with it (wkv5, wkv7: no OpenMP
+    region is left in their step). The other models keep the split product: OpenMP regions
+    remain in their decoding steps (attention, norms), and OpenMP's threads, which spin for a
+    while after a region, and the helpers take each other's core. Quiet, `catalog bench gpt
+    llama mamba rwkv rwkv7 --seqlen 1024 --mode generate --new-tokens 64`, two rounds: GPT small
+    9.1-9.4 ms a token with the split product, 11.1-13.8 (+-3-5) with the compiled one; LLaMA
+    9.0-10.7 and 10.9-11.6; Mamba, RWKV-4 and RWKV-7 the same or faster. Beside one busy job (ad
+    hoc) the split product's regions cost far more: LLaMA small decoded at 384 ms a token so,
+    56-64 ms with the compiled product;
   - more rows, no gradient needed: MKL's matrix multiply (what F.linear reaches), or oneDNN's
     (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile uses for CPU linears) with
     ZOO_LINEAR_KERNEL=onednn (`many_rows_kernel`). The faster one differs between hosts of the
@@ -140,6 +143,7 @@ from zoo import (
     wkv5_cpu,
     wkv5_step_cpu,
     wkv7_cpu,
+    wkv7_step_cpu,
     wkv_cpu,
 )
 from zoo.layers import token_shift
@@ -165,7 +169,9 @@ ROUTES: dict[str, str] = {
             f"(zoo.wkv5_cpu), a block on <= {FEW_ROWS} rows (decoding) as one compiled call "
             "(zoo.wkv5_step_cpu) and the head's product as zoo.matvec_cpu's (CPU float32 "
             "inference)",
-    "wkv7": "RWKV-7's WKV as a compiled C loop (zoo.wkv7_cpu; CPU float32 inference)",
+    "wkv7": "RWKV-7's WKV as a compiled C loop (zoo.wkv7_cpu), a block on <= "
+            f"{FEW_ROWS} rows (decoding) as one compiled call (zoo.wkv7_step_cpu) and the "
+            "head's product as zoo.matvec_cpu's (CPU float32 inference)",
     "scan": "Mamba's selective scan as a compiled C loop with its backward (zoo.scan_cpu; CPU, "
             "inference and training)",
     "dropout": "dropout masks drawn by a C kernel (zoo.dropout_cpu), attention with dropout "
@@ -427,6 +433,14 @@ def _hooked_within(module: nn.Module) -> bool:
                                   for child in module._modules.values())
 
 
+def _steps(block: nn.Module, x: torch.Tensor, *state: torch.Tensor) -> bool:
+    """Whether an RWKV block may run x (B, T, d) as one compiled step: at most FEW_ROWS rows
+    (decoding), float32 CPU inference, no hooks on its modules (which expect to be called), not
+    under torch.compile."""
+    return (x.size(0) * x.size(1) <= FEW_ROWS and _module_inference(block, x, *state)
+            and not _hooked_within(block) and not _compiling())
+
+
 class _CompiledStep:
     """An RWKV-5 or RWKV-6 block whose forward, for at most FEW_ROWS rows (decoding) in float32
     CPU inference, is zoo/wkv5_step_cpu.py's one compiled call: the plain block runs about 250
@@ -438,9 +452,7 @@ class _CompiledStep:
 
     def forward(self, x: torch.Tensor, att_x: torch.Tensor, wkv: torch.Tensor,
                 ffn_x: torch.Tensor):
-        if (x.size(0) * x.size(1) <= FEW_ROWS and _module_inference(self, x, att_x, wkv, ffn_x)
-                and not _hooked_within(self) and not _compiling()
-                and wkv5_step_cpu.available()):
+        if _steps(self, x, att_x, wkv, ffn_x) and wkv5_step_cpu.available():
             out = wkv5_step_cpu.step(self, self.version, x, att_x, wkv, ffn_x)
             if out is not None:
                 return out
@@ -448,11 +460,12 @@ class _CompiledStep:
 
 
 class MatvecHead(nn.Linear):
-    """RWKV-5's or RWKV-6's output head with its decoding product (at most FEW_ROWS rows) as
-    zoo/matvec_cpu.py's, whose helper threads the blocks' steps use: the split product's
-    OpenMP region would leave OpenMP's second thread spinning on the core the helpers need
-    (RWKV-5 small: 4.7-5.9 ms a token so, 6.4-6.8 ms with the split product; quiet machine,
-    ad hoc). Otherwise `linear`."""
+    """The output head of RWKV-5, RWKV-6 (route wkv5) or RWKV-7 (route wkv7), with its
+    decoding product (at most FEW_ROWS rows) as zoo/matvec_cpu.py's, whose helper threads the
+    blocks' compiled steps use: the split product's OpenMP region would leave OpenMP's second
+    thread spinning on the core the helpers need (RWKV-5 small: 4.7-5.9 ms a token so, 6.4-6.8
+    ms with the split product; quiet machine, ad hoc). Otherwise `linear`. Swapped in by its
+    place in the model (it is an nn.Linear), so its route is that of the model it sits in."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features if self.in_features else 0
@@ -482,6 +495,22 @@ class CompiledWKV7TimeMix(rwkv7.TimeMix):
                 and not _needs_grad(*tensors) and wkv7_cpu.available()):
             return wkv7_cpu.wkv(*tensors)
         return super().wkv(*tensors)
+
+
+class CompiledWKV7Block(rwkv7.Block):
+    """An RWKV-7 block whose forward, for at most FEW_ROWS rows (decoding) in float32 CPU
+    inference, is zoo/wkv7_step_cpu.py's one compiled call, as RWKV-5/6's (_CompiledStep);
+    otherwise (prefill, gradients, other dtypes, hooks on its modules, no compiler) the
+    block's own forward, with the modules' routes."""
+
+    def forward(self, x: torch.Tensor, v_first: torch.Tensor | None, att_x: torch.Tensor,
+                wkv: torch.Tensor, ffn_x: torch.Tensor):
+        given = (att_x, wkv, ffn_x) if v_first is None else (v_first, att_x, wkv, ffn_x)
+        if _steps(self, x, *given) and wkv7_step_cpu.available():
+            out = wkv7_step_cpu.step(self, x, v_first, att_x, wkv, ffn_x)
+            if out is not None:
+                return out
+        return super().forward(x, v_first, att_x, wkv, ffn_x)
 
 
 # --- the scan route ---------------------------------------------------------------------------
@@ -587,20 +616,21 @@ _SWAPS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
     "wkv": {TimeMix: CompiledWKVTimeMix},
     "wkv5": {rwkv5.TimeMix: CompiledWKV5TimeMix, rwkv6.TimeMix: CompiledWKV6TimeMix,
              rwkv5.Block: CompiledWKV5Block, rwkv6.Block: CompiledWKV6Block},
-    "wkv7": {rwkv7.TimeMix: CompiledWKV7TimeMix},
+    "wkv7": {rwkv7.TimeMix: CompiledWKV7TimeMix, rwkv7.Block: CompiledWKV7Block},
     "scan": {MambaMixer: CompiledScanMambaMixer},
     "dropout": {nn.Dropout: FastDropout, MultiHeadAttention: DropoutAttention,
                 AlibiAttention: DropoutAlibiAttention},
 }
-# route -> (model classes, the attribute of theirs, its fast class): a module swapped by its
-# place in a model rather than by its class (it is an nn.Linear, or FastLinear by then).
-_BY_PLACE: dict[str, tuple[tuple[type[nn.Module], ...], str, type[nn.Module]]] = {
-    "wkv5": ((rwkv5.RWKV5, rwkv6.RWKV6), "head", MatvecHead),
+# route -> its places: (model classes, the attribute of theirs, its fast class), a module
+# swapped by its place in a model rather than by its class (it is an nn.Linear, or FastLinear
+# by then); its route is told by that place too (a MatvecHead in an RWKV7 is wkv7's).
+_BY_PLACE: dict[str, list[tuple[tuple[type[nn.Module], ...], str, type[nn.Module]]]] = {
+    "wkv5": [((rwkv5.RWKV5, rwkv6.RWKV6), "head", MatvecHead)],
+    "wkv7": [((rwkv7.RWKV7,), "head", MatvecHead)],
 }
 _PLAIN = {fast: plain for swaps in _SWAPS.values() for plain, fast in swaps.items()}
 _PLAIN[MatvecHead] = nn.Linear
 _ROUTE_OF = {fast: route for route, swaps in _SWAPS.items() for fast in swaps.values()}
-_ROUTE_OF[MatvecHead] = "wkv5"
 
 
 def _route_names(routes: Iterable[str] | None) -> tuple[str, ...]:
@@ -625,12 +655,12 @@ def apply(model: nn.Module, routes: Iterable[str] | None = None) -> tuple[str, .
             if fast is not None:
                 module.__class__ = fast
     for name in names:
-        owners, attribute, fast = _BY_PLACE.get(name, ((), "", nn.Module))
-        for module in model.modules():
-            if type(module) in owners:
-                placed = getattr(module, attribute, None)
-                if type(placed) in (nn.Linear, FastLinear):
-                    placed.__class__ = fast
+        for owners, attribute, fast in _BY_PLACE.get(name, ()):
+            for module in model.modules():
+                if type(module) in owners:
+                    placed = getattr(module, attribute, None)
+                    if type(placed) in (nn.Linear, FastLinear):
+                        placed.__class__ = fast
     return tuple(name for name in applied(model) if name in names)
 
 
@@ -644,7 +674,11 @@ def remove(model: nn.Module) -> None:
 
 def applied(model: nn.Module) -> tuple[str, ...]:
     """The names of the routes `model` has now, in ROUTES' order."""
-    found = {_ROUTE_OF[type(m)] for m in model.modules() if type(m) in _ROUTE_OF}
+    modules = list(model.modules())
+    found = {_ROUTE_OF[type(m)] for m in modules if type(m) in _ROUTE_OF}
+    found.update(route for route, places in _BY_PLACE.items()
+                 for owners, attribute, fast in places for m in modules
+                 if type(m) in owners and type(getattr(m, attribute, None)) is fast)
     return tuple(name for name in ROUTES if name in found)
 
 
@@ -694,7 +728,9 @@ def describe(model: nn.Module, training: bool = False,
     time_mix7 = next((m for m in model.modules() if isinstance(m, rwkv7.TimeMix)), None)
     if time_mix7 is not None:
         if "wkv7" in routes and inference and wkv7_cpu.available():
-            notes.append("WKV-7: compiled C loop (zoo.wkv7_cpu)")
+            notes.append("WKV-7: compiled C loop (zoo.wkv7_cpu); "
+                         f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv7_step_cpu), "
+                         "the head's product zoo.matvec_cpu's")
         else:
             notes.append(f"WKV-7: PyTorch, chunks of {time_mix7.chunk_size} for prefill, the "
                          "recurrence for decoding")

@@ -27,10 +27,11 @@ the result does not depend on the threads.
 
 The loop reads four weight rows at a time (four independent sums in SIMD lanes over the input
 channels) and multiplies each by every input row (at most MAX_ROWS): one pass over the weight,
-whatever the rows. zoo/fast.py's "wkv5" route runs it in RWKV-5/6's decoding (their block step,
-zoo/wkv5_step_cpu.py, through a pointer to this library, and their output head), where no
-OpenMP region competes with the helpers for the cores; the linear route keeps its split product
-for the other models, whose decoding steps still have such regions (see zoo/fast.py's notes).
+whatever the rows. zoo/fast.py's "wkv5" and "wkv7" routes run it in RWKV-5/6/7's decoding (their
+block steps, zoo/wkv5_step_cpu.py and zoo/wkv7_step_cpu.py, through a pointer to this library,
+and their output heads), where no OpenMP region competes with the helpers for the cores; the
+linear route keeps its split product for the other models, whose decoding steps still have such
+regions (see zoo/fast.py's notes).
 The source is compiled on first use with the system's C compiler and cached (zoo/ckernel.py).
 """
 

@@ -41,7 +41,8 @@ product of the transitions (diagonal plus rank one) is composed in closed form, 
 solve for the "removal" vectors (the WY / UT-transform form of flash-linear-attention's DPLR
 kernels), and the state is carried from chunk to chunk (a Python loop over chunks only).
 zoo/fast.py's "wkv7" route swaps in a compiled C loop of the recurrence for CPU inference
-(zoo/wkv7_cpu.py), one of the zoo's speed routes.
+(zoo/wkv7_cpu.py) and, for decoding, a block's step as one compiled call (zoo/wkv7_step_cpu.py),
+one of the zoo's speed routes.
 """
 
 from __future__ import annotations

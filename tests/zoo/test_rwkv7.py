@@ -20,7 +20,7 @@ from conftest import (
 import zoo
 import zoo.fast
 from harness.models import build_variant
-from zoo import wkv7_cpu
+from zoo import wkv7_cpu, wkv7_step_cpu
 from zoo.convert import (
     CheckpointError,
     convert_rwkv7,
@@ -439,20 +439,24 @@ def test_the_kernel_equals_the_recurrence_with_a_carried_state(T):
 @needs_kernel
 def test_the_wkv7_route_runs_the_kernel_for_inference_only(model, monkeypatch):
     calls = []
-    real = wkv7_cpu.wkv
-    monkeypatch.setattr(wkv7_cpu, "wkv", lambda *args: calls.append(1) or real(*args))
+    for module, function in ((wkv7_cpu, "wkv"), (wkv7_step_cpu, "run_step")):
+        real = getattr(module, function)
+        monkeypatch.setattr(module, function, lambda *args, real=real, function=function:
+                            calls.append(function) or real(*args))
     ids = torch.randint(0, 100, (2, 30))
+    n_layer = model.config.n_layer
     with torch.no_grad():
         plain = model(ids).logits
         assert zoo.fast.apply(model, ["wkv7"]) == ("wkv7",)
         try:
-            assert "WKV-7: compiled C loop (zoo.wkv7_cpu)" in zoo.fast.describe(model)
+            assert zoo.fast.describe(model)[-1].startswith("WKV-7: compiled C loop (zoo.wkv7_cpu)")
             routed = model(ids, use_cache=True)
             step = model(ids[:, :1], cache=routed.cache)
-            assert len(calls) == 2 * model.config.n_layer  # prefill and one decoding step
+            # prefill: the time mix's WKV; a decoding step: each block in one compiled call
+            assert calls == ["wkv"] * n_layer + ["run_step"] * n_layer
             with torch.enable_grad():
                 model(ids).logits.sum().backward()  # training keeps the PyTorch forms
-            assert len(calls) == 2 * model.config.n_layer
+            assert len(calls) == 2 * n_layer
         finally:
             zoo.fast.remove(model)
             model.zero_grad(set_to_none=True)
