@@ -109,6 +109,13 @@ times the linear routes side by side):
     weights: 14-19 GB/s so, 8-10 GB/s for the package; the rest of a step is the model's
     Python (embedding, six block calls, the states' stacking). No OpenMP region is left in a
     decoding step (the package's: 18 / 24 a token).
+  - RWKV-7's block step (wkv7), on one core beside another job (2026-12-05): `catalog bench
+    rwkv7 --variant small --seqlen 4096 --mode generate --new-tokens 64 --threads 1 --against
+    rwkv-pip`, three runs: 4.8-4.9 ms a token against the official package's 5.5-7.5 ms
+    (1.12-1.53x); benchmarks/rwkv7_decoding.py --threads 1, in one
+    process: plain 7.9-8.7 ms, the time mix's C loop alone 5.4-5.6 ms, the block step 3.9-4.4
+    ms. Of a 4.3 ms token the six block steps took 3.25 ms, their 82 MB of weights streamed at
+    about 25 GB/s; the head and the model's Python the rest.
   - dropout in training (benchmarks/training_parts.py, on a quiet machine): for the `small`
     GPT's attention probabilities at 1024 tokens (8 heads x 1024 x 1024) PyTorch's mask
     (bernoulli_, a Mersenne Twister, one number at a time) takes 61 ms and F.dropout 68 ms, the
