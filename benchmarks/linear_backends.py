@@ -9,7 +9,8 @@ the table gives GB/s of weight read; `matvec_cpu` is zoo/matvec_cpu.py's product
 decoding; the route's split product is an OpenMP region, the compiled one shares the rows
 between threads that never wait for one another), timed for one row only. For many rows it
 gives GFLOP/s; `zoo linear` takes the
-kernel zoo.fast.many_rows_kernel() names (MKL's unless ZOO_LINEAR_KERNEL=onednn; printed under
+kernel zoo.fast.many_rows_kernel() names (oneDNN's with AVX-512, else MKL's, unless
+ZOO_LINEAR_KERNEL names one; printed under
 the table). Each route is timed in
 alternation with the others (median of several rounds), so a noisy machine slows all alike.
 """

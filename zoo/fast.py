@@ -70,13 +70,18 @@ times the linear routes side by side):
     hoc) the split product's regions cost far more: LLaMA small decoded at 384 ms a token so,
     56-64 ms with the compiled product;
   - more rows, no gradient needed: MKL's matrix multiply (what F.linear reaches), or oneDNN's
-    (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile uses for CPU linears) with
-    ZOO_LINEAR_KERNEL=onednn (`many_rows_kernel`). The faster one differs between hosts of the
-    same processor type: on 2026-12-01 oneDNN measured 30 to 65% faster than MKL on the model
-    shapes here at 2048 rows; on 2026-12-05, on another host of the same 2-core AMD EPYC
-    (Zen 3) type, MKL was 3 to 14% faster on those products (benchmarks/linear_backends.py) and
-    whole `small` forwards at 1024 tokens (GPT, BERT, LLaMA, RWKV) 7 to 20% faster with MKL,
-    in separate processes alternated over two rounds;
+    (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile uses for CPU linears), as
+    `many_rows_kernel` chooses: oneDNN's where torch runs AVX-512, MKL's elsewhere, or the one
+    ZOO_LINEAR_KERNEL names. Measured on hosts of the same 2-core AMD EPYC type: on 2026-12-01
+    oneDNN was 30 to 65% faster than MKL on the model shapes here at 2048 rows; on 2026-12-05,
+    on a Zen 3 host (AVX2, no AVX-512), MKL was 3 to 14% faster on those products
+    (benchmarks/linear_backends.py) and whole `small` forwards at 1024 tokens (GPT, BERT,
+    LLaMA, RWKV) 7 to 20% faster with MKL, in separate processes alternated over two rounds;
+    later that day, on a Zen 4 host (AVX-512), oneDNN ran those products at 470-485 GFLOP/s
+    against MKL's 210-220 (`python benchmarks/linear_backends.py --quick`), and RWKV-4 small's
+    forward at 4096 tokens took 568-635 ms against 1097-1112 (`ZOO_LINEAR_KERNEL=mkl|onednn
+    catalog bench rwkv --seqlen 4096 --repeat 5`, alternated, two rounds), as if MKL ran its
+    AVX2 code on these AMD processors;
   - a separate activation reads and writes a tensor as wide as the hidden layer, a pass that
     oneDNN saves by applying it as it writes the product; after MKL's product the activation is
     applied in place, which saves the allocation (a fresh tensor costs a page fault per 4 KiB).
@@ -166,8 +171,9 @@ FEW_ROWS = 4  # at most this many rows take the split product (measured faster u
 
 # Route name -> what it does, in one line.
 ROUTES: dict[str, str] = {
-    "linear": f"nn.Linear: split matrix-vector products for <= {FEW_ROWS} rows, MKL's matmul "
-              "(or oneDNN's: ZOO_LINEAR_KERNEL) for more (CPU float32 inference)",
+    "linear": f"nn.Linear: split matrix-vector products for <= {FEW_ROWS} rows, oneDNN's "
+              "matmul with AVX-512, MKL's without (or as ZOO_LINEAR_KERNEL names) for more "
+              "(CPU float32 inference)",
     "ffn": "feed-forward layers (SwiGLU's included): the activation in oneDNN's matmul pass or "
            "in place after MKL's, RWKV's squared ReLU squared in place (CPU float32 inference)",
     "wkv": "RWKV's WKV as a compiled C loop with its backward (zoo.wkv_cpu; CPU float32, "
@@ -191,7 +197,7 @@ _ONEDNN_POST_OPS = {None: ("none", ""), "relu": ("relu", ""), "gelu": ("gelu", "
 # The same activations applied in place to a fresh product (GELU has no in-place form).
 _IN_PLACE = {"relu": F.relu_, "gelu": F.gelu,
              "gelu_tanh": functools.partial(F.gelu, approximate="tanh")}
-KERNELS = ("mkl", "onednn")  # for many rows; ZOO_LINEAR_KERNEL names one (default mkl)
+KERNELS = ("mkl", "onednn")  # for many rows; ZOO_LINEAR_KERNEL names one (default: auto)
 
 
 # --- the linear route -----------------------------------------------------------------------
@@ -209,17 +215,28 @@ def onednn_available() -> bool:
     return bool(torch.equal(y, torch.full((2, 4), 3.0)))
 
 
+def avx512() -> bool:
+    """Whether torch's CPU kernels run with AVX-512 here (torch.backends.cpu's capability)."""
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
+    return str(capability).upper().startswith("AVX512")
+
+
 @functools.cache
 def many_rows_kernel() -> str:
     """"mkl" or "onednn": the matrix multiply the linear route uses for more than FEW_ROWS rows.
-    MKL's (F.linear's) unless the environment variable ZOO_LINEAR_KERNEL=onednn asks for
-    oneDNN's (and this torch has it). Which is faster depends on the host, not only on the
-    processor model (see the module's notes; benchmarks/linear_backends.py times both), and a
-    timing at start-up was tried and rejected: on this shared 2-core machine a quarter-second
-    probe picked the slower kernel in about one process in three."""
-    chosen = os.environ.get("ZOO_LINEAR_KERNEL", "mkl").strip().lower() or "mkl"
-    if chosen not in KERNELS:
-        raise ValueError(f"ZOO_LINEAR_KERNEL={chosen!r}: expected one of {', '.join(KERNELS)}")
+    The environment variable ZOO_LINEAR_KERNEL names one; unset (or "auto"): oneDNN's where
+    torch runs AVX-512 and has oneDNN's fused linear, MKL's (F.linear's) elsewhere: oneDNN's
+    ran at 470-485 GFLOP/s against MKL's 210-220 on a 2-core AMD Zen 4 host (AVX-512), MKL's
+    3 to 14% ahead on a Zen 3 host without it (see the module's notes;
+    benchmarks/linear_backends.py times both). A timing at start-up was tried and rejected:
+    on this shared 2-core machine a quarter-second probe picked the slower kernel in about
+    one process in three."""
+    chosen = os.environ.get("ZOO_LINEAR_KERNEL", "").strip().lower() or "auto"
+    if chosen not in (*KERNELS, "auto"):
+        raise ValueError(f"ZOO_LINEAR_KERNEL={chosen!r}: expected one of "
+                         f"{', '.join(KERNELS)} or auto")
+    if chosen == "auto":
+        chosen = "onednn" if avx512() else "mkl"
     return chosen if chosen == "mkl" or onednn_available() else "mkl"
 
 

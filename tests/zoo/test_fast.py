@@ -2,7 +2,8 @@
 
 `linear`: every route (split matrix-vector product, oneDNN, MKL's F.linear with the activation in
 place) gives F.linear's numbers, with and without a bias and an activation, and autograd still
-works; the kernel for many rows is MKL's, or the one ZOO_LINEAR_KERNEL names. The routes on models:
+works; the kernel for many rows is oneDNN's with AVX-512, MKL's without, or the one
+ZOO_LINEAR_KERNEL names. The routes on models:
 every zoo model gives its plain logits with the routes applied, in a forward and when decoding
 one token at a time, still trains (gradients as the plain model's), and keeps its keys, hooks
 and modules; apply / remove / applied round-trip, describe() says which routes run.
@@ -134,16 +135,24 @@ def test_with_mkl_chosen_oneDNN_never_runs_and_activations_apply_in_place(monkey
     assert relus == [(10, 8)]
 
 
-def test_the_kernel_is_mkl_unless_the_environment_names_onednn(monkeypatch):
+@pytest.mark.parametrize("capability, auto", [("AVX512", "onednn"), ("AVX2", "mkl"),
+                                               ("DEFAULT", "mkl")])
+def test_the_kernel_is_onednn_with_avx512_unless_the_environment_names_one(monkeypatch,
+                                                                           capability, auto):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     try:
-        for value, expected in (("", "mkl"), ("mkl", "mkl"), (" OneDNN ", "onednn")):
+        for value, expected in (("", auto), (" Auto ", auto), ("mkl", "mkl"),
+                                (" OneDNN ", "onednn")):
             many_rows_kernel.cache_clear()
             monkeypatch.setenv("ZOO_LINEAR_KERNEL", value)
             assert many_rows_kernel() == (expected if onednn_available() else "mkl")
         many_rows_kernel.cache_clear()
+        monkeypatch.delenv("ZOO_LINEAR_KERNEL")
+        assert many_rows_kernel() == (auto if onednn_available() else "mkl")
+        many_rows_kernel.cache_clear()
         monkeypatch.setenv("ZOO_LINEAR_KERNEL", "blas")
         with pytest.raises(ValueError, match="ZOO_LINEAR_KERNEL='blas': expected one of mkl, "
-                                             "onednn"):
+                                             "onednn or auto"):
             many_rows_kernel()
     finally:
         many_rows_kernel.cache_clear()
