@@ -7,7 +7,8 @@ the same numbers (up to the order of the additions) faster for float32 inference
 where this project's benchmarks run:
 
   linear  nn.Linear -> FastLinear, computed by `linear` below: a split matrix-vector product for
-          a few rows (decoding), MKL's (or oneDNN's) matrix multiply for more;
+          a few rows (decoding), oneDNN's matrix multiply for more where torch runs AVX-512,
+          MKL's elsewhere (ZOO_LINEAR_KERNEL chooses);
   ffn     a feed-forward layer's activation applied in the pass that writes its first matrix
           product (oneDNN) or in place after it (MKL) (FeedForward -> FusedFeedForward; LLaMA's
           SwiGLU -> FusedSwiGLU), and RWKV's squared ReLU squared in place as well
@@ -43,91 +44,10 @@ state-dict keys, hooks and every reference to it are kept. The fast classes subc
 ones and add no state, only a faster forward, so `remove` is the assignment back. Only modules of
 exactly the plain class are swapped: a subclass has a forward of its own that no route knows.
 
-Measured on the 2-core AMD EPYC this project is measured on (`benchmarks/linear_backends.py`
-times the linear routes side by side):
-  - one to FEW_ROWS rows (decoding one token at a time): a matrix-vector product, whose speed is
-    the speed at which the weight streams from memory. MKL's routine for it (what F.linear
-    reaches) streams the weights of a `small` model at 7 to 12 GB/s; the same product as a batch
-    of two half-height products (`torch.bmm` on a free view of the weight's two halves) streams
-    them at 15 to 30 GB/s on a quiet machine. But that batch is an OpenMP parallel region, whose
-    closing barrier waits for both threads: where other jobs keep the cores busy (2026-12-05,
-    8 to 10 runnable threads from other jobs on the 2 cores), such a region took 10 to 30 ms
-    however small its work (OpenMP's default spin-then-sleep wait; with OMP_WAIT_POLICY=passive
-    50 us), and a decoding step of RWKV-5 small, 55 regions a token, took 0.7 to 2 s.
-    zoo/matvec_cpu.py's product shares the rows between threads that never wait for one
-    that has not started, so it never runs slower than one thread: one decoding token's
-    matrices of RWKV-5 small (98 MB, one row each; an ad-hoc probe, medians of 5 rounds in one
-    process, methods alternated) took 46 ms so against 48 ms by MKL's product and 1544 ms by
-    the split product, on that loaded machine; with OMP_WAIT_POLICY=passive, 15.5 / 36 /
-    17.8 ms; on the quiet machine, 4.2 / 7.1 / 4.6 ms (23 / 14 / 22 GB/s; the machine reads
-    18 GB/s on one core, 29 GB/s on both). RWKV-5/6/7 decode with it (wkv5, wkv7: no OpenMP
-    region is left in their step). The other models keep the split product: OpenMP regions
-    remain in their decoding steps (attention, norms), and OpenMP's threads, which spin for a
-    while after a region, and the helpers take each other's core. Quiet, `catalog bench gpt
-    llama mamba rwkv rwkv7 --seqlen 1024 --mode generate --new-tokens 64`, two rounds: GPT small
-    9.1-9.4 ms a token with the split product, 11.1-13.8 (+-3-5) with the compiled one; LLaMA
-    9.0-10.7 and 10.9-11.6; Mamba, RWKV-4 and RWKV-7 the same or faster. Beside one busy job (ad
-    hoc) the split product's regions cost far more: LLaMA small decoded at 384 ms a token so,
-    56-64 ms with the compiled product;
-  - more rows, no gradient needed: MKL's matrix multiply (what F.linear reaches), or oneDNN's
-    (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile uses for CPU linears), as
-    `many_rows_kernel` chooses: oneDNN's where torch runs AVX-512, MKL's elsewhere, or the one
-    ZOO_LINEAR_KERNEL names. Measured on hosts of the same 2-core AMD EPYC type: on 2026-12-01
-    oneDNN was 30 to 65% faster than MKL on the model shapes here at 2048 rows; on 2026-12-05,
-    on a Zen 3 host (AVX2, no AVX-512), MKL was 3 to 14% faster on those products
-    (benchmarks/linear_backends.py) and whole `small` forwards at 1024 tokens (GPT, BERT,
-    LLaMA, RWKV) 7 to 20% faster with MKL, in separate processes alternated over two rounds;
-    later that day, on a Zen 4 host (AVX-512), oneDNN ran those products at 470-485 GFLOP/s
-    against MKL's 210-220 (`python benchmarks/linear_backends.py --quick`), and RWKV-4 small's
-    forward at 4096 tokens took 568-635 ms against 1097-1112 (`ZOO_LINEAR_KERNEL=mkl|onednn
-    catalog bench rwkv --seqlen 4096 --repeat 5`, alternated, two rounds), as if MKL ran its
-    AVX2 code on these AMD processors;
-  - a separate activation reads and writes a tensor as wide as the hidden layer, a pass that
-    oneDNN saves by applying it as it writes the product; after MKL's product the activation is
-    applied in place, which saves the allocation (a fresh tensor costs a page fault per 4 KiB).
-    SwiGLU's product silu(x G) * (x U) is then two matrix products and two in-place passes (or,
-    with oneDNN, a product with SiLU as its post-op and one multiplied by it as it is written):
-    LLaMA small's feed-forward (512 -> 1408 -> 512) at 1024 tokens: 30 ms so, 35 ms plain, 36 ms
-    with oneDNN's post-ops (2026-12-05, median of 15). On the 2026-12-01 host, a feed-forward
-    layer of the `small` shapes (512 -> 2048 -> 512) at 1024 tokens, best of 15 in three rounds:
-    ReLU 40-44 ms fused by oneDNN, 45-47 ms separate; exact GELU 43-50 ms either way; tanh GELU
-    53-57 ms fused, 50-54 ms separate (oneDNN's GELUs are slower than PyTorch's); yet the
-    benchmark itself (`catalog bench gpt bert --seqlen 1024`, a fresh process per cell, six
-    rounds) ran BERT 7% faster with its GELU fused and GPT the same either way, so with oneDNN
-    every activation is fused. RWKV's key and value products in its channel mix (the same
-    widths, squared ReLU between them): 37 ms with the ReLU fused and the square taken in
-    place, 50 ms plain; 2-4% of the model's forward;
-  - RWKV's WKV: about 15 ms per layer for 8192 tokens of width 512 as the C loop, 170 ms in
-    chunks (zoo/wkv_cpu.py). With gradients, forward and backward of 1024 tokens of width 512
-    take 8-13 ms per layer, against 280-300 ms for the checkpointed chunks: RWKV small's
-    training step (benchmarks/rwkv_training.py) ran 1.9x / 2.2x / 3.2x faster at 256 / 1024 /
-    4096 tokens, and the WKV is then 3% of the step, matrix products 74%.
-  - RWKV-5/6's matrix WKV (wkv5): 17 ms per layer for 4096 tokens of 8 heads of 64 as the C
-    loop, 7.4 s in chunks of 16, on a loaded machine (ad hoc). On the quiet machine,
-    `catalog bench rwkv5 rwkv6 --seqlen 1024,4096 --mode forward --mode generate --against
-    rwkv-pip` (2026-12-05, two rounds): prefill at 4096 tokens 1.50-1.54 / 1.53-1.66 s against
-    the official package's 4.03-4.41 / 3.36-3.88 s, decoding 5.7-7.1 / 5.1-5.5 ms a token
-    against 10.0-12.1 / 10.7-11.7 ms; before this route (two rounds) prefill took 5.0-5.4 /
-    5.2-5.3 s and decoding 9.0-9.2 / 10.0-13.4 ms. Peak memory of a 16384-token prefill: 1.36 /
-    1.42 GiB against 4.37 / 4.57 GiB on the plain path (--plain; the (T, vocab) logits are
-    0.5 GiB of it); decoding's, 0.42 GiB at any length. A decoding step streams 99 MB of
-    weights: 14-19 GB/s so, 8-10 GB/s for the package; the rest of a step is the model's
-    Python (embedding, six block calls, the states' stacking). No OpenMP region is left in a
-    decoding step (the package's: 18 / 24 a token).
-  - RWKV-7's block step (wkv7), on one core beside another job (2026-12-05): `catalog bench
-    rwkv7 --variant small --seqlen 4096 --mode generate --new-tokens 64 --threads 1 --against
-    rwkv-pip`, three runs: 4.8-4.9 ms a token against the official package's 5.5-7.5 ms
-    (1.12-1.53x); benchmarks/rwkv7_decoding.py --threads 1, in one
-    process: plain 7.9-8.7 ms, the time mix's C loop alone 5.4-5.6 ms, the block step 3.9-4.4
-    ms. Of a 4.3 ms token the six block steps took 3.25 ms, their 82 MB of weights streamed at
-    about 25 GB/s; the head and the model's Python the rest.
-  - dropout in training (benchmarks/training_parts.py, on a quiet machine): for the `small`
-    GPT's attention probabilities at 1024 tokens (8 heads x 1024 x 1024) PyTorch's mask
-    (bernoulli_, a Mersenne Twister, one number at a time) takes 61 ms and F.dropout 68 ms, the
-    kernel 13 ms. PyTorch's CPU flash attention takes no dropout, so with dropout SDPA runs its
-    math path anyway: the route runs the same math with the kernel's mask (that layer's causal
-    attention, forward and backward: 142 ms in SDPA, 98 ms whole, 60 ms in blocks of 256), and
-    leaves attention without dropout (inference, p = 0) to SDPA.
+The measurements behind these routes (kernels, threads, bandwidths, what was tried and
+rejected) are in zoo/fast_measurements.md; `benchmarks/linear_backends.py` times the
+linear routes side by side.
+
 Elsewhere the linear and ffn routes run the plain ops (CUDA, other dtypes, gradients,
 torch.compile; F.linear without oneDNN), the wkv route the PyTorch WKV (CUDA, no C
 compiler), and the dropout route PyTorch's dropout and SDPA (CUDA, other dtypes, autocast,
@@ -227,7 +147,7 @@ def many_rows_kernel() -> str:
     The environment variable ZOO_LINEAR_KERNEL names one; unset (or "auto"): oneDNN's where
     torch runs AVX-512 and has oneDNN's fused linear, MKL's (F.linear's) elsewhere: oneDNN's
     ran at 470-485 GFLOP/s against MKL's 210-220 on a 2-core AMD Zen 4 host (AVX-512), MKL's
-    3 to 14% ahead on a Zen 3 host without it (see the module's notes;
+    3 to 14% ahead on a Zen 3 host without it (zoo/fast_measurements.md;
     benchmarks/linear_backends.py times both). A timing at start-up was tried and rejected:
     on this shared 2-core machine a quarter-second probe picked the slower kernel in about
     one process in three."""

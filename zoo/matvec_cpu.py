@@ -31,7 +31,7 @@ whatever the rows. zoo/fast.py's "wkv5" and "wkv7" routes run it in RWKV-5/6/7's
 block steps, zoo/wkv5_step_cpu.py and zoo/wkv7_step_cpu.py, through a pointer to this library,
 and their output heads), where no OpenMP region competes with the helpers for the cores; the
 linear route keeps its split product for the other models, whose decoding steps still have such
-regions (see zoo/fast.py's notes).
+regions (see zoo/fast_measurements.md).
 The source is compiled on first use with the system's C compiler and cached (zoo/ckernel.py).
 """
 
