@@ -2,6 +2,7 @@
 
     python benchmarks/linear_backends.py            # decoding (1 row) and prefill (2048 rows)
     python benchmarks/linear_backends.py --quick
+    python benchmarks/linear_backends.py --training   # forward and backward, 2048 rows
 
 For one row (decoding) the weights of a `small` model's shapes are cycled through, about 100 MB
 of them, so that they stream from memory as in a decoding step rather than sit in the cache;
@@ -11,7 +12,9 @@ between threads that never wait for one another), timed for one row only. For ma
 gives GFLOP/s; `zoo linear` takes the
 kernel zoo.fast.many_rows_kernel() names (oneDNN's with AVX-512, else MKL's, unless
 ZOO_LINEAR_KERNEL names one; printed under
-the table). Each route is timed in
+the table). --training times a training step's three products (forward, input gradient,
+weight gradient) of F.linear and of `zoo linear` with gradients, 6 x rows x out x in FLOPs.
+Each route is timed in
 alternation with the others (median of several rounds), so a noisy machine slows all alike.
 """
 
@@ -47,10 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--training", action="store_true",
+                        help="forward and backward with gradients, many rows")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = 5 if args.quick else 15
+    if args.training:
+        return training(rounds)
     routes = {"F.linear (MKL)": F.linear, "zoo linear": linear}
     if matvec_cpu.available():
         routes["matvec_cpu"] = matvec_cpu.matvec
@@ -87,6 +94,34 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=160 if not sys.stdout.isatty() else None)
     console.print(table)
     console.print(f"zoo linear, more than a few rows: {many_rows_kernel()} (ZOO_LINEAR_KERNEL)")
+    return 0
+
+
+def training(rounds: int, rows: int = 2048) -> int:
+    """F.linear against zoo.fast.linear with gradients: forward, then dy W and dy^T x."""
+    routes = {"F.linear (MKL)": F.linear, "zoo linear": linear}
+    table = Table(title=f"linear routes with gradients, float32, {rows} rows, "
+                        f"{torch.get_num_threads()} threads", header_style="bold")
+    for column in ("weight (out, in)", *(f"{name} GFLOP/s" for name in routes),
+                   "zoo / F.linear"):
+        table.add_column(column, justify="right")
+    torch.manual_seed(0)
+    for out_features, in_features in SHAPES:
+        x = torch.randn(rows, in_features, requires_grad=True)
+        weight = torch.randn(out_features, in_features, requires_grad=True)
+        dy = torch.randn(rows, out_features)
+        samples = {name: [] for name in routes}
+        for _ in range(rounds):
+            for name, fn in routes.items():
+                samples[name] += timed(lambda fn=fn: fn(x, weight).backward(dy), 1)
+        median = {name: statistics.median(s) for name, s in samples.items()}
+        work = 6 * rows * out_features * in_features / 1e9
+        table.add_row(f"({out_features}, {in_features})",
+                      *(f"{work / median[name]:.1f}" for name in routes),
+                      f"{median['F.linear (MKL)'] / median['zoo linear']:.2f}x")
+    console = Console(width=160 if not sys.stdout.isatty() else None)
+    console.print(table)
+    console.print(f"zoo linear with gradients: {many_rows_kernel()} (ZOO_LINEAR_KERNEL)")
     return 0
 
 

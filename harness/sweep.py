@@ -178,10 +178,20 @@ def check(sweep: Sweep, catalog: Catalog | None = None) -> None:
 
 
 def peak_label(device: str, dtype: str, threads: int | None) -> str:
-    """The key of a matmul peak in the cache: the machine, device, dtype and threads."""
+    """The key of a matmul peak in the cache: the machine, device, dtype and threads, and on
+    the CPU the instruction set torch runs and the kernel the zoo's linears take: a processor's
+    name ("AMD EPYC") covers hosts with and without AVX-512, whose peaks differ twofold."""
+    import torch
+
+    from zoo import fast
+
     info = machine_info(device)
-    return (f"{info['cpu']}|{info['gpu']}|{device}|{dtype}|threads={threads or 'default'}"
-            f"|method={PEAK_METHOD}")
+    label = (f"{info['cpu']}|{info['gpu']}|{device}|{dtype}|threads={threads or 'default'}"
+             f"|method={PEAK_METHOD}")
+    if not device.startswith("cuda"):
+        capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
+        label += f"|isa={capability}|kernel={fast.many_rows_kernel()}"
+    return label
 
 
 def calibrate(device: str, dtype: str, threads: int | None, cache: Path,

@@ -1,4 +1,5 @@
-"""Dropout for float32 CPU training, its mask drawn by a counter-based hash in C.
+"""Dropout for CPU training (float32, and bfloat16 under autocast), its mask drawn by a
+counter-based hash in C.
 
 PyTorch draws a CPU dropout mask with its Mersenne Twister one number at a time, plus two more
 passes to scale. At training lengths the masks of attention probabilities are (B, heads, T, T):
@@ -54,7 +55,42 @@ void dropout_backward(int64_t n, const float *dy, const uint8_t *keep, float *dx
     for (int64_t i = 0; i < n; i++)
         dx[i] = keep[i] ? dy[i] * scale : 0.0f;
 }
+
+/* bfloat16 (the top half of a float32) to float32 and back, rounding to nearest even, as
+   torch rounds; a NaN stays a (quiet) NaN. */
+static inline float from_bf16(uint16_t b) {
+    union { uint32_t u; float f; } v = { (uint32_t)b << 16 };
+    return v.f;
+}
+static inline uint16_t to_bf16(float f) {
+    union { float f; uint32_t u; } v = { f };
+    if ((v.u & 0x7fffffffU) > 0x7f800000U) return (uint16_t)((v.u >> 16) | 0x40);
+    return (uint16_t)((v.u + 0x7fffU + ((v.u >> 16) & 1U)) >> 16);
+}
+
+/* The same two passes on bfloat16 tensors (autocast's activations): the same mask for the
+   same key, each kept value scaled in float32 and rounded once. */
+void dropout_forward_bf16(int64_t n, int64_t start, const uint16_t *x, uint16_t *y,
+                          uint8_t *keep, uint32_t threshold, float scale, uint32_t key0,
+                          uint32_t key1) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t h = mix32(mix32((uint32_t)(start + i) ^ key0) ^ key1);
+        uint8_t kept = h >= threshold;
+        keep[i] = kept;
+        y[i] = kept ? to_bf16(from_bf16(x[i]) * scale) : 0;
+    }
+}
+
+void dropout_backward_bf16(int64_t n, const uint16_t *dy, const uint8_t *keep, uint16_t *dx,
+                           float scale) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++)
+        dx[i] = keep[i] ? to_bf16(from_bf16(dy[i]) * scale) : 0;
+}
 """
+
+DTYPES = (torch.float32, torch.bfloat16)  # the tensors the kernel takes
 
 MAX_ELEMENTS = 2**32  # the hash's counter is 32 bits: larger tensors take PyTorch's dropout
 
@@ -62,14 +98,19 @@ MAX_ELEMENTS = 2**32  # the hash's counter is 32 bits: larger tensors take PyTor
 def _library() -> ctypes.CDLL | None:
     library = ckernel.load("dropout", SOURCE)
     if library is not None and library.dropout_forward.argtypes is None:
-        library.dropout_forward.restype = None
-        library.dropout_forward.argtypes = ([ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3
-                                            + [ctypes.c_uint32, ctypes.c_float]
-                                            + [ctypes.c_uint32] * 2)
-        library.dropout_backward.restype = None
-        library.dropout_backward.argtypes = ([ctypes.c_int64] + [ctypes.c_void_p] * 3
-                                             + [ctypes.c_float])
+        for suffix in ("", "_bf16"):
+            forward = getattr(library, f"dropout_forward{suffix}")
+            forward.restype = None
+            forward.argtypes = ([ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3
+                                + [ctypes.c_uint32, ctypes.c_float] + [ctypes.c_uint32] * 2)
+            backward = getattr(library, f"dropout_backward{suffix}")
+            backward.restype = None
+            backward.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_float]
     return library
+
+
+def _suffix(x: torch.Tensor) -> str:
+    return "_bf16" if x.dtype == torch.bfloat16 else ""
 
 
 def available() -> bool:
@@ -78,9 +119,9 @@ def available() -> bool:
 
 
 def runs(x: torch.Tensor, p: float) -> bool:
-    """Whether `dropout` takes the kernel for x: float32 on the CPU, 0 < p < 1, fewer than 2^32
-    elements, and a compiler built it."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and 0.0 < p < 1.0
+    """Whether `dropout` takes the kernel for x: float32 or bfloat16 on the CPU, 0 < p < 1,
+    fewer than 2^32 elements, and a compiler built it."""
+    return (x.device.type == "cpu" and x.dtype in DTYPES and 0.0 < p < 1.0
             and x.numel() < MAX_ELEMENTS and available())
 
 
@@ -107,8 +148,9 @@ def _forward(x: torch.Tensor, p: float, key: tuple[int, int]):
     x = x.contiguous()
     y = torch.empty_like(x)
     keep = torch.empty(x.shape, dtype=torch.uint8)
-    library.dropout_forward(x.numel(), 0, x.data_ptr(), y.data_ptr(), keep.data_ptr(),
-                            threshold(p), 1.0 / (1.0 - p), *key)
+    forward = getattr(library, f"dropout_forward{_suffix(x)}")
+    forward(x.numel(), 0, x.data_ptr(), y.data_ptr(), keep.data_ptr(), threshold(p),
+            1.0 / (1.0 - p), *key)
     return y, keep
 
 
@@ -126,8 +168,8 @@ class _Dropout(torch.autograd.Function):
         (keep,) = ctx.saved_tensors
         dy = dy.contiguous()
         dx = torch.empty_like(dy)
-        _library().dropout_backward(dy.numel(), dy.data_ptr(), keep.data_ptr(), dx.data_ptr(),
-                                    ctx.scale)
+        backward = getattr(_library(), f"dropout_backward{_suffix(dy)}")
+        backward(dy.numel(), dy.data_ptr(), keep.data_ptr(), dx.data_ptr(), ctx.scale)
         return dx, None, None
 
 
@@ -136,5 +178,6 @@ def dropout(x: torch.Tensor, p: float, key: tuple[int, int] | None = None) -> to
     elements scaled by 1 / (1 - p). `key` fixes the mask (default: drawn from torch's
     generator)."""
     if not runs(x, p):
-        raise ValueError("the compiled dropout takes float32 CPU tensors, 0 < p < 1")
+        raise ValueError("the compiled dropout takes float32 or bfloat16 CPU tensors, "
+                         "0 < p < 1")
     return _Dropout.apply(x, p, _key() if key is None else key)

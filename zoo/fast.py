@@ -8,7 +8,8 @@ where this project's benchmarks run:
 
   linear  nn.Linear -> FastLinear, computed by `linear` below: a split matrix-vector product for
           a few rows (decoding), oneDNN's matrix multiply for more where torch runs AVX-512,
-          MKL's elsewhere (ZOO_LINEAR_KERNEL chooses);
+          MKL's elsewhere (ZOO_LINEAR_KERNEL chooses); with oneDNN chosen, a float32 training
+          step's three products (forward, input and weight gradients) are oneDNN's too;
   ffn     a feed-forward layer's activation applied in the pass that writes its first matrix
           product (oneDNN) or in place after it (MKL) (FeedForward -> FusedFeedForward; LLaMA's
           SwiGLU -> FusedSwiGLU), and RWKV's squared ReLU squared in place as well
@@ -48,10 +49,10 @@ The measurements behind these routes (kernels, threads, bandwidths, what was tri
 rejected) are in zoo/fast_measurements.md; `benchmarks/linear_backends.py` times the
 linear routes side by side.
 
-Elsewhere the linear and ffn routes run the plain ops (CUDA, other dtypes, gradients,
-torch.compile; F.linear without oneDNN), the wkv route the PyTorch WKV (CUDA, no C
-compiler), and the dropout route PyTorch's dropout and SDPA (CUDA, other dtypes, autocast,
-torch.compile, no C compiler).
+Elsewhere the linear and ffn routes run the plain ops (CUDA, other dtypes, autocast,
+torch.compile; F.linear without oneDNN; the ffn route with gradients), the wkv route the PyTorch WKV (CUDA, no C
+compiler), and the dropout route PyTorch's dropout and SDPA (CUDA, dtypes other than float32
+and bfloat16, torch.compile, no C compiler).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ FEW_ROWS = 4  # at most this many rows take the split product (measured faster u
 ROUTES: dict[str, str] = {
     "linear": f"nn.Linear: split matrix-vector products for <= {FEW_ROWS} rows, oneDNN's "
               "matmul with AVX-512, MKL's without (or as ZOO_LINEAR_KERNEL names) for more "
-              "(CPU float32 inference)",
+              "(CPU float32 inference; with oneDNN, training's three products too)",
     "ffn": "feed-forward layers (SwiGLU's included): the activation in oneDNN's matmul pass or "
            "in place after MKL's, RWKV's squared ReLU squared in place (CPU float32 inference)",
     "wkv": "RWKV's WKV as a compiled C loop with its backward (zoo.wkv_cpu; CPU float32, "
@@ -108,7 +109,7 @@ ROUTES: dict[str, str] = {
     "scan": "Mamba's selective scan as a compiled C loop with its backward (zoo.scan_cpu; CPU, "
             "inference and training)",
     "dropout": "dropout masks drawn by a C kernel (zoo.dropout_cpu), attention with dropout "
-               "as its math path on them (CPU float32 training)",
+               "as its math path on them (CPU training, float32 or bfloat16)",
 }
 
 # The activations of zoo.layers.ACTIVATIONS as oneDNN post-ops: name -> (post-op, algorithm).
@@ -174,6 +175,43 @@ def _fast_path(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
                                                   or bias is not None and bias.requires_grad)))
 
 
+def _training_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """CPU float32 with gradients, oneDNN chosen for many rows, no autocast (which casts the
+    product to its own dtype) and not under torch.compile."""
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and not _compiling() and not torch.is_autocast_enabled("cpu")
+            and many_rows_kernel() == "onednn")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """x W^T + b with its three products (forward, input gradient, weight gradient) in oneDNN's
+    matmul, which runs at about twice MKL's rate where it has AVX-512
+    (benchmarks/linear_backends.py --training); the plain F.linear is its oracle."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        out_features, in_features = weight.shape
+        dy2 = dy.contiguous().view(-1, out_features)  # a summed loss's gradient can be expanded
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:  # dy W: oneDNN takes W^T as a (in, out) "weight" view
+            dx = torch.ops.mkldnn._linear_pointwise(dy2, weight.t(), None, "none", [], "")
+            dx = dx.view(x.shape)
+        if ctx.needs_input_grad[1]:  # dy^T x
+            x2 = x.reshape(-1, in_features)
+            dw = torch.ops.mkldnn._linear_pointwise(dy2.t(), x2.t(), None, "none", [], "")
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy2.sum(0)
+        return dx, dw, db
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            activation: str | None = None) -> torch.Tensor:
     """activation(F.linear(x, weight, bias)) for x (..., in), weight (out, in), by the fastest
@@ -183,7 +221,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         raise ValueError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
     out_features, in_features = weight.shape
     rows = x.numel() // in_features if in_features else 0
-    if not _fast_path(x, weight, bias) or rows == 0:
+    if rows > FEW_ROWS and not _fast_path(x, weight, bias) and _training_path(x, weight):
+        y = _OneDNNLinear.apply(x, weight, bias)  # with gradients: the three products in oneDNN
+    elif not _fast_path(x, weight, bias) or rows == 0:
         y = F.linear(x, weight, bias)
     elif rows <= FEW_ROWS and out_features % 2 == 0 and weight.is_contiguous():
         # (2, out/2, in) @ (2, in, rows): each half of the weight's rows times the same inputs.
@@ -644,6 +684,8 @@ def describe(model: nn.Module, training: bool = False,
         many = "oneDNN matmul" if onednn else "MKL matmul (F.linear)"
         notes.append(f"linears: {many}, split matrix-vector products for <= {FEW_ROWS} rows "
                      "(zoo.fast)")
+    elif "linear" in routes and cpu32 and onednn:
+        notes.append("linears: oneDNN matmul for the forward and both gradients (zoo.fast)")
     else:
         notes.append("linears: F.linear")
     if kinds & {FeedForward, ChannelMix, SwiGLU, *_SWAPS["ffn"].values()}:
@@ -687,7 +729,8 @@ def describe(model: nn.Module, training: bool = False,
             notes.append(f"selective scan: PyTorch, chunks of {chunk} for prefill, the "
                          "recurrence for decoding")
     if any(isinstance(m, tuple(_SWAPS["dropout"])) for m in model.modules()):
-        kernel = "dropout" in routes and cpu32 and dropout_cpu.available()
+        kernel = ("dropout" in routes and cpu and (dtype or weight.dtype) in dropout_cpu.DTYPES
+                  and dropout_cpu.available())
         notes.append("dropout (training): masks from a C kernel (zoo.dropout_cpu)" if kernel
                      else "dropout (training): PyTorch's")
     return tuple(notes)

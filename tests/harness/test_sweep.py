@@ -212,8 +212,15 @@ def test_the_matmul_peak_is_the_best_of_torch_mm_and_the_zoo_route(monkeypatch):
     assert peak > 2 * (2 * 2048**3 / 1.0)
 
 
-def test_the_peak_cache_key_names_the_method():
-    assert sweeps.peak_label("cpu", "float32", None).endswith("|method=2")
+def test_the_peak_cache_key_names_the_method_the_instruction_set_and_the_kernel(monkeypatch):
+    import zoo.fast
+
+    label = sweeps.peak_label("cpu", "float32", None)
+    assert "|method=2|isa=" in label
+    assert label.endswith(f"|kernel={zoo.fast.many_rows_kernel()}")
+    monkeypatch.setattr(zoo.fast, "many_rows_kernel", lambda: "mkl")
+    assert sweeps.peak_label("cpu", "float32", None).endswith("|kernel=mkl")
+    assert "isa=" not in sweeps.peak_label("cuda", "float32", None)
 
 
 def test_compile_adds_a_compiled_cell_beside_each_eager_one(tmp_path):

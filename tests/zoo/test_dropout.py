@@ -70,12 +70,35 @@ def test_given_its_mask_dropout_is_exact_forward_and_backward(p):
                        dropout_cpu.dropout(strided.contiguous(), p, key))
 
 
+@pytest.mark.parametrize("p", [0.1, 0.6])
+def test_in_bfloat16_the_mask_is_float32s_and_each_value_is_rounded_once(p):
+    """bfloat16 (autocast's activations): the same mask as float32's for the same key, each
+    kept value scaled in float32 and rounded to nearest even as torch rounds, forward and
+    backward; infinities and NaNs pass through a kept element."""
+    torch.manual_seed(1)
+    x = (torch.randn(3, 5, 77) * 100).bfloat16()
+    x.view(-1)[:3] = torch.tensor([float("inf"), float("-inf"), float("nan")])
+    x.requires_grad_()
+    dy = torch.randn(3, 5, 77).bfloat16()
+    key = (99, 7)
+    y = dropout_cpu.dropout(x, p, key)
+    assert y.dtype == torch.bfloat16
+    keep = dropout_cpu.mask(x.numel(), p, key).view(x.shape)
+    scale = 1 / (1 - p)
+    expected = torch.where(keep, (x.detach().float() * scale).bfloat16(), 0.0)
+    torch.testing.assert_close(y, expected, atol=0, rtol=0, equal_nan=True)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    assert dx.dtype == torch.bfloat16
+    torch.testing.assert_close(dx, torch.where(keep, (dy.float() * scale).bfloat16(), 0.0),
+                               atol=0, rtol=0)
+
+
 def test_where_the_kernel_does_not_run():
     x = torch.ones(4)
-    assert dropout_cpu.runs(x, 0.1)
+    assert dropout_cpu.runs(x, 0.1) and dropout_cpu.runs(x.bfloat16(), 0.1)
     assert not dropout_cpu.runs(x, 0.0) and not dropout_cpu.runs(x, 1.0)
-    assert not dropout_cpu.runs(x.double(), 0.1) and not dropout_cpu.runs(x.bfloat16(), 0.1)
-    with pytest.raises(ValueError, match="float32 CPU tensors"):
+    assert not dropout_cpu.runs(x.double(), 0.1) and not dropout_cpu.runs(x.half(), 0.1)
+    with pytest.raises(ValueError, match="float32 or bfloat16 CPU tensors"):
         dropout_cpu.dropout(x.double(), 0.1)
 
 
@@ -157,21 +180,27 @@ def test_the_route_runs_in_training_only():
         assert not calls
 
 
-def test_a_model_trains_through_the_route(monkeypatch):
+@pytest.mark.parametrize("autocast", [False, True])
+def test_a_model_trains_through_the_route(autocast, monkeypatch):
     """GPT with dropout trains with the kernel's masks: every dropout (embedding, attention,
-    residual) goes through it, and the loss and gradients are finite."""
-    calls = []
+    residual) goes through it, in float32 and under bfloat16 autocast (mixed precision), where
+    the attention's and the residuals' masks are drawn on bfloat16 tensors; the loss and
+    gradients are finite."""
+    calls, dtypes = [], set()
     real = dropout_cpu.dropout
 
     def counting(x, p, key=None):
         calls.append(tuple(x.shape))
+        dtypes.add(x.dtype)
         return real(x, p, key)
 
     monkeypatch.setattr(dropout_cpu, "dropout", counting)
     model = zoo.build("gpt", n_layer=2, d_model=32, n_head=2, vocab_size=64, dropout=0.1).train()
     ids = torch.randint(0, 64, (2, 16))
-    loss = model(ids, targets=ids).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(ids, targets=ids).loss
     loss.backward()
+    assert (torch.bfloat16 in dtypes) == autocast
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     assert calls.count((2, 2, 16, 16)) == 2  # one attention per layer

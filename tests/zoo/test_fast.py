@@ -111,14 +111,50 @@ def onednn_calls(monkeypatch):
     return calls
 
 
-def test_onednn_runs_for_many_rows_without_gradients(onednn_calls):
+def test_onednn_runs_for_many_rows(onednn_calls):
     layer = FastLinear(16, 8)
     x = torch.randn(10, 16)
     with torch.no_grad():
         layer(x)
         linear(x, layer.weight, layer.bias, activation="gelu_tanh")
-    layer(x)  # with gradients: F.linear
     assert onednn_calls == ["none", "gelu"]
+
+
+def test_with_gradients_onednn_takes_the_three_products_unless_autocast_runs(onednn_calls):
+    layer = FastLinear(16, 8)
+    x = torch.randn(10, 16, requires_grad=True)
+    layer(x).sum().backward()  # forward, then dy W and dy^T x
+    assert onednn_calls == ["none"] * 3
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's own bf16 product
+        assert layer(x).dtype == torch.bfloat16
+    layer(x[:FEW_ROWS])  # few rows: F.linear
+    assert len(onednn_calls) == 3
+
+
+@pytest.mark.parametrize("needs", ["all", "weight only", "input only"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_training_products_give_float64_gradients(needs, with_bias, kernel):
+    """The forward and both gradients of a routed linear with gradients (oneDNN's training
+    products, or F.linear) against float64 F.linear, for 2-D and 3-D inputs and for the
+    expanded gradient a summed loss hands back."""
+    torch.manual_seed(3)
+    for shape in ((37, 40), (3, 13, 40)):
+        x = torch.randn(*shape, requires_grad=needs != "weight only")
+        weight = (torch.randn(48, 40) / 40**0.5).requires_grad_(needs != "input only")
+        bias = torch.randn(48, requires_grad=needs != "input only") if with_bias else None
+        leaves = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
+        doubles = [t.detach().double().requires_grad_(t.requires_grad) if t is not None else None
+                   for t in (x, weight, bias)]
+        for loss in (lambda y: y.sum(), lambda y: (y * y).sum()):
+            got = torch.autograd.grad(loss(linear(x, weight, bias, "gelu")), leaves)
+            y64 = reference(*doubles, "gelu")
+            torch.testing.assert_close(linear(x, weight, bias, "gelu").double(), y64,
+                                       atol=1e-5, rtol=1e-5)
+            want = torch.autograd.grad(loss(y64), [d for d in doubles
+                                                   if d is not None and d.requires_grad])
+            for g, w in zip(got, want):
+                assert g.dtype == torch.float32
+                torch.testing.assert_close(g.double(), w, atol=1e-4, rtol=1e-5)
 
 
 def test_with_mkl_chosen_oneDNN_never_runs_and_activations_apply_in_place(monkeypatch):
@@ -414,11 +450,19 @@ def test_describe_says_which_routes_run(name):
         assert not any(n.startswith("dropout") for n in notes + plain_notes)
 
 
-def test_describe_a_training_step():
+@pytest.mark.parametrize("kernel_name", KERNELS)
+def test_describe_a_training_step(kernel_name, monkeypatch):
+    monkeypatch.setattr(zoo.fast, "many_rows_kernel", lambda: kernel_name)
     model = tiny("gpt", fast=True)
+    linears = ("linears: oneDNN matmul for the forward and both gradients (zoo.fast)"
+               if kernel_name == "onednn" else "linears: F.linear")
     assert zoo.fast.describe(model, training=True) == (
-        "linears: F.linear", "feed-forward: activation as a separate op",
+        linears, "feed-forward: activation as a separate op",
         "dropout (training): masks from a C kernel (zoo.dropout_cpu)"
         if dropout_cpu.available() else "dropout (training): PyTorch's")
     autocast = zoo.fast.describe(model, training=True, dtype=torch.bfloat16)
-    assert autocast[-1] == "dropout (training): PyTorch's"
+    assert autocast[-1] == ("dropout (training): masks from a C kernel (zoo.dropout_cpu)"
+                            if dropout_cpu.available() else "dropout (training): PyTorch's")
+    half = zoo.fast.describe(model, training=True, dtype=torch.float16)
+    assert half[-1] == "dropout (training): PyTorch's"
+    assert autocast[0] == "linears: F.linear"  # autocast takes its own bfloat16 product
