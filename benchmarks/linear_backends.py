@@ -113,7 +113,7 @@ def training(rounds: int, rows: int = 2048) -> int:
         samples = {name: [] for name in routes}
         for _ in range(rounds):
             for name, fn in routes.items():
-                samples[name] += timed(lambda fn=fn: fn(x, weight).backward(dy), 1)
+                samples[name] += timed(lambda fn=fn, x=x, w=weight, dy=dy: fn(x, w).backward(dy), 1)
         median = {name: statistics.median(s) for name, s in samples.items()}
         work = 6 * rows * out_features * in_features / 1e9
         table.add_row(f"({out_features}, {in_features})",

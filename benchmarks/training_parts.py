@@ -2,6 +2,7 @@
 
     python benchmarks/training_parts.py
     python benchmarks/training_parts.py --profile gpt:1024 [--plain]   # where a step's time goes
+    python benchmarks/training_parts.py --profile gpt:256 --batch 8 --dtype bfloat16
 
   - a 32 MiB elementwise product in fresh pages, then after `keep_freed_memory` (reused pages),
     which the rest is timed under, as training cells and the trainer run;
@@ -13,7 +14,8 @@
   - a (1024 x 512) by (512 x 2048) product in float32 and in bfloat16.
 Each figure is the fastest of several runs (a shared machine only ever slows a run down).
 --profile MODEL:SEQLEN prints torch.profiler's top operators over two training steps of the
-`small` model (the benchmark's train workload), with the zoo's routes or, with --plain, without.
+`small` model (the benchmark's train workload), with the zoo's routes or, with --plain, without;
+--batch and --dtype bfloat16 (mixed precision) profile the step the quality trainer takes.
 """
 
 from __future__ import annotations
@@ -45,20 +47,29 @@ def fastest_ms(run, repeat: int = 7) -> float:
     return 1000 * min(times)
 
 
-def profile_step(model_name: str, seqlen: int, fast: bool) -> None:
-    """torch.profiler's top operators over two training steps, as a training cell runs them."""
+def profile_step(model_name: str, seqlen: int, fast: bool, batch: int = 1,
+                 dtype: str = "float32") -> None:
+    """torch.profiler's top operators over two training steps, as a training cell runs them
+    (bfloat16: mixed precision, the step under autocast over float32 weights)."""
     from torch.profiler import ProfilerActivity, profile
 
     training_setup()
     model = build(model_name, "small", seqlen=seqlen, seed=0, fast=fast).model
     cell = Cell(model=model_name, variant="small", impl="zoo", mode="train", seqlen=seqlen,
-                batch=1, dtype="float32", device="cpu", threads=None, warmup=2, repeat=1,
+                batch=batch, dtype=dtype, device="cpu", threads=None, warmup=2, repeat=1,
                 new_tokens=0, fast=fast)
-    step = ours.eager(cell, model, draw_inputs(model, "train", 1, seqlen, torch.device("cpu"))).run
+    inputs = draw_inputs(model, "train", batch, seqlen, torch.device("cpu"))
+    plain_step = ours.eager(cell, model, inputs).run
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            return plain_step()
+
     step(), step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step(), step()
-    print(f"{model_name} small, {seqlen} tokens, {'routes' if fast else 'plain'}, two steps:")
+    print(f"{model_name} small, {batch} x {seqlen} tokens, {dtype}, "
+          f"{'routes' if fast else 'plain'}, two steps:")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
@@ -66,10 +77,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", metavar="MODEL:SEQLEN", default=None)
     parser.add_argument("--plain", action="store_true", help="profile without the routes")
+    parser.add_argument("--batch", type=int, default=1, help="sequences per profiled step")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: mixed precision (autocast over float32 weights)")
     args = parser.parse_args(argv)
     if args.profile:
         model_name, _, seqlen = args.profile.partition(":")
-        profile_step(model_name, int(seqlen or 1024), fast=not args.plain)
+        profile_step(model_name, int(seqlen or 1024), fast=not args.plain, batch=args.batch,
+                     dtype=args.dtype)
         return
     torch.manual_seed(0)
     rows: list[tuple[str, str, float]] = []

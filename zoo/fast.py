@@ -50,9 +50,9 @@ rejected) are in zoo/fast_measurements.md; `benchmarks/linear_backends.py` times
 linear routes side by side.
 
 Elsewhere the linear and ffn routes run the plain ops (CUDA, other dtypes, autocast,
-torch.compile; F.linear without oneDNN; the ffn route with gradients), the wkv route the PyTorch WKV (CUDA, no C
-compiler), and the dropout route PyTorch's dropout and SDPA (CUDA, dtypes other than float32
-and bfloat16, torch.compile, no C compiler).
+torch.compile; F.linear without oneDNN; the ffn route with gradients), the wkv route the
+PyTorch WKV (CUDA, no C compiler), and the dropout route PyTorch's dropout and SDPA (CUDA,
+dtypes other than float32 and bfloat16, torch.compile, no C compiler).
 """
 
 from __future__ import annotations

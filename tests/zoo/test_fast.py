@@ -152,7 +152,7 @@ def test_training_products_give_float64_gradients(needs, with_bias, kernel):
                                        atol=1e-5, rtol=1e-5)
             want = torch.autograd.grad(loss(y64), [d for d in doubles
                                                    if d is not None and d.requires_grad])
-            for g, w in zip(got, want):
+            for g, w in zip(got, want, strict=True):
                 assert g.dtype == torch.float32
                 torch.testing.assert_close(g.double(), w, atol=1e-4, rtol=1e-5)
 
