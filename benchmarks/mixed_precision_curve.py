@@ -44,8 +44,12 @@ def spread(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gpt")
+    parser.add_argument("--variant", default="small")
     parser.add_argument("--task", default="lm")
     parser.add_argument("--budget", default="500K-tokens")
+    parser.add_argument("--corpus", default=None, help="default: catalog train's")
+    parser.add_argument("--seqlen", type=int, default=None, help="default: catalog train's")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: catalog train's")
     parser.add_argument("--width", type=int, default=None, help="d_model (default: the variant's)")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--eval-every", type=int, default=25)
@@ -59,12 +63,15 @@ def main(argv: list[str] | None = None) -> int:
             for dtype in PRECISIONS:
                 spec = RunSpec.from_options(task=args.task, budget=args.budget, seed=seed,
                                             dtype=dtype, width=args.width,
-                                            eval_every=args.eval_every)
+                                            eval_every=args.eval_every, variant=args.variant,
+                                            corpus=args.corpus, seqlen=args.seqlen,
+                                            batch_size=args.batch_size)
                 data = prepare(spec)
                 result = run_one(args.model, data, Path(folder) / f"{dtype}-{seed}")
                 record = result.record
                 runs[dtype, seed] = {
-                    "model": args.model, "task": args.task, "budget": args.budget,
+                    "model": args.model, "variant": args.variant, "task": args.task,
+                    "budget": args.budget,
                     "width": record.width, "params": record.params, "dtype": dtype,
                     "seed": seed, "steps": result.history.steps, "tokens": record.tokens,
                     "tokens_per_s": record.tokens_per_s, "metric": record.metric,
