@@ -206,7 +206,16 @@ class _OneDNNLinear(torch.autograd.Function):
             dx = dx.view(x.shape)
         if ctx.needs_input_grad[1]:  # dy^T x
             x2 = x.reshape(-1, in_features)
-            dw = torch.ops.mkldnn._linear_pointwise(dy2.t(), x2.t(), None, "none", [], "")
+            rows = x2.size(0)
+            # oneDNN copies a transposed input to rows first: dy^T (out x rows) as written, or
+            # x^T (in x rows) for (x^T dy)^T, whose result is then transposed into place. The
+            # smaller copy wins: for an LM head (out = vocabulary) the second, 25% faster
+            # there (2048 rows, 8192 x 512).
+            if rows * in_features + out_features * in_features < rows * out_features:
+                dw = torch.ops.mkldnn._linear_pointwise(x2.t(), dy2.t(), None, "none", [], "")
+                dw = dw.t().contiguous()
+            else:
+                dw = torch.ops.mkldnn._linear_pointwise(dy2.t(), x2.t(), None, "none", [], "")
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy2.sum(0)
         return dx, dw, db
@@ -546,6 +555,9 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     T, S = q.size(-2), k.size(-2)
     if not is_causal or T != S or T <= block:
         return _attention_rows(q, k, v, attn_mask, 0 if is_causal else None, p)
+    # Heads split from (B, T, C) are strided views: laid out once here, each block's rows and
+    # key prefix are views the batched products take as they are, not a copy per block.
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     rows = []
     for start in range(0, T, block):
         end = min(start + block, T)

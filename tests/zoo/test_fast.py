@@ -133,15 +133,20 @@ def test_with_gradients_onednn_takes_the_three_products_unless_autocast_runs(one
 
 @pytest.mark.parametrize("needs", ["all", "weight only", "input only"])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_training_products_give_float64_gradients(needs, with_bias, kernel):
+@pytest.mark.parametrize("out_features, in_features", [(48, 40), (200, 8)])
+def test_training_products_give_float64_gradients(needs, with_bias, out_features, in_features,
+                                                   kernel):
     """The forward and both gradients of a routed linear with gradients (oneDNN's training
     products, or F.linear) against float64 F.linear, for 2-D and 3-D inputs and for the
-    expanded gradient a summed loss hands back."""
+    expanded gradient a summed loss hands back; (200, 8) is shaped as an LM head (outputs
+    many times the inputs), whose weight gradient oneDNN takes as (x^T dy)^T."""
     torch.manual_seed(3)
-    for shape in ((37, 40), (3, 13, 40)):
+    for shape in ((37, in_features), (3, 13, in_features)):
         x = torch.randn(*shape, requires_grad=needs != "weight only")
-        weight = (torch.randn(48, 40) / 40**0.5).requires_grad_(needs != "input only")
-        bias = torch.randn(48, requires_grad=needs != "input only") if with_bias else None
+        weight = (torch.randn(out_features, in_features) / in_features**0.5).requires_grad_(
+            needs != "input only")
+        bias = (torch.randn(out_features, requires_grad=needs != "input only") if with_bias
+                else None)
         leaves = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
         doubles = [t.detach().double().requires_grad_(t.requires_grad) if t is not None else None
                    for t in (x, weight, bias)]
