@@ -181,16 +181,13 @@ def peak_label(device: str, dtype: str, threads: int | None) -> str:
     """The key of a matmul peak in the cache: the machine, device, dtype and threads, and on
     the CPU the instruction set torch runs and the kernel the zoo's linears take: a processor's
     name ("AMD EPYC") covers hosts with and without AVX-512, whose peaks differ twofold."""
-    import torch
-
     from zoo import fast
 
     info = machine_info(device)
     label = (f"{info['cpu']}|{info['gpu']}|{device}|{dtype}|threads={threads or 'default'}"
              f"|method={PEAK_METHOD}")
     if not device.startswith("cuda"):
-        capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
-        label += f"|isa={capability}|kernel={fast.many_rows_kernel()}"
+        label += f"|isa={fast.cpu_capability()}|kernel={fast.many_rows_kernel()}"
     return label
 
 

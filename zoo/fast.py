@@ -136,10 +136,15 @@ def onednn_available() -> bool:
     return bool(torch.equal(y, torch.full((2, 4), 3.0)))
 
 
+def cpu_capability() -> str:
+    """The instruction set torch's CPU kernels run with here ("AVX512", "AVX2", ...; torch
+    >= 2.1's torch.backends.cpu.get_cpu_capability), "" where torch cannot say."""
+    return str(getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")())
+
+
 def avx512() -> bool:
-    """Whether torch's CPU kernels run with AVX-512 here (torch.backends.cpu's capability)."""
-    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
-    return str(capability).upper().startswith("AVX512")
+    """Whether torch's CPU kernels run with AVX-512 here."""
+    return cpu_capability().upper().startswith("AVX512")
 
 
 @functools.cache
@@ -230,9 +235,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         raise ValueError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
     out_features, in_features = weight.shape
     rows = x.numel() // in_features if in_features else 0
-    if rows > FEW_ROWS and not _fast_path(x, weight, bias) and _training_path(x, weight):
+    inference = _fast_path(x, weight, bias)
+    if rows > FEW_ROWS and not inference and _training_path(x, weight):
         y = _OneDNNLinear.apply(x, weight, bias)  # with gradients: the three products in oneDNN
-    elif not _fast_path(x, weight, bias) or rows == 0:
+    elif not inference or rows == 0:
         y = F.linear(x, weight, bias)
     elif rows <= FEW_ROWS and out_features % 2 == 0 and weight.is_contiguous():
         # (2, out/2, in) @ (2, in, rows): each half of the weight's rows times the same inputs.
