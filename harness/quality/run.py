@@ -82,7 +82,7 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
             notes.append("one attention head, as Zoology's")
         if hasattr(net.config, "init_std"):
             notes.append(f"weights initialised with std {net.config.init_std:.3g} "
-                         "(1/sqrt(3 d): PyTorch's default scale, as Zoology's models)")
+                         "(1/sqrt(3 d), PyTorch's default scale; Zoology's: 0.02)")
     meta = {"task": task, "variant": spec.variant, "seed": spec.seed, "seqlen": config.seqlen,
             "budget": str(spec.budget), "steps": history.steps, "tokens": history.tokens,
             "tokenizer_kind": spec.tokenizer, "corpus": data.corpus_name, "scores": scores,

@@ -68,12 +68,14 @@ MQAR_ONE_HEAD = {"n_head": 1, "n_kv_head": 1}  # (grouped-query attention: one k
 
 
 def mqar_init_std(d_model: int) -> float:
-    """The weight scale of Zoology's models: PyTorch's default for a linear layer, uniform in
-    +-1/sqrt(fan_in), whose std is 1/sqrt(3 d) (0.072 at width 64). GPT-2's 0.02, tuned for
-    width 768, is 3.6x smaller at width 64: attention logits start near 0 and training sits on
-    the plateau before the lookup forms. Measured on (128, 8), width 64, lr 3e-3, seed 0: at
-    0.02 a mixer-only GPT was at chance (0.12) after 1,954 steps; at 0.072 it reached 0.998 in
-    750. Models with their own initialisation scheme (RWKV) keep it."""
+    """The MQAR recipe's weight scale: PyTorch's default for a linear layer, uniform in
+    +-1/sqrt(fan_in), whose std is 1/sqrt(3 d) (0.072 at width 64). A departure from Zoology,
+    whose `_init_weights` (zoology/model.py) starts attention's linears and embeddings at
+    N(0, 0.02), GPT-2's scale, and then trains up to 64 epochs. At width 64, 0.02 is 3.6x
+    smaller: attention logits start near 0 and training sits on the plateau before the lookup
+    forms, longer than a CPU budget. Measured on (128, 8), width 64, lr 3e-3, seed 0: at 0.02 a
+    mixer-only GPT was at chance (0.12) after 1,954 steps; at 0.072 it reached 0.998 in 750.
+    Models with their own initialisation scheme (RWKV, Mamba) keep it."""
     return (3 * d_model) ** -0.5
 # Zoology's training recipe for MQAR (zoology/train.py and the figure's configs): the learning
 # rate decays along a cosine to 0, weight decay 0.1 (the trainer's default), and training stops
