@@ -74,6 +74,11 @@ QualityResultsOpt = Annotated[Path, typer.Option(
 ResumeOpt = Annotated[bool, typer.Option(
     help="Continue an interrupted run from its last save in the output folder.")]
 ForceOpt = Annotated[bool, typer.Option(help="Overwrite a finished checkpoint in the folder.")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="FIELD=VALUE",
+    help="Set a config field of every model on top of the variant's (repeatable), e.g. "
+         "--set d_state=128; records name the variant with it (\"tiny d_state=128\").",
+    show_default=False)]
 QUALITY_RESULTS = Path("reports/results/quality.jsonl")
 
 
@@ -86,7 +91,7 @@ def train_model(
     bpe_vocab: BpeVocabOpt = 8192, seqlen: SeqlenOpt = None, batch_size: BatchOpt = None,
     lr: LrOpt = None, eval_every: EvalEveryOpt = 50, mqar_seqlen: MqarSeqlenOpt = 64,
     mqar_kv_pairs: MqarPairsOpt = 4, mqar_vocab: MqarVocabOpt = 512, device: DeviceOpt = "auto",
-    dtype: TrainDtypeOpt = "float32",
+    dtype: TrainDtypeOpt = "float32", settings: SetOpt = None,
     out: Annotated[Path | None, typer.Option(
         help="Checkpoint folder (default runs/MODEL-TASK-VARIANT-seedN).", show_default=False)
     ] = None,
@@ -99,14 +104,15 @@ def train_model(
     `catalog eval` and lm-eval's `zoo` model read). Under torchrun the model trains data
     parallel (gloo on CPU, nccl on GPU) with the same global batch and data order.
     """
-    from harness.quality.spec import RunSpec
+    from harness.quality.spec import RunSpec, parse_overrides
 
     with one_line_errors():
         spec = RunSpec.from_options(
             task=task, budget=budget, variant=variant, seed=seed, corpus=corpus,
             tokenizer=tokenizer, bpe_vocab=bpe_vocab, seqlen=seqlen, batch_size=batch_size,
             lr=lr, eval_every=eval_every, mqar_seqlen=mqar_seqlen, mqar_kv_pairs=mqar_kv_pairs,
-            mqar_vocab=mqar_vocab, device=resolve_device(device), dtype=dtype)
+            mqar_vocab=mqar_vocab, device=resolve_device(device), dtype=dtype,
+            overrides=parse_overrides(settings))
     _train_and_record(ctx, [model], spec, out, several=False, resume=resume, force=force,
                       results_path=results_path)
 
@@ -162,7 +168,7 @@ def quality(
     stride: Annotated[int | None, typer.Option(
         help="lm, with --extrapolate: also score with sliding windows moved by this many "
              "tokens.", show_default=False)] = None,
-    device: DeviceOpt = "auto", dtype: TrainDtypeOpt = "float32",
+    device: DeviceOpt = "auto", dtype: TrainDtypeOpt = "float32", settings: SetOpt = None,
     grid: Annotated[bool, typer.Option(
         help="Run each model (and each cell of the axes above) in its own process, recorded "
              "as it ends and skipped on a rerun; implied by any list.")] = False,
@@ -182,7 +188,7 @@ def quality(
     grid: one process per cell, each recorded as it ends; each model's learning rate is then
     chosen on the validation split and its test score shown as mean and spread over seeds.
     """
-    from harness.quality.spec import RunSpec
+    from harness.quality.spec import RunSpec, parse_overrides
 
     with one_line_errors():
         seeds = _numbers("--seed", seed)
@@ -197,7 +203,7 @@ def quality(
             seqlen=seqlens[0], batch_size=batch_size, lr=lrs[0], eval_every=eval_every,
             mqar_seqlen=mqar_lengths[0], mqar_kv_pairs=mqar_pairs[0], mqar_vocab=mqar_vocab,
             device=resolve_device(device), dtype=dtype, width=widths[0],
-            extrapolate=extrapolate, stride=stride)
+            extrapolate=extrapolate, stride=stride, overrides=parse_overrides(settings))
         if task == "lm" and variant is None and widths == [None]:
             spec = _sized(ctx, models, spec)
             widths = [spec.width]  # every cell at the chosen width, not the variant's
@@ -300,15 +306,21 @@ def _grid_table(records: list) -> Table:
     from harness.quality.selection import select
 
     chosen = select(results.frame(records))
+    rows = results.records_of(chosen)
+    # The variant where it tells rows apart: several in the file, or --set fields.
+    variants = {row.get("variant") for row in rows}
+    with_variant = len(variants) > 1 or any(" " in str(v) for v in variants)
     table = Table(title="Quality grid (learning rate chosen on validation)", header_style="bold")
-    columns = ("model", "width", "seqlen", "pairs", "metric", "test mean", "± std", "seeds",
-               "lr chosen", "lrs tried", "validation", "failed")
+    columns = ("model", *(("variant",) if with_variant else ()), "width", "seqlen", "pairs",
+               "metric", "test mean", "± std", "seeds", "lr chosen", "lrs tried", "validation",
+               "failed")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("model", "metric") else "right")
-    for row in results.records_of(chosen):
+        table.add_column(column, justify="left" if column in ("model", "variant", "metric")
+                         else "right")
+    for row in rows:
         table.add_row(*(_shown(row.get(name)) for name in (
-            "model", "width", "seqlen", "kv_pairs", "metric", "test_mean", "test_std", "seeds",
-            "lr", "lrs", "val_mean", "failed")))
+            "model", *(("variant",) if with_variant else ()), "width", "seqlen", "kv_pairs",
+            "metric", "test_mean", "test_std", "seeds", "lr", "lrs", "val_mean", "failed")))
     return table
 
 

@@ -54,6 +54,7 @@ class Cell:
         else:
             parts.append(f"T{spec.train_config.seqlen}")
         parts += [f"lr{spec.train_config.lr:g}", f"seed{spec.seed}"]
+        parts += [f"{name}={value}" for name, value in spec.overrides]  # --set: its own folder
         return "-".join(parts)
 
 
@@ -149,7 +150,7 @@ def identity(rec: QualityRecord | Cell) -> tuple:
     """The values of CELL_FIELDS for a record, or those a cell's record will have."""
     if isinstance(rec, Cell):
         spec, config = rec.spec, rec.spec.train_config
-        values = {"model": rec.model, "variant": spec.variant, "task": spec.task,
+        values = {"model": rec.model, "variant": spec.variant_label, "task": spec.task,
                   "width": spec.width, "seqlen": config.seqlen,
                   "kv_pairs": spec.mqar.num_kv_pairs if spec.task == "mqar" else None,
                   "lr": config.lr, "seed": spec.seed, "budget": str(spec.budget),

@@ -13,6 +13,7 @@ from harness.quality.spec import (
     MQAR_ONE_HEAD,
     QualityError,
     RunSpec,
+    check_overrides,
     mqar_init_std,
 )
 
@@ -47,9 +48,11 @@ def task_for(model: str, task: str) -> str:
 
 def check_model(model: str, spec: RunSpec, catalog: Catalog | None = None) -> str:
     """The task `model` runs for the spec, after checking that `catalog` (default: the shipped
-    one) has the spec's variant of it."""
+    one) has the spec's variant of it and that the model takes the spec's --set fields."""
     task = task_for(model, spec.task)
-    _variant_fields(model, spec, catalog)
+    fields = _variant_fields(model, spec, catalog)
+    if spec.overrides:
+        check_overrides(model, spec.overrides, fields)
     return task
 
 
@@ -103,6 +106,7 @@ def build_model(model: str, task: str, data: Prepared, catalog: Catalog | None =
     if task == "mqar" and "init_std" in names:
         width = overrides.get("d_model") or fields.get("d_model") or _default(model, "d_model")
         overrides["init_std"] = mqar_init_std(width)
+    overrides.update(spec.overrides)  # --set: the user's fields win over the task's
     built = build(model, overrides={**fields, **overrides}, seqlen=spec.train_config.seqlen,
                   seed=spec.seed, device="cpu")
     return built.model.to(spec.device)

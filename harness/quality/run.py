@@ -80,10 +80,13 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
             notes.append("mixer-only blocks (d_ff = 0), as Zoology's")
         if getattr(net.config, "n_head", None) == 1:
             notes.append("one attention head, as Zoology's")
-        if hasattr(net.config, "init_std"):
+        if hasattr(net.config, "init_std") and "init_std" not in dict(spec.overrides):
             notes.append(f"weights initialised with std {net.config.init_std:.3g} "
                          "(1/sqrt(3 d), PyTorch's default scale; Zoology's: 0.02)")
-    meta = {"task": task, "variant": spec.variant, "seed": spec.seed, "seqlen": config.seqlen,
+    if spec.overrides:
+        notes.append("config fields set with --set: "
+                     + ", ".join(f"{name}={value}" for name, value in spec.overrides))
+    meta = {"task": task, "variant": spec.variant_label, "seed": spec.seed, "seqlen": config.seqlen,
             "budget": str(spec.budget), "steps": history.steps, "tokens": history.tokens,
             "tokenizer_kind": spec.tokenizer, "corpus": data.corpus_name, "scores": scores,
             "params": params}
@@ -95,7 +98,7 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
     checkpoint = save_checkpoint(out, model, net, _checkpoint_tokenizer(data, task), **meta)
     (out / "state.pt").unlink(missing_ok=True)  # finished: the optimizer state is not needed
     rec = QualityRecord(
-        model=model, variant=spec.variant, impl="zoo", mode="train",
+        model=model, variant=spec.variant_label, impl="zoo", mode="train",
         seqlen=config.seqlen, batch=config.batch_size, dtype=config.dtype, device=spec.device,
         threads=torch.get_num_threads(), status="ok", params=params, task=task,
         metric=setup.metric, value=scores[setup.metric], notes=notes, time=now(),
@@ -187,7 +190,8 @@ def run_folder(out: Path | None, model: str, spec: RunSpec, several: bool) -> Pa
     if out is None:
         if several:
             return Path("runs") / f"quality-{spec.task}" / model
-        return Path("runs") / f"{model}-{spec.task}-{spec.variant}-seed{spec.seed}"
+        variant = spec.variant_label.replace(" ", "-").replace(",", "-")
+        return Path("runs") / f"{model}-{spec.task}-{variant}-seed{spec.seed}"
     return out / model if several else out
 
 

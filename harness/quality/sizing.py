@@ -63,7 +63,8 @@ def size_for_budget(models: list[str], spec: RunSpec, vocab_size: int,
         for model in models:
             fields = width_fields(model, variant_fields(model, spec.variant, catalog), width,
                                   depth=True)
-            net = build(model, overrides={**fields, "vocab_size": vocab_size},
+            net = build(model, overrides={**fields, "vocab_size": vocab_size,
+                                          **dict(spec.overrides)},  # --set's fields too
                         seqlen=config.seqlen, seed=0,
                         device="cpu" if budget.seconds else "meta").model  # meta: no weights
             params[model] = net.num_params()

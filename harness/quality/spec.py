@@ -15,10 +15,14 @@ Tasks, and the models they take (by what the model is, not by name):
 The text is tokenized with bytes (default) or a byte-level BPE trained on the training split;
 models get the tokenizer's vocabulary (plus a [MASK] id for encoders) in place of their
 variant's, and the other fields of the variant (`small`: parameter-matched) unchanged.
+`--set FIELD=VALUE` changes one more config field of every model compared (Zoology's sweeps
+of Mamba's d_state, say); the records name the variant with it ("tiny d_state=128"), so such
+runs are told apart from the variant's own in the results, the tables and the rate choice.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +121,15 @@ class RunSpec:
     curve_tokens: int = 65_536  # test tokens scored at each evaluation length (same for all)
     notes: tuple[str, ...] = ()  # said in every record of the run (e.g. how the size was chosen)
     depth: bool = False  # with `width`: scale the variant's layers with it (a sized model)
+    # --set: config fields set on top of the variant's and the task's, as (name, value) pairs
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def variant_label(self) -> str:
+        """The variant as records name it: "tiny", or "tiny d_state=128" with --set fields."""
+        if not self.overrides:
+            return self.variant
+        return f"{self.variant} " + ",".join(f"{name}={value}" for name, value in self.overrides)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -220,4 +233,64 @@ class RunSpec:
         """The spec of `to_dict`'s fields."""
         return cls(**{**fields, "budget": Budget(**fields["budget"]),
                       "mqar": MQARConfig(**fields["mqar"]),
-                      "notes": tuple(fields.get("notes", ()))})
+                      "notes": tuple(fields.get("notes", ())),
+                      "overrides": tuple(tuple(pair) for pair in fields.get("overrides", ()))})
+
+
+# Fields --set may not change: the task, --width and --mqar-vocab decide them.
+SET_BY_OPTIONS = {"vocab_size": "the task (its tokenizer, or --mqar-vocab)",
+                  "d_model": "--width", "pad_token_id": "the tokenizer"}
+
+
+def parse_overrides(texts: list[str] | None) -> tuple[tuple[str, Any], ...]:
+    """--set's "FIELD=VALUE" texts as (field, value) pairs: numbers, True / False and None as
+    Python reads them, anything else as text. A QualityError names a malformed one."""
+    pairs: dict[str, Any] = {}
+    for text in texts or ():
+        name, sep, raw = text.partition("=")
+        name, raw = name.strip(), raw.strip()
+        if not sep or not name.isidentifier() or not raw:
+            raise QualityError(f"--set {text!r}: give FIELD=VALUE, e.g. --set d_state=128")
+        if name in SET_BY_OPTIONS:
+            raise QualityError(f"--set {name}: {name} is set by {SET_BY_OPTIONS[name]}")
+        words = {"true": True, "false": False, "none": None}
+        if raw.lower() in words:
+            value: Any = words[raw.lower()]
+        else:
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw
+        pairs[name] = value  # the last of a repeated field wins, as for any option
+    return tuple(pairs.items())
+
+
+def check_overrides(model: str, overrides: tuple[tuple[str, Any], ...],
+                    fields: dict[str, Any]) -> None:
+    """A QualityError when zoo model `model`'s config has no such field, the value is not of
+    the field's kind (an integer for an integer field, a number for a float one, True or False
+    for a switch), or the config refuses the result (`fields`: the variant's, which --set
+    changes)."""
+    import zoo
+
+    config_class = zoo.load_class(model).config_class
+    defaults = {f.name: f for f in dataclasses.fields(config_class)}
+    for name, value in overrides:
+        if name not in defaults:
+            raise QualityError(f"--set {name}: {model} has no config field {name!r}; its "
+                               f"fields: {', '.join(sorted(defaults))}")
+        field = defaults[name]
+        default = field.default if field.default is not dataclasses.MISSING else None
+        kind = type(default)
+        wanted = {bool: "True or False", int: "an integer", float: "a number"}.get(kind)
+        if kind is bool and not isinstance(value, bool) \
+                or kind is int and (isinstance(value, bool) or not isinstance(value, int)) \
+                or kind is float and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
+            raise QualityError(f"--set {name}={value}: {model}'s {name} is {wanted} (its "
+                               f"default: {default})")
+    try:
+        config_class(**{**fields, **dict(overrides)})
+    except (TypeError, ValueError) as error:
+        raise QualityError(f"--set {','.join(f'{n}={v}' for n, v in overrides)}: {model} "
+                           f"refuses it: {error}") from None

@@ -93,6 +93,11 @@ def test_quality_compares_models_on_one_table(tmp_path, corpus):
     (["quality", "gpt", "--task", "mqar", "--lr", "1e-3,1e-2", "--timeout", "0"],
      "--timeout must be positive"),
     (["quality", "gpt", "--task", "mqar", "--jobs", "2"], "spread a grid's cells"),
+    (["quality", "mamba", "--task", "mqar", "--set", "d_stat=3"],
+     "--set d_stat: mamba has no config field 'd_stat'"),
+    (["quality", "gpt", "--task", "mqar", "--lr", "1e-3,1e-2", "--set", "n_head=two"],
+     "--set n_head=two: gpt's n_head is an integer"),
+    (["train", "gpt", "--set", "n_layer"], "--set 'n_layer': give FIELD=VALUE"),
     (["quality", "gpt", "--task", "mqar", "--lr", "1e-3,1e-2", "--jobs",
       str(len(os.sched_getaffinity(0)) + 1)], "on the CPU needs"),
 ])
@@ -170,6 +175,21 @@ def test_two_processes_train_data_parallel(tmp_path, corpus):
     assert (two.steps, two.tokens) == (one.steps, one.tokens) == (4, 1024)
     # same data, same init; only the dropout masks differ between the two runs
     assert two.value == pytest.approx(one.value, rel=0.02)
+
+
+def test_set_changes_the_model_and_names_the_variant(tmp_path):
+    """`--set` reaches the trained model (its checkpoint's config) and its record, whose
+    variant names the field."""
+    result = runner.invoke(app, [
+        "train", "gpt", "--task", "mqar", "--variant", "tiny", "--budget", "512-tokens",
+        "--batch-size", "16", "--mqar-seqlen", "16", "--mqar-kv-pairs", "2", "--mqar-vocab",
+        "64", "--eval-every", "1", "--device", "cpu", "--set", "n_layer=1", "--out",
+        str(tmp_path / "run"), "--results", str(tmp_path / "q.jsonl")])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["config"]["n_layer"] == 1
+    rec = load([tmp_path / "q.jsonl"]).records[0]
+    assert rec.variant == "tiny n_layer=1" and "--set: n_layer=1" in " ".join(rec.notes)
 
 
 def test_a_grid_runs_cells_in_processes_and_a_rerun_skips_them(tmp_path):

@@ -38,6 +38,18 @@ def test_cells_cover_the_axes_with_distinct_folders(tmp_path):
     assert {c.spec.train_config.lr for c in cells} == {1e-3, 3e-3}
 
 
+def test_set_fields_make_cells_of_their_own(tmp_path):
+    """A grid run with --set is told apart from the variant's own: another identity (a rerun of
+    one does not skip the other) and another folder (neither resumes the other's checkpoint)."""
+    plain = small_grid(tmp_path).cells()
+    base = dataclasses.replace(small_grid(tmp_path).base, overrides=(("n_layer", 3),))
+    changed = Grid(["gpt"], base, lrs=[1e-3, 3e-3], out=tmp_path / "runs",
+                   results=tmp_path / "q.jsonl", timeout=300).cells()
+    assert {identity(c) for c in plain}.isdisjoint({identity(c) for c in changed})
+    assert {c.folder for c in plain}.isdisjoint({c.folder for c in changed})
+    assert {identity(c)[1] for c in changed} == {"tiny n_layer=3"}
+
+
 def test_zoology_pairs_or_every_combination():
     assert parse_shapes([64, 128], [4, 8], paired=True) == [(64, 4), (128, 8)]
     assert parse_shapes([64, 128], [4, 32], paired=False) == [(64, 4), (128, 4), (128, 32)]

@@ -54,3 +54,22 @@ def test_mqar_builds_zoology_models(model):
     lm = RunSpec(task="lm", budget=Budget(tokens=1), variant="tiny")
     plain = build_model(model, "lm", Prepared(lm, tokenizer=ByteTokenizer())).config
     assert getattr(plain, "d_ff", 1) != 0 and getattr(plain, "init_std", 0.02) == 0.02
+
+
+def test_set_fields_reach_the_model_and_win_over_the_task():
+    """--set changes the built config on top of the variant's and the task's fields (MQAR's
+    init_std included); check_model refuses a field the model does not have."""
+    from harness.quality.data import Prepared
+    from harness.quality.model import build_model
+
+    spec = RunSpec(task="mqar", budget=Budget(tokens=1), variant="tiny",
+                   overrides=(("d_state", 32),))
+    config = build_model("mamba", "mqar", Prepared(spec)).config
+    assert (config.d_state, config.d_model) == (32, 64)
+    gpt = RunSpec(task="mqar", budget=Budget(tokens=1), variant="tiny",
+                  overrides=(("init_std", 0.02), ("n_layer", 3)))
+    config = build_model("gpt", "mqar", Prepared(gpt)).config
+    assert (config.init_std, config.n_layer, config.d_ff) == (0.02, 3, 0)
+    with pytest.raises(QualityError, match="gpt has no config field 'd_state'"):
+        check_model("gpt", spec)
+    assert check_model("mamba", spec) == "mqar"

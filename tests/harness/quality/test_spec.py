@@ -85,3 +85,54 @@ def test_from_options_defaults_are_the_specs():
 def test_from_options_names_the_bad_option(options, message):
     with pytest.raises(QualityError, match=message):
         RunSpec.from_options(**{"task": "lm", "budget": "5m", **options})
+
+
+def test_set_reads_numbers_switches_and_text():
+    from harness.quality.spec import parse_overrides
+
+    assert parse_overrides(["d_state=128", "dt_min=1e-3", "pre_ln=false", "activation=gelu",
+                            "dt_rank=None", "d_state=64"]) == (
+        ("d_state", 64), ("dt_min", 0.001), ("pre_ln", False), ("activation", "gelu"),
+        ("dt_rank", None))  # the last of a repeated field wins, in its first place
+    assert parse_overrides(None) == ()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("d_state", r"give FIELD=VALUE"),
+    ("=3", r"give FIELD=VALUE"),
+    ("d_state=", r"give FIELD=VALUE"),
+    ("d_model=64", r"d_model is set by --width"),
+    ("vocab_size=300", r"vocab_size is set by the task"),
+])
+def test_set_refuses_what_it_cannot_read_or_may_not_change(text, message):
+    from harness.quality.spec import parse_overrides
+
+    with pytest.raises(QualityError, match=message):
+        parse_overrides([text])
+
+
+@pytest.mark.parametrize("pairs, message", [
+    ((("d_stat", 3),), r"mamba has no config field 'd_stat'; its fields: .*d_state"),
+    ((("d_state", 3.5),), r"mamba's d_state is an integer \(its default: 16\)"),
+    ((("d_state", True),), r"mamba's d_state is an integer"),
+    ((("dt_min", "small"),), r"mamba's dt_min is a number"),
+    ((("conv_bias", 1),), r"mamba's conv_bias is True or False"),
+])
+def test_check_overrides_names_the_field_and_what_would_do(pairs, message):
+    from harness.quality.spec import check_overrides
+
+    with pytest.raises(QualityError, match=message):
+        check_overrides("mamba", pairs, {"d_model": 64})
+    check_overrides("mamba", (("d_state", 128), ("dt_min", 1)), {})  # an int is a number
+    with pytest.raises(QualityError, match=r"--set head_dim=7: mamba2 refuses it: .*multiple"):
+        check_overrides("mamba2", (("head_dim", 7),), {"d_model": 64})
+
+
+def test_set_fields_name_the_variant_and_cross_to_a_cell_process():
+    import json
+
+    spec = RunSpec(task="mqar", budget=Budget(tokens=1), variant="tiny",
+                   overrides=(("d_state", 128), ("dt_max", 0.5)))
+    assert spec.variant_label == "tiny d_state=128,dt_max=0.5"
+    assert RunSpec(task="mqar", budget=Budget(tokens=1), variant="tiny").variant_label == "tiny"
+    assert RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
