@@ -54,7 +54,8 @@ SeqlenOpt = Annotated[int | None, typer.Option(
     help="Training length in tokens (default: lm/seq2seq 256, mlm 128, mqar --mqar-seqlen).",
     show_default=False)]
 BatchOpt = Annotated[int | None, typer.Option(
-    "--batch-size", help="Sequences per step (default: lm 8, mlm 16, mqar 256).",
+    "--batch-size",
+    help="Sequences per step (default: lm 8 of 256 tokens, mlm 16, mqar 2,048 tokens: 32 of 64).",
     show_default=False)]
 LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate (default 1e-3).",
                                              show_default=False)]

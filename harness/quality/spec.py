@@ -37,17 +37,22 @@ TASKS = ("lm", "seq2seq", "mlm", "mqar")
 TOKENIZERS = ("bytes", "bpe")
 
 # Per task: (seqlen, batch size, peak learning rate). Chosen so that a run of a few minutes on a
-# 2-core CPU takes a few hundred optimizer steps with the `small` variants. MQAR's batch is
-# large because its signal is sparse (one target per key-value pair, 4 in 64 tokens): at 32
-# sequences a step GPT stayed at picking a random value from the context (25%) for 7,000 steps;
-# at 256 it learned the lookup within 500 steps.
+# 2-core CPU takes a few hundred optimizer steps with the `small` variants. MQAR's batch
+# follows its length (MQAR_TOKENS_PER_STEP below).
 TASK_DEFAULTS = {"lm": (256, 8, 1e-3), "seq2seq": (256, 8, 1e-3), "mlm": (128, 16, 1e-3),
-                 "mqar": (64, 256, 1e-3)}
-# MQAR's default batch: this many tokens per step (128 sequences of 64, 32 of 256). Zoology uses
-# 32K-64K (512 x 64 ... 128 x 512) for up to 64 epochs; a CPU budget buys few steps, and steps
-# are what the lookup needs: at 16K tokens a step a mixer-only GPT stayed at 25% after 489 steps
-# on (64, 4), at 8K it reached 80% in 375.
-MQAR_TOKENS_PER_STEP = 8_192
+                 "mqar": (64, 32, 1e-3)}
+# MQAR's default batch: this many tokens per step (32 sequences of 64, 8 of 256). Zoology uses
+# 32K-64K (512 x 64 ... 128 x 512) for up to 64 epochs; a CPU budget of 16M tokens buys few
+# steps, and steps are what the lookup needs. Measured with this recipe (width 64, lr 3e-3,
+# 16M-token budget, one core; reports/mqar-cpu-2k): at 8,192 tokens a step (the default until
+# 2026-12-05) a mixer-only GPT stayed on the plateau at (256, 16) for seeds 0 and 1 (0.128 /
+# 0.127 after 1,954 steps), at 4,096 seed 1 left it late (0.733) and seed 0 did not (0.130), at
+# 2,048 both stopped early at 0.99 (steps 4,050 / 3,700); at (64, 4) and (128, 8) 2,048 reached
+# 0.99 in fewer tokens than 8,192 did (850 x 2,048 against 450 x 8,192). Small batches are also
+# cheaper per token on a CPU core: RWKV-4 ran 16M tokens at (64, 4) in 98 s against 250 s.
+# (Larger batches measured better before the MQAR init was PyTorch's default scale: 8K beat 16K
+# a step, and, with feed-forward layers and dropout still in, 256 sequences of 64 beat 32.)
+MQAR_TOKENS_PER_STEP = 2_048
 # lm's batch is counted in tokens: 8 sequences at the default 256, 16 at 128, 2 at 1024, so that
 # training length as an axis changes the context a step sees, not the tokens a step holds (with
 # 8 sequences at every length, an equal FLOPs budget gave T = 1024 8x fewer steps than T = 128,

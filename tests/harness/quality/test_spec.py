@@ -11,12 +11,12 @@ from harness.quality.train import Budget, parse_budget
 
 
 def test_mqar_defaults_follow_zoology_at_a_cpu_size():
-    """8,192 tokens a step whatever the length; Zoology's cosine to 0 and its early stop."""
+    """2,048 tokens a step whatever the length; Zoology's cosine to 0 and its early stop."""
     mqar = RunSpec(task="mqar", budget=Budget(tokens=1)).train_config
-    assert (mqar.batch_size, mqar.seqlen) == (128, 64)
+    assert (mqar.batch_size, mqar.seqlen) == (32, 64)
     assert (mqar.min_lr_ratio, mqar.stop_at) == (0.0, ("accuracy", 0.99, "max"))
     longer = RunSpec(task="mqar", budget=Budget(tokens=1), mqar=MQARConfig(seqlen=256))
-    assert longer.train_config.batch_size == 32
+    assert longer.train_config.batch_size == 8
     assert RunSpec(task="mqar", budget=Budget(tokens=1)).mqar.vocab_size == 512
 
 
