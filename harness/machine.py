@@ -34,6 +34,12 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
             "torch": torch.__version__}
 
 
+# What runs, relative to the checkout: a change here (edited or new files) makes a record's
+# revision "-dirty". Results files, reports and checkpoints are left out: a grid appends to a
+# results file in the checkout as it goes, which would otherwise mark every later cell dirty.
+CODE_PATHS = ("zoo", "harness", "catalog", "benchmarks", "pyproject.toml")
+
+
 def provenance() -> dict[str, Any]:
     """The package version and git revision (with -dirty) every record carries."""
     from importlib.metadata import PackageNotFoundError, version
@@ -42,18 +48,23 @@ def provenance() -> dict[str, Any]:
         package = version("transformer-catalog")
     except PackageNotFoundError:
         package = None
-    git = None
+    return {"version": package, "git": git_revision(Path(__file__).resolve().parents[1])}
+
+
+def git_revision(root: Path) -> str | None:
+    """HEAD's short hash in the checkout `root`, with "-dirty" when CODE_PATHS differ from it;
+    None outside a checkout (an installed package) or without git."""
     try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=5)
-        if out.returncode == 0:
-            dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain"],
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
-            git = out.stdout.strip() + ("-dirty" if dirty else "")
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                *CODE_PATHS], capture_output=True, text=True,
+                               timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        pass
-    return {"version": package, "git": git}
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def where(device: str) -> dict[str, Any]:
