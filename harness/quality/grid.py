@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import launch, results
-from harness.quality.spec import QualityError, RunSpec
+from harness.quality.spec import QualityError, RunSpec, set_texts
 from harness.results import QualityRecord
 
 # What identifies a cell in the results file: a record with these values is that cell's.
@@ -54,7 +54,7 @@ class Cell:
         else:
             parts.append(f"T{spec.train_config.seqlen}")
         parts += [f"lr{spec.train_config.lr:g}", f"seed{spec.seed}"]
-        parts += [f"{name}={value}" for name, value in spec.overrides]  # --set: its own folder
+        parts += set_texts(spec.overrides)  # --set: its own folder
         return "-".join(parts)
 
 

@@ -20,7 +20,7 @@ from harness.quality import curves, tasks
 from harness.quality.checkpoint import save_checkpoint
 from harness.quality.data import Prepared
 from harness.quality.model import build_model, check_model, task_for
-from harness.quality.spec import MQAR_NO_DROPOUT, QualityError, RunSpec
+from harness.quality.spec import MQAR_NO_DROPOUT, QualityError, RunSpec, set_texts
 from harness.quality.task_setup import setup_task
 from harness.quality.tokenizer import ByteTokenizer, Tokenizer
 from harness.quality.train import History, train
@@ -84,8 +84,7 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
             notes.append(f"weights initialised with std {net.config.init_std:.3g} "
                          "(1/sqrt(3 d), PyTorch's default scale; Zoology's: 0.02)")
     if spec.overrides:
-        notes.append("config fields set with --set: "
-                     + ", ".join(f"{name}={value}" for name, value in spec.overrides))
+        notes.append("config fields set with --set: " + ", ".join(set_texts(spec.overrides)))
     meta = {"task": task, "variant": spec.variant_label, "seed": spec.seed, "seqlen": config.seqlen,
             "budget": str(spec.budget), "steps": history.steps, "tokens": history.tokens,
             "tokenizer_kind": spec.tokenizer, "corpus": data.corpus_name, "scores": scores,
@@ -190,7 +189,7 @@ def run_folder(out: Path | None, model: str, spec: RunSpec, several: bool) -> Pa
     if out is None:
         if several:
             return Path("runs") / f"quality-{spec.task}" / model
-        variant = spec.variant_label.replace(" ", "-").replace(",", "-")
+        variant = "-".join((spec.variant, *set_texts(spec.overrides))).replace(" ", "-")
         return Path("runs") / f"{model}-{spec.task}-{variant}-seed{spec.seed}"
     return out / model if several else out
 

@@ -134,7 +134,7 @@ class RunSpec:
         """The variant as records name it: "tiny", or "tiny d_state=128" with --set fields."""
         if not self.overrides:
             return self.variant
-        return f"{self.variant} " + ",".join(f"{name}={value}" for name, value in self.overrides)
+        return f"{self.variant} " + ",".join(set_texts(self.overrides))
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -247,6 +247,11 @@ SET_BY_OPTIONS = {"vocab_size": "the task (its tokenizer, or --mqar-vocab)",
                   "d_model": "--width", "pad_token_id": "the tokenizer"}
 
 
+def set_texts(overrides: tuple[tuple[str, Any], ...]) -> tuple[str, ...]:
+    """--set's (field, value) pairs as the "field=value" texts records and folders name."""
+    return tuple(f"{name}={value}" for name, value in overrides)
+
+
 def parse_overrides(texts: list[str] | None) -> tuple[tuple[str, Any], ...]:
     """--set's "FIELD=VALUE" texts as (field, value) pairs: numbers, True / False and None as
     Python reads them, anything else as text. A QualityError names a malformed one."""
@@ -297,5 +302,5 @@ def check_overrides(model: str, overrides: tuple[tuple[str, Any], ...],
     try:
         config_class(**{**fields, **dict(overrides)})
     except (TypeError, ValueError) as error:
-        raise QualityError(f"--set {','.join(f'{n}={v}' for n, v in overrides)}: {model} "
+        raise QualityError(f"--set {','.join(set_texts(overrides))}: {model} "
                            f"refuses it: {error}") from None
