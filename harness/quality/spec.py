@@ -49,7 +49,7 @@ TASK_DEFAULTS = {"lm": (256, 8, 1e-3), "seq2seq": (256, 8, 1e-3), "mlm": (128, 1
 # 0.127 after 1,954 steps), at 4,096 seed 1 left it late (0.733) and seed 0 did not (0.130), at
 # 2,048 both stopped early at 0.99 (steps 4,050 / 3,700); at (64, 4) and (128, 8) 2,048 reached
 # 0.99 in fewer tokens than 8,192 did (850 x 2,048 against 450 x 8,192). Small batches are also
-# cheaper per token on a CPU core: RWKV-4 ran 16M tokens at (64, 4) in 98 s against 250 s.
+# cheaper per token on a CPU core: RWKV-4's cells ran 16M tokens in 95-120 s against 195-280 s.
 # (Larger batches measured better before the MQAR init was PyTorch's default scale: 8K beat 16K
 # a step, and, with feed-forward layers and dropout still in, 256 sequences of 64 beat 32.)
 MQAR_TOKENS_PER_STEP = 2_048
