@@ -94,6 +94,19 @@ def installed(name: str) -> bool:
     return True
 
 
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest absolute difference of two tensors of one shape, taken in fp64."""
+    assert a.shape == b.shape, (tuple(a.shape), tuple(b.shape))
+    return (a.double() - b.double()).abs().max().item()
+
+
+def one_line(excinfo) -> str:
+    """The message of an error caught by pytest.raises, checked to be a single line."""
+    message = str(excinfo.value)
+    assert "\n" not in message
+    return message
+
+
 def with_noise(model: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> torch.nn.Module:
     """`model` with N(0, scale^2) noise added to every parameter, in place: the official inits
     zero several of RWKV's matrices and set others to constants, on which a wrong kernel could
@@ -173,8 +186,6 @@ def assert_rwkv_state_matches(cache, official_state: list[torch.Tensor], n_layer
 # test_rwkv6.py), on a tiny random model read from an official-layout file (vocabulary 100,
 # two heads of 16): each test there states what it checks and calls one of these.
 
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).abs().max().item()
 
 
 def check_official_round_trip(model, official_file: Path, to_official) -> None:
@@ -195,7 +206,7 @@ def check_chunk_size_invariance(name: str, official_file: Path) -> None:
         logits = [zoo.from_pretrained(name, official_file, fast=False, chunk_size=c)(ids).logits
                   for c in (1, 7, 16, 64)]
     for other in logits[1:]:
-        assert _max_diff(other, logits[0]) <= 1e-5
+        assert max_diff(other, logits[0]) <= 1e-5
 
 
 def check_cached_decoding(model, state_class) -> None:
@@ -214,8 +225,8 @@ def check_cached_decoding(model, state_class) -> None:
             cache = step.cache
         out.append(model(ids[:, 22:], cache=cache).logits)
         again = model(ids[:, 17:], cache=prompt.cache)
-    assert _max_diff(torch.cat(out, 1), full) <= 1e-5
-    assert _max_diff(again.logits, full[:, 17:]) <= 1e-5
+    assert max_diff(torch.cat(out, 1), full) <= 1e-5
+    assert max_diff(again.logits, full[:, 17:]) <= 1e-5
     assert model(ids[:, :5]).cache is None
 
 
@@ -241,9 +252,9 @@ def check_fp64_chunked_equals_recurrence(name: str, official_file: Path, monkeyp
         out = model(ids, targets=ids)
         results.append((out.logits, torch.autograd.grad(out.loss, params)))
     (logits, grads), (ref_logits, ref_grads) = results
-    assert _max_diff(logits, ref_logits) <= 1e-10
+    assert max_diff(logits, ref_logits) <= 1e-10
     for weight, grad, ref in zip(names, grads, ref_grads, strict=True):
-        assert _max_diff(grad, ref) <= 1e-10 * max(ref.abs().max().item(), 1e-3), weight
+        assert max_diff(grad, ref) <= 1e-10 * max(ref.abs().max().item(), 1e-3), weight
 
 
 def check_bf16_with_an_fp32_state(name: str, official_file: Path) -> None:
@@ -260,7 +271,7 @@ def check_bf16_with_an_fp32_state(name: str, official_file: Path) -> None:
     assert out.logits.dtype == torch.bfloat16 and out.cache.wkv.dtype == torch.float32
     assert out.cache.att_x.dtype == torch.bfloat16
     assert (out.logits.float() - ref).abs().mean() <= 0.05
-    assert _max_diff(out.logits, ref) <= 0.15 * ref.abs().max().item()
+    assert max_diff(out.logits, ref) <= 0.15 * ref.abs().max().item()
 
 
 def check_generate_is_greedy(model) -> None:
@@ -284,7 +295,7 @@ def check_blocks_start_as_the_identity(name: str) -> None:
     ids = torch.randint(0, model.config.vocab_size, (2, 20))
     out = model(ids[:, :-1], targets=ids[:, 1:])
     expected = model.head(model.ln_out(model.blocks[0].ln0(model.emb(ids[:, :-1]))))
-    assert _max_diff(out.logits, expected) <= 1e-5
+    assert max_diff(out.logits, expected) <= 1e-5
     out.loss.backward()
     for block in model.blocks:
         for grad in (block.att.output.weight.grad, block.ffn.value.weight.grad):

@@ -17,7 +17,7 @@ import weakref
 
 import pytest
 import torch
-from conftest import installed, randomized
+from conftest import installed, max_diff, randomized
 
 from harness.bench import implementations, ours
 from harness.bench.cell import build_model
@@ -83,11 +83,6 @@ def both(impl: str, name: str, model, mode: str, batch: int = BATCH, seqlen: int
     inputs = draw_inputs(model, mode, batch, seqlen, CPU)
     peer = peer_workload(impl, name, model, mode, batch, seqlen, inputs)
     return peer, ours.eager(cell(name, "zoo", mode, batch, seqlen), model, inputs)
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape
-    return (a.float() - b.float()).abs().max().item()
 
 
 def test_the_peer_table():

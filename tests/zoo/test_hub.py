@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from conftest import one_line
 from tiny_checkpoints import gpt2_folder, hub_cache_entry, offline_hub
 
 import zoo
@@ -21,12 +22,6 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory):
     return gpt2_folder(tmp_path_factory.mktemp("gpt2") / "tiny-gpt2")
-
-
-def one_line(exc_info) -> str:
-    message = str(exc_info.value)
-    assert "\n" not in message
-    return message
 
 
 # ------------------------------------------------------------------------------------ resolve

@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from conftest import lazy_import, randomized
+from conftest import lazy_import, one_line, randomized
 
 import zoo
 from zoo.convert import CheckpointError, LoadingInfo
@@ -274,12 +274,6 @@ def test_loading_info_comes_with_the_speed_routes_applied(tmp_path):
 
 
 # ---- bad input: one line naming the file and the key or field --------------------------------
-
-def one_line(excinfo) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message
-    return message
-
 
 def error(name: str, path, **kwargs) -> str:
     with pytest.raises(CheckpointError) as excinfo:

@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from conftest import max_diff, one_line
 
 import zoo
 import zoo.mamba as mamba
@@ -70,10 +71,6 @@ def scan_inputs(b, T, d, n, seed=0, dtype=torch.float64, delta_range=(-7.0, 2.0)
     A = -torch.exp(torch.empty(d, n).uniform_(-1.0, 3.0, generator=g))
     B, C = torch.randn(b, T, n, generator=g), torch.randn(b, T, n, generator=g)
     return [t.to(dtype) for t in (x, delta, A, B, C)]
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).abs().max().item()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,12 +412,6 @@ def test_the_original_layout_loads(hf_model, tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Converter errors: one line, naming the file and the key or field
-
-
-def one_line(excinfo) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message
-    return message
 
 
 def saved(hf_model, folder, edit) -> None:

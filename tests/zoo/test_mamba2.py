@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from conftest import max_diff, one_line
 
 import zoo
 import zoo.mamba2 as mamba2
@@ -65,10 +66,6 @@ def ssd_inputs(b, T, H, P, G, N, seed=0, dtype=torch.float64, dt_range=(-7.0, 2.
     A = -torch.exp(torch.empty(H).uniform_(-1.0, 3.0, generator=g))
     B, C = torch.randn(b, T, G, N, generator=g), torch.randn(b, T, G, N, generator=g)
     return [t.to(dtype) for t in (x, dt, A, B, C)]
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).abs().max().item()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,12 +432,6 @@ def test_the_original_layout_loads(hf_model, tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Converter errors: one line, naming the file and the key or field
-
-
-def one_line(excinfo) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message
-    return message
 
 
 def saved(hf_model, folder, edit) -> None:

@@ -19,6 +19,7 @@ from conftest import (
     check_fp64_chunked_equals_recurrence,
     check_generate_is_greedy,
     check_official_round_trip,
+    max_diff,
     run_rwkv_pip,
 )
 
@@ -30,10 +31,6 @@ from zoo.rwkv5 import RWKV5State
 
 PUBLISHED = {"0.4b": (24, 1024, 461_721_600), "1.5b": (24, 2048, 1_577_754_624),
              "3b": (32, 2560, 3_062_999_040), "7b": (32, 4096, 7_518_044_160)}
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).abs().max().item()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from conftest import (
     check_fp64_chunked_equals_recurrence,
     check_generate_is_greedy,
     check_official_round_trip,
+    max_diff,
     run_rwkv_pip,
 )
 
@@ -32,10 +33,6 @@ from zoo.rwkv6 import RWKV6State
 PUBLISHED = {"1.6b": (24, 2048, (32, 64), 1_599_873_024), "3b": (32, 2560, (32, 64), 3_099_863_040),
              "7b": (32, 4096, (64, 128), 7_635_746_816),
              "14b": (61, 4096, (64, 128), 14_069_088_256)}
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).abs().max().item()
 
 
 def wkv_inputs(B, T, H, N, seed=0, dtype=torch.float64, spread=2.0):

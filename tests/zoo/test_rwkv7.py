@@ -14,6 +14,7 @@ from conftest import (
     assert_rwkv_state_matches,
     check_cached_decoding,
     check_generate_is_greedy,
+    max_diff,
     run_rwkv_pip,
 )
 
@@ -46,10 +47,6 @@ PUBLISHED = {  # variant: (n_layer, d_model, (decay, iclr, value, gate) widths, 
     "1.5b": (24, 2048, (128, 128, 64, 224), 1_530_550_272),
     "2.9b": (32, 2560, (128, 128, 96, 256), 2_952_814_080),
 }
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).abs().max().item()
 
 
 def wkv_inputs(B, T, H, N, seed=0, dtype=torch.float64, floor=False):

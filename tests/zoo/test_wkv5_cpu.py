@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import max_diff
 
 import zoo
 import zoo.fast
@@ -28,10 +29,6 @@ from zoo.layers import head_group_norm, matrix_wkv_recurrent
 
 pytestmark = pytest.mark.skipif(not wkv5_cpu.available(),
                                 reason="no C compiler: the models use their PyTorch WKV paths")
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).abs().max().item()
 
 
 def inputs(B, T, H, N, decay: str, seed=0, spread=2.0):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import with_noise
+from conftest import max_diff, with_noise
 
 import zoo
 import zoo.fast
@@ -26,10 +26,6 @@ from zoo.fast import FEW_ROWS
 pytestmark = pytest.mark.skipif(not wkv7_step_cpu.available(),
                                 reason="no C compiler: RWKV-7 keeps its PyTorch paths")
 TOLERANCE = 1e-5  # of the largest entry of the plain block's output or state
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).abs().max().item()
 
 
 def tiny() -> torch.nn.Module:
