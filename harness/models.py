@@ -15,6 +15,7 @@ folder (`catalog --catalog-dir`) passes its `Catalog` down.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 from collections.abc import Mapping
@@ -98,3 +99,76 @@ def build_variant(name: str, variant: str | None = None, **options: Any):
     known = ("catalog", "seqlen", "seed", "dtype", "device", "fast")
     kwargs = {k: options.pop(k) for k in known if k in options}
     return build(name, variant, overrides=options, **kwargs).model
+
+
+# ---------------------------------------------------------------------------------------------
+# --set FIELD=VALUE: config fields on top of a variant's (`catalog quality`, `catalog bench`)
+
+class OverrideError(ValueError):
+    """A --set that cannot be read, names no field of the model, or that its config refuses."""
+
+
+def set_texts(overrides: tuple[tuple[str, Any], ...]) -> tuple[str, ...]:
+    """--set's (field, value) pairs as the "field=value" texts records and folders name."""
+    return tuple(f"{name}={value}" for name, value in overrides)
+
+
+def variant_label(variant: str, overrides: tuple[tuple[str, Any], ...]) -> str:
+    """The variant as records name it: "tiny", or "tiny d_state=128" with --set fields."""
+    return " ".join((variant, ",".join(set_texts(overrides)))) if overrides else variant
+
+
+def parse_overrides(texts: list[str] | None, reserved: Mapping[str, str] | None = None
+                    ) -> tuple[tuple[str, Any], ...]:
+    """--set's "FIELD=VALUE" texts as (field, value) pairs: numbers, True / False and None as
+    Python reads them, anything else as text. An OverrideError names a malformed one, or a
+    field of `reserved` (field -> the option that decides it)."""
+    pairs: dict[str, Any] = {}
+    for text in texts or ():
+        name, sep, raw = text.partition("=")
+        name, raw = name.strip(), raw.strip()
+        if not sep or not name.isidentifier() or not raw:
+            raise OverrideError(f"--set {text!r}: give FIELD=VALUE, e.g. --set d_state=128")
+        if name in (reserved or {}):
+            raise OverrideError(f"--set {name}: {name} is set by {reserved[name]}")
+        words = {"true": True, "false": False, "none": None}
+        if raw.lower() in words:
+            value: Any = words[raw.lower()]
+        else:
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw
+        pairs[name] = value  # the last of a repeated field wins, as for any option
+    return tuple(pairs.items())
+
+
+def check_overrides(model: str, overrides: tuple[tuple[str, Any], ...],
+                    fields: Mapping[str, Any]) -> None:
+    """An OverrideError when zoo model `model`'s config has no such field, the value is not of
+    the field's kind (an integer for an integer field, a number for a float one, True or False
+    for a switch), or the config refuses the result (`fields`: the variant's, which --set
+    changes)."""
+    import zoo
+
+    config_class = zoo.load_class(model).config_class
+    defaults = {f.name: f for f in dataclasses.fields(config_class)}
+    for name, value in overrides:
+        if name not in defaults:
+            raise OverrideError(f"--set {name}: {model} has no config field {name!r}; its "
+                                f"fields: {', '.join(sorted(defaults))}")
+        field = defaults[name]
+        default = field.default if field.default is not dataclasses.MISSING else None
+        kind = type(default)
+        wanted = {bool: "True or False", int: "an integer", float: "a number"}.get(kind)
+        if kind is bool and not isinstance(value, bool) \
+                or kind is int and (isinstance(value, bool) or not isinstance(value, int)) \
+                or kind is float and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
+            raise OverrideError(f"--set {name}={value}: {model}'s {name} is {wanted} (its "
+                                f"default: {default})")
+    try:
+        config_class(**{**fields, **dict(overrides)})
+    except (TypeError, ValueError) as error:
+        raise OverrideError(f"--set {','.join(set_texts(overrides))}: {model} "
+                            f"refuses it: {error}") from None

@@ -103,6 +103,12 @@ def bench(
              "alone is sized with transformers' class for it). MODEL, if given, overrides the "
              "detected zoo model. Records name the variant checkpoint:CHECKPOINT.",
         show_default=False)] = None,
+    settings: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="FIELD=VALUE",
+        help="Set a config field of every model on top of the variant's or the checkpoint's "
+             "(repeatable), e.g. --set window=512 or --set n_kv_head=2; records name the variant "
+             "with it (\"small window=512\"), so each setting is a cell of its own.",
+        show_default=False)] = None,
     launcher: LauncherOpt = "local", jobs: JobsOpt = None, address: AddressOpt = None,
 ) -> None:
     """Measure throughput, latency, peak memory and MFU against sequence length.
@@ -125,6 +131,8 @@ def bench(
         fields = {}
         if checkpoint is not None:
             names, variant, fields = _checkpoint_sizes(ctx, checkpoint, names, all_models)
+        if settings:
+            variant, fields = _with_settings(catalog, names, variant, fields, settings)
         if calibrate:
             peak = sweeps.calibrate(device, dtype, threads, peak_cache, force=True)
             stdout().print(f"matrix-multiply peak on {device}, {dtype}: {peak / 1e9:,.1f} GFLOP/s "
@@ -175,6 +183,21 @@ def _checkpoint_sizes(ctx: typer.Context, checkpoint: str, names: list[str], all
     stderr().print(f"{escape(checkpoint)}: zoo model {name}, {params:,} parameters, randomly "
                    "initialised (the checkpoint's sizes, not its weights)")
     return [name], checkpoint_label(checkpoint), {name: fields}
+
+
+def _with_settings(catalog, names: list[str], variant: str, fields: dict[str, dict],
+                   settings: list[str]) -> tuple[str, dict[str, dict]]:
+    """(variant label, fields by model) with --set's fields on top of each model's variant (or
+    checkpoint) fields, each model's config checked to take them."""
+    from harness.models import check_overrides, parse_overrides, variant_fields, variant_label
+
+    overrides = parse_overrides(settings)
+    out = {}
+    for name in names:
+        base = fields.get(name) or variant_fields(name, variant, catalog)
+        check_overrides(name, overrides, base)
+        out[name] = {**base, **dict(overrides)}
+    return variant_label(variant, overrides), out
 
 
 def _run_with_progress(plan, sweeps, catalog, peak_cache, runner) -> list[results.BenchRecord]:

@@ -105,7 +105,8 @@ def train_model(
     `catalog eval` and lm-eval's `zoo` model read). Under torchrun the model trains data
     parallel (gloo on CPU, nccl on GPU) with the same global batch and data order.
     """
-    from harness.quality.spec import RunSpec, parse_overrides
+    from harness.models import parse_overrides
+    from harness.quality.spec import SET_BY_OPTIONS, RunSpec
 
     with one_line_errors():
         spec = RunSpec.from_options(
@@ -113,7 +114,7 @@ def train_model(
             tokenizer=tokenizer, bpe_vocab=bpe_vocab, seqlen=seqlen, batch_size=batch_size,
             lr=lr, eval_every=eval_every, mqar_seqlen=mqar_seqlen, mqar_kv_pairs=mqar_kv_pairs,
             mqar_vocab=mqar_vocab, device=resolve_device(device), dtype=dtype,
-            overrides=parse_overrides(settings))
+            overrides=parse_overrides(settings, SET_BY_OPTIONS))
     _train_and_record(ctx, [model], spec, out, several=False, resume=resume, force=force,
                       results_path=results_path)
 
@@ -189,7 +190,8 @@ def quality(
     grid: one process per cell, each recorded as it ends; each model's learning rate is then
     chosen on the validation split and its test score shown as mean and spread over seeds.
     """
-    from harness.quality.spec import RunSpec, parse_overrides
+    from harness.models import parse_overrides
+    from harness.quality.spec import SET_BY_OPTIONS, RunSpec
 
     with one_line_errors():
         seeds = _numbers("--seed", seed)
@@ -204,7 +206,8 @@ def quality(
             seqlen=seqlens[0], batch_size=batch_size, lr=lrs[0], eval_every=eval_every,
             mqar_seqlen=mqar_lengths[0], mqar_kv_pairs=mqar_pairs[0], mqar_vocab=mqar_vocab,
             device=resolve_device(device), dtype=dtype, width=widths[0],
-            extrapolate=extrapolate, stride=stride, overrides=parse_overrides(settings))
+            extrapolate=extrapolate, stride=stride,
+            overrides=parse_overrides(settings, SET_BY_OPTIONS))
         if task == "lm" and variant is None and widths == [None]:
             spec = _sized(ctx, models, spec)
             widths = [spec.width]  # every cell at the chosen width, not the variant's

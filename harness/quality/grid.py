@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import launch, results
-from harness.quality.spec import QualityError, RunSpec, set_texts
+from harness.models import set_texts
+from harness.quality.spec import QualityError, RunSpec
 from harness.results import QualityRecord
 
 # What identifies a cell in the results file: a record with these values is that cell's.

@@ -7,13 +7,13 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
+from harness.models import check_overrides
 from harness.quality.spec import (
     MQAR_MIXER_ONLY,
     MQAR_NO_DROPOUT,
     MQAR_ONE_HEAD,
     QualityError,
     RunSpec,
-    check_overrides,
     mqar_init_std,
 )
 

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from harness.machine import now, where
+from harness.models import set_texts
 from harness.quality import curves, tasks
 from harness.quality.checkpoint import save_checkpoint
 from harness.quality.data import Prepared
 from harness.quality.model import build_model, check_model, task_for
-from harness.quality.spec import MQAR_NO_DROPOUT, QualityError, RunSpec, set_texts
+from harness.quality.spec import MQAR_NO_DROPOUT, QualityError, RunSpec
 from harness.quality.task_setup import setup_task
 from harness.quality.tokenizer import ByteTokenizer, Tokenizer
 from harness.quality.train import History, train

@@ -22,7 +22,6 @@ runs are told apart from the variant's own in the results, the tables and the ra
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 import torch
 
+from harness.models import variant_label
 from harness.quality.tasks import MQARConfig
 from harness.quality.train import PRECISIONS, Budget, TrainConfig, parse_budget
 
@@ -132,9 +132,7 @@ class RunSpec:
     @property
     def variant_label(self) -> str:
         """The variant as records name it: "tiny", or "tiny d_state=128" with --set fields."""
-        if not self.overrides:
-            return self.variant
-        return f"{self.variant} " + ",".join(set_texts(self.overrides))
+        return variant_label(self.variant, self.overrides)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -245,62 +243,3 @@ class RunSpec:
 # Fields --set may not change: the task, --width and --mqar-vocab decide them.
 SET_BY_OPTIONS = {"vocab_size": "the task (its tokenizer, or --mqar-vocab)",
                   "d_model": "--width", "pad_token_id": "the tokenizer"}
-
-
-def set_texts(overrides: tuple[tuple[str, Any], ...]) -> tuple[str, ...]:
-    """--set's (field, value) pairs as the "field=value" texts records and folders name."""
-    return tuple(f"{name}={value}" for name, value in overrides)
-
-
-def parse_overrides(texts: list[str] | None) -> tuple[tuple[str, Any], ...]:
-    """--set's "FIELD=VALUE" texts as (field, value) pairs: numbers, True / False and None as
-    Python reads them, anything else as text. A QualityError names a malformed one."""
-    pairs: dict[str, Any] = {}
-    for text in texts or ():
-        name, sep, raw = text.partition("=")
-        name, raw = name.strip(), raw.strip()
-        if not sep or not name.isidentifier() or not raw:
-            raise QualityError(f"--set {text!r}: give FIELD=VALUE, e.g. --set d_state=128")
-        if name in SET_BY_OPTIONS:
-            raise QualityError(f"--set {name}: {name} is set by {SET_BY_OPTIONS[name]}")
-        words = {"true": True, "false": False, "none": None}
-        if raw.lower() in words:
-            value: Any = words[raw.lower()]
-        else:
-            try:
-                value = ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                value = raw
-        pairs[name] = value  # the last of a repeated field wins, as for any option
-    return tuple(pairs.items())
-
-
-def check_overrides(model: str, overrides: tuple[tuple[str, Any], ...],
-                    fields: dict[str, Any]) -> None:
-    """A QualityError when zoo model `model`'s config has no such field, the value is not of
-    the field's kind (an integer for an integer field, a number for a float one, True or False
-    for a switch), or the config refuses the result (`fields`: the variant's, which --set
-    changes)."""
-    import zoo
-
-    config_class = zoo.load_class(model).config_class
-    defaults = {f.name: f for f in dataclasses.fields(config_class)}
-    for name, value in overrides:
-        if name not in defaults:
-            raise QualityError(f"--set {name}: {model} has no config field {name!r}; its "
-                               f"fields: {', '.join(sorted(defaults))}")
-        field = defaults[name]
-        default = field.default if field.default is not dataclasses.MISSING else None
-        kind = type(default)
-        wanted = {bool: "True or False", int: "an integer", float: "a number"}.get(kind)
-        if kind is bool and not isinstance(value, bool) \
-                or kind is int and (isinstance(value, bool) or not isinstance(value, int)) \
-                or kind is float and (isinstance(value, bool)
-                                      or not isinstance(value, (int, float))):
-            raise QualityError(f"--set {name}={value}: {model}'s {name} is {wanted} (its "
-                               f"default: {default})")
-    try:
-        config_class(**{**fields, **dict(overrides)})
-    except (TypeError, ValueError) as error:
-        raise QualityError(f"--set {','.join(set_texts(overrides))}: {model} "
-                           f"refuses it: {error}") from None

@@ -279,6 +279,12 @@ def test_validate_checks_variant_fields_against_the_zoo_config(write_catalog):
     (["bench", "gpt", "--address", "auto"], ["--address is for --launcher ray"]),
     (["bench", "gpt", "--variant", "tiny", "--results", "/proc/x/r.jsonl"],
      ["/proc/x/r.jsonl cannot be written"]),
+    (["bench", "llama", "--set", "window"], ["--set 'window': give FIELD=VALUE"]),
+    (["bench", "llama", "mamba", "--set", "window=64"],
+     ["--set window: mamba has no config field 'window'", "d_state"]),
+    (["bench", "llama", "--set", "window=0"], ["--set window=0: llama refuses it", ">= 1"]),
+    (["bench", "llama", "--set", "n_kv_head=3"], ["llama refuses it"]),
+    (["bench", "mamba", "--set", "d_state=1.5"], ["mamba's d_state is an integer"]),
 ])
 def test_bench_refuses_bad_requests_in_one_line(args, fragments):
     assert_one_line_error(run(*args), *fragments)
@@ -300,6 +306,30 @@ def test_bench_prints_a_table_and_accepts_catalog_ids(tmp_path, monkeypatch):
     rec = json.loads(out.read_text())
     assert rec["model"] == "gpt"
     assert rec["command"] == (f"catalog bench gpt-2 --variant tiny --seqlen 48 --results {out}")
+
+
+def test_bench_set_builds_each_cell_with_the_fields_and_names_the_variant(tmp_path, monkeypatch):
+    """--set on top of the variant: the cell's model has the field (a window of 8 over 24
+    tokens; grouped heads shrink the parameters), the record names the variant with it, and a
+    second setting is a cell of its own rather than a cell already measured."""
+    from harness.models import build
+    from harness.sweep import peak_label
+
+    cache = tmp_path / ".cache" / "transformer-catalog" / "matmul_peaks.json"
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({peak_label("cpu", "float32", None): 1e11}))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    out = tmp_path / "r.jsonl"
+    for window in (8, 16):
+        result = run("bench", "llama", "--variant", "tiny", "--seqlen", "24", "--repeat", "1",
+                     "--set", f"window={window}", "--set", "n_kv_head=1", "--results", str(out))
+        assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["variant"] for r in records] == ["tiny window=8,n_kv_head=1",
+                                               "tiny window=16,n_kv_head=1"]
+    grouped = build("llama", "tiny", overrides={"n_kv_head": 1}, device="meta").model
+    assert records[0]["params"] == grouped.num_params()
+    assert records[0]["params"] < build("llama", "tiny", device="meta").model.num_params()
 
 
 class DemoMode(str, enum.Enum):

@@ -88,7 +88,7 @@ def test_from_options_names_the_bad_option(options, message):
 
 
 def test_set_reads_numbers_switches_and_text():
-    from harness.quality.spec import parse_overrides
+    from harness.models import parse_overrides
 
     assert parse_overrides(["d_state=128", "dt_min=1e-3", "pre_ln=false", "activation=gelu",
                             "dt_rank=None", "d_state=64"]) == (
@@ -105,10 +105,11 @@ def test_set_reads_numbers_switches_and_text():
     ("vocab_size=300", r"vocab_size is set by the task"),
 ])
 def test_set_refuses_what_it_cannot_read_or_may_not_change(text, message):
-    from harness.quality.spec import parse_overrides
+    from harness.models import OverrideError, parse_overrides
+    from harness.quality.spec import SET_BY_OPTIONS
 
-    with pytest.raises(QualityError, match=message):
-        parse_overrides([text])
+    with pytest.raises(OverrideError, match=message):
+        parse_overrides([text], SET_BY_OPTIONS)
 
 
 @pytest.mark.parametrize("pairs, message", [
@@ -119,12 +120,12 @@ def test_set_refuses_what_it_cannot_read_or_may_not_change(text, message):
     ((("conv_bias", 1),), r"mamba's conv_bias is True or False"),
 ])
 def test_check_overrides_names_the_field_and_what_would_do(pairs, message):
-    from harness.quality.spec import check_overrides
+    from harness.models import OverrideError, check_overrides
 
-    with pytest.raises(QualityError, match=message):
+    with pytest.raises(OverrideError, match=message):
         check_overrides("mamba", pairs, {"d_model": 64})
     check_overrides("mamba", (("d_state", 128), ("dt_min", 1)), {})  # an int is a number
-    with pytest.raises(QualityError, match=r"--set head_dim=7: mamba2 refuses it: .*multiple"):
+    with pytest.raises(OverrideError, match=r"--set head_dim=7: mamba2 refuses it: .*multiple"):
         check_overrides("mamba2", (("head_dim", 7),), {"d_model": 64})
 
 
