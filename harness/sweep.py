@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from harness import launch, results
 from harness.bench.implementations import COMPILED, OURS, PEERS
 from harness.bench.peak import PEAK_METHOD
-from harness.bench.workload import DTYPES, MODES, Cell
+from harness.bench.workload import DTYPES, MODES, Cell, decoding_models
 from harness.machine import machine_info, provenance
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def check(sweep: Sweep, catalog: Catalog | None = None) -> None:
     for model in sweep.models:  # a model that can run none of the modes asked is an error
         if all((model, mode) in sweep.unsupported() for mode in sweep.modes):
             raise SweepError(f"{model} is an encoder and cannot generate; generate mode "
-                             "is for gpt, rwkv, pangu-pi and transformer")
+                             f"is for {decoding_models()}")
     for peer in sweep.against:
         if peer not in PEERS:
             raise SweepError(f"unknown peer {peer!r}; valid: {', '.join(PEERS)}")

@@ -117,10 +117,17 @@ def accounting(model: Any, mode: str, batch: int, seqlen: int) -> tuple[int, flo
     return batch * seqlen, 3 * forward if mode == "train" else forward
 
 
+def decoding_models() -> str:
+    """The zoo models that can run generate mode, for error messages: "gpt, rwkv, ..."."""
+    import zoo
+
+    return ", ".join(m for m in zoo.REGISTRY if hasattr(zoo.load_class(m), "generate"))
+
+
 def check_mode(name: str, model: Any, mode: str) -> None:
     """BenchError for a mode that does not exist or that the model cannot run."""
     if mode not in MODES:
         raise BenchError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     if mode == "generate" and not hasattr(model, "generate"):
         raise BenchError(f"{name} is an encoder: generate mode needs a model that decodes "
-                         "(gpt, rwkv, pangu-pi, transformer)")
+                         f"({decoding_models()})")

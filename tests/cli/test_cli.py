@@ -267,7 +267,7 @@ def test_validate_checks_variant_fields_against_the_zoo_config(write_catalog):
 @pytest.mark.parametrize("args, fragments", [
     (["bench", "gtp"], ["unknown model 'gtp'", "rwkv"]),
     (["bench", "rwkv", "--seqlen", "8k"], ["--seqlen '8k'"]),
-    (["bench", "bert", "--mode", "generate"], ["bert is an encoder and cannot generate"]),
+    (["bench", "bert", "--mode", "generate"], ["bert is an encoder and cannot generate", "mamba2"]),
     (["bench", "rwkv", "--variant", "huge"], ["no variant 'huge'"]),
     (["bench", "rwkv", "--max-memory", "lots"], ["--max-memory 'lots'"]),
     (["bench", "rwkv", "--dtype", "float64"], ["unknown dtype 'float64'"]),

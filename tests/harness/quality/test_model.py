@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from harness.models import OverrideError
 from harness.quality.model import architecture, check_model, task_for
 from harness.quality.spec import QualityError, RunSpec
 from harness.quality.train import Budget
@@ -70,6 +71,6 @@ def test_set_fields_reach_the_model_and_win_over_the_task():
                   overrides=(("init_std", 0.02), ("n_layer", 3)))
     config = build_model("gpt", "mqar", Prepared(gpt)).config
     assert (config.init_std, config.n_layer, config.d_ff) == (0.02, 3, 0)
-    with pytest.raises(QualityError, match="gpt has no config field 'd_state'"):
+    with pytest.raises(OverrideError, match="gpt has no config field 'd_state'"):
         check_model("gpt", spec)
     assert check_model("mamba", spec) == "mqar"
