@@ -149,6 +149,8 @@ def check_overrides(model: str, overrides: tuple[tuple[str, Any], ...],
     the field's kind (an integer for an integer field, a number for a float one, True or False
     for a switch), or the config refuses the result (`fields`: the variant's, which --set
     changes)."""
+    import torch
+
     import zoo
 
     config_class = zoo.load_class(model).config_class
@@ -167,8 +169,13 @@ def check_overrides(model: str, overrides: tuple[tuple[str, Any], ...],
                                       or not isinstance(value, (int, float))):
             raise OverrideError(f"--set {name}={value}: {model}'s {name} is {wanted} (its "
                                 f"default: {default})")
+    # The config's checks (zoo.model.check_config and its own), then the model built on the
+    # meta device (no memory): whatever a value breaks in building is refused here, before
+    # anything runs.
     try:
-        config_class(**{**fields, **dict(overrides)})
-    except (TypeError, ValueError) as error:
+        config = config_class(**{**fields, **dict(overrides)})
+        with torch.device("meta"):
+            zoo.load_class(model)(config)
+    except (TypeError, ValueError, AssertionError, ArithmeticError, RuntimeError) as error:
         raise OverrideError(f"--set {','.join(set_texts(overrides))}: {model} "
-                            f"refuses it: {error}") from None
+                            f"refuses it: {error or type(error).__name__}") from None

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.layers import FeedForward, MultiHeadAttention, bert_init, tied_head
-from zoo.model import Output, ZooModel, lm_loss
+from zoo.model import Output, ZooModel, check_config, lm_loss
 
 INIT_STD = 0.02  # BERT's initializer_range
 
@@ -50,6 +50,9 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0  # [PAD]; its word-embedding row starts at zero and gets no gradient
     next_sentence_head: bool = True  # pooler + NSP classifier (False: BertForMaskedLM's layout)
+
+    def __post_init__(self) -> None:
+        check_config(self)
 
     @property
     def max_seq_len(self) -> int:

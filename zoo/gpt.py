@@ -36,7 +36,7 @@ from zoo.layers import (
     hidden_key_bias,
     tied_head,
 )
-from zoo.model import Output, ZooModel, generate, lm_loss
+from zoo.model import Output, ZooModel, check_config, generate, lm_loss
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class GPTConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        check_config(self)
         if self.d_ff is None:
             object.__setattr__(self, "d_ff", 4 * self.d_model)
 

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.layers import KVCache, RMSNorm, apply_rope, hidden_key_bias, rope_tables, sdpa
-from zoo.model import Output, ZooModel, generate, lm_loss
+from zoo.model import Output, ZooModel, check_config, generate, lm_loss
 
 
 @dataclass(frozen=True)
@@ -74,16 +74,15 @@ class LlamaConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        check_config(self)
         if self.n_kv_head is None:
             object.__setattr__(self, "n_kv_head", self.n_head)
-        checks = [
-            (self.n_head >= 1 and self.d_model % self.n_head == 0,
+        checks = [  # sizes are >= 1 (check_config); what they must divide:
+            (self.d_model % self.n_head == 0,
              f"d_model {self.d_model} is not divisible by n_head {self.n_head}"),
-            ((self.d_model // max(self.n_head, 1)) % 2 == 0, "RoPE needs an even head size"),
-            (self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0,
+            ((self.d_model // self.n_head) % 2 == 0, "RoPE needs an even head size"),
+            (self.n_head % self.n_kv_head == 0,
              f"n_head {self.n_head} is not a multiple of n_kv_head {self.n_kv_head}"),
-            (self.window is None or self.window >= 1, "window must be None or >= 1"),
-            (self.d_ff >= 0, "d_ff must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from zoo.layers import RMSNorm, causal_depthwise_conv, new_token_mask, tied_head
-from zoo.model import RecurrentLM
+from zoo.model import RecurrentLM, check_config
 
 # Elementwise FLOPs of one recurrence step per state element (d_inner x d_state): delta * A,
 # its exp, delta x * B, the decay times the state, plus the input, and C's multiply-add.
@@ -74,6 +74,7 @@ class MambaConfig:
     scan_chunk_len: int | None = None
 
     def __post_init__(self) -> None:
+        check_config(self)
         if self.dt_rank is None:
             object.__setattr__(self, "dt_rank", math.ceil(self.d_model / 16))
 

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.layers import RMSNorm, causal_depthwise_conv, new_token_mask, tied_head
-from zoo.model import RecurrentLM
+from zoo.model import RecurrentLM, check_config
 
 # Elementwise FLOPs of one recurrence step per state element (heads x head_dim x d_state): the
 # decay times the state, the input's outer product (delta x) B^T and its add, C's multiply-add.
@@ -82,6 +82,7 @@ class Mamba2Config:
     chunk_size: int | None = None
 
     def __post_init__(self) -> None:
+        check_config(self)
         if self.d_inner % self.head_dim or self.n_heads % self.n_groups:
             raise ValueError(f"expand * d_model = {self.d_inner} must be a multiple of head_dim "
                              f"{self.head_dim}, and the heads a multiple of n_groups "

@@ -44,6 +44,32 @@ class Output:
     cache: Any = None  # a KV cache or a recurrent state, for the next incremental call
 
 
+# Integer config fields that may be zero (a padding id, an ablation's empty part); every other
+# integer field, and every optional one that is set, is a size or a count of at least 1.
+MAY_BE_ZERO = frozenset({"pad_token_id", "n_shortcuts", "d_ff"})
+
+
+def check_config(config: Any) -> None:
+    """A ValueError naming the field when a config holds a number no model is built from: a
+    size or count below 1 (below 0 for MAY_BE_ZERO), a dropout probability outside [0, 1), a
+    norm epsilon that is not positive, a padding id outside the vocabulary. Each config's own
+    `__post_init__` checks what only it knows (head sizes that must divide, ...)."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        kind = type(field.default) if field.default is not None else type(value)
+        if value is None or isinstance(value, bool) or kind is bool:
+            continue
+        if kind is int and value < (least := 0 if field.name in MAY_BE_ZERO else 1):
+            raise ValueError(f"{field.name} must be an integer >= {least}, not {value}")
+        if kind is float and "dropout" in field.name and not 0 <= value < 1:
+            raise ValueError(f"{field.name} is a probability in [0, 1), not {value}")
+        if kind is float and field.name.endswith("eps") and not value > 0:
+            raise ValueError(f"{field.name} must be > 0, not {value}")
+    pad, vocab = getattr(config, "pad_token_id", None), getattr(config, "vocab_size", None)
+    if pad is not None and vocab is not None and pad >= vocab:
+        raise ValueError(f"pad_token_id {pad} is outside the vocabulary (vocab_size {vocab})")
+
+
 class ZooModel(nn.Module):
     config: Any
     # The config field that sizes a learned position table, for models that have one.

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from zoo.layers import MultiHeadAttention, bert_init
-from zoo.model import Output, ZooModel, lm_loss
+from zoo.model import Output, ZooModel, check_config, lm_loss
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,9 @@ class MosaicBertConfig:
     init_std: float = 0.02
     pooler: bool = False  # BertForMaskedLM has none; True adds BERT's tanh pooler
     unpad: bool = True  # run per-token ops on the packed real tokens (forward can override)
+
+    def __post_init__(self) -> None:
+        check_config(self)
 
 
 def alibi_slopes(n_head: int) -> list[float]:

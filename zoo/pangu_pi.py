@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.layers import KVCache, RMSNorm, apply_rope, causal_mask, rope_tables, sdpa
-from zoo.model import Output, ZooModel, generate, lm_loss
+from zoo.model import Output, ZooModel, check_config, generate, lm_loss
 
 SIAF_ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh}
 
@@ -88,17 +88,15 @@ class PanguPiConfig:
     shortcut_bias: bool = False
 
     def __post_init__(self) -> None:
+        check_config(self)
         checks = [
             (self.d_model % self.n_head == 0, f"d_model {self.d_model} is not divisible by "
                                               f"n_head {self.n_head}"),
-            ((self.d_model // max(self.n_head, 1)) % 2 == 0, "RoPE needs an even head size"),
-            (self.siaf_terms >= 1, "siaf_terms must be >= 1"),
-            (self.siaf_window >= 1, "siaf_window must be >= 1"),
+            ((self.d_model // self.n_head) % 2 == 0, "RoPE needs an even head size"),
             (self.siaf_activation in SIAF_ACTIVATIONS,
              f"siaf_activation must be one of {', '.join(SIAF_ACTIVATIONS)}"),
             (self.siaf_fusion in ("gate", "mlp"), "siaf_fusion must be 'gate' or 'mlp'"),
-            (self.n_shortcuts >= 0, "n_shortcuts must be >= 0"),
-            (self.d_model // max(self.shortcut_ratio, 1) >= 1 and self.shortcut_ratio >= 1,
+            (self.shortcut_ratio <= self.d_model,
              f"shortcut_ratio must be in [1, d_model={self.d_model}]"),
             (self.shortcut_input in ("normed", "residual"),
              "shortcut_input must be 'normed' or 'residual'"),

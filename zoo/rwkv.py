@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from zoo.layers import token_shift
-from zoo.model import RecurrentLM
+from zoo.model import RecurrentLM, check_config
 
 # WKV state of one layer: (aa, bb, pp), each (B, d) in fp32, with a = aa·e^pp and b = bb·e^pp
 # the decayed sums of e^k·v and of e^k over the past tokens.
@@ -52,6 +52,9 @@ class RWKVConfig:
     # more than the pairwise work (small model on an H100: 3.5x faster than 32 at 8192 tokens,
     # 0.1 GiB more at 1024; 256 gains little more for twice the table).
     wkv_chunk_len: int | None = None
+
+    def __post_init__(self) -> None:
+        check_config(self)
 
 
 def wkv_recurrent(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.layers import MatrixRWKVState, head_group_norm, run_matrix_wkv, token_shift
-from zoo.model import RecurrentLM
+from zoo.model import RecurrentLM, check_config
 
 WKV6State = torch.Tensor  # (B, H, N, N) per layer, fp32, S[key channel, value channel]
 RWKV6State = MatrixRWKVState  # the state across calls: att_x, wkv (S[key, value]), ffn_x
@@ -71,11 +71,10 @@ class RWKV6Config:
     chunk_size: int = 16
 
     def __post_init__(self) -> None:
+        check_config(self)
         if self.d_model % self.head_size:
             raise ValueError(f"d_model {self.d_model} must be a multiple of head_size "
                              f"{self.head_size}")
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size {self.chunk_size} must be at least 1")
 
     @property
     def n_head(self) -> int:

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.layers import MatrixRWKVState, token_shift
-from zoo.model import RecurrentLM
+from zoo.model import RecurrentLM, check_config
 
 WKV7State = torch.Tensor  # (B, H, N, N) per layer, fp32, S[value channel, key channel]
 RWKV7State = MatrixRWKVState  # the state across calls: att_x, wkv (S[value, key]), ffn_x
@@ -96,6 +96,7 @@ class RWKV7Config:
     chunk_size: int = 16
 
     def __post_init__(self) -> None:
+        check_config(self)
         if self.d_model % self.head_size:
             raise ValueError(f"d_model {self.d_model} must be a multiple of head_size "
                              f"{self.head_size}")

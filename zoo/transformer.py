@@ -44,7 +44,7 @@ from zoo.layers import (
     hidden_key_bias,
     tied_head,
 )
-from zoo.model import Output, ZooModel, generate, lm_loss
+from zoo.model import Output, ZooModel, check_config, generate, lm_loss
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,9 @@ class TransformerConfig:
     attn_dropout: float = 0.0  # on attention probabilities; not in the paper's recipe
     layer_norm_eps: float = 1e-5
     pre_ln: bool = False  # False: the paper's post-LN; True: tensor2tensor's pre-LN + final LNs
+
+    def __post_init__(self) -> None:
+        check_config(self)
 
 
 def sinusoidal_positions(positions: torch.Tensor, d_model: int) -> torch.Tensor:

@@ -232,13 +232,14 @@ def quality(
 
 def _sized(ctx: typer.Context, models: list[str], spec: RunSpec) -> RunSpec:
     """The spec with a width chosen for its budget (harness.quality.sizing), said on stderr."""
-    from harness.quality.model import task_for
+    from harness.quality.model import check_model
     from harness.quality.sizing import size_for_budget
     from harness.quality.tokenizer import ByteTokenizer
 
     catalog = load_catalog_for(ctx, warn=False)
     names = zoo_names(catalog, models, False)
-    if any(task_for(name, spec.task) != "lm" for name in names):
+    # Each model's task and --set fields checked before sizing builds any of them.
+    if any(check_model(name, spec, catalog) != "lm" for name in names):
         return spec  # the encoder-decoder's seq2seq: keep the variant
     vocab = ByteTokenizer().vocab_size if spec.tokenizer == "bytes" else spec.bpe_vocab
     with stderr().status("choosing a model size for the budget"):

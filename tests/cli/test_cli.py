@@ -285,6 +285,13 @@ def test_validate_checks_variant_fields_against_the_zoo_config(write_catalog):
     (["bench", "llama", "--set", "window=0"], ["--set window=0: llama refuses it", ">= 1"]),
     (["bench", "llama", "--set", "n_kv_head=3"], ["llama refuses it"]),
     (["bench", "mamba", "--set", "d_state=1.5"], ["mamba's d_state is an integer"]),
+    # Sizes no model is built from: named before any cell runs, never a traceback.
+    (["bench", "gpt", "--set", "n_layer=-1"], ["gpt refuses it", "n_layer must be", ">= 1"]),
+    (["bench", "gpt", "--set", "n_head=0"], ["gpt refuses it", "n_head must be"]),
+    (["bench", "gpt", "--set", "d_model=100"], ["gpt refuses it", "not divisible by n_head"]),
+    (["bench", "bert", "--set", "dropout=1.5"], ["bert refuses it", "probability in [0, 1)"]),
+    (["bench", "bert", "--set", "pad_token_id=9000"], ["bert refuses it", "outside the vocab"]),
+    (["bench", "rwkv7", "--set", "head_size=0"], ["rwkv7 refuses it", "head_size must be"]),
 ])
 def test_bench_refuses_bad_requests_in_one_line(args, fragments):
     assert_one_line_error(run(*args), *fragments)

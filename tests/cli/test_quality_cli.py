@@ -98,6 +98,10 @@ def test_quality_compares_models_on_one_table(tmp_path, corpus):
     (["quality", "gpt", "--task", "mqar", "--lr", "1e-3,1e-2", "--set", "n_head=two"],
      "--set n_head=two: gpt's n_head is an integer"),
     (["train", "gpt", "--set", "n_layer"], "--set 'n_layer': give FIELD=VALUE"),
+    # --task lm without a variant sizes the model for the budget: --set is checked before that
+    (["quality", "gpt", "llama", "--set", "n_head=0"],
+     "--set n_head=0: gpt refuses it: n_head must be an integer >= 1, not 0"),
+    (["train", "llama", "--task", "mqar", "--set", "n_kv_head=3"], "llama refuses it"),
     (["quality", "gpt", "--task", "mqar", "--lr", "1e-3,1e-2", "--jobs",
       str(len(os.sched_getaffinity(0)) + 1)], "on the CPU needs"),
 ])

@@ -30,6 +30,25 @@ def test_config_is_a_frozen_dataclass(tiny):
     assert type(tiny).config_class is type(tiny.config)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_config_refuses_sizes_no_model_is_built_from(name):
+    """Every config checks its numbers when made (zoo.model.check_config), naming the field."""
+    config_class = zoo.load_class(name).config_class
+    for field, value, says in [("n_layer", 0, "n_layer must be an integer >= 1, not 0"),
+                               ("d_model", -8, "d_model must be an integer >= 1, not -8"),
+                               ("vocab_size", 0, "vocab_size must be")]:
+        with pytest.raises(ValueError, match=says):
+            config_class(**{field: value})
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    if "dropout" in fields:
+        config_class(dropout=0)  # an integer zero is a probability too
+        with pytest.raises(ValueError, match=r"dropout is a probability in \[0, 1\), not 1"):
+            config_class(dropout=1.0)
+    eps = next(f for f in sorted(fields) if f.endswith("eps"))
+    with pytest.raises(ValueError, match=f"{eps} must be > 0"):
+        config_class(**{eps: 0.0})
+
+
 def test_forward_on_dummy_inputs(tiny):
     inputs = tiny.dummy_inputs(batch=2, seqlen=11, device="cpu")
     out = tiny(**inputs)
