@@ -6,6 +6,9 @@
     python benchmarks/perf_targets.py --check-only --results FILE   # table from earlier records
     python benchmarks/perf_targets.py --suite training --seqlen 256..4096   # training steps:
         # ours against HF, MFU, RWKV against HF and our GPT, mixed-precision bf16 against fp32
+    python benchmarks/perf_targets.py --suite training --device cuda --dtype bfloat16 \
+        --compile --seqlen 1024,4096         # the same table on a GPU in bf16 (mixed
+        # precision), with each model under torch.compile beside the eager one
 
 Each cell runs in its own process through the benchmark harness (`harness.sweep`), ours and the
 peers one after the other in the same run, so every ratio compares measurements taken under
@@ -41,9 +44,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="also compare the published base sizes (bert base, gpt2, roberta "
                              "base) with HF; default: on, off with --quick")
     parser.add_argument("--variant", default="small")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                        help="training suite: the precision of ours against HF (float32; "
+                             "bfloat16 or float16 train mixed, as the quality trainer does)")
+    parser.add_argument("--compile", action="store_true",
+                        help="training suite: also measure each model under torch.compile and "
+                             "check that eager, the default, is no slower")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds per cell before it is stopped (recorded as a timeout; "
+                             "that model's longer lengths are skipped)")
     parser.add_argument("--new-tokens", type=int, default=64,
                         help="timed tokens per decoding cell (a median over more of them: "
                              "decoding is bandwidth bound, and a shared machine's bandwidth "
@@ -74,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         only = set(args.only.split(",")) if args.only else set(groups)
         if only - set(groups):
             raise sweep.SweepError(f"--only {args.only!r}: the groups are {', '.join(groups)}")
+        if not training and (args.dtype is not None or args.compile):
+            raise sweep.SweepError("--dtype and --compile belong to --suite training (the "
+                                   "inference suite plans its own bf16 cells)")
+        if args.timeout <= 0:
+            raise sweep.SweepError(f"--timeout {args.timeout}: give a positive number of seconds")
         if args.rounds < 1:
             raise sweep.SweepError(f"--rounds {args.rounds}: give at least 1")
     except sweep.SweepError as error:
@@ -88,15 +105,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     else:
         base_sizes = not args.quick if args.base_sizes is None else args.base_sizes
-        planned = (targets.train_plan(tuple(seqlens)) if training
+        planned = (targets.train_plan(tuple(seqlens), args.dtype or "float32", args.compile)
+                   if training
                    else targets.plan(tuple(seqlens), tuple(decode), base_sizes))
         plans = [p for p in planned if p.group in only] * args.rounds
         sweeps = [sweep.Sweep(models=list(p.models), variant=p.variant or args.variant,
                               modes=list(p.modes),
                               seqlens=list(p.seqlens), dtype=p.dtype, device=args.device,
-                              threads=args.threads, repeat=args.repeat,
+                              threads=args.threads, repeat=args.repeat, timeout=args.timeout,
                               new_tokens=args.new_tokens, against=list(p.against),
-                              force=True, results=args.results)
+                              compile=p.compile, force=True, results=args.results)
                   for p in plans]
         total = sum(len(s.cells()) for s in sweeps)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+from harness.bench.implementations import COMPILED
 from harness.results import Record
 
 DENSE = ("bert", "gpt", "roberta")  # the models compared with Hugging Face's forward
@@ -52,6 +53,7 @@ class SweepPlan:
     dtype: str = "float32"
     variant: str | None = None  # None: the run's variant (`small` by default)
     group: str = "dense"  # a name of GROUPS: `perf_targets --only` selects by it
+    compile: bool = False  # also the zoo model under torch.compile (impl "zoo-compiled")
 
 
 GROUPS = ("dense", "attention-memory", "rwkv-prefill", "decoding", "bf16", "base-sizes")
@@ -217,57 +219,99 @@ def check(records: Iterable[Record | dict[str, Any]]) -> list[Row]:
 
 TRAIN_MODELS = ("gpt", "bert", "rwkv")  # the training step against Hugging Face's
 TRAIN_RATIO = 1.0  # ours / HF tokens/s, and at most 1.0 for peak memory, at every length
-TRAIN_MFU = ((256, 1024), 0.50)  # the dense models' MFU at these lengths
+TRAIN_MFU = ((256, 1024), 0.50)  # the dense models' MFU at these lengths (float32 cells)
 RWKV_TRAIN = (1024, 3.0, 1.5)  # at this length: RWKV / HF RWKV, and RWKV / our GPT
 TRAIN_BF16 = ((256, 1024), 2.0)  # mixed-precision bf16 / fp32 tokens/s of ours at these lengths
+COMPILED_RATIO = 1.0  # eager (the default) / torch.compile tokens/s: compile stays off unless
+#                       it is faster everywhere
 
 
-def train_plan(seqlens: tuple[int, ...] = (256, 512, 1024, 2048, 4096)) -> list[SweepPlan]:
-    """The sweeps behind the training targets."""
-    bf16 = tuple(T for T in TRAIN_BF16[0] if T in seqlens) or (min(seqlens),)
-    return [SweepPlan(TRAIN_MODELS, ("train",), seqlens, ("hf",), group="train"),
-            SweepPlan(("gpt", "bert"), ("train",), bf16, (), "bfloat16", group="train-bf16")]
+def train_plan(seqlens: tuple[int, ...] = (256, 512, 1024, 2048, 4096), dtype: str = "float32",
+               compile: bool = False) -> list[SweepPlan]:
+    """The sweeps behind the training targets: ours against Hugging Face at every length in
+    `dtype` (float32 on a CPU; bfloat16, that is mixed precision, for the table on a GPU), the
+    model under torch.compile beside ours when `compile`; and ours at the other precision at
+    the bf16 target's lengths, for the bf16 / fp32 ratio."""
+    other = "bfloat16" if dtype == "float32" else "float32"
+    mixed = tuple(T for T in TRAIN_BF16[0] if T in seqlens) or (min(seqlens),)
+    return [SweepPlan(TRAIN_MODELS, ("train",), seqlens, ("hf",), dtype, group="train",
+                      compile=compile),
+            SweepPlan(("gpt", "bert"), ("train",), mixed, (), other, group="train-bf16")]
 
 
 TRAIN_GROUPS = ("train", "train-bf16")
 
 
 def check_training(records: Iterable[Record | dict[str, Any]]) -> list[Row]:
-    """One row per training target and cell found in `records`."""
+    """One row per training target and cell found in `records`. Ours is compared with Hugging
+    Face in each precision Hugging Face's step was tried in (float32 on a CPU; bfloat16 for the
+    table on a GPU; a cell not in float32 names its dtype); MFU against the fp32 peak, and
+    bf16 against fp32, wherever our step was measured in those precisions."""
+    records = [r.to_dict() if isinstance(r, Record) else r for r in records]
     ok = _ok(records)
+    # A failed try of HF's step still counts (its rows read "not measured"); records without
+    # HF at all are checked in float32 (their rows too read "not measured").
+    compared = {r["dtype"] for r in records if r.get("kind") == "bench"
+                and r.get("mode") == "train" and r.get("impl") == "hf"} or {"float32"}
     rows: list[Row] = []
     for variant in sorted({k[1] for k in ok}, key=lambda v: (v != "small", str(v))):
         def get(model, impl, seqlen, dtype="float32", variant=variant):
             return ok.get((model, variant, impl, "train", seqlen, dtype), {})
 
-        lengths = sorted({k[4] for k in ok if k[1] == variant and k[3] == "train"})
-        for model in TRAIN_MODELS:
-            for T in lengths:
-                ours, hf = get(model, "zoo", T), get(model, "hf", T)
-                if not ours and not hf:
-                    continue
-                cell = f"{_name(model, variant)} train {T}"
-                rows += _against_hf("training vs HF", "training peak memory vs HF", cell, ours,
-                                    hf, TRAIN_RATIO)
-                if model != "rwkv" and T in TRAIN_MFU[0]:
-                    rows.append(_row("training MFU (fp32 peak)", cell, ours.get("mfu"),
-                                     TRAIN_MFU[1]))
-        T, vs_hf, vs_gpt = RWKV_TRAIN
-        rwkv = get("rwkv", "zoo", T)
-        if rwkv:
-            cell = f"{_name('rwkv', variant)} train {T}"
-            rows.append(_row("RWKV training vs HF", cell, _ratio(
-                rwkv.get("tokens_per_s"), get("rwkv", "hf", T).get("tokens_per_s")), vs_hf))
-            rows.append(_row("RWKV training vs our GPT", cell, _ratio(
-                rwkv.get("tokens_per_s"), get("gpt", "zoo", T).get("tokens_per_s")), vs_gpt))
+        def name(model, seqlen, dtype="float32", variant=variant):
+            suffix = "" if dtype == "float32" else f" {dtype}"
+            return f"{_name(model, variant)} train {seqlen}{suffix}"
+
+        def lengths(model, dtype="float32", variant=variant):
+            return sorted(k[4] for k in ok if k[:4] == (model, variant, "zoo", "train")
+                          and k[5] == dtype)
+
+        def mfu(model, seqlen):
+            ours = get(model, "zoo", seqlen)
+            if not ours or model == "rwkv" or seqlen not in TRAIN_MFU[0]:
+                return []
+            return [_row("training MFU (fp32 peak)", name(model, seqlen), ours.get("mfu"),
+                         TRAIN_MFU[1])]
+
+        all_lengths = sorted({k[4] for k in ok if k[1] == variant and k[3] == "train"})
+        for dtype in sorted(compared, key=lambda d: (d != "float32", d)):
+            for model in TRAIN_MODELS:
+                for T in all_lengths:
+                    ours, hf = get(model, "zoo", T, dtype), get(model, "hf", T, dtype)
+                    if ours or hf:
+                        rows += _against_hf("training vs HF", "training peak memory vs HF",
+                                            name(model, T, dtype), ours, hf, TRAIN_RATIO)
+                    if dtype == "float32":
+                        rows += mfu(model, T)
+            T, vs_hf, vs_gpt = RWKV_TRAIN
+            rwkv = get("rwkv", "zoo", T, dtype)
+            if rwkv:
+                cell = name("rwkv", T, dtype)
+                rows.append(_row("RWKV training vs HF", cell, _ratio(
+                    rwkv.get("tokens_per_s"), get("rwkv", "hf", T, dtype).get("tokens_per_s")),
+                    vs_hf))
+                rows.append(_row("RWKV training vs our GPT", cell, _ratio(
+                    rwkv.get("tokens_per_s"), get("gpt", "zoo", T, dtype).get("tokens_per_s")),
+                    vs_gpt))
         for model in ("gpt", "bert"):
-            for T in sorted({k[4] for k in ok if k[5] == "bfloat16" and k[:2] == (model, variant)
-                             and k[3] == "train"}):
-                rows.append(_row("bf16 (mixed) vs fp32 training",
-                                 f"{_name(model, variant)} train {T}",
-                                 _ratio(get(model, "zoo", T, "bfloat16").get("tokens_per_s"),
-                                        get(model, "zoo", T).get("tokens_per_s")),
-                                 TRAIN_BF16[1]))
+            if "float32" not in compared:  # float32 cells beside a comparison in bf16
+                rows += [row for T in lengths(model) for row in mfu(model, T)]
+            fp32 = set(lengths(model))
+            for T in lengths(model, "bfloat16"):
+                if T in fp32 or T in TRAIN_BF16[0]:
+                    rows.append(_row("bf16 (mixed) vs fp32 training", name(model, T),
+                                     _ratio(get(model, "zoo", T, "bfloat16").get("tokens_per_s"),
+                                            get(model, "zoo", T).get("tokens_per_s")),
+                                     TRAIN_BF16[1]))
+        # A compiled cell that failed or ran out of time reads "not measured".
+        for model, T, dtype in sorted({(r["model"], r["seqlen"], r["dtype"]) for r in records
+                                       if r.get("kind") == "bench" and r.get("mode") == "train"
+                                       and r.get("impl") == COMPILED
+                                       and r.get("variant") == variant}):
+            rows.append(_row("eager (default) vs torch.compile training", name(model, T, dtype),
+                             _ratio(get(model, "zoo", T, dtype).get("tokens_per_s"),
+                                    get(model, COMPILED, T, dtype).get("tokens_per_s")),
+                             COMPILED_RATIO))
     return rows
 
 

@@ -170,3 +170,55 @@ def test_training_plan():
     assert all(p.modes == ("train",) for p in plans)
     bf16 = next(p for p in plans if p.dtype == "bfloat16")
     assert bf16.seqlens == (256, 1024) and bf16.against == ()
+
+
+def test_training_targets_in_bf16_as_on_a_gpu():
+    """With HF's step measured in bf16 (the table on a GPU), ours is compared in bf16 too,
+    cell by cell, the cells naming their dtype; MFU rows stay float32's alone."""
+    train = [rec("gpt", "zoo", "train", 1024, 9000, mem=900, mfu=0.3, dtype="bfloat16"),
+             rec("gpt", "hf", "train", 1024, 6000, mem=1000, dtype="bfloat16"),
+             rec("gpt", "zoo", "train", 1024, 3000, mem=800, mfu=0.55),
+             rec("gpt", "zoo", "train", 4096, 5000, dtype="bfloat16"),  # no fp32 beside it
+             rec("rwkv", "zoo", "train", 1024, 12000, dtype="bfloat16"),
+             rec("rwkv", "hf", "train", 1024, None, dtype="bfloat16", status="oom")]
+    rows = targets.check_training(train)
+    assert abs(find(rows, "training vs HF", "gpt train 1024 bfloat16").value - 1.5) < 1e-12
+    assert find(rows, "training peak memory vs HF", "gpt train 1024 bfloat16").met is True
+    assert find(rows, "training vs HF", "rwkv train 1024 bfloat16").met is None  # HF: OOM
+    assert abs(find(rows, "RWKV training vs our GPT", "rwkv train 1024 bfloat16").value
+               - 12000 / 9000) < 1e-12
+    assert not [r for r in rows if r.cell == "gpt train 1024" and "HF" in r.target]
+    assert [r.cell for r in rows if "MFU" in r.target] == ["gpt train 1024"]
+    assert abs(find(rows, "bf16 (mixed) vs fp32 training", "gpt train 1024").value - 3) < 1e-12
+    assert [r.cell for r in rows if r.target.startswith("bf16")] == ["gpt train 1024"]
+
+
+def test_bf16_cells_without_an_hf_peer_are_no_comparison_with_hf():
+    rows = targets.check_training([rec("gpt", "zoo", "train", 256, 1500, dtype="bfloat16"),
+                                   rec("gpt", "zoo", "train", 256, 1000),
+                                   rec("gpt", "hf", "train", 256, 900)])
+    assert not [r for r in rows if r.cell.endswith("bfloat16")]
+    assert find(rows, "bf16 (mixed) vs fp32 training", "gpt train 256").met is False  # 1.5
+
+
+def test_torch_compile_is_checked_against_the_eager_default():
+    rows = targets.check_training([rec("gpt", "zoo", "train", 256, 1000),
+                                   rec("gpt", "zoo-compiled", "train", 256, 800),
+                                   rec("bert", "zoo", "train", 1024, 700, dtype="bfloat16"),
+                                   rec("bert", "zoo-compiled", "train", 1024, 1400,
+                                       dtype="bfloat16"),
+                                   rec("rwkv", "zoo", "train", 1024, 2000),
+                                   rec("rwkv", "zoo-compiled", "train", 1024, None,
+                                       status="timeout")])
+    target = "eager (default) vs torch.compile training"
+    assert find(rows, target, "gpt train 256").met is True  # 1.25: compile stays off
+    row = find(rows, target, "bert train 1024 bfloat16")
+    assert row.met is False and abs(row.value - 0.5) < 1e-12
+    assert find(rows, target, "rwkv train 1024").verdict == "not measured"
+
+
+def test_training_plan_on_a_gpu_in_bf16_with_compile():
+    train, other = targets.train_plan((1024, 4096), "bfloat16", compile=True)
+    assert (train.dtype, train.against, train.compile) == ("bfloat16", ("hf",), True)
+    assert train.models == targets.TRAIN_MODELS and train.seqlens == (1024, 4096)
+    assert (other.dtype, other.seqlens, other.compile) == ("float32", (1024,), False)
