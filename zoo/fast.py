@@ -291,7 +291,7 @@ def swiglu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch.Tenso
     the gate as it is written; otherwise SiLU and the product taken in place."""
     rows = x.numel() // x.size(-1) if x.size(-1) else 0
     if not (_fast_path(x, gate, None) and _fast_path(x, up, None)) or rows == 0:
-        return F.silu(F.linear(x, gate)) * F.linear(x, up)
+        return F.silu(linear(x, gate)) * linear(x, up)  # training: `linear`'s oneDNN products
     if rows > FEW_ROWS and many_rows_kernel() == "onednn":
         g = torch.ops.mkldnn._linear_pointwise(x, gate, None, "swish", [], "")
         return torch.ops.mkldnn._linear_pointwise.binary(x, g, up, None, "mul")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import max_diff
 from torch import nn
 
 import zoo
@@ -277,12 +278,26 @@ def test_the_swiglu_route_equals_the_plain_one_with_either_kernel(rows, kernel, 
     assert calls == [1] and seen == [(1, rows, 48)]  # the hook made the fusion step aside
     torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(hooked, plain, atol=1e-5, rtol=1e-5)
-    x.requires_grad_()  # with gradients: the plain products
+    x.requires_grad_()  # with gradients: `linear`'s products, checked below
     torch.testing.assert_close(zoo.fast.swiglu(x, ffn.gate_proj.weight, ffn.up_proj.weight),
                                F.silu(x @ ffn.gate_proj.weight.t()) * (x @ ffn.up_proj.weight.t()))
 
 
 real_swiglu = zoo.fast.swiglu
+
+
+def test_swiglu_with_gradients_takes_the_training_products_in_onednn(onednn_calls):
+    """Training's gate and up products go through `linear` (oneDNN's three products where it
+    is chosen), with float64's gradients."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 16, requires_grad=True)
+    gate, up = (torch.randn(48, 16, requires_grad=True) for _ in range(2))
+    zoo.fast.swiglu(x, gate, up).square().sum().backward()
+    assert onednn_calls == ["none"] * 6  # two forward products, two gradients of each
+    x64, gate64, up64 = (t.detach().double().requires_grad_() for t in (x, gate, up))
+    (F.silu(x64 @ gate64.t()) * (x64 @ up64.t())).square().sum().backward()
+    for ours, reference in ((x, x64), (gate, gate64), (up, up64)):
+        assert max_diff(ours.grad, reference.grad) < 1e-4 * reference.grad.abs().max()
 
 
 # ---- the routes on every model -----------------------------------------------------------------
