@@ -218,8 +218,10 @@ def check(records: Iterable[Record | dict[str, Any]]) -> list[Row]:
 # --- training (issue 15) ----------------------------------------------------------------------
 
 TRAIN_MODELS = ("gpt", "bert", "rwkv")  # the training step against Hugging Face's
+TRAIN_MORE = ("llama", "roberta", "mamba", "mamba2")  # the other models with an HF peer
+TRAIN_DENSE = ("gpt", "bert", "llama", "roberta")  # MFU targets for these
 TRAIN_RATIO = 1.0  # ours / HF tokens/s, and at most 1.0 for peak memory, at every length
-TRAIN_MFU = ((256, 1024), 0.50)  # the dense models' MFU at these lengths (float32 cells)
+TRAIN_MFU = ((256, 1024), 0.50)  # TRAIN_DENSE's MFU at these lengths (float32 cells)
 RWKV_TRAIN = (1024, 3.0, 1.5)  # at this length: RWKV / HF RWKV, and RWKV / our GPT
 TRAIN_BF16 = ((256, 1024), 2.0)  # mixed-precision bf16 / fp32 tokens/s of ours at these lengths
 COMPILED_RATIO = 1.0  # eager (the default) / torch.compile tokens/s: compile stays off unless
@@ -230,16 +232,19 @@ def train_plan(seqlens: tuple[int, ...] = (256, 512, 1024, 2048, 4096), dtype: s
                compile: bool = False) -> list[SweepPlan]:
     """The sweeps behind the training targets: ours against Hugging Face at every length in
     `dtype` (float32 on a CPU; bfloat16, that is mixed precision, for the table on a GPU), the
-    model under torch.compile beside ours when `compile`; and ours at the other precision at
+    model under torch.compile beside ours when `compile`, first for TRAIN_MODELS, then (group
+    "train-more") for the other models Hugging Face has; and ours at the other precision at
     the bf16 target's lengths, for the bf16 / fp32 ratio."""
     other = "bfloat16" if dtype == "float32" else "float32"
     mixed = tuple(T for T in TRAIN_BF16[0] if T in seqlens) or (min(seqlens),)
     return [SweepPlan(TRAIN_MODELS, ("train",), seqlens, ("hf",), dtype, group="train",
                       compile=compile),
-            SweepPlan(("gpt", "bert"), ("train",), mixed, (), other, group="train-bf16")]
+            SweepPlan(("gpt", "bert"), ("train",), mixed, (), other, group="train-bf16"),
+            SweepPlan(TRAIN_MORE, ("train",), seqlens, ("hf",), dtype, group="train-more",
+                      compile=compile)]
 
 
-TRAIN_GROUPS = ("train", "train-bf16")
+TRAIN_GROUPS = ("train", "train-bf16", "train-more")
 
 
 def check_training(records: Iterable[Record | dict[str, Any]]) -> list[Row]:
@@ -268,14 +273,14 @@ def check_training(records: Iterable[Record | dict[str, Any]]) -> list[Row]:
 
         def mfu(model, seqlen):
             ours = get(model, "zoo", seqlen)
-            if not ours or model == "rwkv" or seqlen not in TRAIN_MFU[0]:
+            if not ours or model not in TRAIN_DENSE or seqlen not in TRAIN_MFU[0]:
                 return []
             return [_row("training MFU (fp32 peak)", name(model, seqlen), ours.get("mfu"),
                          TRAIN_MFU[1])]
 
         all_lengths = sorted({k[4] for k in ok if k[1] == variant and k[3] == "train"})
         for dtype in sorted(compared, key=lambda d: (d != "float32", d)):
-            for model in TRAIN_MODELS:
+            for model in TRAIN_MODELS + TRAIN_MORE:
                 for T in all_lengths:
                     ours, hf = get(model, "zoo", T, dtype), get(model, "hf", T, dtype)
                     if ours or hf:
@@ -293,9 +298,10 @@ def check_training(records: Iterable[Record | dict[str, Any]]) -> list[Row]:
                 rows.append(_row("RWKV training vs our GPT", cell, _ratio(
                     rwkv.get("tokens_per_s"), get("gpt", "zoo", T, dtype).get("tokens_per_s")),
                     vs_gpt))
+        if "float32" not in compared:  # float32 cells beside a comparison in bf16
+            rows += [row for model in TRAIN_DENSE for T in lengths(model)
+                     for row in mfu(model, T)]
         for model in ("gpt", "bert"):
-            if "float32" not in compared:  # float32 cells beside a comparison in bf16
-                rows += [row for T in lengths(model) for row in mfu(model, T)]
             fp32 = set(lengths(model))
             for T in lengths(model, "bfloat16"):
                 if T in fp32 or T in TRAIN_BF16[0]:

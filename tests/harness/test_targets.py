@@ -218,7 +218,22 @@ def test_torch_compile_is_checked_against_the_eager_default():
 
 
 def test_training_plan_on_a_gpu_in_bf16_with_compile():
-    train, other = targets.train_plan((1024, 4096), "bfloat16", compile=True)
+    train, other, more = targets.train_plan((1024, 4096), "bfloat16", compile=True)
+    assert (more.models, more.dtype, more.compile) == (targets.TRAIN_MORE, "bfloat16", True)
     assert (train.dtype, train.against, train.compile) == ("bfloat16", ("hf",), True)
     assert train.models == targets.TRAIN_MODELS and train.seqlens == (1024, 4096)
     assert (other.dtype, other.seqlens, other.compile) == ("float32", (1024,), False)
+
+
+def test_the_other_models_with_an_hf_peer_are_compared_too():
+    rows = targets.check_training([rec("llama", "zoo", "train", 1024, 1600, mem=900, mfu=0.5),
+                                   rec("llama", "hf", "train", 1024, 1000, mem=1000),
+                                   rec("mamba", "zoo", "train", 2048, 700, mfu=0.2),
+                                   rec("mamba", "hf", "train", 2048, None, status="timeout"),
+                                   rec("roberta", "zoo", "train", 256, 1500, mfu=0.45),
+                                   rec("roberta", "hf", "train", 256, 800)])
+    assert abs(find(rows, "training vs HF", "llama train 1024").value - 1.6) < 1e-12
+    assert find(rows, "training MFU (fp32 peak)", "llama train 1024").met is True
+    assert find(rows, "training MFU (fp32 peak)", "roberta train 256").met is False
+    assert find(rows, "training vs HF", "mamba train 2048").verdict == "not measured"
+    assert not [r for r in rows if "MFU" in r.target and r.cell.startswith("mamba")]
