@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fastest-records", type=Path, default=None,
                         help="also write the records the table uses (each cell's fastest "
                              "round) to this JSON Lines file, e.g. for `catalog report`")
+    parser.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure the matrix-multiply peak of each dtype first, so that MFU "
+                             "is against the machine as it runs now (a shared host's varies "
+                             "from day to day); --no-calibrate uses the cached peaks")
     parser.add_argument("--check-only", action="store_true",
                         help="measure nothing; check the records already in --results")
     args = parser.parse_args(argv)
@@ -116,6 +120,15 @@ def main(argv: list[str] | None = None) -> int:
                               new_tokens=args.new_tokens, against=list(p.against),
                               compile=p.compile, force=True, results=args.results)
                   for p in plans]
+        try:
+            for dtype in sorted({s.dtype for s in sweeps}) if args.calibrate else ():
+                peak = sweep.calibrate(args.device, dtype, args.threads,
+                                       results.default_peak_cache(), force=True)
+                err.print(f"matrix-multiply peak on {args.device}, {dtype}: "
+                          f"{peak / 1e9:,.1f} GFLOP/s")
+        except sweep.SweepError as error:
+            err.print(f"[bold red]error:[/] {error}")
+            return 2
         total = sum(len(s.cells()) for s in sweeps)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err) as progress:
