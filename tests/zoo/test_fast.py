@@ -443,7 +443,7 @@ def test_describe_says_which_routes_run(name):
         assert plain_notes[-1] == pytorch
         assert zoo.fast.describe(fast, training=True)[-1] == pytorch  # inference only
     elif name == "rwkv7":
-        pytorch = "WKV-7: PyTorch, chunks of 16 for prefill, the recurrence for decoding"
+        pytorch = "WKV-7: PyTorch, chunks of 32 for prefill, the recurrence for decoding"
         compiled = ("WKV-7: compiled C loop (zoo.wkv7_cpu); "
                     f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv7_step_cpu), the "
                     "head's product zoo.matvec_cpu's")

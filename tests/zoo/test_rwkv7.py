@@ -117,6 +117,26 @@ def test_chunked_gradients_equal_the_recurrence():
         torch.testing.assert_close(ours, ref, atol=1e-10, rtol=1e-8)
 
 
+@pytest.mark.parametrize("chunk_size", [RWKV7Config.chunk_size, 64])
+@pytest.mark.parametrize("floor", [False, True], ids=["random-decays", "strongest-decay"])
+def test_fp32_gradients_of_the_chunked_form_are_fp64_recurrence_ones(floor, chunk_size):
+    """Training runs the chunked form in fp32: its gradients (inputs and start state) against
+    the fp64 recurrence's, 256 tokens. Measured: worst relative 4e-7 to 9e-7 at 32, 3e-6 to
+    4e-6 at 64."""
+    x = wkv_inputs(1, 256, 2, 16, seed=7, dtype=torch.float32, floor=floor)
+    S0 = torch.randn(1, 2, 16, 16) * 0.1
+    grads = []
+    for dtype, wkv in ((torch.float64, wkv7_recurrent),
+                       (torch.float32, lambda *a: wkv7_chunked(*a, chunk_size=chunk_size))):
+        inputs = [t.to(dtype).clone().requires_grad_() for t in (*x, S0)]
+        y, S = wkv(*inputs)
+        weights = torch.linspace(-1, 1, y.numel(), dtype=dtype).view_as(y)
+        grads.append(torch.autograd.grad((y * weights).sum() + S.square().sum(), inputs))
+    for ref, ours in zip(*grads, strict=True):
+        assert ours.dtype == torch.float32
+        assert max_diff(ours, ref) <= 2e-5 * ref.abs().max().item()
+
+
 @pytest.mark.parametrize("floor", [False, True], ids=["random-decays", "strongest-decay"])
 def test_long_inputs_are_stable_in_fp32(floor):
     """1024 tokens in chunks of 64, the largest allowed: at the strongest decay every token,
