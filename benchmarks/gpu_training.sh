@@ -37,7 +37,7 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
 raise SystemExit(f"missing: {', '.join(missing)}" if missing else 0)
 EOF
 step() { [[ $steps == *" $1 "* ]] && echo "== $1. $2 ($(date -u +%T))"; }
-if step 1 "CUDA tests" && [ "$device" = cuda ]; then
+if [ "$device" = cuda ] && step 1 "CUDA tests"; then
     timeout 100 "$py" -m pytest tests/zoo/test_cuda.py -m gpu -q -p no:cacheprovider | tail -4
 fi
 step 2 "training against HF in bf16" && timeout 200 "$py" benchmarks/perf_targets.py \
