@@ -74,3 +74,18 @@ def test_set_fields_reach_the_model_and_win_over_the_task():
     with pytest.raises(OverrideError, match="gpt has no config field 'd_state'"):
         check_model("gpt", spec)
     assert check_model("mamba", spec) == "mqar"
+
+
+@pytest.mark.parametrize("variant", ["tiny", "small"])
+def test_a_valid_set_is_accepted_for_every_model(variant):
+    """--set builds the model on the meta device to refuse what breaks it: that build must
+    work for every zoo model, or a valid --set would be refused; an invalid one is refused
+    with the field named."""
+    import zoo
+    from harness.models import check_overrides, variant_fields
+
+    for name in sorted(zoo.REGISTRY):
+        fields = variant_fields(name, variant)
+        check_overrides(name, (("n_layer", 1),), fields)
+        with pytest.raises(OverrideError, match=f"{name} refuses it: n_layer must be"):
+            check_overrides(name, (("n_layer", 0),), fields)
