@@ -8,8 +8,12 @@
     which the rest is timed under, as training cells and the trainer run;
   - a dropout mask over one `small` GPT layer's attention probabilities at 1024 tokens
     (8 x 1024 x 1024): PyTorch's `bernoulli_` and `F.dropout` against zoo/dropout_cpu.py;
+  - that layer's scores q k^T (8 heads of 1024 x 64 by 64 x 1024): torch.matmul's batched MKL
+    product against oneDNN's a head at a time, as zoo/attention_cpu.py takes them;
   - that layer's causal attention with dropout, forward and backward: SDPA (its math path, the
-    only one that takes dropout on the CPU), the route's math path whole, and in blocks of 256;
+    only one that takes dropout on the CPU), the route's PyTorch form whole and in blocks of
+    256 (as where MKL is the linear kernel), and the route as it runs here (zoo/attention_cpu.py
+    where oneDNN is chosen); and BERT's (not causal, a padding mask), PyTorch form and route;
   - one AdamW step of the `small` GPT (26.8M parameters): PyTorch's default and the fused kernel;
   - a (1024 x 512) by (512 x 2048) product in float32 and in bfloat16.
 Each figure is the fastest of several runs (a shared machine only ever slows a run down).
@@ -22,18 +26,20 @@ from __future__ import annotations
 
 import argparse
 import time
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
+import zoo.fast
 from harness.bench import ours
 from harness.bench.cell import training_setup
 from harness.bench.memory import keep_freed_memory
 from harness.bench.workload import Cell, draw_inputs
 from harness.models import build
-from zoo import dropout_cpu
+from zoo import attention_cpu, dropout_cpu
 from zoo.fast import attention_with_dropout
 
 
@@ -102,17 +108,43 @@ def main(argv: list[str] | None = None) -> None:
              ("", "zoo.dropout_cpu", fastest_ms(lambda: dropout_cpu.dropout(probs, 0.1)))]
 
     q, k, v = (torch.randn(1, 8, 1024, 64, requires_grad=True) for _ in range(3))
+    flops = 2 * 8 * 1024 * 1024 * 64
+    with torch.no_grad():
+        products = [("scores q k^T, 8 heads 1024 x 1024", "torch.matmul (MKL, batched)",
+                     lambda: torch.matmul(q, k.transpose(-2, -1)))]
+        if zoo.fast.onednn_available():
+            products.append(("", "oneDNN, a head at a time",
+                             lambda: [attention_cpu._product(q[0, h], k[0, h])
+                                      for h in range(8)]))
+        for part, label, product in products:
+            ms = fastest_ms(product)
+            rows.append((part, f"{label} ({flops / ms / 1e6:.0f} GFLOP/s)", ms))
+    route_kind = ("zoo.attention_cpu" if zoo.fast.many_rows_kernel() == "onednn"
+                  and attention_cpu.available() else "PyTorch form")
 
     def attention(route):
         route().sum().backward()
 
+    def pytorch_form(route):  # the route's attention as where MKL is the linear kernel
+        with mock.patch.object(zoo.fast, "many_rows_kernel", lambda: "mkl"):
+            attention(route)
+
+    padding = torch.zeros(1, 1, 1, 1024)
+    padding[..., -100:] = torch.finfo(torch.float32).min
     rows += [("causal attention + dropout, fwd+bwd", "SDPA (math path)", fastest_ms(
                 lambda: attention(lambda: F.scaled_dot_product_attention(
                     q, k, v, dropout_p=0.1, is_causal=True)), 5)),
-             ("", "route, whole", fastest_ms(lambda: attention(
+             ("", "route's PyTorch form, whole", fastest_ms(lambda: pytorch_form(
                  lambda: attention_with_dropout(q, k, v, None, True, 0.1, block=1024)), 5)),
-             ("", "route, blocks of 256", fastest_ms(lambda: attention(
-                 lambda: attention_with_dropout(q, k, v, None, True, 0.1)), 5))]
+             ("", "route's PyTorch form, blocks of 256", fastest_ms(lambda: pytorch_form(
+                 lambda: attention_with_dropout(q, k, v, None, True, 0.1)), 5)),
+             ("", f"route here ({route_kind}), blocks of 256", fastest_ms(lambda: attention(
+                 lambda: attention_with_dropout(q, k, v, None, True, 0.1)), 5)),
+             ("BERT's attention + dropout, fwd+bwd", "route's PyTorch form", fastest_ms(
+                 lambda: pytorch_form(
+                     lambda: attention_with_dropout(q, k, v, padding, False, 0.1)), 5)),
+             ("", f"route here ({route_kind})", fastest_ms(lambda: attention(
+                 lambda: attention_with_dropout(q, k, v, padding, False, 0.1)), 5))]
 
     model = build("gpt", variant="small", seqlen=256).model
     for p in model.parameters():

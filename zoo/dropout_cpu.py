@@ -27,7 +27,8 @@ import torch
 
 from zoo import ckernel
 
-SOURCE = r"""
+# The hash, shared with zoo/attention_cpu.py's kernel, which draws the same masks.
+HASH = r"""
 #include <stdint.h>
 
 static inline uint32_t mix32(uint32_t x) {  /* an integer hash with strong avalanche */
@@ -36,6 +37,9 @@ static inline uint32_t mix32(uint32_t x) {  /* an integer hash with strong avala
     x ^= x >> 16;
     return x;
 }
+"""
+
+SOURCE = HASH + r"""
 
 /* keep[i] = hash(start + i) >= threshold; y = x * keep * scale, for i < n. */
 void dropout_forward(int64_t n, int64_t start, const float *x, float *y, uint8_t *keep,

@@ -31,7 +31,10 @@ where this project's benchmarks run:
           compiled C loop, with its C backward when a gradient is needed (training);
   dropout (training) nn.Dropout -> FastDropout, and attention modules -> DropoutAttention /
           DropoutAlibiAttention: dropout masks drawn by zoo/dropout_cpu.py's C kernel, and
-          attention with dropout computed as its math form with such a mask.
+          attention with dropout computed as its math form with such a mask: in float32
+          where oneDNN is chosen, by zoo/attention_cpu.py (oneDNN's products a head at a
+          time, softmax and dropout in one C pass, its backward written out), else in
+          PyTorch.
 
     model = zoo.build("gpt")              # every route; zoo.build("gpt", fast=False): none
     zoo.fast.remove(model)                # back to the plain modules
@@ -67,6 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo import (
+    attention_cpu,
     dropout_cpu,
     matvec_cpu,
     rwkv5,
@@ -577,7 +581,12 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def _attention_rows(q, k, v, attn_mask, first_row: int | None, p: float) -> torch.Tensor:
-    """Attention of queries at rows first_row.. (None: not causal) over keys 0..S-1."""
+    """Attention of queries at rows first_row.. (None: not causal) over keys 0..S-1: by
+    zoo/attention_cpu.py (oneDNN's products a head at a time, softmax and dropout in C) where
+    float32 training takes oneDNN's products, else written out in PyTorch."""
+    if (many_rows_kernel() == "onednn" and not _compiling()
+            and not torch.is_autocast_enabled("cpu") and attention_cpu.runs(q, k, v, attn_mask)):
+        return attention_cpu.attention(q, k, v, attn_mask, first_row, p)
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(1.0 / math.sqrt(q.size(-1)))
     if first_row is not None:  # query r (row first_row + r) sees keys 0..first_row + r
         future = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device)
@@ -751,4 +760,8 @@ def describe(model: nn.Module, training: bool = False,
                   and dropout_cpu.available())
         notes.append("dropout (training): masks from a C kernel (zoo.dropout_cpu)" if kernel
                      else "dropout (training): PyTorch's")
+        if (kernel and training and cpu32 and onednn and attention_cpu.available()
+                and kinds & {DropoutAttention, DropoutAlibiAttention}):
+            notes.append("attention with dropout: oneDNN's products a head at a time, softmax "
+                         "and dropout in C (zoo.attention_cpu)")
     return tuple(notes)

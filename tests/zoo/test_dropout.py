@@ -7,7 +7,8 @@ plain model's numbers with dropout on. What is checked instead:
     reproduces it);
   - given its mask, dropout is exactly x * keep / (1 - p), forward and backward;
   - attention with dropout equals a float64 math attention with the same mask, for outputs and
-    the gradients of q, k and v (atol 1e-5, rtol 1e-4: float32 sums of order-one values);
+    the gradients of q, k and v (atol 1e-5, rtol 1e-4: float32 sums of order-one values), in
+    both of its forms (zoo/attention_cpu.py where oneDNN is chosen, PyTorch's products else);
   - the route runs only where it should (training, float32 CPU, 0 < p < 1), and a recomputed
     (checkpointed) attention chunk draws the same mask as its forward.
 """
@@ -21,7 +22,7 @@ import torch
 
 import zoo
 import zoo.fast
-from zoo import dropout_cpu
+from zoo import attention_cpu, dropout_cpu
 from zoo.fast import FastDropout, attention_with_dropout
 
 pytestmark = pytest.mark.skipif(not dropout_cpu.available(), reason="no C compiler built it")
@@ -114,8 +115,23 @@ def _reference_attention(q, k, v, mask, keep, p, causal):
     return (torch.softmax(scores, dim=-1) * keep / (1 - p)) @ v
 
 
+# Which products attention with dropout takes: oneDNN's (zoo/attention_cpu.py, where oneDNN is
+# chosen for float32 training) or the PyTorch form; both are held to the same reference.
+KERNELS = [pytest.param("onednn", marks=pytest.mark.skipif(
+               zoo.fast.many_rows_kernel() != "onednn" or not attention_cpu.available(),
+               reason="oneDNN's products are not chosen here")),
+           "mkl"]
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request, monkeypatch):
+    monkeypatch.setattr(zoo.fast, "many_rows_kernel", lambda: request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("causal, masked", [(True, False), (False, True), (False, False)])
-def test_attention_with_dropout_equals_math_attention_with_its_mask(causal, masked, monkeypatch):
+def test_attention_with_dropout_equals_math_attention_with_its_mask(causal, masked, monkeypatch,
+                                                                     kernel):
     torch.manual_seed(2)
     B, nh, T, S, hs, p = 2, 3, 9, 9 if causal else 13, 8, 0.2
     q = torch.randn(B, nh, T, hs, requires_grad=True)
@@ -135,7 +151,7 @@ def test_attention_with_dropout_equals_math_attention_with_its_mask(causal, mask
 
 
 @pytest.mark.parametrize("mask_shape", [None, (2, 1, 10, 10), (2, 1, 1, 10)])
-def test_causal_attention_in_blocks_equals_the_whole(mask_shape, monkeypatch):
+def test_causal_attention_in_blocks_equals_the_whole(mask_shape, monkeypatch, kernel):
     """Causal attention in blocks of 4 query rows over the keys up to each block's end: each
     block draws its own mask; given them, the float64 math attention's outputs and gradients."""
     torch.manual_seed(3)
@@ -187,14 +203,19 @@ def test_a_model_trains_through_the_route(autocast, monkeypatch):
     the attention's and the residuals' masks are drawn on bfloat16 tensors; the loss and
     gradients are finite."""
     calls, dtypes = [], set()
-    real = dropout_cpu.dropout
+    real, real_attention = dropout_cpu.dropout, attention_cpu.attention
 
     def counting(x, p, key=None):
         calls.append(tuple(x.shape))
         dtypes.add(x.dtype)
         return real(x, p, key)
 
+    def counting_attention(q, k, v, attn_mask, first_row, p):
+        calls.append(("attention_cpu", *q.shape[:2], q.size(2), k.size(2)))
+        return real_attention(q, k, v, attn_mask, first_row, p)
+
     monkeypatch.setattr(dropout_cpu, "dropout", counting)
+    monkeypatch.setattr(attention_cpu, "attention", counting_attention)
     model = zoo.build("gpt", n_layer=2, d_model=32, n_head=2, vocab_size=64, dropout=0.1).train()
     ids = torch.randint(0, 64, (2, 16))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -203,7 +224,11 @@ def test_a_model_trains_through_the_route(autocast, monkeypatch):
     assert (torch.bfloat16 in dtypes) == autocast
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-    assert calls.count((2, 2, 16, 16)) == 2  # one attention per layer
+    # one attention per layer: its probabilities' mask drawn by zoo/attention_cpu.py's kernel
+    # in float32 training where oneDNN is chosen, by dropout_cpu.dropout otherwise
+    in_c = calls.count(("attention_cpu", 2, 2, 16, 16))
+    assert in_c + calls.count((2, 2, 16, 16)) == 2
+    assert in_c == (0 if autocast or zoo.fast.many_rows_kernel() != "onednn" else 2)
     assert calls.count((2, 16, 32)) == 1 + 2 * 2  # the embedding's, two residuals per layer
 
 

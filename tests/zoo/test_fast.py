@@ -24,7 +24,7 @@ from torch import nn
 import zoo
 import zoo.fast
 from harness.models import build_variant
-from zoo import dropout_cpu, scan_cpu, wkv5_cpu, wkv7_cpu, wkv_cpu
+from zoo import attention_cpu, dropout_cpu, scan_cpu, wkv5_cpu, wkv7_cpu, wkv_cpu
 from zoo.fast import FEW_ROWS, KERNELS, FastLinear, linear, many_rows_kernel, onednn_available
 from zoo.layers import ACTIVATIONS, FeedForward, MultiHeadAttention
 
@@ -476,10 +476,13 @@ def test_describe_a_training_step(kernel_name, monkeypatch):
     model = tiny("gpt", fast=True)
     linears = ("linears: oneDNN matmul for the forward and both gradients (zoo.fast)"
                if kernel_name == "onednn" else "linears: F.linear")
+    attention = (("attention with dropout: oneDNN's products a head at a time, softmax and "
+                  "dropout in C (zoo.attention_cpu)",)
+                 if kernel_name == "onednn" and attention_cpu.available() else ())
     assert zoo.fast.describe(model, training=True) == (
         linears, "feed-forward: activation as a separate op",
         "dropout (training): masks from a C kernel (zoo.dropout_cpu)"
-        if dropout_cpu.available() else "dropout (training): PyTorch's")
+        if dropout_cpu.available() else "dropout (training): PyTorch's", *attention)
     autocast = zoo.fast.describe(model, training=True, dtype=torch.bfloat16)
     assert autocast[-1] == ("dropout (training): masks from a C kernel (zoo.dropout_cpu)"
                             if dropout_cpu.available() else "dropout (training): PyTorch's")

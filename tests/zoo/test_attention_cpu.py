@@ -1,0 +1,109 @@
+"""zoo.attention_cpu: attention with dropout for CPU float32 training, a head at a time.
+
+Held to a float64 math attention given the same dropout mask (zoo/dropout_cpu.py's, drawn for
+the same key), outputs and the gradients of q, k and v (atol 1e-5, rtol 1e-4: float32 sums of
+order-one values), for: no mask, an additive mask per query row or broadcast over rows (finite,
+or -inf on padded keys), causal rows starting at 0 or past it (a block of a causal attention
+over a key prefix), no dropout, and heads that are strided views of a (B, T, C) tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from zoo import attention_cpu, dropout_cpu
+
+pytestmark = pytest.mark.skipif(not attention_cpu.available(), reason="no C compiler built it")
+GRADS = dict(atol=1e-5, rtol=1e-4)
+
+
+def _reference(q, k, v, mask, first_row, keep, p):
+    """float64 softmax(q k^T / sqrt(hs) + mask) with causal rows, dropped by `keep`, times v."""
+    q, k, v = (t.double() for t in (q, k, v))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    if first_row is not None:  # query r sees keys 0..first_row + r
+        T, S = scores.shape[-2:]
+        future = torch.ones(T, S, dtype=torch.bool).triu(1 + first_row)
+        scores = scores.masked_fill(future, float("-inf"))
+    if mask is not None:
+        scores = scores + mask.double()
+    probs = torch.softmax(scores, dim=-1)
+    if keep is not None:
+        probs = probs * keep / (1 - p)
+    return probs @ v
+
+
+CASES = {  # B, nh, T, S, first_row, mask shape, p
+    "no mask": (2, 3, 9, 13, None, None, 0.2),
+    "mask per row": (2, 3, 9, 13, None, (2, 1, 9, 13), 0.2),
+    "padding mask": (2, 3, 9, 13, None, (2, 1, 1, 13), 0.1),
+    "causal": (2, 2, 11, 11, 0, None, 0.3),
+    "causal block": (1, 2, 5, 12, 7, (1, 1, 5, 12), 0.3),
+    "no dropout": (2, 2, 7, 7, 0, None, 0.0),
+    "keys masked out": (2, 2, 6, 8, None, "-inf", 0.2),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_attention_equals_float64_math_attention_with_its_mask(case):
+    B, nh, T, S, first_row, mask_shape, p = CASES[case]
+    hs = 8
+    torch.manual_seed(4)
+    q = torch.randn(B, nh, T, hs, requires_grad=True)
+    k, v = (torch.randn(B, nh, S, hs, requires_grad=True) for _ in range(2))
+    if mask_shape == "-inf":  # padding as -inf: each sequence's last keys, some of them
+        mask = torch.zeros(B, 1, 1, S)
+        mask[0, ..., -2:] = mask[1, ..., -5:] = float("-inf")
+    else:
+        mask = None if mask_shape is None else -3 * torch.rand(mask_shape)
+    key = (21, 22)
+    y = attention_cpu.attention(q, k, v, mask, first_row, p, key=key)
+    keep = dropout_cpu.mask(B * nh * T * S, p, key).view(B, nh, T, S) if p > 0 else None
+    expected = _reference(q, k, v, mask, first_row, keep, p)
+    torch.testing.assert_close(y.double(), expected, atol=1e-5, rtol=1e-5)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (q, k, v), dy)
+    for grad, reference in zip(grads, torch.autograd.grad(expected, (q, k, v), dy.double()),
+                               strict=True):
+        torch.testing.assert_close(grad, reference.float(), **GRADS)
+
+
+def test_heads_split_from_a_sequence_tensor():
+    """q, k, v as the attention modules pass them: (B, T, nh, hs) views transposed to
+    (B, nh, T, hs), rows strided by C (oneDNN is laid out contiguous heads first)."""
+    B, T, nh, hs, p, key = 2, 10, 4, 8, 0.25, (3, 4)
+    torch.manual_seed(5)
+    qkv = torch.randn(B, T, 3 * nh * hs, requires_grad=True)
+    q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in qkv.split(nh * hs, dim=-1))
+    y = attention_cpu.attention(q, k, v, None, None, p, key=key)
+    keep = dropout_cpu.mask(B * nh * T * T, p, key).view(B, nh, T, T)
+    expected = _reference(q, k, v, None, None, keep, p)
+    torch.testing.assert_close(y.double(), expected, atol=1e-5, rtol=1e-5)
+    dy = torch.randn_like(y)
+    (grad,) = torch.autograd.grad(y, qkv, dy)
+    (reference,) = torch.autograd.grad(expected, qkv, dy.double())
+    torch.testing.assert_close(grad, reference.float(), **GRADS)
+
+
+def test_a_new_key_is_drawn_from_torchs_generator():
+    q = torch.randn(1, 2, 8, 4)
+    torch.manual_seed(7)
+    a = attention_cpu.attention(q, q, q, None, None, 0.5)
+    b = attention_cpu.attention(q, q, q, None, None, 0.5)
+    torch.manual_seed(7)
+    assert torch.equal(attention_cpu.attention(q, q, q, None, None, 0.5), a)
+    assert not torch.equal(a, b)
+
+
+def test_what_it_takes():
+    q = torch.randn(1, 2, 4, 8)
+    assert attention_cpu.runs(q, q, q, None) and attention_cpu.runs(q, q, q, torch.zeros(4, 4))
+    assert not attention_cpu.runs(q.double(), q.double(), q.double(), None)
+    assert not attention_cpu.runs(q.bfloat16(), q.bfloat16(), q.bfloat16(), None)
+    assert not attention_cpu.runs(q, q, q, torch.zeros(4, 4, requires_grad=True))
+    assert not attention_cpu.runs(q, q, q, torch.zeros(4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="float32 CPU tensors"):
+        attention_cpu.attention(q.double(), q.double(), q.double(), None, None, 0.1)
