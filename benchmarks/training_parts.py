@@ -3,6 +3,7 @@
     python benchmarks/training_parts.py
     python benchmarks/training_parts.py --profile gpt:1024 [--plain]   # where a step's time goes
     python benchmarks/training_parts.py --profile gpt:256 --batch 8 --dtype bfloat16
+    python benchmarks/training_parts.py --attention    # attention with dropout's two forms by size
 
   - a 32 MiB elementwise product in fresh pages, then after `keep_freed_memory` (reused pages),
     which the rest is timed under, as training cells and the trainer run;
@@ -20,6 +21,9 @@ Each figure is the fastest of several runs (a shared machine only ever slows a r
 --profile MODEL:SEQLEN prints torch.profiler's top operators over two training steps of the
 `small` model (the benchmark's train workload), with the zoo's routes or, with --plain, without;
 --batch and --dtype bfloat16 (mixed precision) profile the step the quality trainer takes.
+--attention times one layer's attention with dropout (8 heads of 64, forward and backward), BERT's
+(a padding mask) and GPT's (causal), in the route's PyTorch form and by zoo/attention_cpu.py, at
+the sizes zoo.fast.ATTENTION_MIN_KEYS was chosen from, twice each.
 """
 
 from __future__ import annotations
@@ -79,6 +83,35 @@ def profile_step(model_name: str, seqlen: int, fast: bool, batch: int = 1,
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
+def attention_forms() -> None:
+    """The --attention table: each size, each form, fastest of 15 runs, two rounds."""
+    if zoo.fast.many_rows_kernel() != "onednn" or not attention_cpu.available():
+        print("zoo/attention_cpu.py does not run here (it needs oneDNN chosen and a C compiler)")
+        return
+    keep_freed_memory()
+    torch.set_flush_denormal(True)
+    table = Table(title="Attention with dropout, one layer, forward and backward (ms, fastest "
+                        "of 15)", header_style="bold")
+    for column in ("tokens", "attention", "PyTorch form", "attention_cpu", "ratio"):
+        table.add_column(column, justify="left" if column == "attention" else "right")
+    for B, T in ((1, 256), (8, 256), (1, 512), (1, 1024), (1, 2048)):
+        qkv = [torch.randn(B, T, 512).view(B, T, 8, 64).transpose(1, 2).requires_grad_()
+               for _ in range(3)]
+        dy = torch.randn(B, 8, T, 64)
+        for causal, mask in ((False, torch.zeros(B, 1, 1, T)), (True, None)):
+            def step(qkv=qkv, dy=dy, mask=mask, causal=causal):
+                attention_with_dropout(*qkv, mask, causal, 0.1).backward(dy)
+
+            for _ in range(2):
+                with mock.patch.object(zoo.fast, "many_rows_kernel", lambda: "mkl"):
+                    pytorch = fastest_ms(step, 15)
+                with mock.patch.object(zoo.fast, "ATTENTION_MIN_KEYS", 0):
+                    ours = fastest_ms(step, 15)
+                table.add_row(f"{B} x {T}", "GPT's (causal)" if causal else "BERT's (mask)",
+                              f"{pytorch:.2f}", f"{ours:.2f}", f"{pytorch / ours:.2f}x")
+    Console().print(table)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", metavar="MODEL:SEQLEN", default=None)
@@ -86,7 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=1, help="sequences per profiled step")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="bfloat16: mixed precision (autocast over float32 weights)")
+    parser.add_argument("--attention", action="store_true",
+                        help="time attention with dropout's two forms at several sizes")
     args = parser.parse_args(argv)
+    if args.attention:
+        attention_forms()
+        return
     if args.profile:
         model_name, _, seqlen = args.profile.partition(":")
         profile_step(model_name, int(seqlen or 1024), fast=not args.plain, batch=args.batch,

@@ -550,6 +550,13 @@ class FastDropout(nn.Dropout):
 
 
 CAUSAL_BLOCK = 256  # query rows per block of causal attention with dropout
+# Attention with dropout over fewer keys than this, not causal, keeps the PyTorch form where
+# zoo/attention_cpu.py would run: at 256 keys it was no faster (BERT's layer, forward and
+# backward, at 1 x 256 and 8 x 256 tokens: 0.78x to 1.16x the PyTorch form over four runs, where
+# MKL's batched products run in cache and the loop's cost per head counts), at 512 1.46-1.74x,
+# at 1024 1.5-2x. Causal rows, which cost the PyTorch form a masking pass, gain from 256
+# (1.03-1.32x). `python benchmarks/training_parts.py --attention` times both forms.
+ATTENTION_MIN_KEYS = 512
 
 
 def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -583,8 +590,10 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 def _attention_rows(q, k, v, attn_mask, first_row: int | None, p: float) -> torch.Tensor:
     """Attention of queries at rows first_row.. (None: not causal) over keys 0..S-1: by
     zoo/attention_cpu.py (oneDNN's products a head at a time, softmax and dropout in C) where
-    float32 training takes oneDNN's products, else written out in PyTorch."""
-    if (many_rows_kernel() == "onednn" and not _compiling()
+    float32 training takes oneDNN's products (and the rows are causal or the keys at least
+    ATTENTION_MIN_KEYS), else written out in PyTorch."""
+    if ((first_row is not None or k.size(-2) >= ATTENTION_MIN_KEYS)
+            and many_rows_kernel() == "onednn" and not _compiling()
             and not torch.is_autocast_enabled("cpu") and attention_cpu.runs(q, k, v, attn_mask)):
         return attention_cpu.attention(q, k, v, attn_mask, first_row, p)
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(1.0 / math.sqrt(q.size(-1)))
@@ -763,5 +772,6 @@ def describe(model: nn.Module, training: bool = False,
         if (kernel and training and cpu32 and onednn and attention_cpu.available()
                 and kinds & {DropoutAttention, DropoutAlibiAttention}):
             notes.append("attention with dropout: oneDNN's products a head at a time, softmax "
-                         "and dropout in C (zoo.attention_cpu)")
+                         "and dropout in C (zoo.attention_cpu; causal, or over >= "
+                         f"{ATTENTION_MIN_KEYS} keys)")
     return tuple(notes)

@@ -126,7 +126,25 @@ KERNELS = [pytest.param("onednn", marks=pytest.mark.skipif(
 @pytest.fixture(params=KERNELS)
 def kernel(request, monkeypatch):
     monkeypatch.setattr(zoo.fast, "many_rows_kernel", lambda: request.param)
+    monkeypatch.setattr(zoo.fast, "ATTENTION_MIN_KEYS", 0)  # these tests' few keys too
     return request.param
+
+
+@pytest.mark.skipif(zoo.fast.many_rows_kernel() != "onednn" or not attention_cpu.available(),
+                    reason="oneDNN's products are not chosen here")
+def test_which_form_attention_with_dropout_takes(monkeypatch):
+    """zoo/attention_cpu.py for causal rows and for ATTENTION_MIN_KEYS keys or more; the
+    PyTorch form below that, not causal (where MKL's batched products were measured faster)."""
+    calls = []
+    real = attention_cpu.attention
+    monkeypatch.setattr(attention_cpu, "attention",
+                        lambda *args: calls.append(args[1].size(-2)) or real(*args))
+    few, many = zoo.fast.ATTENTION_MIN_KEYS - 1, zoo.fast.ATTENTION_MIN_KEYS
+    for causal, keys in ((False, few), (False, many), (True, 8)):
+        q = torch.randn(1, 2, 8 if causal else 3, 4)
+        k = torch.randn(1, 2, keys, 4)
+        attention_with_dropout(q, k, k, None, causal, 0.1)
+    assert calls == [many, 8]
 
 
 @pytest.mark.parametrize("causal, masked", [(True, False), (False, True), (False, False)])

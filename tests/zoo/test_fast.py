@@ -477,7 +477,7 @@ def test_describe_a_training_step(kernel_name, monkeypatch):
     linears = ("linears: oneDNN matmul for the forward and both gradients (zoo.fast)"
                if kernel_name == "onednn" else "linears: F.linear")
     attention = (("attention with dropout: oneDNN's products a head at a time, softmax and "
-                  "dropout in C (zoo.attention_cpu)",)
+                  "dropout in C (zoo.attention_cpu; causal, or over >= 512 keys)",)
                  if kernel_name == "onednn" and attention_cpu.available() else ())
     assert zoo.fast.describe(model, training=True) == (
         linears, "feed-forward: activation as a separate op",
