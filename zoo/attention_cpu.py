@@ -3,8 +3,8 @@ the softmax and the dropout in one C pass, a backward written out.
 
 The plain form (zoo.fast.attention_with_dropout's `_attention_rows`: q k^T, softmax, dropout,
 times v, differentiated by autograd) runs its products as batched MKL products, which reach
-150-170 GFLOP/s on the 2-core AMD Zen 4 host at (8 heads, 1024 x 1024, head size 64), where
-oneDNN's matrix multiply reaches 320-380 on one head's matrices
+150-190 GFLOP/s on the 2-core AMD Zen 4 host at (8 heads, 1024 x 1024, head size 64), where
+oneDNN's matrix multiply reaches 380-400 on one head's matrices
 (`python benchmarks/training_parts.py`), and it passes over the (T, S) scores five times
 around them (scale, mask, softmax, dropout, and their backward). Here, head by head:
 
@@ -21,9 +21,10 @@ threshold, so the same key draws the same mask as `dropout_cpu.mask`.
 Causal rows are cut in C: query row r of a call whose first row is `first_row` sees keys
 0..first_row + r, the rest are 0 in p.
 
-`runs` says where it applies: float32 CPU tensors, oneDNN's matrix multiply chosen
-(zoo.fast.many_rows_kernel), a C compiler, no gradient for the mask; elsewhere zoo.fast keeps
-the plain form, which the tests hold this one to.
+`runs` says what it takes: float32 CPU tensors, a float mask without gradient, a C compiler.
+zoo.fast calls it where oneDNN is the linear kernel (zoo.fast.many_rows_kernel) and the rows are
+causal or the keys at least zoo.fast.ATTENTION_MIN_KEYS (512; below that, not causal, it was
+no faster); elsewhere zoo.fast keeps the plain form, which the tests hold this one to.
 """
 
 from __future__ import annotations
