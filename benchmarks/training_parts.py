@@ -14,7 +14,8 @@
   - that layer's causal attention with dropout, forward and backward: SDPA (its math path, the
     only one that takes dropout on the CPU), the route's PyTorch form whole and in blocks of
     256 (as where MKL is the linear kernel), and the route as it runs here (zoo/attention_cpu.py
-    where oneDNN is chosen); and BERT's (not causal, a padding mask), PyTorch form and route;
+    where oneDNN is chosen); and BERT's (not causal, a padding mask), PyTorch form and route,
+    and with BERT's own boolean padding mask, SDPA (what took it before) and the route;
   - one AdamW step of the `small` GPT (26.8M parameters): PyTorch's default and the fused kernel;
   - a (1024 x 512) by (512 x 2048) product in float32 and in bfloat16.
 Each figure is the fastest of several runs (a shared machine only ever slows a run down).
@@ -183,6 +184,16 @@ def main(argv: list[str] | None = None) -> None:
                      lambda: attention_with_dropout(q, k, v, padding, False, 0.1)), 5)),
              ("", f"route here ({route_kind})", fastest_ms(lambda: attention(
                  lambda: attention_with_dropout(q, k, v, padding, False, 0.1)), 5))]
+    # BERT's own padding mask is boolean: SDPA's math path with PyTorch's dropout took it until
+    # the route learnt to pass it on as an additive mask (the layer's `attend`).
+    layer = zoo.build("bert", n_layer=1, d_model=512, n_head=8).blocks[0].attn
+    layer.train()
+    allowed = padding == 0
+    rows += [("BERT's, boolean padding mask", "SDPA (math path)", fastest_ms(
+                 lambda: attention(lambda: F.scaled_dot_product_attention(
+                     q, k, v, attn_mask=allowed, dropout_p=0.1)), 5)),
+             ("", f"the route's attend ({route_kind})", fastest_ms(lambda: attention(
+                 lambda: layer.attend(q, k, v, allowed, 0.1, False, False)), 5))]
 
     model = build("gpt", variant="small", seqlen=256).model
     for p in model.parameters():

@@ -19,7 +19,8 @@ element i of a call (flat index over (B, nh, T, S)) is kept when its keyed hash 
 threshold, so the same key draws the same mask as `dropout_cpu.mask`.
 
 Causal rows are cut in C: query row r of a call whose first row is `first_row` sees keys
-0..first_row + r, the rest are 0 in p.
+0..first_row + r, the rest are 0 in p. A row whose keys are all masked with -inf is 0 in p (its
+output 0), as F.scaled_dot_product_attention gives, not the NaNs of a softmax over nothing.
 
 `runs` says what it takes: float32 CPU tensors, a float mask without gradient, a C compiler.
 zoo.fast calls it where oneDNN is the linear kernel (zoo.fast.many_rows_kernel) and the rows are
@@ -53,6 +54,10 @@ void softmax_dropout_forward(int64_t rows, int64_t cols, int64_t first_row, cons
         if (first_row >= 0 && first_row + r + 1 < cols) n = first_row + r + 1;
         float m = sr[0];
         for (int64_t c = 1; c < n; c++) m = sr[c] > m ? sr[c] : m;
+        /* Every key the row may see masked with -inf: a row of zeros, as SDPA gives. (Told by
+           its bits: -ffast-math lets the compiler assume no float is infinite.) */
+        union { float f; uint32_t u; } max_bits = { m };
+        if (max_bits.u == 0xff800000U) n = 0;
         float sum = 0.0f;
         /* exp of x below -87 is under float's smallest normal: 0 here. The vector expf
            takes such arguments (a padding mask's -3.4e38 minus the max) one lane at a time,
@@ -65,7 +70,7 @@ void softmax_dropout_forward(int64_t rows, int64_t cols, int64_t first_row, cons
             pr[c] = e;
             sum += e;
         }
-        float inv = 1.0f / sum;
+        float inv = n > 0 ? 1.0f / sum : 0.0f;
 #pragma omp simd
         for (int64_t c = 0; c < n; c++) pr[c] *= inv;
         for (int64_t c = n; c < cols; c++) pr[c] = 0.0f;

@@ -587,14 +587,20 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return torch.cat(rows, dim=2)
 
 
+def _kernel_attention(q, k, v, attn_mask, causal: bool) -> bool:
+    """Whether attention with dropout over these goes to zoo/attention_cpu.py: float32 training
+    where oneDNN takes the products, causal rows or ATTENTION_MIN_KEYS keys or more."""
+    return ((causal or k.size(-2) >= ATTENTION_MIN_KEYS) and many_rows_kernel() == "onednn"
+            and not _compiling() and not torch.is_autocast_enabled("cpu")
+            and attention_cpu.runs(q, k, v, attn_mask))
+
+
 def _attention_rows(q, k, v, attn_mask, first_row: int | None, p: float) -> torch.Tensor:
     """Attention of queries at rows first_row.. (None: not causal) over keys 0..S-1: by
     zoo/attention_cpu.py (oneDNN's products a head at a time, softmax and dropout in C) where
     float32 training takes oneDNN's products (and the rows are causal or the keys at least
     ATTENTION_MIN_KEYS), else written out in PyTorch."""
-    if ((first_row is not None or k.size(-2) >= ATTENTION_MIN_KEYS)
-            and many_rows_kernel() == "onednn" and not _compiling()
-            and not torch.is_autocast_enabled("cpu") and attention_cpu.runs(q, k, v, attn_mask)):
+    if _kernel_attention(q, k, v, attn_mask, first_row is not None):
         return attention_cpu.attention(q, k, v, attn_mask, first_row, p)
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(1.0 / math.sqrt(q.size(-1)))
     if first_row is not None:  # query r (row first_row + r) sees keys 0..first_row + r
@@ -608,14 +614,21 @@ def _attention_rows(q, k, v, attn_mask, first_row: int | None, p: float) -> torc
 class _DropoutAttend:
     """An attention module's `attend` with the probabilities' dropout done by zoo/dropout_cpu.py:
     PyTorch's CPU flash attention takes no dropout, so with dropout SDPA computes the same math
-    path, with PyTorch's slow mask. Without dropout (inference, p = 0), a boolean mask, or where
-    the kernel does not run, it is the plain `attend` (SDPA)."""
+    path, with PyTorch's slow mask. A boolean mask (BERT's padding) is taken as an additive one
+    (-inf where a query may not attend) where zoo/attention_cpu.py computes the attention,
+    which gives a row with nothing to attend zeros as SDPA does; the PyTorch form would give
+    NaNs, so there it stays SDPA's. Without dropout (inference, p = 0), or where the kernel
+    does not run, it is the plain `attend` (SDPA)."""
 
     def attend(self, q, k, v, attn_mask, dropout, is_causal, new_key_length):
         if (dropout > 0 and _dropout_runs(q, dropout)
-                and (attn_mask is None or attn_mask.dtype == q.dtype)
                 and q.numel() // q.size(-1) * k.size(-2) < dropout_cpu.MAX_ELEMENTS):
-            return attention_with_dropout(q, k, v, attn_mask, is_causal, dropout)
+            mask = attn_mask
+            if (mask is not None and mask.dtype == torch.bool
+                    and _kernel_attention(q, k, v, None, is_causal)):
+                mask = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))
+            if mask is None or mask.dtype == q.dtype:
+                return attention_with_dropout(q, k, v, mask, is_causal, dropout)
         return super().attend(q, k, v, attn_mask, dropout, is_causal, new_key_length)
 
 

@@ -4,7 +4,8 @@ Held to a float64 math attention given the same dropout mask (zoo/dropout_cpu.py
 the same key), outputs and the gradients of q, k and v (atol 1e-5, rtol 1e-4: float32 sums of
 order-one values), for: no mask, an additive mask per query row or broadcast over rows (finite,
 or -inf on padded keys), causal rows starting at 0 or past it (a block of a causal attention
-over a key prefix), no dropout, and heads that are strided views of a (B, T, C) tensor.
+over a key prefix), no dropout, and heads that are strided views of a (B, T, C) tensor; and a
+query with no key to attend gets zeros, as SDPA gives it.
 """
 
 from __future__ import annotations
@@ -107,3 +108,25 @@ def test_what_it_takes():
     assert not attention_cpu.runs(q, q, q, torch.zeros(4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="float32 CPU tensors"):
         attention_cpu.attention(q.double(), q.double(), q.double(), None, None, 0.1)
+
+
+def test_a_row_with_nothing_to_attend_is_zeros_as_in_sdpa():
+    """A query whose every key is masked with -inf gets zeros (SDPA's answer to a boolean mask
+    with no True in a row), not a softmax over nothing; its gradients are zeros too, and the
+    other rows are untouched."""
+    torch.manual_seed(6)
+    q, k, v = (torch.randn(1, 2, 5, 8, requires_grad=True) for _ in range(3))
+    allowed = torch.ones(1, 1, 5, 5, dtype=torch.bool)
+    allowed[..., 2, :] = False  # query 2 may see no key
+    allowed[..., 4, 3:] = False
+    mask = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
+    y = attention_cpu.attention(q, k, v, mask, None, 0.0)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    assert torch.equal(y[..., 2, :], torch.zeros_like(y[..., 2, :]))
+    torch.testing.assert_close(y, expected, atol=1e-6, rtol=1e-5)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (q, k, v), dy)
+    assert torch.equal(grads[0][..., 2, :], torch.zeros(1, 2, 8))
+    for grad, reference in zip(grads, torch.autograd.grad(expected, (q, k, v), dy),
+                               strict=True):
+        torch.testing.assert_close(grad, reference, atol=1e-5, rtol=1e-4)

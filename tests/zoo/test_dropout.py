@@ -10,7 +10,9 @@ plain model's numbers with dropout on. What is checked instead:
     the gradients of q, k and v (atol 1e-5, rtol 1e-4: float32 sums of order-one values), in
     both of its forms (zoo/attention_cpu.py where oneDNN is chosen, PyTorch's products else);
   - the route runs only where it should (training, float32 CPU, 0 < p < 1), and a recomputed
-    (checkpointed) attention chunk draws the same mask as its forward.
+    (checkpointed) attention chunk draws the same mask as its forward;
+  - a whole BERT and GPT training step is the same in both forms of attention, and BERT's
+    boolean padding mask takes zoo/attention_cpu.py as the additive mask it stands for.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 import torch
 
 import zoo
+import zoo.bert
 import zoo.fast
 from zoo import attention_cpu, dropout_cpu
 from zoo.fast import FastDropout, attention_with_dropout
@@ -289,3 +292,71 @@ def test_without_a_compiler_the_route_runs_pytorchs_dropout(monkeypatch):
     ids = torch.randint(0, 64, (2, 8))
     model(ids, targets=ids).loss.backward()  # PyTorch's dropout and SDPA
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+ONEDNN = pytest.mark.skipif(
+    zoo.fast.many_rows_kernel() != "onednn" or not attention_cpu.available(),
+    reason="oneDNN's products are not chosen here")
+
+
+def _training_step(model, inputs):
+    """Loss and gradients of one training step from seed 1 (the dropout masks' keys)."""
+    model.zero_grad()
+    torch.manual_seed(1)
+    loss = model(**inputs, targets=inputs["input_ids"]).loss
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def _assert_same_step(a, b):
+    torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)
+    for grad, other in zip(a[1], b[1], strict=True):
+        torch.testing.assert_close(grad, other, atol=1e-5, rtol=1e-4)
+
+
+def _counting_kernel(monkeypatch) -> list:
+    calls = []
+    real = attention_cpu.attention
+    monkeypatch.setattr(attention_cpu, "attention",
+                        lambda *args: calls.append(args[3]) or real(*args))
+    return calls
+
+
+@ONEDNN
+@pytest.mark.parametrize("name", ["bert", "gpt"])
+def test_a_model_trains_alike_in_both_forms(name, monkeypatch):
+    """A whole training step of BERT and GPT (causal) with dropout: with zoo/attention_cpu.py
+    and with the PyTorch form, from the same seed, they draw the same masks and give the same
+    loss and gradients (float32 sums in another order: atol 1e-5)."""
+    monkeypatch.setattr(zoo.fast, "ATTENTION_MIN_KEYS", 0)
+    model = zoo.build(name, n_layer=2, d_model=32, n_head=2, vocab_size=64, dropout=0.1).train()
+    torch.manual_seed(0)
+    inputs = model.dummy_inputs(2, 24)
+    calls = _counting_kernel(monkeypatch)
+    kernel = _training_step(model, inputs)
+    assert len(calls) == 2  # one attention a layer took the kernel
+    monkeypatch.setattr(attention_cpu, "runs", lambda *args: False)  # the PyTorch form
+    _assert_same_step(kernel, _training_step(model, inputs))
+    assert len(calls) == 2
+
+
+@ONEDNN
+def test_a_padding_mask_takes_the_kernel(monkeypatch):
+    """BERT with padding passes a boolean key mask: the route gives it to zoo/attention_cpu.py as
+    an additive one (-inf where a key is padding), the same step as BERT given that additive mask
+    itself."""
+    monkeypatch.setattr(zoo.fast, "ATTENTION_MIN_KEYS", 0)
+    model = zoo.build("bert", n_layer=2, d_model=32, n_head=2, vocab_size=64,
+                      dropout=0.1).train()
+    torch.manual_seed(0)
+    inputs = model.dummy_inputs(3, 24, padded=True)
+    assert not inputs["attention_mask"].all()
+    calls = _counting_kernel(monkeypatch)
+    boolean = _training_step(model, inputs)
+    assert len(calls) == 2 and calls[0].dtype == torch.float32
+    assert torch.equal(torch.isinf(calls[0]), ~zoo.bert.padding_mask(inputs["attention_mask"]))
+    real = zoo.bert.padding_mask
+    monkeypatch.setattr(zoo.bert, "padding_mask", lambda mask: torch.zeros(
+        real(mask).shape).masked_fill_(~real(mask), float("-inf")))
+    _assert_same_step(boolean, _training_step(model, inputs))
+    assert len(calls) == 4
