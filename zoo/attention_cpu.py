@@ -157,11 +157,9 @@ def runs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def _mask_of(attn_mask: torch.Tensor | None, b: int, h: int) -> torch.Tensor | None:
-    """Head (b, h)'s additive mask, its broadcast dimensions kept at size 1."""
+    """Head (b, h)'s additive mask from a 4-d one, its broadcast dimensions kept at size 1."""
     if attn_mask is None:
         return None
-    while attn_mask.dim() < 4:
-        attn_mask = attn_mask.unsqueeze(0)
     return attn_mask[b if attn_mask.size(0) > 1 else 0, h if attn_mask.size(1) > 1 else 0]
 
 
@@ -181,8 +179,11 @@ class _Attention(torch.autograd.Function):
         # The scale goes on q, a (T, hs) matrix a head, not on the (T, S) scores.
         qk_scale = 1.0 / math.sqrt(hs)
         q, k, v = q * qk_scale, _rows_laid_out(k), _rows_laid_out(v)
+        if attn_mask is not None:  # 4-d, its broadcast dimensions of size 1
+            attn_mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + attn_mask.shape)
         probs = torch.empty(B, nh, T, S)
         keep = torch.empty(B, nh, T, S, dtype=torch.uint8) if p_drop > 0 else None
+        dropped = torch.empty(T, S) if keep is not None else None  # a head's, reused
         y = torch.empty(B, nh, T, hs)
         scale = 1.0 / (1.0 - p_drop)
         threshold = dropout_cpu.threshold(p_drop) if p_drop > 0 else 0
@@ -192,7 +193,6 @@ class _Attention(torch.autograd.Function):
             mask = _mask_of(attn_mask, b, h)
             if mask is not None:
                 scores.add_(mask)
-            dropped = torch.empty_like(scores) if keep is not None else None
             library.softmax_dropout_forward(
                 T, S, row, scores.data_ptr(), probs[b, h].data_ptr(),
                 dropped.data_ptr() if dropped is not None else None,
@@ -212,11 +212,12 @@ class _Attention(torch.autograd.Function):
         B, nh, T, hs = q.shape
         S = k.size(-2)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        scratch = torch.empty(T, S) if keep is not None else None  # a head's pd, reused
         for b in range(B):
             for h in range(nh):
                 dyh = dy[b, h]
                 ds = _product(dyh, v[b, h])  # d(dropped probs) (T, S), becomes ds in place
-                dropped = torch.empty_like(ds) if keep is not None else probs[b, h]
+                dropped = scratch if keep is not None else probs[b, h]
                 library.softmax_dropout_backward(
                     T, S, probs[b, h].data_ptr(),
                     keep[b, h].data_ptr() if keep is not None else None, ds.data_ptr(),

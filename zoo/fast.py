@@ -84,7 +84,7 @@ from zoo import (
     wkv_cpu,
 )
 from zoo.layers import token_shift
-from zoo.layers.attention import MultiHeadAttention
+from zoo.layers.attention import MultiHeadAttention, additive_mask
 from zoo.layers.feedforward import ACTIVATIONS, FeedForward
 from zoo.llama import SwiGLU
 from zoo.mamba import MambaMixer
@@ -550,12 +550,8 @@ class FastDropout(nn.Dropout):
 
 
 CAUSAL_BLOCK = 256  # query rows per block of causal attention with dropout
-# Attention with dropout over fewer keys than this, not causal, keeps the PyTorch form where
-# zoo/attention_cpu.py would run: at 256 keys it was no faster (BERT's layer, forward and
-# backward, at 1 x 256 and 8 x 256 tokens: 0.78x to 1.16x the PyTorch form over four runs, where
-# MKL's batched products run in cache and the loop's cost per head counts), at 512 1.46-1.74x,
-# at 1024 1.5-2x. Causal rows, which cost the PyTorch form a masking pass, gain from 256
-# (1.03-1.32x). `python benchmarks/training_parts.py --attention` times both forms.
+# Fewer keys than this, not causal: attention with dropout keeps the PyTorch form, which
+# zoo/attention_cpu.py did not beat there (zoo/fast_measurements.md; training_parts.py --attention)
 ATTENTION_MIN_KEYS = 512
 
 
@@ -626,7 +622,7 @@ class _DropoutAttend:
             mask = attn_mask
             if (mask is not None and mask.dtype == torch.bool
                     and _kernel_attention(q, k, v, None, is_causal)):
-                mask = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))
+                mask = additive_mask(mask, q.dtype)
             if mask is None or mask.dtype == q.dtype:
                 return attention_with_dropout(q, k, v, mask, is_causal, dropout)
         return super().attend(q, k, v, attn_mask, dropout, is_causal, new_key_length)

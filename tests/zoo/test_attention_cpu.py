@@ -41,6 +41,7 @@ CASES = {  # B, nh, T, S, first_row, mask shape, p
     "no mask": (2, 3, 9, 13, None, None, 0.2),
     "mask per row": (2, 3, 9, 13, None, (2, 1, 9, 13), 0.2),
     "padding mask": (2, 3, 9, 13, None, (2, 1, 1, 13), 0.1),
+    "2-d mask": (2, 2, 6, 7, None, (6, 7), 0.2),
     "causal": (2, 2, 11, 11, 0, None, 0.3),
     "causal block": (1, 2, 5, 12, 7, (1, 1, 5, 12), 0.3),
     "no dropout": (2, 2, 7, 7, 0, None, 0.0),

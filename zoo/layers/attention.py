@@ -69,6 +69,13 @@ def hidden_key_bias(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).min / 2
 
 
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask (True where a query may attend) as the additive mask it stands for: 0 where
+    it may, -inf where not."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask,
+                                                                                float("-inf"))
+
+
 def merge_masks(mask: torch.Tensor | None, extra: torch.Tensor | None) -> torch.Tensor | None:
     """Combine two masks (bool = may attend, float = additive) into one; a float result keeps
     the float mask's dtype, so that it matches the attention's inputs."""
@@ -77,9 +84,7 @@ def merge_masks(mask: torch.Tensor | None, extra: torch.Tensor | None) -> torch.
     if mask.dtype == torch.bool and extra.dtype == torch.bool:
         return mask & extra
     dtype = mask.dtype if mask.dtype != torch.bool else extra.dtype
-    as_float = [m if m.dtype != torch.bool else
-                torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, float("-inf"))
-                for m in (mask, extra)]
+    as_float = [m if m.dtype != torch.bool else additive_mask(m, dtype) for m in (mask, extra)]
     return as_float[0] + as_float[1]
 
 
