@@ -20,8 +20,8 @@ where this project's benchmarks run:
           matrix WKV, the GroupNorm of its heads and the gate as zoo/wkv5_cpu.py's compiled C
           loop; and their Block -> CompiledWKV5Block, CompiledWKV6Block: for a few rows
           (decoding) the whole block as one compiled call, zoo/wkv5_step_cpu.py, its products
-          zoo/matvec_cpu.py's, as the output head's (-> MatvecHead) (inference; training keeps
-          the chunked PyTorch form);
+          zoo/matvec_cpu.py's, as the output head's (-> MatvecHead) (inference); training's
+          WKV alone as the C loop with its C backward;
   wkv7    RWKV-7's TimeMix -> CompiledWKV7TimeMix: the generalised delta rule as
           zoo/wkv7_cpu.py's compiled C loop; and its Block -> CompiledWKV7Block: for a few rows
           (decoding) the whole block as one compiled call, zoo/wkv7_step_cpu.py, its products
@@ -106,7 +106,7 @@ ROUTES: dict[str, str] = {
     "wkv5": "RWKV-5/6's matrix WKV, with its GroupNorm and gate, as a compiled C loop "
             f"(zoo.wkv5_cpu), a block on <= {FEW_ROWS} rows (decoding) as one compiled call "
             "(zoo.wkv5_step_cpu) and the head's product as zoo.matvec_cpu's (CPU float32 "
-            "inference)",
+            "inference; training: the WKV with its C backward)",
     "wkv7": "RWKV-7's WKV as a compiled C loop (zoo.wkv7_cpu), a block on <= "
             f"{FEW_ROWS} rows (decoding) as one compiled call (zoo.wkv7_step_cpu) and the "
             "head's product as zoo.matvec_cpu's (CPU float32 inference)",
@@ -329,8 +329,11 @@ def _compiled_wkv_runs(*tensors: torch.Tensor) -> bool:
     """float32 CPU tensors and a C compiler that built the loop; with or without gradients
     (wkv_cpu.wkv_with_grad has the backward). torch.compile, which cannot trace the C call,
     runs it between its graphs."""
-    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-            and wkv_cpu.available())
+    return _cpu_float32(*tensors) and wkv_cpu.available()
+
+
+def _cpu_float32(*tensors: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:
@@ -353,8 +356,7 @@ class CompiledWKVTimeMix(TimeMix):
 # --- the wkv5 route ---------------------------------------------------------------------------
 
 def _cpu_float32_inference(*tensors: torch.Tensor) -> bool:
-    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-            and not _needs_grad(*tensors))
+    return _cpu_float32(*tensors) and not _needs_grad(*tensors)
 
 
 def _module_inference(module: nn.Module, *tensors: torch.Tensor) -> bool:
@@ -370,8 +372,10 @@ class _CompiledMatrixWKV:
     matrix WKV, the GroupNorm of its heads and the gate computed in one pass by zoo/wkv5_cpu.py's
     C loop: F.group_norm on a decoding step's few rows is an OpenMP region, whose barrier costs
     a scheduler's time slice where other jobs keep the cores busy (see `linear`), for a
-    microsecond's work. With gradients, on CUDA, in other dtypes or without a compiler, the
-    plain forward and its PyTorch WKV forms (the recurrence for a token, chunks for more)."""
+    microsecond's work. With gradients (training), the plain forward with its WKV as the C
+    loop and its C backward (zoo.wkv5_cpu.wkv_with_grad); on CUDA, in other dtypes or without
+    a compiler, the plain forward and its PyTorch WKV forms (the recurrence for a token,
+    chunks for more)."""
 
     def _compiled(self, x: torch.Tensor, state: torch.Tensor) -> bool:
         return (_module_inference(self, x, state, self.time_faaaa, self.ln_x.weight)
@@ -388,7 +392,9 @@ class _CompiledMatrixWKV:
 
     def wkv(self, r, log_w, k, v, u, state):
         tensors = (r, log_w, k, v, u, state)
-        if _cpu_float32_inference(*tensors) and wkv5_cpu.available():
+        if _cpu_float32(*tensors) and wkv5_cpu.available():
+            if _needs_grad(*tensors):  # training: with the C backward
+                return wkv5_cpu.wkv_with_grad(*tensors)
             return wkv5_cpu.wkv(*tensors)
         return super().wkv(*tensors)
 
@@ -753,6 +759,8 @@ def describe(model: nn.Module, training: bool = False,
             notes.append("matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu); "
                          f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv5_step_cpu), "
                          "the head's product zoo.matvec_cpu's")
+        elif "wkv5" in routes and cpu32 and wkv5_cpu.available():
+            notes.append("matrix WKV: compiled C loop and its backward (zoo.wkv5_cpu)")
         else:
             notes.append(f"matrix WKV: PyTorch, chunks of {matrix.chunk_size} for prefill, the "
                          "recurrence for decoding")

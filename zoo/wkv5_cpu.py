@@ -16,10 +16,15 @@ Heads are independent, so a call splits them between the threads PyTorch uses (c
 the GIL during the call). `wkv_group_norm_gate` also applies, as it writes a head's output, what
 the models do next with it: the GroupNorm of each head (ln_x) and the gate's product.
 
-Inference only (no backward): zoo/fast.py's "wkv5" route runs it for float32 CPU tensors without
-gradients, prefill and decoding alike, and the models keep their PyTorch paths otherwise
-(training, CUDA, other dtypes, no C compiler). The source is compiled on first use with the
-system's C compiler and cached (zoo/ckernel.py).
+`wkv` and `wkv_group_norm_gate` run without gradients (prefill and decoding); `wkv_with_grad` is
+differentiable, an autograd Function whose backward is `matrix_wkv_backward` below: the
+gradients of every input in one sweep back in time, a row of the state and of its gradient at a
+time, the states recomputed a chunk at a time from ones kept every BACKWARD_CHUNK tokens rather
+than stored for every token (T x N x N floats a head). zoo/fast.py's "wkv5" route runs the three
+for float32 CPU tensors (training through `wkv_with_grad`, with the GroupNorm and the gate left
+to PyTorch), and the models keep their PyTorch paths otherwise (CUDA, other dtypes, no C
+compiler). The source is compiled on first use with the system's C compiler and cached
+(zoo/ckernel.py).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import ctypes
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from zoo import ckernel
 from zoo.scan_cpu import _channel_ranges, _run
@@ -34,6 +40,7 @@ from zoo.scan_cpu import _channel_ranges, _run
 SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 /* One (batch, head) pair over T tokens. N is a compile-time constant where the caller passes
    one (the heads of 64 of every released model), so that the pass over a row unrolls. With nw
@@ -108,6 +115,146 @@ void matrix_wkv_forward(int64_t Bt, int64_t T, int64_t H, int64_t N, int64_t p0,
                             S + p * N * N, nwh, nbh, gh, eps);
     }
 }
+
+/* The gradients of one (batch, head) pair's WKV (matrix_wkv_head without the GroupNorm). With
+   P_t the state before token t (P_0 the given one), w_t = exp(log w_t),
+       y_t = r_t (P_t + diag(u) k_t^T v_t),        P_{t+1} = diag(w_t) P_t + k_t^T v_t,
+   and D = dL/dP_{t+1} going back in time (from gS, the new state's gradient, or 0):
+       gr_t = P_t gy_t + u k_t (v_t . gy_t),        gk_t = D v_t + u r_t (v_t . gy_t),
+       gv_t = D^T k_t + (r_t u k_t) gy_t,           g(log w_t) = w_t * rowsum(D * P_t),
+       gu += r_t k_t (v_t . gy_t),                  dL/dP_t = diag(w_t) D + r_t^T gy_t,
+   row by row of D and P_t in one pass over their N entries. The states are recomputed, not
+   stored: a first sweep keeps P at the start of every chunk of K tokens (in starts), then each
+   chunk, last first, is recomputed into states (K of them) and swept backwards. gr, gk, gv, glw
+   (the pair's rows of (Bt, T, H, N)), gu (N) and gS0 (N x N) are written. */
+static inline __attribute__((always_inline)) void
+matrix_wkv_head_backward(int64_t T, int64_t H, int64_t N, int64_t K, int64_t wt,
+                         const float *r, const float *log_w, const float *k, const float *v,
+                         const float *u, const float *S0, const float *gy, const float *gS,
+                         float *gr, float *glw, float *gk, float *gv, float *gu, float *gS0,
+                         float *starts, float *states, float *D) {
+    float w[N], gvt[N], gut[N];
+    const int64_t NN = N * N;
+    const float *exponentiated = 0;
+    /* first sweep: P at the start of every chunk */
+    float *P = states;
+    for (int64_t x = 0; x < NN; x++) P[x] = S0[x];
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t at = t * H * N;
+        const float *kt = k + at, *vt = v + at, *lw = log_w + t * wt;
+        if (t % K == 0)
+            for (int64_t x = 0; x < NN; x++) starts[(t / K) * NN + x] = P[x];
+        if (lw != exponentiated) {
+#pragma omp simd
+            for (int64_t i = 0; i < N; i++) w[i] = expf(lw[i]);
+            exponentiated = lw;
+        }
+        for (int64_t i = 0; i < N; i++) {
+            float *row = P + i * N;
+            const float wi = w[i], ki = kt[i];
+#pragma omp simd
+            for (int64_t j = 0; j < N; j++) row[j] = wi * row[j] + ki * vt[j];
+        }
+    }
+    /* second sweep, backwards, chunk by chunk */
+    for (int64_t x = 0; x < NN; x++) D[x] = gS ? gS[x] : 0.0f;
+    for (int64_t i = 0; i < N; i++) gut[i] = 0.0f;
+    exponentiated = 0;
+    for (int64_t chunk = (T + K - 1) / K - 1; chunk >= 0; chunk--) {
+        const int64_t t0 = chunk * K, t1 = (t0 + K < T) ? t0 + K : T;
+        for (int64_t x = 0; x < NN; x++) states[x] = starts[chunk * NN + x];
+        for (int64_t t = t0; t + 1 < t1; t++) {
+            const int64_t at = t * H * N;
+            const float *kt = k + at, *vt = v + at, *lw = log_w + t * wt;
+            const float *prev = states + (t - t0) * NN;
+            float *next = states + (t + 1 - t0) * NN;
+            if (lw != exponentiated) {
+#pragma omp simd
+                for (int64_t i = 0; i < N; i++) w[i] = expf(lw[i]);
+                exponentiated = lw;
+            }
+            for (int64_t i = 0; i < N; i++) {
+                const float wi = w[i], ki = kt[i];
+#pragma omp simd
+                for (int64_t j = 0; j < N; j++)
+                    next[i * N + j] = wi * prev[i * N + j] + ki * vt[j];
+            }
+        }
+        for (int64_t t = t1 - 1; t >= t0; t--) {
+            const int64_t at = t * H * N;
+            const float *rt = r + at, *kt = k + at, *vt = v + at, *gyt = gy + at;
+            const float *lw = log_w + t * wt, *Pt = states + (t - t0) * NN;
+            if (lw != exponentiated) {
+#pragma omp simd
+                for (int64_t i = 0; i < N; i++) w[i] = expf(lw[i]);
+                exponentiated = lw;
+            }
+            float vg = 0.0f, bonus = 0.0f;
+#pragma omp simd reduction(+:vg)
+            for (int64_t j = 0; j < N; j++) vg += vt[j] * gyt[j];
+#pragma omp simd reduction(+:bonus)
+            for (int64_t i = 0; i < N; i++) bonus += rt[i] * u[i] * kt[i];
+#pragma omp simd
+            for (int64_t j = 0; j < N; j++) gvt[j] = bonus * gyt[j];
+            for (int64_t i = 0; i < N; i++) {
+                const float *Pi = Pt + i * N;
+                float *Di = D + i * N;
+                const float wi = w[i], ki = kt[i], ri = rt[i];
+                float read = 0.0f, back = 0.0f, decay = 0.0f;
+#pragma omp simd reduction(+:read, back, decay)
+                for (int64_t j = 0; j < N; j++) {
+                    const float d = Di[j], p = Pi[j];
+                    read += p * gyt[j];
+                    back += d * vt[j];
+                    decay += d * p;
+                    gvt[j] += d * ki;
+                    Di[j] = wi * d + ri * gyt[j];
+                }
+                gr[at + i] = read + u[i] * ki * vg;
+                gk[at + i] = back + u[i] * ri * vg;
+                glw[at + i] = wi * decay;
+                gut[i] += ri * ki * vg;
+            }
+#pragma omp simd
+            for (int64_t j = 0; j < N; j++) gv[at + j] = gvt[j];
+        }
+    }
+    for (int64_t i = 0; i < N; i++) gu[i] = gut[i];
+    for (int64_t x = 0; x < NN; x++) gS0[x] = D[x];
+}
+
+/* The gradients of matrix_wkv_forward (no GroupNorm), for pairs p0 <= p < p1, each as
+   matrix_wkv_head_backward: r, log_w (strides wb, wt), k, v, u, S0 as the forward took them;
+   gy (Bt, T, H, N); gS (Bt, H, N, N) or NULL. Written: gr, glw, gk, gv (Bt, T, H, N), gu
+   (Bt, H, N), a row per pair (the caller sums over the batch), gS0 (Bt, H, N, N). K: tokens
+   per recomputed chunk. Returns 1 when the work arrays cannot be allocated, else 0. */
+int matrix_wkv_backward(int64_t Bt, int64_t T, int64_t H, int64_t N, int64_t p0, int64_t p1,
+                        int64_t K, int64_t wb, int64_t wt, const float *r, const float *log_w,
+                        const float *k, const float *v, const float *u, const float *S0,
+                        const float *gy, const float *gS, float *gr, float *glw, float *gk,
+                        float *gv, float *gu, float *gS0) {
+    const int64_t chunks = (T + K - 1) / K, NN = N * N;
+    float *starts = malloc(sizeof(float) * (chunks > 0 ? chunks : 1) * NN);
+    float *states = malloc(sizeof(float) * K * NN), *D = malloc(sizeof(float) * NN);
+    if (!starts || !states || !D) {
+        free(starts); free(states); free(D);
+        return 1;
+    }
+    for (int64_t p = p0; p < p1; p++) {
+        const int64_t b = p / H, h = p % H, at = (b * T * H + h) * N;
+        const float *lw = log_w + b * wb + h * N, *gSp = gS ? gS + p * NN : 0;
+        if (N == 64)
+            matrix_wkv_head_backward(T, H, 64, K, wt, r + at, lw, k + at, v + at, u + h * N,
+                                     S0 + p * NN, gy + at, gSp, gr + at, glw + at, gk + at,
+                                     gv + at, gu + p * N, gS0 + p * NN, starts, states, D);
+        else
+            matrix_wkv_head_backward(T, H, N, K, wt, r + at, lw, k + at, v + at, u + h * N,
+                                     S0 + p * NN, gy + at, gSp, gr + at, glw + at, gk + at,
+                                     gv + at, gu + p * N, gS0 + p * NN, starts, states, D);
+    }
+    free(starts); free(states); free(D);
+    return 0;
+}
 """
 
 
@@ -117,6 +264,8 @@ def _library() -> ctypes.CDLL | None:
         library.matrix_wkv_forward.restype = None
         library.matrix_wkv_forward.argtypes = ([ctypes.c_int64] * 8 + [ctypes.c_void_p] * 10
                                                + [ctypes.c_float])
+        library.matrix_wkv_backward.restype = ctypes.c_int
+        library.matrix_wkv_backward.argtypes = [ctypes.c_int64] * 9 + [ctypes.c_void_p] * 14
     return library
 
 
@@ -197,3 +346,54 @@ def wkv_group_norm_gate(r: torch.Tensor, log_w: torch.Tensor, k: torch.Tensor, v
     output matrix. Returns that (B, T, H, N) and the new state."""
     library = _checked(r, log_w, k, v, u, state, weight, bias, gate)
     return _forward(library, r, log_w, k, v, u, state, (weight, bias, float(eps), gate))
+
+
+BACKWARD_CHUNK = 32  # tokens whose states the backward recomputes at a time (32 x 16 KiB)
+
+
+class _MatrixWKV(torch.autograd.Function):
+    """matrix_wkv_forward, with matrix_wkv_backward as its backward: the gradients of r, log_w,
+    k, v, u and the given state from those of y and of the new state."""
+
+    @staticmethod
+    def forward(ctx, r, log_w, k, v, u, state):
+        library = _library()
+        y, S = _forward(library, r, log_w, k, v, u, state)
+        ctx.save_for_backward(r, log_w, k, v, u, state)
+        ctx.set_materialize_grads(False)
+        return y, S
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy, gS):
+        r, log_w, k, v, u, state = ctx.saved_tensors
+        B, T, H, N = r.shape
+        r, k, v, u, state = (t.contiguous() for t in (r, k, v, u, state))
+        rows, batch_stride, token_stride = _decay_rows(log_w)
+        gy = torch.zeros_like(r) if gy is None else gy.contiguous()
+        gS = None if gS is None else gS.contiguous()
+        gr, glw, gk, gv = (torch.empty_like(r) for _ in range(4))
+        gu, gS0 = torch.empty(B, H, N), torch.empty_like(state)
+        pointers = [t.data_ptr() for t in (r, rows, k, v, u, state, gy)]
+        pointers += [None if gS is None else gS.data_ptr()]
+        pointers += [t.data_ptr() for t in (gr, glw, gk, gv, gu, gS0)]
+        backward = _library().matrix_wkv_backward
+        codes = _run(lambda lo, hi: backward(B, T, H, N, lo, hi, BACKWARD_CHUNK, batch_stride,
+                                             token_stride, *pointers),
+                     _channel_ranges(3 * B * T * H * N * N, B * H), lambda i: ())
+        if any(codes):
+            raise MemoryError("the compiled matrix-WKV backward could not allocate its work "
+                              "arrays")
+        if log_w.size(0) == 1 and B > 1:  # one decay row for every sequence
+            glw = glw.sum(0, keepdim=True)
+        return gr, glw, gk, gv, gu.sum(0), gS0
+
+
+@torch.compiler.disable
+def wkv_with_grad(r: torch.Tensor, log_w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  u: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`wkv`, differentiable: autograd's gradients of r, log_w, k, v, u and the given state,
+    from those of y and of the new state, as the recurrence's. A broadcast log_w (RWKV-5's one
+    row, expanded over the tokens) gets its gradient per token, which the expansion sums."""
+    _checked(r, log_w, k, v, u, state)
+    return _MatrixWKV.apply(r, log_w, k, v, u, state)

@@ -441,7 +441,10 @@ def test_describe_says_which_routes_run(name):
                     "head's product zoo.matvec_cpu's")
         assert notes[-1] == (compiled if wkv5_cpu.available() else pytorch)
         assert plain_notes[-1] == pytorch
-        assert zoo.fast.describe(fast, training=True)[-1] == pytorch  # inference only
+        trained = "matrix WKV: compiled C loop and its backward (zoo.wkv5_cpu)"
+        assert zoo.fast.describe(fast, training=True)[-1] == (trained if wkv5_cpu.available()
+                                                               else pytorch)
+        assert zoo.fast.describe(plain, training=True)[-1] == pytorch
     elif name == "rwkv7":
         pytorch = "WKV-7: PyTorch, chunks of 32 for prefill, the recurrence for decoding"
         compiled = ("WKV-7: compiled C loop (zoo.wkv7_cpu); "

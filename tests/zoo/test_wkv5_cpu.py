@@ -9,9 +9,13 @@ token (decoding) and many, heads of 64 (the unrolled path) and of 16, split betw
 threads. Tolerance: within 2e-5 of the largest output (or state) entry, the loop only
 reordering float32 additions (measured <= 7e-7 up to 40 tokens, <= 3e-6 over 256 tokens with
 extreme decays, as PyTorch's own float32 recurrence); over 256 tokens, also no worse than twice
-that recurrence's error plus 1e-6 of the largest entry. The models: routed logits equal the
-plain ones over several chunks, cached decoding equals the full forward, generate gives the
-same tokens, and training keeps the PyTorch forms.
+that recurrence's error plus 1e-6 of the largest entry. The backward (`wkv_with_grad`, for
+training): every input's gradient, the carried state's included, against autograd through the
+float64 recurrence, within 2e-5 of the largest gradient entry (measured <= 2e-6), for the same
+decays, with and without a gradient on the new state, over chunks of the recomputation that do
+not divide the length, split between threads. The models: routed logits equal the plain ones over
+several chunks, cached decoding equals the full forward, generate gives the same tokens, and a
+training step through the kernel's backward gives the plain model's loss and gradients.
 """
 
 from __future__ import annotations
@@ -130,6 +134,55 @@ def test_any_strides_and_a_clear_error_for_other_dtypes():
         wkv5_cpu.wkv(r, log_w[:, :3], k, v, u, state)
 
 
+@pytest.mark.parametrize("final_state_used", [True, False], ids=["gS", "no-gS"])
+@pytest.mark.parametrize("decay", ["per-token", "shared", "expanded"])
+@pytest.mark.parametrize("B, T, N, chunk", [(1, 1, 64, 32), (3, 40, 64, 8), (2, 37, 16, 5)])
+def test_the_backward_equals_autograd_through_the_fp64_recurrence(B, T, N, chunk, decay,
+                                                                  final_state_used, threads,
+                                                                  monkeypatch):
+    """Gradients of r, log_w, k, v, u and the carried state. RWKV-5's shared decay row gets its
+    gradient through the expansion (summed over tokens and sequences), as in the model."""
+    monkeypatch.setattr(wkv5_cpu, "BACKWARD_CHUNK", chunk)
+    r, log_w, k, v, u = inputs(B, T, 3, N, decay, seed=T + N)
+    g = torch.Generator().manual_seed(3)
+    state = torch.randn(B, 3, N, N, generator=g, dtype=torch.float64)
+    gy, gS = torch.randn(r.shape, generator=g), torch.randn(state.shape, generator=g)
+    decay_leaf = log_w[:, :1].squeeze(1) if decay == "shared" else log_w  # (1, H, N) row
+
+    def gradients(function, dtype):
+        leaves = [t.detach().to(dtype).requires_grad_()
+                  for t in (r, decay_leaf, k, v, u, state)]
+        lw = leaves[1][:, None].expand(1, T, 3, N) if decay == "shared" else leaves[1]
+        y, S = function(leaves[0], lw, *leaves[2:])
+        loss = (y * gy.to(dtype)).sum() + ((S * gS.to(dtype)).sum() if final_state_used else 0)
+        loss.backward()
+        # None: not reached (the decay of the last token, when the new state is not used)
+        return [y, S] + [torch.zeros_like(t) if t.grad is None else t.grad for t in leaves]
+
+    ours = gradients(wkv5_cpu.wkv_with_grad, torch.float32)
+    reference = gradients(matrix_wkv_recurrent, torch.float64)
+    for name, got, want in zip("y S r log_w k v u state".split(), ours, reference, strict=True):
+        assert got.dtype == torch.float32 and got.shape == want.shape, name
+        scale = want.abs().max().item()
+        assert max_diff(got, want) <= 2e-5 * scale + 1e-7, (name, max_diff(got, want), scale)
+
+
+@pytest.mark.parametrize("decay", ["per-token", "shared"])
+def test_the_backward_over_long_inputs_with_extreme_decays(decay):
+    """256 tokens, log-decays from -e^16 (w = 0 in float32) to ~0 (w ~ 1): finite gradients
+    within 2e-5 of the largest, as the forward."""
+    r, log_w, k, v, u = inputs(1, 256, 2, 64, decay, seed=5, spread=4.0)
+    state = torch.zeros(1, 2, 64, 64, dtype=torch.float64)
+    gy = torch.randn(r.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    ours = [t.float().requires_grad_() for t in (r, log_w, k, v, u)]
+    (wkv5_cpu.wkv_with_grad(*ours, state.float())[0] * gy.float()).sum().backward()
+    reference = [t.clone().requires_grad_() for t in (r, log_w, k, v, u)]
+    (matrix_wkv_recurrent(*reference, state)[0] * gy).sum().backward()
+    for name, got, want in zip("r log_w k v u".split(), ours, reference, strict=True):
+        assert torch.isfinite(got.grad).all(), name
+        assert max_diff(got.grad, want.grad) <= 2e-5 * want.grad.abs().max().item(), name
+
+
 # ---------------------------------------------------------------------------------------------
 # The route on the models
 
@@ -150,7 +203,7 @@ def kernel_calls(monkeypatch):
     """The names of the kernel's functions, as the models call them."""
     calls = []
     for module, function in ((wkv5_cpu, "wkv"), (wkv5_cpu, "wkv_group_norm_gate"),
-                             (wkv5_step_cpu, "step")):
+                             (wkv5_cpu, "wkv_with_grad"), (wkv5_step_cpu, "step")):
         real = getattr(module, function)
         monkeypatch.setattr(module, function, lambda *args, real=real, function=function:
                             calls.append(function) or real(*args))
@@ -163,13 +216,18 @@ COMPILED = ("matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu); 
 
 
 @pytest.mark.parametrize("name", ["rwkv5", "rwkv6"])
-def test_the_route_runs_the_kernel_for_inference_only(name, kernel_calls):
+def test_the_route_runs_the_kernel_for_prefill_decoding_and_training(name, kernel_calls):
     """Prefill over several chunks (70 tokens, chunks of 16), one decoding step, then a
-    training step, which keeps the chunked PyTorch form; the logits and the state as the plain
-    model's."""
+    training step, whose WKV takes the kernel with its backward; the logits and the state as
+    the plain model's, the loss and every parameter's gradient as the plain model's (chunked
+    PyTorch form) within 1e-5 of the largest entry."""
     model = tiny(name)
     n_layer = model.config.n_layer
     ids = torch.randint(0, model.config.vocab_size, (2, 70))
+    plain_loss = model(ids, targets=ids).loss
+    plain_loss.backward()
+    plain_grads = {n: p.grad for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
     with torch.no_grad():
         plain = model(ids, use_cache=True)
         plain_step = model(ids[:, :1], cache=plain.cache).logits
@@ -181,12 +239,16 @@ def test_the_route_runs_the_kernel_for_inference_only(name, kernel_calls):
             # prefill: the time mix's WKV, GroupNorm and gate; a step: each block in one call
             assert kernel_calls == ["wkv_group_norm_gate"] * n_layer + ["step"] * n_layer
             with torch.enable_grad():
-                model(ids, targets=ids).loss.backward()
-            assert len(kernel_calls) == 2 * n_layer
-            assert all(p.grad is not None for p in model.parameters())
+                loss = model(ids, targets=ids).loss
+                loss.backward()
+            assert kernel_calls[2 * n_layer:] == ["wkv_with_grad"] * n_layer
+            grads = {n: p.grad for n, p in model.named_parameters()}
         finally:
             zoo.fast.remove(model)
             model.zero_grad(set_to_none=True)
+    assert abs(loss.item() - plain_loss.item()) <= 1e-5
+    for n, grad in plain_grads.items():
+        assert max_diff(grads[n], grad) <= 1e-5 * grad.abs().max().item() + 1e-8, n
     assert max_diff(routed.logits, plain.logits) <= 1e-5
     assert max_diff(routed.cache.wkv, plain.cache.wkv) <= 1e-5 * plain.cache.wkv.abs().max()
     assert max_diff(step, plain_step) <= 1e-5
