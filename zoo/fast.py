@@ -25,8 +25,8 @@ where this project's benchmarks run:
   wkv7    RWKV-7's TimeMix -> CompiledWKV7TimeMix: the generalised delta rule as
           zoo/wkv7_cpu.py's compiled C loop; and its Block -> CompiledWKV7Block: for a few rows
           (decoding) the whole block as one compiled call, zoo/wkv7_step_cpu.py, its products
-          zoo/matvec_cpu.py's, as the output head's (-> MatvecHead) (inference; training keeps
-          the chunked PyTorch form);
+          zoo/matvec_cpu.py's, as the output head's (-> MatvecHead) (inference); training's
+          WKV as the C loop with its C backward;
   scan    Mamba's MambaMixer -> CompiledScanMambaMixer: the selective scan as zoo/scan_cpu.py's
           compiled C loop, with its C backward when a gradient is needed (training);
   dropout (training) nn.Dropout -> FastDropout, and attention modules -> DropoutAttention /
@@ -109,7 +109,8 @@ ROUTES: dict[str, str] = {
             "inference; training: the WKV with its C backward)",
     "wkv7": "RWKV-7's WKV as a compiled C loop (zoo.wkv7_cpu), a block on <= "
             f"{FEW_ROWS} rows (decoding) as one compiled call (zoo.wkv7_step_cpu) and the "
-            "head's product as zoo.matvec_cpu's (CPU float32 inference)",
+            "head's product as zoo.matvec_cpu's (CPU float32 inference; training: the WKV "
+            "with its C backward)",
     "scan": "Mamba's selective scan as a compiled C loop with its backward (zoo.scan_cpu; CPU, "
             "inference and training)",
     "dropout": "dropout masks drawn by a C kernel (zoo.dropout_cpu), attention with dropout "
@@ -495,13 +496,15 @@ class CompiledWKV6Block(_CompiledStep, rwkv6.Block):
 # --- the wkv7 route ---------------------------------------------------------------------------
 
 class CompiledWKV7TimeMix(rwkv7.TimeMix):
-    """RWKV-7's TimeMix with the WKV run by zoo/wkv7_cpu.py's C loop for float32 CPU inference
-    (prefill and decoding); with gradients, on CUDA or without a compiler, the PyTorch forms."""
+    """RWKV-7's TimeMix with the WKV run by zoo/wkv7_cpu.py's C loop for float32 CPU tensors
+    (prefill and decoding), its C backward included when a gradient is needed (training); on
+    CUDA or without a compiler, the PyTorch forms."""
 
     def wkv(self, r, log_w, k, v, kk, a, state):
         tensors = (r, log_w, k, v, kk, a, state)
-        if (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-                and not _needs_grad(*tensors) and wkv7_cpu.available()):
+        if _cpu_float32(*tensors) and wkv7_cpu.available():
+            if _needs_grad(*tensors):
+                return wkv7_cpu.wkv_with_grad(*tensors)
             return wkv7_cpu.wkv(*tensors)
         return super().wkv(*tensors)
 
@@ -770,6 +773,8 @@ def describe(model: nn.Module, training: bool = False,
             notes.append("WKV-7: compiled C loop (zoo.wkv7_cpu); "
                          f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv7_step_cpu), "
                          "the head's product zoo.matvec_cpu's")
+        elif "wkv7" in routes and cpu32 and wkv7_cpu.available():
+            notes.append("WKV-7: compiled C loop and its backward (zoo.wkv7_cpu)")
         else:
             notes.append(f"WKV-7: PyTorch, chunks of {time_mix7.chunk_size} for prefill, the "
                          "recurrence for decoding")

@@ -452,7 +452,10 @@ def test_describe_says_which_routes_run(name):
                     "head's product zoo.matvec_cpu's")
         assert notes[-1] == (compiled if wkv7_cpu.available() else pytorch)
         assert plain_notes[-1] == pytorch
-        assert zoo.fast.describe(fast, training=True)[-1] == pytorch  # inference only
+        trained = "WKV-7: compiled C loop and its backward (zoo.wkv7_cpu)"
+        assert zoo.fast.describe(fast, training=True)[-1] == (trained if wkv7_cpu.available()
+                                                               else pytorch)
+        assert zoo.fast.describe(plain, training=True)[-1] == pytorch
     else:
         assert not any(n.startswith(("WKV", "matrix WKV")) for n in notes + plain_notes)
     if name == "mamba":

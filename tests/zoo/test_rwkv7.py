@@ -21,7 +21,7 @@ from conftest import (
 import zoo
 import zoo.fast
 from harness.models import build_variant
-from zoo import wkv7_cpu, wkv7_step_cpu
+from zoo import scan_cpu, wkv7_cpu, wkv7_step_cpu
 from zoo.convert import (
     CheckpointError,
     convert_rwkv7,
@@ -429,7 +429,7 @@ def test_the_state_matches_the_official_package(model, official_run):
 
 
 # ---------------------------------------------------------------------------------------------
-# The compiled recurrence (zoo.wkv7_cpu, the "wkv7" route of zoo.fast), CPU inference
+# The compiled recurrence and its backward (zoo.wkv7_cpu, the "wkv7" route of zoo.fast)
 
 needs_kernel = pytest.mark.skipif(not wkv7_cpu.available(),
                                   reason="no C compiler: the model uses its PyTorch WKV paths")
@@ -454,14 +454,70 @@ def test_the_kernel_equals_the_recurrence_with_a_carried_state(T):
 
 
 @needs_kernel
-def test_the_wkv7_route_runs_the_kernel_for_inference_only(model, monkeypatch):
+@pytest.mark.parametrize("final_state_used", [True, False], ids=["gS", "no-gS"])
+@pytest.mark.parametrize("B, T, N, chunk, threads", [(1, 1, 64, 32, 1), (2, 45, 64, 8, 2),
+                                                      (3, 37, 16, 5, 3), (1, 70, 16, 32, 2)])
+def test_the_backward_equals_autograd_through_the_fp64_recurrence(B, T, N, chunk, threads,
+                                                                  final_state_used,
+                                                                  monkeypatch):
+    """wkv7_cpu.wkv_with_grad: the gradients of r, log w, k, v, kk, a and a carried state
+    within 2e-5 of the largest entry of each (measured <= 5e-7), over chunks of the
+    recomputation that do not divide the length, heads split between threads."""
+    monkeypatch.setattr(scan_cpu, "SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(wkv7_cpu, "BACKWARD_CHUNK", chunk)
+    x = wkv_inputs(B, T, 3, N, seed=T + N)
+    g = torch.Generator().manual_seed(4)
+    state = torch.randn(B, 3, N, N, generator=g, dtype=torch.float64)
+    gy, gS = torch.randn(x[0].shape, generator=g), torch.randn(state.shape, generator=g)
+
+    def gradients(function, dtype):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in (*x, state)]
+        y, S = function(*leaves)
+        loss = (y * gy.to(dtype)).sum() + ((S * gS.to(dtype)).sum() if final_state_used else 0)
+        loss.backward()
+        return [y, S] + [t.grad for t in leaves]
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours = gradients(wkv7_cpu.wkv_with_grad, torch.float32)
+    finally:
+        torch.set_num_threads(previous)
+    reference = gradients(wkv7_recurrent, torch.float64)
+    for name, got, want in zip("y S r log_w k v kk a state".split(), ours, reference,
+                               strict=True):
+        assert got.dtype == torch.float32 and got.shape == want.shape, name
+        scale = want.abs().max().item()
+        assert max_diff(got, want) <= 2e-5 * scale + 1e-7, (name, max_diff(got, want), scale)
+
+
+@needs_kernel
+def test_the_kernel_refuses_other_dtypes_and_shapes():
+    x = [t.float() for t in wkv_inputs(1, 4, 2, 16)]
+    state = torch.zeros(1, 2, 16, 16)
+    with pytest.raises(ValueError, match="float32 CPU"):
+        wkv7_cpu.wkv_with_grad(*(t.double() for t in x), state.double())
+    with pytest.raises(ValueError, match=r"shapes: .* expected \(B, T, H, N\) each"):
+        wkv7_cpu.wkv(*x[:5], x[5][:, :3], state)
+
+
+@needs_kernel
+def test_the_wkv7_route_runs_the_kernel_for_prefill_decoding_and_training(model, monkeypatch):
+    """The routed model's logits, decoding step, loss and every parameter's gradient (the
+    training step through the kernel's backward) as the plain model's (chunked PyTorch form)
+    within 1e-5 of the largest entry."""
     calls = []
-    for module, function in ((wkv7_cpu, "wkv"), (wkv7_step_cpu, "run_step")):
+    for module, function in ((wkv7_cpu, "wkv"), (wkv7_cpu, "wkv_with_grad"),
+                             (wkv7_step_cpu, "run_step")):
         real = getattr(module, function)
         monkeypatch.setattr(module, function, lambda *args, real=real, function=function:
                             calls.append(function) or real(*args))
-    ids = torch.randint(0, 100, (2, 30))
+    ids = torch.randint(0, 100, (2, 70))
     n_layer = model.config.n_layer
+    plain_loss = model(ids, targets=ids).loss
+    plain_loss.backward()
+    plain_grads = {n: p.grad for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
     with torch.no_grad():
         plain = model(ids).logits
         assert zoo.fast.apply(model, ["wkv7"]) == ("wkv7",)
@@ -472,11 +528,16 @@ def test_the_wkv7_route_runs_the_kernel_for_inference_only(model, monkeypatch):
             # prefill: the time mix's WKV; a decoding step: each block in one compiled call
             assert calls == ["wkv"] * n_layer + ["run_step"] * n_layer
             with torch.enable_grad():
-                model(ids).logits.sum().backward()  # training keeps the PyTorch forms
-            assert len(calls) == 2 * n_layer
+                loss = model(ids, targets=ids).loss
+                loss.backward()
+            assert calls[2 * n_layer:] == ["wkv_with_grad"] * n_layer
+            grads = {n: p.grad for n, p in model.named_parameters()}
         finally:
             zoo.fast.remove(model)
             model.zero_grad(set_to_none=True)
         reference = model(ids[:, :1], cache=model(ids, use_cache=True).cache).logits
     assert max_diff(routed.logits, plain) <= 1e-5
     assert max_diff(step.logits, reference) <= 1e-5
+    assert abs(loss.item() - plain_loss.item()) <= 1e-5
+    for n, grad in plain_grads.items():
+        assert max_diff(grads[n], grad) <= 1e-5 * grad.abs().max().item() + 1e-8, n
