@@ -1,0 +1,35 @@
+"""zoo/ckernel.py's kernels all compile where there is a C compiler.
+
+A route whose kernel does not compile falls back to PyTorch without a word (by design: a
+machine without a compiler still runs every model), so a source that stopped compiling, e.g.
+a name clash between two sources compiled together (zoo/wkv7_step_cpu.py builds zoo/wkv7_cpu.py's
+source with its own), would only show as a slower route and skipped tests. This says it aloud.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from zoo import (
+    attention_cpu,
+    dropout_cpu,
+    matvec_cpu,
+    scan_cpu,
+    wkv5_cpu,
+    wkv5_step_cpu,
+    wkv7_cpu,
+    wkv7_step_cpu,
+    wkv_cpu,
+)
+
+KERNELS = (attention_cpu, dropout_cpu, matvec_cpu, scan_cpu, wkv_cpu, wkv5_cpu, wkv5_step_cpu,
+           wkv7_cpu, wkv7_step_cpu)
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("cc", "gcc", "clang")),
+                    reason="no C compiler: the routes run their PyTorch paths")
+@pytest.mark.parametrize("module", KERNELS, ids=lambda m: m.__name__)
+def test_every_kernel_compiles_where_there_is_a_compiler(module):
+    assert module.available(), f"{module.__name__}'s C source did not compile"
