@@ -461,7 +461,7 @@ def test_the_backward_equals_autograd_through_the_fp64_recurrence(B, T, N, chunk
                                                                   final_state_used,
                                                                   monkeypatch):
     """wkv7_cpu.wkv_with_grad: the gradients of r, log w, k, v, kk, a and a carried state
-    within 2e-5 of the largest entry of each (measured <= 5e-7), over chunks of the
+    within 2e-5 of the largest entry of each (measured <= 7e-7), over chunks of the
     recomputation that do not divide the length, heads split between threads."""
     monkeypatch.setattr(scan_cpu, "SPLIT_MIN_WORK", 0)
     monkeypatch.setattr(wkv7_cpu, "BACKWARD_CHUNK", chunk)

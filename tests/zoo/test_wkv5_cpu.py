@@ -11,7 +11,7 @@ reordering float32 additions (measured <= 7e-7 up to 40 tokens, <= 3e-6 over 256
 extreme decays, as PyTorch's own float32 recurrence); over 256 tokens, also no worse than twice
 that recurrence's error plus 1e-6 of the largest entry. The backward (`wkv_with_grad`, for
 training): every input's gradient, the carried state's included, against autograd through the
-float64 recurrence, within 2e-5 of the largest gradient entry (measured <= 2e-6), for the same
+float64 recurrence, within 2e-5 of the largest gradient entry (measured <= 1e-6), for the same
 decays, with and without a gradient on the new state, over chunks of the recomputation that do
 not divide the length, split between threads. The models: routed logits equal the plain ones over
 several chunks, cached decoding equals the full forward, generate gives the same tokens, and a
