@@ -730,6 +730,10 @@ def describe(model: nn.Module, training: bool = False,
     cpu = weight.device.type == "cpu"
     cpu32 = cpu and (dtype or weight.dtype) == torch.float32
     inference = cpu32 and not training
+    # RWKV-5/6/7 cast their WKV's inputs to float32 (float64 in a float64 model) whatever the
+    # model's dtype or autocast: the C loops take them in any dtype but float64.
+    wkv_in_float32 = cpu and (dtype or weight.dtype) != torch.float64
+    backward = " and its backward" if training else ""
     routes = applied(model)
     kinds = {type(m) for m in model.modules()}
     notes = []
@@ -762,8 +766,8 @@ def describe(model: nn.Module, training: bool = False,
             notes.append("matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu); "
                          f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv5_step_cpu), "
                          "the head's product zoo.matvec_cpu's")
-        elif "wkv5" in routes and cpu32 and wkv5_cpu.available():
-            notes.append("matrix WKV: compiled C loop and its backward (zoo.wkv5_cpu)")
+        elif "wkv5" in routes and wkv_in_float32 and wkv5_cpu.available():
+            notes.append(f"matrix WKV: compiled C loop{backward} (zoo.wkv5_cpu)")
         else:
             notes.append(f"matrix WKV: PyTorch, chunks of {matrix.chunk_size} for prefill, the "
                          "recurrence for decoding")
@@ -773,8 +777,8 @@ def describe(model: nn.Module, training: bool = False,
             notes.append("WKV-7: compiled C loop (zoo.wkv7_cpu); "
                          f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv7_step_cpu), "
                          "the head's product zoo.matvec_cpu's")
-        elif "wkv7" in routes and cpu32 and wkv7_cpu.available():
-            notes.append("WKV-7: compiled C loop and its backward (zoo.wkv7_cpu)")
+        elif "wkv7" in routes and wkv_in_float32 and wkv7_cpu.available():
+            notes.append(f"WKV-7: compiled C loop{backward} (zoo.wkv7_cpu)")
         else:
             notes.append(f"WKV-7: PyTorch, chunks of {time_mix7.chunk_size} for prefill, the "
                          "recurrence for decoding")

@@ -444,6 +444,11 @@ def test_describe_says_which_routes_run(name):
         trained = "matrix WKV: compiled C loop and its backward (zoo.wkv5_cpu)"
         assert zoo.fast.describe(fast, training=True)[-1] == (trained if wkv5_cpu.available()
                                                                else pytorch)
+        assert zoo.fast.describe(fast, training=True, dtype=torch.bfloat16)[-1] == (
+            trained if wkv5_cpu.available() else pytorch)  # the WKV's inputs are float32
+        assert zoo.fast.describe(fast, dtype=torch.bfloat16)[-1] == (
+            "matrix WKV: compiled C loop (zoo.wkv5_cpu)" if wkv5_cpu.available() else pytorch)
+        assert zoo.fast.describe(fast, training=True, dtype=torch.float64)[-1] == pytorch
         assert zoo.fast.describe(plain, training=True)[-1] == pytorch
     elif name == "rwkv7":
         pytorch = "WKV-7: PyTorch, chunks of 32 for prefill, the recurrence for decoding"
@@ -455,6 +460,9 @@ def test_describe_says_which_routes_run(name):
         trained = "WKV-7: compiled C loop and its backward (zoo.wkv7_cpu)"
         assert zoo.fast.describe(fast, training=True)[-1] == (trained if wkv7_cpu.available()
                                                                else pytorch)
+        assert zoo.fast.describe(fast, training=True, dtype=torch.bfloat16)[-1] == (
+            trained if wkv7_cpu.available() else pytorch)
+        assert zoo.fast.describe(fast, training=True, dtype=torch.float64)[-1] == pytorch
         assert zoo.fast.describe(plain, training=True)[-1] == pytorch
     else:
         assert not any(n.startswith(("WKV", "matrix WKV")) for n in notes + plain_notes)

@@ -257,15 +257,24 @@ def test_the_route_runs_the_kernel_for_prefill_decoding_and_training(name, kerne
 @pytest.mark.parametrize("name", ["rwkv5", "rwkv6"])
 def test_other_dtypes_take_the_plain_forward(name, kernel_calls):
     """float64: the plain path throughout; bfloat16: the plain forward, whose WKV runs in
-    float32 (as the state is kept), there compiled."""
+    float32 (as the state is kept), there compiled; a mixed-precision training step (bfloat16
+    autocast over float32 weights) likewise, with the kernel's backward. The bench's notes say
+    so."""
     model = tiny(name)
     zoo.fast.apply(model, ["wkv5"])
     ids = torch.randint(0, model.config.vocab_size, (1, 20))
+    n_layer = model.config.n_layer
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(ids, targets=ids).loss.backward()
+    assert kernel_calls == ["wkv_with_grad"] * n_layer
+    assert all(p.grad is not None for p in model.parameters())
+    assert "matrix WKV: compiled C loop and its backward (zoo.wkv5_cpu)" in zoo.fast.describe(
+        model, training=True, dtype=torch.bfloat16)
     with torch.no_grad():
         model.double()(ids)
-        assert kernel_calls == []
+        assert kernel_calls == ["wkv_with_grad"] * n_layer
         model.to(torch.bfloat16)(ids)
-    assert kernel_calls == ["wkv"] * model.config.n_layer
+    assert kernel_calls == ["wkv_with_grad"] * n_layer + ["wkv"] * n_layer
 
 
 @pytest.mark.parametrize("name", ["rwkv5", "rwkv6"])
