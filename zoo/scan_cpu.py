@@ -12,8 +12,8 @@ PyTorch uses (ctypes releases the GIL during the call).
 
 `scan` runs it without gradients (inference: prefill and decoding); `scan_with_grad` is
 differentiable, an autograd Function whose backward is `selective_scan_backward` below: it
-recomputes the states chunk by chunk (a sweep keeps the state at every 64th token) rather than
-storing a (T, d_inner, N) history, and sweeps back in time. Its gradients equal the float64
+recomputes the states chunk by chunk (the forward keeps the state at every 64th token) rather
+than storing a (T, d_inner, N) history, and sweeps back in time. Its gradients equal the float64
 recurrence's to float32 rounding (tests/zoo/test_scan_cpu.py). The source is compiled on first
 use with the system's C compiler and cached (zoo/ckernel.py); zoo/fast.py's "scan" route runs
 it, and without a compiler `available()` is False and the model keeps its PyTorch paths.
@@ -35,19 +35,26 @@ SOURCE = r"""
 #include <stdlib.h>
 
 /* x, delta, y: (Bt, T, D); A: (D, N); Bm, Cm: (Bt, T, N); h: (Bt, D, N), the state, updated in
-   place. Float32, row-major. Channels d0 <= d < d1 only: a call per thread. */
-void selective_scan_forward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1,
-                            const float *x, const float *delta, const float *A,
-                            const float *Bm, const float *Cm, float *y, float *h) {
+   place. Float32, row-major. Channels d0 <= d < d1 only: a call per thread. With starts (not
+   NULL; (Bt, ceil(T / K), D, N)), the state at the start of every chunk of K tokens is kept
+   there, for the backward. */
+static inline __attribute__((always_inline)) void
+scan_forward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1,
+             const float *x, const float *delta, const float *A, const float *Bm,
+             const float *Cm, float *y, float *h, int64_t K, float *starts) {
+    const int64_t chunks = (T + K - 1) / K;
     for (int64_t b = 0; b < Bt; b++) {
         for (int64_t t = 0; t < T; t++) {
             const int64_t row = b * T + t;
             const float *Bt_ = Bm + row * N, *Ct = Cm + row * N;
+            float *kept = (starts && t % K == 0) ? starts + (b * chunks + t / K) * D * N : 0;
             for (int64_t d = d0; d < d1; d++) {
                 const float dt = delta[row * D + d], u = dt * x[row * D + d];
                 const float *Ad = A + d * N;
                 float *hd = h + (b * D + d) * N;
                 float acc = 0.0f;
+                if (kept)
+                    for (int64_t n = 0; n < N; n++) kept[d * N + n] = hd[n];
 #pragma omp simd reduction(+:acc)
                 for (int64_t n = 0; n < N; n++) {
                     float s = expf(dt * Ad[n]) * hd[n] + u * Bt_[n];
@@ -60,75 +67,70 @@ void selective_scan_forward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t
     }
 }
 
+/* N is a compile-time constant for the N = 16 of every released Mamba, so that a channel's
+   state is one unrolled vector. */
+void selective_scan_forward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1,
+                            const float *x, const float *delta, const float *A,
+                            const float *Bm, const float *Cm, float *y, float *h, int64_t K,
+                            float *starts) {
+    if (N == 16)
+        scan_forward(Bt, T, D, 16, d0, d1, x, delta, A, Bm, Cm, y, h, K, starts);
+    else
+        scan_forward(Bt, T, D, N, d0, d1, x, delta, A, Bm, Cm, y, h, K, starts);
+}
+
 /* The gradients of selective_scan_forward, for channels d0 <= d < d1. With a_t = exp(delta_t A),
    u_t = delta_t x_t, h_t = a_t h_{t-1} + u_t B_t and y_t = C_t . h_t, going back in time with
    G_t = dL/dh_t = gy_t C_t + a_{t+1} G_{t+1} (G_T-1 starting from gh, the final state's):
      dL/dC_t += gy_t h_t,   dL/dB_t += u_t G_t,   du_t = B_t . G_t,
      dL/dx_t = du_t delta_t,   dL/ddelta_t = du_t x_t + sum_n A G_t h_{t-1} a_t,
      dL/dA += delta_t G_t h_{t-1} a_t,   dL/dh_0 = a_0 G_0 (the given state's).
-   The states are recomputed, not stored: a first sweep keeps the state at the start of every
-   chunk of K tokens, then each chunk, last first, is recomputed into a K-token buffer and
-   swept backwards. Channels go in blocks of DB so that a token's x, delta, gy of a block share
-   cache lines. gx, gdelta, gh0 are written; gA (D, N) is added to for these channels; gB, gC
-   (Bt, T, N) are added to, a buffer per thread (the caller sums them). Returns 1 when the work
-   arrays cannot be allocated, else 0. */
+   The states are recomputed, not stored: the forward kept the state at the start of every
+   chunk of K tokens (starts, (Bt, ceil(T / K), D, N)); each chunk, last first, is recomputed
+   into a K-token buffer, its decays a_t into another, and swept backwards. Channels go in
+   blocks of DB so that a token's x, delta, gy of a block share cache lines; a token's dL/dB_t
+   and dL/dC_t are summed over the block's channels before they are added to gB, gC. gx,
+   gdelta, gh0 are written; gA (D, N) is added to for these channels; gB, gC (Bt, T, N) are
+   added to, a buffer per thread (the caller sums them). Returns 1 when the work arrays cannot
+   be allocated, else 0. */
 #define DB 8
-int selective_scan_backward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1,
-                            int64_t K, const float *x, const float *delta, const float *A,
-                            const float *Bm, const float *Cm, const float *h0, const float *gy,
-                            const float *gh, float *gx, float *gdelta, float *gA, float *gB,
-                            float *gC, float *gh0) {
+static inline __attribute__((always_inline)) void
+scan_backward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1, int64_t K,
+              const float *x, const float *delta, const float *A, const float *Bm,
+              const float *Cm, const float *starts, const float *gy, const float *gh,
+              float *gx, float *gdelta, float *gA, float *gB, float *gC, float *gh0,
+              float *states, float *decays) {
     const int64_t chunks = (T + K - 1) / K;
-    float *starts = malloc(sizeof(float) * (chunks > 0 ? chunks : 1) * DB * N);
-    float *states = malloc(sizeof(float) * K * DB * N);
-    float *h = malloc(sizeof(float) * DB * N), *G = malloc(sizeof(float) * DB * N);
-    if (!starts || !states || !h || !G) {
-        free(starts); free(states); free(h); free(G);
-        return 1;
-    }
+    float G[DB * N], gBt[N], gCt[N];
     for (int64_t b = 0; b < Bt; b++) {
         for (int64_t c0 = d0; c0 < d1; c0 += DB) {
             const int64_t nd = (d1 - c0 < DB) ? d1 - c0 : DB;
-            /* first sweep: the state at the start of every chunk */
-            for (int64_t j = 0; j < nd; j++)
-                for (int64_t n = 0; n < N; n++) h[j * N + n] = h0[(b * D + c0 + j) * N + n];
-            for (int64_t t = 0; t < T; t++) {
-                const int64_t row = b * T + t;
-                if (t % K == 0)
-                    for (int64_t i = 0; i < nd * N; i++) starts[(t / K) * DB * N + i] = h[i];
-                for (int64_t j = 0; j < nd; j++) {
-                    const int64_t d = c0 + j;
-                    const float dt = delta[row * D + d], u = dt * x[row * D + d];
-#pragma omp simd
-                    for (int64_t n = 0; n < N; n++)
-                        h[j * N + n] = expf(dt * A[d * N + n]) * h[j * N + n] + u * Bm[row * N + n];
-                }
-            }
-            /* second sweep, backwards, chunk by chunk */
             for (int64_t j = 0; j < nd; j++)
                 for (int64_t n = 0; n < N; n++)
                     G[j * N + n] = gh ? gh[(b * D + c0 + j) * N + n] : 0.0f;
             for (int64_t chunk = chunks - 1; chunk >= 0; chunk--) {
                 const int64_t t0 = chunk * K, t1 = (t0 + K < T) ? t0 + K : T;
-                const float *prev = starts + chunk * DB * N;
+                const float *start = starts + ((b * chunks + chunk) * D + c0) * N;
+                const float *prev = start;
                 for (int64_t t = t0; t < t1; t++) {
                     const int64_t row = b * T + t;
-                    float *cur = states + (t - t0) * DB * N;
+                    float *cur = states + (t - t0) * DB * N, *a = decays + (t - t0) * DB * N;
                     for (int64_t j = 0; j < nd; j++) {
                         const int64_t d = c0 + j;
                         const float dt = delta[row * D + d], u = dt * x[row * D + d];
 #pragma omp simd
-                        for (int64_t n = 0; n < N; n++)
-                            cur[j * N + n] = expf(dt * A[d * N + n]) * prev[j * N + n]
-                                             + u * Bm[row * N + n];
+                        for (int64_t n = 0; n < N; n++) {
+                            a[j * N + n] = expf(dt * A[d * N + n]);
+                            cur[j * N + n] = a[j * N + n] * prev[j * N + n] + u * Bm[row * N + n];
+                        }
                     }
                     prev = cur;
                 }
                 for (int64_t t = t1 - 1; t >= t0; t--) {
                     const int64_t row = b * T + t;
-                    const float *cur = states + (t - t0) * DB * N;
-                    const float *before = (t == t0) ? starts + chunk * DB * N
-                                                    : states + (t - 1 - t0) * DB * N;
+                    const float *cur = states + (t - t0) * DB * N, *a = decays + (t - t0) * DB * N;
+                    const float *before = (t == t0) ? start : states + (t - 1 - t0) * DB * N;
+                    for (int64_t n = 0; n < N; n++) gBt[n] = gCt[n] = 0.0f;
                     for (int64_t j = 0; j < nd; j++) {
                         const int64_t d = c0 + j;
                         const float dt = delta[row * D + d], xv = x[row * D + d], u = dt * xv;
@@ -136,18 +138,22 @@ int selective_scan_backward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t
                         float du = 0.0f, dd = 0.0f;
 #pragma omp simd reduction(+:du, dd)
                         for (int64_t n = 0; n < N; n++) {
-                            const float a = expf(dt * A[d * N + n]);
                             const float Gn = g * Cm[row * N + n] + G[j * N + n];
-                            const float da = Gn * before[j * N + n] * a;
-                            gC[row * N + n] += g * cur[j * N + n];
-                            gB[row * N + n] += Gn * u;
+                            const float da = Gn * before[j * N + n] * a[j * N + n];
+                            gCt[n] += g * cur[j * N + n];
+                            gBt[n] += Gn * u;
                             du += Gn * Bm[row * N + n];
                             dd += da * A[d * N + n];
                             gA[d * N + n] += da * dt;
-                            G[j * N + n] = a * Gn;
+                            G[j * N + n] = a[j * N + n] * Gn;
                         }
                         gdelta[row * D + d] = dd + du * xv;
                         gx[row * D + d] = du * dt;
+                    }
+#pragma omp simd
+                    for (int64_t n = 0; n < N; n++) {
+                        gC[row * N + n] += gCt[n];
+                        gB[row * N + n] += gBt[n];
                     }
                 }
             }
@@ -155,7 +161,26 @@ int selective_scan_backward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t
                 for (int64_t n = 0; n < N; n++) gh0[(b * D + c0 + j) * N + n] = G[j * N + n];
         }
     }
-    free(starts); free(states); free(h); free(G);
+}
+
+int selective_scan_backward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1,
+                            int64_t K, const float *x, const float *delta, const float *A,
+                            const float *Bm, const float *Cm, const float *starts,
+                            const float *gy, const float *gh, float *gx, float *gdelta,
+                            float *gA, float *gB, float *gC, float *gh0) {
+    float *states = malloc(sizeof(float) * K * DB * N);
+    float *decays = malloc(sizeof(float) * K * DB * N);
+    if (!states || !decays) {
+        free(states); free(decays);
+        return 1;
+    }
+    if (N == 16)
+        scan_backward(Bt, T, D, 16, d0, d1, K, x, delta, A, Bm, Cm, starts, gy, gh, gx, gdelta,
+                      gA, gB, gC, gh0, states, decays);
+    else
+        scan_backward(Bt, T, D, N, d0, d1, K, x, delta, A, Bm, Cm, starts, gy, gh, gx, gdelta,
+                      gA, gB, gC, gh0, states, decays);
+    free(states); free(decays);
     return 0;
 }
 """
@@ -168,7 +193,8 @@ def _library() -> ctypes.CDLL | None:
     library = ckernel.load("selective_scan", SOURCE)
     if library is not None and library.selective_scan_forward.argtypes is None:
         library.selective_scan_forward.restype = None
-        library.selective_scan_forward.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 7
+        library.selective_scan_forward.argtypes = ([ctypes.c_int64] * 6 + [ctypes.c_void_p] * 7
+                                                   + [ctypes.c_int64, ctypes.c_void_p])
         library.selective_scan_backward.restype = ctypes.c_int
         library.selective_scan_backward.argtypes = [ctypes.c_int64] * 7 + [ctypes.c_void_p] * 14
     return library
@@ -213,14 +239,16 @@ def _run(function, ranges: list[tuple[int, int]], arguments) -> list:
     return [run.result() for run in runs]
 
 
-def _forward(library: ctypes.CDLL, x, delta, A, B, C, state):
-    """selective_scan_forward on contiguous tensors: y and the new state."""
+def _forward(library: ctypes.CDLL, x, delta, A, B, C, state, starts=None):
+    """selective_scan_forward on contiguous tensors: y and the new state; with `starts`
+    ((b, ceil(T / BACKWARD_CHUNK), d_inner, N)), the state at every chunk's start kept there."""
     h = state.clone(memory_format=torch.contiguous_format)
     y = torch.empty_like(x)
     (batch, T, D), N = x.shape, A.size(1)
     pointers = [t.data_ptr() for t in (x, delta, A, B, C, y, h)]
+    kept = (BACKWARD_CHUNK, None if starts is None else starts.data_ptr())
     head = (batch, T, D, N)
-    _run(lambda lo, hi: library.selective_scan_forward(*head, lo, hi, *pointers),
+    _run(lambda lo, hi: library.selective_scan_forward(*head, lo, hi, *pointers, *kept),
          _channel_ranges(batch * T * D * N, D), lambda i: ())
     return y, h
 
@@ -247,15 +275,18 @@ class _Scan(torch.autograd.Function):
         library = _library()
         x, delta, A, B, C = (t.contiguous() for t in (x, delta, A, B, C))
         state = state.contiguous()
-        y, h = _forward(library, x, delta, A, B, C, state)
-        ctx.save_for_backward(x, delta, A, B, C, state)
+        (batch, T, D), N = x.shape, A.size(1)
+        starts = torch.empty(batch, -(-T // BACKWARD_CHUNK), D, N)
+        y, h = _forward(library, x, delta, A, B, C, state, starts)
+        ctx.save_for_backward(x, delta, A, B, C, starts, state)
+        ctx.chunk = BACKWARD_CHUNK
         ctx.set_materialize_grads(False)
         return y, h
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy, gh):
-        x, delta, A, B, C, state = ctx.saved_tensors
+        x, delta, A, B, C, starts, state = ctx.saved_tensors
         (batch, T, D), N = x.shape, A.size(1)
         gy = torch.zeros_like(x) if gy is None else gy.contiguous()
         gh = None if gh is None else gh.contiguous()
@@ -263,12 +294,11 @@ class _Scan(torch.autograd.Function):
         gA = torch.zeros_like(A)
         ranges = _channel_ranges(3 * batch * T * D * N, D)
         gB, gC = torch.zeros(2, len(ranges), batch, T, N)  # a buffer per thread
-        shared = [t.data_ptr() for t in (x, delta, A, B, C, state, gy)]
+        shared = [t.data_ptr() for t in (x, delta, A, B, C, starts, gy)]
         shared += [None if gh is None else gh.data_ptr()]
         shared += [t.data_ptr() for t in (gx, gdelta, gA)]
         backward = _library().selective_scan_backward
-        codes = _run(lambda lo, hi, *rest: backward(batch, T, D, N, lo, hi, BACKWARD_CHUNK,
-                                                    *rest),
+        codes = _run(lambda lo, hi, *rest: backward(batch, T, D, N, lo, hi, ctx.chunk, *rest),
                      ranges, lambda i: (*shared, gB[i].data_ptr(), gC[i].data_ptr(),
                                         gh0.data_ptr()))
         if any(codes):
