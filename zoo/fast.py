@@ -28,7 +28,9 @@ where this project's benchmarks run:
           zoo/matvec_cpu.py's, as the output head's (-> MatvecHead) (inference); training's
           WKV as the C loop with its C backward;
   scan    Mamba's MambaMixer -> CompiledScanMambaMixer: the selective scan as zoo/scan_cpu.py's
-          compiled C loop, with its C backward when a gradient is needed (training);
+          compiled C loop, with its C backward when a gradient is needed (training); and
+          Mamba's and Mamba-2's causal convolution with its SiLU as zoo/conv_cpu.py's, with
+          its backward (float32; Mamba2Mixer -> CompiledConvMamba2Mixer);
   dropout (training) nn.Dropout -> FastDropout, and attention modules -> DropoutAttention /
           DropoutAlibiAttention: dropout masks drawn by zoo/dropout_cpu.py's C kernel, and
           attention with dropout computed as its math form with such a mask: in float32
@@ -71,6 +73,7 @@ from torch import nn
 
 from zoo import (
     attention_cpu,
+    conv_cpu,
     dropout_cpu,
     matvec_cpu,
     rwkv5,
@@ -89,6 +92,7 @@ from zoo.layers.feedforward import ACTIVATIONS, FeedForward
 from zoo.llama import SwiGLU
 from zoo.mamba import MambaMixer
 from zoo.mamba import chunk_length as mamba_chunk_length
+from zoo.mamba2 import Mamba2Mixer
 from zoo.mosaic_bert import AlibiAttention
 from zoo.rwkv import ChannelMix, TimeMix, WKVState, chunk_length
 
@@ -112,7 +116,8 @@ ROUTES: dict[str, str] = {
             "head's product as zoo.matvec_cpu's (CPU float32 inference; training: the WKV "
             "with its C backward)",
     "scan": "Mamba's selective scan as a compiled C loop with its backward (zoo.scan_cpu; CPU, "
-            "inference and training)",
+            "inference and training), and Mamba's and Mamba-2's causal convolution with its "
+            "SiLU as another (zoo.conv_cpu; CPU float32)",
     "dropout": "dropout masks drawn by a C kernel (zoo.dropout_cpu), attention with dropout "
                "as its math path on them (CPU training, float32 or bfloat16)",
 }
@@ -527,10 +532,23 @@ class CompiledWKV7Block(rwkv7.Block):
 
 # --- the scan route ---------------------------------------------------------------------------
 
-class CompiledScanMambaMixer(MambaMixer):
+class _CompiledConv:
+    """A state-space mixer whose causal convolution and SiLU run as zoo/conv_cpu.py's C loop
+    (with its backward) for float32 CPU tensors: one pass over the tokens in their (b, T,
+    channels) layout, where the plain path transposes to channels-first for F.conv1d and back.
+    Otherwise (other dtypes, autocast, CUDA, no compiler) the plain convolution."""
+
+    def conv(self, x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tensors = (x, conv_state, *self.conv1d.parameters())
+        if _cpu_float32(*tensors) and conv_cpu.available():
+            return conv_cpu.conv_silu(x, conv_state, self.conv1d.weight, self.conv1d.bias)
+        return super().conv(x, conv_state)
+
+
+class CompiledScanMambaMixer(_CompiledConv, MambaMixer):
     """Mamba's mixer with the selective scan run by zoo/scan_cpu.py's C loop on the CPU (the
     scan is always float32), its backward included when a gradient is needed (training); on
-    CUDA or without a compiler, the PyTorch scans."""
+    CUDA or without a compiler, the PyTorch scans. Its convolution as _CompiledConv's."""
 
     def scan(self, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
              C: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -541,6 +559,11 @@ class CompiledScanMambaMixer(MambaMixer):
                 return scan_cpu.scan_with_grad(*tensors)
             return scan_cpu.scan(*tensors)
         return super().scan(*tensors)
+
+
+class CompiledConvMamba2Mixer(_CompiledConv, Mamba2Mixer):
+    """Mamba-2's mixer with its convolution as _CompiledConv's; its SSD stays PyTorch's
+    matrix products."""
 
 
 # --- the dropout route ------------------------------------------------------------------------
@@ -655,7 +678,7 @@ _SWAPS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
     "wkv5": {rwkv5.TimeMix: CompiledWKV5TimeMix, rwkv6.TimeMix: CompiledWKV6TimeMix,
              rwkv5.Block: CompiledWKV5Block, rwkv6.Block: CompiledWKV6Block},
     "wkv7": {rwkv7.TimeMix: CompiledWKV7TimeMix, rwkv7.Block: CompiledWKV7Block},
-    "scan": {MambaMixer: CompiledScanMambaMixer},
+    "scan": {MambaMixer: CompiledScanMambaMixer, Mamba2Mixer: CompiledConvMamba2Mixer},
     "dropout": {nn.Dropout: FastDropout, MultiHeadAttention: DropoutAttention,
                 AlibiAttention: DropoutAlibiAttention},
 }
@@ -790,6 +813,10 @@ def describe(model: nn.Module, training: bool = False,
             chunk = mamba_chunk_length(mixer.chunk_len, weight.is_cuda)
             notes.append(f"selective scan: PyTorch, chunks of {chunk} for prefill, the "
                          "recurrence for decoding")
+    if any(isinstance(m, (MambaMixer, Mamba2Mixer)) for m in model.modules()):
+        notes.append("causal conv and SiLU: compiled C loop (zoo.conv_cpu)"
+                     if "scan" in routes and cpu32 and conv_cpu.available()
+                     else "causal conv and SiLU: F.conv1d, then F.silu")
     if any(isinstance(m, tuple(_SWAPS["dropout"])) for m in model.modules()):
         kernel = ("dropout" in routes and cpu and (dtype or weight.dtype) in dropout_cpu.DTYPES
                   and dropout_cpu.available())

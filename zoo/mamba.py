@@ -175,9 +175,7 @@ class MambaMixer(nn.Module):
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (b, T, d_inner) each
         if mask is not None:  # a padded token writes nothing into the conv window...
             x = x * mask[..., None]
-        conv, new_conv_state = causal_depthwise_conv(x, conv_state, self.conv1d.weight,
-                                                     self.conv1d.bias)
-        x = F.silu(conv)  # (b, T, d_inner)
+        x, new_conv_state = self.conv(x, conv_state)  # (b, T, d_inner)
         if mask is not None:  # ...nor into the SSM state: with u = 0 a zero state stays zero
             x = x * mask[..., None]
         # Selection: delta, B and C are projections of the token itself.
@@ -187,6 +185,12 @@ class MambaMixer(nn.Module):
         y, ssm_state = self.scan(x.float(), delta.float(), A, B.float(), C.float(), ssm_state)
         y = y.to(x.dtype) + x * self.D
         return self.out_proj(y * F.silu(z)), new_conv_state, ssm_state
+
+    def conv(self, x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SiLU of the causal depthwise convolution, and the new conv state."""
+        conv, new_conv_state = causal_depthwise_conv(x, conv_state, self.conv1d.weight,
+                                                     self.conv1d.bias)
+        return F.silu(conv), new_conv_state
 
     def scan(self, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
              C: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

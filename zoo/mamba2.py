@@ -226,9 +226,7 @@ class Mamba2Mixer(nn.Module):
             [self.d_inner, self.d_inner + 2 * GN, self.n_heads], dim=-1)
         if mask is not None:  # ...writes nothing into the conv window...
             xBC = xBC * mask[..., None]
-        conv, new_conv_state = causal_depthwise_conv(xBC, conv_state, self.conv1d.weight,
-                                                     self.conv1d.bias)
-        xBC = F.silu(conv)  # (b, T, conv_dim)
+        xBC, new_conv_state = self.conv(xBC, conv_state)  # (b, T, conv_dim)
         if mask is not None:  # ...nor into the SSM state: with x = 0 a zero state stays zero
             xBC = xBC * mask[..., None]
         x, B, C = xBC.split([self.d_inner, GN, GN], dim=-1)
@@ -240,6 +238,12 @@ class Mamba2Mixer(nn.Module):
         y, ssm_state = self.scan(x, delta, A, B, C, ssm_state)
         y = (y + x * self.D.float()[:, None]).flatten(2)  # (b, T, d_inner)
         return self.out_proj(self.norm(y, z)), new_conv_state, ssm_state
+
+    def conv(self, x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SiLU of the causal depthwise convolution, and the new conv state."""
+        conv, new_conv_state = causal_depthwise_conv(x, conv_state, self.conv1d.weight,
+                                                     self.conv1d.bias)
+        return F.silu(conv), new_conv_state
 
     def scan(self, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
              C: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

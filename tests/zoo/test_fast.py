@@ -32,7 +32,7 @@ MODELS = sorted(zoo.REGISTRY)
 CAUSAL = [n for n in MODELS if getattr(zoo.load_class(n), "causal_lm", False)]
 # The routes each model has modules for.
 EXPECTED = {"gpt": ("linear", "ffn", "dropout"), "bert": ("linear", "ffn", "dropout"),
-            "mamba": ("linear", "scan"), "mamba2": ("linear",),
+            "mamba": ("linear", "scan"), "mamba2": ("linear", "scan"),
             "roberta": ("linear", "ffn", "dropout"), "transformer": ("linear", "ffn", "dropout"),
             "mosaic-bert": ("linear", "dropout"), "pangu-pi": ("linear",),
             "rwkv": ("linear", "ffn", "wkv"), "rwkv5": ("linear", "wkv5"),
