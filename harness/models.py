@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -155,6 +156,7 @@ def check_overrides(model: str, overrides: tuple[tuple[str, Any], ...],
 
     config_class = zoo.load_class(model).config_class
     defaults = {f.name: f for f in dataclasses.fields(config_class)}
+    hints = typing.get_type_hints(config_class)
     for name, value in overrides:
         if name not in defaults:
             raise OverrideError(f"--set {name}: {model} has no config field {name!r}; its "
@@ -162,6 +164,11 @@ def check_overrides(model: str, overrides: tuple[tuple[str, Any], ...],
         field = defaults[name]
         default = field.default if field.default is not dataclasses.MISSING else None
         kind = type(default)
+        if default is None:  # "int | None" and the like: None, or a value of the other kind
+            if value is None:
+                continue
+            kinds = [k for k in typing.get_args(hints.get(name)) if k is not type(None)]
+            kind = kinds[0] if len(kinds) == 1 else type(None)
         wanted = {bool: "True or False", int: "an integer", float: "a number"}.get(kind)
         if kind is bool and not isinstance(value, bool) \
                 or kind is int and (isinstance(value, bool) or not isinstance(value, int)) \

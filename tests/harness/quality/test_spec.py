@@ -118,6 +118,9 @@ def test_set_refuses_what_it_cannot_read_or_may_not_change(text, message):
     ((("d_state", True),), r"mamba's d_state is an integer"),
     ((("dt_min", "small"),), r"mamba's dt_min is a number"),
     ((("conv_bias", 1),), r"mamba's conv_bias is True or False"),
+    # a field that may be None (int | None): the int is checked, as for any integer field
+    ((("scan_chunk_len", "32|64"),), r"mamba's scan_chunk_len is an integer \(its default: "
+                                     r"None\)"),
 ])
 def test_check_overrides_names_the_field_and_what_would_do(pairs, message):
     from harness.models import OverrideError, check_overrides
@@ -125,6 +128,8 @@ def test_check_overrides_names_the_field_and_what_would_do(pairs, message):
     with pytest.raises(OverrideError, match=message):
         check_overrides("mamba", pairs, {"d_model": 64})
     check_overrides("mamba", (("d_state", 128), ("dt_min", 1)), {})  # an int is a number
+    check_overrides("mamba", (("scan_chunk_len", 32),), {})
+    check_overrides("mamba", (("scan_chunk_len", None),), {})
     with pytest.raises(OverrideError, match=r"--set head_dim=7: mamba2 refuses it: .*multiple"):
         check_overrides("mamba2", (("head_dim", 7),), {"d_model": 64})
 
