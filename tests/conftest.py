@@ -300,3 +300,16 @@ def check_blocks_start_as_the_identity(name: str) -> None:
     for block in model.blocks:
         for grad in (block.att.output.weight.grad, block.ffn.value.weight.grad):
             assert torch.isfinite(grad).all() and grad.abs().max() > 0
+
+
+@pytest.fixture(params=["openmp-team", "own-threads"])
+def kernel_split(request, monkeypatch):
+    """How the C kernels' training forms split their work: in one OpenMP region of PyTorch's
+    runtime (where the kernels were built with OpenMP, the default), or between the kernels'
+    own threads (zoo.scan_cpu._run: the way without OpenMP); both must give the same numbers."""
+    from zoo import conv_cpu, scan_cpu, wkv5_cpu, wkv7_cpu
+
+    if request.param == "own-threads":
+        for module in (scan_cpu, wkv5_cpu, wkv7_cpu, conv_cpu):
+            monkeypatch.setattr(module, "team", lambda library, name: None)
+    return request.param

@@ -10,6 +10,13 @@ Sources are compiled with -ffast-math so that loops over exp vectorise (glibc's 
 linked without it: a shared library linked with -ffast-math switches the whole process to
 flush-denormals-to-zero when it is loaded (gcc < 13), which would change every other
 computation of the process.
+
+With OpenMP (`load(..., openmp=True)`), a source is compiled with -fopenmp first (its parallel
+regions guarded by `#ifdef _OPENMP`), else without. The library then asks for libgomp.so.1,
+which the loader finds already loaded by PyTorch (its wheel's own copy, the same soname), so
+the kernels' regions run on PyTorch's OpenMP threads: threads that, after one of PyTorch's own
+regions, spin on the other core waiting for more work, where a thread of our own would have to
+share that core with them (see zoo/fast_measurements.md).
 """
 
 from __future__ import annotations
@@ -39,12 +46,23 @@ def _machine_key() -> str:
     return platform.machine() + flags
 
 
-def _build(folder: Path, name: str, source: str) -> Path | None:
+def _flag_sets(openmp: bool) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+    """(compile flags, link flags) to try in order: with OpenMP first when asked."""
+    plain = tuple((flags, ()) for flags in COMPILE_FLAGS)
+    if not openmp:
+        return plain
+    with_openmp = tuple((tuple("-fopenmp" if f == "-fopenmp-simd" else f for f in flags),
+                         ("-fopenmp",)) for flags in COMPILE_FLAGS)
+    return with_openmp + plain
+
+
+def _build(folder: Path, name: str, source: str, openmp: bool = False) -> Path | None:
     """Compile `source` into a shared library in `folder`; None when no compiler manages it."""
     compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         return None
-    key = hashlib.sha256((source + repr(COMPILE_FLAGS) + _machine_key()).encode()).hexdigest()
+    key = hashlib.sha256((source + repr(_flag_sets(openmp)) + _machine_key()).encode()
+                         ).hexdigest()
     library = folder / f"{name}-{key[:16]}.so"
     if library.exists():
         return library
@@ -52,9 +70,9 @@ def _build(folder: Path, name: str, source: str) -> Path | None:
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         src, obj, out = (Path(scratch) / f"{name}{ext}" for ext in (".c", ".o", ".so"))
         src.write_text(source)
-        for flags in COMPILE_FLAGS:
+        for flags, link in _flag_sets(openmp):
             steps = ([compiler, *flags, "-fPIC", "-c", str(src), "-o", str(obj)],
-                     [compiler, "-shared", str(obj), "-o", str(out), "-lm"])
+                     [compiler, "-shared", str(obj), "-o", str(out), "-lm", *link])
             try:
                 if all(subprocess.run(step, capture_output=True, timeout=120).returncode == 0
                        for step in steps):
@@ -66,12 +84,13 @@ def _build(folder: Path, name: str, source: str) -> Path | None:
 
 
 @functools.cache
-def load(name: str, source: str) -> ctypes.CDLL | None:
-    """The compiled `source` as a ctypes library (built the first time), or None."""
+def load(name: str, source: str, openmp: bool = False) -> ctypes.CDLL | None:
+    """The compiled `source` as a ctypes library (built the first time), or None. `openmp`:
+    compiled with OpenMP where the compiler can (see the module's text)."""
     cache = Path.home() / ".cache" / "transformer-catalog" / "kernels"
     for folder in (cache, Path(tempfile.gettempdir()) / "transformer-catalog-kernels"):
         try:
-            path = _build(folder, name, source)
+            path = _build(folder, name, source, openmp)
             if path is None:
                 return None
             return ctypes.CDLL(str(path))

@@ -28,7 +28,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from zoo import ckernel
-from zoo.scan_cpu import _channel_ranges, _run
+from zoo.scan_cpu import _channel_ranges, _run, team
 
 SOURCE = r"""
 #include <math.h>
@@ -132,17 +132,52 @@ void conv_silu_backward(int64_t Bt, int64_t T, int64_t C, int64_t K, int64_t c0,
         }
     }
 }
+
+#ifdef _OPENMP
+int omp_get_thread_num(void);
+int omp_get_num_threads(void);
+
+/* For training: the two above over all C channels, split between the threads of one OpenMP
+   region of PyTorch's runtime (zoo/ckernel.py). */
+void conv_silu_forward_team(int64_t threads, int64_t Bt, int64_t T, int64_t C, int64_t K,
+                            const float *x, int64_t xb, int64_t xt, const float *state,
+                            const float *wT, const float *bias, float *out) {
+#pragma omp parallel num_threads(threads)
+    {
+        const int64_t p = omp_get_thread_num(), n = omp_get_num_threads();
+        conv_silu_forward(Bt, T, C, K, C * p / n, C * (p + 1) / n, x, xb, xt, state, wT, bias,
+                          out);
+    }
+}
+
+void conv_silu_backward_team(int64_t threads, int64_t Bt, int64_t T, int64_t C, int64_t K,
+                             const float *x, int64_t xb, int64_t xt, const float *state,
+                             const float *wT, const float *bias, const float *gout,
+                             float *gpre, float *gx, float *gstate, float *gwT, float *gbias) {
+#pragma omp parallel num_threads(threads)
+    {
+        const int64_t p = omp_get_thread_num(), n = omp_get_num_threads();
+        conv_silu_backward(Bt, T, C, K, C * p / n, C * (p + 1) / n, x, xb, xt, state, wT, bias,
+                           gout, gpre, gx, gstate, gwT, gbias);
+    }
+}
+#endif
 """
 
 
 def _library() -> ctypes.CDLL | None:
-    library = ckernel.load("conv_silu", SOURCE)
+    library = ckernel.load("conv_silu", SOURCE, openmp=True)
     if library is not None and library.conv_silu_forward.argtypes is None:
         ints, ptr = ctypes.c_int64, ctypes.c_void_p
         library.conv_silu_forward.restype = None
         library.conv_silu_forward.argtypes = [ints] * 6 + [ptr, ints, ints] + [ptr] * 4
         library.conv_silu_backward.restype = None
         library.conv_silu_backward.argtypes = [ints] * 6 + [ptr, ints, ints] + [ptr] * 9
+        if hasattr(library, "conv_silu_forward_team"):  # built with OpenMP
+            library.conv_silu_forward_team.restype = None
+            library.conv_silu_forward_team.argtypes = [ints] * 5 + [ptr, ints, ints] + [ptr] * 4
+            library.conv_silu_backward_team.restype = None
+            library.conv_silu_backward_team.argtypes = [ints] * 5 + [ptr, ints, ints] + [ptr] * 9
     return library
 
 
@@ -161,7 +196,7 @@ def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
 
 class _ConvSiLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, state, weight, bias):
+    def forward(ctx, x, state, weight, bias, training):
         library = _library()
         x, xb, xt = _rows(x)
         state = state.contiguous()
@@ -171,8 +206,13 @@ class _ConvSiLU(torch.autograd.Function):
         out = torch.empty(B, T, C)
         pointers = (x.data_ptr(), xb, xt, state.data_ptr(), wT.data_ptr(),
                     None if bias is None else bias.data_ptr(), out.data_ptr())
-        _run(lambda lo, hi: library.conv_silu_forward(B, T, C, K, lo, hi, *pointers),
-             _channel_ranges(B * T * C * K, C), lambda i: ())
+        ranges = _channel_ranges(B * T * C * K, C)
+        forward_team = team(library, "conv_silu_forward_team")
+        if training and forward_team:  # see zoo/ckernel.py
+            forward_team(len(ranges), B, T, C, K, *pointers)
+        else:
+            _run(lambda lo, hi: library.conv_silu_forward(B, T, C, K, lo, hi, *pointers), ranges,
+                 lambda i: ())
         ctx.save_for_backward(x, state, wT, bias)
         ctx.weight_shape = weight.shape
         return out
@@ -192,9 +232,15 @@ class _ConvSiLU(torch.autograd.Function):
                     None if bias is None else bias.data_ptr(), gout.data_ptr(), gpre.data_ptr(),
                     gx.data_ptr(), gstate.data_ptr(), gwT.data_ptr(),
                     None if gbias is None else gbias.data_ptr())
-        _run(lambda lo, hi: _library().conv_silu_backward(B, T, C, K, lo, hi, *pointers),
-             _channel_ranges(3 * B * T * C * K, C), lambda i: ())
-        return gx, gstate, gwT.t().reshape(ctx.weight_shape), gbias
+        library = _library()
+        ranges = _channel_ranges(3 * B * T * C * K, C)
+        backward_team = team(library, "conv_silu_backward_team")
+        if backward_team:
+            backward_team(len(ranges), B, T, C, K, *pointers)
+        else:
+            _run(lambda lo, hi: library.conv_silu_backward(B, T, C, K, lo, hi, *pointers),
+                 ranges, lambda i: ())
+        return gx, gstate, gwT.t().reshape(ctx.weight_shape), gbias, None
 
 
 @torch.compiler.disable  # torch.compile runs it between its graphs: it cannot trace the C call
@@ -217,7 +263,8 @@ def conv_silu(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
                          f"weight {tuple(weight.shape)}, bias "
                          f"{None if bias is None else tuple(bias.shape)}: expected (b, T, C), "
                          "(b, C, k - 1), (C, 1, k), (C,)")
-    out = _ConvSiLU.apply(x, conv_state, weight, bias)
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    out = _ConvSiLU.apply(x, conv_state, weight, bias, training)
     if K == 1:
         return out, conv_state
     window = torch.cat([conv_state, x[:, -(K - 1):].transpose(1, 2)], dim=2)

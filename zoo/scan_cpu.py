@@ -183,6 +183,41 @@ int selective_scan_backward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t
     free(states); free(decays);
     return 0;
 }
+
+#ifdef _OPENMP
+int omp_get_thread_num(void);
+int omp_get_num_threads(void);
+
+/* For training: the two above over all D channels, split between the threads of one OpenMP
+   region of PyTorch's runtime (zoo/ckernel.py); gB, gC: a (Bt, T, N) buffer per thread. */
+void selective_scan_forward_team(int64_t threads, int64_t Bt, int64_t T, int64_t D, int64_t N,
+                                 const float *x, const float *delta, const float *A,
+                                 const float *Bm, const float *Cm, float *y, float *h, int64_t K,
+                                 float *starts) {
+#pragma omp parallel num_threads(threads)
+    {
+        const int64_t p = omp_get_thread_num(), n = omp_get_num_threads();
+        selective_scan_forward(Bt, T, D, N, D * p / n, D * (p + 1) / n, x, delta, A, Bm, Cm, y,
+                               h, K, starts);
+    }
+}
+
+int selective_scan_backward_team(int64_t threads, int64_t Bt, int64_t T, int64_t D, int64_t N,
+                                 int64_t K, const float *x, const float *delta, const float *A,
+                                 const float *Bm, const float *Cm, const float *starts,
+                                 const float *gy, const float *gh, float *gx, float *gdelta,
+                                 float *gA, float *gB, float *gC, float *gh0) {
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(|:failed)
+    {
+        const int64_t p = omp_get_thread_num(), n = omp_get_num_threads();
+        failed |= selective_scan_backward(Bt, T, D, N, D * p / n, D * (p + 1) / n, K, x, delta,
+                                          A, Bm, Cm, starts, gy, gh, gx, gdelta, gA,
+                                          gB + p * Bt * T * N, gC + p * Bt * T * N, gh0);
+    }
+    return failed;
+}
+#endif
 """
 
 SPLIT_MIN_WORK = 1 << 20  # tokens x channels x N below which one thread does it all
@@ -190,14 +225,27 @@ _POOL: ThreadPoolExecutor | None = None
 
 
 def _library() -> ctypes.CDLL | None:
-    library = ckernel.load("selective_scan", SOURCE)
+    library = ckernel.load("selective_scan", SOURCE, openmp=True)
     if library is not None and library.selective_scan_forward.argtypes is None:
+        forward = [ctypes.c_void_p] * 7 + [ctypes.c_int64, ctypes.c_void_p]
+        backward = [ctypes.c_void_p] * 14
         library.selective_scan_forward.restype = None
-        library.selective_scan_forward.argtypes = ([ctypes.c_int64] * 6 + [ctypes.c_void_p] * 7
-                                                   + [ctypes.c_int64, ctypes.c_void_p])
+        library.selective_scan_forward.argtypes = [ctypes.c_int64] * 6 + forward
         library.selective_scan_backward.restype = ctypes.c_int
-        library.selective_scan_backward.argtypes = [ctypes.c_int64] * 7 + [ctypes.c_void_p] * 14
+        library.selective_scan_backward.argtypes = [ctypes.c_int64] * 7 + backward
+        if hasattr(library, "selective_scan_forward_team"):  # built with OpenMP
+            library.selective_scan_forward_team.restype = None
+            library.selective_scan_forward_team.argtypes = [ctypes.c_int64] * 5 + forward
+            library.selective_scan_backward_team.restype = ctypes.c_int
+            library.selective_scan_backward_team.argtypes = [ctypes.c_int64] * 6 + backward
     return library
+
+
+def team(library: ctypes.CDLL, name: str):
+    """`library`'s function `name`: a kernel's training form, its work split between the
+    threads of one OpenMP region of PyTorch's runtime (see zoo/ckernel.py), or None where the
+    library was built without OpenMP (the callers then split it with `_run`)."""
+    return getattr(library, name, None)
 
 
 def available() -> bool:
@@ -241,15 +289,21 @@ def _run(function, ranges: list[tuple[int, int]], arguments) -> list:
 
 def _forward(library: ctypes.CDLL, x, delta, A, B, C, state, starts=None):
     """selective_scan_forward on contiguous tensors: y and the new state; with `starts`
-    ((b, ceil(T / BACKWARD_CHUNK), d_inner, N)), the state at every chunk's start kept there."""
+    ((b, ceil(T / BACKWARD_CHUNK), d_inner, N)), for training, the state at every chunk's
+    start kept there and the channels split in one OpenMP region where the library has it."""
     h = state.clone(memory_format=torch.contiguous_format)
     y = torch.empty_like(x)
     (batch, T, D), N = x.shape, A.size(1)
     pointers = [t.data_ptr() for t in (x, delta, A, B, C, y, h)]
     kept = (BACKWARD_CHUNK, None if starts is None else starts.data_ptr())
     head = (batch, T, D, N)
-    _run(lambda lo, hi: library.selective_scan_forward(*head, lo, hi, *pointers, *kept),
-         _channel_ranges(batch * T * D * N, D), lambda i: ())
+    ranges = _channel_ranges(batch * T * D * N, D)
+    forward_team = team(library, "selective_scan_forward_team")
+    if starts is not None and forward_team:
+        forward_team(len(ranges), *head, *pointers, *kept)
+    else:
+        _run(lambda lo, hi: library.selective_scan_forward(*head, lo, hi, *pointers, *kept),
+             ranges, lambda i: ())
     return y, h
 
 
@@ -297,10 +351,15 @@ class _Scan(torch.autograd.Function):
         shared = [t.data_ptr() for t in (x, delta, A, B, C, starts, gy)]
         shared += [None if gh is None else gh.data_ptr()]
         shared += [t.data_ptr() for t in (gx, gdelta, gA)]
-        backward = _library().selective_scan_backward
-        codes = _run(lambda lo, hi, *rest: backward(batch, T, D, N, lo, hi, ctx.chunk, *rest),
-                     ranges, lambda i: (*shared, gB[i].data_ptr(), gC[i].data_ptr(),
-                                        gh0.data_ptr()))
+        library = _library()
+        backward_team = team(library, "selective_scan_backward_team")
+        if backward_team:
+            codes = [backward_team(len(ranges), batch, T, D, N, ctx.chunk, *shared,
+                                   gB.data_ptr(), gC.data_ptr(), gh0.data_ptr())]
+        else:
+            codes = _run(lambda lo, hi, *rest: library.selective_scan_backward(
+                batch, T, D, N, lo, hi, ctx.chunk, *rest),
+                ranges, lambda i: (*shared, gB[i].data_ptr(), gC[i].data_ptr(), gh0.data_ptr()))
         if any(codes):
             raise MemoryError("the compiled selective-scan backward could not allocate its work "
                               "arrays")

@@ -35,7 +35,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from zoo import ckernel
-from zoo.scan_cpu import _channel_ranges, _run
+from zoo.scan_cpu import _channel_ranges, _run, team
 
 SOURCE = r"""
 #include <math.h>
@@ -255,17 +255,59 @@ int matrix_wkv_backward(int64_t Bt, int64_t T, int64_t H, int64_t N, int64_t p0,
     free(starts); free(states); free(D);
     return 0;
 }
+
+#ifdef _OPENMP
+int omp_get_thread_num(void);
+int omp_get_num_threads(void);
+
+/* For training: the forward (no GroupNorm) and the backward over all Bt * H pairs, split
+   between the threads of one OpenMP region of PyTorch's runtime (zoo/ckernel.py). */
+void matrix_wkv_forward_team(int64_t threads, int64_t Bt, int64_t T, int64_t H, int64_t N,
+                             int64_t wb, int64_t wt, const float *r, const float *log_w,
+                             const float *k, const float *v, const float *u, float *y,
+                             float *S) {
+#pragma omp parallel num_threads(threads)
+    {
+        const int64_t p = omp_get_thread_num(), n = omp_get_num_threads(), pairs = Bt * H;
+        matrix_wkv_forward(Bt, T, H, N, pairs * p / n, pairs * (p + 1) / n, wb, wt, r, log_w,
+                           k, v, u, y, S, 0, 0, 0, 0.0f);
+    }
+}
+
+int matrix_wkv_backward_team(int64_t threads, int64_t Bt, int64_t T, int64_t H, int64_t N,
+                             int64_t K, int64_t wb, int64_t wt, const float *r,
+                             const float *log_w, const float *k, const float *v, const float *u,
+                             const float *S0, const float *gy, const float *gS, float *gr,
+                             float *glw, float *gk, float *gv, float *gu, float *gS0) {
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(|:failed)
+    {
+        const int64_t p = omp_get_thread_num(), n = omp_get_num_threads(), pairs = Bt * H;
+        failed |= matrix_wkv_backward(Bt, T, H, N, pairs * p / n, pairs * (p + 1) / n, K, wb,
+                                      wt, r, log_w, k, v, u, S0, gy, gS, gr, glw, gk, gv, gu,
+                                      gS0);
+    }
+    return failed;
+}
+#endif
 """
 
 
 def _library() -> ctypes.CDLL | None:
-    library = ckernel.load("matrix_wkv", SOURCE)
+    library = ckernel.load("matrix_wkv", SOURCE, openmp=True)
     if library is not None and library.matrix_wkv_forward.argtypes is None:
         library.matrix_wkv_forward.restype = None
         library.matrix_wkv_forward.argtypes = ([ctypes.c_int64] * 8 + [ctypes.c_void_p] * 10
                                                + [ctypes.c_float])
         library.matrix_wkv_backward.restype = ctypes.c_int
         library.matrix_wkv_backward.argtypes = [ctypes.c_int64] * 9 + [ctypes.c_void_p] * 14
+        if hasattr(library, "matrix_wkv_forward_team"):  # built with OpenMP
+            library.matrix_wkv_forward_team.restype = None
+            library.matrix_wkv_forward_team.argtypes = ([ctypes.c_int64] * 7
+                                                        + [ctypes.c_void_p] * 7)
+            library.matrix_wkv_backward_team.restype = ctypes.c_int
+            library.matrix_wkv_backward_team.argtypes = ([ctypes.c_int64] * 8
+                                                         + [ctypes.c_void_p] * 14)
     return library
 
 
@@ -292,8 +334,9 @@ def _checked(*tensors: torch.Tensor) -> ctypes.CDLL:
     return library
 
 
-def _forward(library: ctypes.CDLL, r, log_w, k, v, u, state, norm=None):
-    """y (or GroupNorm(y) * gate, for norm = (weight, bias, eps, gate)) and the new state."""
+def _forward(library: ctypes.CDLL, r, log_w, k, v, u, state, norm=None, training=False):
+    """y (or GroupNorm(y) * gate, for norm = (weight, bias, eps, gate)) and the new state;
+    `training`: the pairs split in one OpenMP region where the library has it."""
     r, k, v, u = (t.contiguous() for t in (r, k, v, u))
     B, T, H, N = r.shape
     if log_w.shape not in ((B, T, H, N), (1, T, H, N)) or u.shape != (H, N) \
@@ -317,9 +360,14 @@ def _forward(library: ctypes.CDLL, r, log_w, k, v, u, state, norm=None):
                              f"{tuple(bias.shape)} and gate {tuple(gate.shape)} for heads "
                              f"{tuple(r.shape)}")
         pointers += [t.data_ptr() for t in keep]
-    _run(lambda lo, hi: library.matrix_wkv_forward(B, T, H, N, lo, hi, batch_stride,
-                                                   token_stride, *pointers, eps),
-         _channel_ranges(B * T * H * N * N, B * H), lambda i: ())
+    ranges = _channel_ranges(B * T * H * N * N, B * H)
+    forward_team = team(library, "matrix_wkv_forward_team")
+    if training and norm is None and forward_team:
+        forward_team(len(ranges), B, T, H, N, batch_stride, token_stride, *pointers[:7])
+    else:
+        _run(lambda lo, hi: library.matrix_wkv_forward(B, T, H, N, lo, hi, batch_stride,
+                                                       token_stride, *pointers, eps),
+             ranges, lambda i: ())
     return y, S
 
 
@@ -358,7 +406,7 @@ class _MatrixWKV(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, log_w, k, v, u, state):
         library = _library()
-        y, S = _forward(library, r, log_w, k, v, u, state)
+        y, S = _forward(library, r, log_w, k, v, u, state, training=True)
         ctx.save_for_backward(r, log_w, k, v, u, state)
         ctx.set_materialize_grads(False)
         return y, S
@@ -377,10 +425,16 @@ class _MatrixWKV(torch.autograd.Function):
         pointers = [t.data_ptr() for t in (r, rows, k, v, u, state, gy)]
         pointers += [None if gS is None else gS.data_ptr()]
         pointers += [t.data_ptr() for t in (gr, glw, gk, gv, gu, gS0)]
-        backward = _library().matrix_wkv_backward
-        codes = _run(lambda lo, hi: backward(B, T, H, N, lo, hi, BACKWARD_CHUNK, batch_stride,
-                                             token_stride, *pointers),
-                     _channel_ranges(3 * B * T * H * N * N, B * H), lambda i: ())
+        library = _library()
+        ranges = _channel_ranges(3 * B * T * H * N * N, B * H)
+        backward_team = team(library, "matrix_wkv_backward_team")
+        if backward_team:
+            codes = [backward_team(len(ranges), B, T, H, N, BACKWARD_CHUNK, batch_stride,
+                                   token_stride, *pointers)]
+        else:
+            codes = _run(lambda lo, hi: library.matrix_wkv_backward(
+                B, T, H, N, lo, hi, BACKWARD_CHUNK, batch_stride, token_stride, *pointers),
+                ranges, lambda i: ())
         if any(codes):
             raise MemoryError("the compiled matrix-WKV backward could not allocate its work "
                               "arrays")

@@ -26,7 +26,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from zoo import ckernel
-from zoo.scan_cpu import _channel_ranges, _run
+from zoo.scan_cpu import _channel_ranges, _run, team
 
 SOURCE = r"""
 #include <math.h>
@@ -208,16 +208,54 @@ int wkv7_backward(int64_t Bt, int64_t T, int64_t H, int64_t N, int64_t p0, int64
     free(starts); free(states); free(D);
     return 0;
 }
+
+#ifdef _OPENMP
+int omp_get_thread_num(void);
+int omp_get_num_threads(void);
+
+/* For training: the forward and the backward over all Bt * H pairs, split between the threads
+   of one OpenMP region of PyTorch's runtime (zoo/ckernel.py). */
+void wkv7_forward_team(int64_t threads, int64_t Bt, int64_t T, int64_t H, int64_t N,
+                       const float *r, const float *log_w, const float *k, const float *v,
+                       const float *kk, const float *a, float *y, float *S) {
+#pragma omp parallel num_threads(threads)
+    {
+        const int64_t p = omp_get_thread_num(), n = omp_get_num_threads(), pairs = Bt * H;
+        wkv7_forward(Bt, T, H, N, pairs * p / n, pairs * (p + 1) / n, r, log_w, k, v, kk, a,
+                     y, S);
+    }
+}
+
+int wkv7_backward_team(int64_t threads, int64_t Bt, int64_t T, int64_t H, int64_t N,
+                       int64_t K, const float *r, const float *log_w, const float *k,
+                       const float *v, const float *kk, const float *a, const float *S0,
+                       const float *gy, const float *gS, float *gr, float *glw, float *gk,
+                       float *gv, float *gkk, float *ga, float *gS0) {
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(|:failed)
+    {
+        const int64_t p = omp_get_thread_num(), n = omp_get_num_threads(), pairs = Bt * H;
+        failed |= wkv7_backward(Bt, T, H, N, pairs * p / n, pairs * (p + 1) / n, K, r, log_w,
+                                k, v, kk, a, S0, gy, gS, gr, glw, gk, gv, gkk, ga, gS0);
+    }
+    return failed;
+}
+#endif
 """
 
 
 def _library() -> ctypes.CDLL | None:
-    library = ckernel.load("wkv7", SOURCE)
+    library = ckernel.load("wkv7", SOURCE, openmp=True)
     if library is not None and library.wkv7_forward.argtypes is None:
         library.wkv7_forward.restype = None
         library.wkv7_forward.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 8
         library.wkv7_backward.restype = ctypes.c_int
         library.wkv7_backward.argtypes = [ctypes.c_int64] * 7 + [ctypes.c_void_p] * 16
+        if hasattr(library, "wkv7_forward_team"):  # built with OpenMP
+            library.wkv7_forward_team.restype = None
+            library.wkv7_forward_team.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 8
+            library.wkv7_backward_team.restype = ctypes.c_int
+            library.wkv7_backward_team.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 16
     return library
 
 
@@ -251,15 +289,21 @@ def _checked(*tensors: torch.Tensor) -> ctypes.CDLL:
     return library
 
 
-def _forward(library: ctypes.CDLL, r, log_w, k, v, kk, a, state):
-    """wkv7_forward on contiguous r, log_w, k, v, kk, a: y and the new state."""
+def _forward(library: ctypes.CDLL, r, log_w, k, v, kk, a, state, training=False):
+    """wkv7_forward on contiguous r, log_w, k, v, kk, a: y and the new state; `training`: the
+    pairs split in one OpenMP region where the library has it."""
     tensors = (r, log_w, k, v, kk, a)
     S = state.clone(memory_format=torch.contiguous_format)
     y = torch.empty_like(tensors[0])
     B, T, H, N = y.shape
     pointers = [t.data_ptr() for t in (*tensors, y, S)]
-    _run(lambda lo, hi: library.wkv7_forward(B, T, H, N, lo, hi, *pointers),
-         _channel_ranges(B * T * H * N * N, B * H), lambda i: ())
+    ranges = _channel_ranges(B * T * H * N * N, B * H)
+    forward_team = team(library, "wkv7_forward_team")
+    if training and forward_team:
+        forward_team(len(ranges), B, T, H, N, *pointers)
+    else:
+        _run(lambda lo, hi: library.wkv7_forward(B, T, H, N, lo, hi, *pointers), ranges,
+             lambda i: ())
     return y, S
 
 
@@ -274,7 +318,7 @@ class _WKV7(torch.autograd.Function):
     def forward(ctx, r, log_w, k, v, kk, a, state):
         tensors = [t.contiguous() for t in (r, log_w, k, v, kk, a)]
         state = state.contiguous()
-        y, S = _forward(_library(), *tensors, state)
+        y, S = _forward(_library(), *tensors, state, training=True)
         ctx.save_for_backward(*tensors, state)
         ctx.set_materialize_grads(False)
         return y, S
@@ -291,9 +335,15 @@ class _WKV7(torch.autograd.Function):
         pointers = [t.data_ptr() for t in (r, log_w, k, v, kk, a, state, gy)]
         pointers += [None if gS is None else gS.data_ptr()]
         pointers += [t.data_ptr() for t in (*grads, gS0)]
-        backward = _library().wkv7_backward
-        codes = _run(lambda lo, hi: backward(B, T, H, N, lo, hi, BACKWARD_CHUNK, *pointers),
-                     _channel_ranges(4 * B * T * H * N * N, B * H), lambda i: ())
+        library = _library()
+        ranges = _channel_ranges(4 * B * T * H * N * N, B * H)
+        backward_team = team(library, "wkv7_backward_team")
+        if backward_team:
+            codes = [backward_team(len(ranges), B, T, H, N, BACKWARD_CHUNK, *pointers)]
+        else:
+            codes = _run(lambda lo, hi: library.wkv7_backward(B, T, H, N, lo, hi,
+                                                              BACKWARD_CHUNK, *pointers),
+                         ranges, lambda i: ())
         if any(codes):
             raise MemoryError("the compiled WKV-7 backward could not allocate its work arrays")
         return (*grads, gS0)

@@ -9,6 +9,7 @@ source with its own), would only show as a slower route and skipped tests. This 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +35,14 @@ KERNELS = (attention_cpu, conv_cpu, dropout_cpu, matvec_cpu, scan_cpu, wkv_cpu, 
 @pytest.mark.parametrize("module", KERNELS, ids=lambda m: m.__name__)
 def test_every_kernel_compiles_where_there_is_a_compiler(module):
     assert module.available(), f"{module.__name__}'s C source did not compile"
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc")
+def test_the_openmp_kernels_share_pytorchs_openmp_runtime():
+    """Kernels built with OpenMP (their training forms run as OpenMP regions) must find the
+    libgomp.so.1 PyTorch has loaded, not load a second runtime with threads of its own."""
+    for module in KERNELS:
+        module.available()
+    with open("/proc/self/maps") as maps:
+        runtimes = {line.split()[-1] for line in maps if "libgomp" in line}
+    assert len(runtimes) <= 1, runtimes

@@ -42,7 +42,8 @@ def threads(request, monkeypatch):
 
 @pytest.mark.parametrize("B, T, C, K, bias", [(2, 37, 40, 4, True), (1, 2, 16, 4, False),
                                                (3, 1, 8, 4, True), (1, 9, 5, 2, True)])
-def test_the_kernel_and_its_gradients_equal_the_plain_conv(B, T, C, K, bias, threads):
+def test_the_kernel_and_its_gradients_equal_the_plain_conv(B, T, C, K, bias, threads,
+                                                           kernel_split):
     g = torch.Generator().manual_seed(T * C + K)
     wide = torch.randn(B, T, 2 * C, generator=g, dtype=torch.float64)  # x = wide[..., :C]
     state = torch.randn(B, C, K - 1, generator=g, dtype=torch.float64)

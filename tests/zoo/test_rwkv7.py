@@ -459,7 +459,7 @@ def test_the_kernel_equals_the_recurrence_with_a_carried_state(T):
                                                       (3, 37, 16, 5, 3), (1, 70, 16, 32, 2)])
 def test_the_backward_equals_autograd_through_the_fp64_recurrence(B, T, N, chunk, threads,
                                                                   final_state_used,
-                                                                  monkeypatch):
+                                                                  monkeypatch, kernel_split):
     """wkv7_cpu.wkv_with_grad: the gradients of r, log w, k, v, kk, a and a carried state
     within 2e-5 of the largest entry of each (measured <= 7e-7), over chunks of the
     recomputation that do not divide the length, heads split between threads."""

@@ -66,7 +66,8 @@ def test_other_dtypes_are_refused():
                                           ((3, 5, 3, 4), 2), ((1, 64, 16, 8), 64)])
 @pytest.mark.parametrize("final_state_used", [True, False])
 def test_the_backward_equals_autograd_through_the_recurrence(shape, chunk, threads,
-                                                             final_state_used, monkeypatch):
+                                                             final_state_used, monkeypatch,
+                                                             kernel_split):
     monkeypatch.setattr(scan_cpu, "SPLIT_MIN_WORK", 0)
     monkeypatch.setattr(scan_cpu, "BACKWARD_CHUNK", chunk)
     args = inputs(*shape, seed=1)

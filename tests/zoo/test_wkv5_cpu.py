@@ -139,7 +139,7 @@ def test_any_strides_and_a_clear_error_for_other_dtypes():
 @pytest.mark.parametrize("B, T, N, chunk", [(1, 1, 64, 32), (3, 40, 64, 8), (2, 37, 16, 5)])
 def test_the_backward_equals_autograd_through_the_fp64_recurrence(B, T, N, chunk, decay,
                                                                   final_state_used, threads,
-                                                                  monkeypatch):
+                                                                  monkeypatch, kernel_split):
     """Gradients of r, log_w, k, v, u and the carried state. RWKV-5's shared decay row gets its
     gradient through the expansion (summed over tokens and sequences), as in the model."""
     monkeypatch.setattr(wkv5_cpu, "BACKWARD_CHUNK", chunk)
