@@ -163,9 +163,11 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     chunk_decay = torch.exp(cum[..., -1])[..., None, None]  # (b, n, G, H/G, 1, 1)
     h = state.view(b, G, H // G, P, N)
     starts = []
-    for c in range(n):
+    # unbind, not [:, c]: the backward of each [:, c] fills a zero tensor the size of the
+    # whole (b, n, G, H/G, P, N) for its one chunk (n of them: quadratic in the length)
+    for decay_c, states_c in zip(chunk_decay.unbind(1), chunk_states.unbind(1), strict=True):
         starts.append(h)
-        h = chunk_decay[:, c] * h + chunk_states[:, c]
+        h = decay_c * h + states_c
     starts = torch.stack(starts, dim=1)  # (b, n, G, H/G, P, N)
     # 4. The start state's share of each token: read through C, decayed to the token.
     from_start = torch.einsum("bclgn,bcghpn->bclghp", C, starts)

@@ -180,12 +180,14 @@ def wkv7_chunked(r: torch.Tensor, log_w: torch.Tensor, k: torch.Tensor, v: torch
     written = v.transpose(-1, -2) @ k_end + Z.transpose(-1, -2) @ b_end  # (B, n, H, N, N)
     S = state
     ys = []
-    for c in range(n):
+    # unbind, not [:, c]: the backward of each [:, c] fills a zero tensor the size of the
+    # whole for its one chunk (n of them: quadratic in the length)
+    chunks = zip(*(t.unbind(1) for t in (read, y_in, W, last, written, b_end)), strict=True)
+    for read_c, y_in_c, W_c, last_c, written_c, b_end_c in chunks:
         S_T = S.transpose(-1, -2)
-        ys.append(read[:, c] @ S_T + y_in[:, c])
-        U_from_start = W[:, c] @ S_T  # the part of U that S_0 drives
-        S = (S * torch.exp(last[:, c]) + written[:, c]
-             + U_from_start.transpose(-1, -2) @ b_end[:, c])
+        ys.append(read_c @ S_T + y_in_c)
+        U_from_start = W_c @ S_T  # the part of U that S_0 drives
+        S = S * torch.exp(last_c) + written_c + U_from_start.transpose(-1, -2) @ b_end_c
     y = torch.stack(ys, dim=1)  # (B, n, H, L, N)
     return y.transpose(2, 3).reshape(B, n * L, H, N)[:, :T], S
 

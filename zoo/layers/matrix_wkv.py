@@ -78,9 +78,12 @@ def matrix_wkv_chunked(r: torch.Tensor, log_w: torch.Tensor, k: torch.Tensor, v:
     decay = torch.exp(log_w.sum(dim=3, keepdim=True)).transpose(-1, -2)
     S = state
     ys = []
-    for c in range(n):
-        ys.append(read[:, c] @ S + y_in[:, c])
-        S = decay[:, c] * S + written[:, c]
+    # unbind, not [:, c]: the backward of each [:, c] fills a zero tensor the size of the
+    # whole for its one chunk (n of them: quadratic in the length)
+    for read_c, y_in_c, decay_c, written_c in zip(*(t.unbind(1) for t in
+                                                    (read, y_in, decay, written)), strict=True):
+        ys.append(read_c @ S + y_in_c)
+        S = decay_c * S + written_c
     y = torch.stack(ys, dim=1)  # (B, n, H, L, N)
     return y.transpose(2, 3).reshape(B, n * L, H, N)[:, :T], S
 
