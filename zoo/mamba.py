@@ -132,9 +132,11 @@ def selective_scan_chunked(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, delta, A, B, C, state))
     h = state
     ys = []
-    for start in range(0, x.size(1), chunk_len):
-        span = slice(start, start + chunk_len)
-        args = (x[:, span], delta[:, span], A, B[:, span], C[:, span], h)
+    # split, not x[:, start:end]: the backward of each slice fills a zero tensor the size of
+    # the whole input for its one chunk (quadratic in the length); split's concatenates once
+    chunks = zip(*(t.split(chunk_len, dim=1) for t in (x, delta, B, C)), strict=True)
+    for x_c, delta_c, B_c, C_c in chunks:
+        args = (x_c, delta_c, A, B_c, C_c, h)
         y, h = checkpoint(_scan_chunk, *args, use_reentrant=False) if grad else _scan_chunk(*args)
         ys.append(y)
     return torch.cat(ys, dim=1), h

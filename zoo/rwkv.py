@@ -107,8 +107,9 @@ def wkv_chunked(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tens
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in (w, u, k, v))
     aa, bb, pp = state
     out = []
-    for start in range(0, k.size(1), C):
-        kc, vc = k[:, start:start + C], v[:, start:start + C]
+    # split, not k[:, start:start + C]: the backward of each slice fills a zero tensor the size
+    # of the whole input for its one chunk (quadratic in the length); split's concatenates once
+    for kc, vc in zip(k.split(C, dim=1), v.split(C, dim=1), strict=True):
         c = kc.size(1)
         args = (offsets[:c + 1, :c], state_decay[:c + 1], kc, vc, aa, bb, pp)
         if grad:
