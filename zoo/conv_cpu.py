@@ -28,7 +28,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from zoo import ckernel
-from zoo.scan_cpu import _channel_ranges, _run, team
+from zoo.scan_cpu import _channel_ranges, split
 
 SOURCE = r"""
 #include <math.h>
@@ -206,13 +206,8 @@ class _ConvSiLU(torch.autograd.Function):
         out = torch.empty(B, T, C)
         pointers = (x.data_ptr(), xb, xt, state.data_ptr(), wT.data_ptr(),
                     None if bias is None else bias.data_ptr(), out.data_ptr())
-        ranges = _channel_ranges(B * T * C * K, C)
-        forward_team = team(library, "conv_silu_forward_team")
-        if training and forward_team:  # see zoo/ckernel.py
-            forward_team(len(ranges), B, T, C, K, *pointers)
-        else:
-            _run(lambda lo, hi: library.conv_silu_forward(B, T, C, K, lo, hi, *pointers), ranges,
-                 lambda i: ())
+        split(library, "conv_silu_forward", _channel_ranges(B * T * C * K, C), (B, T, C, K),
+              pointers, openmp=training)
         ctx.save_for_backward(x, state, wT, bias)
         ctx.weight_shape = weight.shape
         return out
@@ -232,14 +227,8 @@ class _ConvSiLU(torch.autograd.Function):
                     None if bias is None else bias.data_ptr(), gout.data_ptr(), gpre.data_ptr(),
                     gx.data_ptr(), gstate.data_ptr(), gwT.data_ptr(),
                     None if gbias is None else gbias.data_ptr())
-        library = _library()
-        ranges = _channel_ranges(3 * B * T * C * K, C)
-        backward_team = team(library, "conv_silu_backward_team")
-        if backward_team:
-            backward_team(len(ranges), B, T, C, K, *pointers)
-        else:
-            _run(lambda lo, hi: library.conv_silu_backward(B, T, C, K, lo, hi, *pointers),
-                 ranges, lambda i: ())
+        split(_library(), "conv_silu_backward", _channel_ranges(3 * B * T * C * K, C),
+              (B, T, C, K), pointers)
         return gx, gstate, gwT.t().reshape(ctx.weight_shape), gbias, None
 
 

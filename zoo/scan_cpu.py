@@ -278,6 +278,20 @@ def _channel_ranges(work: int, D: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
+def split(library: ctypes.CDLL, name: str, ranges: list[tuple[int, int]], head: tuple,
+          tail: tuple, openmp: bool = True) -> list:
+    """`library`'s kernel `name`, called as name(*head, lo, hi, *tail) for the work [lo, hi),
+    over all of `ranges`: where `openmp` (training) and the library has it, as name_team(
+    threads, *head, *tail), which splits the work in one OpenMP region of PyTorch's runtime
+    (see zoo/ckernel.py); else one call per range in `_run`'s threads. What the calls
+    returned."""
+    one_region = team(library, f"{name}_team") if openmp else None
+    if one_region:
+        return [one_region(len(ranges), *head, *tail)]
+    function = getattr(library, name)
+    return _run(lambda lo, hi: function(*head, lo, hi, *tail), ranges, lambda i: ())
+
+
 def _run(function, ranges: list[tuple[int, int]], arguments) -> list:
     """function(lo, hi, *arguments(i)) for the i-th range (lo, hi), in parallel threads."""
     if len(ranges) == 1:
@@ -297,13 +311,8 @@ def _forward(library: ctypes.CDLL, x, delta, A, B, C, state, starts=None):
     pointers = [t.data_ptr() for t in (x, delta, A, B, C, y, h)]
     kept = (BACKWARD_CHUNK, None if starts is None else starts.data_ptr())
     head = (batch, T, D, N)
-    ranges = _channel_ranges(batch * T * D * N, D)
-    forward_team = team(library, "selective_scan_forward_team")
-    if starts is not None and forward_team:
-        forward_team(len(ranges), *head, *pointers, *kept)
-    else:
-        _run(lambda lo, hi: library.selective_scan_forward(*head, lo, hi, *pointers, *kept),
-             ranges, lambda i: ())
+    split(library, "selective_scan_forward", _channel_ranges(batch * T * D * N, D), head,
+          (*pointers, *kept), openmp=starts is not None)
     return y, h
 
 
@@ -332,7 +341,7 @@ class _Scan(torch.autograd.Function):
         (batch, T, D), N = x.shape, A.size(1)
         starts = torch.empty(batch, -(-T // BACKWARD_CHUNK), D, N)
         y, h = _forward(library, x, delta, A, B, C, state, starts)
-        ctx.save_for_backward(x, delta, A, B, C, starts, state)
+        ctx.save_for_backward(x, delta, A, B, C, starts)  # not the state: starts[:, 0] is it
         ctx.chunk = BACKWARD_CHUNK
         ctx.set_materialize_grads(False)
         return y, h
@@ -340,17 +349,18 @@ class _Scan(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gy, gh):
-        x, delta, A, B, C, starts, state = ctx.saved_tensors
+        x, delta, A, B, C, starts = ctx.saved_tensors
         (batch, T, D), N = x.shape, A.size(1)
         gy = torch.zeros_like(x) if gy is None else gy.contiguous()
         gh = None if gh is None else gh.contiguous()
-        gx, gdelta, gh0 = torch.empty_like(x), torch.empty_like(x), torch.empty_like(state)
+        gx, gdelta, gh0 = torch.empty_like(x), torch.empty_like(x), torch.empty(batch, D, N)
         gA = torch.zeros_like(A)
         ranges = _channel_ranges(3 * batch * T * D * N, D)
         gB, gC = torch.zeros(2, len(ranges), batch, T, N)  # a buffer per thread
         shared = [t.data_ptr() for t in (x, delta, A, B, C, starts, gy)]
         shared += [None if gh is None else gh.data_ptr()]
         shared += [t.data_ptr() for t in (gx, gdelta, gA)]
+        # split's calls, but with a gB, gC buffer per thread
         library = _library()
         backward_team = team(library, "selective_scan_backward_team")
         if backward_team:

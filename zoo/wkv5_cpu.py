@@ -35,7 +35,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from zoo import ckernel
-from zoo.scan_cpu import _channel_ranges, _run, team
+from zoo.scan_cpu import _channel_ranges, split
 
 SOURCE = r"""
 #include <math.h>
@@ -260,17 +260,17 @@ int matrix_wkv_backward(int64_t Bt, int64_t T, int64_t H, int64_t N, int64_t p0,
 int omp_get_thread_num(void);
 int omp_get_num_threads(void);
 
-/* For training: the forward (no GroupNorm) and the backward over all Bt * H pairs, split
-   between the threads of one OpenMP region of PyTorch's runtime (zoo/ckernel.py). */
+/* For training: the forward and the backward over all Bt * H pairs, split between the threads
+   of one OpenMP region of PyTorch's runtime (zoo/ckernel.py). */
 void matrix_wkv_forward_team(int64_t threads, int64_t Bt, int64_t T, int64_t H, int64_t N,
                              int64_t wb, int64_t wt, const float *r, const float *log_w,
-                             const float *k, const float *v, const float *u, float *y,
-                             float *S) {
+                             const float *k, const float *v, const float *u, float *y, float *S,
+                             const float *nw, const float *nb, const float *g, float eps) {
 #pragma omp parallel num_threads(threads)
     {
         const int64_t p = omp_get_thread_num(), n = omp_get_num_threads(), pairs = Bt * H;
         matrix_wkv_forward(Bt, T, H, N, pairs * p / n, pairs * (p + 1) / n, wb, wt, r, log_w,
-                           k, v, u, y, S, 0, 0, 0, 0.0f);
+                           k, v, u, y, S, nw, nb, g, eps);
     }
 }
 
@@ -304,7 +304,8 @@ def _library() -> ctypes.CDLL | None:
         if hasattr(library, "matrix_wkv_forward_team"):  # built with OpenMP
             library.matrix_wkv_forward_team.restype = None
             library.matrix_wkv_forward_team.argtypes = ([ctypes.c_int64] * 7
-                                                        + [ctypes.c_void_p] * 7)
+                                                        + [ctypes.c_void_p] * 10
+                                                        + [ctypes.c_float])
             library.matrix_wkv_backward_team.restype = ctypes.c_int
             library.matrix_wkv_backward_team.argtypes = ([ctypes.c_int64] * 8
                                                          + [ctypes.c_void_p] * 14)
@@ -360,14 +361,8 @@ def _forward(library: ctypes.CDLL, r, log_w, k, v, u, state, norm=None, training
                              f"{tuple(bias.shape)} and gate {tuple(gate.shape)} for heads "
                              f"{tuple(r.shape)}")
         pointers += [t.data_ptr() for t in keep]
-    ranges = _channel_ranges(B * T * H * N * N, B * H)
-    forward_team = team(library, "matrix_wkv_forward_team")
-    if training and norm is None and forward_team:
-        forward_team(len(ranges), B, T, H, N, batch_stride, token_stride, *pointers[:7])
-    else:
-        _run(lambda lo, hi: library.matrix_wkv_forward(B, T, H, N, lo, hi, batch_stride,
-                                                       token_stride, *pointers, eps),
-             ranges, lambda i: ())
+    split(library, "matrix_wkv_forward", _channel_ranges(B * T * H * N * N, B * H),
+          (B, T, H, N), (batch_stride, token_stride, *pointers, eps), openmp=training)
     return y, S
 
 
@@ -425,16 +420,9 @@ class _MatrixWKV(torch.autograd.Function):
         pointers = [t.data_ptr() for t in (r, rows, k, v, u, state, gy)]
         pointers += [None if gS is None else gS.data_ptr()]
         pointers += [t.data_ptr() for t in (gr, glw, gk, gv, gu, gS0)]
-        library = _library()
-        ranges = _channel_ranges(3 * B * T * H * N * N, B * H)
-        backward_team = team(library, "matrix_wkv_backward_team")
-        if backward_team:
-            codes = [backward_team(len(ranges), B, T, H, N, BACKWARD_CHUNK, batch_stride,
-                                   token_stride, *pointers)]
-        else:
-            codes = _run(lambda lo, hi: library.matrix_wkv_backward(
-                B, T, H, N, lo, hi, BACKWARD_CHUNK, batch_stride, token_stride, *pointers),
-                ranges, lambda i: ())
+        codes = split(_library(), "matrix_wkv_backward",
+                      _channel_ranges(3 * B * T * H * N * N, B * H), (B, T, H, N),
+                      (BACKWARD_CHUNK, batch_stride, token_stride, *pointers))
         if any(codes):
             raise MemoryError("the compiled matrix-WKV backward could not allocate its work "
                               "arrays")

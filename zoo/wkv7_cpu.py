@@ -26,7 +26,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from zoo import ckernel
-from zoo.scan_cpu import _channel_ranges, _run, team
+from zoo.scan_cpu import _channel_ranges, split
 
 SOURCE = r"""
 #include <math.h>
@@ -297,13 +297,8 @@ def _forward(library: ctypes.CDLL, r, log_w, k, v, kk, a, state, training=False)
     y = torch.empty_like(tensors[0])
     B, T, H, N = y.shape
     pointers = [t.data_ptr() for t in (*tensors, y, S)]
-    ranges = _channel_ranges(B * T * H * N * N, B * H)
-    forward_team = team(library, "wkv7_forward_team")
-    if training and forward_team:
-        forward_team(len(ranges), B, T, H, N, *pointers)
-    else:
-        _run(lambda lo, hi: library.wkv7_forward(B, T, H, N, lo, hi, *pointers), ranges,
-             lambda i: ())
+    split(library, "wkv7_forward", _channel_ranges(B * T * H * N * N, B * H), (B, T, H, N),
+          pointers, openmp=training)
     return y, S
 
 
@@ -335,15 +330,8 @@ class _WKV7(torch.autograd.Function):
         pointers = [t.data_ptr() for t in (r, log_w, k, v, kk, a, state, gy)]
         pointers += [None if gS is None else gS.data_ptr()]
         pointers += [t.data_ptr() for t in (*grads, gS0)]
-        library = _library()
-        ranges = _channel_ranges(4 * B * T * H * N * N, B * H)
-        backward_team = team(library, "wkv7_backward_team")
-        if backward_team:
-            codes = [backward_team(len(ranges), B, T, H, N, BACKWARD_CHUNK, *pointers)]
-        else:
-            codes = _run(lambda lo, hi: library.wkv7_backward(B, T, H, N, lo, hi,
-                                                              BACKWARD_CHUNK, *pointers),
-                         ranges, lambda i: ())
+        codes = split(_library(), "wkv7_backward", _channel_ranges(4 * B * T * H * N * N, B * H),
+                      (B, T, H, N), (BACKWARD_CHUNK, *pointers))
         if any(codes):
             raise MemoryError("the compiled WKV-7 backward could not allocate its work arrays")
         return (*grads, gS0)

@@ -19,7 +19,7 @@ from conftest import max_diff
 
 import zoo
 import zoo.fast
-from zoo import conv_cpu, scan_cpu
+from zoo import conv_cpu
 from zoo.layers import causal_depthwise_conv
 
 pytestmark = pytest.mark.skipif(not conv_cpu.available(),
@@ -31,18 +31,9 @@ def plain_conv_silu(x, state, weight, bias):
     return F.silu(conv), new_state
 
 
-@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}-threads")
-def threads(request, monkeypatch):
-    monkeypatch.setattr(scan_cpu, "SPLIT_MIN_WORK", 0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("B, T, C, K, bias", [(2, 37, 40, 4, True), (1, 2, 16, 4, False),
                                                (3, 1, 8, 4, True), (1, 9, 5, 2, True)])
-def test_the_kernel_and_its_gradients_equal_the_plain_conv(B, T, C, K, bias, threads,
+def test_the_kernel_and_its_gradients_equal_the_plain_conv(B, T, C, K, bias, kernel_threads,
                                                            kernel_split):
     g = torch.Generator().manual_seed(T * C + K)
     wide = torch.randn(B, T, 2 * C, generator=g, dtype=torch.float64)  # x = wide[..., :C]

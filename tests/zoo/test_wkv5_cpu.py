@@ -27,7 +27,7 @@ from conftest import max_diff
 import zoo
 import zoo.fast
 from harness.models import build_variant
-from zoo import matvec_cpu, scan_cpu, wkv5_cpu, wkv5_step_cpu
+from zoo import matvec_cpu, wkv5_cpu, wkv5_step_cpu
 from zoo.fast import FEW_ROWS
 from zoo.layers import head_group_norm, matrix_wkv_recurrent
 
@@ -53,16 +53,6 @@ def inputs(B, T, H, N, decay: str, seed=0, spread=2.0):
     return r, log_w, k, v, u
 
 
-@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}-threads")
-def threads(request, monkeypatch):
-    """PyTorch's thread count, with the heads split between the threads at any size."""
-    monkeypatch.setattr(scan_cpu, "SPLIT_MIN_WORK", 0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 def check_against_fp64(B, T, H, N, decay, seed=0, spread=2.0):
     x = inputs(B, T + 9, H, N, decay, seed, spread)
     S0 = torch.zeros(B, H, N, N, dtype=torch.float64)
@@ -86,7 +76,7 @@ def check_against_fp64(B, T, H, N, decay, seed=0, spread=2.0):
 @pytest.mark.parametrize("decay", ["per-token", "shared", "expanded"])
 @pytest.mark.parametrize("B, T", [(1, 1), (3, 1), (1, 7), (3, 40)])
 @pytest.mark.parametrize("N", [64, 16])
-def test_the_kernel_equals_the_fp64_recurrence(B, T, N, decay, threads):
+def test_the_kernel_equals_the_fp64_recurrence(B, T, N, decay, kernel_threads):
     check_against_fp64(B, T, 3, N, decay, seed=T + N)
 
 
@@ -98,7 +88,7 @@ def test_long_inputs_with_extreme_decays(decay):
 
 @pytest.mark.parametrize("decay", ["per-token", "shared"])
 @pytest.mark.parametrize("B, T", [(1, 1), (3, 40)])
-def test_with_the_group_norm_and_the_gate(B, T, decay, threads):
+def test_with_the_group_norm_and_the_gate(B, T, decay, kernel_threads):
     """wkv_group_norm_gate: the models' head_group_norm of the fp64 recurrence's output, times
     the gate, within 2e-5 of the largest value."""
     r, log_w, k, v, u = inputs(B, T, 3, 64, decay, seed=T)
@@ -138,7 +128,7 @@ def test_any_strides_and_a_clear_error_for_other_dtypes():
 @pytest.mark.parametrize("decay", ["per-token", "shared", "expanded"])
 @pytest.mark.parametrize("B, T, N, chunk", [(1, 1, 64, 32), (3, 40, 64, 8), (2, 37, 16, 5)])
 def test_the_backward_equals_autograd_through_the_fp64_recurrence(B, T, N, chunk, decay,
-                                                                  final_state_used, threads,
+                                                                  final_state_used, kernel_threads,
                                                                   monkeypatch, kernel_split):
     """Gradients of r, log_w, k, v, u and the carried state. RWKV-5's shared decay row gets its
     gradient through the expansion (summed over tokens and sequences), as in the model."""
@@ -320,7 +310,7 @@ STEP_MODELS = {  # heads of 64 (the unrolled WKV) and of 16; with and without a 
 @pytest.mark.parametrize("B, T", [(1, 1), (2, 2), (4, 1)])
 @pytest.mark.parametrize("shape", STEP_MODELS)
 @pytest.mark.parametrize("name", ["rwkv5", "rwkv6"])
-def test_the_step_equals_the_blocks_forward(name, shape, B, T, threads):
+def test_the_step_equals_the_blocks_forward(name, shape, B, T, kernel_threads):
     """Block 0 (with ln0) and block 1, from a random cached state: x and the new att_x, WKV
     state and ffn_x as the plain block's within 1e-5 of their largest entry; the given state
     unchanged."""
