@@ -30,7 +30,9 @@ where this project's benchmarks run:
   scan    Mamba's MambaMixer -> CompiledScanMambaMixer: the selective scan as zoo/scan_cpu.py's
           compiled C loop, with its C backward when a gradient is needed (training); and
           Mamba's and Mamba-2's causal convolution with its SiLU as zoo/conv_cpu.py's, with
-          its backward (float32; Mamba2Mixer -> CompiledConvMamba2Mixer);
+          its backward (float32); Mamba2Mixer -> CompiledScanMamba2Mixer: Mamba-2's chunked
+          SSD as zoo/ssd_cpu.py's (a C loop inside chunks, oneDNN's products with the state,
+          its backward written out);
   dropout (training) nn.Dropout -> FastDropout, and attention modules -> DropoutAttention /
           DropoutAlibiAttention: dropout masks drawn by zoo/dropout_cpu.py's C kernel, and
           attention with dropout computed as its math form with such a mask: in float32
@@ -80,6 +82,7 @@ from zoo import (
     rwkv6,
     rwkv7,
     scan_cpu,
+    ssd_cpu,
     wkv5_cpu,
     wkv5_step_cpu,
     wkv7_cpu,
@@ -93,6 +96,7 @@ from zoo.llama import SwiGLU
 from zoo.mamba import MambaMixer
 from zoo.mamba import chunk_length as mamba_chunk_length
 from zoo.mamba2 import Mamba2Mixer
+from zoo.mamba2 import chunk_length as mamba2_chunk_length
 from zoo.mosaic_bert import AlibiAttention
 from zoo.rwkv import ChannelMix, TimeMix, WKVState, chunk_length
 
@@ -561,9 +565,18 @@ class CompiledScanMambaMixer(_CompiledConv, MambaMixer):
         return super().scan(*tensors)
 
 
-class CompiledConvMamba2Mixer(_CompiledConv, Mamba2Mixer):
-    """Mamba-2's mixer with its convolution as _CompiledConv's; its SSD stays PyTorch's
-    matrix products."""
+class CompiledScanMamba2Mixer(_CompiledConv, Mamba2Mixer):
+    """Mamba-2's mixer with its chunked SSD run by zoo/ssd_cpu.py on the CPU (the work inside
+    each chunk a C loop, the products with the state oneDNN's, its backward written out) for
+    more than one token; decoding's one-token recurrence, CUDA and the lack of a compiler keep
+    the PyTorch forms. Its convolution as _CompiledConv's."""
+
+    def scan(self, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+             C: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tensors = (x, dt, A, B, C, state)
+        if x.size(1) > 1 and _cpu_float32(*tensors) and ssd_cpu.available():
+            return ssd_cpu.ssd(*tensors, mamba2_chunk_length(self.chunk_size, cuda=False))
+        return super().scan(*tensors)
 
 
 # --- the dropout route ------------------------------------------------------------------------
@@ -678,7 +691,7 @@ _SWAPS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
     "wkv5": {rwkv5.TimeMix: CompiledWKV5TimeMix, rwkv6.TimeMix: CompiledWKV6TimeMix,
              rwkv5.Block: CompiledWKV5Block, rwkv6.Block: CompiledWKV6Block},
     "wkv7": {rwkv7.TimeMix: CompiledWKV7TimeMix, rwkv7.Block: CompiledWKV7Block},
-    "scan": {MambaMixer: CompiledScanMambaMixer, Mamba2Mixer: CompiledConvMamba2Mixer},
+    "scan": {MambaMixer: CompiledScanMambaMixer, Mamba2Mixer: CompiledScanMamba2Mixer},
     "dropout": {nn.Dropout: FastDropout, MultiHeadAttention: DropoutAttention,
                 AlibiAttention: DropoutAlibiAttention},
 }
@@ -813,6 +826,16 @@ def describe(model: nn.Module, training: bool = False,
             chunk = mamba_chunk_length(mixer.chunk_len, weight.is_cuda)
             notes.append(f"selective scan: PyTorch, chunks of {chunk} for prefill, the "
                          "recurrence for decoding")
+    mixer2 = next((m for m in model.modules() if isinstance(m, Mamba2Mixer)), None)
+    if mixer2 is not None:
+        chunk = mamba2_chunk_length(mixer2.chunk_size, weight.is_cuda)
+        if "scan" in routes and cpu and ssd_cpu.available():
+            notes.append(f"SSD: chunks of {chunk}, inside them a compiled C loop{backward}, "
+                         "oneDNN's products with the state (zoo.ssd_cpu); the recurrence for "
+                         "decoding")
+        else:
+            notes.append(f"SSD: PyTorch, chunks of {chunk} for prefill, the recurrence for "
+                         "decoding")
     if any(isinstance(m, (MambaMixer, Mamba2Mixer)) for m in model.modules()):
         notes.append("causal conv and SiLU: compiled C loop (zoo.conv_cpu)"
                      if "scan" in routes and cpu32 and conv_cpu.available()
