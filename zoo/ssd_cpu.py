@@ -34,7 +34,6 @@ from __future__ import annotations
 import ctypes
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from zoo import ckernel
@@ -46,9 +45,41 @@ SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 
-/* Head h's rows of a chunk (L x P, rows hgp floats apart) into a contiguous buffer. */
-static inline void take_head(int64_t L, int64_t P, int64_t hgp, const float *src, float *dst) {
-    for (int64_t s = 0; s < L; s++) memcpy(dst + s * P, src + s * hgp, P * sizeof(float));
+/* The chunks: chunk k is chunk k % n of sequence k / n, its tokens t0 = (k % n) L .. t0 + L - 1,
+   of which the first `valid` are real (the last chunk of a sequence may be partial: past T its
+   tokens read as dt = 0 and x = 0, no input and no decay). Heads h < Hg of a group; H heads in
+   all. x, y, dy, dx: (b, tokens, H, P) rows, a head's P channels contiguous; dt, ddt: (b, T, H)
+   contiguous; the per-chunk buffers (E, V, dV, dZ, y_start, da, S, dS) are the group's own,
+   (K, L, Hg [P]) and (K, L, L). Pointers to x, dt, A, y, dy, dx and ddt are at the group's
+   first head. */
+typedef struct {
+    int64_t i, t0, valid;
+} chunk_t;
+
+static inline chunk_t chunk_of(int64_t k, int64_t n, int64_t L, int64_t T) {
+    chunk_t c = {k / n, (k % n) * L, 0};
+    c.valid = T - c.t0 < L ? T - c.t0 : L;
+    return c;
+}
+
+/* A head's inputs in a chunk: dtb[l] = dt_l, ab[l] = dt_l A, ub[l] = dt_l x_l (L x P,
+   contiguous), zeros past the valid tokens. xh, dth: the chunk's first token of the head. */
+static inline void head_inputs(int64_t L, int64_t P, int64_t valid, const float *xh, int64_t xt,
+                               const float *dth, int64_t H, float A, float *dtb, float *ab,
+                               float *ub) {
+    for (int64_t l = 0; l < L; l++) {
+        const float d = l < valid ? dth[l * H] : 0.0f;
+        dtb[l] = d;
+        ab[l] = d * A;
+        float *ul = ub + l * P;
+        if (l < valid) {
+            const float *xl = xh + l * xt;
+#pragma omp simd
+            for (int64_t p = 0; p < P; p++) ul[p] = d * xl[p];
+        } else {
+            memset(ul, 0, P * sizeof(float));
+        }
+    }
 }
 
 /* Row l of the log-decays from row l - 1's: seg[s] = a_{s+1} + ... + a_l for s < l, seg[l] = 0,
@@ -60,10 +91,10 @@ static inline void next_row(int64_t l, float al, float *seg) {
     seg[l] = 0.0f;
 }
 
-/* acc (P) = sum over s in [s0, s1) of c[s * cs] rows[s * P ..]: a row of a small product. P is a
-   literal at the call sites below, so the accumulator stays in registers. */
+/* out (P) = sum over s in [s0, s1) of c[s * cs] rows[s * P ..]: a row of a small product. P is
+   a literal at the call sites below, so the accumulator stays in registers. */
 static inline void combine(int64_t P, int64_t s0, int64_t s1, const float *c, int64_t cs,
-                           const float *rows, float *acc) {
+                           const float *rows, float *out) {
     float sum[P];
 #pragma omp simd
     for (int64_t p = 0; p < P; p++) sum[p] = 0.0f;
@@ -72,56 +103,7 @@ static inline void combine(int64_t P, int64_t s0, int64_t s1, const float *c, in
 #pragma omp simd
         for (int64_t p = 0; p < P; p++) sum[p] += cv * r[p];
     }
-    memcpy(acc, sum, P * sizeof(float));
-}
-
-/* One head of one chunk, forward (see ssd_chunk_forward). */
-static inline void head_forward(int64_t L, int64_t Hg, int64_t P, const float *ah,
-                                const float *Sk, const float *uh, float *yh, float *Eh,
-                                float *Vh, float *ub, float *seg, float *m) {
-    const int64_t hgp = Hg * P;
-    take_head(L, P, hgp, uh, ub);
-    float cum = 0.0f;
-    for (int64_t l = 0; l < L; l++) {
-        cum += ah[l * Hg];
-        Eh[l * Hg] = expf(cum);
-        next_row(l, ah[l * Hg], seg);
-#pragma omp simd
-        for (int64_t s = 0; s <= l; s++) m[s] = Sk[l * L + s] * expf(seg[s]);
-        combine(P, 0, l + 1, m, 1, ub, yh + l * hgp);
-    }
-    for (int64_t s = 0; s < L; s++) {  /* seg: the last row, the decays to the chunk's end */
-        const float ws = expf(seg[s]);
-        float *vs = Vh + s * hgp;
-#pragma omp simd
-        for (int64_t p = 0; p < P; p++) vs[p] = ub[s * P + p] * ws;
-    }
-}
-
-/* Chunks k0 <= k < k1 of K, each L tokens of Hg heads of P channels. a (K, L, Hg): log-decays;
-   S (K, L, L): C B^T; u (K, L, Hg P). Writes y (K, L, Hg P): the chunk's own share of the
-   output; E (K, L, Hg): exp(cum); V (K, L, Hg P): u decayed to the chunk's last token.
-   Returns 1 where its buffers could not be allocated, else 0. */
-int ssd_chunk_forward(int64_t K, int64_t L, int64_t Hg, int64_t P, int64_t k0, int64_t k1,
-                      const float *a, const float *S, const float *u, float *y, float *E,
-                      float *V) {
-    const int64_t hgp = Hg * P;
-    /* on the heap: a long chunk's buffers would not fit a thread's stack */
-    float *ub = malloc((L * P + 2 * L) * sizeof(float));
-    if (!ub) return 1;
-    float *seg = ub + L * P, *m = seg + L;
-    for (int64_t k = k0; k < k1; k++)
-        for (int64_t h = 0; h < Hg; h++) {
-            const int64_t at = k * L * Hg + h, ut = k * L * hgp + h * P;
-            if (P == 64)
-                head_forward(L, Hg, 64, a + at, S + k * L * L, u + ut, y + ut, E + at, V + ut,
-                             ub, seg, m);
-            else
-                head_forward(L, Hg, P, a + at, S + k * L * L, u + ut, y + ut, E + at, V + ut,
-                             ub, seg, m);
-        }
-    free(ub);
-    return 0;
+    memcpy(out, sum, P * sizeof(float));
 }
 
 /* out[s] = d . u_s for s < n (and up to the next multiple of 16), uT: u transposed, P rows of
@@ -142,19 +124,111 @@ static inline void dot_rows(int64_t P, int64_t Lr, int64_t n, const float *d, co
     }
 }
 
+/* One head of one chunk, forward (see ssd_chunk_forward). yh: rows H P floats apart. */
+static inline void head_forward(int64_t L, int64_t P, int64_t H, int64_t Hg, int64_t valid,
+                                const float *xh, int64_t xt, const float *dth, float A,
+                                const float *Sk, float *yh, float *Eh, float *Vh, float *buf) {
+    float *ub = buf, *dtb = ub + L * P, *ab = dtb + L, *seg = ab + L, *m = seg + L;
+    head_inputs(L, P, valid, xh, xt, dth, H, A, dtb, ab, ub);
+    float cum = 0.0f;
+    for (int64_t l = 0; l < L; l++) {
+        cum += ab[l];
+        Eh[l * Hg] = expf(cum);
+        next_row(l, ab[l], seg);
+#pragma omp simd
+        for (int64_t s = 0; s <= l; s++) m[s] = Sk[l * L + s] * expf(seg[s]);
+        combine(P, 0, l + 1, m, 1, ub, yh + l * H * P);
+    }
+    for (int64_t s = 0; s < L; s++) {  /* seg: the last row, the decays to the chunk's end */
+        const float ws = expf(seg[s]);
+        float *vs = Vh + s * Hg * P;
+#pragma omp simd
+        for (int64_t p = 0; p < P; p++) vs[p] = ub[s * P + p] * ws;
+    }
+}
+
+/* Chunks k0 <= k < k1 of K = b n, each of L tokens, for one group's Hg heads of P channels;
+   x (b, T, H, P) with strides xb, xt for sequences and tokens; dt (b, T, H); A (H); S
+   (K, L, L): C B^T per chunk. Writes y (b, n L, H, P): each chunk's own share of the output;
+   E (K, L, Hg): exp(a_0 + ... + a_l); V (K, L, Hg P): u = dt x decayed to the chunk's last
+   token. Returns 1 where its buffers could not be allocated, else 0. */
+int ssd_chunk_forward(int64_t K, int64_t L, int64_t Hg, int64_t P, int64_t n, int64_t T,
+                      int64_t H, int64_t k0, int64_t k1, const float *x, int64_t xb,
+                      int64_t xt, const float *dt, const float *A, const float *S, float *y,
+                      float *E, float *V) {
+    /* on the heap: a long chunk's buffers would not fit a thread's stack */
+    float *buf = malloc((L * P + 4 * L) * sizeof(float));
+    if (!buf) return 1;
+    for (int64_t k = k0; k < k1; k++) {
+        const chunk_t c = chunk_of(k, n, L, T);
+        for (int64_t h = 0; h < Hg; h++) {
+            const float *xh = x + c.i * xb + c.t0 * xt + h * P;
+            const float *dth = dt + (c.i * T + c.t0) * H + h;
+            float *yh = y + (c.i * n * L + c.t0) * H * P + h * P;
+            float *Eh = E + k * L * Hg + h, *Vh = V + k * L * Hg * P + h * P;
+            if (P == 64)
+                head_forward(L, 64, H, Hg, c.valid, xh, xt, dth, A[h], S + k * L * L, yh, Eh,
+                             Vh, buf);
+            else
+                head_forward(L, P, H, Hg, c.valid, xh, xt, dth, A[h], S + k * L * L, yh, Eh,
+                             Vh, buf);
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+/* The backward's inputs from y's gradient dy (b, T, H, P), strides dyb, dyt, for chunks
+   k0 <= k < k1: dZ (K, L, Hg P) = E dy, the gradient of Z = C h_start^T (y's share of the
+   start state is E Z); da (K, L, Hg) = dy . y_start, the gradient of cum through E. */
+int ssd_chunk_backward_start(int64_t K, int64_t L, int64_t Hg, int64_t P, int64_t n,
+                             int64_t T, int64_t k0, int64_t k1, const float *dy, int64_t dyb,
+                             int64_t dyt, const float *E, const float *y_start, float *dZ,
+                             float *da) {
+    for (int64_t k = k0; k < k1; k++) {
+        const chunk_t c = chunk_of(k, n, L, T);
+        for (int64_t l = 0; l < L; l++) {
+            const int64_t row = (k * L + l) * Hg;
+            if (l >= c.valid) {
+                memset(dZ + row * P, 0, Hg * P * sizeof(float));
+                memset(da + row, 0, Hg * sizeof(float));
+                continue;
+            }
+            const float *dyl = dy + c.i * dyb + (c.t0 + l) * dyt;
+            for (int64_t h = 0; h < Hg; h++) {
+                const float e = E[row + h], *g = dyl + h * P, *ys = y_start + (row + h) * P;
+                float *z = dZ + (row + h) * P, dot = 0.0f;
+#pragma omp simd reduction(+:dot)
+                for (int64_t p = 0; p < P; p++) {
+                    z[p] = e * g[p];
+                    dot += g[p] * ys[p];
+                }
+                da[row + h] = dot;
+            }
+        }
+    }
+    return 0;
+}
+
 /* One head of one chunk, backward (see ssd_chunk_backward). */
-static inline void head_backward(int64_t L, int64_t Hg, int64_t P, const float *ah,
-                                 const float *Sk, const float *uh, const float *dyh,
-                                 const float *dVh, float *dah, float *duh, float *dSk, float *Vh,
-                                 float *ub, float *ubT, float *dyb, float *M, float *D,
-                                 float *seg, float *dcum, float *dm) {
-    const int64_t hgp = Hg * P, Lr = (L + 15) / 16 * 16;
-    take_head(L, P, hgp, uh, ub);
-    take_head(L, P, hgp, dyh, dyb);
+static inline void head_backward(int64_t L, int64_t P, int64_t H, int64_t Hg, int64_t valid,
+                                 const float *xh, int64_t xt, const float *dth, float A,
+                                 const float *Sk, const float *dyh, int64_t dyt,
+                                 const float *dVh, float *dah, float *dxh, float *ddth,
+                                 float *dAh, float *dSk, float *Vh, float *buf) {
+    const int64_t Lr = (L + 15) / 16 * 16;
+    float *ub = buf, *ubT = ub + L * P, *dyb = ubT + P * Lr, *dub = dyb + L * P,
+          *M = dub + L * P, *D = M + L * L, *dtb = D + L * L, *ab = dtb + L, *seg = ab + L,
+          *dcum = seg + L, *dm = dcum + L;
+    head_inputs(L, P, valid, xh, xt, dth, H, A, dtb, ab, ub);
+    for (int64_t l = 0; l < L; l++) {
+        if (l < valid) memcpy(dyb + l * P, dyh + l * dyt, P * sizeof(float));
+        else memset(dyb + l * P, 0, P * sizeof(float));
+    }
     for (int64_t s = 0; s < L; s++)
         for (int64_t p = 0; p < P; p++) ubT[p * Lr + s] = ub[s * P + p];
     for (int64_t l = 0; l < L; l++) {
-        next_row(l, ah[l * Hg], seg);
+        next_row(l, ab[l], seg);
 #pragma omp simd
         for (int64_t s = 0; s <= l; s++) {
             D[l * L + s] = expf(seg[s]);
@@ -165,8 +239,8 @@ static inline void head_backward(int64_t L, int64_t Hg, int64_t P, const float *
     const float *w = D + (L - 1) * L;  /* the decays to the chunk's end */
     /* u's gradient: through V (u decayed to the end) and through y (M^T dy) */
     for (int64_t s = 0; s < L; s++) {
-        const float *dvs = dVh + s * hgp, *us = ub + s * P;
-        float *vs = Vh + s * hgp, *dus = duh + s * hgp;
+        const float *dvs = dVh + s * Hg * P, *us = ub + s * P;
+        float *vs = Vh + s * Hg * P, *dus = dub + s * P;
         combine(P, s, L, M + s, L, dyb, dus);
         float dw = 0.0f;
 #pragma omp simd reduction(+:dw)
@@ -180,11 +254,11 @@ static inline void head_backward(int64_t L, int64_t Hg, int64_t P, const float *
     }
     /* dM[l, s] = dy_l . u_s for s <= l; S's gradient dM D, the log-decays' dM M */
     for (int64_t l = 0; l < L; l++) {
-        const int64_t n = l + 1;
-        dot_rows(P, Lr, n, dyb + l * P, ubT, dm);
+        const int64_t count = l + 1;
+        dot_rows(P, Lr, count, dyb + l * P, ubT, dm);
         float drow = 0.0f;
 #pragma omp simd reduction(+:drow)
-        for (int64_t s = 0; s < n; s++) {
+        for (int64_t s = 0; s < count; s++) {
             dSk[l * L + s] += dm[s] * D[l * L + s];
             const float dseg = dm[s] * M[l * L + s];  /* seg = cum_l - cum_s */
             drow += dseg;
@@ -192,42 +266,60 @@ static inline void head_backward(int64_t L, int64_t Hg, int64_t P, const float *
         }
         dcum[l] += drow;
     }
-    float total = 0.0f;  /* cum_l = a_0 + ... + a_l: a_j's gradient sums l >= j */
+    /* cum_l = a_0 + ... + a_l: a_j's gradient sums l >= j; then back through a = dt A and
+       u = dt x to x, dt and A */
+    float total = 0.0f, dA = 0.0f;
     for (int64_t l = L - 1; l >= 0; l--) {
         total += dcum[l];
-        dah[l * Hg] = total;
+        if (l >= valid) continue;
+        const float *xl = xh + l * xt, *dul = dub + l * P, d = dtb[l];
+        float *dxl = dxh + l * H * P, ddt = total * A;
+#pragma omp simd reduction(+:ddt)
+        for (int64_t p = 0; p < P; p++) {
+            dxl[p] = dul[p] * d;
+            ddt += dul[p] * xl[p];
+        }
+        ddth[l * H] = ddt;
+        dA += total * d;
     }
+    *dAh = dA;
 }
 
-/* The gradients inside chunks k0 <= k < k1, from dy (K, L, Hg P), the output's gradient, and
-   dV (K, L, Hg P), V's (from the state the chunk leaves). da (K, L, Hg) holds, on entry, the
-   gradient of cum from the products with the start state (the caller's); on return, a's.
-   Writes du (K, L, Hg P), dS (K, L, L), and V again (as the forward). Returns 1 where its
-   buffers could not be allocated, else 0. */
-int ssd_chunk_backward(int64_t K, int64_t L, int64_t Hg, int64_t P, int64_t k0, int64_t k1,
-                       const float *a, const float *S, const float *u, const float *dy,
-                       const float *dV, float *da, float *du, float *dS, float *V) {
-    const int64_t hgp = Hg * P, Lr = (L + 15) / 16 * 16;
-    float *ub = calloc(2 * L * P + P * Lr + 2 * L * L + 2 * L + Lr, sizeof(float));
-    if (!ub) return 1;
-    /* ubT: u transposed, its rows padded with zeros to Lr; dm: a row of dy u^T */
-    float *ubT = ub + L * P, *dyb = ubT + P * Lr, *M = dyb + L * P, *D = M + L * L,
-          *seg = D + L * L, *dcum = seg + L, *dm = dcum + L;
+/* The gradients inside chunks k0 <= k < k1 (shapes as ssd_chunk_forward's), from dy (b, T, H, P)
+   with strides dyb, dyt, y's gradient, and dV (K, L, Hg P), V's (through the state each chunk
+   leaves). da (K, L, Hg) holds, on entry, cum's gradient from outside the chunk (the caller's:
+   ssd_chunk_backward_start's and the decay of the chunk's whole state). Writes dx (b, T, H, P),
+   ddt (b, T, H), dA (K, Hg): each chunk's share of A's, dS (K, L, L), and V again (as the
+   forward). Returns 1 where its buffers could not be allocated, else 0. */
+int ssd_chunk_backward(int64_t K, int64_t L, int64_t Hg, int64_t P, int64_t n, int64_t T,
+                       int64_t H, int64_t k0, int64_t k1, const float *x, int64_t xb,
+                       int64_t xt, const float *dt, const float *A, const float *S,
+                       const float *dy, int64_t dyb, int64_t dyt, const float *dV,
+                       const float *da, float *dx, float *ddt, float *dA, float *dS, float *V) {
+    const int64_t Lr = (L + 15) / 16 * 16;
+    /* ubT's rows padded with zeros to Lr, read by dot_rows in 16 lanes */
+    float *buf = calloc(3 * L * P + P * Lr + 2 * L * L + 5 * L + Lr, sizeof(float));
+    if (!buf) return 1;
     for (int64_t k = k0; k < k1; k++) {
+        const chunk_t c = chunk_of(k, n, L, T);
         memset(dS + k * L * L, 0, L * L * sizeof(float));
         for (int64_t h = 0; h < Hg; h++) {
-            const int64_t at = k * L * Hg + h, ut = k * L * hgp + h * P;
+            const int64_t tok = c.i * T + c.t0;
+            const float *xh = x + c.i * xb + c.t0 * xt + h * P, *dth = dt + tok * H + h;
+            const float *dyh = dy + c.i * dyb + c.t0 * dyt + h * P;
+            const int64_t at = k * L * Hg + h, vt = k * L * Hg * P + h * P;
+            float *dah = (float *)da + at, *dxh = dx + tok * H * P + h * P;
             if (P == 64)
-                head_backward(L, Hg, 64, a + at, S + k * L * L, u + ut, dy + ut, dV + ut,
-                              da + at, du + ut, dS + k * L * L, V + ut, ub, ubT, dyb, M, D,
-                              seg, dcum, dm);
+                head_backward(L, 64, H, Hg, c.valid, xh, xt, dth, A[h], S + k * L * L, dyh,
+                              dyt, dV + vt, dah, dxh, ddt + tok * H + h, dA + k * Hg + h,
+                              dS + k * L * L, V + vt, buf);
             else
-                head_backward(L, Hg, P, a + at, S + k * L * L, u + ut, dy + ut, dV + ut,
-                              da + at, du + ut, dS + k * L * L, V + ut, ub, ubT, dyb, M, D,
-                              seg, dcum, dm);
+                head_backward(L, P, H, Hg, c.valid, xh, xt, dth, A[h], S + k * L * L, dyh,
+                              dyt, dV + vt, dah, dxh, ddt + tok * H + h, dA + k * Hg + h,
+                              dS + k * L * L, V + vt, buf);
         }
     }
-    free(ub);
+    free(buf);
     return 0;
 }
 
@@ -235,49 +327,74 @@ int ssd_chunk_backward(int64_t K, int64_t L, int64_t Hg, int64_t P, int64_t k0, 
 int omp_get_thread_num(void);
 int omp_get_num_threads(void);
 
-/* For training: the two above over all K chunks, split between the threads of one OpenMP
+/* For training: the three above over all K chunks, split between the threads of one OpenMP
    region of PyTorch's runtime (zoo/ckernel.py). */
 int ssd_chunk_forward_team(int64_t threads, int64_t K, int64_t L, int64_t Hg, int64_t P,
-                           const float *a, const float *S, const float *u, float *y, float *E,
-                           float *V) {
+                           int64_t n, int64_t T, int64_t H, const float *x, int64_t xb,
+                           int64_t xt, const float *dt, const float *A, const float *S,
+                           float *y, float *E, float *V) {
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
-        const int64_t p = omp_get_thread_num(), n = omp_get_num_threads();
-        failed |= ssd_chunk_forward(K, L, Hg, P, K * p / n, K * (p + 1) / n, a, S, u, y, E, V);
+        const int64_t p = omp_get_thread_num(), m = omp_get_num_threads();
+        failed |= ssd_chunk_forward(K, L, Hg, P, n, T, H, K * p / m, K * (p + 1) / m, x, xb,
+                                    xt, dt, A, S, y, E, V);
     }
     return failed;
 }
 
+int ssd_chunk_backward_start_team(int64_t threads, int64_t K, int64_t L, int64_t Hg, int64_t P,
+                                  int64_t n, int64_t T, const float *dy, int64_t dyb,
+                                  int64_t dyt, const float *E, const float *y_start, float *dZ,
+                                  float *da) {
+#pragma omp parallel num_threads(threads)
+    {
+        const int64_t p = omp_get_thread_num(), m = omp_get_num_threads();
+        ssd_chunk_backward_start(K, L, Hg, P, n, T, K * p / m, K * (p + 1) / m, dy, dyb, dyt, E,
+                                 y_start, dZ, da);
+    }
+    return 0;
+}
+
 int ssd_chunk_backward_team(int64_t threads, int64_t K, int64_t L, int64_t Hg, int64_t P,
-                            const float *a, const float *S, const float *u, const float *dy,
-                            const float *dV, float *da, float *du, float *dS, float *V) {
+                            int64_t n, int64_t T, int64_t H, const float *x, int64_t xb,
+                            int64_t xt, const float *dt, const float *A, const float *S,
+                            const float *dy, int64_t dyb, int64_t dyt, const float *dV,
+                            const float *da, float *dx, float *ddt, float *dA, float *dS,
+                            float *V) {
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
-        const int64_t p = omp_get_thread_num(), n = omp_get_num_threads();
-        failed |= ssd_chunk_backward(K, L, Hg, P, K * p / n, K * (p + 1) / n, a, S, u, dy, dV,
-                                     da, du, dS, V);
+        const int64_t p = omp_get_thread_num(), m = omp_get_num_threads();
+        failed |= ssd_chunk_backward(K, L, Hg, P, n, T, H, K * p / m, K * (p + 1) / m, x, xb,
+                                     xt, dt, A, S, dy, dyb, dyt, dV, da, dx, ddt, dA, dS, V);
     }
     return failed;
 }
 #endif
 """
 
+# The C functions' arguments: (name, integers before the range, then the rest, "i" an integer
+# and "p" a pointer); the training forms (_team) take the threads first and no range.
+_SIGNATURES = {
+    "ssd_chunk_forward": (7, "pii" + "p" * 6),
+    "ssd_chunk_backward_start": (6, "pii" + "p" * 4),
+    "ssd_chunk_backward": (7, "pii" + "ppp" + "pii" + "p" * 7),
+}
+
 
 def _library() -> ctypes.CDLL | None:
     library = ckernel.load("ssd_chunk", SOURCE, openmp=True)
     if library is not None and library.ssd_chunk_forward.argtypes is None:
-        ints, ptr = ctypes.c_int64, ctypes.c_void_p
-        library.ssd_chunk_forward.restype = ctypes.c_int
-        library.ssd_chunk_forward.argtypes = [ints] * 6 + [ptr] * 6
-        library.ssd_chunk_backward.restype = ctypes.c_int
-        library.ssd_chunk_backward.argtypes = [ints] * 6 + [ptr] * 9
-        if hasattr(library, "ssd_chunk_forward_team"):  # built with OpenMP
-            library.ssd_chunk_forward_team.restype = ctypes.c_int
-            library.ssd_chunk_forward_team.argtypes = [ints] * 5 + [ptr] * 6
-            library.ssd_chunk_backward_team.restype = ctypes.c_int
-            library.ssd_chunk_backward_team.argtypes = [ints] * 5 + [ptr] * 9
+        kinds = {"i": ctypes.c_int64, "p": ctypes.c_void_p}
+        for name, (head, rest) in _SIGNATURES.items():
+            function = getattr(library, name)
+            function.restype = ctypes.c_int
+            function.argtypes = [ctypes.c_int64] * (head + 2) + [kinds[c] for c in rest]
+            if hasattr(library, f"{name}_team"):  # built with OpenMP
+                team = getattr(library, f"{name}_team")
+                team.restype = ctypes.c_int
+                team.argtypes = [ctypes.c_int64] * (head + 1) + [kinds[c] for c in rest]
     return library
 
 
@@ -292,18 +409,25 @@ def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
 
 
-def _pointers(*tensors: torch.Tensor) -> tuple[int, ...]:
-    return tuple(t.data_ptr() for t in tensors)
-
-
-def _check(returned: list) -> None:
-    if any(returned):
+def _run(name: str, K: int, work: int, head: tuple, tail: tuple, training: bool) -> None:
+    """The kernel `name` over the K chunks (split between threads), or MemoryError."""
+    pointers = tuple(t.data_ptr() if isinstance(t, torch.Tensor) else t for t in tail)
+    if any(split(_library(), name, _channel_ranges(work, K), head, pointers, openmp=training)):
         raise MemoryError("the compiled SSD could not allocate its chunk buffers")
 
 
-def _by_group(t: torch.Tensor, G: int) -> torch.Tensor:
-    """(b, T, H, ...) -> (G, b, T, H / G, ...) contiguous: each group's heads (a view for G = 1)."""
-    return t.unflatten(2, (G, -1)).movedim(2, 0).contiguous()
+def _heads(t: torch.Tensor, P: int) -> torch.Tensor:
+    """t (b, T, H, P) with each head's P channels contiguous (a view of a wider projection
+    stays a view): the kernels read it by its sequence and token strides."""
+    return t if t.stride(-1) == 1 and t.stride(-2) == P else t.contiguous()
+
+
+def _chunked(t: torch.Tensor, n: int, L: int) -> torch.Tensor:
+    """B or C (b, T, G, N) as (G, b n, L, N) contiguous, zeros past T."""
+    b, T, G, N = t.shape
+    out = t.new_zeros(G, b, n * L, N)
+    out[:, :, :T] = t.movedim(2, 0)
+    return out.view(G, b * n, L, N)
 
 
 class _SSD(torch.autograd.Function):
@@ -314,92 +438,85 @@ class _SSD(torch.autograd.Function):
         b, T, H, P = x.shape
         G, N = B.shape[2:]
         Hg, L = H // G, chunk_size
-        pad = -T % L  # dt = 0 on padding: decay 1 and no input, so the final state is unchanged
-        x, dt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
-        n = (T + pad) // L
+        n = -(-T // L)
         K = b * n
-        u = _by_group(x * dt[..., None], G).view(G, K, L, Hg * P)
-        a = _by_group(dt * A, G).view(G, K, L, Hg)
-        Bg, Cg = (t.movedim(2, 0).reshape(G, K, L, N).contiguous() for t in (B, C))
-        Bt, Ct = Bg.transpose(2, 3).contiguous(), Cg.transpose(2, 3).contiguous()  # (G, K, N, L)
+        x, dt, A = _heads(x, P), dt.contiguous(), A.contiguous()
+        Bg, Cg = _chunked(B, n, L), _chunked(C, n, L)  # (G, K, L, N)
+        Bt, Ct = Bg.transpose(2, 3).contiguous(), Cg.transpose(2, 3).contiguous()
         S = torch.matmul(Cg, Bt)  # (G, K, L, L)
         # The state (b, H, P, N) as each group's (N, Hg P): the products' layout.
         h0 = state.reshape(b, G, Hg * P, N).transpose(2, 3).movedim(1, 0).contiguous()
-        y, E, V = torch.empty_like(u), torch.empty_like(a), torch.empty_like(u)
+        y = torch.empty(b, n * L, H, P)
+        E = torch.empty(G, K, L, Hg)
+        V, y_start = torch.empty(G, K, L, Hg * P), torch.empty(G, K, L, Hg * P)
         starts = torch.empty(G, K, N, Hg * P)  # the state at each chunk's start
-        y_start = torch.empty_like(u)  # the start state's share of y
         last = torch.empty(G, b, N, Hg * P)
-        library = _library()
         for g in range(G):
-            _check(split(library, "ssd_chunk_forward", _channel_ranges(K * L * L * Hg * P, K),
-                         (K, L, Hg, P), _pointers(a[g], S[g], u[g], y[g], E[g], V[g]),
-                         openmp=training))
+            heads = slice(g * Hg, (g + 1) * Hg)
+            _run("ssd_chunk_forward", K, K * L * L * Hg * P, (K, L, Hg, P, n, T, H),
+                 (x[:, :, heads], x.stride(0), x.stride(1), dt[:, :, heads], A[heads], S[g],
+                  y[:, :, heads], E[g], V[g]), training)
             decays = E[g, :, -1].repeat_interleave(P, dim=-1)  # (K, Hg P): exp(cum_{L-1})
-            for i in range(b):
-                h = h0[g, i]
+            for i in range(b):  # h_next = B^T V + decay h_start
+                starts[g, i * n] = h0[g, i]
                 for k in range(i * n, (i + 1) * n):
-                    starts[g, k] = h
-                    h = _product(Bt[g, k], V[g, k].t()).add_(h * decays[k])  # B^T V + decay h
-                last[g, i] = h
+                    h_next = starts[g, k + 1] if k + 1 < (i + 1) * n else last[g, i]
+                    torch.addcmul(_product(Bt[g, k], V[g, k].t()), starts[g, k], decays[k],
+                                  out=h_next)
             for k in range(K):  # E_l (C_l . h_start)
                 torch.mul(_product(Cg[g, k], starts[g, k].t()).view(L, Hg, P),
                           E[g, k, :, :, None], out=y_start[g, k].view(L, Hg, P))
-        y.add_(y_start)
+            y.view(K, L, G, Hg * P)[:, :, g] += y_start[g]
         if training:
-            ctx.save_for_backward(x, dt, A, a, u, Bg, Cg, Bt, Ct, S, E, starts, y_start)
+            ctx.save_for_backward(x, dt, A, Bg, Cg, Bt, Ct, S, E, starts, y_start)
             ctx.shape = (b, T, H, P, G, N, L, n)
-        y = y.view(G, b, n * L, Hg, P).movedim(0, 2).reshape(b, n * L, H, P)[:, :T]
-        return y, last.transpose(2, 3).movedim(0, 1).reshape(b, H, P, N)
+        return y[:, :T], last.transpose(2, 3).movedim(0, 1).reshape(b, H, P, N)
 
     @staticmethod
     @once_differentiable
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, dy, dlast):
-        x, dt, A, a, u, Bg, Cg, Bt, Ct, S, E, starts, y_start = ctx.saved_tensors
+        x, dt, A, Bg, Cg, Bt, Ct, S, E, starts, y_start = ctx.saved_tensors
         b, T, H, P, G, N, L, n = ctx.shape
         Hg, K = H // G, b * n
-        dy = _by_group(F.pad(dy, (0, 0, 0, 0, 0, n * L - T)), G).view(G, K, L, Hg * P)
-        # cum's gradient from the start state's share, E_l (C_l . h_start): dy . y_start
-        da = (dy * y_start).view(G, K, L, Hg, P).sum(-1)
-        # the gradient of Z = C h_start^T, y's share being E_l Z_l
-        dZ = (dy.view(G, K, L, Hg, P) * E[..., None]).view(G, K, L, Hg * P)
+        dy = _heads(dy, P)
         dlast = (torch.zeros(G, b, N, Hg * P) if dlast is None else
                  dlast.reshape(b, G, Hg * P, N).transpose(2, 3).movedim(1, 0))
+        dZ, da = torch.empty_like(y_start), torch.empty_like(E)
         dstates = torch.empty_like(starts)  # the gradient of the state each chunk leaves
         dh0 = torch.empty(G, b, N, Hg * P)
-        du, dS, V = torch.empty_like(u), torch.empty_like(S), torch.empty_like(u)
+        dx, ddt = torch.empty(b, T, H, P), torch.empty(b, T, H)
+        dA, dS, V = torch.empty(G, K, Hg), torch.empty_like(S), torch.empty_like(y_start)
         dB, dC = torch.empty_like(Bg), torch.empty_like(Cg)
-        library = _library()
         for g in range(G):
+            heads = slice(g * Hg, (g + 1) * Hg)
+            _run("ssd_chunk_backward_start", K, K * L * Hg * P, (K, L, Hg, P, n, T),
+                 (dy[:, :, heads], dy.stride(0), dy.stride(1), E[g], y_start[g], dZ[g], da[g]),
+                 training=True)
             decays = E[g, :, -1].repeat_interleave(P, dim=-1)
-            for i in range(b):
-                dh = dlast[g, i]
+            for i in range(b):  # through h_next = decay h_start + B^T V, and Z = C h_start^T
+                dstates[g, (i + 1) * n - 1] = dlast[g, i]
                 for k in reversed(range(i * n, (i + 1) * n)):
-                    dstates[g, k] = dh
-                    # h_next = decay h_start + B^T V, and Z = C h_start^T
-                    dh = _product(Ct[g, k], dZ[g, k].t()).add_(dh * decays[k])
-                dh0[g, i] = dh
+                    dh_start = dstates[g, k - 1] if k > i * n else dh0[g, i]
+                    torch.addcmul(_product(Ct[g, k], dZ[g, k].t()), dstates[g, k], decays[k],
+                                  out=dh_start)
             # the decay of each chunk's whole state: d(decay) = dh_next . h_start
             d_decay = (dstates[g] * starts[g]).view(K, N, Hg, P).sum((1, 3))
             da[g, :, -1] += d_decay * E[g, :, -1]
             dV = torch.stack([_product(Bg[g, k], dstates[g, k].t()) for k in range(K)])
-            _check(split(library, "ssd_chunk_backward",
-                         _channel_ranges(3 * K * L * L * Hg * P, K), (K, L, Hg, P),
-                         _pointers(a[g], S[g], u[g], dy[g], dV, da[g], du[g], dS[g], V[g])))
-            for k in range(K):
-                torch.add(_product(V[g, k], dstates[g, k]), _product(dS[g, k].t().contiguous(),
-                          Ct[g, k]), out=dB[g, k])  # V dh_next + dS^T C
-                torch.add(_product(dZ[g, k], starts[g, k]), _product(dS[g, k], Bt[g, k]),
-                          out=dC[g, k])  # dZ h_start + dS B
-        # back through u = dt x, a = dt A (by head), the groups' layout and the padding
-        du = du.view(G, b, n * L, Hg, P).movedim(0, 2).reshape(b, n * L, H, P)
-        da = da.view(G, b, n * L, Hg).movedim(0, 2).reshape(b, n * L, H)
-        dx = du * dt[..., None]
-        ddt = da * A + (du * x).sum(-1)
-        dA = (da * dt).sum((0, 1))
-        dB, dC = (t.view(G, b, n * L, N).movedim(0, 2) for t in (dB, dC))
+            _run("ssd_chunk_backward", K, 3 * K * L * L * Hg * P, (K, L, Hg, P, n, T, H),
+                 (x[:, :, heads], x.stride(0), x.stride(1), dt[:, :, heads], A[heads], S[g],
+                  dy[:, :, heads], dy.stride(0), dy.stride(1), dV, da[g], dx[:, :, heads],
+                  ddt[:, :, heads], dA[g], dS[g], V[g]), training=True)
+            # B's gradient: V dh_next (the state each chunk leaves) + dS^T C; C's: dZ h_start
+            # + dS B
+            torch.baddbmm(torch.stack([_product(V[g, k], dstates[g, k]) for k in range(K)]),
+                          dS[g].transpose(1, 2), Cg[g], out=dB[g])
+            torch.baddbmm(torch.stack([_product(dZ[g, k], starts[g, k]) for k in range(K)]),
+                          dS[g], Bg[g], out=dC[g])
+        dB, dC = (t.view(G, b, n * L, N)[:, :, :T].movedim(0, 2) for t in (dB, dC))
         dstate = dh0.movedim(0, 1).transpose(2, 3).reshape(b, H, P, N)
-        return (dx[:, :T], ddt[:, :T], dA, dB[:, :T], dC[:, :T], dstate, None, None)
+        return dx, ddt, dA.sum(1).flatten(), dB, dC, dstate, None, None
 
 
 @torch.compiler.disable  # torch.compile runs it between its graphs: it cannot trace the C call
