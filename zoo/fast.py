@@ -575,7 +575,7 @@ class CompiledScanMamba2Mixer(_CompiledConv, Mamba2Mixer):
              C: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tensors = (x, dt, A, B, C, state)
         if x.size(1) > 1 and _cpu_float32(*tensors) and ssd_cpu.available():
-            return ssd_cpu.ssd(*tensors, mamba2_chunk_length(self.chunk_size, cuda=False))
+            return ssd_cpu.ssd(*tensors, self.chunk_size or ssd_cpu.CHUNK)
         return super().scan(*tensors)
 
 
@@ -828,12 +828,13 @@ def describe(model: nn.Module, training: bool = False,
                          "recurrence for decoding")
     mixer2 = next((m for m in model.modules() if isinstance(m, Mamba2Mixer)), None)
     if mixer2 is not None:
-        chunk = mamba2_chunk_length(mixer2.chunk_size, weight.is_cuda)
         if "scan" in routes and cpu and ssd_cpu.available():
+            chunk = mixer2.chunk_size or ssd_cpu.CHUNK
             notes.append(f"SSD: chunks of {chunk}, inside them a compiled C loop{backward}, "
                          "oneDNN's products with the state (zoo.ssd_cpu); the recurrence for "
                          "decoding")
         else:
+            chunk = mamba2_chunk_length(mixer2.chunk_size, weight.is_cuda)
             notes.append(f"SSD: PyTorch, chunks of {chunk} for prefill, the recurrence for "
                          "decoding")
     if any(isinstance(m, (MambaMixer, Mamba2Mixer)) for m in model.modules()):

@@ -76,9 +76,10 @@ class Mamba2Config:
     dt_max: float = 0.1
     dt_limit_min: float = 0.0  # delta is clamped to [dt_limit_min, dt_limit_max]
     dt_limit_max: float = math.inf
-    # Tokens per chunk of the SSD; speed only, the same result. None: 64 on the CPU (at 1024
-    # tokens, one thread, the small variant: 1.9 s with 32 or 64, 2.1 s with 128, 2.8 s with
-    # mamba_ssm's 256, whose quadratic within-chunk work dominates there), 256 on GPUs.
+    # Tokens per chunk of the SSD; speed only, the same result. None: 64 for this file's
+    # PyTorch form on the CPU (at 1024 tokens, one thread, the small variant: 1.9 s with 32 or
+    # 64, 2.1 s with 128, 2.8 s with mamba_ssm's 256, whose quadratic within-chunk work
+    # dominates there), zoo.ssd_cpu.CHUNK for the compiled one, 256 on GPUs.
     chunk_size: int | None = None
 
     def __post_init__(self) -> None:

@@ -374,6 +374,12 @@ int ssd_chunk_backward_team(int64_t threads, int64_t K, int64_t L, int64_t Hg, i
 #endif
 """
 
+# The chunk where the config leaves it open: at 128 tokens a layer's forward and backward took
+# 5-10% less time than at 64 (`python reports/train-cpu/ssd-probe.py --chunk 128`, 1 x 256 to
+# 1 x 4096 and 8 x 256 tokens): the products with the state, the same work whatever the chunk,
+# run on longer matrices; 256 took 40% more, its quadratic work inside chunks outgrowing them.
+CHUNK = 128
+
 # The C functions' arguments: (name, integers before the range, then the rest, "i" an integer
 # and "p" a pointer); the training forms (_team) take the threads first and no range.
 _SIGNATURES = {
@@ -521,7 +527,7 @@ class _SSD(torch.autograd.Function):
 
 @torch.compiler.disable  # torch.compile runs it between its graphs: it cannot trace the C call
 def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-        state: torch.Tensor, chunk_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        state: torch.Tensor, chunk_size: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """zoo.mamba2.ssd_chunked for float32 CPU tensors, with gradients for all six inputs:
     x (b, T, H, P); dt (b, T, H) > 0; A (H,) < 0; B, C (b, T, G, N); state (b, H, P, N). Returns
     y (b, T, H, P) and the final state."""

@@ -2,12 +2,13 @@
 and by zoo/ssd_cpu.py, alternated in one process; with --products, the oneDNN products the
 kernel's state takes in the layouts it could have.
 
-    python reports/train-cpu/ssd-probe.py [--seqlen 1024] [--batch 1] [--rounds 3]
+    python reports/train-cpu/ssd-probe.py [--seqlen 1024] [--batch 1] [--rounds 3] [--chunk 128]
     python reports/train-cpu/ssd-probe.py --products
 
-The shape is the `small` Mamba-2's (16 heads of 64 channels, one group, d_state 128, chunks of
-64). Each figure is the fastest of 7 runs (a shared machine only slows a run down); the rounds
-alternate the two forms. Run with the benchmark's allocator settings
+The shape is the `small` Mamba-2's (16 heads of 64 channels, one group, d_state 128), each form
+in the chunks it takes by default (PyTorch's 64, zoo.ssd_cpu.CHUNK for the kernel; --chunk sets
+the kernel's). Each figure is the fastest of 7 runs (a shared machine only slows a run down);
+the rounds alternate the two forms. Run with the benchmark's allocator settings
 (MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=4294967295) to leave out page faults, as the
 training cells do.
 """
@@ -20,9 +21,10 @@ import time
 import torch
 
 from zoo import ssd_cpu
-from zoo.mamba2 import ssd_chunked
+from zoo.mamba2 import chunk_length, ssd_chunked
 
-H, P, G, N, CHUNK = 16, 64, 1, 128, 64
+H, P, G, N = 16, 64, 1, 128
+PLAIN_CHUNK = chunk_length(None, cuda=False)
 
 
 def fastest_ms(run, repeat: int = 7) -> float:
@@ -35,7 +37,7 @@ def fastest_ms(run, repeat: int = 7) -> float:
     return 1000 * min(times)
 
 
-def layer(batch: int, seqlen: int, rounds: int) -> None:
+def layer(batch: int, seqlen: int, rounds: int, chunk: int) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, seqlen, H, P, generator=g).requires_grad_()
     dt = (torch.rand(batch, seqlen, H, generator=g) * 0.1).requires_grad_()
@@ -46,14 +48,17 @@ def layer(batch: int, seqlen: int, rounds: int) -> None:
     gy = torch.randn(batch, seqlen, H, P, generator=g)
 
     def step(function):
-        y, _ = function(x, dt, A, B, C, state, chunk_size=CHUNK)
+        size = PLAIN_CHUNK if function is ssd_chunked else chunk
+        y, _ = function(x, dt, A, B, C, state, chunk_size=size)
         y.backward(gy)
 
     def forward(function):
+        size = PLAIN_CHUNK if function is ssd_chunked else chunk
         with torch.no_grad():
-            function(x, dt, A, B, C, state, chunk_size=CHUNK)
+            function(x, dt, A, B, C, state, chunk_size=size)
 
-    print(f"one layer's SSD, {batch} x {seqlen} tokens, {torch.get_num_threads()} threads (ms):")
+    print(f"one layer's SSD, {batch} x {seqlen} tokens, chunks of {PLAIN_CHUNK} -> {chunk}, "
+          f"{torch.get_num_threads()} threads (ms):")
     for r in range(rounds):
         plain, ours = fastest_ms(lambda: step(ssd_chunked)), fastest_ms(lambda: step(ssd_cpu.ssd))
         plain_f = fastest_ms(lambda: forward(ssd_chunked))
@@ -64,9 +69,10 @@ def layer(batch: int, seqlen: int, rounds: int) -> None:
 
 
 def products() -> None:
-    """A chunk's products with the state, 16 chunks of the 1024-token layer: oneDNN's matrix
+    """A chunk's products with the state over the 1024-token layer's chunks: oneDNN's matrix
     multiply (x weight^T) with x contiguous, against x a transposed view, and batched MKL."""
-    n, L, HP = 16, CHUNK, H * P
+    L, HP = ssd_cpu.CHUNK, H * P
+    n = 1024 // L
     g = torch.Generator().manual_seed(0)
     V, B, h = (torch.randn(n, L, HP, generator=g), torch.randn(n, L, N, generator=g),
                torch.randn(n, N, HP, generator=g))
@@ -93,9 +99,10 @@ if __name__ == "__main__":
     parser.add_argument("--seqlen", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chunk", type=int, default=ssd_cpu.CHUNK)
     parser.add_argument("--products", action="store_true")
     args = parser.parse_args()
     if args.products:
         products()
     else:
-        layer(args.batch, args.seqlen, args.rounds)
+        layer(args.batch, args.seqlen, args.rounds, args.chunk)
