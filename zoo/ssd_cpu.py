@@ -544,5 +544,9 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
                          f" B {tuple(B.shape)}, C {tuple(C.shape)}, state {tuple(state.shape)}:"
                          " expected (b, T, H, P), (b, T, H), (H,), (b, T, G, N) twice with G "
                          "dividing H, (b, H, P, N)")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, not {chunk_size}")
+    if T == 0:  # no chunk to run: nothing out, the state as it came
+        return x.new_zeros(b, 0, H, P), state.clone()
     training = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     return _SSD.apply(x, dt, A, B, C, state, chunk_size, training)

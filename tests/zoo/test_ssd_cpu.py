@@ -94,6 +94,15 @@ def test_the_kernel_refuses_other_dtypes_and_shapes():
         ssd_cpu.ssd(x, dt, A, B, C[:, :4], state)
 
 
+def test_no_tokens_leave_the_state_as_it_came():
+    x, dt, A = torch.randn(2, 0, 2, 4), torch.rand(2, 0, 2), -torch.rand(2)
+    B, C, state = torch.randn(2, 0, 1, 3), torch.randn(2, 0, 1, 3), torch.randn(2, 2, 4, 3)
+    y, h = ssd_cpu.ssd(x, dt, A, B, C, state)
+    assert y.shape == (2, 0, 2, 4) and torch.equal(h, state)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1, not 0"):
+        ssd_cpu.ssd(x, dt, A, B, C, state, chunk_size=0)
+
+
 def tiny_mamba2() -> torch.nn.Module:
     torch.manual_seed(0)
     model = zoo.build("mamba2", fast=False, vocab_size=100, n_layer=2, d_model=32, head_dim=16,
