@@ -21,12 +21,14 @@ where this project's benchmarks run:
           loop; and their Block -> CompiledWKV5Block, CompiledWKV6Block: for a few rows
           (decoding) the whole block as one compiled call, zoo/wkv5_step_cpu.py, its products
           zoo/matvec_cpu.py's, as the output head's (-> MatvecHead) (inference); training's
-          WKV alone as the C loop with its C backward;
+          WKV alone as the C loop with its C backward, and RWKV-6's decay LoRA as `linear`'s
+          products;
   wkv7    RWKV-7's TimeMix -> CompiledWKV7TimeMix: the generalised delta rule as
           zoo/wkv7_cpu.py's compiled C loop; and its Block -> CompiledWKV7Block: for a few rows
           (decoding) the whole block as one compiled call, zoo/wkv7_step_cpu.py, its products
           zoo/matvec_cpu.py's, as the output head's (-> MatvecHead) (inference); training's
-          WKV as the C loop with its C backward;
+          WKV as the C loop with its C backward, and its four LoRA projections as `linear`'s
+          products;
   scan    Mamba's MambaMixer -> CompiledScanMambaMixer: the selective scan as zoo/scan_cpu.py's
           compiled C loop, with its C backward when a gradient is needed (training); and
           Mamba's and Mamba-2's causal convolution with its SiLU as zoo/conv_cpu.py's, with
@@ -281,6 +283,18 @@ class FastLinear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
+class _LinearLoRA:
+    """A time mix whose low-rank projections (x down, then up: parameters (d, rank) and
+    (rank, d)) are `linear`'s products, as the linear route's layers: in training, oneDNN's
+    for the forward and both gradients where it is chosen, about twice MKL's rate for the
+    PyTorch `@` these are otherwise (`python reports/train-cpu/lora-probe.py`)."""
+
+    def lora(self, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
+             inner=None) -> torch.Tensor:
+        h = linear(x, down.t())
+        return linear(h if inner is None else inner(h), up.t())
+
+
 # --- the ffn route ----------------------------------------------------------------------------
 
 def _hooked(module: nn.Module) -> bool:
@@ -424,7 +438,7 @@ class CompiledWKV5TimeMix(_CompiledMatrixWKV, rwkv5.TimeMix):
         return self.output(y), x[:, -1], state
 
 
-class CompiledWKV6TimeMix(_CompiledMatrixWKV, rwkv6.TimeMix):
+class CompiledWKV6TimeMix(_LinearLoRA, _CompiledMatrixWKV, rwkv6.TimeMix):
     def forward(self, x: torch.Tensor, last_x: torch.Tensor, state: torch.Tensor):
         if not self._compiled(x, state):
             return super().forward(x, last_x, state)
@@ -504,10 +518,10 @@ class CompiledWKV6Block(_CompiledStep, rwkv6.Block):
 
 # --- the wkv7 route ---------------------------------------------------------------------------
 
-class CompiledWKV7TimeMix(rwkv7.TimeMix):
+class CompiledWKV7TimeMix(_LinearLoRA, rwkv7.TimeMix):
     """RWKV-7's TimeMix with the WKV run by zoo/wkv7_cpu.py's C loop for float32 CPU tensors
     (prefill and decoding), its C backward included when a gradient is needed (training); on
-    CUDA or without a compiler, the PyTorch forms."""
+    CUDA or without a compiler, the PyTorch forms. Its LoRA projections as _LinearLoRA's."""
 
     def wkv(self, r, log_w, k, v, kk, a, state):
         tensors = (r, log_w, k, v, kk, a, state)

@@ -131,14 +131,22 @@ class TimeMix(nn.Module):
         g = F.silu(self.gate(xg))
         wkv_dtype = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 for an fp64 model
         # log w = -exp(time_decay + tanh(x_w W1) W2), per token and channel, in fp32
-        log_w = -torch.exp((self.time_decay + torch.tanh(xw @ self.time_decay_w1)
-                            @ self.time_decay_w2).to(wkv_dtype))
+        log_w = -torch.exp((self.time_decay + self.lora(xw, self.time_decay_w1,
+                                                        self.time_decay_w2, torch.tanh)
+                            ).to(wkv_dtype))
         heads = (B, T, H, N)
         y, state = self.wkv(r.view(heads).to(wkv_dtype), log_w.view(heads),
                             k.view(heads).to(wkv_dtype), v.view(heads).to(wkv_dtype),
                             self.time_faaaa.to(wkv_dtype), state.to(wkv_dtype))
         y = head_group_norm(y, self.ln_x).to(x.dtype)  # in the WKV's precision
         return self.output(y * g), x[:, -1], state
+
+    def lora(self, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
+             inner=None) -> torch.Tensor:
+        """A low-rank projection: inner(x down) up, x (..., d), down (d, rank), up (rank, d),
+        `inner` an elementwise function or None."""
+        h = x @ down
+        return (h if inner is None else inner(h)) @ up
 
     def wkv(self, r, log_w, k, v, u, state) -> tuple[torch.Tensor, WKV6State]:
         """The WKV in fp32 (fp64 for an fp64 model): the recurrence for one token (decoding),

@@ -234,15 +234,16 @@ class TimeMix(nn.Module):
                                   (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
         r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
         # log of the decay, in (-e^-0.5, 0): w in (0.545, 1)
-        log_w = LOG_DECAY_FLOOR * torch.sigmoid(self.w0 + torch.tanh(xw @ self.w1) @ self.w2)
-        a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)  # in-context learning rate
-        g = torch.sigmoid(xg @ self.g1) @ self.g2
+        log_w = LOG_DECAY_FLOOR * torch.sigmoid(self.w0 + self.lora(xw, self.w1, self.w2,
+                                                                     torch.tanh))
+        a = torch.sigmoid(self.a0 + self.lora(xa, self.a1, self.a2))  # in-context learning rate
+        g = self.lora(xg, self.g1, self.g2, torch.sigmoid)
         kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1)  # unit removal key per head
         k = k * (1 + (a - 1) * self.k_a)
         if v_first is None:  # layer 0: its v is the one later layers move toward
             v_first = v
         else:
-            v = torch.lerp(v, v_first, torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2))
+            v = torch.lerp(v, v_first, torch.sigmoid(self.v0 + self.lora(xv, self.v1, self.v2)))
         heads = (B, T, H, N)
         y, state = self.wkv(r.view(heads).float(), log_w.view(heads).float(),
                             k.view(heads).float(), v.view(heads).float(), kk.float(),
@@ -251,6 +252,13 @@ class TimeMix(nn.Module):
         bonus = (r * k).view(heads).mul(self.r_k).sum(-1, keepdim=True) * v.view(heads)
         y = y + bonus.view(B, T, d)
         return self.output(y * g), x[:, -1], state, v_first
+
+    def lora(self, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
+             inner=None) -> torch.Tensor:
+        """A low-rank projection: inner(x down) up, x (..., d), down (d, rank), up (rank, d),
+        `inner` an elementwise function or None."""
+        h = x @ down
+        return (h if inner is None else inner(h)) @ up
 
     def wkv(self, r, log_w, k, v, kk, a, state) -> tuple[torch.Tensor, WKV7State]:
         """The WKV in fp32: the recurrence for one token (decoding), the chunked form for more."""

@@ -24,7 +24,7 @@ from torch import nn
 import zoo
 import zoo.fast
 from harness.models import build_variant
-from zoo import attention_cpu, dropout_cpu, scan_cpu, wkv5_cpu, wkv7_cpu, wkv_cpu
+from zoo import attention_cpu, dropout_cpu, rwkv6, rwkv7, scan_cpu, wkv5_cpu, wkv7_cpu, wkv_cpu
 from zoo.fast import FEW_ROWS, KERNELS, FastLinear, linear, many_rows_kernel, onednn_available
 from zoo.layers import ACTIVATIONS, FeedForward, MultiHeadAttention
 
@@ -297,6 +297,28 @@ def test_swiglu_with_gradients_takes_the_training_products_in_onednn(onednn_call
     x64, gate64, up64 = (t.detach().double().requires_grad_() for t in (x, gate, up))
     (F.silu(x64 @ gate64.t()) * (x64 @ up64.t())).square().sum().backward()
     for ours, reference in ((x, x64), (gate, gate64), (up, up64)):
+        assert max_diff(ours.grad, reference.grad) < 1e-4 * reference.grad.abs().max()
+
+
+@pytest.mark.parametrize("name, down, up", [("rwkv7", "w1", "w2"), ("rwkv7", "a1", "a2"),
+                                            ("rwkv6", "time_decay_w1", "time_decay_w2")])
+def test_the_time_mixes_low_rank_projections_take_the_training_products(name, down, up,
+                                                                          onednn_calls):
+    """RWKV-6's and -7's LoRA projections (x down, then up: (d, rank) and (rank, d)
+    parameters) go through `linear` on the route, with the plain `@`'s output and float64's
+    gradients."""
+    mix = next(m for m in tiny(name, fast=True).modules() if hasattr(m, "lora"))
+    x = torch.randn(1, 2 * FEW_ROWS, mix.receptance.in_features, requires_grad=True)
+    weights = getattr(mix, down), getattr(mix, up)
+    out = mix.lora(x, *weights, torch.tanh)
+    out.square().sum().backward()
+    assert onednn_calls == ["none"] * 6  # two forward products, two gradients of each
+    x64, down64, up64 = (t.detach().double().requires_grad_() for t in (x, *weights))
+    plain = {"rwkv6": rwkv6.TimeMix, "rwkv7": rwkv7.TimeMix}[name].lora  # x @ down @ up
+    want = plain(mix, x64, down64, up64, torch.tanh)
+    want.square().sum().backward()
+    assert max_diff(out, want) < 1e-5 * want.abs().max()
+    for ours, reference in ((x, x64), (weights[0], down64), (weights[1], up64)):
         assert max_diff(ours.grad, reference.grad) < 1e-4 * reference.grad.abs().max()
 
 
