@@ -243,7 +243,9 @@ class TimeMix(nn.Module):
         if v_first is None:  # layer 0: its v is the one later layers move toward
             v_first = v
         else:
-            v = torch.lerp(v, v_first, torch.sigmoid(self.v0 + self.lora(xv, self.v1, self.v2)))
+            # (the gate is float32 under autocast, v bfloat16: lerp wants one dtype)
+            gate = torch.sigmoid(self.v0 + self.lora(xv, self.v1, self.v2))
+            v = torch.lerp(v, v_first, gate.to(v.dtype))
         heads = (B, T, H, N)
         y, state = self.wkv(r.view(heads).float(), log_w.view(heads).float(),
                             k.view(heads).float(), v.view(heads).float(), kk.float(),
