@@ -554,12 +554,18 @@ class _CompiledConv:
     """A state-space mixer whose causal convolution and SiLU run as zoo/conv_cpu.py's C loop
     (with its backward) for float32 CPU tensors: one pass over the tokens in their (b, T,
     channels) layout, where the plain path transposes to channels-first for F.conv1d and back.
-    Otherwise (other dtypes, autocast, CUDA, no compiler) the plain convolution."""
+    Under CPU autocast over float32 weights too, its bfloat16 input taken to float32 (as the
+    scan after it runs): autocast's bfloat16 depthwise convolution spent 10 ms a call in its
+    backward, 15% of a Mamba-2 step, more than the bfloat16 products saved (`python
+    benchmarks/training_parts.py --profile mamba2:1024 --dtype bfloat16`). Otherwise (float64,
+    bfloat16 weights, CUDA, no compiler) the plain convolution."""
 
     def conv(self, x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tensors = (x, conv_state, *self.conv1d.parameters())
-        if _cpu_float32(*tensors) and conv_cpu.available():
-            return conv_cpu.conv_silu(x, conv_state, self.conv1d.weight, self.conv1d.bias)
+        parameters = tuple(self.conv1d.parameters())
+        if (_cpu_float32(*parameters) and conv_cpu.available() and x.device.type == "cpu"
+                and (_cpu_float32(x, conv_state) or torch.is_autocast_enabled("cpu"))):
+            return conv_cpu.conv_silu(x.float(), conv_state.float(), self.conv1d.weight,
+                                      self.conv1d.bias)
         return super().conv(x, conv_state)
 
 
@@ -852,9 +858,11 @@ def describe(model: nn.Module, training: bool = False,
             notes.append(f"SSD: PyTorch, chunks of {chunk} for prefill, the recurrence for "
                          "decoding")
     if any(isinstance(m, (MambaMixer, Mamba2Mixer)) for m in model.modules()):
-        notes.append("causal conv and SiLU: compiled C loop (zoo.conv_cpu)"
-                     if "scan" in routes and cpu32 and conv_cpu.available()
-                     else "causal conv and SiLU: F.conv1d, then F.silu")
+        if "scan" in routes and cpu and weight.dtype == torch.float32 and conv_cpu.available():
+            in_float32 = "" if cpu32 else " in float32"  # autocast's bfloat16 input, upcast
+            notes.append(f"causal conv and SiLU: compiled C loop{in_float32} (zoo.conv_cpu)")
+        else:
+            notes.append("causal conv and SiLU: F.conv1d, then F.silu")
     if any(isinstance(m, tuple(_SWAPS["dropout"])) for m in model.modules()):
         kernel = ("dropout" in routes and cpu and (dtype or weight.dtype) in dropout_cpu.DTYPES
                   and dropout_cpu.available())

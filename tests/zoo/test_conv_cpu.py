@@ -115,14 +115,27 @@ def test_the_route_runs_the_kernel_and_keeps_the_plain_numbers(name, monkeypatch
 
 
 @pytest.mark.parametrize("name", ["mamba", "mamba2"])
-def test_other_dtypes_take_the_plain_conv(name, monkeypatch):
+def test_autocast_takes_the_kernel_in_float32_and_float64_the_plain_conv(name, monkeypatch):
+    """Under bfloat16 autocast the route upcasts the convolution's bfloat16 input and runs the
+    kernel (the loss within 2% of the plain model's under autocast, the gradients finite); a
+    float64 model takes the plain convolution."""
     calls = []
-    monkeypatch.setattr(conv_cpu, "conv_silu", lambda *a: calls.append(1))
+    real = conv_cpu.conv_silu
+    monkeypatch.setattr(conv_cpu, "conv_silu", lambda *a: calls.append(a[0].dtype) or real(*a))
     model = tiny(name)
-    zoo.fast.apply(model, ["scan"])
     ids = torch.randint(0, 100, (1, 12))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        model(ids, targets=ids).loss.backward()
+        plain_loss = model(ids, targets=ids).loss
+    zoo.fast.apply(model, ["scan"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(ids, targets=ids).loss
+    loss.backward()
+    assert calls == [torch.float32] * model.config.n_layer
+    assert abs(loss.item() - plain_loss.item()) <= 0.02 * plain_loss.item()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert ("causal conv and SiLU: compiled C loop in float32 (zoo.conv_cpu)"
+            in zoo.fast.describe(model, training=True, dtype=torch.bfloat16))
+    calls.clear()
     with torch.no_grad():
         model.double()(ids)
     assert calls == []
