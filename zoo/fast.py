@@ -80,6 +80,7 @@ from zoo import (
     conv_cpu,
     dropout_cpu,
     matvec_cpu,
+    norm_cpu,
     rwkv5,
     rwkv6,
     rwkv7,
@@ -97,7 +98,7 @@ from zoo.layers.feedforward import ACTIVATIONS, FeedForward
 from zoo.llama import SwiGLU
 from zoo.mamba import MambaMixer
 from zoo.mamba import chunk_length as mamba_chunk_length
-from zoo.mamba2 import Mamba2Mixer
+from zoo.mamba2 import GatedRMSNorm, Mamba2Mixer
 from zoo.mamba2 import chunk_length as mamba2_chunk_length
 from zoo.mosaic_bert import AlibiAttention
 from zoo.rwkv import ChannelMix, TimeMix, WKVState, chunk_length
@@ -116,14 +117,17 @@ ROUTES: dict[str, str] = {
     "wkv5": "RWKV-5/6's matrix WKV, with its GroupNorm and gate, as a compiled C loop "
             f"(zoo.wkv5_cpu), a block on <= {FEW_ROWS} rows (decoding) as one compiled call "
             "(zoo.wkv5_step_cpu) and the head's product as zoo.matvec_cpu's (CPU float32 "
-            "inference; training: the WKV with its C backward)",
+            "inference; training: the WKV with its C backward, RWKV-6's decay LoRA as the "
+            "linear route's products)",
     "wkv7": "RWKV-7's WKV as a compiled C loop (zoo.wkv7_cpu), a block on <= "
             f"{FEW_ROWS} rows (decoding) as one compiled call (zoo.wkv7_step_cpu) and the "
             "head's product as zoo.matvec_cpu's (CPU float32 inference; training: the WKV "
-            "with its C backward)",
+            "with its C backward, the LoRA projections as the linear route's products)",
     "scan": "Mamba's selective scan as a compiled C loop with its backward (zoo.scan_cpu; CPU, "
-            "inference and training), and Mamba's and Mamba-2's causal convolution with its "
-            "SiLU as another (zoo.conv_cpu; CPU float32)",
+            "inference and training), Mamba-2's chunked SSD as another inside chunks with "
+            "oneDNN's products between them (zoo.ssd_cpu), its gated RMSNorm as another "
+            "(zoo.norm_cpu), and Mamba's and Mamba-2's causal convolution with its SiLU as "
+            "another (zoo.conv_cpu; CPU float32, and under autocast in float32)",
     "dropout": "dropout masks drawn by a C kernel (zoo.dropout_cpu), attention with dropout "
                "as its math path on them (CPU training, float32 or bfloat16)",
 }
@@ -599,6 +603,18 @@ class CompiledScanMamba2Mixer(_CompiledConv, Mamba2Mixer):
         return super().scan(*tensors)
 
 
+class CompiledGatedRMSNorm(GatedRMSNorm):
+    """Mamba-2's gated RMSNorm as zoo/norm_cpu.py's C loop, one pass forward and one backward
+    where PyTorch makes six and about twelve over the activations, for CPU float32 weights and
+    y, z float32 or (autocast) bfloat16; otherwise GatedRMSNorm's own."""
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if (_cpu_float32(y, self.weight) and z.dtype in (torch.float32, torch.bfloat16)
+                and z.device.type == "cpu" and not _compiling() and norm_cpu.available()):
+            return norm_cpu.gated_rms_norm(y, z, self.weight, self.n_groups, self.eps)
+        return super().forward(y, z)
+
+
 # --- the dropout route ------------------------------------------------------------------------
 
 def _dropout_runs(x: torch.Tensor, p: float) -> bool:
@@ -711,7 +727,8 @@ _SWAPS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
     "wkv5": {rwkv5.TimeMix: CompiledWKV5TimeMix, rwkv6.TimeMix: CompiledWKV6TimeMix,
              rwkv5.Block: CompiledWKV5Block, rwkv6.Block: CompiledWKV6Block},
     "wkv7": {rwkv7.TimeMix: CompiledWKV7TimeMix, rwkv7.Block: CompiledWKV7Block},
-    "scan": {MambaMixer: CompiledScanMambaMixer, Mamba2Mixer: CompiledScanMamba2Mixer},
+    "scan": {MambaMixer: CompiledScanMambaMixer, Mamba2Mixer: CompiledScanMamba2Mixer,
+             GatedRMSNorm: CompiledGatedRMSNorm},
     "dropout": {nn.Dropout: FastDropout, MultiHeadAttention: DropoutAttention,
                 AlibiAttention: DropoutAlibiAttention},
 }
@@ -857,6 +874,10 @@ def describe(model: nn.Module, training: bool = False,
             chunk = mamba2_chunk_length(mixer2.chunk_size, weight.is_cuda)
             notes.append(f"SSD: PyTorch, chunks of {chunk} for prefill, the recurrence for "
                          "decoding")
+    if mixer2 is not None:
+        notes.append("gated RMSNorm: compiled C loop (zoo.norm_cpu)"
+                     if "scan" in routes and cpu and weight.dtype == torch.float32
+                     and norm_cpu.available() else "gated RMSNorm: PyTorch")
     if any(isinstance(m, (MambaMixer, Mamba2Mixer)) for m in model.modules()):
         if "scan" in routes and cpu and weight.dtype == torch.float32 and conv_cpu.available():
             in_float32 = "" if cpu32 else " in float32"  # autocast's bfloat16 input, upcast

@@ -18,6 +18,7 @@ from zoo import (
     conv_cpu,
     dropout_cpu,
     matvec_cpu,
+    norm_cpu,
     scan_cpu,
     ssd_cpu,
     wkv5_cpu,
@@ -27,8 +28,8 @@ from zoo import (
     wkv_cpu,
 )
 
-KERNELS = (attention_cpu, conv_cpu, dropout_cpu, matvec_cpu, scan_cpu, ssd_cpu, wkv_cpu,
-           wkv5_cpu, wkv5_step_cpu, wkv7_cpu, wkv7_step_cpu)
+KERNELS = (attention_cpu, conv_cpu, dropout_cpu, matvec_cpu, norm_cpu, scan_cpu, ssd_cpu,
+           wkv_cpu, wkv5_cpu, wkv5_step_cpu, wkv7_cpu, wkv7_step_cpu)
 
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("cc", "gcc", "clang")),
