@@ -42,6 +42,19 @@ class Peer(str, Enum):
 
 
 
+def _choices(given: list[str] | None, allowed: type[Enum], option: str) -> list[str]:
+    """An option's values, each comma-separated list split, every value one of `allowed`'s."""
+    from harness.sweep import SweepError
+
+    values = [v.strip() for text in given or [] for v in text.split(",") if v.strip()]
+    names = [member.value for member in allowed]
+    for value in values:
+        if value not in names:
+            raise SweepError(f"{option} {value!r}: expected {', '.join(names[:-1])} or "
+                             f"{names[-1]}")
+    return list(dict.fromkeys(values))
+
+
 @app.command()
 def bench(
     ctx: typer.Context,
@@ -55,9 +68,10 @@ def bench(
     seqlen: Annotated[str, typer.Option(
         help="Sequence length(s): 8192, a list 512,1024,2048 or a doubling range 512..16384.")
     ] = "1024",
-    mode: Annotated[list[Mode] | None, typer.Option(
+    mode: Annotated[list[str] | None, typer.Option(
+        metavar="MODE[,MODE...]",
         help="forward (prefill/encode), train (forward + backward + optimizer step) or generate "
-             "(decode after a prompt of SEQLEN tokens); repeat the option for several.",
+             "(decode after a prompt of SEQLEN tokens); comma-separated or repeated for several.",
         show_default="forward")] = None,
     batch: Annotated[int, typer.Option(help="Sequences per batch.")] = 1,
     device: Annotated[str, typer.Option(help="auto (cuda when present), cpu, cuda or cuda:N.")
@@ -73,7 +87,8 @@ def bench(
              "recorded as over_budget.", show_default=False)] = None,
     timeout: Annotated[float, typer.Option(help="Seconds per cell before it is stopped.")
                        ] = 600.0,
-    against: Annotated[list[Peer] | None, typer.Option(
+    against: Annotated[list[str] | None, typer.Option(
+        metavar="PEER[,PEER...]",
         help="Also measure a peer implementation with the same weights and print ours/theirs: "
              "hf (Hugging Face: bert, gpt, llama, mamba, mamba2, roberta, rwkv) or rwkv-pip (the "
              "official package: rwkv, rwkv5, rwkv6, rwkv7).",
@@ -142,11 +157,12 @@ def bench(
         if not names:
             raise sweeps.SweepError("name at least one model (e.g. `catalog bench rwkv`), or --all")
         plan = sweeps.Sweep(
-            models=names, variant=variant, modes=[m.value for m in mode or [Mode.forward]],
+            models=names, variant=variant,
+            modes=_choices(mode, Mode, "--mode") or [Mode.forward.value],
             seqlens=sweeps.parse_seqlens(seqlen), batch=batch, dtype=dtype, device=device,
             threads=threads, warmup=warmup, repeat=repeat, new_tokens=new_tokens,
             max_memory=sweeps.parse_bytes(max_memory), timeout=timeout,
-            against=[p.value for p in against or []], compile=compile_model, fast=not plain,
+            against=_choices(against, Peer, "--against"), compile=compile_model, fast=not plain,
             force=force, results=results_path, command=command_line(ctx), fields=fields)
         sweeps.check(plan, catalog)
     for model, unsupported_mode in plan.unsupported():

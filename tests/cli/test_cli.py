@@ -273,6 +273,9 @@ def test_validate_checks_variant_fields_against_the_zoo_config(write_catalog):
     (["bench", "rwkv", "--dtype", "float64"], ["unknown dtype 'float64'"]),
     (["bench", "mosaic-bert", "--against", "hf"], ["--against hf has no peer for mosaic-bert"]),
     (["bench"], ["name at least one model"]),
+    (["bench", "gpt", "--mode", "forward,trian"],
+     ["--mode 'trian': expected forward, train or generate"]),
+    (["bench", "gpt", "--against", "hf,foo"], ["--against 'foo': expected hf or rwkv-pip"]),
     (["bench", "gpt", "--jobs", str(len(os.sched_getaffinity(0)) + 1)],
      ["on the CPU needs", "one per cell at least"]),
     (["bench", "gpt", "--launcher", "slurm"], ["--launcher 'slurm': choose local or ray"]),
@@ -313,6 +316,21 @@ def test_bench_prints_a_table_and_accepts_catalog_ids(tmp_path, monkeypatch):
     rec = json.loads(out.read_text())
     assert rec["model"] == "gpt"
     assert rec["command"] == (f"catalog bench gpt-2 --variant tiny --seqlen 48 --results {out}")
+
+
+def test_bench_modes_are_comma_separated_or_repeated(tmp_path, monkeypatch):
+    from harness.sweep import peak_label
+
+    cache = tmp_path / ".cache" / "transformer-catalog" / "matmul_peaks.json"
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({peak_label("cpu", "float32", None): 1e11}))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    out = tmp_path / "r.jsonl"
+    result = run("bench", "gpt", "--variant", "tiny", "--seqlen", "32", "--repeat", "1",
+                 "--mode", "forward,train", "--mode", "forward", "--results", str(out))
+    assert result.exit_code == 0, result.output
+    modes = [json.loads(line)["mode"] for line in out.read_text().splitlines()]
+    assert modes == ["forward", "train"]
 
 
 def test_bench_set_builds_each_cell_with_the_fields_and_names_the_variant(tmp_path, monkeypatch):
