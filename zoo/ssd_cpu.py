@@ -17,11 +17,14 @@ a = delta A (<= 0), u = delta x, cum_l = a_0 + ... + a_l within the chunk:
   recurrence over chunks:      h_next = exp(cum_{L-1}) h_start + V^T B   (elementwise)
 
 and the backward the same way round: the products of the state's gradient, then one C pass per
-(chunk, head) for the gradients of u, of S = C B^T and of the log-decays (every exp recomputed
+(chunk, head) for the gradients of S = C B^T, of u and of the log-decays (every exp recomputed
 from running sums over the chunk, never as a difference of two long sums, as segsum does), the
-last turned into a's by a reversed cumulative sum. The state's matrices are kept transposed, N x
-(heads x P), so that every product's left operand is a contiguous matrix: oneDNN runs a
-transposed left operand at 60% of the speed (`python reports/train-cpu/ssd-probe.py --products`).
+last turned into a's by a reversed cumulative sum, and both into x's, dt's and A's. The C
+passes read x and dt where they lie (x a view of the input projection) and write y, dx and ddt
+in the model's layout. The state's matrices are kept transposed, N x (heads x P), so that every
+product's left operand is a contiguous matrix: oneDNN ran a transposed left operand at 40-65%
+of the speed (`python reports/train-cpu/ssd-probe.py --products`). Chunks are CHUNK tokens
+unless the config names a size.
 
 `ssd` has `zoo.mamba2.ssd_chunked`'s contract for float32 CPU tensors, differentiable in all
 six inputs; zoo/fast.py's "scan" route takes it for Mamba-2's mixer, with ssd_chunked as its
@@ -295,7 +298,7 @@ int ssd_chunk_backward(int64_t K, int64_t L, int64_t Hg, int64_t P, int64_t n, i
                        int64_t H, int64_t k0, int64_t k1, const float *x, int64_t xb,
                        int64_t xt, const float *dt, const float *A, const float *S,
                        const float *dy, int64_t dyb, int64_t dyt, const float *dV,
-                       const float *da, float *dx, float *ddt, float *dA, float *dS, float *V) {
+                       float *da, float *dx, float *ddt, float *dA, float *dS, float *V) {
     const int64_t Lr = (L + 15) / 16 * 16;
     /* ubT's rows padded with zeros to Lr, read by dot_rows in 16 lanes */
     float *buf = calloc(3 * L * P + P * Lr + 2 * L * L + 5 * L + Lr, sizeof(float));
@@ -308,7 +311,7 @@ int ssd_chunk_backward(int64_t K, int64_t L, int64_t Hg, int64_t P, int64_t n, i
             const float *xh = x + c.i * xb + c.t0 * xt + h * P, *dth = dt + tok * H + h;
             const float *dyh = dy + c.i * dyb + c.t0 * dyt + h * P;
             const int64_t at = k * L * Hg + h, vt = k * L * Hg * P + h * P;
-            float *dah = (float *)da + at, *dxh = dx + tok * H * P + h * P;
+            float *dah = da + at, *dxh = dx + tok * H * P + h * P;
             if (P == 64)
                 head_backward(L, 64, H, Hg, c.valid, xh, xt, dth, A[h], S + k * L * L, dyh,
                               dyt, dV + vt, dah, dxh, ddt + tok * H + h, dA + k * Hg + h,
@@ -360,8 +363,7 @@ int ssd_chunk_backward_team(int64_t threads, int64_t K, int64_t L, int64_t Hg, i
                             int64_t n, int64_t T, int64_t H, const float *x, int64_t xb,
                             int64_t xt, const float *dt, const float *A, const float *S,
                             const float *dy, int64_t dyb, int64_t dyt, const float *dV,
-                            const float *da, float *dx, float *ddt, float *dA, float *dS,
-                            float *V) {
+                            float *da, float *dx, float *ddt, float *dA, float *dS, float *V) {
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
