@@ -32,9 +32,10 @@ where this project's benchmarks run:
   scan    Mamba's MambaMixer -> CompiledScanMambaMixer: the selective scan as zoo/scan_cpu.py's
           compiled C loop, with its C backward when a gradient is needed (training); and
           Mamba's and Mamba-2's causal convolution with its SiLU as zoo/conv_cpu.py's, with
-          its backward (float32); Mamba2Mixer -> CompiledScanMamba2Mixer: Mamba-2's chunked
-          SSD as zoo/ssd_cpu.py's (a C loop inside chunks, oneDNN's products with the state,
-          its backward written out);
+          its backward (float32, and in float32 under autocast); Mamba2Mixer ->
+          CompiledScanMamba2Mixer: Mamba-2's chunked SSD as zoo/ssd_cpu.py's (a C loop inside
+          chunks, oneDNN's products with the state, its backward written out); GatedRMSNorm ->
+          CompiledGatedRMSNorm: its gated RMSNorm as zoo/norm_cpu.py's, one pass each way;
   dropout (training) nn.Dropout -> FastDropout, and attention modules -> DropoutAttention /
           DropoutAlibiAttention: dropout masks drawn by zoo/dropout_cpu.py's C kernel, and
           attention with dropout computed as its math form with such a mask: in float32
