@@ -18,8 +18,10 @@ a = delta A (<= 0), u = delta x, cum_l = a_0 + ... + a_l within the chunk:
 
 and the backward the same way round: the products of the state's gradient, then one C pass per
 (chunk, head) for the gradients of S = C B^T, of u and of the log-decays (every exp recomputed
-from running sums over the chunk, never as a difference of two long sums, as segsum does), the
-last turned into a's by a reversed cumulative sum, and both into x's, dt's and A's. The C
+from running sums over the chunk, never as a difference of two long sums, as segsum does), a_k's
+the sum over the segments s < k <= l that hold it (not a difference of row and column totals,
+which lost A's gradient to 2e-5 in float32 over chunks of 128), and both into x's, dt's and
+A's. The C
 passes read x and dt where they lie (x a view of the input projection) and write y, dx and ddt
 in the model's layout. The state's matrices are kept transposed, N x (heads x P), so that every
 product's left operand is a contiguous matrix: oneDNN ran a transposed left operand at 40-65%
@@ -221,8 +223,8 @@ static inline void head_backward(int64_t L, int64_t P, int64_t H, int64_t Hg, in
                                  float *dAh, float *dSk, float *Vh, float *buf) {
     const int64_t Lr = (L + 15) / 16 * 16;
     float *ub = buf, *ubT = ub + L * P, *dyb = ubT + P * Lr, *dub = dyb + L * P,
-          *M = dub + L * P, *D = M + L * L, *dtb = D + L * L, *ab = dtb + L, *seg = ab + L,
-          *dcum = seg + L, *dm = dcum + L;
+          *M = dub + L * P, *D = M + L * L, *X = D + L * L, *dtb = X + L * L, *ab = dtb + L,
+          *seg = ab + L, *dcum = seg + L, *cols = dcum + L, *dm = cols + L;
     head_inputs(L, P, valid, xh, xt, dth, H, A, dtb, ab, ub);
     for (int64_t l = 0; l < L; l++) {
         if (l < valid) memcpy(dyb + l * P, dyh + l * dyt, P * sizeof(float));
@@ -237,9 +239,21 @@ static inline void head_backward(int64_t L, int64_t P, int64_t H, int64_t Hg, in
             D[l * L + s] = expf(seg[s]);
             M[l * L + s] = Sk[l * L + s] * D[l * L + s];
         }
-        dcum[l] = dah[l * Hg];
+        dcum[l] = dah[l * Hg];  /* cum's gradient from outside the chunk (the caller's) */
     }
-    const float *w = D + (L - 1) * L;  /* the decays to the chunk's end */
+    /* dM[l, s] = dy_l . u_s for s <= l; S's gradient dM D, and X[l, s] = dM M, the gradient of
+       seg[l, s] = a_{s+1} + ... + a_l (s < l) */
+    for (int64_t l = 0; l < L; l++) {
+        dot_rows(P, Lr, l + 1, dyb + l * P, ubT, dm);
+        float *xl = X + l * L;
+#pragma omp simd
+        for (int64_t s = 0; s < l; s++) {
+            dSk[l * L + s] += dm[s] * D[l * L + s];
+            xl[s] = dm[s] * M[l * L + s];
+        }
+        dSk[l * L + l] += dm[l];  /* seg[l, l] = 0: D = 1, and no log-decay in it */
+    }
+    const float *w = D + (L - 1) * L;  /* the decays to the chunk's end, exp(seg[L - 1, s]) */
     /* u's gradient: through V (u decayed to the end) and through y (M^T dy) */
     for (int64_t s = 0; s < L; s++) {
         const float *dvs = dVh + s * Hg * P, *us = ub + s * P;
@@ -252,38 +266,33 @@ static inline void head_backward(int64_t L, int64_t P, int64_t H, int64_t Hg, in
             dw += dvs[p] * us[p];
             vs[p] = us[p] * w[s];
         }
-        dcum[L - 1] += dw * w[s];  /* w_s = exp(cum_{L-1} - cum_s) */
-        dcum[s] -= dw * w[s];
+        if (s < L - 1) X[(L - 1) * L + s] += dw * w[s];
     }
-    /* dM[l, s] = dy_l . u_s for s <= l; S's gradient dM D, the log-decays' dM M */
-    for (int64_t l = 0; l < L; l++) {
-        const int64_t count = l + 1;
-        dot_rows(P, Lr, count, dyb + l * P, ubT, dm);
-        float drow = 0.0f;
-#pragma omp simd reduction(+:drow)
-        for (int64_t s = 0; s < count; s++) {
-            dSk[l * L + s] += dm[s] * D[l * L + s];
-            const float dseg = dm[s] * M[l * L + s];  /* seg = cum_l - cum_s */
-            drow += dseg;
-            dcum[s] -= dseg;
-        }
-        dcum[l] += drow;
-    }
-    /* cum_l = a_0 + ... + a_l: a_j's gradient sums l >= j; then back through a = dt A and
-       u = dt x to x, dt and A */
+    /* a_k's gradient from the segments: the seg[l, s] with s < k <= l, summed as they are (a
+       difference of row and column totals would cancel in float32 over a long chunk), plus
+       the sum of cum_l's over l >= k. cols[s] holds X's column s summed over rows >= k. */
+    memset(cols, 0, L * sizeof(float));
     float total = 0.0f, dA = 0.0f;
-    for (int64_t l = L - 1; l >= 0; l--) {
-        total += dcum[l];
-        if (l >= valid) continue;
-        const float *xl = xh + l * xt, *dul = dub + l * P, d = dtb[l];
-        float *dxl = dxh + l * H * P, ddt = total * A;
+    for (int64_t k = L - 1; k >= 0; k--) {
+        const float *xk = X + k * L;
+#pragma omp simd
+        for (int64_t s = 0; s < k; s++) cols[s] += xk[s];
+        float inside = 0.0f;
+#pragma omp simd reduction(+:inside)
+        for (int64_t s = 0; s < k; s++) inside += cols[s];
+        total += dcum[k];
+        const float da = total + inside;
+        /* back through a = dt A and u = dt x to x, dt and A */
+        if (k >= valid) continue;
+        const float *xl = xh + k * xt, *dul = dub + k * P, d = dtb[k];
+        float *dxl = dxh + k * H * P, ddt = da * A;
 #pragma omp simd reduction(+:ddt)
         for (int64_t p = 0; p < P; p++) {
             dxl[p] = dul[p] * d;
             ddt += dul[p] * xl[p];
         }
-        ddth[l * H] = ddt;
-        dA += total * d;
+        ddth[k * H] = ddt;
+        dA += da * d;
     }
     *dAh = dA;
 }
@@ -301,7 +310,7 @@ int ssd_chunk_backward(int64_t K, int64_t L, int64_t Hg, int64_t P, int64_t n, i
                        float *da, float *dx, float *ddt, float *dA, float *dS, float *V) {
     const int64_t Lr = (L + 15) / 16 * 16;
     /* ubT's rows padded with zeros to Lr, read by dot_rows in 16 lanes */
-    float *buf = calloc(3 * L * P + P * Lr + 2 * L * L + 5 * L + Lr, sizeof(float));
+    float *buf = calloc(3 * L * P + P * Lr + 3 * L * L + 6 * L + Lr, sizeof(float));
     if (!buf) return 1;
     for (int64_t k = k0; k < k1; k++) {
         const chunk_t c = chunk_of(k, n, L, T);

@@ -3,14 +3,16 @@ products with the state in oneDNN and its backward written out (part of zoo.fast
 route), against zoo.mamba2.ssd_chunked differentiated by autograd in float64.
 
 The kernel: y, the final state and the gradients of all six inputs (the loss reading the final
-state too), within 2e-6 of the largest entry of each for y, the state and x, B, C and the
-state's gradients, 2e-5 for dt's and A's (sums over every token; float32 against float64;
-measured <= 6e-7 and <= 4e-6), for lengths that are and are not a multiple of the chunk, more
-than one sequence, groups of heads sharing B and C, x a view of a wider projection (as the
-model passes it), chunks of 16 to 64 tokens, head sizes the C loop specialises (64) and not,
-chunks split between 1 to 3 threads, in one OpenMP region or the kernels' own threads; under
-bfloat16 autocast it still computes in float32. The model: routed Mamba-2 gives the plain
-model's loss, every parameter's gradient, prefill logits and cached decoding.
+state too), within 2e-6 of the largest entry of each, 5e-6 for A's (a sum over every token;
+float32 against float64; measured <= 4e-7, and <= 1e-6 for A's: PyTorch's float32 chunked form
+gets 6e-7 there; a first C backward that took a's gradient as a difference of row and column
+totals of the log-decays' gradients got 2.3e-5 in chunks of 128), for lengths that are and are
+not a multiple of the chunk, more than one sequence, groups of heads sharing B and C, x a view
+of a wider projection (as the model passes it), chunks of 16 to 128 tokens (24: not a multiple
+of the C loop's 16-lane blocks), head sizes the C loop specialises (64) and not, chunks split
+between 1 to 3 threads, in one OpenMP region or the kernels' own threads; under bfloat16
+autocast it still computes in float32. The model: routed Mamba-2 gives the plain model's loss,
+every parameter's gradient, prefill logits and cached decoding.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def run(function, tensors, dtype, H, P, chunk, gy, gh):
     (1, 70, 6, 16, 3, 8, 16),     # three groups of two heads
     (1, 64, 2, 64, 1, 128, 64),   # one chunk, Mamba-2's d_state
     (2, 5, 2, 8, 1, 4, 16),       # fewer tokens than a chunk
+    (1, 200, 2, 64, 1, 32, 128),  # the route's default chunk, a partial last one
+    (1, 50, 2, 8, 1, 8, 24),      # a chunk that is not a multiple of the 16-lane blocks
 ])
 def test_the_kernel_and_its_gradients_equal_the_chunked_ssd(b, T, H, P, G, N, chunk,
                                                             kernel_threads, kernel_split):
@@ -68,7 +72,7 @@ def test_the_kernel_and_its_gradients_equal_the_chunked_ssd(b, T, H, P, G, N, ch
     names = ["y", "final state", "x (as part of the projection)", "dt", "A", "B", "C", "state"]
     for name, got, want in zip(names, ours, reference, strict=True):
         assert got.dtype == torch.float32 and got.shape == want.shape, name
-        tolerance = 2e-5 if name in ("dt", "A") else 2e-6
+        tolerance = 5e-6 if name == "A" else 2e-6
         assert max_diff(got, want) <= tolerance * want.abs().max().item(), name
 
 
