@@ -12,24 +12,14 @@ training cells do.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from probes import fastest_ms
 
 from zoo import norm_cpu
 from zoo.mamba2 import GatedRMSNorm
 
 D, WIDTH = 1024, 2320
-
-
-def fastest_ms(run, repeat: int = 15) -> float:
-    run()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1000 * min(times)
 
 
 def main(batch: int, seqlen: int, rounds: int) -> None:
@@ -48,7 +38,7 @@ def main(batch: int, seqlen: int, rounds: int) -> None:
 
     print(f"gated RMSNorm, {batch} x {seqlen} tokens, {D} channels, forward and backward (ms):")
     for r in range(rounds):
-        a, b = fastest_ms(plain), fastest_ms(ours)
+        a, b = fastest_ms(plain, repeat=15), fastest_ms(ours, repeat=15)
         print(f"  round {r + 1}: PyTorch {a:.2f}, zoo.norm_cpu {b:.2f} ({a / b:.2f}x)")
 
 

@@ -7,11 +7,9 @@ two steps each way after two warm-up steps; the median and fastest time per step
 """
 
 import sys
-import time
 
-import torch
+from probes import alternate_steps
 
-from harness.models import build_variant
 from zoo import scan_cpu
 
 OPENMP = scan_cpu.team  # every kernel splits its work by scan_cpu.split
@@ -22,31 +20,9 @@ def own_threads(library, name):
 
 
 def main(name: str, seqlen: int) -> None:
-    model = build_variant(name, "small")
-    model.train()
-    ids = torch.randint(0, model.config.vocab_size, (1, seqlen))
-    optimizer = torch.optim.AdamW(model.parameters(), fused=True)
-
-    def step():
-        model(ids, targets=ids).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()
-    step()
-    seconds = {"OpenMP region": [], "own threads": []}
-    for _ in range(6):
-        for way, split in (("OpenMP region", OPENMP), ("own threads", own_threads)):
-            scan_cpu.team = split
-            step()
-            start = time.perf_counter()
-            step()
-            step()
-            seconds[way].append((time.perf_counter() - start) / 2)
-    for way, times in seconds.items():
-        times.sort()
-        print(f"{name} {seqlen} {way}: median {times[len(times) // 2] * 1e3:.0f} ms, "
-              f"fastest {times[0] * 1e3:.0f} ms a step")
+    alternate_steps(name, seqlen, {
+        "OpenMP region": lambda: setattr(scan_cpu, "team", OPENMP),
+        "own threads": lambda: setattr(scan_cpu, "team", own_threads)})
 
 
 if __name__ == "__main__":

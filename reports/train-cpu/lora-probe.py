@@ -7,12 +7,10 @@ after two warm-up steps; the median and fastest time per step.
 """
 
 import sys
-import time
 
-import torch
+from probes import alternate_steps
 
 import zoo.fast
-from harness.models import build_variant
 from zoo import rwkv6, rwkv7
 
 PLAIN = {"rwkv6": (zoo.fast.CompiledWKV6TimeMix, rwkv6.TimeMix.lora),
@@ -22,32 +20,9 @@ PLAIN = {"rwkv6": (zoo.fast.CompiledWKV6TimeMix, rwkv6.TimeMix.lora),
 def main(name: str, seqlen: int) -> None:
     routed, plain_lora = PLAIN[name]
     routed_lora = routed.lora
-    model = build_variant(name, "small")
-    model.train()
-    ids = torch.randint(0, model.config.vocab_size, (1, seqlen))
-    optimizer = torch.optim.AdamW(model.parameters(), fused=True)
-
-    def step():
-        model(ids, targets=ids).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()
-    step()
-    seconds = {"linear's products": [], "PyTorch's @": []}
-    for _ in range(6):
-        for way, lora in (("linear's products", routed_lora), ("PyTorch's @", plain_lora)):
-            routed.lora = lora
-            step()
-            start = time.perf_counter()
-            step()
-            step()
-            seconds[way].append((time.perf_counter() - start) / 2)
-    routed.lora = routed_lora
-    for way, times in seconds.items():
-        times.sort()
-        print(f"{name} {seqlen} {way}: median {times[len(times) // 2] * 1e3:.0f} ms, "
-              f"fastest {times[0] * 1e3:.0f} ms a step")
+    alternate_steps(name, seqlen, {
+        "linear's products": lambda: setattr(routed, "lora", routed_lora),
+        "PyTorch's @": lambda: setattr(routed, "lora", plain_lora)})
 
 
 if __name__ == "__main__":

@@ -16,25 +16,15 @@ training cells do.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from probes import fastest_ms
 
 from zoo import ssd_cpu
 from zoo.mamba2 import chunk_length, ssd_chunked
 
 H, P, G, N = 16, 64, 1, 128
 PLAIN_CHUNK = chunk_length(None, cuda=False)
-
-
-def fastest_ms(run, repeat: int = 7) -> float:
-    run()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1000 * min(times)
 
 
 def layer(batch: int, seqlen: int, rounds: int, chunk: int) -> None:

@@ -1,0 +1,58 @@
+"""What the probes in this folder share: the fastest of several runs, and a model's training
+step timed two ways alternated in one process. (Imported by the probes beside it: a script's
+own folder is on Python's path.)"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from harness.models import build_variant
+
+
+def fastest_ms(run: Callable[[], object], repeat: int = 7) -> float:
+    """The fastest of `repeat` timed calls of `run` after one untimed, in ms (a shared machine
+    only ever slows a run down)."""
+    run()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times)
+
+
+def alternate_steps(name: str, seqlen: int, ways: dict[str, Callable[[], None]],
+                    rounds: int = 6) -> None:
+    """Print the median and fastest time of one training step (the `small` model, batch 1,
+    fp32, AdamW) each way: `ways` maps a label to a function that switches the process to it.
+    Two warm-up steps, then `rounds` rounds of two steps each way, alternated; the first way
+    is switched back on at the end."""
+    model = build_variant(name, "small")
+    model.train()
+    ids = torch.randint(0, model.config.vocab_size, (1, seqlen))
+    optimizer = torch.optim.AdamW(model.parameters(), fused=True)
+
+    def step():
+        model(ids, targets=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    step()
+    seconds: dict[str, list[float]] = {way: [] for way in ways}
+    for _ in range(rounds):
+        for way, switch in ways.items():
+            switch()
+            step()
+            start = time.perf_counter()
+            step()
+            step()
+            seconds[way].append((time.perf_counter() - start) / 2)
+    next(iter(ways.values()))()
+    for way, times in seconds.items():
+        times.sort()
+        print(f"{name} {seqlen} {way}: median {times[len(times) // 2] * 1e3:.0f} ms, "
+              f"fastest {times[0] * 1e3:.0f} ms a step")
