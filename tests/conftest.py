@@ -100,6 +100,37 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item()
 
 
+def tiny_state_space(name: str) -> torch.nn.Module:
+    """A 2-layer Mamba or Mamba-2 (vocabulary 100, width 32; Mamba-2: heads of 16, d_state 16,
+    chunks of 8) without the routes, noise on every parameter so that none is zero."""
+    import zoo
+
+    torch.manual_seed(0)
+    fields = dict(vocab_size=100, n_layer=2, d_model=32)
+    if name == "mamba2":
+        fields.update(head_dim=16, d_state=16, chunk_size=8)
+    model = zoo.build(name, fast=False, **fields)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def train_and_decode(model: torch.nn.Module, ids: torch.Tensor):
+    """A training step's loss and every parameter's gradient (cleared after), then prefill of
+    `ids` with the cache and one decoding step after it: (loss, grads, prefill output, the
+    step's logits)."""
+    loss = model(ids, targets=ids).loss
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        prefill = model(ids, use_cache=True)
+        step = model(ids[:, :1], cache=prefill.cache).logits
+    return loss, grads, prefill, step
+
+
 def one_line(excinfo) -> str:
     """The message of an error caught by pytest.raises, checked to be a single line."""
     message = str(excinfo.value)

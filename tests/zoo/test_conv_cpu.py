@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import max_diff
+from conftest import max_diff, tiny_state_space, train_and_decode
 
 import zoo
 import zoo.fast
@@ -66,19 +66,6 @@ def test_the_kernel_refuses_other_dtypes_and_shapes():
         conv_cpu.conv_silu(x, state[:, :, :2], weight, None)
 
 
-def tiny(name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    fields = dict(vocab_size=100, n_layer=2, d_model=32)
-    if name == "mamba2":
-        fields.update(head_dim=16, d_state=16, chunk_size=8)
-    model = zoo.build(name, fast=False, **fields)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model
-
-
 @pytest.mark.parametrize("name", ["mamba", "mamba2"])
 def test_the_route_runs_the_kernel_and_keeps_the_plain_numbers(name, monkeypatch):
     """A training step (loss and every parameter's gradient within 1e-5 of the largest entry),
@@ -86,24 +73,13 @@ def test_the_route_runs_the_kernel_and_keeps_the_plain_numbers(name, monkeypatch
     calls = []
     real = conv_cpu.conv_silu
     monkeypatch.setattr(conv_cpu, "conv_silu", lambda *a: calls.append(a[0].shape) or real(*a))
-    model = tiny(name)
+    model = tiny_state_space(name)
     ids = torch.randint(0, 100, (2, 30))
-    plain_loss = model(ids, targets=ids).loss
-    plain_loss.backward()
-    plain_grads = {n: p.grad for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        plain = model(ids, use_cache=True)
-        plain_step = model(ids[:, :1], cache=plain.cache).logits
+    plain_loss, plain_grads, plain, plain_step = train_and_decode(model, ids)
     zoo.fast.apply(model, ["scan"])
     assert "causal conv and SiLU: compiled C loop (zoo.conv_cpu)" in zoo.fast.describe(
         model, training=True)
-    loss = model(ids, targets=ids).loss
-    loss.backward()
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    with torch.no_grad():
-        routed = model(ids, use_cache=True)
-        step = model(ids[:, :1], cache=routed.cache).logits
+    loss, grads, routed, step = train_and_decode(model, ids)
     n_layer = model.config.n_layer
     assert [shape[1] for shape in calls] == [30] * 2 * n_layer + [1] * n_layer
     assert abs(loss.item() - plain_loss.item()) <= 1e-5
@@ -122,7 +98,7 @@ def test_autocast_takes_the_kernel_in_float32_and_float64_the_plain_conv(name, m
     calls = []
     real = conv_cpu.conv_silu
     monkeypatch.setattr(conv_cpu, "conv_silu", lambda *a: calls.append(a[0].dtype) or real(*a))
-    model = tiny(name)
+    model = tiny_state_space(name)
     ids = torch.randint(0, 100, (1, 12))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         plain_loss = model(ids, targets=ids).loss

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import max_diff
+from conftest import max_diff, tiny_state_space, train_and_decode
 
 import zoo
 import zoo.fast
@@ -107,17 +107,6 @@ def test_no_tokens_leave_the_state_as_it_came():
         ssd_cpu.ssd(x, dt, A, B, C, state, chunk_size=0)
 
 
-def tiny_mamba2() -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = zoo.build("mamba2", fast=False, vocab_size=100, n_layer=2, d_model=32, head_dim=16,
-                      d_state=16, chunk_size=8)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model
-
-
 def test_the_route_runs_the_kernel_and_keeps_the_plain_numbers(monkeypatch):
     """A training step (loss and every parameter's gradient within 1e-5 of the largest entry),
     prefill over several chunks and then decoding (the recurrence, not the kernel), as the
@@ -125,25 +114,14 @@ def test_the_route_runs_the_kernel_and_keeps_the_plain_numbers(monkeypatch):
     calls = []
     real = ssd_cpu.ssd
     monkeypatch.setattr(ssd_cpu, "ssd", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
-    model = tiny_mamba2()
+    model = tiny_state_space("mamba2")
     ids = torch.randint(0, 100, (2, 30))
-    plain_loss = model(ids, targets=ids).loss
-    plain_loss.backward()
-    plain_grads = {n: p.grad for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        plain = model(ids, use_cache=True)
-        plain_step = model(ids[:, :1], cache=plain.cache).logits
+    plain_loss, plain_grads, plain, plain_step = train_and_decode(model, ids)
     zoo.fast.apply(model, ["scan"])
     notes = zoo.fast.describe(model, training=True)
     assert ("SSD: chunks of 8, inside them a compiled C loop and its backward, oneDNN's products "
             "with the state (zoo.ssd_cpu); the recurrence for decoding") in notes
-    loss = model(ids, targets=ids).loss
-    loss.backward()
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    with torch.no_grad():
-        routed = model(ids, use_cache=True)
-        step = model(ids[:, :1], cache=routed.cache).logits
+    loss, grads, routed, step = train_and_decode(model, ids)
     assert [shape[1] for shape in calls] == [30] * 2 * model.config.n_layer  # not decoding's
     assert abs(loss.item() - plain_loss.item()) <= 1e-5
     for n, grad in plain_grads.items():
@@ -155,7 +133,7 @@ def test_the_route_runs_the_kernel_and_keeps_the_plain_numbers(monkeypatch):
 
 def test_without_the_route_the_model_keeps_the_pytorch_ssd(monkeypatch):
     monkeypatch.setattr(ssd_cpu, "ssd", lambda *a, **k: pytest.fail("the kernel ran"))
-    model = tiny_mamba2()
+    model = tiny_state_space("mamba2")
     ids = torch.randint(0, 100, (1, 12))
     model(ids, targets=ids).loss.backward()
     assert "SSD: PyTorch, chunks of 8 for prefill, the recurrence for decoding" in \
