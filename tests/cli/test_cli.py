@@ -300,14 +300,19 @@ def test_bench_refuses_bad_requests_in_one_line(args, fragments):
     assert_one_line_error(run(*args), *fragments)
 
 
-def test_bench_prints_a_table_and_accepts_catalog_ids(tmp_path, monkeypatch):
+@pytest.fixture
+def cached_peak(tmp_path, monkeypatch):
+    """A matmul peak cached under a $HOME of the test's own, so that bench cells skip the
+    calibration (the cache is found when the command runs, not at import)."""
     from harness.sweep import peak_label
 
-    # The matmul-peak cache is found when the command runs (under $HOME), not at import.
     cache = tmp_path / ".cache" / "transformer-catalog" / "matmul_peaks.json"
     cache.parent.mkdir(parents=True)
     cache.write_text(json.dumps({peak_label("cpu", "float32", None): 1e11}))
     monkeypatch.setenv("HOME", str(tmp_path))
+
+
+def test_bench_prints_a_table_and_accepts_catalog_ids(tmp_path, cached_peak):
     out = tmp_path / "r.jsonl"
     result = run("bench", "gpt-2", "--variant", "tiny", "--seqlen", "48", "--results", str(out))
     assert result.exit_code == 0, result.output
@@ -318,13 +323,7 @@ def test_bench_prints_a_table_and_accepts_catalog_ids(tmp_path, monkeypatch):
     assert rec["command"] == (f"catalog bench gpt-2 --variant tiny --seqlen 48 --results {out}")
 
 
-def test_bench_modes_are_comma_separated_or_repeated(tmp_path, monkeypatch):
-    from harness.sweep import peak_label
-
-    cache = tmp_path / ".cache" / "transformer-catalog" / "matmul_peaks.json"
-    cache.parent.mkdir(parents=True)
-    cache.write_text(json.dumps({peak_label("cpu", "float32", None): 1e11}))
-    monkeypatch.setenv("HOME", str(tmp_path))
+def test_bench_modes_are_comma_separated_or_repeated(tmp_path, cached_peak):
     out = tmp_path / "r.jsonl"
     result = run("bench", "gpt", "--variant", "tiny", "--seqlen", "32", "--repeat", "1",
                  "--mode", "forward,train", "--mode", "forward", "--results", str(out))
@@ -333,17 +332,12 @@ def test_bench_modes_are_comma_separated_or_repeated(tmp_path, monkeypatch):
     assert modes == ["forward", "train"]
 
 
-def test_bench_set_builds_each_cell_with_the_fields_and_names_the_variant(tmp_path, monkeypatch):
+def test_bench_set_builds_each_cell_with_the_fields_and_names_the_variant(tmp_path, cached_peak):
     """--set on top of the variant: the cell's model has the field (a window of 8 over 24
     tokens; grouped heads shrink the parameters), the record names the variant with it, and a
     second setting is a cell of its own rather than a cell already measured."""
     from harness.models import build
-    from harness.sweep import peak_label
 
-    cache = tmp_path / ".cache" / "transformer-catalog" / "matmul_peaks.json"
-    cache.parent.mkdir(parents=True)
-    cache.write_text(json.dumps({peak_label("cpu", "float32", None): 1e11}))
-    monkeypatch.setenv("HOME", str(tmp_path))
     out = tmp_path / "r.jsonl"
     for window in (8, 16):
         result = run("bench", "llama", "--variant", "tiny", "--seqlen", "24", "--repeat", "1",
