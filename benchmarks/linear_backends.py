@@ -4,18 +4,16 @@
     python benchmarks/linear_backends.py --quick
     python benchmarks/linear_backends.py --training   # forward and backward, 2048 rows
 
-For one row (decoding) the weights of a `small` model's shapes are cycled through, about 100 MB
-of them, so that they stream from memory as in a decoding step rather than sit in the cache;
-the table gives GB/s of weight read; `matvec_cpu` is zoo/matvec_cpu.py's product (RWKV-5/6's
-decoding; the route's split product is an OpenMP region, the compiled one shares the rows
-between threads that never wait for one another), timed for one row only. For many rows it
-gives GFLOP/s; `zoo linear` takes the
-kernel zoo.fast.many_rows_kernel() names (oneDNN's with AVX-512, else MKL's, unless
-ZOO_LINEAR_KERNEL names one; printed under
-the table). --training times a training step's three products (forward, input gradient,
-weight gradient) of F.linear and of `zoo linear` with gradients, 6 x rows x out x in FLOPs.
-Each route is timed in
-alternation with the others (median of several rounds), so a noisy machine slows all alike.
+For one row (decoding) the weights of a `small` model's shapes are cycled through, about 100 MB of
+them, so that they stream from memory as in a decoding step rather than sit in the cache; the table
+gives GB/s of weight read; `matvec_cpu` is zoo/fast/kernels/matvec_cpu.py's product (RWKV-5/6's
+decoding; the route's split product is an OpenMP region, the compiled one shares the rows between
+threads that never wait for one another), timed for one row only. For many rows it gives GFLOP/s;
+`zoo linear` takes the kernel zoo.fast.many_rows_kernel() names (oneDNN's with AVX-512, else MKL's,
+unless ZOO_LINEAR_KERNEL names one; printed under the table). --training times a training step's
+three products (forward, input gradient, weight gradient) of F.linear and of `zoo linear` with
+gradients, 6 x rows x out x in FLOPs. Each route is timed in alternation with the others (median of
+several rounds), so a noisy machine slows all alike.
 """
 
 from __future__ import annotations
@@ -30,8 +28,8 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from zoo import matvec_cpu
 from zoo.fast import linear, many_rows_kernel, onednn_available
+from zoo.fast.kernels import matvec_cpu
 
 SHAPES = [(512, 512), (1536, 512), (2048, 512), (512, 2048), (8192, 512)]  # (out, in)
 

@@ -1,4 +1,4 @@
-"""Time RWKV-7's cached decoding with zoo/fast.py's wkv7 route, whole and in part, against the
+"""Time RWKV-7's cached decoding with zoo.fast's wkv7 route, whole and in part, against the
 plain model, side by side on this machine.
 
     python benchmarks/rwkv7_decoding.py                      # small, 64 tokens, PyTorch's threads
@@ -7,9 +7,10 @@ plain model, side by side on this machine.
 The contenders hold the same weights (the `small` variant, float32, seed 0):
   plain            zoo.build(..., fast=False): every block's ~60 PyTorch operations a token;
   wkv7 time mix    the routes as they were before the block step: the linear route, and the
-                   time mix's WKV as zoo/wkv7_cpu.py's C loop, blocks and head plain classes;
-  wkv7 block step  every route: each block's decoding step as zoo/wkv7_step_cpu.py's one call,
-                   the head's product zoo/matvec_cpu.py's.
+                   time mix's WKV as zoo.fast.kernels.wkv7_cpu's C loop, blocks and head
+                   plain classes;
+  wkv7 block step  every route: each block's decoding step as zoo.fast.kernels.wkv7_step_cpu's
+                   one call, the head's product zoo.fast.kernels.matvec_cpu's.
 Each decodes --new-tokens tokens one at a time (batch 1) after a --prompt-token prefill; a round
 times each contender once, in turn, so a noisy machine slows all alike; the table gives the
 median ms a token over --rounds rounds, its spread, and the ratio to the plain path.

@@ -1,4 +1,4 @@
-"""Time RWKV's training step with zoo/fast.py's wkv route (the C WKV and its backward) against
+"""Time RWKV's training step with zoo.fast's wkv route (the C WKV and its backward) against
 the plain model, and against GPT and Hugging Face's RWKV, side by side on this machine.
 
     python benchmarks/rwkv_training.py                       # 256, 1024, 4096 tokens

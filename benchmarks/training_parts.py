@@ -8,14 +8,15 @@
   - a 32 MiB elementwise product in fresh pages, then after `keep_freed_memory` (reused pages),
     which the rest is timed under, as training cells and the trainer run;
   - a dropout mask over one `small` GPT layer's attention probabilities at 1024 tokens
-    (8 x 1024 x 1024): PyTorch's `bernoulli_` and `F.dropout` against zoo/dropout_cpu.py;
+    (8 x 1024 x 1024): PyTorch's `bernoulli_` and `F.dropout` against zoo.fast.kernels.dropout_cpu;
   - that layer's scores q k^T (8 heads of 1024 x 64 by 64 x 1024): torch.matmul's batched MKL
-    product against oneDNN's a head at a time, as zoo/attention_cpu.py takes them;
+    product against oneDNN's a head at a time, as zoo/fast/kernels/attention_cpu.py takes them;
   - that layer's causal attention with dropout, forward and backward: SDPA (its math path, the
     only one that takes dropout on the CPU), the route's PyTorch form whole and in blocks of
-    256 (as where MKL is the linear kernel), and the route as it runs here (zoo/attention_cpu.py
-    where oneDNN is chosen); and BERT's (not causal, a padding mask), PyTorch form and route,
-    and with BERT's own boolean padding mask, SDPA (what took it before) and the route;
+    256 (as where MKL is the linear kernel), and the route as it runs here
+    (zoo.fast.kernels.attention_cpu where oneDNN is chosen); and BERT's (not causal, a padding
+    mask), PyTorch form and route, and with BERT's own boolean padding mask, SDPA (what took it
+    before) and the route;
   - one AdamW step of the `small` GPT (26.8M parameters): PyTorch's default and the fused kernel;
   - a (1024 x 512) by (512 x 2048) product in float32 and in bfloat16.
 Each figure is the fastest of several runs (a shared machine only ever slows a run down).
@@ -23,8 +24,9 @@ Each figure is the fastest of several runs (a shared machine only ever slows a r
 `small` model (the benchmark's train workload), with the zoo's routes or, with --plain, without;
 --batch and --dtype bfloat16 (mixed precision) profile the step the quality trainer takes.
 --attention times one layer's attention with dropout (8 heads of 64, forward and backward), BERT's
-(a padding mask) and GPT's (causal), in the route's PyTorch form and by zoo/attention_cpu.py, at
-the sizes zoo.fast.ATTENTION_MIN_KEYS was chosen from, twice each.
+(a padding mask) and GPT's (causal), in the route's PyTorch form and by
+zoo.fast.kernels.attention_cpu, at the sizes zoo.fast.dropout.ATTENTION_MIN_KEYS was chosen from,
+twice each.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ from harness.bench.cell import training_setup
 from harness.bench.memory import keep_freed_memory
 from harness.bench.workload import Cell, draw_inputs
 from harness.models import build
-from zoo import attention_cpu, dropout_cpu
-from zoo.fast import attention_with_dropout
+from zoo.fast.dropout import attention_with_dropout
+from zoo.fast.kernels import attention_cpu, dropout_cpu
 
 
 def fastest_ms(run, repeat: int = 7) -> float:
@@ -87,7 +89,8 @@ def profile_step(model_name: str, seqlen: int, fast: bool, batch: int = 1,
 def attention_forms() -> None:
     """The --attention table: each size, each form, fastest of 15 runs, two rounds."""
     if zoo.fast.many_rows_kernel() != "onednn" or not attention_cpu.available():
-        print("zoo/attention_cpu.py does not run here (it needs oneDNN chosen and a C compiler)")
+        print("zoo.fast.kernels.attention_cpu does not run here (it needs oneDNN chosen and a C "
+              "compiler)")
         return
     keep_freed_memory()
     torch.set_flush_denormal(True)
@@ -104,9 +107,9 @@ def attention_forms() -> None:
                 attention_with_dropout(*qkv, mask, causal, 0.1).backward(dy)
 
             for _ in range(2):
-                with mock.patch.object(zoo.fast, "many_rows_kernel", lambda: "mkl"):
+                with mock.patch.object(zoo.fast.dense, "many_rows_kernel", lambda: "mkl"):
                     pytorch = fastest_ms(step, 15)
-                with mock.patch.object(zoo.fast, "ATTENTION_MIN_KEYS", 0):
+                with mock.patch.object(zoo.fast.dropout, "ATTENTION_MIN_KEYS", 0):
                     ours = fastest_ms(step, 15)
                 table.add_row(f"{B} x {T}", "GPT's (causal)" if causal else "BERT's (mask)",
                               f"{pytorch:.2f}", f"{ours:.2f}", f"{pytorch / ours:.2f}x")
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     rows += [("dropout mask, 8M elements", "torch bernoulli_",
               fastest_ms(lambda: torch.empty_like(probs).bernoulli_(0.9))),
              ("", "F.dropout", fastest_ms(lambda: F.dropout(probs, 0.1, True))),
-             ("", "zoo.dropout_cpu", fastest_ms(lambda: dropout_cpu.dropout(probs, 0.1)))]
+             ("", "zoo.fast.kernels.dropout_cpu",
+              fastest_ms(lambda: dropout_cpu.dropout(probs, 0.1)))]
 
     q, k, v = (torch.randn(1, 8, 1024, 64, requires_grad=True) for _ in range(3))
     flops = 2 * 8 * 1024 * 1024 * 64
@@ -158,14 +162,14 @@ def main(argv: list[str] | None = None) -> None:
         for part, label, product in products:
             ms = fastest_ms(product)
             rows.append((part, f"{label} ({flops / ms / 1e6:.0f} GFLOP/s)", ms))
-    route_kind = ("zoo.attention_cpu" if zoo.fast.many_rows_kernel() == "onednn"
+    route_kind = ("zoo.fast.kernels.attention_cpu" if zoo.fast.many_rows_kernel() == "onednn"
                   and attention_cpu.available() else "PyTorch form")
 
     def attention(route):
         route().sum().backward()
 
     def pytorch_form(route):  # the route's attention as where MKL is the linear kernel
-        with mock.patch.object(zoo.fast, "many_rows_kernel", lambda: "mkl"):
+        with mock.patch.object(zoo.fast.dense, "many_rows_kernel", lambda: "mkl"):
             attention(route)
 
     padding = torch.zeros(1, 1, 1, 1024)

@@ -335,10 +335,10 @@ def check_blocks_start_as_the_identity(name: str) -> None:
 
 @pytest.fixture(params=["openmp-team", "own-threads"])
 def kernel_split(request, monkeypatch):
-    """How the C kernels' training forms split their work: in one OpenMP region of PyTorch's
-    runtime (where the kernels were built with OpenMP, the default), or between the kernels'
-    own threads (zoo.scan_cpu._run: the way without OpenMP); both must give the same numbers."""
-    from zoo import scan_cpu
+    """How the C kernels' training forms split their work: in one OpenMP region of PyTorch's runtime
+    (where the kernels were built with OpenMP, the default), or between the kernels' own threads
+    (zoo.fast.kernels.scan_cpu._run: the way without OpenMP); both must give the same numbers."""
+    from zoo.fast.kernels import scan_cpu
 
     if request.param == "own-threads":  # every kernel splits its work by scan_cpu.split
         monkeypatch.setattr(scan_cpu, "team", lambda library, name: None)
@@ -348,8 +348,8 @@ def kernel_split(request, monkeypatch):
 @pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}-threads")
 def kernel_threads(request, monkeypatch):
     """PyTorch's thread count, 1 to 3, with the C kernels' work split between the threads at
-    any size (zoo.scan_cpu.SPLIT_MIN_WORK set to 0)."""
-    from zoo import scan_cpu
+    any size (zoo.fast.kernels.scan_cpu.SPLIT_MIN_WORK set to 0)."""
+    from zoo.fast.kernels import scan_cpu
 
     monkeypatch.setattr(scan_cpu, "SPLIT_MIN_WORK", 0)
     before = torch.get_num_threads()

@@ -79,7 +79,7 @@ class Mamba2Config:
     # Tokens per chunk of the SSD; speed only, the same result. None: 64 for this file's
     # PyTorch form on the CPU (at 1024 tokens, one thread, the small variant: 1.9 s with 32 or
     # 64, 2.1 s with 128, 2.8 s with mamba_ssm's 256, whose quadratic within-chunk work
-    # dominates there), zoo.ssd_cpu.CHUNK for the compiled one, 256 on GPUs.
+    # dominates there), zoo.fast.kernels.ssd_cpu.CHUNK for the compiled one, 256 on GPUs.
     chunk_size: int | None = None
 
     def __post_init__(self) -> None:

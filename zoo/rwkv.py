@@ -15,8 +15,8 @@ Differences from its parent, the GPT decoder:
 WKV is evaluated in fp32 in the numerically stable form (state a, b kept as aa·e^pp, bb·e^pp),
 in PyTorch, two ways (`TimeMix.wkv`): decoding runs `wkv_recurrent`, the plain per-token
 recurrence, which is also the test oracle; longer inputs run `wkv_chunked` (a Python loop over
-T / C chunks only). Both are differentiable. zoo/fast.py swaps in a compiled C loop for CPU
-inference (zoo/wkv_cpu.py), one of the zoo's speed routes.
+T / C chunks only). Both are differentiable. zoo/fast/ swaps in a compiled C loop for CPU
+inference (zoo/fast/kernels/wkv_cpu.py), one of the zoo's speed routes.
 """
 
 from __future__ import annotations

@@ -35,14 +35,14 @@ Choices the paper leaves open, taken from the released code and checkpoints:
     generate_init_weight, which re-initialises the square matrices and ln_x);
   - e^-0.5 exactly, where the inference package rounds it to 0.606531 (a 4e-7 difference).
 
-The WKV runs in fp32 two ways: `wkv7_recurrent`, the per-token recurrence, for decoding and as
-the tests' oracle; and `wkv7_chunked` for prefill and training: inside a chunk of L tokens the
-product of the transitions (diagonal plus rank one) is composed in closed form, a triangular
-solve for the "removal" vectors (the WY / UT-transform form of flash-linear-attention's DPLR
-kernels), and the state is carried from chunk to chunk (a Python loop over chunks only).
-zoo/fast.py's "wkv7" route swaps in a compiled C loop of the recurrence for CPU inference
-(zoo/wkv7_cpu.py) and, for decoding, a block's step as one compiled call (zoo/wkv7_step_cpu.py),
-one of the zoo's speed routes.
+The WKV runs in fp32 two ways: `wkv7_recurrent`, the per-token recurrence, for decoding and as the
+tests' oracle; and `wkv7_chunked` for prefill and training: inside a chunk of L tokens the product
+of the transitions (diagonal plus rank one) is composed in closed form, a triangular solve for the
+"removal" vectors (the WY / UT-transform form of flash-linear-attention's DPLR kernels), and the
+state is carried from chunk to chunk (a Python loop over chunks only). zoo.fast's "wkv7" route swaps
+in a compiled C loop of the recurrence for CPU inference (zoo/fast/kernels/wkv7_cpu.py) and, for
+decoding, a block's step as one compiled call (zoo/fast/kernels/wkv7_step_cpu.py), one of the zoo's
+speed routes.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from zoo.fast import attention_with_dropout
+from zoo.fast.dropout import attention_with_dropout
 
 
 def fastest_ms(attend, seqlen: int, repeat: int = 7) -> float:

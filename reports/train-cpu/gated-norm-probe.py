@@ -1,6 +1,7 @@
 """Mamba-2's gated RMSNorm, forward and backward, in PyTorch (zoo.mamba2.GatedRMSNorm) and by
-zoo/norm_cpu.py, alternated in one process, at the `small` layer's shape (1 x 1024 tokens,
-1024 channels, one group; z a view of the 2320-wide input projection, as the mixer passes it).
+zoo/fast/kernels/norm_cpu.py, alternated in one process, at the `small` layer's shape (1 x 1024
+tokens, 1024 channels, one group; z a view of the 2320-wide input projection, as the mixer passes
+it).
 
     python reports/train-cpu/gated-norm-probe.py [--seqlen 1024] [--batch 1] [--rounds 3]
 
@@ -16,7 +17,7 @@ import argparse
 import torch
 from probes import fastest_ms
 
-from zoo import norm_cpu
+from zoo.fast.kernels import norm_cpu
 from zoo.mamba2 import GatedRMSNorm
 
 D, WIDTH = 1024, 2320
@@ -39,7 +40,7 @@ def main(batch: int, seqlen: int, rounds: int) -> None:
     print(f"gated RMSNorm, {batch} x {seqlen} tokens, {D} channels, forward and backward (ms):")
     for r in range(rounds):
         a, b = fastest_ms(plain, repeat=15), fastest_ms(ours, repeat=15)
-        print(f"  round {r + 1}: PyTorch {a:.2f}, zoo.norm_cpu {b:.2f} ({a / b:.2f}x)")
+        print(f"  round {r + 1}: PyTorch {a:.2f}, zoo.fast.kernels.norm_cpu {b:.2f} ({a / b:.2f}x)")
 
 
 if __name__ == "__main__":

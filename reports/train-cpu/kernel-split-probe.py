@@ -1,6 +1,6 @@
-"""One model's training step (small, batch 1, fp32, AdamW) with the C kernels' training forms
-split in one OpenMP region of PyTorch's runtime (the default) and between the kernels' own
-threads (zoo.scan_cpu._run, the way without OpenMP), alternated in one process: six rounds of
+"""One model's training step (small, batch 1, fp32, AdamW) with the C kernels' training forms split
+in one OpenMP region of PyTorch's runtime (the default) and between the kernels' own threads
+(zoo.fast.kernels.scan_cpu._run, the way without OpenMP), alternated in one process: six rounds of
 two steps each way after two warm-up steps; the median and fastest time per step.
 
     python reports/train-cpu/kernel-split-probe.py MODEL SEQLEN
@@ -10,7 +10,7 @@ import sys
 
 from probes import alternate_steps
 
-from zoo import scan_cpu
+from zoo.fast.kernels import scan_cpu
 
 OPENMP = scan_cpu.team  # every kernel splits its work by scan_cpu.split
 

@@ -1,16 +1,15 @@
-"""One Mamba-2 layer's SSD, forward and backward, in PyTorch (zoo.mamba2.ssd_chunked, autograd)
-and by zoo/ssd_cpu.py, alternated in one process; with --products, the oneDNN products the
+"""One Mamba-2 layer's SSD, forward and backward, in PyTorch (zoo.mamba2.ssd_chunked, autograd) and
+by zoo/fast/kernels/ssd_cpu.py, alternated in one process; with --products, the oneDNN products the
 kernel's state takes in the layouts it could have.
 
     python reports/train-cpu/ssd-probe.py [--seqlen 1024] [--batch 1] [--rounds 3] [--chunk 128]
     python reports/train-cpu/ssd-probe.py --products
 
-The shape is the `small` Mamba-2's (16 heads of 64 channels, one group, d_state 128), each form
-in the chunks it takes by default (PyTorch's 64, zoo.ssd_cpu.CHUNK for the kernel; --chunk sets
-the kernel's). Each figure is the fastest of 7 runs (a shared machine only slows a run down);
-the rounds alternate the two forms. Run with the benchmark's allocator settings
-(MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=4294967295) to leave out page faults, as the
-training cells do.
+The shape is the `small` Mamba-2's (16 heads of 64 channels, one group, d_state 128), each form in
+the chunks it takes by default (PyTorch's 64, zoo.fast.kernels.ssd_cpu.CHUNK for the kernel; --chunk
+sets the kernel's). Each figure is the fastest of 7 runs (a shared machine only slows a run down);
+the rounds alternate the two forms. Run with the benchmark's allocator settings (MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=4294967295) to leave out page faults, as the training cells do.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import argparse
 import torch
 from probes import fastest_ms
 
-from zoo import ssd_cpu
+from zoo.fast.kernels import ssd_cpu
 from zoo.mamba2 import chunk_length, ssd_chunked
 
 H, P, G, N = 16, 64, 1, 128

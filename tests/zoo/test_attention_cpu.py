@@ -1,11 +1,12 @@
-"""zoo.attention_cpu: attention with dropout for CPU float32 training, a head at a time.
+"""zoo.fast.kernels.attention_cpu: attention with dropout for CPU float32 training, a head at a
+time.
 
-Held to a float64 math attention given the same dropout mask (zoo/dropout_cpu.py's, drawn for
-the same key), outputs and the gradients of q, k and v (atol 1e-5, rtol 1e-4: float32 sums of
-order-one values), for: no mask, an additive mask per query row or broadcast over rows (finite,
-or -inf on padded keys), causal rows starting at 0 or past it (a block of a causal attention
-over a key prefix), no dropout, and heads that are strided views of a (B, T, C) tensor; and a
-query with no key to attend gets zeros, as SDPA gives it.
+Held to a float64 math attention given the same dropout mask (zoo/fast/kernels/dropout_cpu.py's,
+drawn for the same key), outputs and the gradients of q, k and v (atol 1e-5, rtol 1e-4: float32 sums
+of order-one values), for: no mask, an additive mask per query row or broadcast over rows (finite,
+or -inf on padded keys), causal rows starting at 0 or past it (a block of a causal attention over a
+key prefix), no dropout, and heads that are strided views of a (B, T, C) tensor; and a query with no
+key to attend gets zeros, as SDPA gives it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 import pytest
 import torch
 
-from zoo import attention_cpu, dropout_cpu
+from zoo.fast.kernels import attention_cpu, dropout_cpu
 
 pytestmark = pytest.mark.skipif(not attention_cpu.available(), reason="no C compiler built it")
 GRADS = dict(atol=1e-5, rtol=1e-4)

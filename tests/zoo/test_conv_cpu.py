@@ -1,5 +1,5 @@
-"""zoo.conv_cpu, Mamba's and Mamba-2's causal depthwise convolution and its SiLU as a compiled C
-loop with its backward (part of zoo.fast's "scan" route), against the plain
+"""zoo.fast.kernels.conv_cpu, Mamba's and Mamba-2's causal depthwise convolution and its SiLU as a
+compiled C loop with its backward (part of zoo.fast's "scan" route), against the plain
 `causal_depthwise_conv` followed by F.silu in float64.
 
 The kernel: the output, the new conv state and the gradients of x, the conv state, the weights
@@ -19,7 +19,7 @@ from conftest import max_diff, tiny_state_space, train_and_decode
 
 import zoo
 import zoo.fast
-from zoo import conv_cpu
+from zoo.fast.kernels import conv_cpu
 from zoo.layers import causal_depthwise_conv
 
 pytestmark = pytest.mark.skipif(not conv_cpu.available(),
@@ -77,7 +77,7 @@ def test_the_route_runs_the_kernel_and_keeps_the_plain_numbers(name, monkeypatch
     ids = torch.randint(0, 100, (2, 30))
     plain_loss, plain_grads, plain, plain_step = train_and_decode(model, ids)
     zoo.fast.apply(model, ["scan"])
-    assert "causal conv and SiLU: compiled C loop (zoo.conv_cpu)" in zoo.fast.describe(
+    assert "causal conv and SiLU: compiled C loop (zoo.fast.kernels.conv_cpu)" in zoo.fast.describe(
         model, training=True)
     loss, grads, routed, step = train_and_decode(model, ids)
     n_layer = model.config.n_layer
@@ -109,7 +109,7 @@ def test_autocast_takes_the_kernel_in_float32_and_float64_the_plain_conv(name, m
     assert calls == [torch.float32] * model.config.n_layer
     assert abs(loss.item() - plain_loss.item()) <= 0.02 * plain_loss.item()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-    assert ("causal conv and SiLU: compiled C loop in float32 (zoo.conv_cpu)"
+    assert ("causal conv and SiLU: compiled C loop in float32 (zoo.fast.kernels.conv_cpu)"
             in zoo.fast.describe(model, training=True, dtype=torch.bfloat16))
     calls.clear()
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""zoo.dropout_cpu and zoo.fast's "dropout" route: the compiled dropout and attention with it.
+"""zoo.fast.kernels.dropout_cpu and zoo.fast's "dropout" route: the compiled dropout and attention
+with it.
 
 The kernel's masks come from another generator than PyTorch's, so the route cannot give the
 plain model's numbers with dropout on. What is checked instead:
@@ -8,11 +9,12 @@ plain model's numbers with dropout on. What is checked instead:
   - given its mask, dropout is exactly x * keep / (1 - p), forward and backward;
   - attention with dropout equals a float64 math attention with the same mask, for outputs and
     the gradients of q, k and v (atol 1e-5, rtol 1e-4: float32 sums of order-one values), in
-    both of its forms (zoo/attention_cpu.py where oneDNN is chosen, PyTorch's products else);
+    both of its forms (zoo.fast.kernels.attention_cpu where oneDNN is chosen, PyTorch's
+    products else);
   - the route runs only where it should (training, float32 CPU, 0 < p < 1), and a recomputed
     (checkpointed) attention chunk draws the same mask as its forward;
   - a whole BERT and GPT training step is the same in both forms of attention, and BERT's
-    boolean padding mask takes zoo/attention_cpu.py as the additive mask it stands for.
+    boolean padding mask takes zoo.fast.kernels.attention_cpu as the additive mask it stands for.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import torch
 import zoo
 import zoo.bert
 import zoo.fast
-from zoo import attention_cpu, dropout_cpu
-from zoo.fast import FastDropout, attention_with_dropout
+from zoo.fast.dropout import FastDropout, attention_with_dropout
+from zoo.fast.kernels import attention_cpu, dropout_cpu
 
 pytestmark = pytest.mark.skipif(not dropout_cpu.available(), reason="no C compiler built it")
 GRADS = dict(atol=1e-5, rtol=1e-4)
@@ -118,8 +120,8 @@ def _reference_attention(q, k, v, mask, keep, p, causal):
     return (torch.softmax(scores, dim=-1) * keep / (1 - p)) @ v
 
 
-# Which products attention with dropout takes: oneDNN's (zoo/attention_cpu.py, where oneDNN is
-# chosen for float32 training) or the PyTorch form; both are held to the same reference.
+# Which products attention with dropout takes: oneDNN's (zoo/fast/kernels/attention_cpu.py, where
+# oneDNN is chosen for float32 training) or the PyTorch form; both are held to the same reference.
 KERNELS = [pytest.param("onednn", marks=pytest.mark.skipif(
                zoo.fast.many_rows_kernel() != "onednn" or not attention_cpu.available(),
                reason="oneDNN's products are not chosen here")),
@@ -128,21 +130,21 @@ KERNELS = [pytest.param("onednn", marks=pytest.mark.skipif(
 
 @pytest.fixture(params=KERNELS)
 def kernel(request, monkeypatch):
-    monkeypatch.setattr(zoo.fast, "many_rows_kernel", lambda: request.param)
-    monkeypatch.setattr(zoo.fast, "ATTENTION_MIN_KEYS", 0)  # these tests' few keys too
+    monkeypatch.setattr(zoo.fast.dense, "many_rows_kernel", lambda: request.param)
+    monkeypatch.setattr(zoo.fast.dropout, "ATTENTION_MIN_KEYS", 0)  # these tests' few keys too
     return request.param
 
 
 @pytest.mark.skipif(zoo.fast.many_rows_kernel() != "onednn" or not attention_cpu.available(),
                     reason="oneDNN's products are not chosen here")
 def test_which_form_attention_with_dropout_takes(monkeypatch):
-    """zoo/attention_cpu.py for causal rows and for ATTENTION_MIN_KEYS keys or more; the
-    PyTorch form below that, not causal (where MKL's batched products were measured faster)."""
+    """zoo/fast/kernels/attention_cpu.py for causal rows and for ATTENTION_MIN_KEYS keys or more;
+    the PyTorch form below that, not causal (where MKL's batched products were measured faster)."""
     calls = []
     real = attention_cpu.attention
     monkeypatch.setattr(attention_cpu, "attention",
                         lambda *args: calls.append(args[1].size(-2)) or real(*args))
-    few, many = zoo.fast.ATTENTION_MIN_KEYS - 1, zoo.fast.ATTENTION_MIN_KEYS
+    few, many = zoo.fast.dropout.ATTENTION_MIN_KEYS - 1, zoo.fast.dropout.ATTENTION_MIN_KEYS
     for causal, keys in ((False, few), (False, many), (True, 8)):
         q = torch.randn(1, 2, 8 if causal else 3, 4)
         k = torch.randn(1, 2, keys, 4)
@@ -245,8 +247,8 @@ def test_a_model_trains_through_the_route(autocast, monkeypatch):
     assert (torch.bfloat16 in dtypes) == autocast
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-    # one attention per layer: its probabilities' mask drawn by zoo/attention_cpu.py's kernel
-    # in float32 training where oneDNN is chosen, by dropout_cpu.dropout otherwise
+    # one attention per layer: its probabilities' mask drawn by zoo/fast/kernels/attention_cpu.py's
+    # kernel in float32 training where oneDNN is chosen, by dropout_cpu.dropout otherwise
     in_c = calls.count(("attention_cpu", 2, 2, 16, 16))
     assert in_c + calls.count((2, 2, 16, 16)) == 2
     assert in_c == (0 if autocast or zoo.fast.many_rows_kernel() != "onednn" else 2)
@@ -281,7 +283,7 @@ def test_without_a_compiler_the_route_runs_pytorchs_dropout(monkeypatch):
     import functools
     from pathlib import Path
 
-    from zoo import ckernel
+    from zoo.fast.kernels import ckernel
 
     monkeypatch.setattr(ckernel.shutil, "which", lambda name: None)
     monkeypatch.setattr(ckernel, "load", functools.cache(ckernel.load.__wrapped__))
@@ -325,10 +327,10 @@ def _counting_kernel(monkeypatch) -> list:
 @ONEDNN
 @pytest.mark.parametrize("name", ["bert", "gpt"])
 def test_a_model_trains_alike_in_both_forms(name, monkeypatch):
-    """A whole training step of BERT and GPT (causal) with dropout: with zoo/attention_cpu.py
-    and with the PyTorch form, from the same seed, they draw the same masks and give the same
-    loss and gradients (float32 sums in another order: atol 1e-5)."""
-    monkeypatch.setattr(zoo.fast, "ATTENTION_MIN_KEYS", 0)
+    """A whole training step of BERT and GPT (causal) with dropout: with
+    zoo/fast/kernels/attention_cpu.py and with the PyTorch form, from the same seed, they draw the
+    same masks and give the same loss and gradients (float32 sums in another order: atol 1e-5)."""
+    monkeypatch.setattr(zoo.fast.dropout, "ATTENTION_MIN_KEYS", 0)
     model = zoo.build(name, n_layer=2, d_model=32, n_head=2, vocab_size=64, dropout=0.1).train()
     torch.manual_seed(0)
     inputs = model.dummy_inputs(2, 24)
@@ -342,10 +344,10 @@ def test_a_model_trains_alike_in_both_forms(name, monkeypatch):
 
 @ONEDNN
 def test_a_padding_mask_takes_the_kernel(monkeypatch):
-    """BERT with padding passes a boolean key mask: the route gives it to zoo/attention_cpu.py as
-    an additive one (-inf where a key is padding), the same step as BERT given that additive mask
-    itself."""
-    monkeypatch.setattr(zoo.fast, "ATTENTION_MIN_KEYS", 0)
+    """BERT with padding passes a boolean key mask: the route gives it to
+    zoo/fast/kernels/attention_cpu.py as an additive one (-inf where a key is padding), the same
+    step as BERT given that additive mask itself."""
+    monkeypatch.setattr(zoo.fast.dropout, "ATTENTION_MIN_KEYS", 0)
     model = zoo.build("bert", n_layer=2, d_model=32, n_head=2, vocab_size=64,
                       dropout=0.1).train()
     torch.manual_seed(0)

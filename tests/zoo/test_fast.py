@@ -24,8 +24,9 @@ from torch import nn
 import zoo
 import zoo.fast
 from harness.models import build_variant
-from zoo import attention_cpu, dropout_cpu, rwkv6, rwkv7, scan_cpu, wkv5_cpu, wkv7_cpu, wkv_cpu
+from zoo import rwkv6, rwkv7
 from zoo.fast import FEW_ROWS, KERNELS, FastLinear, linear, many_rows_kernel, onednn_available
+from zoo.fast.kernels import attention_cpu, dropout_cpu, scan_cpu, wkv5_cpu, wkv7_cpu, wkv_cpu
 from zoo.layers import ACTIVATIONS, FeedForward, MultiHeadAttention
 
 MODELS = sorted(zoo.REGISTRY)
@@ -53,7 +54,7 @@ def kernel(request, monkeypatch):
     """Each kernel for many rows in turn (oneDNN where this torch has it)."""
     if request.param == "onednn" and not onednn_available():
         pytest.skip("this torch has no oneDNN")
-    monkeypatch.setattr(zoo.fast, "many_rows_kernel", lambda: request.param)
+    monkeypatch.setattr(zoo.fast.dense, "many_rows_kernel", lambda: request.param)
     return request.param
 
 
@@ -104,7 +105,7 @@ def onednn_calls(monkeypatch):
     rows."""
     if not onednn_available():
         pytest.skip("this torch has no oneDNN")
-    monkeypatch.setattr(zoo.fast, "many_rows_kernel", lambda: "onednn")
+    monkeypatch.setattr(zoo.fast.dense, "many_rows_kernel", lambda: "onednn")
     calls = []
     real = torch.ops.mkldnn._linear_pointwise
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise",
@@ -164,12 +165,12 @@ def test_training_products_give_float64_gradients(needs, with_bias, out_features
 
 
 def test_with_mkl_chosen_oneDNN_never_runs_and_activations_apply_in_place(monkeypatch):
-    monkeypatch.setattr(zoo.fast, "many_rows_kernel", lambda: "mkl")
+    monkeypatch.setattr(zoo.fast.dense, "many_rows_kernel", lambda: "mkl")
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: pytest.fail("oneDNN"),
                         raising=False)
     relus = []
     real_relu_ = F.relu_
-    monkeypatch.setitem(zoo.fast._IN_PLACE, "relu",
+    monkeypatch.setitem(zoo.fast.dense._IN_PLACE, "relu",
                         lambda t: relus.append(t.shape) or real_relu_(t))
     x, w = torch.randn(10, 16), torch.randn(8, 16)
     with torch.no_grad():
@@ -270,7 +271,7 @@ def test_the_swiglu_route_equals_the_plain_one_with_either_kernel(rows, kernel, 
         plain = ffn(x)
         zoo.fast.apply(ffn, ["ffn"])
         assert type(ffn).__name__ == "FusedSwiGLU"
-        monkeypatch.setattr(zoo.fast, "swiglu", lambda *a: calls.append(1) or real_swiglu(*a))
+        monkeypatch.setattr(zoo.fast.dense, "swiglu", lambda *a: calls.append(1) or real_swiglu(*a))
         fused = ffn(x)
         seen = []
         ffn.up_proj.register_forward_hook(lambda module, args, out: seen.append(out.shape))
@@ -279,11 +280,11 @@ def test_the_swiglu_route_equals_the_plain_one_with_either_kernel(rows, kernel, 
     torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(hooked, plain, atol=1e-5, rtol=1e-5)
     x.requires_grad_()  # with gradients: `linear`'s products, checked below
-    torch.testing.assert_close(zoo.fast.swiglu(x, ffn.gate_proj.weight, ffn.up_proj.weight),
+    torch.testing.assert_close(zoo.fast.dense.swiglu(x, ffn.gate_proj.weight, ffn.up_proj.weight),
                                F.silu(x @ ffn.gate_proj.weight.t()) * (x @ ffn.up_proj.weight.t()))
 
 
-real_swiglu = zoo.fast.swiglu
+real_swiglu = zoo.fast.dense.swiglu
 
 
 def test_swiglu_with_gradients_takes_the_training_products_in_onednn(onednn_calls):
@@ -292,7 +293,7 @@ def test_swiglu_with_gradients_takes_the_training_products_in_onednn(onednn_call
     torch.manual_seed(0)
     x = torch.randn(2, 9, 16, requires_grad=True)
     gate, up = (torch.randn(48, 16, requires_grad=True) for _ in range(2))
-    zoo.fast.swiglu(x, gate, up).square().sum().backward()
+    zoo.fast.dense.swiglu(x, gate, up).square().sum().backward()
     assert onednn_calls == ["none"] * 6  # two forward products, two gradients of each
     x64, gate64, up64 = (t.detach().double().requires_grad_() for t in (x, gate, up))
     (F.silu(x64 @ gate64.t()) * (x64 @ up64.t())).square().sum().backward()
@@ -479,33 +480,36 @@ def test_describe_says_which_routes_run(name):
     assert ("feed-forward: activation as a separate op" in plain_notes) == has_ffn
     if name == "rwkv":
         pytorch = "WKV: PyTorch, chunks of 8 for prefill, the recurrence for decoding"
-        compiled = "WKV: compiled C loop (zoo.wkv_cpu)"
+        compiled = "WKV: compiled C loop (zoo.fast.kernels.wkv_cpu)"
         assert notes[-1] == (compiled if wkv_cpu.available() else pytorch)
         assert plain_notes[-1] == pytorch
     elif name in ("rwkv5", "rwkv6"):
         pytorch = "matrix WKV: PyTorch, chunks of 16 for prefill, the recurrence for decoding"
-        compiled = ("matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu); "
-                    f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv5_step_cpu), the "
-                    "head's product zoo.matvec_cpu's")
+        compiled = ("matrix WKV: compiled C loop with ln_x and the gate "
+                    f"(zoo.fast.kernels.wkv5_cpu); <= {FEW_ROWS} rows: a block in one compiled "
+                    "call (zoo.fast.kernels.wkv5_step_cpu), the head's product "
+                    "zoo.fast.kernels.matvec_cpu's")
         assert notes[-1] == (compiled if wkv5_cpu.available() else pytorch)
         assert plain_notes[-1] == pytorch
-        trained = "matrix WKV: compiled C loop and its backward (zoo.wkv5_cpu)"
+        trained = "matrix WKV: compiled C loop and its backward (zoo.fast.kernels.wkv5_cpu)"
         assert zoo.fast.describe(fast, training=True)[-1] == (trained if wkv5_cpu.available()
                                                                else pytorch)
         assert zoo.fast.describe(fast, training=True, dtype=torch.bfloat16)[-1] == (
             trained if wkv5_cpu.available() else pytorch)  # the WKV's inputs are float32
         assert zoo.fast.describe(fast, dtype=torch.bfloat16)[-1] == (
-            "matrix WKV: compiled C loop (zoo.wkv5_cpu)" if wkv5_cpu.available() else pytorch)
+            "matrix WKV: compiled C loop (zoo.fast.kernels.wkv5_cpu)" if wkv5_cpu.available()
+            else pytorch)
         assert zoo.fast.describe(fast, training=True, dtype=torch.float64)[-1] == pytorch
         assert zoo.fast.describe(plain, training=True)[-1] == pytorch
     elif name == "rwkv7":
         pytorch = "WKV-7: PyTorch, chunks of 32 for prefill, the recurrence for decoding"
-        compiled = ("WKV-7: compiled C loop (zoo.wkv7_cpu); "
-                    f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv7_step_cpu), the "
-                    "head's product zoo.matvec_cpu's")
+        compiled = ("WKV-7: compiled C loop (zoo.fast.kernels.wkv7_cpu); "
+                    f"<= {FEW_ROWS} rows: a block in one compiled call "
+                    "(zoo.fast.kernels.wkv7_step_cpu), the head's product "
+                    "zoo.fast.kernels.matvec_cpu's")
         assert notes[-1] == (compiled if wkv7_cpu.available() else pytorch)
         assert plain_notes[-1] == pytorch
-        trained = "WKV-7: compiled C loop and its backward (zoo.wkv7_cpu)"
+        trained = "WKV-7: compiled C loop and its backward (zoo.fast.kernels.wkv7_cpu)"
         assert zoo.fast.describe(fast, training=True)[-1] == (trained if wkv7_cpu.available()
                                                                else pytorch)
         assert zoo.fast.describe(fast, training=True, dtype=torch.bfloat16)[-1] == (
@@ -516,7 +520,7 @@ def test_describe_says_which_routes_run(name):
         assert not any(n.startswith(("WKV", "matrix WKV")) for n in notes + plain_notes)
     if name == "mamba":
         pytorch = "selective scan: PyTorch, chunks of 16 for prefill, the recurrence for decoding"
-        compiled = "selective scan: compiled C loop (zoo.scan_cpu)"
+        compiled = "selective scan: compiled C loop (zoo.fast.kernels.scan_cpu)"
         assert (compiled if scan_cpu.available() else pytorch) in notes
         assert pytorch in plain_notes
         assert (compiled if scan_cpu.available() else pytorch) in zoo.fast.describe(
@@ -525,7 +529,7 @@ def test_describe_says_which_routes_run(name):
         assert not any(n.startswith("selective scan") for n in notes + plain_notes)
     dropout_kinds = (nn.Dropout, MultiHeadAttention)
     if any(isinstance(m, dropout_kinds) for m in plain.modules()):
-        kernel = "dropout (training): masks from a C kernel (zoo.dropout_cpu)"
+        kernel = "dropout (training): masks from a C kernel (zoo.fast.kernels.dropout_cpu)"
         assert (kernel in notes) == dropout_cpu.available()
         assert "dropout (training): PyTorch's" in plain_notes
     else:
@@ -534,20 +538,21 @@ def test_describe_says_which_routes_run(name):
 
 @pytest.mark.parametrize("kernel_name", KERNELS)
 def test_describe_a_training_step(kernel_name, monkeypatch):
-    monkeypatch.setattr(zoo.fast, "many_rows_kernel", lambda: kernel_name)
+    monkeypatch.setattr(zoo.fast.dense, "many_rows_kernel", lambda: kernel_name)
     model = tiny("gpt", fast=True)
     linears = ("linears: oneDNN matmul for the forward and both gradients (zoo.fast)"
                if kernel_name == "onednn" else "linears: F.linear")
     attention = (("attention with dropout: oneDNN's products a head at a time, softmax and "
-                  "dropout in C (zoo.attention_cpu; causal, or over >= 512 keys)",)
+                  "dropout in C (zoo.fast.kernels.attention_cpu; causal, or over >= 512 keys)",)
                  if kernel_name == "onednn" and attention_cpu.available() else ())
     assert zoo.fast.describe(model, training=True) == (
         linears, "feed-forward: activation as a separate op",
-        "dropout (training): masks from a C kernel (zoo.dropout_cpu)"
+        "dropout (training): masks from a C kernel (zoo.fast.kernels.dropout_cpu)"
         if dropout_cpu.available() else "dropout (training): PyTorch's", *attention)
     autocast = zoo.fast.describe(model, training=True, dtype=torch.bfloat16)
-    assert autocast[-1] == ("dropout (training): masks from a C kernel (zoo.dropout_cpu)"
-                            if dropout_cpu.available() else "dropout (training): PyTorch's")
+    assert autocast[-1] == (
+        "dropout (training): masks from a C kernel (zoo.fast.kernels.dropout_cpu)"
+        if dropout_cpu.available() else "dropout (training): PyTorch's")
     half = zoo.fast.describe(model, training=True, dtype=torch.float16)
     assert half[-1] == "dropout (training): PyTorch's"
     assert autocast[0] == "linears: F.linear"  # autocast takes its own bfloat16 product

@@ -1,9 +1,9 @@
-"""zoo.matvec_cpu, the compiled matrix-vector product of the "linear" route for a few rows,
-against F.linear in float64: any shape (row counts not a multiple of the loop's 4, widths not a
-multiple of the SIMD lanes), 1 to 8 input rows, with and without a bias; and its threads: the
-same bits whether one thread or several compute it (each output row is the same sum in the same
-order), many products in a row (the helpers spinning, sleeping and waking between them), callers
-on several Python threads at once, and a forked child (whose helpers are gone)."""
+"""zoo.fast.kernels.matvec_cpu, the compiled matrix-vector product of the "linear" route for a few
+rows, against F.linear in float64: any shape (row counts not a multiple of the loop's 4, widths not
+a multiple of the SIMD lanes), 1 to 8 input rows, with and without a bias; and its threads: the same
+bits whether one thread or several compute it (each output row is the same sum in the same order),
+many products in a row (the helpers spinning, sleeping and waking between them), callers on several
+Python threads at once, and a forked child (whose helpers are gone)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo import matvec_cpu
+from zoo.fast.kernels import matvec_cpu
 
 pytestmark = pytest.mark.skipif(not matvec_cpu.available(),
                                 reason="no C compiler: the linear route takes its split product")

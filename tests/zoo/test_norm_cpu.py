@@ -1,5 +1,5 @@
-"""zoo.norm_cpu, Mamba-2's gated RMSNorm as a compiled C loop with its backward (part of
-zoo.fast's "scan" route), against GatedRMSNorm's formula in float64.
+"""zoo.fast.kernels.norm_cpu, Mamba-2's gated RMSNorm as a compiled C loop with its backward (part
+of zoo.fast's "scan" route), against GatedRMSNorm's formula in float64.
 
 The output and the gradients of y, z (as part of a wider projection, as the mixer passes it)
 and the weight, within 1e-6 of the largest entry of each (float32 against float64; measured
@@ -17,7 +17,7 @@ from conftest import max_diff
 
 import zoo
 import zoo.fast
-from zoo import norm_cpu
+from zoo.fast.kernels import norm_cpu
 from zoo.mamba2 import GatedRMSNorm
 
 pytestmark = pytest.mark.skipif(not norm_cpu.available(),
@@ -75,7 +75,7 @@ def test_the_route_swaps_mamba2s_norm_and_says_so(monkeypatch):
     ids = torch.randint(0, 100, (1, 12))
     model(ids, targets=ids).loss.backward()
     assert len(calls) == 2
-    assert "gated RMSNorm: compiled C loop (zoo.norm_cpu)" in zoo.fast.describe(model)
+    assert "gated RMSNorm: compiled C loop (zoo.fast.kernels.norm_cpu)" in zoo.fast.describe(model)
     zoo.fast.remove(model)
     assert "gated RMSNorm: PyTorch" in zoo.fast.describe(model)
     assert all(type(m) is GatedRMSNorm for m in model.modules() if isinstance(m, GatedRMSNorm))

@@ -19,8 +19,8 @@ import zoo
 import zoo.fast
 import zoo.rwkv as rwkv
 from harness.models import build_variant
-from zoo import ckernel, wkv_cpu
 from zoo.convert import CheckpointError
+from zoo.fast.kernels import ckernel, wkv_cpu
 from zoo.rwkv import (
     EMPTY_PP,
     RWKV,
@@ -276,7 +276,7 @@ def test_model_long_input_chunked_and_compiled_equal_the_recurrence(monkeypatch)
                             lambda w, u, k, v, state, _: wkv_recurrent(w, u, k, v, state))
         recurrent = model(ids).logits
         if wkv_cpu.available():
-            zoo.fast.apply(model, ["wkv"])  # zoo.wkv_cpu's C loop
+            zoo.fast.apply(model, ["wkv"])  # zoo.fast.kernels.wkv_cpu's C loop
             compiled = model(ids).logits
             torch.testing.assert_close(compiled, recurrent, atol=1e-4, rtol=0)
     assert torch.isfinite(chunked).all()
@@ -284,7 +284,7 @@ def test_model_long_input_chunked_and_compiled_equal_the_recurrence(monkeypatch)
 
 
 # ---------------------------------------------------------------------------------------------
-# The compiled WKV kernel (zoo.wkv_cpu), CPU inference
+# The compiled WKV kernel (zoo.fast.kernels.wkv_cpu), CPU inference
 
 needs_kernel = pytest.mark.skipif(
     not wkv_cpu.available() and shutil.which("cc") is None and shutil.which("gcc") is None,

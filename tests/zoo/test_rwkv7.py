@@ -21,7 +21,6 @@ from conftest import (
 import zoo
 import zoo.fast
 from harness.models import build_variant
-from zoo import scan_cpu, wkv7_cpu, wkv7_step_cpu
 from zoo.convert import (
     CheckpointError,
     convert_rwkv7,
@@ -29,6 +28,7 @@ from zoo.convert import (
     rwkv7_to_official,
     rwkv_to_official,
 )
+from zoo.fast.kernels import scan_cpu, wkv7_cpu, wkv7_step_cpu
 from zoo.rwkv7 import (
     LOG_DECAY_FLOOR,
     RWKV7,
@@ -429,7 +429,7 @@ def test_the_state_matches_the_official_package(model, official_run):
 
 
 # ---------------------------------------------------------------------------------------------
-# The compiled recurrence and its backward (zoo.wkv7_cpu, the "wkv7" route of zoo.fast)
+# The compiled recurrence and its backward (zoo.fast.kernels.wkv7_cpu, the "wkv7" route of zoo.fast)
 
 needs_kernel = pytest.mark.skipif(not wkv7_cpu.available(),
                                   reason="no C compiler: the model uses its PyTorch WKV paths")
@@ -522,7 +522,8 @@ def test_the_wkv7_route_runs_the_kernel_for_prefill_decoding_and_training(model,
         plain = model(ids).logits
         assert zoo.fast.apply(model, ["wkv7"]) == ("wkv7",)
         try:
-            assert zoo.fast.describe(model)[-1].startswith("WKV-7: compiled C loop (zoo.wkv7_cpu)")
+            assert zoo.fast.describe(model)[-1].startswith(
+                "WKV-7: compiled C loop (zoo.fast.kernels.wkv7_cpu)")
             routed = model(ids, use_cache=True)
             step = model(ids[:, :1], cache=routed.cache)
             # prefill: the time mix's WKV; a decoding step: each block in one compiled call

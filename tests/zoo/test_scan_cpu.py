@@ -1,17 +1,17 @@
-"""zoo/scan_cpu.py, Mamba's selective scan as a compiled C loop, against the recurrence it
-replaces (zoo.mamba.selective_scan_recurrent) in float64: outputs and final state within 2e-5
-(float32 sums of 16 terms per output over a few hundred tokens of values of order 1), with a
-batch, a given state, any number of threads; the given state is not changed. The backward:
-every input's gradient within 1e-6 of the largest (float32 sums over up to a few hundred
-tokens), from the output's and the final state's gradients or the output's alone, across
-recompute chunks of several sizes."""
+"""zoo/fast/kernels/scan_cpu.py, Mamba's selective scan as a compiled C loop, against the recurrence
+it replaces (zoo.mamba.selective_scan_recurrent) in float64: outputs and final state within 2e-5
+(float32 sums of 16 terms per output over a few hundred tokens of values of order 1), with a batch,
+a given state, any number of threads; the given state is not changed. The backward: every input's
+gradient within 1e-6 of the largest (float32 sums over up to a few hundred tokens), from the
+output's and the final state's gradients or the output's alone, across recompute chunks of several
+sizes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from zoo import scan_cpu
+from zoo.fast.kernels import scan_cpu
 from zoo.mamba import selective_scan_recurrent
 
 pytestmark = pytest.mark.skipif(not scan_cpu.available(), reason="no C compiler for the kernel")

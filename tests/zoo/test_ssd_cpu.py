@@ -1,5 +1,5 @@
-"""zoo.ssd_cpu, Mamba-2's chunked SSD with its work inside chunks as a compiled C loop, its
-products with the state in oneDNN and its backward written out (part of zoo.fast's "scan"
+"""zoo.fast.kernels.ssd_cpu, Mamba-2's chunked SSD with its work inside chunks as a compiled C loop,
+its products with the state in oneDNN and its backward written out (part of zoo.fast's "scan"
 route), against zoo.mamba2.ssd_chunked differentiated by autograd in float64.
 
 The kernel: y, the final state and the gradients of all six inputs (the loss reading the final
@@ -23,7 +23,7 @@ from conftest import max_diff, tiny_state_space, train_and_decode
 
 import zoo
 import zoo.fast
-from zoo import ssd_cpu
+from zoo.fast.kernels import ssd_cpu
 from zoo.mamba2 import ssd_chunked
 
 pytestmark = pytest.mark.skipif(not ssd_cpu.available(),
@@ -120,7 +120,7 @@ def test_the_route_runs_the_kernel_and_keeps_the_plain_numbers(monkeypatch):
     zoo.fast.apply(model, ["scan"])
     notes = zoo.fast.describe(model, training=True)
     assert ("SSD: chunks of 8, inside them a compiled C loop and its backward, oneDNN's products "
-            "with the state (zoo.ssd_cpu); the recurrence for decoding") in notes
+            "with the state (zoo.fast.kernels.ssd_cpu); the recurrence for decoding") in notes
     loss, grads, routed, step = train_and_decode(model, ids)
     assert [shape[1] for shape in calls] == [30] * 2 * model.config.n_layer  # not decoding's
     assert abs(loss.item() - plain_loss.item()) <= 1e-5

@@ -1,5 +1,5 @@
-"""zoo.wkv5_cpu, RWKV-5's and RWKV-6's matrix WKV as a compiled C loop (the "wkv5" route of
-zoo.fast, CPU float32 inference), against the PyTorch recurrence it replaces.
+"""zoo.fast.kernels.wkv5_cpu, RWKV-5's and RWKV-6's matrix WKV as a compiled C loop (the "wkv5"
+route of zoo.fast, CPU float32 inference), against the PyTorch recurrence it replaces.
 
 The kernel: against `matrix_wkv_recurrent` in float64 (and, with the GroupNorm of its heads and
 the gate, against head_group_norm of it times the gate), after a carried state, for RWKV-6's decay
@@ -27,8 +27,8 @@ from conftest import max_diff
 import zoo
 import zoo.fast
 from harness.models import build_variant
-from zoo import matvec_cpu, wkv5_cpu, wkv5_step_cpu
 from zoo.fast import FEW_ROWS
+from zoo.fast.kernels import matvec_cpu, wkv5_cpu, wkv5_step_cpu
 from zoo.layers import head_group_norm, matrix_wkv_recurrent
 
 pytestmark = pytest.mark.skipif(not wkv5_cpu.available(),
@@ -200,9 +200,9 @@ def kernel_calls(monkeypatch):
     return calls
 
 
-COMPILED = ("matrix WKV: compiled C loop with ln_x and the gate (zoo.wkv5_cpu); "
-            f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.wkv5_step_cpu), the head's "
-            "product zoo.matvec_cpu's")
+COMPILED = ("matrix WKV: compiled C loop with ln_x and the gate (zoo.fast.kernels.wkv5_cpu); "
+            f"<= {FEW_ROWS} rows: a block in one compiled call (zoo.fast.kernels.wkv5_step_cpu), "
+            "the head's product zoo.fast.kernels.matvec_cpu's")
 
 
 @pytest.mark.parametrize("name", ["rwkv5", "rwkv6"])
@@ -258,8 +258,8 @@ def test_other_dtypes_take_the_plain_forward(name, kernel_calls):
         model(ids, targets=ids).loss.backward()
     assert kernel_calls == ["wkv_with_grad"] * n_layer
     assert all(p.grad is not None for p in model.parameters())
-    assert "matrix WKV: compiled C loop and its backward (zoo.wkv5_cpu)" in zoo.fast.describe(
-        model, training=True, dtype=torch.bfloat16)
+    assert ("matrix WKV: compiled C loop and its backward (zoo.fast.kernels.wkv5_cpu)"
+            in zoo.fast.describe(model, training=True, dtype=torch.bfloat16))
     with torch.no_grad():
         model.double()(ids)
         assert kernel_calls == ["wkv_with_grad"] * n_layer
@@ -288,7 +288,7 @@ def test_routed_decoding_equals_the_full_forward_and_generate_the_plain_tokens(n
 
 
 # ---------------------------------------------------------------------------------------------
-# A decoding step of a whole block as one call (zoo.wkv5_step_cpu)
+# A decoding step of a whole block as one call (zoo.fast.kernels.wkv5_step_cpu)
 
 
 def noisy(name: str, **fields) -> torch.nn.Module:
@@ -351,7 +351,8 @@ def test_blocks_with_hooks_take_their_forward(name, kernel_calls):
 @pytest.mark.parametrize("name", ["rwkv5", "rwkv6"])
 def test_the_head_decodes_with_the_compiled_product(name, monkeypatch):
     """The route swaps the output head (by its place: it is an nn.Linear) for MatvecHead, whose
-    few-row products are zoo.matvec_cpu's, and `remove` restores it; prefill takes `linear`."""
+    few-row products are zoo.fast.kernels.matvec_cpu's, and `remove` restores it; prefill takes
+    `linear`."""
     model = tiny(name)
     zoo.fast.apply(model, ["linear"])
     assert type(model.head) is zoo.fast.FastLinear

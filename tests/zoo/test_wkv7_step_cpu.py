@@ -1,5 +1,5 @@
-"""zoo.wkv7_step_cpu, an RWKV-7 block's decoding step as one compiled call (the "wkv7" route of
-zoo.fast, CPU float32 inference), against the plain block it replaces.
+"""zoo.fast.kernels.wkv7_step_cpu, an RWKV-7 block's decoding step as one compiled call (the "wkv7"
+route of zoo.fast, CPU float32 inference), against the plain block it replaces.
 
 The step: block 0 (with ln0, returning its v as v_first) and block 1 (its v moved toward a given
 v_first), one row and a few (batch, tokens), heads of 64 and of 16, with and without a channel
@@ -20,8 +20,9 @@ from conftest import max_diff, with_noise
 import zoo
 import zoo.fast
 from harness.models import build_variant
-from zoo import matvec_cpu, rwkv5, rwkv7, wkv7_step_cpu
+from zoo import rwkv5, rwkv7
 from zoo.fast import FEW_ROWS
+from zoo.fast.kernels import matvec_cpu, wkv7_step_cpu
 
 pytestmark = pytest.mark.skipif(not wkv7_step_cpu.available(),
                                 reason="no C compiler: RWKV-7 keeps its PyTorch paths")
@@ -149,7 +150,8 @@ def test_apply_remove_applied_round_trip_with_the_head():
 
 
 def test_the_head_decodes_with_the_compiled_product(monkeypatch):
-    """RWKV-7's head under wkv7: a decoding step's product is zoo.matvec_cpu's, prefill's not."""
+    """RWKV-7's head under wkv7: a decoding step's product is zoo.fast.kernels.matvec_cpu's,
+    prefill's not."""
     model = tiny()
     zoo.fast.apply(model)
     calls = []

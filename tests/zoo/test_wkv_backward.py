@@ -1,5 +1,5 @@
-"""zoo.wkv_cpu's WKV backward (`wkv_with_grad`) against `wkv_recurrent` run in float64 by
-autograd, and RWKV trained through zoo/fast.py's wkv route against the plain model.
+"""zoo.fast.kernels.wkv_cpu's WKV backward (`wkv_with_grad`) against `wkv_recurrent` run in float64
+by autograd, and RWKV trained through zoo.fast's wkv route against the plain model.
 
 Tolerances. The kernel computes in float32, as accurately as PyTorch's float32 recurrence
 (measured side by side: the same errors to two digits). Outputs and gradients are compared with
@@ -19,7 +19,7 @@ from torch import nn
 
 import zoo
 import zoo.fast
-from zoo import wkv_cpu
+from zoo.fast.kernels import wkv_cpu
 from zoo.rwkv import EMPTY_PP, wkv_recurrent
 
 pytestmark = pytest.mark.skipif(not wkv_cpu.available(),

@@ -9,20 +9,20 @@ written out in C from the model files (zoo/rwkv5.py, zoo/rwkv6.py), which stay i
         (RWKV-5: one learned mix per input; RWKV-6: the data-dependent mixes, tanh(. W1) W2,
         and the decay's adapter);
     r, k, v, g = products of the mixes (g through SiLU);  the matrix WKV per head, from the
-        cached state to a new one, its GroupNorm (ln_x) and the gate (zoo/wkv5_cpu.py's loop);
+        cached state to a new one, its GroupNorm (ln_x) and the gate (wkv5_cpu.py's loop);
     x += W_o y;  xf = LN2(x);  x += sigmoid(W_r xf_r) * W_v relu(W_k xf_k)^2 (the channel mix,
         shifted against the cached ffn_x);
 returning x and the new att_x (the last xa), WKV state and ffn_x; the given ones are unchanged.
-The weight products are zoo/matvec_cpu.py's, called through a pointer to that library, so they
+The weight products are matvec_cpu.py's, called through a pointer to that library, so they
 share its helper threads (which never hold up the caller) and its results bit for bit.
 The C pieces any block step needs (BLOCK_SOURCE: the norms, the adapters' products, the token
 shift, the weight products) and the Python call around it (load_step, block_parts, run_step)
-serve RWKV-7's step, zoo/wkv7_step_cpu.py, as well.
+serve RWKV-7's step, wkv7_step_cpu.py, as well.
 
-Inference only: zoo/fast.py's "wkv5" route runs it for float32 CPU blocks without gradients on
+Inference only: zoo.fast's "wkv5" route runs it for float32 CPU blocks without gradients on
 at most FEW_ROWS rows (batch x tokens; the step takes up to matvec_cpu.MAX_ROWS); longer inputs
 (prefill) take the blocks' forward, whose products are matrix multiplies. The source is
-compiled on first use with the system's C compiler and cached (zoo/ckernel.py).
+compiled on first use with the system's C compiler and cached (ckernel.py).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import ctypes
 
 import torch
 
-from zoo import ckernel, matvec_cpu, wkv5_cpu
+from zoo.fast.kernels import ckernel, matvec_cpu, wkv5_cpu
 
-# The C pieces every block step shares (zoo/wkv7_step_cpu.py's too): the norms, the adapters'
-# vector-matrix product, the token shift, and the weight products through zoo/matvec_cpu.py.
+# The C pieces every block step shares (wkv7_step_cpu.py's too): the norms, the adapters'
+# vector-matrix product, the token shift, and the weight products through matvec_cpu.py.
 BLOCK_SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
@@ -113,10 +113,10 @@ static uint64_t last_product = 0xffffffffu;  /* matvec's answer for the last sha
 
 void block_step_init(matvec_fn product) { matvec = product; }
 
-/* y (R, out) = x (R, in) W^T, W (out, in): zoo.matvec_cpu.matvec's product. */
+/* y (R, out) = x (R, in) W^T, W (out, in): zoo.fast.kernels.matvec_cpu.matvec's product. */
 static void product(int64_t R, int64_t in, int64_t out, const float *W, const float *x,
                     float *y, int share) {
-    int64_t rows = 16384 / (in > 0 ? in : 1) / 4 * 4;  /* zoo.matvec_cpu.rows_per_chunk */
+    int64_t rows = 16384 / (in > 0 ? in : 1) / 4 * 4;  /* matvec_cpu.rows_per_chunk */
     if (rows > 256) rows = 256;
     if (rows < 4) rows = 4;
     while ((out + rows - 1) / rows > 4096 && rows * 2 <= 256) rows *= 2;
@@ -254,9 +254,9 @@ def work_floats(rows: int, d: int, ffn: int, mix_width: int, decay_width: int) -
 
 
 def load_step(name: str, source: str, function: str, argtypes: list) -> ctypes.CDLL | None:
-    """A block step's library: BLOCK_SOURCE + `source` compiled as `name`, its products pointed
-    at zoo.matvec_cpu's library (so they share its helper threads), and `function`'s C type set
-    (it returns matvec's answer; its first two arguments: share, the block's tensors); None
+    """A block step's library: BLOCK_SOURCE + `source` compiled as `name`, its products pointed at
+    zoo.fast.kernels.matvec_cpu's library (so they share its helper threads), and `function`'s C
+    type set (it returns matvec's answer; its first two arguments: share, the block's tensors); None
     without a compiler."""
     products = matvec_cpu._library()
     if products is None:

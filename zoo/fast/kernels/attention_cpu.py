@@ -14,7 +14,7 @@ around them (scale, mask, softmax, dropout, and their backward). Here, head by h
 
 with `softmax_dropout_forward` computing p, pd and the keep mask of a head's rows in one pass,
 and `softmax_dropout_backward` ds (in place of dpd) and pd again (it is not kept: the backward
-saves p and the byte mask, less than autograd's p and pd). The mask is zoo/dropout_cpu.py's:
+saves p and the byte mask, less than autograd's p and pd). The mask is dropout_cpu.py's:
 element i of a call (flat index over (B, nh, T, S)) is kept when its keyed hash clears the
 threshold, so the same key draws the same mask as `dropout_cpu.mask`.
 
@@ -35,7 +35,7 @@ import math
 
 import torch
 
-from zoo import ckernel, dropout_cpu
+from zoo.fast.kernels import ckernel, dropout_cpu
 
 SOURCE = dropout_cpu.HASH + r"""
 #include <math.h>
@@ -234,7 +234,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """softmax(q k^T / sqrt(hs) + mask) v with dropout p (0 <= p < 1) on the probabilities, for
     queries at rows first_row.. of a causal attention (None: not causal) over keys 0..S-1;
     q (B, nh, T, hs), k and v (B, nh, S, hs), attn_mask None or additive, broadcasting to
-    (B, nh, T, S). `key` fixes the dropout mask (default: drawn as zoo/dropout_cpu.py draws)."""
+    (B, nh, T, S). `key` fixes the dropout mask (default: drawn as dropout_cpu.py draws)."""
     if not runs(q, k, v, attn_mask):
         raise ValueError("the CPU attention takes float32 CPU tensors and a float32 mask")
     if key is None:

@@ -16,8 +16,8 @@ pre-activations' gradients, then their transposed convolution). Channels are ind
 call splits them between the threads PyTorch uses.
 
 `conv_silu` has `causal_depthwise_conv`'s contract followed by the SiLU, for float32 CPU tensors,
-differentiable; zoo/fast.py's "scan" route runs it for Mamba's and Mamba-2's mixers. The source
-is compiled on first use with the system's C compiler and cached (zoo/ckernel.py).
+differentiable; zoo.fast's "scan" route runs it for Mamba's and Mamba-2's mixers. The source
+is compiled on first use with the system's C compiler and cached (ckernel.py).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import ctypes
 import torch
 from torch.autograd.function import once_differentiable
 
-from zoo import ckernel
-from zoo.scan_cpu import _channel_ranges, split
+from zoo.fast.kernels import ckernel
+from zoo.fast.kernels.scan_cpu import _channel_ranges, split
 
 SOURCE = r"""
 #include <math.h>
@@ -138,7 +138,7 @@ int omp_get_thread_num(void);
 int omp_get_num_threads(void);
 
 /* For training: the two above over all C channels, split between the threads of one OpenMP
-   region of PyTorch's runtime (zoo/ckernel.py). */
+   region of PyTorch's runtime (ckernel.py). */
 void conv_silu_forward_team(int64_t threads, int64_t Bt, int64_t T, int64_t C, int64_t K,
                             const float *x, int64_t xb, int64_t xt, const float *state,
                             const float *wT, const float *bias, float *out) {

@@ -1,7 +1,7 @@
 """A decoding step of an RWKV-7 block as one compiled call, for CPU inference.
 
 The plain block (zoo/rwkv7.py) decodes a token in about 60 PyTorch operations on vectors of
-width d plus its weight products; as for RWKV-5/6 (zoo/wkv5_step_cpu.py), their dispatch, not
+width d plus its weight products; as for RWKV-5/6 (wkv5_step_cpu.py), their dispatch, not
 their arithmetic, is much of a step. This module runs the block for a few rows, written out in
 C from zoo/rwkv7.py, which stays its oracle:
     x = LN0(x) (block 0);  xa = LN1(x);  x_r, x_w, x_k, x_v, x_a, x_g = xa + (prev - xa) mu,
@@ -10,17 +10,17 @@ C from zoo/rwkv7.py, which stays its oracle:
         a = sigmoid(a0 + x_a A1 A2);  g = sigmoid(x_g G1) G2;
     v moves toward layer 0's v by sigmoid(v0 + x_v V1 V2) (blocks after the first; block 0
         returns its v as v_first);  kk = normalise(k k_k) per head;  k = k (1 + (a - 1) k_a);
-    the WKV-7 state update per head (zoo/wkv7_cpu.py's loop), from the cached state to a new one;
+    the WKV-7 state update per head (wkv7_cpu.py's loop), from the cached state to a new one;
     y = GroupNorm(y) + (sum r k r_k) v per head;  x += W_o (y g);
     xf = LN2(x);  x += W_v relu(W_k (xf + (prev_f - xf) mu_k))^2 (the channel mix);
 returning x, v_first and the new att_x (the last xa), WKV state and ffn_x (the last xf); the
 given ones are unchanged. The norms, the adapters' products, the token shift and the weight
-products (zoo/matvec_cpu.py's, through a pointer to that library) are zoo/wkv5_step_cpu.py's
+products (matvec_cpu.py's, through a pointer to that library) are wkv5_step_cpu.py's
 BLOCK_SOURCE, shared with RWKV-5/6's step.
 
-Inference only: zoo/fast.py's "wkv7" route runs it for float32 CPU blocks without gradients on
+Inference only: zoo.fast's "wkv7" route runs it for float32 CPU blocks without gradients on
 at most FEW_ROWS rows (batch x tokens; the step takes up to matvec_cpu.MAX_ROWS); longer inputs
-(prefill) take the block's forward. Compiled on first use and cached (zoo/ckernel.py).
+(prefill) take the block's forward. Compiled on first use and cached (ckernel.py).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ import ctypes
 
 import torch
 
-from zoo import matvec_cpu, rwkv7, wkv7_cpu
-from zoo.wkv5_step_cpu import block_parts, cpu_float32, load_step, run_step, weights
+from zoo import rwkv7
+from zoo.fast.kernels import matvec_cpu, wkv7_cpu
+from zoo.fast.kernels.wkv5_step_cpu import block_parts, cpu_float32, load_step, run_step, weights
 
 STEP_SOURCE = r"""
 enum { LN0_W, LN0_B, LN1_W, LN1_B, LN2_W, LN2_B, X_R, X_W, X_K, X_V, X_A, X_G, W0, W1, W2,

@@ -12,10 +12,10 @@ them between the threads PyTorch uses (ctypes releases the GIL during the call).
 `wkv` runs without gradients (prefill and decoding); `wkv_with_grad` is differentiable, an
 autograd Function whose backward is `wkv7_backward` below: every input's gradient in one sweep
 back in time, two passes over each row of the state and of its gradient, the states
-recomputed a chunk at a time from ones kept every BACKWARD_CHUNK tokens. zoo/fast.py's "wkv7"
+recomputed a chunk at a time from ones kept every BACKWARD_CHUNK tokens. zoo.fast's "wkv7"
 route runs them for float32 CPU tensors, and the model keeps its PyTorch paths otherwise (CUDA,
 other dtypes, no C compiler). The source is compiled on first use with the system's C compiler
-and cached (zoo/ckernel.py).
+and cached (ckernel.py).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import ctypes
 import torch
 from torch.autograd.function import once_differentiable
 
-from zoo import ckernel
-from zoo.scan_cpu import _channel_ranges, split
+from zoo.fast.kernels import ckernel
+from zoo.fast.kernels.scan_cpu import _channel_ranges, split
 
 SOURCE = r"""
 #include <math.h>
@@ -68,7 +68,7 @@ void wkv7_forward(int64_t Bt, int64_t T, int64_t H, int64_t N, int64_t p0, int64
 }
 
 /* One token of the recurrence for one head: Sn = Sp diag(w) - (Sp kk) b^T + v k^T, b = a * kk.
-   Sn may be Sp (in place). (zoo/wkv7_step_cpu.py compiles this source with its own, whose
+   Sn may be Sp (in place). (wkv7_step_cpu.py compiles this source with its own, whose
    names these must not take.) */
 static inline __attribute__((always_inline)) void
 wkv7_token(int64_t N, const float *Sp, float *Sn, const float *w, const float *b,
@@ -214,7 +214,7 @@ int omp_get_thread_num(void);
 int omp_get_num_threads(void);
 
 /* For training: the forward and the backward over all Bt * H pairs, split between the threads
-   of one OpenMP region of PyTorch's runtime (zoo/ckernel.py). */
+   of one OpenMP region of PyTorch's runtime (ckernel.py). */
 void wkv7_forward_team(int64_t threads, int64_t Bt, int64_t T, int64_t H, int64_t N,
                        const float *r, const float *log_w, const float *k, const float *v,
                        const float *kk, const float *a, float *y, float *S) {

@@ -15,7 +15,7 @@ vectorised across elements. Each call takes a fresh 64-bit key from torch's defa
 so `torch.manual_seed` makes training reproducible, as with `nn.Dropout`; the masks themselves
 differ from PyTorch's (a different generator), not their distribution.
 
-zoo/fast.py's "dropout" route runs it (nn.Dropout and attention-probability dropout); without a
+zoo.fast's "dropout" route runs it (nn.Dropout and attention-probability dropout); without a
 C compiler `available()` is False and the model keeps PyTorch's dropout.
 """
 
@@ -25,9 +25,9 @@ import ctypes
 
 import torch
 
-from zoo import ckernel
+from zoo.fast.kernels import ckernel
 
-# The hash, shared with zoo/attention_cpu.py's kernel, which draws the same masks.
+# The hash, shared with attention_cpu.py's kernel, which draws the same masks.
 HASH = r"""
 #include <stdint.h>
 

@@ -21,7 +21,7 @@ saved 1 ms of the forward's 2.3 and 1.6 ms of the backward's 8, less than 1% of 
 step, whose time is in the matrix products: the loops run on one thread.
 
 The source is compiled on first use with the system's C compiler, once per machine, and cached
-(zoo/ckernel.py). zoo/fast.py's "wkv" route runs it; without a compiler `available()` is False
+(ckernel.py). zoo.fast's "wkv" route runs it; without a compiler `available()` is False
 and the model keeps its PyTorch paths (same numbers; `zoo.fast.describe(model)` says which run).
 """
 
@@ -32,7 +32,7 @@ import ctypes
 import torch
 from torch.autograd.function import once_differentiable
 
-from zoo import ckernel
+from zoo.fast.kernels import ckernel
 
 SOURCE = r"""
 #include <math.h>

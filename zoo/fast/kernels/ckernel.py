@@ -1,4 +1,4 @@
-"""Small C kernels for the CPU routes of zoo/fast.py: compiled on first use, cached, loaded.
+"""Small C kernels for the CPU routes of zoo/fast/: compiled on first use, cached, loaded.
 
 A kernel is one C source string. `load(name, source)` compiles it with the system's C compiler
 (`cc`, else gcc or clang) into a shared library, once per source, flags and CPU, cached in
@@ -16,7 +16,7 @@ regions guarded by `#ifdef _OPENMP`), else without. The library then asks for li
 which the loader finds already loaded by PyTorch (its wheel's own copy, the same soname), so
 the kernels' regions run on PyTorch's OpenMP threads: threads that, after one of PyTorch's own
 regions, spin on the other core waiting for more work, where a thread of our own would have to
-share that core with them (see zoo/fast_measurements.md).
+share that core with them (see zoo/fast/measurements.md).
 """
 
 from __future__ import annotations

@@ -29,9 +29,9 @@ of the speed (`python reports/train-cpu/ssd-probe.py --products`). Chunks are CH
 unless the config names a size.
 
 `ssd` has `zoo.mamba2.ssd_chunked`'s contract for float32 CPU tensors, differentiable in all
-six inputs; zoo/fast.py's "scan" route takes it for Mamba-2's mixer, with ssd_chunked as its
+six inputs; zoo.fast's "scan" route takes it for Mamba-2's mixer, with ssd_chunked as its
 oracle in the tests. The source is compiled on first use with the system's C compiler and
-cached (zoo/ckernel.py).
+cached (ckernel.py).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ import ctypes
 import torch
 from torch.autograd.function import once_differentiable
 
-from zoo import ckernel
-from zoo.scan_cpu import _channel_ranges, split
+from zoo.fast.kernels import ckernel
+from zoo.fast.kernels.scan_cpu import _channel_ranges, split
 
 SOURCE = r"""
 #include <math.h>
@@ -340,7 +340,7 @@ int omp_get_thread_num(void);
 int omp_get_num_threads(void);
 
 /* For training: the three above over all K chunks, split between the threads of one OpenMP
-   region of PyTorch's runtime (zoo/ckernel.py). */
+   region of PyTorch's runtime (ckernel.py). */
 int ssd_chunk_forward_team(int64_t threads, int64_t K, int64_t L, int64_t Hg, int64_t P,
                            int64_t n, int64_t T, int64_t H, const float *x, int64_t xb,
                            int64_t xt, const float *dt, const float *A, const float *S,

@@ -20,11 +20,11 @@ the models do next with it: the GroupNorm of each head (ln_x) and the gate's pro
 differentiable, an autograd Function whose backward is `matrix_wkv_backward` below: the
 gradients of every input in one sweep back in time, a row of the state and of its gradient at a
 time, the states recomputed a chunk at a time from ones kept every BACKWARD_CHUNK tokens rather
-than stored for every token (T x N x N floats a head). zoo/fast.py's "wkv5" route runs the three
+than stored for every token (T x N x N floats a head). zoo.fast's "wkv5" route runs the three
 for float32 CPU tensors (training through `wkv_with_grad`, with the GroupNorm and the gate left
 to PyTorch), and the models keep their PyTorch paths otherwise (CUDA, other dtypes, no C
 compiler). The source is compiled on first use with the system's C compiler and cached
-(zoo/ckernel.py).
+(ckernel.py).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import ctypes
 import torch
 from torch.autograd.function import once_differentiable
 
-from zoo import ckernel
-from zoo.scan_cpu import _channel_ranges, split
+from zoo.fast.kernels import ckernel
+from zoo.fast.kernels.scan_cpu import _channel_ranges, split
 
 SOURCE = r"""
 #include <math.h>
@@ -261,7 +261,7 @@ int omp_get_thread_num(void);
 int omp_get_num_threads(void);
 
 /* For training: the forward and the backward over all Bt * H pairs, split between the threads
-   of one OpenMP region of PyTorch's runtime (zoo/ckernel.py). */
+   of one OpenMP region of PyTorch's runtime (ckernel.py). */
 void matrix_wkv_forward_team(int64_t threads, int64_t Bt, int64_t T, int64_t H, int64_t N,
                              int64_t wb, int64_t wt, const float *r, const float *log_w,
                              const float *k, const float *v, const float *u, float *y, float *S,

@@ -15,7 +15,7 @@ differentiable, an autograd Function whose backward is `selective_scan_backward`
 recomputes the states chunk by chunk (the forward keeps the state at every 64th token) rather
 than storing a (T, d_inner, N) history, and sweeps back in time. Its gradients equal the float64
 recurrence's to float32 rounding (tests/zoo/test_scan_cpu.py). The source is compiled on first
-use with the system's C compiler and cached (zoo/ckernel.py); zoo/fast.py's "scan" route runs
+use with the system's C compiler and cached (ckernel.py); zoo.fast's "scan" route runs
 it, and without a compiler `available()` is False and the model keeps its PyTorch paths.
 """
 
@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch.autograd.function import once_differentiable
 
-from zoo import ckernel
+from zoo.fast.kernels import ckernel
 
 SOURCE = r"""
 #include <math.h>
@@ -189,7 +189,7 @@ int omp_get_thread_num(void);
 int omp_get_num_threads(void);
 
 /* For training: the two above over all D channels, split between the threads of one OpenMP
-   region of PyTorch's runtime (zoo/ckernel.py); gB, gC: a (Bt, T, N) buffer per thread. */
+   region of PyTorch's runtime (ckernel.py); gB, gC: a (Bt, T, N) buffer per thread. */
 void selective_scan_forward_team(int64_t threads, int64_t Bt, int64_t T, int64_t D, int64_t N,
                                  const float *x, const float *delta, const float *A,
                                  const float *Bm, const float *Cm, float *y, float *h, int64_t K,
@@ -243,7 +243,7 @@ def _library() -> ctypes.CDLL | None:
 
 def team(library: ctypes.CDLL, name: str):
     """`library`'s function `name`: a kernel's training form, its work split between the
-    threads of one OpenMP region of PyTorch's runtime (see zoo/ckernel.py), or None where the
+    threads of one OpenMP region of PyTorch's runtime (see ckernel.py), or None where the
     library was built without OpenMP (the callers then split it with `_run`)."""
     return getattr(library, name, None)
 
@@ -283,7 +283,7 @@ def split(library: ctypes.CDLL, name: str, ranges: list[tuple[int, int]], head: 
     """`library`'s kernel `name`, called as name(*head, lo, hi, *tail) for the work [lo, hi),
     over all of `ranges`: where `openmp` (training) and the library has it, as name_team(
     threads, *head, *tail), which splits the work in one OpenMP region of PyTorch's runtime
-    (see zoo/ckernel.py); else one call per range in `_run`'s threads. What the calls
+    (see ckernel.py); else one call per range in `_run`'s threads. What the calls
     returned."""
     one_region = team(library, f"{name}_team") if openmp else None
     if one_region:

@@ -13,9 +13,9 @@ each token's channels in SIMD lanes, tokens split between PyTorch's threads (the
 gradient summed from a row per thread).
 
 `gated_rms_norm` has GatedRMSNorm's contract for float32 CPU weights, y float32 and z float32
-or (under autocast) bfloat16, differentiable in all three; zoo/fast.py's "scan" route runs it
+or (under autocast) bfloat16, differentiable in all three; zoo.fast's "scan" route runs it
 for Mamba-2's mixer. The source is compiled on first use with the system's C compiler and
-cached (zoo/ckernel.py).
+cached (ckernel.py).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import ctypes
 import torch
 from torch.autograd.function import once_differentiable
 
-from zoo import ckernel
-from zoo.scan_cpu import _channel_ranges, _run, split, team
+from zoo.fast.kernels import ckernel
+from zoo.fast.kernels.scan_cpu import _channel_ranges, _run, split, team
 
 SOURCE = r"""
 #include <math.h>
@@ -89,7 +89,7 @@ int omp_get_thread_num(void);
 int omp_get_num_threads(void);
 
 /* For training: the two above over all R rows, split between the threads of one OpenMP region
-   of PyTorch's runtime (zoo/ckernel.py); thread p adds its share of w's gradient into
+   of PyTorch's runtime (ckernel.py); thread p adds its share of w's gradient into
    dw + p D. */
 void gated_norm_forward_team(int64_t threads, int64_t R, int64_t D, int64_t G, const float *y,
                              int64_t ys, const float *z, int64_t zs, const float *w, float eps,

@@ -27,12 +27,12 @@ the result does not depend on the threads.
 
 The loop reads four weight rows at a time (four independent sums in SIMD lanes over the input
 channels) and multiplies each by every input row (at most MAX_ROWS): one pass over the weight,
-whatever the rows. zoo/fast.py's "wkv5" and "wkv7" routes run it in RWKV-5/6/7's decoding (their
-block steps, zoo/wkv5_step_cpu.py and zoo/wkv7_step_cpu.py, through a pointer to this library,
+whatever the rows. zoo.fast's "wkv5" and "wkv7" routes run it in RWKV-5/6/7's decoding (their
+block steps, wkv5_step_cpu.py and wkv7_step_cpu.py, through a pointer to this library,
 and their output heads), where no OpenMP region competes with the helpers for the cores; the
 linear route keeps its split product for the other models, whose decoding steps still have such
-regions (see zoo/fast_measurements.md).
-The source is compiled on first use with the system's C compiler and cached (zoo/ckernel.py).
+regions (see zoo/fast/measurements.md).
+The source is compiled on first use with the system's C compiler and cached (ckernel.py).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from collections import deque
 
 import torch
 
-from zoo import ckernel
+from zoo.fast.kernels import ckernel
 
 MAX_ROWS = 8  # input rows per call (the route takes at most FEW_ROWS)
 MAX_CHUNKS = 4096
