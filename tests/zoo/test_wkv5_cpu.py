@@ -357,7 +357,7 @@ def test_the_head_decodes_with_the_compiled_product(name, monkeypatch):
     zoo.fast.apply(model, ["linear"])
     assert type(model.head) is zoo.fast.FastLinear
     zoo.fast.apply(model)
-    assert type(model.head) is zoo.fast.MatvecHead and "wkv5" in zoo.fast.applied(model)
+    assert type(model.head) is zoo.fast.rwkv.MatvecHead and "wkv5" in zoo.fast.applied(model)
     calls = []
     real = matvec_cpu.matvec
     monkeypatch.setattr(matvec_cpu, "matvec", lambda x, *a: calls.append(x.shape) or real(x, *a))

@@ -132,20 +132,20 @@ def test_apply_remove_applied_round_trip_with_the_head():
     assert zoo.fast.apply(model, ["wkv5"]) == ()  # not RWKV-7's route: nothing, head included
     assert type(model.head) is torch.nn.Linear
     assert zoo.fast.apply(model, ["wkv7"]) == ("wkv7",)
-    assert type(model.head) is zoo.fast.MatvecHead
-    assert all(type(b) is zoo.fast.CompiledWKV7Block for b in model.blocks)
-    assert all(type(b.att) is zoo.fast.CompiledWKV7TimeMix for b in model.blocks)
+    assert type(model.head) is zoo.fast.rwkv.MatvecHead
+    assert all(type(b) is zoo.fast.rwkv.CompiledWKV7Block for b in model.blocks)
+    assert all(type(b.att) is zoo.fast.rwkv.CompiledWKV7TimeMix for b in model.blocks)
     zoo.fast.remove(model)
     assert zoo.fast.applied(model) == ()
     assert {n: type(m) for n, m in model.named_modules()} == plain_types
     assert zoo.fast.apply(model, ["linear"]) == ("linear",)
     assert type(model.head) is zoo.fast.FastLinear
     assert zoo.fast.apply(model) == ("linear", "wkv7")
-    assert type(model.head) is zoo.fast.MatvecHead
+    assert type(model.head) is zoo.fast.rwkv.MatvecHead
     zoo.fast.remove(model)
     assert type(model.head) is torch.nn.Linear and type(model.blocks[0]) is rwkv7.Block
     rwkv5_model = build_variant("rwkv5", "tiny", fast=True)
-    assert type(rwkv5_model.head) is zoo.fast.MatvecHead and type(rwkv5_model) is rwkv5.RWKV5
+    assert type(rwkv5_model.head) is zoo.fast.rwkv.MatvecHead and type(rwkv5_model) is rwkv5.RWKV5
     assert zoo.fast.applied(rwkv5_model) == ("linear", "wkv5")
 
 
