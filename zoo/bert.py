@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.layers import FeedForward, MultiHeadAttention, bert_init, tied_head
-from zoo.model import Output, ZooModel, check_config, lm_loss
+from zoo.model import Output, ZooModel, check_config
 
 INIT_STD = 0.02  # BERT's initializer_range
 
@@ -183,7 +183,7 @@ class Bert(ZooModel):
         logits = self.logits(h)
         loss = None
         if targets is not None:
-            loss = lm_loss(logits, targets)
+            loss = self.lm_loss(logits, targets)
             if next_sentence_label is not None:
                 nsp_logits = self.next_sentence_logits(h)
                 loss = loss + F.cross_entropy(nsp_logits.float(), next_sentence_label.flatten())

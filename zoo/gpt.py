@@ -36,7 +36,7 @@ from zoo.layers import (
     hidden_key_bias,
     tied_head,
 )
-from zoo.model import Output, ZooModel, check_config, generate, lm_loss
+from zoo.model import Output, ZooModel, check_config, generate
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ class GPT(ZooModel):
         if cache is None and use_cache:
             cache = [KVCache() for _ in self.blocks]
         logits = self.logits(self.hidden_states(input_ids, cache, attention_mask))  # (B, T, V)
-        loss = lm_loss(logits, targets) if targets is not None else None
+        loss = self.lm_loss(logits, targets) if targets is not None else None
         return Output(logits=logits, loss=loss, cache=cache)
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.layers import KVCache, RMSNorm, apply_rope, hidden_key_bias, rope_tables, sdpa
-from zoo.model import Output, ZooModel, check_config, generate, lm_loss
+from zoo.model import Output, ZooModel, check_config, generate
 
 
 @dataclass(frozen=True)
@@ -300,7 +300,7 @@ class Llama(ZooModel):
         if cache is None and use_cache:
             cache = self.new_cache()
         logits = self.logits(self.hidden_states(input_ids, attention_mask, cache))  # (B, T, V)
-        loss = lm_loss(logits, targets) if targets is not None else None
+        loss = self.lm_loss(logits, targets) if targets is not None else None
         return Output(logits=logits, loss=loss, cache=cache)
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from zoo.layers import MultiHeadAttention, bert_init
-from zoo.model import Output, ZooModel, check_config, lm_loss
+from zoo.model import Output, ZooModel, check_config
 
 
 @dataclass(frozen=True)
@@ -326,7 +326,7 @@ class MosaicBert(ZooModel):
         logits = self.logits(x)  # (nnz, V) or (B, T, V): the head runs on real tokens only
         if packing is not None:
             logits = packing.unpack(logits)
-        loss = lm_loss(logits, targets) if targets is not None else None
+        loss = self.lm_loss(logits, targets) if targets is not None else None
         return Output(logits=logits, loss=loss)
 
     def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.layers import KVCache, RMSNorm, apply_rope, causal_mask, rope_tables, sdpa
-from zoo.model import Output, ZooModel, check_config, generate, lm_loss
+from zoo.model import Output, ZooModel, check_config, generate
 
 SIAF_ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh}
 
@@ -306,7 +306,7 @@ class PanguPi(ZooModel):
         if cache is None and use_cache:
             cache = PanguPiCache([KVCache() for _ in self.blocks], [None] * len(self.blocks))
         logits = self.logits(self.hidden_states(input_ids, cache))  # (B, T, V)
-        loss = lm_loss(logits, targets) if targets is not None else None
+        loss = self.lm_loss(logits, targets) if targets is not None else None
         return Output(logits=logits, loss=loss, cache=cache)
 
     def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",

@@ -25,7 +25,7 @@ Choices the paper leaves open, made here:
     the sqrt(d_model) scale tokens have unit variance like the sinusoids; Xavier-uniform weights
     and zero biases in every linear layer; unit LayerNorm gains.
   - Label smoothing (0.1 in the paper) is a training choice: the loss here is plain mean
-    cross-entropy (zoo.model.lm_loss), as for every zoo model.
+    cross-entropy (zoo.model.LMLoss), as for every zoo model.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from zoo.layers import (
     hidden_key_bias,
     tied_head,
 )
-from zoo.model import Output, ZooModel, check_config, generate, lm_loss
+from zoo.model import Output, ZooModel, check_config, generate
 
 
 @dataclass(frozen=True)
@@ -270,7 +270,7 @@ class Transformer(ZooModel):
         if cache is None and use_cache:
             cache = self.new_cache(self.encode(src_ids, src_mask), src_mask)
         logits = self.logits(self.hidden_states(src_ids, tgt_ids, src_mask, tgt_mask, cache))
-        loss = lm_loss(logits, targets) if targets is not None else None
+        loss = self.lm_loss(logits, targets) if targets is not None else None
         return Output(logits=logits, loss=loss, cache=cache)
 
     @torch.no_grad()

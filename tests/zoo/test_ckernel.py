@@ -18,6 +18,7 @@ from zoo.fast.kernels import (
     attention_cpu,
     conv_cpu,
     dropout_cpu,
+    loss_cpu,
     matvec_cpu,
     norm_cpu,
     scan_cpu,
@@ -29,7 +30,7 @@ from zoo.fast.kernels import (
     wkv_cpu,
 )
 
-KERNELS = (attention_cpu, conv_cpu, dropout_cpu, matvec_cpu, norm_cpu, scan_cpu, ssd_cpu,
+KERNELS = (attention_cpu, conv_cpu, dropout_cpu, loss_cpu, matvec_cpu, norm_cpu, scan_cpu, ssd_cpu,
            wkv_cpu, wkv5_cpu, wkv5_step_cpu, wkv7_cpu, wkv7_step_cpu)
 
 

@@ -269,7 +269,7 @@ def test_a_recomputed_attention_chunk_draws_its_forward_mask(monkeypatch):
     model = zoo.build("mosaic-bert", n_layer=1, d_model=32, n_head=2, d_ff=64, vocab_size=64,
                       dropout=0.1, attn_dropout=0.1).train()
     model.attn_chunk_size = 4
-    assert zoo.fast.applied(model) == ("linear", "dropout")
+    assert zoo.fast.applied(model) == ("linear", "dropout", "loss")
     ids = torch.randint(0, 64, (1, 12))
     forward_keys = len(keys)
     model(ids, targets=ids).loss.backward()
@@ -290,7 +290,7 @@ def test_without_a_compiler_the_route_runs_pytorchs_dropout(monkeypatch):
     monkeypatch.setattr(ckernel.Path, "home", lambda: Path("/nonexistent-home"))
     assert not dropout_cpu.available()
     model = zoo.build("gpt", n_layer=1, d_model=32, n_head=2, vocab_size=64).train()
-    assert zoo.fast.describe(model, training=True)[-1] == "dropout (training): PyTorch's"
+    assert "dropout (training): PyTorch's" in zoo.fast.describe(model, training=True)
     ids = torch.randint(0, 64, (2, 8))
     model(ids, targets=ids).loss.backward()  # PyTorch's dropout and SDPA
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())

@@ -26,7 +26,15 @@ import zoo.fast
 from harness.models import build_variant
 from zoo import rwkv6, rwkv7
 from zoo.fast import FEW_ROWS, KERNELS, FastLinear, linear, many_rows_kernel, onednn_available
-from zoo.fast.kernels import attention_cpu, dropout_cpu, scan_cpu, wkv5_cpu, wkv7_cpu, wkv_cpu
+from zoo.fast.kernels import (
+    attention_cpu,
+    dropout_cpu,
+    loss_cpu,
+    scan_cpu,
+    wkv5_cpu,
+    wkv7_cpu,
+    wkv_cpu,
+)
 from zoo.layers import ACTIVATIONS, FeedForward, MultiHeadAttention
 
 MODELS = sorted(zoo.REGISTRY)
@@ -39,6 +47,7 @@ EXPECTED = {"gpt": ("linear", "ffn", "dropout"), "bert": ("linear", "ffn", "drop
             "rwkv": ("linear", "ffn", "wkv"), "rwkv5": ("linear", "wkv5"),
             "rwkv6": ("linear", "wkv5"), "rwkv7": ("linear", "wkv7"),
             "llama": ("linear", "ffn")}
+EXPECTED = {name: (*routes, "loss") for name, routes in EXPECTED.items()}  # every model's loss
 LOGITS = dict(atol=2e-5, rtol=1e-5)
 
 
@@ -325,6 +334,14 @@ def test_the_time_mixes_low_rank_projections_take_the_training_products(name, do
 
 # ---- the routes on every model -----------------------------------------------------------------
 
+def training_notes(model: nn.Module, **kwargs) -> tuple[str, ...]:
+    """describe(model, training=True, ...) less its last note, the loss's (checked on its own in
+    test_describe_a_training_step)."""
+    notes = zoo.fast.describe(model, training=True, **kwargs)
+    assert notes[-1].startswith("loss: ")
+    return notes[:-1]
+
+
 def tiny(name: str, fast: bool) -> nn.Module:
     """The tiny variant with noise on every parameter, so that no matrix is zero (RWKV's init
     zeroes several) and both builds hold the same weights."""
@@ -441,7 +458,7 @@ def test_apply_remove_round_trip_keeps_modules_keys_and_hooks(name):
 
 def test_build_applies_the_routes_unless_told_not_to():
     fields = dict(n_layer=1, d_model=32, n_head=2, vocab_size=64)
-    assert zoo.fast.applied(zoo.build("gpt", **fields)) == ("linear", "ffn", "dropout")
+    assert zoo.fast.applied(zoo.build("gpt", **fields)) == ("linear", "ffn", "dropout", "loss")
     assert zoo.fast.applied(zoo.build("gpt", fast=False, **fields)) == ()
     cls = zoo.load_class("gpt")
     assert zoo.fast.applied(cls(cls.config_class(**fields))) == ()  # the class itself: plain
@@ -457,9 +474,10 @@ def test_the_tied_heads_are_the_embeddings():
 
 def test_unknown_route_is_a_value_error_naming_the_valid_ones():
     with pytest.raises(ValueError, match="unknown fast route 'flash'; valid: linear, ffn, wkv, "
-                                         "wkv5, wkv7, scan, dropout"):
+                                         "wkv5, wkv7, scan, dropout, loss"):
         zoo.fast.apply(tiny("gpt", fast=False), ["linear", "flash"])
-    assert set(zoo.fast.ROUTES) == {"linear", "ffn", "wkv", "wkv5", "wkv7", "scan", "dropout"}
+    assert set(zoo.fast.ROUTES) == {"linear", "ffn", "wkv", "wkv5", "wkv7", "scan", "dropout",
+                                "loss"}
     assert all(isinstance(line, str) and line for line in zoo.fast.ROUTES.values())
 
 
@@ -492,15 +510,15 @@ def test_describe_says_which_routes_run(name):
         assert notes[-1] == (compiled if wkv5_cpu.available() else pytorch)
         assert plain_notes[-1] == pytorch
         trained = "matrix WKV: compiled C loop and its backward (zoo.fast.kernels.wkv5_cpu)"
-        assert zoo.fast.describe(fast, training=True)[-1] == (trained if wkv5_cpu.available()
+        assert training_notes(fast)[-1] == (trained if wkv5_cpu.available()
                                                                else pytorch)
-        assert zoo.fast.describe(fast, training=True, dtype=torch.bfloat16)[-1] == (
+        assert training_notes(fast, dtype=torch.bfloat16)[-1] == (
             trained if wkv5_cpu.available() else pytorch)  # the WKV's inputs are float32
         assert zoo.fast.describe(fast, dtype=torch.bfloat16)[-1] == (
             "matrix WKV: compiled C loop (zoo.fast.kernels.wkv5_cpu)" if wkv5_cpu.available()
             else pytorch)
-        assert zoo.fast.describe(fast, training=True, dtype=torch.float64)[-1] == pytorch
-        assert zoo.fast.describe(plain, training=True)[-1] == pytorch
+        assert training_notes(fast, dtype=torch.float64)[-1] == pytorch
+        assert training_notes(plain)[-1] == pytorch
     elif name == "rwkv7":
         pytorch = "WKV-7: PyTorch, chunks of 32 for prefill, the recurrence for decoding"
         compiled = ("WKV-7: compiled C loop (zoo.fast.kernels.wkv7_cpu); "
@@ -510,12 +528,12 @@ def test_describe_says_which_routes_run(name):
         assert notes[-1] == (compiled if wkv7_cpu.available() else pytorch)
         assert plain_notes[-1] == pytorch
         trained = "WKV-7: compiled C loop and its backward (zoo.fast.kernels.wkv7_cpu)"
-        assert zoo.fast.describe(fast, training=True)[-1] == (trained if wkv7_cpu.available()
+        assert training_notes(fast)[-1] == (trained if wkv7_cpu.available()
                                                                else pytorch)
-        assert zoo.fast.describe(fast, training=True, dtype=torch.bfloat16)[-1] == (
+        assert training_notes(fast, dtype=torch.bfloat16)[-1] == (
             trained if wkv7_cpu.available() else pytorch)
-        assert zoo.fast.describe(fast, training=True, dtype=torch.float64)[-1] == pytorch
-        assert zoo.fast.describe(plain, training=True)[-1] == pytorch
+        assert training_notes(fast, dtype=torch.float64)[-1] == pytorch
+        assert training_notes(plain)[-1] == pytorch
     else:
         assert not any(n.startswith(("WKV", "matrix WKV")) for n in notes + plain_notes)
     if name == "mamba":
@@ -545,14 +563,17 @@ def test_describe_a_training_step(kernel_name, monkeypatch):
     attention = (("attention with dropout: oneDNN's products a head at a time, softmax and "
                   "dropout in C (zoo.fast.kernels.attention_cpu; causal, or over >= 512 keys)",)
                  if kernel_name == "onednn" and attention_cpu.available() else ())
+    loss = ("loss: cross-entropy in one C pass each way (zoo.fast.kernels.loss_cpu)"
+            if loss_cpu.available() else "loss: F.cross_entropy")
     assert zoo.fast.describe(model, training=True) == (
         linears, "feed-forward: activation as a separate op",
         "dropout (training): masks from a C kernel (zoo.fast.kernels.dropout_cpu)"
-        if dropout_cpu.available() else "dropout (training): PyTorch's", *attention)
+        if dropout_cpu.available() else "dropout (training): PyTorch's", *attention, loss)
     autocast = zoo.fast.describe(model, training=True, dtype=torch.bfloat16)
-    assert autocast[-1] == (
+    assert autocast[-2:] == (
         "dropout (training): masks from a C kernel (zoo.fast.kernels.dropout_cpu)"
-        if dropout_cpu.available() else "dropout (training): PyTorch's")
+        if dropout_cpu.available() else "dropout (training): PyTorch's", loss)
     half = zoo.fast.describe(model, training=True, dtype=torch.float16)
-    assert half[-1] == "dropout (training): PyTorch's"
+    assert half[-2:] == ("dropout (training): PyTorch's", "loss: F.cross_entropy")
+    assert "loss" not in " ".join(zoo.fast.describe(model))  # inference computes no loss
     assert autocast[0] == "linears: F.linear"  # autocast takes its own bfloat16 product

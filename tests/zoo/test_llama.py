@@ -288,7 +288,7 @@ def test_from_pretrained_applies_the_fast_routes_and_plain_stays_the_oracle(tmp_
     fast, plain = zoo.from_pretrained(NAME, tmp_path), zoo.from_pretrained(NAME, tmp_path,
                                                                           fast=False)
     linears = [m for m in fast.modules() if isinstance(m, torch.nn.Linear)]
-    assert zoo.fast.applied(fast) == ("linear", "ffn") and zoo.fast.applied(plain) == ()
+    assert zoo.fast.applied(fast) == ("linear", "ffn", "loss") and zoo.fast.applied(plain) == ()
     assert len(linears) == 2 * 7 + 1 and all(type(m) is zoo.fast.FastLinear for m in linears)
     ids, _ = padded_batch()
     with torch.no_grad():

@@ -302,7 +302,7 @@ def test_the_fast_routes_cover_every_linear_and_the_scan_and_keep_the_logits():
     """The linear and scan routes against the plain model: a padded prefill, then decoding on
     the state (the compiled scan for one token too)."""
     fast, plain = tiny_model(fast=True), tiny_model(fast=False)
-    assert zoo.fast.applied(fast) == ("linear", "scan") and zoo.fast.applied(plain) == ()
+    assert zoo.fast.applied(fast) == ("linear", "scan", "loss") and zoo.fast.applied(plain) == ()
     assert not [n for n, m in fast.named_modules() if type(m) is torch.nn.Linear]
     ids = torch.randint(0, 300, (2, 40))
     mask = torch.ones(2, 40, dtype=torch.long)

@@ -306,7 +306,7 @@ def test_bf16_runs_with_an_fp32_state():
 
 def test_the_fast_routes_cover_every_linear_and_the_conv_and_keep_the_logits():
     fast, plain = tiny_model(fast=True), tiny_model(fast=False)
-    assert zoo.fast.applied(fast) == ("linear", "scan") and zoo.fast.applied(plain) == ()
+    assert zoo.fast.applied(fast) == ("linear", "scan", "loss") and zoo.fast.applied(plain) == ()
     assert not [n for n, m in fast.named_modules() if type(m) is torch.nn.Linear]
     ids = torch.randint(0, 300, (2, 40))
     with torch.no_grad():

@@ -112,7 +112,7 @@ def test_cached_decoding_with_every_route_equals_the_full_forward(c_calls):
     with torch.no_grad():
         full = model(ids).logits
         zoo.fast.apply(model)
-        assert zoo.fast.applied(model) == ("linear", "wkv7")
+        assert zoo.fast.applied(model) == ("linear", "wkv7", "loss")
         out = model(ids[:, :7], use_cache=True)
         assert c_calls == []
         steps = [out.logits]
@@ -140,13 +140,13 @@ def test_apply_remove_applied_round_trip_with_the_head():
     assert {n: type(m) for n, m in model.named_modules()} == plain_types
     assert zoo.fast.apply(model, ["linear"]) == ("linear",)
     assert type(model.head) is zoo.fast.FastLinear
-    assert zoo.fast.apply(model) == ("linear", "wkv7")
+    assert zoo.fast.apply(model) == ("linear", "wkv7", "loss")
     assert type(model.head) is zoo.fast.rwkv.MatvecHead
     zoo.fast.remove(model)
     assert type(model.head) is torch.nn.Linear and type(model.blocks[0]) is rwkv7.Block
     rwkv5_model = build_variant("rwkv5", "tiny", fast=True)
     assert type(rwkv5_model.head) is zoo.fast.rwkv.MatvecHead and type(rwkv5_model) is rwkv5.RWKV5
-    assert zoo.fast.applied(rwkv5_model) == ("linear", "wkv5")
+    assert zoo.fast.applied(rwkv5_model) == ("linear", "wkv5", "loss")
 
 
 def test_the_head_decodes_with_the_compiled_product(monkeypatch):

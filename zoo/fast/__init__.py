@@ -103,6 +103,7 @@ from zoo.fast.kernels import (
     attention_cpu,
     conv_cpu,
     dropout_cpu,
+    loss_cpu,
     norm_cpu,
     scan_cpu,
     ssd_cpu,
@@ -110,6 +111,7 @@ from zoo.fast.kernels import (
     wkv7_cpu,
     wkv_cpu,
 )
+from zoo.fast.loss import FusedLMLoss
 from zoo.fast.rwkv import (
     CompiledWKV5Block,
     CompiledWKV5TimeMix,
@@ -132,6 +134,7 @@ from zoo.mamba import MambaMixer
 from zoo.mamba import chunk_length as mamba_chunk_length
 from zoo.mamba2 import GatedRMSNorm, Mamba2Mixer
 from zoo.mamba2 import chunk_length as mamba2_chunk_length
+from zoo.model import LMLoss
 from zoo.mosaic_bert import AlibiAttention
 from zoo.rwkv import ChannelMix, TimeMix, chunk_length
 
@@ -166,6 +169,8 @@ ROUTES: dict[str, str] = {
             "another (kernels.conv_cpu; CPU float32, and under autocast in float32)",
     "dropout": "dropout masks drawn by a C kernel (kernels.dropout_cpu), attention with "
                "dropout as its math path on them (CPU training, float32 or bfloat16)",
+    "loss": "the training cross-entropy in one C pass forward and one backward "
+            "(kernels.loss_cpu; CPU, float32 logits or bfloat16 under autocast)",
 }
 
 
@@ -183,6 +188,7 @@ _SWAPS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
              GatedRMSNorm: CompiledGatedRMSNorm},
     "dropout": {nn.Dropout: FastDropout, MultiHeadAttention: DropoutAttention,
                 AlibiAttention: DropoutAlibiAttention},
+    "loss": {LMLoss: FusedLMLoss},
 }
 # route -> its places: (model classes, the attribute of theirs, its fast class), a module
 # swapped by its place in a model rather than by its class (it is an nn.Linear, or FastLinear
@@ -349,4 +355,9 @@ def describe(model: nn.Module, training: bool = False,
             notes.append("attention with dropout: oneDNN's products a head at a time, softmax "
                          "and dropout in C (zoo.fast.kernels.attention_cpu; causal, or over >= "
                          f"{dropout.ATTENTION_MIN_KEYS} keys)")
+    if training and kinds & {LMLoss, FusedLMLoss}:
+        fused = ("loss" in routes and cpu and (dtype or weight.dtype) in FusedLMLoss.DTYPES
+                 and loss_cpu.available())
+        notes.append("loss: cross-entropy in one C pass each way (zoo.fast.kernels.loss_cpu)"
+                     if fused else "loss: F.cross_entropy")
     return tuple(notes)

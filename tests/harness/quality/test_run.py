@@ -60,7 +60,7 @@ def test_the_record_says_the_precision_routes_and_speed(tmp_path):
     full = run_one("gpt", prepare(spec(tmp_path)), tmp_path / "a").record
     mixed = run_one("gpt", prepare(spec(tmp_path, dtype="bfloat16")), tmp_path / "b").record
     assert (full.dtype, mixed.dtype) == ("float32", "bfloat16")
-    assert full.routes == ["linear", "ffn", "dropout"]
+    assert full.routes == ["linear", "ffn", "dropout", "loss"]
     # train_seconds is rounded to 0.1 s; tokens_per_s is computed from the exact time
     seconds = full.tokens / full.tokens_per_s
     assert abs(seconds - full.train_seconds) <= 0.05 + 1e-9
