@@ -25,12 +25,12 @@ def fastest_ms(run: Callable[[], object], repeat: int = 7) -> float:
 
 
 def alternate_steps(name: str, seqlen: int, ways: dict[str, Callable[[], None]],
-                    rounds: int = 6) -> None:
-    """Print the median and fastest time of one training step (the `small` model, batch 1,
+                    rounds: int = 6, variant: str = "small") -> None:
+    """Print the median and fastest time of one training step (`variant`, batch 1,
     fp32, AdamW) each way: `ways` maps a label to a function that switches the process to it.
     Two warm-up steps, then `rounds` rounds of two steps each way, alternated; the first way
     is switched back on at the end."""
-    model = build_variant(name, "small")
+    model = build_variant(name, variant)
     model.train()
     ids = torch.randint(0, model.config.vocab_size, (1, seqlen))
     optimizer = torch.optim.AdamW(model.parameters(), fused=True)
@@ -54,5 +54,5 @@ def alternate_steps(name: str, seqlen: int, ways: dict[str, Callable[[], None]],
     next(iter(ways.values()))()
     for way, times in seconds.items():
         times.sort()
-        print(f"{name} {seqlen} {way}: median {times[len(times) // 2] * 1e3:.0f} ms, "
+        print(f"{name} {variant} {seqlen} {way}: median {times[len(times) // 2] * 1e3:.0f} ms, "
               f"fastest {times[0] * 1e3:.0f} ms a step")

@@ -41,7 +41,10 @@ benchmarks run, for inference and, where they say so, for training:
           attention with dropout computed as its math form with such a mask: in float32
           where oneDNN is chosen, by kernels/attention_cpu.py (oneDNN's products a head at a
           time, softmax and dropout in one C pass, its backward written out), else in
-          PyTorch.
+          PyTorch;
+  loss    (training) every model's LMLoss -> FusedLMLoss: the cross-entropy as
+          kernels/loss_cpu.py's C loop, one pass forward and one backward, holding one (rows x
+          vocabulary) tensor less than F.cross_entropy at the start of the backward.
 
     model = zoo.build("gpt")              # every route; zoo.build("gpt", fast=False): none
     zoo.fast.remove(model)                # back to the plain modules
@@ -63,6 +66,7 @@ routes, each next to the plain class it subclasses:
   rwkv.py         wkv, wkv5, wkv7
   state_space.py  scan
   dropout.py      dropout
+  loss.py         loss
   conditions.py   the checks they share: CPU, dtype, gradients, torch.compile, forward hooks
   kernels/        the C kernels they call, compiled on first use and cached (kernels/ckernel.py)
 
