@@ -54,6 +54,26 @@ def test_another_ignored_index_and_both_ways_of_splitting(kernel_split):
     check(z, targets, ignore_index=3)
 
 
+def test_the_gradient_overwrites_the_logits_only_when_told():
+    g = torch.Generator().manual_seed(1)
+    z, targets = torch.randn(50, 300, generator=g), torch.randint(0, 300, (50,), generator=g)
+    targets[:7] = -100
+    kept = z.clone().requires_grad_()
+    (want,) = torch.autograd.grad(loss_cpu.cross_entropy(kept, targets), kept)
+    assert torch.equal(kept, z)  # not told: the logits are left as they were
+    mine = z.clone().requires_grad_()
+    (got,) = torch.autograd.grad(loss_cpu.cross_entropy(mine, targets, overwrite=True), mine)
+    assert torch.equal(got, want) and got.data_ptr() == mine.data_ptr()
+    check(z, targets)
+
+
+def test_the_route_never_overwrites_float32_logits_the_caller_holds():
+    logits = torch.randn(2, 9, 50, requires_grad=True)
+    before = logits.detach().clone()
+    FusedLMLoss()(logits, torch.randint(0, 50, (2, 9))).backward()
+    assert torch.equal(logits.detach(), before)
+
+
 def test_strided_logits():
     z = torch.randn(40, 96).t()  # (96, 40), not contiguous
     check(z, torch.randint(0, 40, (96,)))

@@ -24,6 +24,9 @@ class FusedLMLoss(LMLoss):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if (logits.device.type == "cpu" and logits.dtype in self.DTYPES
                 and targets.dtype == torch.int64 and not compiling() and loss_cpu.available()):
-            return loss_cpu.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(),
-                                          self.ignore_index)
+            flat = logits.flatten(0, -2)
+            z = flat.float()  # bfloat16 under autocast: a float32 copy of our own, which the
+            # backward may overwrite with its gradient
+            return loss_cpu.cross_entropy(z, targets.flatten(), self.ignore_index,
+                                          overwrite=z is not flat)
         return super().forward(logits, targets)

@@ -128,9 +128,9 @@ class _CrossEntropy(torch.autograd.Function):
     """The mean loss from the forward's per-row numbers, with the written-out backward."""
 
     @staticmethod
-    def forward(ctx, z, targets, ignore_index, lse, losses, valid):
+    def forward(ctx, z, targets, ignore_index, lse, losses, valid, overwrite):
         ctx.save_for_backward(z, targets, lse)
-        ctx.ignore_index, ctx.valid = ignore_index, valid
+        ctx.ignore_index, ctx.valid, ctx.overwrite = ignore_index, valid, overwrite
         return losses.sum() / valid
 
     @staticmethod
@@ -138,19 +138,21 @@ class _CrossEntropy(torch.autograd.Function):
     def backward(ctx, grad):
         z, targets, lse = ctx.saved_tensors
         R, V = z.shape
-        dz = torch.empty_like(z)
+        dz = z if ctx.overwrite else torch.empty_like(z)  # each entry read, then written
         split(_library(), "cross_entropy_backward", _ranges(R, V), (R, V),
               (z.data_ptr(), targets.data_ptr(), ctx.ignore_index, lse.data_ptr(),
                float(grad) / ctx.valid, dz.data_ptr()))
-        return dz, None, None, None, None, None
+        return dz, None, None, None, None, None, None
 
 
 @torch.compiler.disable  # torch.compile runs it between its graphs: it cannot trace the C call
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
-                  ignore_index: int = -100) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
+                  overwrite: bool = False) -> torch.Tensor:
     """F.cross_entropy(logits, targets, ignore_index=ignore_index) for float32 CPU logits
     (rows, V) and int64 targets (rows,): the mean over the rows whose target is not
-    `ignore_index`, differentiable in the logits."""
+    `ignore_index`, differentiable in the logits. `overwrite`: the backward may write the
+    logits' gradient over them (a copy that nothing else reads, as autocast's bfloat16 logits
+    taken to float32 are): one (rows, V) tensor less."""
     if _library() is None:
         raise RuntimeError("the compiled cross-entropy is not available (no C compiler?)")
     if not (logits.device.type == targets.device.type == "cpu"
@@ -170,4 +172,5 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
           (z.data_ptr(), targets.data_ptr(), ignore_index, lse.data_ptr(), losses.data_ptr()))
     if not bool(torch.isfinite(lse).all()):  # a logit that is not finite: the plain NaN or inf
         return F.cross_entropy(logits, targets, ignore_index=ignore_index)
-    return _CrossEntropy.apply(z, targets, ignore_index, lse, losses, valid)
+    return _CrossEntropy.apply(z, targets, ignore_index, lse, losses, valid,
+                               overwrite and z is logits)
