@@ -21,6 +21,8 @@ A model subclasses `ZooModel` and provides:
   - `dummy_inputs(batch, seqlen, device, padded=False)`: keyword arguments for `forward`
     (random ids; with `padded`, models that take a padding mask get uneven padding);
   - `flops_per_token(seqlen)`: analytic forward FLOPs per token (multiply-add = 2 FLOPs).
+Every model also holds `lm_loss`, an LMLoss module (no weights; ZooModel's __init__ makes it),
+which `forward` computes its loss with: the one place zoo.fast's "loss" route swaps.
 Decoders also take `cache=` / `use_cache=` in `forward` and return the updated cache in
 `Output.cache`, so that `decode` and `generate` (below) can decode one token at a time.
 """
