@@ -59,8 +59,8 @@ ones and add no state, only a faster forward, so `remove` is the assignment back
 exactly the plain class are swapped: a subclass has a forward of its own that no route knows.
 
 This file is the route table: ROUTES, which plain class each route swaps for which fast one,
-and `apply`, `remove`, `applied`, `describe`. The fast classes live in one module per family of
-routes, each next to the plain class it subclasses:
+and `apply`, `remove`, `applied`, `describe`. The fast classes, each a subclass of the plain
+class it stands in for, live in one module per family of routes:
 
   dense.py        linear, ffn (and `linear` itself, the product the other routes call too)
   rwkv.py         wkv, wkv5, wkv7
@@ -76,8 +76,9 @@ linear routes side by side.
 
 Elsewhere the linear and ffn routes run the plain ops (CUDA, other dtypes, autocast,
 torch.compile; F.linear without oneDNN; the ffn route with gradients), the wkv route the
-PyTorch WKV (CUDA, no C compiler), and the dropout route PyTorch's dropout and SDPA (CUDA,
-dtypes other than float32 and bfloat16, torch.compile, no C compiler).
+PyTorch WKV (CUDA, no C compiler), the dropout route PyTorch's dropout and SDPA (CUDA,
+dtypes other than float32 and bfloat16, torch.compile, no C compiler), and the loss route
+F.cross_entropy (CUDA, float64, torch.compile, no C compiler).
 """
 
 from __future__ import annotations
