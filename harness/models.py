@@ -61,13 +61,14 @@ class Built:
 def build(name: str, variant: str | None = None, *, catalog: Catalog | None = None,
           overrides: Mapping[str, Any] | None = None, seqlen: int | None = None,
           seed: int | None = None, dtype: Any = None, device: Any = None,
-          fast: bool = True) -> Built:
+          fast: bool = True, routes: list[str] | None = None) -> Built:
     """Zoo model `name`: the config's defaults, then the catalog `variant`'s fields (when one is
     named), then `overrides`. With `seqlen`, a learned position table shorter than that is
     lengthened (the extra rows are untrained; the notes say so). With `seed`, the weights are
     drawn from `torch.manual_seed(seed)`. `device=None` builds where torch builds by default
     (honouring an enclosing `with torch.device(...)`). With `fast` (the default) the zoo's CPU
-    speed routes are applied (zoo.fast: same numbers); `fast=False` keeps the plain modules."""
+    speed routes are applied (zoo.fast: same numbers), or only those named in `routes`;
+    `fast=False` keeps the plain modules."""
     import contextlib
 
     import torch
@@ -90,14 +91,14 @@ def build(name: str, variant: str | None = None, *, catalog: Catalog | None = No
     if fast:
         import zoo.fast
 
-        zoo.fast.apply(model)
+        zoo.fast.apply(model, routes)
     return Built(model, dataclasses.asdict(config), notes)
 
 
 def build_variant(name: str, variant: str | None = None, **options: Any):
     """The model alone of `build(name, variant, ...)`; other keyword arguments not among
     `build`'s options are config overrides: `build_variant("gpt", "tiny", n_layer=1)`."""
-    known = ("catalog", "seqlen", "seed", "dtype", "device", "fast")
+    known = ("catalog", "seqlen", "seed", "dtype", "device", "fast", "routes")
     kwargs = {k: options.pop(k) for k in known if k in options}
     return build(name, variant, overrides=options, **kwargs).model
 

@@ -91,6 +91,7 @@ class Sweep:
     against: list[str] = field(default_factory=list)
     compile: bool = False  # also measure the zoo model under torch.compile ("zoo-compiled")
     fast: bool = True  # the zoo's CPU speed routes (zoo.fast); False: its plain PyTorch path
+    routes: list[str] | None = None  # where fast, only these routes (None: every one)
     force: bool = False
     results: Path = Path("reports/results/bench.jsonl")
     command: str | None = None  # the command line that asked for the sweep, for its records
@@ -126,7 +127,7 @@ class Sweep:
                         out.append(Cell(model, self.variant, impl, mode, seqlen, self.batch,
                                         self.dtype, self.device, self.threads, self.warmup,
                                         self.repeat, self.new_tokens, self.max_memory,
-                                        fields, self.fast))
+                                        fields, self.fast, self.routes))
         return out
 
 
@@ -297,23 +298,26 @@ def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lamb
 
 
 @functools.cache
-def _routes_of(model: str, fields: str) -> tuple[str, ...]:
+def _routes_of(model: str, fields: str, chosen: tuple[str, ...] | None) -> tuple[str, ...]:
     from harness.models import build
     from zoo import fast
 
-    built = build(model, overrides=json.loads(fields), device="meta", fast=True)
+    built = build(model, overrides=json.loads(fields), device="meta", fast=True,
+                  routes=None if chosen is None else list(chosen))
     return fast.applied(built.model)
 
 
 def routes(cell: Cell) -> list[str] | None:
     """The zoo speed routes (zoo.fast) the cell's model will take, known before it runs (part
     of what identifies a measurement): every route that applies to the model for the eager zoo
-    cell, none for the plain model or under torch.compile, None for a peer."""
+    cell (or those of them the sweep chose), none for the plain model or under torch.compile,
+    None for a peer."""
     if cell.impl in PEERS:
         return None
     if cell.impl != OURS or not cell.fast:
         return []
-    return list(_routes_of(cell.model, json.dumps(cell.fields, sort_keys=True)))
+    chosen = None if cell.routes is None else tuple(cell.routes)
+    return list(_routes_of(cell.model, json.dumps(cell.fields, sort_keys=True), chosen))
 
 
 # What a cell's process reports (harness.bench.cell.measure), by record field.

@@ -52,7 +52,7 @@ def build_model(cell: Cell):
     fast = cell.fast and cell.impl == implementations.OURS
     dtype = torch.float32 if mixed_precision(cell) else DTYPES[cell.dtype]
     built = build(cell.model, overrides=cell.fields, seqlen=cell.length, seed=SEED,
-                  dtype=dtype, device=torch.device(cell.device), fast=fast)
+                  dtype=dtype, device=torch.device(cell.device), fast=fast, routes=cell.routes)
     return built.model, built.notes
 
 

@@ -51,6 +51,7 @@ class Cell:
     max_memory: int | None = None
     fields: dict[str, Any] = field(default_factory=dict)  # the variant's config fields
     fast: bool = True  # the zoo's speed routes (zoo.fast); False: the plain model
+    routes: list[str] | None = None  # where fast, only these routes (None: every one)
 
     @property
     def length(self) -> int:

@@ -55,6 +55,22 @@ def _choices(given: list[str] | None, allowed: type[Enum], option: str) -> list[
     return list(dict.fromkeys(values))
 
 
+def _routes(given: list[str] | None, plain: bool) -> list[str] | None:
+    """--routes' names, each one of zoo.fast.ROUTES; None when not given (every route)."""
+    from harness.sweep import SweepError
+    from zoo.fast import ROUTES
+
+    if not given:
+        return None
+    if plain:
+        raise SweepError("--routes and --plain: choose one (--plain takes no route)")
+    names = [v.strip() for text in given for v in text.split(",") if v.strip()]
+    for name in names:
+        if name not in ROUTES:
+            raise SweepError(f"--routes {name!r}: expected {', '.join(ROUTES)}")
+    return list(dict.fromkeys(names))
+
+
 @app.command()
 def bench(
     ctx: typer.Context,
@@ -109,6 +125,12 @@ def bench(
                         "routes (zoo.fast: split matrix products, fused activations, the compiled "
                         "WKV and selective-scan loops); records list the routes each cell "
                         "took.")] = False,
+    routes: Annotated[list[str] | None, typer.Option(
+        "--routes", help="Take only these of the zoo's CPU speed routes (comma-separated, "
+                         "repeatable: linear, ffn, wkv, wkv5, wkv7, scan, dropout, loss; default "
+                         "every one), to see what each buys; records list the routes each cell "
+                         "took, so each choice is a measurement of its own.",
+        show_default=False)] = None,
     checkpoint: Annotated[str | None, typer.Option(
         help="Take the model and its sizes from a published checkpoint instead of a catalog "
              "variant: a folder, a weights file or a Hugging Face hub id (e.g. gpt2: the "
@@ -163,6 +185,7 @@ def bench(
             threads=threads, warmup=warmup, repeat=repeat, new_tokens=new_tokens,
             max_memory=sweeps.parse_bytes(max_memory), timeout=timeout,
             against=_choices(against, Peer, "--against"), compile=compile_model, fast=not plain,
+            routes=_routes(routes, plain),
             force=force, results=results_path, command=command_line(ctx), fields=fields)
         sweeps.check(plan, catalog)
     for model, unsupported_mode in plan.unsupported():

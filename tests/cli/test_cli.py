@@ -295,6 +295,8 @@ def test_validate_checks_variant_fields_against_the_zoo_config(write_catalog):
     (["bench", "bert", "--set", "dropout=1.5"], ["bert refuses it", "probability in [0, 1)"]),
     (["bench", "bert", "--set", "pad_token_id=9000"], ["bert refuses it", "outside the vocab"]),
     (["bench", "rwkv7", "--set", "head_size=0"], ["rwkv7 refuses it", "head_size must be"]),
+    (["bench", "gpt", "--routes", "linear,flash"], ["--routes 'flash'", "linear, ffn", "loss"]),
+    (["bench", "gpt", "--routes", "linear", "--plain"], ["--routes and --plain", "choose one"]),
 ])
 def test_bench_refuses_bad_requests_in_one_line(args, fragments):
     assert_one_line_error(run(*args), *fragments)
@@ -349,6 +351,27 @@ def test_bench_set_builds_each_cell_with_the_fields_and_names_the_variant(tmp_pa
     grouped = build("llama", "tiny", overrides={"n_kv_head": 1}, device="meta").model
     assert records[0]["params"] == grouped.num_params()
     assert records[0]["params"] < build("llama", "tiny", device="meta").model.num_params()
+
+
+def test_bench_routes_takes_only_those_and_each_choice_is_a_cell_of_its_own(tmp_path,
+                                                                               cached_peak):
+    """--routes: the cell's model takes the routes named (comma-separated or repeated), its
+    record lists them and its notes say what ran; the default, every route, is another
+    measurement, and a rerun of the same choice is found in the results (not measured again)."""
+    out = tmp_path / "r.jsonl"
+    common = ("--variant", "tiny", "--mode", "train", "--seqlen", "32", "--repeat", "1",
+              "--results", str(out))
+    for extra in (("--routes", "linear,loss"), ("--routes", "loss", "--routes", "linear"), ()):
+        result = run("bench", "gpt", *common, *extra)
+        assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["routes"] for r in records] == [["linear", "loss"], ["linear", "ffn", "dropout",
+                                                                   "loss"]]
+    from zoo.fast.kernels import dropout_cpu
+
+    assert "dropout (training): PyTorch's" in records[0]["notes"]  # the route not taken
+    taken = "dropout (training): masks from a C kernel (zoo.fast.kernels.dropout_cpu)"
+    assert (taken in records[1]["notes"]) == dropout_cpu.available()
 
 
 class DemoMode(str, enum.Enum):
