@@ -334,6 +334,16 @@ def test_the_time_mixes_low_rank_projections_take_the_training_products(name, do
 
 # ---- the routes on every model -----------------------------------------------------------------
 
+def without_dropout(model: nn.Module) -> nn.Module:
+    """`model` with its dropout probabilities (modules' and attention's) set to 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        if isinstance(m, MultiHeadAttention):
+            m.dropout = 0.0
+    return model
+
+
 def training_notes(model: nn.Module, **kwargs) -> tuple[str, ...]:
     """describe(model, training=True, ...) less its last note, the loss's (checked on its own in
     test_describe_a_training_step)."""
@@ -385,12 +395,7 @@ def test_training_under_the_routes_gives_the_plain_gradients(name):
     """With gradients and no dropout, the routes give the plain loss and gradients."""
     grads = []
     for fast in (True, False):
-        model = tiny(name, fast).train()
-        for m in model.modules():  # dropout off, so that both runs compute the same thing
-            if isinstance(m, nn.Dropout):
-                m.p = 0.0
-            if isinstance(m, MultiHeadAttention):
-                m.dropout = 0.0
+        model = without_dropout(tiny(name, fast).train())  # both runs compute the same thing
         torch.manual_seed(1)
         inputs = model.dummy_inputs(batch=2, seqlen=7, device="cpu")
         logits = model(**inputs).logits
@@ -409,12 +414,7 @@ def test_every_model_trains_under_bfloat16_autocast(name):
     the benchmark's bfloat16 cells run), with the routes: a float32 loss within 5% of float32's
     and a finite float32 gradient for every parameter. (RWKV-7's value residual mixed a
     bfloat16 value with a float32 gate in torch.lerp, which refuses mixed dtypes.)"""
-    model = tiny(name, fast=True).train()
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
-        if isinstance(m, MultiHeadAttention):
-            m.dropout = 0.0
+    model = without_dropout(tiny(name, fast=True).train())
     torch.manual_seed(1)
     inputs = model.dummy_inputs(batch=2, seqlen=7, device="cpu")
     targets = torch.randint(0, model(**inputs).logits.size(-1), (2, 7))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import max_diff
+from conftest import max_diff, train_and_decode
 
 import zoo
 import zoo.fast
@@ -214,13 +214,8 @@ def test_the_route_runs_the_kernel_for_prefill_decoding_and_training(name, kerne
     model = tiny(name)
     n_layer = model.config.n_layer
     ids = torch.randint(0, model.config.vocab_size, (2, 70))
-    plain_loss = model(ids, targets=ids).loss
-    plain_loss.backward()
-    plain_grads = {n: p.grad for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
+    plain_loss, plain_grads, plain, plain_step = train_and_decode(model, ids)
     with torch.no_grad():
-        plain = model(ids, use_cache=True)
-        plain_step = model(ids[:, :1], cache=plain.cache).logits
         assert zoo.fast.apply(model, ["wkv5"]) == ("wkv5",)
         try:
             assert COMPILED in zoo.fast.describe(model)

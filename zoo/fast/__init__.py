@@ -113,7 +113,9 @@ from zoo.fast.kernels import (
     scan_cpu,
     ssd_cpu,
     wkv5_cpu,
+    wkv5_step_cpu,
     wkv7_cpu,
+    wkv7_step_cpu,
     wkv_cpu,
 )
 from zoo.fast.loss import FusedLMLoss
@@ -295,30 +297,22 @@ def describe(model: nn.Module, training: bool = False,
             chunk = chunk_length(time_mix.chunk_len, weight.is_cuda)
             notes.append(f"WKV: PyTorch, chunks of {chunk} for prefill, the recurrence for "
                          "decoding")
-    matrix = next((m for m in model.modules() if isinstance(m, (rwkv5.TimeMix, rwkv6.TimeMix))),
-                  None)
-    if matrix is not None:
-        if "wkv5" in routes and inference and wkv5_cpu.available():
-            notes.append("matrix WKV: compiled C loop with ln_x and the gate "
-                         f"(zoo.fast.kernels.wkv5_cpu); <= {FEW_ROWS} rows: a block in one "
-                         "compiled call (zoo.fast.kernels.wkv5_step_cpu), the head's product "
-                         "zoo.fast.kernels.matvec_cpu's")
-        elif "wkv5" in routes and wkv_in_float32 and wkv5_cpu.available():
-            notes.append(f"matrix WKV: compiled C loop{backward} (zoo.fast.kernels.wkv5_cpu)")
+    # RWKV-5/6's and RWKV-7's WKV: the same three cases, in their own words
+    for route, classes, label, fused, kernel, step in (
+            ("wkv5", (rwkv5.TimeMix, rwkv6.TimeMix), "matrix WKV", " with ln_x and the gate",
+             wkv5_cpu, wkv5_step_cpu),
+            ("wkv7", (rwkv7.TimeMix,), "WKV-7", "", wkv7_cpu, wkv7_step_cpu)):
+        mix = next((m for m in model.modules() if isinstance(m, classes)), None)
+        if mix is None:
+            continue
+        if route in routes and inference and kernel.available():
+            notes.append(f"{label}: compiled C loop{fused} ({kernel.__name__}); <= {FEW_ROWS} "
+                         f"rows: a block in one compiled call ({step.__name__}), the head's "
+                         "product zoo.fast.kernels.matvec_cpu's")
+        elif route in routes and wkv_in_float32 and kernel.available():
+            notes.append(f"{label}: compiled C loop{backward} ({kernel.__name__})")
         else:
-            notes.append(f"matrix WKV: PyTorch, chunks of {matrix.chunk_size} for prefill, the "
-                         "recurrence for decoding")
-    time_mix7 = next((m for m in model.modules() if isinstance(m, rwkv7.TimeMix)), None)
-    if time_mix7 is not None:
-        if "wkv7" in routes and inference and wkv7_cpu.available():
-            notes.append("WKV-7: compiled C loop (zoo.fast.kernels.wkv7_cpu); "
-                         f"<= {FEW_ROWS} rows: a block in one compiled call "
-                         "(zoo.fast.kernels.wkv7_step_cpu), the head's product "
-                         "zoo.fast.kernels.matvec_cpu's")
-        elif "wkv7" in routes and wkv_in_float32 and wkv7_cpu.available():
-            notes.append(f"WKV-7: compiled C loop{backward} (zoo.fast.kernels.wkv7_cpu)")
-        else:
-            notes.append(f"WKV-7: PyTorch, chunks of {time_mix7.chunk_size} for prefill, the "
+            notes.append(f"{label}: PyTorch, chunks of {mix.chunk_size} for prefill, the "
                          "recurrence for decoding")
     mixer = next((m for m in model.modules() if isinstance(m, MambaMixer)), None)
     if mixer is not None:

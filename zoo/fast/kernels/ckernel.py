@@ -97,3 +97,16 @@ def load(name: str, source: str, openmp: bool = False) -> ctypes.CDLL | None:
         except OSError:
             continue
     return None
+
+
+def checked(library: ctypes.CDLL | None, kernel: str, tensors) -> ctypes.CDLL:
+    """`library`, once it is known to have loaded and `tensors` to be float32 CPU tensors, as
+    the kernels' float32 entry points need; otherwise the error, naming `kernel` ("the compiled
+    WKV kernel")."""
+    import torch
+
+    if library is None:
+        raise RuntimeError(f"{kernel} is not available (no C compiler?)")
+    if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+        raise ValueError(f"{kernel} takes float32 CPU tensors")
+    return library

@@ -238,12 +238,8 @@ def conv_silu(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
     """SiLU(causal_depthwise_conv(x, conv_state, weight, bias)) and the new conv state, for
     float32 CPU tensors, with gradients for all four: x (b, T, channels), any strides;
     conv_state (b, channels, k - 1); weight (channels, 1, k); bias (channels,) or None."""
-    library = _library()
-    if library is None:
-        raise RuntimeError("the compiled convolution is not available (no C compiler?)")
     tensors = (x, conv_state, weight) + (() if bias is None else (bias,))
-    if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
-        raise ValueError("the compiled convolution takes float32 CPU tensors")
+    ckernel.checked(_library(), "the compiled convolution", tensors)
     B, T, C = x.shape
     K = weight.size(-1)
     if weight.shape != (C, 1, K) or conv_state.shape != (B, C, K - 1) or \

@@ -261,12 +261,7 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 def _checked(*tensors: torch.Tensor) -> ctypes.CDLL:
-    library = _library()
-    if library is None:
-        raise RuntimeError("the compiled selective-scan kernel is not available (no C compiler?)")
-    if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
-        raise ValueError("the compiled selective-scan kernel takes float32 CPU tensors")
-    return library
+    return ckernel.checked(_library(), "the compiled selective-scan kernel", tensors)
 
 
 def _channel_ranges(work: int, D: int) -> list[tuple[int, int]]:

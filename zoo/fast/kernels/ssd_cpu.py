@@ -543,10 +543,7 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
     x (b, T, H, P); dt (b, T, H) > 0; A (H,) < 0; B, C (b, T, G, N); state (b, H, P, N). Returns
     y (b, T, H, P) and the final state."""
     tensors = (x, dt, A, B, C, state)
-    if _library() is None:
-        raise RuntimeError("the compiled SSD is not available (no C compiler?)")
-    if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
-        raise ValueError("the compiled SSD takes float32 CPU tensors")
+    ckernel.checked(_library(), "the compiled SSD", tensors)
     b, T, H, P = x.shape
     G, N = B.shape[2:]
     if (dt.shape != (b, T, H) or A.shape != (H,) or B.shape != (b, T, G, N)

@@ -327,12 +327,7 @@ def _decay_rows(log_w: torch.Tensor) -> tuple[torch.Tensor, int, int]:
 
 
 def _checked(*tensors: torch.Tensor) -> ctypes.CDLL:
-    library = _library()
-    if library is None:
-        raise RuntimeError("the compiled matrix-WKV kernel is not available (no C compiler?)")
-    if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
-        raise ValueError("the compiled matrix-WKV kernel takes float32 CPU tensors")
-    return library
+    return ckernel.checked(_library(), "the compiled matrix-WKV kernel", tensors)
 
 
 def _forward(library: ctypes.CDLL, r, log_w, k, v, u, state, norm=None, training=False):

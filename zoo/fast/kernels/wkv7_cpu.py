@@ -275,11 +275,7 @@ def wkv(r: torch.Tensor, log_w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def _checked(*tensors: torch.Tensor) -> ctypes.CDLL:
-    library = _library()
-    if library is None:
-        raise RuntimeError("the compiled WKV-7 kernel is not available (no C compiler?)")
-    if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
-        raise ValueError("the compiled WKV-7 kernel takes float32 CPU tensors")
+    library = ckernel.checked(_library(), "the compiled WKV-7 kernel", tensors)
     shape = tensors[0].shape
     if len(shape) != 4 or any(t.shape != shape for t in tensors[1:6]) \
             or tensors[6].shape != (shape[0], shape[2], shape[3], shape[3]):

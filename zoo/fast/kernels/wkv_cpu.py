@@ -231,12 +231,7 @@ def available() -> bool:
 
 
 def _checked_library(w, u, k, v, state) -> ctypes.CDLL:
-    library = _library()
-    if library is None:
-        raise RuntimeError("the compiled WKV kernel is not available (no C compiler?)")
-    if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (w, u, k, v, *state)):
-        raise ValueError("the compiled WKV kernel takes float32 CPU tensors")
-    return library
+    return ckernel.checked(_library(), "the compiled WKV kernel", (w, u, k, v, *state))
 
 
 def _forward(library: ctypes.CDLL, w, u, k, v, aa, bb, pp):
