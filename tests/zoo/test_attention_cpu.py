@@ -1,12 +1,15 @@
-"""zoo.fast.kernels.attention_cpu: attention with dropout for CPU float32 training, a head at a
-time.
+"""zoo.fast.kernels.attention_cpu: attention with dropout for CPU training, float32 or bfloat16
+under autocast, a head at a time.
 
 Held to a float64 math attention given the same dropout mask (zoo/fast/kernels/dropout_cpu.py's,
 drawn for the same key), outputs and the gradients of q, k and v (atol 1e-5, rtol 1e-4: float32 sums
 of order-one values), for: no mask, an additive mask per query row or broadcast over rows (finite,
 or -inf on padded keys), causal rows starting at 0 or past it (a block of a causal attention over a
 key prefix), no dropout, and heads that are strided views of a (B, T, C) tensor; and a query with no
-key to attend gets zeros, as SDPA gives it.
+key to attend gets zeros, as SDPA gives it. In bfloat16, for the same cases, outputs and gradients
+as close to the float64 attention as autocast's PyTorch form's (within twice its error plus half
+a bfloat16 rounding step of the largest value; 0.8-1.2x its error in five seeds). The C passes
+split a head's rows between threads with the same bits as one thread.
 """
 
 from __future__ import annotations
@@ -103,13 +106,88 @@ def test_a_new_key_is_drawn_from_torchs_generator():
 
 def test_what_it_takes():
     q = torch.randn(1, 2, 4, 8)
+    b = q.bfloat16()
     assert attention_cpu.runs(q, q, q, None) and attention_cpu.runs(q, q, q, torch.zeros(4, 4))
+    assert attention_cpu.runs(b, b, b, None) and attention_cpu.runs(b, b, b, torch.zeros(4, 4))
+    assert attention_cpu.runs(b, b, b, torch.zeros(4, 4, dtype=torch.bfloat16))
     assert not attention_cpu.runs(q.double(), q.double(), q.double(), None)
-    assert not attention_cpu.runs(q.bfloat16(), q.bfloat16(), q.bfloat16(), None)
+    assert not attention_cpu.runs(q.half(), q.half(), q.half(), None)
+    assert not attention_cpu.runs(b, q, q, None)  # one dtype for all three
+    assert not attention_cpu.runs(q, q, q, torch.zeros(4, 4, dtype=torch.bfloat16))
     assert not attention_cpu.runs(q, q, q, torch.zeros(4, 4, requires_grad=True))
     assert not attention_cpu.runs(q, q, q, torch.zeros(4, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match="float32 CPU tensors"):
+    with pytest.raises(ValueError, match="float32 or bfloat16 CPU tensors"):
         attention_cpu.attention(q.double(), q.double(), q.double(), None, None, 0.1)
+
+
+def _autocast_form(q, k, v, mask, first_row, keep, p):
+    """The PyTorch form under bfloat16 autocast, as zoo.fast.dropout writes it out: bfloat16
+    products, the softmax in float32, dropped by `keep`."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = torch.matmul(q, k.transpose(-2, -1)).mul_(1 / math.sqrt(q.size(-1)))
+        if first_row is not None:
+            future = torch.ones(scores.shape[-2:], dtype=torch.bool).triu(1 + first_row)
+            scores.masked_fill_(future, float("-inf"))
+        if mask is not None:
+            scores.add_(mask)
+        probs = torch.softmax(scores, dim=-1)
+        if keep is not None:
+            probs = probs * keep / (1 - p)
+        return torch.matmul(probs, v)
+
+
+BF16_CASES = {**CASES, "rows split between threads": (1, 2, 256, 300, None, (1, 1, 256, 300), 0.1)}
+
+
+@pytest.mark.parametrize("case", BF16_CASES)
+def test_in_bfloat16_as_close_as_autocasts_own_form(case):
+    B, nh, T, S, first_row, mask_shape, p = BF16_CASES[case]
+    torch.manual_seed(8)
+    q = torch.randn(B, nh, T, 16).bfloat16().requires_grad_()
+    k, v = (torch.randn(B, nh, S, 16).bfloat16().requires_grad_() for _ in range(2))
+    if mask_shape == "-inf":
+        mask = torch.zeros(B, 1, 1, S)
+        mask[0, ..., -2:] = mask[1, ..., -5:] = float("-inf")
+    else:
+        mask = None if mask_shape is None else -3 * torch.rand(mask_shape)
+    key = (21, 22)
+    keep = dropout_cpu.mask(B * nh * T * S, p, key).view(B, nh, T, S) if p > 0 else None
+    y = attention_cpu.attention(q, k, v, mask, first_row, p, key=key)
+    assert y.dtype == torch.bfloat16
+    plain = _autocast_form(q, k, v, mask, first_row, keep, p)
+    expected = _reference(q, k, v, mask, first_row, keep, p)
+    dy = torch.randn_like(y)
+    ours = (y, *torch.autograd.grad(y, (q, k, v), dy))
+    theirs = (plain, *torch.autograd.grad(plain, (q, k, v), dy))
+    references = (expected, *torch.autograd.grad(expected, (q, k, v), dy.double()))
+    for name, got, autocast, reference in zip(("y", "dq", "dk", "dv"), ours, theirs,
+                                              references, strict=True):
+        assert got.dtype == torch.bfloat16, name
+        largest = reference.abs().max().item()
+        error = (got.double() - reference).abs().max().item()
+        autocast_error = (autocast.double() - reference).abs().max().item()
+        assert error <= 2 * autocast_error + 2**-9 * largest, (name, error, autocast_error)
+        assert error <= 2e-2 * largest, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_threads_split_a_heads_rows_with_the_same_bits(dtype, monkeypatch):
+    """Each row's softmax, dropout and backward are the same arithmetic whichever thread takes
+    it: split between two threads (T x S >= 65536 scores) as by one."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("one thread: nothing to split")
+    torch.manual_seed(9)
+    q, k, v = (torch.randn(1, 2, 256, 16).to(dtype).requires_grad_() for _ in range(3))
+    dy = torch.randn(1, 2, 256, 16).to(dtype)
+
+    def run():
+        y = attention_cpu.attention(q, k, v, None, 0, 0.2, key=(1, 2))
+        return (y, *torch.autograd.grad(y, (q, k, v), dy))
+
+    split = run()
+    monkeypatch.setattr(attention_cpu, "_channel_ranges", lambda work, rows: [(0, rows)])
+    for a, b in zip(split, run(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_a_row_with_nothing_to_attend_is_zeros_as_in_sdpa():

@@ -198,6 +198,53 @@ def test_causal_attention_in_blocks_equals_the_whole(mask_shape, monkeypatch, ke
         torch.testing.assert_close(grad, reference, **GRADS)
 
 
+@pytest.mark.skipif(not zoo.fast.dense.bf16_dot_products() or not attention_cpu.available(),
+                    reason="no bfloat16 dot products here: autocast keeps the PyTorch form")
+@pytest.mark.parametrize("causal, masked", [(True, True), (False, True), (False, False)])
+def test_under_autocast_the_kernel_is_as_close_as_the_pytorch_form(causal, masked, monkeypatch):
+    """bfloat16 q, k and v, as autocast's linears give them: the route takes
+    kernels/attention_cpu.py (causal rows in blocks of 4), and its outputs and gradients are as
+    close to the float64 math attention with the same masks as the PyTorch form's (within twice
+    its error plus half a bfloat16 rounding step of the largest value)."""
+    monkeypatch.setattr(zoo.fast.dropout, "ATTENTION_MIN_KEYS", 0)
+    torch.manual_seed(10)
+    B, nh, T, hs, p, block = 2, 2, 10, 8, 0.2, 4
+    S = T if causal else 13
+    q = torch.randn(B, nh, T, hs).bfloat16().requires_grad_()
+    k, v = (torch.randn(B, nh, S, hs).bfloat16().requires_grad_() for _ in range(2))
+    mask = -2 * torch.rand(B, 1, T, S) if masked else None
+    key = (7, 8)
+    monkeypatch.setattr(dropout_cpu, "_key", lambda: key)
+    dy = torch.randn(B, nh, T, hs).bfloat16()
+    calls = []
+    real = attention_cpu.attention
+    monkeypatch.setattr(attention_cpu, "attention", lambda *a: calls.append(1) or real(*a))
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = attention_with_dropout(q, k, v, mask, causal, p, block=block)
+        return (y, *torch.autograd.grad(y, (q, k, v), dy))
+
+    ours = run()
+    assert calls and all(t.dtype == torch.bfloat16 for t in ours)
+    monkeypatch.setattr(zoo.fast.dropout, "_kernel_attention", lambda *args: False)
+    theirs = run()
+    keep = torch.zeros(B, nh, T, S)
+    for start in range(0, T, block if causal else T):
+        end = min(start + block, T) if causal else T
+        keys = end if causal else S
+        n = B * nh * (end - start) * keys
+        keep[:, :, start:end, :keys] = dropout_cpu.mask(n, p, key).view(B, nh, end - start, keys)
+    expected = _reference_attention(q, k, v, mask, keep, p, causal)
+    references = (expected, *torch.autograd.grad(expected, (q, k, v), dy.double()))
+    for got, plain, reference in zip(ours, theirs, references, strict=True):
+        largest = reference.abs().max().item()
+        error = (got.double() - reference).abs().max().item()
+        plain_error = (plain.double() - reference).abs().max().item()
+        assert error <= 2 * plain_error + 2**-9 * largest, (error, plain_error)
+        assert max(error, plain_error) <= 2e-2 * largest  # both on the reference's masks
+
+
 def test_the_route_runs_in_training_only():
     layer = FastDropout(0.5)
     x = torch.ones(1000)
@@ -248,10 +295,13 @@ def test_a_model_trains_through_the_route(autocast, monkeypatch):
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     # one attention per layer: its probabilities' mask drawn by zoo/fast/kernels/attention_cpu.py's
-    # kernel in float32 training where oneDNN is chosen, by dropout_cpu.dropout otherwise
+    # kernel where oneDNN takes the products (float32: where it is chosen; bfloat16: where the
+    # CPU has bfloat16 dot products), by dropout_cpu.dropout otherwise
     in_c = calls.count(("attention_cpu", 2, 2, 16, 16))
     assert in_c + calls.count((2, 2, 16, 16)) == 2
-    assert in_c == (0 if autocast or zoo.fast.many_rows_kernel() != "onednn" else 2)
+    onednn = (zoo.fast.dense.bf16_dot_products() if autocast
+              else zoo.fast.many_rows_kernel() == "onednn")
+    assert in_c == (2 if onednn else 0)
     assert calls.count((2, 16, 32)) == 1 + 2 * 2  # the embedding's, two residuals per layer
 
 

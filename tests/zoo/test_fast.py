@@ -560,9 +560,13 @@ def test_describe_a_training_step(kernel_name, monkeypatch):
     model = tiny("gpt", fast=True)
     linears = ("linears: oneDNN matmul for the forward and both gradients (zoo.fast)"
                if kernel_name == "onednn" else "linears: F.linear")
-    attention = (("attention with dropout: oneDNN's products a head at a time, softmax and "
-                  "dropout in C (zoo.fast.kernels.attention_cpu; causal, or over >= 512 keys)",)
-                 if kernel_name == "onednn" and attention_cpu.available() else ())
+    in_c = ("attention with dropout: oneDNN's products a head at a time, softmax and "
+            "dropout in C (zoo.fast.kernels.attention_cpu; causal, or over >= 512 keys)",)
+    attention = in_c if kernel_name == "onednn" and attention_cpu.available() else ()
+    # bfloat16 autocast: the kernel where the CPU has bfloat16 dot products, whichever kernel
+    # the float32 linears take
+    attention_bf16 = (in_c if zoo.fast.dense.bf16_dot_products() and attention_cpu.available()
+                      else ())
     loss = ("loss: cross-entropy in one C pass each way (zoo.fast.kernels.loss_cpu)"
             if loss_cpu.available() else "loss: F.cross_entropy")
     assert zoo.fast.describe(model, training=True) == (
@@ -570,9 +574,9 @@ def test_describe_a_training_step(kernel_name, monkeypatch):
         "dropout (training): masks from a C kernel (zoo.fast.kernels.dropout_cpu)"
         if dropout_cpu.available() else "dropout (training): PyTorch's", *attention, loss)
     autocast = zoo.fast.describe(model, training=True, dtype=torch.bfloat16)
-    assert autocast[-2:] == (
+    assert autocast[2:] == (
         "dropout (training): masks from a C kernel (zoo.fast.kernels.dropout_cpu)"
-        if dropout_cpu.available() else "dropout (training): PyTorch's", loss)
+        if dropout_cpu.available() else "dropout (training): PyTorch's", *attention_bf16, loss)
     half = zoo.fast.describe(model, training=True, dtype=torch.float16)
     assert half[-2:] == ("dropout (training): PyTorch's", "loss: F.cross_entropy")
     assert "loss" not in " ".join(zoo.fast.describe(model))  # inference computes no loss

@@ -3,7 +3,8 @@ as its math form on such a mask.
 
 PyTorch's CPU flash attention takes no dropout, so with dropout SDPA falls back to its math
 path with PyTorch's slow mask. Here the mask is zoo.fast.kernels.dropout_cpu's, and where
-oneDNN takes the linears' products (float32 training), the whole attention is
+oneDNN takes the products (float32 training where it is the linear kernel, bfloat16 autocast
+where the CPU has bfloat16 dot products), the whole attention is
 zoo.fast.kernels.attention_cpu's: oneDNN's products a head at a time, softmax and dropout in
 one C pass, its backward written out. zoo.layers.math_attention is the oracle.
 """
@@ -70,18 +71,27 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return torch.cat(rows, dim=2)
 
 
+def _products_in_onednn(q: torch.Tensor) -> bool:
+    """Whether oneDNN takes attention's products at q's dtype: float32 where it is the linear
+    kernel (outside autocast, whose products are bfloat16), bfloat16 (autocast's) where the CPU
+    has bfloat16 dot products."""
+    if q.dtype == torch.bfloat16:
+        return dense.bf16_dot_products()
+    return dense.many_rows_kernel() == "onednn" and not torch.is_autocast_enabled("cpu")
+
+
 def _kernel_attention(q, k, v, attn_mask, causal: bool) -> bool:
-    """Whether attention with dropout over these goes to kernels/attention_cpu.py: float32 training
-    where oneDNN takes the products, causal rows or ATTENTION_MIN_KEYS keys or more."""
-    return ((causal or k.size(-2) >= ATTENTION_MIN_KEYS) and dense.many_rows_kernel() == "onednn"
-            and not compiling() and not torch.is_autocast_enabled("cpu")
-            and attention_cpu.runs(q, k, v, attn_mask))
+    """Whether attention with dropout over these goes to kernels/attention_cpu.py: float32 or
+    bfloat16 (autocast's) training where oneDNN takes the products, causal rows or
+    ATTENTION_MIN_KEYS keys or more."""
+    return ((causal or k.size(-2) >= ATTENTION_MIN_KEYS) and _products_in_onednn(q)
+            and not compiling() and attention_cpu.runs(q, k, v, attn_mask))
 
 
 def _attention_rows(q, k, v, attn_mask, first_row: int | None, p: float) -> torch.Tensor:
     """Attention of queries at rows first_row.. (None: not causal) over keys 0..S-1: by
     kernels/attention_cpu.py (oneDNN's products a head at a time, softmax and dropout in C) where
-    float32 training takes oneDNN's products (and the rows are causal or the keys at least
+    oneDNN takes the products at q's dtype (and the rows are causal or the keys at least
     ATTENTION_MIN_KEYS), else written out in PyTorch."""
     if _kernel_attention(q, k, v, attn_mask, first_row is not None):
         return attention_cpu.attention(q, k, v, attn_mask, first_row, p)

@@ -1,5 +1,5 @@
-"""Attention with dropout for CPU float32 training: each head's four matrix products in oneDNN,
-the softmax and the dropout in one C pass, a backward written out.
+"""Attention with dropout for CPU training, float32 or bfloat16 under autocast: each head's four
+matrix products in oneDNN, the softmax and the dropout in one C pass, a backward written out.
 
 The plain form (zoo.fast.attention_with_dropout's `_attention_rows`: q k^T, softmax, dropout,
 times v, differentiated by autograd) runs its products as batched MKL products, which reach
@@ -20,12 +20,20 @@ threshold, so the same key draws the same mask as `dropout_cpu.mask`.
 
 Causal rows are cut in C: query row r of a call whose first row is `first_row` sees keys
 0..first_row + r, the rest are 0 in p. A row whose keys are all masked with -inf is 0 in p (its
-output 0), as F.scaled_dot_product_attention gives, not the NaNs of a softmax over nothing.
+output 0), as F.scaled_dot_product_attention gives, not the NaNs of a softmax over nothing. The
+C passes split a head's rows between PyTorch's threads (one OpenMP region, ckernel.py), as the
+products between them do.
 
-`runs` says what it takes: float32 CPU tensors, a float mask without gradient, a C compiler.
-zoo.fast calls it where oneDNN is the linear kernel (zoo.fast.many_rows_kernel) and the rows are
-causal or the keys at least zoo.fast.ATTENTION_MIN_KEYS (512; below that, not causal, it was
-no faster); elsewhere zoo.fast keeps the plain form, which the tests hold this one to.
+In bfloat16 (q, k and v from autocast's linears) it computes what autocast's PyTorch form does:
+bfloat16 products (s, and the gradients dpd, dq, dk, dv), the softmax in float32 from bfloat16
+scores, and pd and ds rounded to bfloat16 once as the products' factors; p is kept in float32.
+
+`runs` says what it takes: float32 or bfloat16 CPU tensors, a float mask without gradient, a C
+compiler. zoo.fast calls it where oneDNN takes the products at their dtype (float32: where it is
+the linear kernel, zoo.fast.many_rows_kernel; bfloat16: where the CPU has bfloat16 dot products)
+and the rows are causal or the keys at least zoo.fast.ATTENTION_MIN_KEYS (512; below that, not
+causal, it was no faster); elsewhere zoo.fast keeps the plain form, which the tests hold this
+one to.
 """
 
 from __future__ import annotations
@@ -36,54 +44,99 @@ import math
 import torch
 
 from zoo.fast.kernels import ckernel, dropout_cpu
+from zoo.fast.kernels.scan_cpu import _channel_ranges, split
 
-SOURCE = dropout_cpu.HASH + r"""
+SOURCE = dropout_cpu.HASH + dropout_cpu.BF16 + r"""
 #include <math.h>
 
-/* Rows of a head's scores s (rows x cols, rows contiguous): p = softmax(s) over the first
-   n(r) columns of row r (all of them, or first_row + r + 1 when first_row >= 0: causal), 0
-   past them; then, when pd is not NULL, dropout as dropout_forward draws it for the flat
-   index start + r * cols + c: keep = hash >= threshold, pd = keep ? p * scale : 0. */
-void softmax_dropout_forward(int64_t rows, int64_t cols, int64_t first_row, const float *s,
-                             float *p, float *pd, uint8_t *keep, int64_t start,
-                             uint32_t threshold, float scale, uint32_t key0, uint32_t key1) {
-    for (int64_t r = 0; r < rows; r++) {
-        const float *sr = s + r * cols;
-        float *pr = p + r * cols;
-        int64_t n = cols;
-        if (first_row >= 0 && first_row + r + 1 < cols) n = first_row + r + 1;
-        float m = sr[0];
-        for (int64_t c = 1; c < n; c++) m = sr[c] > m ? sr[c] : m;
-        /* Every key the row may see masked with -inf: a row of zeros, as SDPA gives. (Told by
-           its bits: -ffast-math lets the compiler assume no float is infinite.) */
-        union { float f; uint32_t u; } max_bits = { m };
-        if (max_bits.u == 0xff800000U) n = 0;
-        float sum = 0.0f;
-        /* exp of x below -87 is under float's smallest normal: 0 here. The vector expf
-           takes such arguments (a padding mask's -3.4e38 minus the max) one lane at a time,
-           so they are clamped into its range first and zeroed after. */
+/* The keep bit of element c of a row whose flat index starts at base, as dropout_forward draws
+   it. */
+static inline uint8_t kept_at(uint32_t base, int64_t c, uint32_t threshold, uint32_t key0,
+                              uint32_t key1) {
+    return mix32(mix32((base + (uint32_t)c) ^ key0) ^ key1) >= threshold;
+}
+
+/* How many keys query row r sees: all cols, or first_row + r + 1 when first_row >= 0
+   (causal). */
+static inline int64_t visible(int64_t cols, int64_t first_row, int64_t r) {
+    return first_row >= 0 && first_row + r + 1 < cols ? first_row + r + 1 : cols;
+}
+
+/* One row: p = softmax(s) over its first n columns, 0 past them (p may be s). */
+static void softmax_row(int64_t cols, int64_t n, const float *sr, float *pr) {
+    float m = sr[0];
+    for (int64_t c = 1; c < n; c++) m = sr[c] > m ? sr[c] : m;
+    /* Every key the row may see masked with -inf: a row of zeros, as SDPA gives. (Told by
+       its bits: -ffast-math lets the compiler assume no float is infinite.) */
+    union { float f; uint32_t u; } max_bits = { m };
+    if (max_bits.u == 0xff800000U) n = 0;
+    float sum = 0.0f;
+    /* exp of x below -87 is under float's smallest normal: 0 here. The vector expf takes such
+       arguments (a padding mask's -3.4e38 minus the max) one lane at a time, so they are
+       clamped into its range first and zeroed after. */
 #pragma omp simd reduction(+:sum)
-        for (int64_t c = 0; c < n; c++) {
-            float x = sr[c] - m;
-            float e = expf(x > -87.0f ? x : -87.0f);
-            e = x > -87.0f ? e : 0.0f;
-            pr[c] = e;
-            sum += e;
-        }
-        float inv = n > 0 ? 1.0f / sum : 0.0f;
+    for (int64_t c = 0; c < n; c++) {
+        float x = sr[c] - m;
+        float e = expf(x > -87.0f ? x : -87.0f);
+        e = x > -87.0f ? e : 0.0f;
+        pr[c] = e;
+        sum += e;
+    }
+    float inv = n > 0 ? 1.0f / sum : 0.0f;
 #pragma omp simd
-        for (int64_t c = 0; c < n; c++) pr[c] *= inv;
-        for (int64_t c = n; c < cols; c++) pr[c] = 0.0f;
+    for (int64_t c = 0; c < n; c++) pr[c] *= inv;
+    for (int64_t c = n; c < cols; c++) pr[c] = 0.0f;
+}
+
+/* Rows of a head's scores s (rows x cols, rows contiguous): p = softmax(s) over the columns
+   row r sees (`visible`); then, when pd is not NULL, dropout as dropout_forward draws it for
+   the flat index start + r * cols + c: keep = hash >= threshold, pd = keep ? p * scale : 0. */
+void softmax_dropout_forward(int64_t rows, int64_t cols, int64_t first_row, int64_t r0,
+                             int64_t r1, const float *s, float *p, float *pd, uint8_t *keep,
+                             int64_t start, uint32_t threshold, float scale, uint32_t key0,
+                             uint32_t key1) {
+    for (int64_t r = r0; r < r1; r++) {
+        float *pr = p + r * cols;
+        softmax_row(cols, visible(cols, first_row, r), s + r * cols, pr);
         if (pd == 0) continue;
         float *dr = pd + r * cols;
         uint8_t *kr = keep + r * cols;
         uint32_t base = (uint32_t)(start + r * cols);
 #pragma omp simd
         for (int64_t c = 0; c < cols; c++) {
-            uint32_t h = mix32(mix32((base + (uint32_t)c) ^ key0) ^ key1);
-            uint8_t kept = h >= threshold;
+            uint8_t kept = kept_at(base, c, threshold, key0, key1);
             kr[c] = kept;
             dr[c] = kept ? pr[c] * scale : 0.0f;
+        }
+    }
+}
+
+/* The same on bfloat16 scores (autocast's products): p in float32, as autocast's softmax
+   gives it, and pd, the product's other factor, in bfloat16: keep ? p * scale : 0 rounded
+   once, or p rounded when keep is NULL (no dropout). */
+void softmax_dropout_forward_bf16(int64_t rows, int64_t cols, int64_t first_row, int64_t r0,
+                                  int64_t r1, const uint16_t *s, float *p, uint16_t *pd,
+                                  uint8_t *keep, int64_t start, uint32_t threshold, float scale,
+                                  uint32_t key0, uint32_t key1) {
+    for (int64_t r = r0; r < r1; r++) {
+        const uint16_t *sr = s + r * cols;
+        float *pr = p + r * cols;
+        uint16_t *dr = pd + r * cols;
+#pragma omp simd
+        for (int64_t c = 0; c < cols; c++) pr[c] = from_bf16(sr[c]);
+        softmax_row(cols, visible(cols, first_row, r), pr, pr);
+        if (keep == 0) {
+#pragma omp simd
+            for (int64_t c = 0; c < cols; c++) dr[c] = to_bf16(pr[c]);
+            continue;
+        }
+        uint8_t *kr = keep + r * cols;
+        uint32_t base = (uint32_t)(start + r * cols);
+#pragma omp simd
+        for (int64_t c = 0; c < cols; c++) {
+            uint8_t kept = kept_at(base, c, threshold, key0, key1);
+            kr[c] = kept;
+            dr[c] = kept ? to_bf16(pr[c] * scale) : 0;
         }
     }
 }
@@ -92,9 +145,10 @@ void softmax_dropout_forward(int64_t rows, int64_t cols, int64_t first_row, cons
    gradient of the dropped probabilities (overwritten by ds), ds = p * (dp - rowsum(dp * p))
    with dp = keep ? dpd * scale : 0; and, when pd is not NULL, pd = keep ? p * scale : 0 again,
    for dv. */
-void softmax_dropout_backward(int64_t rows, int64_t cols, const float *p, const uint8_t *keep,
-                              float *ds, float *pd, float scale) {
-    for (int64_t r = 0; r < rows; r++) {
+void softmax_dropout_backward(int64_t rows, int64_t cols, int64_t r0, int64_t r1,
+                              const float *p, const uint8_t *keep, float *ds,
+                              float *pd, float scale) {
+    for (int64_t r = r0; r < r1; r++) {
         const float *pr = p + r * cols;
         float *dr = ds + r * cols;
         float dot = 0.0f;
@@ -119,19 +173,113 @@ void softmax_dropout_backward(int64_t rows, int64_t cols, const float *p, const 
         for (int64_t c = 0; c < cols; c++) dr[c] = pr[c] * (dr[c] - dot);
     }
 }
+
+/* The same with dpd, ds and pd in bfloat16 (p float32): dp is read from dpd in both passes,
+   so it is rounded only as ds; pd (keep ? p * scale : 0, or p without dropout) is always
+   written, the bfloat16 factor of dv's product. */
+void softmax_dropout_backward_bf16(int64_t rows, int64_t cols, int64_t r0, int64_t r1,
+                                   const float *p, const uint8_t *keep,
+                                   uint16_t *ds, uint16_t *pd, float scale) {
+    for (int64_t r = r0; r < r1; r++) {
+        const float *pr = p + r * cols;
+        uint16_t *dr = ds + r * cols;
+        uint16_t *qr = pd + r * cols;
+        float dot = 0.0f;
+        if (keep) {
+            const uint8_t *kr = keep + r * cols;
+#pragma omp simd reduction(+:dot)
+            for (int64_t c = 0; c < cols; c++)
+                dot += (kr[c] ? from_bf16(dr[c]) * scale : 0.0f) * pr[c];
+#pragma omp simd
+            for (int64_t c = 0; c < cols; c++) {
+                float dp = kr[c] ? from_bf16(dr[c]) * scale : 0.0f;
+                dr[c] = to_bf16(pr[c] * (dp - dot));
+                qr[c] = kr[c] ? to_bf16(pr[c] * scale) : 0;
+            }
+        } else {
+#pragma omp simd reduction(+:dot)
+            for (int64_t c = 0; c < cols; c++) dot += from_bf16(dr[c]) * pr[c];
+#pragma omp simd
+            for (int64_t c = 0; c < cols; c++) {
+                dr[c] = to_bf16(pr[c] * (from_bf16(dr[c]) - dot));
+                qr[c] = to_bf16(pr[c]);
+            }
+        }
+    }
+}
+#ifdef _OPENMP
+int omp_get_thread_num(void);
+int omp_get_num_threads(void);
+
+/* The four above over all of a head's rows, split between the threads of one OpenMP region
+   of PyTorch's runtime (ckernel.py): the passes ran on one core while the head's products ran
+   on all of them. */
+#define ROWS_OF_THIS_THREAD \
+    const int64_t t = omp_get_thread_num(), n = omp_get_num_threads(); \
+    const int64_t r0 = rows * t / n, r1 = rows * (t + 1) / n
+
+void softmax_dropout_forward_team(int64_t threads, int64_t rows, int64_t cols,
+                                  int64_t first_row, const float *s, float *p, float *pd,
+                                  uint8_t *keep, int64_t start, uint32_t threshold, float scale,
+                                  uint32_t key0, uint32_t key1) {
+#pragma omp parallel num_threads(threads)
+    {
+        ROWS_OF_THIS_THREAD;
+        softmax_dropout_forward(rows, cols, first_row, r0, r1, s, p, pd, keep, start,
+                                threshold, scale, key0, key1);
+    }
+}
+
+void softmax_dropout_forward_bf16_team(int64_t threads, int64_t rows, int64_t cols,
+                                       int64_t first_row, const uint16_t *s, float *p,
+                                       uint16_t *pd, uint8_t *keep, int64_t start,
+                                       uint32_t threshold, float scale, uint32_t key0,
+                                       uint32_t key1) {
+#pragma omp parallel num_threads(threads)
+    {
+        ROWS_OF_THIS_THREAD;
+        softmax_dropout_forward_bf16(rows, cols, first_row, r0, r1, s, p, pd, keep, start,
+                                     threshold, scale, key0, key1);
+    }
+}
+
+void softmax_dropout_backward_team(int64_t threads, int64_t rows, int64_t cols, const float *p,
+                                   const uint8_t *keep, float *ds, float *pd, float scale) {
+#pragma omp parallel num_threads(threads)
+    {
+        ROWS_OF_THIS_THREAD;
+        softmax_dropout_backward(rows, cols, r0, r1, p, keep, ds, pd, scale);
+    }
+}
+
+void softmax_dropout_backward_bf16_team(int64_t threads, int64_t rows, int64_t cols,
+                                        const float *p, const uint8_t *keep, uint16_t *ds,
+                                        uint16_t *pd, float scale) {
+#pragma omp parallel num_threads(threads)
+    {
+        ROWS_OF_THIS_THREAD;
+        softmax_dropout_backward_bf16(rows, cols, r0, r1, p, keep, ds, pd, scale);
+    }
+}
+#endif
 """
 
 
 def _library() -> ctypes.CDLL | None:
-    library = ckernel.load("attention", SOURCE)
+    library = ckernel.load("attention", SOURCE, openmp=True)
     if library is not None and library.softmax_dropout_forward.argtypes is None:
-        forward = library.softmax_dropout_forward
-        forward.restype = None
-        forward.argtypes = ([ctypes.c_int64] * 3 + [ctypes.c_void_p] * 4 + [ctypes.c_int64]
-                            + [ctypes.c_uint32, ctypes.c_float] + [ctypes.c_uint32] * 2)
-        backward = library.softmax_dropout_backward
-        backward.restype = None
-        backward.argtypes = [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 4 + [ctypes.c_float]
+        ints, ptr, word, real = ctypes.c_int64, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_float
+        # after (rows, cols[, first_row]) and a range of rows:
+        forward = [ptr] * 4 + [ints, word, real, word, word]  # s, p, pd, keep, start, ...
+        backward = [ptr] * 4 + [real]  # p, keep, ds, pd, scale
+        for name, rest, head in (("softmax_dropout_forward", forward, 3),
+                                 ("softmax_dropout_backward", backward, 2)):
+            for suffix in ("", "_bf16"):
+                getattr(library, name + suffix).restype = None
+                getattr(library, name + suffix).argtypes = [ints] * (head + 2) + rest
+                if hasattr(library, f"{name}{suffix}_team"):  # built with OpenMP
+                    getattr(library, f"{name}{suffix}_team").restype = None
+                    getattr(library, f"{name}{suffix}_team").argtypes = [ints] * (head + 1) + rest
     return library
 
 
@@ -145,12 +293,17 @@ def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
 
 
+DTYPES = (torch.float32, torch.bfloat16)  # q, k and v's, all three the same
+
+
 def runs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
          attn_mask: torch.Tensor | None) -> bool:
-    """Whether `attention` takes these inputs: float32 CPU tensors (q, k, v and a float mask),
-    no gradient wanted for the mask, fewer than 2^32 scores, and the compiled kernel."""
-    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (q, k, v))
-            and (attn_mask is None or (attn_mask.dtype == torch.float32
+    """Whether `attention` takes these inputs: float32 or bfloat16 CPU tensors (q, k and v of
+    one dtype, a float32 mask or one of theirs), no gradient wanted for the mask, fewer than
+    2^32 scores, and the compiled kernel."""
+    return (q.dtype in DTYPES
+            and all(t.device.type == "cpu" and t.dtype == q.dtype for t in (q, k, v))
+            and (attn_mask is None or (attn_mask.dtype in (torch.float32, q.dtype)
                                        and not attn_mask.requires_grad))
             and q.numel() // q.size(-1) * k.size(-2) < dropout_cpu.MAX_ELEMENTS
             and available())
@@ -176,31 +329,37 @@ class _Attention(torch.autograd.Function):
         library = _library()
         B, nh, T, hs = q.shape
         S = k.size(-2)
+        bf16 = q.dtype == torch.bfloat16
+        suffix = "_bf16" if bf16 else ""
         # The scale goes on q, a (T, hs) matrix a head, not on the (T, S) scores.
         qk_scale = 1.0 / math.sqrt(hs)
         q, k, v = q * qk_scale, _rows_laid_out(k), _rows_laid_out(v)
         if attn_mask is not None:  # 4-d, its broadcast dimensions of size 1
             attn_mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + attn_mask.shape)
-        probs = torch.empty(B, nh, T, S)
+        probs = torch.empty(B, nh, T, S)  # float32, as autocast's softmax gives them
         keep = torch.empty(B, nh, T, S, dtype=torch.uint8) if p_drop > 0 else None
-        dropped = torch.empty(T, S) if keep is not None else None  # a head's, reused
-        y = torch.empty(B, nh, T, hs)
+        # A head's dropped probabilities (in bfloat16, the probabilities even without
+        # dropout: the product's factor), reused
+        dropped = torch.empty(T, S, dtype=q.dtype) if keep is not None or bf16 else None
+        y = torch.empty(B, nh, T, hs, dtype=q.dtype)
         scale = 1.0 / (1.0 - p_drop)
         threshold = dropout_cpu.threshold(p_drop) if p_drop > 0 else 0
         row = -1 if first_row is None else first_row
+        # A head's rows, split between the threads from 65536 scores (SPLIT_MIN_WORK / 16)
+        rows = _channel_ranges(T * S * 16, T)
         for i, (b, h) in enumerate((b, h) for b in range(B) for h in range(nh)):
             scores = _product(q[b, h], k[b, h])  # (T, S)
             mask = _mask_of(attn_mask, b, h)
             if mask is not None:
                 scores.add_(mask)
-            library.softmax_dropout_forward(
-                T, S, row, scores.data_ptr(), probs[b, h].data_ptr(),
-                dropped.data_ptr() if dropped is not None else None,
-                keep[b, h].data_ptr() if keep is not None else None,
-                i * T * S, threshold, scale, *key)
+            split(library, f"softmax_dropout_forward{suffix}", rows, (T, S, row),
+                  (scores.data_ptr(), probs[b, h].data_ptr(),
+                   dropped.data_ptr() if dropped is not None else None,
+                   keep[b, h].data_ptr() if keep is not None else None,
+                   i * T * S, threshold, scale, *key))
             y[b, h] = _product(dropped if dropped is not None else probs[b, h], v[b, h].t())
         ctx.save_for_backward(q, k, v, probs, keep)  # q scaled
-        ctx.scale, ctx.qk_scale = scale, qk_scale
+        ctx.scale, ctx.qk_scale, ctx.suffix = scale, qk_scale, suffix
         return y
 
     @staticmethod
@@ -212,16 +371,19 @@ class _Attention(torch.autograd.Function):
         B, nh, T, hs = q.shape
         S = k.size(-2)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        scratch = torch.empty(T, S) if keep is not None else None  # a head's pd, reused
+        # A head's pd, reused (always in bfloat16, as in the forward)
+        scratch = (torch.empty(T, S, dtype=q.dtype)
+                   if keep is not None or ctx.suffix else None)
+        rows = _channel_ranges(T * S * 16, T)
         for b in range(B):
             for h in range(nh):
                 dyh = dy[b, h]
                 ds = _product(dyh, v[b, h])  # d(dropped probs) (T, S), becomes ds in place
-                dropped = scratch if keep is not None else probs[b, h]
-                library.softmax_dropout_backward(
-                    T, S, probs[b, h].data_ptr(),
-                    keep[b, h].data_ptr() if keep is not None else None, ds.data_ptr(),
-                    dropped.data_ptr() if keep is not None else None, ctx.scale)
+                dropped = scratch if scratch is not None else probs[b, h]
+                split(library, f"softmax_dropout_backward{ctx.suffix}", rows, (T, S),
+                      (probs[b, h].data_ptr(),
+                       keep[b, h].data_ptr() if keep is not None else None, ds.data_ptr(),
+                       dropped.data_ptr() if scratch is not None else None, ctx.scale))
                 dv[b, h] = _product(dyh.t(), dropped.t()).t()  # (dy^T pd)^T = pd^T dy
                 dq[b, h] = _product(ds, k[b, h].t())
                 dk[b, h] = _product(q[b, h].t(), ds.t()).t()  # (q^T ds)^T = ds^T q
@@ -236,7 +398,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q (B, nh, T, hs), k and v (B, nh, S, hs), attn_mask None or additive, broadcasting to
     (B, nh, T, S). `key` fixes the dropout mask (default: drawn as dropout_cpu.py draws)."""
     if not runs(q, k, v, attn_mask):
-        raise ValueError("the CPU attention takes float32 CPU tensors and a float32 mask")
+        raise ValueError("the CPU attention takes float32 or bfloat16 CPU tensors of one "
+                         "dtype and a float32 mask or one of theirs")
     if key is None:
         key = dropout_cpu._key() if p > 0 else (0, 0)
     return _Attention.apply(q, k, v, attn_mask, first_row, p, key)

@@ -39,7 +39,23 @@ static inline uint32_t mix32(uint32_t x) {  /* an integer hash with strong avala
 }
 """
 
-SOURCE = HASH + r"""
+# bfloat16 (the top half of a float32) to float32 and back, also attention_cpu.py's.
+BF16 = r"""
+#include <stdint.h>
+
+/* Rounding to nearest even, as torch rounds; a NaN stays a (quiet) NaN. */
+static inline float from_bf16(uint16_t b) {
+    union { uint32_t u; float f; } v = { (uint32_t)b << 16 };
+    return v.f;
+}
+static inline uint16_t to_bf16(float f) {
+    union { float f; uint32_t u; } v = { f };
+    if ((v.u & 0x7fffffffU) > 0x7f800000U) return (uint16_t)((v.u >> 16) | 0x40);
+    return (uint16_t)((v.u + 0x7fffU + ((v.u >> 16) & 1U)) >> 16);
+}
+"""
+
+SOURCE = HASH + BF16 + r"""
 
 /* keep[i] = hash(start + i) >= threshold; y = x * keep * scale, for i < n. */
 void dropout_forward(int64_t n, int64_t start, const float *x, float *y, uint8_t *keep,
@@ -58,18 +74,6 @@ void dropout_backward(int64_t n, const float *dy, const uint8_t *keep, float *dx
 #pragma omp simd
     for (int64_t i = 0; i < n; i++)
         dx[i] = keep[i] ? dy[i] * scale : 0.0f;
-}
-
-/* bfloat16 (the top half of a float32) to float32 and back, rounding to nearest even, as
-   torch rounds; a NaN stays a (quiet) NaN. */
-static inline float from_bf16(uint16_t b) {
-    union { uint32_t u; float f; } v = { (uint32_t)b << 16 };
-    return v.f;
-}
-static inline uint16_t to_bf16(float f) {
-    union { float f; uint32_t u; } v = { f };
-    if ((v.u & 0x7fffffffU) > 0x7f800000U) return (uint16_t)((v.u >> 16) | 0x40);
-    return (uint16_t)((v.u + 0x7fffU + ((v.u >> 16) & 1U)) >> 16);
 }
 
 /* The same two passes on bfloat16 tensors (autocast's activations): the same mask for the
