@@ -3,7 +3,7 @@
     python benchmarks/training_parts.py
     python benchmarks/training_parts.py --profile gpt:1024 [--plain]   # where a step's time goes
     python benchmarks/training_parts.py --profile gpt:256 --batch 8 --dtype bfloat16
-    python benchmarks/training_parts.py --attention    # attention with dropout's two forms by size
+    python benchmarks/training_parts.py --attention [--dtype bfloat16]   # attention's two forms
 
   - a 32 MiB elementwise product in fresh pages, then after `keep_freed_memory` (reused pages),
     which the rest is timed under, as training cells and the trainer run;
@@ -13,8 +13,8 @@
     product against oneDNN's a head at a time, as zoo/fast/kernels/attention_cpu.py takes them;
   - that layer's causal attention with dropout, forward and backward: SDPA (its math path, the
     only one that takes dropout on the CPU), the route's PyTorch form whole and in blocks of
-    256 (as where MKL is the linear kernel), and the route as it runs here
-    (zoo.fast.kernels.attention_cpu where oneDNN is chosen); and BERT's (not causal, a padding
+    256 (where its kernel does not run), and the route as it runs here
+    (zoo.fast.kernels.attention_cpu where a C compiler built it); and BERT's (not causal, a padding
     mask), PyTorch form and route, and with BERT's own boolean padding mask, SDPA (what took it
     before) and the route;
   - one AdamW step of the `small` GPT (26.8M parameters): PyTorch's default and the fused kernel;
@@ -25,13 +25,15 @@ Each figure is the fastest of several runs (a shared machine only ever slows a r
 --batch and --dtype bfloat16 (mixed precision) profile the step the quality trainer takes.
 --attention times one layer's attention with dropout (8 heads of 64, forward and backward), BERT's
 (a padding mask) and GPT's (causal), in the route's PyTorch form and by
-zoo.fast.kernels.attention_cpu, at the sizes zoo.fast.dropout.ATTENTION_MIN_KEYS was chosen from,
-twice each.
+zoo.fast.kernels.attention_cpu with its products batched and a head at a time (the choice
+zoo.fast.dropout.PER_HEAD_MIN_KEYS makes), and as the route takes it, twice each; with --dtype
+bfloat16, under autocast on bfloat16 q, k and v (autocast's linears' outputs).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from unittest import mock
 
@@ -86,33 +88,43 @@ def profile_step(model_name: str, seqlen: int, fast: bool, batch: int = 1,
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
-def attention_forms() -> None:
-    """The --attention table: each size, each form, fastest of 15 runs, two rounds."""
-    if zoo.fast.many_rows_kernel() != "onednn" or not attention_cpu.available():
-        print("zoo.fast.kernels.attention_cpu does not run here (it needs oneDNN chosen and a C "
-              "compiler)")
+def attention_forms(dtype: str = "float32") -> None:
+    """The --attention table: each size, each form, fastest of 15 runs, two rounds (bfloat16:
+    under autocast on bfloat16 q, k and v)."""
+    if not attention_cpu.available():
+        print("zoo.fast.kernels.attention_cpu does not run here (no C compiler)")
         return
     keep_freed_memory()
     torch.set_flush_denormal(True)
-    table = Table(title="Attention with dropout, one layer, forward and backward (ms, fastest "
-                        "of 15)", header_style="bold")
-    for column in ("tokens", "attention", "PyTorch form", "attention_cpu", "ratio"):
+    forms = {"PyTorch form": {"_kernel_attention": lambda *args: False},
+             "batched": {"_per_head": lambda q, k: False}}
+    if zoo.fast.onednn_available():
+        forms["a head at a time"] = {"_per_head": lambda q, k: True}
+    forms["the route"] = {}
+    table = Table(title=f"Attention with dropout, one layer, forward and backward, {dtype} "
+                        "(ms, fastest of 15); attention_cpu's products batched or a head at a "
+                        "time", header_style="bold")
+    for column in ("tokens", "attention", *forms, "PyTorch / route"):
         table.add_column(column, justify="left" if column == "attention" else "right")
-    for B, T in ((1, 256), (8, 256), (1, 512), (1, 1024), (1, 2048)):
-        qkv = [torch.randn(B, T, 512).view(B, T, 8, 64).transpose(1, 2).requires_grad_()
-               for _ in range(3)]
-        dy = torch.randn(B, 8, T, 64)
+    for B, T in ((8, 128), (1, 256), (8, 256), (1, 512), (1, 1024), (1, 2048)):
+        qkv = [torch.randn(B, T, 512, dtype=getattr(torch, dtype)).view(B, T, 8, 64)
+               .transpose(1, 2).requires_grad_() for _ in range(3)]
+        dy = torch.randn(B, 8, T, 64, dtype=getattr(torch, dtype))
         for causal, mask in ((False, torch.zeros(B, 1, 1, T)), (True, None)):
             def step(qkv=qkv, dy=dy, mask=mask, causal=causal):
-                attention_with_dropout(*qkv, mask, causal, 0.1).backward(dy)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+                    y = attention_with_dropout(*qkv, mask, causal, 0.1)
+                y.backward(dy)
 
             for _ in range(2):
-                with mock.patch.object(zoo.fast.dense, "many_rows_kernel", lambda: "mkl"):
-                    pytorch = fastest_ms(step, 15)
-                with mock.patch.object(zoo.fast.dropout, "ATTENTION_MIN_KEYS", 0):
-                    ours = fastest_ms(step, 15)
+                times = {}
+                for form, patches in forms.items():
+                    with (mock.patch.multiple(zoo.fast.dropout, **patches) if patches
+                          else contextlib.nullcontext()):
+                        times[form] = fastest_ms(step, 15)
                 table.add_row(f"{B} x {T}", "GPT's (causal)" if causal else "BERT's (mask)",
-                              f"{pytorch:.2f}", f"{ours:.2f}", f"{pytorch / ours:.2f}x")
+                              *(f"{ms:.2f}" for ms in times.values()),
+                              f"{times['PyTorch form'] / times['the route']:.2f}x")
     Console().print(table)
 
 
@@ -127,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="time attention with dropout's two forms at several sizes")
     args = parser.parse_args(argv)
     if args.attention:
-        attention_forms()
+        attention_forms(args.dtype)
         return
     if args.profile:
         model_name, _, seqlen = args.profile.partition(":")
@@ -162,14 +174,13 @@ def main(argv: list[str] | None = None) -> None:
         for part, label, product in products:
             ms = fastest_ms(product)
             rows.append((part, f"{label} ({flops / ms / 1e6:.0f} GFLOP/s)", ms))
-    route_kind = ("zoo.fast.kernels.attention_cpu" if zoo.fast.many_rows_kernel() == "onednn"
-                  and attention_cpu.available() else "PyTorch form")
+    route_kind = "zoo.fast.kernels.attention_cpu" if attention_cpu.available() else "PyTorch form"
 
     def attention(route):
         route().sum().backward()
 
-    def pytorch_form(route):  # the route's attention as where MKL is the linear kernel
-        with mock.patch.object(zoo.fast.dense, "many_rows_kernel", lambda: "mkl"):
+    def pytorch_form(route):  # the route's attention where its kernel does not run
+        with mock.patch.object(zoo.fast.dropout, "_kernel_attention", lambda *args: False):
             attention(route)
 
     padding = torch.zeros(1, 1, 1, 1024)

@@ -1,5 +1,5 @@
 """zoo.fast.kernels.attention_cpu: attention with dropout for CPU training, float32 or bfloat16
-under autocast, a head at a time.
+under autocast, its products batched or a head at a time (every test takes both).
 
 Held to a float64 math attention given the same dropout mask (zoo/fast/kernels/dropout_cpu.py's,
 drawn for the same key), outputs and the gradients of q, k and v (atol 1e-5, rtol 1e-4: float32 sums
@@ -19,6 +19,7 @@ import math
 import pytest
 import torch
 
+import zoo.fast
 from zoo.fast.kernels import attention_cpu, dropout_cpu
 
 pytestmark = pytest.mark.skipif(not attention_cpu.available(), reason="no C compiler built it")
@@ -53,8 +54,13 @@ CASES = {  # B, nh, T, S, first_row, mask shape, p
 }
 
 
+PER_HEAD = [False, pytest.param(True, marks=pytest.mark.skipif(
+    not zoo.fast.onednn_available(), reason="torch has no oneDNN linear"))]
+
+
+@pytest.mark.parametrize("per_head", PER_HEAD)
 @pytest.mark.parametrize("case", CASES)
-def test_attention_equals_float64_math_attention_with_its_mask(case):
+def test_attention_equals_float64_math_attention_with_its_mask(case, per_head):
     B, nh, T, S, first_row, mask_shape, p = CASES[case]
     hs = 8
     torch.manual_seed(4)
@@ -66,7 +72,7 @@ def test_attention_equals_float64_math_attention_with_its_mask(case):
     else:
         mask = None if mask_shape is None else -3 * torch.rand(mask_shape)
     key = (21, 22)
-    y = attention_cpu.attention(q, k, v, mask, first_row, p, key=key)
+    y = attention_cpu.attention(q, k, v, mask, first_row, p, key=key, per_head=per_head)
     keep = dropout_cpu.mask(B * nh * T * S, p, key).view(B, nh, T, S) if p > 0 else None
     expected = _reference(q, k, v, mask, first_row, keep, p)
     torch.testing.assert_close(y.double(), expected, atol=1e-5, rtol=1e-5)
@@ -77,14 +83,15 @@ def test_attention_equals_float64_math_attention_with_its_mask(case):
         torch.testing.assert_close(grad, reference.float(), **GRADS)
 
 
-def test_heads_split_from_a_sequence_tensor():
+@pytest.mark.parametrize("per_head", PER_HEAD)
+def test_heads_split_from_a_sequence_tensor(per_head):
     """q, k, v as the attention modules pass them: (B, T, nh, hs) views transposed to
     (B, nh, T, hs), rows strided by C (oneDNN is laid out contiguous heads first)."""
     B, T, nh, hs, p, key = 2, 10, 4, 8, 0.25, (3, 4)
     torch.manual_seed(5)
     qkv = torch.randn(B, T, 3 * nh * hs, requires_grad=True)
     q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in qkv.split(nh * hs, dim=-1))
-    y = attention_cpu.attention(q, k, v, None, None, p, key=key)
+    y = attention_cpu.attention(q, k, v, None, None, p, key=key, per_head=per_head)
     keep = dropout_cpu.mask(B * nh * T * T, p, key).view(B, nh, T, T)
     expected = _reference(q, k, v, None, None, keep, p)
     torch.testing.assert_close(y.double(), expected, atol=1e-5, rtol=1e-5)
@@ -139,8 +146,9 @@ def _autocast_form(q, k, v, mask, first_row, keep, p):
 BF16_CASES = {**CASES, "rows split between threads": (1, 2, 256, 300, None, (1, 1, 256, 300), 0.1)}
 
 
+@pytest.mark.parametrize("per_head", PER_HEAD)
 @pytest.mark.parametrize("case", BF16_CASES)
-def test_in_bfloat16_as_close_as_autocasts_own_form(case):
+def test_in_bfloat16_as_close_as_autocasts_own_form(case, per_head):
     B, nh, T, S, first_row, mask_shape, p = BF16_CASES[case]
     torch.manual_seed(8)
     q = torch.randn(B, nh, T, 16).bfloat16().requires_grad_()
@@ -152,7 +160,7 @@ def test_in_bfloat16_as_close_as_autocasts_own_form(case):
         mask = None if mask_shape is None else -3 * torch.rand(mask_shape)
     key = (21, 22)
     keep = dropout_cpu.mask(B * nh * T * S, p, key).view(B, nh, T, S) if p > 0 else None
-    y = attention_cpu.attention(q, k, v, mask, first_row, p, key=key)
+    y = attention_cpu.attention(q, k, v, mask, first_row, p, key=key, per_head=per_head)
     assert y.dtype == torch.bfloat16
     plain = _autocast_form(q, k, v, mask, first_row, keep, p)
     expected = _reference(q, k, v, mask, first_row, keep, p)
@@ -170,10 +178,11 @@ def test_in_bfloat16_as_close_as_autocasts_own_form(case):
         assert error <= 2e-2 * largest, name
 
 
+@pytest.mark.parametrize("per_head", PER_HEAD)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_threads_split_a_heads_rows_with_the_same_bits(dtype, monkeypatch):
+def test_the_threads_split_the_rows_with_the_same_bits(dtype, per_head, monkeypatch):
     """Each row's softmax, dropout and backward are the same arithmetic whichever thread takes
-    it: split between two threads (T x S >= 65536 scores) as by one."""
+    it: split between two threads (65536 scores or more) as by one."""
     if torch.get_num_threads() < 2:
         pytest.skip("one thread: nothing to split")
     torch.manual_seed(9)
@@ -181,7 +190,7 @@ def test_the_threads_split_a_heads_rows_with_the_same_bits(dtype, monkeypatch):
     dy = torch.randn(1, 2, 256, 16).to(dtype)
 
     def run():
-        y = attention_cpu.attention(q, k, v, None, 0, 0.2, key=(1, 2))
+        y = attention_cpu.attention(q, k, v, None, 0, 0.2, key=(1, 2), per_head=per_head)
         return (y, *torch.autograd.grad(y, (q, k, v), dy))
 
     split = run()
@@ -190,7 +199,8 @@ def test_the_threads_split_a_heads_rows_with_the_same_bits(dtype, monkeypatch):
         assert torch.equal(a, b)
 
 
-def test_a_row_with_nothing_to_attend_is_zeros_as_in_sdpa():
+@pytest.mark.parametrize("per_head", PER_HEAD)
+def test_a_row_with_nothing_to_attend_is_zeros_as_in_sdpa(per_head):
     """A query whose every key is masked with -inf gets zeros (SDPA's answer to a boolean mask
     with no True in a row), not a softmax over nothing; its gradients are zeros too, and the
     other rows are untouched."""
@@ -200,7 +210,7 @@ def test_a_row_with_nothing_to_attend_is_zeros_as_in_sdpa():
     allowed[..., 2, :] = False  # query 2 may see no key
     allowed[..., 4, 3:] = False
     mask = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
-    y = attention_cpu.attention(q, k, v, mask, None, 0.0)
+    y = attention_cpu.attention(q, k, v, mask, None, 0.0, per_head=per_head)
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
     assert torch.equal(y[..., 2, :], torch.zeros_like(y[..., 2, :]))
     torch.testing.assert_close(y, expected, atol=1e-6, rtol=1e-5)

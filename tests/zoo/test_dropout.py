@@ -120,41 +120,58 @@ def _reference_attention(q, k, v, mask, keep, p, causal):
     return (torch.softmax(scores, dim=-1) * keep / (1 - p)) @ v
 
 
-# Which products attention with dropout takes: oneDNN's (zoo/fast/kernels/attention_cpu.py, where
-# oneDNN is chosen for float32 training) or the PyTorch form; both are held to the same reference.
-KERNELS = [pytest.param("onednn", marks=pytest.mark.skipif(
-               zoo.fast.many_rows_kernel() != "onednn" or not attention_cpu.available(),
-               reason="oneDNN's products are not chosen here")),
-           "mkl"]
+KERNEL = pytest.mark.skipif(not attention_cpu.available(), reason="no C compiler built it")
+PER_HEAD = pytest.mark.skipif(not attention_cpu.available() or not zoo.fast.onednn_available(),
+                              reason="no C compiler built it, or torch has no oneDNN linear")
+
+# The three forms attention with dropout takes, each held to the same reference:
+# zoo/fast/kernels/attention_cpu.py with its products a head at a time in oneDNN or batched, and
+# the PyTorch form (where the kernel does not run).
+FORMS = [pytest.param("per head", marks=PER_HEAD), pytest.param("batched", marks=KERNEL),
+         "pytorch"]
 
 
-@pytest.fixture(params=KERNELS)
-def kernel(request, monkeypatch):
-    monkeypatch.setattr(zoo.fast.dense, "many_rows_kernel", lambda: request.param)
-    monkeypatch.setattr(zoo.fast.dropout, "ATTENTION_MIN_KEYS", 0)  # these tests' few keys too
+@pytest.fixture(params=FORMS)
+def form(request, monkeypatch):
+    if request.param == "pytorch":
+        monkeypatch.setattr(zoo.fast.dropout, "_kernel_attention", lambda *args: False)
+    per_head = request.param == "per head"
+    monkeypatch.setattr(zoo.fast.dense, "many_rows_kernel",
+                        lambda: "onednn" if per_head else "mkl")
+    monkeypatch.setattr(zoo.fast.dropout, "PER_HEAD_MIN_KEYS", 0)  # these tests' few keys too
     return request.param
 
 
-@pytest.mark.skipif(zoo.fast.many_rows_kernel() != "onednn" or not attention_cpu.available(),
-                    reason="oneDNN's products are not chosen here")
+@KERNEL
 def test_which_form_attention_with_dropout_takes(monkeypatch):
-    """zoo/fast/kernels/attention_cpu.py for causal rows and for ATTENTION_MIN_KEYS keys or more;
-    the PyTorch form below that, not causal (where MKL's batched products were measured faster)."""
+    """zoo/fast/kernels/attention_cpu.py for float32 and for bfloat16 under autocast, whatever
+    the length, its products a head at a time from PER_HEAD_MIN_KEYS keys in float32 where
+    oneDNN is the linear kernel, batched otherwise; the PyTorch form for float32 under autocast
+    (whose products are bfloat16)."""
     calls = []
     real = attention_cpu.attention
-    monkeypatch.setattr(attention_cpu, "attention",
-                        lambda *args: calls.append(args[1].size(-2)) or real(*args))
-    few, many = zoo.fast.dropout.ATTENTION_MIN_KEYS - 1, zoo.fast.dropout.ATTENTION_MIN_KEYS
-    for causal, keys in ((False, few), (False, many), (True, 8)):
-        q = torch.randn(1, 2, 8 if causal else 3, 4)
-        k = torch.randn(1, 2, keys, 4)
-        attention_with_dropout(q, k, k, None, causal, 0.1)
-    assert calls == [many, 8]
+    monkeypatch.setattr(attention_cpu, "attention", lambda *args, per_head: calls.append(
+        (args[0].dtype, args[1].size(-2), per_head)) or real(*args, per_head=per_head))
+    many = zoo.fast.dropout.PER_HEAD_MIN_KEYS
+    for kernel in ("onednn", "mkl"):
+        monkeypatch.setattr(zoo.fast.dense, "many_rows_kernel", lambda kernel=kernel: kernel)
+        for causal, keys in ((False, 5), (False, many), (True, 8)):
+            q = torch.randn(1, 2, 8 if causal else 3, 4)
+            k = torch.randn(1, 2, keys, 4)
+            attention_with_dropout(q, k, k, None, causal, 0.1)
+            attention_with_dropout(q.bfloat16(), k.bfloat16(), k.bfloat16(), None, causal, 0.1)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                attention_with_dropout(q, k, k, None, causal, 0.1)
+    f32, b16 = torch.float32, torch.bfloat16
+    per_head = [(f32, 5, False), (b16, 5, False), (f32, many, True), (b16, many, False),
+                (f32, 8, False), (b16, 8, False)]
+    batched = [(dtype, keys, False) for dtype, keys, _ in per_head]
+    assert calls == per_head + batched
 
 
 @pytest.mark.parametrize("causal, masked", [(True, False), (False, True), (False, False)])
 def test_attention_with_dropout_equals_math_attention_with_its_mask(causal, masked, monkeypatch,
-                                                                     kernel):
+                                                                     form):
     torch.manual_seed(2)
     B, nh, T, S, hs, p = 2, 3, 9, 9 if causal else 13, 8, 0.2
     q = torch.randn(B, nh, T, hs, requires_grad=True)
@@ -174,7 +191,7 @@ def test_attention_with_dropout_equals_math_attention_with_its_mask(causal, mask
 
 
 @pytest.mark.parametrize("mask_shape", [None, (2, 1, 10, 10), (2, 1, 1, 10)])
-def test_causal_attention_in_blocks_equals_the_whole(mask_shape, monkeypatch, kernel):
+def test_causal_attention_in_blocks_equals_the_whole(mask_shape, monkeypatch, form):
     """Causal attention in blocks of 4 query rows over the keys up to each block's end: each
     block draws its own mask; given them, the float64 math attention's outputs and gradients."""
     torch.manual_seed(3)
@@ -198,15 +215,17 @@ def test_causal_attention_in_blocks_equals_the_whole(mask_shape, monkeypatch, ke
         torch.testing.assert_close(grad, reference, **GRADS)
 
 
-@pytest.mark.skipif(not zoo.fast.dense.bf16_dot_products() or not attention_cpu.available(),
-                    reason="no bfloat16 dot products here: autocast keeps the PyTorch form")
+@KERNEL
+@pytest.mark.parametrize("per_head", [False, True])
 @pytest.mark.parametrize("causal, masked", [(True, True), (False, True), (False, False)])
-def test_under_autocast_the_kernel_is_as_close_as_the_pytorch_form(causal, masked, monkeypatch):
+def test_under_autocast_the_kernel_is_as_close_as_the_pytorch_form(causal, masked, per_head,
+                                                                   monkeypatch):
     """bfloat16 q, k and v, as autocast's linears give them: the route takes
     kernels/attention_cpu.py (causal rows in blocks of 4), and its outputs and gradients are as
     close to the float64 math attention with the same masks as the PyTorch form's (within twice
-    its error plus half a bfloat16 rounding step of the largest value)."""
-    monkeypatch.setattr(zoo.fast.dropout, "ATTENTION_MIN_KEYS", 0)
+    its error plus half a bfloat16 rounding step of the largest value), its products batched or
+    a head at a time."""
+    monkeypatch.setattr(zoo.fast.dropout, "_per_head", lambda q, k: per_head)
     torch.manual_seed(10)
     B, nh, T, hs, p, block = 2, 2, 10, 8, 0.2, 4
     S = T if causal else 13
@@ -218,7 +237,8 @@ def test_under_autocast_the_kernel_is_as_close_as_the_pytorch_form(causal, maske
     dy = torch.randn(B, nh, T, hs).bfloat16()
     calls = []
     real = attention_cpu.attention
-    monkeypatch.setattr(attention_cpu, "attention", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(attention_cpu, "attention",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
 
     def run():
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -280,9 +300,9 @@ def test_a_model_trains_through_the_route(autocast, monkeypatch):
         dtypes.add(x.dtype)
         return real(x, p, key)
 
-    def counting_attention(q, k, v, attn_mask, first_row, p):
+    def counting_attention(q, k, v, attn_mask, first_row, p, per_head=False):
         calls.append(("attention_cpu", *q.shape[:2], q.size(2), k.size(2)))
-        return real_attention(q, k, v, attn_mask, first_row, p)
+        return real_attention(q, k, v, attn_mask, first_row, p, per_head=per_head)
 
     monkeypatch.setattr(dropout_cpu, "dropout", counting)
     monkeypatch.setattr(attention_cpu, "attention", counting_attention)
@@ -295,13 +315,10 @@ def test_a_model_trains_through_the_route(autocast, monkeypatch):
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     # one attention per layer: its probabilities' mask drawn by zoo/fast/kernels/attention_cpu.py's
-    # kernel where oneDNN takes the products (float32: where it is chosen; bfloat16: where the
-    # CPU has bfloat16 dot products), by dropout_cpu.dropout otherwise
+    # kernel, in float32 and in bfloat16 under autocast (by dropout_cpu.dropout without it)
     in_c = calls.count(("attention_cpu", 2, 2, 16, 16))
     assert in_c + calls.count((2, 2, 16, 16)) == 2
-    onednn = (zoo.fast.dense.bf16_dot_products() if autocast
-              else zoo.fast.many_rows_kernel() == "onednn")
-    assert in_c == (2 if onednn else 0)
+    assert in_c == (2 if attention_cpu.available() else 0)
     assert calls.count((2, 16, 32)) == 1 + 2 * 2  # the embedding's, two residuals per layer
 
 
@@ -346,11 +363,6 @@ def test_without_a_compiler_the_route_runs_pytorchs_dropout(monkeypatch):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-ONEDNN = pytest.mark.skipif(
-    zoo.fast.many_rows_kernel() != "onednn" or not attention_cpu.available(),
-    reason="oneDNN's products are not chosen here")
-
-
 def _training_step(model, inputs):
     """Loss and gradients of one training step from seed 1 (the dropout masks' keys)."""
     model.zero_grad()
@@ -370,17 +382,19 @@ def _counting_kernel(monkeypatch) -> list:
     calls = []
     real = attention_cpu.attention
     monkeypatch.setattr(attention_cpu, "attention",
-                        lambda *args: calls.append(args[3]) or real(*args))
+                        lambda *args, **kwargs: calls.append(args[3]) or real(*args, **kwargs))
     return calls
 
 
-@ONEDNN
+@pytest.mark.parametrize("per_head", [pytest.param(True, marks=PER_HEAD),
+                                      pytest.param(False, marks=KERNEL)])
 @pytest.mark.parametrize("name", ["bert", "gpt"])
-def test_a_model_trains_alike_in_both_forms(name, monkeypatch):
+def test_a_model_trains_alike_in_both_forms(name, per_head, monkeypatch):
     """A whole training step of BERT and GPT (causal) with dropout: with
-    zoo/fast/kernels/attention_cpu.py and with the PyTorch form, from the same seed, they draw the
-    same masks and give the same loss and gradients (float32 sums in another order: atol 1e-5)."""
-    monkeypatch.setattr(zoo.fast.dropout, "ATTENTION_MIN_KEYS", 0)
+    zoo/fast/kernels/attention_cpu.py (products a head at a time or batched) and with the
+    PyTorch form, from the same seed, they draw the same masks and give the same loss and
+    gradients (float32 sums in another order: atol 1e-5)."""
+    monkeypatch.setattr(zoo.fast.dropout, "_per_head", lambda q, k: per_head)
     model = zoo.build(name, n_layer=2, d_model=32, n_head=2, vocab_size=64, dropout=0.1).train()
     torch.manual_seed(0)
     inputs = model.dummy_inputs(2, 24)
@@ -392,12 +406,11 @@ def test_a_model_trains_alike_in_both_forms(name, monkeypatch):
     assert len(calls) == 2
 
 
-@ONEDNN
+@KERNEL
 def test_a_padding_mask_takes_the_kernel(monkeypatch):
     """BERT with padding passes a boolean key mask: the route gives it to
     zoo/fast/kernels/attention_cpu.py as an additive one (-inf where a key is padding), the same
     step as BERT given that additive mask itself."""
-    monkeypatch.setattr(zoo.fast.dropout, "ATTENTION_MIN_KEYS", 0)
     model = zoo.build("bert", n_layer=2, d_model=32, n_head=2, vocab_size=64,
                       dropout=0.1).train()
     torch.manual_seed(0)

@@ -560,13 +560,11 @@ def test_describe_a_training_step(kernel_name, monkeypatch):
     model = tiny("gpt", fast=True)
     linears = ("linears: oneDNN matmul for the forward and both gradients (zoo.fast)"
                if kernel_name == "onednn" else "linears: F.linear")
-    in_c = ("attention with dropout: oneDNN's products a head at a time, softmax and "
-            "dropout in C (zoo.fast.kernels.attention_cpu; causal, or over >= 512 keys)",)
-    attention = in_c if kernel_name == "onednn" and attention_cpu.available() else ()
-    # bfloat16 autocast: the kernel where the CPU has bfloat16 dot products, whichever kernel
-    # the float32 linears take
-    attention_bf16 = (in_c if zoo.fast.dense.bf16_dot_products() and attention_cpu.available()
-                      else ())
+    in_c = ("attention with dropout: softmax and dropout in C with their backward "
+            "(zoo.fast.kernels.attention_cpu), batched products")
+    per_head = ", from 1024 keys oneDNN's a head at a time" if kernel_name == "onednn" else ""
+    attention = (in_c + per_head,) if attention_cpu.available() else ()
+    attention_bf16 = (in_c,) if attention_cpu.available() else ()  # autocast's: batched
     loss = ("loss: cross-entropy in one C pass each way (zoo.fast.kernels.loss_cpu)"
             if loss_cpu.available() else "loss: F.cross_entropy")
     assert zoo.fast.describe(model, training=True) == (

@@ -38,10 +38,10 @@ benchmarks run, for inference and, where they say so, for training:
           CompiledGatedRMSNorm: its gated RMSNorm as kernels/norm_cpu.py's, one pass each way;
   dropout (training) nn.Dropout -> FastDropout, and attention modules -> DropoutAttention /
           DropoutAlibiAttention: dropout masks drawn by kernels/dropout_cpu.py's C kernel, and
-          attention with dropout computed as its math form with such a mask: in float32
-          where oneDNN is chosen, and in bfloat16 under autocast where the CPU has bfloat16
-          dot products, by kernels/attention_cpu.py (oneDNN's products a head at a time,
-          softmax and dropout in one C pass, its backward written out), else in PyTorch;
+          attention with dropout computed as its math form with such a mask, by
+          kernels/attention_cpu.py (softmax and dropout in one C pass, its backward written
+          out; batched products, or oneDNN's a head at a time over many keys where oneDNN is
+          chosen);
   loss    (training) every model's LMLoss -> FusedLMLoss: the cross-entropy as
           kernels/loss_cpu.py's C loop, one pass forward and one backward, holding one (rows x
           vocabulary) tensor less than F.cross_entropy at the start of the backward.
@@ -349,12 +349,12 @@ def describe(model: nn.Module, training: bool = False,
                   and dropout_cpu.available())
         notes.append("dropout (training): masks from a C kernel (zoo.fast.kernels.dropout_cpu)"
                      if kernel else "dropout (training): PyTorch's")
-        bf16 = cpu and dtype == torch.bfloat16 and dense.bf16_dot_products()  # autocast's
-        if (kernel and training and ((cpu32 and onednn) or bf16) and attention_cpu.available()
+        if (kernel and training and attention_cpu.available()
                 and kinds & {DropoutAttention, DropoutAlibiAttention}):
-            notes.append("attention with dropout: oneDNN's products a head at a time, softmax "
-                         "and dropout in C (zoo.fast.kernels.attention_cpu; causal, or over >= "
-                         f"{dropout.ATTENTION_MIN_KEYS} keys)")
+            per_head = (f", from {dropout.PER_HEAD_MIN_KEYS} keys oneDNN's a head at a time"
+                        if cpu32 and onednn else "")
+            notes.append("attention with dropout: softmax and dropout in C with their backward "
+                         f"(zoo.fast.kernels.attention_cpu), batched products{per_head}")
     if training and kinds & {LMLoss, FusedLMLoss}:
         fused = ("loss" in routes and cpu and (dtype or weight.dtype) in FusedLMLoss.DTYPES
                  and loss_cpu.available())

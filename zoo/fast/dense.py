@@ -58,14 +58,6 @@ def avx512() -> bool:
     return cpu_capability().upper().startswith("AVX512")
 
 
-def bf16_dot_products() -> bool:
-    """Whether this CPU computes bfloat16 dot products itself (AVX512-BF16 or AMX), where
-    oneDNN's bfloat16 matrix multiply runs at about twice its float32 one; elsewhere oneDNN
-    emulates them."""
-    return any(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)()
-               for name in ("avx512_bf16", "amx_tile"))
-
-
 @functools.cache
 def many_rows_kernel() -> str:
     """"mkl" or "onednn": the matrix multiply the linear route uses for more than FEW_ROWS rows.

@@ -2,11 +2,11 @@
 as its math form on such a mask.
 
 PyTorch's CPU flash attention takes no dropout, so with dropout SDPA falls back to its math
-path with PyTorch's slow mask. Here the mask is zoo.fast.kernels.dropout_cpu's, and where
-oneDNN takes the products (float32 training where it is the linear kernel, bfloat16 autocast
-where the CPU has bfloat16 dot products), the whole attention is
-zoo.fast.kernels.attention_cpu's: oneDNN's products a head at a time, softmax and dropout in
-one C pass, its backward written out. zoo.layers.math_attention is the oracle.
+path with PyTorch's slow mask. Here the mask is zoo.fast.kernels.dropout_cpu's, and the whole
+attention is zoo.fast.kernels.attention_cpu's (float32, or bfloat16 under autocast): softmax
+and dropout in one C pass, its backward written out, the products batched or, over many keys
+where oneDNN is the linear kernel, oneDNN's a head at a time. zoo.layers.math_attention is the
+oracle.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ class FastDropout(nn.Dropout):
 
 
 CAUSAL_BLOCK = 256  # query rows per block of causal attention with dropout
-# Fewer keys than this, not causal: attention with dropout keeps the PyTorch form, which
-# kernels/attention_cpu.py did not beat there (zoo/fast/measurements.md; training_parts.py
-# --attention)
-ATTENTION_MIN_KEYS = 512
+# From this many keys, in float32 where oneDNN is the linear kernel, kernels/attention_cpu.py
+# takes its products a head at a time in oneDNN; below it, and in bfloat16, torch.matmul's
+# batched products were faster (zoo/fast/measurements.md; training_parts.py --attention)
+PER_HEAD_MIN_KEYS = 1024
 
 
 def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -71,30 +71,27 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return torch.cat(rows, dim=2)
 
 
-def _products_in_onednn(q: torch.Tensor) -> bool:
-    """Whether oneDNN takes attention's products at q's dtype: float32 where it is the linear
-    kernel (outside autocast, whose products are bfloat16), bfloat16 (autocast's) where the CPU
-    has bfloat16 dot products."""
-    if q.dtype == torch.bfloat16:
-        return dense.bf16_dot_products()
-    return dense.many_rows_kernel() == "onednn" and not torch.is_autocast_enabled("cpu")
-
-
-def _kernel_attention(q, k, v, attn_mask, causal: bool) -> bool:
+def _kernel_attention(q, k, v, attn_mask) -> bool:
     """Whether attention with dropout over these goes to kernels/attention_cpu.py: float32 or
-    bfloat16 (autocast's) training where oneDNN takes the products, causal rows or
-    ATTENTION_MIN_KEYS keys or more."""
-    return ((causal or k.size(-2) >= ATTENTION_MIN_KEYS) and _products_in_onednn(q)
-            and not compiling() and attention_cpu.runs(q, k, v, attn_mask))
+    bfloat16 CPU tensors, float32 outside autocast only (under it, its products are bfloat16)."""
+    return (not compiling() and attention_cpu.runs(q, k, v, attn_mask)
+            and (q.dtype == torch.bfloat16 or not torch.is_autocast_enabled("cpu")))
+
+
+def _per_head(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether kernels/attention_cpu.py takes its products a head at a time in oneDNN: float32
+    where oneDNN is the linear kernel, over PER_HEAD_MIN_KEYS keys or more."""
+    return (q.dtype == torch.float32 and k.size(-2) >= PER_HEAD_MIN_KEYS
+            and dense.many_rows_kernel() == "onednn")
 
 
 def _attention_rows(q, k, v, attn_mask, first_row: int | None, p: float) -> torch.Tensor:
     """Attention of queries at rows first_row.. (None: not causal) over keys 0..S-1: by
-    kernels/attention_cpu.py (oneDNN's products a head at a time, softmax and dropout in C) where
-    oneDNN takes the products at q's dtype (and the rows are causal or the keys at least
-    ATTENTION_MIN_KEYS), else written out in PyTorch."""
-    if _kernel_attention(q, k, v, attn_mask, first_row is not None):
-        return attention_cpu.attention(q, k, v, attn_mask, first_row, p)
+    kernels/attention_cpu.py (softmax and dropout in C, with their backward) where it runs,
+    else written out in PyTorch."""
+    if _kernel_attention(q, k, v, attn_mask):
+        return attention_cpu.attention(q, k, v, attn_mask, first_row, p,
+                                       per_head=_per_head(q, k))
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(1.0 / math.sqrt(q.size(-1)))
     if first_row is not None:  # query r (row first_row + r) sees keys 0..first_row + r
         future = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device)
@@ -118,7 +115,7 @@ class _DropoutAttend:
                 and q.numel() // q.size(-1) * k.size(-2) < dropout_cpu.MAX_ELEMENTS):
             mask = attn_mask
             if (mask is not None and mask.dtype == torch.bool
-                    and _kernel_attention(q, k, v, None, is_causal)):
+                    and _kernel_attention(q, k, v, None)):
                 mask = additive_mask(mask, q.dtype)
             if mask is None or mask.dtype == q.dtype:
                 return attention_with_dropout(q, k, v, mask, is_causal, dropout)

@@ -1,39 +1,39 @@
-"""Attention with dropout for CPU training, float32 or bfloat16 under autocast: each head's four
-matrix products in oneDNN, the softmax and the dropout in one C pass, a backward written out.
+"""Attention with dropout for CPU training, float32 or bfloat16 under autocast: the softmax and
+the dropout in one C pass, a backward written out, the products batched or a head at a time.
 
-The plain form (zoo.fast.attention_with_dropout's `_attention_rows`: q k^T, softmax, dropout,
-times v, differentiated by autograd) runs its products as batched MKL products, which reach
-150-190 GFLOP/s on the 2-core AMD Zen 4 host at (8 heads, 1024 x 1024, head size 64), where
-oneDNN's matrix multiply reaches 380-400 on one head's matrices
-(`python benchmarks/training_parts.py`), and it passes over the (T, S) scores five times
-around them (scale, mask, softmax, dropout, and their backward). Here, head by head:
+The plain form (zoo.fast.dropout's `_attention_rows`: q k^T, softmax, dropout, times v,
+differentiated by autograd) passes over the (T, S) scores five times around its products (scale,
+mask, softmax, dropout, and their backward), and under autocast casts them to float32 and back
+as well. Here:
 
   forward   s = (q / sqrt(hs)) k^T (+ mask);  p = softmax(s);  pd = dropout(p);  y = pd v
   backward  dpd = dy v^T;  dv = pd^T dy;  ds = p * (dp - rowsum(dp * p)) / sqrt(hs) with
             dp = dpd * keep / (1 - p_drop);  dq = ds k;  dk = ds^T q
 
-with `softmax_dropout_forward` computing p, pd and the keep mask of a head's rows in one pass,
-and `softmax_dropout_backward` ds (in place of dpd) and pd again (it is not kept: the backward
-saves p and the byte mask, less than autograd's p and pd). The mask is dropout_cpu.py's:
-element i of a call (flat index over (B, nh, T, S)) is kept when its keyed hash clears the
-threshold, so the same key draws the same mask as `dropout_cpu.mask`.
+with `softmax_dropout_forward` computing p, pd and the keep mask of the rows in one pass, and
+`softmax_dropout_backward` ds (in place of dpd) and pd again (it is not kept: the backward saves
+p and the byte mask, less than autograd's p and pd). The mask is dropout_cpu.py's: element i of
+a call (flat index over (B, nh, T, S)) is kept when its keyed hash clears the threshold, so the
+same key draws the same mask as `dropout_cpu.mask`. The passes split the rows between PyTorch's
+threads (one OpenMP region, ckernel.py), as the products around them do.
 
-Causal rows are cut in C: query row r of a call whose first row is `first_row` sees keys
-0..first_row + r, the rest are 0 in p. A row whose keys are all masked with -inf is 0 in p (its
-output 0), as F.scaled_dot_product_attention gives, not the NaNs of a softmax over nothing. The
-C passes split a head's rows between PyTorch's threads (one OpenMP region, ckernel.py), as the
-products between them do.
+The products are torch.matmul's, every head at once, or with `per_head` oneDNN's matrix
+multiply on one head's matrices: in float32 torch.matmul's batched product is MKL's, which ran at
+150-190 GFLOP/s on the 2-core AMD Zen 4 host at (8 heads, 1024 x 1024, head size 64) where
+oneDNN's ran at 380-400 on one head (`python benchmarks/training_parts.py`), but each call costs
+some 40 us, which small heads do not repay; in bfloat16 the batched product is oneDNN's already.
+zoo.fast.dropout chooses (PER_HEAD_MIN_KEYS; `python benchmarks/training_parts.py --attention`).
+
+Causal rows are cut in C: query row r of a head, in a call whose first row is `first_row`, sees
+keys 0..first_row + r, the rest are 0 in p. A row whose keys are all masked with -inf is 0 in p
+(its output 0), as F.scaled_dot_product_attention gives, not the NaNs of a softmax over nothing.
 
 In bfloat16 (q, k and v from autocast's linears) it computes what autocast's PyTorch form does:
 bfloat16 products (s, and the gradients dpd, dq, dk, dv), the softmax in float32 from bfloat16
 scores, and pd and ds rounded to bfloat16 once as the products' factors; p is kept in float32.
 
 `runs` says what it takes: float32 or bfloat16 CPU tensors, a float mask without gradient, a C
-compiler. zoo.fast calls it where oneDNN takes the products at their dtype (float32: where it is
-the linear kernel, zoo.fast.many_rows_kernel; bfloat16: where the CPU has bfloat16 dot products)
-and the rows are causal or the keys at least zoo.fast.ATTENTION_MIN_KEYS (512; below that, not
-causal, it was no faster); elsewhere zoo.fast keeps the plain form, which the tests hold this
-one to.
+compiler; elsewhere zoo.fast keeps the plain form, which the tests hold this one to.
 """
 
 from __future__ import annotations
@@ -88,16 +88,17 @@ static void softmax_row(int64_t cols, int64_t n, const float *sr, float *pr) {
     for (int64_t c = n; c < cols; c++) pr[c] = 0.0f;
 }
 
-/* Rows of a head's scores s (rows x cols, rows contiguous): p = softmax(s) over the columns
-   row r sees (`visible`); then, when pd is not NULL, dropout as dropout_forward draws it for
-   the flat index start + r * cols + c: keep = hash >= threshold, pd = keep ? p * scale : 0. */
-void softmax_dropout_forward(int64_t rows, int64_t cols, int64_t first_row, int64_t r0,
-                             int64_t r1, const float *s, float *p, float *pd, uint8_t *keep,
-                             int64_t start, uint32_t threshold, float scale, uint32_t key0,
-                             uint32_t key1) {
+/* Rows r0..r1 of scores s (rows x cols, rows contiguous; heads of head_rows rows each):
+   p = softmax(s) over the columns row r sees (`visible`, r counted within its head); then,
+   when pd is not NULL, dropout as dropout_forward draws it for the flat index
+   start + r * cols + c: keep = hash >= threshold, pd = keep ? p * scale : 0. */
+void softmax_dropout_forward(int64_t rows, int64_t cols, int64_t head_rows, int64_t first_row,
+                             int64_t r0, int64_t r1, const float *s, float *p, float *pd,
+                             uint8_t *keep, int64_t start, uint32_t threshold, float scale,
+                             uint32_t key0, uint32_t key1) {
     for (int64_t r = r0; r < r1; r++) {
         float *pr = p + r * cols;
-        softmax_row(cols, visible(cols, first_row, r), s + r * cols, pr);
+        softmax_row(cols, visible(cols, first_row, r % head_rows), s + r * cols, pr);
         if (pd == 0) continue;
         float *dr = pd + r * cols;
         uint8_t *kr = keep + r * cols;
@@ -114,17 +115,18 @@ void softmax_dropout_forward(int64_t rows, int64_t cols, int64_t first_row, int6
 /* The same on bfloat16 scores (autocast's products): p in float32, as autocast's softmax
    gives it, and pd, the product's other factor, in bfloat16: keep ? p * scale : 0 rounded
    once, or p rounded when keep is NULL (no dropout). */
-void softmax_dropout_forward_bf16(int64_t rows, int64_t cols, int64_t first_row, int64_t r0,
-                                  int64_t r1, const uint16_t *s, float *p, uint16_t *pd,
-                                  uint8_t *keep, int64_t start, uint32_t threshold, float scale,
-                                  uint32_t key0, uint32_t key1) {
+void softmax_dropout_forward_bf16(int64_t rows, int64_t cols, int64_t head_rows,
+                                  int64_t first_row, int64_t r0, int64_t r1, const uint16_t *s,
+                                  float *p, uint16_t *pd, uint8_t *keep, int64_t start,
+                                  uint32_t threshold, float scale, uint32_t key0,
+                                  uint32_t key1) {
     for (int64_t r = r0; r < r1; r++) {
         const uint16_t *sr = s + r * cols;
         float *pr = p + r * cols;
         uint16_t *dr = pd + r * cols;
 #pragma omp simd
         for (int64_t c = 0; c < cols; c++) pr[c] = from_bf16(sr[c]);
-        softmax_row(cols, visible(cols, first_row, r), pr, pr);
+        softmax_row(cols, visible(cols, first_row, r % head_rows), pr, pr);
         if (keep == 0) {
 #pragma omp simd
             for (int64_t c = 0; c < cols; c++) dr[c] = to_bf16(pr[c]);
@@ -219,27 +221,27 @@ int omp_get_num_threads(void);
     const int64_t r0 = rows * t / n, r1 = rows * (t + 1) / n
 
 void softmax_dropout_forward_team(int64_t threads, int64_t rows, int64_t cols,
-                                  int64_t first_row, const float *s, float *p, float *pd,
-                                  uint8_t *keep, int64_t start, uint32_t threshold, float scale,
-                                  uint32_t key0, uint32_t key1) {
+                                  int64_t head_rows, int64_t first_row, const float *s, float *p,
+                                  float *pd, uint8_t *keep, int64_t start, uint32_t threshold,
+                                  float scale, uint32_t key0, uint32_t key1) {
 #pragma omp parallel num_threads(threads)
     {
         ROWS_OF_THIS_THREAD;
-        softmax_dropout_forward(rows, cols, first_row, r0, r1, s, p, pd, keep, start,
+        softmax_dropout_forward(rows, cols, head_rows, first_row, r0, r1, s, p, pd, keep, start,
                                 threshold, scale, key0, key1);
     }
 }
 
 void softmax_dropout_forward_bf16_team(int64_t threads, int64_t rows, int64_t cols,
-                                       int64_t first_row, const uint16_t *s, float *p,
-                                       uint16_t *pd, uint8_t *keep, int64_t start,
+                                       int64_t head_rows, int64_t first_row, const uint16_t *s,
+                                       float *p, uint16_t *pd, uint8_t *keep, int64_t start,
                                        uint32_t threshold, float scale, uint32_t key0,
                                        uint32_t key1) {
 #pragma omp parallel num_threads(threads)
     {
         ROWS_OF_THIS_THREAD;
-        softmax_dropout_forward_bf16(rows, cols, first_row, r0, r1, s, p, pd, keep, start,
-                                     threshold, scale, key0, key1);
+        softmax_dropout_forward_bf16(rows, cols, head_rows, first_row, r0, r1, s, p, pd, keep,
+                                     start, threshold, scale, key0, key1);
     }
 }
 
@@ -269,10 +271,10 @@ def _library() -> ctypes.CDLL | None:
     library = ckernel.load("attention", SOURCE, openmp=True)
     if library is not None and library.softmax_dropout_forward.argtypes is None:
         ints, ptr, word, real = ctypes.c_int64, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_float
-        # after (rows, cols[, first_row]) and a range of rows:
+        # after (rows, cols[, head_rows, first_row]) and a range of rows:
         forward = [ptr] * 4 + [ints, word, real, word, word]  # s, p, pd, keep, start, ...
         backward = [ptr] * 4 + [real]  # p, keep, ds, pd, scale
-        for name, rest, head in (("softmax_dropout_forward", forward, 3),
+        for name, rest, head in (("softmax_dropout_forward", forward, 4),
                                  ("softmax_dropout_backward", backward, 2)):
             for suffix in ("", "_bf16"):
                 getattr(library, name + suffix).restype = None
@@ -323,14 +325,43 @@ def _rows_laid_out(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 and t.stride(-2) == t.size(-1) else t.contiguous()
 
 
+def _pointer(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _forward_pass(library, rows: int, head_rows: int, first_row: int, scores, probs, dropped,
+                  keep, start: int, threshold: int, scale: float, key) -> None:
+    """softmax_dropout_forward (its bfloat16 form for bfloat16 scores) over `rows` rows of
+    scores, heads of `head_rows` rows whose first score has flat index `start`, the rows split
+    between the threads from 65536 scores (SPLIT_MIN_WORK / 16)."""
+    cols = scores.size(-1)
+    suffix = "_bf16" if scores.dtype == torch.bfloat16 else ""
+    split(library, f"softmax_dropout_forward{suffix}", _channel_ranges(rows * cols * 16, rows),
+          (rows, cols, head_rows, first_row),
+          (scores.data_ptr(), probs.data_ptr(), _pointer(dropped), _pointer(keep), start,
+           threshold, scale, *key))
+
+
+def _backward_pass(library, rows: int, probs, keep, ds, dropped, scale: float) -> None:
+    """softmax_dropout_backward (bfloat16 form for a bfloat16 ds) over `rows` rows, split."""
+    cols = ds.size(-1)
+    suffix = "_bf16" if ds.dtype == torch.bfloat16 else ""
+    split(library, f"softmax_dropout_backward{suffix}", _channel_ranges(rows * cols * 16, rows),
+          (rows, cols), (probs.data_ptr(), _pointer(keep), ds.data_ptr(), _pointer(dropped),
+                         scale))
+
+
 class _Attention(torch.autograd.Function):
+    """The products batched (torch.matmul's, every head at once), or `per_head`, each product
+    oneDNN's on one head's matrices: at 1024 float32 keys about twice MKL's batched product,
+    torch.matmul's in float32, but each call costs some 40 us more, which small heads do not
+    repay; in bfloat16 torch.matmul's batched product is oneDNN's already."""
+
     @staticmethod
-    def forward(ctx, q, k, v, attn_mask, first_row, p_drop, key):
+    def forward(ctx, q, k, v, attn_mask, first_row, p_drop, key, per_head):
         library = _library()
         B, nh, T, hs = q.shape
         S = k.size(-2)
-        bf16 = q.dtype == torch.bfloat16
-        suffix = "_bf16" if bf16 else ""
         # The scale goes on q, a (T, hs) matrix a head, not on the (T, S) scores.
         qk_scale = 1.0 / math.sqrt(hs)
         q, k, v = q * qk_scale, _rows_laid_out(k), _rows_laid_out(v)
@@ -338,28 +369,34 @@ class _Attention(torch.autograd.Function):
             attn_mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + attn_mask.shape)
         probs = torch.empty(B, nh, T, S)  # float32, as autocast's softmax gives them
         keep = torch.empty(B, nh, T, S, dtype=torch.uint8) if p_drop > 0 else None
-        # A head's dropped probabilities (in bfloat16, the probabilities even without
-        # dropout: the product's factor), reused
-        dropped = torch.empty(T, S, dtype=q.dtype) if keep is not None or bf16 else None
-        y = torch.empty(B, nh, T, hs, dtype=q.dtype)
         scale = 1.0 / (1.0 - p_drop)
         threshold = dropout_cpu.threshold(p_drop) if p_drop > 0 else 0
         row = -1 if first_row is None else first_row
-        # A head's rows, split between the threads from 65536 scores (SPLIT_MIN_WORK / 16)
-        rows = _channel_ranges(T * S * 16, T)
-        for i, (b, h) in enumerate((b, h) for b in range(B) for h in range(nh)):
-            scores = _product(q[b, h], k[b, h])  # (T, S)
-            mask = _mask_of(attn_mask, b, h)
-            if mask is not None:
-                scores.add_(mask)
-            split(library, f"softmax_dropout_forward{suffix}", rows, (T, S, row),
-                  (scores.data_ptr(), probs[b, h].data_ptr(),
-                   dropped.data_ptr() if dropped is not None else None,
-                   keep[b, h].data_ptr() if keep is not None else None,
-                   i * T * S, threshold, scale, *key))
-            y[b, h] = _product(dropped if dropped is not None else probs[b, h], v[b, h].t())
+        # The dropped probabilities, the products' factor: in bfloat16 also without dropout
+        dropping = keep is not None or q.dtype == torch.bfloat16
+        if not per_head:
+            scores = torch.matmul(q, k.transpose(-2, -1))  # (B, nh, T, S)
+            if attn_mask is not None:
+                scores.add_(attn_mask)
+            dropped = torch.empty_like(scores) if dropping else None
+            _forward_pass(library, B * nh * T, T, row, scores, probs, dropped, keep, 0,
+                          threshold, scale, key)
+            y = torch.matmul(dropped if dropping else probs, v)
+        else:
+            dropped = torch.empty(T, S, dtype=q.dtype) if dropping else None  # a head's
+            y = torch.empty(B, nh, T, hs, dtype=q.dtype)
+            for i, (b, h) in enumerate((b, h) for b in range(B) for h in range(nh)):
+                scores = _product(q[b, h], k[b, h])  # (T, S)
+                mask = _mask_of(attn_mask, b, h)
+                if mask is not None:
+                    scores.add_(mask)
+                _forward_pass(library, T, T, row, scores, probs[b, h], dropped,
+                              None if keep is None else keep[b, h], i * T * S, threshold,
+                              scale, key)
+                y[b, h] = _product(dropped if dropped is not None else probs[b, h],
+                                   v[b, h].t())
         ctx.save_for_backward(q, k, v, probs, keep)  # q scaled
-        ctx.scale, ctx.qk_scale, ctx.suffix = scale, qk_scale, suffix
+        ctx.scale, ctx.qk_scale, ctx.per_head = scale, qk_scale, per_head
         return y
 
     @staticmethod
@@ -367,39 +404,43 @@ class _Attention(torch.autograd.Function):
     def backward(ctx, dy):
         q, k, v, probs, keep = ctx.saved_tensors
         library = _library()
-        dy = _rows_laid_out(dy)
         B, nh, T, hs = q.shape
         S = k.size(-2)
+        dropping = keep is not None or q.dtype == torch.bfloat16
+        if not ctx.per_head:
+            ds = torch.matmul(dy, v.transpose(-2, -1))  # d(dropped probs), becomes ds in place
+            dropped = torch.empty_like(ds) if dropping else None
+            _backward_pass(library, B * nh * T, probs, keep, ds, dropped, ctx.scale)
+            dv = torch.matmul((dropped if dropping else probs).transpose(-2, -1), dy)
+            dq, dk = torch.matmul(ds, k), torch.matmul(ds.transpose(-2, -1), q)
+            return dq.mul_(ctx.qk_scale), dk, dv, None, None, None, None, None
+        dy = _rows_laid_out(dy)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        # A head's pd, reused (always in bfloat16, as in the forward)
-        scratch = (torch.empty(T, S, dtype=q.dtype)
-                   if keep is not None or ctx.suffix else None)
-        rows = _channel_ranges(T * S * 16, T)
+        scratch = torch.empty(T, S, dtype=q.dtype) if dropping else None  # a head's pd
         for b in range(B):
             for h in range(nh):
                 dyh = dy[b, h]
                 ds = _product(dyh, v[b, h])  # d(dropped probs) (T, S), becomes ds in place
+                _backward_pass(library, T, probs[b, h], None if keep is None else keep[b, h],
+                               ds, scratch, ctx.scale)
                 dropped = scratch if scratch is not None else probs[b, h]
-                split(library, f"softmax_dropout_backward{ctx.suffix}", rows, (T, S),
-                      (probs[b, h].data_ptr(),
-                       keep[b, h].data_ptr() if keep is not None else None, ds.data_ptr(),
-                       dropped.data_ptr() if scratch is not None else None, ctx.scale))
                 dv[b, h] = _product(dyh.t(), dropped.t()).t()  # (dy^T pd)^T = pd^T dy
                 dq[b, h] = _product(ds, k[b, h].t())
                 dk[b, h] = _product(q[b, h].t(), ds.t()).t()  # (q^T ds)^T = ds^T q
-        return dq.mul_(ctx.qk_scale), dk, dv, None, None, None, None
+        return dq.mul_(ctx.qk_scale), dk, dv, None, None, None, None, None
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               attn_mask: torch.Tensor | None, first_row: int | None, p: float,
-              key: tuple[int, int] | None = None) -> torch.Tensor:
+              key: tuple[int, int] | None = None, per_head: bool = False) -> torch.Tensor:
     """softmax(q k^T / sqrt(hs) + mask) v with dropout p (0 <= p < 1) on the probabilities, for
     queries at rows first_row.. of a causal attention (None: not causal) over keys 0..S-1;
     q (B, nh, T, hs), k and v (B, nh, S, hs), attn_mask None or additive, broadcasting to
-    (B, nh, T, S). `key` fixes the dropout mask (default: drawn as dropout_cpu.py draws)."""
+    (B, nh, T, S). `key` fixes the dropout mask (default: drawn as dropout_cpu.py draws).
+    `per_head`: the products oneDNN's a head at a time, not torch.matmul's batched ones."""
     if not runs(q, k, v, attn_mask):
         raise ValueError("the CPU attention takes float32 or bfloat16 CPU tensors of one "
                          "dtype and a float32 mask or one of theirs")
     if key is None:
         key = dropout_cpu._key() if p > 0 else (0, 0)
-    return _Attention.apply(q, k, v, attn_mask, first_row, p, key)
+    return _Attention.apply(q, k, v, attn_mask, first_row, p, key, per_head)
