@@ -25,18 +25,20 @@ def fastest_ms(run: Callable[[], object], repeat: int = 7) -> float:
 
 
 def alternate_steps(name: str, seqlen: int, ways: dict[str, Callable[[], None]],
-                    rounds: int = 6, variant: str = "small") -> None:
+                    rounds: int = 6, variant: str = "small", dtype: str = "float32") -> None:
     """Print the median and fastest time of one training step (`variant`, batch 1,
-    fp32, AdamW) each way: `ways` maps a label to a function that switches the process to it.
-    Two warm-up steps, then `rounds` rounds of two steps each way, alternated; the first way
-    is switched back on at the end."""
-    model = build_variant(name, variant)
+    fp32 weights, AdamW; `dtype` bfloat16: under autocast) each way: `ways` maps a label to a
+    function that switches the process to it. Two warm-up steps, then `rounds` rounds of two
+    steps each way, alternated; the first way is switched back on at the end."""
+    model = build_variant(name, variant, seqlen=seqlen)  # a position table long enough
     model.train()
     ids = torch.randint(0, model.config.vocab_size, (1, seqlen))
     optimizer = torch.optim.AdamW(model.parameters(), fused=True)
 
     def step():
-        model(ids, targets=ids).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            loss = model(ids, targets=ids).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -54,5 +56,5 @@ def alternate_steps(name: str, seqlen: int, ways: dict[str, Callable[[], None]],
     next(iter(ways.values()))()
     for way, times in seconds.items():
         times.sort()
-        print(f"{name} {variant} {seqlen} {way}: median {times[len(times) // 2] * 1e3:.0f} ms, "
-              f"fastest {times[0] * 1e3:.0f} ms a step")
+        print(f"{name} {variant} {seqlen} {dtype} {way}: median "
+              f"{times[len(times) // 2] * 1e3:.0f} ms, fastest {times[0] * 1e3:.0f} ms a step")
