@@ -23,6 +23,7 @@ import math
 
 import pytest
 import torch
+from conftest import max_diff
 
 import zoo
 import zoo.bert
@@ -404,6 +405,33 @@ def test_a_model_trains_alike_in_both_forms(name, per_head, monkeypatch):
     monkeypatch.setattr(attention_cpu, "runs", lambda *args: False)  # the PyTorch form
     _assert_same_step(kernel, _training_step(model, inputs))
     assert len(calls) == 2
+
+
+@KERNEL
+def test_under_autocast_a_float32_bias_takes_the_kernel(monkeypatch):
+    """MosaicBERT's attention under autocast: q, k and v bfloat16, its ALiBi bias float32. Its
+    `attend` gives them to the kernel, which adds the bias: the float64 math attention with the
+    same bias and mask, within bfloat16's rounding (2e-2 of the largest output; a bias of this
+    size left out moves it by far more)."""
+    model = zoo.build("mosaic-bert", n_layer=1, d_model=32, n_head=2, vocab_size=64,
+                      attn_dropout=0.1).train()
+    layer = next(m for m in model.modules() if isinstance(m, zoo.fast.DropoutAlibiAttention))
+    torch.manual_seed(11)
+    B, nh, T, hs, p = 2, 2, 20, 16, 0.1
+    q, k, v = (torch.randn(B, nh, T, hs).bfloat16() for _ in range(3))
+    bias = -3 * torch.rand(1, nh, T, T)
+    key = (9, 10)
+    monkeypatch.setattr(dropout_cpu, "_key", lambda: key)
+    calls = _counting_kernel(monkeypatch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer.attend(q, k, v, bias, p, False, False)
+    assert len(calls) == 1 and y.dtype == torch.bfloat16
+    keep = dropout_cpu.mask(B * nh * T * T, p, key).view(B, nh, T, T)
+    expected = _reference_attention(q, k, v, bias, keep, p, causal=False)
+    without_bias = _reference_attention(q, k, v, None, keep, p, causal=False)
+    largest = expected.abs().max().item()
+    assert max_diff(y, expected) <= 2e-2 * largest
+    assert max_diff(without_bias, expected) > 0.2 * largest
 
 
 @KERNEL

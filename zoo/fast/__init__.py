@@ -349,8 +349,9 @@ def describe(model: nn.Module, training: bool = False,
                   and dropout_cpu.available())
         notes.append("dropout (training): masks from a C kernel (zoo.fast.kernels.dropout_cpu)"
                      if kernel else "dropout (training): PyTorch's")
-        if (kernel and training and attention_cpu.available()
-                and kinds & {DropoutAttention, DropoutAlibiAttention}):
+        attention_dropout = any(m.dropout > 0 for m in model.modules()
+                                if isinstance(m, (DropoutAttention, DropoutAlibiAttention)))
+        if kernel and training and attention_cpu.available() and attention_dropout:
             per_head = (f", from {dropout.PER_HEAD_MIN_KEYS} keys oneDNN's a head at a time"
                         if cpu32 and onednn else "")
             notes.append("attention with dropout: softmax and dropout in C with their backward "

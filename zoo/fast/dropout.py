@@ -117,7 +117,10 @@ class _DropoutAttend:
             if (mask is not None and mask.dtype == torch.bool
                     and _kernel_attention(q, k, v, None)):
                 mask = additive_mask(mask, q.dtype)
-            if mask is None or mask.dtype == q.dtype:
+            # a float32 mask with bfloat16 q (MosaicBERT's ALiBi bias under autocast): the kernel
+            # adds it in float32's place as the PyTorch form would
+            if (mask is None or mask.dtype == q.dtype
+                    or (mask.dtype == torch.float32 and _kernel_attention(q, k, v, mask))):
                 return attention_with_dropout(q, k, v, mask, is_causal, dropout)
         return super().attend(q, k, v, attn_mask, dropout, is_causal, new_key_length)
 
