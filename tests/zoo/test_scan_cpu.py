@@ -1,7 +1,9 @@
 """zoo/fast/kernels/scan_cpu.py, Mamba's selective scan as a compiled C loop, against the recurrence
 it replaces (zoo.mamba.selective_scan_recurrent) in float64: outputs and final state within 2e-5
 (float32 sums of 16 terms per output over a few hundred tokens of values of order 1), with a batch,
-a given state, any number of threads; the given state is not changed. The backward: every input's
+a given state, any number of threads, in both of its forms (fewer than 8 tokens: lanes over a
+channel's state; more: lanes over 16 channels, with a last block of fewer); the given state is not
+changed. The backward: every input's
 gradient within 1e-6 of the largest (float32 sums over up to a few hundred tokens), from the
 output's and the final state's gradients or the output's alone, across recompute chunks of several
 sizes."""
@@ -28,7 +30,8 @@ def inputs(batch: int, T: int, D: int, N: int, seed: int = 0):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("shape", [(1, 1, 8, 16), (2, 257, 24, 16), (3, 40, 7, 5)])
+@pytest.mark.parametrize("shape", [(1, 1, 8, 16), (2, 7, 40, 16), (1, 8, 33, 16),
+                                   (2, 257, 24, 16), (3, 40, 7, 5)])
 def test_the_loop_equals_the_recurrence(shape, threads, monkeypatch):
     monkeypatch.setattr(scan_cpu, "SPLIT_MIN_WORK", 0)  # split even the small ones
     previous = torch.get_num_threads()

@@ -35,6 +35,34 @@ COMPILE_FLAGS = (("-O3", "-march=native", "-ffast-math", "-fopenmp-simd"),
                  ("-O3", "-ffast-math", "-fopenmp-simd"))
 
 
+# exp for the kernels' vector loops, a C function a source puts before its own code
+# (`EXP + r"""..."""`). glibc's vector expf (libmvec) is a call per vector, around which a loop
+# saves and restores its registers, and the loops over a state or a row whose every element
+# takes an exp spent most of their time there: Mamba's selective scan, 16 exps per token and
+# channel, ran 1.75x faster with this one inlined (reports/train-cpu/scan-probe.py). x = k ln2 + r
+# with |r| <= ln2 / 2 (ln2 in two parts, Cody and Waite's reduction), exp(r) by Cephes' expf
+# polynomial, 2^k written into the exponent bits: within 1 ulp of exp
+# (tests/zoo/test_ckernel.py). Below -87 (exp < 1.7e-38, where floats turn denormal) it is 0;
+# above 88 it is exp(88): the ranges whose 2^k are normal floats.
+EXP = r"""
+#include <stdint.h>
+static inline float exp_inline(float x) {
+    const float clamped = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float k = __builtin_floorf(clamped * 1.44269504088896341f + 0.5f);
+    float r = __builtin_fmaf(k, -0.693359375f, clamped);  /* fma: -ffast-math may not merge */
+    r = __builtin_fmaf(k, 2.12194440e-4f, r);             /* the two parts of ln2 */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } scale = {.i = ((int32_t)k + 127) << 23};
+    return x < -87.0f ? 0.0f : p * scale.f;
+}
+"""
+
 def _machine_key() -> str:
     """What a -march=native build depends on: the architecture and the CPU's feature flags."""
     flags = ""

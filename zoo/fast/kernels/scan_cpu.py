@@ -1,4 +1,4 @@
-"""Mamba's selective scan as a small C loop, for CPU inference.
+"""Mamba's selective scan as a small C loop on the CPU, with its backward for training.
 
 `zoo.mamba.selective_scan_recurrent` is the paper's recurrence in PyTorch, one token at a time:
 a handful of tensor operations per token and layer whose dispatch is the cost. The chunked scan
@@ -6,9 +6,13 @@ a handful of tensor operations per token and layer whose dispatch is the cost. T
 and composes them log2(chunk) times: at 2048 tokens two thirds of Mamba small's forward went
 to its concatenations, products and exponentials. This module runs the recurrence itself,
 compiled from the C source below: per token and channel, the N state entries decay by
-exp(delta A), take delta x B and are read out by C, in SIMD lanes over N, the state (d_inner, N)
-staying in the cache. The channels are independent, so a call splits them between the threads
-PyTorch uses (ctypes releases the GIL during the call).
+exp(delta A), take delta x B and are read out by C. The vector lanes run over 16 channels at a
+time, the state of those channels (N, 16) in registers and cache, so the read-out by C is a sum
+of N vectors rather than one across lanes per channel and token; exp is inlined (ckernel.EXP):
+glibc's vector exp, a call per vector, had been about half the forward's time. For fewer than 8
+tokens (decoding) the lanes run over a channel's N entries instead, the state used where it
+lies. The channels are independent, so a call splits them between the threads PyTorch uses
+(ctypes releases the GIL during the call).
 
 `scan` runs it without gradients (inference: prefill and decoding); `scan_with_grad` is
 differentiable, an autograd Function whose backward is `selective_scan_backward` below: it
@@ -29,19 +33,69 @@ from torch.autograd.function import once_differentiable
 
 from zoo.fast.kernels import ckernel
 
-SOURCE = r"""
+SOURCE = ckernel.EXP + r"""
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
-/* x, delta, y: (Bt, T, D); A: (D, N); Bm, Cm: (Bt, T, N); h: (Bt, D, N), the state, updated in
-   place. Float32, row-major. Channels d0 <= d < d1 only: a call per thread. With starts (not
-   NULL; (Bt, ceil(T / K), D, N)), the state at the start of every chunk of K tokens is kept
-   there, for the backward. */
+/* Channels go in blocks of W, the lanes of the vector loops: a block's state is (N, W), every
+   operation of a token's update runs over W channels at once, and the read-out by C sums over
+   n in those lanes (no sums across lanes, which vectors over N need twice per token and
+   channel). Time goes in chunks of K tokens, and within a chunk the blocks in turn, so that a
+   chunk's rows of x, delta and y stay in the cache while each block reads its W columns. */
+#define W 16
+#ifndef FEW_TOKENS
+#define FEW_TOKENS 8
+#endif
+
+/* One block of nw <= W channels over tokens [t0, t1) of one sequence: x, delta, y point at
+   that sequence's row 0, column c0 (row stride D); Bm, Cm at its row 0 (row stride N); A and
+   h (the state, updated) at channel c0's row of (D, N); kept, if not NULL, receives the state
+   at t0 in h's layout. */
 static inline __attribute__((always_inline)) void
-scan_forward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1,
-             const float *x, const float *delta, const float *A, const float *Bm,
-             const float *Cm, float *y, float *h, int64_t K, float *starts) {
+forward_block(int64_t D, int64_t N, int64_t nw, int64_t t0, int64_t t1, const float *x,
+              const float *delta, const float *A, const float *Bm, const float *Cm, float *y,
+              float *h, float *kept) {
+    float hs[N * W], Aw[N * W];
+    for (int64_t w = 0; w < nw; w++)
+        for (int64_t n = 0; n < N; n++) {
+            hs[n * W + w] = h[w * N + n];
+            Aw[n * W + w] = A[w * N + n];
+            if (kept) kept[w * N + n] = h[w * N + n];
+        }
+    for (int64_t t = t0; t < t1; t++) {
+        const float *xr = x + t * D, *dr = delta + t * D, *Bt_ = Bm + t * N, *Ct = Cm + t * N;
+        float dt[W], u[W], acc[W];
+#pragma omp simd
+        for (int64_t w = 0; w < nw; w++) {
+            dt[w] = dr[w];
+            u[w] = dt[w] * xr[w];
+            acc[w] = 0.0f;
+        }
+        for (int64_t n = 0; n < N; n++) {
+            const float b = Bt_[n], c = Ct[n];
+#pragma omp simd
+            for (int64_t w = 0; w < nw; w++) {
+                const float s = exp_inline(dt[w] * Aw[n * W + w]) * hs[n * W + w] + u[w] * b;
+                hs[n * W + w] = s;
+                acc[w] += s * c;
+            }
+        }
+        float *yr = y + t * D;
+#pragma omp simd
+        for (int64_t w = 0; w < nw; w++) yr[w] = acc[w];
+    }
+    for (int64_t w = 0; w < nw; w++)
+        for (int64_t n = 0; n < N; n++) h[w * N + n] = hs[n * W + w];
+}
+
+/* Few tokens (decoding): the vector lanes over a channel's N state entries instead, the
+   state used in its (D, N) layout where it lies, rather than moved into blocks' (N, W) and back
+   for a token or two. The same contract as scan_forward below. */
+static inline __attribute__((always_inline)) void
+scan_forward_few(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1,
+                 const float *x, const float *delta, const float *A, const float *Bm,
+                 const float *Cm, float *y, float *h, int64_t K, float *starts) {
     const int64_t chunks = (T + K - 1) / K;
     for (int64_t b = 0; b < Bt; b++) {
         for (int64_t t = 0; t < T; t++) {
@@ -57,7 +111,7 @@ scan_forward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1
                     for (int64_t n = 0; n < N; n++) kept[d * N + n] = hd[n];
 #pragma omp simd reduction(+:acc)
                 for (int64_t n = 0; n < N; n++) {
-                    float s = expf(dt * Ad[n]) * hd[n] + u * Bt_[n];
+                    float s = exp_inline(dt * Ad[n]) * hd[n] + u * Bt_[n];
                     hd[n] = s;
                     acc += s * Ct[n];
                 }
@@ -67,120 +121,211 @@ scan_forward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1
     }
 }
 
-/* N is a compile-time constant for the N = 16 of every released Mamba, so that a channel's
-   state is one unrolled vector. */
+/* x, delta, y: (Bt, T, D); A: (D, N); Bm, Cm: (Bt, T, N); h: (Bt, D, N), the state, updated in
+   place. Float32, row-major. Channels d0 <= d < d1 only: a call per thread. With starts (not
+   NULL; (Bt, ceil(T / K), D, N)), the state at the start of every chunk of K tokens is kept
+   there, for the backward. */
+static inline __attribute__((always_inline)) void
+scan_forward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1,
+             const float *x, const float *delta, const float *A, const float *Bm,
+             const float *Cm, float *y, float *h, int64_t K, float *starts) {
+    const int64_t chunks = (T + K - 1) / K;
+    for (int64_t b = 0; b < Bt; b++) {
+        const int64_t rows = b * T * D;
+        for (int64_t t0 = 0; t0 < T; t0 += K) {
+            const int64_t t1 = (t0 + K < T) ? t0 + K : T;
+            for (int64_t c0 = d0; c0 < d1; c0 += W) {
+                float *kept = starts ? starts + ((b * chunks + t0 / K) * D + c0) * N : 0;
+                const float *args_x = x + rows + c0, *args_delta = delta + rows + c0;
+                float *hb = h + (b * D + c0) * N;
+                if (d1 - c0 >= W)
+                    forward_block(D, N, W, t0, t1, args_x, args_delta, A + c0 * N,
+                                  Bm + b * T * N, Cm + b * T * N, y + rows + c0, hb, kept);
+                else
+                    forward_block(D, N, d1 - c0, t0, t1, args_x, args_delta, A + c0 * N,
+                                  Bm + b * T * N, Cm + b * T * N, y + rows + c0, hb, kept);
+            }
+        }
+    }
+}
+
+/* N is a compile-time constant for the N = 16 of every released Mamba, so that the loops over
+   the state's entries unroll. */
 void selective_scan_forward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1,
                             const float *x, const float *delta, const float *A,
                             const float *Bm, const float *Cm, float *y, float *h, int64_t K,
                             float *starts) {
-    if (N == 16)
+    if (T < FEW_TOKENS && N == 16)
+        scan_forward_few(Bt, T, D, 16, d0, d1, x, delta, A, Bm, Cm, y, h, K, starts);
+    else if (T < FEW_TOKENS)
+        scan_forward_few(Bt, T, D, N, d0, d1, x, delta, A, Bm, Cm, y, h, K, starts);
+    else if (N == 16)
         scan_forward(Bt, T, D, 16, d0, d1, x, delta, A, Bm, Cm, y, h, K, starts);
     else
         scan_forward(Bt, T, D, N, d0, d1, x, delta, A, Bm, Cm, y, h, K, starts);
 }
 
-/* The gradients of selective_scan_forward, for channels d0 <= d < d1. With a_t = exp(delta_t A),
-   u_t = delta_t x_t, h_t = a_t h_{t-1} + u_t B_t and y_t = C_t . h_t, going back in time with
+/* The gradients of selective_scan_forward. With a_t = exp(delta_t A), u_t = delta_t x_t,
+   h_t = a_t h_{t-1} + u_t B_t and y_t = C_t . h_t, going back in time with
    G_t = dL/dh_t = gy_t C_t + a_{t+1} G_{t+1} (G_T-1 starting from gh, the final state's):
      dL/dC_t += gy_t h_t,   dL/dB_t += u_t G_t,   du_t = B_t . G_t,
      dL/dx_t = du_t delta_t,   dL/ddelta_t = du_t x_t + sum_n A G_t h_{t-1} a_t,
      dL/dA += delta_t G_t h_{t-1} a_t,   dL/dh_0 = a_0 G_0 (the given state's).
    The states are recomputed, not stored: the forward kept the state at the start of every
-   chunk of K tokens (starts, (Bt, ceil(T / K), D, N)); each chunk, last first, is recomputed
-   into a K-token buffer, its decays a_t into another, and swept backwards. Channels go in
-   blocks of DB so that a token's x, delta, gy of a block share cache lines; a token's dL/dB_t
-   and dL/dC_t are summed over the block's channels before they are added to gB, gC. gx,
-   gdelta, gh0 are written; gA (D, N) is added to for these channels; gB, gC (Bt, T, N) are
-   added to, a buffer per thread (the caller sums them). Returns 1 when the work arrays cannot
-   be allocated, else 0. */
-#define DB 8
+   chunk of K tokens (starts). Chunks go last first; in each, every block of channels
+   recomputes its states and decays into (K, N, W) buffers and sweeps them backwards, its G
+   (N, W) carried from chunk to chunk. dL/dB_t and dL/dC_t are sums over channels: each block
+   adds its lanes into (K, N, W) buffers, summed across the lanes once the chunk's blocks are
+   done. */
+
+/* One block of nw channels over tokens [t0, t1): pointers as forward_block's, start at this
+   chunk's kept state, gx, gdelta, gy as x; gA at channel c0's row of (D, N), added to;
+   G (N, W); gBw, gCw, states, decays (K, N, W). */
+static inline __attribute__((always_inline)) void
+backward_block(int64_t D, int64_t N, int64_t nw, int64_t t0, int64_t t1, const float *x,
+               const float *delta, const float *A, const float *Bm, const float *Cm,
+               const float *start, const float *gy, float *gx, float *gdelta, float *gA,
+               float *G, float *gBw, float *gCw, float *states, float *decays) {
+    float Aw[N * W], gAw[N * W], h0[N * W];
+    for (int64_t w = 0; w < nw; w++)
+        for (int64_t n = 0; n < N; n++) {
+            Aw[n * W + w] = A[w * N + n];
+            h0[n * W + w] = start[w * N + n];
+            gAw[n * W + w] = 0.0f;
+        }
+    const float *prev = h0;
+    for (int64_t t = t0; t < t1; t++) {
+        float *cur = states + (t - t0) * N * W, *a = decays + (t - t0) * N * W;
+        const float *xr = x + t * D, *dr = delta + t * D;
+        float dt[W], u[W];
+#pragma omp simd
+        for (int64_t w = 0; w < nw; w++) {
+            dt[w] = dr[w];
+            u[w] = dt[w] * xr[w];
+        }
+        for (int64_t n = 0; n < N; n++) {
+            const float b = Bm[t * N + n];
+#pragma omp simd
+            for (int64_t w = 0; w < nw; w++) {
+                a[n * W + w] = exp_inline(dt[w] * Aw[n * W + w]);
+                cur[n * W + w] = a[n * W + w] * prev[n * W + w] + u[w] * b;
+            }
+        }
+        prev = cur;
+    }
+    for (int64_t t = t1 - 1; t >= t0; t--) {
+        const int64_t i = t - t0;
+        const float *cur = states + i * N * W, *a = decays + i * N * W;
+        const float *before = i ? states + (i - 1) * N * W : h0;
+        float *gBt = gBw + i * N * W, *gCt = gCw + i * N * W;
+        const float *xr = x + t * D, *dr = delta + t * D, *gr = gy + t * D;
+        float dt[W], xv[W], u[W], g[W], du[W], dd[W];
+#pragma omp simd
+        for (int64_t w = 0; w < nw; w++) {
+            dt[w] = dr[w];
+            xv[w] = xr[w];
+            u[w] = dt[w] * xv[w];
+            g[w] = gr[w];
+            du[w] = dd[w] = 0.0f;
+        }
+        for (int64_t n = 0; n < N; n++) {
+            const float b = Bm[t * N + n], c = Cm[t * N + n];
+#pragma omp simd
+            for (int64_t w = 0; w < nw; w++) {
+                const int64_t k = n * W + w;
+                const float Gn = g[w] * c + G[k];
+                const float da = Gn * before[k] * a[k];
+                gCt[k] += g[w] * cur[k];
+                gBt[k] += Gn * u[w];
+                du[w] += Gn * b;
+                dd[w] += da * Aw[k];
+                gAw[k] += da * dt[w];
+                G[k] = a[k] * Gn;
+            }
+        }
+        float *gdr = gdelta + t * D, *gxr = gx + t * D;
+#pragma omp simd
+        for (int64_t w = 0; w < nw; w++) {
+            gdr[w] = dd[w] + du[w] * xv[w];
+            gxr[w] = du[w] * dt[w];
+        }
+    }
+    for (int64_t w = 0; w < nw; w++)
+        for (int64_t n = 0; n < N; n++) gA[w * N + n] += gAw[n * W + w];
+}
+
+/* For channels d0 <= d < d1: gx, gdelta, gh0 are written; gA (D, N) is added to for these
+   channels; gB, gC (Bt, T, N) are added to, a buffer per thread (the caller sums them).
+   work: (ceil((d1 - d0) / W) + 4 K) N W floats. */
 static inline __attribute__((always_inline)) void
 scan_backward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1, int64_t K,
               const float *x, const float *delta, const float *A, const float *Bm,
               const float *Cm, const float *starts, const float *gy, const float *gh,
               float *gx, float *gdelta, float *gA, float *gB, float *gC, float *gh0,
-              float *states, float *decays) {
-    const int64_t chunks = (T + K - 1) / K;
-    float G[DB * N], gBt[N], gCt[N];
+              float *work) {
+    const int64_t chunks = (T + K - 1) / K, blocks = (d1 - d0 + W - 1) / W;
+    float *Gs = work, *states = Gs + blocks * N * W, *decays = states + K * N * W;
+    float *gBw = decays + K * N * W, *gCw = gBw + K * N * W;
     for (int64_t b = 0; b < Bt; b++) {
-        for (int64_t c0 = d0; c0 < d1; c0 += DB) {
-            const int64_t nd = (d1 - c0 < DB) ? d1 - c0 : DB;
-            for (int64_t j = 0; j < nd; j++)
+        const int64_t rows = b * T * D;
+        for (int64_t k = 0; k < blocks * N * W; k++) Gs[k] = 0.0f;
+        if (gh)
+            for (int64_t d = d0; d < d1; d++)
                 for (int64_t n = 0; n < N; n++)
-                    G[j * N + n] = gh ? gh[(b * D + c0 + j) * N + n] : 0.0f;
-            for (int64_t chunk = chunks - 1; chunk >= 0; chunk--) {
-                const int64_t t0 = chunk * K, t1 = (t0 + K < T) ? t0 + K : T;
+                    Gs[((d - d0) / W * N + n) * W + (d - d0) % W] = gh[(b * D + d) * N + n];
+        for (int64_t chunk = chunks - 1; chunk >= 0; chunk--) {
+            const int64_t t0 = chunk * K, t1 = (t0 + K < T) ? t0 + K : T;
+            for (int64_t k = 0; k < (t1 - t0) * N * W; k++) gBw[k] = gCw[k] = 0.0f;
+            for (int64_t c0 = d0; c0 < d1; c0 += W) {
                 const float *start = starts + ((b * chunks + chunk) * D + c0) * N;
-                const float *prev = start;
-                for (int64_t t = t0; t < t1; t++) {
-                    const int64_t row = b * T + t;
-                    float *cur = states + (t - t0) * DB * N, *a = decays + (t - t0) * DB * N;
-                    for (int64_t j = 0; j < nd; j++) {
-                        const int64_t d = c0 + j;
-                        const float dt = delta[row * D + d], u = dt * x[row * D + d];
-#pragma omp simd
-                        for (int64_t n = 0; n < N; n++) {
-                            a[j * N + n] = expf(dt * A[d * N + n]);
-                            cur[j * N + n] = a[j * N + n] * prev[j * N + n] + u * Bm[row * N + n];
-                        }
-                    }
-                    prev = cur;
-                }
-                for (int64_t t = t1 - 1; t >= t0; t--) {
-                    const int64_t row = b * T + t;
-                    const float *cur = states + (t - t0) * DB * N, *a = decays + (t - t0) * DB * N;
-                    const float *before = (t == t0) ? start : states + (t - 1 - t0) * DB * N;
-                    for (int64_t n = 0; n < N; n++) gBt[n] = gCt[n] = 0.0f;
-                    for (int64_t j = 0; j < nd; j++) {
-                        const int64_t d = c0 + j;
-                        const float dt = delta[row * D + d], xv = x[row * D + d], u = dt * xv;
-                        const float g = gy[row * D + d];
-                        float du = 0.0f, dd = 0.0f;
-#pragma omp simd reduction(+:du, dd)
-                        for (int64_t n = 0; n < N; n++) {
-                            const float Gn = g * Cm[row * N + n] + G[j * N + n];
-                            const float da = Gn * before[j * N + n] * a[j * N + n];
-                            gCt[n] += g * cur[j * N + n];
-                            gBt[n] += Gn * u;
-                            du += Gn * Bm[row * N + n];
-                            dd += da * A[d * N + n];
-                            gA[d * N + n] += da * dt;
-                            G[j * N + n] = a[j * N + n] * Gn;
-                        }
-                        gdelta[row * D + d] = dd + du * xv;
-                        gx[row * D + d] = du * dt;
-                    }
-#pragma omp simd
-                    for (int64_t n = 0; n < N; n++) {
-                        gC[row * N + n] += gCt[n];
-                        gB[row * N + n] += gBt[n];
-                    }
-                }
+                float *G = Gs + (c0 - d0) / W * N * W;
+                if (d1 - c0 >= W)
+                    backward_block(D, N, W, t0, t1, x + rows + c0, delta + rows + c0, A + c0 * N,
+                                   Bm + b * T * N, Cm + b * T * N, start, gy + rows + c0,
+                                   gx + rows + c0, gdelta + rows + c0, gA + c0 * N, G, gBw, gCw,
+                                   states, decays);
+                else
+                    backward_block(D, N, d1 - c0, t0, t1, x + rows + c0, delta + rows + c0,
+                                   A + c0 * N, Bm + b * T * N, Cm + b * T * N, start,
+                                   gy + rows + c0, gx + rows + c0, gdelta + rows + c0,
+                                   gA + c0 * N, G, gBw, gCw, states, decays);
             }
-            for (int64_t j = 0; j < nd; j++)
-                for (int64_t n = 0; n < N; n++) gh0[(b * D + c0 + j) * N + n] = G[j * N + n];
+            for (int64_t t = t0; t < t1; t++)
+                for (int64_t n = 0; n < N; n++) {
+                    const int64_t at = ((t - t0) * N + n) * W;
+                    const float *lb = gBw + at, *lc = gCw + at;
+                    float sb = 0.0f, sc = 0.0f;
+#pragma omp simd reduction(+:sb, sc)
+                    for (int64_t w = 0; w < W; w++) {
+                        sb += lb[w];
+                        sc += lc[w];
+                    }
+                    gB[(b * T + t) * N + n] += sb;
+                    gC[(b * T + t) * N + n] += sc;
+                }
         }
+        for (int64_t d = d0; d < d1; d++)
+            for (int64_t n = 0; n < N; n++)
+                gh0[(b * D + d) * N + n] = Gs[((d - d0) / W * N + n) * W + (d - d0) % W];
     }
 }
 
+/* Returns 1 when the work arrays cannot be allocated, else 0. */
 int selective_scan_backward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1,
                             int64_t K, const float *x, const float *delta, const float *A,
                             const float *Bm, const float *Cm, const float *starts,
                             const float *gy, const float *gh, float *gx, float *gdelta,
                             float *gA, float *gB, float *gC, float *gh0) {
-    float *states = malloc(sizeof(float) * K * DB * N);
-    float *decays = malloc(sizeof(float) * K * DB * N);
-    if (!states || !decays) {
-        free(states); free(decays);
+    float *work = malloc(sizeof(float) * ((d1 - d0 + W - 1) / W + 4 * K) * N * W);
+    if (!work)
         return 1;
-    }
     if (N == 16)
         scan_backward(Bt, T, D, 16, d0, d1, K, x, delta, A, Bm, Cm, starts, gy, gh, gx, gdelta,
-                      gA, gB, gC, gh0, states, decays);
+                      gA, gB, gC, gh0, work);
     else
         scan_backward(Bt, T, D, N, d0, d1, K, x, delta, A, Bm, Cm, starts, gy, gh, gx, gdelta,
-                      gA, gB, gC, gh0, states, decays);
-    free(states); free(decays);
+                      gA, gB, gC, gh0, work);
+    free(work);
     return 0;
 }
 

@@ -1,0 +1,81 @@
+"""Mamba's whole training step with the selective scan's C kernel as it is now and as it was at
+an earlier commit (its source read from git), alternated step by step in one process; and one
+layer's scan alone each way, fastest of 15.
+
+    python reports/train-cpu/scan-probe.py mamba:small:1024:float32 --before 608e032
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import time
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from probes import alternate_steps, fastest_ms
+
+from harness.bench.memory import keep_freed_memory
+from zoo.fast.kernels import scan_cpu
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def module_at(commit: str) -> types.ModuleType:
+    """zoo/fast/kernels/scan_cpu.py as it was at `commit`, loaded as a module of its own."""
+    source = subprocess.run(["git", "show", f"{commit}:zoo/fast/kernels/scan_cpu.py"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout
+    module = types.ModuleType(f"scan_cpu_{commit}")
+    exec(compile(source, f"scan_cpu@{commit}", "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+def one_layer(module: types.ModuleType, T: int, D: int = 1024, N: int = 16) -> tuple[float, ...]:
+    """One layer's scan with Mamba small's width (d_inner 1024, N 16), A as Mamba initialises
+    it: forward with the states kept for the backward, the backward, and inference, in ms."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, T, D, generator=g)
+    delta = F.softplus(torch.randn(1, T, D, generator=g) - 4)
+    A = -torch.arange(1, N + 1).float().repeat(D, 1)
+    B, C = torch.randn(1, T, N, generator=g), torch.randn(1, T, N, generator=g)
+    args = [t.requires_grad_() for t in (x, delta, A, B, C)] + [torch.zeros(1, D, N)]
+    gy = torch.randn(1, T, D, generator=g)
+    forward = fastest_ms(lambda: module.scan_with_grad(*args), 15)
+
+    def backward():
+        y, _ = module.scan_with_grad(*args)
+        torch.autograd.backward([y], [gy])
+
+    both = fastest_ms(backward, 15)  # a forward and its backward
+    with torch.no_grad():
+        inference = fastest_ms(lambda: module.scan(*(a.detach() for a in args)), 15)
+    return forward, both - forward, inference
+
+
+def main(cells: list[str], before: str, rounds: int) -> None:
+    keep_freed_memory()  # as training cells run
+    torch.set_flush_denormal(True)
+    old = module_at(before)
+    now_library, old_library = scan_cpu._library, old._library
+    for label, module in ((before, old), ("now", scan_cpu), (before, old), ("now", scan_cpu)):
+        start = time.perf_counter()
+        forward, backward, inference = one_layer(module, 1024)
+        print(f"one layer's scan at 1024 tokens, {label}: forward {forward:.2f} ms, backward "
+              f"{backward:.2f} ms, inference {inference:.2f} ms "
+              f"({time.perf_counter() - start:.0f} s)")
+    ways = {"now": lambda: setattr(scan_cpu, "_library", now_library),
+            before: lambda: setattr(scan_cpu, "_library", old_library)}
+    for cell in cells:
+        name, variant, seqlen, dtype = cell.split(":")
+        alternate_steps(name, int(seqlen), ways, rounds=rounds, variant=variant, dtype=dtype)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("cells", nargs="*", help="NAME:VARIANT:SEQLEN:DTYPE")
+    parser.add_argument("--before", required=True, help="the commit to compare with")
+    parser.add_argument("--rounds", type=int, default=6)
+    args = parser.parse_args()
+    main(args.cells, args.before, args.rounds)
