@@ -4,12 +4,18 @@ own folder is on Python's path.)"""
 
 from __future__ import annotations
 
+import importlib
+import subprocess
 import time
+import types
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from harness.models import build_variant
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fastest_ms(run: Callable[[], object], repeat: int = 7) -> float:
@@ -58,3 +64,24 @@ def alternate_steps(name: str, seqlen: int, ways: dict[str, Callable[[], None]],
         times.sort()
         print(f"{name} {variant} {seqlen} {dtype} {way}: median "
               f"{times[len(times) // 2] * 1e3:.0f} ms, fastest {times[0] * 1e3:.0f} ms a step")
+
+
+def module_at(name: str, commit: str) -> types.ModuleType:
+    """The module `name` ("zoo.fast.kernels.scan_cpu") as it was at `commit`, its source read
+    from git and loaded as a module of its own (a kernel's C source in it compiles to a library
+    of its own)."""
+    path = name.replace(".", "/") + ".py"
+    source = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    module = types.ModuleType(f"{name}@{commit}")
+    exec(compile(source, f"{path}@{commit}", "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+def library_ways(name: str, before: str) -> dict[str, Callable[[], None]]:
+    """alternate_steps' ways for a kernel module `name` whose functions load their library by
+    its `_library()`: "now", and as it was at commit `before`."""
+    module = importlib.import_module(name)
+    now, old = module._library, module_at(name, before)._library
+    return {"now": lambda: setattr(module, "_library", now),
+            before: lambda: setattr(module, "_library", old)}

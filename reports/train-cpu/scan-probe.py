@@ -8,28 +8,15 @@ layer's scan alone each way, fastest of 15.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 import types
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from probes import alternate_steps, fastest_ms
+from probes import alternate_steps, fastest_ms, library_ways, module_at
 
 from harness.bench.memory import keep_freed_memory
 from zoo.fast.kernels import scan_cpu
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def module_at(commit: str) -> types.ModuleType:
-    """zoo/fast/kernels/scan_cpu.py as it was at `commit`, loaded as a module of its own."""
-    source = subprocess.run(["git", "show", f"{commit}:zoo/fast/kernels/scan_cpu.py"], cwd=ROOT,
-                            check=True, capture_output=True, text=True).stdout
-    module = types.ModuleType(f"scan_cpu_{commit}")
-    exec(compile(source, f"scan_cpu@{commit}", "exec"), module.__dict__)  # noqa: S102
-    return module
 
 
 def one_layer(module: types.ModuleType, T: int, D: int = 1024, N: int = 16) -> tuple[float, ...]:
@@ -57,16 +44,14 @@ def one_layer(module: types.ModuleType, T: int, D: int = 1024, N: int = 16) -> t
 def main(cells: list[str], before: str, rounds: int) -> None:
     keep_freed_memory()  # as training cells run
     torch.set_flush_denormal(True)
-    old = module_at(before)
-    now_library, old_library = scan_cpu._library, old._library
+    old = module_at("zoo.fast.kernels.scan_cpu", before)
     for label, module in ((before, old), ("now", scan_cpu), (before, old), ("now", scan_cpu)):
         start = time.perf_counter()
         forward, backward, inference = one_layer(module, 1024)
         print(f"one layer's scan at 1024 tokens, {label}: forward {forward:.2f} ms, backward "
               f"{backward:.2f} ms, inference {inference:.2f} ms "
               f"({time.perf_counter() - start:.0f} s)")
-    ways = {"now": lambda: setattr(scan_cpu, "_library", now_library),
-            before: lambda: setattr(scan_cpu, "_library", old_library)}
+    ways = library_ways("zoo.fast.kernels.scan_cpu", before)
     for cell in cells:
         name, variant, seqlen, dtype = cell.split(":")
         alternate_steps(name, int(seqlen), ways, rounds=rounds, variant=variant, dtype=dtype)
