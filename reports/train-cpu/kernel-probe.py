@@ -19,14 +19,15 @@ def main(kernel: str, before: str, cells: list[str], rounds: int) -> None:
     torch.set_flush_denormal(True)
     ways = library_ways(f"zoo.fast.kernels.{kernel}", before)
     for cell in cells:
-        name, variant, seqlen, dtype = cell.split(":")
-        alternate_steps(name, int(seqlen), ways, rounds=rounds, variant=variant, dtype=dtype)
+        name, variant, seqlen, dtype, *mode = cell.split(":")
+        alternate_steps(name, int(seqlen), ways, rounds=rounds, variant=variant, dtype=dtype,
+                        mode=mode[0] if mode else "train")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kernel", help="a module of zoo/fast/kernels/: attention_cpu, scan_cpu...")
-    parser.add_argument("cells", nargs="+", help="NAME:VARIANT:SEQLEN:DTYPE")
+    parser.add_argument("cells", nargs="+", help="NAME:VARIANT:SEQLEN:DTYPE[:forward]")
     parser.add_argument("--before", required=True, help="the commit to compare with")
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()

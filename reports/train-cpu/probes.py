@@ -31,17 +31,23 @@ def fastest_ms(run: Callable[[], object], repeat: int = 7) -> float:
 
 
 def alternate_steps(name: str, seqlen: int, ways: dict[str, Callable[[], None]],
-                    rounds: int = 6, variant: str = "small", dtype: str = "float32") -> None:
+                    rounds: int = 6, variant: str = "small", dtype: str = "float32",
+                    mode: str = "train") -> None:
     """Print the median and fastest time of one training step (`variant`, batch 1,
-    fp32 weights, AdamW; `dtype` bfloat16: under autocast) each way: `ways` maps a label to a
-    function that switches the process to it. Two warm-up steps, then `rounds` rounds of two
-    steps each way, alternated; the first way is switched back on at the end."""
+    fp32 weights, AdamW; `dtype` bfloat16: under autocast) each way, or with `mode` "forward"
+    of one forward without gradients (eval mode): `ways` maps a label to a function that
+    switches the process to it. Two warm-up steps, then `rounds` rounds of two steps each way,
+    alternated; the first way is switched back on at the end."""
     model = build_variant(name, variant, seqlen=seqlen)  # a position table long enough
-    model.train()
+    model.train(mode == "train")
     ids = torch.randint(0, model.config.vocab_size, (1, seqlen))
     optimizer = torch.optim.AdamW(model.parameters(), fused=True)
 
     def step():
+        if mode == "forward":
+            with torch.no_grad():
+                model(ids)
+            return
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
             loss = model(ids, targets=ids).loss
         loss.backward()
@@ -62,7 +68,7 @@ def alternate_steps(name: str, seqlen: int, ways: dict[str, Callable[[], None]],
     next(iter(ways.values()))()
     for way, times in seconds.items():
         times.sort()
-        print(f"{name} {variant} {seqlen} {dtype} {way}: median "
+        print(f"{name} {variant} {seqlen} {dtype} {mode} {way}: median "
               f"{times[len(times) // 2] * 1e3:.0f} ms, fastest {times[0] * 1e3:.0f} ms a step")
 
 

@@ -1,8 +1,9 @@
-"""Mamba's whole training step with the selective scan's C kernel as it is now and as it was at
-an earlier commit (its source read from git), alternated step by step in one process; and one
-layer's scan alone each way, fastest of 15.
+"""Mamba's whole training step (or forward) with the selective scan's C kernel as it is now and
+as it was at an earlier commit (its source read from git), alternated step by step in one
+process; and one layer's scan alone each way, fastest of 15.
 
-    python reports/train-cpu/scan-probe.py mamba:small:1024:float32 --before 608e032
+    python reports/train-cpu/scan-probe.py --before 608e032 mamba:small:1024:float32 \
+        mamba:small:1024:float32:forward
 """
 
 from __future__ import annotations
@@ -53,13 +54,14 @@ def main(cells: list[str], before: str, rounds: int) -> None:
               f"({time.perf_counter() - start:.0f} s)")
     ways = library_ways("zoo.fast.kernels.scan_cpu", before)
     for cell in cells:
-        name, variant, seqlen, dtype = cell.split(":")
-        alternate_steps(name, int(seqlen), ways, rounds=rounds, variant=variant, dtype=dtype)
+        name, variant, seqlen, dtype, *mode = cell.split(":")
+        alternate_steps(name, int(seqlen), ways, rounds=rounds, variant=variant, dtype=dtype,
+                        mode=mode[0] if mode else "train")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("cells", nargs="*", help="NAME:VARIANT:SEQLEN:DTYPE")
+    parser.add_argument("cells", nargs="*", help="NAME:VARIANT:SEQLEN:DTYPE[:forward]")
     parser.add_argument("--before", required=True, help="the commit to compare with")
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
