@@ -17,6 +17,7 @@ import zoo
 import zoo.mamba as mamba
 from harness.models import build_variant
 from zoo.convert import CheckpointError, convert_mamba
+from zoo.fast.kernels import scan_cpu
 from zoo.mamba import (
     Mamba,
     MambaConfig,
@@ -316,6 +317,43 @@ def test_the_fast_routes_cover_every_linear_and_the_scan_and_keep_the_logits():
             got = fast(ids[:, t:t + 1], cache=got.cache, attention_mask=mask[:, :t + 1])
             want = plain(ids[:, t:t + 1], cache=want.cache, attention_mask=mask[:, :t + 1])
             torch.testing.assert_close(got.logits, want.logits, atol=2e-5, rtol=1e-5)
+
+
+
+@pytest.mark.skipif(not scan_cpu.available(), reason="no C compiler for the kernel")
+def test_the_scan_route_runs_skip_and_gate_in_the_kernel_and_keeps_the_plain_gradients(
+        monkeypatch):
+    """Every layer's skip and gate go through scan_cpu's gated kernel, with gradients (float32
+    and under bfloat16 autocast) and without (a prefill, a decoding token); in float32 the
+    routed step's loss and gradients are the plain model's (its gate in PyTorch)."""
+    calls = []
+    for name in ("gated_scan", "gated_scan_with_grad"):
+        kernel = getattr(scan_cpu, name)
+        monkeypatch.setattr(scan_cpu, name, lambda *a, _k=kernel, _n=name: calls.append(_n)
+                            or _k(*a))
+    fast, plain = tiny_model(fast=True).train(), tiny_model(fast=False).train()
+    ids = torch.randint(0, 300, (2, 40))
+    layers = fast.config.n_layer
+    losses, grads = [], []
+    for model in (fast, plain):
+        loss = model(ids, targets=ids).loss
+        loss.backward()
+        losses.append(loss)
+        grads.append({k: p.grad for k, p in model.named_parameters()})
+    assert calls == ["gated_scan_with_grad"] * layers
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
+    for key, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][key], atol=1e-5, rtol=1e-4, msg=key)
+    calls.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = fast(ids, targets=ids).loss
+    loss.backward()
+    assert calls == ["gated_scan_with_grad"] * layers and torch.isfinite(loss)
+    calls.clear()
+    with torch.no_grad():
+        out = fast.eval()(ids[:, :30], use_cache=True)
+        fast(ids[:, 30:31], cache=out.cache)
+    assert calls == ["gated_scan"] * (2 * layers)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -91,3 +91,91 @@ def test_the_backward_equals_autograd_through_the_recurrence(shape, chunk, threa
         scale = want.grad.abs().max().item()
         error = (got.grad.double() - want.grad).abs().max().item()
         assert error <= 1e-6 * scale + 1e-6, (name, error, scale)
+
+
+def gated_reference(x, delta, A, B, C, D, z, state):
+    """Mamba's skip and gate around the recurrence, as zoo.mamba.MambaMixer writes them."""
+    y, h = selective_scan_recurrent(x, delta, A, B, C, state)
+    return (y + x * D) * torch.nn.functional.silu(z), h
+
+
+def gate_inputs(batch: int, T: int, D: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(D, generator=g), torch.randn(batch, T, D, generator=g) * 3
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(1, 1, 8, 16), (2, 7, 40, 16), (2, 257, 24, 16),
+                                   (3, 40, 7, 5)])
+def test_the_gated_scan_equals_skip_and_gate_after_the_recurrence(shape, threads,
+                                                                  kernel_split):
+    """gated_scan: (y + D x) SiLU(z) in the scan's pass, both forms (fewer than 8 tokens, and
+    blocks of channels with a last one of fewer), z of either sign and large enough to
+    saturate SiLU."""
+    args = inputs(*shape)
+    skip, z = gate_inputs(shape[0], shape[1], shape[2], seed=3)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y, h = scan_cpu.gated_scan(*args[:5], skip, z, args[5])
+    finally:
+        torch.set_num_threads(previous)
+    want_y, want_h = gated_reference(*(t.double() for t in (*args[:5], skip, z, args[5])))
+    torch.testing.assert_close(y.double(), want_y, atol=5e-5, rtol=1e-5)
+    torch.testing.assert_close(h.double(), want_h, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape, chunk", [((2, 37, 20, 5), 8), ((1, 130, 9, 16), 64),
+                                          ((3, 5, 3, 4), 2), ((1, 64, 40, 16), 16)])
+def test_the_gated_backward_equals_autograd_through_skip_gate_and_recurrence(
+        shape, chunk, threads, monkeypatch, kernel_split):
+    """Every input's gradient, D's and z's included, within 1e-6 of the largest, from the
+    output's and the final state's."""
+    monkeypatch.setattr(scan_cpu, "SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(scan_cpu, "BACKWARD_CHUNK", chunk)
+    x, delta, A, B, C, state = inputs(*shape, seed=1)
+    skip, z = gate_inputs(shape[0], shape[1], shape[2], seed=4)
+    args = (x, delta, A, B, C, skip, z, state)
+    g = torch.Generator().manual_seed(2)
+    gy, gh = torch.randn(x.shape, generator=g), torch.randn(state.shape, generator=g)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours = [t.clone().requires_grad_() for t in args]
+        y, h = scan_cpu.gated_scan_with_grad(*ours)
+        ((y * gy).sum() + (h * gh).sum()).backward()
+    finally:
+        torch.set_num_threads(previous)
+    ref = [t.double().requires_grad_() for t in args]
+    y, h = gated_reference(*ref)
+    ((y * gy.double()).sum() + (h * gh.double()).sum()).backward()
+    for name, got, want in zip("x delta A B C D z state".split(), ours, ref, strict=True):
+        scale = want.grad.abs().max().item()
+        error = (got.grad.double() - want.grad).abs().max().item()
+        assert error <= 1e-6 * scale + 1e-6, (name, error, scale)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 40, 16), (2, 70, 24, 16)])
+def test_the_gate_reads_z_in_place_as_half_of_a_wider_tensor(shape):
+    """Mamba's z is the second half of in_proj's output, rows 2 d_inner apart: read where it
+    lies (no copy), in both forms, forward and backward."""
+    batch, T, D, _ = shape
+    x, delta, A, B, C, state = inputs(*shape, seed=5)
+    skip, _ = gate_inputs(batch, T, D, seed=6)
+    wide = (torch.randn(batch, T, 2 * D, generator=torch.Generator().manual_seed(7)) * 3
+            ).requires_grad_()
+    z = wide[..., D:]
+    assert scan_cpu._rows(z)[0].data_ptr() == z.data_ptr()  # no copy
+    y, h = scan_cpu.gated_scan_with_grad(x, delta, A, B, C, skip, z, state)
+    y.sum().backward()
+    ref_z = z.detach().double().requires_grad_()
+    want, _ = gated_reference(*(t.double() for t in (x, delta, A, B, C, skip)), ref_z,
+                              state.double())
+    want.sum().backward()
+    torch.testing.assert_close(y.double(), want.detach(), atol=5e-5, rtol=1e-5)
+    torch.testing.assert_close(wide.grad[..., D:].double(), ref_z.grad, atol=1e-5, rtol=1e-5)
+    assert torch.all(wide.grad[..., :D] == 0)
+    with torch.no_grad():
+        torch.testing.assert_close(scan_cpu.gated_scan(x, delta, A, B, C, skip, z, state)[0],
+                                   y.detach())

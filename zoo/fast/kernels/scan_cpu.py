@@ -18,7 +18,10 @@ lies. The channels are independent, so a call splits them between the threads Py
 differentiable, an autograd Function whose backward is `selective_scan_backward` below: it
 recomputes the states chunk by chunk (the forward keeps the state at every 64th token) rather
 than storing a (T, d_inner, N) history, and sweeps back in time. Its gradients equal the float64
-recurrence's to float32 rounding (tests/zoo/test_scan_cpu.py). The source is compiled on first
+recurrence's to float32 rounding (tests/zoo/test_scan_cpu.py). `gated_scan` and
+`gated_scan_with_grad` add Mamba's skip and gate to the same pass, (y + D x) SiLU(z), as
+mamba_ssm's selective_scan_fn does, their gradients taken in the backward's sweep: PyTorch made
+several passes over (T, d_inner) tensors each way for them. The source is compiled on first
 use with the system's C compiler and cached (ckernel.py); zoo.fast's "scan" route runs
 it, and without a compiler `available()` is False and the model keeps its PyTorch paths.
 """
@@ -44,19 +47,29 @@ SOURCE = ckernel.EXP + r"""
    channel). Time goes in chunks of K tokens, and within a chunk the blocks in turn, so that a
    chunk's rows of x, delta and y stay in the cache while each block reads its W columns. */
 #define W 16
+
+/* Mamba's skip and gate around the scan, where a caller passes them (z not NULL): the
+   read-out s becomes y = (s + D x) SiLU(z), SiLU(z) = z sigmoid(z), one pass instead of
+   PyTorch's several over (T, D) tensors each way. */
+static inline float sigmoid(float v) { return 1.0f / (1.0f + exp_inline(-v)); }
+static inline float gate(float s, float x, float Dd, float z) {
+    return (s + Dd * x) * z * sigmoid(z);
+}
 #ifndef FEW_TOKENS
 #define FEW_TOKENS 8
 #endif
 
-/* One block of nw <= W channels over tokens [t0, t1) of one sequence: x, delta, y point at
-   that sequence's row 0, column c0 (row stride D); Bm, Cm at its row 0 (row stride N); A and
-   h (the state, updated) at channel c0's row of (D, N); kept, if not NULL, receives the state
-   at t0 in h's layout. */
+/* One block of nw <= W channels over tokens [t0, t1) of one sequence: x, delta, y, ys, z
+   point at that sequence's row 0, column c0 (row stride D; z's zt); Bm, Cm at its row 0 (row
+   stride N); A and h (the state, updated) at channel c0's row of (D, N), Dskip at channel c0; kept,
+   if not NULL, receives the state at t0 in h's layout. Without z, y is the read-out s; with
+   it, y = (s + Dskip x) SiLU(z), s kept in ys if that is not NULL (see gate). */
 static inline __attribute__((always_inline)) void
 forward_block(int64_t D, int64_t N, int64_t nw, int64_t t0, int64_t t1, const float *x,
               const float *delta, const float *A, const float *Bm, const float *Cm, float *y,
-              float *h, float *kept) {
-    float hs[N * W], Aw[N * W];
+              float *h, float *kept, const float *Dskip, const float *z, int64_t zt, float *ys) {
+    float hs[N * W], Aw[N * W], Dw[W];
+    for (int64_t w = 0; w < nw; w++) Dw[w] = z ? Dskip[w] : 0.0f;
     for (int64_t w = 0; w < nw; w++)
         for (int64_t n = 0; n < N; n++) {
             hs[n * W + w] = h[w * N + n];
@@ -82,8 +95,16 @@ forward_block(int64_t D, int64_t N, int64_t nw, int64_t t0, int64_t t1, const fl
             }
         }
         float *yr = y + t * D;
+        if (z) {
+            const float *zr = z + t * zt;
+            if (ys)
+                for (int64_t w = 0; w < nw; w++) ys[t * D + w] = acc[w];
 #pragma omp simd
-        for (int64_t w = 0; w < nw; w++) yr[w] = acc[w];
+            for (int64_t w = 0; w < nw; w++) yr[w] = gate(acc[w], xr[w], Dw[w], zr[w]);
+        } else {
+#pragma omp simd
+            for (int64_t w = 0; w < nw; w++) yr[w] = acc[w];
+        }
     }
     for (int64_t w = 0; w < nw; w++)
         for (int64_t n = 0; n < N; n++) h[w * N + n] = hs[n * W + w];
@@ -95,7 +116,8 @@ forward_block(int64_t D, int64_t N, int64_t nw, int64_t t0, int64_t t1, const fl
 static inline __attribute__((always_inline)) void
 scan_forward_few(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1,
                  const float *x, const float *delta, const float *A, const float *Bm,
-                 const float *Cm, float *y, float *h, int64_t K, float *starts) {
+                 const float *Cm, float *y, float *h, int64_t K, float *starts,
+                 const float *Dskip, const float *z, int64_t zt, float *ys) {
     const int64_t chunks = (T + K - 1) / K;
     for (int64_t b = 0; b < Bt; b++) {
         for (int64_t t = 0; t < T; t++) {
@@ -115,6 +137,10 @@ scan_forward_few(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_
                     hd[n] = s;
                     acc += s * Ct[n];
                 }
+                if (z) {
+                    if (ys) ys[row * D + d] = acc;
+                    acc = gate(acc, x[row * D + d], Dskip[d], z[row * zt + d]);
+                }
                 y[row * D + d] = acc;
             }
         }
@@ -124,11 +150,14 @@ scan_forward_few(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_
 /* x, delta, y: (Bt, T, D); A: (D, N); Bm, Cm: (Bt, T, N); h: (Bt, D, N), the state, updated in
    place. Float32, row-major. Channels d0 <= d < d1 only: a call per thread. With starts (not
    NULL; (Bt, ceil(T / K), D, N)), the state at the start of every chunk of K tokens is kept
-   there, for the backward. */
+   there, for the backward. With z (not NULL; (Bt, T, D) with rows zt floats apart, sequences
+   T zt: a view of half of Mamba's in_proj output) and Dskip (D), y is gated (see gate), its
+   read-out kept in ys ((Bt, T, D)) where that is not NULL. */
 static inline __attribute__((always_inline)) void
 scan_forward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1,
              const float *x, const float *delta, const float *A, const float *Bm,
-             const float *Cm, float *y, float *h, int64_t K, float *starts) {
+             const float *Cm, float *y, float *h, int64_t K, float *starts,
+             const float *Dskip, const float *z, int64_t zt, float *ys) {
     const int64_t chunks = (T + K - 1) / K;
     for (int64_t b = 0; b < Bt; b++) {
         const int64_t rows = b * T * D;
@@ -138,12 +167,16 @@ scan_forward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1
                 float *kept = starts ? starts + ((b * chunks + t0 / K) * D + c0) * N : 0;
                 const float *args_x = x + rows + c0, *args_delta = delta + rows + c0;
                 float *hb = h + (b * D + c0) * N;
+                const float *zb = z ? z + b * T * zt + c0 : 0, *Db = z ? Dskip + c0 : 0;
+                float *ysb = ys ? ys + rows + c0 : 0;
                 if (d1 - c0 >= W)
                     forward_block(D, N, W, t0, t1, args_x, args_delta, A + c0 * N,
-                                  Bm + b * T * N, Cm + b * T * N, y + rows + c0, hb, kept);
+                                  Bm + b * T * N, Cm + b * T * N, y + rows + c0, hb, kept, Db,
+                                  zb, zt, ysb);
                 else
                     forward_block(D, N, d1 - c0, t0, t1, args_x, args_delta, A + c0 * N,
-                                  Bm + b * T * N, Cm + b * T * N, y + rows + c0, hb, kept);
+                                  Bm + b * T * N, Cm + b * T * N, y + rows + c0, hb, kept, Db,
+                                  zb, zt, ysb);
             }
         }
     }
@@ -154,15 +187,18 @@ scan_forward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1
 void selective_scan_forward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1,
                             const float *x, const float *delta, const float *A,
                             const float *Bm, const float *Cm, float *y, float *h, int64_t K,
-                            float *starts) {
+                            float *starts, const float *Dskip, const float *z, int64_t zt,
+                            float *ys) {
     if (T < FEW_TOKENS && N == 16)
-        scan_forward_few(Bt, T, D, 16, d0, d1, x, delta, A, Bm, Cm, y, h, K, starts);
+        scan_forward_few(Bt, T, D, 16, d0, d1, x, delta, A, Bm, Cm, y, h, K, starts, Dskip, z, zt,
+                         ys);
     else if (T < FEW_TOKENS)
-        scan_forward_few(Bt, T, D, N, d0, d1, x, delta, A, Bm, Cm, y, h, K, starts);
+        scan_forward_few(Bt, T, D, N, d0, d1, x, delta, A, Bm, Cm, y, h, K, starts, Dskip, z, zt,
+                         ys);
     else if (N == 16)
-        scan_forward(Bt, T, D, 16, d0, d1, x, delta, A, Bm, Cm, y, h, K, starts);
+        scan_forward(Bt, T, D, 16, d0, d1, x, delta, A, Bm, Cm, y, h, K, starts, Dskip, z, zt, ys);
     else
-        scan_forward(Bt, T, D, N, d0, d1, x, delta, A, Bm, Cm, y, h, K, starts);
+        scan_forward(Bt, T, D, N, d0, d1, x, delta, A, Bm, Cm, y, h, K, starts, Dskip, z, zt, ys);
 }
 
 /* The gradients of selective_scan_forward. With a_t = exp(delta_t A), u_t = delta_t x_t,
@@ -179,14 +215,22 @@ void selective_scan_forward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t
    done. */
 
 /* One block of nw channels over tokens [t0, t1): pointers as forward_block's, start at this
-   chunk's kept state, gx, gdelta, gy as x; gA at channel c0's row of (D, N), added to;
-   G (N, W); gBw, gCw, states, decays (K, N, W). */
+   chunk's kept state, gx, gdelta, gy, gz as x; gA at channel c0's row of (D, N), added to;
+   G (N, W); gBw, gCw, states, decays (K, N, W). With z (the gated form), gy is the gated
+   output's gradient: the read-out's is gy SiLU(z), and z's, x's extra and D's (gD at channel
+   c0, added to) follow from the read-out ys the forward kept. */
 static inline __attribute__((always_inline)) void
 backward_block(int64_t D, int64_t N, int64_t nw, int64_t t0, int64_t t1, const float *x,
                const float *delta, const float *A, const float *Bm, const float *Cm,
                const float *start, const float *gy, float *gx, float *gdelta, float *gA,
-               float *G, float *gBw, float *gCw, float *states, float *decays) {
-    float Aw[N * W], gAw[N * W], h0[N * W];
+               float *G, float *gBw, float *gCw, float *states, float *decays,
+               const float *Dskip, const float *z, int64_t zt, const float *ys, float *gz,
+               float *gD) {
+    float Aw[N * W], gAw[N * W], h0[N * W], Dw[W], gDw[W];
+    for (int64_t w = 0; w < nw; w++) {
+        Dw[w] = z ? Dskip[w] : 0.0f;
+        gDw[w] = 0.0f;
+    }
     for (int64_t w = 0; w < nw; w++)
         for (int64_t n = 0; n < N; n++) {
             Aw[n * W + w] = A[w * N + n];
@@ -228,6 +272,17 @@ backward_block(int64_t D, int64_t N, int64_t nw, int64_t t0, int64_t t1, const f
             g[w] = gr[w];
             du[w] = dd[w] = 0.0f;
         }
+        if (z) {  /* y = (s + D x) z sigmoid(z): s's gradient, z's, D's */
+            const float *zr = z + t * zt, *sr = ys + t * D;
+            float *gzr = gz + t * D;
+#pragma omp simd
+            for (int64_t w = 0; w < nw; w++) {
+                const float zz = zr[w], sg = sigmoid(zz);
+                gzr[w] = g[w] * (sr[w] + Dw[w] * xv[w]) * sg * (1.0f + zz * (1.0f - sg));
+                g[w] *= zz * sg;
+                gDw[w] += g[w] * xv[w];
+            }
+        }
         for (int64_t n = 0; n < N; n++) {
             const float b = Bm[t * N + n], c = Cm[t * N + n];
 #pragma omp simd
@@ -247,22 +302,25 @@ backward_block(int64_t D, int64_t N, int64_t nw, int64_t t0, int64_t t1, const f
 #pragma omp simd
         for (int64_t w = 0; w < nw; w++) {
             gdr[w] = dd[w] + du[w] * xv[w];
-            gxr[w] = du[w] * dt[w];
+            gxr[w] = du[w] * dt[w] + g[w] * Dw[w];
         }
     }
     for (int64_t w = 0; w < nw; w++)
         for (int64_t n = 0; n < N; n++) gA[w * N + n] += gAw[n * W + w];
+    if (z)
+        for (int64_t w = 0; w < nw; w++) gD[w] += gDw[w];
 }
 
-/* For channels d0 <= d < d1: gx, gdelta, gh0 are written; gA (D, N) is added to for these
-   channels; gB, gC (Bt, T, N) are added to, a buffer per thread (the caller sums them).
-   work: (ceil((d1 - d0) / W) + 4 K) N W floats. */
+/* For channels d0 <= d < d1: gx, gdelta, gh0 (and with z, gz) are written; gA (D, N) and
+   gD (D) are added to for these channels; gB, gC (Bt, T, N) are added to, a buffer per thread
+   (the caller sums them). work: (ceil((d1 - d0) / W) + 4 K) N W floats. */
 static inline __attribute__((always_inline)) void
 scan_backward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1, int64_t K,
               const float *x, const float *delta, const float *A, const float *Bm,
               const float *Cm, const float *starts, const float *gy, const float *gh,
               float *gx, float *gdelta, float *gA, float *gB, float *gC, float *gh0,
-              float *work) {
+              float *work, const float *Dskip, const float *z, int64_t zt, const float *ys,
+              float *gz, float *gD) {
     const int64_t chunks = (T + K - 1) / K, blocks = (d1 - d0 + W - 1) / W;
     float *Gs = work, *states = Gs + blocks * N * W, *decays = states + K * N * W;
     float *gBw = decays + K * N * W, *gCw = gBw + K * N * W;
@@ -279,16 +337,20 @@ scan_backward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d
             for (int64_t c0 = d0; c0 < d1; c0 += W) {
                 const float *start = starts + ((b * chunks + chunk) * D + c0) * N;
                 float *G = Gs + (c0 - d0) / W * N * W;
+                const float *zb = z ? z + b * T * zt + c0 : 0, *ysb = z ? ys + rows + c0 : 0;
+                const float *Db = z ? Dskip + c0 : 0;
+                float *gzb = z ? gz + rows + c0 : 0, *gDb = z ? gD + c0 : 0;
                 if (d1 - c0 >= W)
                     backward_block(D, N, W, t0, t1, x + rows + c0, delta + rows + c0, A + c0 * N,
                                    Bm + b * T * N, Cm + b * T * N, start, gy + rows + c0,
                                    gx + rows + c0, gdelta + rows + c0, gA + c0 * N, G, gBw, gCw,
-                                   states, decays);
+                                   states, decays, Db, zb, zt, ysb, gzb, gDb);
                 else
                     backward_block(D, N, d1 - c0, t0, t1, x + rows + c0, delta + rows + c0,
                                    A + c0 * N, Bm + b * T * N, Cm + b * T * N, start,
                                    gy + rows + c0, gx + rows + c0, gdelta + rows + c0,
-                                   gA + c0 * N, G, gBw, gCw, states, decays);
+                                   gA + c0 * N, G, gBw, gCw, states, decays, Db, zb, zt, ysb, gzb,
+                                   gDb);
             }
             for (int64_t t = t0; t < t1; t++)
                 for (int64_t n = 0; n < N; n++) {
@@ -315,16 +377,17 @@ int selective_scan_backward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t
                             int64_t K, const float *x, const float *delta, const float *A,
                             const float *Bm, const float *Cm, const float *starts,
                             const float *gy, const float *gh, float *gx, float *gdelta,
-                            float *gA, float *gB, float *gC, float *gh0) {
+                            float *gA, float *gB, float *gC, float *gh0, const float *Dskip,
+                            const float *z, int64_t zt, const float *ys, float *gz, float *gD) {
     float *work = malloc(sizeof(float) * ((d1 - d0 + W - 1) / W + 4 * K) * N * W);
     if (!work)
         return 1;
     if (N == 16)
         scan_backward(Bt, T, D, 16, d0, d1, K, x, delta, A, Bm, Cm, starts, gy, gh, gx, gdelta,
-                      gA, gB, gC, gh0, work);
+                      gA, gB, gC, gh0, work, Dskip, z, zt, ys, gz, gD);
     else
         scan_backward(Bt, T, D, N, d0, d1, K, x, delta, A, Bm, Cm, starts, gy, gh, gx, gdelta,
-                      gA, gB, gC, gh0, work);
+                      gA, gB, gC, gh0, work, Dskip, z, zt, ys, gz, gD);
     free(work);
     return 0;
 }
@@ -338,12 +401,13 @@ int omp_get_num_threads(void);
 void selective_scan_forward_team(int64_t threads, int64_t Bt, int64_t T, int64_t D, int64_t N,
                                  const float *x, const float *delta, const float *A,
                                  const float *Bm, const float *Cm, float *y, float *h, int64_t K,
-                                 float *starts) {
+                                 float *starts, const float *Dskip, const float *z, int64_t zt,
+                                 float *ys) {
 #pragma omp parallel num_threads(threads)
     {
         const int64_t p = omp_get_thread_num(), n = omp_get_num_threads();
         selective_scan_forward(Bt, T, D, N, D * p / n, D * (p + 1) / n, x, delta, A, Bm, Cm, y,
-                               h, K, starts);
+                               h, K, starts, Dskip, z, zt, ys);
     }
 }
 
@@ -351,14 +415,17 @@ int selective_scan_backward_team(int64_t threads, int64_t Bt, int64_t T, int64_t
                                  int64_t K, const float *x, const float *delta, const float *A,
                                  const float *Bm, const float *Cm, const float *starts,
                                  const float *gy, const float *gh, float *gx, float *gdelta,
-                                 float *gA, float *gB, float *gC, float *gh0) {
+                                 float *gA, float *gB, float *gC, float *gh0, const float *Dskip,
+                                 const float *z, int64_t zt, const float *ys, float *gz,
+                                 float *gD) {
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
         const int64_t p = omp_get_thread_num(), n = omp_get_num_threads();
         failed |= selective_scan_backward(Bt, T, D, N, D * p / n, D * (p + 1) / n, K, x, delta,
                                           A, Bm, Cm, starts, gy, gh, gx, gdelta, gA,
-                                          gB + p * Bt * T * N, gC + p * Bt * T * N, gh0);
+                                          gB + p * Bt * T * N, gC + p * Bt * T * N, gh0, Dskip,
+                                          z, zt, ys, gz, gD);
     }
     return failed;
 }
@@ -372,8 +439,9 @@ _POOL: ThreadPoolExecutor | None = None
 def _library() -> ctypes.CDLL | None:
     library = ckernel.load("selective_scan", SOURCE, openmp=True)
     if library is not None and library.selective_scan_forward.argtypes is None:
-        forward = [ctypes.c_void_p] * 7 + [ctypes.c_int64, ctypes.c_void_p]
-        backward = [ctypes.c_void_p] * 14
+        pointer, size = ctypes.c_void_p, ctypes.c_int64
+        forward = [pointer] * 7 + [size] + [pointer] * 3 + [size, pointer]  # K .. z, zt, ys
+        backward = [pointer] * 16 + [size] + [pointer] * 3  # x .. z, zt, ys, gz, gD
         library.selective_scan_forward.restype = None
         library.selective_scan_forward.argtypes = [ctypes.c_int64] * 6 + forward
         library.selective_scan_backward.restype = ctypes.c_int
@@ -441,18 +509,36 @@ def _run(function, ranges: list[tuple[int, int]], arguments) -> list:
     return [run.result() for run in runs]
 
 
-def _forward(library: ctypes.CDLL, x, delta, A, B, C, state, starts=None):
+def _pointer(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _rows(z: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """z (b, T, D) as the kernel reads it, and its row stride: as it is where its rows are
+    contiguous and evenly spaced (Mamba's z, half of in_proj's output, rows 2 D apart), else a
+    contiguous copy."""
+    b, T, D = z.shape
+    stride = z.stride(1)
+    if z.stride(2) == 1 and stride >= D and (b == 1 or z.stride(0) == T * stride):
+        return z, stride
+    return z.contiguous(), D
+
+
+def _forward(library: ctypes.CDLL, x, delta, A, B, C, state, starts=None, gate=None, ys=None):
     """selective_scan_forward on contiguous tensors: y and the new state; with `starts`
     ((b, ceil(T / BACKWARD_CHUNK), d_inner, N)), for training, the state at every chunk's
-    start kept there and the channels split in one OpenMP region where the library has it."""
+    start kept there and the channels split in one OpenMP region where the library has it.
+    With `gate`, (D, z): y gated as `gated_scan` says, its read-out kept in `ys` if given."""
     h = state.clone(memory_format=torch.contiguous_format)
     y = torch.empty_like(x)
     (batch, T, D), N = x.shape, A.size(1)
     pointers = [t.data_ptr() for t in (x, delta, A, B, C, y, h)]
-    kept = (BACKWARD_CHUNK, None if starts is None else starts.data_ptr())
+    skip, z = gate or (None, None)
+    z, z_rows = (None, 0) if z is None else _rows(z)
+    tail = (BACKWARD_CHUNK, _pointer(starts), _pointer(skip), _pointer(z), z_rows, _pointer(ys))
     head = (batch, T, D, N)
     split(library, "selective_scan_forward", _channel_ranges(batch * T * D * N, D), head,
-          (*pointers, *kept), openmp=starts is not None)
+          (*pointers, *tail), openmp=starts is not None)
     return y, h
 
 
@@ -466,22 +552,39 @@ def scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
     return _forward(library, *(t.contiguous() for t in (x, delta, A, B, C)), state)
 
 
+def gated_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+               C: torch.Tensor, D: torch.Tensor, z: torch.Tensor, state: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba's scan with the skip and the gate around it, in the scan's pass: (y + D x) SiLU(z)
+    for `scan`'s y, with D (d_inner) and z (b, T, d_inner) float32 CPU tensors as the others,
+    without gradients; and the new state. `gated_scan_with_grad` is the same with a
+    backward."""
+    library = _checked(x, delta, A, B, C, D, z, state)
+    x, delta, A, B, C, D = (t.contiguous() for t in (x, delta, A, B, C, D))
+    return _forward(library, x, delta, A, B, C, state, gate=(D, z))
+
+
 BACKWARD_CHUNK = 64  # tokens whose states the backward recomputes at a time
 
 
 class _Scan(torch.autograd.Function):
     """selective_scan_forward, with selective_scan_backward as its backward (gradients of x,
-    delta, A, B, C and the given state, from those of y and of the new state)."""
+    delta, A, B, C and the given state, from those of y and of the new state); with the skip
+    D and the gate z (not None), the gated form, and their gradients too."""
 
     @staticmethod
-    def forward(ctx, x, delta, A, B, C, state):
+    def forward(ctx, x, delta, A, B, C, state, skip=None, z=None):
         library = _library()
         x, delta, A, B, C = (t.contiguous() for t in (x, delta, A, B, C))
         state = state.contiguous()
         (batch, T, D), N = x.shape, A.size(1)
         starts = torch.empty(batch, -(-T // BACKWARD_CHUNK), D, N)
-        y, h = _forward(library, x, delta, A, B, C, state, starts)
-        ctx.save_for_backward(x, delta, A, B, C, starts)  # not the state: starts[:, 0] is it
+        gate = ys = None
+        if z is not None:
+            gate, ys = (skip.contiguous(), _rows(z)[0]), torch.empty_like(x)
+        y, h = _forward(library, x, delta, A, B, C, state, starts, gate, ys)
+        # not the state: starts[:, 0] is it
+        ctx.save_for_backward(x, delta, A, B, C, starts, *(gate or ()), ys)
         ctx.chunk = BACKWARD_CHUNK
         ctx.set_materialize_grads(False)
         return y, h
@@ -489,12 +592,15 @@ class _Scan(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gy, gh):
-        x, delta, A, B, C, starts = ctx.saved_tensors
+        x, delta, A, B, C, starts, *gated = ctx.saved_tensors
+        skip, z, ys = gated if len(gated) == 3 else (None, None, None)
         (batch, T, D), N = x.shape, A.size(1)
         gy = torch.zeros_like(x) if gy is None else gy.contiguous()
         gh = None if gh is None else gh.contiguous()
         gx, gdelta, gh0 = torch.empty_like(x), torch.empty_like(x), torch.empty(batch, D, N)
         gA = torch.zeros_like(A)
+        gz = None if z is None else torch.empty_like(x)
+        gskip = None if z is None else torch.zeros_like(skip)
         ranges = _channel_ranges(3 * batch * T * D * N, D)
         gB, gC = torch.zeros(2, len(ranges), batch, T, N)  # a buffer per thread
         shared = [t.data_ptr() for t in (x, delta, A, B, C, starts, gy)]
@@ -503,17 +609,20 @@ class _Scan(torch.autograd.Function):
         # split's calls, but with a gB, gC buffer per thread
         library = _library()
         backward_team = team(library, "selective_scan_backward_team")
+        z, z_rows = (None, 0) if z is None else _rows(z)  # as the forward read it: no copy
+        gate = [_pointer(skip), _pointer(z), z_rows, *(_pointer(t) for t in (ys, gz, gskip))]
         if backward_team:
             codes = [backward_team(len(ranges), batch, T, D, N, ctx.chunk, *shared,
-                                   gB.data_ptr(), gC.data_ptr(), gh0.data_ptr())]
+                                   gB.data_ptr(), gC.data_ptr(), gh0.data_ptr(), *gate)]
         else:
             codes = _run(lambda lo, hi, *rest: library.selective_scan_backward(
                 batch, T, D, N, lo, hi, ctx.chunk, *rest),
-                ranges, lambda i: (*shared, gB[i].data_ptr(), gC[i].data_ptr(), gh0.data_ptr()))
+                ranges, lambda i: (*shared, gB[i].data_ptr(), gC[i].data_ptr(), gh0.data_ptr(),
+                                   *gate))
         if any(codes):
             raise MemoryError("the compiled selective-scan backward could not allocate its work "
                               "arrays")
-        return gx, gdelta, gA, gB.sum(0), gC.sum(0), gh0
+        return gx, gdelta, gA, gB.sum(0), gC.sum(0), gh0, gskip, gz
 
 
 @torch.compiler.disable  # torch.compile runs it between its graphs: it cannot trace the C call
@@ -522,3 +631,12 @@ def scan_with_grad(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     """`scan`, differentiable: autograd's gradients of every input, as the recurrence's."""
     _checked(x, delta, A, B, C, state)
     return _Scan.apply(x, delta, A, B, C, state)
+
+
+@torch.compiler.disable
+def gated_scan_with_grad(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                         B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, z: torch.Tensor,
+                         state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`gated_scan`, differentiable: autograd's gradients of every input, D and z included."""
+    _checked(x, delta, A, B, C, D, z, state)
+    return _Scan.apply(x, delta, A, B, C, state, D, z)
