@@ -7,30 +7,20 @@ processes cannot resolve on a noisy shared host).
 
 from __future__ import annotations
 
-import argparse
-
-import torch
-from probes import alternate_steps
+from probes import alternate_cells, parser, prepare
 
 import zoo.fast.dropout
-from harness.bench.memory import keep_freed_memory
 
 
 def main(cells: list[str], rounds: int) -> None:
-    keep_freed_memory()  # as training cells run
-    torch.set_flush_denormal(True)
+    prepare()
     kernel = zoo.fast.dropout._kernel_attention
     ways = {"attention_cpu": lambda: setattr(zoo.fast.dropout, "_kernel_attention", kernel),
             "PyTorch form": lambda: setattr(zoo.fast.dropout, "_kernel_attention",
                                             lambda *args: False)}
-    for cell in cells:
-        name, variant, seqlen, dtype = cell.split(":")
-        alternate_steps(name, int(seqlen), ways, rounds=rounds, variant=variant, dtype=dtype)
+    alternate_cells(cells, ways, rounds)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("cells", nargs="+", help="NAME:VARIANT:SEQLEN:DTYPE")
-    parser.add_argument("--rounds", type=int, default=6)
-    args = parser.parse_args()
+    args = parser(__doc__).parse_args()
     main(args.cells, args.rounds)

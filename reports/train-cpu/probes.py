@@ -4,6 +4,7 @@ own folder is on Python's path.)"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import subprocess
 import time
@@ -13,9 +14,38 @@ from pathlib import Path
 
 import torch
 
+from harness.bench.memory import keep_freed_memory
 from harness.models import build_variant
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def prepare() -> None:
+    """Set the process up as training cells run: freed memory kept, denormals flushed."""
+    keep_freed_memory()
+    torch.set_flush_denormal(True)
+
+
+def parser(doc: str, cells: str = "+", first: tuple[tuple[str, str], ...] = ()
+           ) -> argparse.ArgumentParser:
+    """A probe's command line: the positional arguments `first` ((name, help) pairs), its cells
+    ("NAME:VARIANT:SEQLEN:DTYPE[:forward]", `cells` as argparse's nargs) and --rounds; the
+    description is the first paragraph of `doc`."""
+    arguments = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    for name, text in first:
+        arguments.add_argument(name, help=text)
+    arguments.add_argument("cells", nargs=cells, help="NAME:VARIANT:SEQLEN:DTYPE[:forward]")
+    arguments.add_argument("--rounds", type=int, default=6)
+    return arguments
+
+
+def alternate_cells(cells: list[str], ways: dict[str, Callable[[], None]], rounds: int) -> None:
+    """alternate_steps for each cell, "NAME:VARIANT:SEQLEN:DTYPE" with ":forward" for a forward
+    without gradients."""
+    for cell in cells:
+        name, variant, seqlen, dtype, *mode = cell.split(":")
+        alternate_steps(name, int(seqlen), ways, rounds=rounds, variant=variant, dtype=dtype,
+                        mode=mode[0] if mode else "train")
 
 
 def fastest_ms(run: Callable[[], object], repeat: int = 7) -> float:

@@ -8,15 +8,13 @@ process; and one layer's scan alone each way, fastest of 15.
 
 from __future__ import annotations
 
-import argparse
 import time
 import types
 
 import torch
 import torch.nn.functional as F
-from probes import alternate_steps, fastest_ms, library_ways, module_at
+from probes import alternate_cells, fastest_ms, library_ways, module_at, parser, prepare
 
-from harness.bench.memory import keep_freed_memory
 from zoo.fast.kernels import scan_cpu
 
 
@@ -43,8 +41,7 @@ def one_layer(module: types.ModuleType, T: int, D: int = 1024, N: int = 16) -> t
 
 
 def main(cells: list[str], before: str, rounds: int) -> None:
-    keep_freed_memory()  # as training cells run
-    torch.set_flush_denormal(True)
+    prepare()
     old = module_at("zoo.fast.kernels.scan_cpu", before)
     for label, module in ((before, old), ("now", scan_cpu), (before, old), ("now", scan_cpu)):
         start = time.perf_counter()
@@ -52,17 +49,11 @@ def main(cells: list[str], before: str, rounds: int) -> None:
         print(f"one layer's scan at 1024 tokens, {label}: forward {forward:.2f} ms, backward "
               f"{backward:.2f} ms, inference {inference:.2f} ms "
               f"({time.perf_counter() - start:.0f} s)")
-    ways = library_ways("zoo.fast.kernels.scan_cpu", before)
-    for cell in cells:
-        name, variant, seqlen, dtype, *mode = cell.split(":")
-        alternate_steps(name, int(seqlen), ways, rounds=rounds, variant=variant, dtype=dtype,
-                        mode=mode[0] if mode else "train")
+    alternate_cells(cells, library_ways("zoo.fast.kernels.scan_cpu", before), rounds)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("cells", nargs="*", help="NAME:VARIANT:SEQLEN:DTYPE[:forward]")
-    parser.add_argument("--before", required=True, help="the commit to compare with")
-    parser.add_argument("--rounds", type=int, default=6)
-    args = parser.parse_args()
+    arguments = parser(__doc__, cells="*")
+    arguments.add_argument("--before", required=True, help="the commit to compare with")
+    args = arguments.parse_args()
     main(args.cells, args.before, args.rounds)
