@@ -182,15 +182,16 @@ class MambaMixer(nn.Module):
             x = x * mask[..., None]
         # Selection: delta, B and C are projections of the token itself.
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(self.dt_proj(dt))  # (b, T, d_inner) > 0
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
-        y, ssm_state = self.gated_scan(x, delta, A, B, C, z, ssm_state)
+        y, ssm_state = self.gated_scan(x, self.dt_proj(dt), A, B, C, z, ssm_state)
         return self.out_proj(y), new_conv_state, ssm_state
 
-    def gated_scan(self, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+    def gated_scan(self, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    C: torch.Tensor, z: torch.Tensor, state: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The scan (in fp32), its skip D x, and the gate SiLU(z); and the new state."""
+        """The scan (in fp32) with step sizes softplus(dt), its skip D x, and the gate SiLU(z);
+        and the new state."""
+        delta = F.softplus(dt)  # (b, T, d_inner) > 0
         y, state = self.scan(x.float(), delta.float(), A, B.float(), C.float(), state)
         y = y.to(x.dtype) + x * self.D
         return y * F.silu(z), state

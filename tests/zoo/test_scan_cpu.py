@@ -93,15 +93,22 @@ def test_the_backward_equals_autograd_through_the_recurrence(shape, chunk, threa
         assert error <= 1e-6 * scale + 1e-6, (name, error, scale)
 
 
-def gated_reference(x, delta, A, B, C, D, z, state):
-    """Mamba's skip and gate around the recurrence, as zoo.mamba.MambaMixer writes them."""
-    y, h = selective_scan_recurrent(x, delta, A, B, C, state)
-    return (y + x * D) * torch.nn.functional.silu(z), h
+def gated_reference(x, dt, A, B, C, D, z, state):
+    """Mamba's selective SSM around the recurrence, as zoo.mamba.MambaMixer writes it: step
+    sizes softplus(dt), then the skip and the gate."""
+    F = torch.nn.functional
+    y, h = selective_scan_recurrent(x, F.softplus(dt), A, B, C, state)
+    return (y + x * D) * F.silu(z), h
 
 
 def gate_inputs(batch: int, T: int, D: int, seed: int):
+    """D, z, and dt (delta before its softplus): mostly in [-8, 3], where Mamba's lie, a few
+    past softplus's threshold of 20 and below -30."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(D, generator=g), torch.randn(batch, T, D, generator=g) * 3
+    dt = torch.randn(batch, T, D, generator=g) * 2.5 - 2.5
+    dt.view(-1)[::97] = 25.0
+    dt.view(-1)[5::89] = -40.0
+    return torch.randn(D, generator=g), torch.randn(batch, T, D, generator=g) * 3, dt
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -109,18 +116,19 @@ def gate_inputs(batch: int, T: int, D: int, seed: int):
                                    (3, 40, 7, 5)])
 def test_the_gated_scan_equals_skip_and_gate_after_the_recurrence(shape, threads,
                                                                   kernel_split):
-    """gated_scan: (y + D x) SiLU(z) in the scan's pass, both forms (fewer than 8 tokens, and
-    blocks of channels with a last one of fewer), z of either sign and large enough to
-    saturate SiLU."""
-    args = inputs(*shape)
-    skip, z = gate_inputs(shape[0], shape[1], shape[2], seed=3)
+    """gated_scan: softplus of the step sizes, and (y + D x) SiLU(z), in the scan's pass, both
+    forms (fewer than 8 tokens, and blocks of channels with a last one of fewer), z of either
+    sign and large enough to saturate SiLU."""
+    x, _, A, B, C, state = inputs(*shape)
+    skip, z, dt = gate_inputs(shape[0], shape[1], shape[2], seed=3)
+    args = (x, dt, A, B, C, skip, z, state)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        y, h = scan_cpu.gated_scan(*args[:5], skip, z, args[5])
+        y, h = scan_cpu.gated_scan(*args)
     finally:
         torch.set_num_threads(previous)
-    want_y, want_h = gated_reference(*(t.double() for t in (*args[:5], skip, z, args[5])))
+    want_y, want_h = gated_reference(*(t.double() for t in args))
     torch.testing.assert_close(y.double(), want_y, atol=5e-5, rtol=1e-5)
     torch.testing.assert_close(h.double(), want_h, atol=2e-5, rtol=1e-5)
 
@@ -130,13 +138,13 @@ def test_the_gated_scan_equals_skip_and_gate_after_the_recurrence(shape, threads
                                           ((3, 5, 3, 4), 2), ((1, 64, 40, 16), 16)])
 def test_the_gated_backward_equals_autograd_through_skip_gate_and_recurrence(
         shape, chunk, threads, monkeypatch, kernel_split):
-    """Every input's gradient, D's and z's included, within 1e-6 of the largest, from the
-    output's and the final state's."""
+    """Every input's gradient, dt's (through the softplus), D's and z's included, within 1e-6
+    of the largest, from the output's and the final state's."""
     monkeypatch.setattr(scan_cpu, "SPLIT_MIN_WORK", 0)
     monkeypatch.setattr(scan_cpu, "BACKWARD_CHUNK", chunk)
-    x, delta, A, B, C, state = inputs(*shape, seed=1)
-    skip, z = gate_inputs(shape[0], shape[1], shape[2], seed=4)
-    args = (x, delta, A, B, C, skip, z, state)
+    x, _, A, B, C, state = inputs(*shape, seed=1)
+    skip, z, dt = gate_inputs(shape[0], shape[1], shape[2], seed=4)
+    args = (x, dt, A, B, C, skip, z, state)
     g = torch.Generator().manual_seed(2)
     gy, gh = torch.randn(x.shape, generator=g), torch.randn(state.shape, generator=g)
     previous = torch.get_num_threads()
@@ -150,7 +158,7 @@ def test_the_gated_backward_equals_autograd_through_skip_gate_and_recurrence(
     ref = [t.double().requires_grad_() for t in args]
     y, h = gated_reference(*ref)
     ((y * gy.double()).sum() + (h * gh.double()).sum()).backward()
-    for name, got, want in zip("x delta A B C D z state".split(), ours, ref, strict=True):
+    for name, got, want in zip("x dt A B C D z state".split(), ours, ref, strict=True):
         scale = want.grad.abs().max().item()
         error = (got.grad.double() - want.grad).abs().max().item()
         assert error <= 1e-6 * scale + 1e-6, (name, error, scale)
@@ -161,8 +169,8 @@ def test_the_gate_reads_z_in_place_as_half_of_a_wider_tensor(shape):
     """Mamba's z is the second half of in_proj's output, rows 2 d_inner apart: read where it
     lies (no copy), in both forms, forward and backward."""
     batch, T, D, _ = shape
-    x, delta, A, B, C, state = inputs(*shape, seed=5)
-    skip, _ = gate_inputs(batch, T, D, seed=6)
+    x, _, A, B, C, state = inputs(*shape, seed=5)
+    skip, _, delta = gate_inputs(batch, T, D, seed=6)
     wide = (torch.randn(batch, T, 2 * D, generator=torch.Generator().manual_seed(7)) * 3
             ).requires_grad_()
     z = wide[..., D:]
@@ -179,3 +187,38 @@ def test_the_gate_reads_z_in_place_as_half_of_a_wider_tensor(shape):
     with torch.no_grad():
         torch.testing.assert_close(scan_cpu.gated_scan(x, delta, A, B, C, skip, z, state)[0],
                                    y.detach())
+
+
+def test_the_kernels_softplus_and_its_slope_are_within_float_rounding():
+    """The gated form's softplus of delta (a series for log1p) and its derivative, compiled
+    from the kernel's own source, against float64's over [-90, 90] in steps of 2^-8. The
+    softplus within 3 of float32's epsilon relative to the value where it is above 1e-30 (2.31
+    when written, at about -2.6: exp, a division and the series each round; PyTorch's float32
+    softplus: 0.96), x itself above PyTorch's threshold of 20; the slope, sigmoid, within 1.5
+    (1.09, as PyTorch's float32 sigmoid), 1 above 20."""
+    import ctypes
+
+    from zoo.fast.kernels import ckernel
+
+    library = ckernel.load("softplus_check", scan_cpu.SOURCE + r"""
+void softplus_all(int64_t n, const float *x, float *y, float *slope) {
+    for (int64_t i = 0; i < n; i++) {
+        y[i] = softplus(x[i]);
+        slope[i] = softplus_slope(x[i]);
+    }
+}
+""", openmp=True)
+    assert library is not None
+    x = (torch.arange(-90 * 256, 90 * 256 + 1) / 256.0).float()
+    y, slope = torch.empty_like(x), torch.empty_like(x)
+    library.softplus_all(ctypes.c_int64(x.numel()), *(ctypes.c_void_p(t.data_ptr())
+                                                        for t in (x, y, slope)))
+    want = torch.nn.functional.softplus(x.double())
+    big = want > 1e-30
+    ulp = torch.finfo(torch.float32).eps * want[big].float().abs().double()  # at the value
+    assert ((y.double()[big] - want[big]).abs() / ulp).max() <= 3.0
+    assert (y[~big] <= 1e-30).all()
+    assert torch.equal(y[x > 20], x[x > 20])
+    want_slope = torch.where(x.double() > 20, 1.0, torch.sigmoid(x.double()))
+    eps = torch.finfo(torch.float32).eps
+    assert ((slope.double() - want_slope).abs() <= 1.5 * eps * want_slope + 1e-37).all()

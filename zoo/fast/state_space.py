@@ -39,22 +39,22 @@ class _CompiledConv:
 class CompiledScanMambaMixer(_CompiledConv, MambaMixer):
     """Mamba's mixer with the selective scan run by kernels/scan_cpu.py's C loop on the CPU (the
     scan is always float32), its backward included when a gradient is needed (training), the
-    skip D x and the gate SiLU(z) in the same pass each way where the scan's inputs are CPU
-    float32 and the gate's float32 or (autocast) bfloat16, taken to float32; on CUDA or
-    without a compiler, the PyTorch scans. Its convolution as _CompiledConv's."""
+    step sizes' softplus, the skip D x and the gate SiLU(z) in the same pass each way where
+    the inputs are CPU float32 or (autocast) bfloat16, taken to float32; on CUDA or without a
+    compiler, the PyTorch scans. Its convolution as _CompiledConv's."""
 
-    def gated_scan(self, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+    def gated_scan(self, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    C: torch.Tensor, z: torch.Tensor, state: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         if (cpu_float32(A, state, self.D) and scan_cpu.available()
                 and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.bfloat16)
-                        for t in (x, delta, B, C, z))
-                and (cpu_float32(x, delta, B, C, z) or torch.is_autocast_enabled("cpu"))):
-            args = [t.float() for t in (x, delta, A, B, C)] + [self.D, z.float(), state]
+                        for t in (x, dt, B, C, z))
+                and (cpu_float32(x, dt, B, C, z) or torch.is_autocast_enabled("cpu"))):
+            args = [t.float() for t in (x, dt, A, B, C)] + [self.D, z.float(), state]
             if needs_grad(*args):
                 return scan_cpu.gated_scan_with_grad(*args)
             return scan_cpu.gated_scan(*args)
-        return super().gated_scan(x, delta, A, B, C, z, state)
+        return super().gated_scan(x, dt, A, B, C, z, state)
 
     def scan(self, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
              C: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,9 +19,10 @@ differentiable, an autograd Function whose backward is `selective_scan_backward`
 recomputes the states chunk by chunk (the forward keeps the state at every 64th token) rather
 than storing a (T, d_inner, N) history, and sweeps back in time. Its gradients equal the float64
 recurrence's to float32 rounding (tests/zoo/test_scan_cpu.py). `gated_scan` and
-`gated_scan_with_grad` add Mamba's skip and gate to the same pass, (y + D x) SiLU(z), as
-mamba_ssm's selective_scan_fn does, their gradients taken in the backward's sweep: PyTorch made
-several passes over (T, d_inner) tensors each way for them. The source is compiled on first
+`gated_scan_with_grad` take the rest of Mamba's selective SSM into the same pass, as mamba_ssm's
+selective_scan_fn does: the step sizes' softplus (they take delta before it) and the skip and
+gate, (y + D x) SiLU(z), their gradients taken in the backward's sweep: PyTorch made several
+passes over (T, d_inner) tensors each way for them. The source is compiled on first
 use with the system's C compiler and cached (ckernel.py); zoo.fast's "scan" route runs
 it, and without a compiler `available()` is False and the model keeps its PyTorch paths.
 """
@@ -55,6 +56,24 @@ static inline float sigmoid(float v) { return 1.0f / (1.0f + exp_inline(-v)); }
 static inline float gate(float s, float x, float Dd, float z) {
     return (s + Dd * x) * z * sigmoid(z);
 }
+
+/* The gated form also takes delta before its softplus (mamba_ssm's delta_softplus): log(1 +
+   e^v) = max(v, 0) + log1p(e^-|v|), log1p(u) = 2 atanh(u / (2 + u)) by its series to the 15th
+   power (u / (2 + u) <= 1/3: the next term is under float's rounding); v above 20 as v, as
+   PyTorch's softplus. Its derivative is sigmoid(v), 1 above 20. */
+static inline float softplus(float v) {
+    const float u = exp_inline(v < 0.0f ? v : -v), s = u / (2.0f + u), s2 = s * s;
+    float p = 1.0f / 15.0f;
+    p = p * s2 + 1.0f / 13.0f;
+    p = p * s2 + 1.0f / 11.0f;
+    p = p * s2 + 1.0f / 9.0f;
+    p = p * s2 + 1.0f / 7.0f;
+    p = p * s2 + 1.0f / 5.0f;
+    p = p * s2 + 1.0f / 3.0f;
+    p = p * s2 + 1.0f;
+    return v > 20.0f ? v : (v > 0.0f ? v : 0.0f) + 2.0f * s * p;
+}
+static inline float softplus_slope(float v) { return v > 20.0f ? 1.0f : sigmoid(v); }
 #ifndef FEW_TOKENS
 #define FEW_TOKENS 8
 #endif
@@ -81,7 +100,7 @@ forward_block(int64_t D, int64_t N, int64_t nw, int64_t t0, int64_t t1, const fl
         float dt[W], u[W], acc[W];
 #pragma omp simd
         for (int64_t w = 0; w < nw; w++) {
-            dt[w] = dr[w];
+            dt[w] = z ? softplus(dr[w]) : dr[w];
             u[w] = dt[w] * xr[w];
             acc[w] = 0.0f;
         }
@@ -125,8 +144,8 @@ scan_forward_few(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_
             const float *Bt_ = Bm + row * N, *Ct = Cm + row * N;
             float *kept = (starts && t % K == 0) ? starts + (b * chunks + t / K) * D * N : 0;
             for (int64_t d = d0; d < d1; d++) {
-                const float dt = delta[row * D + d], u = dt * x[row * D + d];
-                const float *Ad = A + d * N;
+                const float dt = z ? softplus(delta[row * D + d]) : delta[row * D + d];
+                const float u = dt * x[row * D + d], *Ad = A + d * N;
                 float *hd = h + (b * D + d) * N;
                 float acc = 0.0f;
                 if (kept)
@@ -151,8 +170,9 @@ scan_forward_few(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_
    place. Float32, row-major. Channels d0 <= d < d1 only: a call per thread. With starts (not
    NULL; (Bt, ceil(T / K), D, N)), the state at the start of every chunk of K tokens is kept
    there, for the backward. With z (not NULL; (Bt, T, D) with rows zt floats apart, sequences
-   T zt: a view of half of Mamba's in_proj output) and Dskip (D), y is gated (see gate), its
-   read-out kept in ys ((Bt, T, D)) where that is not NULL. */
+   T zt: a view of half of Mamba's in_proj output) and Dskip (D), Mamba's whole selective SSM:
+   delta is taken before its softplus (see softplus), and y is gated (see gate), its read-out
+   kept in ys ((Bt, T, D)) where that is not NULL. */
 static inline __attribute__((always_inline)) void
 scan_forward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1,
              const float *x, const float *delta, const float *A, const float *Bm,
@@ -244,7 +264,7 @@ backward_block(int64_t D, int64_t N, int64_t nw, int64_t t0, int64_t t1, const f
         float dt[W], u[W];
 #pragma omp simd
         for (int64_t w = 0; w < nw; w++) {
-            dt[w] = dr[w];
+            dt[w] = z ? softplus(dr[w]) : dr[w];
             u[w] = dt[w] * xr[w];
         }
         for (int64_t n = 0; n < N; n++) {
@@ -266,7 +286,7 @@ backward_block(int64_t D, int64_t N, int64_t nw, int64_t t0, int64_t t1, const f
         float dt[W], xv[W], u[W], g[W], du[W], dd[W];
 #pragma omp simd
         for (int64_t w = 0; w < nw; w++) {
-            dt[w] = dr[w];
+            dt[w] = z ? softplus(dr[w]) : dr[w];
             xv[w] = xr[w];
             u[w] = dt[w] * xv[w];
             g[w] = gr[w];
@@ -301,7 +321,7 @@ backward_block(int64_t D, int64_t N, int64_t nw, int64_t t0, int64_t t1, const f
         float *gdr = gdelta + t * D, *gxr = gx + t * D;
 #pragma omp simd
         for (int64_t w = 0; w < nw; w++) {
-            gdr[w] = dd[w] + du[w] * xv[w];
+            gdr[w] = (dd[w] + du[w] * xv[w]) * (z ? softplus_slope(dr[w]) : 1.0f);
             gxr[w] = du[w] * dt[w] + g[w] * Dw[w];
         }
     }
@@ -555,9 +575,10 @@ def scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
 def gated_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                C: torch.Tensor, D: torch.Tensor, z: torch.Tensor, state: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mamba's scan with the skip and the gate around it, in the scan's pass: (y + D x) SiLU(z)
-    for `scan`'s y, with D (d_inner) and z (b, T, d_inner) float32 CPU tensors as the others,
-    without gradients; and the new state. `gated_scan_with_grad` is the same with a
+    """Mamba's selective SSM in the scan's pass: `scan` of x with step sizes softplus(delta)
+    (delta taken before the softplus, as the model's dt_proj gives it), then the skip and the
+    gate, (y + D x) SiLU(z), with D (d_inner) and z (b, T, d_inner) float32 CPU tensors as the
+    others, without gradients; and the new state. `gated_scan_with_grad` is the same with a
     backward."""
     library = _checked(x, delta, A, B, C, D, z, state)
     x, delta, A, B, C, D = (t.contiguous() for t in (x, delta, A, B, C, D))
