@@ -1,6 +1,6 @@
-"""Mamba's whole training step (or forward) with its skip and gate in the selective scan's C
-pass (the scan route's gated_scan) and in PyTorch after the C scan (MambaMixer.gated_scan),
-alternated step by step in one process.
+"""Mamba's whole training step (or forward) with its step sizes' softplus, skip and gate in
+the selective scan's C pass (the scan route's gated_scan) and in PyTorch around the C scan
+(MambaMixer.gated_scan), alternated step by step in one process.
 
     python reports/train-cpu/gate-probe.py mamba:small:1024:float32 mamba:small:1024:float32:forward
 """

@@ -26,15 +26,15 @@ def prepare() -> None:
     torch.set_flush_denormal(True)
 
 
-def parser(doc: str, cells: str = "+", first: tuple[tuple[str, str], ...] = ()
-           ) -> argparse.ArgumentParser:
+def parser(doc: str, cells: str = "+", first: tuple[tuple[str, str], ...] = (),
+           cell: str = "NAME:VARIANT:SEQLEN:DTYPE[:forward]") -> argparse.ArgumentParser:
     """A probe's command line: the positional arguments `first` ((name, help) pairs), its cells
-    ("NAME:VARIANT:SEQLEN:DTYPE[:forward]", `cells` as argparse's nargs) and --rounds; the
-    description is the first paragraph of `doc`."""
+    (as `cell` says, `cells` as argparse's nargs) and --rounds; the description is the first
+    paragraph of `doc`."""
     arguments = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     for name, text in first:
         arguments.add_argument(name, help=text)
-    arguments.add_argument("cells", nargs=cells, help="NAME:VARIANT:SEQLEN:DTYPE[:forward]")
+    arguments.add_argument("cells", nargs=cells, help=cell)
     arguments.add_argument("--rounds", type=int, default=6)
     return arguments
 
