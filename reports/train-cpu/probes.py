@@ -116,8 +116,16 @@ def module_at(name: str, commit: str) -> types.ModuleType:
 
 def library_ways(name: str, before: str) -> dict[str, Callable[[], None]]:
     """alternate_steps' ways for a kernel module `name` whose functions load their library by
-    its `_library()`: "now", and as it was at commit `before`."""
+    its `_library()`: "now", and as it was at commit `before`. Refused (SystemExit) where a C
+    function the module declares takes other arguments at `before`: today's Python would call
+    the old library with them."""
     module = importlib.import_module(name)
     now, old = module._library, module_at(name, before)._library
+    changed = [function for function, pointer in vars(now()).items()
+               if hasattr(pointer, "argtypes")
+               and getattr(old(), function).argtypes != pointer.argtypes]
+    if changed:
+        raise SystemExit(f"{name}'s C functions {', '.join(changed)} take other arguments at "
+                         f"{before}: compare with a commit where they take today's")
     return {"now": lambda: setattr(module, "_library", now),
             before: lambda: setattr(module, "_library", old)}

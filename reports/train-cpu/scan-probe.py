@@ -1,6 +1,9 @@
 """Mamba's whole training step (or forward) with the selective scan's C kernel as it is now and
 as it was at an earlier commit (its source read from git), alternated step by step in one
-process; and one layer's scan alone each way, fastest of 15.
+process; and one layer's scan alone each way, fastest of 15. The earlier way runs that commit's
+scan_cpu.scan and scan_with_grad (its Python with its C) with the step sizes' softplus, the
+skip and the gate in PyTorch (MambaMixer.gated_scan), as the model did before they moved into
+the kernel (2fe6586); the way now, the scan route as it is.
 
     python reports/train-cpu/scan-probe.py --before 608e032 mamba:small:1024:float32 \
         mamba:small:1024:float32:forward
@@ -13,9 +16,11 @@ import types
 
 import torch
 import torch.nn.functional as F
-from probes import alternate_cells, fastest_ms, library_ways, module_at, parser, prepare
+from probes import alternate_cells, fastest_ms, module_at, parser, prepare
 
 from zoo.fast.kernels import scan_cpu
+from zoo.fast.state_space import CompiledScanMambaMixer
+from zoo.mamba import MambaMixer
 
 
 def one_layer(module: types.ModuleType, T: int, D: int = 1024, N: int = 16) -> tuple[float, ...]:
@@ -49,7 +54,13 @@ def main(cells: list[str], before: str, rounds: int) -> None:
         print(f"one layer's scan at 1024 tokens, {label}: forward {forward:.2f} ms, backward "
               f"{backward:.2f} ms, inference {inference:.2f} ms "
               f"({time.perf_counter() - start:.0f} s)")
-    alternate_cells(cells, library_ways("zoo.fast.kernels.scan_cpu", before), rounds)
+    now = (scan_cpu.scan, scan_cpu.scan_with_grad, CompiledScanMambaMixer.gated_scan)
+    then = (old.scan, old.scan_with_grad, MambaMixer.gated_scan)
+
+    def switch(functions):
+        scan_cpu.scan, scan_cpu.scan_with_grad, CompiledScanMambaMixer.gated_scan = functions
+
+    alternate_cells(cells, {"now": lambda: switch(now), before: lambda: switch(then)}, rounds)
 
 
 if __name__ == "__main__":
