@@ -538,7 +538,8 @@ def test_describe_says_which_routes_run(name):
         assert not any(n.startswith(("WKV", "matrix WKV")) for n in notes + plain_notes)
     if name == "mamba":
         pytorch = "selective scan: PyTorch, chunks of 16 for prefill, the recurrence for decoding"
-        compiled = "selective scan: compiled C loop (zoo.fast.kernels.scan_cpu)"
+        compiled = ("selective scan with its softplus, skip and gate: compiled C loop "
+                    "(zoo.fast.kernels.scan_cpu)")
         assert (compiled if scan_cpu.available() else pytorch) in notes
         assert pytorch in plain_notes
         assert (compiled if scan_cpu.available() else pytorch) in zoo.fast.describe(

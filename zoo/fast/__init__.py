@@ -317,7 +317,8 @@ def describe(model: nn.Module, training: bool = False,
     mixer = next((m for m in model.modules() if isinstance(m, MambaMixer)), None)
     if mixer is not None:
         if "scan" in routes and cpu and scan_cpu.available():
-            notes.append("selective scan: compiled C loop (zoo.fast.kernels.scan_cpu)")
+            notes.append("selective scan with its softplus, skip and gate: compiled C loop "
+                         "(zoo.fast.kernels.scan_cpu)")
         else:
             chunk = mamba_chunk_length(mixer.chunk_len, weight.is_cuda)
             notes.append(f"selective scan: PyTorch, chunks of {chunk} for prefill, the "
