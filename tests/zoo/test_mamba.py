@@ -356,6 +356,35 @@ def test_the_scan_route_runs_skip_and_gate_in_the_kernel_and_keeps_the_plain_gra
     assert calls == ["gated_scan"] * (2 * layers)
 
 
+
+@pytest.mark.skipif(not scan_cpu.available(), reason="no C compiler for the kernel")
+def test_under_autocast_the_gated_kernel_is_as_close_to_float32_as_the_plain_form():
+    """Under bfloat16 autocast the route takes dt and z to float32 and computes the softplus,
+    skip and gate there, where the plain form computes softplus and SiLU in bfloat16: its loss
+    within 1% of the float32 model's, and its gradients no farther from float32's than the plain
+    form's under autocast (the median over parameters of each one's largest error relative to
+    its largest entry; 0.028 against 0.048 when written)."""
+    ids = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(0))
+
+    def loss_and_grads(fast: bool, autocast: bool):
+        model = tiny_model(fast=fast).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(ids, targets=ids).loss
+        loss.backward()
+        return loss.item(), {k: p.grad for k, p in model.named_parameters()}
+
+    want_loss, want = loss_and_grads(False, False)
+
+    def median_error(grads):
+        errors = sorted(((g - want[k]).abs().max() / want[k].abs().max()).item()
+                        for k, g in grads.items())
+        return errors[len(errors) // 2]
+
+    loss, routed = loss_and_grads(True, True)
+    _, plain = loss_and_grads(False, True)
+    assert abs(loss - want_loss) <= 0.01 * want_loss
+    assert median_error(routed) <= 1.25 * median_error(plain)
+
 # ---------------------------------------------------------------------------------------------
 # Hugging Face MambaForCausalLM (its sequential scan on the CPU) and checkpoint import
 
