@@ -111,10 +111,9 @@ def gate_inputs(batch: int, T: int, D: int, seed: int):
     return torch.randn(D, generator=g), torch.randn(batch, T, D, generator=g) * 3, dt
 
 
-@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", [(1, 1, 8, 16), (2, 7, 40, 16), (2, 257, 24, 16),
                                    (3, 40, 7, 5)])
-def test_the_gated_scan_equals_skip_and_gate_after_the_recurrence(shape, threads,
+def test_the_gated_scan_equals_skip_and_gate_after_the_recurrence(shape, kernel_threads,
                                                                   kernel_split):
     """gated_scan: softplus of the step sizes, and (y + D x) SiLU(z), in the scan's pass, both
     forms (fewer than 8 tokens, and blocks of channels with a last one of fewer), z of either
@@ -122,39 +121,27 @@ def test_the_gated_scan_equals_skip_and_gate_after_the_recurrence(shape, threads
     x, _, A, B, C, state = inputs(*shape)
     skip, z, dt = gate_inputs(shape[0], shape[1], shape[2], seed=3)
     args = (x, dt, A, B, C, skip, z, state)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        y, h = scan_cpu.gated_scan(*args)
-    finally:
-        torch.set_num_threads(previous)
+    y, h = scan_cpu.gated_scan(*args)
     want_y, want_h = gated_reference(*(t.double() for t in args))
     torch.testing.assert_close(y.double(), want_y, atol=5e-5, rtol=1e-5)
     torch.testing.assert_close(h.double(), want_h, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape, chunk", [((2, 37, 20, 5), 8), ((1, 130, 9, 16), 64),
                                           ((3, 5, 3, 4), 2), ((1, 64, 40, 16), 16)])
 def test_the_gated_backward_equals_autograd_through_skip_gate_and_recurrence(
-        shape, chunk, threads, monkeypatch, kernel_split):
+        shape, chunk, kernel_threads, monkeypatch, kernel_split):
     """Every input's gradient, dt's (through the softplus), D's and z's included, within 1e-6
     of the largest, from the output's and the final state's."""
-    monkeypatch.setattr(scan_cpu, "SPLIT_MIN_WORK", 0)
     monkeypatch.setattr(scan_cpu, "BACKWARD_CHUNK", chunk)
     x, _, A, B, C, state = inputs(*shape, seed=1)
     skip, z, dt = gate_inputs(shape[0], shape[1], shape[2], seed=4)
     args = (x, dt, A, B, C, skip, z, state)
     g = torch.Generator().manual_seed(2)
     gy, gh = torch.randn(x.shape, generator=g), torch.randn(state.shape, generator=g)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        ours = [t.clone().requires_grad_() for t in args]
-        y, h = scan_cpu.gated_scan_with_grad(*ours)
-        ((y * gy).sum() + (h * gh).sum()).backward()
-    finally:
-        torch.set_num_threads(previous)
+    ours = [t.clone().requires_grad_() for t in args]
+    y, h = scan_cpu.gated_scan_with_grad(*ours)
+    ((y * gy).sum() + (h * gh).sum()).backward()
     ref = [t.double().requires_grad_() for t in args]
     y, h = gated_reference(*ref)
     ((y * gy.double()).sum() + (h * gh.double()).sum()).backward()
