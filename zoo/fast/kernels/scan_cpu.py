@@ -236,14 +236,15 @@ void selective_scan_forward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t
 
 /* One block of nw channels over tokens [t0, t1): pointers as forward_block's, start at this
    chunk's kept state, gx, gdelta, gy, gz as x; gA at channel c0's row of (D, N), added to;
-   G (N, W); gBw, gCw, states, decays (K, N, W). With z (the gated form), gy is the gated
+   G (N, W); gBw, gCw, states, decays (K, N, W); steps (K, W), the step sizes the recompute
+   works out (after the softplus) and the sweep reads. With z (the gated form), gy is the gated
    output's gradient: the read-out's is gy SiLU(z), and z's, x's extra and D's (gD at channel
    c0, added to) follow from the read-out ys the forward kept. */
 static inline __attribute__((always_inline)) void
 backward_block(int64_t D, int64_t N, int64_t nw, int64_t t0, int64_t t1, const float *x,
                const float *delta, const float *A, const float *Bm, const float *Cm,
                const float *start, const float *gy, float *gx, float *gdelta, float *gA,
-               float *G, float *gBw, float *gCw, float *states, float *decays,
+               float *G, float *gBw, float *gCw, float *states, float *decays, float *steps,
                const float *Dskip, const float *z, int64_t zt, const float *ys, float *gz,
                float *gD) {
     float Aw[N * W], gAw[N * W], h0[N * W], Dw[W], gDw[W];
@@ -260,8 +261,9 @@ backward_block(int64_t D, int64_t N, int64_t nw, int64_t t0, int64_t t1, const f
     const float *prev = h0;
     for (int64_t t = t0; t < t1; t++) {
         float *cur = states + (t - t0) * N * W, *a = decays + (t - t0) * N * W;
+        float *dt = steps + (t - t0) * W;
         const float *xr = x + t * D, *dr = delta + t * D;
-        float dt[W], u[W];
+        float u[W];
 #pragma omp simd
         for (int64_t w = 0; w < nw; w++) {
             dt[w] = z ? softplus(dr[w]) : dr[w];
@@ -282,11 +284,10 @@ backward_block(int64_t D, int64_t N, int64_t nw, int64_t t0, int64_t t1, const f
         const float *cur = states + i * N * W, *a = decays + i * N * W;
         const float *before = i ? states + (i - 1) * N * W : h0;
         float *gBt = gBw + i * N * W, *gCt = gCw + i * N * W;
-        const float *xr = x + t * D, *dr = delta + t * D, *gr = gy + t * D;
-        float dt[W], xv[W], u[W], g[W], du[W], dd[W];
+        const float *xr = x + t * D, *dr = delta + t * D, *gr = gy + t * D, *dt = steps + i * W;
+        float xv[W], u[W], g[W], du[W], dd[W];
 #pragma omp simd
         for (int64_t w = 0; w < nw; w++) {
-            dt[w] = z ? softplus(dr[w]) : dr[w];
             xv[w] = xr[w];
             u[w] = dt[w] * xv[w];
             g[w] = gr[w];
@@ -333,7 +334,7 @@ backward_block(int64_t D, int64_t N, int64_t nw, int64_t t0, int64_t t1, const f
 
 /* For channels d0 <= d < d1: gx, gdelta, gh0 (and with z, gz) are written; gA (D, N) and
    gD (D) are added to for these channels; gB, gC (Bt, T, N) are added to, a buffer per thread
-   (the caller sums them). work: (ceil((d1 - d0) / W) + 4 K) N W floats. */
+   (the caller sums them). work: (ceil((d1 - d0) / W) + 4 K) N W + K W floats. */
 static inline __attribute__((always_inline)) void
 scan_backward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d1, int64_t K,
               const float *x, const float *delta, const float *A, const float *Bm,
@@ -343,7 +344,7 @@ scan_backward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d
               float *gz, float *gD) {
     const int64_t chunks = (T + K - 1) / K, blocks = (d1 - d0 + W - 1) / W;
     float *Gs = work, *states = Gs + blocks * N * W, *decays = states + K * N * W;
-    float *gBw = decays + K * N * W, *gCw = gBw + K * N * W;
+    float *gBw = decays + K * N * W, *gCw = gBw + K * N * W, *steps = gCw + K * N * W;
     for (int64_t b = 0; b < Bt; b++) {
         const int64_t rows = b * T * D;
         for (int64_t k = 0; k < blocks * N * W; k++) Gs[k] = 0.0f;
@@ -364,13 +365,13 @@ scan_backward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t d
                     backward_block(D, N, W, t0, t1, x + rows + c0, delta + rows + c0, A + c0 * N,
                                    Bm + b * T * N, Cm + b * T * N, start, gy + rows + c0,
                                    gx + rows + c0, gdelta + rows + c0, gA + c0 * N, G, gBw, gCw,
-                                   states, decays, Db, zb, zt, ysb, gzb, gDb);
+                                   states, decays, steps, Db, zb, zt, ysb, gzb, gDb);
                 else
                     backward_block(D, N, d1 - c0, t0, t1, x + rows + c0, delta + rows + c0,
                                    A + c0 * N, Bm + b * T * N, Cm + b * T * N, start,
                                    gy + rows + c0, gx + rows + c0, gdelta + rows + c0,
-                                   gA + c0 * N, G, gBw, gCw, states, decays, Db, zb, zt, ysb, gzb,
-                                   gDb);
+                                   gA + c0 * N, G, gBw, gCw, states, decays, steps, Db, zb, zt,
+                                   ysb, gzb, gDb);
             }
             for (int64_t t = t0; t < t1; t++)
                 for (int64_t n = 0; n < N; n++) {
@@ -399,7 +400,7 @@ int selective_scan_backward(int64_t Bt, int64_t T, int64_t D, int64_t N, int64_t
                             const float *gy, const float *gh, float *gx, float *gdelta,
                             float *gA, float *gB, float *gC, float *gh0, const float *Dskip,
                             const float *z, int64_t zt, const float *ys, float *gz, float *gD) {
-    float *work = malloc(sizeof(float) * ((d1 - d0 + W - 1) / W + 4 * K) * N * W);
+    float *work = malloc(sizeof(float) * (((d1 - d0 + W - 1) / W + 4 * K) * N * W + K * W));
     if (!work)
         return 1;
     if (N == 16)
