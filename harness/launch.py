@@ -276,6 +276,7 @@ class Ray:
                               " (or pip install ray)") from None
         self._ray = ray
         self._started = not ray.is_initialized()
+        self._running: dict[Any, tuple[Any, Placement, float]] = {}  # what close() cancels
         try:
             if self._started:
                 ray.init(address=address, num_cpus=num_cpus if address is None else None,
@@ -294,7 +295,6 @@ class Ray:
         self.jobs = jobs or capacity
         self._task = ray.remote(_ray_cell).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
         self._cpus = cpus
-        self._running: dict[Any, tuple[Any, Placement, float]] = {}
 
     def has_room(self) -> bool:
         return len(self._running) < self.jobs

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +33,46 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         gpu = torch.cuda.get_device_name(torch.device(device))
     return {"cpu": cpu, "cores": os.cpu_count(), "ram_bytes": ram, "gpu": gpu,
             "torch": torch.__version__}
+
+
+def check_device(device: str, *, here: bool = True) -> str:
+    """`device` (cpu, cuda or cuda:N) if this machine has it, else a ValueError that says what
+    it has. `here=False` checks the name only: for work launched onto other machines (a Ray
+    cluster's GPUs seen from a head node without one)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device; give cpu, cuda or "
+                         "cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: give cpu, cuda or cuda:N")
+    if here and parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {device}: no CUDA device on this machine; give cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"--device {device}: this machine has {count} CUDA device"
+                             f"{'s' if count > 1 else ''}, cuda:0 to cuda:{count - 1}")
+    return device
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """What was refused when `exc` is a failed allocation ("an allocation of 37.3 GiB", or
+    "an allocation" when the error does not say its size), else None. CUDA raises
+    OutOfMemoryError; PyTorch's CPU allocator a RuntimeError that says it could not allocate."""
+    import torch
+
+    text = str(exc)
+    if not (isinstance(exc, torch.OutOfMemoryError | MemoryError)
+            or "can't allocate memory" in text or "not enough memory" in text):
+        return None
+    size = re.search(r"[Tt]ried to allocate (\d+) bytes", text)  # the CPU allocator's
+    if size:
+        return f"an allocation of {int(size.group(1)) / 2**30:.1f} GiB"
+    size = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]iB)", text)  # CUDA's
+    return f"an allocation of {size.group(1)}" if size else "an allocation"
 
 
 # What runs, relative to the checkout: a change here (edited or new files) makes a record's

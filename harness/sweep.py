@@ -22,7 +22,7 @@ from harness import launch, results
 from harness.bench.implementations import COMPILED, OURS, PEERS
 from harness.bench.peak import PEAK_METHOD
 from harness.bench.workload import DTYPES, MODES, Cell, decoding_models
-from harness.machine import machine_info, provenance
+from harness.machine import check_device, machine_info, provenance
 
 if TYPE_CHECKING:
     from harness.catalog import Catalog
@@ -162,13 +162,10 @@ def check(sweep: Sweep, catalog: Catalog | None = None) -> None:
             raise SweepError(f"--{name.replace('_', '-')} must be at least 1")
     if sweep.warmup < 0 or sweep.timeout <= 0 or (sweep.threads is not None and sweep.threads < 1):
         raise SweepError("--warmup must be >= 0, --timeout > 0 and --threads >= 1")
-    if sweep.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise SweepError(f"--device {sweep.device}: no CUDA device on this machine")
-    elif sweep.device != "cpu":
-        raise SweepError(f"--device {sweep.device!r}: use cpu, cuda or cuda:N")
+    try:
+        check_device(sweep.device)
+    except ValueError as error:
+        raise SweepError(str(error)) from None
     for model in sweep.models:  # the variant must exist (the error lists the valid ones)
         if model not in sweep.fields:
             variant_fields(model, sweep.variant, catalog)

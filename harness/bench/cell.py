@@ -31,6 +31,7 @@ from harness.bench.memory import (
 )
 from harness.bench.peak import measure_matmul_peak
 from harness.bench.workload import DTYPES, SEED, Cell, draw_inputs, sync
+from harness.machine import out_of_memory
 
 
 def mixed_precision(cell: Cell) -> bool:
@@ -149,10 +150,7 @@ def main(argv: list[str]) -> int:
             result = {"status": "ok", **measure(cell), "threads": torch.get_num_threads()}
     except Exception as exc:  # noqa: BLE001 - any failure becomes a record with a status
         message = str(exc).splitlines()[0] if str(exc) else ""
-        # The CPU allocator reports a refused allocation as a RuntimeError.
-        out_of_memory = isinstance(exc, torch.OutOfMemoryError | MemoryError) or any(
-            text in str(exc) for text in ("not enough memory", "can't allocate memory"))
-        result = {"status": "oom" if out_of_memory else "error",
+        result = {"status": "error" if out_of_memory(exc) is None else "oom",
                   "error": f"{type(exc).__name__}: {message}"}
     sys.stdout.write("\n" + json.dumps(result) + "\n")
     sys.stdout.flush()

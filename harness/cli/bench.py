@@ -22,6 +22,7 @@ from harness.cli.common import (
     launcher_for,
     load_catalog_for,
     one_line_errors,
+    resolve_device,
     stderr,
     stdout,
     zoo_names,
@@ -157,13 +158,10 @@ def bench(
     """
     from harness import sweep as sweeps
 
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     catalog = load_catalog_for(ctx, warn=False)
     peak_cache = results.default_peak_cache()
     with one_line_errors():
+        device = resolve_device(device)  # before --calibrate measures on it
         names = zoo_names(catalog, models or [], all_models)
         fields = {}
         if checkpoint is not None:

@@ -49,11 +49,21 @@ def stderr() -> Console:
 
 @contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Turn the library's errors into `error: ...` on stderr and a non-zero exit."""
+    """Turn the library's errors, and a failed allocation, into `error: ...` on stderr and a
+    non-zero exit."""
+    from harness.machine import out_of_memory
+
     try:
         yield
     except (CatalogError, ValueError, OSError) as exc:
         stderr().print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(USAGE_ERROR) from None
+    except (RuntimeError, MemoryError) as exc:
+        refused = out_of_memory(exc)
+        if refused is None:
+            raise
+        stderr().print(f"[bold red]error:[/] out of memory ({refused} refused): give shorter "
+                       "inputs or smaller batches")
         raise typer.Exit(USAGE_ERROR) from None
 
 
@@ -158,12 +168,16 @@ def _given_parameters(ctx: typer.Context) -> list[str]:
     return out
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, *, here: bool = True) -> str:
+    """--device as the machine it runs on: auto is cuda where there is one, else cpu; a device
+    this machine lacks is a ValueError (not checked for cells launched elsewhere: `here`)."""
+    from harness.machine import check_device
+
     if device == "auto":
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return check_device(device, here=here)
 
 
 

@@ -54,10 +54,11 @@ def generate(
 
     out = sys.stdout
     with one_line_errors():
+        device = resolve_device(device)
         check_sampling(max_new_tokens, temperature, top_k)
         name, path = model_of(checkpoint, model)  # a hub id: fetched once, here
         require_decoder(checkpoint, name, "catalog generate")  # before the weights are read
-        loaded = load_pretrained(path, model=name, device=resolve_device(device))
+        loaded = load_pretrained(path, model=name, device=device)
         if loaded.tokenizer is None:
             raise ValueError(f"{checkpoint}: no tokenizer files (tokenizer.json, vocab.json + "
                              "merges.txt, or vocab.txt) beside the weights; catalog generate "

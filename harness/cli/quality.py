@@ -205,7 +205,9 @@ def quality(
             seed=seeds[0], corpus=corpus, tokenizer=tokenizer, bpe_vocab=bpe_vocab,
             seqlen=seqlens[0], batch_size=batch_size, lr=lrs[0], eval_every=eval_every,
             mqar_seqlen=mqar_lengths[0], mqar_kv_pairs=mqar_pairs[0], mqar_vocab=mqar_vocab,
-            device=resolve_device(device), dtype=dtype, width=widths[0],
+            # a Ray cluster's cells may have the GPU its head lacks
+            device=resolve_device(device, here=launcher != "ray"), dtype=dtype,
+            width=widths[0],
             extrapolate=extrapolate, stride=stride,
             overrides=parse_overrides(settings, SET_BY_OPTIONS))
         if task == "lm" and variant is None and widths == [None]:

@@ -8,14 +8,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from harness.machine import now, where
+from harness.machine import now, out_of_memory, where
 from harness.models import set_texts
 from harness.quality import curves, tasks
 from harness.quality.checkpoint import save_checkpoint
@@ -49,21 +50,25 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
     only the main process (`is_main`) saves."""
     spec = data.spec
     task = task_for(model, spec.task)
-    net = build_model(model, task, data, catalog)
-    setup = setup_task(model, task, data, spec.device)
     config = spec.train_config
     if task == "seq2seq" and config.seqlen % 2:
         raise QualityError(f"--seqlen {config.seqlen}: seq2seq needs an even length")
-    if spec.budget.flops:  # a compute budget counts each model's own cost of a token
-        config = dataclasses.replace(config, flops_per_token=3 * net.flops_per_token(
-            config.seqlen))
-    started = time.monotonic()
-    history = train(net, setup.batches, config, evaluate=setup.evaluate,
-                    state_path=out / "state.pt", resume=resume, on_step=on_step)
+    state = out / "state.pt"
+    with _memory_refused(model, f"training {config.batch_size} x {config.seqlen} tokens a step",
+                         spec.device, state, "--batch-size or --seqlen"):
+        net = build_model(model, task, data, catalog)
+        setup = setup_task(model, task, data, spec.device)
+        if spec.budget.flops:  # a compute budget counts each model's own cost of a token
+            config = dataclasses.replace(config, flops_per_token=3 * net.flops_per_token(
+                config.seqlen))
+        started = time.monotonic()
+        history = train(net, setup.batches, config, evaluate=setup.evaluate, state_path=state,
+                        resume=resume, on_step=on_step)
     if not is_main:
         return RunResult(None, history, None)
     net.eval()
-    with torch.no_grad():
+    with _memory_refused(model, "testing", spec.device, state,
+                         "--extrapolate" if spec.extrapolate else "--seqlen"), torch.no_grad():
         scores = setup.test(net)
         validation = setup.validate(net) if setup.validate else {}
         length_curves = _length_curves(net, data, config.seqlen) if spec.extrapolate else {}
@@ -120,6 +125,23 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
         rec.chance = 1 / spec.mqar.num_kv_pairs
         rec.kv_pairs = spec.mqar.num_kv_pairs
     return RunResult(rec, history, checkpoint)
+
+
+@contextmanager
+def _memory_refused(model: str, doing: str, device: str, state: Path, smaller: str
+                    ) -> Iterator[None]:
+    """A failed allocation inside as a one-line QualityError that says what ran out, what to
+    make smaller, and what was kept (the last saved state, which --resume continues from)."""
+    try:
+        yield
+    except Exception as exc:
+        refused = out_of_memory(exc)
+        if refused is None:
+            raise
+        kept = (f"; {state} is kept: --resume continues from it" if state.exists()
+                else "")
+        raise QualityError(f"{model}: out of memory {doing} on {device} ({refused} refused); "
+                           f"give a smaller {smaller}{kept}") from None
 
 
 def _length_curves(net, data: Prepared, trained: int) -> dict:

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from harness.machine import check_device
 from harness.models import variant_label
 from harness.quality.tasks import MQARConfig
 from harness.quality.train import PRECISIONS, Budget, TrainConfig, parse_budget
@@ -172,10 +171,9 @@ class RunSpec:
         if self.eval_every < 1:
             raise QualityError(f"--eval-every must be at least 1, not {self.eval_every}")
         try:  # caught here rather than when the model is moved, after the data is prepared
-            torch.device(self.device)
-        except (RuntimeError, ValueError):
-            raise QualityError(f"--device {self.device!r} is not a torch device; give cpu, "
-                               "cuda or cuda:N") from None
+            check_device(self.device, here=False)  # the command checks this machine has it
+        except ValueError as error:
+            raise QualityError(str(error)) from None
 
     @classmethod
     def from_options(cls, *, task: str, budget: str, mqar_seqlen: int = DEFAULT_MQAR.seqlen,

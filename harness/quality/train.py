@@ -247,6 +247,10 @@ def _train(model, net, batches, config, evaluate, state_path, resume, on_step, d
     if evaluate is not None and rank == 0 and (not history.evals
                                                or history.evals[-1]["step"] != history.steps):
         history.evals.append({"step": history.steps, **_evaluate(model, evaluate)})
+    if state_path is not None and rank == 0 and history.steps % config.checkpoint_every:
+        # the trained state, whole: what fails after training (testing out of memory) loses
+        # none of it (--resume tests it again)
+        _save_state(state_path, model, optimizer, history)
     if world > 1:
         import torch.distributed as dist
 

@@ -217,6 +217,10 @@ def test_timeline_errors_keep_existing_files(tmp_path):
     assert existing.read_text() == "keep me"
     assert_one_line_error(run("timeline", "--out", str(tmp_path / "t.png"), "--family", "nope"),
                           "unknown family")
+    blocked = tmp_path / "a-file"  # a folder that cannot be made: the error names the output
+    blocked.write_text("")
+    assert_one_line_error(run("timeline", "--out", str(blocked / "t.png")),
+                          f"cannot write {blocked / 't.png'}: ")
 
 
 @pytest.mark.parametrize("command, options", [
@@ -405,3 +409,16 @@ def test_the_command_line_is_rebuilt_from_what_was_given(monkeypatch):
     assert result.exit_code == 0, result.output
     assert demo_commands == ["catalog --folder 'my dir' bench gpt rwkv --mode forward --mode "
                              "generate --force --no-warm"]
+
+
+def test_a_failed_allocation_anywhere_is_one_line_and_other_errors_are_not_hidden(capsys):
+    from harness.cli.common import one_line_errors
+
+    with pytest.raises(typer.Exit) as stopped, one_line_errors():
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                           "3221225472 bytes. Error code 12 (Cannot allocate memory)")
+    assert stopped.value.exit_code == 2
+    assert capsys.readouterr().err.strip() == ("error: out of memory (an allocation of 3.0 GiB "
+                                               "refused): give shorter inputs or smaller batches")
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"), one_line_errors():
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")

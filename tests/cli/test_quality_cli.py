@@ -112,6 +112,42 @@ def test_errors_are_one_line(tmp_path, args, fragment):
     assert not (tmp_path / "q.jsonl").exists()
 
 
+@pytest.mark.parametrize("command", [["train", "gpt"], ["quality", "gpt", "rwkv"],
+                                     ["eval", "somewhere"], ["generate", "somewhere"]])
+def test_a_cuda_device_the_machine_lacks_is_one_error(tmp_path, monkeypatch, command):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    extra = [] if command[0] == "generate" else ["--results", str(tmp_path / "q.jsonl")]
+    result = runner.invoke(app, [*command, "--device", "cuda", *extra])
+    one_line_error(result, "--device cuda: no CUDA device on this machine")
+    assert not (tmp_path / "q.jsonl").exists()
+
+
+def test_out_of_memory_in_one_model_keeps_the_records_of_those_before(tmp_path, corpus,
+                                                                      monkeypatch):
+    import harness.quality.run as run_module
+
+    real_train = run_module.train
+
+    def rwkv_runs_out(net, *args, **kwargs):
+        if type(net).__name__.startswith("RWKV"):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                               "allocate 1073741824 bytes. Error code 12")
+        return real_train(net, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "train", rwkv_runs_out)
+    result = runner.invoke(app, ["quality", "gpt", "rwkv", *quick(corpus, tmp_path),
+                                 "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: rwkv: out of memory training 4 x 64 tokens a step on cpu (an allocation of 1.0 "
+        "GiB refused); give a smaller --batch-size or --seqlen")
+    assert [r.model for r in load([tmp_path / "quality.jsonl"]).records] == ["gpt"]
+    assert (tmp_path / "cmp" / "gpt" / "model.safetensors").exists()
+
+
 def test_a_results_file_that_cannot_be_written_is_refused_before_training(tmp_path, corpus):
     options = [*quick(corpus, tmp_path)][:-1] + ["/proc/x/r.jsonl"]
     result = runner.invoke(app, ["train", "gpt", *options, "--out", str(tmp_path / "x")])

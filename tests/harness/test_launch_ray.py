@@ -63,6 +63,13 @@ def same_but_timings(a: results.Record, b: results.Record) -> None:
     assert left == right
 
 
+def test_a_cluster_without_what_a_cell_asks_for_is_one_error(cluster):
+    with pytest.raises(launch.LaunchError, match="has 2 CPUs and 0 GPUs; a cell asks for 1 "
+                                                 r"CPU\(s\) and 1 GPU\(s\)"):
+        launch.make("ray", None, "cuda", 1)
+    assert ray.is_initialized()  # the cluster this file started is left as it was
+
+
 def test_a_bench_sweep_on_ray_gives_the_sequential_records_and_resumes(cluster, tmp_path,
                                                                        peak_cache):
     plan = sweeps.Sweep(models=["gpt"], variant="tiny", seqlens=[32, 64], repeat=1, threads=1,

@@ -1,5 +1,6 @@
-"""Provenance: a record's git revision is "-dirty" when the code that ran differs from it, not
-when a results file or report in the checkout does."""
+"""What the harness knows of the machine: a record's git revision is "-dirty" when the code
+that ran differs from it, not when a results file or report in the checkout does; a --device
+the machine lacks is refused by name; a failed allocation is told from other errors."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 
-from harness.machine import git_revision
+from harness.machine import check_device, git_revision, out_of_memory
 
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
 
 def _git(root, *args):
@@ -18,6 +20,7 @@ def _git(root, *args):
                    check=True, capture_output=True)
 
 
+@needs_git
 def test_only_code_changes_make_a_revision_dirty(tmp_path):
     (tmp_path / "zoo").mkdir()
     (tmp_path / "zoo" / "model.py").write_text("x = 1\n")
@@ -43,5 +46,49 @@ def test_only_code_changes_make_a_revision_dirty(tmp_path):
     assert git_revision(tmp_path) == head + "-dirty"
 
 
+@needs_git
 def test_outside_a_checkout_there_is_no_revision(tmp_path):
     assert git_revision(tmp_path) is None
+
+
+@pytest.mark.parametrize("device, count, message", [
+    ("gpu0", 0, "--device 'gpu0' is not a torch device; give cpu, cuda or cuda:N"),
+    ("mps", 0, "--device 'mps': give cpu, cuda or cuda:N"),
+    ("cuda", 0, "--device cuda: no CUDA device on this machine; give cpu"),
+    ("cuda:1", 0, "--device cuda:1: no CUDA device on this machine; give cpu"),
+    ("cuda:1", 1, "--device cuda:1: this machine has 1 CUDA device, cuda:0 to cuda:0"),
+    ("cuda:4", 2, "--device cuda:4: this machine has 2 CUDA devices, cuda:0 to cuda:1"),
+])
+def test_a_device_the_machine_lacks_is_refused_by_name(monkeypatch, device, count, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    with pytest.raises(ValueError) as error:
+        check_device(device)
+    assert str(error.value) == message
+
+
+def test_devices_the_machine_has_pass_and_elsewhere_only_the_name_is_checked(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert check_device("cpu") == "cpu"
+    assert check_device("cuda:3", here=False) == "cuda:3"  # a cluster's GPU, not this machine's
+    with pytest.raises(ValueError, match="not a torch device"):
+        check_device("gpu0", here=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda") == "cuda" and check_device("cuda:1") == "cuda:1"
+
+
+@pytest.mark.parametrize("error, refused", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                  "allocate memory: you tried to allocate 40000000000 bytes. Error code 12 "
+                  "(Cannot allocate memory)"), "an allocation of 37.3 GiB"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total "
+                            "capacity of 79.1 GiB of which 3.2 GiB is free."),
+     "an allocation of 20.00 GiB"),
+    (MemoryError(), "an allocation"),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x8)"), None),
+    (ValueError("memory"), None),
+])
+def test_out_of_memory_is_told_from_other_errors_with_its_size(error, refused):
+    assert out_of_memory(error) == refused

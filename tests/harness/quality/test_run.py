@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import write_corpus
 
 from harness.quality.checkpoint import load_checkpoint
@@ -23,8 +24,9 @@ def spec(tmp_path: Path, task: str = "lm", **fields) -> RunSpec:
     """A run of 4 steps of 4 x 64 tokens of the tiny variant, evaluated every 2 steps."""
     fields.setdefault("budget", Budget(tokens=4 * 4 * 64))
     fields.setdefault("corpus", str(write_corpus(tmp_path)))
+    fields.setdefault("eval_every", 2)
     return RunSpec(task=task, variant="tiny", seqlen=fields.pop("seqlen", 64), batch_size=4,
-                   eval_every=2, **fields)
+                   **fields)
 
 
 @pytest.mark.parametrize("model, task, metric", [
@@ -225,3 +227,60 @@ def test_mqar_cells_choose_on_a_validation_split_of_their_own(tmp_path):
     rec = run_one("gpt", data, tmp_path / "out").record
     assert rec.val_value is not None and rec.kv_pairs == 2 and rec.width == 64
     assert "mixer-only blocks (d_ff = 0), as Zoology's" in rec.notes
+
+
+CPU_REFUSAL = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+               "memory: you tried to allocate 4294967296 bytes. Error code 12")
+
+
+def test_running_out_of_memory_in_training_is_one_error_that_says_what_to_shrink(
+        tmp_path, monkeypatch):
+    import harness.quality.run as run_module
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(CPU_REFUSAL)
+
+    monkeypatch.setattr(run_module, "train", refuse)
+    with pytest.raises(QualityError) as error:
+        run_one("gpt", prepare(spec(tmp_path)), tmp_path / "out")
+    assert str(error.value) == ("gpt: out of memory training 4 x 64 tokens a step on cpu (an "
+                                "allocation of 4.0 GiB refused); give a smaller --batch-size or "
+                                "--seqlen")
+    monkeypatch.setattr(run_module, "train", lambda *a, **k: 1 / 0)  # other errors pass through
+    with pytest.raises(ZeroDivisionError):
+        run_one("gpt", prepare(spec(tmp_path)), tmp_path / "out")
+
+
+def test_running_out_of_memory_in_testing_keeps_the_trained_state_for_resume(
+        tmp_path, monkeypatch):
+    """Training ends with its state saved whatever --eval-every is, so that testing out of
+    memory loses none of it: --resume trains no further and tests again."""
+    import harness.quality.run as run_module
+
+    full = run_one("gpt", prepare(spec(tmp_path, eval_every=3)), tmp_path / "full").record
+    real_setup = run_module.setup_task
+
+    def setup_that_runs_out(*args, **kwargs):
+        setup = real_setup(*args, **kwargs)
+
+        def refuse(net):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+
+        setup.test = refuse
+        return setup
+
+    data = prepare(spec(tmp_path, eval_every=3))  # saves at step 3 of 4, then at the end
+    monkeypatch.setattr(run_module, "setup_task", setup_that_runs_out)
+    with pytest.raises(QualityError) as error:
+        run_one("gpt", data, tmp_path / "cut")
+    state = tmp_path / "cut" / "state.pt"
+    assert str(error.value) == (f"gpt: out of memory testing on cpu (an allocation of 2.00 GiB "
+                                f"refused); give a smaller --seqlen; {state} is kept: --resume "
+                                "continues from it")
+    assert torch.load(state, weights_only=False)["history"]["steps"] == 4
+    monkeypatch.setattr(run_module, "setup_task", real_setup)
+    steps = []
+    resumed = run_one("gpt", data, tmp_path / "cut", resume=True,
+                      on_step=lambda history, lr: steps.append(history.steps)).record
+    assert steps == [] and resumed.steps == 4 and resumed.scores == full.scores
+    assert not state.exists()
