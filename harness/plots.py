@@ -584,8 +584,11 @@ def save_figure(fig: Figure, out: Path | str) -> Path:
     if fmt not in supported:
         raise ValueError(f"{out}: unsupported image format {fmt!r}; use one of "
                          f"{', '.join(sorted(supported))}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=out.suffix)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=out.suffix)
+    except OSError as error:  # named by the file asked for, not the temporary one
+        raise OSError(f"cannot write {out}: {error.strerror or error}") from None
     os.close(handle)
     try:
         fig.savefig(tmp, format=fmt, dpi=150)

@@ -556,8 +556,11 @@ def _png(fig: Figure) -> bytes:
 
 def _write(path: Path, data: bytes) -> Path:
     """Replace `path` with `data` atomically (a temporary file in the same folder, renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as error:  # named by the file asked for, not the temporary one
+        raise OSError(f"cannot write {path}: {error.strerror or error}") from None
     try:
         with os.fdopen(handle, "wb") as f:
             f.write(data)

@@ -150,3 +150,11 @@ def test_help_describes_every_option():
     assert result.exit_code == 0
     for option in ("--results", "--out", "--models", "--command", "--title"):
         assert option in result.stdout
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line_naming_the_file(tmp_path):
+    results = results_file(tmp_path / "r.jsonl")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    result = run("report", "--results", str(results), "--out", str(blocked / "out"))
+    one_line_error(result, f"cannot write {blocked / 'out'}")
