@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from harness import launch, results
+from harness.machine import out_of_memory
 from harness.models import set_texts
-from harness.quality.spec import QualityError, RunSpec
+from harness.quality.spec import OutOfMemory, QualityError, RunSpec
 from harness.results import QualityRecord
 
 # What identifies a cell in the results file: a record with these values is that cell's.
@@ -257,13 +258,15 @@ def cell_main(argv: list[str]) -> int:
             torch.set_num_threads(order["threads"])
         record = _run_cell(order)
         payload = {"status": "ok", "record": record.to_dict()}
+    except OutOfMemory as error:  # run_one's, which says what ran out
+        payload = {"status": "oom", "error": str(error)}
     except (QualityError, ValueError, OSError) as error:
         payload = {"status": "error", "error": str(error)}
-    except MemoryError:
-        payload = {"status": "oom", "error": "out of memory (MemoryError)"}
-    except RuntimeError as error:  # CUDA's out of memory is a RuntimeError subclass
-        oom = "out of memory" in str(error).lower()
-        payload = {"status": "oom" if oom else "error", "error": str(error).splitlines()[0]}
+    except (MemoryError, RuntimeError) as error:  # a failed allocation outside run_one's
+        refused = out_of_memory(error)
+        payload = {"status": "error" if refused is None else "oom",
+                   "error": f"out of memory ({refused} refused)" if refused
+                   else (str(error).splitlines() or [type(error).__name__])[0]}
     sys.stdout.write("\n" + json.dumps(payload) + "\n")
     sys.stdout.flush()
     return 0

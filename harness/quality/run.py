@@ -22,7 +22,7 @@ from harness.quality import curves, tasks
 from harness.quality.checkpoint import save_checkpoint
 from harness.quality.data import Prepared
 from harness.quality.model import build_model, check_model, task_for
-from harness.quality.spec import MQAR_NO_DROPOUT, QualityError, RunSpec
+from harness.quality.spec import MQAR_NO_DROPOUT, OutOfMemory, QualityError, RunSpec
 from harness.quality.task_setup import setup_task
 from harness.quality.tokenizer import ByteTokenizer, Tokenizer
 from harness.quality.train import History, train
@@ -130,8 +130,8 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
 @contextmanager
 def _memory_refused(model: str, doing: str, device: str, state: Path, smaller: str
                     ) -> Iterator[None]:
-    """A failed allocation inside as a one-line QualityError that says what ran out, what to
-    make smaller, and what was kept (the last saved state, which --resume continues from)."""
+    """A failed allocation inside as a one-line OutOfMemory error that says what ran out, what
+    to make smaller, and what was kept (the last saved state, which --resume continues from)."""
     try:
         yield
     except Exception as exc:
@@ -140,8 +140,8 @@ def _memory_refused(model: str, doing: str, device: str, state: Path, smaller: s
             raise
         kept = (f"; {state} is kept: --resume continues from it" if state.exists()
                 else "")
-        raise QualityError(f"{model}: out of memory {doing} on {device} ({refused} refused); "
-                           f"give a smaller {smaller}{kept}") from None
+        raise OutOfMemory(f"{model}: out of memory {doing} on {device} ({refused} refused); "
+                          f"give a smaller {smaller}{kept}") from None
 
 
 def _length_curves(net, data: Prepared, trained: int) -> dict:

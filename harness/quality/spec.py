@@ -98,6 +98,11 @@ class QualityError(ValueError):
     """Bad input to a quality run: the message names what is wrong and what would be right."""
 
 
+class OutOfMemory(QualityError):
+    """A quality run's allocation refused: the message says doing what, and what to shrink (a
+    grid records the cell as `oom`)."""
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything a comparison holds fixed across its models."""

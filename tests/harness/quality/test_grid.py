@@ -4,6 +4,7 @@ failures recorded, a rerun skipping what is done."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -11,7 +12,7 @@ from harness import results
 from harness.launch import Outcome, Placement
 from harness.quality import grid as grid_module
 from harness.quality.grid import Grid, identity, parse_shapes, run_grid
-from harness.quality.spec import QualityError, RunSpec
+from harness.quality.spec import OutOfMemory, QualityError, RunSpec
 from harness.quality.tasks import MQARConfig
 from harness.quality.train import Budget
 
@@ -180,3 +181,27 @@ def test_training_length_is_an_axis_of_an_lm_grid(tmp_path):
         ("gpt", 128), ("gpt", 256), ("rwkv", 128), ("rwkv", 256)]
     assert all(c.spec.budget.flops == 1e12 and c.spec.width == 64 for c in cells)
     assert len({identity(c) for c in cells}) == 4
+
+
+@pytest.mark.parametrize("error, status, message", [
+    (OutOfMemory("gpt: out of memory training 8 x 4096 tokens a step on cpu (an allocation of "
+                 "6.0 GiB refused); give a smaller --batch-size or --seqlen"), "oom",
+     "gpt: out of memory training 8 x 4096 tokens a step"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1073741824 "
+                  "bytes. Error code 12"), "oom", "out of memory (an allocation of 1.0 GiB "
+                                                  "refused)"),
+    (MemoryError(), "oom", "out of memory (an allocation refused)"),
+    (QualityError("--seqlen 65: seq2seq needs an even length"), "error", "--seqlen 65"),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied\nmore"), "error",
+     "mat1 and mat2 shapes cannot be multiplied"),
+    (RuntimeError(), "error", "RuntimeError"),
+])
+def test_a_cell_that_fails_prints_its_status_and_reason(monkeypatch, capsys, error, status,
+                                                        message):
+    def fail(order):
+        raise error
+
+    monkeypatch.setattr(grid_module, "_run_cell", fail)
+    assert grid_module.cell_main([json.dumps({"threads": None})]) == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert payload["status"] == status and payload["error"].startswith(message)
