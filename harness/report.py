@@ -409,15 +409,21 @@ def _quality(doc: Doc, figures: dict[str, Figure], section: Section, stem: str) 
                   str(r["budget"]), f"{r['tokens']:,}" if isinstance(r["tokens"], int) else "",
                   str(r["steps"]),
                   f"{r['train_seconds']:,.0f} s" if r["train_seconds"] is not None else "",
-                  str(r["seed"]), str(r["lr"]), "; ".join(r["notes"] or [])]
+                  f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "",
+                  " ".join(str(r[k]) for k in ("device", "dtype") if r[k]), str(r["seed"]),
+                  str(r["lr"]),
+                  "; ".join(r["notes"] or [])]
                  for r in records_of(rows)]
+        blank = [""] * 9  # the columns from params to lr
         if baseline is not None:
-            table.append(["unigram byte baseline", "", f"{baseline:.4f}", "", "", "", "", "", "",
-                          "", "byte frequencies of the training split: the bar to clear"])
+            table.append(["unigram byte baseline", "", f"{baseline:.4f}", *blank,
+                          "byte frequencies of the training split: the bar to clear"])
         if chance is not None:
-            table.append(["chance", "", f"{chance:.4f}", "", "", "", "", "", "", "", ""])
+            table.append(["chance", "", f"{chance:.4f}", *blank, ""])
+        # tokens/s and the precision: what a time budget bought each model, and on what
         doc.table(["model", "variant", metric, "params", "budget", "tokens", "steps",
-                   "train time", "seed", "lr", "notes"], table, right=[2, 3, 5, 6, 7, 8, 9])
+                   "train time", "tokens/s", "device, dtype", "seed", "lr", "notes"], table,
+                  right=[2, 3, 5, 6, 7, 8, 10, 11])
         file = f"{stem}-quality-{re.sub(r'[^a-z0-9]+', '-', str(task).lower())}"
         per_task[file] += 1
         file += f"-{per_task[file]}.png" if per_task[file] > 1 else ".png"

@@ -406,16 +406,18 @@ def _train_progress(console: Console, name: str, spec: RunSpec) -> Iterator:
 def _quality_table(records: list, baseline: float | None) -> Table:
     table = Table(title="Quality (equal budget)", header_style="bold")
     for column in ("model", "variant", "width", "task", "metric", "value", "params", "tokens",
-                   "steps", "train time", "notes"):
+                   "steps", "train time", "tok/s", "notes"):
         table.add_column(column, justify="right" if column in (
-            "width", "value", "params", "tokens", "steps", "train time") else "left")
+            "width", "value", "params", "tokens", "steps", "train time", "tok/s") else "left")
     for r in records:
         table.add_row(r.model, r.variant, str(r.width or ""), r.task, r.metric, f"{r.value:.4f}",
                       f"{r.params:,}", f"{r.tokens:,}", str(r.steps),
-                      f"{r.train_seconds:,.0f} s", escape("; ".join(r.notes)))
+                      f"{r.train_seconds:,.0f} s",
+                      f"{r.tokens_per_s:,.0f}" if r.tokens_per_s else "",
+                      escape("; ".join(r.notes)))
     if baseline is not None and any(r.metric == "bits_per_byte" for r in records):
         table.add_row("unigram bytes", "", "", "lm", "bits_per_byte", f"{baseline:.4f}", "", "", "",
-                      "", "byte frequencies of the training split (the bar to clear)")
+                      "", "", "byte frequencies of the training split (the bar to clear)")
     return table
 
 

@@ -58,9 +58,12 @@ def test_train_writes_checkpoint_and_record(tmp_path, corpus):
 
 def test_quality_compares_models_on_one_table(tmp_path, corpus):
     result = runner.invoke(app, ["quality", "gpt", "rwkv", "gpt-2", *quick(corpus, tmp_path),
-                                 "--out", str(tmp_path / "cmp")])
+                                 "--out", str(tmp_path / "cmp")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     records = load([tmp_path / "quality.jsonl"]).records
+    assert "tok/s" in result.stdout  # what the budget bought each model
+    for r in records:
+        assert f"| {r.tokens_per_s:,.0f} |".replace("|", "│") in result.stdout
     assert [r.model for r in records] == ["gpt", "rwkv"]  # gpt-2 is the gpt zoo model
     assert {r.tokens for r in records} == {1024} and {r.seed for r in records} == {0}
     assert (tmp_path / "cmp" / "gpt" / "config.json").exists()

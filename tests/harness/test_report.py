@@ -53,7 +53,8 @@ def quality(model: str, task: str, metric: str, value: float, **fields) -> dict:
         kind="quality", model=model, variant="small", impl="zoo", mode="train", seqlen=256,
         batch=8, status="ok", params=27_500_000, task=task, metric=metric, value=value,
         time="2026-11-20T11:00:00+00:00", budget="500,000 tokens", budget_tokens=500_000,
-        budget_seconds=None, tokens=501_760, steps=245, train_seconds=181.4, seed=0, lr=1e-3,
+        budget_seconds=None, tokens=501_760, steps=245, train_seconds=181.4,
+        tokens_per_s=501_760 / 181.4, seed=0, lr=1e-3,
         tokenizer="bytes", vocab_size=259, corpus="python-stdlib-docs", scores={metric: value},
         baseline=4.0522 if metric == "bits_per_byte" else None, checkpoint=f"runs/{model}",
         notes=[], **MACHINE)
@@ -169,6 +170,8 @@ def test_numbers_parameters_and_budgets_are_in_the_tables(full):
     assert "| 512 | 1 | 2 | ok | 7,812 |" in rows[0]  # 4e6 / 512 tokens/s
     assert "| 2.3456 | 27,500,000 | 500,000 tokens | 501,760 | 245 |" in md  # score, params, budget
     assert "| 2.1234 | 28,871,680 |" in md
+    # what the budget bought each model, and on what: tokens/s, device and precision
+    assert "| 181 s | 2,766 | cpu float32 | 0 | 0.001 |" in md
     assert "| unigram byte baseline |  | 4.0522 |" in md and "| chance |  | 0.2500 |" in md
     assert "| 0.3141 |" in md and "| 0.8765 |" in md
     assert "| gpt | small | zoo_heldout | word_perplexity | 123.4567 |" in md  # lm-eval
