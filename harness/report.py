@@ -179,6 +179,9 @@ def build_report(paths: Sequence[Path | str], out: Path | str, *,
     if not paths:
         raise ReportError(f"no results to report: {DEFAULT_RESULTS} holds no .jsonl file; run "
                           "`catalog bench` or `catalog quality` first, or pass --results")
+    taken = next((p for p in (Path(out), *Path(out).parents) if p.exists()), None)
+    if taken is not None and not taken.is_dir():  # before any plot is drawn
+        raise ReportError(f"--out {out}: {taken} is a file; give a folder")
     df, warnings = load_results(paths, models)
     if df.empty:
         which = f" for {', '.join(models)}" if models else ""

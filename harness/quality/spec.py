@@ -30,6 +30,7 @@ from typing import Any
 from harness.machine import check_device
 from harness.models import variant_label
 from harness.quality.tasks import MQARConfig
+from harness.quality.tokenizer import BPETokenizer
 from harness.quality.train import PRECISIONS, Budget, TrainConfig, parse_budget
 
 TASKS = ("lm", "seq2seq", "mlm", "mqar")
@@ -92,6 +93,10 @@ MQAR_RECIPE = {"min_lr_ratio": 0.0, "stop_at": ("accuracy", 0.99, "max")}
 # Masked-LM recipes: (masking rate, masks drawn anew at every step).
 MLM_RECIPES = {"bert": (0.15, False), "roberta": (0.15, True), "mosaic-bert": (0.30, True)}
 DEFAULT_MLM_RECIPE = (0.15, True)
+
+
+# a byte-level BPE's vocabulary before any merge: the 256 bytes and its special tokens
+BYTE_LEVEL_BASE = 256 + len(BPETokenizer.SPECIALS)
 
 
 class QualityError(ValueError):
@@ -179,6 +184,10 @@ class RunSpec:
             check_device(self.device, here=False)  # the command checks this machine has it
         except ValueError as error:
             raise QualityError(str(error)) from None
+        if self.tokenizer == "bpe" and self.bpe_vocab <= BYTE_LEVEL_BASE:
+            raise QualityError(f"--bpe-vocab {self.bpe_vocab}: byte-level BPE starts from "
+                               f"{BYTE_LEVEL_BASE} tokens (the 256 bytes and its special ones) "
+                               "and would learn no merge; give more, e.g. 8192")
 
     @classmethod
     def from_options(cls, *, task: str, budget: str, mqar_seqlen: int = DEFAULT_MQAR.seqlen,
@@ -199,7 +208,14 @@ class RunSpec:
         except ValueError as error:  # MQARConfig's own rule, said in its field names
             raise QualityError(f"--mqar-seqlen {mqar_seqlen}, --mqar-kv-pairs {mqar_kv_pairs}, "
                                f"--mqar-vocab {mqar_vocab}: {error}") from None
-        return cls(task=task, budget=parsed_budget, mqar=mqar, **fields)
+        spec = cls(task=task, budget=parsed_budget, mqar=mqar, **fields)
+        config = spec.train_config  # a budget of tokens buys whole steps: at least one
+        step = config.batch_size * config.seqlen
+        if parsed_budget.tokens is not None and parsed_budget.tokens < step:
+            raise QualityError(f"--budget {parsed_budget} is less than one step of "
+                               f"{config.batch_size} x {config.seqlen} = {step:,} tokens; give "
+                               f"at least {step}-tokens")
+        return spec
 
     @property
     def train_config(self) -> TrainConfig:

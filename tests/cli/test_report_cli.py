@@ -152,9 +152,10 @@ def test_help_describes_every_option():
         assert option in result.stdout
 
 
-def test_an_output_folder_that_cannot_be_made_is_one_line_naming_the_file(tmp_path):
+def test_an_output_folder_that_is_a_file_is_one_line_naming_it(tmp_path):
     results = results_file(tmp_path / "r.jsonl")
     blocked = tmp_path / "a-file"
     blocked.write_text("")
-    result = run("report", "--results", str(results), "--out", str(blocked / "out"))
-    one_line_error(result, f"cannot write {blocked / 'out'}")
+    for out in (blocked, blocked / "out"):
+        result = run("report", "--results", str(results), "--out", str(out))
+        one_line_error(result, f"--out {out}: {blocked} is a file; give a folder")

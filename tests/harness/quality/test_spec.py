@@ -51,6 +51,8 @@ def test_evaluation_lengths_double_up_to_the_longest():
     ({"eval_every": 0}, "--eval-every must be at least 1, not 0"),
     ({"device": "gpu0"}, "--device 'gpu0' is not a torch device"),
     ({"dtype": "float16"}, "--dtype 'float16': training takes float32 or bfloat16"),
+    ({"tokenizer": "bpe", "bpe_vocab": 259}, "--bpe-vocab 259: byte-level BPE starts from 259 "
+                                             "tokens"),
 ])
 def test_bad_specs(fields, message):
     with pytest.raises(QualityError, match=message):
@@ -142,3 +144,19 @@ def test_set_fields_name_the_variant_and_cross_to_a_cell_process():
     assert spec.variant_label == "tiny d_state=128,dt_max=0.5"
     assert RunSpec(task="mqar", budget=Budget(tokens=1), variant="tiny").variant_label == "tiny"
     assert RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"task": "lm", "budget": "2047-tokens"},
+     "--budget 2,047 tokens is less than one step of 8 x 256 = 2,048 tokens; give at least "
+     "2048-tokens"),
+    ({"task": "mqar", "budget": "100-tokens"}, "one step of 32 x 64 = 2,048 tokens"),
+    ({"task": "lm", "budget": "1000-tokens", "seqlen": 100, "batch_size": 11},
+     "one step of 11 x 100 = 1,100 tokens"),
+])
+def test_a_budget_of_tokens_less_than_one_step_is_refused(options, message):
+    with pytest.raises(QualityError, match=message):
+        RunSpec.from_options(**options)
+    enough = {**options, "budget": "2048-tokens"}
+    if "seqlen" not in options:
+        assert RunSpec.from_options(**enough).budget == Budget(tokens=2048)
