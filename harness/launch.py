@@ -361,12 +361,12 @@ def make(name: str, jobs: int | None, device: str, threads: int | None = None,
     """The launcher of the command-line options --launcher, --jobs, --address."""
     if name not in LAUNCHERS:
         raise LaunchError(f"--launcher {name!r}: choose {' or '.join(LAUNCHERS)}")
+    if jobs is not None and jobs < 1:
+        raise LaunchError(f"--jobs must be at least 1, not {jobs}")
     if name == "local":
         if address:
             raise LaunchError("--address is for --launcher ray")
         return Local(jobs or 1, device, threads)
-    if jobs is not None and jobs < 1:
-        raise LaunchError(f"--jobs must be at least 1, not {jobs}")
     gpus = 1 if device.startswith("cuda") else 0
     return Ray(address, jobs, cpus=threads or 1, gpus=gpus)
 

@@ -189,6 +189,8 @@ def check_writable(path: Path | str) -> None:
     if path.is_dir():
         raise OSError(f"results file {path} is a folder; give a .jsonl file")
     existed = path.exists()
+    if existed and not path.is_file():  # a device or pipe: reading it back may never end
+        raise OSError(f"results file {path} is not a regular file; give a .jsonl file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8"):

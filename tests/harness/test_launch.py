@@ -12,7 +12,7 @@ import time
 import pytest
 
 from harness import launch, results
-from harness.launch import Job, LaunchError, Local, execute
+from harness.launch import Job, LaunchError, Local, execute, make
 
 # A cell that reports the cores it may use and its thread setting, after `sleep` seconds; or
 # fails the way its order asks.
@@ -123,6 +123,9 @@ def test_options_that_cannot_work_are_one_line_errors():
         Local(jobs=cores + 1)
     with pytest.raises(LaunchError, match="--jobs must be at least 1"):
         Local(jobs=0)
+    for launcher in ("local", "ray"):  # the command-line option, not only the class
+        with pytest.raises(LaunchError, match="--jobs must be at least 1, not 0"):
+            make(launcher, 0, "cpu")
     if cores >= 2:
         with pytest.raises(LaunchError, match="--threads 2 with --jobs 2"):
             Local(jobs=2, threads=2)

@@ -73,6 +73,8 @@ def test_a_results_path_that_cannot_be_written_is_refused(tmp_path):
         results.check_writable(tmp_path)
     with pytest.raises(OSError, match="/proc/x/r.jsonl cannot be written"):
         results.check_writable("/proc/x/r.jsonl")
+    with pytest.raises(OSError, match="/dev/null is not a regular file"):
+        results.check_writable("/dev/null")  # a device: reading /dev/zero back never ends
 
 
 def bench(seqlen: int, impl: str = "zoo", tokens_per_s: float = 100.0, **fields):
