@@ -130,7 +130,14 @@ def _numbers(option: str, text: str | None, kind: type = int) -> list:
     if not values:
         raise ValueError(f"{option} {text!r}: give a number or a comma-separated list, e.g. "
                          f"{'1e-3,1e-2' if kind is float else '64,128'}")
+    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if twice is not None and option not in PAIRED:  # the same cell twice
+        raise ValueError(f"{option} {text!r}: {twice:g} is given twice")
     return values
+
+
+# Lists paired one to one, as Zoology pairs them: a value may repeat (64,64 with 4,8).
+PAIRED = ("--mqar-seqlen", "--mqar-kv-pairs")
 
 
 @app.command()

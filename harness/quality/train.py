@@ -325,11 +325,28 @@ def _save_state(path: Path, model, optimizer, history: History) -> None:
 
 
 def _load_state(path: Path, model, optimizer) -> History:
-    state = torch.load(path, map_location="cpu", weights_only=False)  # copied onto the device
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    """The run saved at `path`, into `model` and `optimizer`; a ValueError that says so when
+    the file is not a state `_save_state` wrote, or one of another model or configuration."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # copied to the device
+        history = History(**state["history"])
+    except Exception as error:  # noqa: BLE001 - whatever unpickling a damaged file raises
+        raise ValueError(f"{path}: not a saved training state ({_first_line(error)}); delete it "
+                         "to start the run again") from None
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise ValueError(f"{path}: saved by a run of another model or configuration "
+                         f"({_first_line(error)}); resume with the options it was started "
+                         "with, or delete it to start again") from None
     torch.set_rng_state(state["rng"])
-    return History(**state["history"])
+    return history
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def block_batches(stream: torch.Tensor, batch_size: int, seqlen: int, seed: int

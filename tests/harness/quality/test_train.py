@@ -94,6 +94,20 @@ def test_resume_continues_to_the_same_result(tmp_path):
         torch.testing.assert_close(tensor, resumed_state[name], rtol=0, atol=0, msg=name)
 
 
+def test_resuming_from_a_damaged_or_foreign_state_says_which_file_and_why(tmp_path):
+    state = tmp_path / "trainer_state.pt"
+    state.write_text("garbage\n")
+    with pytest.raises(ValueError, match=f"{state}: not a saved training state .*; delete it"):
+        run(steps=2, state_path=state, resume=True)
+    run(steps=2, state_path=state, config={"checkpoint_every": 1})  # a gpt tiny's state
+    model = build_variant("gpt", "tiny", vocab_size=64, max_seq_len=32, n_layer=1)
+    batches, _ = block_batches(pattern_stream(), batch_size=4, seqlen=32, seed=0)
+    config = TrainConfig(budget=Budget(tokens=4 * 4 * 32), batch_size=4, seqlen=32, lr=3e-3)
+    with pytest.raises(ValueError, match=f"{state}: saved by a run of another model or "
+                                         "configuration"):
+        train(model, batches, config, state_path=state, resume=True)
+
+
 def test_block_batches_cover_the_stream_in_a_seeded_order():
     stream = torch.arange(1000)
     batches, n = block_batches(stream, batch_size=3, seqlen=10, seed=0)
