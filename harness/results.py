@@ -178,6 +178,19 @@ def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+def limit_raised(previous: Record, timeout: float | None,
+                 max_memory: int | None) -> bool:
+    """Whether a cell recorded as out of time or memory (under --max-memory) ran under a
+    smaller limit than `timeout` / `max_memory` now give it: a rerun then tries it again."""
+    if previous.status == "timeout":
+        before = getattr(previous, "timeout_s", None) or previous.wall_s
+        return before is not None and timeout is not None and timeout > before
+    if previous.status in ("oom", "over_budget"):
+        before = getattr(previous, "max_memory", None)  # None: the machine's own memory
+        return before is not None and (max_memory is None or max_memory > before)
+    return False
+
+
 # --- the store ---------------------------------------------------------------------------------
 
 

@@ -5,7 +5,9 @@ it: over `max_memory` (peak RSS on CPU) or past `timeout` it is killed and recor
 `over_budget` or `timeout`; killed by the system (the kernel's OOM killer) or out of memory
 inside, `oom`. After such a failure the longer lengths of that model, impl and mode are
 recorded as `skipped` and the sweep goes on. Records are appended to the results file as each
-cell ends, so an interrupted sweep keeps what it finished and a rerun resumes.
+cell ends, so an interrupted sweep keeps what it finished and a rerun resumes: it measures what
+the file lacks, keeps a failed length's longer ones skipped, and tries a failed cell again only
+when its limit (--timeout, --max-memory) is now larger.
 """
 
 from __future__ import annotations
@@ -235,9 +237,10 @@ def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lamb
     peak = calibrate(sweep.device, sweep.dtype, sweep.threads, peak_cache)
     done = {} if sweep.force else {
         results.key(r): r for r in results.load([sweep.results]).records
-        if isinstance(r, results.BenchRecord) and r.status != "skipped"}
+        if isinstance(r, results.BenchRecord)}
     cells = sweep.cells(catalog)
     planned, to_run = {}, []
+    failed_at: dict[tuple, tuple[str, int]] = {}  # (model, impl, mode): its shortest failure
     for index, cell in enumerate(cells, start=1):
         rec = results.BenchRecord(
             model=cell.model, variant=cell.variant, impl=cell.impl, mode=cell.mode,
@@ -249,15 +252,20 @@ def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lamb
             max_memory=sweep.max_memory, timeout_s=sweep.timeout, command=sweep.command,
             routes=routes(cell))
         previous = done.get(results.key(rec))
+        if previous is not None and results.limit_raised(previous, sweep.timeout,
+                                                         sweep.max_memory):
+            previous = None  # it failed at a limit this sweep raises: try it again
+        if previous is not None and previous.status == "skipped" \
+                and (cell.model, cell.impl, cell.mode) not in failed_at:
+            previous = None  # the failure that skipped it is being tried again
         if previous is not None:  # measured before with the same key: not again (see --force)
             previous = previous.model_copy(update={"resumed": True})
+            _note_failure(failed_at, cell, previous.status)  # the longer lengths stay skipped
             on_event(Event("done", cell, previous, index, len(cells)))
             yield previous
         else:
             planned[index] = rec
             to_run.append((index, cell))
-
-    failed_at: dict[tuple, tuple[str, int]] = {}
 
     def job_of(item: tuple[int, Cell]) -> launch.Job | str:
         index, cell = item
@@ -274,9 +282,7 @@ def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lamb
         status, result = outcome.status, outcome.result
         if status == "oom" and sweep.max_memory and cell.device != "cpu":
             status = "over_budget"  # the CUDA allocator was capped at the budget
-        line = (cell.model, cell.impl, cell.mode)
-        if status in FAILURES and (line not in failed_at or cell.seqlen < failed_at[line][1]):
-            failed_at[line] = (status, cell.seqlen)
+        _note_failure(failed_at, cell, status)
         flops_per_s = result.pop("flops_per_s", None)
         measured = {name: result[name] for name in _MEASURED if result.get(name) is not None}
         rec = planned[index].model_copy(update={
@@ -292,6 +298,13 @@ def run(sweep: Sweep, peak_cache: Path, on_event: Callable[[Event], None] = lamb
         results.append(sweep.results, rec)
         on_event(Event("done", cell, rec, index, len(cells)))
         yield rec
+
+
+def _note_failure(failed_at: dict[tuple, tuple[str, int]], cell: Cell, status: str) -> None:
+    """Keep the shortest length at which a line (model, impl, mode) failed."""
+    line = (cell.model, cell.impl, cell.mode)
+    if status in FAILURES and (line not in failed_at or cell.seqlen < failed_at[line][1]):
+        failed_at[line] = (status, cell.seqlen)
 
 
 @functools.cache

@@ -154,7 +154,8 @@ def bench(
     Every cell (model, mode, length, ...) runs in a fresh process; its record is appended to
     the results file as soon as it ends, and a rerun skips cells already measured. A cell that
     runs out of memory, passes --max-memory or --timeout is recorded as such, the longer
-    lengths of that model are skipped, and the sweep goes on.
+    lengths of that model are skipped, and the sweep goes on; a rerun with a larger
+    --max-memory or --timeout tries it again.
     """
     from harness import sweep as sweeps
 

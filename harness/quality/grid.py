@@ -8,7 +8,8 @@ in its own process, like a benchmark cell.
 A cell's process prepares its data, trains, validates and tests (harness.quality.run.run_one)
 and prints its record; this process appends it to the results file as soon as it arrives, so
 that a killed grid loses only the cell it was running. A rerun skips every cell the results
-file already holds (`force` runs them again). A cell that runs out of memory, time or goes
+file already holds (`force` runs them again), but for one out of time that a larger `timeout`
+now gives more. A cell that runs out of memory, time or goes
 wrong is recorded with its status (`oom`, `timeout`, `over_budget`, `error`) and the reason,
 and the grid goes on. Learning rates are chosen afterwards, on the validation scores the
 records carry (harness.quality.selection), never on the test.
@@ -196,7 +197,8 @@ def run_grid(grid: Grid, on_event: Callable[[Event], None] = lambda e: None,
     done: dict[tuple, QualityRecord] = {}
     if not grid.force:
         for rec in results.load([grid.results]).records:
-            if isinstance(rec, QualityRecord) and rec.impl == "zoo" and rec.mode == "train":
+            if isinstance(rec, QualityRecord) and rec.impl == "zoo" and rec.mode == "train" \
+                    and not results.limit_raised(rec, grid.timeout, grid.max_memory):
                 done[identity(rec)] = rec
     cells = grid.cells()
     to_run = []

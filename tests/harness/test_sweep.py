@@ -95,6 +95,42 @@ def test_failures_are_recorded_and_skip_longer_lengths(tmp_path, peak_cache, fie
     assert len(results.load([plan.results]).records) == 6
 
 
+@pytest.mark.parametrize("fields, raised, status", [
+    ({"timeout": 0.2}, {"timeout": 600.0}, "timeout"),
+    ({"max_memory": 20 * 2**20}, {"max_memory": 8 * 2**30}, "over_budget"),
+])
+def test_a_rerun_keeps_failures_skipped_and_retries_them_under_a_larger_limit(
+        tmp_path, peak_cache, fields, raised, status):
+    plan = tiny(tmp_path, seqlens=[32, 64], **fields)
+    list(sweeps.run(plan, peak_cache))
+    again = list(sweeps.run(plan, peak_cache))  # the same limit: nothing runs again
+    assert [(r.status, r.resumed) for r in again] == [(status, True), ("skipped", True)]
+    assert again[1].notes == [f"skipped: {status} at seqlen 32"]
+    assert len(plan.results.read_text().splitlines()) == 2  # nothing written again
+    for name, value in raised.items():
+        setattr(plan, name, value)
+    retried = list(sweeps.run(plan, peak_cache))
+    assert [(r.status, r.resumed) for r in retried] == [("ok", False), ("ok", False)]
+    assert len(plan.results.read_text().splitlines()) == 4
+
+
+def test_which_failures_a_larger_limit_retries():
+    def failed(status, **fields):
+        return results.BenchRecord(model="gpt", variant="tiny", impl="zoo", mode="train",
+                                   seqlen=64, batch=1, dtype="float32", device="cpu", threads=2,
+                                   status=status, **fields)
+
+    assert results.limit_raised(failed("timeout", timeout_s=60.0), 120.0, None)
+    assert not results.limit_raised(failed("timeout", timeout_s=60.0), 60.0, None)
+    assert results.limit_raised(failed("timeout", wall_s=30.5), 60.0, None)  # a grid cell's
+    assert results.limit_raised(failed("over_budget", max_memory=2**30), 600.0, 2**31)
+    assert results.limit_raised(failed("oom", max_memory=2**30), 600.0, None)  # no cap now
+    assert not results.limit_raised(failed("oom", max_memory=2**30), 600.0, 2**30)
+    assert not results.limit_raised(failed("oom"), 600.0, 2**31)  # the machine's own memory
+    assert not results.limit_raised(failed("error"), 600.0, 2**31)
+    assert not results.limit_raised(failed("ok", timeout_s=60.0), 120.0, None)
+
+
 def test_a_longer_position_table_is_noted(tmp_path, peak_cache):
     plan = tiny(tmp_path, models=["bert"], seqlens=[2048])
     (rec,) = sweeps.run(plan, peak_cache)

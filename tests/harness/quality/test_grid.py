@@ -104,6 +104,15 @@ def test_a_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
     assert [r.status for r in stored] == ["oom", "timeout"]
     assert identity(stored[1]) == identity(grid.cells()[1])
 
+    calls.clear()  # a rerun keeps both; with a larger timeout it tries the timed-out one again
+    assert [r.status for r in run_grid(grid, launcher=Scripted(answer))] == ["oom", "timeout"]
+    assert calls == []
+    grid.timeout *= 2
+    rerun = list(run_grid(grid, launcher=Scripted(lambda job: calls.append(job) or (
+        "timeout", {"error": "again", "wall_s": job.timeout}))))
+    assert [r.status for r in rerun] == ["oom", "timeout"] and len(calls) == 1
+    assert calls[0].timeout == grid.timeout and rerun[1].error == "again"
+
 
 def test_a_killed_grid_keeps_its_finished_cells(tmp_path, monkeypatch):
     """Ctrl-C during the second cell: the first cell's record is in the file, and the rerun
