@@ -8,8 +8,8 @@ in its own process, like a benchmark cell.
 A cell's process prepares its data, trains, validates and tests (harness.quality.run.run_one)
 and prints its record; this process appends it to the results file as soon as it arrives, so
 that a killed grid loses only the cell it was running. A rerun skips every cell the results
-file already holds (`force` runs them again), but for one out of time that a larger `timeout`
-now gives more. A cell that runs out of memory, time or goes
+file already holds (`force` runs them again), except a cell that ran out of time when
+`timeout` is now larger. A cell that runs out of memory, time or goes
 wrong is recorded with its status (`oom`, `timeout`, `over_budget`, `error`) and the reason,
 and the grid goes on. Learning rates are chosen afterwards, on the validation scores the
 records carry (harness.quality.selection), never on the test.

@@ -68,7 +68,7 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
         return RunResult(None, history, None)
     net.eval()
     with _memory_refused(model, "testing", spec.device, state,
-                         "--extrapolate" if spec.extrapolate else "--seqlen"), torch.no_grad():
+                         "--extrapolate" if spec.extrapolate else None), torch.no_grad():
         scores = setup.test(net)
         validation = setup.validate(net) if setup.validate else {}
         length_curves = _length_curves(net, data, config.seqlen) if spec.extrapolate else {}
@@ -128,20 +128,23 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
 
 
 @contextmanager
-def _memory_refused(model: str, doing: str, device: str, state: Path, smaller: str
+def _memory_refused(model: str, doing: str, device: str, state: Path, smaller: str | None
                     ) -> Iterator[None]:
     """A failed allocation inside as a one-line OutOfMemory error that says what ran out, what
-    to make smaller, and what was kept (the last saved state, which --resume continues from)."""
+    to make smaller (the option `smaller`, if any), and what was kept (the last saved state,
+    which --resume continues from)."""
     try:
         yield
     except Exception as exc:
         refused = out_of_memory(exc)
         if refused is None:
             raise
-        kept = (f"; {state} is kept: --resume continues from it" if state.exists()
-                else "")
-        raise OutOfMemory(f"{model}: out of memory {doing} on {device} ({refused} refused); "
-                          f"give a smaller {smaller}{kept}") from None
+        said = [f"{model}: out of memory {doing} on {device} ({refused} refused)"]
+        if smaller:
+            said.append(f"give a smaller {smaller}")
+        if state.exists():
+            said.append(f"{state} is kept: --resume continues from it")
+        raise OutOfMemory("; ".join(said)) from None
 
 
 def _length_curves(net, data: Prepared, trained: int) -> dict:

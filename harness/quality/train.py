@@ -204,6 +204,7 @@ def _train(model, net, batches, config, evaluate, state_path, resume, on_step, d
     if resume and state_path is not None and state_path.exists():
         history = _load_state(state_path, model, optimizer)
     tokens_per_step = config.batch_size * config.seqlen
+    saved_at = history.steps  # the step state_path holds (a resumed run's, or none yet)
     model.train()
     start = time.monotonic() - history.seconds
     while True:
@@ -244,10 +245,11 @@ def _train(model, net, batches, config, evaluate, state_path, resume, on_step, d
             break
         if state_path is not None and rank == 0 and history.steps % config.checkpoint_every == 0:
             _save_state(state_path, model, optimizer, history)
+            saved_at = history.steps
     if evaluate is not None and rank == 0 and (not history.evals
                                                or history.evals[-1]["step"] != history.steps):
         history.evals.append({"step": history.steps, **_evaluate(model, evaluate)})
-    if state_path is not None and rank == 0 and history.steps % config.checkpoint_every:
+    if state_path is not None and rank == 0 and saved_at != history.steps:
         # the trained state, whole: what fails after training (testing out of memory) loses
         # none of it (--resume tests it again)
         _save_state(state_path, model, optimizer, history)
