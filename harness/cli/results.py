@@ -99,6 +99,8 @@ def results_command(
         columns=[c.strip() for cs in columns or [] for c in cs.split(",") if c.strip()],
         pivot=pivot, agg=agg.value if agg else None, all_runs=all_runs)
     with one_line_errors():
+        if out is not None:  # before the records are read
+            _check_out(out)
         made = tables.build(results_paths or tables.default_results(), options)
     for warning in made.warnings:
         stderr().print(f"[yellow]warning:[/] {escape(warning)}")
@@ -110,9 +112,21 @@ def results_command(
         if out is None:
             sys.stdout.write(text)
             return
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+        except OSError as error:
+            raise OSError(f"--out {out}: cannot write it ({error.strerror or error})") from None
     stdout().print(f"wrote {len(made.frame)} row(s) to {escape(str(out))}")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that is a folder, or inside a file, naming which."""
+    if out.is_dir():
+        raise OSError(f"--out {out} is a folder; give a file")
+    taken = next((p for p in out.parents if p.exists()), None)
+    if taken is not None and not taken.is_dir():
+        raise OSError(f"--out {out}: {taken} is a file, not a folder")
 
 
 def _format(fmt: Format | None, out: Path | None) -> Format:

@@ -134,6 +134,13 @@ def test_output_and_input_errors(path, tmp_path, monkeypatch):
                    "--out", "t.txt", "--format csv, json or markdown")
     one_line_error(run("--results", str(path), "--format", "table", "--out",
                        str(tmp_path / "t.csv")), "--format table is for the terminal")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    one_line_error(run("--results", str(path), "--out", str(blocked / "t.csv")),
+                   f"--out {blocked / 't.csv'}: {blocked} is a file, not a folder")
+    (tmp_path / "d.csv").mkdir()
+    one_line_error(run("--results", str(path), "--out", str(tmp_path / "d.csv")),
+                   "is a folder; give a file")
     one_line_error(run("--results", str(tmp_path / "nope.jsonl")), "no results file",
                    "nope.jsonl")
     monkeypatch.chdir(tmp_path)
