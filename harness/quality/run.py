@@ -54,9 +54,10 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
     if task == "seq2seq" and config.seqlen % 2:
         raise QualityError(f"--seqlen {config.seqlen}: seq2seq needs an even length")
     state = out / "state.pt"
+    with _memory_refused(model, "building it", spec.device, state, "--width or --variant"):
+        net = build_model(model, task, data, catalog)
     with _memory_refused(model, f"training {config.batch_size} x {config.seqlen} tokens a step",
                          spec.device, state, "--batch-size or --seqlen"):
-        net = build_model(model, task, data, catalog)
         setup = setup_task(model, task, data, spec.device)
         if spec.budget.flops:  # a compute budget counts each model's own cost of a token
             config = dataclasses.replace(config, flops_per_token=3 * net.flops_per_token(

@@ -249,6 +249,10 @@ def test_running_out_of_memory_in_training_is_one_error_that_says_what_to_shrink
     monkeypatch.setattr(run_module, "train", lambda *a, **k: 1 / 0)  # other errors pass through
     with pytest.raises(ZeroDivisionError):
         run_one("gpt", prepare(spec(tmp_path)), tmp_path / "out")
+    monkeypatch.setattr(run_module, "build_model", refuse)  # the weights alone: too wide
+    with pytest.raises(QualityError, match="gpt: out of memory building it on cpu .*; give a "
+                                           "smaller --width or --variant$"):
+        run_one("gpt", prepare(spec(tmp_path)), tmp_path / "out")
 
 
 def test_running_out_of_memory_in_testing_keeps_the_trained_state_for_resume(
