@@ -137,12 +137,16 @@ def parse_shapes(seqlens: list[int], pairs: list[int], paired: bool
 
 
 def check(grid: Grid) -> None:
-    """Refuse, before any cell runs, a grid whose cells cannot all start: every cell's spec is
-    valid (RunSpec checks its own fields) and the results file can be written."""
+    """Refuse, before any cell runs, a grid whose cells cannot all start or save: every cell's
+    spec is valid (RunSpec checks its own fields), the checkpoints' folder can be made and the
+    results file can be written."""
+    from harness.quality.run import check_out
+
     if grid.timeout <= 0:
         raise QualityError(f"--timeout must be positive, not {grid.timeout:g}")
     for cell in grid.cells():
         RunSpec.from_dict(cell.spec.to_dict())  # MQAR shapes that do not fit fail here
+    check_out(grid.out)  # every cell would train, then fail to save
     try:
         results.check_writable(grid.results)
     except OSError as error:

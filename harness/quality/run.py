@@ -210,6 +210,16 @@ def plan_runs(models: list[str], spec: RunSpec, out: Path | None, *, several: bo
     return RunPlan(folders, tasks_needed)
 
 
+def check_out(folder: Path) -> None:
+    """Refuse, before any training, a checkpoint folder that is a file or would be inside one:
+    the run would train and then fail to save."""
+    taken = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if taken == folder and not folder.is_dir():
+        raise QualityError(f"--out {folder} is a file; give a folder")
+    if taken is not None and not taken.is_dir():
+        raise QualityError(f"--out {folder}: {taken} is a file, not a folder")
+
+
 def run_folder(out: Path | None, model: str, spec: RunSpec, several: bool) -> Path:
     """Where a model's checkpoint goes: `out` itself for one model, `out/MODEL` for several;
     by default runs/MODEL-TASK-VARIANT-seedN, or runs/quality-TASK/MODEL."""
@@ -222,9 +232,9 @@ def run_folder(out: Path | None, model: str, spec: RunSpec, several: bool) -> Pa
 
 
 def check_folder(folder: Path, *, resume: bool, force: bool) -> None:
-    """Refuse to overwrite a finished checkpoint (unless `force`) and to resume from nothing."""
-    if folder.exists() and not folder.is_dir():
-        raise QualityError(f"--out {folder} is a file; give a folder")
+    """Refuse to overwrite a finished checkpoint (unless `force`), to resume from nothing, and
+    a folder that cannot be made (inside a file)."""
+    check_out(folder)
     if resume:
         if not (folder / "state.pt").exists():
             raise QualityError(f"--resume: {folder} holds no interrupted run (no state.pt); "

@@ -214,3 +214,12 @@ def test_a_cell_that_fails_prints_its_status_and_reason(monkeypatch, capsys, err
     assert grid_module.cell_main([json.dumps({"threads": None})]) == 0
     payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert payload["status"] == status and payload["error"].startswith(message)
+
+
+def test_a_grid_whose_checkpoints_cannot_be_saved_is_refused_before_any_cell(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    grid = small_grid(tmp_path)
+    grid.out = tmp_path / "a-file" / "runs"
+    with pytest.raises(QualityError, match="a-file is a file, not a folder"):
+        list(run_grid(grid, launcher=Scripted(lambda job: pytest.fail("a cell ran"))))
+    assert not grid.results.exists()

@@ -137,6 +137,13 @@ def test_folder_rules(tmp_path):
     check_folder(folder, resume=False, force=True)
     (folder / "state.pt").write_text("")
     check_folder(folder, resume=True, force=False)
+    blocked = tmp_path / "a-file"  # the run would train, then fail to save
+    blocked.write_text("")
+    with pytest.raises(QualityError, match=f"--out {blocked} is a file; give a folder"):
+        check_folder(blocked, resume=False, force=True)
+    with pytest.raises(QualityError, match=f"--out {blocked / 'x' / 'gpt'}: {blocked} is a "
+                                           "file, not a folder"):
+        check_folder(blocked / "x" / "gpt", resume=False, force=True)
 
 
 def test_run_folders(tmp_path):
