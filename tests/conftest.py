@@ -337,21 +337,22 @@ def check_blocks_start_as_the_identity(name: str) -> None:
 def kernel_split(request, monkeypatch):
     """How the C kernels' training forms split their work: in one OpenMP region of PyTorch's runtime
     (where the kernels were built with OpenMP, the default), or between the kernels' own threads
-    (zoo.fast.kernels.scan_cpu._run: the way without OpenMP); both must give the same numbers."""
-    from zoo.fast.kernels import scan_cpu
+    (zoo.fast.kernels.ckernel.run_ranges: the way without OpenMP); both must give the same
+    numbers."""
+    from zoo.fast.kernels import ckernel
 
-    if request.param == "own-threads":  # every kernel splits its work by scan_cpu.split
-        monkeypatch.setattr(scan_cpu, "team", lambda library, name: None)
+    if request.param == "own-threads":  # every kernel splits its work by ckernel.split
+        monkeypatch.setattr(ckernel, "team", lambda library, name: None)
     return request.param
 
 
 @pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}-threads")
 def kernel_threads(request, monkeypatch):
     """PyTorch's thread count, 1 to 3, with the C kernels' work split between the threads at
-    any size (zoo.fast.kernels.scan_cpu.SPLIT_MIN_WORK set to 0)."""
-    from zoo.fast.kernels import scan_cpu
+    any size (zoo.fast.kernels.ckernel.SPLIT_MIN_WORK set to 0)."""
+    from zoo.fast.kernels import ckernel
 
-    monkeypatch.setattr(scan_cpu, "SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(ckernel, "SPLIT_MIN_WORK", 0)
     before = torch.get_num_threads()
     torch.set_num_threads(request.param)
     yield request.param

@@ -28,7 +28,7 @@ from zoo.convert import (
     rwkv7_to_official,
     rwkv_to_official,
 )
-from zoo.fast.kernels import scan_cpu, wkv7_cpu, wkv7_step_cpu
+from zoo.fast.kernels import ckernel, wkv7_cpu, wkv7_step_cpu
 from zoo.rwkv7 import (
     LOG_DECAY_FLOOR,
     RWKV7,
@@ -463,7 +463,7 @@ def test_the_backward_equals_autograd_through_the_fp64_recurrence(B, T, N, chunk
     """wkv7_cpu.wkv_with_grad: the gradients of r, log w, k, v, kk, a and a carried state
     within 2e-5 of the largest entry of each (measured <= 7e-7), over chunks of the
     recomputation that do not divide the length, heads split between threads."""
-    monkeypatch.setattr(scan_cpu, "SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(ckernel, "SPLIT_MIN_WORK", 0)
     monkeypatch.setattr(wkv7_cpu, "BACKWARD_CHUNK", chunk)
     x = wkv_inputs(B, T, 3, N, seed=T + N)
     g = torch.Generator().manual_seed(4)

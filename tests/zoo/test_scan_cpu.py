@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoo.fast.kernels import scan_cpu
+from zoo.fast.kernels import ckernel, scan_cpu
 from zoo.mamba import selective_scan_recurrent
 
 pytestmark = pytest.mark.skipif(not scan_cpu.available(), reason="no C compiler for the kernel")
@@ -33,7 +33,7 @@ def inputs(batch: int, T: int, D: int, N: int, seed: int = 0):
 @pytest.mark.parametrize("shape", [(1, 1, 8, 16), (2, 7, 40, 16), (1, 8, 33, 16),
                                    (2, 257, 24, 16), (3, 40, 7, 5)])
 def test_the_loop_equals_the_recurrence(shape, threads, monkeypatch):
-    monkeypatch.setattr(scan_cpu, "SPLIT_MIN_WORK", 0)  # split even the small ones
+    monkeypatch.setattr(ckernel, "SPLIT_MIN_WORK", 0)  # split even the small ones
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -71,7 +71,7 @@ def test_other_dtypes_are_refused():
 def test_the_backward_equals_autograd_through_the_recurrence(shape, chunk, threads,
                                                              final_state_used, monkeypatch,
                                                              kernel_split):
-    monkeypatch.setattr(scan_cpu, "SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(ckernel, "SPLIT_MIN_WORK", 0)
     monkeypatch.setattr(scan_cpu, "BACKWARD_CHUNK", chunk)
     args = inputs(*shape, seed=1)
     g = torch.Generator().manual_seed(2)

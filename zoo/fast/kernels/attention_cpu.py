@@ -44,7 +44,7 @@ import math
 import torch
 
 from zoo.fast.kernels import ckernel, dropout_cpu
-from zoo.fast.kernels.scan_cpu import _channel_ranges, split
+from zoo.fast.kernels.ckernel import channel_ranges, split
 
 SOURCE = dropout_cpu.HASH + dropout_cpu.BF16 + r"""
 #include <math.h>
@@ -336,7 +336,7 @@ def _forward_pass(library, rows: int, head_rows: int, first_row: int, scores, pr
     between the threads from 65536 scores (SPLIT_MIN_WORK / 16)."""
     cols = scores.size(-1)
     suffix = "_bf16" if scores.dtype == torch.bfloat16 else ""
-    split(library, f"softmax_dropout_forward{suffix}", _channel_ranges(rows * cols * 16, rows),
+    split(library, f"softmax_dropout_forward{suffix}", channel_ranges(rows * cols * 16, rows),
           (rows, cols, head_rows, first_row),
           (scores.data_ptr(), probs.data_ptr(), _pointer(dropped), _pointer(keep), start,
            threshold, scale, *key))
@@ -346,7 +346,7 @@ def _backward_pass(library, rows: int, probs, keep, ds, dropped, scale: float) -
     """softmax_dropout_backward (bfloat16 form for a bfloat16 ds) over `rows` rows, split."""
     cols = ds.size(-1)
     suffix = "_bf16" if ds.dtype == torch.bfloat16 else ""
-    split(library, f"softmax_dropout_backward{suffix}", _channel_ranges(rows * cols * 16, rows),
+    split(library, f"softmax_dropout_backward{suffix}", channel_ranges(rows * cols * 16, rows),
           (rows, cols), (probs.data_ptr(), _pointer(keep), ds.data_ptr(), _pointer(dropped),
                          scale))
 

@@ -28,7 +28,10 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import torch
 
 # Tried in order: tuned for this CPU, then portable.
 COMPILE_FLAGS = (("-O3", "-march=native", "-ffast-math", "-fopenmp-simd"),
@@ -140,3 +143,58 @@ def checked(library: ctypes.CDLL | None, kernel: str, tensors) -> ctypes.CDLL:
     if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
         raise ValueError(f"{kernel} takes float32 CPU tensors")
     return library
+
+
+# --- splitting a kernel's work between threads -------------------------------------------------
+# Every kernel's call covers a range [lo, hi) of its rows, channels or heads: one range, or one
+# per PyTorch thread, run in one OpenMP region (`split`) or in a pool of threads of our own.
+
+SPLIT_MIN_WORK = 1 << 20  # tokens x channels x N below which one thread does it all
+_POOL: ThreadPoolExecutor | None = None
+
+
+def team(library: ctypes.CDLL, name: str):
+    """`library`'s function `name`: a kernel's training form, its work split between the
+    threads of one OpenMP region of PyTorch's runtime (see the module's docstring), or None
+    where the library was built without OpenMP (the callers then split it with
+    `run_ranges`)."""
+    return getattr(library, name, None)
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL._max_workers < threads:  # noqa: SLF001 (its documented size)
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="zoo-kernel")
+    return _POOL
+
+
+def channel_ranges(work: int, D: int) -> list[tuple[int, int]]:
+    """The channels of each thread's call: one range, or as many as PyTorch's threads."""
+    threads = min(torch.get_num_threads(), D)
+    if threads <= 1 or work < SPLIT_MIN_WORK:
+        return [(0, D)]
+    bounds = [D * i // threads for i in range(threads + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def split(library: ctypes.CDLL, name: str, ranges: list[tuple[int, int]], head: tuple,
+          tail: tuple, openmp: bool = True) -> list:
+    """`library`'s kernel `name`, called as name(*head, lo, hi, *tail) for the work [lo, hi),
+    over all of `ranges`: where `openmp` (training) and the library has it, as name_team(
+    threads, *head, *tail), which splits the work in one OpenMP region of PyTorch's runtime
+    (see the module's docstring); else one call per range in `run_ranges`'s threads. What the
+    calls returned."""
+    one_region = team(library, f"{name}_team") if openmp else None
+    if one_region:
+        return [one_region(len(ranges), *head, *tail)]
+    function = getattr(library, name)
+    return run_ranges(lambda lo, hi: function(*head, lo, hi, *tail), ranges, lambda i: ())
+
+
+def run_ranges(function, ranges: list[tuple[int, int]], arguments) -> list:
+    """function(lo, hi, *arguments(i)) for the i-th range (lo, hi), in parallel threads."""
+    if len(ranges) == 1:
+        return [function(*ranges[0], *arguments(0))]
+    pool = _pool(len(ranges))
+    runs = [pool.submit(function, lo, hi, *arguments(i)) for i, (lo, hi) in enumerate(ranges)]
+    return [run.result() for run in runs]

@@ -28,7 +28,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from zoo.fast.kernels import ckernel
-from zoo.fast.kernels.scan_cpu import _channel_ranges, split
+from zoo.fast.kernels.ckernel import channel_ranges, split
 
 SOURCE = r"""
 #include <math.h>
@@ -206,7 +206,7 @@ class _ConvSiLU(torch.autograd.Function):
         out = torch.empty(B, T, C)
         pointers = (x.data_ptr(), xb, xt, state.data_ptr(), wT.data_ptr(),
                     None if bias is None else bias.data_ptr(), out.data_ptr())
-        split(library, "conv_silu_forward", _channel_ranges(B * T * C * K, C), (B, T, C, K),
+        split(library, "conv_silu_forward", channel_ranges(B * T * C * K, C), (B, T, C, K),
               pointers, openmp=training)
         ctx.save_for_backward(x, state, wT, bias)
         ctx.weight_shape = weight.shape
@@ -227,7 +227,7 @@ class _ConvSiLU(torch.autograd.Function):
                     None if bias is None else bias.data_ptr(), gout.data_ptr(), gpre.data_ptr(),
                     gx.data_ptr(), gstate.data_ptr(), gwT.data_ptr(),
                     None if gbias is None else gbias.data_ptr())
-        split(_library(), "conv_silu_backward", _channel_ranges(3 * B * T * C * K, C),
+        split(_library(), "conv_silu_backward", channel_ranges(3 * B * T * C * K, C),
               (B, T, C, K), pointers)
         return gx, gstate, gwT.t().reshape(ctx.weight_shape), gbias, None
 

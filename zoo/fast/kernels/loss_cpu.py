@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from zoo.fast.kernels import ckernel
-from zoo.fast.kernels.scan_cpu import _channel_ranges, split
+from zoo.fast.kernels.ckernel import channel_ranges, split
 
 SOURCE = r"""
 #include <float.h>
@@ -121,7 +121,7 @@ def available() -> bool:
 
 
 def _ranges(R: int, V: int) -> list[tuple[int, int]]:
-    return _channel_ranges(R * V * 8, R)
+    return channel_ranges(R * V * 8, R)
 
 
 class _CrossEntropy(torch.autograd.Function):

@@ -26,7 +26,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from zoo.fast.kernels import ckernel
-from zoo.fast.kernels.scan_cpu import _channel_ranges, _run, split, team
+from zoo.fast.kernels.ckernel import channel_ranges, run_ranges, split, team
 
 SOURCE = r"""
 #include <math.h>
@@ -154,7 +154,7 @@ class _GatedNorm(torch.autograd.Function):
         z2, zs = _rows(z)
         R = y2.size(0)
         out, rstd = torch.empty(R, D), torch.empty(R, groups)
-        split(_library(), "gated_norm_forward", _channel_ranges(R * D * 16, R), (R, D, groups),
+        split(_library(), "gated_norm_forward", channel_ranges(R * D * 16, R), (R, D, groups),
               (y2.data_ptr(), ys, z2.data_ptr(), zs, weight.data_ptr(), eps, out.data_ptr(),
                rstd.data_ptr()), openmp=training)
         ctx.save_for_backward(y2, z2, weight, rstd)
@@ -169,7 +169,7 @@ class _GatedNorm(torch.autograd.Function):
         (R, D), ys, zs = y2.shape, y2.stride(0), z2.stride(0)
         dout = dout.contiguous()
         dy, dz = torch.empty(R, D), torch.empty(R, D)
-        ranges = _channel_ranges(R * D * 32, R)
+        ranges = channel_ranges(R * D * 32, R)
         dw = torch.zeros(len(ranges), D)  # a row per thread, summed below
         shared = (y2.data_ptr(), ys, z2.data_ptr(), zs, weight.data_ptr(), rstd.data_ptr(),
                   dout.data_ptr(), dy.data_ptr(), dz.data_ptr())
@@ -178,9 +178,8 @@ class _GatedNorm(torch.autograd.Function):
         if backward_team:
             backward_team(len(ranges), R, D, groups, *shared, dw.data_ptr())
         else:
-            _run(lambda lo, hi, part: library.gated_norm_backward(R, D, groups, lo, hi, *shared,
-                                                                  part),
-                 ranges, lambda i: (dw[i].data_ptr(),))
+            run_ranges(lambda lo, hi, part: library.gated_norm_backward(
+                R, D, groups, lo, hi, *shared, part), ranges, lambda i: (dw[i].data_ptr(),))
         return dy.view(shape), dz.view(shape), dw.sum(0), None, None, None
 
 

@@ -30,12 +30,16 @@ it, and without a compiler `available()` is False and the model keeps its PyTorc
 from __future__ import annotations
 
 import ctypes
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from zoo.fast.kernels import ckernel
+from zoo.fast.kernels.ckernel import channel_ranges, run_ranges, split, team
+
+# The kernels of commits before the split moved to ckernel imported it from here, as these
+# names: the probes that load a kernel as it was at a commit (reports/train-cpu) need them.
+_channel_ranges, _run = channel_ranges, run_ranges
 
 SOURCE = ckernel.EXP + r"""
 #include <math.h>
@@ -453,10 +457,6 @@ int selective_scan_backward_team(int64_t threads, int64_t Bt, int64_t T, int64_t
 #endif
 """
 
-SPLIT_MIN_WORK = 1 << 20  # tokens x channels x N below which one thread does it all
-_POOL: ThreadPoolExecutor | None = None
-
-
 def _library() -> ctypes.CDLL | None:
     library = ckernel.load("selective_scan", SOURCE, openmp=True)
     if library is not None and library.selective_scan_forward.argtypes is None:
@@ -475,59 +475,13 @@ def _library() -> ctypes.CDLL | None:
     return library
 
 
-def team(library: ctypes.CDLL, name: str):
-    """`library`'s function `name`: a kernel's training form, its work split between the
-    threads of one OpenMP region of PyTorch's runtime (see ckernel.py), or None where the
-    library was built without OpenMP (the callers then split it with `_run`)."""
-    return getattr(library, name, None)
-
-
 def available() -> bool:
     """Whether the compiled kernel can run here (compiles it the first time it is asked)."""
     return _library() is not None
 
 
-def _pool(threads: int) -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None or _POOL._max_workers < threads:  # noqa: SLF001 (its documented size)
-        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="zoo-scan")
-    return _POOL
-
-
 def _checked(*tensors: torch.Tensor) -> ctypes.CDLL:
     return ckernel.checked(_library(), "the compiled selective-scan kernel", tensors)
-
-
-def _channel_ranges(work: int, D: int) -> list[tuple[int, int]]:
-    """The channels of each thread's call: one range, or as many as PyTorch's threads."""
-    threads = min(torch.get_num_threads(), D)
-    if threads <= 1 or work < SPLIT_MIN_WORK:
-        return [(0, D)]
-    bounds = [D * i // threads for i in range(threads + 1)]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
-
-
-def split(library: ctypes.CDLL, name: str, ranges: list[tuple[int, int]], head: tuple,
-          tail: tuple, openmp: bool = True) -> list:
-    """`library`'s kernel `name`, called as name(*head, lo, hi, *tail) for the work [lo, hi),
-    over all of `ranges`: where `openmp` (training) and the library has it, as name_team(
-    threads, *head, *tail), which splits the work in one OpenMP region of PyTorch's runtime
-    (see ckernel.py); else one call per range in `_run`'s threads. What the calls
-    returned."""
-    one_region = team(library, f"{name}_team") if openmp else None
-    if one_region:
-        return [one_region(len(ranges), *head, *tail)]
-    function = getattr(library, name)
-    return _run(lambda lo, hi: function(*head, lo, hi, *tail), ranges, lambda i: ())
-
-
-def _run(function, ranges: list[tuple[int, int]], arguments) -> list:
-    """function(lo, hi, *arguments(i)) for the i-th range (lo, hi), in parallel threads."""
-    if len(ranges) == 1:
-        return [function(*ranges[0], *arguments(0))]
-    pool = _pool(len(ranges))
-    runs = [pool.submit(function, lo, hi, *arguments(i)) for i, (lo, hi) in enumerate(ranges)]
-    return [run.result() for run in runs]
 
 
 def _pointer(t: torch.Tensor | None) -> int | None:
@@ -558,7 +512,7 @@ def _forward(library: ctypes.CDLL, x, delta, A, B, C, state, starts=None, gate=N
     z, z_rows = (None, 0) if z is None else _rows(z)
     tail = (BACKWARD_CHUNK, _pointer(starts), _pointer(skip), _pointer(z), z_rows, _pointer(ys))
     head = (batch, T, D, N)
-    split(library, "selective_scan_forward", _channel_ranges(batch * T * D * N, D), head,
+    split(library, "selective_scan_forward", channel_ranges(batch * T * D * N, D), head,
           (*pointers, *tail), openmp=starts is not None)
     return y, h
 
@@ -623,7 +577,7 @@ class _Scan(torch.autograd.Function):
         gA = torch.zeros_like(A)
         gz = None if z is None else torch.empty_like(x)
         gskip = None if z is None else torch.zeros_like(skip)
-        ranges = _channel_ranges(3 * batch * T * D * N, D)
+        ranges = channel_ranges(3 * batch * T * D * N, D)
         gB, gC = torch.zeros(2, len(ranges), batch, T, N)  # a buffer per thread
         shared = [t.data_ptr() for t in (x, delta, A, B, C, starts, gy)]
         shared += [None if gh is None else gh.data_ptr()]
@@ -637,7 +591,7 @@ class _Scan(torch.autograd.Function):
             codes = [backward_team(len(ranges), batch, T, D, N, ctx.chunk, *shared,
                                    gB.data_ptr(), gC.data_ptr(), gh0.data_ptr(), *gate)]
         else:
-            codes = _run(lambda lo, hi, *rest: library.selective_scan_backward(
+            codes = run_ranges(lambda lo, hi, *rest: library.selective_scan_backward(
                 batch, T, D, N, lo, hi, ctx.chunk, *rest),
                 ranges, lambda i: (*shared, gB[i].data_ptr(), gC[i].data_ptr(), gh0.data_ptr(),
                                    *gate))

@@ -42,7 +42,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from zoo.fast.kernels import ckernel
-from zoo.fast.kernels.scan_cpu import _channel_ranges, split
+from zoo.fast.kernels.ckernel import channel_ranges, split
 
 SOURCE = r"""
 #include <math.h>
@@ -426,10 +426,10 @@ def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
 
 
-def _run(name: str, K: int, work: int, head: tuple, tail: tuple, training: bool) -> None:
+def run_ranges(name: str, K: int, work: int, head: tuple, tail: tuple, training: bool) -> None:
     """The kernel `name` over the K chunks (split between threads), or MemoryError."""
     pointers = tuple(t.data_ptr() if isinstance(t, torch.Tensor) else t for t in tail)
-    if any(split(_library(), name, _channel_ranges(work, K), head, pointers, openmp=training)):
+    if any(split(_library(), name, channel_ranges(work, K), head, pointers, openmp=training)):
         raise MemoryError("the compiled SSD could not allocate its chunk buffers")
 
 
@@ -470,7 +470,7 @@ class _SSD(torch.autograd.Function):
         last = torch.empty(G, b, N, Hg * P)
         for g in range(G):
             heads = slice(g * Hg, (g + 1) * Hg)
-            _run("ssd_chunk_forward", K, K * L * L * Hg * P, (K, L, Hg, P, n, T, H),
+            run_ranges("ssd_chunk_forward", K, K * L * L * Hg * P, (K, L, Hg, P, n, T, H),
                  (x[:, :, heads], x.stride(0), x.stride(1), dt[:, :, heads], A[heads], S[g],
                   y[:, :, heads], E[g], V[g]), training)
             decays = E[g, :, -1].repeat_interleave(P, dim=-1)  # (K, Hg P): exp(cum_{L-1})
@@ -507,7 +507,7 @@ class _SSD(torch.autograd.Function):
         dB, dC = torch.empty_like(Bg), torch.empty_like(Cg)
         for g in range(G):
             heads = slice(g * Hg, (g + 1) * Hg)
-            _run("ssd_chunk_backward_start", K, K * L * Hg * P, (K, L, Hg, P, n, T),
+            run_ranges("ssd_chunk_backward_start", K, K * L * Hg * P, (K, L, Hg, P, n, T),
                  (dy[:, :, heads], dy.stride(0), dy.stride(1), E[g], y_start[g], dZ[g], da[g]),
                  training=True)
             decays = E[g, :, -1].repeat_interleave(P, dim=-1)
@@ -521,7 +521,7 @@ class _SSD(torch.autograd.Function):
             d_decay = (dstates[g] * starts[g]).view(K, N, Hg, P).sum((1, 3))
             da[g, :, -1] += d_decay * E[g, :, -1]
             dV = torch.stack([_product(Bg[g, k], dstates[g, k].t()) for k in range(K)])
-            _run("ssd_chunk_backward", K, 3 * K * L * L * Hg * P, (K, L, Hg, P, n, T, H),
+            run_ranges("ssd_chunk_backward", K, 3 * K * L * L * Hg * P, (K, L, Hg, P, n, T, H),
                  (x[:, :, heads], x.stride(0), x.stride(1), dt[:, :, heads], A[heads], S[g],
                   dy[:, :, heads], dy.stride(0), dy.stride(1), dV, da[g], dx[:, :, heads],
                   ddt[:, :, heads], dA[g], dS[g], V[g]), training=True)

@@ -35,7 +35,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from zoo.fast.kernels import ckernel
-from zoo.fast.kernels.scan_cpu import _channel_ranges, split
+from zoo.fast.kernels.ckernel import channel_ranges, split
 
 SOURCE = r"""
 #include <math.h>
@@ -356,7 +356,7 @@ def _forward(library: ctypes.CDLL, r, log_w, k, v, u, state, norm=None, training
                              f"{tuple(bias.shape)} and gate {tuple(gate.shape)} for heads "
                              f"{tuple(r.shape)}")
         pointers += [t.data_ptr() for t in keep]
-    split(library, "matrix_wkv_forward", _channel_ranges(B * T * H * N * N, B * H),
+    split(library, "matrix_wkv_forward", channel_ranges(B * T * H * N * N, B * H),
           (B, T, H, N), (batch_stride, token_stride, *pointers, eps), openmp=training)
     return y, S
 
@@ -416,7 +416,7 @@ class _MatrixWKV(torch.autograd.Function):
         pointers += [None if gS is None else gS.data_ptr()]
         pointers += [t.data_ptr() for t in (gr, glw, gk, gv, gu, gS0)]
         codes = split(_library(), "matrix_wkv_backward",
-                      _channel_ranges(3 * B * T * H * N * N, B * H), (B, T, H, N),
+                      channel_ranges(3 * B * T * H * N * N, B * H), (B, T, H, N),
                       (BACKWARD_CHUNK, batch_stride, token_stride, *pointers))
         if any(codes):
             raise MemoryError("the compiled matrix-WKV backward could not allocate its work "

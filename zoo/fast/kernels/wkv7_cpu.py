@@ -26,7 +26,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from zoo.fast.kernels import ckernel
-from zoo.fast.kernels.scan_cpu import _channel_ranges, split
+from zoo.fast.kernels.ckernel import channel_ranges, split
 
 SOURCE = r"""
 #include <math.h>
@@ -293,7 +293,7 @@ def _forward(library: ctypes.CDLL, r, log_w, k, v, kk, a, state, training=False)
     y = torch.empty_like(tensors[0])
     B, T, H, N = y.shape
     pointers = [t.data_ptr() for t in (*tensors, y, S)]
-    split(library, "wkv7_forward", _channel_ranges(B * T * H * N * N, B * H), (B, T, H, N),
+    split(library, "wkv7_forward", channel_ranges(B * T * H * N * N, B * H), (B, T, H, N),
           pointers, openmp=training)
     return y, S
 
@@ -326,7 +326,7 @@ class _WKV7(torch.autograd.Function):
         pointers = [t.data_ptr() for t in (r, log_w, k, v, kk, a, state, gy)]
         pointers += [None if gS is None else gS.data_ptr()]
         pointers += [t.data_ptr() for t in (*grads, gS0)]
-        codes = split(_library(), "wkv7_backward", _channel_ranges(4 * B * T * H * N * N, B * H),
+        codes = split(_library(), "wkv7_backward", channel_ranges(4 * B * T * H * N * N, B * H),
                       (B, T, H, N), (BACKWARD_CHUNK, *pointers))
         if any(codes):
             raise MemoryError("the compiled WKV-7 backward could not allocate its work arrays")
