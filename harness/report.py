@@ -35,7 +35,7 @@ from harness.plots import COLOR_BY, save_figure, timeline_figure
 from harness.quality import selection
 from harness.quality.selection import METRIC_NAMES
 from harness.report_grid import grids
-from harness.results import matches, records_of
+from harness.results import file_in_the_way, matches, records_of
 from harness.tables import DEFAULT_RESULTS, default_results
 
 __all__ = ["COLOR_BY", "Report", "ReportError", "build_report", "default_results", "save_figure",
@@ -179,8 +179,8 @@ def build_report(paths: Sequence[Path | str], out: Path | str, *,
     if not paths:
         raise ReportError(f"no results to report: {DEFAULT_RESULTS} holds no .jsonl file; run "
                           "`catalog bench` or `catalog quality` first, or pass --results")
-    taken = next((p for p in (Path(out), *Path(out).parents) if p.exists()), None)
-    if taken is not None and not taken.is_dir():  # before any plot is drawn
+    taken = file_in_the_way(Path(out))
+    if taken is not None:  # before any plot is drawn
         raise ReportError(f"--out {out}: {taken} is a file; give a folder")
     df, warnings = load_results(paths, models)
     if df.empty:

@@ -194,6 +194,13 @@ def limit_raised(previous: Record, timeout: float | None,
 # --- the store ---------------------------------------------------------------------------------
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The file (not a folder) at `path` or at one of its parents, which stops a folder being
+    made there; None when there is none."""
+    taken = next((p for p in (path, *path.parents) if p.exists()), None)
+    return taken if taken is not None and not taken.is_dir() else None
+
+
 def check_writable(path: Path | str) -> None:
     """Refuse a results path that cannot be appended to, before anything is measured: an
     OSError whose message names the path and why. Opens the file for appending (creating its

@@ -124,8 +124,10 @@ def _check_out(out: Path) -> None:
     """Refuse an --out that is a folder, or inside a file, naming which."""
     if out.is_dir():
         raise OSError(f"--out {out} is a folder; give a file")
-    taken = next((p for p in out.parents if p.exists()), None)
-    if taken is not None and not taken.is_dir():
+    from harness.results import file_in_the_way
+
+    taken = file_in_the_way(out.parent)
+    if taken is not None:
         raise OSError(f"--out {out}: {taken} is a file, not a folder")
 
 

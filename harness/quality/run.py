@@ -26,7 +26,7 @@ from harness.quality.spec import MQAR_NO_DROPOUT, OutOfMemory, QualityError, Run
 from harness.quality.task_setup import setup_task
 from harness.quality.tokenizer import ByteTokenizer, Tokenizer
 from harness.quality.train import History, train
-from harness.results import QualityRecord
+from harness.results import QualityRecord, file_in_the_way
 from zoo import fast
 
 if TYPE_CHECKING:
@@ -213,10 +213,10 @@ def plan_runs(models: list[str], spec: RunSpec, out: Path | None, *, several: bo
 def check_out(folder: Path) -> None:
     """Refuse, before any training, a checkpoint folder that is a file or would be inside one:
     the run would train and then fail to save."""
-    taken = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if taken == folder and not folder.is_dir():
+    taken = file_in_the_way(folder)
+    if taken == folder:
         raise QualityError(f"--out {folder} is a file; give a folder")
-    if taken is not None and not taken.is_dir():
+    if taken is not None:
         raise QualityError(f"--out {folder}: {taken} is a file, not a folder")
 
 
