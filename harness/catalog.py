@@ -386,6 +386,8 @@ def default_catalog_dir() -> Path:
 def load_catalog(root: Path | str | None = None) -> Catalog:
     """Read and validate every `*.yaml` file under `root` (default: the shipped catalog)."""
     root = Path(root) if root is not None else default_catalog_dir()
+    if root.exists() and not root.is_dir():
+        raise CatalogError(f"catalog folder {root} is a file; give the folder of *.yaml files")
     if not root.is_dir():
         raise CatalogError(f"catalog folder {root} does not exist")
     files = sorted([*root.glob("*.yaml"), *root.glob("*.yml")])

@@ -128,6 +128,9 @@ def test_missing_or_empty_folder_is_an_error(tmp_path):
         load_catalog(tmp_path / "nowhere")
     with pytest.raises(CatalogError, match="no \\*.yaml files"):
         load_catalog(tmp_path)
+    (tmp_path / "a.yaml").write_text("name: a\n")
+    with pytest.raises(CatalogError, match="a.yaml is a file; give the folder"):
+        load_catalog(tmp_path / "a.yaml")
 
 
 @pytest.fixture
