@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,9 +333,12 @@ def require_decoder(path_or_id: Path | str, name: str, what: str) -> None:
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
     """A ValueError naming the option when a generation setting is out of range."""
-    if max_new_tokens < 1 or temperature < 0 or (top_k is not None and top_k < 1):
-        raise ValueError("--max-new-tokens and --top-k must be at least 1, --temperature at "
-                         "least 0")
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, not {max_new_tokens}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, not {top_k}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"--temperature must be 0 (greedy) or above, not {temperature}")
 
 
 def decode_ids(loaded: Pretrained, prompt_ids: list[int], max_new_tokens: int = 50,

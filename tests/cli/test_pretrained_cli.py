@@ -156,7 +156,8 @@ def test_bad_checkpoints_are_one_line_errors(gpt2, tmp_path, monkeypatch):
         ([bert], ["is a bert checkpoint, an encoder: catalog generate needs a decoder"]),
         ([no_tokenizer], ["no tokenizer files", "needs the checkpoint's own tokenizer"]),
         ([tmp_path / "absent"], ["absent: no such file or folder"]),
-        ([gpt2, "--max-new-tokens", "0"], ["--max-new-tokens and --top-k must be at least 1"]),
+        ([gpt2, "--max-new-tokens", "0"], ["--max-new-tokens must be at least 1, not 0"]),
+        ([gpt2, "--temperature", "-0.5"], ["--temperature must be 0 (greedy) or above, not -0.5"]),
         ([gpt2, "--max-new-tokens", "100"], ["pass the 64 positions"]),
     ]
     for args, fragments in cases:

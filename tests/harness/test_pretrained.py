@@ -196,8 +196,12 @@ def test_generation_refuses_what_it_cannot_do(gpt2, tmp_path):
     loaded = load_pretrained(gpt2)
     with pytest.raises(ValueError, match="pass the 64 positions of gpt's position table"):
         list(decode_ids(loaded, [1] * 60, max_new_tokens=10))
-    with pytest.raises(ValueError, match="--max-new-tokens and --top-k must be at least 1"):
-        list(decode_ids(loaded, [1], max_new_tokens=0))
+    for settings, message in [({"max_new_tokens": 0}, "--max-new-tokens must be at least 1, not 0"),
+                              ({"top_k": 0}, "--top-k must be at least 1, not 0"),
+                              ({"temperature": -1.0}, "--temperature must be 0 .greedy. or above"),
+                              ({"temperature": float("nan")}, "or above, not nan")]:
+        with pytest.raises(ValueError, match=message):
+            list(decode_ids(loaded, [1], **settings))
     bert = load_pretrained(bert_folder(tmp_path / "bert"))
     assert (bert.name, bert.is_decoder) == ("bert", False)
     with pytest.raises(CheckpointError, match="an encoder: generation needs a decoder"):
