@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -70,7 +71,7 @@ def parse_bytes(text: str | None) -> int | None:
         value = float(number) * units[unit]
     except ValueError:
         value = -1
-    if value <= 0:
+    if not math.isfinite(value) or value < 1:
         raise SweepError(f"--max-memory {text!r}: give a size such as 8G, 500M or 1.5G")
     return int(value)
 
@@ -162,8 +163,12 @@ def check(sweep: Sweep, catalog: Catalog | None = None) -> None:
     for name in ("batch", "repeat", "new_tokens"):
         if getattr(sweep, name) < 1:
             raise SweepError(f"--{name.replace('_', '-')} must be at least 1")
-    if sweep.warmup < 0 or sweep.timeout <= 0 or (sweep.threads is not None and sweep.threads < 1):
-        raise SweepError("--warmup must be >= 0, --timeout > 0 and --threads >= 1")
+    if sweep.warmup < 0:
+        raise SweepError(f"--warmup must be at least 0, not {sweep.warmup}")
+    if not math.isfinite(sweep.timeout) or sweep.timeout <= 0:
+        raise SweepError(f"--timeout must be a number of seconds above 0, not {sweep.timeout:g}")
+    if sweep.threads is not None and sweep.threads < 1:
+        raise SweepError(f"--threads must be at least 1, not {sweep.threads}")
     try:
         check_device(sweep.device)
     except ValueError as error:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -142,8 +143,8 @@ def check(grid: Grid) -> None:
     results file can be written."""
     from harness.quality.run import check_out
 
-    if grid.timeout <= 0:
-        raise QualityError(f"--timeout must be positive, not {grid.timeout:g}")
+    if not math.isfinite(grid.timeout) or grid.timeout <= 0:
+        raise QualityError(f"--timeout must be a number of seconds above 0, not {grid.timeout:g}")
     for cell in grid.cells():
         RunSpec.from_dict(cell.spec.to_dict())  # MQAR shapes that do not fit fail here
     check_out(grid.out)  # every cell would train, then fail to save

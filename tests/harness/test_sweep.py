@@ -43,7 +43,7 @@ def test_parse_bytes():
     assert sweeps.parse_bytes("8G") == 8 * 2**30
     assert sweeps.parse_bytes("1.5GiB") == int(1.5 * 2**30)
     assert sweeps.parse_bytes("500M") == 500 * 2**20 and sweeps.parse_bytes("4096") == 4096
-    for bad in ("lots", "-1G", "0"):
+    for bad in ("lots", "-1G", "0", "nan", "infG", "0.5"):
         with pytest.raises(sweeps.SweepError, match="--max-memory"):
             sweeps.parse_bytes(bad)
 
