@@ -166,7 +166,8 @@ class RunSpec:
             if self.task != "lm":
                 raise QualityError("--extrapolate and --stride evaluate language models: they "
                                    "go with --task lm")
-            longest = self.extrapolate or self.train_config.seqlen
+            seqlen = self.train_config.seqlen
+            longest = seqlen if self.extrapolate is None else self.extrapolate
             if longest < self.train_config.seqlen:
                 raise QualityError(f"--extrapolate {longest} is shorter than the training "
                                    f"length {self.train_config.seqlen}")

@@ -71,8 +71,8 @@ def parse_budget(text: str) -> Budget:
     if match.group(5):
         scale = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
         flops = float(match.group(5)) * scale[match.group(6).upper()]
-        if flops <= 0:
-            raise ValueError(f"--budget {text!r} must be positive")
+        if not math.isfinite(flops) or flops <= 0:
+            raise ValueError(f"--budget {text!r} must be positive and finite")
         return Budget(flops=flops)
     if match.group(1):
         scale = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9}[match.group(2).upper()]
@@ -82,8 +82,8 @@ def parse_budget(text: str) -> Budget:
         scale = {"s": 1, "m": 60, "h": 3600}[match.group(4).lower()]
         value = float(match.group(3)) * scale
         budget = Budget(seconds=value)
-    if value <= 0:
-        raise ValueError(f"--budget {text!r} must be positive")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"--budget {text!r} must be positive and finite")
     return budget
 
 

@@ -49,6 +49,7 @@ def test_evaluation_lengths_double_up_to_the_longest():
     ({"seqlen": 1}, "--seqlen must be at least 2"), ({"lr": 3.0}, "--lr must be in"),
     ({"task": "seq2seq", "seqlen": 65}, "even length"),
     ({"eval_every": 0}, "--eval-every must be at least 1, not 0"),
+    ({"extrapolate": 0}, "--extrapolate 0 is shorter than the training length 256"),
     ({"device": "gpu0"}, "--device 'gpu0' is not a torch device"),
     ({"dtype": "float16"}, "--dtype 'float16': training takes float32 or bfloat16"),
     ({"tokenizer": "bpe", "bpe_vocab": 259}, "--bpe-vocab 259: byte-level BPE starts from 259 "

@@ -30,7 +30,7 @@ def test_parse_budget(text, budget):
 
 
 @pytest.mark.parametrize("bad", ["", "5", "tokens", "5 minutes", "-3m", "0s", "3x-tokens",
-                                 "flops", "0-flops", "2e14"])
+                                 "flops", "0-flops", "2e14", "1e400-flops", "9" * 400 + "s"])
 def test_bad_budgets(bad):
     with pytest.raises(ValueError, match="--budget"):
         parse_budget(bad)
