@@ -51,3 +51,12 @@ def test_a_readme_command_parses(line: str):
         pass
     except click.UsageError as exc:
         pytest.fail(f"catalog {line}: {exc.format_message()}")
+
+
+def test_the_readme_counts_the_catalog_right():
+    from harness.catalog import load_catalog
+
+    stated = re.search(r"one YAML file per model \((\d+) entries\)",
+                       README.read_text(encoding="utf-8"))
+    assert stated, "the README no longer says how many entries the catalog holds"
+    assert int(stated.group(1)) == len(load_catalog().entries)
