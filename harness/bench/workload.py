@@ -107,15 +107,28 @@ def sync(device: torch.device) -> None:
 def accounting(model: Any, mode: str, batch: int, seqlen: int) -> tuple[int, float | None]:
     """(tokens, FLOPs) of one timed run of `mode`, for the zoo model and its peers alike.
     Training costs 3x the forward (backward about twice the forward, Kaplan et al. 2020).
-    A decoded token attends to about `seqlen` positions: that is the causal average over
-    2 * seqlen - 1 positions (see the models' flops_per_token). The encoder-decoder's decoding
-    cost per token is not modelled: its FLOPs are None (no MFU)."""
+    A decoded token after `seqlen` positions costs what a forward over seqlen + 1 tokens adds
+    to one over seqlen (see the models' flops_per_token): every weight once and attention over
+    seqlen + 1 keys, or the window's, for a recurrent model the same as any token. (The timed
+    tokens come a few positions later, after the warm-up's: a difference of a few keys.) The
+    encoder-decoder's decoding cost per token is not modelled: its FLOPs are None (no MFU)."""
     if mode == "generate":
         if not getattr(model, "causal_lm", False):
             return batch, None
-        return batch, model.flops_per_token(2 * seqlen - 1) * batch
+        return batch, decoded_token_flops(model, seqlen) * batch
     forward = model.flops_per_token(seqlen) * batch * seqlen
     return batch * seqlen, 3 * forward if mode == "train" else forward
+
+
+def decoded_token_flops(model: Any, position: int) -> float:
+    """The forward FLOPs of the token at `position` (0-based) of a causal model, decoded on a
+    cache of the `position` tokens before it: the total over position + 1 tokens less the total
+    over `position`. Where that is the same per token (a recurrent model) it is returned as
+    flops_per_token, free of the subtraction's rounding."""
+    after = model.flops_per_token(position + 1)
+    if position == 0 or after == model.flops_per_token(position):
+        return after
+    return after * (position + 1) - model.flops_per_token(position) * position
 
 
 def decoding_models() -> str:

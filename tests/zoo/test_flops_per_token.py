@@ -66,3 +66,19 @@ def test_flops_per_token_is_what_the_forward_multiplies(name, seqlen):
     assert matrices > 0, counts
     expected = model.flops_per_token(seqlen) - term_not_counted(name, model, seqlen)
     assert matrices == pytest.approx(expected, rel=1e-9), counts
+
+
+def test_a_decoded_token_attends_to_the_keys_before_it_or_the_window():
+    """Generate mode's MFU: the token at position p sees p + 1 keys (itself included), at most
+    the window's; a recurrent model's token costs the same at every position."""
+    from harness.bench.workload import accounting, decoded_token_flops
+
+    model = build_variant("llama", "tiny", window=16)
+    c = model.config
+    weights = model.flops_per_token(1) - 4 * c.n_layer * c.d_model  # a lone token: one key
+    for position, keys in [(0, 1), (7, 8), (15, 16), (16, 16), (500, 16)]:
+        expected = weights + 4 * c.n_layer * c.d_model * keys
+        assert decoded_token_flops(model, position) == pytest.approx(expected, rel=1e-12)
+    assert accounting(model, "generate", 3, 500) == (3, pytest.approx(3 * expected))
+    rwkv = build_variant("rwkv", "tiny")
+    assert decoded_token_flops(rwkv, 4096) == rwkv.flops_per_token(1)
