@@ -370,7 +370,7 @@ def _train_and_record(ctx: typer.Context, models: list[str], spec: RunSpec, out:
     console = stderr() if is_main else Console(stderr=True, quiet=True)
     records = []
     for name, folder in plan.folders.items():
-        with one_line_errors(), _train_progress(console, name, spec) as on_step:
+        with one_line_errors(), _train_progress(console, name, spec, folder) as on_step:
             result = run_one(name, data, folder, resume=resume, on_step=on_step,
                              is_main=is_main, catalog=catalog, command=command_line(ctx))
         if not is_main:
@@ -385,8 +385,9 @@ def _train_and_record(ctx: typer.Context, models: list[str], spec: RunSpec, out:
 
 
 @contextmanager
-def _train_progress(console: Console, name: str, spec: RunSpec) -> Iterator:
-    """A progress bar over the budget (tokens or seconds) with the loss and learning rate."""
+def _train_progress(console: Console, name: str, spec: RunSpec, folder: Path) -> Iterator:
+    """A progress bar over the budget (tokens or seconds) with the loss and learning rate; on
+    Ctrl-C, what is saved in `folder` to resume from."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     total = spec.budget.tokens or spec.budget.seconds
@@ -406,7 +407,13 @@ def _train_progress(console: Console, name: str, spec: RunSpec) -> Iterator:
                 yield on_step
         except KeyboardInterrupt:
             progress.stop()
-            console.print("[yellow]interrupted[/]: the last save is kept; rerun with --resume")
+            state = folder / "state.pt"
+            if state.exists():
+                console.print(f"[yellow]interrupted[/]: {name}'s training is saved in "
+                              f"{escape(str(state))}; rerun with --resume to go on from there")
+            else:
+                console.print(f"[yellow]interrupted[/] before {name} trained a step; nothing "
+                              "to resume")
             raise typer.Exit(130) from None
 
 

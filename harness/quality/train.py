@@ -6,7 +6,9 @@ A budget is a number of training tokens ("20M-tokens", deterministic) or of seco
 decays along a cosine to `min_lr_ratio` of its peak over the budget; gradients are clipped to
 `grad_clip`. Every `checkpoint_every` steps the model, the optimizer, the step, the data
 position and the random states are saved, and `resume=True` continues from there to the
-same numbers an uninterrupted run would give (on the same machine).
+same numbers an uninterrupted run would give (on the same machine). Ctrl-C during training
+lets the step it lands in finish (a half-applied optimizer step is no state to save), saves
+that step and then raises KeyboardInterrupt; a second Ctrl-C interrupts at once.
 
 Data parallel: when `torch.distributed` is initialised (`torchrun`; gloo on CPU, nccl on GPU),
 the model is wrapped in DistributedDataParallel and each of the W processes takes every W-th
@@ -25,8 +27,10 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +179,29 @@ def train(model, batches: Batches, config: TrainConfig, *,
             torch.set_flush_denormal(False)
 
 
+@contextlib.contextmanager
+def _interrupt_between_steps() -> Iterator[Callable[[], bool]]:
+    """A check of whether Ctrl-C was pressed since the block began: SIGINT sets it instead of
+    raising KeyboardInterrupt mid-step, and a second SIGINT raises at once. Only where Python's
+    own handler is in place, in the main thread (else the check is always False)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield lambda: False
+        return
+    pressed: list[bool] = []
+
+    def handler(signum, frame) -> None:
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(True)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size): (0, 1) unless torch.distributed is initialised."""
     import torch.distributed as dist
@@ -207,45 +234,53 @@ def _train(model, net, batches, config, evaluate, state_path, resume, on_step, d
     saved_at = history.steps  # the step state_path holds (a resumed run's, or none yet)
     model.train()
     start = time.monotonic() - history.seconds
-    while True:
-        progress = _progress(history, config)
-        if progress >= 1:
-            break
-        lr = lr_at(progress, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        inputs, targets = batches(history.steps)
-        if world > 1:  # this process's rows of the global batch
-            inputs = {k: v[rank::world] for k, v in inputs.items()}
-            targets = targets[rank::world]
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-        with _precision(config.dtype, device):
-            loss = net(**inputs, targets=targets.to(device)).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        history.steps += 1
-        history.tokens += tokens_per_step
-        history.flops += tokens_per_step * (config.flops_per_token or 0.0)
-        history.seconds = time.monotonic() - start
-        loss_value = loss.detach()
-        if world > 1:
-            loss_value, history.seconds = _agree(loss_value, history.seconds, world)
-        history.losses.append(loss_value.item())
-        if on_step is not None and rank == 0:
-            on_step(history, lr)
-        if evaluate is not None and rank == 0 and history.steps % config.eval_every == 0:
-            history.evals.append({"step": history.steps, **_evaluate(model, evaluate)})
-            history.stopped_early = _passed(history.evals[-1], config.stop_at)
-        if world > 1 and config.stop_at is not None:  # every process takes rank 0's decision
-            history.stopped_early = _broadcast_flag(history.stopped_early, device)
-        if history.stopped_early:
-            break
-        if state_path is not None and rank == 0 and history.steps % config.checkpoint_every == 0:
-            _save_state(state_path, model, optimizer, history)
-            saved_at = history.steps
+    with _interrupt_between_steps() as interrupted:
+        while True:
+            if interrupted():  # Ctrl-C came during the last step: save it, then stop
+                break
+            progress = _progress(history, config)
+            if progress >= 1:
+                break
+            lr = lr_at(progress, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            inputs, targets = batches(history.steps)
+            if world > 1:  # this process's rows of the global batch
+                inputs = {k: v[rank::world] for k, v in inputs.items()}
+                targets = targets[rank::world]
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            with _precision(config.dtype, device):
+                loss = net(**inputs, targets=targets.to(device)).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            history.steps += 1
+            history.tokens += tokens_per_step
+            history.flops += tokens_per_step * (config.flops_per_token or 0.0)
+            history.seconds = time.monotonic() - start
+            loss_value = loss.detach()
+            if world > 1:
+                loss_value, history.seconds = _agree(loss_value, history.seconds, world)
+            history.losses.append(loss_value.item())
+            if on_step is not None and rank == 0:
+                on_step(history, lr)
+            if evaluate is not None and rank == 0 and history.steps % config.eval_every == 0:
+                history.evals.append({"step": history.steps, **_evaluate(model, evaluate)})
+                history.stopped_early = _passed(history.evals[-1], config.stop_at)
+            if world > 1 and config.stop_at is not None:  # every process takes rank 0's decision
+                history.stopped_early = _broadcast_flag(history.stopped_early, device)
+            if history.stopped_early:
+                break
+            if (state_path is not None and rank == 0
+                    and history.steps % config.checkpoint_every == 0):
+                _save_state(state_path, model, optimizer, history)
+                saved_at = history.steps
+        if interrupted():  # also when it came during the step that ended training
+            if state_path is not None and rank == 0 and saved_at != history.steps:
+                _save_state(state_path, model, optimizer, history)
+            raise KeyboardInterrupt
     if evaluate is not None and rank == 0 and (not history.evals
                                                or history.evals[-1]["step"] != history.steps):
         history.evals.append({"step": history.steps, **_evaluate(model, evaluate)})

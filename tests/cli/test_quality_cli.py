@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -154,6 +155,36 @@ def test_out_of_memory_in_one_model_keeps_the_records_of_those_before(tmp_path, 
         "GiB refused); give a smaller --batch-size or --seqlen")
     assert [r.model for r in load([tmp_path / "quality.jsonl"]).records] == ["gpt"]
     assert (tmp_path / "cmp" / "gpt" / "model.safetensors").exists()
+
+
+def test_ctrl_c_in_training_says_where_its_state_is_or_that_there_is_none(tmp_path, corpus,
+                                                                          monkeypatch):
+    import harness.quality.run as run_module
+
+    real_train = run_module.train
+
+    def ctrl_c_at_step_3(net, *args, **kwargs):
+        def on_step(history, lr):
+            if history.steps == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+        return real_train(net, *args, **{**kwargs, "on_step": on_step})
+
+    monkeypatch.setattr(run_module, "train", ctrl_c_at_step_3)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "gpt", *quick(corpus, tmp_path), "--out", str(out)])
+    assert result.exit_code == 130, result.output
+    assert f"interrupted: gpt's training is saved in {out / 'state.pt'}; rerun with --resume" \
+        in " ".join(result.stderr.split())
+    assert (out / "state.pt").exists() and not (tmp_path / "quality.jsonl").exists()
+
+    def ctrl_c_before_training(net, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "train", ctrl_c_before_training)
+    result = runner.invoke(app, ["train", "gpt", *quick(corpus, tmp_path), "--out",
+                                 str(tmp_path / "other")])
+    assert result.exit_code == 130, result.output
+    assert "interrupted before gpt trained a step; nothing to resume" in result.stderr
 
 
 def test_a_results_file_that_cannot_be_written_is_refused_before_training(tmp_path, corpus):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -92,6 +94,38 @@ def test_resume_continues_to_the_same_result(tmp_path):
     resumed_state = resumed.state_dict()
     for name, tensor in straight.state_dict().items():
         torch.testing.assert_close(tensor, resumed_state[name], rtol=0, atol=0, msg=name)
+
+
+def test_ctrl_c_saves_the_step_it_lands_in_and_resume_goes_on_from_it(tmp_path):
+    """SIGINT during a step (here from its progress callback, after the optimizer step) lets
+    it end, saves it although no save was due, then raises; resuming from there ends where an
+    uninterrupted run does. A second SIGINT raises at once, saving nothing new."""
+    straight, _ = run(steps=8)
+    state = tmp_path / "trainer_state.pt"
+
+    def ctrl_c_at(step, times=1):
+        def on_step(history, lr):
+            if history.steps == step:
+                for _ in range(times):
+                    os.kill(os.getpid(), signal.SIGINT)
+        return on_step
+
+    with pytest.raises(KeyboardInterrupt):
+        run(steps=8, state_path=state, on_step=ctrl_c_at(5), config={"checkpoint_every": 100})
+    assert torch.load(state, weights_only=False)["history"]["steps"] == 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    resumed, history = run(steps=8, state_path=state, resume=True,
+                           config={"checkpoint_every": 100})
+    assert history.steps == 8
+    resumed_state = resumed.state_dict()
+    for name, tensor in straight.state_dict().items():
+        torch.testing.assert_close(tensor, resumed_state[name], rtol=0, atol=0, msg=name)
+
+    state.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        run(steps=8, state_path=state, on_step=ctrl_c_at(3, times=2),
+            config={"checkpoint_every": 2})
+    assert torch.load(state, weights_only=False)["history"]["steps"] == 2  # the last due save
 
 
 def test_resuming_from_a_damaged_or_foreign_state_says_which_file_and_why(tmp_path):
