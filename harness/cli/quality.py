@@ -73,7 +73,8 @@ TrainDtypeOpt = Annotated[str, typer.Option(
 QualityResultsOpt = Annotated[Path, typer.Option(
     "--results", help="JSON Lines file the quality records are appended to.")]
 ResumeOpt = Annotated[bool, typer.Option(
-    help="Continue an interrupted run from its last save in the output folder.")]
+    help="Continue an interrupted run from its last save in the output folder; for several "
+         "models, keep those it finished (their records in --results) and train the rest.")]
 ForceOpt = Annotated[bool, typer.Option(help="Overwrite a finished checkpoint in the folder.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", metavar="FIELD=VALUE",
@@ -362,7 +363,7 @@ def _train_and_record(ctx: typer.Context, models: list[str], spec: RunSpec, out:
         device, rank = init_distributed(spec.device, os.environ)
         spec = dataclasses.replace(spec, device=device)
         plan = plan_runs(names, spec, out, several=several, resume=resume, force=force,
-                         catalog=catalog)
+                         catalog=catalog, results_path=results_path)
         if rank == 0:
             results.check_writable(results_path)
         data = prepare(spec, plan.tasks)
@@ -370,7 +371,14 @@ def _train_and_record(ctx: typer.Context, models: list[str], spec: RunSpec, out:
     console = stderr() if is_main else Console(stderr=True, quiet=True)
     records = []
     for name, folder in plan.folders.items():
-        with one_line_errors(), _train_progress(console, name, spec, folder) as on_step:
+        if name in plan.finished:  # --resume: an earlier run of this command trained it
+            records.append(plan.finished[name])
+            console.print(f"{name}: finished by an earlier run, its record already in "
+                          f"{escape(str(results_path))}")
+            continue
+        resumable = several and bool(records)  # --resume would keep the models done so far
+        with one_line_errors(), _train_progress(console, name, spec, folder,
+                                                resumable) as on_step:
             result = run_one(name, data, folder, resume=resume, on_step=on_step,
                              is_main=is_main, catalog=catalog, command=command_line(ctx))
         if not is_main:
@@ -385,9 +393,10 @@ def _train_and_record(ctx: typer.Context, models: list[str], spec: RunSpec, out:
 
 
 @contextmanager
-def _train_progress(console: Console, name: str, spec: RunSpec, folder: Path) -> Iterator:
+def _train_progress(console: Console, name: str, spec: RunSpec, folder: Path,
+                    resumable: bool) -> Iterator:
     """A progress bar over the budget (tokens or seconds) with the loss and learning rate; on
-    Ctrl-C, what is saved in `folder` to resume from."""
+    Ctrl-C, what is saved in `folder` to resume from (`resumable`: models finished before)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     total = spec.budget.tokens or spec.budget.seconds
@@ -411,6 +420,9 @@ def _train_progress(console: Console, name: str, spec: RunSpec, folder: Path) ->
             if state.exists():
                 console.print(f"[yellow]interrupted[/]: {name}'s training is saved in "
                               f"{escape(str(state))}; rerun with --resume to go on from there")
+            elif resumable:
+                console.print(f"[yellow]interrupted[/] before {name} trained a step; rerun "
+                              "with --resume to keep the models finished before it")
             else:
                 console.print(f"[yellow]interrupted[/] before {name} trained a step; nothing "
                               "to resume")

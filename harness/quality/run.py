@@ -197,17 +197,66 @@ class RunPlan:
 
     folders: dict[str, Path]  # model -> where its checkpoint goes, in the order given
     tasks: set[str]  # what `prepare` must build: the tasks the models run
+    # --resume of several models: those an earlier run of the command finished, with the record
+    # it appended (they are not trained again)
+    finished: dict[str, QualityRecord] = dataclasses.field(default_factory=dict)
 
 
 def plan_runs(models: list[str], spec: RunSpec, out: Path | None, *, several: bool,
-              resume: bool, force: bool, catalog: Catalog | None = None) -> RunPlan:
+              resume: bool, force: bool, catalog: Catalog | None = None,
+              results_path: Path | None = None) -> RunPlan:
     """Check, before any data is prepared, that every model runs the spec's task at its
-    variant and that its folder may be written (see `run_folder`, `check_folder`)."""
+    variant and that its folder may be written (see `run_folder`, `check_folder`).
+
+    `resume` with several models continues an interrupted comparison: a model whose folder
+    holds state.pt resumes, one that holds a finished checkpoint keeps it and its record in
+    `results_path` (see `finished_record`), one with neither starts."""
     tasks_needed = {check_model(name, spec, catalog) for name in models}
     folders = {name: run_folder(out, name, spec, several) for name in models}
-    for folder in folders.values():
-        check_folder(folder, resume=resume, force=force)
-    return RunPlan(folders, tasks_needed)
+    if not (resume and several):
+        for folder in folders.values():
+            check_folder(folder, resume=resume, force=force)
+        return RunPlan(folders, tasks_needed)
+    finished = {}
+    for name, folder in folders.items():
+        check_out(folder)
+        if (folder / "config.json").exists() and not (folder / "state.pt").exists():
+            finished[name] = finished_record(name, folder, spec, results_path)
+    if not finished and not any((f / "state.pt").exists() for f in folders.values()):
+        raise QualityError(f"--resume: no folder of {', '.join(map(str, folders.values()))} "
+                           "holds an interrupted or finished run; drop --resume to start them")
+    return RunPlan(folders, tasks_needed, finished)
+
+
+def finished_record(name: str, folder: Path, spec: RunSpec,
+                    results_path: Path | None) -> QualityRecord:
+    """The record an earlier run appended to `results_path` when it finished `name` into
+    `folder`, checked to be of the same comparison (task, budget, seed, rate, data and
+    precision): a QualityError that says what differs, or that there is none, otherwise."""
+    from harness import results
+
+    found = None
+    if results_path is not None and results_path.is_file():
+        for rec in results.load([results_path]).records:
+            if (isinstance(rec, QualityRecord) and rec.impl == "zoo" and rec.model == name
+                    and rec.checkpoint and Path(rec.checkpoint).resolve() == folder.resolve()):
+                found = rec  # the latest one wins: a --force run replaced the checkpoint
+    if found is None:
+        raise QualityError(f"--resume: {folder} holds {name}'s finished checkpoint but "
+                           f"{results_path} has no record of it; give the --results it went to, "
+                           "or --force to train every model again")
+    config = spec.train_config
+    expected = {"task": task_for(name, spec.task), "budget": str(spec.budget),
+                "seed": spec.seed, "lr": config.lr, "tokenizer": spec.tokenizer,
+                "variant": spec.variant_label, "seqlen": config.seqlen,
+                "batch": config.batch_size, "dtype": config.dtype}
+    for field_name, value in expected.items():
+        if getattr(found, field_name) != value:
+            raise QualityError(f"--resume: {name} in {folder} was trained with {field_name} "
+                               f"{getattr(found, field_name)}, this run asks for {value}; "
+                               "resume with the options it was started with, or --force to "
+                               "train every model again")
+    return found
 
 
 def check_out(folder: Path) -> None:

@@ -187,6 +187,44 @@ def test_ctrl_c_in_training_says_where_its_state_is_or_that_there_is_none(tmp_pa
     assert "interrupted before gpt trained a step; nothing to resume" in result.stderr
 
 
+def test_resume_of_a_comparison_keeps_the_models_it_finished(tmp_path, corpus, monkeypatch):
+    """`quality A B --resume` after Ctrl-C in B: A's checkpoint and record are kept (not trained
+    again, not recorded twice), B goes on from its save; a rerun with another seed is refused."""
+    import harness.quality.run as run_module
+
+    real_train = run_module.train
+    trained = []
+
+    def llama_interrupted_at_step_3(net, *args, **kwargs):
+        trained.append(type(net).__name__)
+
+        def on_step(history, lr):
+            if type(net).__name__ == "Llama" and history.steps == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+        return real_train(net, *args, **{**kwargs, "on_step": on_step})
+
+    monkeypatch.setattr(run_module, "train", llama_interrupted_at_step_3)
+    command = ["quality", "gpt", "llama", *quick(corpus, tmp_path), "--out", str(tmp_path / "c")]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 130, result.output
+    assert "interrupted: llama's training is saved in" in result.stderr
+    monkeypatch.setattr(run_module, "train", lambda net, *args, **kwargs: (
+        trained.append(type(net).__name__), real_train(net, *args, **kwargs))[1])
+    trained.clear()
+    result = runner.invoke(app, [*command, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert trained == ["Llama"]
+    assert "gpt: finished by an earlier run" in result.stderr
+    records = load([tmp_path / "quality.jsonl"]).records
+    assert [r.model for r in records] == ["gpt", "llama"] and records[1].steps == 4
+    assert "│ gpt " in result.stdout and "│ llama " in result.stdout  # the whole comparison
+
+    result = runner.invoke(app, [*command, "--resume", "--seed", "1"])
+    one_line_error(result, "was trained with seed 0, this run asks for 1")
+    result = runner.invoke(app, [*command[:-1], str(tmp_path / "none"), "--resume"])
+    one_line_error(result, "holds an interrupted or finished run; drop --resume")
+
+
 def test_a_results_file_that_cannot_be_written_is_refused_before_training(tmp_path, corpus):
     options = [*quick(corpus, tmp_path)][:-1] + ["/proc/x/r.jsonl"]
     result = runner.invoke(app, ["train", "gpt", *options, "--out", str(tmp_path / "x")])
