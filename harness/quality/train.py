@@ -235,8 +235,12 @@ def _train(model, net, batches, config, evaluate, state_path, resume, on_step, d
     model.train()
     start = time.monotonic() - history.seconds
     with _interrupt_between_steps() as interrupted:
+        def stop_asked() -> bool:  # Ctrl-C came during the last step (every process agrees)
+            asked = interrupted()
+            return _broadcast_flag(asked, device) if world > 1 else asked
+
         while True:
-            if interrupted():  # Ctrl-C came during the last step: save it, then stop
+            if stop_asked():  # save the last step, then stop
                 break
             progress = _progress(history, config)
             if progress >= 1:
@@ -277,7 +281,7 @@ def _train(model, net, batches, config, evaluate, state_path, resume, on_step, d
                     and history.steps % config.checkpoint_every == 0):
                 _save_state(state_path, model, optimizer, history)
                 saved_at = history.steps
-        if interrupted():  # also when it came during the step that ended training
+        if stop_asked():  # also when it came during the step that ended training
             if state_path is not None and rank == 0 and saved_at != history.steps:
                 _save_state(state_path, model, optimizer, history)
             raise KeyboardInterrupt
