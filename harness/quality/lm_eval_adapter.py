@@ -311,8 +311,9 @@ def evaluate_checkpoint(checkpoint: str | Path, documents: Sequence[str], folder
     names = list(tasks) if tasks is not None else list(written)
     missing = [name for name in names if name not in written]
     if missing:
-        raise ValueError(f"no data for task(s) {', '.join(missing)}; written: "
-                         f"{', '.join(written) or 'none'}")
+        raise ValueError(f"--tasks {', '.join(missing)}: not among the local tasks "
+                         f"({', '.join(written) or 'none'}); this command runs lm-eval offline "
+                         "on the tasks it writes from --corpus, not on the hub's data sets")
     lm = ZooLM(checkpoint, **model_args)
     # The seeds stay None: these tasks draw no random numbers, and lm-eval would otherwise
     # reseed the caller's global random, numpy and torch generators.

@@ -196,6 +196,12 @@ def test_eval_refuses_an_encoder_and_a_checkpoint_without_tokenizer(gpt2, tmp_pa
     bare = copy_folder(gpt2, tmp_path / "bare", **{"vocab.json": None, "merges.txt": None})
     assert_one_line_error(run("eval", bare), "no tokenizer files")
     assert_one_line_error(run("eval", tmp_path / "absent"), "no such file or folder")
+    corpus = write_corpus(tmp_path)
+    assert_one_line_error(run("eval", gpt2, "--corpus", corpus, "--tasks", "hellaswag",
+                              "--results", tmp_path / "e.jsonl"),
+                          "--tasks hellaswag: not among the local tasks (zoo_heldout, "
+                          "zoo_lastword); this command runs lm-eval offline")
+    assert not (tmp_path / "e.jsonl").exists()
 
 
 # ------------------------------------------------------------------------ catalog bench
