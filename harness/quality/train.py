@@ -149,7 +149,8 @@ def train(model, batches: Batches, config: TrainConfig, *,
           evaluate: Callable[[Any], dict[str, float]] | None = None,
           state_path: Path | None = None, resume: bool = False,
           on_step: Callable[[History, float], None] | None = None) -> History:
-    """Train `model` on `batches(step) -> (inputs, targets)` until the budget is spent.
+    """Train `model` on `batches(step) -> (inputs, targets)` until the budget is spent (a
+    time budget counts the training steps: not the validations and saves between them).
 
     `batches` must be a pure function of the step (it owns the seeded data order), so a resumed
     run sees the batches the interrupted one would have. `evaluate(model)` runs every
@@ -270,17 +271,24 @@ def _train(model, net, batches, config, evaluate, state_path, resume, on_step, d
             history.losses.append(loss_value.item())
             if on_step is not None and rank == 0:
                 on_step(history, lr)
-            if evaluate is not None and rank == 0 and history.steps % config.eval_every == 0:
+            # A time budget's clock stops while the model is validated and saved: the budget
+            # buys training alone, and tokens_per_s is the training's throughput.
+            paused = time.monotonic()
+            evaluating = evaluate is not None and history.steps % config.eval_every == 0
+            saving = state_path is not None and history.steps % config.checkpoint_every == 0
+            if evaluating and rank == 0:
                 history.evals.append({"step": history.steps, **_evaluate(model, evaluate)})
                 history.stopped_early = _passed(history.evals[-1], config.stop_at)
             if world > 1 and config.stop_at is not None:  # every process takes rank 0's decision
                 history.stopped_early = _broadcast_flag(history.stopped_early, device)
             if history.stopped_early:
                 break
-            if (state_path is not None and rank == 0
-                    and history.steps % config.checkpoint_every == 0):
+            if saving and rank == 0:
                 _save_state(state_path, model, optimizer, history)
                 saved_at = history.steps
+            if world > 1 and (evaluating or saving):  # the others wait here, clocks stopped
+                _barrier()
+            start += time.monotonic() - paused
         if stop_asked():  # also when it came during the step that ended training
             if state_path is not None and rank == 0 and saved_at != history.steps:
                 _save_state(state_path, model, optimizer, history)
@@ -293,10 +301,14 @@ def _train(model, net, batches, config, evaluate, state_path, resume, on_step, d
         # none of it (--resume tests it again)
         _save_state(state_path, model, optimizer, history)
     if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+        _barrier()
     return history
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
 
 
 def _precision(dtype: str, device: torch.device):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -69,6 +70,23 @@ def test_training_learns_a_repeated_pattern():
     assert history.steps == 60 and history.tokens == 60 * 128
     assert history.losses[-1] < 0.5 * history.losses[0] and history.losses[0] > math.log(64) - 1
     assert [e["step"] for e in history.evals] == [20, 40, 60]
+
+
+def test_a_time_budget_counts_training_not_validation_or_saves(tmp_path):
+    """Each validation here sleeps 50 ms, one after every step (and a save follows it): a clock
+    that ran through them would count every sleep but the last in history.seconds."""
+    def slow_validation(model):
+        time.sleep(0.05)
+        return {"loss": 0.0}
+
+    run(steps=1)  # the first step of a process compiles kernels: not this test's business
+    began = time.monotonic()
+    _, history = run(steps=0, evaluate=slow_validation, state_path=tmp_path / "state.pt",
+                     config={"budget": Budget(seconds=0.5), "eval_every": 1,
+                             "checkpoint_every": 1})
+    wall = time.monotonic() - began
+    assert history.seconds >= 0.5 and len(history.evals) >= 4, history
+    assert wall - history.seconds >= 0.05 * (len(history.evals) - 1)
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers():
