@@ -64,7 +64,7 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
                 config.seqlen))
         started = time.monotonic()
         history = train(net, setup.batches, config, evaluate=setup.evaluate, state_path=state,
-                        resume=resume, on_step=on_step)
+                        resume=resume, on_step=on_step, run=_made_of(model, task, spec))
     if not is_main:
         return RunResult(None, history, None)
     net.eval()
@@ -181,6 +181,16 @@ def _length_curves(net, data: Prepared, trained: int) -> dict:
 def _checkpoint_tokenizer(data: Prepared, task: str) -> Tokenizer:
     # MQAR has no text: its checkpoint carries the byte tokenizer as a placeholder of the format
     return data.tokenizer if task != "mqar" else ByteTokenizer()
+
+
+def _made_of(model: str, task: str, spec: RunSpec) -> dict[str, object]:
+    """What makes a run besides the trainer's settings, which a resume must share: the model,
+    its size and the data. (The device may change; so may what testing does after training.)"""
+    return {"model": model, "task": task, "variant": spec.variant_label, "width": spec.width,
+            "depth": spec.depth, "corpus": spec.corpus, "tokenizer": spec.tokenizer,
+            "bpe_vocab": spec.bpe_vocab if spec.tokenizer == "bpe" else None,
+            "mqar": dataclasses.asdict(spec.mqar) if task == "mqar" else None,
+            "eval_tokens": spec.eval_tokens}
 
 
 def _mean_tail(losses: list[float], n: int = 20) -> float | None:

@@ -148,12 +148,15 @@ Batches = Callable[[int], tuple[dict[str, torch.Tensor], torch.Tensor]]
 def train(model, batches: Batches, config: TrainConfig, *,
           evaluate: Callable[[Any], dict[str, float]] | None = None,
           state_path: Path | None = None, resume: bool = False,
-          on_step: Callable[[History, float], None] | None = None) -> History:
+          on_step: Callable[[History, float], None] | None = None,
+          run: dict[str, Any] | None = None) -> History:
     """Train `model` on `batches(step) -> (inputs, targets)` until the budget is spent (a
     time budget counts the training steps: not the validations and saves between them).
 
     `batches` must be a pure function of the step (it owns the seeded data order), so a resumed
-    run sees the batches the interrupted one would have. `evaluate(model)` runs every
+    run sees the batches the interrupted one would have. The state saved holds `config` and
+    `run` (what else made the run: model, data, ...), and a resume whose differ is refused.
+    `evaluate(model)` runs every
     `eval_every` steps and at the end; `on_step(history, lr)` reports progress. Batches are
     built on the CPU and moved to the model's device."""
     if config.budget.flops and not config.flops_per_token:
@@ -174,7 +177,7 @@ def train(model, batches: Batches, config: TrainConfig, *,
         keep_freed_memory()  # large temporaries reuse pages instead of faulting in new ones
     try:
         return _train(model, net, batches, config, evaluate, state_path, resume, on_step,
-                      device, rank, world)
+                      device, rank, world, _made_of(config, run))
     finally:
         if flushed:
             torch.set_flush_denormal(False)
@@ -203,6 +206,13 @@ def _interrupt_between_steps() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _made_of(config: TrainConfig, run: dict[str, Any] | None) -> dict[str, Any]:
+    """What a resume must share with the run it continues: the settings that shape training
+    (how often it is saved does not) and the caller's `run`."""
+    settings = {k: v for k, v in asdict(config).items() if k != "checkpoint_every"}
+    return {**settings, **(run or {})}
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size): (0, 1) unless torch.distributed is initialised."""
     import torch.distributed as dist
@@ -225,12 +235,12 @@ def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def _train(model, net, batches, config, evaluate, state_path, resume, on_step, device, rank,
-           world) -> History:
+           world, run) -> History:
     optimizer = adamw(param_groups(model, config.weight_decay), lr=config.lr,
                       betas=config.betas)
     history = History()
     if resume and state_path is not None and state_path.exists():
-        history = _load_state(state_path, model, optimizer)
+        history = _load_state(state_path, model, optimizer, run)
     tokens_per_step = config.batch_size * config.seqlen
     saved_at = history.steps  # the step state_path holds (a resumed run's, or none yet)
     model.train()
@@ -284,14 +294,14 @@ def _train(model, net, batches, config, evaluate, state_path, resume, on_step, d
             if history.stopped_early:
                 break
             if saving and rank == 0:
-                _save_state(state_path, model, optimizer, history)
+                _save_state(state_path, model, optimizer, history, run)
                 saved_at = history.steps
             if world > 1 and (evaluating or saving):  # the others wait here, clocks stopped
                 _barrier()
             start += time.monotonic() - paused
         if stop_asked():  # also when it came during the step that ended training
             if state_path is not None and rank == 0 and saved_at != history.steps:
-                _save_state(state_path, model, optimizer, history)
+                _save_state(state_path, model, optimizer, history, run)
             raise KeyboardInterrupt
     if evaluate is not None and rank == 0 and (not history.evals
                                                or history.evals[-1]["step"] != history.steps):
@@ -299,7 +309,7 @@ def _train(model, net, batches, config, evaluate, state_path, resume, on_step, d
     if state_path is not None and rank == 0 and saved_at != history.steps:
         # the trained state, whole: what fails after training (testing out of memory) loses
         # none of it (--resume tests it again)
-        _save_state(state_path, model, optimizer, history)
+        _save_state(state_path, model, optimizer, history, run)
     if world > 1:
         _barrier()
     return history
@@ -368,24 +378,35 @@ def _evaluate(model, evaluate) -> dict[str, float]:
         model.train()
 
 
-def _save_state(path: Path, model, optimizer, history: History) -> None:
-    """Everything a resumed run needs, written whole (a crash mid-write keeps the last one)."""
+def _save_state(path: Path, model, optimizer, history: History, run: dict[str, Any]) -> None:
+    """Everything a resumed run needs, and what made the run, written whole (a crash mid-write
+    keeps the last one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "history": asdict(history), "rng": torch.get_rng_state()}, tmp)
+                "history": asdict(history), "rng": torch.get_rng_state(), "run": run}, tmp)
     tmp.replace(path)
 
 
-def _load_state(path: Path, model, optimizer) -> History:
+def _load_state(path: Path, model, optimizer, run: dict[str, Any]) -> History:
     """The run saved at `path`, into `model` and `optimizer`; a ValueError that says so when
-    the file is not a state `_save_state` wrote, or one of another model or configuration."""
+    the file is not a state `_save_state` wrote, or one of another model or configuration (its
+    `run` differs: states saved before it was kept are not checked)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)  # copied to the device
         history = History(**state["history"])
     except Exception as error:  # noqa: BLE001 - whatever unpickling a damaged file raises
         raise ValueError(f"{path}: not a saved training state ({_first_line(error)}); delete it "
                          "to start the run again") from None
+    saved = state.get("run")
+    differs = [key for key in {**(saved or {}), **run}
+               if saved is not None and saved.get(key) != run.get(key)]
+    if differs:
+        key = differs[0]
+        was, now = (_shown(key, saved.get(key)), _shown(key, run.get(key)))
+        raise ValueError(f"{path}: saved by a run whose {key} was {was}, this run's is {now}; "
+                         "resume with the options it was started with, or delete it to start "
+                         "again")
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -395,6 +416,12 @@ def _load_state(path: Path, model, optimizer) -> History:
                          "with, or delete it to start again") from None
     torch.set_rng_state(state["rng"])
     return history
+
+
+def _shown(key: str, value: Any) -> str:
+    if key == "budget" and isinstance(value, dict):
+        return str(Budget(**value))
+    return repr(value)
 
 
 def _first_line(error: BaseException) -> str:

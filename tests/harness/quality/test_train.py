@@ -154,10 +154,29 @@ def test_resuming_from_a_damaged_or_foreign_state_says_which_file_and_why(tmp_pa
     run(steps=2, state_path=state, config={"checkpoint_every": 1})  # a gpt tiny's state
     model = build_variant("gpt", "tiny", vocab_size=64, max_seq_len=32, n_layer=1)
     batches, _ = block_batches(pattern_stream(), batch_size=4, seqlen=32, seed=0)
-    config = TrainConfig(budget=Budget(tokens=4 * 4 * 32), batch_size=4, seqlen=32, lr=3e-3)
+    config = TrainConfig(budget=Budget(tokens=2 * 4 * 32), batch_size=4, seqlen=32, lr=3e-3,
+                         checkpoint_every=1)
     with pytest.raises(ValueError, match=f"{state}: saved by a run of another model or "
                                          "configuration"):
         train(model, batches, config, state_path=state, resume=True)
+
+
+def test_resuming_with_other_settings_or_data_is_refused_naming_what_differs(tmp_path):
+    """A resume with another budget would splice two learning-rate schedules; one with another
+    corpus two data sets. The state names what made the run, and the first difference is
+    said."""
+    state = tmp_path / "trainer_state.pt"
+    run(steps=2, state_path=state, config={"checkpoint_every": 1}, run={"corpus": "a.txt"})
+    with pytest.raises(ValueError, match=f"{state}: saved by a run whose budget was 256 tokens, "
+                                         "this run's is 384 tokens; resume with the options"):
+        run(steps=3, state_path=state, resume=True, run={"corpus": "a.txt"})
+    with pytest.raises(ValueError, match="whose weight_decay was 0.1, this run's is 0.0"):
+        run(steps=2, state_path=state, resume=True, config={"weight_decay": 0.0},
+            run={"corpus": "a.txt"})
+    with pytest.raises(ValueError, match="whose corpus was 'a.txt', this run's is 'b.txt'"):
+        run(steps=2, state_path=state, resume=True, run={"corpus": "b.txt"})
+    _, history = run(steps=2, state_path=state, resume=True, run={"corpus": "a.txt"})
+    assert history.steps == 2  # the same run: nothing left to train
 
 
 def test_block_batches_cover_the_stream_in_a_seeded_order():
