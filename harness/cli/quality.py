@@ -308,7 +308,8 @@ def _run_grid(ctx: typer.Context, models: list[str], spec: RunSpec, *, shapes, w
         except KeyboardInterrupt:
             progress.stop()
             console.print("[yellow]interrupted[/]: finished cells are in the results file; "
-                          "rerun the same command to run the rest")
+                          "rerun the same command to run the rest (an unfinished "
+                          "cell goes on from its last save)")
             raise typer.Exit(130) from None
     stdout().print(_grid_table(records))
     stdout().print(f"records appended to {escape(str(results_path))}")

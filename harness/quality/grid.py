@@ -7,7 +7,8 @@ in its own process, like a benchmark cell.
 
 A cell's process prepares its data, trains, validates and tests (harness.quality.run.run_one)
 and prints its record; this process appends it to the results file as soon as it arrives, so
-that a killed grid loses only the cell it was running. A rerun skips every cell the results
+that a killed grid loses only the cells it was running, and of those only the steps since
+their last save (a rerun resumes them). A rerun skips every cell the results
 file already holds (`force` runs them again), except a cell that ran out of time when
 `timeout` is now larger. A cell that runs out of memory, time or goes
 wrong is recorded with its status (`oom`, `timeout`, `over_budget`, `error`) and the reason,
@@ -220,7 +221,7 @@ def run_grid(grid: Grid, on_event: Callable[[Event], None] = lambda e: None,
         on_event(Event("start", cell, index, len(cells)))
         order = {"model": cell.model, "spec": cell.spec.to_dict(), "folder": str(cell.folder),
                  "catalog_dir": str(grid.catalog_dir) if grid.catalog_dir else None,
-                 "threads": grid.threads, "command": grid.command}
+                 "threads": grid.threads, "command": grid.command, "force": grid.force}
         return launch.Job((json.dumps(order),), CELL_MODULE, grid.timeout, grid.max_memory)
 
     for outcome in launch.execute(launcher or launch.Local(), to_run, job_of):
@@ -282,6 +283,7 @@ def cell_main(argv: list[str]) -> int:
 def _run_cell(order: dict[str, Any]) -> QualityRecord:
     from harness.quality.data import prepare
     from harness.quality.run import run_one
+    from harness.quality.train import UnusableState
 
     catalog = None
     if order.get("catalog_dir"):
@@ -291,6 +293,13 @@ def _run_cell(order: dict[str, Any]) -> QualityRecord:
     spec = RunSpec.from_dict(order["spec"])
     data = prepare(spec, {spec.task})
     folder = Path(order["folder"])
-    result = run_one(order["model"], data, folder, catalog=catalog,
-                     command=order.get("command"))
+    # A cell an earlier grid left unfinished goes on from its last save (unless --force): the
+    # state must be of this cell's very options, else the cell starts again.
+    resume = (folder / "state.pt").exists() and not order.get("force")
+    try:
+        result = run_one(order["model"], data, folder, catalog=catalog, resume=resume,
+                         command=order.get("command"))
+    except UnusableState:
+        result = run_one(order["model"], data, folder, catalog=catalog,
+                         command=order.get("command"))
     return result.record

@@ -145,6 +145,10 @@ class History:
 Batches = Callable[[int], tuple[dict[str, torch.Tensor], torch.Tensor]]
 
 
+class UnusableState(ValueError):
+    """A state file a run cannot resume from: damaged, or saved by another run."""
+
+
 def train(model, batches: Batches, config: TrainConfig, *,
           evaluate: Callable[[Any], dict[str, float]] | None = None,
           state_path: Path | None = None, resume: bool = False,
@@ -396,7 +400,7 @@ def _load_state(path: Path, model, optimizer, run: dict[str, Any]) -> History:
         state = torch.load(path, map_location="cpu", weights_only=False)  # copied to the device
         history = History(**state["history"])
     except Exception as error:  # noqa: BLE001 - whatever unpickling a damaged file raises
-        raise ValueError(f"{path}: not a saved training state ({_first_line(error)}); delete it "
+        raise UnusableState(f"{path}: not a saved training state ({_first_line(error)}); delete it "
                          "to start the run again") from None
     saved = state.get("run")
     differs = [key for key in {**(saved or {}), **run}
@@ -404,14 +408,14 @@ def _load_state(path: Path, model, optimizer, run: dict[str, Any]) -> History:
     if differs:
         key = differs[0]
         was, now = (_shown(key, saved.get(key)), _shown(key, run.get(key)))
-        raise ValueError(f"{path}: saved by a run whose {key} was {was}, this run's is {now}; "
+        raise UnusableState(f"{path}: saved by a run whose {key} was {was}, this run's is {now}; "
                          "resume with the options it was started with, or delete it to start "
                          "again")
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as error:
-        raise ValueError(f"{path}: saved by a run of another model or configuration "
+        raise UnusableState(f"{path}: saved by a run of another model or configuration "
                          f"({_first_line(error)}); resume with the options it was started "
                          "with, or delete it to start again") from None
     torch.set_rng_state(state["rng"])

@@ -223,3 +223,43 @@ def test_a_grid_whose_checkpoints_cannot_be_saved_is_refused_before_any_cell(tmp
     with pytest.raises(QualityError, match="a-file is a file, not a folder"):
         list(run_grid(grid, launcher=Scripted(lambda job: pytest.fail("a cell ran"))))
     assert not grid.results.exists()
+
+
+def test_a_cell_left_unfinished_goes_on_from_its_save(tmp_path, monkeypatch):
+    """A grid killed mid-cell leaves the cell's last save: the rerun's cell resumes from it and
+    ends with the record an uninterrupted cell gives. A state of other options, or a damaged
+    one, is no reason to fail: the cell starts again; --force always starts again."""
+    import harness.quality.run as run_module
+    from harness.quality.data import prepare
+
+    cell = small_grid(tmp_path, lrs=[1e-3]).cells()[0]
+    order = {"model": cell.model, "spec": cell.spec.to_dict(), "folder": str(cell.folder)}
+    straight = grid_module._run_cell(order)
+    calls = []
+    real_run_one = run_module.run_one
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("resume", False))
+        return real_run_one(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "run_one", spy)
+
+    def killed_in_step_2(history, lr):  # after step 1's save, before step 2's
+        if history.steps == 2:
+            raise KeyboardInterrupt
+
+    data = prepare(cell.spec, {"mqar"})
+    with pytest.raises(KeyboardInterrupt):  # the killed grid's cell: saved at step 1 of 2
+        real_run_one(cell.model, data, cell.folder, on_step=killed_in_step_2)
+    resumed = grid_module._run_cell(order)
+    assert calls == [True]
+    assert (resumed.steps, resumed.scores) == (straight.steps, straight.scores)
+
+    (cell.folder / "state.pt").write_text("damaged")
+    calls.clear()
+    assert grid_module._run_cell(order).scores == straight.scores
+    assert calls == [True, False]  # refused, then started again
+    (cell.folder / "state.pt").write_text("damaged")
+    calls.clear()
+    grid_module._run_cell({**order, "force": True})
+    assert calls == [False]
