@@ -159,10 +159,10 @@ def train(model, batches: Batches, config: TrainConfig, *,
 
     `batches` must be a pure function of the step (it owns the seeded data order), so a resumed
     run sees the batches the interrupted one would have. The state saved holds `config` and
-    `run` (what else made the run: model, data, ...), and a resume whose differ is refused.
-    `evaluate(model)` runs every
-    `eval_every` steps and at the end; `on_step(history, lr)` reports progress. Batches are
-    built on the CPU and moved to the model's device."""
+    `run` (what else made the run: model, data, ...): a resume with other ones is refused
+    (UnusableState). `evaluate(model)` runs every `eval_every` steps and at the end;
+    `on_step(history, lr)` reports progress. Batches are built on the CPU and moved to the
+    model's device."""
     if config.budget.flops and not config.flops_per_token:
         raise ValueError("a FLOPs budget needs the model's training FLOPs per token")
     torch.manual_seed(config.seed)
