@@ -355,7 +355,7 @@ def _train_and_record(ctx: typer.Context, models: list[str], spec: RunSpec, out:
     from harness import results
     from harness.quality.data import prepare
     from harness.quality.distributed import init_distributed
-    from harness.quality.run import plan_runs, run_one
+    from harness.quality.run import check_finished_data, plan_runs, run_one
 
     catalog = load_catalog_for(ctx, warn=False)
     with one_line_errors():
@@ -368,6 +368,7 @@ def _train_and_record(ctx: typer.Context, models: list[str], spec: RunSpec, out:
         if rank == 0:
             results.check_writable(results_path)
         data = prepare(spec, plan.tasks)
+        check_finished_data(plan, data)
     is_main = rank == 0
     console = stderr() if is_main else Console(stderr=True, quiet=True)
     records = []

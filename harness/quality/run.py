@@ -269,6 +269,17 @@ def finished_record(name: str, folder: Path, spec: RunSpec,
     return found
 
 
+def check_finished_data(plan: RunPlan, data: Prepared) -> None:
+    """The models a --resume keeps must have trained on this run's text: a QualityError naming
+    the corpus otherwise (checked once the data is prepared, which names it)."""
+    for name, rec in plan.finished.items():
+        if rec.corpus != data.corpus_name:
+            raise QualityError(f"--resume: {name} in {plan.folders[name]} was trained on "
+                               f"{rec.corpus}, this run's corpus is {data.corpus_name}; resume "
+                               "with the options it was started with, or --force to train "
+                               "every model again")
+
+
 def check_out(folder: Path) -> None:
     """Refuse, before any training, a checkpoint folder that is a file or would be inside one:
     the run would train and then fail to save."""

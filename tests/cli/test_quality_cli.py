@@ -221,6 +221,10 @@ def test_resume_of_a_comparison_keeps_the_models_it_finished(tmp_path, corpus, m
 
     result = runner.invoke(app, [*command, "--resume", "--seed", "1"])
     one_line_error(result, "was trained with seed 0, this run asks for 1")
+    other = tmp_path / "other.txt"
+    other.write_text(corpus.read_text(encoding="utf-8") + " and more", encoding="utf-8")
+    result = runner.invoke(app, [*command, "--resume", "--corpus", str(other)])
+    one_line_error(result, f"was trained on {corpus}, this run's corpus is {other}")
     result = runner.invoke(app, [*command[:-1], str(tmp_path / "none"), "--resume"])
     one_line_error(result, "holds an interrupted or finished run; drop --resume")
 
