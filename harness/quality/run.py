@@ -62,18 +62,18 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
         if spec.budget.flops:  # a compute budget counts each model's own cost of a token
             config = dataclasses.replace(config, flops_per_token=3 * net.flops_per_token(
                 config.seqlen))
-        started = time.monotonic()
         history = train(net, setup.batches, config, evaluate=setup.evaluate, state_path=state,
                         resume=resume, on_step=on_step, run=_made_of(model, task, spec))
     if not is_main:
         return RunResult(None, history, None)
     net.eval()
+    testing = time.monotonic()
     with _memory_refused(model, "testing", spec.device, state,
                          "--extrapolate" if spec.extrapolate else None), torch.no_grad():
         scores = setup.test(net)
         validation = setup.validate(net) if setup.validate else {}
         length_curves = _length_curves(net, data, config.seqlen) if spec.extrapolate else {}
-    test_seconds = time.monotonic() - started - history.seconds
+    test_seconds = time.monotonic() - testing
     params = net.num_params()
     notes = [*spec.notes, *setup.notes]
     if task == "mlm" and model == "bert":

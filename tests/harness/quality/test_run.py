@@ -189,6 +189,23 @@ def test_resume_matches_uninterrupted(tmp_path):
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["steps"] == 4
 
 
+def test_test_seconds_time_the_testing_alone(tmp_path, monkeypatch):
+    """A resumed run's training clock holds the seconds trained before it began (here 1000):
+    testing's time is measured where it runs, never derived from that clock."""
+    import harness.quality.run as run_module
+
+    real_train = run_module.train
+
+    def resumed_after_long_training(net, *args, **kwargs):
+        history = real_train(net, *args, **kwargs)
+        history.seconds += 1000.0
+        return history
+
+    monkeypatch.setattr(run_module, "train", resumed_after_long_training)
+    record = run_one("gpt", prepare(spec(tmp_path)), tmp_path / "run").record
+    assert record.train_seconds >= 1000 and 0 <= record.test_seconds < 100
+
+
 def test_length_curves_are_recorded_and_learned_positions_say_na(tmp_path):
     """Trained at 32 and scored up to 128: GPT's learned positions stop at its training length
     (n/a, no number), RWKV takes every length; the loss by position averages to the windows'
