@@ -168,12 +168,12 @@ class RunSpec:
                                    "go with --task lm")
             seqlen = self.train_config.seqlen
             longest = seqlen if self.extrapolate is None else self.extrapolate
-            if longest < self.train_config.seqlen:
+            if longest < seqlen:
                 raise QualityError(f"--extrapolate {longest} is shorter than the training "
-                                   f"length {self.train_config.seqlen}")
-            if self.stride is not None and not 1 <= self.stride <= self.train_config.seqlen:
+                                   f"length {seqlen}")
+            if self.stride is not None and not 1 <= self.stride <= seqlen:
                 raise QualityError(f"--stride {self.stride}: give 1 to the training length "
-                                   f"({self.train_config.seqlen})")
+                                   f"({seqlen})")
         if self.task == "seq2seq" and self.seqlen is not None and self.seqlen % 2:
             raise QualityError(f"--seqlen {self.seqlen}: seq2seq splits it in two halves; "
                                "give an even length")
