@@ -96,6 +96,16 @@ def test_same_seed_same_numbers_other_seed_other_numbers():
     assert a.losses == b.losses and a.losses != c.losses
 
 
+def assert_resumes_to(straight, state, steps: int, checkpoint_every: int) -> None:
+    """Resuming from `state` ends with the weights of the uninterrupted run `straight`."""
+    resumed, history = run(steps=steps, state_path=state, resume=True,
+                           config={"checkpoint_every": checkpoint_every})
+    assert history.steps == steps
+    resumed_state = resumed.state_dict()
+    for name, tensor in straight.state_dict().items():
+        torch.testing.assert_close(tensor, resumed_state[name], rtol=0, atol=0, msg=name)
+
+
 def test_resume_continues_to_the_same_result(tmp_path):
     straight, _ = run(steps=8)
     state = tmp_path / "trainer_state.pt"
@@ -106,12 +116,7 @@ def test_resume_continues_to_the_same_result(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run(steps=8, state_path=state, on_step=stop_at_5, config={"checkpoint_every": 4})
-    resumed, history = run(steps=8, state_path=state, resume=True,
-                           config={"checkpoint_every": 4})
-    assert history.steps == 8
-    resumed_state = resumed.state_dict()
-    for name, tensor in straight.state_dict().items():
-        torch.testing.assert_close(tensor, resumed_state[name], rtol=0, atol=0, msg=name)
+    assert_resumes_to(straight, state, steps=8, checkpoint_every=4)
 
 
 def test_ctrl_c_saves_the_step_it_lands_in_and_resume_goes_on_from_it(tmp_path):
@@ -132,12 +137,7 @@ def test_ctrl_c_saves_the_step_it_lands_in_and_resume_goes_on_from_it(tmp_path):
         run(steps=8, state_path=state, on_step=ctrl_c_at(5), config={"checkpoint_every": 100})
     assert torch.load(state, weights_only=False)["history"]["steps"] == 5
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    resumed, history = run(steps=8, state_path=state, resume=True,
-                           config={"checkpoint_every": 100})
-    assert history.steps == 8
-    resumed_state = resumed.state_dict()
-    for name, tensor in straight.state_dict().items():
-        torch.testing.assert_close(tensor, resumed_state[name], rtol=0, atol=0, msg=name)
+    assert_resumes_to(straight, state, steps=8, checkpoint_every=100)
 
     state.unlink()
     with pytest.raises(KeyboardInterrupt):
