@@ -14,6 +14,7 @@ before, so their memory is that of decoding: the weights plus the KV cache or th
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -76,6 +77,10 @@ def measure(cell: Cell) -> dict[str, Any]:
     if cell.threads:
         torch.set_num_threads(cell.threads)
     setup = training_setup() if cell.mode == "train" and device.type == "cpu" else []
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if device.type == "cpu" and cell.threads and cores and cell.threads > cores:
+        setup.append(f"{cell.threads} threads on {cores} cores: oversubscribed, slower than "
+                     "the machine can run")
     implementation = implementations.get(cell.impl)
     model, notes = build_model(cell)
     params = model.num_params()

@@ -65,6 +65,19 @@ def test_a_sweep_writes_one_complete_record_per_cell(tmp_path, peak_cache):
     assert [r.seqlen for r in on_disk] == [32, 64, 32, 64]
 
 
+def test_more_threads_than_cores_is_said_in_the_notes(tmp_path, peak_cache):
+    threads = len(os.sched_getaffinity(0)) + 1
+    peaks = json.loads(peak_cache.read_text())
+    peak_cache.write_text(json.dumps({**peaks,
+                                      sweeps.peak_label("cpu", "float32", threads): 1e11}))
+    [record] = sweeps.run(tiny(tmp_path, seqlens=[32], repeat=1, threads=threads), peak_cache)
+    assert record.threads == threads, record
+    assert f"{threads} threads on {threads - 1} cores: oversubscribed" in " ".join(record.notes)
+    [fitting] = sweeps.run(tiny(tmp_path, seqlens=[32], repeat=1, threads=1, force=True),
+                           peak_cache)
+    assert "oversubscribed" not in " ".join(fitting.notes)
+
+
 def test_a_rerun_skips_measured_cells_unless_forced(tmp_path, peak_cache):
     plan = tiny(tmp_path)
     first = list(sweeps.run(plan, peak_cache))
