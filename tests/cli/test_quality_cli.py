@@ -240,6 +240,9 @@ def test_resume_needs_an_interrupted_run(tmp_path, corpus):
     result = runner.invoke(app, ["train", "gpt", *quick(corpus, tmp_path), "--resume",
                                  "--out", str(tmp_path / "none")])
     one_line_error(result, "holds no interrupted run")
+    result = runner.invoke(app, ["train", "gpt", *quick(corpus, tmp_path), "--resume",
+                                 "--force", "--out", str(tmp_path / "none")])
+    one_line_error(result, "--resume continues what a run saved, --force starts over: give one")
 
 
 def test_eval_agrees_with_the_harness(tmp_path, corpus, monkeypatch):
