@@ -219,7 +219,7 @@ def quality(
             extrapolate=extrapolate, stride=stride,
             overrides=parse_overrides(settings, SET_BY_OPTIONS))
         if task == "lm" and variant is None and widths == [None]:
-            spec = _sized(ctx, models, spec)
+            spec = _sized(ctx, models, spec, out or Path("runs") / f"quality-{task}")
             widths = [spec.width]  # every cell at the chosen width, not the variant's
         axes = (seeds, lrs, widths, seqlens, mqar_lengths, mqar_pairs)
         if grid or cross or any(len(axis) > 1 for axis in axes):
@@ -240,10 +240,12 @@ def quality(
                       results_path=results_path)
 
 
-def _sized(ctx: typer.Context, models: list[str], spec: RunSpec) -> RunSpec:
-    """The spec with a width chosen for its budget (harness.quality.sizing), said on stderr."""
+def _sized(ctx: typer.Context, models: list[str], spec: RunSpec, folder: Path) -> RunSpec:
+    """The spec with a width chosen for its budget (harness.quality.sizing), said on stderr. A
+    time budget's choice is kept in `folder`/sizing.json and reused by a run of the same
+    models and settings (a resume, a grid's rerun), which must train the same sizes."""
     from harness.quality.model import check_model
-    from harness.quality.sizing import size_for_budget
+    from harness.quality.sizing import keep_choice, kept_choice, size_for_budget, sizing_inputs
     from harness.quality.tokenizer import ByteTokenizer
 
     catalog = load_catalog_for(ctx, warn=False)
@@ -252,8 +254,13 @@ def _sized(ctx: typer.Context, models: list[str], spec: RunSpec) -> RunSpec:
     if any(check_model(name, spec, catalog) != "lm" for name in names):
         return spec  # the encoder-decoder's seq2seq: keep the variant
     vocab = ByteTokenizer().vocab_size if spec.tokenizer == "bytes" else spec.bpe_vocab
-    with stderr().status("choosing a model size for the budget"):
-        choice = size_for_budget(names, spec, vocab, catalog)
+    kept, inputs = folder / "sizing.json", sizing_inputs(names, spec, vocab)
+    choice = kept_choice(kept, inputs) if spec.budget.seconds else None
+    if choice is None:
+        with stderr().status("choosing a model size for the budget"):
+            choice = size_for_budget(names, spec, vocab, catalog)
+        if spec.budget.seconds:
+            keep_choice(kept, inputs, choice)
     stderr().print(escape(choice.reason))
     return dataclasses.replace(spec, width=choice.width, depth=True,
                                notes=(*spec.notes, choice.reason))

@@ -12,8 +12,11 @@ here on a few steps (so the choice depends on the machine, and says so).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -90,6 +93,40 @@ def size_for_budget(models: list[str], spec: RunSpec, vocab_size: int,
               f"{how}; Hoffmann et al. suggest about {TOKENS_PER_PARAM}); give --width or "
               "--variant to choose yourself")
     return Choice(chosen.width, chosen.params, chosen.tokens, reason)
+
+
+def sizing_inputs(models: list[str], spec: RunSpec, vocab_size: int) -> dict[str, Any]:
+    """What a choice depends on, beside the machine: a kept choice is reused only for these."""
+    config = spec.train_config
+    return {"models": list(models), "variant": spec.variant, "budget": str(spec.budget),
+            "vocab_size": vocab_size, "seqlen": config.seqlen, "batch": config.batch_size,
+            "dtype": config.dtype, "device": spec.device,
+            "overrides": [list(pair) for pair in spec.overrides]}
+
+
+def kept_choice(path: Path, inputs: dict[str, Any]) -> Choice | None:
+    """The choice an earlier run kept at `path` for the same `inputs`, else None. A time
+    budget's choice rests on speed measured that day: the comparison it started (its resume,
+    a grid's rerun) must train the models it sized, not ones sized again."""
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        if kept["inputs"] != inputs:
+            return None
+        return Choice(kept["width"], kept["params"], kept["tokens"],
+                      kept["reason"] + f" (sized by an earlier run: {path})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def keep_choice(path: Path, inputs: dict[str, Any], choice: Choice) -> None:
+    """Write the choice for `kept_choice`; where it cannot be written (the folder's own
+    problem, which the run's checks name) the next run measures again."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"inputs": inputs, **dataclasses.asdict(choice)}, indent=1)
+                        + "\n", encoding="utf-8")
+    except OSError:
+        pass
 
 
 def training_throughput(net, batch: int, seqlen: int, steps: int = 3) -> float:

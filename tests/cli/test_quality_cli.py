@@ -354,3 +354,36 @@ def test_an_lm_grid_trains_every_cell_at_the_width_chosen_for_the_budget(tmp_pat
     assert [(c.model, c.spec.train_config.seqlen, c.spec.width, c.spec.depth) for c in seen] == [
         ("gpt", 64, 96, True), ("gpt", 128, 96, True), ("rwkv", 64, 96, True),
         ("rwkv", 128, 96, True)]
+
+
+def test_a_time_budgets_size_is_kept_for_the_runs_that_continue_the_comparison(tmp_path,
+                                                                                monkeypatch,
+                                                                                corpus):
+    """Sizing for a time budget measures speed, which varies: a rerun (a resume, a grid's
+    rerun) of the same models and settings takes the width the first run chose, kept beside
+    the checkpoints, so it trains the same models; another budget is sized again."""
+    from harness.quality import grid as grid_module
+    from harness.quality import sizing
+
+    sized, widths = [], iter([96, 128, 192])
+
+    def measured(models, spec, vocab, catalog=None):
+        sized.append(str(spec.budget))
+        width = next(widths)
+        return sizing.Choice(width, {"gpt": 1}, {"gpt": 2.0}, f"d_model {width} measured")
+
+    cells = []
+    monkeypatch.setattr(sizing, "size_for_budget", measured)
+    monkeypatch.setattr(grid_module, "run_grid",
+                        lambda grid, on_event, launcher: cells.extend(grid.cells()) or iter(()))
+    command = ["quality", "gpt", "--task", "lm", "--seqlen", "64,128", "--corpus", str(corpus),
+               "--out", str(tmp_path / "c"), "--results", str(tmp_path / "q.jsonl")]
+    said = []
+    for budget in ("30s", "30s", "40s"):
+        result = runner.invoke(app, [*command, "--budget", budget])
+        assert result.exit_code == 0, result.output
+        said.append(" ".join(result.stderr.split()))
+    assert sized == ["30 s", "40 s"]
+    assert [c.spec.width for c in cells] == [96, 96, 96, 96, 128, 128]
+    assert f"d_model 96 measured (sized by an earlier run: {tmp_path / 'c' / 'sizing.json'})" \
+        in said[1]
