@@ -262,6 +262,8 @@ def finished_record(name: str, folder: Path, spec: RunSpec,
                 "seed": spec.seed, "lr": config.lr, "tokenizer": spec.tokenizer,
                 "variant": spec.variant_label, "seqlen": config.seqlen,
                 "batch": config.batch_size, "dtype": config.dtype}
+    if spec.width is not None:  # --width, or the width sized for the budget
+        expected["width"] = spec.width
     for field_name, value in expected.items():
         if getattr(found, field_name) != value:
             raise QualityError(f"--resume: {name} in {folder} was trained with {field_name} "
