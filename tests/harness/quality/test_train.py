@@ -119,7 +119,16 @@ def test_resume_continues_to_the_same_result(tmp_path):
     assert_resumes_to(straight, state, steps=8, checkpoint_every=4)
 
 
-def test_ctrl_c_saves_the_step_it_lands_in_and_resume_goes_on_from_it(tmp_path):
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler, as `catalog` installs it: a test suite started in the
+    background (CI) inherits SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_saves_the_step_it_lands_in_and_resume_goes_on_from_it(tmp_path, python_sigint):
     """SIGINT during a step (here from its progress callback, after the optimizer step) lets
     it end, saves it although no save was due, then raises; resuming from there ends where an
     uninterrupted run does. A second SIGINT raises at once, saving nothing new."""
