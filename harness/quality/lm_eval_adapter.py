@@ -45,6 +45,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 from lm_eval.api.model import LM
@@ -317,10 +318,14 @@ def evaluate_checkpoint(checkpoint: str | Path, documents: Sequence[str], folder
     lm = ZooLM(checkpoint, **model_args)
     # The seeds stay None: these tasks draw no random numbers, and lm-eval would otherwise
     # reseed the caller's global random, numpy and torch generators.
-    output = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=task_manager(folder),
-                                     limit=limit, bootstrap_iters=0, log_samples=False,
-                                     random_seed=None, numpy_random_seed=None,
-                                     torch_random_seed=None)
+    # lm-eval runs `git describe` in the working directory for its results' git_hash, and git
+    # writes "fatal: not a git repository" to the terminal outside one; that hash, of whatever
+    # folder the command ran in, is not this evaluation's, and is not asked for.
+    with mock.patch("lm_eval.evaluator.get_git_commit_hash", lambda: None):
+        output = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=task_manager(folder),
+                                         limit=limit, bootstrap_iters=0, log_samples=False,
+                                         random_seed=None, numpy_random_seed=None,
+                                         torch_random_seed=None)
     # lm-eval's keys are "<metric>,<filter>" ("bits_per_byte,none") beside "<metric>_stderr,..."
     # entries, which are "N/A" without bootstrapping.
     return {task: {key.partition(",")[0]: value for key, value in metrics.items()

@@ -190,6 +190,18 @@ def test_eval_scores_a_published_checkpoint_with_its_tokenizer(gpt2, tmp_path):
     assert sorted(p.name for p in gpt2.iterdir()) == before  # no task files in the folder
 
 
+def test_eval_outside_a_git_repository_writes_nothing_of_git_to_the_terminal(gpt2, tmp_path,
+                                                                            monkeypatch,
+                                                                            capfd):
+    """lm-eval asks git for the working directory's commit, and git complains on the
+    terminal (file descriptor 2, past Python's sys.stderr) where there is none."""
+    monkeypatch.chdir(tmp_path)
+    result = run("eval", gpt2, "--corpus", write_corpus(tmp_path), "--tasks", "zoo_heldout",
+                 "--limit", "1", "--device", "cpu", "--results", tmp_path / "e.jsonl")
+    assert result.exit_code == 0, result.output
+    assert "not a git repository" not in capfd.readouterr().err
+
+
 def test_eval_refuses_an_encoder_and_a_checkpoint_without_tokenizer(gpt2, tmp_path):
     assert_one_line_error(run("eval", bert_folder(tmp_path / "bert")),
                           "an encoder: lm-eval's text tasks needs a decoder")
