@@ -199,6 +199,7 @@ def quality(
     chosen on the validation split and its test score shown as mean and spread over seeds.
     """
     from harness.models import parse_overrides
+    from harness.quality.run import check_resume_or_force
     from harness.quality.spec import SET_BY_OPTIONS, RunSpec
 
     with one_line_errors():
@@ -221,6 +222,7 @@ def quality(
         if task == "lm" and variant is None and widths == [None]:
             spec = _sized(ctx, models, spec, out or Path("runs") / f"quality-{task}")
             widths = [spec.width]  # every cell at the chosen width, not the variant's
+        check_resume_or_force(resume, force)  # a grid too, which resumes by itself
         axes = (seeds, lrs, widths, seqlens, mqar_lengths, mqar_pairs)
         if grid or cross or any(len(axis) > 1 for axis in axes):
             from harness.quality.grid import parse_shapes
@@ -374,7 +376,13 @@ def _train_and_record(ctx: typer.Context, models: list[str], spec: RunSpec, out:
                          catalog=catalog, results_path=results_path)
         if rank == 0:
             results.check_writable(results_path)
-        data = prepare(spec, plan.tasks)
+        try:
+            with interrupts_raise():
+                data = prepare(spec, plan.tasks)
+        except KeyboardInterrupt:
+            stderr().print("[yellow]interrupted[/] while preparing the data; nothing was "
+                           "trained")
+            raise typer.Exit(130) from None
         check_finished_data(plan, data)
     is_main = rank == 0
     console = stderr() if is_main else Console(stderr=True, quiet=True)

@@ -212,6 +212,11 @@ class RunPlan:
     finished: dict[str, QualityRecord] = dataclasses.field(default_factory=dict)
 
 
+def check_resume_or_force(resume: bool, force: bool) -> None:
+    if resume and force:
+        raise QualityError("--resume continues what a run saved, --force starts over: give one")
+
+
 def plan_runs(models: list[str], spec: RunSpec, out: Path | None, *, several: bool,
               resume: bool, force: bool, catalog: Catalog | None = None,
               results_path: Path | None = None) -> RunPlan:
@@ -221,8 +226,7 @@ def plan_runs(models: list[str], spec: RunSpec, out: Path | None, *, several: bo
     `resume` with several models continues an interrupted comparison: a model whose folder
     holds state.pt resumes, one that holds a finished checkpoint keeps it and its record in
     `results_path` (see `finished_record`), one with neither starts."""
-    if resume and force:
-        raise QualityError("--resume continues what a run saved, --force starts over: give one")
+    check_resume_or_force(resume, force)
     tasks_needed = {check_model(name, spec, catalog) for name in models}
     folders = {name: run_folder(out, name, spec, several) for name in models}
     if not (resume and several):

@@ -186,6 +186,17 @@ def test_ctrl_c_in_training_says_where_its_state_is_or_that_there_is_none(tmp_pa
     assert result.exit_code == 130, result.output
     assert "interrupted before gpt trained a step; nothing to resume" in result.stderr
 
+    import harness.quality.data as data_module
+
+    def ctrl_c_in_preparation(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data_module, "prepare", ctrl_c_in_preparation)
+    result = runner.invoke(app, ["train", "gpt", *quick(corpus, tmp_path), "--out",
+                                 str(tmp_path / "prep")])
+    assert result.exit_code == 130, result.output
+    assert "interrupted while preparing the data; nothing was trained" in result.stderr
+
 
 def test_resume_of_a_comparison_keeps_the_models_it_finished(tmp_path, corpus, monkeypatch):
     """`quality A B --resume` after Ctrl-C in B: A's checkpoint and record are kept (not trained
@@ -242,6 +253,9 @@ def test_resume_needs_an_interrupted_run(tmp_path, corpus):
     one_line_error(result, "holds no interrupted run")
     result = runner.invoke(app, ["train", "gpt", *quick(corpus, tmp_path), "--resume",
                                  "--force", "--out", str(tmp_path / "none")])
+    one_line_error(result, "--resume continues what a run saved, --force starts over: give one")
+    result = runner.invoke(app, ["quality", "gpt", "--task", "mqar", "--lr", "1e-3,1e-2",
+                                 "--resume", "--force", "--results", str(tmp_path / "q.jsonl")])
     one_line_error(result, "--resume continues what a run saved, --force starts over: give one")
 
 
