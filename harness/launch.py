@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +38,9 @@ from harness.bench.memory import current_rss
 
 LAUNCHERS = ("local", "ray")
 POLL_S = 0.05  # how often a running cell's time and memory are checked
+# Ctrl-C: how long the cells still running get to end on their own (a training cell saves the
+# step under way) before they are killed.
+STOP_GRACE_S = 10.0
 
 T = TypeVar("T")
 
@@ -119,6 +123,11 @@ class CellProcess:
     @property
     def wall(self) -> float:
         return time.monotonic() - self.start
+
+    def interrupt(self) -> None:
+        """SIGINT, as Ctrl-C sends it (the cell may already have had it from the terminal)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -206,8 +215,16 @@ class Local:
             time.sleep(POLL_S)
 
     def close(self) -> None:
-        """Stop every cell still running (Ctrl-C, or the sweep ended early)."""
-        for _, cell, _ in self._running.values():
+        """Stop every cell still running (Ctrl-C, or the sweep ended early): each is sent
+        SIGINT and given STOP_GRACE_S seconds to end (a training cell saves the step under
+        way, so that a rerun resumes it), then killed."""
+        cells = [cell for _, cell, _ in self._running.values()]
+        for cell in cells:
+            cell.interrupt()
+        deadline = time.monotonic() + STOP_GRACE_S
+        while any(cell.proc.poll() is None for cell in cells) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        for cell in cells:
             cell.kill()
         self._running.clear()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -163,4 +164,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    # SIGINT, the launcher stopping the sweep, ends the cell at once, even where the sweep's
+    # own process ignores the signal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     raise SystemExit(main(sys.argv[1:]))

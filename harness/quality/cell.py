@@ -1,9 +1,13 @@
 """`python -m harness.quality.cell ORDER`: one cell of a quality grid, in its own process (see
 harness.quality.grid)."""
 
+import signal
 import sys
 
 from harness.quality.grid import cell_main
 
 if __name__ == "__main__":
+    # SIGINT, the launcher stopping the grid, ends training after the step under way, saved
+    # (a rerun resumes it), even where the grid's own process ignores the signal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(cell_main(sys.argv[1:]))

@@ -17,13 +17,20 @@ from harness.launch import Job, LaunchError, Local, execute, make
 # A cell that reports the cores it may use and its thread setting, after `sleep` seconds; or
 # fails the way its order asks.
 CELL = textwrap.dedent("""
-    import json, os, sys, time
+    import json, os, signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as the real cells do
     order = json.loads(sys.argv[1])
     time.sleep(order.get("sleep", 0))
     if order.get("crash"):
         raise SystemExit("the cell broke")
     if order.get("spin"):
-        time.sleep(60)
+        try:
+            time.sleep(60)
+        except KeyboardInterrupt:  # a training cell finishes its step and saves it
+            if order.get("saves"):
+                time.sleep(0.5)
+                open(order["saves"], "w").write("saved")
+            raise
     print("noise on stdout")
     print(json.dumps({"status": "ok", "cpus": sorted(os.sched_getaffinity(0)),
                       "omp": os.environ.get("OMP_NUM_THREADS"), "pid": os.getpid()}))
@@ -106,6 +113,23 @@ def test_stopping_a_run_stops_its_cells(cell_module):
     pids = [cell.proc.pid for _, cell, _ in launcher._running.values()]
     run.close()  # what KeyboardInterrupt inside the loop leads to
     assert pids and not any(_alive(pid) for pid in pids)
+
+
+def test_stopping_a_run_lets_its_cells_save_first(cell_module, tmp_path):
+    """The launcher sends SIGINT and waits a little before it kills: a training cell then saves
+    the step under way, which a rerun resumes."""
+    launcher = Local(jobs=2)
+    saved = tmp_path / "state"
+    run = execute(launcher, ["quick", "slow"],
+                  lambda item: job(cell_module, spin=item == "slow", saves=str(saved)))
+    assert next(run).item == "quick"
+    pids = [cell.proc.pid for _, cell, _ in launcher._running.values()]
+    time.sleep(1.0)  # the slow cell is past its start-up, in its 'step'
+    began = time.monotonic()
+    run.close()
+    assert saved.read_text() == "saved"
+    assert pids and not any(_alive(pid) for pid in pids)
+    assert time.monotonic() - began < launch.STOP_GRACE_S  # it ended, nobody waited it out
 
 
 def _alive(pid: int) -> bool:
