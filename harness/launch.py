@@ -124,10 +124,11 @@ class CellProcess:
     def wall(self) -> float:
         return time.monotonic() - self.start
 
-    def interrupt(self) -> None:
-        """SIGINT, as Ctrl-C sends it (the cell may already have had it from the terminal)."""
+    def stop(self) -> None:
+        """SIGTERM: a training cell ends after its step, saved. (Not SIGINT: the cell may have
+        had one from the terminal's Ctrl-C already, and a second stops training at once.)"""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -216,11 +217,11 @@ class Local:
 
     def close(self) -> None:
         """Stop every cell still running (Ctrl-C, or the sweep ended early): each is sent
-        SIGINT and given STOP_GRACE_S seconds to end (a training cell saves the step under
-        way, so that a rerun resumes it), then killed."""
+        SIGTERM and given STOP_GRACE_S seconds to end (a training cell saves the step under
+        way, so that a rerun resumes it; a benchmark cell ends at once), then killed."""
         cells = [cell for _, cell, _ in self._running.values()]
         for cell in cells:
-            cell.interrupt()
+            cell.stop()
         deadline = time.monotonic() + STOP_GRACE_S
         while any(cell.proc.poll() is None for cell in cells) and time.monotonic() < deadline:
             time.sleep(POLL_S)

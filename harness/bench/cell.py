@@ -164,7 +164,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    # SIGINT, the launcher stopping the sweep, ends the cell at once, even where the sweep's
-    # own process ignores the signal.
+    # Ctrl-C reaches the cell too and ends it at once, even where the sweep's own process
+    # ignores SIGINT (a background job).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     raise SystemExit(main(sys.argv[1:]))

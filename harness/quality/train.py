@@ -6,9 +6,10 @@ A budget is a number of training tokens ("20M-tokens", deterministic) or of seco
 decays along a cosine to `min_lr_ratio` of its peak over the budget; gradients are clipped to
 `grad_clip`. Every `checkpoint_every` steps the model, the optimizer, the step, the data
 position and the random states are saved, and `resume=True` continues from there to the
-same numbers an uninterrupted run would give (on the same machine). Ctrl-C during training
-lets the step it lands in finish (a half-applied optimizer step is no state to save), saves
-that step and then raises KeyboardInterrupt; a second Ctrl-C interrupts at once.
+same numbers an uninterrupted run would give (on the same machine). Ctrl-C (or SIGTERM)
+during training lets the step it lands in finish (a half-applied optimizer step is no state
+to save), saves that step and then raises KeyboardInterrupt; a second Ctrl-C interrupts at
+once.
 
 Data parallel: when `torch.distributed` is initialised (`torchrun`; gloo on CPU, nccl on GPU),
 the model is wrapped in DistributedDataParallel and each of the W processes takes every W-th
@@ -189,25 +190,37 @@ def train(model, batches: Batches, config: TrainConfig, *,
 
 @contextlib.contextmanager
 def _interrupt_between_steps() -> Iterator[Callable[[], bool]]:
-    """A check of whether Ctrl-C was pressed since the block began: SIGINT sets it instead of
-    raising KeyboardInterrupt mid-step, and a second SIGINT raises at once. Only where Python's
-    own handler is in place, in the main thread (else the check is always False)."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    """A check of whether the run was asked to stop since the block began, by Ctrl-C (SIGINT)
+    or SIGTERM (a launcher stopping its cells, a scheduler's preemption): either sets it
+    instead of stopping the process mid-step. A second SIGINT raises KeyboardInterrupt at
+    once. Each signal only where its default is in place (Python's KeyboardInterrupt, the
+    system's termination), and in the main thread; else the check is always False."""
+    if threading.current_thread() is not threading.main_thread():
         yield lambda: False
         return
-    pressed: list[bool] = []
+    sigints: list[int] = []
+    asked: list[int] = []
 
-    def handler(signum, frame) -> None:
-        if pressed:
+    def on_sigint(signum, frame) -> None:
+        if sigints:
             raise KeyboardInterrupt
-        pressed.append(True)
+        sigints.append(signum)
+        asked.append(signum)
 
-    signal.signal(signal.SIGINT, handler)
+    def on_sigterm(signum, frame) -> None:
+        asked.append(signum)
+
+    ours = {}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        ours[signal.SIGINT] = on_sigint
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        ours[signal.SIGTERM] = on_sigterm
+    previous = {signum: signal.signal(signum, handler) for signum, handler in ours.items()}
     try:
-        yield lambda: bool(pressed)
+        yield lambda: bool(asked)
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _made_of(config: TrainConfig, run: dict[str, Any] | None) -> dict[str, Any]:

@@ -23,10 +23,15 @@ CELL = textwrap.dedent("""
     time.sleep(order.get("sleep", 0))
     if order.get("crash"):
         raise SystemExit("the cell broke")
+    class Stopped(Exception):
+        pass
+    def stopped(signum, frame):
+        raise Stopped
+    signal.signal(signal.SIGTERM, stopped)
     if order.get("spin"):
         try:
             time.sleep(60)
-        except KeyboardInterrupt:  # a training cell finishes its step and saves it
+        except Stopped:  # a training cell finishes its step and saves it
             if order.get("saves"):
                 time.sleep(0.5)
                 open(order["saves"], "w").write("saved")
@@ -116,8 +121,8 @@ def test_stopping_a_run_stops_its_cells(cell_module):
 
 
 def test_stopping_a_run_lets_its_cells_save_first(cell_module, tmp_path):
-    """The launcher sends SIGINT and waits a little before it kills: a training cell then saves
-    the step under way, which a rerun resumes."""
+    """The launcher sends SIGTERM and waits a little before it kills: a training cell then
+    saves the step under way, which a rerun resumes."""
     launcher = Local(jobs=2)
     saved = tmp_path / "state"
     run = execute(launcher, ["quick", "slow"],

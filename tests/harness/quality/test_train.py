@@ -148,6 +148,22 @@ def test_ctrl_c_saves_the_step_it_lands_in_and_resume_goes_on_from_it(tmp_path, 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     assert_resumes_to(straight, state, steps=8, checkpoint_every=100)
 
+    def signals_at(step, *signums):
+        def on_step(history, lr):
+            if history.steps == step:
+                for signum in signums:
+                    os.kill(os.getpid(), signum)
+        return on_step
+
+    # SIGTERM (a launcher stopping its cells) asks the same; after a Ctrl-C it is no second one
+    for signums in [(signal.SIGTERM,), (signal.SIGINT, signal.SIGTERM)]:
+        state.unlink()
+        with pytest.raises(KeyboardInterrupt):
+            run(steps=8, state_path=state, on_step=signals_at(4, *signums),
+                config={"checkpoint_every": 100})
+        assert torch.load(state, weights_only=False)["history"]["steps"] == 4, signums
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
     state.unlink()
     with pytest.raises(KeyboardInterrupt):
         run(steps=8, state_path=state, on_step=ctrl_c_at(3, times=2),
