@@ -177,25 +177,19 @@ def test_ctrl_c_in_training_says_where_its_state_is_or_that_there_is_none(tmp_pa
         in " ".join(result.stderr.split())
     assert (out / "state.pt").exists() and not (tmp_path / "quality.jsonl").exists()
 
-    def ctrl_c_before_training(net, *args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(run_module, "train", ctrl_c_before_training)
-    result = runner.invoke(app, ["train", "gpt", *quick(corpus, tmp_path), "--out",
-                                 str(tmp_path / "other")])
-    assert result.exit_code == 130, result.output
-    assert "interrupted before gpt trained a step; nothing to resume" in result.stderr
-
     import harness.quality.data as data_module
 
-    def ctrl_c_in_preparation(*args, **kwargs):
+    def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data_module, "prepare", ctrl_c_in_preparation)
-    result = runner.invoke(app, ["train", "gpt", *quick(corpus, tmp_path), "--out",
-                                 str(tmp_path / "prep")])
-    assert result.exit_code == 130, result.output
-    assert "interrupted while preparing the data; nothing was trained" in result.stderr
+    for module, name, said in [
+            (run_module, "train", "interrupted before gpt trained a step; nothing to resume"),
+            (data_module, "prepare", "interrupted while preparing the data; nothing was trained")]:
+        monkeypatch.setattr(module, name, ctrl_c)
+        result = runner.invoke(app, ["train", "gpt", *quick(corpus, tmp_path), "--out",
+                                     str(tmp_path / name)])
+        assert result.exit_code == 130, result.output
+        assert said in result.stderr
 
 
 def test_resume_of_a_comparison_keeps_the_models_it_finished(tmp_path, corpus, monkeypatch):
