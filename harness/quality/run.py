@@ -233,30 +233,37 @@ def plan_runs(models: list[str], spec: RunSpec, out: Path | None, *, several: bo
         for folder in folders.values():
             check_folder(folder, resume=resume, force=force)
         return RunPlan(folders, tasks_needed)
-    finished = {}
+    finished, recorded = {}, None
     for name, folder in folders.items():
         check_out(folder)
         if (folder / "config.json").exists() and not (folder / "state.pt").exists():
-            finished[name] = finished_record(name, folder, spec, results_path)
+            if recorded is None:  # read once, for every finished model
+                recorded = _quality_records(results_path)
+            finished[name] = finished_record(name, folder, spec, recorded, results_path)
     if not finished and not any((f / "state.pt").exists() for f in folders.values()):
         raise QualityError(f"--resume: no folder of {', '.join(map(str, folders.values()))} "
                            "holds an interrupted or finished run; drop --resume to start them")
     return RunPlan(folders, tasks_needed, finished)
 
 
-def finished_record(name: str, folder: Path, spec: RunSpec,
-                    results_path: Path | None) -> QualityRecord:
-    """The record an earlier run appended to `results_path` when it finished `name` into
-    `folder`, checked to be of the same comparison (task, budget, seed, rate, data and
-    precision): a QualityError that says what differs, or that there is none, otherwise."""
+def _quality_records(path: Path | None) -> list[QualityRecord]:
     from harness import results
 
+    if path is None or not path.is_file():
+        return []
+    return [r for r in results.load([path]).records if isinstance(r, QualityRecord)]
+
+
+def finished_record(name: str, folder: Path, spec: RunSpec, recorded: list[QualityRecord],
+                    results_path: Path | None) -> QualityRecord:
+    """The record (of `recorded`, read from `results_path`) an earlier run appended when it
+    finished `name` into `folder`, checked to be of the same comparison (task, budget, seed,
+    rate, size, precision): a QualityError that says what differs, or that there is none."""
     found = None
-    if results_path is not None and results_path.is_file():
-        for rec in results.load([results_path]).records:
-            if (isinstance(rec, QualityRecord) and rec.impl == "zoo" and rec.model == name
-                    and rec.checkpoint and Path(rec.checkpoint).resolve() == folder.resolve()):
-                found = rec  # the latest one wins: a --force run replaced the checkpoint
+    for rec in recorded:
+        if (rec.impl == "zoo" and rec.model == name and rec.checkpoint
+                and Path(rec.checkpoint).resolve() == folder.resolve()):
+            found = rec  # the latest one wins: a --force run replaced the checkpoint
     if found is None:
         raise QualityError(f"--resume: {folder} holds {name}'s finished checkpoint but "
                            f"{results_path} has no record of it; give the --results it went to, "
@@ -270,10 +277,8 @@ def finished_record(name: str, folder: Path, spec: RunSpec,
         expected["width"] = spec.width
     for field_name, value in expected.items():
         if getattr(found, field_name) != value:
-            raise QualityError(f"--resume: {name} in {folder} was trained with {field_name} "
-                               f"{getattr(found, field_name)}, this run asks for {value}; "
-                               "resume with the options it was started with, or --force to "
-                               "train every model again")
+            raise _kept_differs(name, folder, f"was trained with {field_name} "
+                                f"{getattr(found, field_name)}, this run asks for {value}")
     return found
 
 
@@ -282,10 +287,13 @@ def check_finished_data(plan: RunPlan, data: Prepared) -> None:
     the corpus otherwise (checked once the data is prepared, which names it)."""
     for name, rec in plan.finished.items():
         if rec.corpus != data.corpus_name:
-            raise QualityError(f"--resume: {name} in {plan.folders[name]} was trained on "
-                               f"{rec.corpus}, this run's corpus is {data.corpus_name}; resume "
-                               "with the options it was started with, or --force to train "
-                               "every model again")
+            raise _kept_differs(name, plan.folders[name], f"was trained on {rec.corpus}, this "
+                                f"run's corpus is {data.corpus_name}")
+
+
+def _kept_differs(name: str, folder: Path, how: str) -> QualityError:
+    return QualityError(f"--resume: {name} in {folder} {how}; resume with the options it was "
+                        "started with, or --force to train every model again")
 
 
 def check_out(folder: Path) -> None:
