@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from harness.bench.memory import current_rss
+from harness.machine import usable_cores
 
 LAUNCHERS = ("local", "ray")
 POLL_S = 0.05  # how often a running cell's time and memory are checked
@@ -244,8 +245,7 @@ def _slots(jobs: int, device: str, threads: int | None
             raise LaunchError(f"--jobs {jobs} on cuda: no CUDA GPU is visible")
         return [({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]}, None, gpus[i % len(gpus)])
                 for i in range(jobs)]
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(
-        range(os.cpu_count() or 1))
+    cores = usable_cores()
     if jobs > len(cores):
         raise LaunchError(f"--jobs {jobs} on the CPU needs {jobs} cores, one per cell at least; "
                           f"this sweep may use {len(cores)}")
@@ -272,9 +272,7 @@ def _visible_gpus() -> list[str]:
 
 def cores_per_job(jobs: int) -> int:
     """The cores each of `jobs` local CPU cells is pinned to."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
-    return max(1, cores // jobs)
+    return max(1, len(usable_cores()) // jobs)
 
 
 class Ray:

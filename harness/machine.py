@@ -12,6 +12,13 @@ from pathlib import Path
 from typing import Any
 
 
+def usable_cores() -> list[int]:
+    """The CPU cores this process may run on (its affinity, where the system tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
 def machine_info(device: str = "cpu") -> dict[str, Any]:
     """What every record carries about where it was measured."""
     import torch

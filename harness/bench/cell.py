@@ -14,7 +14,6 @@ before, so their memory is that of decoding: the weights plus the KV cache or th
 from __future__ import annotations
 
 import json
-import os
 import signal
 import statistics
 import sys
@@ -33,7 +32,7 @@ from harness.bench.memory import (
 )
 from harness.bench.peak import measure_matmul_peak
 from harness.bench.workload import DTYPES, SEED, Cell, draw_inputs, sync
-from harness.machine import out_of_memory
+from harness.machine import out_of_memory, usable_cores
 
 
 def mixed_precision(cell: Cell) -> bool:
@@ -78,8 +77,8 @@ def measure(cell: Cell) -> dict[str, Any]:
     if cell.threads:
         torch.set_num_threads(cell.threads)
     setup = training_setup() if cell.mode == "train" and device.type == "cpu" else []
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if device.type == "cpu" and cell.threads and cores and cell.threads > cores:
+    cores = len(usable_cores())
+    if device.type == "cpu" and cell.threads and cell.threads > cores:
         setup.append(f"{cell.threads} threads on {cores} cores: oversubscribed, slower than "
                      "the machine can run")
     implementation = implementations.get(cell.impl)
