@@ -8,6 +8,7 @@ plain config fields.
     model = zoo.build("gpt", n_layer=2)         # the config's defaults (paper's base) + fields
     plain = zoo.build("gpt", fast=False)        # without the CPU speed routes of zoo.fast
     bert = zoo.from_pretrained("bert", folder)  # a published checkpoint (see zoo.convert)
+    zoo.save_pretrained("bert", bert, out)      # and back: a folder transformers loads
     h = bert.hidden_states(ids)                 # (B, T, d_model): what the head reads
 
 Catalog variants (`tiny`, `small`, the published sizes) are resolved by the harness:
@@ -20,7 +21,7 @@ from typing import Any
 
 from zoo.registry import REGISTRY, load_class
 
-__all__ = ["REGISTRY", "build", "from_pretrained", "load_class"]
+__all__ = ["REGISTRY", "build", "from_pretrained", "load_class", "save_pretrained"]
 
 
 def build(name: str, *, device: Any = None, dtype: Any = None, fast: bool = True, **fields: Any):
@@ -54,6 +55,15 @@ def from_pretrained(name: str, path: Any, *, fast: bool = True, output_loading_i
     model, info = _from_pretrained(name, path, output_loading_info=True, **kwargs)
     model = _with_routes(model, fast)
     return (model, info) if output_loading_info else model
+
+
+def save_pretrained(name: str, model: Any, path: Any, **kwargs: Any):
+    """Write zoo model `name` as a Hugging Face folder that transformers loads (`format="hf"`,
+    the default) or as an official RWKV .pth (`format="official"`); see
+    zoo.convert.save_pretrained. Returns the folder or file written."""
+    from zoo.convert import save_pretrained as _save_pretrained
+
+    return _save_pretrained(name, model, path, **kwargs)
 
 
 def _with_routes(model, fast: bool):

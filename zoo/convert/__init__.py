@@ -24,6 +24,14 @@ common layout of a family loads:
     info.missing, info.unused     # ('lm_head.dense.weight', ...), ('pooler.dense.weight', ...)
     zoo.from_pretrained("llama", folder, dtype="auto")          # keep the file's bf16 / fp16
 
+`save_pretrained(name, model, path)` goes the other way: a Hugging Face folder that
+transformers' class for the model loads (config.json, model.safetensors), or with
+format="official" an official RWKV .pth that the `rwkv` package runs; `from_pretrained` reads
+either back to the same config and weights.
+
+    zoo.convert.save_pretrained("gpt", model, "out/gpt")        # GPT2LMHeadModel's folder
+    zoo.convert.save_pretrained("rwkv7", model, "rwkv7.pth", format="official")
+
 Weights are loaded as float32 whatever the file holds; `dtype="auto"` keeps the checkpoint's
 dtype (Hugging Face's torch_dtype="auto"), a torch dtype casts to it. Anything else is a
 one-line CheckpointError naming the file and the key or field: a missing body weight, a
@@ -51,14 +59,17 @@ Where things live; each family module holds its converter (checkpoint -> zoo) an
     detect.py   which zoo model          detect_model (config.json's model_type, or an official
                                          .pth's version), read_shapes (weight headers only)
 
-This module holds the registries (IMPORTERS, and CONVERTERS and EXPORTERS) and
-`from_pretrained`, and re-exports the public names above, so `from zoo.convert import ...`
-reads any of them.
+This module holds the registries (IMPORTERS, and CONVERTERS, EXPORTERS and OFFICIAL),
+`from_pretrained` and `save_pretrained`, and re-exports the public names above, so
+`from zoo.convert import ...` reads any of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +125,7 @@ __all__ = [
     "rwkv5_to_official", "rwkv6_to_official", "rwkv7_to_official", "rwkv_official_to_hf",
     "rwkv_to_official",
 ]
+__all__ += ["FORMATS", "OFFICIAL", "check_format", "formats_of", "save_pretrained"]  # export
 __all__ += ["detect_model", "resolve"]  # hub ids and model detection (hub.py, detect.py)
 
 # zoo model name -> how it reads checkpoints: its converter, the model types of the folders it
@@ -156,6 +168,16 @@ EXPORTERS: dict[str, Exporter] = {
     "mamba": export_mamba,
     "mamba2": export_mamba2,
 }
+
+# zoo model name -> its official .pth layout (the RWKV line's own format, which the `rwkv`
+# package runs): the zoo's key names with the per-channel vectors shaped (1, 1, d).
+OFFICIAL: dict[str, Callable[[StateDict], StateDict]] = {
+    "rwkv": rwkv_to_official,
+    "rwkv5": rwkv5_to_official,
+    "rwkv6": rwkv6_to_official,
+    "rwkv7": rwkv7_to_official,
+}
+FORMATS = {"hf": EXPORTERS, "official": OFFICIAL}  # what save_pretrained writes, and for whom
 
 
 def from_pretrained(name: str, path: Path | str, *, dtype: torch.dtype | str | None = None,
@@ -200,6 +222,85 @@ def from_pretrained(name: str, path: Path | str, *, dtype: torch.dtype | str | N
     architecture = architectures[0] if isinstance(architectures, list) and architectures else None
     return model, LoadingInfo(source=weights_file, architecture=architecture, missing=missing,
                               unused=unused, dtype=target, checkpoint_dtype=stored)
+
+
+def formats_of(name: str) -> tuple[str, ...]:
+    """The formats `save_pretrained` writes zoo model `name` in (empty: none)."""
+    return tuple(fmt for fmt, writers in FORMATS.items() if name in writers)
+
+
+def check_format(name: str, format: str) -> None:
+    """A CheckpointError unless `save_pretrained` writes zoo model `name` in `format`; it names
+    the models each format takes."""
+    if format not in FORMATS:
+        raise CheckpointError(f"unknown checkpoint format {format!r}; expected one of "
+                              f"{', '.join(FORMATS)}")
+    if name not in FORMATS[format]:
+        takes = "; ".join(f"{fmt!r} takes {', '.join(writers)}" for fmt, writers in FORMATS.items())
+        raise CheckpointError(f"zoo model {name!r} has no {format!r} checkpoint format ({takes})")
+
+
+def save_pretrained(name: str, model: torch.nn.Module, path: Path | str, *, format: str = "hf",
+                    dtype: torch.dtype | None = None,
+                    extra_config: dict[str, Any] | None = None) -> Path:
+    """Write zoo model `name` as a checkpoint others read, and return the file or folder.
+
+    format "hf": a Hugging Face folder at `path` (config.json and model.safetensors) that
+    transformers' class for the model loads as its own (gpt -> GPT2LMHeadModel or
+    OpenAIGPTLMHeadModel, bert, roberta, rwkv, llama -> LlamaForCausalLM or MistralForCausalLM,
+    mamba, mamba2). format "official": an official RWKV .pth file at `path` (rwkv, rwkv5,
+    rwkv6, rwkv7), which the `rwkv` package runs. `from_pretrained` reads either back to the
+    same config and weights. The weights are stored in the model's dtype, or cast to `dtype`;
+    `extra_config` adds fields to config.json ("hf" only: the tokenizer's special ids, where
+    the weights came from). Files are replaced whole (written beside, then renamed). A model or
+    config the format cannot hold is a CheckpointError."""
+    check_format(name, format)
+    if extra_config and format != "hf":
+        raise CheckpointError(f"format {format!r} has no config.json to hold extra_config")
+    state = {key: tensor.detach().to("cpu") for key, tensor in model.state_dict().items()}
+    if dtype is not None:
+        state = {key: t.to(dtype) if t.is_floating_point() else t for key, t in state.items()}
+    path = Path(path)
+    if format == "official":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _replace(path, lambda tmp: torch.save(_unshared(OFFICIAL[name](state)), tmp))
+        return path
+    from safetensors.torch import save_file
+
+    config, hf_state = EXPORTERS[name](model.config, state)
+    floats = [t.dtype for t in state.values() if t.is_floating_point()]
+    stored = str(floats[0] if floats else torch.float32).removeprefix("torch.")
+    config |= {**(extra_config or {}), "dtype": stored,
+               "torch_dtype": stored}  # transformers 5 reads dtype, 4 torch_dtype
+    path.mkdir(parents=True, exist_ok=True)
+    _replace(path / "model.safetensors",
+             lambda tmp: save_file(_unshared(hf_state), str(tmp), metadata={"format": "pt"}))
+    _replace(path / "config.json",
+             lambda tmp: tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
+    return path
+
+
+def _unshared(state: StateDict) -> StateDict:
+    """Contiguous tensors, none sharing memory with another (safetensors stores each whole)."""
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in state.items():
+        tensor = tensor.contiguous()
+        if tensor.untyped_storage().data_ptr() in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        out[key] = tensor
+    return out
+
+
+def _replace(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write `path` through a temporary file beside it, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _check_kind(name: str, importer: Importer, config: dict[str, Any], state: StateDict,
