@@ -76,6 +76,9 @@ class CheckpointTokenizer:
     def save(self, path: Path | str) -> None:
         self._tok.save(str(path))
 
+    def as_tokenizers(self):
+        return self._tok
+
 
 def load_tokenizer(folder: Path | str, config: dict[str, Any] | None = None
                    ) -> CheckpointTokenizer | None:
@@ -97,6 +100,8 @@ def load_tokenizer(folder: Path | str, config: dict[str, Any] | None = None
             # not part of the text's ids: transformers turns both off unless asked.
             tok.no_truncation()
             tok.no_padding()
+            # Special tokens' text in the input is ordinary text (transformers' option).
+            tok.encode_special_tokens = bool(settings.get("split_special_tokens", False))
         elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
             source = folder / "vocab.json"
             tok = _byte_level_bpe(folder, settings, config.get("model_type"))
@@ -245,7 +250,9 @@ class Pretrained:
     name: str
     path: Path
     label: str  # `checkpoint:<as given>`: the records' variant, so two checkpoints never mix
-    meta: dict[str, Any] = field(default_factory=dict)  # a `catalog train` folder's config.json
+    # a `catalog train` folder's config.json; else the zoo model (and the training length of a
+    # folder `catalog export` wrote)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_decoder(self) -> bool:
@@ -296,7 +303,11 @@ def load_pretrained(path_or_id: Path | str, model: str | None = None, device: st
     config = read_config(path) if path.is_dir() else {}
     net = zoo.from_pretrained(name, path, fast=fast).to(device)
     tokenizer = load_tokenizer(tokenizer_folder(path), config)
-    return Pretrained(net, tokenizer, name, path, label, {"zoo": name})
+    meta: dict[str, Any] = {"zoo": name}
+    run = config.get("catalog")  # a folder `catalog export` wrote: the run it came from
+    if isinstance(run, dict) and isinstance(run.get("seqlen"), int):
+        meta["seqlen"] = run["seqlen"]  # scored at the length it trained at, as its run folder
+    return Pretrained(net, tokenizer, name, path, label, meta)
 
 
 def tokenizer_folder(path: Path) -> Path:

@@ -40,6 +40,36 @@ class ByteTokenizer:
     def save(self, path: Path | str) -> None:
         Path(path).write_text(json.dumps({"kind": self.kind}))
 
+    def as_tokenizers(self):
+        """The same ids as a `tokenizers.Tokenizer` (what Hugging Face's fast tokenizers read
+        from tokenizer.json): GPT-2's byte-to-character table with id = byte value and no
+        merges, and <bos>, <eos>, <pad> as special tokens 256, 257, 258."""
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers
+
+        vocab = {char: byte for byte, char in byte_characters().items()}
+        tok = HFTokenizer(models.BPE(vocab, [], continuing_subword_prefix="",
+                                     end_of_word_suffix="", fuse_unk=False))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens(["<bos>", "<eos>", "<pad>"])  # 256, 257, 258, in this order
+        return tok
+
+
+def byte_characters() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: each byte as a printable character (itself when it is one,
+    else the next code point from 256), which byte-level BPE vocabularies spell tokens in."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)}
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[byte] = chr(byte)
+        else:
+            chars[byte] = chr(256 + extra)
+            extra += 1
+    return chars
+
 
 class BPETokenizer:
     """A byte-level BPE from the `tokenizers` library, with <bos>, <eos> and <pad> tokens."""
@@ -74,6 +104,10 @@ class BPETokenizer:
 
     def save(self, path: Path | str) -> None:
         Path(path).write_text(json.dumps({"kind": self.kind, "tokenizer": self._tok.to_str()}))
+
+    def as_tokenizers(self):
+        """The `tokenizers.Tokenizer` it is (what tokenizer.json holds for Hugging Face)."""
+        return self._tok
 
 
 def load_tokenizer(path: Path | str) -> Tokenizer:

@@ -30,6 +30,7 @@ from harness.pretrained import (
     load_tokenizer,
     stream_text,
 )
+from harness.quality.tokenizer import byte_characters
 from zoo.convert import CheckpointError
 
 transformers = lazy_import("transformers")
@@ -150,7 +151,7 @@ def test_streamed_text_never_splits_a_character(gpt2, monkeypatch):
     """A character of several bytes decoded one byte-token at a time comes out whole."""
     loaded = load_pretrained(gpt2)
     text = " 東京 café"
-    alphabet = gpt2_byte_alphabet()
+    alphabet = byte_characters()  # GPT-2's bytes_to_unicode
     byte_ids = [loaded.tokenizer.token_to_id(alphabet[b]) for b in text.encode()]
     assert None not in byte_ids  # byte-level BPE has a token for every byte value
     monkeypatch.setattr(pretrained, "decode_ids", lambda *args, **kwargs: iter(byte_ids))
@@ -158,21 +159,6 @@ def test_streamed_text_never_splits_a_character(gpt2, monkeypatch):
     assert "".join(pieces) == text
     assert all("\ufffd" not in piece for piece in pieces)
     assert "東" in pieces and "京" in pieces  # each as soon as its last byte came
-
-
-def gpt2_byte_alphabet() -> dict[int, str]:
-    """GPT-2's bytes_to_unicode: the character that stands for each byte in its vocabulary
-    (printable bytes for themselves, the others moved to 256, 257, ... in byte order)."""
-    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)}
-    alphabet, moved = {}, 0
-    for value in range(256):
-        if value in printable:
-            alphabet[value] = chr(value)
-        else:
-            alphabet[value] = chr(256 + moved)
-            moved += 1
-    return alphabet
 
 
 def test_a_catalog_train_checkpoint_generates_from_the_eos_it_was_trained_after(tmp_path):
