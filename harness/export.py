@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from zoo.convert import FORMATS, CheckpointError, check_format, formats_of, save_pretrained
+from zoo.convert.detect import read_config
 
 # The files of a published checkpoint's tokenizer (and its generation settings), copied as
 # they are.
@@ -85,14 +86,7 @@ def export_checkpoint(source: Path | str, out: Path | str, *, format: str | None
     loaded = load_pretrained(path, model=name, fast=False)
     trained = is_trained_checkpoint(path)
     tokenizer = loaded.tokenizer
-    extra: dict[str, Any] = {}
-    if tokenizer is not None:
-        extra = {f"{kind}_token_id": getattr(tokenizer, f"{kind}_id")
-                 for kind in (("bos", "eos", "pad") if trained else ("bos", "eos"))
-                 if getattr(tokenizer, f"{kind}_id", None) is not None}
-    if trained:
-        meta = {key: value for key, value in loaded.meta.items() if key != "config"}
-        extra["catalog"] = {**meta, "source": str(source)}
+    extra = _config_fields(loaded, path, source, trained)
     target = folder / OFFICIAL_FILE if format == "official" else folder
     written = save_pretrained(name, loaded.model, target, format=format,
                               dtype=getattr(torch, dtype) if dtype else None,
@@ -108,6 +102,25 @@ def export_checkpoint(source: Path | str, out: Path | str, *, format: str | None
     if format == "hf":
         architecture = json.loads((folder / "config.json").read_text())["architectures"][0]
     return Exported(name, format, written, folder, tuple(files), architecture)
+
+
+def _config_fields(loaded: Any, path: Path, source: Path | str, trained: bool) -> dict[str, Any]:
+    """What config.json gets beside the model's fields: the tokenizer's special ids, and for a
+    run what it was (`catalog`); a published folder's own special ids and `catalog` carry over."""
+    fields: dict[str, Any] = {}
+    if not trained and path.is_dir():
+        config = read_config(path)
+        fields = {key: config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id",
+                                                "catalog") if config.get(key) is not None}
+    tokenizer = loaded.tokenizer
+    for kind in ("bos", "eos", "pad") if trained else ("bos", "eos"):  # a real pad token
+        token_id = getattr(tokenizer, f"{kind}_id", None)
+        if token_id is not None:
+            fields.setdefault(f"{kind}_token_id", token_id)
+    if trained:
+        meta = {key: value for key, value in loaded.meta.items() if key != "config"}
+        fields["catalog"] = {**meta, "source": str(source)}
+    return fields
 
 
 def _check_out(folder: Path, source: Path, force: bool) -> None:

@@ -81,10 +81,13 @@ def test_a_trained_decoder_loads_in_transformers_with_its_ids_and_logits(kind, b
     assert greedy(tmp_path / "hf") == greedy(run)
 
 
-def test_the_export_is_scored_at_its_training_length(tmp_path):
+def test_the_export_is_scored_at_its_training_length_and_exports_again_the_same(tmp_path):
     run = trained(tmp_path / "run", "gpt", ByteTokenizer())
     export_checkpoint(run, tmp_path / "hf")
     assert load_pretrained(tmp_path / "hf").meta == {"zoo": "gpt", "seqlen": 32}
+    export_checkpoint(tmp_path / "hf", tmp_path / "again")  # the run and special ids carry over
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "hf" / name).read_bytes()
 
 
 def test_an_encoder_gets_its_tokenizer_without_a_start_token(tmp_path):
