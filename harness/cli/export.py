@@ -38,12 +38,11 @@ def export(
     """Write a checkpoint in a form other tools load: a `catalog train` folder as a Hugging Face
     folder (config.json, model.safetensors, tokenizer.json) that transformers' class for the
     model and AutoTokenizer read with the same logits and ids, or as an official RWKV .pth.
-
     Examples:
 
+    \b
       catalog export runs/quality-lm/gpt out/gpt-hf
-
-      catalog export runs/quality-lm/rwkv7 out/rwkv7          # out/rwkv7/model.pth
+      catalog export runs/quality-lm/rwkv7 out/rwkv7     # out/rwkv7/model.pth
     """
     from harness.export import export_checkpoint
 
