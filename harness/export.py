@@ -66,6 +66,21 @@ def default_format(name: str) -> str:
     return formats[0]
 
 
+def checkpoint_forms(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the checkpoints zoo model `name` reads, the forms `catalog export` writes it in), each
+    in words for a model card; empty where there are none."""
+    from zoo.convert import IMPORTERS, OFFICIAL
+
+    importer = IMPORTERS.get(name)
+    reads = []
+    if importer is not None and importer.model_types:
+        reads.append(f"Hugging Face folders (model_type {', '.join(importer.model_types)})")
+    if name in OFFICIAL:
+        reads.append("official RWKV .pth files")
+    words = {"hf": "a Hugging Face folder", "official": "an official RWKV .pth"}
+    return tuple(reads), tuple(words[fmt] for fmt in formats_of(name))
+
+
 def export_checkpoint(source: Path | str, out: Path | str, *, format: str | None = None,
                       model: str | None = None, dtype: str | None = None,
                       force: bool = False) -> Exported:

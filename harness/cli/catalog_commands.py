@@ -238,6 +238,15 @@ def _print_card(catalog: Catalog, entry: Entry) -> None:
                              f"{count:,}" if count is not None else "cannot build",
                              escape(config))
         out.print(variants)
+        from harness.export import checkpoint_forms  # zoo.convert (torch): runnable cards only
+
+        reads, writes = checkpoint_forms(entry.zoo)
+        if reads or writes:
+            out.print(f"Checkpoints: reads {' and '.join(reads)} (zoo.from_pretrained); "
+                      f"catalog export writes {' or '.join(writes)}")
+        else:
+            out.print("Checkpoints: its `catalog train` folders only (transformers has no class "
+                      "for it)")
 
 
 @app.command()

@@ -260,6 +260,20 @@ def test_show_lists_variants_with_computed_parameter_counts():
     assert "169,342,464" in out and "14,148,597,760" in out and "28,871,680" in out
 
 
+@pytest.mark.parametrize("model, line", [
+    ("rwkv", "Checkpoints: reads Hugging Face folders (model_type rwkv) and official RWKV .pth "
+             "files (zoo.from_pretrained); catalog export writes a Hugging Face folder or an "
+             "official RWKV .pth"),
+    ("rwkv7", "Checkpoints: reads official RWKV .pth files (zoo.from_pretrained); catalog export "
+              "writes an official RWKV .pth"),
+    ("pangu-pi", "Checkpoints: its `catalog train` folders only (transformers has no class for "
+                 "it)"),
+])
+def test_show_says_which_checkpoints_a_runnable_model_reads_and_writes(model, line):
+    out = " ".join(run("show", model).stdout.split())  # the card wraps long lines
+    assert line in out
+
+
 def test_validate_checks_variant_fields_against_the_zoo_config(write_catalog):
     folder = write_catalog(gpt=valid_entry("gpt", zoo="gpt", variants={"tiny": {"n_layers": 2}}))
     result = run("--catalog-dir", str(folder), "validate")
