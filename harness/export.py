@@ -12,11 +12,11 @@ Format "official" is an official RWKV .pth (`model.pth`, its tokenizer files bes
 `catalog generate` reads a .pth): rwkv, rwkv5, rwkv6, rwkv7. The weights are written by
 `zoo.convert.save_pretrained`. A `catalog train` tokenizer (bytes or BPE) becomes a
 tokenizer.json whose ids are the same (the byte tokenizer's text "<eos>" stays five bytes:
-tokenizer_config.json says split_special_tokens, as transformers reads it) that puts the EOS
-every document followed in training before a decoder's text; config.json carries its special
-ids and what the run was (`catalog`: model, task, budget, seed, ...). An MQAR model gets no
-tokenizer (its ids are not text). A published checkpoint's tokenizer files are copied as
-they are.
+tokenizer_config.json says split_special_tokens, as transformers reads it); a decoder's EOS,
+which began every training document, is its BOS too, as GPT-2's <|endoftext|> is. config.json
+carries the special ids and what the run was (`catalog`: model, task, budget, seed, ...). An
+MQAR model gets no tokenizer (its ids are not text). A published checkpoint's tokenizer files
+are copied as they are.
 """
 
 from __future__ import annotations
@@ -128,8 +128,11 @@ def _config_fields(loaded: Any, path: Path, source: Path | str, trained: bool) -
         fields = {key: config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id",
                                                 "catalog") if config.get(key) is not None}
     tokenizer = loaded.tokenizer
-    for kind in ("bos", "eos", "pad") if trained else ("bos", "eos"):  # a real pad token
-        token_id = getattr(tokenizer, f"{kind}_id", None)
+    if trained and tokenizer is not None:
+        ids = _special_ids(tokenizer, loaded.model)
+    else:
+        ids = {kind: getattr(tokenizer, f"{kind}_id", None) for kind in ("bos", "eos")}
+    for kind, token_id in ids.items():
         if token_id is not None:
             fields.setdefault(f"{kind}_token_id", token_id)
     if trained:
@@ -152,26 +155,26 @@ def _check_out(folder: Path, source: Path, force: bool) -> None:
                          "files of the same names in it")
 
 
+def _special_ids(tokenizer: Any, model: Any) -> dict[str, int]:
+    """A run's special tokens as Hugging Face names them. A decoder's documents each began
+    after EOS (`catalog train`'s stream), so EOS is also its start-of-text token, as GPT-2's
+    <|endoftext|> is both: transformers' generate starts there and lm-eval's `hf` model puts it
+    before every text, as the harness's own scoring does."""
+    ids = {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id}
+    if getattr(model, "causal_lm", False):
+        ids["bos"] = tokenizer.eos_id
+    return ids
+
+
 def _write_tokenizer(tokenizer: Any, folder: Path, model: Any) -> list[str]:
     """A `catalog train` tokenizer as Hugging Face reads one: tokenizer.json (its
-    `tokenizers.Tokenizer`) and tokenizer_config.json (the special tokens, the length the
-    model was built for)."""
-    from tokenizers import Tokenizer, processors
-
-    tok = Tokenizer.from_str(tokenizer.as_tokenizers().to_str())  # a copy, to add to
-    if getattr(model, "causal_lm", False):
-        # `catalog train` put EOS before every document: a text starts after it, as the model
-        # learnt (transformers' tokenizer adds it, as LLaMA's adds <s>).
-        eos = tok.id_to_token(tokenizer.eos_id)
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{eos} $A", pair=f"{eos} $A {eos} $B:1",
-            special_tokens=[(eos, tokenizer.eos_id)])
+    `tokenizers.Tokenizer`: text to ids, adding no token) and tokenizer_config.json (the
+    special tokens, the length the model was built for)."""
+    tok = tokenizer.as_tokenizers()
     settings: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast",
                                 "clean_up_tokenization_spaces": False}
-    for kind in ("bos", "eos", "pad"):
-        token_id = getattr(tokenizer, f"{kind}_id", None)
-        if token_id is not None:
-            settings[f"{kind}_token"] = tok.id_to_token(token_id)
+    for kind, token_id in _special_ids(tokenizer, model).items():
+        settings[f"{kind}_token"] = tok.id_to_token(token_id)
     if getattr(tokenizer, "kind", None) == "bytes":
         settings["split_special_tokens"] = True  # "<eos>" in text is its bytes, as it was
     max_len = getattr(model.config, "max_seq_len", None)

@@ -253,6 +253,9 @@ class Pretrained:
     # a `catalog train` folder's config.json; else the zoo model (and the training length of a
     # folder `catalog export` wrote)
     meta: dict[str, Any] = field(default_factory=dict)
+    # Trained here (a `catalog train` folder, or one `catalog export` wrote from it): every
+    # training document followed an EOS, so a prompt is read after one.
+    after_eos: bool = False
 
     @property
     def is_decoder(self) -> bool:
@@ -299,15 +302,16 @@ def load_pretrained(path_or_id: Path | str, model: str | None = None, device: st
         from harness.quality.checkpoint import load_checkpoint
 
         net, tokenizer, meta = load_checkpoint(path, device=device, fast=fast)
-        return Pretrained(net, tokenizer, name, path, label, meta)
+        return Pretrained(net, tokenizer, name, path, label, meta, after_eos=True)
     config = read_config(path) if path.is_dir() else {}
     net = zoo.from_pretrained(name, path, fast=fast).to(device)
     tokenizer = load_tokenizer(tokenizer_folder(path), config)
     meta: dict[str, Any] = {"zoo": name}
     run = config.get("catalog")  # a folder `catalog export` wrote: the run it came from
-    if isinstance(run, dict) and isinstance(run.get("seqlen"), int):
+    exported = isinstance(run, dict)
+    if exported and isinstance(run.get("seqlen"), int):
         meta["seqlen"] = run["seqlen"]  # scored at the length it trained at, as its run folder
-    return Pretrained(net, tokenizer, name, path, label, meta)
+    return Pretrained(net, tokenizer, name, path, label, meta, after_eos=exported)
 
 
 def tokenizer_folder(path: Path) -> Path:
@@ -404,7 +408,7 @@ def stream_text(loaded: Pretrained, prompt: str, max_new_tokens: int = 50,
                               "the checkpoint's own tokenizer")
     published = isinstance(tok, CheckpointTokenizer)
     prompt_ids = tok.encode(prompt)
-    if not published:  # `catalog train` put EOS before every document: the model starts there
+    if loaded.after_eos:  # `catalog train` put EOS before every document: the model starts there
         prompt_ids = [tok.eos_id, *prompt_ids]
     if not prompt_ids:  # an empty prompt starts from the start-of-text token, as GPT-2 does
         start = tok.bos_id if tok.bos_id is not None else tok.eos_id

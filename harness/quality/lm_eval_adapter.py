@@ -15,8 +15,11 @@ published decoder checkpoint with its own tokenizer (a Hugging Face folder or hu
 
 "start" is the token that precedes every document: by default EOS, which is what the trainer
 puts between documents (`harness.quality.tasks.token_stream`) and what lm-eval's Hugging Face
-model uses too (GPT-2's <|endoftext|>); `prefix_token="bos"` for models trained on
-BOS-prefixed documents. A model conditioned on a token it never saw in training scores worse.
+model puts before a document and an empty context too (GPT-2's <|endoftext|>; before a
+context of text it puts only what the tokenizer adds); `prefix_token="bos"` for models trained
+on BOS-prefixed documents. A model conditioned on a token it never saw in training scores
+worse. On a run's `catalog export` folder, lm-eval's `hf` model gives the log-likelihoods of
+documents and empty contexts this adapter gives the run (tests/harness/test_export.py).
 
 Python use (the task YAMLs come from `harness.quality.lm_eval_tasks.write_tasks`):
 

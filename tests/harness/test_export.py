@@ -64,17 +64,19 @@ def test_a_trained_decoder_loads_in_transformers_with_its_ids_and_logits(kind, b
     assert exported.files == ("config.json", "model.safetensors", "tokenizer.json",
                               "tokenizer_config.json")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    assert (config["eos_token_id"], config["pad_token_id"]) == (tokenizer.eos_id,
-                                                                 tokenizer.pad_id)
+    # EOS began every training document: the start-of-text token too, as GPT-2's is
+    assert [config[f"{kind}_token_id"] for kind in ("bos", "eos", "pad")] == \
+        [tokenizer.eos_id, tokenizer.eos_id, tokenizer.pad_id]
     assert config["catalog"]["task"] == "lm" and config["catalog"]["source"] == str(run)
 
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     texts = TEXTS if kind == "bytes" else SENTENCES  # BPE: its specials are tokens in text too
-    for text in texts:  # the EOS that begins every training document, then the text's ids
-        assert hf_tok(text)["input_ids"] == [tokenizer.eos_id, *tokenizer.encode(text)], text
+    for text in texts:
+        assert hf_tok(text)["input_ids"] == tokenizer.encode(text), text
+    assert hf_tok.bos_token_id == hf_tok.eos_token_id == tokenizer.eos_id
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
     model = load_pretrained(run, fast=False).model
-    ids = torch.tensor([hf_tok(SENTENCES[2])["input_ids"]])
+    ids = torch.tensor([[hf_tok.bos_token_id, *hf_tok(SENTENCES[2])["input_ids"]]])
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, model(input_ids=ids).logits, rtol=0,
                                    atol=1e-4)
@@ -96,6 +98,7 @@ def test_an_encoder_gets_its_tokenizer_without_a_start_token(tmp_path):
     assert exported.architecture == "BertForPreTraining"
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert hf_tok(SENTENCES[0])["input_ids"] == ByteTokenizer().encode(SENTENCES[0])
+    assert (hf_tok.bos_token_id, hf_tok.eos_token_id) == (256, 257)  # an encoder's own
 
 
 def test_an_mqar_model_is_exported_without_a_tokenizer(tmp_path):
@@ -112,7 +115,7 @@ def test_an_official_rwkv7_pth_with_its_tokenizer_beside_it(bpe, tmp_path):
     back = load_pretrained(exported.path)
     assert back.name == "rwkv7"
     for text in SENTENCES:
-        assert back.tokenizer.encode(text) == [bpe.eos_id, *bpe.encode(text)]
+        assert back.tokenizer.encode(text) == bpe.encode(text)
     assert greedy(exported.path) == greedy(run)
 
 
@@ -153,3 +156,34 @@ def test_bad_requests_are_refused_before_anything_is_written(tmp_path):
                                                      "tokenizer.json"]
     export_checkpoint(run, tmp_path / "full", force=True)  # --force writes beside what is there
     assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bpe"])
+def test_lm_evals_own_hf_model_scores_the_export_as_the_zoo_adapter_scores_the_run(kind, bpe,
+                                                                                   tmp_path):
+    """Documents (rolling windows, lm-eval's bits per byte) and empty contexts: the same
+    log-likelihoods within 1e-4. (With a context, the zoo adapter conditions on the start
+    token too, as the run's documents began; lm-eval's hf model only where the tokenizer adds
+    one.)"""
+    pytest.importorskip("accelerate")  # lm-eval's hf model needs it
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from harness.quality.lm_eval_adapter import ZooLM
+
+    run = trained(tmp_path / "run", "gpt", ByteTokenizer() if kind == "bytes" else bpe)
+    export_checkpoint(run, tmp_path / "hf")
+    ours = ZooLM(pretrained=str(run), batch_size=2)
+    # max_length: the zoo adapter's default is the training length (config.json says it); lm-eval
+    # takes the model's position table unless told
+    theirs = HFLM(pretrained=str(tmp_path / "hf"), batch_size=2, device="cpu", max_length=32)
+    assert ours.max_length == 32
+    documents = [(text,) for text in [" ".join(TRAINING_TEXT[:3]), SENTENCES[2], "x"]]
+    rolling = [Instance("loglikelihood_rolling", {}, args, i) for i, args in enumerate(documents)]
+    empty = [Instance("loglikelihood", {}, ("", text), i) for i, text in enumerate(SENTENCES[:3])]
+    for requests in (rolling, empty):
+        expected = theirs.loglikelihood_rolling(requests, disable_tqdm=True) \
+            if requests is rolling else [ll for ll, _ in theirs.loglikelihood(requests, True)]
+        got = ours.loglikelihood_rolling(requests) if requests is rolling else \
+            [ll for ll, _ in ours.loglikelihood(requests)]
+        assert got == pytest.approx(expected, abs=1e-4)
