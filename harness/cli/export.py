@@ -49,13 +49,19 @@ def export(
     with one_line_errors():
         exported = export_checkpoint(checkpoint, out, format=format, model=model, dtype=dtype,
                                      force=force)
+    from zoo.registry import load_class
+
     console = stdout()
     console.print(f"wrote {escape(str(exported.folder))}: zoo model {exported.name} as "
                   f"{'an official RWKV .pth' if exported.format == 'official' else 'Hugging Face'}"
                   f" ({', '.join(exported.files)})")
+    path = escape(repr(str(exported.path)))
+    commands = ("catalog generate, eval or bench --checkpoint"
+                if getattr(load_class(exported.name), "causal_lm", False)
+                else "catalog bench --checkpoint")
     if exported.architecture:
-        console.print(f"load it with transformers.{exported.architecture}.from_pretrained"
-                      f"({str(exported.path)!r}), or catalog generate / eval / bench --checkpoint")
+        console.print(f"read it with transformers.{exported.architecture}.from_pretrained({path}),"
+                      f" or {commands}")
     else:
-        console.print(f"load it with zoo.from_pretrained({exported.name!r}, "
-                      f"{str(exported.path)!r}), the rwkv package, or catalog generate")
+        console.print(f"read it with zoo.from_pretrained({exported.name!r}, {path}), the rwkv "
+                      f"package, or {commands}")
