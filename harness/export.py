@@ -16,7 +16,7 @@ tokenizer_config.json says split_special_tokens, as transformers reads it); a de
 which began every training document, is its BOS too, as GPT-2's <|endoftext|> is. config.json
 carries the special ids and what the run was (`catalog`: model, task, budget, seed, ...). An
 MQAR model gets no tokenizer (its ids are not text). A published checkpoint's tokenizer files
-are copied as they are.
+are copied as they are; a GGUF file's (in its metadata) is written as tokenizer.json.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch
 
 from zoo.convert import FORMATS, CheckpointError, check_format, formats_of, save_pretrained
 from zoo.convert.detect import read_config
+from zoo.convert.gguf import GGUF_MODEL, is_gguf
 
 # The files of a published checkpoint's tokenizer (and its generation settings), copied as
 # they are.
@@ -77,6 +78,8 @@ def checkpoint_forms(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         reads.append(f"Hugging Face folders (model_type {', '.join(importer.model_types)})")
     if name in OFFICIAL:
         reads.append("official RWKV .pth files")
+    if name == GGUF_MODEL:
+        reads.append("GGUF files (llama.cpp's)")
     words = {"hf": "a Hugging Face folder", "official": "an official RWKV .pth"}
     return tuple(reads), tuple(words[fmt] for fmt in formats_of(name))
 
@@ -110,7 +113,11 @@ def export_checkpoint(source: Path | str, out: Path | str, *, format: str | None
     if trained and loaded.meta.get("task") == "mqar":
         pass  # MQAR's ids are not text: its checkpoint's byte tokenizer only fills the format
     elif trained and tokenizer is not None:
-        files += _write_tokenizer(tokenizer, folder, loaded.model)
+        files += _write_tokenizer(tokenizer, folder, loaded.model,
+                                  _special_ids(tokenizer, loaded.model))
+    elif tokenizer is not None and is_gguf(Path(tokenizer.source)):  # its metadata held it
+        ids = {kind: getattr(tokenizer, f"{kind}_id") for kind in ("bos", "eos")}
+        files += _write_tokenizer(tokenizer, folder, loaded.model, ids)
     elif tokenizer is not None:
         files += _copy_tokenizer_files(Path(tokenizer.source).parent, folder)
     architecture = None
@@ -166,15 +173,16 @@ def _special_ids(tokenizer: Any, model: Any) -> dict[str, int]:
     return ids
 
 
-def _write_tokenizer(tokenizer: Any, folder: Path, model: Any) -> list[str]:
-    """A `catalog train` tokenizer as Hugging Face reads one: tokenizer.json (its
-    `tokenizers.Tokenizer`: text to ids, adding no token) and tokenizer_config.json (the
-    special tokens, the length the model was built for)."""
+def _write_tokenizer(tokenizer: Any, folder: Path, model: Any,
+                     special_ids: dict[str, int | None]) -> list[str]:
+    """A tokenizer as Hugging Face reads one: tokenizer.json (its `tokenizers.Tokenizer`) and
+    tokenizer_config.json (the special tokens, the length the model was built for)."""
     tok = tokenizer.as_tokenizers()
     settings: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast",
                                 "clean_up_tokenization_spaces": False}
-    for kind, token_id in _special_ids(tokenizer, model).items():
-        settings[f"{kind}_token"] = tok.id_to_token(token_id)
+    for kind, token_id in special_ids.items():
+        if token_id is not None:
+            settings[f"{kind}_token"] = tok.id_to_token(token_id)
     if getattr(tokenizer, "kind", None) == "bytes":
         settings["split_special_tokens"] = True  # "<eos>" in text is its bytes, as it was
     max_len = getattr(model.config, "max_seq_len", None)

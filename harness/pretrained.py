@@ -305,13 +305,41 @@ def load_pretrained(path_or_id: Path | str, model: str | None = None, device: st
         return Pretrained(net, tokenizer, name, path, label, meta, after_eos=True)
     config = read_config(path) if path.is_dir() else {}
     net = zoo.from_pretrained(name, path, fast=fast).to(device)
-    tokenizer = load_tokenizer(tokenizer_folder(path), config)
+    tokenizer = checkpoint_tokenizer(path, config)
     meta: dict[str, Any] = {"zoo": name}
     run = config.get("catalog")  # a folder `catalog export` wrote: the run it came from
     exported = isinstance(run, dict)
     if exported and isinstance(run.get("seqlen"), int):
         meta["seqlen"] = run["seqlen"]  # scored at the length it trained at, as its run folder
     return Pretrained(net, tokenizer, name, path, label, meta, after_eos=exported)
+
+
+def checkpoint_tokenizer(path: Path, config: dict[str, Any] | None = None
+                         ) -> CheckpointTokenizer | None:
+    """The tokenizer of the checkpoint at `path` (None when it has none): a GGUF file's own
+    (its metadata holds it), else the files in its folder (load_tokenizer)."""
+    from zoo.convert.gguf import is_gguf
+
+    if path.is_file() and is_gguf(path):
+        return gguf_tokenizer(path)
+    return load_tokenizer(tokenizer_folder(path), config)
+
+
+def gguf_tokenizer(path: Path) -> CheckpointTokenizer:
+    """A GGUF file's tokenizer (SentencePiece-style `llama` or byte-level `gpt2`, from its
+    tokens, scores and merges), built by transformers' own GGUF converter so that the ids are
+    transformers'."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise TokenizerError(f"{path}: reading a GGUF file's tokenizer needs transformers "
+                             "(pip install transformers)") from None
+    try:
+        fast = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as exc:  # transformers' converter raises many kinds on a file it cannot read
+        raise TokenizerError(f"{path}: cannot read its tokenizer ({_first_line(exc)})") from None
+    return CheckpointTokenizer(fast.backend_tokenizer, eos_id=fast.eos_token_id,
+                               bos_id=fast.bos_token_id, pad_id=fast.pad_token_id, source=path)
 
 
 def tokenizer_folder(path: Path) -> Path:

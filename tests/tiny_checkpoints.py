@@ -126,3 +126,81 @@ def offline_hub(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return cache
+
+
+# llama.cpp's names for a LlamaForCausalLM's tensors (inside blk.N for the blocks)
+_GGUF_BLOCK = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
+               "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+               "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+_GGUF_GLOBAL = {"model.embed_tokens.weight": "token_embd.weight",
+                "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
+
+
+def llama_gguf(path: Path, qtype: str = "F32", *, seed: int = 0, tied: bool = False,
+               architecture: str = "llama", extra_tensors: dict | None = None):
+    """A GGUF file as llama.cpp's convert_hf_to_gguf.py writes one from a tiny random
+    LlamaForCausalLM (2 layers, width 64, 4 query heads and 2 kv heads, the tiny byte-level BPE
+    as its `gpt2`-type tokenizer): the settings as metadata, the tensors under llama.cpp's
+    names, q and k rows in Meta's interleaved RoPE order, the matrices stored as `qtype` (F32,
+    F16, Q8_0, Q4_0). Returns (path, the Hugging Face model)."""
+    import gguf
+    import numpy as np
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    vocab = write_byte_level_bpe(path.parent / f"{path.stem}-tokenizer")
+    merges = [line for line in (path.parent / f"{path.stem}-tokenizer" / "merges.txt")
+              .read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=96,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=128,
+                                      tie_word_embeddings=tied)
+    model = transformers.LlamaForCausalLM(config).eval()
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_context_length(128)
+    writer.add_embedding_length(64)
+    writer.add_block_count(2)
+    writer.add_feed_forward_length(96)
+    writer.add_rope_dimension_count(16)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(10_000.0)
+    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if token == EOT else 1 for token in tokens])
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(vocab[EOT])
+    writer.add_eos_token_id(vocab[EOT])
+
+    def permute(weight, n_head):  # Hugging Face's rotate-half rows -> Meta's interleaved ones
+        return (weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:])
+                .swapaxes(1, 2).reshape(weight.shape))
+
+    quant = gguf.GGMLQuantizationType[qtype]
+    for key, tensor in model.state_dict().items():
+        if tied and key == "lm_head.weight":
+            continue
+        parts = key.split(".")
+        name = _GGUF_GLOBAL.get(key) or \
+            f"blk.{parts[2]}.{_GGUF_BLOCK['.'.join(parts[3:-1])]}.weight"
+        array = tensor.numpy().astype(np.float32)
+        if name.endswith("attn_q.weight"):
+            array = permute(array, 4)
+        elif name.endswith("attn_k.weight"):
+            array = permute(array, 2)
+        if array.ndim == 2 and quant != gguf.GGMLQuantizationType.F32:
+            stored = gguf.quants.quantize(array, quant)
+            writer.add_tensor(name, stored, raw_shape=stored.shape, raw_dtype=quant)
+        else:
+            writer.add_tensor(name, array)
+    for name, array in (extra_tensors or {}).items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path, model

@@ -143,14 +143,13 @@ def _published_config(given: Path | str, path: Path) -> dict[str, Any]:
     from harness.pretrained import (
         checkpoint_fields,
         checkpoint_label,
-        load_tokenizer,
+        checkpoint_tokenizer,
         require_decoder,
-        tokenizer_folder,
     )
 
     name, fields = checkpoint_fields(path)
     require_decoder(given, name, "lm-eval's text tasks")
-    if load_tokenizer(tokenizer_folder(path)) is None:
+    if checkpoint_tokenizer(path) is None:
         raise QualityError(f"{given}: no tokenizer files (tokenizer.json, vocab.json + "
                            "merges.txt, or vocab.txt) beside the weights; lm-eval's text tasks "
                            "need the checkpoint's own tokenizer")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import lazy_import, write_corpus
-from tiny_checkpoints import bert_folder, gpt2_folder, hub_cache_entry, offline_hub
+from tiny_checkpoints import bert_folder, gpt2_folder, hub_cache_entry, llama_gguf, offline_hub
 from typer.testing import CliRunner
 
 from harness.cli import app
@@ -103,6 +103,27 @@ def test_generate_from_an_official_rwkv_file_with_its_tokenizer_beside_it(gpt2, 
     new = model.generate(torch.tensor([ids]), 6, eos_id=tok.eos_id)[0, len(ids):].tolist()
     new = new[:new.index(tok.eos_id)] if tok.eos_id in new else new
     assert result.stdout == tok.decode(ids + new, skip_special_tokens=True) + "\n"
+
+
+def test_generate_from_a_gguf_file_is_transformers_greedy_text(tmp_path):
+    """The file's own tokenizer (its metadata) and quantized weights, as transformers reads
+    them with gguf_file=."""
+    pytest.importorskip("gguf")
+    path, _ = llama_gguf(tmp_path / "tiny-Q8_0.gguf", "Q8_0")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path),
+                                                              gguf_file=path.name).eval()
+    prompt = "The quick brown"
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=10, pad_token_id=tokenizer.eos_token_id)
+    new = out[0, ids.size(1):].tolist()
+    new = new[:new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new
+    result = run("generate", path, "--prompt", prompt, "--max-new-tokens", "10")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == tokenizer.decode(ids[0].tolist() + new) + "\n"
+    assert "zoo model llama" in result.stderr
 
 
 def test_the_command_reads_the_hub_settings_from_the_environment(gpt2, tmp_path):

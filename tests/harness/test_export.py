@@ -187,3 +187,26 @@ def test_lm_evals_own_hf_model_scores_the_export_as_the_zoo_adapter_scores_the_r
         got = ours.loglikelihood_rolling(requests) if requests is rolling else \
             [ll for ll, _ in ours.loglikelihood(requests)]
         assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_gguf_file_becomes_a_hugging_face_folder_with_its_tokenizer(tmp_path):
+    """llama.cpp's file (Q8_0 weights, its tokenizer in the metadata) out as a folder that
+    LlamaForCausalLM and AutoTokenizer read: the dequantized logits, the same ids."""
+    pytest.importorskip("gguf")
+    from tiny_checkpoints import llama_gguf
+
+    path, _ = llama_gguf(tmp_path / "tiny-Q8_0.gguf", "Q8_0")
+    exported = export_checkpoint(path, tmp_path / "hf")
+    assert exported.architecture == "LlamaForCausalLM"
+    assert exported.files == ("config.json", "model.safetensors", "tokenizer.json",
+                              "tokenizer_config.json")
+    from_gguf = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    from_folder = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    for text in SENTENCES:
+        assert from_folder(text)["input_ids"] == from_gguf(text)["input_ids"], text
+    ids = torch.tensor([from_gguf(SENTENCES[0])["input_ids"]])
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits,
+                                   load_pretrained(path).model(input_ids=ids).logits,
+                                   rtol=0, atol=1e-4)

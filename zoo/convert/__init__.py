@@ -2,10 +2,10 @@
 
 `from_pretrained(name, path)` reads a Hugging Face-format folder (config.json with
 model.safetensors or pytorch_model.bin, whole or in shards listed by a .index.json), a single
-weights file (an official RWKV-4 to RWKV-7 `.pth`) or a Hugging Face hub id ("gpt2",
-"owner/name": its folder in the local hub cache, downloaded when online; hub.py), turns its
-config and weights into the zoo's with the model's converter below, and loads them. Every
-common layout of a family loads:
+weights file (an official RWKV-4 to RWKV-7 `.pth`, or llama.cpp's GGUF, read into the Hugging
+Face layout by gguf.py) or a Hugging Face hub id ("gpt2", "owner/name": its folder in the local
+hub cache, downloaded when online; hub.py), turns its config and weights into the zoo's with the
+model's converter below, and loads them. Every common layout of a family loads:
 
     pretraining / LM-head classes   BertForPreTraining, BertForMaskedLM, GPT2LMHeadModel,
                                     LlamaForCausalLM, MambaForCausalLM, RwkvForCausalLM, ...:
@@ -56,6 +56,8 @@ Where things live; each family module holds its converter (checkpoint -> zoo) an
     mamba.py    Mamba and Mamba-2        convert_mamba, convert_mamba2, export_mamba,
                                          export_mamba2
     hub.py      hub ids -> folders       resolve (huggingface_hub's cache; downloads when online)
+    gguf.py     GGUF files (llama.cpp)   read_gguf (metadata and dequantized tensors -> config.json
+                                         fields and Hugging Face names), is_gguf
     detect.py   which zoo model          detect_model (config.json's model_type, or an official
                                          .pth's version), read_shapes (weight headers only)
 
@@ -99,6 +101,7 @@ from zoo.convert.common import (
     stored_dtype,
 )
 from zoo.convert.detect import detect_model
+from zoo.convert.gguf import is_gguf, read_gguf
 from zoo.convert.gpt import GPT_CONV1D, GPT_CONV1D_WEIGHTS, convert_gpt, export_gpt
 from zoo.convert.hub import resolve
 from zoo.convert.llama import LLAMA_BLOCK_KEYS, convert_llama, export_llama
@@ -194,8 +197,16 @@ def from_pretrained(name: str, path: Path | str, *, dtype: torch.dtype | str | N
         raise CheckpointError(f"no checkpoint converter for zoo model {name!r}; "
                               f"available: {', '.join(sorted(IMPORTERS)) or 'none'}")
     importer = IMPORTERS[name]
-    config, state, weights_file = read_checkpoint(resolve(path))  # a hub id: its cached folder
-    config_file = weights_file.parent / "config.json" if config else weights_file  # for errors
+    path = resolve(path)  # a hub id: its cached folder
+    if path.is_file() and is_gguf(path):  # llama.cpp's file: its settings and tensors in one
+        config, state = read_gguf(path)
+        weights_file = path
+    else:
+        config, state, weights_file = read_checkpoint(path)
+    # for errors: where the settings came from (a GGUF file holds its own)
+    config_file = weights_file.parent / "config.json" if config else weights_file
+    if weights_file.suffix == ".gguf":
+        config_file = weights_file
     _check_kind(name, importer, config, state, config_file)
     stored = stored_dtype(state)
     target = _dtype(dtype, stored)
@@ -206,7 +217,10 @@ def from_pretrained(name: str, path: Path | str, *, dtype: torch.dtype | str | N
     except KeyError as exc:
         raise CheckpointError(f"{weights_file}: missing weight {exc}") from None
     except CheckpointError as exc:
-        raise CheckpointError(f"{weights_file}: {exc}") from None
+        message = str(exc)
+        if config_file == weights_file:  # a GGUF file: its settings are in it, not config.json
+            message = message.removeprefix("config.json: ")
+        raise CheckpointError(f"{weights_file}: {message}") from None
     cls = load_class(name)
     try:
         model = cls(dataclasses.replace(cls.config_class(**fields), **overrides))

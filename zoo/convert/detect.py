@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from zoo.convert.common import CheckpointError, StateDict
+from zoo.convert.gguf import GGUF_MODEL, is_gguf, read_gguf
 from zoo.convert.hub import resolve
 from zoo.convert.rwkv import official_version
 
@@ -32,7 +33,7 @@ ARCHITECTURES = {"GPT2": "gpt", "OpenAIGPT": "gpt", "Bert": "bert", "Roberta": "
 OFFICIAL_RWKV = {"4": "rwkv", "5.2": "rwkv5", "6": "rwkv6", "7": "rwkv7"}
 SUPPORTED = ("Hugging Face folders of gpt2, openai-gpt (gpt), bert, roberta, llama, mistral "
              "(llama), mamba, mamba2, rwkv; official RWKV-4, 5.2, 6 and 7 .pth files (rwkv, "
-             "rwkv5, rwkv6, rwkv7)")
+             "rwkv5, rwkv6, rwkv7); GGUF files of llama and mistral (llama)")
 # safetensors' dtype names -> torch's.
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
                        "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
@@ -66,6 +67,8 @@ def detect_model(path_or_id: Path | str, revision: str | None = None) -> str:
 
 
 def _official_model(path: Path) -> str:
+    if is_gguf(path):
+        return GGUF_MODEL  # read_gguf names an architecture it cannot read when it loads
     shapes = read_file_shapes(path)
     if not ("emb.weight" in shapes and any(k.startswith("blocks.") for k in shapes)):
         raise CheckpointError(f"{path}: a weights file without config.json is recognised only "
@@ -99,6 +102,8 @@ def read_shapes(path: Path | str) -> tuple[dict[str, Any], StateDict, Path]:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
     if path.is_file():
+        if is_gguf(path):
+            return (*read_gguf(path, weights=False), path)
         return {}, read_file_shapes(path), path
     config = read_config(path)
     for name in ("model.safetensors", "pytorch_model.bin"):

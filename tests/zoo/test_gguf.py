@@ -1,0 +1,73 @@
+"""GGUF files (llama.cpp's format) read by zoo.from_pretrained: a tiny Llama written as llama.cpp
+writes it (interleaved RoPE rows, quantized matrices) gives the logits transformers' own GGUF
+loader gives (fp32, within 1e-4), and, unquantized, the original model's; its sizes come from
+the header alone; what the zoo cannot read is one line naming the file."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_checkpoints import llama_gguf
+
+import zoo
+from zoo.convert import CheckpointError, detect_model
+from zoo.convert.detect import read_shapes
+from zoo.convert.gguf import read_gguf
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("gguf")
+
+
+def transformers_logits(path, ids):
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent),
+                                                              gguf_file=path.name).eval()
+    with torch.no_grad():
+        return model(ids).logits
+
+
+@pytest.mark.parametrize("qtype", ["F32", "F16", "Q8_0", "Q4_0"])
+def test_the_zoo_reads_a_gguf_as_transformers_does(qtype, tmp_path):
+    path, original = llama_gguf(tmp_path / f"tiny-{qtype}.gguf", qtype)
+    ids = torch.randint(0, original.config.vocab_size, (2, 24), generator=torch.Generator()
+                        .manual_seed(0))
+    model = zoo.from_pretrained("llama", path)
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits
+    torch.testing.assert_close(ours, transformers_logits(path, ids), rtol=0, atol=1e-4)
+    if qtype == "F32":  # and the file is the original model (the writer's RoPE order is right)
+        with torch.no_grad():
+            torch.testing.assert_close(ours, original(ids).logits, rtol=0, atol=1e-4)
+
+
+def test_the_header_gives_the_config_and_shapes_without_the_weights(tmp_path):
+    path, original = llama_gguf(tmp_path / "tiny.gguf", "Q8_0")
+    assert detect_model(path) == "llama"
+    config, shapes, source = read_shapes(path)
+    assert source == path and all(t.device.type == "meta" for t in shapes.values())
+    full_config, state = read_gguf(path)
+    assert config == full_config
+    assert {k: tuple(t.shape) for k, t in shapes.items()} == \
+        {k: tuple(t.shape) for k, t in state.items()}
+    assert {k: tuple(t.shape) for k, t in original.state_dict().items()} == \
+        {k: tuple(t.shape) for k, t in state.items()}
+    assert (config["num_key_value_heads"], config["vocab_size"]) == (2, original.config.vocab_size)
+
+
+def test_what_the_zoo_cannot_read_is_one_line_naming_the_file(tmp_path):
+    path, _ = llama_gguf(tmp_path / "tiny.gguf")
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(path.read_bytes()[:3000])
+    cases = [
+        (truncated, "cannot read it as GGUF"),
+        (llama_gguf(tmp_path / "falcon.gguf", architecture="falcon")[0],
+         "a GGUF file of architecture 'falcon'; the zoo reads llama, mistral"),
+        (llama_gguf(tmp_path / "scaled.gguf", extra_tensors={
+            "rope_freqs.weight": torch.ones(8).numpy()})[0], "scaled RoPE"),
+        (llama_gguf(tmp_path / "tied.gguf", tied=True)[0],
+         r"tied.gguf: tie_word_embeddings = True is not supported by zoo.llama"),
+    ]
+    for file, message in cases:
+        with pytest.raises(CheckpointError, match=message) as error:
+            zoo.from_pretrained("llama", file)
+        assert str(error.value).startswith(str(file)), error.value
+        assert "\n" not in str(error.value)
