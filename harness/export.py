@@ -104,15 +104,15 @@ def export_checkpoint(source: Path | str, out: Path | str, *, format: str | None
     loaded = load_pretrained(path, model=name, fast=False)
     trained = is_trained_checkpoint(path)
     tokenizer = loaded.tokenizer
-    extra = _config_fields(loaded, path, source, trained)
+    if trained and loaded.meta.get("task") == "mqar":
+        tokenizer = None  # MQAR's ids are not text: its run's byte tokenizer only fills a slot
+    extra = _config_fields(loaded, tokenizer, path, source, trained)
     target = folder / OFFICIAL_FILE if format == "official" else folder
     written = save_pretrained(name, loaded.model, target, format=format,
                               dtype=getattr(torch, dtype) if dtype else None,
                               extra_config=extra if format == "hf" else None)
     files = [OFFICIAL_FILE] if format == "official" else ["config.json", "model.safetensors"]
-    if trained and loaded.meta.get("task") == "mqar":
-        pass  # MQAR's ids are not text: its checkpoint's byte tokenizer only fills the format
-    elif trained and tokenizer is not None:
+    if trained and tokenizer is not None:
         files += _write_tokenizer(tokenizer, folder, loaded.model,
                                   _special_ids(tokenizer, loaded.model))
     elif tokenizer is not None and is_gguf(Path(tokenizer.source)):  # its metadata held it
@@ -126,7 +126,8 @@ def export_checkpoint(source: Path | str, out: Path | str, *, format: str | None
     return Exported(name, format, written, folder, tuple(files), architecture)
 
 
-def _config_fields(loaded: Any, path: Path, source: Path | str, trained: bool) -> dict[str, Any]:
+def _config_fields(loaded: Any, tokenizer: Any, path: Path, source: Path | str,
+                   trained: bool) -> dict[str, Any]:
     """What config.json gets beside the model's fields: the tokenizer's special ids, and for a
     run what it was (`catalog`); a published folder's own special ids and `catalog` carry over."""
     fields: dict[str, Any] = {}
@@ -134,7 +135,6 @@ def _config_fields(loaded: Any, path: Path, source: Path | str, trained: bool) -
         config = read_config(path)
         fields = {key: config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id",
                                                 "catalog") if config.get(key) is not None}
-    tokenizer = loaded.tokenizer
     if trained and tokenizer is not None:
         ids = _special_ids(tokenizer, loaded.model)
     else:

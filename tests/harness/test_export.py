@@ -105,6 +105,9 @@ def test_an_mqar_model_is_exported_without_a_tokenizer(tmp_path):
     run = trained(tmp_path / "run", "gpt", ByteTokenizer(), task="mqar")
     exported = export_checkpoint(run, tmp_path / "hf")
     assert exported.files == ("config.json", "model.safetensors")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert [config.get(f"{kind}_token_id") for kind in ("bos", "eos", "pad")] == [None] * 3
+    assert config["catalog"]["task"] == "mqar"
 
 
 def test_an_official_rwkv7_pth_with_its_tokenizer_beside_it(bpe, tmp_path):
