@@ -351,7 +351,8 @@ def tokenizer_folder(path: Path) -> Path:
 def load_for_scoring(path_or_id: Path | str, device: str = "cpu"):
     """(model, tokenizer, meta) as lm-eval's `zoo` adapter scores text: a published
     checkpoint's tokenizer without its special tokens (the adapter puts its own start token
-    before every text), a `catalog train` checkpoint's as it was trained."""
+    before every text), a `catalog train` checkpoint's as it was trained; meta is the
+    checkpoint's (Pretrained.meta) with `after_eos` (Pretrained.after_eos)."""
     loaded = load_pretrained(path_or_id, device=device)
     tokenizer = loaded.tokenizer
     if tokenizer is None:
@@ -359,7 +360,7 @@ def load_for_scoring(path_or_id: Path | str, device: str = "cpu"):
                               "merges.txt, or vocab.txt) beside the weights")
     if isinstance(tokenizer, CheckpointTokenizer):
         tokenizer = tokenizer.without_special_tokens()
-    return loaded.model, tokenizer, loaded.meta
+    return loaded.model, tokenizer, {**loaded.meta, "after_eos": loaded.after_eos}
 
 
 def require_decoder(path_or_id: Path | str, name: str, what: str) -> None:

@@ -13,13 +13,14 @@ published decoder checkpoint with its own tokenizer (a Hugging Face folder or hu
   - `generate_until`: greedy decoding on the model's KV cache or recurrent state, until a stop
     string, the EOS token or `max_gen_toks` new tokens.
 
-"start" is the token that precedes every document: by default EOS, which is what the trainer
-puts between documents (`harness.quality.tasks.token_stream`) and what lm-eval's Hugging Face
-model puts before a document and an empty context too (GPT-2's <|endoftext|>; before a
-context of text it puts only what the tokenizer adds); `prefix_token="bos"` for models trained
-on BOS-prefixed documents. A model conditioned on a token it never saw in training scores
-worse. On a run's `catalog export` folder, lm-eval's `hf` model gives the log-likelihoods of
-documents and empty contexts this adapter gives the run (tests/harness/test_export.py).
+"start" is the token that precedes every document: for a checkpoint trained here EOS, which is
+what the trainer puts between documents (`harness.quality.tasks.token_stream`); for a published
+one its BOS (LLaMA's <s>), or its EOS where it has no BOS (GPT-2's <|endoftext|> is both), as
+lm-eval's Hugging Face model chooses the token it puts before a document and an empty context
+(before a context of text it puts only what the tokenizer adds); `prefix_token` overrides it. A
+model conditioned on a token it never saw in training scores worse. On a run's `catalog export`
+folder, lm-eval's `hf` model gives the log-likelihoods of documents and empty contexts this
+adapter gives the run (tests/harness/test_export.py).
 
 Python use (the task YAMLs come from `harness.quality.lm_eval_tasks.write_tasks`):
 
@@ -82,14 +83,17 @@ class ZooLM(LM):
         first keeps at least (lm-eval's `context_len`). 1 = back-to-back windows as lm-eval's
         Hugging Face model uses; up to max_length = overlapping windows (more context for the
         first tokens of each window, more forward passes);
-    prefix_token: "eos" or "bos", the token every text is conditioned on (see above);
+    prefix_token: "eos" or "bos", the token every text is conditioned on (see above); None:
+        EOS for a checkpoint trained here (or its export), and for a published one its BOS
+        where the tokenizer has one, else its EOS (lm-eval's Hugging Face model's rule:
+        LLaMA's <s>, GPT-2's <|endoftext|>);
     max_batch_size: accepted because lm-eval's CLI passes it; unused (no automatic batch size).
     """
 
     def __init__(self, pretrained: str | Path, device: str | None = None,
                  batch_size: int | str = 8, max_length: int | str | None = None,
                  dtype: str | None = None, rolling_context: int | str = 1,
-                 prefix_token: str = "eos", max_batch_size: int | None = None) -> None:
+                 prefix_token: str | None = None, max_batch_size: int | None = None) -> None:
         super().__init__()
         if device is None or (device.startswith("cuda") and not torch.cuda.is_available()):
             # lm-eval's CLI asks for cuda:0 unless told otherwise; like its own Hugging Face
@@ -108,6 +112,9 @@ class ZooLM(LM):
             model = model.to(getattr(torch, dtype))
         self.model = model
         self.text_tokenizer = tokenizer  # not `tokenizer`: lm-eval reads that one as a HF one
+        if prefix_token is None:
+            trained_here = meta.get("after_eos", True)
+            prefix_token = "eos" if trained_here or tokenizer.bos_id is None else "bos"
         if prefix_token not in ("eos", "bos"):
             raise ValueError(f"prefix_token must be 'eos' or 'bos', not {prefix_token!r}")
         self.prefix_id = tokenizer.eos_id if prefix_token == "eos" else tokenizer.bos_id

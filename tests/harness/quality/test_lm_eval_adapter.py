@@ -104,6 +104,19 @@ def test_prefix_token(checkpoint):
         ZooLM(folder, device="cpu", prefix_token="pad")
 
 
+def test_a_published_checkpoint_is_conditioned_on_its_bos_as_lm_evals_hf_model_does(tmp_path):
+    """GPT-2's BOS and EOS are one token; a checkpoint whose BOS is another (LLaMA's <s>
+    beside </s>) gets its BOS before every text, as lm-eval's Hugging Face model puts it."""
+    from tiny_checkpoints import gpt2_folder
+
+    folder = gpt2_folder(tmp_path / "gpt2")
+    assert ZooLM(folder, device="cpu").prefix_id == 0  # <|endoftext|>, both
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "bos_token_id": 5}))
+    assert ZooLM(folder, device="cpu").prefix_id == 5
+    assert ZooLM(folder, device="cpu", prefix_token="eos").prefix_id == 0
+
+
 def test_is_greedy(checkpoint):
     folder, model = checkpoint
     lm = ZooLM(folder, device="cpu")
