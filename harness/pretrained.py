@@ -73,6 +73,11 @@ class CheckpointTokenizer:
         plain.add_special_tokens = False
         return plain
 
+    def with_special_tokens(self) -> CheckpointTokenizer:
+        special = copy.copy(self)
+        special.add_special_tokens = True
+        return special
+
     def save(self, path: Path | str) -> None:
         self._tok.save(str(path))
 

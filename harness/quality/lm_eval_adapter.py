@@ -5,7 +5,7 @@
 published decoder checkpoint with its own tokenizer (a Hugging Face folder or hub id, see
 `harness.pretrained`), in lm-eval's `LM` interface:
 
-  - `loglikelihood`: log p(continuation | start + context) summed over the continuation's
+  - `loglikelihood`: log p(continuation | context) summed over the continuation's
     tokens, and whether greedy decoding would have produced exactly those tokens;
   - `loglikelihood_rolling`: log p(text | start) of a whole document, cut into windows of at
     most `max_length` tokens in which every token is predicted exactly once (lm-eval's own
@@ -14,13 +14,14 @@ published decoder checkpoint with its own tokenizer (a Hugging Face folder or hu
     string, the EOS token or `max_gen_toks` new tokens.
 
 "start" is the token that precedes every document: for a checkpoint trained here EOS, which is
-what the trainer puts between documents (`harness.quality.tasks.token_stream`); for a published
-one its BOS (LLaMA's <s>), or its EOS where it has no BOS (GPT-2's <|endoftext|> is both), as
-lm-eval's Hugging Face model chooses the token it puts before a document and an empty context
-(before a context of text it puts only what the tokenizer adds); `prefix_token` overrides it. A
-model conditioned on a token it never saw in training scores worse. On a run's `catalog export`
-folder, lm-eval's `hf` model gives the log-likelihoods of documents and empty contexts this
-adapter gives the run (tests/harness/test_export.py).
+what the trainer puts between documents (`harness.quality.tasks.token_stream`), and a context
+is read after it too; for a published one its BOS (LLaMA's <s>), or its EOS where it has no BOS
+(GPT-2's <|endoftext|> is both), and a context gets what its tokenizer adds (LLaMA's <s>,
+nothing for GPT-2): lm-eval's Hugging Face model's choices, so that the two score a published
+checkpoint alike (tests/harness/quality/test_lm_eval_adapter.py). `prefix_token` overrides the
+start token. A model conditioned on a token it never saw in training scores worse. On a run's
+`catalog export` folder, lm-eval's `hf` model gives the log-likelihoods of documents and empty
+contexts this adapter gives the run (tests/harness/test_export.py).
 
 Python use (the task YAMLs come from `harness.quality.lm_eval_tasks.write_tasks`):
 
@@ -112,9 +113,11 @@ class ZooLM(LM):
             model = model.to(getattr(torch, dtype))
         self.model = model
         self.text_tokenizer = tokenizer  # not `tokenizer`: lm-eval reads that one as a HF one
+        self.trained_here = meta.get("after_eos", True)
+        # a published checkpoint's tokenizer as it encodes a context, with its special tokens
+        self.context_tokenizer = getattr(tokenizer, "with_special_tokens", lambda: tokenizer)()
         if prefix_token is None:
-            trained_here = meta.get("after_eos", True)
-            prefix_token = "eos" if trained_here or tokenizer.bos_id is None else "bos"
+            prefix_token = "eos" if self.trained_here or tokenizer.bos_id is None else "bos"
         if prefix_token not in ("eos", "bos"):
             raise ValueError(f"prefix_token must be 'eos' or 'bos', not {prefix_token!r}")
         self.prefix_id = tokenizer.eos_id if prefix_token == "eos" else tokenizer.bos_id
@@ -145,7 +148,7 @@ class ZooLM(LM):
     # --- lm-eval's three request types ---------------------------------------------------------
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        """(log p(continuation | start + context), is_greedy) for each (context, continuation).
+        """(log p(continuation | context), is_greedy) for each (context, continuation).
         When the two exceed max_length + 1 tokens, the context loses its oldest tokens."""
         pairs = [self._truncated(*self._encode_pair(context, continuation))
                  for context, continuation in (request.args for request in requests)]
@@ -186,20 +189,32 @@ class ZooLM(LM):
 
     # --- tokens ---------------------------------------------------------------------------------
 
+    def _encode_context(self, text: str) -> list[int]:
+        """A context's tokens as the model reads them: after the start token for a checkpoint
+        trained here (its documents followed one); for a published one with the special tokens
+        its tokenizer adds (LLaMA's <s>; none for GPT-2), as lm-eval's Hugging Face model
+        encodes a context. Never empty: the start token alone stands for an empty text."""
+        if self.trained_here:
+            return [self.prefix_id, *self.text_tokenizer.encode(text)]
+        return self.context_tokenizer.encode(text) or [self.prefix_id]
+
     def _encode_pair(self, context: str, continuation: str) -> TokenPair:
-        """Start token + context tokens, and continuation tokens. Trailing whitespace of the
-        context moves to the continuation (so it is scored), and the pair is tokenized as one
-        text then split where the context ends, so that a subword tokenizer sees the
-        continuation's leading space as in running text (lm-eval's convention)."""
+        """Context tokens (_encode_context; the start token alone for an empty context) and
+        continuation tokens. Trailing whitespace of the context moves to the continuation (so
+        it is scored), and the pair is tokenized as one text then split where the context
+        ends, so that a subword tokenizer sees the continuation's leading space as in running
+        text (lm-eval's convention)."""
         stripped = context.rstrip()
         context, continuation = stripped, context[len(stripped):] + continuation
-        encode = self.text_tokenizer.encode
-        context_ids, whole = encode(context), encode(context + continuation)
+        if not context:
+            return [self.prefix_id], self.text_tokenizer.encode(continuation)
+        context_ids = self._encode_context(context)
+        whole = self._encode_context(context + continuation)
         if whole[:len(context_ids)] == context_ids:
             continuation_ids = whole[len(context_ids):]
         else:  # a token straddles the boundary: tokenize the two parts separately
-            continuation_ids = encode(continuation)
-        return [self.prefix_id, *context_ids], continuation_ids
+            continuation_ids = self.text_tokenizer.encode(continuation)
+        return context_ids, continuation_ids
 
     def _truncated(self, context: list[int], continuation: list[int]) -> TokenPair:
         """The pair cut from the left so that the model reads at most max_length tokens (the
@@ -265,7 +280,8 @@ class ZooLM(LM):
         tok = self.text_tokenizer
         # Keep room for the new tokens, as lm-eval's own models do: the context loses its oldest
         # tokens first. A model reads prompt + new - 1 tokens (the last one is never fed back).
-        prompt = [self.prefix_id, *tok.encode(context)][-max(1, self.max_length - max_gen_toks):]
+        prompt = self._encode_context(context) if context else [self.prefix_id]
+        prompt = prompt[-max(1, self.max_length - max_gen_toks):]
         budget = min(max_gen_toks, self.max_length + 1 - len(prompt))
         new: list[int] = []
         if budget <= 0:

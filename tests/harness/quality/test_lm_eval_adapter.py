@@ -117,6 +117,32 @@ def test_a_published_checkpoint_is_conditioned_on_its_bos_as_lm_evals_hf_model_d
     assert ZooLM(folder, device="cpu", prefix_token="eos").prefix_id == 0
 
 
+def test_a_published_checkpoint_is_scored_as_lm_evals_own_hf_model_scores_it(tmp_path):
+    """A GPT-2 folder through the zoo adapter and through lm-eval's Hugging Face model: the
+    same log-likelihoods (within 1e-4) and greedy flags for contexts, empty contexts and whole
+    documents, and the same generated text."""
+    pytest.importorskip("accelerate")  # lm-eval's hf model needs it
+    from lm_eval.models.huggingface import HFLM
+    from tiny_checkpoints import gpt2_folder
+
+    folder = gpt2_folder(tmp_path / "gpt2")
+    ours = ZooLM(folder, device="cpu", batch_size=2)
+    theirs = HFLM(pretrained=str(folder), device="cpu", batch_size=2)
+    assert theirs.max_length == ours.max_length == 64  # the position table
+    pairs = requests("loglikelihood", ("The quick brown", " fox"), ("A model reads ", "tokens."),
+                     ("", "Hello there"), ("Zoë's café", " costs €3.50!"))
+    for (got, got_greedy), (want, want_greedy) in zip(
+            ours.loglikelihood(pairs), theirs.loglikelihood(pairs, disable_tqdm=True),
+            strict=True):
+        assert got == pytest.approx(want, abs=1e-4) and got_greedy == want_greedy
+    documents = requests("loglikelihood_rolling", (" ".join(DOCUMENTS) * 2,), ("short",))
+    assert ours.loglikelihood_rolling(documents) == pytest.approx(
+        theirs.loglikelihood_rolling(documents, disable_tqdm=True), abs=1e-4)
+    generate = requests("generate_until", ("The quick", {"until": ["\n"], "max_gen_toks": 8,
+                                                         "do_sample": False}))
+    assert ours.generate_until(generate) == theirs.generate_until(generate, disable_tqdm=True)
+
+
 def test_is_greedy(checkpoint):
     folder, model = checkpoint
     lm = ZooLM(folder, device="cpu")
