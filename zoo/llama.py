@@ -31,6 +31,16 @@ Two later models change one thing each, here a config field each:
     cost grows as T * (W + band), not T^2. The whole masked attention (band = None) is its
     oracle in the tests.
 
+Llama 3 (Grattafiori et al. 2024, "The Llama 3 Herd of Models") keeps this block; two of its
+releases need a field each:
+  - Llama 3.1's RoPE frequency scaling, `rope_factor` (8; None: plain RoPE), for a context
+    longer than the `rope_original_len` (8192) the frequencies were trained for. A frequency f
+    of wavelength 2 pi / f shorter than rope_original_len / rope_high_freq_factor (4) is kept,
+    one longer than rope_original_len / rope_low_freq_factor (1) is divided by the factor, and
+    one between is blended: (1 - s) f / factor + s f, where s = (rope_original_len / wavelength
+    - low) / (high - low) runs from 0 at the long end to 1 at the short end.
+  - Llama 3.2 1B and 3B tie the head to the token embedding, `tie_embeddings`.
+
 Choices the paper leaves open, taken as Hugging Face's Llama takes them:
   - RoPE in the rotate-half layout (channel i pairs with i + hs/2; zoo.layers.positions).
     Meta's own checkpoints pair channels (2i, 2i+1); Hugging Face permutes their q and k rows
@@ -41,19 +51,29 @@ Choices the paper leaves open, taken as Hugging Face's Llama takes them:
   - in a padded batch, positions count from the start of the row, padding included (as
     Hugging Face does without position_ids, and as zoo.gpt does).
 Parameter count (head size hs = d / n_head, kv width = n_kv_head * hs, f = d_ff):
-    2 V d + d + L (2 d^2 + 2 d kv + 3 d f + 2 d)
+    2 V d + d + L (2 d^2 + 2 d kv + 3 d f + 2 d)     (V d once with a tied head)
 which is 6,738,415,616 for the defaults, LLaMA-7B.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import KVCache, RMSNorm, apply_rope, hidden_key_bias, rope_tables, sdpa
+from zoo.layers import (
+    KVCache,
+    RMSNorm,
+    apply_rope,
+    hidden_key_bias,
+    rope_frequencies,
+    rope_tables,
+    sdpa,
+    tied_head,
+)
 from zoo.model import Output, ZooModel, check_config, generate
 
 
@@ -71,6 +91,11 @@ class LlamaConfig:
     norm_eps: float = 1e-6
     rope_theta: float = 10_000.0
     window: int | None = None  # Mistral's sliding window W; None: full causal attention
+    rope_factor: float | None = None  # Llama 3.1's RoPE scaling factor; None: plain RoPE
+    rope_low_freq_factor: float = 1.0  # wavelengths past original_len / low: divided by factor
+    rope_high_freq_factor: float = 4.0  # wavelengths below original_len / high: kept
+    rope_original_len: int = 8192  # the context the scaled frequencies were trained for
+    tie_embeddings: bool = False  # Llama 3.2 1B and 3B: the head is the token embedding
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -83,6 +108,11 @@ class LlamaConfig:
             ((self.d_model // self.n_head) % 2 == 0, "RoPE needs an even head size"),
             (self.n_head % self.n_kv_head == 0,
              f"n_head {self.n_head} is not a multiple of n_kv_head {self.n_kv_head}"),
+            (self.rope_factor is None or self.rope_factor > 0,
+             f"rope_factor must be > 0, not {self.rope_factor}"),
+            (self.rope_high_freq_factor > self.rope_low_freq_factor > 0,
+             f"rope_high_freq_factor {self.rope_high_freq_factor} must exceed "
+             f"rope_low_freq_factor {self.rope_low_freq_factor} > 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -212,8 +242,11 @@ class Llama(ZooModel):
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)  # untied
+        if not config.tie_embeddings:
+            self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.apply(self._init_weights)
+        if config.tie_embeddings:  # Llama 3.2 1B, 3B
+            self.lm_head = tied_head(self.tok_emb)
 
     def _init_weights(self, module: nn.Module) -> None:
         # As Hugging Face's Llama (the paper does not say): N(0, init_std); RMSNorm gains stay 1.
@@ -282,12 +315,27 @@ class Llama(ZooModel):
         past = cache[0].length if cache is not None else 0
         kept = past if c.window is None else min(past, c.window - 1)  # keys the cache holds
         x = self.tok_emb(input_ids)  # (B, T, C); no position embedding, no scale
-        cos, sin = rope_tables(c.d_model // c.n_head, past, T, c.rope_theta, x.device)  # (T, hs)
+        cos, sin = rope_tables(c.d_model // c.n_head, past, T, c.rope_theta, x.device,
+                               self.rope_frequencies(x.device))  # (T, hs)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # once here, not in every layer
         seen = self._visibility(attention_mask, T, past, kept, x.dtype, x.device)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, seen, cache[i] if cache is not None else None)
         return self.norm(x)
+
+    def rope_frequencies(self, device: torch.device) -> torch.Tensor | None:
+        """RoPE's frequencies under Llama 3.1's scaling (see the module docstring); None
+        without it (rope_tables then takes theta's plain ones)."""
+        c = self.config
+        if c.rope_factor is None:
+            return None
+        f = rope_frequencies(c.d_model // c.n_head, c.rope_theta, device)
+        wavelength = 2 * math.pi / f
+        low, high, original = c.rope_low_freq_factor, c.rope_high_freq_factor, c.rope_original_len
+        s = (original / wavelength - low) / (high - low)
+        blended = (1 - s) * f / c.rope_factor + s * f
+        return torch.where(wavelength > original / low, f / c.rope_factor,
+                           torch.where(wavelength < original / high, f, blended))
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,
@@ -321,7 +369,7 @@ class Llama(ZooModel):
     def flops_per_token(self, seqlen: int) -> float:
         """Forward FLOPs per token at context `seqlen`:
             2 * (n_layer * (2 d^2 + 2 d kv + 3 d f) + V d)  [q, o; k, v (GQA: kv = n_kv * hs);
-                                                           SwiGLU; untied head]
+                                                           SwiGLU; the head]
           + 4 * n_layer * d * (average keys a query sees) [QK^T and AV over every query head]
         The average is (seqlen + 1) / 2 for causal attention; a window W caps each query at W
         keys: (W (W + 1) / 2 + (seqlen - W) W) / seqlen once seqlen > W. Norms, RoPE, softmax,

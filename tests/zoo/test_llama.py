@@ -228,6 +228,37 @@ def test_logits_and_loss_match_hugging_face(kind, tmp_path):
     torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
 
 
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10_000.0, "factor": 8.0,
+               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}  # a short original context, so that
+# the 8 frequencies of a 16-wide head fall on all three sides: kept, blended, divided
+
+
+def test_llama3_rope_scaling_and_a_tied_head_match_hugging_face(tmp_path):
+    """Llama 3.1's scaled RoPE and Llama 3.2's tied head, as transformers computes them, at 40
+    tokens (past the original 16), read from its folder and written back to one."""
+    hf = hf_model("llama", rope_parameters=LLAMA3_ROPE, tie_word_embeddings=True,
+                  max_position_embeddings=64)
+    model = saved(hf, tmp_path / "in")
+    c = model.config
+    assert (c.rope_factor, c.rope_original_len, c.tie_embeddings) == (8.0, 16, True)
+    assert model.lm_head.weight is model.tok_emb.weight  # after the fast routes too
+    assert model.num_params() == sum(p.numel() for p in hf.parameters())
+    ids = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours, ref = model(ids).logits, hf(ids).logits
+        plain = Llama(dataclasses.replace(c, rope_factor=None))
+        plain.load_state_dict(model.state_dict())
+        unscaled = plain.eval()(ids).logits
+    assert (ours - ref).abs().max().item() <= ATOL
+    assert (unscaled - ref).abs().max().item() > 100 * ATOL  # the scaling is what matched
+    back = transformers.LlamaForCausalLM.from_pretrained(zoo.save_pretrained(
+        NAME, model, tmp_path / "out")).eval()
+    assert back.config.tie_word_embeddings
+    with torch.no_grad():
+        assert (back(ids).logits - ours).abs().max().item() <= ATOL
+
+
 def test_the_window_changes_the_logits_past_it_and_only_there(tmp_path):
     """The parity above could not tell a window from none unless it mattered: it does, from
     the first query whose window is cut (position W) on."""
@@ -479,8 +510,7 @@ def test_misshaped_and_unexpected_weights_are_named(mistral_folder):
 
 @pytest.mark.parametrize("field, value", [
     ("model_type", "gpt2"), ("rope_parameters", {"rope_type": "linear", "factor": 2.0}),
-    ("tie_word_embeddings", True), ("attention_bias", True), ("hidden_act", "gelu"),
-    ("head_dim", 32),
+    ("attention_bias", True), ("hidden_act", "gelu"), ("head_dim", 32),
 ])
 def test_configs_zoo_llama_cannot_run_are_refused_naming_the_field(mistral_folder, field, value):
     folder, _ = mistral_folder

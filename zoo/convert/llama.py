@@ -24,8 +24,9 @@ from zoo.convert.common import CheckpointError, StateDict
 # RoPE layout the zoo uses (its conversion script permuted Meta's). Mistral's `sliding_window`
 # becomes `window` (null in v0.2 and later; absent means MistralConfig's default, 4096). RoPE's
 # base is `rope_parameters.rope_theta` in transformers 5, `rope_theta` before. What zoo.llama
-# does not compute is refused, naming the field: scaled RoPE (linear, dynamic, yarn, Llama 3.1's
-# "llama3"), biases, an activation other than SiLU, a head size other than d / n_head, a tied head.
+# does not compute is refused, naming the field: scaled RoPE other than Llama 3.1's "llama3"
+# (linear, dynamic, yarn), biases, an activation other than SiLU, a head size other than
+# d / n_head. A tied head (Llama 3.2 1B, 3B) has no lm_head.weight: it is the embedding.
 # --------------------------------------------------------------------------------------------------
 
 # zoo name inside block N -> Hugging Face name inside model.layers.N
@@ -72,19 +73,24 @@ def _llama_config_fields(config: dict[str, Any]) -> dict[str, Any]:
         ("attention_bias", bool(config.get("attention_bias"))),
         ("mlp_bias", bool(config.get("mlp_bias"))),
         ("head_dim", config.get("head_dim") not in (None, d // n_head)),
-        ("tie_word_embeddings", bool(config.get("tie_word_embeddings"))),
     ]
     for field, refused in unsupported:
         if refused:
             raise CheckpointError(f"config.json: {field} = {config[field]!r} is not supported by "
-                                  "zoo.llama (SiLU, no biases, head size d / n_head, untied head)")
+                                  "zoo.llama (SiLU, no biases, head size d / n_head)")
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
+    if rope_type not in ("default", "llama3"):
         raise CheckpointError(f"config.json: rope_type {rope_type!r} is not supported by "
-                              "zoo.llama (plain RoPE only)")
+                              "zoo.llama (plain RoPE, or Llama 3.1's llama3 scaling)")
+    scaling = {}
+    if rope_type == "llama3":
+        scaling = {"rope_factor": float(rope["factor"]),
+                   "rope_low_freq_factor": float(rope["low_freq_factor"]),
+                   "rope_high_freq_factor": float(rope["high_freq_factor"]),
+                   "rope_original_len": int(rope["original_max_position_embeddings"])}
     window = config.get("sliding_window", 4096) if model_type == "mistral" else None
-    return {
+    return {**scaling,
         "vocab_size": config["vocab_size"],
         "max_seq_len": config.get("max_position_embeddings", 2048),
         "n_layer": config["num_hidden_layers"],
@@ -95,6 +101,7 @@ def _llama_config_fields(config: dict[str, Any]) -> dict[str, Any]:
         "norm_eps": config.get("rms_norm_eps", 1e-6),
         "rope_theta": float(rope.get("rope_theta", config.get("rope_theta", 10_000.0))),
         "window": window,
+        "tie_embeddings": bool(config.get("tie_word_embeddings", False)),
         "init_std": config.get("initializer_range", 0.02),
     }
 
@@ -102,8 +109,9 @@ def _llama_config_fields(config: dict[str, Any]) -> dict[str, Any]:
 def export_llama(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
     """zoo.llama -> LlamaForCausalLM, or MistralForCausalLM when the config has a sliding window
     (`window` -> `sliding_window`): LLAMA_BLOCK_KEYS read backwards, the tensors as they are
-    (both sides use the rotate-half RoPE layout). RoPE's base goes into `rope_parameters`, as
-    transformers 5 keeps it; the head is untied and nothing has a bias. A block without a
+    (both sides use the rotate-half RoPE layout). RoPE's base (and Llama 3.1's scaling) goes into
+    `rope_parameters`, as transformers 5 keeps it; a tied head is stored once, as the
+    embedding; nothing has a bias. A block without a
     feed-forward (d_ff 0) has no Hugging Face counterpart."""
     if c.d_ff == 0:
         raise CheckpointError("transformers' Llama and Mistral always have a feed-forward; "
@@ -118,13 +126,22 @@ def export_llama(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
               "hidden_act": "silu", "rms_norm_eps": c.norm_eps,
               "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
               "initializer_range": c.init_std, "attention_dropout": 0.0,
-              "tie_word_embeddings": False, "bos_token_id": None, "eos_token_id": None}
+              "tie_word_embeddings": c.tie_embeddings, "bos_token_id": None,
+              "eos_token_id": None}
+    if c.rope_factor is not None:  # Llama 3.1's scaling
+        config["rope_parameters"] |= {
+            "rope_type": "llama3", "factor": c.rope_factor,
+            "low_freq_factor": c.rope_low_freq_factor,
+            "high_freq_factor": c.rope_high_freq_factor,
+            "original_max_position_embeddings": c.rope_original_len}
     if mistral:
         config["sliding_window"] = c.window
     else:  # MistralConfig has no bias switches: it never has biases
         config |= {"attention_bias": False, "mlp_bias": False}
     hf = {"model.embed_tokens.weight": zoo["tok_emb.weight"],
-          "model.norm.weight": zoo["norm.weight"], "lm_head.weight": zoo["lm_head.weight"]}
+          "model.norm.weight": zoo["norm.weight"]}
+    if not c.tie_embeddings:  # a tied head is the embedding, stored once
+        hf["lm_head.weight"] = zoo["lm_head.weight"]
     for i in range(c.n_layer):
         hf |= {f"model.layers.{i}.{hf_name}.weight": zoo[f"blocks.{i}.{zoo_name}.weight"]
                for zoo_name, hf_name in LLAMA_BLOCK_KEYS.items()}

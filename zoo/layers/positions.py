@@ -6,12 +6,21 @@ from __future__ import annotations
 import torch
 
 
+def rope_frequencies(head_size: int, theta: float, device: torch.device) -> torch.Tensor:
+    """(hs/2,) the rotation frequencies: channel pair (i, i + hs/2) turns by theta^(-2i/hs) a
+    position."""
+    return theta ** -(torch.arange(0, head_size, 2, device=device, dtype=torch.float32)
+                      / head_size)
+
+
 def rope_tables(head_size: int, start: int, length: int, theta: float,
-                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                device: torch.device, inv_freq: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin (length, hs) for positions start..start+length-1. Channel pair (i, i + hs/2)
-    rotates by angle pos * theta^(-2i/hs). Built in fp32 per call: no buffer to go stale."""
-    inv_freq = theta ** -(torch.arange(0, head_size, 2, device=device, dtype=torch.float32)
-                          / head_size)
+    rotates by angle pos * inv_freq[i], theta's plain frequencies (rope_frequencies) unless
+    `inv_freq` gives others. Built in fp32 per call: no buffer to go stale."""
+    if inv_freq is None:
+        inv_freq = rope_frequencies(head_size, theta, device)
     pos = torch.arange(start, start + length, device=device, dtype=torch.float32)
     angles = torch.outer(pos, inv_freq)  # (T, hs/2)
     angles = torch.cat((angles, angles), dim=-1)  # (T, hs)
