@@ -22,13 +22,14 @@ openassistant-llama opt palm pegasus pythia roberta seeker sparrow stable-diffus
 swin-transformer switch t0 t5 trajectory-transformer transformer-xl turing-nlg ul2 vicuna vit
 wu-dao-2 xlm-roberta xlnet
 """.split()
-ADDED_IDS = ["transformer", "rwkv", "mosaicbert", "pangu-pi", "llama-2", "mistral", "mamba",
+ADDED_IDS = ["transformer", "rwkv", "mosaicbert", "pangu-pi", "llama-2", "llama-3", "mistral",
+             "mamba",
              "mamba2", "rwkv5", "rwkv6", "rwkv7"]
 RUNNABLE = {"transformer": "transformer", "bert": "bert", "gpt": "gpt", "gpt-2": "gpt",
             "mamba": "mamba", "mamba2": "mamba2",
             "roberta": "roberta", "mosaicbert": "mosaic-bert", "rwkv": "rwkv",
             "rwkv5": "rwkv5", "rwkv6": "rwkv6", "rwkv7": "rwkv7", "pangu-pi": "pangu-pi",
-            "llama": "llama", "llama-2": "llama", "mistral": "llama"}
+            "llama": "llama", "llama-2": "llama", "llama-3": "llama", "mistral": "llama"}
 
 
 @pytest.fixture(scope="module")

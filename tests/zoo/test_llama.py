@@ -52,21 +52,32 @@ def llama_count(vocab: int, d: int, n_layer: int, n_head: int, n_kv: int, d_ff: 
     ("llama2-13b", (32000, 5120, 40, 40, 40, 13824), 13_015_864_320),
     ("llama2-70b", (32000, 8192, 80, 64, 8, 28672), 68_976_648_192),
     ("mistral-7b", (32000, 4096, 32, 32, 8, 14336), 7_241_732_096),
+    ("llama3-8b", (128256, 4096, 32, 32, 8, 14336), 8_030_261_248),
+    ("llama3-70b", (128256, 8192, 80, 64, 8, 28672), 70_553_706_496),
+    ("llama3.1-405b", (128256, 16384, 126, 128, 8, 53248), 405_853_388_800),
+    ("llama3.2-1b", (128256, 2048, 16, 32, 8, 8192), 1_235_814_400),  # tied: V d less
+    ("llama3.2-3b", (128256, 3072, 28, 24, 8, 8192), 3_212_749_824),
 ])
 def test_published_parameter_counts(variant, shape, published):
-    assert llama_count(*shape) == published
     model = build_variant(NAME, variant, device="meta")
     c = model.config
+    assert llama_count(*shape) - (c.vocab_size * c.d_model if c.tie_embeddings else 0) == \
+        published
     assert (c.vocab_size, c.d_model, c.n_layer, c.n_head, c.n_kv_head, c.d_ff) == shape
     assert model.num_params() == published
 
 
 def test_variants_carry_each_models_norm_window_and_context():
-    c1, c2, mistral = (build_variant(NAME, v, device="meta").config
-                       for v in ("7b", "llama2-7b", "mistral-7b"))
+    c1, c2, mistral, c3, c31, c32 = (
+        build_variant(NAME, v, device="meta").config
+        for v in ("7b", "llama2-7b", "mistral-7b", "llama3-8b", "llama3.1-405b", "llama3.2-1b"))
     assert (c1.norm_eps, c1.max_seq_len, c1.window) == (1e-6, 2048, None)
     assert (c2.norm_eps, c2.max_seq_len, c2.window) == (1e-5, 4096, None)
     assert (mistral.norm_eps, mistral.window, mistral.rope_theta) == (1e-5, 4096, 10_000.0)
+    assert (c3.rope_theta, c3.max_seq_len, c3.rope_factor, c3.tie_embeddings) == \
+        (500_000.0, 8192, None, False)
+    assert (c31.max_seq_len, c31.rope_factor, c31.rope_original_len) == (131072, 8.0, 8192)
+    assert (c32.rope_factor, c32.tie_embeddings) == (32.0, True)
 
 
 def test_small_and_tiny_variants():
