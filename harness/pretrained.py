@@ -50,12 +50,17 @@ class CheckpointTokenizer:
     scoring text after a start token of one's own."""
 
     def __init__(self, tokenizer: Any, *, eos_id: int | None, bos_id: int | None,
-                 pad_id: int | None, source: Path, add_special_tokens: bool = True) -> None:
+                 pad_id: int | None, source: Path, add_special_tokens: bool = True,
+                 stop_ids: tuple[int, ...] = ()) -> None:
         self._tok = tokenizer
         self.source = source
         self.add_special_tokens = add_special_tokens
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.eos_id, self.bos_id = eos_id, bos_id
+        # Every token that ends a generation: the EOS and the others a checkpoint lists
+        # (Llama 3 Instruct's <|eot_id|> and <|eom_id|> beside <|end_of_text|>).
+        self.stop_ids = tuple(dict.fromkeys(
+            [*(() if eos_id is None else (eos_id,)), *stop_ids]))
         # Padding only fills batches that no real token attends to: any id does.
         self.pad_id = next((i for i in (pad_id, eos_id, bos_id) if i is not None), 0)
 
@@ -123,16 +128,22 @@ def load_tokenizer(folder: Path | str, config: dict[str, Any] | None = None
 
     def special_id(kind: str) -> int | None:
         for source_config in (config, generation):
-            value = source_config.get(f"{kind}_token_id")
-            if isinstance(value, list):
-                value = value[0] if value else None
-            if isinstance(value, int):
-                return value
+            ids = _ids(source_config.get(f"{kind}_token_id"))
+            if ids:
+                return ids[0]
         token = _token_text(settings.get(f"{kind}_token"))
         return tok.token_to_id(token) if token else None
 
+    stops = [value for source_config in (config, generation)
+             for value in _ids(source_config.get("eos_token_id"))]
     return CheckpointTokenizer(tok, eos_id=special_id("eos"), bos_id=special_id("bos"),
-                               pad_id=special_id("pad"), source=source)
+                               pad_id=special_id("pad"), source=source, stop_ids=tuple(stops))
+
+
+def _ids(value: Any) -> list[int]:
+    """A special token id as config files give it: an int, a list of them, or nothing."""
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
 
 
 def _byte_level_bpe(folder: Path, settings: dict[str, Any], model_type: str | None):
@@ -394,7 +405,8 @@ def decode_ids(loaded: Pretrained, prompt_ids: list[int], max_new_tokens: int = 
                temperature: float = 0.0, top_k: int | None = None,
                seed: int | None = None) -> Iterator[int]:
     """The new token ids after `prompt_ids`, one at a time as the model produces them (greedy
-    when temperature is 0), until `max_new_tokens` or the tokenizer's EOS (not yielded)."""
+    when temperature is 0), until `max_new_tokens` or a token that ends generation (the
+    tokenizer's EOS, or another its checkpoint lists: not yielded)."""
     from zoo.model import decode
 
     model = loaded.model
@@ -413,6 +425,7 @@ def decode_ids(loaded: Pretrained, prompt_ids: list[int], max_new_tokens: int = 
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     eos = getattr(loaded.tokenizer, "eos_id", None)
+    stops = set(getattr(loaded.tokenizer, "stop_ids", None) or ([] if eos is None else [eos]))
     ids = torch.tensor([prompt_ids], device=device)
 
     def step(tokens: torch.Tensor, cache: Any):
@@ -422,7 +435,7 @@ def decode_ids(loaded: Pretrained, prompt_ids: list[int], max_new_tokens: int = 
     try:
         for next_ids in steps:
             token = int(next_ids[0])
-            if token == eos:
+            if token in stops:
                 return
             yield token
     finally:

@@ -138,6 +138,21 @@ def test_greedy_decoding_gives_transformers_tokens(gpt2):
         assert ours == theirs
 
 
+def test_generation_stops_at_every_end_token_the_checkpoint_lists(gpt2, tmp_path):
+    """Llama 3 Instruct's generation_config.json lists <|eot_id|> beside <|end_of_text|>: a
+    reply ends at either, as transformers' generate stops."""
+    ids = load_pretrained(gpt2).tokenizer.encode("The quick brown")
+    greedy = list(decode_ids(load_pretrained(gpt2), ids, max_new_tokens=12))
+    # the first token after the first that was not decoded before it (else the first)
+    stop = next((t for i, t in enumerate(greedy) if i and t not in greedy[:i]), greedy[0])
+    folder = tmp_path / "instruct"
+    shutil.copytree(gpt2, folder)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, stop]}))
+    loaded = load_pretrained(folder)
+    assert loaded.tokenizer.eos_id == 0 and loaded.tokenizer.stop_ids == (0, stop)
+    assert list(decode_ids(loaded, ids, max_new_tokens=12)) == greedy[:greedy.index(stop)]
+
+
 def test_sampling_repeats_with_a_seed_and_top_1_is_greedy(gpt2):
     loaded = load_pretrained(gpt2)
     ids = loaded.tokenizer.encode("A model")
