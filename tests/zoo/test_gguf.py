@@ -64,7 +64,7 @@ def test_what_the_zoo_cannot_read_is_one_line_naming_the_file(tmp_path):
         (llama_gguf(tmp_path / "falcon.gguf", architecture="falcon")[0],
          "a GGUF file of architecture 'falcon'; the zoo reads llama, mistral"),
         (llama_gguf(tmp_path / "scaled.gguf", extra_tensors={
-            "rope_freqs.weight": torch.ones(8).numpy()})[0], "scaled RoPE"),
+            "rope_freqs.weight": torch.ones(8).numpy()})[0], "llama.cpp's stored factors"),
     ]
     for file, message in cases:
         with pytest.raises(CheckpointError, match=message) as error:

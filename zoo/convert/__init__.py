@@ -198,15 +198,14 @@ def from_pretrained(name: str, path: Path | str, *, dtype: torch.dtype | str | N
                               f"available: {', '.join(sorted(IMPORTERS)) or 'none'}")
     importer = IMPORTERS[name]
     path = resolve(path)  # a hub id: its cached folder
-    if path.is_file() and is_gguf(path):  # llama.cpp's file: its settings and tensors in one
+    gguf = path.is_file() and is_gguf(path)  # llama.cpp's file: its settings and tensors in one
+    if gguf:
         config, state = read_gguf(path)
         weights_file = path
     else:
         config, state, weights_file = read_checkpoint(path)
-    # for errors: where the settings came from (a GGUF file holds its own)
-    config_file = weights_file.parent / "config.json" if config else weights_file
-    if weights_file.suffix == ".gguf":
-        config_file = weights_file
+    # for errors: where the settings came from
+    config_file = weights_file.parent / "config.json" if config and not gguf else weights_file
     _check_kind(name, importer, config, state, config_file)
     stored = stored_dtype(state)
     target = _dtype(dtype, stored)

@@ -91,8 +91,9 @@ def read_gguf(path: Path, *, weights: bool = True) -> tuple[dict[str, Any], Stat
         config.setdefault("sliding_window", None)
     if f"{arch}.rope.scaling.type" in metadata or any(t.name == "rope_freqs.weight"
                                                      for t in reader.tensors):
-        raise CheckpointError(f"{path}: scaled RoPE (Llama 3.1's rope_freqs, or "
-                              "rope.scaling.type) is not supported by zoo.llama (plain RoPE only)")
+        raise CheckpointError(f"{path}: RoPE scaled by llama.cpp's stored factors (rope_freqs, "
+                              "as for Llama 3.1) or rope.scaling.type, which the zoo does not "
+                              "read from GGUF; load the model's Hugging Face folder instead")
     names = {t.name for t in reader.tensors}
     config["tie_word_embeddings"] = "output.weight" not in names
     embedding = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
@@ -118,12 +119,6 @@ def read_gguf(path: Path, *, weights: bool = True) -> tuple[dict[str, Any], Stat
             value = _rotate_half_rows(value, n_kv)
         state[name] = value
     return config, state
-
-
-def gguf_architecture(path: Path) -> str | None:
-    """`general.architecture` of a GGUF file (None when it has none)."""
-    field = _reader(path).fields.get("general.architecture")
-    return None if field is None else _value(field)
 
 
 def _reader(path: Path):
