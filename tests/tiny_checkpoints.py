@@ -6,6 +6,7 @@ is downloaded), and a Hugging Face cache entry laid out as huggingface_hub lays 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -137,13 +138,33 @@ _GGUF_GLOBAL = {"model.embed_tokens.weight": "token_embd.weight",
                 "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
 
 
+def llama3_rope_divisors(head_size: int, theta: float, factor: float, original: int,
+                         low: float = 1.0, high: float = 4.0) -> list[float]:
+    """What llama.cpp's convert_hf_to_gguf.py stores as rope_freqs for Llama 3.1's scaling:
+    one divisor per frequency (1 for short wavelengths, the factor for long ones, blended
+    between)."""
+    divisors = []
+    for i in range(0, head_size, 2):
+        wavelength = 2 * math.pi * theta ** (i / head_size)  # of frequency theta^(-i/hs)
+        if wavelength < original / high:
+            divisors.append(1.0)
+        elif wavelength > original / low:
+            divisors.append(factor)
+        else:
+            smooth = (original / wavelength - low) / (high - low)
+            divisors.append(1 / ((1 - smooth) / factor + smooth))
+    return divisors
+
+
 def llama_gguf(path: Path, qtype: str = "F32", *, seed: int = 0, tied: bool = False,
-               architecture: str = "llama", extra_tensors: dict | None = None):
+               architecture: str = "llama", extra_tensors: dict | None = None,
+               llama3: tuple[float, int] | None = None):
     """A GGUF file as llama.cpp's convert_hf_to_gguf.py writes one from a tiny random
     LlamaForCausalLM (2 layers, width 64, 4 query heads and 2 kv heads, the tiny byte-level BPE
     as its `gpt2`-type tokenizer): the settings as metadata, the tensors under llama.cpp's
     names, q and k rows in Meta's interleaved RoPE order, the matrices stored as `qtype` (F32,
-    F16, Q8_0, Q4_0). Returns (path, the Hugging Face model)."""
+    F16, Q8_0, Q4_0); with `llama3` = (factor, original context), Llama 3.1's RoPE scaling,
+    stored as llama.cpp stores it (rope_freqs). Returns (path, the Hugging Face model)."""
     import gguf
     import numpy as np
     import torch
@@ -153,10 +174,17 @@ def llama_gguf(path: Path, qtype: str = "F32", *, seed: int = 0, tied: bool = Fa
     merges = [line for line in (path.parent / f"{path.stem}-tokenizer" / "merges.txt")
               .read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
     torch.manual_seed(seed)
+    rope = {"rope_type": "default", "rope_theta": 10_000.0}
+    if llama3 is not None:
+        rope = {"rope_type": "llama3", "rope_theta": 10_000.0, "factor": llama3[0],
+                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": llama3[1]}
+        extra_tensors = {**(extra_tensors or {}), "rope_freqs.weight": np.array(
+            llama3_rope_divisors(16, 10_000.0, *llama3), dtype=np.float32)}
     config = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=96,
                                       num_hidden_layers=2, num_attention_heads=4,
                                       num_key_value_heads=2, max_position_embeddings=128,
-                                      tie_word_embeddings=tied)
+                                      tie_word_embeddings=tied, rope_parameters=rope)
     model = transformers.LlamaForCausalLM(config).eval()
     writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_context_length(128)

@@ -41,6 +41,22 @@ def test_the_zoo_reads_a_gguf_as_transformers_does(qtype, tied, tmp_path):
             torch.testing.assert_close(ours, original(ids).logits, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("factor, original", [(8.0, 16), (32.0, 8192)])
+def test_llama3_rope_scaling_stored_as_rope_freqs_is_read_back(factor, original, tmp_path):
+    """Llama 3.1 and 3.2 files hold their RoPE scaling as llama.cpp's per-frequency divisors:
+    read back as the scaling, the original model's logits past the original context (16
+    tokens: every kind of frequency; 8192: all kept or divided at this head size)."""
+    path, original_model = llama_gguf(tmp_path / "llama3.gguf", llama3=(factor, original))
+    model = zoo.from_pretrained("llama", path)
+    c = model.config
+    assert (c.rope_factor, c.rope_original_len) == (factor, original)
+    ids = torch.randint(0, original_model.config.vocab_size, (1, 40),
+                        generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, original_model(ids).logits,
+                                   rtol=0, atol=1e-4)
+
+
 def test_the_header_gives_the_config_and_shapes_without_the_weights(tmp_path):
     path, original = llama_gguf(tmp_path / "tiny.gguf", "Q8_0")
     assert detect_model(path) == "llama"
@@ -63,8 +79,9 @@ def test_what_the_zoo_cannot_read_is_one_line_naming_the_file(tmp_path):
         (truncated, "cannot read it as GGUF"),
         (llama_gguf(tmp_path / "falcon.gguf", architecture="falcon")[0],
          "a GGUF file of architecture 'falcon'; the zoo reads llama, mistral"),
-        (llama_gguf(tmp_path / "scaled.gguf", extra_tensors={
-            "rope_freqs.weight": torch.ones(8).numpy()})[0], "llama.cpp's stored factors"),
+        (llama_gguf(tmp_path / "scaled.gguf", extra_tensors={  # divisors of no known scaling
+            "rope_freqs.weight": torch.linspace(1, 3, 8).numpy()})[0],
+         "rope_freqs holds RoPE divisors that are not Llama 3.1's scaling"),
     ]
     for file, message in cases:
         with pytest.raises(CheckpointError, match=message) as error:

@@ -18,12 +18,15 @@ Two things differ from a folder. llama.cpp's conversion reorders the rows of q a
 each head from the rotate-half RoPE layout of Hugging Face's checkpoints back to Meta's
 interleaved one (pairs of rows (2i, 2i + 1) rotate together); read_gguf undoes it. And the
 tensors may be quantized (Q8_0, Q4_K, ...): they are dequantized to float32 with the `gguf`
-package, ggml-org's own reader, which also parses the file. Architectures read: llama (LLaMA,
-Llama 2, Mistral and their fine-tunes, which llama.cpp files under llama) and mistral.
+package, ggml-org's own reader, which also parses the file. Llama 3.1's RoPE scaling is not in
+the metadata: llama.cpp stores it as one divisor per frequency (`rope_freqs.weight`), from
+which `_llama3_scaling` recovers the scaling's settings. Architectures read: llama (LLaMA,
+Llama 2 and 3, Mistral and their fine-tunes, which llama.cpp files under llama) and mistral.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +78,10 @@ def is_gguf(path: Path) -> bool:
 def read_gguf(path: Path, *, weights: bool = True) -> tuple[dict[str, Any], StateDict]:
     """(config.json's fields, state dict under transformers' names) of a GGUF file; float32
     tensors (dequantized where the file quantizes them), or meta tensors of their shapes when
-    `weights` is False (the header alone is read). A file of another architecture, a damaged
-    file or a setting the zoo does not compute (RoPE scaling) is a CheckpointError."""
+    `weights` is False (the header alone is read). Llama 3.1's RoPE scaling, which llama.cpp
+    stores as one divisor per frequency (rope_freqs), becomes rope_parameters again. A file of
+    another architecture, a damaged file or a setting the zoo does not compute (another RoPE
+    scaling) is a CheckpointError."""
     reader = _reader(path)
     metadata = {name: _value(field) for name, field in reader.fields.items()}
     arch = metadata.get("general.architecture")
@@ -89,11 +94,13 @@ def read_gguf(path: Path, *, weights: bool = True) -> tuple[dict[str, Any], Stat
             config[field] = metadata[f"{arch}.{key}"]
     if arch == "mistral":  # a window only where the file gives one (not MistralConfig's 4096)
         config.setdefault("sliding_window", None)
-    if f"{arch}.rope.scaling.type" in metadata or any(t.name == "rope_freqs.weight"
-                                                     for t in reader.tensors):
-        raise CheckpointError(f"{path}: RoPE scaled by llama.cpp's stored factors (rope_freqs, "
-                              "as for Llama 3.1) or rope.scaling.type, which the zoo does not "
-                              "read from GGUF; load the model's Hugging Face folder instead")
+    if f"{arch}.rope.scaling.type" in metadata:
+        raise CheckpointError(f"{path}: RoPE scaling {metadata[f'{arch}.rope.scaling.type']!r}, "
+                              "which zoo.llama does not compute (plain RoPE, or Llama 3.1's)")
+    rope_freqs = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+    if rope_freqs is not None:  # Llama 3.1 and 3.2: the scaling as one divisor per frequency
+        config["rope_parameters"] = _llama3_scaling(
+            _dequantized(rope_freqs, (int(rope_freqs.n_elements),), path), config, path)
     names = {t.name for t in reader.tensors}
     config["tie_word_embeddings"] = "output.weight" not in names
     embedding = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
@@ -104,6 +111,8 @@ def read_gguf(path: Path, *, weights: bool = True) -> tuple[dict[str, Any], Stat
     n_kv = config.get("num_key_value_heads") or n_head
     state: StateDict = {}
     for tensor in reader.tensors:
+        if tensor is rope_freqs:
+            continue
         name = _hf_name(tensor.name)
         if name is None:
             raise CheckpointError(f"{path}: tensor {tensor.name!r} has no place in a {arch} "
@@ -119,6 +128,36 @@ def read_gguf(path: Path, *, weights: bool = True) -> tuple[dict[str, Any], Stat
             value = _rotate_half_rows(value, n_kv)
         state[name] = value
     return config, state
+
+
+def _llama3_scaling(divisors: torch.Tensor, config: dict[str, Any], path: Path
+                    ) -> dict[str, Any]:
+    """Llama 3.1's RoPE scaling (rope_parameters as transformers writes them) that gives the
+    divisor of each frequency llama.cpp stores in rope_freqs: the factor is the largest
+    divisor, the low and high frequency factors Llama 3.1's 1 and 4, and the original context
+    the one a blended divisor implies (or 8192, Llama 3's), checked against every divisor.
+    Other divisors are a CheckpointError: the zoo computes this scaling only."""
+    theta = float(config.get("rope_theta", 10_000.0))
+    head_size = config["hidden_size"] // config["num_attention_heads"]
+    f = theta ** -(torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)
+    wavelength = 2 * math.pi / f
+    d = divisors.double()
+    factor, low, high = float(d.max()), 1.0, 4.0
+    between = (d > 1 + 1e-6) & (d < factor - 1e-6)
+    # a blended divisor 1 / ((1 - s) / factor + s) gives s, and s gives the original context
+    s = (1 / d[between] - 1 / factor) / (1 - 1 / factor)
+    originals = [round(float(w)) for w in wavelength[between] * (low + s * (high - low))]
+    for original in dict.fromkeys([*originals, 8192]):
+        s_all = (original / wavelength - low) / (high - low)
+        expected = torch.where(wavelength < original / high, torch.ones_like(f),
+                               torch.where(wavelength > original / low, torch.full_like(f, factor),
+                                           1 / ((1 - s_all) / factor + s_all)))
+        if d.shape == expected.shape and torch.allclose(d, expected, rtol=1e-4, atol=0):
+            return {"rope_type": "llama3", "rope_theta": theta, "factor": factor,
+                    "low_freq_factor": low, "high_freq_factor": high,
+                    "original_max_position_embeddings": original}
+    raise CheckpointError(f"{path}: rope_freqs holds RoPE divisors that are not Llama 3.1's "
+                          "scaling, the one zoo.llama computes")
 
 
 def _reader(path: Path):
