@@ -442,19 +442,51 @@ def decode_ids(loaded: Pretrained, prompt_ids: list[int], max_new_tokens: int = 
         steps.close()
 
 
+def chat_ids(loaded: Pretrained, message: str) -> list[int]:
+    """The ids of `message` as the user's turn of a chat with the assistant's turn opened, laid
+    out by the checkpoint's chat template (tokenizer_config.json's `chat_template`, or a GGUF
+    file's) as transformers' apply_chat_template renders it."""
+    from zoo.convert.gguf import is_gguf
+
+    path = loaded.path
+    if not isinstance(loaded.tokenizer, CheckpointTokenizer) or loaded.after_eos:
+        raise ValueError(f"{path}: a model trained here has no chat template; --chat needs a "
+                         "published instruction-tuned checkpoint")
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise TokenizerError(f"{path}: --chat renders the chat template with transformers "
+                             "(pip install transformers)") from None
+    gguf = path.is_file() and is_gguf(path)
+    folder = path.parent if path.is_file() else path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(folder), **({"gguf_file": path.name} if gguf else {}))
+    except Exception as exc:  # transformers raises many kinds on files it cannot read
+        raise TokenizerError(f"{path}: cannot read its tokenizer ({_first_line(exc)})") from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{path}: its tokenizer has no chat template (tokenizer_config.json's "
+                         "chat_template); leave out --chat")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": message}],
+                                        add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if not isinstance(ids, list) else ids  # a BatchEncoding in some
+    return [int(i) for i in ids]
+
+
 def stream_text(loaded: Pretrained, prompt: str, max_new_tokens: int = 50,
                 temperature: float = 0.0, top_k: int | None = None,
-                seed: int | None = None) -> Iterator[str]:
-    """The continuation of `prompt`, piece by piece as it is decoded. Each step decodes the
-    whole sequence and gives what is new, so that a character split over several byte-level
-    tokens comes out whole (a trailing incomplete one waits for its next bytes)."""
+                seed: int | None = None, chat: bool = False) -> Iterator[str]:
+    """The continuation of `prompt`, piece by piece as it is decoded; with `chat`, the reply
+    to `prompt` as the user's turn of a chat (chat_ids). Each step decodes the whole sequence
+    and gives what is new, so that a character split over several byte-level tokens comes out
+    whole (a trailing incomplete one waits for its next bytes)."""
     tok = loaded.tokenizer
     if tok is None:
         raise CheckpointError(f"{loaded.path}: no tokenizer files (tokenizer.json, vocab.json + "
                               "merges.txt, or vocab.txt) beside the weights; generation needs "
                               "the checkpoint's own tokenizer")
     published = isinstance(tok, CheckpointTokenizer)
-    prompt_ids = tok.encode(prompt)
+    prompt_ids = chat_ids(loaded, prompt) if chat else tok.encode(prompt)
     if loaded.after_eos:  # `catalog train` put EOS before every document: the model starts there
         prompt_ids = [tok.eos_id, *prompt_ids]
     if not prompt_ids:  # an empty prompt starts from the start-of-text token, as GPT-2 does

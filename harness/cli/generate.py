@@ -38,6 +38,10 @@ def generate(
         help="Seed of the sampling, for a repeatable run.", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto (cuda when present), cpu, cuda or cuda:N.")
                       ] = "auto",
+    chat: Annotated[bool, typer.Option(
+        "--chat", help="Send --prompt as the user's turn of a chat, laid out by the checkpoint's "
+                       "chat template (instruction-tuned models; rendered by transformers), and "
+                       "print the reply.")] = False,
 ) -> None:
     """Continue a prompt with a decoder checkpoint and its own tokenizer, printing the text as
     it is decoded (greedy by default; --temperature samples).
@@ -66,12 +70,12 @@ def generate(
                              "needs the checkpoint's own tokenizer (copy its files into the "
                              "folder)")
         pieces = stream_text(loaded, prompt, max_new_tokens=max_new_tokens,
-                             temperature=temperature, top_k=top_k, seed=seed)
+                             temperature=temperature, top_k=top_k, seed=seed, chat=chat)
         first = next(pieces, "")  # a prompt too long fails here, before anything is printed
         stderr().print(f"{escape(checkpoint)}: zoo model {name}, "
                        f"{loaded.model.num_params():,} parameters, on "
                        f"{next(loaded.model.parameters()).device}")
-        out.write(prompt + first)
+        out.write(first if chat else prompt + first)  # a chat prints the reply alone
         out.flush()
         for piece in pieces:
             out.write(piece)

@@ -126,6 +126,40 @@ def test_generate_from_a_gguf_file_is_transformers_greedy_text(tmp_path):
     assert "zoo model llama" in result.stderr
 
 
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+def test_generate_chat_replies_as_transformers_does_with_the_chat_template(gpt2, tmp_path):
+    """--chat: the prompt as the user's turn, laid out by tokenizer_config.json's chat_template
+    (transformers' apply_chat_template), and the reply alone printed: transformers' greedy
+    tokens after the templated prompt."""
+    import shutil
+
+    folder = tmp_path / "instruct"
+    shutil.copytree(gpt2, folder)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {**settings, "chat_template": CHAT_TEMPLATE}))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hi there"}],
+                                        add_generation_prompt=True, tokenize=True)
+    ids = ids if isinstance(ids, list) else ids["input_ids"]
+    assert tokenizer.decode(ids) == "user: Hi there\nassistant:"
+    model = transformers.GPT2LMHeadModel.from_pretrained(str(folder)).eval()
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
+                             dtype=torch.long), do_sample=False, max_new_tokens=8,
+                             pad_token_id=0)
+    reply = out[0, len(ids):].tolist()
+    reply = reply[:reply.index(0)] if 0 in reply else reply
+    result = run("generate", folder, "--prompt", "Hi there", "--chat", "--max-new-tokens", "8")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == tokenizer.decode(ids + reply)[len(tokenizer.decode(ids)):] + "\n"
+    assert_one_line_error(run("generate", gpt2, "--prompt", "Hi", "--chat"),
+                          "has no chat template", "leave out --chat")
+
+
 def test_the_command_reads_the_hub_settings_from_the_environment(gpt2, tmp_path):
     """In a fresh process huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE itself."""
     cache = tmp_path / "hf"
