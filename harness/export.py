@@ -88,10 +88,10 @@ def export_checkpoint(source: Path | str, out: Path | str, *, format: str | None
                       model: str | None = None, dtype: str | None = None,
                       force: bool = False) -> Exported:
     """Write the checkpoint at `source` (a `catalog train` folder, a Hugging Face folder, an
-    official .pth or a hub id; as zoo model `model`, default the one it is) into the folder
-    `out` in `format` (default: default_format). `out` must be new or empty unless `force`
-    (then the files written replace theirs; nothing else in it is touched), and never the
-    source's own folder. `dtype` casts the stored weights (float32, bfloat16, float16)."""
+    official .pth, a GGUF file or a hub id; as zoo model `model`, default the one it is) into
+    the folder `out` in `format` (default: default_format). `out` must be new or empty unless
+    `force` (then the files written replace theirs; nothing else in it is touched), and never
+    the source's own folder. `dtype` casts the stored weights (float32, bfloat16, float16)."""
     from harness.pretrained import is_trained_checkpoint, load_pretrained, model_of
 
     name, path = model_of(source, model)

@@ -469,7 +469,7 @@ def chat_ids(loaded: Pretrained, message: str) -> list[int]:
                          "chat_template); leave out --chat")
     ids = tokenizer.apply_chat_template([{"role": "user", "content": message}],
                                         add_generation_prompt=True, tokenize=True)
-    ids = ids["input_ids"] if not isinstance(ids, list) else ids  # a BatchEncoding in some
+    ids = ids if isinstance(ids, list) else ids["input_ids"]  # transformers 5: a BatchEncoding
     return [int(i) for i in ids]
 
 
