@@ -345,17 +345,27 @@ def gguf_tokenizer(path: Path) -> CheckpointTokenizer:
     """A GGUF file's tokenizer (SentencePiece-style `llama` or byte-level `gpt2`, from its
     tokens, scores and merges), built by transformers' own GGUF converter so that the ids are
     transformers'."""
+    fast = transformers_tokenizer(path, "reading a GGUF file's tokenizer")
+    return CheckpointTokenizer(fast.backend_tokenizer, eos_id=fast.eos_token_id,
+                               bos_id=fast.bos_token_id, pad_id=fast.pad_token_id, source=path)
+
+
+def transformers_tokenizer(path: Path, needed_for: str):
+    """transformers' AutoTokenizer of the checkpoint at `path` (a folder, or a GGUF file);
+    a TokenizerError naming `needed_for` when transformers is not installed."""
+    from zoo.convert.gguf import is_gguf
+
     try:
         from transformers import AutoTokenizer
     except ImportError:
-        raise TokenizerError(f"{path}: reading a GGUF file's tokenizer needs transformers "
-                             "(pip install transformers)") from None
+        raise TokenizerError(f"{path}: {needed_for} needs transformers (pip install "
+                             "transformers)") from None
+    gguf = path.is_file() and is_gguf(path)
     try:
-        fast = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except Exception as exc:  # transformers' converter raises many kinds on a file it cannot read
+        return AutoTokenizer.from_pretrained(str(path.parent if path.is_file() else path),
+                                             **({"gguf_file": path.name} if gguf else {}))
+    except Exception as exc:  # transformers raises many kinds on files it cannot read
         raise TokenizerError(f"{path}: cannot read its tokenizer ({_first_line(exc)})") from None
-    return CheckpointTokenizer(fast.backend_tokenizer, eos_id=fast.eos_token_id,
-                               bos_id=fast.bos_token_id, pad_id=fast.pad_token_id, source=path)
 
 
 def tokenizer_folder(path: Path) -> Path:
@@ -446,24 +456,11 @@ def chat_ids(loaded: Pretrained, message: str) -> list[int]:
     """The ids of `message` as the user's turn of a chat with the assistant's turn opened, laid
     out by the checkpoint's chat template (tokenizer_config.json's `chat_template`, or a GGUF
     file's) as transformers' apply_chat_template renders it."""
-    from zoo.convert.gguf import is_gguf
-
     path = loaded.path
     if not isinstance(loaded.tokenizer, CheckpointTokenizer) or loaded.after_eos:
         raise ValueError(f"{path}: a model trained here has no chat template; --chat needs a "
                          "published instruction-tuned checkpoint")
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise TokenizerError(f"{path}: --chat renders the chat template with transformers "
-                             "(pip install transformers)") from None
-    gguf = path.is_file() and is_gguf(path)
-    folder = path.parent if path.is_file() else path
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(folder), **({"gguf_file": path.name} if gguf else {}))
-    except Exception as exc:  # transformers raises many kinds on files it cannot read
-        raise TokenizerError(f"{path}: cannot read its tokenizer ({_first_line(exc)})") from None
+    tokenizer = transformers_tokenizer(path, "--chat (rendering the chat template)")
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"{path}: its tokenizer has no chat template (tokenizer_config.json's "
                          "chat_template); leave out --chat")

@@ -119,6 +119,18 @@ class LlamaConfig:
                 raise ValueError(message)
 
 
+def llama3_scaled(f: torch.Tensor, factor: float, low: float, high: float,
+                  original: int) -> torch.Tensor:
+    """Frequencies `f` under Llama 3.1's RoPE scaling (the module docstring): kept where the
+    wavelength 2 pi / f is below original / high, divided by `factor` above original / low,
+    blended between."""
+    wavelength = 2 * math.pi / f
+    s = (original / wavelength - low) / (high - low)
+    blended = (1 - s) * f / factor + s * f
+    return torch.where(wavelength > original / low, f / factor,
+                       torch.where(wavelength < original / high, f, blended))
+
+
 class WindowKVCache:
     """A layer's keys and values under a sliding window W: only the last W - 1 positions are
     kept, since the next query sees those and itself. `length` counts every position seen (the
@@ -329,13 +341,9 @@ class Llama(ZooModel):
         c = self.config
         if c.rope_factor is None:
             return None
-        f = rope_frequencies(c.d_model // c.n_head, c.rope_theta, device)
-        wavelength = 2 * math.pi / f
-        low, high, original = c.rope_low_freq_factor, c.rope_high_freq_factor, c.rope_original_len
-        s = (original / wavelength - low) / (high - low)
-        blended = (1 - s) * f / c.rope_factor + s * f
-        return torch.where(wavelength > original / low, f / c.rope_factor,
-                           torch.where(wavelength < original / high, f, blended))
+        return llama3_scaled(rope_frequencies(c.d_model // c.n_head, c.rope_theta, device),
+                             c.rope_factor, c.rope_low_freq_factor, c.rope_high_freq_factor,
+                             c.rope_original_len)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from zoo.convert.common import CheckpointError, StateDict
+from zoo.llama import llama3_scaled
 
 GGUF_ARCHITECTURES = ("llama", "mistral")  # general.architecture values read
 GGUF_MODEL = "llama"  # the zoo model they are
@@ -148,10 +149,7 @@ def _llama3_scaling(divisors: torch.Tensor, config: dict[str, Any], path: Path
     s = (1 / d[between] - 1 / factor) / (1 - 1 / factor)
     originals = [round(float(w)) for w in wavelength[between] * (low + s * (high - low))]
     for original in dict.fromkeys([*originals, 8192]):
-        s_all = (original / wavelength - low) / (high - low)
-        expected = torch.where(wavelength < original / high, torch.ones_like(f),
-                               torch.where(wavelength > original / low, torch.full_like(f, factor),
-                                           1 / ((1 - s_all) / factor + s_all)))
+        expected = f / llama3_scaled(f, factor, low, high, original)  # what llama.cpp stores
         if d.shape == expected.shape and torch.allclose(d, expected, rtol=1e-4, atol=0):
             return {"rope_type": "llama3", "rope_theta": theta, "factor": factor,
                     "low_freq_factor": low, "high_freq_factor": high,
