@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "mamba2": "zoo.mamba2:Mamba2",
     "pangu-pi": "zoo.pangu_pi:PanguPi",
     "llama": "zoo.llama:Llama",
+    "gpt-neox": "zoo.gpt_neox:GPTNeoX",
 }
 
 

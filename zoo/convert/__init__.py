@@ -53,6 +53,7 @@ Where things live; each family module holds its converter (checkpoint -> zoo) an
     rwkv6.py    RWKV-6 (Finch)           convert_rwkv6, rwkv6_to_official
     rwkv7.py    RWKV-7                   convert_rwkv7, rwkv7_to_official
     llama.py    LLaMA and Mistral        convert_llama, export_llama
+    gpt_neox.py GPT-NeoX and Pythia      convert_gpt_neox, export_gpt_neox
     mamba.py    Mamba and Mamba-2        convert_mamba, convert_mamba2, export_mamba,
                                          export_mamba2
     hub.py      hub ids -> folders       resolve (huggingface_hub's cache; downloads when online)
@@ -103,6 +104,7 @@ from zoo.convert.common import (
 from zoo.convert.detect import detect_model
 from zoo.convert.gguf import is_gguf, read_gguf
 from zoo.convert.gpt import GPT_CONV1D, GPT_CONV1D_WEIGHTS, convert_gpt, export_gpt
+from zoo.convert.gpt_neox import GPT_NEOX_BLOCK_KEYS, convert_gpt_neox, export_gpt_neox
 from zoo.convert.hub import resolve
 from zoo.convert.llama import LLAMA_BLOCK_KEYS, convert_llama, export_llama
 from zoo.convert.mamba import convert_mamba, convert_mamba2, export_mamba, export_mamba2
@@ -118,15 +120,15 @@ from zoo.convert.rwkv6 import convert_rwkv6, rwkv6_to_official
 from zoo.convert.rwkv7 import convert_rwkv7, rwkv7_to_official
 
 __all__ = [
-    "BERT_BLOCK_KEYS", "BERT_EMBEDDING_KEYS", "CONVERTERS", "EXPORTERS", "GPT_CONV1D",
-    "GPT_CONV1D_WEIGHTS", "IMPORTERS", "LLAMA_BLOCK_KEYS", "CheckpointError", "Converter",
-    "Exporter", "Importer", "LoadingInfo", "StateDict", "convert_bert", "convert_gpt",
-    "convert_llama", "convert_mamba", "convert_mamba2", "convert_roberta", "convert_rwkv",
-    "convert_rwkv5", "convert_rwkv6", "convert_rwkv7", "export_bert", "export_gpt", "export_llama",
-    "export_mamba", "export_mamba2", "export_roberta", "export_rwkv", "from_pretrained",
-    "load_into", "official_version", "read_checkpoint", "read_sharded", "read_state_dict",
-    "rwkv5_to_official", "rwkv6_to_official", "rwkv7_to_official", "rwkv_official_to_hf",
-    "rwkv_to_official",
+    "BERT_BLOCK_KEYS", "BERT_EMBEDDING_KEYS", "CONVERTERS", "CheckpointError", "Converter",
+    "EXPORTERS", "Exporter", "GPT_CONV1D", "GPT_CONV1D_WEIGHTS", "GPT_NEOX_BLOCK_KEYS",
+    "IMPORTERS", "Importer", "LLAMA_BLOCK_KEYS", "LoadingInfo", "StateDict", "convert_bert",
+    "convert_gpt", "convert_gpt_neox", "convert_llama", "convert_mamba", "convert_mamba2",
+    "convert_roberta", "convert_rwkv", "convert_rwkv5", "convert_rwkv6", "convert_rwkv7",
+    "export_bert", "export_gpt", "export_gpt_neox", "export_llama", "export_mamba",
+    "export_mamba2", "export_roberta", "export_rwkv", "from_pretrained", "load_into",
+    "official_version", "read_checkpoint", "read_sharded", "read_state_dict", "rwkv5_to_official",
+    "rwkv6_to_official", "rwkv7_to_official", "rwkv_official_to_hf", "rwkv_to_official"
 ]
 __all__ += ["FORMATS", "OFFICIAL", "check_format", "formats_of", "save_pretrained"]  # export
 __all__ += ["detect_model", "resolve"]  # hub ids and model detection (hub.py, detect.py)
@@ -156,6 +158,8 @@ IMPORTERS: dict[str, Importer] = {
     "rwkv6": Importer(convert_rwkv6, (), ("emb.weight",)),
     "rwkv7": Importer(convert_rwkv7, (), ("emb.weight",)),
     "llama": Importer(convert_llama, ("llama", "mistral"), (), unused=("score.", "qa_outputs.")),
+    "gpt-neox": Importer(convert_gpt_neox, ("gpt_neox",), (),
+                         unused=("score.", "classifier.", "qa_outputs.")),
 }
 
 # zoo model name -> its converter.
@@ -168,6 +172,7 @@ EXPORTERS: dict[str, Exporter] = {
     "roberta": export_roberta,
     "rwkv": export_rwkv,
     "llama": export_llama,
+    "gpt-neox": export_gpt_neox,
     "mamba": export_mamba,
     "mamba2": export_mamba2,
 }
@@ -261,12 +266,12 @@ def save_pretrained(name: str, model: torch.nn.Module, path: Path | str, *, form
     format "hf": a Hugging Face folder at `path` (config.json and model.safetensors) that
     transformers' class for the model loads as its own (gpt -> GPT2LMHeadModel or
     OpenAIGPTLMHeadModel, bert, roberta, rwkv, llama -> LlamaForCausalLM or MistralForCausalLM,
-    mamba, mamba2). format "official": an official RWKV .pth file at `path` (rwkv, rwkv5,
-    rwkv6, rwkv7), which the `rwkv` package runs. `from_pretrained` reads either back to the
-    same config and weights. The weights are stored in the model's dtype, or cast to `dtype`;
-    `extra_config` adds fields to config.json ("hf" only: the tokenizer's special ids, where
-    the weights came from). Files are replaced whole (written beside, then renamed). A model or
-    config the format cannot hold is a CheckpointError."""
+    gpt-neox -> GPTNeoXForCausalLM, mamba, mamba2). format "official": an official RWKV .pth
+    file at `path` (rwkv, rwkv5, rwkv6, rwkv7), which the `rwkv` package runs. `from_pretrained`
+    reads either back to the same config and weights. The weights are stored in the model's
+    dtype, or cast to `dtype`; `extra_config` adds fields to config.json ("hf" only: the
+    tokenizer's special ids, where the weights came from). Files are replaced whole (written
+    beside, then renamed). A model or config the format cannot hold is a CheckpointError."""
     check_format(name, format)
     if extra_config and format != "hf":
         raise CheckpointError(f"format {format!r} has no config.json to hold extra_config")
