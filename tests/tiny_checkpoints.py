@@ -85,6 +85,23 @@ def gpt2_folder(folder: Path, *, tokenizer: bool = True, seed: int = 0,
     return folder
 
 
+def gpt_neox_folder(folder: Path, seed: int = 0) -> Path:
+    """A GPTNeoXForCausalLM folder (Pythia's layout: partial RoPE, parallel blocks) from a tiny
+    random config, with the tiny byte-level tokenizer's files; <|endoftext|> is id 0, Pythia's
+    BOS and EOS."""
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    vocab_size = len(write_byte_level_bpe(folder))
+    torch.manual_seed(seed)
+    config = transformers.GPTNeoXConfig(vocab_size=vocab_size, hidden_size=32,
+                                        intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=2, max_position_embeddings=64,
+                                        bos_token_id=0, eos_token_id=0)
+    transformers.GPTNeoXForCausalLM(config).eval().save_pretrained(folder)
+    return folder
+
+
 def bert_folder(folder: Path) -> Path:
     """A BertForMaskedLM folder from a tiny random config, with a WordPiece vocab.txt."""
     transformers = pytest.importorskip("transformers")

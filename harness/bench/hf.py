@@ -1,7 +1,7 @@
 """The Hugging Face transformers peer (`catalog bench --against hf`): GPT2LMHeadModel (GPT-2) or
 OpenAIGPTLMHeadModel (GPT-1), BertForPreTraining (or BertForMaskedLM without the NSP head),
 RobertaForMaskedLM, RwkvForCausalLM, LlamaForCausalLM (or MistralForCausalLM with a sliding
-window), MambaForCausalLM, Mamba2ForCausalLM.
+window), GPTNeoXForCausalLM, MambaForCausalLM, Mamba2ForCausalLM.
 
 The peer gets THE SAME WEIGHTS as the zoo model of the cell and the same sizes, eps,
 activation, dropout and position table, so that a difference in speed or memory is a
@@ -68,7 +68,7 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
         notes.append(f"attention: {model.config._attn_implementation}")
     forward = dict(inputs.forward)
     nsp_labels = forward.pop("next_sentence_label", None)  # a loss input, as in the zoo
-    causal = cell.model in ("gpt", "rwkv", "llama", "mamba", "mamba2")
+    causal = cell.model in ("gpt", "rwkv", "llama", "gpt-neox", "mamba", "mamba2")
 
     def logits():
         """(LM or masked-LM logits, next-sentence logits or None)."""
@@ -98,7 +98,7 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
             optimizer.step()
             return loss
 
-    elif cell.model in ("gpt", "llama"):
+    elif cell.model in ("gpt", "llama", "gpt-neox"):
         # GPT-2's learned table ends decoding; RoPE has no table to run out of.
         limit = model.config.n_positions if cell.model == "gpt" else None
         run = _cache_decoder(model, inputs.input_ids, limit)
@@ -131,6 +131,9 @@ def hf_model(name: str, zoo_model: Any, seqlen: int):
     weight = next(zoo_model.parameters())
     with torch.device(weight.device):
         model = getattr(hf, architecture)(hf_config).to(weight.dtype)
+    if "embed_out.weight" in state and "embed_out.weight" not in model.state_dict():
+        # GPT-NeoX's head: embed_out in files, lm_head in transformers 5's module
+        state["lm_head.weight"] = state.pop("embed_out.weight")
     copy_weights(model, state)
     check_same_model(name, model, zoo_model, ignore=("context_length",))
     return model

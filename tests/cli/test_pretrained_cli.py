@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import lazy_import, write_corpus
-from tiny_checkpoints import bert_folder, gpt2_folder, hub_cache_entry, llama_gguf, offline_hub
+from tiny_checkpoints import (
+    bert_folder,
+    gpt2_folder,
+    gpt_neox_folder,
+    hub_cache_entry,
+    llama_gguf,
+    offline_hub,
+)
 from typer.testing import CliRunner
 
 from harness.cli import app
@@ -103,6 +110,24 @@ def test_generate_from_an_official_rwkv_file_with_its_tokenizer_beside_it(gpt2, 
     new = model.generate(torch.tensor([ids]), 6, eos_id=tok.eos_id)[0, len(ids):].tolist()
     new = new[:new.index(tok.eos_id)] if tok.eos_id in new else new
     assert result.stdout == tok.decode(ids + new, skip_special_tokens=True) + "\n"
+
+
+def test_generate_from_a_pythia_folder_is_transformers_greedy_text(tmp_path):
+    """A GPT-NeoX folder as Pythia's are laid out, read as zoo.gpt_neox."""
+    folder = gpt_neox_folder(tmp_path / "pythia")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    model = transformers.GPTNeoXForCausalLM.from_pretrained(str(folder)).eval()
+    prompt = "The quick brown"
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=12, pad_token_id=0)
+    new = out[0, ids.size(1):].tolist()
+    new = new[:new.index(0)] if 0 in new else new
+    result = run("generate", folder, "--prompt", prompt, "--max-new-tokens", "12")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == tokenizer.decode(ids[0].tolist() + new) + "\n"
+    assert "zoo model gpt-neox" in result.stderr
 
 
 def test_generate_from_a_gguf_file_is_transformers_greedy_text(tmp_path):

@@ -37,13 +37,14 @@ BATCH, SEQLEN, STEPS = 2, 16, 3
 MODES = {"bert": ("forward", "train"), "roberta": ("forward", "train"),
          "gpt": ("forward", "train", "generate"), "rwkv": ("forward", "train", "generate"),
          "llama": ("forward", "train", "generate"), "mamba": ("forward", "train", "generate"),
-         "mamba2": ("forward", "train", "generate"), "rwkv5": ("forward", "generate"),
+         "mamba2": ("forward", "train", "generate"), "gpt-neox": ("forward", "train", "generate"),
+         "rwkv5": ("forward", "generate"),
          "rwkv6": ("forward", "generate"), "rwkv7": ("forward", "generate")}
 CASES = [(impl, name, mode) for impl, names in PEERS.items() for name in names
          for mode in MODES[name] if not (impl == "rwkv-pip" and mode == "train")]
 NO_DROPOUT = {"gpt": {"dropout": 0.0}, "bert": {"dropout": 0.0, "attn_dropout": 0.0},
               "roberta": {"dropout": 0.0, "attn_dropout": 0.0}, "rwkv": {}, "llama": {},
-              "mamba": {}, "mamba2": {}, "rwkv5": {}, "rwkv6": {}, "rwkv7": {}}
+              "mamba": {}, "mamba2": {}, "gpt-neox": {}, "rwkv5": {}, "rwkv6": {}, "rwkv7": {}}
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +87,8 @@ def both(impl: str, name: str, model, mode: str, batch: int = BATCH, seqlen: int
 
 
 def test_the_peer_table():
-    assert PEERS == {"hf": ("bert", "gpt", "llama", "mamba", "mamba2", "roberta", "rwkv"),
+    assert PEERS == {"hf": ("bert", "gpt", "gpt-neox", "llama", "mamba", "mamba2", "roberta",
+                            "rwkv"),
                      "rwkv-pip": ("rwkv", "rwkv5", "rwkv6", "rwkv7")}
 
 
@@ -235,7 +237,8 @@ def test_rwkv7_runs_beside_rwkv4_in_one_process():
 
 @needs_peers
 @pytest.mark.parametrize("impl,name", [("hf", "gpt"), ("hf", "rwkv"), ("hf", "llama"),
-                                       ("hf", "mamba"), ("hf", "mamba2"), ("rwkv-pip", "rwkv")])
+                                       ("hf", "gpt-neox"), ("hf", "mamba"), ("hf", "mamba2"),
+                                       ("rwkv-pip", "rwkv")])
 def test_the_peer_keeps_no_reference_to_the_zoo_model(impl, name):
     """bench.measure drops the zoo model once the peer is built: its memory must go."""
     model, _ = tiny(name)
