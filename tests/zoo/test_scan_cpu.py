@@ -181,8 +181,9 @@ def test_the_kernels_softplus_and_its_slope_are_within_float_rounding():
     from the kernel's own source, against float64's over [-90, 90] in steps of 2^-8. The
     softplus within 3 of float32's epsilon relative to the value where it is above 1e-30 (2.31
     when written, at about -2.6: exp, a division and the series each round; PyTorch's float32
-    softplus: 0.96), x itself above PyTorch's threshold of 20; the slope, sigmoid, within 1.5
-    (1.09, as PyTorch's float32 sigmoid), 1 above 20."""
+    softplus: 0.96), x itself above PyTorch's threshold of 20; the slope, sigmoid, within 2 (an
+    exp and a division, each rounding: 1.09 where the kernel compiled for AVX-512, as PyTorch's
+    float32 sigmoid, 1.51 for AVX2, at x = -61), 1 above 20."""
     import ctypes
 
     from zoo.fast.kernels import ckernel
@@ -208,4 +209,4 @@ void softplus_all(int64_t n, const float *x, float *y, float *slope) {
     assert torch.equal(y[x > 20], x[x > 20])
     want_slope = torch.where(x.double() > 20, 1.0, torch.sigmoid(x.double()))
     eps = torch.finfo(torch.float32).eps
-    assert ((slope.double() - want_slope).abs() <= 1.5 * eps * want_slope + 1e-37).all()
+    assert ((slope.double() - want_slope).abs() <= 2 * eps * want_slope + 1e-37).all()

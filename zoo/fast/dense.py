@@ -47,6 +47,23 @@ def onednn_available() -> bool:
     return bool(torch.equal(y, torch.full((2, 4), 3.0)))
 
 
+@functools.cache
+def onednn_bfloat16_available() -> bool:
+    """Whether oneDNN's fused linear takes bfloat16 here: CPUs with AVX-512 (BF16 or not) or
+    AMX; on an AVX2-only CPU it cannot build the product ("could not create a primitive
+    descriptor"). The routes call it with bfloat16 only where this holds; tests that force it
+    ask first."""
+    if not onednn_available():
+        return False
+    try:
+        x = torch.ones(2, 3, dtype=torch.bfloat16)
+        y = torch.ops.mkldnn._linear_pointwise(x, torch.ones(4, 3, dtype=torch.bfloat16), None,
+                                               "none", [], "")
+    except RuntimeError:
+        return False
+    return bool(torch.equal(y.float(), torch.full((2, 4), 3.0)))
+
+
 def cpu_capability() -> str:
     """The instruction set torch's CPU kernels run with here ("AVX512", "AVX2", ...; torch
     >= 2.1's torch.backends.cpu.get_cpu_capability), "" where torch cannot say."""
