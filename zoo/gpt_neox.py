@@ -102,8 +102,10 @@ class GPTNeoXConfig:
 
 def partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (B, nh, T, hs) with its first r channels turned by the (T, r) tables and the rest as
-    they are."""
+    they are (r = 0: no positions at all)."""
     r = cos.size(-1)
+    if r == 0:
+        return x
     return torch.cat((apply_rope(x[..., :r], cos, sin), x[..., r:]), dim=-1)
 
 
