@@ -115,9 +115,10 @@ def bert_folder(folder: Path) -> Path:
 
 
 def hub_cache_entry(cache: Path, repo_id: str, source: Path,
-                    commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
-    """`source`'s files as huggingface_hub caches repository `repo_id` at `commit` on main:
-    models--owner--name/{blobs, snapshots/COMMIT/..., refs/main}. (The hub links snapshot
+                    commit: str = "0123456789abcdef0123456789abcdef01234567",
+                    ref: str = "main") -> Path:
+    """`source`'s files as huggingface_hub caches repository `repo_id` at `commit` on branch
+    `ref`: models--owner--name/{blobs, snapshots/COMMIT/..., refs/REF}. (The hub links snapshot
     files to blobs; copies read the same.) Returns the snapshot folder."""
     import shutil
 
@@ -126,8 +127,8 @@ def hub_cache_entry(cache: Path, repo_id: str, source: Path,
     snapshot.mkdir(parents=True)
     for file in source.iterdir():
         shutil.copy2(file, snapshot / file.name)
-    (storage / "refs").mkdir()
-    (storage / "refs" / "main").write_text(commit)
+    (storage / "refs").mkdir(exist_ok=True)
+    (storage / "refs" / ref).write_text(commit)
     return snapshot
 
 

@@ -270,6 +270,28 @@ def test_eval_scores_a_published_checkpoint_with_its_tokenizer(gpt2, tmp_path):
     assert sorted(p.name for p in gpt2.iterdir()) == before  # no task files in the folder
 
 
+def test_eval_of_an_id_at_a_revision_scores_that_revision_and_names_it(gpt2, tmp_path,
+                                                                         monkeypatch):
+    """Pythia's intermediate checkpoints are branches: `id@branch` scores that branch's
+    weights, and the record's variant keeps the revision."""
+    cache = offline_hub(tmp_path, monkeypatch)
+    hub_cache_entry(cache, "someone/tiny-gpt2", gpt2)
+    hub_cache_entry(cache, "someone/tiny-gpt2", gpt2_folder(tmp_path / "early", seed=1),
+                    "e" * 40, ref="step3000")
+    corpus, results = write_corpus(tmp_path), tmp_path / "eval.jsonl"
+    values = {}
+    for checkpoint in ("someone/tiny-gpt2", "someone/tiny-gpt2@step3000",
+                       tmp_path / "early"):
+        result = run("eval", checkpoint, "--corpus", corpus, "--tasks", "zoo_heldout",
+                     "--limit", "2", "--device", "cpu", "--results", results)
+        assert result.exit_code == 0, result.output
+        values[str(checkpoint)] = next(r.value for r in load([results]).records
+                                       if r.metric == "bits_per_byte"
+                                       and r.variant == f"checkpoint:{checkpoint}")
+    assert values["someone/tiny-gpt2@step3000"] == values[str(tmp_path / "early")]
+    assert values["someone/tiny-gpt2@step3000"] != values["someone/tiny-gpt2"]
+
+
 def test_eval_outside_a_git_repository_writes_nothing_of_git_to_the_terminal(gpt2, tmp_path,
                                                                             monkeypatch,
                                                                             capfd):

@@ -63,6 +63,41 @@ def test_a_cached_hub_id_loads_offline_with_the_logits_of_its_folder(gpt2, tmp_p
     assert detect_model(repo_id) == "gpt"
 
 
+def test_an_id_at_a_revision_reads_that_revisions_snapshot(gpt2, tmp_path, monkeypatch):
+    """Pythia's intermediate checkpoints are branches (step1000, ...): `id@branch` reads that
+    branch's snapshot, as revision= does, and the main one stays the id's."""
+    cache = offline_hub(tmp_path, monkeypatch)
+    main = hub_cache_entry(cache, "someone/tiny-gpt2", gpt2, COMMIT)
+    other = gpt2_folder(tmp_path / "step3000", seed=1)
+    step = hub_cache_entry(cache, "someone/tiny-gpt2", other, "f" * 40, ref="step3000")
+    assert resolve("someone/tiny-gpt2") == main
+    assert resolve("someone/tiny-gpt2@step3000") == step
+    assert resolve("someone/tiny-gpt2", revision="step3000") == step
+    assert resolve("someone/tiny-gpt2@step3000", revision="step3000") == step
+    assert resolve(f"someone/tiny-gpt2@{COMMIT}") == main
+    ids = torch.randint(0, 256, (1, 7))
+    with torch.no_grad():
+        at_step = zoo.from_pretrained("gpt", "someone/tiny-gpt2@step3000")(ids).logits
+        assert torch.equal(at_step, zoo.from_pretrained("gpt", other)(ids).logits)
+        assert not torch.equal(at_step, zoo.from_pretrained("gpt", gpt2)(ids).logits)
+    assert detect_model("someone/tiny-gpt2@step3000") == "gpt"
+
+
+@pytest.mark.parametrize("given, revision, message", [
+    ("someone/tiny-gpt2@", None, "an id@revision needs both"),
+    ("@step3000", None, "an id@revision needs both"),
+    ("someone/tiny-gpt2@step1", "step2", "names revision 'step1', and 'step2' was asked for"),
+    ("someone/tiny-gpt2@step9", None, "someone/tiny-gpt2: no such file or folder, and not in "
+                                      "the Hugging Face cache"),
+])
+def test_a_bad_revision_is_one_line(gpt2, tmp_path, monkeypatch, given, revision, message):
+    cache = offline_hub(tmp_path, monkeypatch)
+    hub_cache_entry(cache, "someone/tiny-gpt2", gpt2, COMMIT)
+    with pytest.raises(CheckpointError) as caught:
+        resolve(given, revision)
+    assert message in one_line(caught)
+
+
 def test_an_id_not_in_the_cache_offline_says_where_it_looked_and_how_to_fetch_it(
         tmp_path, monkeypatch):
     cache = offline_hub(tmp_path, monkeypatch)

@@ -1,7 +1,8 @@
 """Hugging Face hub ids -> local checkpoint folders, through `huggingface_hub` and its cache.
 
-`resolve("gpt2")` gives the folder of the cached snapshot of the hub's `gpt2`, downloading the
-files a checkpoint needs (config.json, the weights in one format, the tokenizer's files) when it
+`resolve("gpt2")` gives the folder of the cached snapshot of the hub's `gpt2` (`resolve("gpt2@REV")`
+or `resolve("gpt2", revision=REV)` another branch, tag or commit's), downloading the files a
+checkpoint needs (config.json, the weights in one format, the tokenizer's files) when it
 is not cached yet; a path that exists is returned as it is. huggingface_hub reads its own
 settings from the environment: `HF_HUB_OFFLINE=1` reads the cache only, `HF_HUB_CACHE` (or
 `HF_HOME`) moves the cache, `HF_TOKEN` logs in. Every failure is one `CheckpointError` line
@@ -32,7 +33,10 @@ _FILE_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".json")
 def resolve(path_or_id: Path | str, revision: str | None = None) -> Path:
     """The local file or folder of a checkpoint: `path_or_id` itself when it exists, otherwise
     the snapshot of the Hugging Face hub id it names (`gpt2`, `owner/name`), at `revision`
-    (a branch, tag or commit; default: the main branch), from the cache or downloaded into it."""
+    (a branch, tag or commit; default: the main branch), from the cache or downloaded into it.
+    The revision may also end the id, after an @ (`EleutherAI/pythia-160m@step3000`, as
+    huggingface_hub's file system writes it), so that one string names a checkpoint wherever
+    the commands take one and wherever their records keep it."""
     path = Path(path_or_id).expanduser()
     if path.exists():
         if revision is not None:
@@ -42,6 +46,15 @@ def resolve(path_or_id: Path | str, revision: str | None = None) -> Path:
     text = str(path_or_id)
     if isinstance(path_or_id, Path) or _names_a_file(text):
         raise CheckpointError(f"{text}: no such file or folder")
+    if "@" in text:
+        text, _, after = text.rpartition("@")
+        if not after or not text:
+            raise CheckpointError(f"{path_or_id}: an id@revision needs both, as in "
+                                  "EleutherAI/pythia-160m@step3000")
+        if revision is not None and revision != after:
+            raise CheckpointError(f"{path_or_id}: names revision {after!r}, and {revision!r} "
+                                  "was asked for besides")
+        revision = after
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
