@@ -326,13 +326,13 @@ def test_registered_as_zoo_and_rejects_encoders(tmp_path):
     assert ZooLM(gpt, device="cpu", batch_size="4", max_length="64").max_length == 64  # CLI text
 
 
-@pytest.mark.parametrize("name", ["llama", "mamba"])
+@pytest.mark.parametrize("name", ["llama", "gpt-neox", "mamba"])
 def test_models_without_a_position_table_are_not_capped(name, tmp_path):
-    """LLaMA's max_seq_len is the trained context (RoPE has no table) and Mamba has no positions:
-    neither limits max_length, which defaults to 2048 as for RWKV and Pangu-pi."""
+    """LLaMA's and GPT-NeoX's max_seq_len is the trained context (RoPE has no table) and Mamba
+    has no positions: none limits max_length, which defaults to 2048 as for RWKV and Pangu-pi."""
     torch.manual_seed(0)
     model = build_variant(name, "tiny", vocab_size=TOK.vocab_size,
-                          **({"max_seq_len": 32} if name == "llama" else {})).eval()
+                          **({} if name == "mamba" else {"max_seq_len": 32})).eval()
     folder = save_checkpoint(tmp_path / name, name, model, TOK)
     assert ZooLM(folder, device="cpu").max_length == 2048
     lm = ZooLM(folder, device="cpu", max_length=64)
