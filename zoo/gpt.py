@@ -32,8 +32,7 @@ from zoo.layers import (
     FeedForward,
     KVCache,
     MultiHeadAttention,
-    causal_mask,
-    hidden_key_bias,
+    causal_padding_mask,
     tied_head,
 )
 from zoo.model import Output, ZooModel, check_config, generate
@@ -78,7 +77,7 @@ class PostLNBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
                 cache: KVCache | None) -> torch.Tensor:
-        # A padding mask, when given, already holds the causal mask (see GPT._padding_mask).
+        # A padding mask, when given, already holds the causal mask (causal_padding_mask).
         a = self.attn(x, attn_mask=attn_mask, is_causal=attn_mask is None, cache=cache)
         n = self.ln_1(x + self.drop(a))
         if self.mlp is None:  # d_ff = 0: the block is its attention alone
@@ -148,22 +147,6 @@ class GPT(ZooModel):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def _padding_mask(self, attention_mask: torch.Tensor, T: int, past: int,
-                      dtype: torch.dtype) -> torch.Tensor:
-        """Additive (B, 1, T, past + T) mask from a (B, past + T) mask of 1 = token, 0 = padding,
-        merged with the causal mask. Future keys get -inf; padded keys a very low finite score
-        instead (hidden_key_bias), so that a query that sees only padding (a left pad) spreads
-        its weight over its past pads rather than producing NaNs, which would reach the real
-        tokens through its keys and values."""
-        B, S = attention_mask.shape
-        if S != past + T:
-            raise ValueError(f"attention_mask covers {S} positions; expected {past + T} "
-                             f"({past} cached + {T} new)")
-        padded = ~attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
-        future = ~causal_mask(T, S, attention_mask.device)  # (T, S)
-        mask = torch.zeros(B, 1, T, S, dtype=dtype, device=attention_mask.device)
-        return mask.masked_fill(padded, hidden_key_bias(dtype)).masked_fill(future, float("-inf"))
-
     def hidden_states(self, input_ids: torch.Tensor, cache: list[KVCache] | None = None,
                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states (B, T, C) of `input_ids` (B, T): GPT-2's after ln_f, GPT-1's the
@@ -180,7 +163,7 @@ class GPT(ZooModel):
         x = self.drop(self.wte(input_ids) + self.wpe(pos))  # (B, T, C)
         attn_mask = None
         if attention_mask is not None:
-            attn_mask = self._padding_mask(attention_mask, T, past, x.dtype)  # (B, 1, T, S)
+            attn_mask = causal_padding_mask(attention_mask, T, past, x.dtype)  # (B, 1, T, S)
         for i, block in enumerate(self.blocks):
             x = block(x, attn_mask, cache[i] if cache is not None else None)
         if self.ln_f is not None:

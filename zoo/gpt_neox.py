@@ -56,7 +56,7 @@ from zoo.layers import (
     KVCache,
     apply_rope,
     causal_mask,
-    hidden_key_bias,
+    causal_padding_mask,
     rope_tables,
     sdpa,
 )
@@ -130,7 +130,7 @@ class Attention(nn.Module):
             k, v = cache.append(k, v)  # (B, nh, S, hs): the cached positions, then these
         # Without a padding mask: plain causal attention over a call's own keys, no mask at
         # all for one new query (it sees every cached key), else the causal mask of the last
-        # T of S positions. A padding mask already holds the causal one (GPTNeoX._mask).
+        # T of S positions. A padding mask already holds the causal one (causal_padding_mask).
         is_causal = attn_mask is None and k.size(2) == T and T > 1
         if attn_mask is None and k.size(2) != T and T > 1:
             attn_mask = causal_mask(T, k.size(2), x.device)
@@ -199,21 +199,6 @@ class GPTNeoX(ZooModel):
             if block.mlp is not None:
                 nn.init.normal_(block.mlp.fc_out.weight, mean=0.0, std=wang)
 
-    def _mask(self, attention_mask: torch.Tensor, T: int, past: int,
-              dtype: torch.dtype) -> torch.Tensor:
-        """Additive (B, 1, T, past + T) mask from a (B, past + T) mask of 1 = token, 0 = padding,
-        merged with the causal mask: -inf on future keys, a very low finite score on padded ones
-        (zoo.layers.hidden_key_bias), so that a query with only padding to see (a left pad)
-        averages it rather than producing NaNs."""
-        B, S = attention_mask.shape
-        if S != past + T:
-            raise ValueError(f"attention_mask covers {S} positions; expected {past + T} "
-                             f"({past} cached + {T} new)")
-        padded = ~attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
-        future = ~causal_mask(T, S, attention_mask.device)  # (T, S)
-        mask = torch.zeros(B, 1, T, S, dtype=dtype, device=attention_mask.device)
-        return mask.masked_fill(padded, hidden_key_bias(dtype)).masked_fill(future, float("-inf"))
-
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       cache: list[KVCache] | None = None) -> torch.Tensor:
         """Final hidden states (B, T, C) of `input_ids` (B, T), after the final LayerNorm
@@ -228,7 +213,7 @@ class GPTNeoX(ZooModel):
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # once here, not in every layer
         attn_mask = None
         if attention_mask is not None:
-            attn_mask = self._mask(attention_mask, T, past, x.dtype)  # (B, 1, T, S)
+            attn_mask = causal_padding_mask(attention_mask, T, past, x.dtype)  # (B, 1, T, S)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, attn_mask, cache[i] if cache is not None else None)
         return self.final_layer_norm(x)

@@ -5,6 +5,7 @@ from zoo.layers.attention import (
     KVCache,
     MultiHeadAttention,
     causal_mask,
+    causal_padding_mask,
     hidden_key_bias,
     math_attention,
     merge_masks,
@@ -27,6 +28,7 @@ from zoo.layers.shift import token_shift
 
 __all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "MatrixRWKVState", "MultiHeadAttention",
            "RMSNorm", "apply_rope", "bert_init", "causal_depthwise_conv", "causal_mask",
+           "causal_padding_mask",
            "head_group_norm", "hidden_key_bias", "math_attention", "matrix_wkv_chunked",
            "matrix_wkv_recurrent", "merge_masks", "new_token_mask", "rope_frequencies",
            "rope_tables", "run_matrix_wkv", "sdpa", "tied_head", "token_shift"]

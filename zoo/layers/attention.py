@@ -69,6 +69,23 @@ def hidden_key_bias(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).min / 2
 
 
+def causal_padding_mask(attention_mask: torch.Tensor, T: int, past: int,
+                        dtype: torch.dtype) -> torch.Tensor:
+    """The additive (B, 1, T, past + T) mask of a causal decoder's T new queries, from a
+    (B, past + T) mask of 1 = token, 0 = padding: -inf on future keys, a very low finite score
+    on padded ones (hidden_key_bias), so that a query with only padding to see (a left pad)
+    averages it rather than producing NaNs, which would reach the real tokens through its keys
+    and values."""
+    B, S = attention_mask.shape
+    if S != past + T:
+        raise ValueError(f"attention_mask covers {S} positions; expected {past + T} "
+                         f"({past} cached + {T} new)")
+    padded = ~attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+    future = ~causal_mask(T, S, attention_mask.device)  # (T, S)
+    mask = torch.zeros(B, 1, T, S, dtype=dtype, device=attention_mask.device)
+    return mask.masked_fill(padded, hidden_key_bias(dtype)).masked_fill(future, float("-inf"))
+
+
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A bool mask (True where a query may attend) as the additive mask it stands for: 0 where
     it may, -inf where not."""
