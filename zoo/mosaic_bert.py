@@ -22,7 +22,6 @@ FlashAttention/Triton kernels are a speed detail.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from zoo.layers import MultiHeadAttention, bert_init
+from zoo.layers import MultiHeadAttention, alibi_slopes, bert_init
 from zoo.model import Output, ZooModel, check_config
 
 
@@ -52,19 +51,6 @@ class MosaicBertConfig:
 
     def __post_init__(self) -> None:
         check_config(self)
-
-
-def alibi_slopes(n_head: int) -> list[float]:
-    """Press et al.'s head slopes: 2^(-8k/n), k = 1..n, for n a power of two; otherwise those of
-    the closest lower power of two c, then every other slope of 2c, (n - c) of them."""
-
-    def power_of_two(n: int) -> list[float]:
-        return [2.0 ** (-8.0 * k / n) for k in range(1, n + 1)]
-
-    if math.log2(n_head).is_integer():
-        return power_of_two(n_head)
-    closest = 2 ** math.floor(math.log2(n_head))
-    return power_of_two(closest) + alibi_slopes(2 * closest)[0::2][: n_head - closest]
 
 
 def alibi_bias(n_head: int, seqlen: int, device=None, dtype=None) -> torch.Tensor:

@@ -21,6 +21,7 @@ REGISTRY: dict[str, str] = {
     "pangu-pi": "zoo.pangu_pi:PanguPi",
     "llama": "zoo.llama:Llama",
     "gpt-neox": "zoo.gpt_neox:GPTNeoX",
+    "bloom": "zoo.bloom:Bloom",
 }
 
 

@@ -54,6 +54,7 @@ Where things live; each family module holds its converter (checkpoint -> zoo) an
     rwkv7.py    RWKV-7                   convert_rwkv7, rwkv7_to_official
     llama.py    LLaMA and Mistral        convert_llama, export_llama
     gpt_neox.py GPT-NeoX and Pythia      convert_gpt_neox, export_gpt_neox
+    bloom.py    BLOOM                    convert_bloom, export_bloom
     mamba.py    Mamba and Mamba-2        convert_mamba, convert_mamba2, export_mamba,
                                          export_mamba2
     hub.py      hub ids -> folders       resolve (huggingface_hub's cache; downloads when online)
@@ -86,6 +87,7 @@ from zoo.convert.bert import (
     export_bert,
     export_roberta,
 )
+from zoo.convert.bloom import BLOOM_BLOCK_KEYS, convert_bloom, export_bloom
 from zoo.convert.common import (
     CheckpointError,
     Converter,
@@ -120,15 +122,16 @@ from zoo.convert.rwkv6 import convert_rwkv6, rwkv6_to_official
 from zoo.convert.rwkv7 import convert_rwkv7, rwkv7_to_official
 
 __all__ = [
-    "BERT_BLOCK_KEYS", "BERT_EMBEDDING_KEYS", "CONVERTERS", "CheckpointError", "Converter",
-    "EXPORTERS", "Exporter", "GPT_CONV1D", "GPT_CONV1D_WEIGHTS", "GPT_NEOX_BLOCK_KEYS",
-    "IMPORTERS", "Importer", "LLAMA_BLOCK_KEYS", "LoadingInfo", "StateDict", "convert_bert",
-    "convert_gpt", "convert_gpt_neox", "convert_llama", "convert_mamba", "convert_mamba2",
-    "convert_roberta", "convert_rwkv", "convert_rwkv5", "convert_rwkv6", "convert_rwkv7",
-    "export_bert", "export_gpt", "export_gpt_neox", "export_llama", "export_mamba",
-    "export_mamba2", "export_roberta", "export_rwkv", "from_pretrained", "load_into",
-    "official_version", "read_checkpoint", "read_sharded", "read_state_dict", "rwkv5_to_official",
-    "rwkv6_to_official", "rwkv7_to_official", "rwkv_official_to_hf", "rwkv_to_official"
+    "BERT_BLOCK_KEYS", "BERT_EMBEDDING_KEYS", "BLOOM_BLOCK_KEYS", "CONVERTERS", "CheckpointError",
+    "Converter", "EXPORTERS", "Exporter", "GPT_CONV1D", "GPT_CONV1D_WEIGHTS",
+    "GPT_NEOX_BLOCK_KEYS", "IMPORTERS", "Importer", "LLAMA_BLOCK_KEYS", "LoadingInfo", "StateDict",
+    "convert_bert", "convert_bloom", "convert_gpt", "convert_gpt_neox", "convert_llama",
+    "convert_mamba", "convert_mamba2", "convert_roberta", "convert_rwkv", "convert_rwkv5",
+    "convert_rwkv6", "convert_rwkv7", "export_bert", "export_bloom", "export_gpt",
+    "export_gpt_neox", "export_llama", "export_mamba", "export_mamba2", "export_roberta",
+    "export_rwkv", "from_pretrained", "load_into", "official_version", "read_checkpoint",
+    "read_sharded", "read_state_dict", "rwkv5_to_official", "rwkv6_to_official",
+    "rwkv7_to_official", "rwkv_official_to_hf", "rwkv_to_official"
 ]
 __all__ += ["FORMATS", "OFFICIAL", "check_format", "formats_of", "save_pretrained"]  # export
 __all__ += ["detect_model", "resolve"]  # hub ids and model detection (hub.py, detect.py)
@@ -160,6 +163,8 @@ IMPORTERS: dict[str, Importer] = {
     "llama": Importer(convert_llama, ("llama", "mistral"), (), unused=("score.", "qa_outputs.")),
     "gpt-neox": Importer(convert_gpt_neox, ("gpt_neox",), (),
                          unused=("score.", "classifier.", "qa_outputs.")),
+    "bloom": Importer(convert_bloom, ("bloom",), (),
+                      unused=("score.", "classifier.", "qa_outputs.")),
 }
 
 # zoo model name -> its converter.
@@ -173,6 +178,7 @@ EXPORTERS: dict[str, Exporter] = {
     "rwkv": export_rwkv,
     "llama": export_llama,
     "gpt-neox": export_gpt_neox,
+    "bloom": export_bloom,
     "mamba": export_mamba,
     "mamba2": export_mamba2,
 }
@@ -266,7 +272,7 @@ def save_pretrained(name: str, model: torch.nn.Module, path: Path | str, *, form
     format "hf": a Hugging Face folder at `path` (config.json and model.safetensors) that
     transformers' class for the model loads as its own (gpt -> GPT2LMHeadModel or
     OpenAIGPTLMHeadModel, bert, roberta, rwkv, llama -> LlamaForCausalLM or MistralForCausalLM,
-    gpt-neox -> GPTNeoXForCausalLM, mamba, mamba2). format "official": an official RWKV .pth
+    gpt-neox -> GPTNeoXForCausalLM, bloom, mamba, mamba2). format "official": an official RWKV .pth
     file at `path` (rwkv, rwkv5, rwkv6, rwkv7), which the `rwkv` package runs. `from_pretrained`
     reads either back to the same config and weights. The weights are stored in the model's
     dtype, or cast to `dtype`; `extra_config` adds fields to config.json ("hf" only: the

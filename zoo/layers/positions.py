@@ -1,7 +1,11 @@
-"""Rotary position embeddings (RoPE, Su et al. 2021), shared by Pangu-π and LLaMA, in the
-rotate-half layout of Hugging Face's Llama: channel i of a head pairs with channel i + hs/2."""
+"""Positions inside attention. Rotary position embeddings (RoPE, Su et al. 2021), shared by
+Pangu-π, LLaMA and GPT-NeoX, in the rotate-half layout of Hugging Face's Llama: channel i of a
+head pairs with channel i + hs/2. ALiBi's head slopes (Press et al. 2022), shared by MosaicBERT
+and BLOOM."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -34,3 +38,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
     return x * cos + rotated * sin
+
+
+def alibi_slopes(n_head: int) -> list[float]:
+    """Press et al.'s head slopes: 2^(-8k/n), k = 1..n, for n a power of two; otherwise those of
+    the closest lower power of two c, then every other slope of 2c, (n - c) of them."""
+
+    def power_of_two(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * k / n) for k in range(1, n + 1)]
+
+    if math.log2(n_head).is_integer():
+        return power_of_two(n_head)
+    closest = 2 ** math.floor(math.log2(n_head))
+    return power_of_two(closest) + alibi_slopes(2 * closest)[0::2][: n_head - closest]
