@@ -7,8 +7,8 @@ reads, written in a form other tools load, with its tokenizer.
     export_checkpoint("runs/rwkv7-lm", "out/rwkv7", format="official")  # out/rwkv7/model.pth
 
 Format "hf" is a folder transformers' class for the model loads (config.json, model.safetensors,
-tokenizer.json, tokenizer_config.json): gpt, bert, roberta, rwkv, llama, gpt-neox, mamba,
-mamba2.
+tokenizer.json, tokenizer_config.json): gpt, bert, roberta, rwkv, llama, gpt-neox, bloom,
+mamba, mamba2.
 Format "official" is an official RWKV .pth (`model.pth`, its tokenizer files beside it, as
 `catalog generate` reads a .pth): rwkv, rwkv5, rwkv6, rwkv7. The weights are written by
 `zoo.convert.save_pretrained`. A `catalog train` tokenizer (bytes or BPE) becomes a

@@ -85,20 +85,26 @@ def gpt2_folder(folder: Path, *, tokenizer: bool = True, seed: int = 0,
     return folder
 
 
-def gpt_neox_folder(folder: Path, seed: int = 0) -> Path:
-    """A GPTNeoXForCausalLM folder (Pythia's layout: partial RoPE, parallel blocks) from a tiny
-    random config, with the tiny byte-level tokenizer's files; <|endoftext|> is id 0, Pythia's
-    BOS and EOS."""
+# A tiny random config of each architecture decoder_folder writes (byte-level BPE sized vocab).
+DECODER_SIZES = {
+    "GPTNeoX": dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=2, max_position_embeddings=64),  # Pythia's layout
+    "Bloom": dict(hidden_size=32, n_layer=2, n_head=4),  # ALiBi, an embedding LayerNorm
+}
+
+
+def decoder_folder(folder: Path, architecture: str, seed: int = 0) -> Path:
+    """A transformers `{architecture}ForCausalLM` folder ("GPTNeoX", "Bloom") from a tiny random
+    config, with the tiny byte-level tokenizer's files; <|endoftext|> is id 0, BOS and EOS (as
+    Pythia's is)."""
     import torch
 
     transformers = pytest.importorskip("transformers")
     vocab_size = len(write_byte_level_bpe(folder))
     torch.manual_seed(seed)
-    config = transformers.GPTNeoXConfig(vocab_size=vocab_size, hidden_size=32,
-                                        intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=2, max_position_embeddings=64,
-                                        bos_token_id=0, eos_token_id=0)
-    transformers.GPTNeoXForCausalLM(config).eval().save_pretrained(folder)
+    config = getattr(transformers, f"{architecture}Config")(
+        vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, **DECODER_SIZES[architecture])
+    getattr(transformers, f"{architecture}ForCausalLM")(config).eval().save_pretrained(folder)
     return folder
 
 

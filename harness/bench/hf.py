@@ -1,7 +1,7 @@
 """The Hugging Face transformers peer (`catalog bench --against hf`): GPT2LMHeadModel (GPT-2) or
 OpenAIGPTLMHeadModel (GPT-1), BertForPreTraining (or BertForMaskedLM without the NSP head),
 RobertaForMaskedLM, RwkvForCausalLM, LlamaForCausalLM (or MistralForCausalLM with a sliding
-window), GPTNeoXForCausalLM, MambaForCausalLM, Mamba2ForCausalLM.
+window), GPTNeoXForCausalLM, BloomForCausalLM, MambaForCausalLM, Mamba2ForCausalLM.
 
 The peer gets THE SAME WEIGHTS as the zoo model of the cell and the same sizes, eps,
 activation, dropout and position table, so that a difference in speed or memory is a
@@ -68,7 +68,7 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
         notes.append(f"attention: {model.config._attn_implementation}")
     forward = dict(inputs.forward)
     nsp_labels = forward.pop("next_sentence_label", None)  # a loss input, as in the zoo
-    causal = cell.model in ("gpt", "rwkv", "llama", "gpt-neox", "mamba", "mamba2")
+    causal = cell.model in ("gpt", "rwkv", "llama", "gpt-neox", "bloom", "mamba", "mamba2")
 
     def logits():
         """(LM or masked-LM logits, next-sentence logits or None)."""
@@ -98,8 +98,8 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
             optimizer.step()
             return loss
 
-    elif cell.model in ("gpt", "llama", "gpt-neox"):
-        # GPT-2's learned table ends decoding; RoPE has no table to run out of.
+    elif cell.model in ("gpt", "llama", "gpt-neox", "bloom"):
+        # GPT-2's learned table ends decoding; RoPE and ALiBi have no table to run out of.
         limit = model.config.n_positions if cell.model == "gpt" else None
         run = _cache_decoder(model, inputs.input_ids, limit)
         notes.append("KV cache: transformers' DynamicCache")
@@ -125,7 +125,9 @@ def hf_model(name: str, zoo_model: Any, seqlen: int):
     model_type, (architecture,) = config.pop("model_type"), config.pop("architectures")
     if name == "rwkv":  # context_length only bounds transformers' optional CUDA kernel
         config["context_length"] = max(config["context_length"], seqlen)
-    attention = model_type not in ("openai-gpt", "rwkv", "mamba", "mamba2")  # eager, or none
+    # sdpa where transformers has it; OpenAI GPT and BLOOM run eager attention only (BLOOM adds
+    # ALiBi to the scores in its own baddbmm), and the recurrent models have none
+    attention = model_type not in ("openai-gpt", "bloom", "rwkv", "mamba", "mamba2")
     options = {"attn_implementation": "sdpa"} if attention else {}
     hf_config = hf.AutoConfig.for_model(model_type, **config, **options)
     weight = next(zoo_model.parameters())

@@ -16,8 +16,8 @@ import torch
 from conftest import lazy_import, write_corpus
 from tiny_checkpoints import (
     bert_folder,
+    decoder_folder,
     gpt2_folder,
-    gpt_neox_folder,
     hub_cache_entry,
     llama_gguf,
     offline_hub,
@@ -112,11 +112,14 @@ def test_generate_from_an_official_rwkv_file_with_its_tokenizer_beside_it(gpt2, 
     assert result.stdout == tok.decode(ids + new, skip_special_tokens=True) + "\n"
 
 
-def test_generate_from_a_pythia_folder_is_transformers_greedy_text(tmp_path):
-    """A GPT-NeoX folder as Pythia's are laid out, read as zoo.gpt_neox."""
-    folder = gpt_neox_folder(tmp_path / "pythia")
+@pytest.mark.parametrize("architecture, name", [("GPTNeoX", "gpt-neox"), ("Bloom", "bloom")])
+def test_generate_from_a_pythia_or_bloom_folder_is_transformers_greedy_text(tmp_path,
+                                                                            architecture, name):
+    """A GPT-NeoX folder as Pythia's are laid out, read as zoo.gpt_neox; a BLOOM one as
+    zoo.bloom."""
+    folder = decoder_folder(tmp_path / name, architecture)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-    model = transformers.GPTNeoXForCausalLM.from_pretrained(str(folder)).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder)).eval()
     prompt = "The quick brown"
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -127,7 +130,7 @@ def test_generate_from_a_pythia_folder_is_transformers_greedy_text(tmp_path):
     result = run("generate", folder, "--prompt", prompt, "--max-new-tokens", "12")
     assert result.exit_code == 0, result.output
     assert result.stdout == tokenizer.decode(ids[0].tolist() + new) + "\n"
-    assert "zoo model gpt-neox" in result.stderr
+    assert f"zoo model {name}" in result.stderr
 
 
 def test_generate_from_a_gguf_file_is_transformers_greedy_text(tmp_path):

@@ -326,10 +326,11 @@ def test_registered_as_zoo_and_rejects_encoders(tmp_path):
     assert ZooLM(gpt, device="cpu", batch_size="4", max_length="64").max_length == 64  # CLI text
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt-neox", "mamba"])
+@pytest.mark.parametrize("name", ["llama", "gpt-neox", "bloom", "mamba"])
 def test_models_without_a_position_table_are_not_capped(name, tmp_path):
-    """LLaMA's and GPT-NeoX's max_seq_len is the trained context (RoPE has no table) and Mamba
-    has no positions: none limits max_length, which defaults to 2048 as for RWKV and Pangu-pi."""
+    """LLaMA's, GPT-NeoX's and BLOOM's max_seq_len is the trained context (RoPE and ALiBi have
+    no table) and Mamba has no positions: none limits max_length, which defaults to 2048 as for
+    RWKV and Pangu-pi."""
     torch.manual_seed(0)
     model = build_variant(name, "tiny", vocab_size=TOK.vocab_size,
                           **({} if name == "mamba" else {"max_seq_len": 32})).eval()
