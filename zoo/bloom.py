@@ -25,8 +25,8 @@ Choices the paper leaves to its code, taken as Megatron-DeepSpeed and Hugging Fa
   - one query-key-value matrix (3d x d) whose output is laid out head by head, each head's
     query, key and value channels together ((nh, 3, hs)): kept, so checkpoints load as they are;
   - scores scaled by 1 / sqrt(hs) before the bias is added; LayerNorm eps 1e-5;
-  - dropout 0 (`dropout` after each branch and `attn_dropout` on the probabilities, Hugging
-    Face's hidden_dropout and attention_dropout);
+  - no dropout unless asked for, as Hugging Face's configuration has it (`dropout` after each
+    branch and `attn_dropout` on the probabilities: its hidden_dropout and attention_dropout);
   - initialisation N(0, init_std = 0.02) for every matrix and the embedding, zero biases, unit
     LayerNorm gains (Hugging Face's; the paper does not restate Megatron-DeepSpeed's);
   - ALiBi over token positions counted from the start of the row, padding included. Hugging
