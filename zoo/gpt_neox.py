@@ -60,7 +60,7 @@ from zoo.layers import (
     rope_tables,
     sdpa,
 )
-from zoo.model import Output, ZooModel, check_config, generate
+from zoo.model import CachedLM, check_config
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ class Block(nn.Module):
         return a + self.drop(self.mlp(self.post_attention_layernorm(a)))
 
 
-class GPTNeoX(ZooModel):
+class GPTNeoX(CachedLM):
     config_class = GPTNeoXConfig
     causal_lm = True
 
@@ -217,34 +217,6 @@ class GPTNeoX(ZooModel):
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, attn_mask, cache[i] if cache is not None else None)
         return self.final_layer_norm(x)
-
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, cache: list[KVCache] | None = None,
-                use_cache: bool = False) -> Output:
-        """Logits (B, T, vocab) for `input_ids` (B, T), the head on `hidden_states` (which
-        describes `attention_mask` and `cache`). `targets` (B, T) are the next tokens, aligned
-        with the positions (-100 = ignored). With `use_cache` and no `cache`, a new one is
-        started; it is returned in `Output.cache`."""
-        if cache is None and use_cache:
-            cache = [KVCache() for _ in self.blocks]
-        logits = self.logits(self.hidden_states(input_ids, attention_mask, cache))  # (B, T, V)
-        loss = self.lm_loss(logits, targets) if targets is not None else None
-        return Output(logits=logits, loss=loss, cache=cache)
-
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None,
-                 eos_id: int | None = None) -> torch.Tensor:
-        """(B, T + new) tokens: greedy by default, sampled when temperature > 0 (see
-        zoo.model.generate); each step feeds one token on top of the KV cache."""
-        step = lambda tokens, cache: self(tokens, cache=cache, use_cache=True)  # noqa: E731
-        return generate(step, input_ids, max_new_tokens, temperature, top_k, generator, eos_id)
-
-    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
-                     padded: bool = False) -> dict:
-        """Random token ids, never padded (`padded` is ignored), as zoo.gpt: a causal LM reads a
-        right-padded batch correctly without a mask, and benchmarks time the plain path."""
-        ids = torch.randint(0, self.config.vocab_size, (batch, seqlen), device=device)
-        return {"input_ids": ids}
 
     def flops_per_token(self, seqlen: int) -> float:
         """Forward FLOPs per token at context `seqlen`:

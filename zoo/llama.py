@@ -74,7 +74,7 @@ from zoo.layers import (
     sdpa,
     tied_head,
 )
-from zoo.model import Output, ZooModel, check_config, generate
+from zoo.model import CachedLM, check_config
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ class Block(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
-class Llama(ZooModel):
+class Llama(CachedLM):
     config_class = LlamaConfig
     causal_lm = True
     band = 256  # queries per band under a window (None: one masked attention over everything)
@@ -344,35 +344,6 @@ class Llama(ZooModel):
         return llama3_scaled(rope_frequencies(c.d_model // c.n_head, c.rope_theta, device),
                              c.rope_factor, c.rope_low_freq_factor, c.rope_high_freq_factor,
                              c.rope_original_len)
-
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None,
-                cache: list[KVCache | WindowKVCache] | None = None,
-                use_cache: bool = False) -> Output:
-        """Logits (B, T, vocab) for `input_ids` (B, T), the head on `hidden_states` (which
-        describes `attention_mask` and `cache`). `targets` (B, T) are the next tokens, aligned
-        with the positions (-100 = ignored). With `use_cache` and no `cache`, a new one is
-        started; it is returned in `Output.cache`."""
-        if cache is None and use_cache:
-            cache = self.new_cache()
-        logits = self.logits(self.hidden_states(input_ids, attention_mask, cache))  # (B, T, V)
-        loss = self.lm_loss(logits, targets) if targets is not None else None
-        return Output(logits=logits, loss=loss, cache=cache)
-
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None,
-                 eos_id: int | None = None) -> torch.Tensor:
-        """(B, T + new) tokens: greedy by default, sampled when temperature > 0 (see
-        zoo.model.generate); each step feeds one token on top of the KV cache."""
-        step = lambda tokens, cache: self(tokens, cache=cache, use_cache=True)  # noqa: E731
-        return generate(step, input_ids, max_new_tokens, temperature, top_k, generator, eos_id)
-
-    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
-                     padded: bool = False) -> dict:
-        """Random token ids, never padded (`padded` is ignored), as zoo.gpt: a causal LM reads a
-        right-padded batch correctly without a mask, and benchmarks time the plain path."""
-        ids = torch.randint(0, self.config.vocab_size, (batch, seqlen), device=device)
-        return {"input_ids": ids}
 
     def flops_per_token(self, seqlen: int) -> float:
         """Forward FLOPs per token at context `seqlen`:

@@ -24,7 +24,9 @@ A model subclasses `ZooModel` and provides:
 Every model also holds `lm_loss`, an LMLoss module (no weights; ZooModel's __init__ makes it),
 which `forward` computes its loss with: the one place zoo.fast's "loss" route swaps.
 Decoders also take `cache=` / `use_cache=` in `forward` and return the updated cache in
-`Output.cache`, so that `decode` and `generate` (below) can decode one token at a time.
+`Output.cache`, so that `decode` and `generate` (below) can decode one token at a time; the
+recurrent ones subclass `RecurrentLM`, and most of those with a KV cache `CachedLM`, which hold
+what they share.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from zoo.layers.attention import KVCache
 
 
 @dataclass
@@ -167,6 +171,51 @@ class RecurrentLM(ZooModel):
         that pretraining and generation use."""
         ids = torch.randint(0, self.config.vocab_size, (batch, seqlen), device=device)
         return {"input_ids": ids}
+
+class CachedLM(ZooModel):
+    """A decoder-only language model whose past is a cache of keys and values per layer, filled
+    in place (LLaMA, GPT-NeoX, BLOOM). A subclass gives `hidden_states(input_ids,
+    attention_mask=None, cache=None)` and, where its cache is not one KVCache per block,
+    `new_cache()`. The rest, the same for every such model, is here."""
+
+    blocks: nn.ModuleList
+
+    def new_cache(self) -> list[Any]:
+        """One empty KVCache per layer."""
+        return [KVCache() for _ in self.blocks]
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, cache: list[Any] | None = None,
+                use_cache: bool = False) -> Output:
+        """Logits (B, T, vocab) for `input_ids` (B, T): the head on `hidden_states`, which
+        describes `attention_mask` and `cache`. `targets` (B, T) are the next tokens, aligned
+        with the positions (-100 = ignored). With `use_cache` and no `cache`, a new one is
+        started; it is returned in `Output.cache`."""
+        if cache is None and use_cache:
+            cache = self.new_cache()
+        hidden = self.hidden_states(input_ids, attention_mask=attention_mask, cache=cache)
+        logits = self.logits(hidden)  # (B, T, V)
+        loss = self.lm_loss(logits, targets) if targets is not None else None
+        return Output(logits=logits, loss=loss, cache=cache)
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None,
+                 eos_id: int | None = None) -> torch.Tensor:
+        """(B, T + new) tokens: greedy by default, sampled when temperature > 0 (see
+        `generate`); each step feeds one token on top of the cache."""
+        def step(ids: torch.Tensor, cache: Any) -> Output:
+            return self(ids, cache=cache, use_cache=True)
+
+        return generate(step, input_ids, max_new_tokens, temperature, top_k, generator, eos_id)
+
+    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
+                     padded: bool = False) -> dict:
+        """Random token ids, never padded (`padded` is ignored): a causal LM reads a
+        right-padded batch correctly without a mask (no real token sees a later pad), and
+        benchmarks time the plain causal path that pretraining and generation use."""
+        ids = torch.randint(0, self.config.vocab_size, (batch, seqlen), device=device)
+        return {"input_ids": ids}
+
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean cross-entropy over the positions whose target is not `ignore_index`."""
