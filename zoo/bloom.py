@@ -39,6 +39,7 @@ which is 176,247,271,424 for the defaults, BLOOM (176B).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,7 @@ from zoo.layers import (
     FeedForward,
     KVCache,
     alibi_slopes,
+    bert_init,
     causal_mask,
     causal_padding_mask,
     sdpa,
@@ -148,17 +150,9 @@ class Bloom(CachedLM):
         self.embed_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.apply(self._init_weights)
+        # N(0, init_std) matrices and embedding, zero biases, unit gains: BERT's initialisation
+        self.apply(functools.partial(bert_init, std=config.init_std))
         self.lm_head = tied_head(self.word_embeddings)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       cache: list[KVCache] | None = None) -> torch.Tensor:

@@ -45,6 +45,7 @@ which is 20,554,567,680 for the defaults, GPT-NeoX-20B (Pythia's sizes: catalog/
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ from zoo.layers import (
     FeedForward,
     KVCache,
     apply_rope,
+    bert_init,
     causal_mask,
     causal_padding_mask,
     rope_tables,
@@ -184,15 +186,7 @@ class GPTNeoX(CachedLM):
         """Small init for the embedding and every matrix but the two that write into the
         residual stream, which take Wang's (the module docstring); zero biases, unit gains."""
         c = self.config
-        small = math.sqrt(2 / (5 * c.d_model))
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=small)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            if isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        self.apply(functools.partial(bert_init, std=math.sqrt(2 / (5 * c.d_model))))
         wang = 2 / c.n_layer / math.sqrt(c.d_model)
         for block in self.blocks:
             nn.init.normal_(block.attention.dense.weight, mean=0.0, std=wang)

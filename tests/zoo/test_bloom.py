@@ -11,10 +11,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import lazy_import, randomized
+from decoder_parity import (
+    ATOL,
+    CHUNKS,
+    LENGTH,
+    assert_cached_decoding_equals_the_full_forward,
+    assert_cached_steps_match_hugging_faces_own_cache,
+    assert_greedy_tokens_match,
+    assert_logits_and_loss_match,
+    assert_padded_batch_matches,
+    assert_transformers_reads_the_export,
+    checkpoint_error,
+    padded_batch,
+)
 
 import zoo
 import zoo.fast
-from harness.bench.hf import cache_kwargs, returned_cache
 from harness.models import build_variant
 from zoo.bloom import Bloom, BloomConfig, alibi_mask
 from zoo.convert import CheckpointError
@@ -23,11 +35,9 @@ from zoo.layers import alibi_slopes, math_attention
 transformers = lazy_import("transformers")  # tests that use it skip without it
 
 NAME = "bloom"
-ATOL = 1e-4  # fp32 parity target on logits
 # The Hugging Face side: 6 heads, so that ALiBi's slopes take the rule for a head count that is
 # not a power of two (4 of 2^(-2k), then 2 of 2^(-(2k-1))).
 SIZES = dict(vocab_size=300, hidden_size=48, n_layer=2, n_head=6)
-LENGTH = 21
 
 
 # ---- published sizes -------------------------------------------------------------------------
@@ -131,55 +141,34 @@ def saved(hf, folder, **options):
     return zoo.from_pretrained(NAME, folder)
 
 
-def padded_batch():
-    torch.manual_seed(2)
-    ids = torch.randint(0, 300, (3, LENGTH))
-    mask = torch.ones(3, LENGTH, dtype=torch.long)
-    mask[1, :6] = 0  # left padding
-    mask[2, 14:] = 0  # right padding
-    return ids, mask
-
-
 def test_logits_and_loss_match_hugging_face(tmp_path):
     hf = hf_model()
     model = saved(hf, tmp_path)
     assert (model.config.n_head, model.config.d_model, model.config.d_ff) == (6, 48, 192)
     assert model.num_params() == sum(p.numel() for p in hf.parameters())
+    ref = assert_logits_and_loss_match(hf, model)
     ids, _ = padded_batch()
-    targets = torch.cat([ids[:, 1:], torch.full((3, 1), -100)], dim=1)  # HF shifts; we don't
+    # ALiBi and the embedding's LayerNorm are what matched: without either, far off
     with torch.no_grad():
-        ref = hf(ids, labels=ids)
-        out = model(ids, targets=targets)
-        diff = (out.logits - ref.logits).abs().max().item()
-        assert diff <= ATOL, diff
-        torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
-        # ALiBi and the embedding's LayerNorm are what matched: without either, far off
         for change in ("no alibi", "no embedding norm"):
             other = Bloom(model.config).eval()
             other.load_state_dict(model.state_dict())
             if change == "no embedding norm":
                 other.embed_norm = torch.nn.Identity()
-                assert (other(ids).logits - ref.logits).abs().max() > 100 * ATOL, change
+                assert (other(ids).logits - ref).abs().max() > 100 * ATOL, change
             else:
                 flat = alibi_mask(torch.zeros(6), 0, LENGTH, None, torch.float32)
                 h = other.embed_norm(other.word_embeddings(ids))
                 for block in other.blocks:
                     h = block(h, flat, None)
-                assert (other.logits(other.ln_f(h)) - ref.logits).abs().max() > 100 * ATOL
+                assert (other.logits(other.ln_f(h)) - ref).abs().max() > 100 * ATOL
 
 
 def test_padded_batch_matches_hugging_face(tmp_path):
     """transformers counts ALiBi's positions over real tokens only, the zoo from the start of
     the row: the real tokens' logits agree all the same (a row-constant bias)."""
     hf = hf_model()
-    model = saved(hf, tmp_path)
-    ids, mask = padded_batch()
-    with torch.no_grad():
-        ref = hf(ids, attention_mask=mask).logits
-        ours = model(ids, attention_mask=mask).logits
-    assert torch.isfinite(ours).all()
-    diff = (ours - ref)[mask.bool()].abs().max().item()
-    assert diff <= ATOL, diff
+    assert_padded_batch_matches(hf, saved(hf, tmp_path))
 
 
 def test_sharded_folder_base_model_and_a_stored_head_load(tmp_path):
@@ -213,49 +202,20 @@ def test_from_pretrained_applies_the_fast_routes_and_plain_stays_the_oracle(tmp_
 
 # ---- cached decoding -------------------------------------------------------------------------
 
-def step_by_step(model, ids, sizes, mask=None):
-    out, pieces, t = None, [], 0
-    for size in sizes:
-        kwargs = {} if mask is None else {"attention_mask": mask[:, : t + size]}
-        out = model(ids[:, t : t + size], cache=out.cache if out else None, use_cache=True,
-                    **kwargs)
-        pieces.append(out.logits)
-        t += size
-    return torch.cat(pieces, dim=1)
-
-
-@pytest.mark.parametrize("sizes", [[5] + [1] * 16, [3, 1, 10, 1, 2, 4]])
+@pytest.mark.parametrize("sizes", CHUNKS)
 def test_cached_decoding_equals_the_full_forward(sizes, tmp_path):
     hf = hf_model()
-    model = saved(hf, tmp_path)
-    ids, mask = padded_batch()
-    with torch.no_grad():
-        assert (step_by_step(model, ids, sizes) - hf(ids).logits).abs().max() <= ATOL
-        padded = step_by_step(model, ids, sizes, mask)
-        assert (padded - hf(ids, attention_mask=mask).logits)[mask.bool()].abs().max() <= ATOL
+    assert_cached_decoding_equals_the_full_forward(hf, saved(hf, tmp_path), sizes)
 
 
 def test_cached_steps_match_hugging_faces_own_cache(tmp_path):
     hf = hf_model()
-    model = saved(hf, tmp_path)
-    ids, _ = padded_batch()
-    with torch.no_grad():
-        ref = hf(ids[:, :10], use_cache=True)
-        ours = model(ids[:, :10], use_cache=True)
-        for t in range(10, LENGTH):
-            ref = hf(ids[:, t : t + 1], **cache_kwargs(hf, returned_cache(ref)), use_cache=True)
-            ours = model(ids[:, t : t + 1], cache=ours.cache)
-            assert (ours.logits - ref.logits).abs().max() <= ATOL, t
+    assert_cached_steps_match_hugging_faces_own_cache(hf, saved(hf, tmp_path))
 
 
 def test_generate_matches_hugging_faces_greedy_tokens(tmp_path):
     hf = hf_model()
-    model = saved(hf, tmp_path)
-    prompt = torch.randint(0, 300, (2, 5), generator=torch.Generator().manual_seed(4))
-    ours = model.generate(prompt, max_new_tokens=12)
-    ref = hf.generate(prompt, max_new_tokens=12, do_sample=False, min_new_tokens=12,
-                      pad_token_id=0)
-    assert torch.equal(ours, ref)
+    assert_greedy_tokens_match(hf, saved(hf, tmp_path))
 
 
 def test_long_inputs_run_past_the_trained_context():
@@ -270,14 +230,8 @@ def test_long_inputs_run_past_the_trained_context():
 def test_save_pretrained_gives_transformers_the_same_model(tmp_path):
     torch.manual_seed(0)
     model = randomized(build_variant(NAME, "tiny", n_head=8, d_model=48).eval())  # 8 heads
-    folder = zoo.save_pretrained(NAME, model, tmp_path / "out")
-    hf = transformers.BloomForCausalLM.from_pretrained(folder).eval()
-    ids = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        assert (hf(ids).logits - model(ids).logits).abs().max() <= ATOL
-    back = zoo.from_pretrained(NAME, folder)
-    assert back.config == model.config
-    assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert_transformers_reads_the_export(NAME, model, tmp_path / "out",
+                                         transformers.BloomForCausalLM)
 
 
 def test_a_feed_forward_not_4d_wide_is_not_exported(tmp_path):
@@ -294,11 +248,7 @@ def folder(tmp_path):
 
 
 def error_of(folder) -> str:
-    with pytest.raises(CheckpointError) as info:
-        zoo.from_pretrained(NAME, folder)
-    message = str(info.value)
-    assert "\n" not in message  # one line
-    return message
+    return checkpoint_error(NAME, folder)
 
 
 def test_missing_misshaped_and_untied_weights_are_named(folder):

@@ -14,10 +14,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import lazy_import, randomized
+from decoder_parity import (
+    ATOL,
+    CHUNKS,
+    assert_cached_decoding_equals_the_full_forward,
+    assert_cached_steps_match_hugging_faces_own_cache,
+    assert_greedy_tokens_match,
+    assert_logits_and_loss_match,
+    assert_padded_batch_matches,
+    assert_transformers_reads_the_export,
+    checkpoint_error,
+    padded_batch,
+)
 
 import zoo
 import zoo.fast
-from harness.bench.hf import cache_kwargs, returned_cache
 from harness.models import build_variant
 from zoo.convert import CheckpointError
 from zoo.gpt_neox import GPTNeoX, GPTNeoXConfig, partial_rope
@@ -26,11 +37,9 @@ from zoo.layers import math_attention, rope_tables
 transformers = lazy_import("transformers")  # tests that use it skip without it
 
 NAME = "gpt-neox"
-ATOL = 1e-4  # fp32 parity target on logits
 # The Hugging Face side: heads of 16 channels, 4 of them rotary at Pythia's 0.25.
 SIZES = dict(vocab_size=300, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
              num_attention_heads=4, max_position_embeddings=64)
-LENGTH = 21
 
 
 # ---- published sizes -------------------------------------------------------------------------
@@ -186,15 +195,6 @@ def saved(hf, folder, **options):
     return zoo.from_pretrained(NAME, folder)
 
 
-def padded_batch():
-    torch.manual_seed(2)
-    ids = torch.randint(0, 300, (3, LENGTH))
-    mask = torch.ones(3, LENGTH, dtype=torch.long)
-    mask[1, :6] = 0  # left padding
-    mask[2, 14:] = 0  # right padding
-    return ids, mask
-
-
 KINDS = {  # Pythia's own settings, GPT-2's sequential block, every channel rotary, and none
     "pythia": ({}, 4),
     "sequential": ({"use_parallel_residual": False}, 4),
@@ -214,14 +214,7 @@ def test_logits_and_loss_match_hugging_face(kind, tmp_path):
     assert c.parallel_residual == (kind != "sequential")
     assert c.rotary_dims == rotary_dims
     assert model.num_params() == sum(p.numel() for p in hf.parameters())
-    ids, _ = padded_batch()
-    targets = torch.cat([ids[:, 1:], torch.full((3, 1), -100)], dim=1)  # HF shifts; we don't
-    with torch.no_grad():
-        ref = hf(ids, labels=ids)
-        out = model(ids, targets=targets)
-    diff = (out.logits - ref.logits).abs().max().item()
-    assert diff <= ATOL, diff
-    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
+    assert_logits_and_loss_match(hf, model)
 
 
 def test_the_wiring_and_the_rotary_share_are_what_matched(tmp_path):
@@ -240,14 +233,7 @@ def test_the_wiring_and_the_rotary_share_are_what_matched(tmp_path):
 
 def test_padded_batch_matches_hugging_face(tmp_path):
     hf = hf_model()
-    model = saved(hf, tmp_path)
-    ids, mask = padded_batch()
-    with torch.no_grad():
-        ref = hf(ids, attention_mask=mask).logits
-        ours = model(ids, attention_mask=mask).logits
-    assert torch.isfinite(ours).all()
-    diff = (ours - ref)[mask.bool()].abs().max().item()
-    assert diff <= ATOL, diff
+    assert_padded_batch_matches(hf, saved(hf, tmp_path))
 
 
 def released_folder(hf, folder):
@@ -317,50 +303,20 @@ def test_from_pretrained_applies_the_fast_routes_and_plain_stays_the_oracle(tmp_
 
 # ---- cached decoding -------------------------------------------------------------------------
 
-def step_by_step(model, ids, sizes, mask=None):
-    """Logits of `ids` fed in chunks of `sizes` on top of the cache."""
-    out, pieces, t = None, [], 0
-    for size in sizes:
-        kwargs = {} if mask is None else {"attention_mask": mask[:, : t + size]}
-        out = model(ids[:, t : t + size], cache=out.cache if out else None, use_cache=True,
-                    **kwargs)
-        pieces.append(out.logits)
-        t += size
-    return torch.cat(pieces, dim=1)
-
-
-@pytest.mark.parametrize("sizes", [[5] + [1] * 16, [3, 1, 10, 1, 2, 4]])
+@pytest.mark.parametrize("sizes", CHUNKS)
 def test_cached_decoding_equals_the_full_forward(sizes, tmp_path):
     hf = hf_model()
-    model = saved(hf, tmp_path)
-    ids, mask = padded_batch()
-    with torch.no_grad():
-        assert (step_by_step(model, ids, sizes) - hf(ids).logits).abs().max() <= ATOL
-        padded = step_by_step(model, ids, sizes, mask)
-        assert (padded - hf(ids, attention_mask=mask).logits)[mask.bool()].abs().max() <= ATOL
+    assert_cached_decoding_equals_the_full_forward(hf, saved(hf, tmp_path), sizes)
 
 
 def test_cached_steps_match_hugging_faces_own_cache(tmp_path):
     hf = hf_model()
-    model = saved(hf, tmp_path)
-    ids, _ = padded_batch()
-    with torch.no_grad():
-        ref = hf(ids[:, :10], use_cache=True)
-        ours = model(ids[:, :10], use_cache=True)
-        for t in range(10, LENGTH):
-            ref = hf(ids[:, t : t + 1], **cache_kwargs(hf, returned_cache(ref)), use_cache=True)
-            ours = model(ids[:, t : t + 1], cache=ours.cache)
-            assert (ours.logits - ref.logits).abs().max() <= ATOL, t
+    assert_cached_steps_match_hugging_faces_own_cache(hf, saved(hf, tmp_path))
 
 
 def test_generate_matches_hugging_faces_greedy_tokens(tmp_path):
     hf = hf_model()
-    model = saved(hf, tmp_path)
-    prompt = torch.randint(0, 300, (2, 5), generator=torch.Generator().manual_seed(4))
-    ours = model.generate(prompt, max_new_tokens=12)
-    ref = hf.generate(prompt, max_new_tokens=12, do_sample=False, min_new_tokens=12,
-                      pad_token_id=0)
-    assert torch.equal(ours, ref)
+    assert_greedy_tokens_match(hf, saved(hf, tmp_path))
 
 
 def test_mask_length_is_checked():
@@ -378,15 +334,9 @@ def test_save_pretrained_gives_transformers_the_same_model(parallel, tmp_path):
     torch.manual_seed(0)
     model = randomized(build_variant(NAME, "tiny", parallel_residual=parallel,
                                      rotary_pct=0.5, rope_theta=300.0).eval())
-    folder = zoo.save_pretrained(NAME, model, tmp_path / "out")
-    hf = transformers.GPTNeoXForCausalLM.from_pretrained(folder).eval()
+    hf = assert_transformers_reads_the_export(NAME, model, tmp_path / "out",
+                                              transformers.GPTNeoXForCausalLM)
     assert hf.config.use_parallel_residual == parallel
-    ids = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        assert (hf(ids).logits - model(ids).logits).abs().max() <= ATOL
-    back = zoo.from_pretrained(NAME, folder)
-    assert back.config == model.config
-    assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
 def test_a_model_without_a_feed_forward_is_not_exported(tmp_path):
@@ -403,11 +353,7 @@ def folder(tmp_path):
 
 
 def error_of(folder) -> str:
-    with pytest.raises(CheckpointError) as info:
-        zoo.from_pretrained(NAME, folder)
-    message = str(info.value)
-    assert "\n" not in message  # one line
-    return message
+    return checkpoint_error(NAME, folder)
 
 
 def test_missing_and_misshaped_weights_are_named(folder):

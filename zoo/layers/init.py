@@ -1,4 +1,5 @@
-"""BERT's initialisation, shared by BERT/RoBERTa and MosaicBERT."""
+"""BERT's initialisation, shared by BERT/RoBERTa and MosaicBERT, and taken by BLOOM (and by GPT-NeoX
+with its own standard deviation)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,125 @@
+"""The checks a KV-cache decoder read from a Hugging Face folder must pass against the
+transformers model that saved it (GPT-NeoX, BLOOM): logits and loss, a padded batch, cached
+decoding in chunks, transformers' own cache step by step, and greedy tokens. Every function
+takes the transformers model `hf` (eval mode, random weights) and the zoo model `model`."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.bench.hf import cache_kwargs, returned_cache
+
+ATOL = 1e-4  # fp32 parity target on logits
+LENGTH = 21  # tokens in padded_batch's rows
+CHUNKS = [[5] + [1] * 16, [3, 1, 10, 1, 2, 4]]  # ways to feed LENGTH tokens on the cache
+
+
+def padded_batch(vocab: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of 3 rows of LENGTH: one whole, one left-padded by 6, one right-padded
+    from 14."""
+    torch.manual_seed(2)
+    ids = torch.randint(0, vocab, (3, LENGTH))
+    mask = torch.ones(3, LENGTH, dtype=torch.long)
+    mask[1, :6] = 0
+    mask[2, 14:] = 0
+    return ids, mask
+
+
+@torch.no_grad()
+def assert_logits_and_loss_match(hf, model) -> torch.Tensor:
+    """The logits within ATOL and the loss within 1e-5; returns transformers' logits."""
+    ids, _ = padded_batch()
+    targets = torch.cat([ids[:, 1:], torch.full((3, 1), -100)], dim=1)  # HF shifts; we don't
+    ref = hf(ids, labels=ids)
+    out = model(ids, targets=targets)
+    diff = (out.logits - ref.logits).abs().max().item()
+    assert diff <= ATOL, diff
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
+    return ref.logits
+
+
+@torch.no_grad()
+def assert_padded_batch_matches(hf, model) -> None:
+    """The real tokens' logits of a left- and a right-padded row within ATOL, finite
+    everywhere."""
+    ids, mask = padded_batch()
+    ours = model(ids, attention_mask=mask).logits
+    assert torch.isfinite(ours).all()
+    diff = (ours - hf(ids, attention_mask=mask).logits)[mask.bool()].abs().max().item()
+    assert diff <= ATOL, diff
+
+
+def step_by_step(model, ids: torch.Tensor, sizes: list[int],
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of `ids` fed in chunks of `sizes` on top of the cache."""
+    out, pieces, t = None, [], 0
+    for size in sizes:
+        kwargs = {} if mask is None else {"attention_mask": mask[:, : t + size]}
+        out = model(ids[:, t : t + size], cache=out.cache if out else None, use_cache=True,
+                    **kwargs)
+        pieces.append(out.logits)
+        t += size
+    assert t == ids.size(1)
+    return torch.cat(pieces, dim=1)
+
+
+@torch.no_grad()
+def assert_cached_decoding_equals_the_full_forward(hf, model, sizes: list[int]) -> None:
+    """Chunks of `sizes` on the cache, with and without padding: transformers' full forward."""
+    ids, mask = padded_batch()
+    assert (step_by_step(model, ids, sizes) - hf(ids).logits).abs().max() <= ATOL
+    padded = step_by_step(model, ids, sizes, mask)
+    assert (padded - hf(ids, attention_mask=mask).logits)[mask.bool()].abs().max() <= ATOL
+
+
+@torch.no_grad()
+def assert_cached_steps_match_hugging_faces_own_cache(hf, model) -> None:
+    """Ten tokens, then one at a time on each side's own cache: the same logits each step."""
+    ids, _ = padded_batch()
+    ref = hf(ids[:, :10], use_cache=True)
+    ours = model(ids[:, :10], use_cache=True)
+    for t in range(10, LENGTH):
+        ref = hf(ids[:, t : t + 1], **cache_kwargs(hf, returned_cache(ref)), use_cache=True)
+        ours = model(ids[:, t : t + 1], cache=ours.cache)
+        assert (ours.logits - ref.logits).abs().max() <= ATOL, t
+
+
+def assert_greedy_tokens_match(hf, model) -> None:
+    """12 greedy tokens after a prompt of 5, as transformers' generate gives them."""
+    prompt = torch.randint(0, 300, (2, 5), generator=torch.Generator().manual_seed(4))
+    ours = model.generate(prompt, max_new_tokens=12)
+    ref = hf.generate(prompt, max_new_tokens=12, do_sample=False, min_new_tokens=12,
+                      pad_token_id=0)
+    assert torch.equal(ours, ref)
+
+
+def assert_transformers_reads_the_export(name: str, model, folder, hf_class):
+    """zoo.save_pretrained's folder: `hf_class` loads it with the zoo model's logits, and
+    zoo.from_pretrained reads it back to the same config and the same weights exactly. Returns
+    the transformers model."""
+    import zoo
+
+    folder = zoo.save_pretrained(name, model, folder)
+    hf = hf_class.from_pretrained(folder).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 12),
+                        generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert (hf(ids).logits - model(ids).logits).abs().max() <= ATOL
+    back = zoo.from_pretrained(name, folder)
+    assert back.config == model.config
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
+    return hf
+
+
+def checkpoint_error(name: str, folder) -> str:
+    """The CheckpointError reading `folder` as zoo model `name` raises; it must be one line."""
+    import pytest
+
+    import zoo
+    from zoo.convert import CheckpointError
+
+    with pytest.raises(CheckpointError) as info:
+        zoo.from_pretrained(name, folder)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
