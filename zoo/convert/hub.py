@@ -1,12 +1,12 @@
 """Hugging Face hub ids -> local checkpoint folders, through `huggingface_hub` and its cache.
 
-`resolve("gpt2")` gives the folder of the cached snapshot of the hub's `gpt2` (`resolve("gpt2@REV")`
-or `resolve("gpt2", revision=REV)` another branch, tag or commit's), downloading the files a
-checkpoint needs (config.json, the weights in one format, the tokenizer's files) when it
-is not cached yet; a path that exists is returned as it is. huggingface_hub reads its own
-settings from the environment: `HF_HUB_OFFLINE=1` reads the cache only, `HF_HUB_CACHE` (or
-`HF_HOME`) moves the cache, `HF_TOKEN` logs in. Every failure is one `CheckpointError` line
-that says what to do.
+`resolve("gpt2")` gives the folder of the cached snapshot of the hub's `gpt2` (and
+`resolve("gpt2@REV")`, or `resolve("gpt2", revision=REV)`, that of a branch, tag or commit),
+downloading the files a checkpoint needs (config.json, the weights in one format, the
+tokenizer's files) when it is not cached yet; a path that exists is returned as it is.
+huggingface_hub reads its own settings from the environment: `HF_HUB_OFFLINE=1` reads the cache
+only, `HF_HUB_CACHE` (or `HF_HOME`) moves the cache, `HF_TOKEN` logs in. Every failure is one
+`CheckpointError` line that says what to do.
 """
 
 from __future__ import annotations
