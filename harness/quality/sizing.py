@@ -55,21 +55,29 @@ def width_fields(model: str, fields: dict[str, Any], width: int, depth: bool = F
 def size_for_budget(models: list[str], spec: RunSpec, vocab_size: int,
                     catalog: Catalog | None = None) -> Choice:
     """The widest width of WIDTHS at which every model gets TOKENS_PER_PARAM tokens per
-    parameter of the budget (the narrowest when none does)."""
+    parameter of the budget (the narrowest when none does). A width some model's config
+    refuses is passed over (GPT-NeoX's 8 heads at 96: a head of 12 has an odd 3 rotary
+    channels); when every width is refused, the first refusal is raised."""
     from harness.models import build, variant_fields
 
     config = spec.train_config
     budget = spec.budget
     chosen: Choice | None = None
+    refused: ValueError | None = None
     for width in WIDTHS:
         params, tokens = {}, {}
-        for model in models:
-            fields = width_fields(model, variant_fields(model, spec.variant, catalog), width,
-                                  depth=True)
-            net = build(model, overrides={**fields, "vocab_size": vocab_size,
-                                          **dict(spec.overrides)},  # --set's fields too
+        try:
+            nets = {model: build(model, overrides={
+                        **width_fields(model, variant_fields(model, spec.variant, catalog),
+                                       width, depth=True),
+                        "vocab_size": vocab_size, **dict(spec.overrides)},  # --set's too
                         seqlen=config.seqlen, seed=0,
                         device="cpu" if budget.seconds else "meta").model  # meta: no weights
+                    for model in models}
+        except ValueError as exc:  # a config this width makes is refused: not a choice
+            refused = refused or exc
+            continue
+        for model, net in nets.items():
             params[model] = net.num_params()
             if budget.tokens:
                 tokens[model] = float(budget.tokens)
@@ -84,7 +92,9 @@ def size_for_budget(models: list[str], spec: RunSpec, vocab_size: int,
         chosen = Choice(width, params, tokens, "")
         if not fits:
             break
-    assert chosen is not None
+    if chosen is None:
+        assert refused is not None
+        raise refused
     fewest = min(chosen.tokens[m] / chosen.params[m] for m in models)
     how = ("measured training speed on this machine" if budget.seconds else
            "the models' training FLOPs" if budget.flops else "the token budget")

@@ -57,3 +57,25 @@ def test_width_fields_size_llama_and_mamba():
                              RunSpec(task="lm", budget=Budget(tokens=20_000_000)), 259)
     assert choice.width == 128  # at 192 LLaMA's small has 1.0M parameters, over 20M / 20
     assert all(choice.tokens[m] >= TOKENS_PER_PARAM * choice.params[m] for m in choice.params)
+
+
+def test_a_width_a_models_config_refuses_is_passed_over():
+    """GPT-NeoX's small keeps 8 heads: at d_model 96 a head of 12 has an odd 3 rotary channels,
+    which its config refuses. The sizing passes 96 over instead of failing on it."""
+    import pytest
+
+    with pytest.raises(ValueError, match="odd 3 channels"):
+        build("gpt-neox", overrides={**width_fields("gpt-neox", variant_fields(
+            "gpt-neox", "small"), 96, depth=True), "vocab_size": 259}, seqlen=256,
+              device="meta")
+    models = ["gpt-neox", "bloom"]
+    at = {w: max(build(m, overrides={**width_fields(m, variant_fields(m, "small"), w,
+                                                    depth=True), "vocab_size": 259},
+                       seqlen=256, device="meta").model.num_params() for m in models)
+          for w in (64, 128)}
+    tokens = 2 * TOKENS_PER_PARAM * at[64]  # fits 64, not 128
+    assert tokens < TOKENS_PER_PARAM * at[128]
+    choice = size_for_budget(models, RunSpec(task="lm", budget=Budget(tokens=tokens)), 259)
+    assert choice.width == 64
+    wide = size_for_budget(models, RunSpec(task="lm", budget=Budget(flops=1e20)), 259)
+    assert wide.width == 512  # past 96 to the widest
