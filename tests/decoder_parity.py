@@ -50,8 +50,8 @@ def assert_padded_batch_matches(hf, model) -> None:
 
 
 def step_by_step(model, ids: torch.Tensor, sizes: list[int],
-                 mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits of `ids` fed in chunks of `sizes` on top of the cache."""
+                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, object]:
+    """(logits, the cache after them) of `ids` fed in chunks of `sizes` on top of the cache."""
     out, pieces, t = None, [], 0
     for size in sizes:
         kwargs = {} if mask is None else {"attention_mask": mask[:, : t + size]}
@@ -60,15 +60,15 @@ def step_by_step(model, ids: torch.Tensor, sizes: list[int],
         pieces.append(out.logits)
         t += size
     assert t == ids.size(1)
-    return torch.cat(pieces, dim=1)
+    return torch.cat(pieces, dim=1), out.cache
 
 
 @torch.no_grad()
 def assert_cached_decoding_equals_the_full_forward(hf, model, sizes: list[int]) -> None:
     """Chunks of `sizes` on the cache, with and without padding: transformers' full forward."""
     ids, mask = padded_batch()
-    assert (step_by_step(model, ids, sizes) - hf(ids).logits).abs().max() <= ATOL
-    padded = step_by_step(model, ids, sizes, mask)
+    assert (step_by_step(model, ids, sizes)[0] - hf(ids).logits).abs().max() <= ATOL
+    padded = step_by_step(model, ids, sizes, mask)[0]
     assert (padded - hf(ids, attention_mask=mask).logits)[mask.bool()].abs().max() <= ATOL
 
 

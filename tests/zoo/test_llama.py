@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import lazy_import, randomized
+from decoder_parity import step_by_step
 
 import zoo
 import zoo.fast
@@ -380,19 +381,6 @@ def test_a_band_holds_only_the_keys_its_window_reaches():
 
 
 # ---- cached decoding ------------------------------------------------------------------------
-
-def step_by_step(model, ids, sizes, mask=None):
-    """Logits of `ids` fed in chunks of `sizes` on top of the cache."""
-    out, pieces, t = None, [], 0
-    for size in sizes:
-        kwargs = {} if mask is None else {"attention_mask": mask[:, : t + size]}
-        out = model(ids[:, t : t + size], cache=out.cache if out else None, use_cache=True,
-                    **kwargs)
-        pieces.append(out.logits)
-        t += size
-    assert t == ids.size(1)
-    return torch.cat(pieces, dim=1), out.cache
-
 
 @pytest.mark.parametrize("kind", ["llama", "mistral"])
 @pytest.mark.parametrize("sizes", [[5] + [1] * 16, [3, 1, 10, 1, 2, 4], [12, 9]])
