@@ -22,6 +22,7 @@ REGISTRY: dict[str, str] = {
     "llama": "zoo.llama:Llama",
     "gpt-neox": "zoo.gpt_neox:GPTNeoX",
     "bloom": "zoo.bloom:Bloom",
+    "opt": "zoo.opt:OPT",
 }
 
 

@@ -30,7 +30,8 @@ RUNNABLE = {"transformer": "transformer", "bert": "bert", "gpt": "gpt", "gpt-2":
             "roberta": "roberta", "mosaicbert": "mosaic-bert", "rwkv": "rwkv",
             "rwkv5": "rwkv5", "rwkv6": "rwkv6", "rwkv7": "rwkv7", "pangu-pi": "pangu-pi",
             "llama": "llama", "llama-2": "llama", "llama-3": "llama", "mistral": "llama",
-            "gpt-neox-20b": "gpt-neox", "pythia": "gpt-neox", "bloom": "bloom"}
+            "gpt-neox-20b": "gpt-neox", "pythia": "gpt-neox", "bloom": "bloom",
+            "opt": "opt"}
 
 
 @pytest.fixture(scope="module")
