@@ -90,13 +90,15 @@ DECODER_SIZES = {
     "GPTNeoX": dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=2, max_position_embeddings=64),  # Pythia's layout
     "Bloom": dict(hidden_size=32, n_layer=2, n_head=4),  # ALiBi, an embedding LayerNorm
+    "OPT": dict(hidden_size=32, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=64),  # learned positions, ReLU
 }
 
 
 def decoder_folder(folder: Path, architecture: str, seed: int = 0) -> Path:
-    """A transformers `{architecture}ForCausalLM` folder ("GPTNeoX", "Bloom") from a tiny random
-    config, with the tiny byte-level tokenizer's files; <|endoftext|> is id 0, BOS and EOS (as
-    Pythia's is)."""
+    """A transformers `{architecture}ForCausalLM` folder ("GPTNeoX", "Bloom", "OPT") from a tiny
+    random config, with the tiny byte-level tokenizer's files; <|endoftext|> is id 0, BOS and
+    EOS (as Pythia's is)."""
     import torch
 
     transformers = pytest.importorskip("transformers")

@@ -1,7 +1,8 @@
 """The Hugging Face transformers peer (`catalog bench --against hf`): GPT2LMHeadModel (GPT-2) or
 OpenAIGPTLMHeadModel (GPT-1), BertForPreTraining (or BertForMaskedLM without the NSP head),
 RobertaForMaskedLM, RwkvForCausalLM, LlamaForCausalLM (or MistralForCausalLM with a sliding
-window), GPTNeoXForCausalLM, BloomForCausalLM, MambaForCausalLM, Mamba2ForCausalLM.
+window), GPTNeoXForCausalLM, BloomForCausalLM, OPTForCausalLM, MambaForCausalLM,
+Mamba2ForCausalLM.
 
 The peer gets THE SAME WEIGHTS as the zoo model of the cell and the same sizes, eps,
 activation, dropout and position table, so that a difference in speed or memory is a
@@ -68,7 +69,8 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
         notes.append(f"attention: {model.config._attn_implementation}")
     forward = dict(inputs.forward)
     nsp_labels = forward.pop("next_sentence_label", None)  # a loss input, as in the zoo
-    causal = cell.model in ("gpt", "rwkv", "llama", "gpt-neox", "bloom", "mamba", "mamba2")
+    causal = cell.model in ("gpt", "rwkv", "llama", "gpt-neox", "bloom", "opt", "mamba",
+                          "mamba2")
 
     def logits():
         """(LM or masked-LM logits, next-sentence logits or None)."""
@@ -98,9 +100,11 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
             optimizer.step()
             return loss
 
-    elif cell.model in ("gpt", "llama", "gpt-neox", "bloom"):
-        # GPT-2's learned table ends decoding; RoPE and ALiBi have no table to run out of.
-        limit = model.config.n_positions if cell.model == "gpt" else None
+    elif cell.model in ("gpt", "llama", "gpt-neox", "bloom", "opt"):
+        # GPT-2's and OPT's learned tables end decoding; RoPE and ALiBi have no table to run
+        # out of.
+        limit = {"gpt": getattr(model.config, "n_positions", None),
+                 "opt": getattr(model.config, "max_position_embeddings", None)}.get(cell.model)
         run = _cache_decoder(model, inputs.input_ids, limit)
         notes.append("KV cache: transformers' DynamicCache")
     elif cell.model in ("mamba", "mamba2"):  # as GenerationMixin decodes them: a token a step

@@ -112,11 +112,12 @@ def test_generate_from_an_official_rwkv_file_with_its_tokenizer_beside_it(gpt2, 
     assert result.stdout == tok.decode(ids + new, skip_special_tokens=True) + "\n"
 
 
-@pytest.mark.parametrize("architecture, name", [("GPTNeoX", "gpt-neox"), ("Bloom", "bloom")])
-def test_generate_from_a_pythia_or_bloom_folder_is_transformers_greedy_text(tmp_path,
-                                                                            architecture, name):
+@pytest.mark.parametrize("architecture, name", [("GPTNeoX", "gpt-neox"), ("Bloom", "bloom"),
+                                                ("OPT", "opt")])
+def test_generate_from_a_pythia_bloom_or_opt_folder_is_transformers_greedy_text(
+        tmp_path, architecture, name):
     """A GPT-NeoX folder as Pythia's are laid out, read as zoo.gpt_neox; a BLOOM one as
-    zoo.bloom."""
+    zoo.bloom, an OPT one as zoo.opt."""
     folder = decoder_folder(tmp_path / name, architecture)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     model = transformers.AutoModelForCausalLM.from_pretrained(str(folder)).eval()

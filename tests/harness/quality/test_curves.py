@@ -37,6 +37,7 @@ def tiny(name: str, **fields) -> torch.nn.Module:
              "llama": dict(n_layer=1, d_model=32, n_head=2, d_ff=64),
              "gpt-neox": dict(n_layer=1, d_model=32, n_head=2, d_ff=64),
              "bloom": dict(n_layer=1, d_model=32, n_head=2),
+             "opt": dict(n_layer=1, d_model=32, n_head=2, max_seq_len=32),
              "mamba": dict(n_layer=1, d_model=32),
              "mamba2": dict(n_layer=1, d_model=32, head_dim=16, d_state=16)}[name]
     torch.manual_seed(0)
@@ -175,8 +176,9 @@ def test_sliding_with_stride_l_is_nonoverlapping_and_smaller_strides_score_the_s
 
 @torch.no_grad()
 @pytest.mark.parametrize("table", [32, 64])
-def test_learned_positions_are_not_scored_past_the_trained_length(table):
-    model = tiny("gpt", max_seq_len=table)  # 64: a table lengthened past training
+@pytest.mark.parametrize("name", ["gpt", "opt"])
+def test_learned_positions_are_not_scored_past_the_trained_length(name, table):
+    model = tiny(name, max_seq_len=table)  # 64: a table lengthened past training
     seen = seen_lengths(model)
     rows = extrapolation(model, byte_stream(3 * 64 + 1), BYTES, lengths=[16, 32, 64],
                          trained_length=32, pad_id=TOK.pad_id)
