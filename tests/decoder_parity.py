@@ -123,3 +123,42 @@ def checkpoint_error(name: str, folder) -> str:
     message = str(info.value)
     assert "\n" not in message
     return message
+
+
+def assert_fast_routes_match_the_plain_path(name: str, folder, routes: tuple[str, ...]) -> None:
+    """zoo.from_pretrained applies `routes` (and the plain load none), and both give the same
+    logits for a prompt and for one decoding-sized step."""
+    import zoo
+    import zoo.fast
+
+    fast, plain = zoo.from_pretrained(name, folder), zoo.from_pretrained(name, folder, fast=False)
+    assert zoo.fast.applied(fast) == routes
+    assert zoo.fast.applied(plain) == ()
+    ids, _ = padded_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(ids).logits, plain(ids).logits, atol=2e-5, rtol=1e-5)
+        one = ids[:, :1]  # a decoding step takes the split matrix-vector route
+        torch.testing.assert_close(fast(one).logits, plain(one).logits, atol=2e-5, rtol=1e-5)
+
+
+def assert_missing_and_misshaped_weights_are_named(name: str, folder, state: dict, key: str,
+                                                   zoo_key: str, width: int,
+                                                   tied_to: str | None = None) -> None:
+    """`folder`'s model.safetensors rewritten from `state`: without `key`, the error names it;
+    with it misshaped, the error names `zoo_key` and both shapes ((32,) against (width,)). With
+    `tied_to` (the embedding of a tied head), a stored head that differs from it is refused."""
+    from safetensors.torch import save_file
+
+    path = folder / "model.safetensors"
+    dropped = (key, "lm_head.weight") if tied_to else (key,)  # a tied head is stored or not
+    state = {k: v for k, v in state.items() if k not in dropped}
+    save_file(state, str(path))
+    assert f"'{key}'" in checkpoint_error(name, folder)
+    save_file({**state, key: torch.zeros(32)}, str(path))
+    message = checkpoint_error(name, folder)
+    assert zoo_key in message and "(32,)" in message and f"({width},)" in message
+    if tied_to is not None:
+        head = state[tied_to] + 1
+        save_file({**state, key: torch.zeros(width), "lm_head.weight": head}, str(path))
+        message = checkpoint_error(name, folder)
+        assert "'lm_head.weight' differs from the token embedding" in message

@@ -145,3 +145,22 @@ def test_configs_hugging_face_cannot_express_are_refused(name, fields, message):
     model = zoo.build(name, **{**TINY[name], **fields}, device="meta")
     with pytest.raises(CheckpointError, match=message):
         EXPORTERS[name](model.config, model.state_dict())
+
+
+def test_a_gpt2_head_that_is_not_the_embedding_is_refused(tmp_path):
+    """GPT-2 ties its head: a stored lm_head.weight must be the embedding (zoo.convert.tie_head,
+    which the BLOOM, OPT and Mamba converters share)."""
+    from safetensors.torch import load_file, save_file
+    from tiny_checkpoints import gpt2_folder
+
+    folder = gpt2_folder(tmp_path / "gpt2", tokenizer=False)
+    state = load_file(str(folder / "model.safetensors"))
+    save_file({**state, "lm_head.weight": state["transformer.wte.weight"].clone()},
+              str(folder / "model.safetensors"))
+    model = zoo.from_pretrained("gpt", folder)  # an equal copy loads, tied
+    assert model.lm_head.weight is model.wte.weight
+    save_file({**state, "lm_head.weight": state["transformer.wte.weight"] + 1},
+              str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="'lm_head.weight' differs from the token "
+                                              "embedding; zoo.gpt ties its output head to it"):
+        zoo.from_pretrained("gpt", folder)

@@ -19,8 +19,10 @@ from decoder_parity import (
     CHUNKS,
     assert_cached_decoding_equals_the_full_forward,
     assert_cached_steps_match_hugging_faces_own_cache,
+    assert_fast_routes_match_the_plain_path,
     assert_greedy_tokens_match,
     assert_logits_and_loss_match,
+    assert_missing_and_misshaped_weights_are_named,
     assert_padded_batch_matches,
     assert_transformers_reads_the_export,
     checkpoint_error,
@@ -288,17 +290,8 @@ def test_sharded_folder_and_base_model_load(tmp_path):
 
 
 def test_from_pretrained_applies_the_fast_routes_and_plain_stays_the_oracle(tmp_path):
-    hf = hf_model()
-    hf.save_pretrained(tmp_path)
-    fast, plain = zoo.from_pretrained(NAME, tmp_path), zoo.from_pretrained(NAME, tmp_path,
-                                                                          fast=False)
-    assert zoo.fast.applied(fast) == ("linear", "ffn", "dropout", "loss")
-    assert zoo.fast.applied(plain) == ()
-    ids, _ = padded_batch()
-    with torch.no_grad():
-        torch.testing.assert_close(fast(ids).logits, plain(ids).logits, atol=2e-5, rtol=1e-5)
-        one = ids[:, :1]  # a decoding step takes the split matrix-vector route
-        torch.testing.assert_close(fast(one).logits, plain(one).logits, atol=2e-5, rtol=1e-5)
+    hf_model().save_pretrained(tmp_path)
+    assert_fast_routes_match_the_plain_path(NAME, tmp_path, ("linear", "ffn", "dropout", "loss"))
 
 
 # ---- cached decoding -------------------------------------------------------------------------
@@ -357,16 +350,10 @@ def error_of(folder) -> str:
 
 
 def test_missing_and_misshaped_weights_are_named(folder):
-    from safetensors.torch import save_file
-
     path, state = folder
-    del state["gpt_neox.layers.1.mlp.dense_4h_to_h.bias"]
-    save_file(state, str(path / "model.safetensors"))
-    assert "'gpt_neox.layers.1.mlp.dense_4h_to_h.bias'" in error_of(path)
-    state["gpt_neox.layers.1.mlp.dense_4h_to_h.bias"] = torch.zeros(32)
-    save_file(state, str(path / "model.safetensors"))
-    assert "blocks.1.mlp.fc_out.bias" in (message := error_of(path))
-    assert "(32,)" in message and "(64,)" in message
+    assert_missing_and_misshaped_weights_are_named(
+        NAME, path, state, "gpt_neox.layers.1.mlp.dense_4h_to_h.bias", "blocks.1.mlp.fc_out.bias",
+        64)
 
 
 @pytest.mark.parametrize("field, value, says", [

@@ -18,8 +18,10 @@ from decoder_parity import (
     CHUNKS,
     assert_cached_decoding_equals_the_full_forward,
     assert_cached_steps_match_hugging_faces_own_cache,
+    assert_fast_routes_match_the_plain_path,
     assert_greedy_tokens_match,
     assert_logits_and_loss_match,
+    assert_missing_and_misshaped_weights_are_named,
     assert_padded_batch_matches,
     assert_transformers_reads_the_export,
     checkpoint_error,
@@ -249,17 +251,8 @@ def _keys(folder) -> list[str]:
 
 
 def test_from_pretrained_applies_the_fast_routes_and_plain_stays_the_oracle(tmp_path):
-    hf = hf_model()
-    hf.save_pretrained(tmp_path)
-    fast, plain = zoo.from_pretrained(NAME, tmp_path), zoo.from_pretrained(NAME, tmp_path,
-                                                                          fast=False)
-    assert "linear" in zoo.fast.applied(fast) and "loss" in zoo.fast.applied(fast)
-    assert zoo.fast.applied(plain) == ()
-    ids, _ = padded_batch()
-    with torch.no_grad():
-        torch.testing.assert_close(fast(ids).logits, plain(ids).logits, atol=2e-5, rtol=1e-5)
-        one = ids[:, :1]
-        torch.testing.assert_close(fast(one).logits, plain(one).logits, atol=2e-5, rtol=1e-5)
+    hf_model().save_pretrained(tmp_path)
+    assert_fast_routes_match_the_plain_path(NAME, tmp_path, ("linear", "ffn", "dropout", "loss"))
 
 
 # ---- cached decoding -------------------------------------------------------------------------
@@ -312,22 +305,10 @@ def error_of(folder) -> str:
 
 
 def test_missing_misshaped_and_untied_weights_are_named(folder):
-    from safetensors.torch import save_file
-
     path, state = folder
-    state = {k: v for k, v in state.items() if k != "lm_head.weight"}
-    key = "model.decoder.layers.1.fc2.bias"
-    del state[key]
-    save_file(state, str(path / "model.safetensors"))
-    assert f"'{key}'" in error_of(path)
-    state[key] = torch.zeros(32)
-    save_file(state, str(path / "model.safetensors"))
-    assert "blocks.1.mlp.fc_out.bias" in (message := error_of(path))
-    assert "(32,)" in message and "(48,)" in message
-    state[key] = torch.zeros(48)
-    head = state["model.decoder.embed_tokens.weight"] + 1
-    save_file({**state, "lm_head.weight": head}, str(path / "model.safetensors"))
-    assert "lm_head.weight differs from the token embedding" in error_of(path)
+    assert_missing_and_misshaped_weights_are_named(
+        NAME, path, state, "model.decoder.layers.1.fc2.bias", "blocks.1.mlp.fc_out.bias", 48,
+        tied_to="model.decoder.embed_tokens.weight")
 
 
 @pytest.mark.parametrize("field, value", [

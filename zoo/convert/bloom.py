@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.convert.common import CheckpointError, StateDict
+from zoo.convert.common import CheckpointError, StateDict, tie_head
 
 # --------------------------------------------------------------------------------------------------
 # Hugging Face BLOOM checkpoints (`model_type: bloom`: bigscience/bloom and bloom-560m ... 7b1,
@@ -53,11 +53,7 @@ def convert_bloom(config: dict[str, Any], state: StateDict) -> tuple[dict[str, A
                   for zoo, hf in BLOOM_BLOCK_KEYS.items() for p in ("weight", "bias")}
     left = dict(state)
     out = {zoo: left.pop(hf) for zoo, hf in names.items()}
-    head = left.pop("lm_head.weight", None)
-    if head is not None and not head.equal(out["word_embeddings.weight"]):
-        raise CheckpointError("lm_head.weight differs from the token embedding; zoo.bloom ties "
-                              "the head to it, as BLOOM does")
-    out["lm_head.weight"] = out["word_embeddings.weight"]  # the tied head: one tensor, two keys
+    tie_head(out, left.pop("lm_head.weight", None), "word_embeddings.weight", "zoo.bloom")
     return fields, {**out, **left}
 
 

@@ -184,6 +184,17 @@ def load_into(model: torch.nn.Module, state: StateDict, source: Path | str, *,
     return tuple(sorted(new)), tuple(sorted(left))
 
 
+def tie_head(out: StateDict, head: torch.Tensor | None, embedding: str, model: str) -> None:
+    """Give `out` its tied head: `lm_head.weight` is `out[embedding]` (one tensor under both
+    keys). A stored copy of the head (`head`, None when the checkpoint has none) must equal the
+    embedding: a CheckpointError says that `model` ties them otherwise."""
+    tied = out[embedding]
+    if head is not None and (head.shape != tied.shape or not torch.equal(head, tied)):
+        raise CheckpointError("weight 'lm_head.weight' differs from the token embedding; "
+                              f"{model} ties its output head to it")
+    out["lm_head.weight"] = tied
+
+
 def stored_dtype(state: StateDict) -> torch.dtype | None:
     """The dtype the checkpoint's weights are stored in: its first floating-point tensor's, as
     Hugging Face's torch_dtype="auto" takes it for a config.json that does not say."""

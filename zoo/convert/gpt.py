@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from zoo.convert.common import CheckpointError, StateDict
+from zoo.convert.common import CheckpointError, StateDict, tie_head
 
 # --------------------------------------------------------------------------------------------------
 # Hugging Face GPT-2 (`model_type: gpt2`) and OpenAI GPT (`openai-gpt`) checkpoints -> zoo.gpt.
@@ -68,13 +68,8 @@ def convert_gpt(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any
 
     used = set(names.values()) | {f"h.{i}.attn.c_attn.{p}" for i in range(fields["n_layer"])
                                   for p in ("weight", "bias")}
-    head = state.get("lm_head.weight")
-    if head is not None:
-        used.add("lm_head.weight")
-        if head.shape != out["wte.weight"].shape or not torch.equal(head, out["wte.weight"]):
-            raise CheckpointError("weight 'lm_head.weight' differs from the token embedding; "
-                                  "zoo.gpt ties its output head to it")
-    out["lm_head.weight"] = out["wte.weight"]  # the tied head: one tensor under both keys
+    used.add("lm_head.weight")
+    tie_head(out, state.get("lm_head.weight"), "wte.weight", "zoo.gpt")
     out.update({original[k]: v for k, v in state.items()  # left over: reported when loading
                 if k not in used and not k.endswith(_BUFFERS)})
     return fields, out

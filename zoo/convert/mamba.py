@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from zoo.convert.common import CheckpointError, StateDict
+from zoo.convert.common import CheckpointError, StateDict, tie_head
 
 # --------------------------------------------------------------------------------------------------
 # Mamba checkpoints -> zoo.mamba.
@@ -161,12 +161,8 @@ def _tied_ssm_state(renamed: StateDict, zoo_key: dict[str, str], prefix: str,
             raise CheckpointError(f"weight {zoo_key[name]!r} has shape {tuple(tensor.shape)}, "
                                   f"expected {tuple(like.shape)}")
         out[name] = tensor
-    head = renamed.pop("lm_head.weight", None)  # the original layout stores the tied copy
-    if head is not None and (head.shape != out["embedding.weight"].shape
-                             or not torch.equal(head, out["embedding.weight"])):
-        raise CheckpointError("weight 'lm_head.weight' differs from the token embedding; "
-                              f"{model} ties its output head to it")
-    out["lm_head.weight"] = out["embedding.weight"]  # the tied head: one tensor, two keys
+    # the original layout stores the tied copy
+    tie_head(out, renamed.pop("lm_head.weight", None), "embedding.weight", model)
     out.update({zoo_key[name]: tensor for name, tensor in renamed.items()})  # -> unexpected
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.convert.common import CheckpointError, StateDict
+from zoo.convert.common import CheckpointError, StateDict, tie_head
 
 # --------------------------------------------------------------------------------------------------
 # Hugging Face OPT checkpoints (`model_type: opt`: facebook/opt-125m ... opt-66b, and the models
@@ -63,11 +63,7 @@ def convert_opt(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any
                   for zoo, hf in OPT_BLOCK_KEYS.items() for p in ("weight", "bias")}
     left = dict(state)
     out = {zoo: left.pop(hf) for zoo, hf in names.items()}
-    head = left.pop("lm_head.weight", None)
-    if head is not None and not head.equal(out["embed_tokens.weight"]):
-        raise CheckpointError("lm_head.weight differs from the token embedding; zoo.opt ties "
-                              "the head to it, as OPT does")
-    out["lm_head.weight"] = out["embed_tokens.weight"]  # the tied head: one tensor, two keys
+    tie_head(out, left.pop("lm_head.weight", None), "embed_tokens.weight", "zoo.opt")
     return fields, {**out, **left}
 
 
