@@ -149,7 +149,9 @@ def _ids(value: Any) -> list[int]:
 
 def _byte_level_bpe(folder: Path, settings: dict[str, Any], model_type: str | None):
     """GPT-2's byte-level BPE from vocab.json + merges.txt, as transformers' GPT2TokenizerFast
-    (and RobertaTokenizerFast, with its <s> ... </s>) builds it."""
+    (and RobertaTokenizerFast, with its <s> ... </s>) builds it; with tokenizer_config.json's
+    add_bos_token or add_eos_token (OPT's folders start every text with </s>), those tokens
+    around the text, as transformers adds them."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
     vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
@@ -175,7 +177,34 @@ def _byte_level_bpe(folder: Path, settings: dict[str, Any], model_type: str | No
     else:
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
     _add_special_tokens(tok, settings)
+    if model_type != "roberta":
+        _bos_and_eos(tok, settings)
     return tok
+
+
+def _bos_and_eos(tok: Any, settings: dict[str, Any]) -> None:
+    """Put the BOS token before each text and the EOS token after it where tokenizer_config.json
+    asks (add_bos_token, add_eos_token) and names a token the vocabulary has: transformers'
+    template, `BOS $A EOS`, and `BOS $A EOS BOS $B EOS` for a pair."""
+    from tokenizers import processors
+
+    ends = {}  # "bos"/"eos" -> (token, id), for the ends asked for
+    for kind in ("bos", "eos"):
+        token = _token_text(settings.get(f"{kind}_token"))
+        if settings.get(f"add_{kind}_token") and token and tok.token_to_id(token) is not None:
+            ends[kind] = (token, tok.token_to_id(token))
+
+    def one(text: str, segment: int) -> list[str]:
+        """A segment's template: its BOS, its text, its EOS (where asked for)."""
+        before = [f"{ends['bos'][0]}:{segment}"] if "bos" in ends else []
+        after = [f"{ends['eos'][0]}:{segment}"] if "eos" in ends else []
+        return [*before, text, *after]
+
+    if ends:
+        template = processors.TemplateProcessing(
+            single=" ".join(one("$A:0", 0)), pair=" ".join(one("$A:0", 0) + one("$B:1", 1)),
+            special_tokens=list(dict.fromkeys(ends.values())))
+        tok.post_processor = processors.Sequence([tok.post_processor, template])
 
 
 def _wordpiece(vocab_file: Path, settings: dict[str, Any]):

@@ -98,11 +98,16 @@ DECODER_SIZES = {
 def decoder_folder(folder: Path, architecture: str, seed: int = 0) -> Path:
     """A transformers `{architecture}ForCausalLM` folder ("GPTNeoX", "Bloom", "OPT") from a tiny
     random config, with the tiny byte-level tokenizer's files; <|endoftext|> is id 0, BOS and
-    EOS (as Pythia's is)."""
+    EOS (as Pythia's is). OPT's tokenizer starts every text with it (add_bos_token), as OPT's
+    released folders do with </s>."""
     import torch
 
     transformers = pytest.importorskip("transformers")
     vocab_size = len(write_byte_level_bpe(folder))
+    if architecture == "OPT":
+        settings = json.loads((folder / "tokenizer_config.json").read_text())
+        (folder / "tokenizer_config.json").write_text(json.dumps({**settings,
+                                                                  "add_bos_token": True}))
     torch.manual_seed(seed)
     config = getattr(transformers, f"{architecture}Config")(
         vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, **DECODER_SIZES[architecture])

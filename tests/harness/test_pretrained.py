@@ -58,6 +58,24 @@ def test_gpt2_vocab_and_merges_give_transformers_ids(tmp_path):
     assert (ours.eos_id, ours.bos_id) == (0, 0)
 
 
+@pytest.mark.parametrize("ends", [{"add_bos_token": True}, {"add_eos_token": True},
+                                  {"add_bos_token": True, "add_eos_token": True}])
+def test_gpt2_vocab_and_merges_add_the_bos_and_eos_tokenizer_config_asks_for(tmp_path, ends):
+    """OPT's folders are GPT-2's files with add_bos_token: every text starts with </s>."""
+    write_byte_level_bpe(tmp_path)
+    settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**settings, **ends}))
+    ours = load_tokenizer(tmp_path)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    for text in MORE:
+        ids, plain = ours.encode(text), ours.without_special_tokens().encode(text)
+        assert ids == theirs(text)["input_ids"], text
+        assert plain == theirs(text, add_special_tokens=False)["input_ids"], text
+        assert ids == [0] * ("add_bos_token" in ends) + plain + [0] * ("add_eos_token" in ends)
+    pair = ours.as_tokenizers().encode("one", "two").ids
+    assert pair == theirs("one", "two")["input_ids"]
+
+
 def test_a_tokenizer_json_gives_transformers_ids(tmp_path):
     write_byte_level_bpe(tmp_path / "source")
     saved = transformers.GPT2TokenizerFast.from_pretrained(str(tmp_path / "source"))
