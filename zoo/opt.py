@@ -6,14 +6,14 @@ Hugging Face's OPTForCausalLM, whose folders zoo.convert reads.
 
 The paper follows GPT-3 (Brown et al. 2020), itself GPT-2's decoder (zoo/gpt.py), and says
 where it does not:
-  - ReLU in the feed-forward layer (section 2.2: "all models are trained with ReLU"), not GELU;
+  - ReLU in the feed-forward layer (section 2.2 trains every size with it), not GELU;
   - Megatron-LM's initialisation: N(0, 0.006) for every matrix and embedding, the two output
     projections of each block (attention's and the feed-forward's, which write into the
     residual stream) scaled by 1/sqrt(2L), zero biases;
   - dropout 0.1 throughout, but none on the embeddings;
-  - dense attention in every layer (GPT-3 alternates dense and locally banded layers);
   - (data, not code) GPT-2's byte-level BPE (a vocabulary padded to 50,272 rows) and a context
-    of 2048 tokens.
+    of 2048 tokens. The released tokenizers put </s> (id 2) before every text
+    (add_bos_token), which the harness's checkpoint tokenizer does too.
 The rest is GPT-2's: learned absolute positions, pre-LN blocks with a final LayerNorm, biases
 everywhere, the output head tied to the token embedding.
 
@@ -22,10 +22,13 @@ Choices the paper leaves to its code, taken as metaseq and Hugging Face take the
     positions start after the padding index (1), so position p reads row p + 2; padding reads
     row 1. Positions count real tokens only (the padding mask's running sum), so a left-padded
     row's first token is at position 0, as it would be unpadded;
+  - dense attention in every layer, as metaseq has it (GPT-3 alternated dense and locally
+    banded layers);
   - separate query, key and value projections (Hugging Face's q_proj, k_proj, v_proj), the
     query scaled by 1/sqrt(hs) as in every softmax attention; LayerNorm eps 1e-5;
-  - dropout 0.1 on the attention probabilities too (`attn_dropout`), as "throughout" reads;
-    the released configurations record 0.1 on the branches and 0 on the probabilities;
+  - dropout 0.1 on the attention probabilities too (`attn_dropout`), reading "throughout" as
+    including them; the released configurations record 0.1 on the branches and 0 on the
+    probabilities;
   - OPT-350m alone differs from its siblings, and is read as it is (`pre_ln`, `d_embed`):
     post-LN blocks without a final LayerNorm (GPT-1's wiring), and a token embedding of 512
     projected up to the width of 1024 before the first block and back down before the head
