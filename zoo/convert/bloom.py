@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.convert.common import CheckpointError, StateDict, tie_head
+from zoo.convert.common import CheckpointError, StateDict, refuse_unsupported, tie_head
 
 # --------------------------------------------------------------------------------------------------
 # Hugging Face BLOOM checkpoints (`model_type: bloom`: bigscience/bloom and bloom-560m ... 7b1,
@@ -71,10 +71,7 @@ def _bloom_config_fields(config: dict[str, Any]) -> dict[str, Any]:
         ("slow_but_exact", config.get("slow_but_exact", False), False,
          "one product per linear layer"),
     ]
-    for field, value, accepted, takes in checks:
-        if value != accepted:
-            raise CheckpointError(f"config.json: {field} = {value!r} is not supported by "
-                                  f"zoo.bloom ({takes})")
+    refuse_unsupported(checks, "zoo.bloom")
     d = config.get("hidden_size", config.get("n_embed"))
     return {
         "vocab_size": config["vocab_size"],

@@ -184,6 +184,15 @@ def load_into(model: torch.nn.Module, state: StateDict, source: Path | str, *,
     return tuple(sorted(new)), tuple(sorted(left))
 
 
+def refuse_unsupported(checks: list[tuple[str, Any, Any, str]], model: str) -> None:
+    """Each check is (config.json field, its value, the value `model` computes with, that value
+    in words): a CheckpointError naming the first field whose value differs."""
+    for field, value, accepted, takes in checks:
+        if value != accepted:
+            raise CheckpointError(f"config.json: {field} = {value!r} is not supported by "
+                                  f"{model} ({takes})")
+
+
 def tie_head(out: StateDict, head: torch.Tensor | None, embedding: str, model: str) -> None:
     """Give `out` its tied head: `lm_head.weight` is `out[embedding]` (one tensor under both
     keys). A stored copy of the head (`head`, None when the checkpoint has none) must equal the

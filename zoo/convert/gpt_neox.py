@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.convert.common import CheckpointError, StateDict
+from zoo.convert.common import CheckpointError, StateDict, refuse_unsupported
 
 # --------------------------------------------------------------------------------------------------
 # Hugging Face GPT-NeoX checkpoints (`model_type: gpt_neox`: EleutherAI's gpt-neox-20b, every
@@ -74,10 +74,7 @@ def _gpt_neox_config_fields(config: dict[str, Any]) -> dict[str, Any]:
          "an untied head"),
         ("rope_type", rope_type, "default", "plain RoPE"),
     ]
-    for field, value, accepted, takes in checks:
-        if value != accepted:
-            raise CheckpointError(f"config.json: {field} = {value!r} is not supported by "
-                                  f"zoo.gpt_neox ({takes})")
+    refuse_unsupported(checks, "zoo.gpt_neox")
     return {
         "vocab_size": config["vocab_size"],
         "max_seq_len": config.get("max_position_embeddings", 2048),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.convert.common import CheckpointError, StateDict, tie_head
+from zoo.convert.common import CheckpointError, StateDict, refuse_unsupported, tie_head
 
 # --------------------------------------------------------------------------------------------------
 # Hugging Face OPT checkpoints (`model_type: opt`: facebook/opt-125m ... opt-66b, and the models
@@ -72,22 +72,20 @@ def _opt_config_fields(config: dict[str, Any]) -> dict[str, Any]:
     if config.get("model_type") != "opt":
         raise CheckpointError(f"config.json: model_type {config.get('model_type')!r} is not opt")
     pre_ln = bool(config.get("do_layer_norm_before", True))
-    checks = [  # field, its value, the values zoo.opt computes with, in words
-        ("enable_bias", config.get("enable_bias", True), (True,), "biases in every layer"),
+    activation = config.get("activation_function", "relu")
+    refuse_unsupported([  # field, its value, the value zoo.opt computes with, in words
+        ("enable_bias", config.get("enable_bias", True), True, "biases in every layer"),
         ("layer_norm_elementwise_affine", config.get("layer_norm_elementwise_affine", True),
-         (True,), "LayerNorms with a gain and a bias"),
+         True, "LayerNorms with a gain and a bias"),
         ("_remove_final_layer_norm", config.get("_remove_final_layer_norm", False) and pre_ln,
-         (False,), "a final LayerNorm after pre-LN blocks"),
-        ("layerdrop", config.get("layerdrop", 0.0), (0, 0.0), "every layer in every step"),
-        ("tie_word_embeddings", config.get("tie_word_embeddings", True), (True,),
+         False, "a final LayerNorm after pre-LN blocks"),
+        ("layerdrop", config.get("layerdrop", 0.0), 0.0, "every layer in every step"),
+        ("tie_word_embeddings", config.get("tie_word_embeddings", True), True,
          "the head tied to the embedding"),
-        ("activation_function", config.get("activation_function", "relu"),
-         tuple(OPT_ACTIVATIONS), "one of " + ", ".join(OPT_ACTIVATIONS)),
-    ]
-    for field, value, accepted, takes in checks:
-        if value not in accepted:
-            raise CheckpointError(f"config.json: {field} = {value!r} is not supported by "
-                                  f"zoo.opt ({takes})")
+    ], "zoo.opt")
+    if activation not in OPT_ACTIVATIONS:
+        raise CheckpointError(f"config.json: activation_function = {activation!r} is not "
+                              f"supported by zoo.opt (one of {', '.join(OPT_ACTIVATIONS)})")
     return {
         "vocab_size": config["vocab_size"],
         "max_seq_len": config.get("max_position_embeddings", 2048),
@@ -97,7 +95,7 @@ def _opt_config_fields(config: dict[str, Any]) -> dict[str, Any]:
         "d_ff": config["ffn_dim"],
         "d_embed": config.get("word_embed_proj_dim") or config["hidden_size"],
         "pre_ln": pre_ln,
-        "activation": OPT_ACTIVATIONS[config.get("activation_function", "relu")],
+        "activation": OPT_ACTIVATIONS[activation],
         "dropout": float(config.get("dropout", 0.1)),
         "attn_dropout": float(config.get("attention_dropout", 0.0)),
         "init_std": config.get("init_std", 0.02),
