@@ -101,10 +101,10 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
             return loss
 
     elif cell.model in ("gpt", "llama", "gpt-neox", "bloom", "opt"):
-        # GPT-2's and OPT's learned tables end decoding; RoPE and ALiBi have no table to run
-        # out of.
-        limit = {"gpt": getattr(model.config, "n_positions", None),
-                 "opt": getattr(model.config, "max_position_embeddings", None)}.get(cell.model)
+        # A learned position table (GPT-2's, OPT's: the peer's is the zoo model's size) ends
+        # decoding; RoPE and ALiBi have no table to run out of.
+        table = type(zoo_model).position_table
+        limit = getattr(zoo_model.config, table) if table else None
         run = _cache_decoder(model, inputs.input_ids, limit)
         notes.append("KV cache: transformers' DynamicCache")
     elif cell.model in ("mamba", "mamba2"):  # as GenerationMixin decodes them: a token a step

@@ -14,11 +14,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import lazy_import, randomized
-from decoder_parity import step_by_step
+from decoder_parity import (
+    ATOL,
+    LENGTH,
+    assert_cached_steps_match_hugging_faces_own_cache,
+    padded_batch,
+    step_by_step,
+)
 
 import zoo
 import zoo.fast
-from harness.bench.hf import cache_kwargs, returned_cache
 from harness.models import build_variant
 from zoo.convert import CheckpointError
 from zoo.layers import KVCache, rope_tables
@@ -27,12 +32,11 @@ from zoo.llama import Block, Llama, LlamaConfig, Visibility, WindowKVCache
 transformers = lazy_import("transformers")  # tests that use it skip without it
 
 NAME = "llama"
-ATOL = 1e-4  # fp32 parity target on logits
 # The Hugging Face side: 4 query heads over 2 key/value heads; Mistral with an 8-token window,
 # and sequences of 21 tokens, so that most queries see a cut window.
 SIZES = dict(vocab_size=300, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5)
-WINDOW, LENGTH = 8, 21
+WINDOW = 8  # sequences are decoder_parity.LENGTH = 21 tokens
 
 
 # ---- published sizes -------------------------------------------------------------------------
@@ -212,15 +216,6 @@ def hf_model(kind: str, **overrides):
 def saved(hf, folder, **options):
     hf.save_pretrained(folder, **options)
     return zoo.from_pretrained(NAME, folder)
-
-
-def padded_batch():
-    torch.manual_seed(2)
-    ids = torch.randint(0, 300, (3, LENGTH))
-    mask = torch.ones(3, LENGTH, dtype=torch.long)
-    mask[1, :6] = 0  # left padding
-    mask[2, 14:] = 0  # right padding
-    return ids, mask
 
 
 @pytest.mark.parametrize("kind", ["llama", "mistral"])
@@ -407,15 +402,7 @@ def test_cached_decoding_equals_the_full_forward_past_the_window(kind, sizes, tm
 
 def test_cached_steps_match_hugging_faces_own_cache(tmp_path):
     hf = hf_model("mistral")
-    model = saved(hf, tmp_path)
-    ids, _ = padded_batch()
-    with torch.no_grad():
-        ref = hf(ids[:, :10], use_cache=True)
-        ours = model(ids[:, :10], use_cache=True)
-        for t in range(10, LENGTH):
-            ref = hf(ids[:, t : t + 1], **cache_kwargs(hf, returned_cache(ref)), use_cache=True)
-            ours = model(ids[:, t : t + 1], cache=ours.cache)
-            assert (ours.logits - ref.logits).abs().max() <= ATOL, t
+    assert_cached_steps_match_hugging_faces_own_cache(hf, saved(hf, tmp_path))
 
 
 def test_window_cache_stops_growing_at_the_window():
