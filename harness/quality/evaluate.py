@@ -140,12 +140,8 @@ def _published_config(given: Path | str, path: Path) -> dict[str, Any]:
     variant, parameters), or a QualityError when lm-eval's text tasks cannot score it: an
     encoder, or no tokenizer."""
     import zoo
-    from harness.pretrained import (
-        checkpoint_fields,
-        checkpoint_label,
-        checkpoint_tokenizer,
-        require_decoder,
-    )
+    from harness.checkpoint_tokenizer import checkpoint_tokenizer
+    from harness.pretrained import checkpoint_fields, checkpoint_label, require_decoder
 
     name, fields = checkpoint_fields(path)
     require_decoder(given, name, "lm-eval's text tasks")

@@ -94,7 +94,7 @@ def test_generate_from_a_hub_id_in_the_offline_cache(gpt2, tmp_path, monkeypatch
 
 def test_generate_from_an_official_rwkv_file_with_its_tokenizer_beside_it(gpt2, tmp_path):
     import zoo
-    from harness.pretrained import load_tokenizer
+    from harness.checkpoint_tokenizer import load_tokenizer
     from zoo.convert import rwkv_to_official
 
     torch.manual_seed(0)

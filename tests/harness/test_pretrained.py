@@ -23,13 +23,8 @@ from tiny_checkpoints import (
 
 import zoo
 from harness import pretrained
-from harness.pretrained import (
-    checkpoint_fields,
-    decode_ids,
-    load_pretrained,
-    load_tokenizer,
-    stream_text,
-)
+from harness.checkpoint_tokenizer import TokenizerError, load_tokenizer
+from harness.pretrained import checkpoint_fields, decode_ids, load_pretrained, stream_text
 from harness.quality.tokenizer import byte_characters
 from zoo.convert import CheckpointError
 
@@ -132,7 +127,7 @@ def test_the_real_minilm_tokenizer_gives_transformers_ids_on_real_text(tmp_path)
 def test_a_folder_without_tokenizer_files_has_none_and_bad_files_are_one_line(tmp_path):
     assert load_tokenizer(tmp_path) is None
     (tmp_path / "tokenizer.json").write_text("{broken")
-    with pytest.raises(pretrained.TokenizerError, match="cannot read its tokenizer"):
+    with pytest.raises(TokenizerError, match="cannot read its tokenizer"):
         load_tokenizer(tmp_path)
 
 
