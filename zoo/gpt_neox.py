@@ -55,10 +55,10 @@ from torch import nn
 from zoo.layers import (
     FeedForward,
     KVCache,
-    apply_rope,
     bert_init,
     causal_mask,
     causal_padding_mask,
+    partial_rope,
     rope_tables,
     sdpa,
 )
@@ -100,15 +100,6 @@ class GPTNeoXConfig:
     def rotary_dims(self) -> int:
         """r, the rotary channels of a head: int(hs * rotary_pct), as gpt-neox rounds it."""
         return int(self.d_model // self.n_head * self.rotary_pct)
-
-
-def partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, nh, T, hs) with its first r channels turned by the (T, r) tables and the rest as
-    they are (r = 0: no positions at all)."""
-    r = cos.size(-1)
-    if r == 0:
-        return x
-    return torch.cat((apply_rope(x[..., :r], cos, sin), x[..., r:]), dim=-1)
 
 
 class Attention(nn.Module):

@@ -33,8 +33,8 @@ import zoo
 import zoo.fast
 from harness.models import build_variant
 from zoo.convert import CheckpointError
-from zoo.gpt_neox import GPTNeoX, GPTNeoXConfig, partial_rope
-from zoo.layers import math_attention, rope_tables
+from zoo.gpt_neox import GPTNeoX, GPTNeoXConfig
+from zoo.layers import math_attention, partial_rope, rope_tables
 
 transformers = lazy_import("transformers")  # tests that use it skip without it
 

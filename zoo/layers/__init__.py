@@ -22,7 +22,13 @@ from zoo.layers.matrix_wkv import (
     run_matrix_wkv,
 )
 from zoo.layers.norms import RMSNorm
-from zoo.layers.positions import alibi_slopes, apply_rope, rope_frequencies, rope_tables
+from zoo.layers.positions import (
+    alibi_slopes,
+    apply_rope,
+    partial_rope,
+    rope_frequencies,
+    rope_tables,
+)
 from zoo.layers.rwkv_state import MatrixRWKVState
 from zoo.layers.shift import token_shift
 
@@ -30,5 +36,5 @@ __all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "MatrixRWKVState", "MultiHea
            "RMSNorm", "alibi_slopes", "apply_rope", "bert_init", "causal_depthwise_conv",
            "causal_mask", "causal_padding_mask", "head_group_norm", "hidden_key_bias",
            "math_attention", "matrix_wkv_chunked", "matrix_wkv_recurrent", "merge_masks",
-           "new_token_mask", "rope_frequencies", "rope_tables", "run_matrix_wkv", "sdpa",
-           "tied_head", "token_shift"]
+           "new_token_mask", "partial_rope", "rope_frequencies", "rope_tables", "run_matrix_wkv",
+           "sdpa", "tied_head", "token_shift"]
