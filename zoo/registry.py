@@ -23,6 +23,7 @@ REGISTRY: dict[str, str] = {
     "gpt-neox": "zoo.gpt_neox:GPTNeoX",
     "bloom": "zoo.bloom:Bloom",
     "opt": "zoo.opt:OPT",
+    "gpt-j": "zoo.gptj:GPTJ",
 }
 
 

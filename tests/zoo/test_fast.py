@@ -47,7 +47,8 @@ EXPECTED = {"gpt": ("linear", "ffn", "dropout"), "bert": ("linear", "ffn", "drop
             "rwkv": ("linear", "ffn", "wkv"), "rwkv5": ("linear", "wkv5"),
             "rwkv6": ("linear", "wkv5"), "rwkv7": ("linear", "wkv7"),
             "llama": ("linear", "ffn"), "gpt-neox": ("linear", "ffn", "dropout"),
-            "bloom": ("linear", "ffn", "dropout"), "opt": ("linear", "ffn", "dropout")}
+            "bloom": ("linear", "ffn", "dropout"), "opt": ("linear", "ffn", "dropout"),
+            "gpt-j": ("linear", "ffn", "dropout")}
 EXPECTED = {name: (*routes, "loss") for name, routes in EXPECTED.items()}  # every model's loss
 LOGITS = dict(atol=2e-5, rtol=1e-5)
 

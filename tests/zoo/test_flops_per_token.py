@@ -37,7 +37,7 @@ def term_not_counted(name: str, model, seqlen: int) -> float:
     c, T = model.config, seqlen
     d, layers = c.d_model, c.n_layer
     module = importlib.import_module(type(model).__module__)
-    if name in ("gpt", "gpt-neox", "bloom", "opt", "llama", "pangu-pi"):
+    if name in ("gpt", "gpt-neox", "gpt-j", "bloom", "opt", "llama", "pangu-pi"):
         # causal QK^T and AV: (T + 1) / 2 keys on average
         return 4 * layers * d * (T + 1) / 2
     if name in ("bert", "roberta", "mosaic-bert"):  # bidirectional: T keys

@@ -56,6 +56,7 @@ Where things live; each family module holds its converter (checkpoint -> zoo) an
     gpt_neox.py GPT-NeoX and Pythia      convert_gpt_neox, export_gpt_neox
     bloom.py    BLOOM                    convert_bloom, export_bloom
     opt.py      OPT                      convert_opt, export_opt
+    gptj.py     GPT-J                    convert_gptj, export_gptj
     mamba.py    Mamba and Mamba-2        convert_mamba, convert_mamba2, export_mamba,
                                          export_mamba2
     hub.py      hub ids -> folders       resolve (huggingface_hub's cache; downloads when online)
@@ -108,6 +109,7 @@ from zoo.convert.detect import detect_model
 from zoo.convert.gguf import is_gguf, read_gguf
 from zoo.convert.gpt import GPT_CONV1D, GPT_CONV1D_WEIGHTS, convert_gpt, export_gpt
 from zoo.convert.gpt_neox import GPT_NEOX_BLOCK_KEYS, convert_gpt_neox, export_gpt_neox
+from zoo.convert.gptj import GPTJ_BLOCK_KEYS, convert_gptj, export_gptj
 from zoo.convert.hub import resolve
 from zoo.convert.llama import LLAMA_BLOCK_KEYS, convert_llama, export_llama
 from zoo.convert.mamba import convert_mamba, convert_mamba2, export_mamba, export_mamba2
@@ -125,12 +127,13 @@ from zoo.convert.rwkv7 import convert_rwkv7, rwkv7_to_official
 
 __all__ = [
     "BERT_BLOCK_KEYS", "BERT_EMBEDDING_KEYS", "BLOOM_BLOCK_KEYS", "CONVERTERS", "CheckpointError",
-    "Converter", "EXPORTERS", "Exporter", "GPT_CONV1D", "GPT_CONV1D_WEIGHTS", "GPT_NEOX_BLOCK_KEYS",
-    "IMPORTERS", "Importer", "LLAMA_BLOCK_KEYS", "LoadingInfo", "OPT_BLOCK_KEYS", "StateDict",
-    "convert_bert", "convert_bloom", "convert_gpt", "convert_gpt_neox", "convert_llama",
-    "convert_mamba", "convert_mamba2", "convert_opt", "convert_roberta", "convert_rwkv",
-    "convert_rwkv5", "convert_rwkv6", "convert_rwkv7", "export_bert", "export_bloom", "export_gpt",
-    "export_gpt_neox", "export_llama", "export_mamba", "export_mamba2", "export_opt",
+    "Converter", "EXPORTERS", "Exporter", "GPTJ_BLOCK_KEYS", "GPT_CONV1D", "GPT_CONV1D_WEIGHTS",
+    "GPT_NEOX_BLOCK_KEYS", "IMPORTERS", "Importer", "LLAMA_BLOCK_KEYS", "LoadingInfo",
+    "OPT_BLOCK_KEYS", "StateDict", "convert_bert", "convert_bloom", "convert_gpt",
+    "convert_gpt_neox", "convert_gptj", "convert_llama", "convert_mamba", "convert_mamba2",
+    "convert_opt", "convert_roberta", "convert_rwkv", "convert_rwkv5", "convert_rwkv6",
+    "convert_rwkv7", "export_bert", "export_bloom", "export_gpt", "export_gpt_neox",
+    "export_gptj", "export_llama", "export_mamba", "export_mamba2", "export_opt",
     "export_roberta", "export_rwkv", "from_pretrained", "load_into", "official_version",
     "read_checkpoint", "read_sharded", "read_state_dict", "rwkv5_to_official", "rwkv6_to_official",
     "rwkv7_to_official", "rwkv_official_to_hf", "rwkv_to_official"
@@ -168,6 +171,7 @@ IMPORTERS: dict[str, Importer] = {
     "bloom": Importer(convert_bloom, ("bloom",), (),
                       unused=("score.", "classifier.", "qa_outputs.")),
     "opt": Importer(convert_opt, ("opt",), (), unused=("score.", "qa_outputs.")),
+    "gpt-j": Importer(convert_gptj, ("gptj",), (), unused=("score.", "qa_outputs.")),
 }
 
 # zoo model name -> its converter.
@@ -183,6 +187,7 @@ EXPORTERS: dict[str, Exporter] = {
     "gpt-neox": export_gpt_neox,
     "bloom": export_bloom,
     "opt": export_opt,
+    "gpt-j": export_gptj,
     "mamba": export_mamba,
     "mamba2": export_mamba2,
 }
@@ -276,13 +281,13 @@ def save_pretrained(name: str, model: torch.nn.Module, path: Path | str, *, form
     format "hf": a Hugging Face folder at `path` (config.json and model.safetensors) that
     transformers' class for the model loads as its own (gpt -> GPT2LMHeadModel or
     OpenAIGPTLMHeadModel, bert, roberta, rwkv, llama -> LlamaForCausalLM or MistralForCausalLM,
-    gpt-neox -> GPTNeoXForCausalLM, bloom, opt, mamba, mamba2). format "official": an official
-    RWKV .pth file at `path` (rwkv, rwkv5, rwkv6, rwkv7), which the `rwkv` package runs.
-    `from_pretrained` reads either back to the same config and weights. The weights are stored
-    in the model's dtype, or cast to `dtype`; `extra_config` adds fields to config.json ("hf"
-    only: the tokenizer's special ids, where the weights came from). Files are replaced whole
-    (written beside, then renamed). A model or config the format cannot hold is a
-    CheckpointError."""
+    gpt-neox -> GPTNeoXForCausalLM, bloom, opt, gpt-j -> GPTJForCausalLM, mamba, mamba2). format
+    "official": an official RWKV .pth file at `path` (rwkv, rwkv5, rwkv6, rwkv7), which the
+    `rwkv` package runs. `from_pretrained` reads either back to the same config and weights. The
+    weights are stored in the model's dtype, or cast to `dtype`; `extra_config` adds fields to
+    config.json ("hf" only: the tokenizer's special ids, where the weights came from). Files are
+    replaced whole (written beside, then renamed). A model or config the format cannot hold is
+    a CheckpointError."""
     check_format(name, format)
     if extra_config and format != "hf":
         raise CheckpointError(f"format {format!r} has no config.json to hold extra_config")
