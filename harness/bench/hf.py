@@ -1,8 +1,8 @@
 """The Hugging Face transformers peer (`catalog bench --against hf`): GPT2LMHeadModel (GPT-2) or
 OpenAIGPTLMHeadModel (GPT-1), BertForPreTraining (or BertForMaskedLM without the NSP head),
 RobertaForMaskedLM, RwkvForCausalLM, LlamaForCausalLM (or MistralForCausalLM with a sliding
-window), GPTNeoXForCausalLM, BloomForCausalLM, OPTForCausalLM, MambaForCausalLM,
-Mamba2ForCausalLM.
+window), GPTNeoXForCausalLM, BloomForCausalLM, OPTForCausalLM, GPTJForCausalLM,
+MambaForCausalLM, Mamba2ForCausalLM.
 
 The peer gets THE SAME WEIGHTS as the zoo model of the cell and the same sizes, eps,
 activation, dropout and position table, so that a difference in speed or memory is a
@@ -53,7 +53,7 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
         raise BenchError("transformers' OpenAIGPTLMHeadModel (GPT-1) has no KV cache: "
                          "no generate mode")
     tokens, flops = accounting(zoo_model, cell.mode, cell.batch, cell.seqlen)
-    model = hf_model(cell.model, zoo_model, cell.seqlen)
+    model = hf_model(cell.model, zoo_model, cell.length)
     kind = type(model).__name__
     notes = [f"peer: transformers {version('transformers')} {kind}"]
     if cell.model == "rwkv":
@@ -69,7 +69,7 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
         notes.append(f"attention: {model.config._attn_implementation}")
     forward = dict(inputs.forward)
     nsp_labels = forward.pop("next_sentence_label", None)  # a loss input, as in the zoo
-    causal = cell.model in ("gpt", "rwkv", "llama", "gpt-neox", "bloom", "opt", "mamba",
+    causal = cell.model in ("gpt", "rwkv", "llama", "gpt-neox", "bloom", "opt", "gpt-j", "mamba",
                           "mamba2")
 
     def logits():
@@ -100,7 +100,7 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
             optimizer.step()
             return loss
 
-    elif cell.model in ("gpt", "llama", "gpt-neox", "bloom", "opt"):
+    elif cell.model in ("gpt", "llama", "gpt-neox", "bloom", "opt", "gpt-j"):
         # A learned position table (GPT-2's, OPT's: the peer's is the zoo model's size) ends
         # decoding; RoPE and ALiBi have no table to run out of.
         table = type(zoo_model).position_table
@@ -119,8 +119,9 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
     return Workload(run, tokens, flops, notes=tuple(notes))
 
 
-def hf_model(name: str, zoo_model: Any, seqlen: int):
-    """A transformers model holding `zoo_model`'s weights, in its dtype and on its device."""
+def hf_model(name: str, zoo_model: Any, length: int):
+    """A transformers model holding `zoo_model`'s weights, in its dtype and on its device, for
+    inputs of up to `length` positions."""
     hf = _transformers()
     try:
         config, state = EXPORTERS[name](zoo_model.config, zoo_model.state_dict())
@@ -128,7 +129,9 @@ def hf_model(name: str, zoo_model: Any, seqlen: int):
         raise BenchError(str(exc)) from None
     model_type, (architecture,) = config.pop("model_type"), config.pop("architectures")
     if name == "rwkv":  # context_length only bounds transformers' optional CUDA kernel
-        config["context_length"] = max(config["context_length"], seqlen)
+        config["context_length"] = max(config["context_length"], length)
+    if name == "gpt-j":  # n_positions only sizes transformers' table of RoPE's sines
+        config["n_positions"] = max(config["n_positions"], length)
     # sdpa where transformers has it; OpenAI GPT and BLOOM run eager attention only (BLOOM adds
     # ALiBi to the scores in its own baddbmm), and the recurrent models have none
     attention = model_type not in ("openai-gpt", "bloom", "rwkv", "mamba", "mamba2")
@@ -141,7 +144,8 @@ def hf_model(name: str, zoo_model: Any, seqlen: int):
         # GPT-NeoX's head: embed_out in files, lm_head in transformers 5's module
         state["lm_head.weight"] = state.pop("embed_out.weight")
     copy_weights(model, state)
-    check_same_model(name, model, zoo_model, ignore=("context_length",))
+    resized = {"rwkv": ("context_length",), "gpt-j": ("max_seq_len",)}.get(name, ())
+    check_same_model(name, model, zoo_model, ignore=resized)
     return model
 
 

@@ -2,8 +2,8 @@
 
   zoo           this project's model (the `impl` of "ours" in every ratio)
   zoo-compiled  the same model under torch.compile (`catalog bench --compile`)
-  hf            Hugging Face transformers (`--against hf`): bert, bloom, gpt, gpt-neox, llama,
-                mamba, mamba2, opt, roberta, rwkv
+  hf            Hugging Face transformers (`--against hf`): bert, bloom, gpt, gpt-j, gpt-neox,
+                llama, mamba, mamba2, opt, roberta, rwkv
   rwkv-pip      the official `rwkv` package (`--against rwkv-pip`): rwkv, rwkv5, rwkv6,
                 rwkv7
 
@@ -52,9 +52,9 @@ COMPILED = "zoo-compiled"
 IMPLEMENTATIONS: dict[str, Implementation] = {impl.name: impl for impl in (
     Implementation(OURS, "harness.bench.ours:eager", peer=False),
     Implementation(COMPILED, "harness.bench.ours:compiled", peer=False),
-    Implementation("hf", "harness.bench.hf:workload", ("bert", "bloom", "gpt", "gpt-neox",
-                                                        "llama", "mamba", "mamba2", "opt",
-                                                        "roberta", "rwkv")),
+    Implementation("hf", "harness.bench.hf:workload", ("bert", "bloom", "gpt", "gpt-j",
+                                                        "gpt-neox", "llama", "mamba", "mamba2",
+                                                        "opt", "roberta", "rwkv")),
     Implementation("rwkv-pip", "harness.bench.rwkv_pip:workload",
                    ("rwkv", "rwkv5", "rwkv6", "rwkv7")),
 )}

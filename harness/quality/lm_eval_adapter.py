@@ -106,7 +106,8 @@ class ZooLM(LM):
         if not getattr(model, "causal_lm", False):
             raise ValueError(f"{pretrained}: zoo model {meta['zoo']!r} is not a causal language "
                              "model; lm-eval's scoring needs one (gpt, rwkv, rwkv5, rwkv6, "
-                             "rwkv7, pangu-pi, llama, gpt-neox, bloom, opt, mamba, mamba2)")
+                             "rwkv7, pangu-pi, llama, gpt-neox, gpt-j, bloom, opt, mamba, "
+                             "mamba2)")
         if dtype is not None:
             if dtype not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")

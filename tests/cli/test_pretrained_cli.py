@@ -113,11 +113,11 @@ def test_generate_from_an_official_rwkv_file_with_its_tokenizer_beside_it(gpt2, 
 
 
 @pytest.mark.parametrize("architecture, name", [("GPTNeoX", "gpt-neox"), ("Bloom", "bloom"),
-                                                ("OPT", "opt")])
-def test_generate_from_a_pythia_bloom_or_opt_folder_is_transformers_greedy_text(
+                                                ("OPT", "opt"), ("GPTJ", "gpt-j")])
+def test_generate_from_a_pythia_bloom_opt_or_gpt_j_folder_is_transformers_greedy_text(
         tmp_path, architecture, name):
     """A GPT-NeoX folder as Pythia's are laid out, read as zoo.gpt_neox; a BLOOM one as
-    zoo.bloom, an OPT one as zoo.opt."""
+    zoo.bloom, an OPT one as zoo.opt, a GPT-J one as zoo.gptj."""
     folder = decoder_folder(tmp_path / name, architecture)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     model = transformers.AutoModelForCausalLM.from_pretrained(str(folder)).eval()
