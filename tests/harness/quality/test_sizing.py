@@ -59,6 +59,21 @@ def test_width_fields_size_llama_and_mamba():
     assert all(choice.tokens[m] >= TOKENS_PER_PARAM * choice.params[m] for m in choice.params)
 
 
+def test_gpt_j_keeps_a_quarter_of_each_head_rotary_at_every_width():
+    """GPT-J's rotary_dim counts channels of a head; the heads keep their number, so it scales
+    with the width (16 of 64 at 512, 2 of 8 at 64) instead of outgrowing a narrow head."""
+    small = variant_fields("gpt-j", "small")  # d 512, 8 heads, rotary_dim 16
+    for width, rotary in ((64, 2), (128, 4), (256, 8), (512, 16)):
+        fields = width_fields("gpt-j", small, width, depth=True)
+        config = build("gpt-j", overrides={**fields, "vocab_size": 259}, seqlen=256,
+                       device="meta").model.config
+        assert (config.d_model, config.rotary_dim) == (width, rotary)
+        assert config.rotary_dim * 4 == config.d_model // config.n_head
+    choice = size_for_budget(["gpt-j", "gpt-neox"],
+                             RunSpec(task="lm", budget=Budget(tokens=3_000_000)), 259)
+    assert choice.width == 64  # as GPT-NeoX alone gets: GPT-J no longer forces 128
+
+
 def test_a_width_a_models_config_refuses_is_passed_over():
     """GPT-NeoX's small keeps 8 heads: at d_model 96 a head of 12 has an odd 3 rotary channels,
     which its config refuses. The sizing passes 96 over instead of failing on it."""
