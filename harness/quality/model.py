@@ -100,7 +100,7 @@ def build_model(model: str, task: str, data: Prepared, catalog: Catalog | None =
         # a d_ff that the width would scale (LLaMA's tiny, Pangu-π's small).
         overrides.update({k: v for k, v in width_fields(
             model, fields, spec.width, depth=spec.depth).items()
-            if k in ("d_model", "d_ff", "n_layer") and k not in overrides})
+            if k in ("d_model", "d_ff", "n_layer", "rotary_dim") and k not in overrides})
     # Drawn on the CPU whatever the device, so that a seed gives the same initial weights on
     # every machine; then moved.
     if task == "mqar" and "init_std" in names:

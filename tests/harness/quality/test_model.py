@@ -57,6 +57,18 @@ def test_mqar_builds_zoology_models(model):
     assert getattr(plain, "d_ff", 1) != 0 and getattr(plain, "init_std", 0.02) == 0.02
 
 
+def test_a_width_scales_gpt_js_rotary_channels_with_its_heads():
+    """The width the budget sizing chose builds as the sizing sized it: GPT-J's small at
+    d_model 64 turns 2 of each head's 8 channels (16 of 64 at 512), not 16 of 8."""
+    from harness.quality.data import Prepared
+    from harness.quality.model import build_model
+    from harness.quality.tokenizer import ByteTokenizer
+
+    spec = RunSpec(task="lm", budget=Budget(tokens=1), width=64, depth=True)
+    config = build_model("gpt-j", "lm", Prepared(spec, tokenizer=ByteTokenizer())).config
+    assert (config.d_model, config.n_head, config.rotary_dim, config.n_layer) == (64, 8, 2, 2)
+
+
 def test_set_fields_reach_the_model_and_win_over_the_task():
     """--set changes the built config on top of the variant's and the task's fields (MQAR's
     init_std included); check_model refuses a field the model does not have."""
