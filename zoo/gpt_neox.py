@@ -56,11 +56,10 @@ from zoo.layers import (
     FeedForward,
     KVCache,
     bert_init,
-    causal_mask,
     causal_padding_mask,
+    causal_sdpa,
     partial_rope,
     rope_tables,
-    sdpa,
 )
 from zoo.model import CachedLM, check_config
 
@@ -121,14 +120,8 @@ class Attention(nn.Module):
         q, k = partial_rope(q, cos, sin), partial_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nh, S, hs): the cached positions, then these
-        # Without a padding mask: plain causal attention over a call's own keys, no mask at
-        # all for one new query (it sees every cached key), else the causal mask of the last
-        # T of S positions. A padding mask already holds the causal one (causal_padding_mask).
-        is_causal = attn_mask is None and k.size(2) == T and T > 1
-        if attn_mask is None and k.size(2) != T and T > 1:
-            attn_mask = causal_mask(T, k.size(2), x.device)
         dropout = self.attn_dropout if self.training else 0.0
-        y = sdpa(q, k, v, attn_mask, dropout, is_causal, new_key_length=cache is not None)
+        y = causal_sdpa(q, k, v, attn_mask, dropout, cached=cache is not None)  # (B, nh, T, hs)
         return self.dense(y.transpose(1, 2).reshape(B, T, C))
 
 

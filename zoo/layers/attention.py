@@ -121,6 +121,20 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Ten
                                           is_causal=is_causal)
 
 
+def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                attn_mask: torch.Tensor | None, dropout_p: float, cached: bool) -> torch.Tensor:
+    """Causal `sdpa` of T queries that are the last T of the S keys (a KV cache's positions,
+    then this call's; `cached` says there is a cache). Without `attn_mask`: plain causal
+    attention over a call's own keys, no mask at all for one new query (it sees every cached
+    key), else the causal mask of the last T of S positions. A given `attn_mask` (a padding
+    mask) must already hold the causal one (causal_padding_mask)."""
+    T, S = q.size(2), k.size(2)
+    is_causal = attn_mask is None and S == T and T > 1
+    if attn_mask is None and S != T and T > 1:
+        attn_mask = causal_mask(T, S, q.device)
+    return sdpa(q, k, v, attn_mask, dropout_p, is_causal, new_key_length=cached)
+
+
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
     """softmax(q k^T / sqrt(hs) + mask) v, written out: the plain attention that tests hold
