@@ -69,8 +69,7 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
         notes.append(f"attention: {model.config._attn_implementation}")
     forward = dict(inputs.forward)
     nsp_labels = forward.pop("next_sentence_label", None)  # a loss input, as in the zoo
-    causal = cell.model in ("gpt", "rwkv", "llama", "gpt-neox", "bloom", "opt", "gpt-j", "mamba",
-                          "mamba2")
+    causal = getattr(zoo_model, "causal_lm", False)  # the decoders: no cache kept in a forward
 
     def logits():
         """(LM or masked-LM logits, next-sentence logits or None)."""
