@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from harness.models import check_overrides
+from harness.models import OverrideError, check_overrides
 from harness.quality.spec import (
     MQAR_MIXER_ONLY,
     MQAR_NO_DROPOUT,
@@ -107,6 +107,12 @@ def build_model(model: str, task: str, data: Prepared, catalog: Catalog | None =
         width = overrides.get("d_model") or fields.get("d_model") or _default(model, "d_model")
         overrides["init_std"] = mqar_init_std(width)
     overrides.update(spec.overrides)  # --set: the user's fields win over the task's
-    built = build(model, overrides={**fields, **overrides}, seqlen=spec.train_config.seqlen,
-                  seed=spec.seed, device="cpu")
+    try:
+        built = build(model, overrides={**fields, **overrides}, seqlen=spec.train_config.seqlen,
+                      seed=spec.seed, device="cpu")
+    except ValueError as error:  # a config the width made: say so, since the user set neither
+        if spec.width is None or isinstance(error, (QualityError, OverrideError)):
+            raise
+        raise QualityError(f"{model} at d_model {spec.width} (its variant's fields scaled to "
+                           f"that width): {error}") from None
     return built.model.to(spec.device)

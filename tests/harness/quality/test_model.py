@@ -67,6 +67,10 @@ def test_a_width_scales_gpt_js_rotary_channels_with_its_heads():
     spec = RunSpec(task="lm", budget=Budget(tokens=1), width=64, depth=True)
     config = build_model("gpt-j", "lm", Prepared(spec, tokenizer=ByteTokenizer())).config
     assert (config.d_model, config.n_head, config.rotary_dim, config.n_layer) == (64, 8, 2, 2)
+    odd = RunSpec(task="lm", budget=Budget(tokens=1), width=96)  # 16 * 96 / 512: 3 of 12
+    with pytest.raises(QualityError, match=r"gpt-j at d_model 96 \(its variant's fields scaled "
+                                           r"to that width\): rotary_dim .* not 3"):
+        build_model("gpt-j", "lm", Prepared(odd, tokenizer=ByteTokenizer()))
 
 
 def test_set_fields_reach_the_model_and_win_over_the_task():
