@@ -101,6 +101,15 @@ def build_model(model: str, task: str, data: Prepared, catalog: Catalog | None =
         overrides.update({k: v for k, v in width_fields(
             model, fields, spec.width, depth=spec.depth).items()
             if k in ("d_model", "d_ff", "n_layer", "rotary_dim") and k not in overrides})
+    if task == "mqar" and "rotary_dim" in names and "n_head" in overrides:
+        # GPT-J's rotary_dim counts channels of a head, and MQAR's one head spans d_model: keep
+        # the variant's share of a head (a quarter), not its count.
+        def value(name: str) -> Any:
+            return fields.get(name) or _default(model, name)
+
+        head = value("d_model") / value("n_head")
+        width = overrides.get("d_model") or value("d_model")
+        overrides["rotary_dim"] = int(value("rotary_dim") / head * width / overrides["n_head"])
     # Drawn on the CPU whatever the device, so that a seed gives the same initial weights on
     # every machine; then moved.
     if task == "mqar" and "init_std" in names:

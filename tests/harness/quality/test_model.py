@@ -73,6 +73,20 @@ def test_a_width_scales_gpt_js_rotary_channels_with_its_heads():
         build_model("gpt-j", "lm", Prepared(odd, tokenizer=ByteTokenizer()))
 
 
+def test_mqar_keeps_gpt_js_share_of_rotary_channels_in_its_one_head():
+    """MQAR's one head spans d_model: GPT-J's tiny (4 rotary channels of 16) keeps a quarter of
+    it, 24 of 96 at width 96, not 4 (nor the width's 6); --set still wins."""
+    from harness.quality.data import Prepared
+    from harness.quality.model import build_model
+
+    spec = RunSpec(task="mqar", budget=Budget(tokens=1), variant="tiny", width=96)
+    config = build_model("gpt-j", "mqar", Prepared(spec)).config
+    assert (config.n_head, config.d_model, config.rotary_dim, config.d_ff) == (1, 96, 24, 0)
+    mine = RunSpec(task="mqar", budget=Budget(tokens=1), variant="tiny",
+                   overrides=(("rotary_dim", 8),))
+    assert build_model("gpt-j", "mqar", Prepared(mine)).config.rotary_dim == 8
+
+
 def test_set_fields_reach_the_model_and_win_over_the_task():
     """--set changes the built config on top of the variant's and the task's fields (MQAR's
     init_std included); check_model refuses a field the model does not have."""
