@@ -99,20 +99,20 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
             optimizer.step()
             return loss
 
-    elif cell.model in ("gpt", "llama", "gpt-neox", "bloom", "opt", "gpt-j"):
+    elif cell.model == "rwkv":
+        run = _rwkv_decoder(model, inputs.input_ids)
+        notes.append("decodes one sequence at a time: transformers' one-token RWKV step with a "
+                     "state broadcasts a batch of B to (B, B, d)")
+    elif cell.model in ("mamba", "mamba2"):  # as GenerationMixin decodes them: a token a step
+        run = _cache_decoder(model, inputs.input_ids, None)
+        notes.append("state: transformers' cache (conv and SSM states per layer)")
+    else:  # every attention decoder (check_mode has refused the encoders' generate mode)
         # A learned position table (GPT-2's, OPT's: the peer's is the zoo model's size) ends
         # decoding; RoPE and ALiBi have no table to run out of.
         table = type(zoo_model).position_table
         limit = getattr(zoo_model.config, table) if table else None
         run = _cache_decoder(model, inputs.input_ids, limit)
         notes.append("KV cache: transformers' DynamicCache")
-    elif cell.model in ("mamba", "mamba2"):  # as GenerationMixin decodes them: a token a step
-        run = _cache_decoder(model, inputs.input_ids, None)
-        notes.append("state: transformers' cache (conv and SSM states per layer)")
-    else:
-        run = _rwkv_decoder(model, inputs.input_ids)
-        notes.append("decodes one sequence at a time: transformers' one-token RWKV step with a "
-                     "state broadcasts a batch of B to (B, B, d)")
     if cell.mode == "generate":
         notes.append(f"decodes {cell.new_tokens} timed tokens after the prompt")
     return Workload(run, tokens, flops, notes=tuple(notes))

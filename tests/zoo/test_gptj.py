@@ -177,7 +177,7 @@ def test_initialisation_is_mesh_transformer_jaxs():
     for block in model.blocks:
         for weight, std in [(block.attn.q_proj.weight, fan_in), (block.attn.v_proj.weight, fan_in),
                             (block.mlp.fc_in.weight, fan_in),
-                            (block.mlp.fc_out.weight, 2 / L / math.sqrt(d)),
+                            (block.mlp.fc_out.weight, writers),
                             (block.attn.out_proj.weight, writers)]:
             assert weight.std().item() == pytest.approx(cut * std, rel=0.03)
             assert weight.abs().max().item() <= 2 * std
