@@ -96,9 +96,28 @@ def alibi_mask(slopes: torch.Tensor, past: int, T: int,
     return bias.to(dtype)[None] + causal_padding_mask(attention_mask, T, past, dtype)
 
 
+@dataclass
+class AlibiBias:
+    """What one forward's attention adds to its scores, shared by every layer: ALiBi's bias for
+    `length` queries at positions past..past+length-1 over the keys before them, and with
+    `attention_mask` (B, past + length) the padded keys hidden. `mask`, the (1 or B, nh,
+    length, past + length) tensor alibi_mask makes, is built on first use only (zoo.fast's
+    alibi route computes the same bias without it)."""
+
+    slopes: torch.Tensor  # (nh,) m_h
+    past: int
+    length: int
+    attention_mask: torch.Tensor | None
+    dtype: torch.dtype
+
+    @functools.cached_property
+    def mask(self) -> torch.Tensor:
+        return alibi_mask(self.slopes, self.past, self.length, self.attention_mask, self.dtype)
+
+
 class Attention(nn.Module):
     """Causal self-attention from one fused query-key-value matrix laid out head by head, its
-    positions the ALiBi bias in the mask."""
+    positions the ALiBi bias added to the scores."""
 
     def __init__(self, d_model: int, n_head: int, attn_dropout: float):
         super().__init__()
@@ -106,7 +125,7 @@ class Attention(nn.Module):
         self.query_key_value = nn.Linear(d_model, 3 * d_model)
         self.dense = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor,
+    def forward(self, x: torch.Tensor, bias: AlibiBias,
                 cache: KVCache | None) -> torch.Tensor:
         B, T, C = x.shape
         hs = C // self.n_head
@@ -114,9 +133,14 @@ class Attention(nn.Module):
         q, k, v = (qkv[:, :, :, i].transpose(1, 2) for i in range(3))  # (B, nh, T, hs) each
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nh, S, hs): the cached positions, then these
-        dropout = self.attn_dropout if self.training else 0.0
-        y = sdpa(q, k, v, mask, dropout, new_key_length=cache is not None)
+        y = self.attend(q, k, v, bias, cached=cache is not None)
         return self.dense(y.transpose(1, 2).reshape(B, T, C))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: AlibiBias,
+               cached: bool) -> torch.Tensor:
+        """softmax(q k^T / sqrt(hs) + bias) v, the bias as a float mask (B, nh, T, hs)."""
+        dropout = self.attn_dropout if self.training else 0.0
+        return sdpa(q, k, v, bias.mask, dropout, new_key_length=cached)
 
 
 class Block(nn.Module):
@@ -131,9 +155,9 @@ class Block(nn.Module):
             else None
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor,
+    def forward(self, x: torch.Tensor, bias: AlibiBias,
                 cache: KVCache | None) -> torch.Tensor:
-        x = x + self.drop(self.self_attention(self.input_layernorm(x), mask, cache))
+        x = x + self.drop(self.self_attention(self.input_layernorm(x), bias, cache))
         if self.mlp is None:  # d_ff = 0: the block is its attention alone
             return x
         return x + self.drop(self.mlp(self.post_attention_layernorm(x)))
@@ -164,9 +188,9 @@ class Bloom(CachedLM):
         past = cache[0].length if cache is not None else 0
         x = self.embed_norm(self.word_embeddings(input_ids))  # (B, T, C); no positions
         slopes = torch.tensor(alibi_slopes(self.config.n_head), device=x.device)  # (nh,) m_h
-        mask = alibi_mask(slopes, past, T, attention_mask, x.dtype)  # every layer's
+        bias = AlibiBias(slopes, past, T, attention_mask, x.dtype)  # every layer's
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, cache[i] if cache is not None else None)
+            x = block(x, bias, cache[i] if cache is not None else None)
         return self.ln_f(x)
 
     def flops_per_token(self, seqlen: int) -> float:

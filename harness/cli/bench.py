@@ -128,9 +128,9 @@ def bench(
                         "took.")] = False,
     routes: Annotated[list[str] | None, typer.Option(
         "--routes", help="Take only these of the zoo's CPU speed routes (comma-separated, "
-                         "repeatable: linear, ffn, wkv, wkv5, wkv7, scan, dropout, loss; default "
-                         "every one), to see what each buys; records list the routes each cell "
-                         "took, so each choice is a measurement of its own.",
+                         "repeatable: linear, ffn, wkv, wkv5, wkv7, scan, alibi, dropout, "
+                         "loss; default every one), to see what each buys; records list the "
+                         "routes each cell took, so each choice is a measurement of its own.",
         show_default=False)] = None,
     checkpoint: Annotated[str | None, typer.Option(
         help="Take the model and its sizes from a published checkpoint instead of a catalog "

@@ -30,7 +30,7 @@ from decoder_parity import (
 import zoo
 import zoo.fast
 from harness.models import build_variant
-from zoo.bloom import Bloom, BloomConfig, alibi_mask
+from zoo.bloom import AlibiBias, Bloom, BloomConfig, alibi_mask
 from zoo.convert import CheckpointError
 from zoo.layers import alibi_slopes, math_attention
 
@@ -108,7 +108,10 @@ def test_block_is_gpt2s_pre_ln_block_with_alibi_attention():
     model = randomized(build_variant(NAME, "tiny", fast=False).eval())
     block = model.blocks[0]
     x = torch.randn(2, 7, 64)
-    mask = alibi_mask(torch.tensor(alibi_slopes(4)), 0, 7, None, torch.float32)
+    bias = AlibiBias(torch.tensor(alibi_slopes(4)), 0, 7, None, torch.float32)
+    mask = bias.mask
+    assert mask is bias.mask  # built once, for every layer
+    torch.testing.assert_close(mask, alibi_mask(bias.slopes, 0, 7, None, torch.float32))
     with torch.no_grad():
         attn = block.self_attention
         h = block.input_layernorm(x)
@@ -119,11 +122,11 @@ def test_block_is_gpt2s_pre_ln_block_with_alibi_attention():
         a = x + attn.dense(math_attention(q, k, v, mask).transpose(1, 2).reshape(2, 7, 64))
         ffn = block.mlp.fc_out(F.gelu(block.mlp.fc_in(block.post_attention_layernorm(a)),
                                       approximate="tanh"))
-        torch.testing.assert_close(block(x, mask, None), a + ffn, atol=1e-5, rtol=0)
+        torch.testing.assert_close(block(x, bias, None), a + ffn, atol=1e-5, rtol=0)
         ids = torch.randint(0, 512, (2, 7))
         y = model.embed_norm(model.word_embeddings(ids))  # the embedding's own LayerNorm
         for blk in model.blocks:
-            y = blk(y, mask, None)
+            y = blk(y, bias, None)
         head = model.ln_f(y) @ model.word_embeddings.weight.T  # the tied head
         torch.testing.assert_close(model(ids).logits, head, atol=1e-5, rtol=0)
     assert model.lm_head.weight is model.word_embeddings.weight
@@ -159,7 +162,7 @@ def test_logits_and_loss_match_hugging_face(tmp_path):
                 other.embed_norm = torch.nn.Identity()
                 assert (other(ids).logits - ref).abs().max() > 100 * ATOL, change
             else:
-                flat = alibi_mask(torch.zeros(6), 0, LENGTH, None, torch.float32)
+                flat = AlibiBias(torch.zeros(6), 0, LENGTH, None, torch.float32)
                 h = other.embed_norm(other.word_embeddings(ids))
                 for block in other.blocks:
                     h = block(h, flat, None)
@@ -190,7 +193,8 @@ def test_sharded_folder_base_model_and_a_stored_head_load(tmp_path):
 
 def test_from_pretrained_applies_the_fast_routes_and_plain_stays_the_oracle(tmp_path):
     hf_model().save_pretrained(tmp_path)
-    assert_fast_routes_match_the_plain_path(NAME, tmp_path, ("linear", "ffn", "dropout", "loss"))
+    assert_fast_routes_match_the_plain_path(NAME, tmp_path,
+                                           ("linear", "ffn", "alibi", "dropout", "loss"))
 
 
 # ---- cached decoding -------------------------------------------------------------------------

@@ -47,7 +47,7 @@ EXPECTED = {"gpt": ("linear", "ffn", "dropout"), "bert": ("linear", "ffn", "drop
             "rwkv": ("linear", "ffn", "wkv"), "rwkv5": ("linear", "wkv5"),
             "rwkv6": ("linear", "wkv5"), "rwkv7": ("linear", "wkv7"),
             "llama": ("linear", "ffn"), "gpt-neox": ("linear", "ffn", "dropout"),
-            "bloom": ("linear", "ffn", "dropout"), "opt": ("linear", "ffn", "dropout"),
+            "bloom": ("linear", "ffn", "alibi", "dropout"), "opt": ("linear", "ffn", "dropout"),
             "gpt-j": ("linear", "ffn", "dropout")}
 EXPECTED = {name: (*routes, "loss") for name, routes in EXPECTED.items()}  # every model's loss
 LOGITS = dict(atol=2e-5, rtol=1e-5)
@@ -476,10 +476,10 @@ def test_the_tied_heads_are_the_embeddings():
 
 def test_unknown_route_is_a_value_error_naming_the_valid_ones():
     with pytest.raises(ValueError, match="unknown fast route 'flash'; valid: linear, ffn, wkv, "
-                                         "wkv5, wkv7, scan, dropout, loss"):
+                                         "wkv5, wkv7, scan, alibi, dropout, loss"):
         zoo.fast.apply(tiny("gpt", fast=False), ["linear", "flash"])
-    assert set(zoo.fast.ROUTES) == {"linear", "ffn", "wkv", "wkv5", "wkv7", "scan", "dropout",
-                                "loss"}
+    assert set(zoo.fast.ROUTES) == {"linear", "ffn", "wkv", "wkv5", "wkv7", "scan", "alibi",
+                                    "dropout", "loss"}
     assert all(isinstance(line, str) and line for line in zoo.fast.ROUTES.values())
 
 

@@ -36,6 +36,9 @@ benchmarks run, for inference and, where they say so, for training:
           CompiledScanMamba2Mixer: Mamba-2's chunked SSD as kernels/ssd_cpu.py's (a C loop inside
           chunks, oneDNN's products with the state, its backward written out); GatedRMSNorm ->
           CompiledGatedRMSNorm: its gated RMSNorm as kernels/norm_cpu.py's, one pass each way;
+  alibi   BLOOM's Attention -> FoldedAlibiAttention: ALiBi's causal bias as four extra query and
+          key channels, so SDPA runs its causal flash kernel instead of reading a (heads x T x T)
+          float mask (float32, positions 0..T-1 without padding: training and prefill);
   dropout (training) nn.Dropout -> FastDropout, and attention modules -> DropoutAttention /
           DropoutAlibiAttention: dropout masks drawn by kernels/dropout_cpu.py's C kernel, and
           attention with dropout computed as its math form with such a mask, by
@@ -63,6 +66,7 @@ and `apply`, `remove`, `applied`, `describe`. The fast classes, each a subclass 
 class it stands in for, live in one module per family of routes:
 
   dense.py        linear, ffn (and `linear` itself, the product the other routes call too)
+  alibi.py        alibi
   rwkv.py         wkv, wkv5, wkv7
   state_space.py  scan
   dropout.py      dropout
@@ -75,10 +79,11 @@ rejected) are in zoo/fast/measurements.md; `benchmarks/linear_backends.py` times
 linear routes side by side.
 
 Elsewhere the linear and ffn routes run the plain ops (CUDA, other dtypes, autocast,
-torch.compile; F.linear without oneDNN; the ffn route with gradients), the wkv route the
-PyTorch WKV (CUDA, no C compiler), the dropout route PyTorch's dropout and SDPA (CUDA,
-dtypes other than float32 and bfloat16, torch.compile, no C compiler), and the loss route
-F.cross_entropy (CUDA, float64, torch.compile, no C compiler).
+torch.compile; F.linear without oneDNN; the ffn route with gradients), the wkv route the PyTorch
+WKV (CUDA, no C compiler), the alibi route the float mask (CUDA, other dtypes, padding, a
+cache's later steps, attention dropout, torch.compile), the dropout route PyTorch's dropout and
+SDPA (CUDA, dtypes other than float32 and bfloat16, torch.compile, no C compiler), and the loss
+route F.cross_entropy (CUDA, float64, torch.compile, no C compiler).
 """
 
 from __future__ import annotations
@@ -88,8 +93,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from zoo import rwkv5, rwkv6, rwkv7
+from zoo import bloom, rwkv5, rwkv6, rwkv7
 from zoo.fast import dense, dropout
+from zoo.fast.alibi import FoldedAlibiAttention
 from zoo.fast.dense import (
     FEW_ROWS,
     KERNELS,
@@ -174,6 +180,9 @@ ROUTES: dict[str, str] = {
             "oneDNN's products between them (kernels.ssd_cpu), its gated RMSNorm as another "
             "(kernels.norm_cpu), and Mamba's and Mamba-2's causal convolution with its SiLU as "
             "another (kernels.conv_cpu; CPU float32, and under autocast in float32)",
+    "alibi": "BLOOM's causal ALiBi bias as extra query and key channels, so that SDPA runs its "
+             "causal flash kernel without a (heads x T x T) mask (CPU float32, positions from 0 "
+             "without padding: training and prefill)",
     "dropout": "dropout masks drawn by a C kernel (kernels.dropout_cpu), attention with "
                "dropout as its math path on them (CPU training, float32 or bfloat16)",
     "loss": "the training cross-entropy in one C pass forward and one backward "
@@ -193,6 +202,7 @@ _SWAPS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
     "wkv7": {rwkv7.TimeMix: CompiledWKV7TimeMix, rwkv7.Block: CompiledWKV7Block},
     "scan": {MambaMixer: CompiledScanMambaMixer, Mamba2Mixer: CompiledScanMamba2Mixer,
              GatedRMSNorm: CompiledGatedRMSNorm},
+    "alibi": {bloom.Attention: FoldedAlibiAttention},
     "dropout": {nn.Dropout: FastDropout, MultiHeadAttention: DropoutAttention,
                 AlibiAttention: DropoutAlibiAttention},
     "loss": {LMLoss: FusedLMLoss},
@@ -345,6 +355,9 @@ def describe(model: nn.Module, training: bool = False,
                          "(zoo.fast.kernels.conv_cpu)")
         else:
             notes.append("causal conv and SiLU: F.conv1d, then F.silu")
+    if bloom.Attention in kinds or FoldedAlibiAttention in kinds:
+        notes.append("ALiBi: in extra query and key channels, SDPA's causal kernel (zoo.fast)"
+                     if "alibi" in routes and cpu32 else "ALiBi: a (heads x T x T) float mask")
     if any(isinstance(m, tuple(_SWAPS["dropout"])) for m in model.modules()):
         kernel = ("dropout" in routes and cpu and (dtype or weight.dtype) in dropout_cpu.DTYPES
                   and dropout_cpu.available())
