@@ -218,8 +218,10 @@ def test_torch_compile_is_checked_against_the_eager_default():
 
 
 def test_training_plan_on_a_gpu_in_bf16_with_compile():
-    train, other, more = targets.train_plan((1024, 4096), "bfloat16", compile=True)
+    train, other, more, newer = targets.train_plan((1024, 4096), "bfloat16", compile=True)
     assert (more.models, more.dtype, more.compile) == (targets.TRAIN_MORE, "bfloat16", True)
+    assert (newer.models, newer.dtype, newer.compile) == (targets.TRAIN_NEWER, "bfloat16", True)
+    assert newer.group == "train-newer" and newer.seqlens == (1024, 4096)
     assert (train.dtype, train.against, train.compile) == ("bfloat16", ("hf",), True)
     assert train.models == targets.TRAIN_MODELS and train.seqlens == (1024, 4096)
     assert (other.dtype, other.seqlens, other.compile) == ("float32", (1024,), False)
@@ -231,8 +233,17 @@ def test_the_other_models_with_an_hf_peer_are_compared_too():
                                    rec("mamba", "zoo", "train", 2048, 700, mfu=0.2),
                                    rec("mamba", "hf", "train", 2048, None, status="timeout"),
                                    rec("roberta", "zoo", "train", 256, 1500, mfu=0.45),
-                                   rec("roberta", "hf", "train", 256, 800)])
+                                   rec("roberta", "hf", "train", 256, 800),
+                                   rec("bloom", "zoo", "train", 4096, 400, mem=3000, mfu=0.45),
+                                   rec("bloom", "hf", "train", 4096, 360, mem=13000),
+                                   rec("opt", "zoo", "train", 1024, 900, mem=1200, mfu=0.7),
+                                   rec("opt", "hf", "train", 1024, 1000, mem=2100)])
     assert abs(find(rows, "training vs HF", "llama train 1024").value - 1.6) < 1e-12
+    assert find(rows, "training vs HF", "bloom train 4096").met is True  # 1.11
+    assert find(rows, "training peak memory vs HF", "bloom train 4096").met is True
+    assert not [r for r in rows if "MFU" in r.target and r.cell == "bloom train 4096"]
+    assert find(rows, "training vs HF", "opt train 1024").met is False  # 0.9
+    assert find(rows, "training MFU (fp32 peak)", "opt train 1024").met is True
     assert find(rows, "training MFU (fp32 peak)", "llama train 1024").met is True
     assert find(rows, "training MFU (fp32 peak)", "roberta train 256").met is False
     assert find(rows, "training vs HF", "mamba train 2048").verdict == "not measured"
