@@ -40,7 +40,7 @@ which is 176,247,271,424 for the defaults, BLOOM (176B).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -110,9 +110,16 @@ class AlibiBias:
     attention_mask: torch.Tensor | None
     dtype: torch.dtype
 
-    @functools.cached_property
+    _mask: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    @property
     def mask(self) -> torch.Tensor:
-        return alibi_mask(self.slopes, self.past, self.length, self.attention_mask, self.dtype)
+        # kept by hand, not functools.cached_property, whose lock (Python 3.11) torch.compile
+        # cannot trace: it broke the graph at every layer
+        if self._mask is None:
+            self._mask = alibi_mask(self.slopes, self.past, self.length, self.attention_mask,
+                                    self.dtype)
+        return self._mask
 
 
 class Attention(nn.Module):

@@ -170,3 +170,13 @@ def test_describe_names_the_route():
     assert mask_note in zoo.fast.describe(plain, training=True)
     assert mask_note in zoo.fast.describe(fast, training=True, dtype=torch.bfloat16)
     assert not any(n.startswith("ALiBi") for n in zoo.fast.describe(build_variant("gpt", "tiny")))
+
+
+def test_torch_compile_traces_a_bloom_whole():
+    """Under torch.compile the route gives way to the plain mask, which AlibiBias builds inside
+    the graph (functools.cached_property's lock broke it at every layer)."""
+    import torch._dynamo
+
+    model = tiny_bloom(fast=True).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 16))
+    assert torch._dynamo.explain(model)(ids).graph_break_count == 0
