@@ -58,11 +58,13 @@ def errors(attention, q, k, v, slopes, grad):
 
 def test_split_slopes_are_exact_and_their_high_part_times_any_position_too():
     slopes = torch.tensor(alibi_slopes(12) + alibi_slopes(112))  # powers of two and the rest
-    for length in (7, 300, 2048, 4096, 40_000):
+    for length in (7, 300, 2048, 4096, 40_000, 1 << 23, 1 << 24):
         hi, lo = split_slopes(slopes, length)
         assert torch.equal((hi.double() + lo.double()).float(), slopes)
         assert (hi.double() + lo.double() == slopes.double()).all()
-        positions = torch.arange(length, dtype=torch.float64)
+        # the first and the last 4096 positions (all of them up to 8192)
+        positions = torch.cat([torch.arange(min(length, 4096)),
+                               torch.arange(max(length - 4096, 0), length)]).double()
         assert torch.equal((hi[:, None] * positions.float()).double(), hi.double()[:, None] *
                            positions)
     powers = torch.tensor(alibi_slopes(16)[1::2])  # 2^-1, 2^-2, ...: lo is 0
@@ -169,6 +171,10 @@ def test_describe_names_the_route():
     assert folded_note in zoo.fast.describe(fast, training=True)
     assert mask_note in zoo.fast.describe(plain, training=True)
     assert mask_note in zoo.fast.describe(fast, training=True, dtype=torch.bfloat16)
+    for block in fast.blocks:
+        block.self_attention.attn_dropout = 0.1  # SDPA's flash kernel takes no dropout
+    assert mask_note in zoo.fast.describe(fast, training=True)
+    assert folded_note in zoo.fast.describe(fast)  # no dropout outside training
     assert not any(n.startswith("ALiBi") for n in zoo.fast.describe(build_variant("gpt", "tiny")))
 
 

@@ -356,8 +356,11 @@ def describe(model: nn.Module, training: bool = False,
         else:
             notes.append("causal conv and SiLU: F.conv1d, then F.silu")
     if bloom.Attention in kinds or FoldedAlibiAttention in kinds:
+        attention_dropout = training and any(m.attn_dropout > 0 for m in model.modules()
+                                             if isinstance(m, bloom.Attention))
+        folded = "alibi" in routes and cpu32 and not attention_dropout
         notes.append("ALiBi: in extra query and key channels, SDPA's causal kernel (zoo.fast)"
-                     if "alibi" in routes and cpu32 else "ALiBi: a (heads x T x T) float mask")
+                     if folded else "ALiBi: a (heads x T x T) float mask")
     if any(isinstance(m, tuple(_SWAPS["dropout"])) for m in model.modules()):
         kernel = ("dropout" in routes and cpu and (dtype or weight.dtype) in dropout_cpu.DTYPES
                   and dropout_cpu.available())

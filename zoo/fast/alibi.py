@@ -23,12 +23,12 @@ are powers of two, those of any power-of-two head count, have lo = 0.) The scale
 q here, so SDPA is called with scale 1, and the channels are padded with zeros to a multiple
 of 8, the values too, whose extra output columns are dropped.
 
-The route runs on the CPU in float32 (not under autocast, whose SDPA would take the channels
-in bfloat16, where -m i is not exact past 256), for a forward over positions 0..T-1 without padding
-(training, and a prompt's prefill) and without attention dropout (SDPA's CPU flash kernel
-takes none); elsewhere, and under torch.compile, the plain mask. The tests hold it to the plain
-path, and to a float64 reference at 2048 tokens, where a sum in another order would be off by
-the 1e-4 the first paragraph names.
+The route runs on the CPU in float32 (not under autocast, whose SDPA would take the channels in
+bfloat16, where -m i is not exact past 256), for a forward over positions 0..T-1 without
+padding (training, and a prompt's prefill) and without attention dropout (SDPA's CPU flash
+kernel takes none); elsewhere, and under torch.compile, the plain mask. The tests hold it to
+the plain path, and to a float64 reference at 2048 tokens, where a sum in another order would
+be off by the 1e-4 the first paragraph names.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ BIAS_CHANNELS = 4  # hi, -hi i, lo, -lo i against j, 1, j, 1
 def split_slopes(slopes: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 `slopes` as hi + lo, hi keeping only as many significant bits as leave its
     product with any position below `length` exact (24 less the positions' bits)."""
-    low_bits = length.bit_length()  # the mantissa bits dropped from hi
+    # the mantissa bits dropped from hi; past 2^23 positions hi is a power of two (positions
+    # from 2^24 on are not exact in float32 anyway)
+    low_bits = min(length.bit_length(), 23)
     hi = (slopes.float().view(torch.int32) & ~((1 << low_bits) - 1)).view(torch.float32)
     return hi, slopes.float() - hi
 
