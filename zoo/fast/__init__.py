@@ -36,9 +36,10 @@ benchmarks run, for inference and, where they say so, for training:
           CompiledScanMamba2Mixer: Mamba-2's chunked SSD as kernels/ssd_cpu.py's (a C loop inside
           chunks, oneDNN's products with the state, its backward written out); GatedRMSNorm ->
           CompiledGatedRMSNorm: its gated RMSNorm as kernels/norm_cpu.py's, one pass each way;
-  alibi   BLOOM's Attention -> FoldedAlibiAttention: ALiBi's causal bias as four extra query and
-          key channels, so SDPA runs its causal flash kernel instead of reading a (heads x T x T)
-          float mask (float32, positions 0..T-1 without padding: training and prefill);
+  alibi   BLOOM's Attention -> FoldedAlibiAttention: ALiBi's causal bias as extra query and key
+          channels whose products are exact, so SDPA runs its causal flash kernel instead of
+          reading a (heads x T x T) float mask (float32, and bfloat16 under autocast; positions
+          0..T-1 without padding: training and prefill);
   dropout (training) nn.Dropout -> FastDropout, and attention modules -> DropoutAttention /
           DropoutAlibiAttention: dropout masks drawn by kernels/dropout_cpu.py's C kernel, and
           attention with dropout computed as its math form with such a mask, by
@@ -80,10 +81,10 @@ linear routes side by side.
 
 Elsewhere the linear and ffn routes run the plain ops (CUDA, other dtypes, autocast,
 torch.compile; F.linear without oneDNN; the ffn route with gradients), the wkv route the PyTorch
-WKV (CUDA, no C compiler), the alibi route the float mask (CUDA, other dtypes, padding, a
-cache's later steps, attention dropout, torch.compile), the dropout route PyTorch's dropout and
-SDPA (CUDA, dtypes other than float32 and bfloat16, torch.compile, no C compiler), and the loss
-route F.cross_entropy (CUDA, float64, torch.compile, no C compiler).
+WKV (CUDA, no C compiler), the alibi route the float mask (CUDA, dtypes other than float32 and
+bfloat16, padding, a cache's later steps, attention dropout, torch.compile), the dropout route
+PyTorch's dropout and SDPA (CUDA, dtypes other than float32 and bfloat16, torch.compile, no C
+compiler), and the loss route F.cross_entropy (CUDA, float64, torch.compile, no C compiler).
 """
 
 from __future__ import annotations
@@ -181,8 +182,8 @@ ROUTES: dict[str, str] = {
             "(kernels.norm_cpu), and Mamba's and Mamba-2's causal convolution with its SiLU as "
             "another (kernels.conv_cpu; CPU float32, and under autocast in float32)",
     "alibi": "BLOOM's causal ALiBi bias as extra query and key channels, so that SDPA runs its "
-             "causal flash kernel without a (heads x T x T) mask (CPU float32, positions from 0 "
-             "without padding: training and prefill)",
+             "causal flash kernel without a (heads x T x T) mask (CPU float32 or bfloat16, "
+             "positions from 0 without padding: training and prefill)",
     "dropout": "dropout masks drawn by a C kernel (kernels.dropout_cpu), attention with "
                "dropout as its math path on them (CPU training, float32 or bfloat16)",
     "loss": "the training cross-entropy in one C pass forward and one backward "
@@ -358,7 +359,8 @@ def describe(model: nn.Module, training: bool = False,
     if bloom.Attention in kinds or FoldedAlibiAttention in kinds:
         attention_dropout = training and any(m.attn_dropout > 0 for m in model.modules()
                                              if isinstance(m, bloom.Attention))
-        folded = "alibi" in routes and cpu32 and not attention_dropout
+        folded = ("alibi" in routes and cpu and not attention_dropout
+                  and (dtype or weight.dtype) in (torch.float32, torch.bfloat16))
         notes.append("ALiBi: in extra query and key channels, SDPA's causal kernel (zoo.fast)"
                      if folded else "ALiBi: a (heads x T x T) float mask")
     if any(isinstance(m, tuple(_SWAPS["dropout"])) for m in model.modules()):
