@@ -86,7 +86,7 @@ def test_every_route_equals_f_linear(rows, activation, with_bias, kernel):
                                        atol=1e-5, rtol=1e-5)
 
 
-def test_odd_widths_transposed_weights_and_bf16_take_f_linear():
+def test_odd_widths_transposed_weights_bf16_and_autocast_take_f_linear():
     torch.manual_seed(0)
     x = torch.randn(1, 33)
     with torch.no_grad():
@@ -94,6 +94,13 @@ def test_odd_widths_transposed_weights_and_bf16_take_f_linear():
             torch.testing.assert_close(linear(x, weight), F.linear(x, weight))
         w16, x16 = torch.randn(32, 33).bfloat16(), x.bfloat16()
         torch.testing.assert_close(linear(x16, w16, activation="relu"), F.relu(F.linear(x16, w16)))
+        weight = torch.randn(32, 33)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's own product, in bfloat16
+            for rows in (1, 64):
+                xs = torch.randn(rows, 33)
+                out = linear(xs, weight, activation="relu")
+                assert out.dtype == torch.bfloat16
+                torch.testing.assert_close(out, F.relu(F.linear(xs, weight)))
 
 
 def test_the_split_product_is_taken_for_few_rows(monkeypatch):

@@ -95,10 +95,11 @@ def many_rows_kernel() -> str:
 
 
 def inference_path(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """CPU float32 inference, nothing here needs a gradient, and not under torch.compile
-    (which chooses its own kernels, and cannot lower the oneDNN call)."""
+    """CPU float32 inference, nothing here needs a gradient, not under autocast (whose F.linear
+    computes in its own dtype) and not under torch.compile (which chooses its own kernels, and
+    cannot lower the oneDNN call)."""
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and not compiling()
+            and not compiling() and not torch.is_autocast_enabled("cpu")
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or bias is not None and bias.requires_grad)))
 
