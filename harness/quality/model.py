@@ -103,13 +103,16 @@ def build_model(model: str, task: str, data: Prepared, catalog: Catalog | None =
             if k in ("d_model", "d_ff", "n_layer", "rotary_dim") and k not in overrides})
     if task == "mqar" and "rotary_dim" in names and "n_head" in overrides:
         # GPT-J's rotary_dim counts channels of a head, and MQAR's one head spans d_model: keep
-        # the variant's share of a head (a quarter), not its count.
+        # the variant's share of a head (a quarter), not its count. None (the whole head)
+        # stays None.
         def value(name: str) -> Any:
-            return fields.get(name) or _default(model, name)
+            return fields[name] if name in fields else _default(model, name)
 
-        head = value("d_model") / value("n_head")
-        width = overrides.get("d_model") or value("d_model")
-        overrides["rotary_dim"] = int(value("rotary_dim") / head * width / overrides["n_head"])
+        rotary = value("rotary_dim")
+        if rotary is not None:
+            head = value("d_model") / value("n_head")
+            width = overrides.get("d_model") or value("d_model")
+            overrides["rotary_dim"] = int(rotary / head * width / overrides["n_head"])
     # Drawn on the CPU whatever the device, so that a seed gives the same initial weights on
     # every machine; then moved.
     if task == "mqar" and "init_std" in names:

@@ -87,6 +87,19 @@ def test_mqar_keeps_gpt_js_share_of_rotary_channels_in_its_one_head():
     assert build_model("gpt-j", "mqar", Prepared(mine)).config.rotary_dim == 8
 
 
+def test_mqar_keeps_a_whole_head_rotary_when_the_variant_says_so(monkeypatch):
+    """A variant with rotary_dim None (RoPE on the whole head) keeps it whole in MQAR's one
+    head, rather than taking the class default's share (64 of 256)."""
+    import harness.quality.model as quality_model
+    from harness.quality.data import Prepared
+
+    whole = {"vocab_size": 512, "d_model": 64, "n_head": 4, "n_layer": 2, "rotary_dim": None}
+    monkeypatch.setattr(quality_model, "_variant_fields", lambda *args: dict(whole))
+    spec = RunSpec(task="mqar", budget=Budget(tokens=1), variant="tiny", width=96)
+    config = quality_model.build_model("gpt-j", "mqar", Prepared(spec)).config
+    assert (config.n_head, config.d_model, config.rotary_dim) == (1, 96, 96)
+
+
 def test_set_fields_reach_the_model_and_win_over_the_task():
     """--set changes the built config on top of the variant's and the task's fields (MQAR's
     init_std included); check_model refuses a field the model does not have."""
