@@ -3,6 +3,7 @@ variants."""
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 
@@ -13,6 +14,8 @@ import zoo
 from harness.catalog import CatalogError
 from harness.models import build, build_variant
 from zoo.convert import CheckpointError
+from zoo.convert.common import read_state_dict
+from zoo.convert.detect import read_file_shapes
 
 
 def test_every_registered_model_builds_from_its_small_variant_on_meta():
@@ -78,3 +81,18 @@ def test_from_pretrained_errors(tmp_path):
         zoo.from_pretrained("gpt", tmp_path)
     with pytest.raises(CheckpointError, match="no checkpoint converter for zoo model 'pangu-pi'"):
         zoo.from_pretrained("pangu-pi", tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"not a pickle\n", pickle.dumps({"w": object})])
+def test_a_foreign_pickle_is_refused_without_advice_to_run_its_code(tmp_path, content):
+    """torch.load's refusal starts by advising weights_only=False; the error keeps only the
+    line the safe unpickler stopped at, in one line, and names the file."""
+    weights = tmp_path / "pytorch_model.bin"
+    weights.write_bytes(content)
+    for read in (read_state_dict, read_file_shapes):
+        with pytest.raises(CheckpointError) as caught:
+            read(weights)
+        message = str(caught.value)
+        assert message.startswith(f"{weights}: cannot read weights (not a file of tensors")
+        assert "stopped at: Unsupported operand" in message
+        assert "weights_only" not in message and "\n" not in message

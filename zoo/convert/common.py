@@ -6,6 +6,7 @@ and the report of what was loaded (LoadingInfo)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,22 @@ class RequiredFields(dict):
         raise MissingField(key)
 
 
+def unreadable_weights(path: Path, exc: Exception) -> CheckpointError:
+    """The one-line error for a weights file that will not load, whatever the library raised.
+
+    torch.load(weights_only=True) explains its refusal in a paragraph whose first line advises
+    loading with weights_only=False, which would run the file's code; the error keeps only what
+    it stopped at (the unpickler's own line), since this tool never loads a file that way."""
+    text = str(exc).strip()
+    refusal = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if "Weights only load failed" in text and refusal:
+        reason = (f"not a file of tensors that loads without running code; the safe unpickler "
+                  f"stopped at: {refusal.group(1).strip()}")
+    else:
+        reason = f"{type(exc).__name__}: {(text.splitlines() or [''])[0]}"
+    return CheckpointError(f"{path}: cannot read weights ({reason})")
+
+
 def read_state_dict(path: Path) -> StateDict:
     """Weights from a .safetensors, .bin/.pt or .pth file (loaded on the CPU, no code run)."""
     try:
@@ -97,9 +114,7 @@ def read_state_dict(path: Path) -> StateDict:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated or foreign files raise many different types
-        reason = (str(exc).strip().splitlines() or [""])[0]  # one line, whatever the library says
-        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {reason})"
-                              ) from exc
+        raise unreadable_weights(path, exc) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors")
     return state

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from zoo.convert.common import CheckpointError, StateDict
+from zoo.convert.common import CheckpointError, StateDict, unreadable_weights
 from zoo.convert.gguf import GGUF_MODEL, is_gguf, read_gguf
 from zoo.convert.hub import resolve
 from zoo.convert.rwkv import official_version
@@ -144,9 +144,7 @@ def read_file_shapes(path: Path) -> StateDict:
                         for key in file.keys()}
         state = torch.load(path, map_location="meta", weights_only=True)
     except Exception as exc:  # truncated or foreign files raise many different types
-        first_line = (str(exc).strip().splitlines() or [""])[0]
-        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: "
-                              f"{first_line})") from None
+        raise unreadable_weights(path, exc) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors")
     return state
