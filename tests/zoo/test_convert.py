@@ -27,7 +27,7 @@ TINY = {
 CASES = [("gpt", {}), ("gpt", {"pre_ln": False, "d_ff": 128, "activation": "relu"}),
          ("gpt", {"activation": "gelu", "layer_norm_eps": 1e-6, "dropout": 0.0}),
          ("bert", {}), ("bert", {"next_sentence_head": False}), ("roberta", {}), ("rwkv", {}),
-         ("rwkv", {"layer_norm_eps": 1e-6, "context_length": 64}),
+         ("rwkv", {"layer_norm_eps": 1e-6, "context_length": 64}), ("rwkv", {"d_ff": 48}),
          # LLaMA's multi-head attention; GQA with Llama 2's eps and Mistral's RoPE base; and
          # Mistral: GQA with a window (5) shorter than the 12 tokens the logits are compared on.
          ("llama", {}), ("llama", {"n_kv_head": 2, "norm_eps": 1e-5, "rope_theta": 1e6}),
@@ -140,6 +140,10 @@ def test_the_official_rwkv_layout_keeps_the_names_and_widens_time_mix():
     ("gpt", {"pre_ln": False, "activation": "gelu"}, "no 'gelu' activation"),
     ("roberta", {"next_sentence_head": True}, "next-sentence head"),
     ("llama", {"d_ff": 0}, "d_ff 0"),
+    # mixer-only blocks, as MQAR trains them: transformers' GPT-2 and RWKV always have an MLP
+    ("gpt", {"d_ff": 0}, "GPT-2 always has a feed-forward; this config has d_ff 0"),
+    ("gpt", {"pre_ln": False, "d_ff": 0}, "OpenAI GPT always has a feed-forward"),
+    ("rwkv", {"d_ff": 0}, "RWKV always has a channel mix"),
 ])
 def test_configs_hugging_face_cannot_express_are_refused(name, fields, message):
     model = zoo.build(name, **{**TINY[name], **fields}, device="meta")
@@ -164,3 +168,13 @@ def test_a_gpt2_head_that_is_not_the_embedding_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="'lm_head.weight' differs from the token "
                                               "embedding; zoo.gpt ties its output head to it"):
         zoo.from_pretrained("gpt", folder)
+
+
+@pytest.mark.parametrize("name", ["rwkv", "rwkv5", "rwkv6", "rwkv7"])
+def test_a_mixer_only_rwkv_is_refused_as_an_official_pth(tmp_path, name):
+    """The rwkv package reads every block's channel mix (its width off blocks.0.ffn.key), so a
+    model with d_ff 0 has no official form; nothing is written."""
+    model = zoo.build(name, vocab_size=96, n_layer=2, d_model=64, d_ff=0)
+    with pytest.raises(CheckpointError, match="official RWKV .pth always has a channel mix"):
+        zoo.convert.save_pretrained(name, model, tmp_path / "model.pth", format="official")
+    assert not any(tmp_path.iterdir())

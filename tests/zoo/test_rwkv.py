@@ -457,9 +457,10 @@ def rwkv_pip():
         sys.modules.pop("rwkv.model", None)
 
 
-@pytest.fixture
-def pth_file(tmp_path):
-    model = tiny_model(seed=3)
+@pytest.fixture(params=[None, 48], ids=["d_ff 4d", "d_ff 48"])
+def pth_file(tmp_path, request):
+    """An official .pth of the paper's channel mix (4 d wide), and of a narrower one."""
+    model = tiny_model(seed=3, d_ff=request.param)
     path = tmp_path / "RWKV-4-tiny.pth"
     torch.save(official_state_dict(model), path)
     return model, path
@@ -494,6 +495,7 @@ def test_from_pretrained_reads_the_official_pth(pth_file):
     model, path = pth_file
     loaded = zoo.from_pretrained("rwkv", path)
     assert (loaded.config.n_layer, loaded.config.d_model, loaded.config.vocab_size) == (3, 32, 300)
+    assert loaded.config.d_ff == model.config.d_ff
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
 
@@ -551,6 +553,9 @@ def test_foreign_config_is_rejected():
 
     with pytest.raises(CheckpointError, match="model_type"):
         convert_rwkv({"model_type": "gpt2"}, {})
-    with pytest.raises(CheckpointError, match="intermediate_size"):
-        convert_rwkv({"model_type": "rwkv", "hidden_size": 32, "intermediate_size": 100,
+    with pytest.raises(CheckpointError, match="'intermediate_size' = 0: expected a positive"):
+        convert_rwkv({"model_type": "rwkv", "hidden_size": 32, "intermediate_size": 0,
+                      "vocab_size": 10, "num_hidden_layers": 1}, {})
+    with pytest.raises(CheckpointError, match="'attention_hidden_size' = 100 is not supported"):
+        convert_rwkv({"model_type": "rwkv", "hidden_size": 32, "attention_hidden_size": 100,
                       "vocab_size": 10, "num_hidden_layers": 1}, {})

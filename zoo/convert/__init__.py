@@ -296,6 +296,9 @@ def save_pretrained(name: str, model: torch.nn.Module, path: Path | str, *, form
         state = {key: t.to(dtype) if t.is_floating_point() else t for key, t in state.items()}
     path = Path(path)
     if format == "official":
+        if model.config.d_ff == 0:  # the rwkv package (and the importer) read the channel mix
+            raise CheckpointError("an official RWKV .pth always has a channel mix "
+                                  "(feed-forward); this config has d_ff 0")
         path.parent.mkdir(parents=True, exist_ok=True)
         _replace(path, lambda tmp: torch.save(_unshared(OFFICIAL[name](state)), tmp))
         return path

@@ -139,8 +139,12 @@ def _inverse(table: dict[str, str]) -> dict[str, str]:
 def export_gpt(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
     """zoo.gpt -> GPT2LMHeadModel (pre-LN) or OpenAIGPTLMHeadModel (post-LN): q, k, v fused
     into c_attn and nn.Linear (out, in) weights transposed into Conv1D (in, out). The head is
-    tied to the token embedding, so only the embedding is stored."""
+    tied to the token embedding, so only the embedding is stored. A block without a
+    feed-forward (d_ff 0) has no Hugging Face counterpart."""
     gpt1 = not c.pre_ln
+    if c.d_ff == 0:
+        raise CheckpointError(f"transformers' {'OpenAI GPT' if gpt1 else 'GPT-2'} always has a "
+                              "feed-forward; this config has d_ff 0")
     table = _inverse(_OPENAI_ACTIVATIONS if gpt1 else _GPT2_ACTIVATIONS)
     if c.activation not in table:
         raise CheckpointError(f"transformers' {'OpenAI GPT' if gpt1 else 'GPT-2'} has no "

@@ -57,8 +57,10 @@ def rwkv_official_to_hf(name: str) -> str:
     return "rwkv." + name
 
 
-def _expected_shapes(n_layer: int, d: int, vocab: int) -> dict[str, tuple[int, ...]]:
-    """Official key -> the zoo's shape (time_* vectors as (d,))."""
+def _expected_shapes(n_layer: int, d: int, vocab: int, d_ff: int | None
+                     ) -> dict[str, tuple[int, ...]]:
+    """Official key -> the zoo's shape (time_* vectors as (d,)); d_ff None is the paper's 4 d."""
+    f = 4 * d if d_ff is None else d_ff
     shapes = {"emb.weight": (vocab, d), "blocks.0.ln0.weight": (d,), "blocks.0.ln0.bias": (d,)}
     for i in range(n_layer):
         b = f"blocks.{i}."
@@ -68,8 +70,8 @@ def _expected_shapes(n_layer: int, d: int, vocab: int) -> dict[str, tuple[int, .
             shapes[b + name] = (d,)
         for name in ("att.key", "att.value", "att.receptance", "att.output", "ffn.receptance"):
             shapes[b + name + ".weight"] = (d, d)
-        shapes[b + "ffn.key.weight"] = (4 * d, d)
-        shapes[b + "ffn.value.weight"] = (d, 4 * d)
+        shapes[b + "ffn.key.weight"] = (f, d)
+        shapes[b + "ffn.value.weight"] = (d, f)
     shapes.update({"ln_out.weight": (d,), "ln_out.bias": (d,), "head.weight": (vocab, d)})
     return shapes
 
@@ -79,15 +81,20 @@ def _fields_from_hf(config: dict[str, Any]) -> dict[str, Any]:
         raise CheckpointError(f"config.json has model_type {config.get('model_type')!r}, "
                               "expected 'rwkv' (RWKV-4)")
     d = config["hidden_size"]
-    for field, value in (("attention_hidden_size", d), ("intermediate_size", 4 * d)):
-        if config.get(field) not in (None, value):
-            raise CheckpointError(f"config.json field {field!r} = {config[field]} is not "
-                                  f"supported: RWKV-4 uses {value} (d_model {d})")
+    if config.get("attention_hidden_size") not in (None, d):
+        raise CheckpointError(f"config.json field 'attention_hidden_size' = "
+                              f"{config['attention_hidden_size']} is not supported: RWKV-4 "
+                              f"uses {d} (d_model {d})")
+    hidden = config.get("intermediate_size")
+    if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
+        raise CheckpointError(f"config.json field 'intermediate_size' = {hidden!r}: expected "
+                              "a positive width of the channel mix")
     if config.get("tie_word_embeddings"):
         raise CheckpointError("config.json field 'tie_word_embeddings' is true; "
                               "RWKV-4's head is untied")
     return {"vocab_size": config["vocab_size"], "n_layer": config["num_hidden_layers"],
-            "d_model": d, "context_length": config.get("context_length", 1024),
+            "d_model": d, "d_ff": None if hidden in (None, 4 * d) else hidden,
+            "context_length": config.get("context_length", 1024),
             "layer_norm_eps": config.get("layer_norm_epsilon", 1e-5)}
 
 
@@ -148,7 +155,9 @@ def _fields_from_tensors(state: StateDict) -> dict[str, Any]:
     if version != "4":
         raise CheckpointError(wrong_version(version, "rwkv"))
     vocab, d = state["emb.weight"].shape
-    return {"vocab_size": vocab, "n_layer": official_n_layer(state), "d_model": d}
+    hidden = state["blocks.0.ffn.key.weight"].shape[0]
+    return {"vocab_size": vocab, "n_layer": official_n_layer(state), "d_model": d,
+            "d_ff": None if hidden == 4 * d else hidden}
 
 
 def convert_rwkv(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
@@ -161,7 +170,7 @@ def convert_rwkv(config: dict[str, Any], state: StateDict) -> tuple[dict[str, An
     fields = _fields_from_hf(config) if hf else _fields_from_tensors(state)
     out = {}
     for name, shape in _expected_shapes(fields["n_layer"], fields["d_model"],
-                                        fields["vocab_size"]).items():
+                                        fields["vocab_size"], fields["d_ff"]).items():
         if name == "head.weight" and name not in source and hf:  # RwkvModel: no head
             continue
         if name not in source:
@@ -187,11 +196,15 @@ def rwkv_to_official(zoo: StateDict) -> StateDict:
 def export_rwkv(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
     """zoo.rwkv -> RwkvForCausalLM. `rescale_every` is 0: Hugging Face's rescaling of the
     weights at inference would change the numbers; the zoo (and the official package in fp32)
-    does not rescale."""
+    does not rescale. A block without a channel mix (d_ff 0) has no Hugging Face counterpart."""
+    if c.d_ff == 0:
+        raise CheckpointError("transformers' RWKV always has a channel mix (feed-forward); this "
+                              "config has d_ff 0")
     config = {"model_type": "rwkv", "architectures": ["RwkvForCausalLM"],
               "vocab_size": c.vocab_size, "context_length": c.context_length,
               "hidden_size": c.d_model, "num_hidden_layers": c.n_layer,
-              "attention_hidden_size": c.d_model, "intermediate_size": 4 * c.d_model,
+              "attention_hidden_size": c.d_model,
+              "intermediate_size": 4 * c.d_model if c.d_ff is None else c.d_ff,
               "layer_norm_epsilon": c.layer_norm_eps, "rescale_every": 0,
               "tie_word_embeddings": False}
     return config, {rwkv_official_to_hf(key): tensor
