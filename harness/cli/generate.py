@@ -13,7 +13,8 @@ from harness.cli.common import app, one_line_errors, resolve_device, stderr
 CheckpointArg = Annotated[str, typer.Argument(
     metavar="CHECKPOINT",
     help="A checkpoint folder (Hugging Face layout, or one written by `catalog train`), an "
-         "official RWKV .pth (its tokenizer.json beside it), a GGUF file (llama.cpp's; llama "
+         "official RWKV .pth (its tokenizer.json beside it; or the folder `catalog export` "
+         "wrote it into), a GGUF file (llama.cpp's; llama "
          "and mistral, quantized or not), or a Hugging Face hub id (gpt2, owner/name): read "
          "from the local Hugging Face cache, downloaded when not there (HF_HUB_OFFLINE=1: the "
          "cache only).")]

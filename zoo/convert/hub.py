@@ -36,12 +36,17 @@ def resolve(path_or_id: Path | str, revision: str | None = None) -> Path:
     (a branch, tag or commit; default: the main branch), from the cache or downloaded into it.
     The revision may also end the id, after an @ (`EleutherAI/pythia-160m@step3000`, as
     huggingface_hub's file system writes it), so that one string names a checkpoint wherever
-    the commands take one and wherever their records keep it."""
+    the commands take one and wherever their records keep it. A folder without config.json
+    that holds a model.pth (as `save_pretrained(..., format="official")` and `catalog export`
+    write an official RWKV file, its tokenizer beside it) resolves to that file."""
     path = Path(path_or_id).expanduser()
     if path.exists():
         if revision is not None:
             raise CheckpointError(f"{path}: a revision ({revision!r}) applies to hub ids, "
                                   "not to a local file or folder")
+        if path.is_dir() and not (path / "config.json").exists() and (
+                path / "model.pth").is_file():
+            return path / "model.pth"
         return path
     text = str(path_or_id)
     if isinstance(path_or_id, Path) or _names_a_file(text):
