@@ -135,8 +135,8 @@ def require_decoder(path_or_id: Path | str, name: str, what: str) -> None:
     from zoo.registry import load_class
 
     if not getattr(load_class(name), "causal_lm", False):
-        raise CheckpointError(f"{path_or_id} is a {name} checkpoint, an encoder: {what} needs a "
-                              f"decoder checkpoint ({DECODERS})")
+        raise CheckpointError(f"{path_or_id} is a {name} checkpoint, not a decoder-only "
+                              f"language model: {what} needs one ({DECODERS})")
 
 
 # --------------------------------------------------------------------------------- generation
@@ -162,8 +162,8 @@ def decode_ids(loaded: Pretrained, prompt_ids: list[int], max_new_tokens: int = 
 
     model = loaded.model
     if not loaded.is_decoder:
-        raise CheckpointError(f"{loaded.path} is a {loaded.name} checkpoint, an encoder: "
-                              f"generation needs a decoder checkpoint ({DECODERS})")
+        raise CheckpointError(f"{loaded.path} is a {loaded.name} checkpoint, not a decoder-only "
+                              f"language model: generation needs one ({DECODERS})")
     check_sampling(max_new_tokens, temperature, top_k)
     table = type(model).position_table
     limit = getattr(model.config, table) if table else None

@@ -144,7 +144,7 @@ def _published_config(given: Path | str, path: Path) -> dict[str, Any]:
     from harness.pretrained import checkpoint_fields, checkpoint_label, require_decoder
 
     name, fields = checkpoint_fields(path)
-    require_decoder(given, name, "lm-eval's text tasks")
+    require_decoder(given, name, "lm-eval's scoring of text")
     if checkpoint_tokenizer(path) is None:
         raise QualityError(f"{given}: no tokenizer files (tokenizer.json, vocab.json + "
                            "merges.txt, or vocab.txt) beside the weights; lm-eval's text tasks "

@@ -240,7 +240,8 @@ def test_bad_checkpoints_are_one_line_errors(gpt2, tmp_path, monkeypatch):
         ([t5], ["model_type 't5' is not a model the zoo loads", "supported:"]),
         ([gpt2, "--model", "llama"], ["model_type 'gpt2' is not a llama checkpoint"]),
         ([gpt2, "--model", "gtp"], ["no checkpoint converter for zoo model 'gtp'"]),
-        ([bert], ["is a bert checkpoint, an encoder: catalog generate needs a decoder"]),
+        ([bert], ["is a bert checkpoint, not a decoder-only language model: ",
+                  "catalog generate needs one"]),
         ([no_tokenizer], ["no tokenizer files", "needs the checkpoint's own tokenizer"]),
         ([tmp_path / "absent"], ["absent: no such file or folder"]),
         ([gpt2, "--max-new-tokens", "0"], ["--max-new-tokens must be at least 1, not 0"]),
@@ -313,7 +314,7 @@ def test_eval_outside_a_git_repository_writes_nothing_of_git_to_the_terminal(gpt
 
 def test_eval_refuses_an_encoder_and_a_checkpoint_without_tokenizer(gpt2, tmp_path):
     assert_one_line_error(run("eval", bert_folder(tmp_path / "bert")),
-                          "an encoder: lm-eval's text tasks needs a decoder")
+                          "not a decoder-only language model: lm-eval's scoring of text needs one")
     bare = copy_folder(gpt2, tmp_path / "bare", **{"vocab.json": None, "merges.txt": None})
     assert_one_line_error(run("eval", bare), "no tokenizer files")
     assert_one_line_error(run("eval", tmp_path / "absent"), "no such file or folder")

@@ -218,7 +218,8 @@ def test_generation_refuses_what_it_cannot_do(gpt2, tmp_path):
             list(decode_ids(loaded, [1], **settings))
     bert = load_pretrained(bert_folder(tmp_path / "bert"))
     assert (bert.name, bert.is_decoder) == ("bert", False)
-    with pytest.raises(CheckpointError, match="an encoder: generation needs a decoder"):
+    with pytest.raises(CheckpointError, match="not a decoder-only language model: "
+                                                "generation needs one"):
         list(decode_ids(bert, [2, 3], 5))
 
 
