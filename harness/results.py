@@ -171,11 +171,17 @@ def parse(data: dict[str, Any]) -> Record:
 def key(rec: Record, fields: Iterable[str] | None = None) -> tuple:
     """The fields that identify `rec`'s measurement (its kind's key by default); lists (the
     routes) as tuples, so that a key can be looked up."""
-    return tuple(_hashable(getattr(rec, name, None)) for name in fields or KEYS[rec.kind])
+    return tuple(hashable(getattr(rec, name, None)) for name in fields or KEYS[rec.kind])
 
 
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+def hashable(value: Any) -> Any:
+    """`value` with lists as tuples and mappings as sorted item tuples, so that pandas can
+    group, count and compare a column that holds them (the routes, the scores)."""
+    if isinstance(value, list):
+        return tuple(hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, hashable(v)) for k, v in value.items()))
+    return value
 
 
 def limit_raised(previous: Record, timeout: float | None,
@@ -350,7 +356,7 @@ def latest(df: pd.DataFrame, also: Sequence[str] = ()) -> pd.DataFrame:
     keep = []
     for kind, rows in df.groupby("kind", sort=False):
         fields = [*KEYS[str(kind)], *also]
-        ordered = rows[fields].map(_hashable).assign(
+        ordered = rows[fields].map(hashable).assign(
             _time=rows["time"].fillna("").astype(str)).sort_values("_time", kind="stable")
         unique = ordered.drop_duplicates(subset=fields, keep="last")
         keep += list(unique.index)

@@ -277,7 +277,8 @@ def _refuse_shared_cells(df: pd.DataFrame, spec: Pivot) -> None:
     else:  # the ours/peer pairs of --ratios
         identity = [*results.LIKE, "peer"]
     differ = [f for f in dict.fromkeys(identity)
-              if f in same.columns and f not in keys and same[f].nunique(dropna=False) > 1]
+              if f in same.columns and f not in keys
+              and same[f].map(results.hashable).nunique(dropna=False) > 1]
     if differ:
         name = differ[0]
         why = f" (they differ in {', '.join(differ[:4])})"

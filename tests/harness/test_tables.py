@@ -149,6 +149,19 @@ def test_a_pivot_cell_with_several_records_is_refused_with_the_fix(store):
         build(store, pivot="seqlen:model:status", agg="mean")
 
 
+def test_a_clash_of_records_that_hold_routes_is_explained_too(tmp_path):
+    """routes is a list, which pandas cannot count as it is: the clash's explanation compares
+    it as a tuple (this was a TypeError traceback)."""
+    path = tmp_path / "results.jsonl"
+    results.append(path, bench("gpt", "forward", 128, routes=["linear", "ffn"]))
+    results.append(path, bench("gpt", "forward", 128, routes=["linear"]))
+    results.append(path, bench("gpt", "forward", 128, impl="hf"))
+    with pytest.raises(TableError) as error:
+        tables.build([path], Options(pivot="model:seqlen:tokens_per_s"))
+    assert str(error.value).startswith("--pivot: 3 records fall in the cell model=gpt, "
+                                       "seqlen=128 (they differ in impl, routes)")
+
+
 def test_earlier_measurements_are_left_out_unless_all_runs(store):
     results.append(store, bench("rwkv", "forward", 128, tokens_per_s=1.0,
                                 time="2026-11-21T10:00:00+00:00"))
