@@ -26,7 +26,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from harness.catalog import Entry, format_count
 from harness.quality.selection import format_lr
-from harness.results import records_of
+from harness.results import hashable, records_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,6 +39,7 @@ MODE_TITLES = {
 }
 PEER_STYLES = {"zoo": "-", "hf": "--", "rwkv-pip": (0, (5, 2, 1, 2))}
 SERIES_FIELDS = ("model", "variant", "impl", "batch", "threads")
+SERIES_MARKERS = ("o", "s", "^", "D", "v", "P")
 # Data spanning at least this ratio (max / min) gets a log axis.
 DECADE = 10.0
 
@@ -54,21 +55,45 @@ class Curve:
 
 def series_labels(cells: pd.DataFrame) -> pd.Series:
     """Each row's series name: "gpt", "gpt (hf)", plus the variant, batch or threads where
-    they differ between the series of `cells`."""
+    they differ between the series of `cells`, and the zoo's speed routes where its cells were
+    measured with different ones (`--routes`): the routes a series ran without, "gpt (no ffn,
+    loss)", or "gpt (no routes)"."""
     import pandas as pd
 
     varying = [name for name in ("variant", "batch", "threads")
                if cells[name].nunique(dropna=False) > 1]
     prefixes = {"variant": "", "batch": "batch ", "threads": "threads "}
+    fields = [*SERIES_FIELDS, *(["routes"] if "routes" in cells else [])]
+    ours = cells["impl"].isna() | (cells["impl"] == "zoo")
+    every_route: list[str] = []
+    if "routes" in cells and cells.loc[ours, "routes"].map(hashable).nunique(dropna=False) > 1:
+        every_route = list(dict.fromkeys(r for routes in cells.loc[ours, "routes"]
+                                         if isinstance(routes, list) for r in routes))
 
     def label(row: dict) -> str:
         extras = [prefixes[name] + str(row[name]) for name in varying]
         if row["impl"] not in (None, "zoo"):
             extras.insert(0, row["impl"])
+        elif every_route:
+            routes = row["routes"] if isinstance(row["routes"], list) else []
+            without = [r for r in every_route if r not in routes]
+            if without:
+                extras.append("no " + (", ".join(without) if routes else "routes"))
         return str(row["model"]) + (f" ({', '.join(extras)})" if extras else "")
 
-    labels = [label(row) for row in records_of(cells[list(SERIES_FIELDS)])]
+    labels = [label(row) for row in records_of(cells[fields])]
     return pd.Series(labels, index=cells.index, dtype=object)
+
+
+def series_markers(cells: pd.DataFrame) -> dict[str, str]:
+    """A marker per series: the color is the model's, so a model's series (its variants, its
+    routes, its peers) differ by marker too, in the order of their names."""
+    markers, seen = {}, {}
+    for series, model in sorted(set(zip(cells["series"], cells["model"].astype(str),
+                                        strict=True))):
+        markers[series] = SERIES_MARKERS[seen.get(model, 0) % len(SERIES_MARKERS)]
+        seen[model] = seen.get(model, 0) + 1
+    return markers
 
 
 def model_colors(cells: pd.DataFrame) -> dict[str, str]:
@@ -96,6 +121,7 @@ def curves_figure(cells: pd.DataFrame, rows: Sequence[Curve], title: str) -> Fig
     colors = model_colors(cells)
     # Only cells with a length can sit on a length axis.
     cells = cells[cells["seqlen"].notna()].assign(series=series_labels(cells))
+    markers = series_markers(cells)
     ok = (cells["status"] == "ok").fillna(False).astype(bool)
     fig = Figure(figsize=(5.2 * len(modes) + 1.5, 3.9 * len(rows) + 0.6), layout="constrained")
     axes = fig.subplots(len(rows), len(modes), squeeze=False)
@@ -109,11 +135,12 @@ def curves_figure(cells: pd.DataFrame, rows: Sequence[Curve], title: str) -> Fig
             for label, line in cells[in_mode].sort_values("seqlen").groupby("series"):
                 model = str(line["model"].iloc[0])
                 style = PEER_STYLES.get(line["impl"].iloc[0], ":")
+                marker = markers[label]
                 good = line[ok[line.index] & line[curve.field].notna()]
                 if len(good):
                     ys = [float(v) * curve.scale for v in good[curve.field]]
                     plotted += ys
-                    ax.plot(list(good["seqlen"]), ys, linestyle=style, marker="o",
+                    ax.plot(list(good["seqlen"]), ys, linestyle=style, marker=marker,
                             markersize=4, color=colors[model], label=label)
                 bad = list(line.loc[~ok[line.index], "seqlen"])
                 if bad:
@@ -155,7 +182,7 @@ def curves_figure(cells: pd.DataFrame, rows: Sequence[Curve], title: str) -> Fig
         handles.append(Line2D([], [], linestyle="", marker="x", color="black"))
         names.append("failed or skipped cell (see the table)")
     fig.legend(handles, names, loc="outside right upper", fontsize=8, title="series")
-    fig.suptitle(textwrap.fill(title, 46))  # clear of the legend
+    _title(fig, title)
     return fig
 
 
@@ -252,6 +279,22 @@ def _grid_axes(count: int, width: float = 4.2, height: float = 3.3, columns: int
     return fig, axes[:count]
 
 
+def _title(fig: Figure, title: str) -> None:
+    """The figure's title, centred over its panels and wrapped to their width, so that it keeps
+    clear of a legend beside them (a title centred on the whole figure runs into it)."""
+    text = fig.suptitle(textwrap.fill(title, 46))
+    fig.draw_without_rendering()  # lays the panels out beside the legend
+    panels = [ax.get_position() for ax in fig.axes if ax.get_visible()]
+    if not panels:
+        return
+    left, right = min(p.x0 for p in panels), max(p.x1 for p in panels)
+    longest = max(text.get_text().splitlines(), key=len)
+    per_char = text.get_window_extent().width / max(len(longest), 1)
+    width = (right - left) * fig.get_figwidth() * fig.dpi
+    text.set_text(textwrap.fill(title, max(20, int(width / per_char))))
+    text.set_x((left + right) / 2)
+
+
 def _legend(fig: Figure, axes: Sequence, title: str, extra: Sequence[tuple] = ()) -> None:
     """One legend for the figure: every named line once, then `extra` (handle, name) pairs."""
     handles, names = [], []
@@ -344,7 +387,7 @@ def recall_figure(groups: pd.DataFrame, title: str) -> Figure:
         ax.grid(True, which="major", alpha=0.3)
     extra = [(Line2D([], [], linestyle=":", color="black"), "chance")] if chance_seen else []
     _legend(fig, axes, "series", extra + ([FAILED_HANDLE] if failed_seen else []))
-    fig.suptitle(textwrap.fill(title, 46))  # clear of the legend
+    _title(fig, title)
     return fig
 
 
@@ -398,7 +441,7 @@ def lr_figure(curve: pd.DataFrame, chosen: pd.DataFrame, title: str) -> Figure:
     if failed_seen:
         extra.append((FAILED_HANDLE[0], "every cell failed at this rate"))
     _legend(fig, axes, "series", extra)
-    fig.suptitle(textwrap.fill(title, 46))  # clear of the legend
+    _title(fig, title)
     return fig
 
 
@@ -483,7 +526,7 @@ def extrapolation_figure(points: pd.DataFrame, title: str) -> Figure:
             ax.grid(True, which="major", alpha=0.3)
     _legend(fig, axes, "series", [(Line2D([], [], linestyle=":", color="#777777"),
                                    "training length")])
-    fig.suptitle(textwrap.fill(title, 46))  # clear of the legend
+    _title(fig, title)
     return fig
 
 
@@ -510,7 +553,7 @@ def position_figure(bins: pd.DataFrame, title: str) -> Figure:
         ax.set_title(f"evaluation windows of {length} tokens", fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
     _legend(fig, axes, "series")
-    fig.suptitle(textwrap.fill(title, 46))  # clear of the legend
+    _title(fig, title)
     return fig
 
 

@@ -224,6 +224,25 @@ def test_records_without_a_command_say_so(tmp_path):
     assert "```bash\ncatalog bench gpt rwkv\n```" in md and "can list it here" not in md
 
 
+def test_cells_measured_with_other_routes_are_series_of_their_own(tmp_path):
+    """The zoo's cells with different --routes are lines of their own, named by the routes
+    they ran without and marked apart from the model's other series (one color per model); a
+    title over a wide legend stays centred over the panels, clear of it."""
+    records = [bench("gpt", "forward", n, routes=routes, time=f"2026-11-20T1{i}:00:00+00:00")
+               for i, routes in enumerate((["linear", "ffn", "dropout", "loss"], ["linear"], []))
+               for n in (512, 1024)] + [bench("gpt", "forward", n, impl="hf") for n in (512, 1024)]
+    made = build_report([write(tmp_path / "results.jsonl", records)], tmp_path / "out")
+    figure = made.figures["cpu-float32-throughput.png"]
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()
+             if not line.get_label().startswith("_")}
+    assert set(lines) == {"gpt", "gpt (hf)", "gpt (no ffn, dropout, loss)", "gpt (no routes)"}
+    assert len({line.get_marker() for line in lines.values()}) == 4
+    assert all(len(line.get_xdata()) == 2 for line in lines.values())
+    figure.draw_without_rendering()
+    title = figure._suptitle.get_window_extent()
+    assert not any(title.overlaps(legend.get_window_extent()) for legend in figure.legends)
+
+
 def test_figures_have_titles_labels_legends_and_log_scales(full):
     figures = full[0].figures
     throughput = figures["cpu-float32-throughput.png"]
