@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import logging
 import math
 import pkgutil
 import sys
@@ -306,11 +307,21 @@ def _hf_corpus(spec: str) -> Corpus:
         raise RuntimeError(f"--corpus hf:{spec} needs the `datasets` library "
                            "(pip install datasets) and network access") from None
     name, _, config = spec.partition(":")
+    # huggingface_hub logs each failed request to an unreachable hub as a warning; the error
+    # below says it once. (Set after the import, which sets the loggers' levels.)
+    loggers = [logging.getLogger(logger) for logger in ("huggingface_hub", "datasets")]
+    levels = [logger.level for logger in loggers]
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(max(level, logging.ERROR))
     try:
         loaded = datasets.load_dataset(name, config or None)
     except Exception as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise RuntimeError(f"--corpus hf:{spec}: could not load it from the Hugging Face Hub "
-                           f"(offline? unknown name?): {error}") from error
+                           f"(offline? unknown name?): {reason}") from error
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
     docs = {split: [Document(f"{split}/{i}", text) for i, text in enumerate(rows["text"])
                     if text.strip()] for split, rows in loaded.items()}
     if "validation" in docs and "test" in docs:

@@ -188,6 +188,27 @@ def test_hf_corpus_without_datasets_says_so(monkeypatch):
         load_corpus("hf:wikitext:wikitext-2-raw-v1")
 
 
+def test_an_unreachable_hf_corpus_is_one_line_without_the_hubs_retry_warnings(
+        monkeypatch, caplog):
+    """huggingface_hub warns at every failed request: the error says it once, in one line, and
+    the loggers get their levels back."""
+    import logging
+    import types
+
+    def load_dataset(name, config):
+        logging.getLogger("huggingface_hub").warning("'[Errno -2]' thrown while requesting HEAD")
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub\nsecond line")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    level = logging.getLogger("huggingface_hub").level
+    with caplog.at_level(logging.WARNING), pytest.raises(RuntimeError) as caught:
+        load_corpus("hf:wikitext")
+    assert str(caught.value) == ("--corpus hf:wikitext: could not load it from the Hugging Face "
+                                 "Hub (offline? unknown name?): Couldn't reach 'wikitext' on "
+                                 "the Hub")
+    assert not caplog.records and logging.getLogger("huggingface_hub").level == level
+
+
 # -------------------------------------------------------------------- bits per byte
 
 
