@@ -422,7 +422,8 @@ def _quality(doc: Doc, figures: dict[str, Figure], section: Section, stem: str) 
             table.append(["unigram byte baseline", "", f"{baseline:.4f}", *blank,
                           "byte frequencies of the training split: the bar to clear"])
         if chance is not None:
-            table.append(["chance", "", f"{chance:.4f}", *blank, ""])
+            table.append(["chance", "", f"{chance:.4f}", *blank,
+                          "1 / pairs: a guess among the values the sequence holds"])
         # tokens/s and the precision: what a time budget bought each model, and on what
         doc.table(["model", "variant", metric, "params", "budget", "tokens", "steps",
                    "train time", "tokens/s", "device, dtype", "seed", "lr", "notes"], table,

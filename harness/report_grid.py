@@ -122,7 +122,10 @@ def _recall(doc: Doc, figures: dict[str, Figure], groups: pd.DataFrame, stem: st
              "mean validation accuracy over seeds), written mean ± std (seeds) over the seeds "
              "at that rate (sample standard deviation). Zoology chose each point's learning "
              "rate on the TEST set, with one seed, which can only raise its numbers: read them "
-             "as an upper bound on ours. A point whose every run failed shows why.")
+             "as an upper bound on ours. A point whose every run failed shows why. Chance is "
+             "a guess among the values the sequence holds, 1 / pairs; a model that has not "
+             "learnt that the answer is one of them scores below it, near one over the number "
+             "of possible values (half the vocabulary).")
     for width in _ordered(list(groups["width"])):
         rows = groups[groups["width"].isna()] if width is None else groups[
             groups["width"].eq(width).fillna(False).astype(bool)]
@@ -142,7 +145,7 @@ def _recall(doc: Doc, figures: dict[str, Figure], groups: pd.DataFrame, stem: st
         chance = {(r["seqlen"], r["kv_pairs"]): r["chance"] for r in records_of(rows)
                   if r["chance"] is not None}
         if chance:
-            accuracy.append(["chance", *(f"{chance[c]:.3f}" if c in chance else ""
+            accuracy.append(["chance (1 / pairs)", *(f"{chance[c]:.3f}" if c in chance else ""
                                          for c in cells)])
         doc.table(headers, accuracy, right=right)
         doc.para("The learning rate chosen on validation (of the rates tried):")

@@ -137,7 +137,8 @@ def test_mqar_table_is_the_validation_choice_as_mean_std_seeds(report):
     assert "| rwkv | 0.650 ± 0.071 (2) | failed: oom |" in md
     assert "0.900" not in md.split("### Learning-rate sensitivity")[0]
     assert "| rwkv | 1e-3 (of 2) | none |" in md
-    assert "| chance | 0.250 | 0.125 |" in md
+    assert "| chance (1 / pairs) | 0.250 | 0.125 |" in md
+    assert "Chance is a guess among the values the sequence holds, 1 / pairs" in md
     text = md.split("### MQAR recall")[1].split("####")[0]
     assert "chosen on the VALIDATION split" in text and "Zoology chose" in text
     assert "on the TEST set" in text
