@@ -19,6 +19,59 @@ def usable_cores() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
+def cpu_seconds(cores: list[int], stat: Path = Path("/proc/stat")) -> tuple[float, float] | None:
+    """(busy, stolen) CPU seconds of `cores` since boot, from the kernel's per-core counters:
+    busy is user, nice, system, irq and softirq time (guest time is counted in user); stolen is
+    the time a hypervisor gave the cores' slots to other machines. None where the system keeps
+    no /proc/stat (not Linux) or it lacks one of the cores."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    counters = {}
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            counters[int(name[3:])] = [int(f) for f in fields]
+    if not all(core in counters for core in cores):
+        return None
+    busy = sum(sum(counters[c][i] for i in (0, 1, 2, 5, 6) if i < len(counters[c]))
+               for c in cores)
+    stolen = sum(counters[c][7] if len(counters[c]) > 7 else 0 for c in cores)
+    return busy / ticks, stolen / ticks
+
+
+class LoadMeter:
+    """How much of this process's cores other work took while it ran: the cores' busy CPU time
+    less this process's own (time.process_time), plus the time stolen by a hypervisor, over the
+    wall time, in cores. A benchmark cell takes the meter around its timed runs: on a quiet
+    machine it reads near 0; one other busy process on a shared core reads near 1."""
+
+    #: Shorter spans are not judged: the kernel counts CPU time in ticks (10 ms), so a short
+    #: span's reading would be mostly rounding.
+    MIN_SECONDS = 0.25
+
+    def __init__(self, cores: list[int] | None = None) -> None:
+        self.cores = usable_cores() if cores is None else cores
+        self._start = self._read()
+
+    def _read(self) -> tuple[tuple[float, float] | None, float, float]:
+        import time
+
+        return cpu_seconds(self.cores), time.process_time(), time.perf_counter()
+
+    def others(self) -> float | None:
+        """Cores' worth of CPU time others took since the meter started (None: unknown, or a
+        span under MIN_SECONDS)."""
+        (before, own0, wall0), (after, own1, wall1) = self._start, self._read()
+        wall = wall1 - wall0
+        if before is None or after is None or wall < self.MIN_SECONDS:
+            return None
+        busy, stolen = after[0] - before[0], after[1] - before[1]
+        return max(0.0, busy - (own1 - own0)) / wall + max(0.0, stolen) / wall
+
+
 def machine_info(device: str = "cpu") -> dict[str, Any]:
     """What every record carries about where it was measured."""
     import torch

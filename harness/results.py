@@ -99,6 +99,9 @@ class BenchRecord(Record):
     error: str | None = None
     wall_s: float | None = None
     routes: list[str] | None = None  # the zoo's speed routes applied (None: not recorded)
+    # Cores' worth of CPU time other work took from the cell's cores during its timed runs
+    # (harness.machine.LoadMeter; None: not measured, or timed runs under a second).
+    contention: float | None = None
     # Set on a record read back from the results file by a resumed sweep; never written.
     resumed: bool = Field(default=False, exclude=True)
 

@@ -337,4 +337,4 @@ def routes(cell: Cell) -> list[str] | None:
 
 # What a cell's process reports (harness.bench.cell.measure), by record field.
 _MEASURED = ("params", "tokens_per_s", "ms_median", "ms_iqr", "peak_mem_bytes", "act_mem_bytes",
-             "flops_per_token", "notes", "threads", "error", "wall_s", "routes")
+             "flops_per_token", "notes", "threads", "error", "wall_s", "routes", "contention")

@@ -6,6 +6,9 @@ zoo model is built from the benchmark seed, the cell's inputs are drawn once and
 implementation the cell names (harness.bench.implementations), warm-up runs are made, then the
 timed runs; the measurements are printed as one JSON line, which the sweep turns into a record.
 
+Contention: how much of the cell's cores other processes (or a hypervisor) took during the
+timed runs, in cores (harness.machine.LoadMeter); a cell that shared its cores says so.
+
 Memory: the peak during the warm-up and timed runs (peak RSS on CPU, max_memory_allocated on
 CUDA), and the part of it above the loaded weights. For generate cells the prefill happens
 before, so their memory is that of decoding: the weights plus the KV cache or the state.
@@ -32,7 +35,11 @@ from harness.bench.memory import (
 )
 from harness.bench.peak import measure_matmul_peak
 from harness.bench.workload import DTYPES, SEED, Cell, draw_inputs, sync
-from harness.machine import out_of_memory, usable_cores
+from harness.machine import LoadMeter, out_of_memory, usable_cores
+
+# Other work taking this many cores' worth of the cell's cores during its timed runs gets the
+# record a note: on a quiet machine the meter reads under 0.1.
+BUSY_CORES = 0.25
 
 
 def mixed_precision(cell: Cell) -> bool:
@@ -114,11 +121,17 @@ def measure(cell: Cell) -> dict[str, Any]:
     repeat = cell.new_tokens if cell.mode == "generate" else cell.repeat
     for i in range(warmup + repeat):
         sync(device)
+        if i == warmup:
+            meter = LoadMeter()
         start = time.perf_counter()
         workload.run()
         sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
+    contention = meter.others()
+    if contention is not None and contention >= BUSY_CORES:
+        setup.append(f"the machine was busy: other work took {contention:.2f} of the "
+                     f"{len(meter.cores)} cores' time during the timed runs; measure it again")
 
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
     median = statistics.median(times)
@@ -134,6 +147,7 @@ def measure(cell: Cell) -> dict[str, Any]:
         "flops_per_s": workload.flops / median if workload.flops else None,
         "notes": [*notes, *workload.notes, *setup],
         "routes": routes,
+        "contention": None if contention is None else round(contention, 2),
     }
 
 

@@ -1,6 +1,7 @@
 """What the harness knows of the machine: a record's git revision is "-dirty" when the code
 that ran differs from it, not when a results file or report in the checkout does; a --device
-the machine lacks is refused by name; a failed allocation is told from other errors."""
+the machine lacks is refused by name; a failed allocation is told from other errors; the load
+meter tells how much of its cores other work took."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import subprocess
 import pytest
 import torch
 
-from harness.machine import check_device, git_revision, out_of_memory
+from harness import machine
+from harness.machine import LoadMeter, check_device, cpu_seconds, git_revision, out_of_memory
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -92,3 +94,56 @@ def test_devices_the_machine_has_pass_and_elsewhere_only_the_name_is_checked(mon
 ])
 def test_out_of_memory_is_told_from_other_errors_with_its_size(error, refused):
     assert out_of_memory(error) == refused
+
+
+# ----------------------------------------------------------------------------- the load meter
+
+STAT = """cpu  500 0 100 900 0 0 0 0 0 0
+cpu0 100 10 20 400 7 3 2 5 0 0
+cpu1 200 0 30 500 0 0 0 40 0 0
+cpu2 999 0 0 0 0 0 0 0 0 0
+intr 1 2 3
+"""
+
+
+def test_cpu_seconds_sums_the_cores_busy_and_stolen_ticks(tmp_path, monkeypatch):
+    """busy = user + nice + system + irq + softirq (not idle, iowait or steal), per core."""
+    stat = tmp_path / "stat"
+    stat.write_text(STAT)
+    monkeypatch.setattr(machine.os, "sysconf", lambda name: 100)
+    assert cpu_seconds([0, 1], stat) == pytest.approx(((100 + 10 + 20 + 3 + 2 + 200 + 30) / 100,
+                                                       (5 + 40) / 100))
+    assert cpu_seconds([0], stat) == pytest.approx((1.35, 0.05))
+    assert cpu_seconds([0, 7], stat) is None  # a core the file does not list
+    assert cpu_seconds([0], tmp_path / "missing") is None
+
+
+def test_the_meter_is_others_busy_time_plus_stolen_time_over_the_wall_time(monkeypatch):
+    readings = iter([((10.0, 1.0), 5.0, 100.0), ((13.0, 1.5), 6.0, 102.0)])
+    monkeypatch.setattr(LoadMeter, "_read", lambda self: next(readings))
+    # busy 3 s, of which 1 s ours; 0.5 s stolen; over 2 s: (2 + 0.5) / 2 cores
+    assert LoadMeter([0, 1]).others() == pytest.approx(1.25)
+    readings = iter([((10.0, 1.0), 5.0, 100.0), ((10.01, 1.0), 5.0, 100.1)])
+    assert LoadMeter([0, 1]).others() is None  # under MIN_SECONDS: mostly the ticks' rounding
+    readings = iter([(None, 5.0, 100.0), (None, 6.0, 102.0)])
+    assert LoadMeter([0, 1]).others() is None  # no /proc/stat
+
+
+@pytest.mark.skipif(cpu_seconds(machine.usable_cores()) is None, reason="needs /proc/stat")
+def test_a_busy_process_on_the_cores_reads_as_about_one_core():
+    """A spinning child (it inherits this process's cores) takes most of a core while this
+    process sleeps; the meter counts it and not this process's own work."""
+    import sys
+    import time
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # the interpreter starts
+        meter = LoadMeter()
+        start = time.perf_counter()
+        while time.perf_counter() - start < 0.6:
+            pass  # this process's own busy time is not counted
+        assert 0.5 < meter.others() < 1.5
+    finally:
+        spinner.kill()
+        spinner.wait()

@@ -332,6 +332,21 @@ def test_a_cell_hands_the_same_inputs_to_ours_and_to_the_peer(monkeypatch, name,
     assert ours_ids is not peer_ids and torch.equal(ours_ids, peer_ids)
 
 
+def test_a_cell_that_shared_its_cores_says_so(monkeypatch):
+    """The load meter around the timed runs goes into the record (contention, in cores), and a
+    reading of BUSY_CORES or more into its notes."""
+    from harness.bench import cell as cells
+
+    cores = len(cells.usable_cores())
+    for reading, noted in ((0.8, True), (0.04, False), (None, False)):
+        monkeypatch.setattr(cells.LoadMeter, "others", lambda self, r=reading: r)
+        result = cells.measure(cell("gpt"))
+        assert result["contention"] == reading
+        busy = [n for n in result["notes"] if n.startswith("the machine was busy")]
+        assert busy == ([f"the machine was busy: other work took 0.80 of the {cores} cores' "
+                         "time during the timed runs; measure it again"] if noted else [])
+
+
 def test_a_training_cell_says_which_routes_its_step_takes():
     """A training step takes the plain activations (gradients), oneDNN's products where the
     linears take oneDNN (F.linear elsewhere) and the dropout kernel; the forward's notes say the
