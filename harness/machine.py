@@ -72,6 +72,20 @@ class LoadMeter:
         return max(0.0, busy - (own1 - own0)) / wall + max(0.0, stolen) / wall
 
 
+# Other work taking this many cores' worth of a measurement's cores gets it a note: on a quiet
+# machine the meter reads under 0.1.
+BUSY_CORES = 0.25
+
+
+def busy_note(contention: float | None, cores: int, during: str, so: str) -> str | None:
+    """The note for a measurement whose cores other work shared (`contention` from LoadMeter
+    at BUSY_CORES or more), or None."""
+    if contention is None or contention < BUSY_CORES:
+        return None
+    return (f"the machine was busy: other work took {contention:.2f} of the {cores} cores' "
+            f"time during {during}; {so}")
+
+
 def machine_info(device: str = "cpu") -> dict[str, Any]:
     """What every record carries about where it was measured."""
     import torch

@@ -131,6 +131,7 @@ class QualityRecord(Record):
     checkpoint: str | None = None
     limit: int | None = None  # lm-eval: examples per task (None: all)
     routes: list[str] | None = None  # the zoo's speed routes the training ran with
+    contention: float | None = None  # cores' worth others took while it trained (LoadMeter)
     # Grids (quality against length): what a cell varied, and what it was chosen and scored on.
     budget_flops: float | None = None  # a compute budget: training FLOPs (analytic, at seqlen)
     width: int | None = None  # d_model, when the cell set it (the variant's other fields kept)

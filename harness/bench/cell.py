@@ -35,11 +35,7 @@ from harness.bench.memory import (
 )
 from harness.bench.peak import measure_matmul_peak
 from harness.bench.workload import DTYPES, SEED, Cell, draw_inputs, sync
-from harness.machine import LoadMeter, out_of_memory, usable_cores
-
-# Other work taking this many cores' worth of the cell's cores during its timed runs gets the
-# record a note: on a quiet machine the meter reads under 0.1.
-BUSY_CORES = 0.25
+from harness.machine import LoadMeter, busy_note, out_of_memory, usable_cores
 
 
 def mixed_precision(cell: Cell) -> bool:
@@ -129,9 +125,9 @@ def measure(cell: Cell) -> dict[str, Any]:
         if i >= warmup:
             times.append(time.perf_counter() - start)
     contention = meter.others()
-    if contention is not None and contention >= BUSY_CORES:
-        setup.append(f"the machine was busy: other work took {contention:.2f} of the "
-                     f"{len(meter.cores)} cores' time during the timed runs; measure it again")
+    busy = busy_note(contention, len(meter.cores), "the timed runs", "measure it again")
+    if busy:
+        setup.append(busy)
 
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
     median = statistics.median(times)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from harness.machine import now, out_of_memory, where
+from harness.machine import LoadMeter, busy_note, now, out_of_memory, where
 from harness.models import set_texts
 from harness.quality import curves, tasks
 from harness.quality.checkpoint import save_checkpoint
@@ -62,8 +62,13 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
         if spec.budget.flops:  # a compute budget counts each model's own cost of a token
             config = dataclasses.replace(config, flops_per_token=3 * net.flops_per_token(
                 config.seqlen))
+        # Others' use of this process's cores while it trains (one process: under torchrun
+        # the other ranks share the machine by design).
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        meter = None if distributed else LoadMeter()
         history = train(net, setup.batches, config, evaluate=setup.evaluate, state_path=state,
                         resume=resume, on_step=on_step, run=_made_of(model, task, spec))
+        contention = meter.others() if meter else None
     if not is_main:
         return RunResult(None, history, None)
     net.eval()
@@ -98,6 +103,11 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
             "params": params}
     if task == "mqar":
         meta["mqar"] = dataclasses.asdict(spec.mqar)
+    busy = busy_note(contention, len(meter.cores) if meter else 0, "training",
+                     "a time budget bought fewer steps than a quiet machine gives: train it "
+                     "again" if spec.budget.seconds else "its tokens/s read low")
+    if busy:
+        notes.append(busy)
     if history.stopped_early:
         notes.append(f"stopped early at step {history.steps}: validation passed "
                      f"{config.stop_at[1]:g} {config.stop_at[0]}")
@@ -115,6 +125,7 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
         seed=spec.seed, lr=config.lr, tokenizer=spec.tokenizer,
         vocab_size=net.config.vocab_size, corpus=data.corpus_name, scores=scores,
         routes=list(fast.applied(net)), budget_flops=spec.budget.flops,
+        contention=None if contention is None else round(contention, 2),
         width=spec.width if spec.width is not None else getattr(net.config, "d_model", None),
         val_value=validation.get(setup.metric), stopped_early=history.stopped_early,
         **length_curves,

@@ -70,6 +70,28 @@ def test_the_record_says_the_precision_routes_and_speed(tmp_path):
     assert abs(seconds - full.train_seconds) <= 0.05 + 1e-9
 
 
+def test_a_run_that_shared_its_cores_says_so(tmp_path, monkeypatch):
+    """The load meter around the training goes into the record (contention, in cores); a busy
+    reading into its notes, which say what it cost the budget: steps for a time budget, the
+    speed for a token budget."""
+    from harness import machine
+
+    cores = len(machine.usable_cores())
+    tokens, seconds = Budget(tokens=4 * 4 * 64), Budget(seconds=0.5)
+    for reading, budget, cost in (
+            (0.8, tokens, "its tokens/s read low"),
+            (0.8, seconds, "a time budget bought fewer steps than a quiet machine gives: "
+                           "train it again"),
+            (0.1, tokens, None)):
+        monkeypatch.setattr(machine.LoadMeter, "others", lambda self, r=reading: r)
+        data = prepare(spec(tmp_path, budget=budget))
+        rec = run_one("gpt", data, tmp_path / f"{reading}-{budget}").record
+        busy = [n for n in rec.notes if n.startswith("the machine was busy")]
+        assert rec.contention == reading
+        assert busy == ([f"the machine was busy: other work took 0.80 of the {cores} cores' "
+                         f"time during training; {cost}"] if cost else [])
+
+
 def test_encoder_decoder_runs_lm_as_seq2seq(tmp_path):
     rec = run_one("transformer", prepare(spec(tmp_path)), tmp_path / "o").record
     assert rec.task == "seq2seq" and any("encoder reads 32" in n for n in rec.notes)
