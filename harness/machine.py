@@ -7,6 +7,7 @@ import os
 import platform
 import re
 import subprocess
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,8 @@ def cpu_seconds(cores: list[int], stat: Path = Path("/proc/stat")) -> tuple[floa
     ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     counters = {}
     for line in lines:
-        name, *fields = line.split()
-        if name.startswith("cpu") and name[3:].isdigit():
+        name, *fields = line.split() or [""]
+        if name.startswith("cpu") and name[3:].isdigit() and all(f.isdigit() for f in fields):
             counters[int(name[3:])] = [int(f) for f in fields]
     if not all(core in counters for core in cores):
         return None
@@ -57,8 +58,6 @@ class LoadMeter:
         self._start = self._read()
 
     def _read(self) -> tuple[tuple[float, float] | None, float, float]:
-        import time
-
         return cpu_seconds(self.cores), time.process_time(), time.perf_counter()
 
     def others(self) -> float | None:

@@ -103,6 +103,8 @@ cpu0 100 10 20 400 7 3 2 5 0 0
 cpu1 200 0 30 500 0 0 0 40 0 0
 cpu2 999 0 0 0 0 0 0 0 0 0
 intr 1 2 3
+
+cpu3 garbage
 """
 
 
@@ -115,6 +117,7 @@ def test_cpu_seconds_sums_the_cores_busy_and_stolen_ticks(tmp_path, monkeypatch)
                                                        (5 + 40) / 100))
     assert cpu_seconds([0], stat) == pytest.approx((1.35, 0.05))
     assert cpu_seconds([0, 7], stat) is None  # a core the file does not list
+    assert cpu_seconds([3], stat) is None  # nor one it lists with what is not a count
     assert cpu_seconds([0], tmp_path / "missing") is None
 
 
