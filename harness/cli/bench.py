@@ -21,6 +21,7 @@ from harness.cli.common import (
     interrupts_raise,
     launcher_for,
     load_catalog_for,
+    note_busy,
     one_line_errors,
     resolve_device,
     stderr,
@@ -200,6 +201,8 @@ def bench(
     records.sort(key=lambda r: order.get((r.model, r.impl, r.mode, r.seqlen), len(order)))
     stdout().print(_bench_table(records))
     stdout().print(f"records appended to {escape(str(results_path))}")
+    note_busy(records, "cells", "their timings read low; measure them again (--force) when the "
+                                "machine is quiet")
 
 
 

@@ -47,6 +47,19 @@ def stderr() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def note_busy(records: list, what: str, again: str) -> None:
+    """A note on stderr when some of `records` (bench or quality) shared their cores with other
+    work (their `contention`, from harness.machine.LoadMeter, at BUSY_CORES or more)."""
+    from harness.machine import BUSY_CORES
+
+    busy = [r.contention for r in records
+            if getattr(r, "contention", None) is not None and r.contention >= BUSY_CORES]
+    if busy:
+        stderr().print(f"[yellow]note:[/] {len(busy)} of the {len(records)} {what} shared "
+                       f"their cores with other work (up to {max(busy):.2f} cores' worth, the "
+                       f"records' contention): {again}")
+
+
 @contextmanager
 def one_line_errors() -> Iterator[None]:
     """Turn the library's errors, and a failed allocation, into `error: ...` on stderr and a

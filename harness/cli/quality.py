@@ -23,6 +23,7 @@ from harness.cli.common import (
     interrupts_raise,
     launcher_for,
     load_catalog_for,
+    note_busy,
     one_line_errors,
     resolve_device,
     stderr,
@@ -82,6 +83,10 @@ SetOpt = Annotated[list[str] | None, typer.Option(
          "--set d_state=128; records name the variant with it (\"tiny d_state=128\").",
     show_default=False)]
 QUALITY_RESULTS = Path("reports/results/quality.jsonl")
+
+# What a run that shared its cores with other work should do (harness.cli.common.note_busy).
+TRAIN_AGAIN = ("a time budget bought them fewer steps, and their tokens/s read low; train them "
+               "again when the machine is quiet")
 
 
 @app.command("train")
@@ -322,6 +327,7 @@ def _run_grid(ctx: typer.Context, models: list[str], spec: RunSpec, *, shapes, w
             raise typer.Exit(130) from None
     stdout().print(_grid_table(records))
     stdout().print(f"records appended to {escape(str(results_path))}")
+    note_busy(records, "cells", TRAIN_AGAIN)
 
 
 def _grid_table(records: list) -> Table:
@@ -407,6 +413,7 @@ def _train_and_record(ctx: typer.Context, models: list[str], spec: RunSpec, out:
     if is_main:
         stdout().print(_quality_table(records, data.baseline))
         stdout().print(f"records appended to {escape(str(results_path))}")
+        note_busy(records, "runs", TRAIN_AGAIN)
 
 
 @contextmanager

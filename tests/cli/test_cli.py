@@ -439,3 +439,21 @@ def test_a_failed_allocation_anywhere_is_one_line_and_other_errors_are_not_hidde
                                                "refused): give shorter inputs or smaller batches")
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"), one_line_errors():
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+
+def test_a_sweep_whose_cells_shared_their_cores_ends_with_a_note(capsys):
+    """After the table, one line on stderr counts the records whose contention reached
+    harness.machine.BUSY_CORES; quiet or unmeasured records add nothing."""
+    from harness.cli.common import note_busy
+    from harness.results import BenchRecord
+
+    def cell(contention):
+        return BenchRecord(model="gpt", variant="tiny", impl="zoo", mode="forward", seqlen=64,
+                           contention=contention)
+
+    note_busy([cell(0.04), cell(None)], "cells", "measure them again")
+    assert capsys.readouterr().err == ""
+    note_busy([cell(0.31), cell(0.04), cell(1.2)], "cells", "measure them again")
+    assert capsys.readouterr().err == (
+        "note: 2 of the 3 cells shared their cores with other work (up to 1.20 cores' worth, "
+        "the records' contention): measure them again\n")
