@@ -20,11 +20,13 @@ def usable_cores() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
-def cpu_seconds(cores: list[int], stat: Path = Path("/proc/stat")) -> tuple[float, float] | None:
-    """(busy, stolen) CPU seconds of `cores` since boot, from the kernel's per-core counters:
-    busy is user, nice, system, irq and softirq time (guest time is counted in user); stolen is
-    the time a hypervisor gave the cores' slots to other machines. None where the system keeps
-    no /proc/stat (not Linux) or it lacks one of the cores."""
+def cpu_seconds(cores: list[int], stat: Path = Path("/proc/stat")
+                ) -> tuple[float, float, float] | None:
+    """(busy, idle, stolen) CPU seconds of `cores` since boot, from the kernel's per-core
+    counters: busy is user, nice, system, irq and softirq time (guest time is counted in user),
+    idle is idle and iowait time, stolen is the time a hypervisor gave the cores' slots to
+    other machines. None where the system keeps no /proc/stat (not Linux) or it lacks one of
+    the cores."""
     try:
         lines = stat.read_text().splitlines()
     except OSError:
@@ -34,30 +36,34 @@ def cpu_seconds(cores: list[int], stat: Path = Path("/proc/stat")) -> tuple[floa
     for line in lines:
         name, *fields = line.split() or [""]
         if name.startswith("cpu") and name[3:].isdigit() and all(f.isdigit() for f in fields):
-            counters[int(name[3:])] = [int(f) for f in fields]
+            counters[int(name[3:])] = [int(f) for f in fields] + [0] * (8 - len(fields))
     if not all(core in counters for core in cores):
         return None
-    busy = sum(sum(counters[c][i] for i in (0, 1, 2, 5, 6) if i < len(counters[c]))
-               for c in cores)
-    stolen = sum(counters[c][7] if len(counters[c]) > 7 else 0 for c in cores)
-    return busy / ticks, stolen / ticks
+    busy = sum(counters[c][i] for c in cores for i in (0, 1, 2, 5, 6))
+    idle = sum(counters[c][i] for c in cores for i in (3, 4))
+    stolen = sum(counters[c][7] for c in cores)
+    return busy / ticks, idle / ticks, stolen / ticks
 
 
 class LoadMeter:
-    """How much of this process's cores other work took while it ran: the cores' busy CPU time
-    less this process's own (time.process_time), plus the time stolen by a hypervisor, over the
-    wall time, in cores. A benchmark cell takes the meter around its timed runs: on a quiet
-    machine it reads near 0; one other busy process on a shared core reads near 1."""
+    """How much of this process's cores other work took from it while it ran, in cores, over
+    the wall time: the CPU time other processes ran on the cores, less what they could run
+    without taking any from this process (the cores it left idle, or those beyond the
+    `threads` it runs, whichever is more), plus the time a hypervisor stole. A benchmark cell
+    takes the meter around its timed runs and a quality run around its training: on a quiet
+    machine it reads near 0, and so it does for other work on cores the process does not use;
+    one other busy process on the cores of a cell that runs a thread on each reads 0.6-1."""
 
     #: Shorter spans are not judged: the kernel counts CPU time in ticks (10 ms), so a short
     #: span's reading would be mostly rounding.
     MIN_SECONDS = 0.25
 
-    def __init__(self, cores: list[int] | None = None) -> None:
+    def __init__(self, cores: list[int] | None = None, threads: int | None = None) -> None:
         self.cores = usable_cores() if cores is None else cores
+        self.threads = len(self.cores) if threads is None else threads
         self._start = self._read()
 
-    def _read(self) -> tuple[tuple[float, float] | None, float, float]:
+    def _read(self) -> tuple[tuple[float, float, float] | None, float, float]:
         return cpu_seconds(self.cores), time.process_time(), time.perf_counter()
 
     def others(self) -> float | None:
@@ -67,8 +73,10 @@ class LoadMeter:
         wall = wall1 - wall0
         if before is None or after is None or wall < self.MIN_SECONDS:
             return None
-        busy, stolen = after[0] - before[0], after[1] - before[1]
-        return max(0.0, busy - (own1 - own0)) / wall + max(0.0, stolen) / wall
+        busy, idle, stolen = (b - a for a, b in zip(before, after, strict=True))
+        others = max(0.0, busy - (own1 - own0))
+        unused = max(idle, max(0, len(self.cores) - self.threads) * wall)
+        return max(0.0, others - unused) / wall + max(0.0, stolen) / wall
 
 
 # Other work taking this many cores' worth of a measurement's cores gets it a note: on a quiet

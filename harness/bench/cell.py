@@ -118,7 +118,7 @@ def measure(cell: Cell) -> dict[str, Any]:
     for i in range(warmup + repeat):
         sync(device)
         if i == warmup:
-            meter = LoadMeter()
+            meter = LoadMeter(threads=torch.get_num_threads())
         start = time.perf_counter()
         workload.run()
         sync(device)

@@ -65,7 +65,7 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
         # Others' use of this process's cores while it trains (one process: under torchrun
         # the other ranks share the machine by design).
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        meter = None if distributed else LoadMeter()
+        meter = None if distributed else LoadMeter(threads=torch.get_num_threads())
         history = train(net, setup.batches, config, evaluate=setup.evaluate, state_path=state,
                         resume=resume, on_step=on_step, run=_made_of(model, task, spec))
         contention = meter.others() if meter else None

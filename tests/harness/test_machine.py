@@ -108,45 +108,63 @@ cpu3 garbage
 """
 
 
-def test_cpu_seconds_sums_the_cores_busy_and_stolen_ticks(tmp_path, monkeypatch):
-    """busy = user + nice + system + irq + softirq (not idle, iowait or steal), per core."""
+def test_cpu_seconds_sums_the_cores_busy_idle_and_stolen_ticks(tmp_path, monkeypatch):
+    """busy = user + nice + system + irq + softirq, idle = idle + iowait, per core."""
     stat = tmp_path / "stat"
     stat.write_text(STAT)
     monkeypatch.setattr(machine.os, "sysconf", lambda name: 100)
-    assert cpu_seconds([0, 1], stat) == pytest.approx(((100 + 10 + 20 + 3 + 2 + 200 + 30) / 100,
-                                                       (5 + 40) / 100))
-    assert cpu_seconds([0], stat) == pytest.approx((1.35, 0.05))
+    assert cpu_seconds([0, 1], stat) == pytest.approx(
+        ((100 + 10 + 20 + 3 + 2 + 200 + 30) / 100, (400 + 7 + 500) / 100, (5 + 40) / 100))
+    assert cpu_seconds([0], stat) == pytest.approx((1.35, 4.07, 0.05))
     assert cpu_seconds([0, 7], stat) is None  # a core the file does not list
     assert cpu_seconds([3], stat) is None  # nor one it lists with what is not a count
     assert cpu_seconds([0], tmp_path / "missing") is None
 
 
-def test_the_meter_is_others_busy_time_plus_stolen_time_over_the_wall_time(monkeypatch):
-    readings = iter([((10.0, 1.0), 5.0, 100.0), ((13.0, 1.5), 6.0, 102.0)])
+@pytest.mark.parametrize("threads, idle, expected", [
+    (2, 0.0, (2 + 0.5) / 2),  # others' 2 s all taken from a process with a thread per core
+    (2, 1.5, (0.5 + 0.5) / 2),  # 1.5 s of the cores sat idle: others needed to take only 0.5
+    (1, 0.0, (0 + 0.5) / 2),  # a one-thread process leaves a core (2 s) to others
+])
+def test_the_meter_is_others_time_beyond_what_was_free_plus_stolen_time(
+        monkeypatch, threads, idle, expected):
+    readings = iter([((10.0, 0.0, 1.0), 5.0, 100.0), ((13.0, idle, 1.5), 6.0, 102.0)])
     monkeypatch.setattr(LoadMeter, "_read", lambda self: next(readings))
-    # busy 3 s, of which 1 s ours; 0.5 s stolen; over 2 s: (2 + 0.5) / 2 cores
-    assert LoadMeter([0, 1]).others() == pytest.approx(1.25)
-    readings = iter([((10.0, 1.0), 5.0, 100.0), ((10.01, 1.0), 5.0, 100.1)])
+    # 2 cores for 2 s; busy 3 s, of which 1 s this process's own; 0.5 s stolen
+    assert LoadMeter([0, 1], threads=threads).others() == pytest.approx(expected)
+
+
+def test_a_span_too_short_or_without_counters_is_not_judged(monkeypatch):
+    readings = iter([((10.0, 0.0, 1.0), 5.0, 100.0), ((10.01, 0.0, 1.0), 5.0, 100.1)])
+    monkeypatch.setattr(LoadMeter, "_read", lambda self: next(readings))
     assert LoadMeter([0, 1]).others() is None  # under MIN_SECONDS: mostly the ticks' rounding
     readings = iter([(None, 5.0, 100.0), (None, 6.0, 102.0)])
     assert LoadMeter([0, 1]).others() is None  # no /proc/stat
 
 
 @pytest.mark.skipif(cpu_seconds(machine.usable_cores()) is None, reason="needs /proc/stat")
-def test_a_busy_process_on_the_cores_reads_as_about_one_core():
-    """A spinning child (it inherits this process's cores) takes most of a core while this
-    process sleeps; the meter counts it and not this process's own work."""
+def test_a_busy_process_takes_from_work_on_every_core_and_not_from_a_sleeper():
+    """A spinning child (it inherits this process's cores) takes a share of them from a
+    matrix-product loop with a thread per core; while this process sleeps it takes nothing."""
     import sys
     import time
 
+    cores, threads = machine.usable_cores(), torch.get_num_threads()
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)  # the interpreter starts
-        meter = LoadMeter()
+        torch.set_num_threads(len(cores))
+        a = torch.randn(512, 512)
+        meter = LoadMeter(cores, threads=len(cores))
         start = time.perf_counter()
-        while time.perf_counter() - start < 0.6:
-            pass  # this process's own busy time is not counted
-        assert 0.5 < meter.others() < 1.5
+        while time.perf_counter() - start < 0.8:
+            a @ a
+        assert 0.3 < meter.others() < 1.5
+        if len(cores) > 1:  # on one core the spinner leaves it no idle time to tell by
+            meter = LoadMeter(cores, threads=len(cores))
+            time.sleep(0.5)
+            assert meter.others() < 0.25
     finally:
+        torch.set_num_threads(threads)
         spinner.kill()
         spinner.wait()
