@@ -85,7 +85,7 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 QUALITY_RESULTS = Path("reports/results/quality.jsonl")
 
 # What a run that shared its cores with other work should do (harness.cli.common.note_busy).
-TRAIN_AGAIN = ("a time budget bought them fewer steps, and their tokens/s read low; train them "
+TRAIN_AGAIN = ("their tokens/s read low, and under a time budget so did their steps; train them "
                "again when the machine is quiet")
 
 
