@@ -624,6 +624,9 @@ def save_figure(fig: Figure, out: Path | str) -> Path:
     out = Path(out)
     fmt = out.suffix.lstrip(".").lower()
     supported = fig.canvas.get_supported_filetypes()
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; give the image's file name, e.g. "
+                         f"{out / 'timeline.png'}")
     if fmt not in supported:
         raise ValueError(f"{out}: unsupported image format {fmt!r}; use one of "
                          f"{', '.join(sorted(supported))}")

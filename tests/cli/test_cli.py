@@ -221,6 +221,9 @@ def test_timeline_errors_keep_existing_files(tmp_path):
     blocked.write_text("")
     assert_one_line_error(run("timeline", "--out", str(blocked / "t.png")),
                           f"cannot write {blocked / 't.png'}: ")
+    assert_one_line_error(run("timeline", "--out", str(tmp_path)),
+                          f"{tmp_path} is a folder; give the image's file name, e.g. "
+                          f"{tmp_path / 'timeline.png'}")
 
 
 @pytest.mark.parametrize("command, options", [
