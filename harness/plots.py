@@ -65,18 +65,21 @@ def series_labels(cells: pd.DataFrame) -> pd.Series:
     prefixes = {"variant": "", "batch": "batch ", "threads": "threads "}
     fields = [*SERIES_FIELDS, *(["routes"] if "routes" in cells else [])]
     ours = cells["impl"].isna() | (cells["impl"] == "zoo")
-    every_route: list[str] = []
-    if "routes" in cells and cells.loc[ours, "routes"].map(hashable).nunique(dropna=False) > 1:
-        every_route = list(dict.fromkeys(r for routes in cells.loc[ours, "routes"]
-                                         if isinstance(routes, list) for r in routes))
+    # Per model (each takes its own routes): those its zoo cells took, where they differ.
+    every_route: dict[str, list[str]] = {}
+    if "routes" in cells:
+        for model, taken in cells.loc[ours, "routes"].groupby(cells.loc[ours, "model"]):
+            if taken.map(hashable).nunique(dropna=False) > 1:
+                every_route[str(model)] = list(dict.fromkeys(
+                    r for routes in taken if isinstance(routes, list) for r in routes))
 
     def label(row: dict) -> str:
         extras = [prefixes[name] + str(row[name]) for name in varying]
         if row["impl"] not in (None, "zoo"):
             extras.insert(0, row["impl"])
-        elif every_route:
+        elif str(row["model"]) in every_route:
             routes = row["routes"] if isinstance(row["routes"], list) else []
-            without = [r for r in every_route if r not in routes]
+            without = [r for r in every_route[str(row["model"])] if r not in routes]
             if without:
                 extras.append("no " + (", ".join(without) if routes else "routes"))
         return str(row["model"]) + (f" ({', '.join(extras)})" if extras else "")
@@ -97,8 +100,16 @@ def series_markers(cells: pd.DataFrame) -> dict[str, str]:
 
 
 def model_colors(cells: pd.DataFrame) -> dict[str, str]:
+    """A color per model: matplotlib's ten default colors, or for more models the twenty of
+    its tab20 map, so that no two of up to twenty models share one."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
     models = sorted(cells["model"].astype(str).unique())
-    return {m: f"C{i % 10}" for i, m in enumerate(models)}
+    if len(models) <= 10:
+        return {m: f"C{i}" for i, m in enumerate(models)}
+    tab20 = colormaps["tab20"]
+    return {m: to_hex(tab20(i % 20)) for i, m in enumerate(models)}
 
 
 def _spans_decades(values: Sequence[float]) -> bool:
@@ -181,7 +192,8 @@ def curves_figure(cells: pd.DataFrame, rows: Sequence[Curve], title: str) -> Fig
     if failed_seen:
         handles.append(Line2D([], [], linestyle="", marker="x", color="black"))
         names.append("failed or skipped cell (see the table)")
-    fig.legend(handles, names, loc="outside right upper", fontsize=8, title="series")
+    fig.legend(handles, names, loc="outside right upper", fontsize=8, title="series",
+               ncols=_legend_columns(fig, len(names)))
     _title(fig, title)
     return fig
 
@@ -279,6 +291,13 @@ def _grid_axes(count: int, width: float = 4.2, height: float = 3.3, columns: int
     return fig, axes[:count]
 
 
+def _legend_columns(fig: Figure, entries: int) -> int:
+    """Columns enough for a legend of `entries` beside the panels to fit the figure's height
+    (at 8 points an entry takes about 0.19 inch, the legend's title and frame about 0.6)."""
+    rows = max(4, int((fig.get_figheight() - 0.6) / 0.19))
+    return max(1, math.ceil(entries / rows))
+
+
 def _title(fig: Figure, title: str) -> None:
     """The figure's title, centred over its panels and wrapped to their width, so that it keeps
     clear of a legend beside them (a title centred on the whole figure runs into it)."""
@@ -307,7 +326,8 @@ def _legend(fig: Figure, axes: Sequence, title: str, extra: Sequence[tuple] = ()
         handles.append(handle)
         names.append(name)
     if handles:
-        fig.legend(handles, names, loc="outside right upper", fontsize=8, title=title)
+        fig.legend(handles, names, loc="outside right upper", fontsize=8, title=title,
+                   ncols=_legend_columns(fig, len(names)))
 
 
 def _log2_ticks(ax, values: Sequence[float], labels: Sequence[str] | None = None) -> None:

@@ -231,16 +231,31 @@ def test_cells_measured_with_other_routes_are_series_of_their_own(tmp_path):
     records = [bench("gpt", "forward", n, routes=routes, time=f"2026-11-20T1{i}:00:00+00:00")
                for i, routes in enumerate((["linear", "ffn", "dropout", "loss"], ["linear"], []))
                for n in (512, 1024)] + [bench("gpt", "forward", n, impl="hf") for n in (512, 1024)]
+    # another model, with routes of its own: a model's routes are compared with its own only
+    records += [bench("rwkv", "forward", n, routes=["linear", "wkv"]) for n in (512, 1024)]
     made = build_report([write(tmp_path / "results.jsonl", records)], tmp_path / "out")
     figure = made.figures["cpu-float32-throughput.png"]
     lines = {line.get_label(): line for line in figure.axes[0].get_lines()
              if not line.get_label().startswith("_")}
-    assert set(lines) == {"gpt", "gpt (hf)", "gpt (no ffn, dropout, loss)", "gpt (no routes)"}
-    assert len({line.get_marker() for line in lines.values()}) == 4
+    assert set(lines) == {"gpt", "gpt (hf)", "gpt (no ffn, dropout, loss)", "gpt (no routes)",
+                          "rwkv"}
+    assert len({lines[name].get_marker() for name in lines if name.startswith("gpt")}) == 4
     assert all(len(line.get_xdata()) == 2 for line in lines.values())
     figure.draw_without_rendering()
     title = figure._suptitle.get_window_extent()
     assert not any(title.overlaps(legend.get_window_extent()) for legend in figure.legends)
+
+
+def test_a_long_legend_takes_columns_to_fit_the_figure(tmp_path):
+    """Thirty series beside one row of panels: the legend stays within the figure's height."""
+    records = [bench(f"m{i:02d}", "forward", n) for i in range(30) for n in (512, 1024)]
+    made = build_report([write(tmp_path / "results.jsonl", records)], tmp_path / "out")
+    figure = made.figures["cpu-float32-throughput.png"]
+    figure.draw_without_rendering()
+    legend = figure.legends[0].get_window_extent()
+    assert legend.y0 >= 0 and legend.y1 <= figure.bbox.height
+    colors = {line.get_label(): line.get_color() for line in figure.axes[0].get_lines()}
+    assert len({colors[f"m{i:02d}"] for i in range(20)}) == 20  # tab20: no two of 20 alike
 
 
 def test_figures_have_titles_labels_legends_and_log_scales(full):
