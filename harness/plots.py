@@ -395,7 +395,9 @@ def recall_figure(groups: pd.DataFrame, title: str) -> Figure:
                          if r["chance"] is not None and r["kv_pairs"]})
         if chance:
             chance_seen = True
-            ax.plot(*zip(*chance, strict=True), linestyle=":", color="black", linewidth=1)
+            # a short dash at each point too: one point alone draws no line
+            ax.plot(*zip(*chance, strict=True), linestyle=":", color="black", linewidth=1,
+                    marker="_", markersize=14)
         pairs = sorted(p for p in lengths_of if p)
         labels = None if split else [f"{p}\n({'/'.join(map(str, sorted(lengths_of[p])))})"
                                      for p in pairs]
@@ -405,7 +407,8 @@ def recall_figure(groups: pd.DataFrame, title: str) -> Figure:
         ax.set_ylabel("test accuracy (higher is better)")
         ax.set_title(width_title(width), fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
-    extra = [(Line2D([], [], linestyle=":", color="black"), "chance")] if chance_seen else []
+    chance_handle = Line2D([], [], linestyle=":", color="black", marker="_", markersize=14)
+    extra = [(chance_handle, "chance")] if chance_seen else []
     _legend(fig, axes, "series", extra + ([FAILED_HANDLE] if failed_seen else []))
     _title(fig, title)
     return fig

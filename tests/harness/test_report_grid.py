@@ -152,6 +152,10 @@ def test_mqar_figure_panels_per_width(report):
     [rwkv] = [c for c in panels[1].containers if c.get_label() == "rwkv"]  # errorbar line
     xs, ys = rwkv.lines[0].get_data()
     assert list(xs) == [4, 8] and list(ys) == pytest.approx([0.65, 0.65])
+    # chance, 1 / pairs, dotted with a dash at each point (a lone point draws no line)
+    [chance] = [line for line in panels[1].get_lines() if line.get_linestyle() == ":"]
+    assert list(chance.get_ydata()) == pytest.approx([1 / 4, 1 / 8])
+    assert chance.get_marker() == "_"
 
 
 def test_learning_rate_table_and_figure(report):
