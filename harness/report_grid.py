@@ -14,9 +14,9 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from harness import plots
+from harness import plots_grid
 from harness.document import Doc
-from harness.plots import width_title
+from harness.plots_grid import width_title
 from harness.quality import selection
 from harness.quality.selection import METRIC_NAMES
 from harness.results import matches, records_of
@@ -152,7 +152,7 @@ def _recall(doc: Doc, figures: dict[str, Figure], groups: pd.DataFrame, stem: st
         doc.table(headers, table(_chosen_lr), right=right)
 
     file = f"{stem}-mqar-recall.png"
-    figures[file] = plots.recall_figure(groups, "MQAR: test accuracy against key-value pairs "
+    figures[file] = plots_grid.recall_figure(groups, "MQAR: test accuracy against key-value pairs "
                                                 "(learning rate chosen on validation)")
     doc.image(file, "MQAR test accuracy against key-value pairs, one panel per width")
 
@@ -203,7 +203,7 @@ def _lr_sensitivity(doc: Doc, figures: dict[str, Figure], grid: pd.DataFrame,
                     _chosen_lr(best[(label, cell)]) if (label, cell) in best else ""]
                    for label, cell in lines], right=range(2, len(lrs) + 3))
         file = f"{stem}-lr-{re.sub(r'[^a-z0-9]+', '-', str(task).lower())}.png"
-        figures[file] = plots.lr_figure(
+        figures[file] = plots_grid.lr_figure(
             rows, picked, f"{task}: {METRIC_NAMES.get(metric, metric)} against the learning "
                           "rate (validation solid, test dashed)")
         doc.image(file, f"{task}: validation and test score against the learning rate")
@@ -235,7 +235,7 @@ def _lm_lengths(doc: Doc, figures: dict[str, Figure], groups: pd.DataFrame, stem
     doc.para("The learning rate chosen on validation (of the rates tried):")
     doc.table(headers, table(_chosen_lr), right=range(1, len(headers)))
     file = f"{stem}-lm-length.png"
-    figures[file] = plots.length_figure(groups, "Test bits per byte against training length\n"
+    figures[file] = plots_grid.length_figure(groups, "Test bits per byte against training length\n"
                                                 "(learning rate chosen on validation)")
     doc.image(file, "Test bits per byte against training length")
 
@@ -290,7 +290,7 @@ def _extrapolation(doc: Doc, figures: dict[str, Figure], points: pd.DataFrame,
         doc.bullets([f"{label} trained at {trained}, at {', '.join(map(str, lengths))}: {note}"
                      for (label, trained, note), lengths in noted.items()])
     file = f"{stem}-extrapolation.png"
-    figures[file] = plots.extrapolation_figure(
+    figures[file] = plots_grid.extrapolation_figure(
         points, "Test bits per byte against evaluation length (learning rate chosen on "
                 "validation)")
     doc.image(file, "Test bits per byte against evaluation length")
@@ -317,6 +317,6 @@ def _position(doc: Doc, figures: dict[str, Figure], bins: pd.DataFrame, scores: 
                 str(r["seeds"])] for r in records_of(order)], right=range(1, 7))
     if len(bins):
         file = f"{stem}-position-loss.png"
-        figures[file] = plots.position_figure(bins, "Mean loss by token position (learning "
+        figures[file] = plots_grid.position_figure(bins, "Mean loss by token position (learning "
                                                     "rate chosen on validation)")
         doc.image(file, "Mean loss against token position")
