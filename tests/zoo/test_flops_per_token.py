@@ -44,6 +44,9 @@ def term_not_counted(name: str, model, seqlen: int) -> float:
         return 4 * layers * d * T
     if name == "transformer":  # decoder causal self, cross over T source keys, encoder self
         return 4 * layers * d * ((T + 1) / 2 + T) + 4 * layers * d * T
+    if name == "t5":  # as the Transformer's, over heads of d_kv: n_head d_kv wide
+        width, E, D = c.n_head * c.d_kv, c.n_layer, c.decoder_layers
+        return 4 * D * width * ((T + 1) / 2 + T) + 4 * E * width * T
     if name == "rwkv":
         return module.WKV_FLOPS_PER_CHANNEL * d * layers
     if name in ("rwkv5", "rwkv6", "rwkv7"):  # per state element: H heads of N x N = d N

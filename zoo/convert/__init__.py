@@ -57,6 +57,7 @@ Where things live; each family module holds its converter (checkpoint -> zoo) an
     bloom.py    BLOOM                    convert_bloom, export_bloom
     opt.py      OPT                      convert_opt, export_opt
     gptj.py     GPT-J                    convert_gptj, export_gptj
+    t5.py       T5, T5 v1.1, Flan-T5     convert_t5, export_t5
     mamba.py    Mamba and Mamba-2        convert_mamba, convert_mamba2, export_mamba,
                                          export_mamba2
     hub.py      hub ids -> folders       resolve (huggingface_hub's cache; downloads when online)
@@ -124,6 +125,7 @@ from zoo.convert.rwkv import (
 from zoo.convert.rwkv5 import convert_rwkv5, rwkv5_to_official
 from zoo.convert.rwkv6 import convert_rwkv6, rwkv6_to_official
 from zoo.convert.rwkv7 import convert_rwkv7, rwkv7_to_official
+from zoo.convert.t5 import convert_t5, export_t5
 
 __all__ = [
     "BERT_BLOCK_KEYS", "BERT_EMBEDDING_KEYS", "BLOOM_BLOCK_KEYS", "CONVERTERS", "CheckpointError",
@@ -136,7 +138,7 @@ __all__ = [
     "export_gptj", "export_llama", "export_mamba", "export_mamba2", "export_opt",
     "export_roberta", "export_rwkv", "from_pretrained", "load_into", "official_version",
     "read_checkpoint", "read_sharded", "read_state_dict", "rwkv5_to_official", "rwkv6_to_official",
-    "rwkv7_to_official", "rwkv_official_to_hf", "rwkv_to_official"
+    "rwkv7_to_official", "rwkv_official_to_hf", "rwkv_to_official", "convert_t5", "export_t5"
 ]
 __all__ += ["FORMATS", "OFFICIAL", "check_format", "formats_of", "save_pretrained"]  # export
 __all__ += ["detect_model", "resolve"]  # hub ids and model detection (hub.py, detect.py)
@@ -172,6 +174,7 @@ IMPORTERS: dict[str, Importer] = {
                       unused=("score.", "classifier.", "qa_outputs.")),
     "opt": Importer(convert_opt, ("opt",), (), unused=("score.", "qa_outputs.")),
     "gpt-j": Importer(convert_gptj, ("gptj",), (), unused=("score.", "qa_outputs.")),
+    "t5": Importer(convert_t5, ("t5",), (), unused=("classifier.", "qa_outputs.")),
 }
 
 # zoo model name -> its converter.
@@ -188,6 +191,7 @@ EXPORTERS: dict[str, Exporter] = {
     "bloom": export_bloom,
     "opt": export_opt,
     "gpt-j": export_gptj,
+    "t5": export_t5,
     "mamba": export_mamba,
     "mamba2": export_mamba2,
 }

@@ -107,18 +107,20 @@ def merge_masks(mask: torch.Tensor | None, extra: torch.Tensor | None) -> torch.
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
          dropout_p: float = 0.0, is_causal: bool = False,
-         new_key_length: bool = False) -> torch.Tensor:
-    """F.scaled_dot_product_attention; with `new_key_length` (keys from a KV cache that has grown
-    since the last call, as in every decoding step) on CUDA, without cuDNN's kernel. PyTorch 2.11
-    prefers cuDNN attention for bf16 on Hopper, and it plans anew for every key length it has not
-    seen: about 70 ms a call on an H100, where flash attention takes 0.05 ms."""
+         new_key_length: bool = False, scale: float | None = None) -> torch.Tensor:
+    """F.scaled_dot_product_attention (`scale`: the logits' factor, 1/sqrt(hs) when None); with
+    `new_key_length` (keys from a KV cache that has grown since the last call, as in every
+    decoding step) on CUDA, without cuDNN's kernel. PyTorch 2.11 prefers cuDNN attention for
+    bf16 on Hopper, and it plans anew for every key length it has not seen: about 70 ms a call
+    on an H100, where flash attention takes 0.05 ms."""
     if new_key_length and q.is_cuda and sdpa_kernel is not None:
         backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
         with sdpa_kernel(backends):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                                  dropout_p=dropout_p, is_causal=is_causal)
+                                                  dropout_p=dropout_p, is_causal=is_causal,
+                                                  scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
-                                          is_causal=is_causal)
+                                          is_causal=is_causal, scale=scale)
 
 
 def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
