@@ -8,7 +8,7 @@ reads, written in a form other tools load, with its tokenizer.
 
 Format "hf" is a folder transformers' class for the model loads (config.json, model.safetensors,
 tokenizer.json, tokenizer_config.json): gpt, bert, roberta, rwkv, llama, gpt-neox, bloom,
-opt, gpt-j, mamba, mamba2.
+opt, gpt-j, mamba, mamba2, t5.
 Format "official" is an official RWKV .pth (`model.pth`, its tokenizer files beside it, as
 `catalog generate` reads a .pth): rwkv, rwkv5, rwkv6, rwkv7. The weights are written by
 `zoo.convert.save_pretrained`. A `catalog train` tokenizer (bytes or BPE) becomes a
@@ -143,6 +143,9 @@ def _config_fields(loaded: Any, tokenizer: Any, path: Path, source: Path | str,
     for kind, token_id in ids.items():
         if token_id is not None:
             fields.setdefault(f"{kind}_token_id", token_id)
+    if trained and tokenizer is not None and hasattr(loaded.model, "encode"):
+        # the encoder-decoder's seq2seq task starts every target from the tokenizer's BOS
+        fields["decoder_start_token_id"] = tokenizer.bos_id
     if trained:
         meta = {key: value for key, value in loaded.meta.items() if key != "config"}
         fields["catalog"] = {**meta, "source": str(source)}

@@ -39,7 +39,8 @@ missing 1/sqrt(d_kv) went; keys and values N(0, d_model^-1/2); attention's outpu
 N(0, (n_head d_kv)^-1/2); W_i N(0, d_model^-1/2), W_o N(0, d_ff^-1/2); the relative position
 tables N(0, d_model^-1/2); unit norm gains.
 
-Decoding starts from the padding token (id 0), T5's decoder start; `generate` takes another.
+Decoding starts from the padding token (id 0), T5's decoder start (`decoder_start_id`; the
+quality commands' seq2seq task starts from their tokenizer's BOS).
 Parameter count, with i = n_head d_kv, m = 2 (ReLU) or 3 (gated) feed-forward matrices,
 E encoder and D decoder layers, and 32 buckets x n_head per stack:
     V d [+ V d untied] + E (4 d i + m d f + 2 d) + D (8 d i + m d f + 3 d) + 2 d + 2 x 32 h
@@ -79,10 +80,13 @@ class T5Config:
     scale_output: bool = True  # the decoder's states times d_model^-1/2 before the output
     dropout: float = 0.1
     layer_norm_eps: float = 1e-6
-    pad_token_id: int = 0  # also the decoder's start token
+    decoder_start_id: int = 0  # the decoder's first input: T5's padding token
 
     def __post_init__(self) -> None:
         check_config(self)
+        if self.decoder_start_id >= self.vocab_size:
+            raise ValueError(f"decoder_start_id {self.decoder_start_id} is outside the "
+                             f"vocabulary (vocab_size {self.vocab_size})")
         if self.feed_forward not in FEED_FORWARDS:
             raise ValueError(f"feed_forward {self.feed_forward!r} is not one of "
                              f"{', '.join(FEED_FORWARDS)}")
@@ -380,11 +384,12 @@ class T5(ZooModel):
                  src_mask: torch.Tensor | None = None, temperature: float = 0.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,
                  eos_id: int | None = None) -> torch.Tensor:
-        """Target tokens (B, 1 + new) starting with `bos_id` (default: the padding token, T5's
-        decoder start): the source is encoded once, then the decoder runs a token at a time on
-        its cache (greedy by default, sampled when temperature > 0; see zoo.model.generate)."""
+        """Target tokens (B, 1 + new) starting with `bos_id` (default: the config's
+        decoder_start_id, T5's padding token): the source is encoded once, then the decoder
+        runs a token at a time on its cache (greedy by default, sampled when temperature > 0;
+        see zoo.model.generate)."""
         memory = self.encode(src_ids, src_mask)
-        start = self.config.pad_token_id if bos_id is None else bos_id
+        start = self.config.decoder_start_id if bos_id is None else bos_id
 
         def step(tokens: torch.Tensor, cache: DecoderCache | None) -> Output:
             cache = cache if cache is not None else self.new_cache(memory, src_mask)

@@ -2,7 +2,7 @@
 OpenAIGPTLMHeadModel (GPT-1), BertForPreTraining (or BertForMaskedLM without the NSP head),
 RobertaForMaskedLM, RwkvForCausalLM, LlamaForCausalLM (or MistralForCausalLM with a sliding
 window), GPTNeoXForCausalLM, BloomForCausalLM, OPTForCausalLM, GPTJForCausalLM,
-MambaForCausalLM, Mamba2ForCausalLM.
+MambaForCausalLM, Mamba2ForCausalLM, T5ForConditionalGeneration.
 
 The peer gets THE SAME WEIGHTS as the zoo model of the cell and the same sizes, eps,
 activation, dropout and position table, so that a difference in speed or memory is a
@@ -69,7 +69,11 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
         notes.append(f"attention: {model.config._attn_implementation}")
     forward = dict(inputs.forward)
     nsp_labels = forward.pop("next_sentence_label", None)  # a loss input, as in the zoo
-    causal = getattr(zoo_model, "causal_lm", False)  # the decoders: no cache kept in a forward
+    if "src_ids" in forward:  # the encoder-decoder, under transformers' names
+        forward = {transformers_name: forward[name] for name, transformers_name in SEQ2SEQ.items()
+                   if name in forward}
+    # the decoders: no cache kept in a forward
+    causal = getattr(zoo_model, "causal_lm", False) or "decoder_input_ids" in forward
 
     def logits():
         """(LM or masked-LM logits, next-sentence logits or None)."""
@@ -103,6 +107,9 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
         run = _rwkv_decoder(model, inputs.input_ids)
         notes.append("decodes one sequence at a time: transformers' one-token RWKV step with a "
                      "state broadcasts a batch of B to (B, B, d)")
+    elif "decoder_input_ids" in forward:  # the source is the prompt, as in the zoo's cell
+        run = _seq2seq_decoder(model, forward["input_ids"])
+        notes.append("KV cache: transformers' EncoderDecoderCache; the source encoded once")
     elif cell.model in ("mamba", "mamba2"):  # as GenerationMixin decodes them: a token a step
         run = _cache_decoder(model, inputs.input_ids, None)
         notes.append("state: transformers' cache (conv and SSM states per layer)")
@@ -116,6 +123,11 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
     if cell.mode == "generate":
         notes.append(f"decodes {cell.new_tokens} timed tokens after the prompt")
     return Workload(run, tokens, flops, notes=tuple(notes))
+
+
+# the encoder-decoder's inputs: the zoo's name -> transformers'
+SEQ2SEQ = {"src_ids": "input_ids", "tgt_ids": "decoder_input_ids", "src_mask": "attention_mask",
+           "tgt_mask": "decoder_attention_mask"}
 
 
 def hf_model(name: str, zoo_model: Any, length: int):
@@ -142,6 +154,10 @@ def hf_model(name: str, zoo_model: Any, length: int):
     if "embed_out.weight" in state and "embed_out.weight" not in model.state_dict():
         # GPT-NeoX's head: embed_out in files, lm_head in transformers 5's module
         state["lm_head.weight"] = state.pop("embed_out.weight")
+    if name == "t5" and "lm_head.weight" in state:
+        # transformers 5 builds T5's output tied to the embedding whatever the config says,
+        # and unties it only when loading a file whose output differs: untie it here too
+        model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.lm_head.weight))
     copy_weights(model, state)
     resized = {"rwkv": ("context_length",), "gpt-j": ("max_seq_len",)}.get(name, ())
     check_same_model(name, model, zoo_model, ignore=resized)
@@ -231,6 +247,28 @@ def _cache_decoder(model: Any, prompt: torch.Tensor, limit: int | None):
                         **cache_kwargs(model, state["past"]))
         state["logits"], state["past"] = out.logits, returned_cache(out)
         state["length"] += 1
+        return out.logits
+
+    return run
+
+
+def _seq2seq_decoder(model: Any, source: torch.Tensor):
+    """Greedy decoding on transformers' encoder-decoder cache, one token per sequence per run,
+    from the zoo's start token (0) after encoding `source` once, as harness.bench.ours does."""
+    model.eval()
+    start = torch.zeros(source.size(0), 1, dtype=torch.long, device=source.device)
+    with torch.no_grad():
+        out = model(input_ids=source, decoder_input_ids=start, use_cache=True)
+    state: dict[str, Any] = {"logits": out.logits[:, -1:].clone(), "past": returned_cache(out),
+                             "encoded": (out.encoder_last_hidden_state,)}
+    del out
+
+    def run():
+        with torch.no_grad():
+            out = model(encoder_outputs=state["encoded"], use_cache=True,
+                        decoder_input_ids=state["logits"].argmax(dim=-1),
+                        **cache_kwargs(model, state["past"]))
+        state["logits"], state["past"] = out.logits, returned_cache(out)
         return out.logits
 
     return run

@@ -41,14 +41,17 @@ def width_fields(model: str, fields: dict[str, Any], width: int, depth: bool = F
                  ) -> dict[str, Any]:
     """The variant's fields at d_model = `width`, with a feed-forward width the variant fixed
     scaled by the same factor (Pangu-π's `small` sets d_ff), so that models stay matched. The
-    heads keep their number, so a count of each head's channels scales too (GPT-J's
-    rotary_dim, truncated as GPT-NeoX truncates its share: its config refuses an odd count).
+    heads keep their number, so a count of each head's channels scales too (T5's head width
+    d_kv; GPT-J's rotary_dim, truncated as GPT-NeoX truncates its share: its config refuses an
+    odd count).
     With `depth`, the layers scale too (at least 2): a narrow model is also a shallow one, as in
     every published family of sizes."""
     out = {**fields, "d_model": width}
     scale = width / fields["d_model"] if fields.get("d_model") else 1.0
     if fields.get("d_ff"):
         out["d_ff"] = max(8, round(fields["d_ff"] * scale / 8) * 8)
+    if fields.get("d_kv"):
+        out["d_kv"] = max(1, int(fields["d_kv"] * scale))
     if fields.get("rotary_dim"):
         out["rotary_dim"] = int(fields["rotary_dim"] * scale)
     if depth and fields.get("n_layer"):

@@ -228,8 +228,8 @@ def test_bad_checkpoints_are_one_line_errors(gpt2, tmp_path, monkeypatch):
     truncated = copy_folder(gpt2, tmp_path / "truncated",
                             **{"model.safetensors": weights[: len(weights) // 2]})
     garbage = copy_folder(gpt2, tmp_path / "garbage", **{"config.json": "{not json"})
-    t5 = copy_folder(gpt2, tmp_path / "t5", **{"config.json": json.dumps(
-        {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]})})
+    bart = copy_folder(gpt2, tmp_path / "bart", **{"config.json": json.dumps(
+        {"model_type": "bart", "architectures": ["BartForConditionalGeneration"]})})
     no_tokenizer = copy_folder(gpt2, tmp_path / "bare", **{"vocab.json": None,
                                                            "merges.txt": None})
     bert = bert_folder(tmp_path / "bert")
@@ -237,7 +237,7 @@ def test_bad_checkpoints_are_one_line_errors(gpt2, tmp_path, monkeypatch):
         ([truncated], ["model.safetensors: cannot read weights"]),
         ([garbage], ["config.json: invalid JSON"]),
         ([garbage, "--model", "gpt"], ["config.json: invalid JSON"]),
-        ([t5], ["model_type 't5' is not a model the zoo loads", "supported:"]),
+        ([bart], ["model_type 'bart' is not a model the zoo loads", "supported:"]),
         ([gpt2, "--model", "llama"], ["model_type 'gpt2' is not a llama checkpoint"]),
         ([gpt2, "--model", "gtp"], ["no checkpoint converter for zoo model 'gtp'"]),
         ([bert], ["is a bert checkpoint, not a decoder-only language model: ",

@@ -101,6 +101,27 @@ def test_an_encoder_gets_its_tokenizer_without_a_start_token(tmp_path):
     assert (hf_tok.bos_token_id, hf_tok.eos_token_id) == (256, 257)  # an encoder's own
 
 
+def test_a_trained_t5_starts_decoding_in_transformers_where_it_was_trained_to(tmp_path):
+    """The seq2seq task starts every target from the tokenizer's BOS: the export says so as
+    decoder_start_token_id, so transformers' generate gives the run's greedy tokens."""
+    tokenizer = ByteTokenizer()
+    run = trained(tmp_path / "run", "t5", tokenizer, task="seq2seq")
+    exported = export_checkpoint(run, tmp_path / "hf")
+    assert exported.architecture == "T5ForConditionalGeneration"
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["decoder_start_token_id"] == tokenizer.bos_id
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    model = load_pretrained(run, fast=False).model
+    source = torch.tensor([tokenizer.encode(SENTENCES[0])])
+    with torch.no_grad():
+        ref = hf.generate(input_ids=source, max_new_tokens=8, min_new_tokens=8,
+                          do_sample=False, num_beams=1)
+    assert torch.equal(model.generate(source, 8, bos_id=tokenizer.bos_id), ref)
+    back = load_pretrained(tmp_path / "hf", fast=False).model
+    assert back.config.decoder_start_id == tokenizer.bos_id
+    assert torch.equal(back.generate(source, 8), ref)
+
+
 def test_an_mqar_model_is_exported_without_a_tokenizer(tmp_path):
     run = trained(tmp_path / "run", "gpt", ByteTokenizer(), task="mqar")
     exported = export_checkpoint(run, tmp_path / "hf")

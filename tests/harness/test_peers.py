@@ -39,7 +39,7 @@ MODES = {"bert": ("forward", "train"), "roberta": ("forward", "train"),
          "llama": ("forward", "train", "generate"), "mamba": ("forward", "train", "generate"),
          "mamba2": ("forward", "train", "generate"), "gpt-neox": ("forward", "train", "generate"),
          "bloom": ("forward", "train", "generate"), "opt": ("forward", "train", "generate"),
-         "gpt-j": ("forward", "train", "generate"),
+         "gpt-j": ("forward", "train", "generate"), "t5": ("forward", "train", "generate"),
          "rwkv5": ("forward", "generate"),
          "rwkv6": ("forward", "generate"), "rwkv7": ("forward", "generate")}
 CASES = [(impl, name, mode) for impl, names in PEERS.items() for name in names
@@ -47,7 +47,8 @@ CASES = [(impl, name, mode) for impl, names in PEERS.items() for name in names
 NO_DROPOUT = {"gpt": {"dropout": 0.0}, "bert": {"dropout": 0.0, "attn_dropout": 0.0},
               "roberta": {"dropout": 0.0, "attn_dropout": 0.0}, "rwkv": {}, "llama": {},
               "mamba": {}, "mamba2": {}, "gpt-neox": {}, "bloom": {}, "rwkv5": {}, "rwkv6": {},
-              "rwkv7": {}, "opt": {"dropout": 0.0, "attn_dropout": 0.0}, "gpt-j": {}}
+              "rwkv7": {}, "opt": {"dropout": 0.0, "attn_dropout": 0.0}, "gpt-j": {},
+              "t5": {"dropout": 0.0}}
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +92,7 @@ def both(impl: str, name: str, model, mode: str, batch: int = BATCH, seqlen: int
 
 def test_the_peer_table():
     assert PEERS == {"hf": ("bert", "bloom", "gpt", "gpt-j", "gpt-neox", "llama", "mamba",
-                            "mamba2", "opt", "roberta", "rwkv"),
+                            "mamba2", "opt", "roberta", "rwkv", "t5"),
                      "rwkv-pip": ("rwkv", "rwkv5", "rwkv6", "rwkv7")}
 
 
@@ -127,6 +128,15 @@ def test_gpt1_runs_as_openai_gpt_with_eager_attention():
     assert max_diff(peer.run(), ours.run()) <= 1e-4
     with pytest.raises(BenchError, match="no KV cache"):
         peer_workload("hf", "gpt", model, "generate")
+
+
+@needs_peers
+def test_a_t5_v11_peer_keeps_its_own_output_layer():
+    """transformers 5 builds T5's output tied to the embedding whatever the config says: the
+    peer unties it, and the zoo's untied weights come back from it unchanged."""
+    model, _ = tiny("t5", feed_forward="gated-gelu", tie_embeddings=False, scale_output=False)
+    peer, ours = both("hf", "t5", model, "forward")
+    assert max_diff(peer.run(), ours.run()) <= 1e-4
 
 
 @needs_peers

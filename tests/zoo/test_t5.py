@@ -233,8 +233,15 @@ def test_checkpoint_errors_are_one_line(tmp_path):
     rewrite_config(tmp_path, feed_forward_proj="gated-silu")
     assert "feed_forward_proj = 'gated-silu' is not supported by zoo.t5" in checkpoint_error(
         NAME, tmp_path)
-    rewrite_config(tmp_path, feed_forward_proj="relu", decoder_start_token_id=5)
-    assert "decoder_start_token_id = 5" in checkpoint_error(NAME, tmp_path)
+
+
+def test_the_decoder_starts_where_the_config_says(tmp_path):
+    hf_model().save_pretrained(tmp_path)
+    assert zoo.from_pretrained(NAME, tmp_path).config.decoder_start_id == 0  # T5's padding
+    rewrite_config(tmp_path, decoder_start_token_id=5)
+    model = zoo.from_pretrained(NAME, tmp_path)
+    assert model.config.decoder_start_id == 5
+    assert model.generate(batch()[0], 3)[:, 0].tolist() == [5, 5, 5]
 
 
 def test_the_tiny_and_small_variants_train_a_step_in_bfloat16():

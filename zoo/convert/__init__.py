@@ -285,7 +285,8 @@ def save_pretrained(name: str, model: torch.nn.Module, path: Path | str, *, form
     format "hf": a Hugging Face folder at `path` (config.json and model.safetensors) that
     transformers' class for the model loads as its own (gpt -> GPT2LMHeadModel or
     OpenAIGPTLMHeadModel, bert, roberta, rwkv, llama -> LlamaForCausalLM or MistralForCausalLM,
-    gpt-neox -> GPTNeoXForCausalLM, bloom, opt, gpt-j -> GPTJForCausalLM, mamba, mamba2). format
+    gpt-neox -> GPTNeoXForCausalLM, bloom, opt, gpt-j -> GPTJForCausalLM, mamba, mamba2,
+    t5 -> T5ForConditionalGeneration). format
     "official": an official RWKV .pth file at `path` (rwkv, rwkv5, rwkv6, rwkv7), which the
     `rwkv` package runs. `from_pretrained` reads either back to the same config and weights. The
     weights are stored in the model's dtype, or cast to `dtype`; `extra_config` adds fields to

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from zoo.convert.common import CheckpointError, StateDict, refuse_unsupported, tie_head
+from zoo.convert.common import CheckpointError, StateDict, tie_head
 
 # --------------------------------------------------------------------------------------------------
 # Hugging Face T5 checkpoints (`model_type: t5`: google-t5/t5-small ... t5-11b, google/t5-v1_1-*,
@@ -26,8 +26,8 @@ from zoo.convert.common import CheckpointError, StateDict, refuse_unsupported, t
 # always writes true, says `scale_decoder_outputs` apart, and stores an untied output matrix
 # as `lm_head.weight` (which its loader unties since it differs from the embedding); a new
 # v1.1 model it builds is tied and not rescaled. The feed-forward is read by name: relu
-# (T5) or gated-gelu (T5 v1.1, Flan-T5); others are refused, as is a decoder start other than
-# the padding token, which zoo.t5 starts from.
+# (T5) or gated-gelu (T5 v1.1, Flan-T5); others are refused. The decoder's start token is
+# `decoder_start_token_id` (T5's: the padding token, 0).
 # --------------------------------------------------------------------------------------------------
 
 ATTENTION = ("q", "k", "v", "o")
@@ -95,11 +95,8 @@ def _t5_config_fields(config: dict[str, Any]) -> dict[str, Any]:
     if feed_forward not in FEED_FORWARD:
         raise CheckpointError(f"config.json: feed_forward_proj = {feed_forward!r} is not "
                               f"supported by zoo.t5 (one of {', '.join(FEED_FORWARD)})")
-    pad = config.get("pad_token_id", 0)
-    refuse_unsupported([  # field, its value, the value zoo.t5 computes with, in words
-        ("decoder_start_token_id", config.get("decoder_start_token_id", pad), pad,
-         "decoding starts from the padding token"),
-    ], "zoo.t5")
+    start = config.get("decoder_start_token_id")
+    start = config.get("pad_token_id") if start is None else start
     tied = config.get("tie_word_embeddings", True) is not False
     layers = config["num_layers"]
     decoder_layers = config.get("num_decoder_layers") or layers
@@ -118,7 +115,7 @@ def _t5_config_fields(config: dict[str, Any]) -> dict[str, Any]:
         "scale_output": config.get("scale_decoder_outputs", tied) is not False,
         "dropout": float(config.get("dropout_rate", 0.1)),
         "layer_norm_eps": config.get("layer_norm_epsilon", 1e-6),
-        "pad_token_id": pad,
+        "decoder_start_id": 0 if start is None else start,
     }
 
 
@@ -135,8 +132,8 @@ def export_t5(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
               "feed_forward_proj": c.feed_forward, "tie_word_embeddings": c.tie_embeddings,
               "scale_decoder_outputs": c.scale_output,
               "dropout_rate": c.dropout, "layer_norm_epsilon": c.layer_norm_eps,
-              "is_encoder_decoder": True, "pad_token_id": c.pad_token_id, "eos_token_id": 1,
-              "decoder_start_token_id": c.pad_token_id}
+              "is_encoder_decoder": True, "pad_token_id": 0, "eos_token_id": 1,
+              "decoder_start_token_id": c.decoder_start_id}  # T5's ids; a run's replace them
     fields = {"feed_forward": c.feed_forward, "n_layer": c.n_layer,
               "n_decoder_layer": c.n_decoder_layer}
     hf = {"shared.weight": zoo["tok_emb.weight"]}

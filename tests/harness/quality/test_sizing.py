@@ -74,6 +74,21 @@ def test_gpt_j_keeps_a_quarter_of_each_head_rotary_at_every_width():
     assert choice.width == 64  # as GPT-NeoX alone gets: GPT-J no longer forces 128
 
 
+def test_t5_heads_narrow_with_the_width():
+    """T5's heads have a width of their own, d_kv: it scales with d_model, so attention stays
+    n_head x d_kv = d_model wide instead of 512 wide in a model of 64 (which would make the
+    attention most of its parameters and set the width the budget allows)."""
+    small = variant_fields("t5", "small")  # d 512, 8 heads of 64
+    for width in (64, 128, 512):
+        fields = width_fields("t5", small, width, depth=True)
+        config = build("t5", overrides={**fields, "vocab_size": 259}, seqlen=256,
+                       device="meta").model.config
+        assert config.n_head * config.d_kv == config.d_model == width
+    choice = size_for_budget(["t5", "transformer"],
+                             RunSpec(task="seq2seq", budget=Budget(tokens=3_000_000)), 259)
+    assert choice.width == 64 and choice.params["t5"] < 1.2 * choice.params["transformer"]
+
+
 def test_a_width_a_models_config_refuses_is_passed_over():
     """GPT-NeoX's small keeps 8 heads: at d_model 96 a head of 12 has an odd 3 rotary channels,
     which its config refuses. The sizing passes 96 over instead of failing on it."""
