@@ -104,7 +104,7 @@ def grids(doc: Doc, figures: dict[str, Figure], section: Any, stem: str,  # repo
     _lr_sensitivity(doc, figures, grid, chosen, stem)
     if len(lm):
         _lm_lengths(doc, figures, lm, stem)
-    lm_cells = grid[matches(grid["task"], "lm")]
+    lm_cells = grid[matches(grid["task"], "lm") | matches(grid["task"], "seq2seq")]
     points = selection.extrapolation(lm_cells)
     if len(points):
         _extrapolation(doc, figures, points, stem)
@@ -253,8 +253,10 @@ def _extrapolation(doc: Doc, figures: dict[str, Figure], points: pd.DataFrame,
              "et al. 2021), at the learning rate chosen on validation, mean ± std over seeds. "
              "Nonoverlapping windows score every token once, each window starting without "
              "context; a sliding window scores only the last `stride` tokens of each window, "
-             "every one with at least the window less the stride as context. n/a: the model "
-             "cannot take that length (no point is drawn).")
+             "every one with at least the window less the stride as context. An "
+             "encoder-decoder (seq2seq) reads the first half of each window and writes the "
+             "second: each of its targets has at least half the window as context. n/a: the "
+             "model cannot take that length (no point is drawn).")
     modes = list(dict.fromkeys((r["mode_eval"], r["stride"]) for r in records_of(
         points.sort_values(["mode_eval", "stride"], kind="stable", na_position="first"))))
     for mode, stride in modes:

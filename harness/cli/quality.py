@@ -310,8 +310,10 @@ def _run_grid(ctx: typer.Context, models: list[str], spec: RunSpec, *, shapes, w
             if event.resumed:
                 shown = "already in the results file"
             elif rec.status == "ok":
-                shown = (f"{rec.metric} {rec.value:.4f} (validation {rec.val_value:.4f}), "
-                         f"{rec.steps} steps, {rec.wall_s:.0f} s")
+                validation = "" if rec.val_value is None else \
+                    f" (validation {rec.val_value:.4f})"
+                shown = (f"{rec.metric} {rec.value:.4f}{validation}, {rec.steps} steps, "
+                         f"{rec.wall_s:.0f} s")
             else:
                 shown = f"[red]{rec.status}[/]: {escape(rec.error or '')}"
             console.print(f"{escape(event.cell.label)}: {shown}")

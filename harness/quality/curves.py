@@ -1,10 +1,10 @@
-"""Quality against context length for a causal LM (`model(input_ids=x).logits`, (B, T, V)):
-bits per byte at several evaluation lengths (Press et al.'s "train short, test long"
-protocol), and the mean loss at each token position of a window, log-binned, with Olsson et
-al.'s in-context-learning score (RWKV's Fig. 6 and the induction-heads paper). As in
-`scoring`, the model is in eval mode under `torch.no_grad` (the caller's job), runs in batches
-of `batch` windows on `device`, and its logits come to the CPU as float32 before they are
-scored."""
+"""Quality against context length for a causal LM (`model(input_ids=x).logits`, (B, T, V)), or an
+encoder-decoder's (`seq2seq_extrapolation`): bits per byte at several evaluation lengths (Press
+et al.'s "train short, test long" protocol), and the mean loss at each token position of a
+window, log-binned, with Olsson et al.'s in-context-learning score (RWKV's Fig. 6 and the
+induction-heads paper). As in `scoring`, the model is in eval mode under `torch.no_grad` (the
+caller's job), runs in batches of `batch` windows on `device`, and its logits come to the CPU as
+float32 before they are scored."""
 
 from __future__ import annotations
 
@@ -81,6 +81,45 @@ def extrapolation(model, stream: torch.Tensor, byte_lengths: torch.Tensor, *,
             row.update(bits_per_byte=tasks.bits_per_byte(nll, n_bytes), loss=nll / n_tokens,
                        tokens=n_tokens)
         rows.append(row)
+    return rows
+
+
+def seq2seq_extrapolation(model, stream: torch.Tensor, byte_lengths: torch.Tensor, *,
+                          lengths: Sequence[int], bos_id: int, eos_id: int, pad_id: int,
+                          device: str = "cpu", batch: int = EVAL_BATCH) -> list[dict[str, Any]]:
+    """The encoder-decoder's length curve (`model(src_ids=, tgt_ids=).logits`): at each
+    evaluation length L, the seq2seq task's split of it, L // 2 source ids the encoder reads
+    and the next L // 2 the decoder writes, pair after pair (tasks.seq2seq_pairs). Every L
+    scores the same targets, the stream's ids after its first max(L) // 2 (what the longest
+    length's first source holds): a shorter length reads its first source from just before
+    them, and pads its last pair, whose padded targets are not scored. Rows as `extrapolation`
+    gives them (mode "nonoverlapping": each target is scored once)."""
+    halves = [L // 2 for L in lengths]
+    if min(halves, default=0) < 1:
+        raise ValueError(f"evaluation lengths must be >= 2 for seq2seq, got {list(lengths)}")
+    first = max(halves)
+    usable = stream.numel() - first  # the targets
+    if usable < 1:
+        raise ValueError(f"a stream of {stream.numel()} ids leaves no target after the "
+                         f"longest source ({first} ids)")
+    rows = []
+    for L, half in zip(lengths, halves, strict=True):
+        pairs = math.ceil(usable / half)
+        part = stream[first - half:]
+        part = torch.cat([part, part.new_full((half + pairs * half - part.numel(),), pad_id)])
+        inputs, targets = tasks.seq2seq_pairs(part, half, half, bos_id, eos_id)
+        beyond = torch.arange(pairs * half).view(pairs, half) >= usable  # padding's targets
+        targets[:, :-1] = targets[:, :-1].masked_fill(beyond, tasks.IGNORE)
+        nll, n_bytes = 0.0, 0
+        for start in range(0, pairs, batch):
+            rows_ = slice(start, start + batch)
+            logits = model(**{k: v[rows_].to(device) for k, v in inputs.items()}).logits
+            a, b = tasks.seq2seq_nll_and_bytes(logits.float().cpu(), targets[rows_],
+                                               byte_lengths)
+            nll, n_bytes = nll + a, n_bytes + b
+        rows.append({"eval_seqlen": L, "mode": "nonoverlapping", "stride": None,
+                     "bits_per_byte": tasks.bits_per_byte(nll, n_bytes), "loss": nll / usable,
+                     "tokens": usable, "note": None})
     return rows
 
 

@@ -77,10 +77,14 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
                          "--extrapolate" if spec.extrapolate else None), torch.no_grad():
         scores = setup.test(net)
         validation = setup.validate(net) if setup.validate else {}
-        length_curves = _length_curves(net, data, config.seqlen) if spec.extrapolate else {}
+        length_curves = _length_curves(net, data, config.seqlen, task) if spec.extrapolate \
+            else {}
     test_seconds = time.monotonic() - testing
     params = net.num_params()
     notes = [*spec.notes, *setup.notes]
+    if task == "seq2seq" and spec.extrapolate:
+        notes.append("length curve: at each length the encoder reads half and the decoder "
+                     "writes the other half; no sliding windows or loss by position (decoders')")
     if task == "mlm" and model == "bert":
         notes.append("no next-sentence head (the corpus has no sentence pairs)")
     if task == "mqar":
@@ -159,16 +163,21 @@ def _memory_refused(model: str, doing: str, device: str, state: Path, smaller: s
         raise OutOfMemory("; ".join(said)) from None
 
 
-def _length_curves(net, data: Prepared, trained: int) -> dict:
+def _length_curves(net, data: Prepared, trained: int, task: str) -> dict:
     """Bits per byte of the first `curve_tokens` test tokens at each evaluation length
     (nonoverlapping windows, and sliding ones with --stride), and the loss by token position:
     in windows of the training length, which every model takes (so that the curves of a grid
     compare on the same windows), and in windows of the longest evaluation length the model
     takes when that is longer. Windows are cut from test documents at their start, or from the
-    joined stream when too few documents are that long."""
+    joined stream when too few documents are that long. The encoder-decoder (`seq2seq`) gets
+    the first: its source and target halves of each length, in pairs that tile the stream."""
     spec, tok = data.spec, data.tokenizer
     stream = data.test_stream[:spec.curve_tokens + 1]
     byte_lengths = tasks.token_bytes(tok)
+    if task == "seq2seq":
+        return {"extrapolation": curves.seq2seq_extrapolation(
+            net, stream, byte_lengths, lengths=spec.eval_lengths(), bos_id=tok.bos_id,
+            eos_id=tok.eos_id, pad_id=tok.pad_id, device=spec.device)}
     rows = []
     for stride in (None, spec.stride) if spec.stride else (None,):
         rows += curves.extrapolation(net, stream, byte_lengths, lengths=spec.eval_lengths(),

@@ -62,7 +62,8 @@ def setup_task(model: str, task: str, data: Prepared, device: str) -> TaskSetup:
         return TaskSetup(
             batches, lambda m: seq2seq_scores(m, val, half, tok, byte_lengths, device),
             lambda m: seq2seq_scores(m, data.test_stream, half, tok, byte_lengths, device),
-            "bits_per_byte", [note])
+            "bits_per_byte", [note], validate=lambda m: seq2seq_scores(
+                m, data.validation_stream, half, tok, byte_lengths, device))
     # mlm: blocks of T tokens; a [MASK] id one past the tokenizer's vocabulary
     rate, dynamic = MLM_RECIPES.get(model, DEFAULT_MLM_RECIPE)
     masking = {"mask_id": tok.vocab_size, "vocab_size": tok.vocab_size,
@@ -76,11 +77,13 @@ def setup_task(model: str, task: str, data: Prepared, device: str) -> TaskSetup:
         batches = tasks.example_batches({"input_ids": inputs}, targets, B, seed)
     val = tasks.mlm_eval_set(_blocks(data.validation_stream, T)[:max(1, data.spec.eval_tokens
                                                                        // T)], **masking)
+    validation = tasks.mlm_eval_set(_blocks(data.validation_stream, T), **masking)
     test = tasks.mlm_eval_set(_blocks(data.test_stream, T), **masking)
     note = (f"trained at {rate:.0%} masking, {'dynamic' if dynamic else 'static'}; evaluated "
             f"at {tasks.MLM_EVAL_RATE:.0%} (fixed seed)")
     return TaskSetup(batches, lambda m: mlm_scores(m, *val, device),
-                     lambda m: mlm_scores(m, *test, device), "mlm_accuracy", [note])
+                     lambda m: mlm_scores(m, *test, device), "mlm_accuracy", [note],
+                     validate=lambda m: mlm_scores(m, *validation, device))
 
 
 def _blocks(stream: torch.Tensor, T: int) -> torch.Tensor:

@@ -77,6 +77,11 @@ def grid() -> list[QualityRecord]:
             for seed in (0, 1):
                 out.append(lm(model, seqlen, 1e-3, seed, bpb))
                 out.append(lm(model, seqlen, 3e-3, seed, bpb + 1.0))
+    for seed in (0, 1):  # the encoder-decoder: lm as seq2seq, nonoverlapping pairs only
+        rec = lm("t5", LM_LENGTHS[0], 1e-3, seed, 2.4)
+        rec.task, rec.position_loss = "seq2seq", None
+        rec.extrapolation = [p for p in rec.extrapolation if p["mode"] == "nonoverlapping"]
+        out.append(rec)
     return out
 
 
@@ -189,6 +194,10 @@ def test_extrapolation_na_is_na_in_tables_and_no_point_in_the_plot(report):
     assert ("| rwkv | 128 | 2 | 2.205 ± 0.007 | 2.705 ± 0.007 | 2.705 ± 0.007 | 2.705 ± 0.007 |"
             in nonoverlapping)
     assert "- gpt trained at 128, at 512, 1024: longer than the position table (256)" in section
+    # the encoder-decoder's curve (seq2seq) beside the decoders', in nonoverlapping pairs only
+    assert ("| t5 | 128 | 2 | 2.405 ± 0.007 | 2.905 ± 0.007 | 2.905 ± 0.007 | 2.905 ± 0.007 |"
+            in nonoverlapping)
+    assert "| t5 |" not in section.split("#### Sliding window")[1]
     fig = made.figures["cpu-float32-extrapolation.png"]
     [panel] = [ax for ax in fig.axes if ax.get_title() == "trained at 128; nonoverlapping windows"]
     [gpt] = [ln for ln in panel.get_lines() if ln.get_label() == "gpt"]

@@ -20,9 +20,10 @@ from harness.quality.curves import (
     extrapolation,
     length_limit,
     loss_by_position,
+    seq2seq_extrapolation,
     stream_windows,
 )
-from harness.quality.scoring import lm_scores
+from harness.quality.scoring import lm_scores, seq2seq_scores
 from harness.quality.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
@@ -130,6 +131,35 @@ def test_nonoverlapping_at_the_training_length_is_the_lm_score():
     assert row | {"bits_per_byte": None, "loss": None} == {
         "eval_seqlen": 32, "mode": "nonoverlapping", "stride": None, "bits_per_byte": None,
         "loss": None, "tokens": stream.numel() - 1, "note": None}
+
+
+@torch.no_grad()
+def test_the_encoder_decoders_curve_scores_the_same_targets_at_every_length():
+    """Every length scores the stream's ids after the longest length's first source; where
+    the pairs tile those targets exactly, a length's score is the seq2seq task's own score of
+    the same pairs, and a length that must pad its last pair scores the padding not at all."""
+    torch.manual_seed(0)
+    model = zoo.build("t5", vocab_size=V, d_model=32, d_kv=8, n_head=4, d_ff=64, n_layer=1,
+                      dropout=0.0).eval()
+    stream = byte_stream(32 + 6 * 32)  # after the longest source (32): 192 targets
+    rows = seq2seq_extrapolation(model, stream, BYTES, lengths=[16, 64, 40], bos_id=TOK.bos_id,
+                                 eos_id=TOK.eos_id, pad_id=TOK.pad_id, batch=3)
+    assert [r["tokens"] for r in rows] == [192, 192, 192]
+    assert [r["eval_seqlen"] for r in rows] == [16, 64, 40]
+    for row, half in zip(rows[:2], (8, 32), strict=True):  # 192 is a multiple of 8 and of 32
+        reference = seq2seq_scores(model, stream[32 - half:], half, TOK, BYTES, "cpu")
+        assert row["bits_per_byte"] == pytest.approx(reference["bits_per_byte"], rel=1e-6)
+    # 40: halves of 20 tile 180 of the 192 targets, and the last pair holds 12 and 8 padding:
+    # written out pair by pair, the last one fed its 12 real targets alone
+    nll, n_bytes = 0.0, 0
+    for start in range(32, 32 + 192, 20):
+        chunk = stream[start:start + 20]
+        tgt_ids = torch.cat([torch.tensor([TOK.bos_id]), chunk[:-1]])[None]
+        logits = model(stream[start - 20:start][None], tgt_ids).logits[0]
+        nll += F.cross_entropy(logits, chunk, reduction="sum").item()
+        n_bytes += int(BYTES[chunk].sum())
+    assert rows[2]["bits_per_byte"] == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-6)
+    assert rows[2]["loss"] == pytest.approx(nll / 192, rel=1e-6)
 
 
 @pytest.mark.parametrize(("n", "L", "S"), [(100, 16, 5), (100, 16, 1), (100, 16, 16),

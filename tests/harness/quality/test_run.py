@@ -35,7 +35,7 @@ def spec(tmp_path: Path, task: str = "lm", **fields) -> RunSpec:
     ("llama", "lm", "bits_per_byte"), ("mamba", "lm", "bits_per_byte"),
     ("mamba2", "lm", "bits_per_byte"), ("gpt-neox", "lm", "bits_per_byte"),
     ("bloom", "lm", "bits_per_byte"), ("opt", "lm", "bits_per_byte"),
-    ("gpt-j", "lm", "bits_per_byte"),
+    ("gpt-j", "lm", "bits_per_byte"), ("t5", "lm", "bits_per_byte"),
     ("bert", "mlm", "mlm_accuracy"), ("roberta", "mlm", "mlm_accuracy"),
     ("mosaic-bert", "mlm", "mlm_accuracy"),
 ])
@@ -257,6 +257,31 @@ def test_length_curves_are_recorded_and_learned_positions_say_na(tmp_path):
         assert rwkv[L, "nonoverlapping"]["bits_per_byte"] > 0
     # the sliding windows score the same targets as the nonoverlapping ones
     assert rwkv[128, "sliding"]["tokens"] == rwkv[128, "nonoverlapping"]["tokens"]
+
+
+@pytest.mark.parametrize("model, task", [("t5", "seq2seq"), ("bert", "mlm")])
+def test_every_task_has_a_validation_score_for_the_grid_to_choose_on(tmp_path, model, task):
+    """A grid chooses learning rates on the validation split: the encoder-decoder's and the
+    encoders' cells have that score too (they had none, and `--grid` stopped on it)."""
+    data = prepare(spec(tmp_path, task))
+    rec = run_one(model, data, tmp_path / "out").record
+    assert rec.val_value is not None and math.isfinite(rec.val_value)
+    assert rec.val_value != rec.value  # the validation split, not the test
+
+
+def test_an_encoder_decoder_gets_a_length_curve_of_its_own(tmp_path):
+    """--extrapolate with the encoder-decoder (lm runs as seq2seq): at each length the encoder
+    reads half and the decoder writes the other half, over the same targets at every length;
+    no sliding windows or loss by position, which the note says."""
+    data = prepare(spec(tmp_path, seqlen=32, extrapolate=128, stride=16))
+    rec = run_one("t5", data, tmp_path / "t5").record
+    assert rec.task == "seq2seq" and rec.position_loss is None
+    assert [(r["eval_seqlen"], r["mode"]) for r in rec.extrapolation] == [
+        (32, "nonoverlapping"), (64, "nonoverlapping"), (128, "nonoverlapping")]
+    assert len({r["tokens"] for r in rec.extrapolation}) == 1
+    assert all(r["bits_per_byte"] > 0 for r in rec.extrapolation)
+    assert any(note.startswith("length curve: at each length the encoder reads half")
+               for note in rec.notes)
 
 
 def test_mqar_cells_choose_on_a_validation_split_of_their_own(tmp_path):
