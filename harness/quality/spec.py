@@ -163,9 +163,13 @@ class RunSpec:
         if self.width is not None and self.width < 1:
             raise QualityError(f"--width must be at least 1, not {self.width}")
         if self.extrapolate is not None or self.stride is not None:
-            if self.task != "lm":
+            if self.task not in ("lm", "seq2seq"):
                 raise QualityError("--extrapolate and --stride evaluate language models: they "
-                                   "go with --task lm")
+                                   "go with --task lm (or seq2seq, without --stride)")
+            if self.task == "seq2seq" and self.stride is not None:
+                raise QualityError("--stride slides a decoder's window; seq2seq is scored in "
+                                   "pairs that tile the text: leave --stride out, or give "
+                                   "--task lm")
             seqlen = self.train_config.seqlen
             longest = seqlen if self.extrapolate is None else self.extrapolate
             if longest < seqlen:

@@ -42,6 +42,11 @@ def test_evaluation_lengths_double_up_to_the_longest():
         RunSpec(task="lm", budget=Budget(tokens=1), seqlen=256, extrapolate=512, stride=512)
     with pytest.raises(QualityError, match="--task lm"):
         RunSpec(task="mqar", budget=Budget(tokens=1), extrapolate=512)
+    # the encoder-decoder's seq2seq has a length curve of its own, in pairs, not windows
+    assert RunSpec(task="seq2seq", budget=Budget(tokens=1), seqlen=256,
+                   extrapolate=1024).eval_lengths() == [256, 512, 1024]
+    with pytest.raises(QualityError, match="leave --stride out"):
+        RunSpec(task="seq2seq", budget=Budget(tokens=1), seqlen=256, extrapolate=512, stride=64)
 
 
 @pytest.mark.parametrize("fields, message", [
