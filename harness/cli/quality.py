@@ -224,7 +224,7 @@ def quality(
             width=widths[0],
             extrapolate=extrapolate, stride=stride,
             overrides=parse_overrides(settings, SET_BY_OPTIONS))
-        if task == "lm" and variant is None and widths == [None]:
+        if task in ("lm", "seq2seq") and variant is None and widths == [None]:
             spec = _sized(ctx, models, spec, out or Path("runs") / f"quality-{task}")
             widths = [spec.width]  # every cell at the chosen width, not the variant's
         check_resume_or_force(resume, force)  # a grid too, which resumes by itself
@@ -258,8 +258,8 @@ def _sized(ctx: typer.Context, models: list[str], spec: RunSpec, folder: Path) -
     catalog = load_catalog_for(ctx, warn=False)
     names = zoo_names(catalog, models, False)
     # Each model's task and --set fields checked before sizing builds any of them.
-    if any(check_model(name, spec, catalog) != "lm" for name in names):
-        return spec  # the encoder-decoder's seq2seq: keep the variant
+    if any(check_model(name, spec, catalog) not in ("lm", "seq2seq") for name in names):
+        return spec  # the encoders' mlm: keep the variant
     vocab = ByteTokenizer().vocab_size if spec.tokenizer == "bytes" else spec.bpe_vocab
     kept, inputs = folder / "sizing.json", sizing_inputs(names, spec, vocab)
     choice = kept_choice(kept, inputs) if spec.budget.seconds else None

@@ -148,16 +148,20 @@ def keep_choice(path: Path, inputs: dict[str, Any], choice: Choice) -> None:
 
 def training_throughput(net, batch: int, seqlen: int, steps: int = 3) -> float:
     """Tokens per second of `net`'s training step (forward, backward, AdamW) on random
-    tokens: the median of `steps` timed steps after one warm-up step."""
+    tokens: the median of `steps` timed steps after one warm-up step. An encoder-decoder's
+    `seqlen` tokens are split as the seq2seq task splits them: half read, half written."""
     from harness.optim import adamw
 
     optimizer = adamw(net.parameters(), lr=1e-4)
-    ids = torch.randint(0, net.config.vocab_size, (batch, seqlen),
-                        generator=torch.Generator().manual_seed(0))
+    encoder_decoder = hasattr(net, "encode")
+    with torch.random.fork_rng():  # the runs' own seeds decide their draws
+        torch.manual_seed(0)
+        inputs = net.dummy_inputs(batch, seqlen // 2 if encoder_decoder else seqlen)
+    targets = inputs["tgt_ids" if encoder_decoder else "input_ids"]
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
-        loss = net(input_ids=ids, targets=ids).loss
+        loss = net(**inputs, targets=targets).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

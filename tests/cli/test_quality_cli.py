@@ -364,6 +364,26 @@ def test_an_lm_grid_trains_every_cell_at_the_width_chosen_for_the_budget(tmp_pat
         ("rwkv", 128, 96, True)]
 
 
+@pytest.mark.parametrize("task", ["lm", "seq2seq"])
+def test_encoder_decoders_are_sized_for_the_budget_too(tmp_path, monkeypatch, corpus, task):
+    """The encoder-decoders (lm runs as their seq2seq) are sized as the decoders are."""
+    from harness.quality import grid as grid_module
+    from harness.quality import sizing
+
+    seen = []
+    monkeypatch.setattr(sizing, "size_for_budget", lambda models, spec, vocab, catalog=None:
+                        sizing.Choice(64, {}, {}, f"d_model 64 for {', '.join(models)}"))
+    monkeypatch.setattr(grid_module, "run_grid",
+                        lambda grid, on_event, launcher: seen.extend(grid.cells()) or iter(()))
+    result = runner.invoke(app, ["quality", "t5", "transformer", "--task", task, "--grid",
+                                 "--budget", "1e9-flops", "--corpus", str(corpus),
+                                 "--results", str(tmp_path / "q.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "d_model 64 for t5, transformer" in result.stderr
+    assert {(c.model, c.spec.width, c.spec.depth) for c in seen} == {
+        ("t5", 64, True), ("transformer", 64, True)}
+
+
 def test_a_time_budgets_size_is_kept_for_the_runs_that_continue_the_comparison(tmp_path,
                                                                                 monkeypatch,
                                                                                 corpus):

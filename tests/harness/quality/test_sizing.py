@@ -4,7 +4,7 @@ about 20 tokens per parameter."""
 from __future__ import annotations
 
 from harness.models import build, variant_fields
-from harness.quality.sizing import TOKENS_PER_PARAM, size_for_budget, width_fields
+from harness.quality.sizing import TOKENS_PER_PARAM, WIDTHS, size_for_budget, width_fields
 from harness.quality.spec import RunSpec
 from harness.quality.train import Budget
 
@@ -87,6 +87,16 @@ def test_t5_heads_narrow_with_the_width():
     choice = size_for_budget(["t5", "transformer"],
                              RunSpec(task="seq2seq", budget=Budget(tokens=3_000_000)), 259)
     assert choice.width == 64 and choice.params["t5"] < 1.2 * choice.params["transformer"]
+
+
+def test_a_time_budget_measures_encoder_decoders_on_the_seq2seq_split():
+    """Speed is measured on the seq2seq task's split of the training length (half read, half
+    written), so a time budget sizes the encoder-decoders as it sizes the decoders."""
+    spec = RunSpec(task="seq2seq", budget=Budget(seconds=2), seqlen=32, batch_size=2,
+                   variant="tiny")
+    choice = size_for_budget(["t5", "transformer"], spec, 259)
+    assert choice.width in WIDTHS and set(choice.tokens) == {"t5", "transformer"}
+    assert all(tokens > 0 for tokens in choice.tokens.values())
 
 
 def test_a_width_a_models_config_refuses_is_passed_over():
