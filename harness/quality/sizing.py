@@ -47,7 +47,7 @@ def width_fields(model: str, fields: dict[str, Any], width: int, depth: bool = F
     With `depth`, the layers scale too (at least 2): a narrow model is also a shallow one, as in
     every published family of sizes."""
     out = {**fields, "d_model": width}
-    scale = width / fields["d_model"] if fields.get("d_model") else 1.0
+    scale = width / (fields.get("d_model") or _default_width(model))
     if fields.get("d_ff"):
         out["d_ff"] = max(8, round(fields["d_ff"] * scale / 8) * 8)
     if fields.get("d_kv"):
@@ -57,6 +57,15 @@ def width_fields(model: str, fields: dict[str, Any], width: int, depth: bool = F
     if depth and fields.get("n_layer"):
         out["n_layer"] = max(2, round(fields["n_layer"] * scale))
     return out
+
+
+def _default_width(model: str) -> int:
+    """d_model of `model`'s config defaults, which a variant that does not name it keeps (the
+    Transformer's `small`)."""
+    import zoo
+
+    return next(f.default for f in dataclasses.fields(zoo.load_class(model).config_class)
+                if f.name == "d_model")
 
 
 def size_for_budget(models: list[str], spec: RunSpec, vocab_size: int,

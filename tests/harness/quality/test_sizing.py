@@ -89,6 +89,14 @@ def test_t5_heads_narrow_with_the_width():
     assert choice.width == 64 and choice.params["t5"] < 1.2 * choice.params["transformer"]
 
 
+def test_a_variant_that_keeps_the_default_width_scales_from_it():
+    """The Transformer's `small` names no d_model (it keeps the paper's 512): its feed-forward
+    and layers scale from 512 all the same, not stay at 2304 wide and 3 deep in a model of 64
+    (8 times T5's parameters at the same width)."""
+    fields = width_fields("transformer", variant_fields("transformer", "small"), 64, depth=True)
+    assert (fields["d_model"], fields["d_ff"], fields["n_layer"]) == (64, 288, 2)
+
+
 def test_a_time_budget_measures_encoder_decoders_on_the_seq2seq_split():
     """Speed is measured on the seq2seq task's split of the training length (half read, half
     written), so a time budget sizes the encoder-decoders as it sizes the decoders."""
