@@ -26,7 +26,7 @@ which `forward` computes its loss with: the one place zoo.fast's "loss" route sw
 Decoders also take `cache=` / `use_cache=` in `forward` and return the updated cache in
 `Output.cache`, so that `decode` and `generate` (below) can decode one token at a time; the
 recurrent ones subclass `RecurrentLM`, and most of those with a KV cache `CachedLM`, which hold
-what they share.
+what they share; the encoder-decoders subclass `EncoderDecoderLM`.
 """
 
 from __future__ import annotations
@@ -215,6 +215,100 @@ class CachedLM(ZooModel):
         benchmarks time the plain causal path that pretraining and generation use."""
         ids = torch.randint(0, self.config.vocab_size, (batch, seqlen), device=device)
         return {"input_ids": ids}
+
+
+@dataclasses.dataclass
+class DecoderCache:
+    """What an encoder-decoder's incremental decoding carries between calls: the encoder's
+    output (and its padding mask), each decoder layer's self-attention keys and values (one
+    entry more per token), each layer's cross-attention keys and values (projected from the
+    memory once), and the number of target positions decoded so far."""
+
+    memory: torch.Tensor  # (B, S, C)
+    src_mask: torch.Tensor | None  # (B, S), 1 = token
+    self_attn: list[KVCache] = dataclasses.field(default_factory=list)
+    cross_attn: list[KVCache] = dataclasses.field(default_factory=list)
+    length: int = 0
+
+
+class EncoderDecoderLM(ZooModel):
+    """An encoder-decoder (the Transformer, T5). A subclass gives `encode(src_ids, src_mask)`:
+    the encoder's output (B, S, C), and `decode(tgt_ids, memory, src_mask, tgt_mask, cache)`:
+    the decoder's final states (B, T, C), continuing `cache` (filled in place) when given. The
+    rest, the same for every such model, is here. `decoder` is its ModuleList of decoder
+    layers, each with a self- and a cross-attention cache."""
+
+    decoder: nn.ModuleList
+
+    def new_cache(self, memory: torch.Tensor, src_mask: torch.Tensor | None = None
+                  ) -> DecoderCache:
+        """An empty decoding cache over the encoder output `memory`."""
+        return DecoderCache(memory, src_mask, [KVCache() for _ in self.decoder],
+                            [KVCache() for _ in self.decoder])
+
+    def hidden_states(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor,
+                      src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None,
+                      cache: DecoderCache | None = None) -> torch.Tensor:
+        """The decoder's final states (B, T, C) over the target positions of `tgt_ids` (B, T)
+        given `src_ids` (B, S): what the output layer reads, and what Hugging Face's
+        encoder-decoder base models (BartModel, T5Model) return as `last_hidden_state`; `encode`
+        gives the encoder's. Masks are 1 = token, 0 = padding: `src_mask` (B, S), `tgt_mask`
+        (B, cached + T). Given a `cache` (filled in place), the source is not encoded again (the
+        cache holds its memory) and `tgt_ids` continue the cached positions."""
+        if cache is not None:
+            return self.decode(tgt_ids, cache.memory, cache.src_mask, tgt_mask, cache)
+        return self.decode(tgt_ids, self.encode(src_ids, src_mask), src_mask, tgt_mask)
+
+    def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor,
+                src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None, cache: DecoderCache | None = None,
+                use_cache: bool = False) -> Output:
+        """Logits (B, T, V) over the target positions of `tgt_ids` (B, T) given `src_ids`
+        (B, S): the output layer on `hidden_states` (which describes the masks and `cache`).
+        `targets` (B, T) are the labels of the target positions (the caller shifts: tgt_ids
+        starts with the start token, targets end with EOS; -100 = ignored). With `use_cache`
+        and no `cache`, the source is encoded into a new DecoderCache, returned in
+        `Output.cache`."""
+        if cache is None and use_cache:
+            cache = self.new_cache(self.encode(src_ids, src_mask), src_mask)
+        logits = self.logits(self.hidden_states(src_ids, tgt_ids, src_mask, tgt_mask, cache))
+        loss = self.lm_loss(logits, targets) if targets is not None else None
+        return Output(logits=logits, loss=loss, cache=cache)
+
+    @torch.no_grad()
+    def generate(self, src_ids: torch.Tensor, max_new_tokens: int, bos_id: int | None = None,
+                 src_mask: torch.Tensor | None = None, temperature: float = 0.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None,
+                 eos_id: int | None = None) -> torch.Tensor:
+        """Target tokens (B, 1 + new) starting with `bos_id` (default: the config's
+        `decoder_start_id`, for a model that has one): the source is encoded once, then the
+        decoder runs a token at a time on its cache (greedy by default, sampled when
+        temperature > 0; see `generate`)."""
+        start = getattr(self.config, "decoder_start_id", None) if bos_id is None else bos_id
+        if start is None:
+            raise ValueError("give bos_id: the token the targets start from")
+        memory = self.encode(src_ids, src_mask)
+
+        def step(tokens: torch.Tensor, cache: DecoderCache | None) -> Output:
+            cache = cache if cache is not None else self.new_cache(memory, src_mask)
+            states = self.decode(tokens, memory, src_mask, cache=cache)  # (B, 1, C)
+            return Output(logits=self.logits(states), cache=cache)
+
+        first = torch.full((src_ids.size(0), 1), start, dtype=torch.long, device=src_ids.device)
+        return generate(step, first, max_new_tokens, temperature, top_k, generator, eos_id)
+
+    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
+                     padded: bool = False) -> dict:
+        """Random source and target ids of `seqlen` tokens each; with `padded`, every other
+        source row has its last quarter padded (src_mask 0), so the padding path is exercised."""
+        V = self.config.vocab_size
+        inputs = {"src_ids": torch.randint(0, V, (batch, seqlen), device=device),
+                  "tgt_ids": torch.randint(0, V, (batch, seqlen), device=device)}
+        if padded:
+            src_mask = torch.ones(batch, seqlen, dtype=torch.bool, device=device)
+            src_mask[1::2, seqlen - seqlen // 4:] = False
+            inputs["src_mask"] = src_mask
+        return inputs
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:

@@ -50,14 +50,14 @@ which is 222,903,552 for the defaults, T5-Base as released (the paper's "220 mil
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import KVCache, RMSNorm, causal_mask, hidden_key_bias, sdpa, tied_head
-from zoo.model import Output, ZooModel, check_config, generate
+from zoo.layers import KVCache, RMSNorm, causal_mask, key_padding_bias, sdpa, tied_head
+from zoo.model import DecoderCache, EncoderDecoderLM, check_config
 
 FEED_FORWARDS = ("relu", "gated-gelu")  # T5; T5 v1.1 and Flan-T5
 
@@ -141,14 +141,6 @@ class RelativePositionBias(nn.Module):
         bucket = relative_position_bucket(key - query, self.bidirectional, self.num_buckets,
                                           self.max_distance)
         return self.table(bucket).permute(2, 0, 1).unsqueeze(0)
-
-
-def padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive (B, 1, 1, S) key mask from a (B, S) mask of 1 = token, 0 = padding, finite
-    (hidden_key_bias) so that a query with nothing but padding to see gets no NaNs."""
-    hidden = ~mask.bool()[:, None, None, :]
-    return torch.zeros(hidden.shape, dtype=dtype, device=mask.device).masked_fill(
-        hidden, hidden_key_bias(dtype))
 
 
 class Attention(nn.Module):
@@ -248,20 +240,7 @@ class DecoderLayer(nn.Module):
         return y + self.drop(self.ffn(self.ln3(y)))
 
 
-@dataclass
-class DecoderCache:
-    """What incremental decoding carries: the encoder output and its padding mask, each decoder
-    layer's self-attention keys and values (one entry more per token), each layer's projected
-    memory for cross-attention, and the number of target positions decoded so far."""
-
-    memory: torch.Tensor  # (B, S, C)
-    src_mask: torch.Tensor | None  # (B, S), 1 = token
-    self_attn: list[KVCache] = field(default_factory=list)
-    cross_attn: list[KVCache] = field(default_factory=list)
-    length: int = 0
-
-
-class T5(ZooModel):
+class T5(EncoderDecoderLM):
     config_class = T5Config
 
     def __init__(self, config: T5Config):
@@ -308,16 +287,10 @@ class T5(ZooModel):
         S = x.size(1)
         bias = self.enc_bias(S, S)  # (1, nh, S, S), computed once for every layer
         if src_mask is not None:
-            bias = bias + padding_bias(src_mask, bias.dtype)  # (B, nh, S, S)
+            bias = bias + key_padding_bias(src_mask, bias.dtype)  # (B, nh, S, S)
         for layer in self.encoder:
             x = layer(x, bias)
         return self.drop(self.enc_norm(x))
-
-    def new_cache(self, memory: torch.Tensor, src_mask: torch.Tensor | None = None) -> DecoderCache:
-        """An empty decoding cache over the encoder output `memory`."""
-        n = self.config.decoder_layers
-        return DecoderCache(memory, src_mask, [KVCache() for _ in range(n)],
-                            [KVCache() for _ in range(n)])
 
     def decode(self, tgt_ids: torch.Tensor, memory: torch.Tensor,
                src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None,
@@ -337,8 +310,8 @@ class T5(ZooModel):
             if tgt_mask.size(1) != past + T:
                 raise ValueError(f"tgt_mask covers {tgt_mask.size(1)} positions; expected "
                                  f"{past + T} ({past} cached + {T} new)")
-            self_bias = self_bias + padding_bias(tgt_mask, self_bias.dtype)
-        cross_bias = padding_bias(src_mask, y.dtype) if src_mask is not None else None
+            self_bias = self_bias + key_padding_bias(tgt_mask, self_bias.dtype)
+        cross_bias = key_padding_bias(src_mask, y.dtype) if src_mask is not None else None
         for i, layer in enumerate(self.decoder):
             self_cache = cache.self_attn[i] if cache is not None else None
             cross_cache = cache.cross_attn[i] if cache is not None else None
@@ -347,70 +320,12 @@ class T5(ZooModel):
             cache.length += T
         return self.drop(self.dec_norm(y))
 
-    def hidden_states(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor,
-                      src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None,
-                      cache: DecoderCache | None = None) -> torch.Tensor:
-        """The decoder's final states (B, T, C), what Hugging Face's T5Model returns as
-        `last_hidden_state`; `encode` gives the encoder's. Masks are 1 = token, 0 = padding:
-        `src_mask` (B, S), `tgt_mask` (B, cached + T). Given a `cache` (filled in place), the
-        source is not encoded again and `tgt_ids` continue the cached positions."""
-        if cache is not None:
-            return self.decode(tgt_ids, cache.memory, cache.src_mask, tgt_mask, cache)
-        return self.decode(tgt_ids, self.encode(src_ids, src_mask), src_mask, tgt_mask)
-
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The output layer: the embedding matrix again on states scaled by d_model^-1/2
         (T5), or T5 v1.1's own matrix on the states as they are."""
         if self.config.scale_output:
             hidden = hidden * self.config.d_model**-0.5
         return self.lm_head(hidden)
-
-    def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor,
-                src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None,
-                targets: torch.Tensor | None = None, cache: DecoderCache | None = None,
-                use_cache: bool = False) -> Output:
-        """Logits (B, T, V) over the target positions of `tgt_ids` (B, T) given `src_ids`
-        (B, S). `targets` (B, T) label the target positions (the caller shifts; -100 =
-        ignored). With `use_cache` and no `cache`, the source is encoded into a new
-        DecoderCache, returned in `Output.cache`."""
-        if cache is None and use_cache:
-            cache = self.new_cache(self.encode(src_ids, src_mask), src_mask)
-        logits = self.logits(self.hidden_states(src_ids, tgt_ids, src_mask, tgt_mask, cache))
-        loss = self.lm_loss(logits, targets) if targets is not None else None
-        return Output(logits=logits, loss=loss, cache=cache)
-
-    @torch.no_grad()
-    def generate(self, src_ids: torch.Tensor, max_new_tokens: int, bos_id: int | None = None,
-                 src_mask: torch.Tensor | None = None, temperature: float = 0.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None,
-                 eos_id: int | None = None) -> torch.Tensor:
-        """Target tokens (B, 1 + new) starting with `bos_id` (default: the config's
-        decoder_start_id, T5's padding token): the source is encoded once, then the decoder
-        runs a token at a time on its cache (greedy by default, sampled when temperature > 0;
-        see zoo.model.generate)."""
-        memory = self.encode(src_ids, src_mask)
-        start = self.config.decoder_start_id if bos_id is None else bos_id
-
-        def step(tokens: torch.Tensor, cache: DecoderCache | None) -> Output:
-            cache = cache if cache is not None else self.new_cache(memory, src_mask)
-            states = self.decode(tokens, memory, src_mask, cache=cache)  # (B, 1, C)
-            return Output(logits=self.logits(states), cache=cache)
-
-        first = torch.full((src_ids.size(0), 1), start, dtype=torch.long, device=src_ids.device)
-        return generate(step, first, max_new_tokens, temperature, top_k, generator, eos_id)
-
-    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
-                     padded: bool = False) -> dict:
-        """Random source and target ids of `seqlen` tokens each; with `padded`, every other
-        source row has its last quarter padded (src_mask 0)."""
-        V = self.config.vocab_size
-        inputs = {"src_ids": torch.randint(0, V, (batch, seqlen), device=device),
-                  "tgt_ids": torch.randint(0, V, (batch, seqlen), device=device)}
-        if padded:
-            src_mask = torch.ones(batch, seqlen, dtype=torch.bool, device=device)
-            src_mask[1::2, seqlen - seqlen // 4:] = False
-            inputs["src_mask"] = src_mask
-        return inputs
 
     def flops_per_token(self, seqlen: int, src_len: int | None = None) -> float:
         """Forward FLOPs per TARGET token: one (source, target) pair of `src_len` (default

@@ -31,7 +31,7 @@ Choices the paper leaves open, made here:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -42,9 +42,10 @@ from zoo.layers import (
     MultiHeadAttention,
     causal_mask,
     hidden_key_bias,
+    key_padding_bias,
     tied_head,
 )
-from zoo.model import Output, ZooModel, check_config, generate
+from zoo.model import DecoderCache, EncoderDecoderLM, check_config
 
 
 @dataclass(frozen=True)
@@ -73,16 +74,6 @@ def sinusoidal_positions(positions: torch.Tensor, d_model: int) -> torch.Tensor:
     two_i = torch.arange(0, d_model, 2, dtype=torch.float32, device=positions.device)  # (d/2,)
     angles = positions.float()[:, None] / 10000.0 ** (two_i / d_model)  # (T, d/2)
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)  # interleaved: sin, cos
-
-
-def padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive (B, 1, 1, S) key mask from a (B, S) mask of 1 = token, 0 = padding. Masked keys
-    get a very low finite score (hidden_key_bias) rather than -inf, so a query that sees no
-    token at all (a padded position) gets finite uniform weights instead of NaNs, which would
-    otherwise reach the real tokens through the next layer's keys and values."""
-    hidden = ~mask.bool()[:, None, None, :]
-    return torch.zeros(hidden.shape, dtype=dtype, device=mask.device).masked_fill(
-        hidden, hidden_key_bias(dtype))
 
 
 class EncoderLayer(nn.Module):
@@ -149,21 +140,7 @@ class DecoderLayer(nn.Module):
         return self.ln3(y + self.drop(self.ffn(y)))
 
 
-@dataclass
-class DecoderCache:
-    """What incremental decoding carries between calls: the encoder output (and its padding
-    mask), each decoder layer's self-attention keys/values (grown by one entry per token), each
-    layer's cross-attention keys/values (projected from the memory once), and the number of
-    target positions already decoded (the offset of the next sinusoid)."""
-
-    memory: torch.Tensor  # (B, S, C)
-    src_mask: torch.Tensor | None  # (B, S), 1 = token
-    self_attn: list[KVCache] = field(default_factory=list)
-    cross_attn: list[KVCache] = field(default_factory=list)
-    length: int = 0
-
-
-class Transformer(ZooModel):
+class Transformer(EncoderDecoderLM):
     config_class = TransformerConfig
 
     def __init__(self, config: TransformerConfig):
@@ -206,16 +183,10 @@ class Transformer(ZooModel):
         """Encoder output ("memory") (B, S, C) for `src_ids` (B, S); `src_mask` (B, S) is
         1 for tokens and 0 for padding."""
         x = self.embed(src_ids)
-        src_bias = padding_bias(src_mask, x.dtype) if src_mask is not None else None
+        src_bias = key_padding_bias(src_mask, x.dtype) if src_mask is not None else None
         for layer in self.encoder:
             x = layer(x, src_bias)
         return self.enc_norm(x)
-
-    def new_cache(self, memory: torch.Tensor, src_mask: torch.Tensor | None = None) -> DecoderCache:
-        """An empty decoding cache over the encoder output `memory`."""
-        n = self.config.n_layer
-        return DecoderCache(memory, src_mask, [KVCache() for _ in range(n)],
-                            [KVCache() for _ in range(n)])
 
     def decode(self, tgt_ids: torch.Tensor, memory: torch.Tensor,
                src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None,
@@ -228,14 +199,14 @@ class Transformer(ZooModel):
         past = cache.length if cache is not None else 0
         T = tgt_ids.size(1)
         y = self.embed(tgt_ids, offset=past)  # (B, T, C)
-        src_bias = padding_bias(src_mask, y.dtype) if src_mask is not None else None
+        src_bias = key_padding_bias(src_mask, y.dtype) if src_mask is not None else None
         tgt_bias = None
         if tgt_mask is not None:
             if tgt_mask.size(1) != past + T:
                 raise ValueError(f"tgt_mask covers {tgt_mask.size(1)} positions; expected "
                                  f"{past + T} ({past} cached + {T} new)")
             causal = causal_mask(T, past + T, y.device)  # (T, past + T)
-            tgt_bias = padding_bias(tgt_mask, y.dtype).expand(-1, -1, T, -1).masked_fill(
+            tgt_bias = key_padding_bias(tgt_mask, y.dtype).expand(-1, -1, T, -1).masked_fill(
                 ~causal, hidden_key_bias(y.dtype))  # (B, 1, T, past + T)
         for i, layer in enumerate(self.decoder):
             self_cache = cache.self_attn[i] if cache is not None else None
@@ -244,65 +215,6 @@ class Transformer(ZooModel):
         if cache is not None:
             cache.length += T
         return self.dec_norm(y)  # (B, T, C)
-
-    def hidden_states(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor,
-                      src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None,
-                      cache: DecoderCache | None = None) -> torch.Tensor:
-        """The decoder's final states (B, T, C) over the target positions of `tgt_ids` (B, T)
-        given `src_ids` (B, S): what the output projection reads, and what Hugging Face's
-        encoder-decoder base models (BartModel, T5Model) return as `last_hidden_state`. The
-        encoder's output is `encode`. Masks are 1 = token, 0 = padding: `src_mask` (B, S),
-        `tgt_mask` (B, cached + T). Given a `cache` (filled in place), the source is not encoded
-        again (the cache holds its memory) and `tgt_ids` continue the cached positions."""
-        if cache is not None:
-            return self.decode(tgt_ids, cache.memory, cache.src_mask, tgt_mask, cache)
-        return self.decode(tgt_ids, self.encode(src_ids, src_mask), src_mask, tgt_mask)
-
-    def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor,
-                src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None,
-                targets: torch.Tensor | None = None, cache: DecoderCache | None = None,
-                use_cache: bool = False) -> Output:
-        """Logits (B, T, V) over the target positions of `tgt_ids` (B, T) given `src_ids` (B, S):
-        the tied projection on `hidden_states` (which describes the masks and `cache`).
-        `targets` (B, T) are the labels of the target positions (the caller shifts: tgt_ids
-        starts with BOS, targets end with EOS; -100 = ignored). With `use_cache` and no `cache`,
-        the source is encoded into a new DecoderCache, returned in `Output.cache`."""
-        if cache is None and use_cache:
-            cache = self.new_cache(self.encode(src_ids, src_mask), src_mask)
-        logits = self.logits(self.hidden_states(src_ids, tgt_ids, src_mask, tgt_mask, cache))
-        loss = self.lm_loss(logits, targets) if targets is not None else None
-        return Output(logits=logits, loss=loss, cache=cache)
-
-    @torch.no_grad()
-    def generate(self, src_ids: torch.Tensor, max_new_tokens: int, bos_id: int,
-                 src_mask: torch.Tensor | None = None, temperature: float = 0.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None,
-                 eos_id: int | None = None) -> torch.Tensor:
-        """Target tokens (B, 1 + new) starting with `bos_id`: the source is encoded once, then
-        the decoder runs one token at a time on its cache (greedy by default, sampled when
-        temperature > 0; see zoo.model.generate)."""
-        memory = self.encode(src_ids, src_mask)
-
-        def step(tokens: torch.Tensor, cache: DecoderCache | None) -> Output:
-            cache = cache if cache is not None else self.new_cache(memory, src_mask)
-            states = self.decode(tokens, memory, src_mask, cache=cache)  # (B, 1, C)
-            return Output(logits=self.logits(states), cache=cache)
-
-        bos = torch.full((src_ids.size(0), 1), bos_id, dtype=torch.long, device=src_ids.device)
-        return generate(step, bos, max_new_tokens, temperature, top_k, generator, eos_id)
-
-    def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
-                     padded: bool = False) -> dict:
-        """Random source and target ids of `seqlen` tokens each; with `padded`, every other
-        source row has its last quarter padded (src_mask 0), so the padding path is exercised."""
-        V = self.config.vocab_size
-        inputs = {"src_ids": torch.randint(0, V, (batch, seqlen), device=device),
-                  "tgt_ids": torch.randint(0, V, (batch, seqlen), device=device)}
-        if padded:
-            src_mask = torch.ones(batch, seqlen, dtype=torch.bool, device=device)
-            src_mask[1::2, seqlen - seqlen // 4:] = False
-            inputs["src_mask"] = src_mask
-        return inputs
 
     def flops_per_token(self, seqlen: int, src_len: int | None = None) -> float:
         """Forward FLOPs per TARGET token: the forward cost of one (source, target) pair with

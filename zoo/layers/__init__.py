@@ -8,6 +8,7 @@ from zoo.layers.attention import (
     causal_padding_mask,
     causal_sdpa,
     hidden_key_bias,
+    key_padding_bias,
     math_attention,
     merge_masks,
     sdpa,
@@ -36,6 +37,7 @@ from zoo.layers.shift import token_shift
 __all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "MatrixRWKVState", "MultiHeadAttention",
            "RMSNorm", "alibi_slopes", "apply_rope", "bert_init", "causal_depthwise_conv",
            "causal_mask", "causal_padding_mask", "causal_sdpa", "head_group_norm",
-           "hidden_key_bias", "math_attention", "matrix_wkv_chunked", "matrix_wkv_recurrent",
-           "merge_masks", "new_token_mask", "partial_rope", "rope_frequencies", "rope_tables",
-           "run_matrix_wkv", "sdpa", "tied_head", "token_shift"]
+           "hidden_key_bias", "key_padding_bias", "math_attention", "matrix_wkv_chunked",
+           "matrix_wkv_recurrent", "merge_masks", "new_token_mask", "partial_rope",
+           "rope_frequencies", "rope_tables", "run_matrix_wkv", "sdpa", "tied_head",
+           "token_shift"]

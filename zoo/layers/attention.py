@@ -86,6 +86,16 @@ def causal_padding_mask(attention_mask: torch.Tensor, T: int, past: int,
     return mask.masked_fill(padded, hidden_key_bias(dtype)).masked_fill(future, float("-inf"))
 
 
+def key_padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive (B, 1, 1, S) key mask from a (B, S) mask of 1 = token, 0 = padding. Masked keys
+    get a very low finite score (hidden_key_bias) rather than -inf, so a query that sees no
+    token at all (a padded position) gets finite uniform weights instead of NaNs, which would
+    otherwise reach the real tokens through the next layer's keys and values."""
+    hidden = ~mask.bool()[:, None, None, :]
+    return torch.zeros(hidden.shape, dtype=dtype, device=mask.device).masked_fill(
+        hidden, hidden_key_bias(dtype))
+
+
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A bool mask (True where a query may attend) as the additive mask it stands for: 0 where
     it may, -inf where not."""
