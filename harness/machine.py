@@ -89,8 +89,9 @@ def busy_note(contention: float | None, cores: int, during: str, so: str) -> str
     at BUSY_CORES or more), or None."""
     if contention is None or contention < BUSY_CORES:
         return None
-    return (f"the machine was busy: other work took {contention:.2f} of the {cores} cores' "
-            f"time during {during}; {so}")
+    whose = "the core's" if cores == 1 else f"the {cores} cores'"
+    return (f"the machine was busy: other work took {contention:.2f} of {whose} time during "
+            f"{during}; {so}")
 
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:

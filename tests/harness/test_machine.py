@@ -168,3 +168,13 @@ def test_a_busy_process_takes_from_work_on_every_core_and_not_from_a_sleeper():
         torch.set_num_threads(threads)
         spinner.kill()
         spinner.wait()
+
+
+def test_the_busy_note_counts_the_cores_in_words():
+    assert machine.busy_note(0.1, 2, "training", "x") is None  # below BUSY_CORES
+    assert machine.busy_note(0.43, 1, "training", "its tokens/s read low") == (
+        "the machine was busy: other work took 0.43 of the core's time during training; its "
+        "tokens/s read low")
+    assert machine.busy_note(1.02, 2, "the timed runs", "measure it again") == (
+        "the machine was busy: other work took 1.02 of the 2 cores' time during the timed runs; "
+        "measure it again")

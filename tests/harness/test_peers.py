@@ -353,8 +353,9 @@ def test_a_cell_that_shared_its_cores_says_so(monkeypatch):
         result = cells.measure(cell("gpt"))
         assert result["contention"] == reading
         busy = [n for n in result["notes"] if n.startswith("the machine was busy")]
-        assert busy == ([f"the machine was busy: other work took 0.80 of the {cores} cores' "
-                         "time during the timed runs; measure it again"] if noted else [])
+        whose = "the core's" if cores == 1 else f"the {cores} cores'"
+        assert busy == ([f"the machine was busy: other work took 0.80 of {whose} time during "
+                         "the timed runs; measure it again"] if noted else [])
 
 
 def test_a_training_cell_says_which_routes_its_step_takes():

@@ -88,8 +88,9 @@ def test_a_run_that_shared_its_cores_says_so(tmp_path, monkeypatch):
         rec = run_one("gpt", data, tmp_path / f"{reading}-{budget}").record
         busy = [n for n in rec.notes if n.startswith("the machine was busy")]
         assert rec.contention == reading
-        assert busy == ([f"the machine was busy: other work took 0.80 of the {cores} cores' "
-                         f"time during training; {cost}"] if cost else [])
+        whose = "the core's" if cores == 1 else f"the {cores} cores'"
+        assert busy == ([f"the machine was busy: other work took 0.80 of {whose} time "
+                         f"during training; {cost}"] if cost else [])
 
 
 def test_encoder_decoder_runs_lm_as_seq2seq(tmp_path):
