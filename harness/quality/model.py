@@ -100,7 +100,7 @@ def build_model(model: str, task: str, data: Prepared, catalog: Catalog | None =
         # a d_ff that the width would scale (LLaMA's tiny, Pangu-π's small).
         overrides.update({k: v for k, v in width_fields(
             model, fields, spec.width, depth=spec.depth).items()
-            if k in ("d_model", "d_ff", "n_layer", "rotary_dim") and k not in overrides})
+            if k in ("d_model", "d_ff", "n_layer", "d_kv", "rotary_dim") and k not in overrides})
     if task == "mqar" and "rotary_dim" in names and "n_head" in overrides:
         # GPT-J's rotary_dim counts channels of a head, and MQAR's one head spans d_model: keep
         # the variant's share of a head (a quarter), not its count. None (the whole head)

@@ -3,9 +3,13 @@ about 20 tokens per parameter."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from harness.models import build, variant_fields
+from harness.quality.model import build_model
 from harness.quality.sizing import TOKENS_PER_PARAM, WIDTHS, size_for_budget, width_fields
 from harness.quality.spec import RunSpec
+from harness.quality.tokenizer import ByteTokenizer
 from harness.quality.train import Budget
 
 MODELS = ["gpt", "rwkv"]
@@ -87,6 +91,13 @@ def test_t5_heads_narrow_with_the_width():
     choice = size_for_budget(["t5", "transformer"],
                              RunSpec(task="seq2seq", budget=Budget(tokens=3_000_000)), 259)
     assert choice.width == 64 and choice.params["t5"] < 1.2 * choice.params["transformer"]
+    # and the cells train what the sizing counted (they once kept d_kv 64: 3.6 times the
+    # parameters the choice was made for)
+    spec = RunSpec(task="seq2seq", budget=Budget(tokens=3_000_000), width=64, depth=True)
+    data = SimpleNamespace(spec=spec, tokenizer=ByteTokenizer(), mqar=None)
+    for model in ("t5", "transformer"):
+        net = build_model(model, "seq2seq", data)
+        assert net.num_params() == choice.params[model]
 
 
 def test_a_variant_that_keeps_the_default_width_scales_from_it():
