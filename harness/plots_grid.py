@@ -77,6 +77,20 @@ def _failed_marks(ax, xs: Sequence[float], color: str) -> None:
             color=color, transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
 
 
+def _scores(ax, points: list[dict], x: str, color: str, label: str) -> bool:
+    """One series of test scores, mean with its std as error bars, against the field `x`; a
+    point with no ok cell as a failed mark. Returns whether there was one."""
+    good = [r for r in points if r["test_mean"] is not None and r[x]]
+    if good:
+        ax.errorbar([r[x] for r in good], [r["test_mean"] for r in good],
+                    yerr=[r["test_std"] or 0.0 for r in good], marker="o", markersize=4,
+                    capsize=3, color=color, label=label)
+    bad = [r[x] for r in points if r["test_mean"] is None and r[x]]
+    if bad:
+        _failed_marks(ax, bad, color)
+    return bool(bad)
+
+
 FAILED_HANDLE = (Line2D([], [], linestyle="", marker="x", color="black"),
                  "no ok cell (see the table)")
 
@@ -112,15 +126,7 @@ def recall_figure(groups: pd.DataFrame, title: str) -> Figure:
         for name, points in lines.items():
             points.sort(key=lambda r: (r["kv_pairs"] or 0, r["seqlen"] or 0))
             color = colors[str(points[0]["model"])]
-            good = [r for r in points if r["test_mean"] is not None and r["kv_pairs"]]
-            if good:
-                ax.errorbar([r["kv_pairs"] for r in good], [r["test_mean"] for r in good],
-                            yerr=[r["test_std"] or 0.0 for r in good], marker="o",
-                            markersize=4, capsize=3, color=color, label=name)
-            bad = [r["kv_pairs"] for r in points if r["test_mean"] is None and r["kv_pairs"]]
-            if bad:
-                failed_seen = True
-                _failed_marks(ax, bad, color)
+            failed_seen = _scores(ax, points, "kv_pairs", color, name) or failed_seen
         chance = sorted({(r["kv_pairs"], r["chance"]) for r in mine
                          if r["chance"] is not None and r["kv_pairs"]})
         if chance:
@@ -213,15 +219,7 @@ def length_figure(groups: pd.DataFrame, title: str) -> Figure:
     for label in dict.fromkeys(r["label"] for r in rows):
         points = sorted((r for r in rows if r["label"] == label), key=lambda r: r["seqlen"] or 0)
         color = colors[str(points[0]["model"])]
-        good = [r for r in points if r["test_mean"] is not None and r["seqlen"]]
-        if good:
-            ax.errorbar([r["seqlen"] for r in good], [r["test_mean"] for r in good],
-                        yerr=[r["test_std"] or 0.0 for r in good], marker="o", markersize=4,
-                        capsize=3, color=color, label=label)
-        bad = [r["seqlen"] for r in points if r["test_mean"] is None and r["seqlen"]]
-        if bad:
-            failed_seen = True
-            _failed_marks(ax, bad, color)
+        failed_seen = _scores(ax, points, "seqlen", color, label) or failed_seen
     baselines = sorted({(r["seqlen"], r["baseline"]) for r in rows
                         if r["baseline"] is not None and r["seqlen"]})
     if len({b for _, b in baselines}) == 1:

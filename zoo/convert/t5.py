@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from zoo.convert.common import CheckpointError, StateDict, tie_head
+from zoo.convert.common import CheckpointError, StateDict
 
 # --------------------------------------------------------------------------------------------------
 # Hugging Face T5 checkpoints (`model_type: t5`: google-t5/t5-small ... t5-11b, google/t5-v1_1-*,
@@ -66,22 +66,23 @@ def convert_t5(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any]
     """(zoo.t5 config fields, zoo state dict) from a T5 folder (T5ForConditionalGeneration or
     the T5Model base class, which has no output layer). A missing weight raises KeyError with
     its Hugging Face name; weights left over are passed on under their own names, for loading
-    to report. A tied output layer must equal the embedding."""
+    to report. A stored output layer that differs from the embedding is the model's own, as
+    transformers 5 reads it, whatever tie_word_embeddings says."""
     fields = _t5_config_fields(config)
     left = dict(state)
-    embedding = left.pop("shared.weight", None)
-    for copy in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
-        stored = left.pop(copy, None)  # the same table, saved again by older transformers
-        embedding = stored if embedding is None else embedding
+    # shared.weight, saved again as each stack's embed_tokens by older transformers
+    copies = [left.pop(key, None) for key in ("shared.weight", "encoder.embed_tokens.weight",
+                                              "decoder.embed_tokens.weight")]
+    embedding = next((table for table in copies if table is not None), None)
     if embedding is None:
         raise KeyError("shared.weight")
     out = {"tok_emb.weight": embedding}
     out |= {zoo: left.pop(hf) for zoo, hf in _block_keys(fields).items()}
     head = left.pop("lm_head.weight", None)
-    if head is not None and not (head.shape == embedding.shape and torch.equal(head, embedding)):
-        fields["tie_embeddings"] = False  # transformers 5's file of an untied output layer
+    if head is not None and (head.shape != embedding.shape or not torch.equal(head, embedding)):
+        fields["tie_embeddings"] = False
     if fields["tie_embeddings"]:
-        tie_head(out, head, "tok_emb.weight", "zoo.t5")
+        out["lm_head.weight"] = embedding
     elif head is not None:
         out["lm_head.weight"] = head
     return fields, {**out, **left}
