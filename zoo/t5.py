@@ -177,9 +177,15 @@ class Attention(nn.Module):
                 else:
                     cache.set(k, v)
         bias = bias.to(q.dtype) if bias is not None else None  # bfloat16 under autocast
-        y = sdpa(q, k, v, bias, self.dropout if self.training else 0.0, scale=1.0,
-                 new_key_length=cache is not None and memory is None)  # (B, nh, T, d_kv)
+        y = self.attend(q, k, v, bias, self.dropout if self.training else 0.0, False,
+                        cache is not None and memory is None)  # (B, nh, T, d_kv)
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.d_kv))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               bias: torch.Tensor | None, dropout: float, is_causal: bool,
+               new_key_length: bool) -> torch.Tensor:
+        """softmax(q k^T + bias) v with dropout on the probabilities: `sdpa` at scale 1."""
+        return sdpa(q, k, v, bias, dropout, is_causal, new_key_length, scale=1.0)
 
 
 class FeedForward(nn.Module):

@@ -27,10 +27,11 @@ pytestmark = pytest.mark.skipif(not attention_cpu.available(), reason="no C comp
 GRADS = dict(atol=1e-5, rtol=1e-4)
 
 
-def _reference(q, k, v, mask, first_row, keep, p):
-    """float64 softmax(q k^T / sqrt(hs) + mask) with causal rows, dropped by `keep`, times v."""
+def _reference(q, k, v, mask, first_row, keep, p, scale=None):
+    """float64 softmax(scale q k^T + mask) with causal rows, dropped by `keep`, times v (scale
+    1/sqrt(hs) when None)."""
     q, k, v = (t.double() for t in (q, k, v))
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    scores = q @ k.transpose(-2, -1) * (1 / math.sqrt(q.size(-1)) if scale is None else scale)
     if first_row is not None:  # query r sees keys 0..first_row + r
         T, S = scores.shape[-2:]
         future = torch.ones(T, S, dtype=torch.bool).triu(1 + first_row)
@@ -88,6 +89,76 @@ def test_attention_equals_float64_math_attention_with_its_mask(case, per_head):
         torch.testing.assert_close(grad, reference.float(), **GRADS)
 
 
+BIASES = {  # B, nh, T, S, first_row, bias shape, p: a bias that learns, as T5's position bias
+    "shared by the batch": (2, 3, 9, 13, None, (1, 3, 9, 13), 0.2),
+    "one per sequence": (2, 3, 9, 13, None, (2, 3, 9, 13), 0.2),
+    "per key": (2, 3, 9, 13, None, (2, 1, 1, 13), 0.1),
+    "2-d": (2, 2, 6, 7, None, (6, 7), 0.0),
+    "causal": (2, 2, 11, 11, 0, (1, 2, 11, 11), 0.3),
+    "causal in it": (2, 2, 11, 11, None, "causal", 0.3),  # T5's decoder: -inf above the diagonal
+}
+
+
+@pytest.mark.parametrize("per_head", PER_HEAD)
+@pytest.mark.parametrize("case", BIASES)
+@pytest.mark.parametrize("scale", [None, 1.0])
+def test_a_bias_that_learns_gets_its_gradient(case, scale, per_head):
+    """The mask's gradient, summed over the dimensions it broadcasts over, and the other
+    gradients, equal the float64 math attention's at the logits' scale 1/sqrt(hs) and at T5's
+    1; a bias with -inf where a query may not look (T5's decoder) gets 0 there."""
+    B, nh, T, S, first_row, shape, p = BIASES[case]
+    hs = 8
+    torch.manual_seed(6)
+    q = torch.randn(B, nh, T, hs, requires_grad=True)
+    k, v = (torch.randn(B, nh, S, hs, requires_grad=True) for _ in range(2))
+    if shape == "causal":
+        bias = (-2 * torch.rand(1, nh, T, S)).masked_fill(
+            torch.ones(T, S, dtype=torch.bool).triu(1), float("-inf")).requires_grad_()
+    else:
+        bias = (-2 * torch.rand(shape)).requires_grad_()
+    key = (31, 32)
+    y = attention_cpu.attention(q, k, v, bias, first_row, p, key=key, per_head=per_head,
+                                scale=scale)
+    keep = dropout_cpu.mask(B * nh * T * S, p, key).view(B, nh, T, S) if p > 0 else None
+    expected = _reference(q, k, v, bias, first_row, keep, p, scale)
+    torch.testing.assert_close(y.double(), expected, atol=1e-5, rtol=1e-5)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (q, k, v, bias), dy)
+    references = torch.autograd.grad(expected, (q, k, v, bias), dy.double())
+    assert grads[3].shape == bias.shape and grads[3].dtype == bias.dtype
+    for grad, reference in zip(grads, references, strict=True):
+        torch.testing.assert_close(grad, reference.float(), **GRADS)
+    if shape == "causal":
+        assert not grads[3][..., torch.ones(T, S, dtype=torch.bool).triu(1)].any()
+
+
+@pytest.mark.parametrize("per_head", BF16_PER_HEAD)
+def test_a_bias_that_learns_gets_its_gradient_in_bfloat16(per_head):
+    """bfloat16 q, k, v and bias (T5's under autocast): the bias's gradient is as close to the
+    float64 attention's as autocast's PyTorch form's (within twice its error plus half a
+    bfloat16 rounding step of the largest value; 0.5-1.0x its error in five seeds), and in the
+    bias's dtype."""
+    B, nh, T, S, hs, p = 2, 2, 10, 12, 8, 0.2
+    torch.manual_seed(8)
+    q = torch.randn(B, nh, T, hs).bfloat16().requires_grad_()
+    k, v = (torch.randn(B, nh, S, hs).bfloat16().requires_grad_() for _ in range(2))
+    bias = (-2 * torch.rand(1, nh, T, S)).bfloat16().requires_grad_()
+    key = (33, 34)
+    y = attention_cpu.attention(q, k, v, bias, None, p, key=key, per_head=per_head, scale=1.0)
+    keep = dropout_cpu.mask(B * nh * T * S, p, key).view(B, nh, T, S)
+    dy = torch.randn_like(y)
+    (ours,) = torch.autograd.grad(y, bias, dy)
+    assert ours.dtype == torch.bfloat16
+    expected = _reference(q, k, v, bias, None, keep, p, scale=1.0)
+    (reference,) = torch.autograd.grad(expected, bias, dy.double())
+    plain = _autocast_form(q, k, v, bias, None, keep, p, scale=1.0)
+    (theirs,) = torch.autograd.grad(plain, bias, dy)
+    largest = reference.abs().max().item()
+    error = (ours.double() - reference).abs().max().item()
+    plain_error = (theirs.double() - reference).abs().max().item()
+    assert error <= 2 * plain_error + 2**-9 * largest, (error, plain_error)
+
+
 @pytest.mark.parametrize("per_head", PER_HEAD)
 def test_heads_split_from_a_sequence_tensor(per_head):
     """q, k, v as the attention modules pass them: (B, T, nh, hs) views transposed to
@@ -126,17 +197,18 @@ def test_what_it_takes():
     assert not attention_cpu.runs(q.half(), q.half(), q.half(), None)
     assert not attention_cpu.runs(b, q, q, None)  # one dtype for all three
     assert not attention_cpu.runs(q, q, q, torch.zeros(4, 4, dtype=torch.bfloat16))
-    assert not attention_cpu.runs(q, q, q, torch.zeros(4, 4, requires_grad=True))
+    assert attention_cpu.runs(q, q, q, torch.zeros(4, 4, requires_grad=True))  # T5's bias
     assert not attention_cpu.runs(q, q, q, torch.zeros(4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="float32 or bfloat16 CPU tensors"):
         attention_cpu.attention(q.double(), q.double(), q.double(), None, None, 0.1)
 
 
-def _autocast_form(q, k, v, mask, first_row, keep, p):
+def _autocast_form(q, k, v, mask, first_row, keep, p, scale=None):
     """The PyTorch form under bfloat16 autocast, as zoo.fast.dropout writes it out: bfloat16
     products, the softmax in float32, dropped by `keep`."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        scores = torch.matmul(q, k.transpose(-2, -1)).mul_(1 / math.sqrt(q.size(-1)))
+        scale = 1 / math.sqrt(q.size(-1)) if scale is None else scale
+        scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
         if first_row is not None:
             future = torch.ones(scores.shape[-2:], dtype=torch.bool).triu(1 + first_row)
             scores.masked_fill_(future, float("-inf"))

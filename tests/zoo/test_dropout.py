@@ -151,7 +151,7 @@ def test_which_form_attention_with_dropout_takes(monkeypatch):
     (whose products are bfloat16)."""
     calls = []
     real = attention_cpu.attention
-    monkeypatch.setattr(attention_cpu, "attention", lambda *args, per_head: calls.append(
+    monkeypatch.setattr(attention_cpu, "attention", lambda *args, per_head, scale: calls.append(
         (args[0].dtype, args[1].size(-2), per_head)) or real(*args, per_head=per_head))
     many = zoo.fast.dropout.PER_HEAD_MIN_KEYS
     for kernel in ("onednn", "mkl"):
@@ -303,9 +303,9 @@ def test_a_model_trains_through_the_route(autocast, monkeypatch):
         dtypes.add(x.dtype)
         return real(x, p, key)
 
-    def counting_attention(q, k, v, attn_mask, first_row, p, per_head=False):
+    def counting_attention(q, k, v, attn_mask, first_row, p, **kwargs):
         calls.append(("attention_cpu", *q.shape[:2], q.size(2), k.size(2)))
-        return real_attention(q, k, v, attn_mask, first_row, p, per_head=per_head)
+        return real_attention(q, k, v, attn_mask, first_row, p, **kwargs)
 
     monkeypatch.setattr(dropout_cpu, "dropout", counting)
     monkeypatch.setattr(attention_cpu, "attention", counting_attention)
@@ -370,7 +370,7 @@ def _training_step(model, inputs):
     """Loss and gradients of one training step from seed 1 (the dropout masks' keys)."""
     model.zero_grad()
     torch.manual_seed(1)
-    loss = model(**inputs, targets=inputs["input_ids"]).loss
+    loss = model(**inputs, targets=inputs.get("tgt_ids", inputs.get("input_ids"))).loss
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -391,22 +391,25 @@ def _counting_kernel(monkeypatch) -> list:
 
 @pytest.mark.parametrize("per_head", [pytest.param(True, marks=PER_HEAD),
                                       pytest.param(False, marks=KERNEL)])
-@pytest.mark.parametrize("name", ["bert", "gpt"])
-def test_a_model_trains_alike_in_both_forms(name, per_head, monkeypatch):
-    """A whole training step of BERT and GPT (causal) with dropout: with
+@pytest.mark.parametrize("name, attentions", [("bert", 2), ("gpt", 2), ("t5", 6)])
+def test_a_model_trains_alike_in_both_forms(name, attentions, per_head, monkeypatch):
+    """A whole training step of BERT, GPT (causal) and T5 (its position bias, unscaled logits,
+    the decoder's causal mask inside the bias, padded sources) with dropout: with
     zoo/fast/kernels/attention_cpu.py (products a head at a time or batched) and with the
     PyTorch form, from the same seed, they draw the same masks and give the same loss and
-    gradients (float32 sums in another order: atol 1e-5)."""
+    gradients, T5's position tables' included (float32 sums in another order: atol 1e-5)."""
     monkeypatch.setattr(zoo.fast.dropout, "_per_head", lambda q, k: per_head)
-    model = zoo.build(name, n_layer=2, d_model=32, n_head=2, vocab_size=64, dropout=0.1).train()
+    sizes = dict(d_kv=16, d_ff=64) if name == "t5" else {}
+    model = zoo.build(name, n_layer=2, d_model=32, n_head=2, vocab_size=64, dropout=0.1,
+                      **sizes).train()
     torch.manual_seed(0)
-    inputs = model.dummy_inputs(2, 24)
+    inputs = model.dummy_inputs(2, 24, padded=name == "t5")
     calls = _counting_kernel(monkeypatch)
     kernel = _training_step(model, inputs)
-    assert len(calls) == 2  # one attention a layer took the kernel
+    assert len(calls) == attentions  # every attention took the kernel
     monkeypatch.setattr(attention_cpu, "runs", lambda *args: False)  # the PyTorch form
     _assert_same_step(kernel, _training_step(model, inputs))
-    assert len(calls) == 2
+    assert len(calls) == attentions
 
 
 @KERNEL

@@ -24,7 +24,7 @@ from torch import nn
 import zoo
 import zoo.fast
 from harness.models import build_variant
-from zoo import rwkv6, rwkv7
+from zoo import rwkv6, rwkv7, t5
 from zoo.fast import FEW_ROWS, KERNELS, FastLinear, linear, many_rows_kernel, onednn_available
 from zoo.fast.kernels import (
     attention_cpu,
@@ -348,7 +348,7 @@ def without_dropout(model: nn.Module) -> nn.Module:
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
-        if isinstance(m, MultiHeadAttention):
+        if isinstance(m, (MultiHeadAttention, t5.Attention)):
             m.dropout = 0.0
     return model
 

@@ -41,11 +41,11 @@ benchmarks run, for inference and, where they say so, for training:
           reading a (heads x T x T) float mask (float32, and bfloat16 under autocast; positions
           0..T-1 without padding: training and prefill);
   dropout (training) nn.Dropout -> FastDropout, and attention modules -> DropoutAttention /
-          DropoutAlibiAttention: dropout masks drawn by kernels/dropout_cpu.py's C kernel, and
-          attention with dropout computed as its math form with such a mask, by
-          kernels/attention_cpu.py (softmax and dropout in one C pass, its backward written
-          out; batched products, or oneDNN's a head at a time over many keys where oneDNN is
-          chosen);
+          DropoutAlibiAttention / DropoutT5Attention: dropout masks drawn by
+          kernels/dropout_cpu.py's C kernel, and attention with dropout computed as its math
+          form with such a mask, by kernels/attention_cpu.py (softmax and dropout in one C pass,
+          its backward written out, T5's position bias with its gradient; batched products, or
+          oneDNN's a head at a time over many keys where oneDNN is chosen);
   loss    (training) every model's LMLoss -> FusedLMLoss: the cross-entropy as
           kernels/loss_cpu.py's C loop, one pass forward and one backward, holding one (rows x
           vocabulary) tensor less than F.cross_entropy at the start of the backward.
@@ -94,7 +94,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from zoo import bloom, rwkv5, rwkv6, rwkv7
+from zoo import bloom, rwkv5, rwkv6, rwkv7, t5
 from zoo.fast import dense, dropout
 from zoo.fast.alibi import FoldedAlibiAttention
 from zoo.fast.dense import (
@@ -110,7 +110,12 @@ from zoo.fast.dense import (
     many_rows_kernel,
     onednn_available,
 )
-from zoo.fast.dropout import DropoutAlibiAttention, DropoutAttention, FastDropout
+from zoo.fast.dropout import (
+    DropoutAlibiAttention,
+    DropoutAttention,
+    DropoutT5Attention,
+    FastDropout,
+)
 from zoo.fast.kernels import (
     attention_cpu,
     conv_cpu,
@@ -205,7 +210,7 @@ _SWAPS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
              GatedRMSNorm: CompiledGatedRMSNorm},
     "alibi": {bloom.Attention: FoldedAlibiAttention},
     "dropout": {nn.Dropout: FastDropout, MultiHeadAttention: DropoutAttention,
-                AlibiAttention: DropoutAlibiAttention},
+                AlibiAttention: DropoutAlibiAttention, t5.Attention: DropoutT5Attention},
     "loss": {LMLoss: FusedLMLoss},
 }
 # route -> its places: (model classes, the attribute of theirs, its fast class), a module
@@ -368,8 +373,8 @@ def describe(model: nn.Module, training: bool = False,
                   and dropout_cpu.available())
         notes.append("dropout (training): masks from a C kernel (zoo.fast.kernels.dropout_cpu)"
                      if kernel else "dropout (training): PyTorch's")
-        attention_dropout = any(m.dropout > 0 for m in model.modules()
-                                if isinstance(m, (DropoutAttention, DropoutAlibiAttention)))
+        attention_dropout = any(m.dropout > 0 for m in model.modules() if isinstance(
+            m, (DropoutAttention, DropoutAlibiAttention, DropoutT5Attention)))
         if kernel and training and attention_cpu.available() and attention_dropout:
             per_head = (f", from {dropout.PER_HEAD_MIN_KEYS} keys oneDNN's a head at a time"
                         if cpu32 and onednn else "")

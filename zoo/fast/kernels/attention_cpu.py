@@ -6,9 +6,12 @@ differentiated by autograd) passes over the (T, S) scores five times around its 
 mask, softmax, dropout, and their backward), and under autocast casts them to float32 and back
 as well. Here:
 
-  forward   s = (q / sqrt(hs)) k^T (+ mask);  p = softmax(s);  pd = dropout(p);  y = pd v
-  backward  dpd = dy v^T;  dv = pd^T dy;  ds = p * (dp - rowsum(dp * p)) / sqrt(hs) with
-            dp = dpd * keep / (1 - p_drop);  dq = ds k;  dk = ds^T q
+  forward   s = (q a) k^T (+ mask);  p = softmax(s);  pd = dropout(p);  y = pd v
+  backward  dpd = dy v^T;  dv = pd^T dy;  ds = p * (dp - rowsum(dp * p)) with
+            dp = dpd * keep / (1 - p_drop);  dq = a ds k;  dk = ds^T (q a);  dmask = ds
+
+with a the logits' scale, 1/sqrt(hs) unless given (T5 has 1), and dmask summed over the
+dimensions the mask broadcasts over, where the mask wants a gradient (T5's position bias).
 
 with `softmax_dropout_forward` computing p, pd and the keep mask of the rows in one pass, and
 `softmax_dropout_backward` ds (in place of dpd) and pd again (it is not kept: the backward saves
@@ -32,8 +35,9 @@ In bfloat16 (q, k and v from autocast's linears) it computes what autocast's PyT
 bfloat16 products (s, and the gradients dpd, dq, dk, dv), the softmax in float32 from bfloat16
 scores, and pd and ds rounded to bfloat16 once as the products' factors; p is kept in float32.
 
-`runs` says what it takes: float32 or bfloat16 CPU tensors, a float mask without gradient, a C
-compiler; elsewhere zoo.fast keeps the plain form, which the tests hold this one to.
+`runs` says what it takes: float32 or bfloat16 CPU tensors, a float mask (with or without a
+gradient), a C compiler; elsewhere zoo.fast keeps the plain form, which the tests hold this one
+to.
 """
 
 from __future__ import annotations
@@ -301,12 +305,12 @@ DTYPES = (torch.float32, torch.bfloat16)  # q, k and v's, all three the same
 def runs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
          attn_mask: torch.Tensor | None) -> bool:
     """Whether `attention` takes these inputs: float32 or bfloat16 CPU tensors (q, k and v of
-    one dtype, a float32 mask or one of theirs), no gradient wanted for the mask, fewer than
-    2^32 scores, and the compiled kernel."""
+    one dtype, a float32 mask or one of theirs, on the CPU), fewer than 2^32 scores, and the
+    compiled kernel."""
     return (q.dtype in DTYPES
             and all(t.device.type == "cpu" and t.dtype == q.dtype for t in (q, k, v))
             and (attn_mask is None or (attn_mask.dtype in (torch.float32, q.dtype)
-                                       and not attn_mask.requires_grad))
+                                       and attn_mask.device.type == "cpu"))
             and q.numel() // q.size(-1) * k.size(-2) < dropout_cpu.MAX_ELEMENTS
             and available())
 
@@ -358,14 +362,15 @@ class _Attention(torch.autograd.Function):
     repay; in bfloat16 torch.matmul's batched product is oneDNN's already."""
 
     @staticmethod
-    def forward(ctx, q, k, v, attn_mask, first_row, p_drop, key, per_head):
+    def forward(ctx, q, k, v, attn_mask, first_row, p_drop, key, per_head, qk_scale):
         library = _library()
         B, nh, T, hs = q.shape
         S = k.size(-2)
         # The scale goes on q, a (T, hs) matrix a head, not on the (T, S) scores.
-        qk_scale = 1.0 / math.sqrt(hs)
         q, k, v = q * qk_scale, _rows_laid_out(k), _rows_laid_out(v)
+        ctx.mask_shape = ctx.mask_dtype = None
         if attn_mask is not None:  # 4-d, its broadcast dimensions of size 1
+            ctx.mask_shape, ctx.mask_dtype = attn_mask.shape, attn_mask.dtype
             attn_mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + attn_mask.shape)
         probs = torch.empty(B, nh, T, S)  # float32, as autocast's softmax gives them
         keep = torch.empty(B, nh, T, S, dtype=torch.uint8) if p_drop > 0 else None
@@ -407,40 +412,54 @@ class _Attention(torch.autograd.Function):
         B, nh, T, hs = q.shape
         S = k.size(-2)
         dropping = keep is not None or q.dtype == torch.bfloat16
+        # The mask's gradient is ds summed over the dimensions it broadcasts over, in float32
+        mask_4d = None
+        if ctx.needs_input_grad[3]:
+            mask_4d = (1,) * (4 - len(ctx.mask_shape)) + tuple(ctx.mask_shape)
         if not ctx.per_head:
             ds = torch.matmul(dy, v.transpose(-2, -1))  # d(dropped probs), becomes ds in place
             dropped = torch.empty_like(ds) if dropping else None
             _backward_pass(library, B * nh * T, probs, keep, ds, dropped, ctx.scale)
             dv = torch.matmul((dropped if dropping else probs).transpose(-2, -1), dy)
             dq, dk = torch.matmul(ds, k), torch.matmul(ds.transpose(-2, -1), q)
-            return dq.mul_(ctx.qk_scale), dk, dv, None, None, None, None, None
-        dy = _rows_laid_out(dy)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        scratch = torch.empty(T, S, dtype=q.dtype) if dropping else None  # a head's pd
-        for b in range(B):
-            for h in range(nh):
-                dyh = dy[b, h]
-                ds = _product(dyh, v[b, h])  # d(dropped probs) (T, S), becomes ds in place
-                _backward_pass(library, T, probs[b, h], None if keep is None else keep[b, h],
-                               ds, scratch, ctx.scale)
-                dropped = scratch if scratch is not None else probs[b, h]
-                dv[b, h] = _product(dyh.t(), dropped.t()).t()  # (dy^T pd)^T = pd^T dy
-                dq[b, h] = _product(ds, k[b, h].t())
-                dk[b, h] = _product(q[b, h].t(), ds.t()).t()  # (q^T ds)^T = ds^T q
-        return dq.mul_(ctx.qk_scale), dk, dv, None, None, None, None, None
+            dmask = None if mask_4d is None else ds.float().sum_to_size(mask_4d)
+        else:
+            dy = _rows_laid_out(dy)
+            dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+            scratch = torch.empty(T, S, dtype=q.dtype) if dropping else None  # a head's pd
+            dmask = None if mask_4d is None else torch.zeros(mask_4d)
+            for b in range(B):
+                for h in range(nh):
+                    dyh = dy[b, h]
+                    ds = _product(dyh, v[b, h])  # d(dropped probs) (T, S), becomes ds in place
+                    _backward_pass(library, T, probs[b, h],
+                                   None if keep is None else keep[b, h], ds, scratch, ctx.scale)
+                    dropped = scratch if scratch is not None else probs[b, h]
+                    dv[b, h] = _product(dyh.t(), dropped.t()).t()  # (dy^T pd)^T = pd^T dy
+                    dq[b, h] = _product(ds, k[b, h].t())
+                    dk[b, h] = _product(q[b, h].t(), ds.t()).t()  # (q^T ds)^T = ds^T q
+                    if dmask is not None:
+                        head = _mask_of(dmask, b, h)
+                        head.add_(ds.float().sum_to_size(head.shape))
+        if dmask is not None:
+            dmask = dmask.reshape(ctx.mask_shape).to(ctx.mask_dtype)
+        return dq.mul_(ctx.qk_scale), dk, dv, dmask, None, None, None, None, None
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               attn_mask: torch.Tensor | None, first_row: int | None, p: float,
-              key: tuple[int, int] | None = None, per_head: bool = False) -> torch.Tensor:
-    """softmax(q k^T / sqrt(hs) + mask) v with dropout p (0 <= p < 1) on the probabilities, for
+              key: tuple[int, int] | None = None, per_head: bool = False,
+              scale: float | None = None) -> torch.Tensor:
+    """softmax(scale q k^T + mask) v with dropout p (0 <= p < 1) on the probabilities, for
     queries at rows first_row.. of a causal attention (None: not causal) over keys 0..S-1;
     q (B, nh, T, hs), k and v (B, nh, S, hs), attn_mask None or additive, broadcasting to
-    (B, nh, T, S). `key` fixes the dropout mask (default: drawn as dropout_cpu.py draws).
-    `per_head`: the products oneDNN's a head at a time, not torch.matmul's batched ones."""
+    (B, nh, T, S), with its gradient where it wants one; `scale` 1/sqrt(hs) when None.
+    `key` fixes the dropout mask (default: drawn as dropout_cpu.py draws). `per_head`: the
+    products oneDNN's a head at a time, not torch.matmul's batched ones."""
     if not runs(q, k, v, attn_mask):
         raise ValueError("the CPU attention takes float32 or bfloat16 CPU tensors of one "
                          "dtype and a float32 mask or one of theirs")
     if key is None:
         key = dropout_cpu._key() if p > 0 else (0, 0)
-    return _Attention.apply(q, k, v, attn_mask, first_row, p, key, per_head)
+    qk_scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    return _Attention.apply(q, k, v, attn_mask, first_row, p, key, per_head, qk_scale)
