@@ -36,6 +36,7 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.ind
                 "pytorch_model.bin.index.json")
 DECODERS = ("gpt2, openai-gpt, llama, mistral, gpt_neox, bloom, opt, gptj, mamba, mamba2, rwkv "
             "(or an official RWKV .pth)")
+GENERATORS = f"{DECODERS}; or an encoder-decoder: t5, or a transformer or t5 run of this project"
 
 
 # ---------------------------------------------------------------------------------- the model
@@ -61,6 +62,12 @@ class Pretrained:
     @property
     def is_decoder(self) -> bool:
         return bool(getattr(self.model, "causal_lm", False))
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        from zoo.model import EncoderDecoderLM
+
+        return isinstance(self.model, EncoderDecoderLM)
 
 
 def checkpoint_label(path_or_id: Path | str) -> str:
@@ -139,6 +146,19 @@ def require_decoder(path_or_id: Path | str, name: str, what: str) -> None:
                               f"language model: {what} needs one ({DECODERS})")
 
 
+def require_generator(path_or_id: Path | str, name: str, what: str) -> None:
+    """A CheckpointError unless zoo model `name` writes text: a causal LM, or an
+    encoder-decoder, whose decoder writes it from the encoded prompt (`what` needs one)."""
+    from zoo.model import EncoderDecoderLM
+    from zoo.registry import load_class
+
+    model_class = load_class(name)
+    if not (getattr(model_class, "causal_lm", False)
+            or issubclass(model_class, EncoderDecoderLM)):
+        raise CheckpointError(f"{path_or_id} is a {name} checkpoint, an encoder alone: {what} "
+                              f"needs a model that writes text ({GENERATORS})")
+
+
 # --------------------------------------------------------------------------------- generation
 
 
@@ -157,13 +177,15 @@ def decode_ids(loaded: Pretrained, prompt_ids: list[int], max_new_tokens: int = 
                seed: int | None = None) -> Iterator[int]:
     """The new token ids after `prompt_ids`, one at a time as the model produces them (greedy
     when temperature is 0), until `max_new_tokens` or a token that ends generation (the
-    tokenizer's EOS, or another its checkpoint lists: not yielded)."""
+    tokenizer's EOS, or another its checkpoint lists: not yielded). An encoder-decoder's
+    encoder reads `prompt_ids` and the ids are its decoder's, from its start token on
+    (`decoder_start`)."""
     from zoo.model import decode
 
     model = loaded.model
-    if not loaded.is_decoder:
-        raise CheckpointError(f"{loaded.path} is a {loaded.name} checkpoint, not a decoder-only "
-                              f"language model: generation needs one ({DECODERS})")
+    if not (loaded.is_decoder or loaded.is_encoder_decoder):
+        raise CheckpointError(f"{loaded.path} is a {loaded.name} checkpoint, an encoder alone: "
+                              f"generation needs a model that writes text ({GENERATORS})")
     check_sampling(max_new_tokens, temperature, top_k)
     table = type(model).position_table
     limit = getattr(model.config, table) if table else None
@@ -178,9 +200,12 @@ def decode_ids(loaded: Pretrained, prompt_ids: list[int], max_new_tokens: int = 
     eos = getattr(loaded.tokenizer, "eos_id", None)
     stops = set(getattr(loaded.tokenizer, "stop_ids", None) or ([] if eos is None else [eos]))
     ids = torch.tensor([prompt_ids], device=device)
-
-    def step(tokens: torch.Tensor, cache: Any):
-        return model(tokens, cache=cache, use_cache=True)
+    if loaded.is_encoder_decoder:  # the prompt is the source; the decoder starts on its own
+        step = model.decoding_step(ids)
+        ids = torch.tensor([[decoder_start(loaded)]], device=device)
+    else:
+        def step(tokens: torch.Tensor, cache: Any):
+            return model(tokens, cache=cache, use_cache=True)
 
     steps = decode(step, ids, max_new_tokens, temperature, top_k, generator, eos)
     try:
@@ -191,6 +216,19 @@ def decode_ids(loaded: Pretrained, prompt_ids: list[int], max_new_tokens: int = 
             yield token
     finally:
         steps.close()
+
+
+def decoder_start(loaded: Pretrained) -> int:
+    """The token an encoder-decoder's decoder starts from: for a model trained here (or its
+    export) the tokenizer's BOS, which the seq2seq task puts before every target; for a
+    published one its config's (T5's: the padding token, 0)."""
+    start = getattr(loaded.model.config, "decoder_start_id", None)
+    if loaded.after_eos or start is None:
+        start = getattr(loaded.tokenizer, "bos_id", None)
+    if start is None:
+        raise CheckpointError(f"{loaded.path}: neither the config's decoder_start_token_id nor "
+                              "a BOS token in the tokenizer: nothing to start the decoder from")
+    return int(start)
 
 
 def chat_ids(loaded: Pretrained, message: str) -> list[int]:
@@ -215,9 +253,10 @@ def stream_text(loaded: Pretrained, prompt: str, max_new_tokens: int = 50,
                 temperature: float = 0.0, top_k: int | None = None,
                 seed: int | None = None, chat: bool = False) -> Iterator[str]:
     """The continuation of `prompt`, piece by piece as it is decoded; with `chat`, the reply
-    to `prompt` as the user's turn of a chat (chat_ids). Each step decodes the whole sequence
-    and gives what is new, so that a character split over several byte-level tokens comes out
-    whole (a trailing incomplete one waits for its next bytes)."""
+    to `prompt` as the user's turn of a chat (chat_ids); for an encoder-decoder, the text its
+    decoder writes for `prompt` as the source. Each step decodes the whole sequence and gives
+    what is new, so that a character split over several byte-level tokens comes out whole (a
+    trailing incomplete one waits for its next bytes)."""
     tok = loaded.tokenizer
     if tok is None:
         raise CheckpointError(f"{loaded.path}: no tokenizer files (tokenizer.json, vocab.json + "
@@ -238,12 +277,14 @@ def stream_text(loaded: Pretrained, prompt: str, max_new_tokens: int = 50,
         # The harness's own tokenizers leave their special tokens out of the text already.
         return tok.decode(ids, skip_special_tokens=True) if published else tok.decode(ids)
 
-    shown_prompt = text_of(prompt_ids)
+    # An encoder-decoder's text is its decoder's alone, not a continuation of the source
+    shown_prompt = "" if loaded.is_encoder_decoder else text_of(prompt_ids)
+    shown_ids = [] if loaded.is_encoder_decoder else prompt_ids
     new: list[int] = []
     shown = ""
 
     def continuation() -> str:
-        text = text_of(prompt_ids + new)
+        text = text_of(shown_ids + new)
         if text.startswith(shown_prompt):
             return text[len(shown_prompt):]
         return text_of(new)

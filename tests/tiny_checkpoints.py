@@ -45,6 +45,36 @@ def write_byte_level_bpe(folder: Path, vocab_size: int = 320) -> dict:
     return tok.get_vocab()
 
 
+def write_t5_unigram(folder: Path) -> int:
+    """A tokenizer.json laid out as T5's (a Unigram model; whitespace split, then "▁" before
+    each word; "</s>" after every text) with <pad> = 0, </s> = 1, <unk> = 2, and the
+    tokenizer_config.json naming T5Tokenizer; returns the vocabulary's size. The pieces are
+    written out, not trained (the Unigram trainer is not deterministic): every character of
+    the training text, and each of its words with "▁" before it, likelier than its letters.
+    (T5's released files also normalise with SentencePiece's precompiled character map, which
+    needs a SentencePiece model to build.)"""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    words = sorted({word for line in TRAINING_TEXT for word in line.split()})
+    characters = sorted({c for line in TRAINING_TEXT for c in line if not c.isspace()})
+    pieces = ([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+              + [(c, -5.0) for c in characters] + [("▁" + w, -6.0) for w in words])
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tok.add_special_tokens(["<pad>", "</s>", "<unk>"])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)])
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "extra_ids": 0,
+        "tokenizer_class": "T5Tokenizer"}))
+    return tok.get_vocab_size()
+
+
 def write_wordpiece_vocab(folder: Path, do_lower_case: bool = True) -> None:
     """BERT's vocab.txt ([PAD] [UNK] [CLS] [SEP] [MASK], characters, ##-pieces, words) and a
     tokenizer_config.json saying whether to lower-case."""
@@ -113,6 +143,24 @@ def decoder_folder(folder: Path, architecture: str, seed: int = 0) -> Path:
     config = getattr(transformers, f"{architecture}Config")(
         vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, **DECODER_SIZES[architecture])
     getattr(transformers, f"{architecture}ForCausalLM")(config).eval().save_pretrained(folder)
+    return folder
+
+
+def t5_folder(folder: Path, seed: int = 0) -> Path:
+    """A T5ForConditionalGeneration folder from a tiny random config (2 + 2 layers, width 32),
+    with T5's ids: <pad> = 0 is the decoder's start, </s> = 1 its end (write_t5_unigram's
+    tokenizer). Its weights are drawn 5 times wider than T5's initialisation, whose tiny model
+    writes one token over and over."""
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    vocab_size = write_t5_unigram(folder)
+    torch.manual_seed(seed)
+    config = transformers.T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64,
+                                   num_layers=2, num_heads=4, eos_token_id=1, pad_token_id=0,
+                                   decoder_start_token_id=0,
+                                   initializer_factor=5.0)
+    transformers.T5ForConditionalGeneration(config).eval().save_pretrained(folder)
     return folder
 
 

@@ -287,15 +287,23 @@ class EncoderDecoderLM(ZooModel):
         start = getattr(self.config, "decoder_start_id", None) if bos_id is None else bos_id
         if start is None:
             raise ValueError("give bos_id: the token the targets start from")
+        first = torch.full((src_ids.size(0), 1), start, dtype=torch.long, device=src_ids.device)
+        return generate(self.decoding_step(src_ids, src_mask), first, max_new_tokens,
+                        temperature, top_k, generator, eos_id)
+
+    def decoding_step(self, src_ids: torch.Tensor, src_mask: torch.Tensor | None = None
+                      ) -> Callable[[torch.Tensor, DecoderCache | None], Output]:
+        """`step(tokens, cache) -> Output` for `decode` and `generate`: the source encoded
+        once, here, and the decoder run on the target tokens given, continuing its cache (None:
+        a new one)."""
         memory = self.encode(src_ids, src_mask)
 
         def step(tokens: torch.Tensor, cache: DecoderCache | None) -> Output:
             cache = cache if cache is not None else self.new_cache(memory, src_mask)
-            states = self.decode(tokens, memory, src_mask, cache=cache)  # (B, 1, C)
+            states = self.decode(tokens, memory, src_mask, cache=cache)  # (B, T, C)
             return Output(logits=self.logits(states), cache=cache)
 
-        first = torch.full((src_ids.size(0), 1), start, dtype=torch.long, device=src_ids.device)
-        return generate(step, first, max_new_tokens, temperature, top_k, generator, eos_id)
+        return step
 
     def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
                      padded: bool = False) -> dict:

@@ -1,4 +1,5 @@
-"""`catalog generate`: text from a published (or trained) decoder checkpoint, streamed."""
+"""`catalog generate`: text from a published (or trained) decoder or encoder-decoder checkpoint,
+streamed."""
 
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ CheckpointArg = Annotated[str, typer.Argument(
 def generate(
     checkpoint: CheckpointArg,
     prompt: Annotated[str, typer.Option(
-        help="Text to continue; empty: start from the checkpoint's start-of-text token.")] = "",
+        help="Text to continue (an encoder-decoder's source); empty: start from the "
+             "checkpoint's start-of-text token.")] = "",
     model: Annotated[str | None, typer.Option(
         help="Zoo model to load the checkpoint as (default: the one its config.json or keys "
              "say): gpt, gpt-neox, gpt-j, bloom, opt, llama, mamba, mamba2, rwkv, rwkv5, "
-             "rwkv6, rwkv7.",
+             "rwkv6, rwkv7, t5.",
         show_default=False)] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 50,
     temperature: Annotated[float, typer.Option(
@@ -46,16 +48,19 @@ def generate(
                        "print the reply.")] = False,
 ) -> None:
     """Continue a prompt with a decoder checkpoint and its own tokenizer, printing the text as
-    it is decoded (greedy by default; --temperature samples).
+    it is decoded (greedy by default; --temperature samples). An encoder-decoder (T5, Flan-T5,
+    or a transformer or t5 run of this project) reads the prompt as its source, and its
+    decoder's text is printed.
 
-    The prompt and its continuation go to stdout, notes to stderr. Stops after
-    --max-new-tokens or at the checkpoint's end-of-text token.
+    The prompt and its continuation go to stdout (an encoder-decoder's or a --chat reply
+    alone), notes to stderr. Stops after --max-new-tokens or at the checkpoint's end-of-text
+    token.
     """
     from harness.pretrained import (
         check_sampling,
         load_pretrained,
         model_of,
-        require_decoder,
+        require_generator,
         stream_text,
     )
 
@@ -64,7 +69,7 @@ def generate(
         device = resolve_device(device)
         check_sampling(max_new_tokens, temperature, top_k)
         name, path = model_of(checkpoint, model)  # a hub id: fetched once, here
-        require_decoder(checkpoint, name, "catalog generate")  # before the weights are read
+        require_generator(checkpoint, name, "catalog generate")  # before the weights are read
         loaded = load_pretrained(path, model=name, device=device)
         if loaded.tokenizer is None:
             raise ValueError(f"{checkpoint}: no tokenizer files (tokenizer.json, vocab.json + "
@@ -74,10 +79,12 @@ def generate(
         pieces = stream_text(loaded, prompt, max_new_tokens=max_new_tokens,
                              temperature=temperature, top_k=top_k, seed=seed, chat=chat)
         first = next(pieces, "")  # a prompt too long fails here, before anything is printed
+        reads = "; the encoder reads the prompt" if loaded.is_encoder_decoder else ""
         stderr().print(f"{escape(checkpoint)}: zoo model {name}, "
                        f"{loaded.model.num_params():,} parameters, on "
-                       f"{next(loaded.model.parameters()).device}")
-        out.write(first if chat else prompt + first)  # a chat prints the reply alone
+                       f"{next(loaded.model.parameters()).device}{reads}")
+        # a chat's reply and an encoder-decoder's text are printed alone
+        out.write(first if chat or loaded.is_encoder_decoder else prompt + first)
         out.flush()
         for piece in pieces:
             out.write(piece)

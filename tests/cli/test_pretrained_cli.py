@@ -21,6 +21,7 @@ from tiny_checkpoints import (
     hub_cache_entry,
     llama_gguf,
     offline_hub,
+    t5_folder,
 )
 from typer.testing import CliRunner
 
@@ -74,6 +75,31 @@ def test_generate_streams_transformers_greedy_text(gpt2):
     assert result.exit_code == 0, result.output
     assert result.stdout == hf_greedy_text(gpt2, prompt, 12) + "\n"
     assert "zoo model gpt, 37,760 parameters, on cpu" in result.stderr
+
+
+def test_generate_from_a_t5_folder_prints_transformers_greedy_text_for_the_prompt(tmp_path):
+    """An encoder-decoder reads the prompt (and the "</s>" T5's tokenizer ends it with) as its
+    source; its decoder's text, from the start token config.json names, is printed alone, as
+    transformers' generate and tokenizer give it."""
+    folder = t5_folder(tmp_path / "t5", seed=1)
+    prompt = "The quick brown fox"
+    result = run("generate", folder, "--prompt", prompt, "--max-new-tokens", "12",
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    model = transformers.T5ForConditionalGeneration.from_pretrained(str(folder)).eval()
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    assert ids[0, -1].item() == 1  # </s>
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=12)
+    assert out[0, 0].item() == 0  # the decoder's start: config.json's (the tokenizer has none)
+    tokens = out[0, 1:].tolist()
+    tokens = tokens[:tokens.index(1)] if 1 in tokens else tokens
+    assert len(tokens) >= 6  # text to compare, not an EOS at once
+    expected = tokenizer.decode(tokens, skip_special_tokens=True)
+    assert expected.strip() and result.stdout == expected + "\n"
+    assert "zoo model t5" in result.stderr and "the encoder reads the prompt" in result.stderr
 
 
 def test_generate_samples_repeatably_with_a_seed(gpt2):
@@ -240,8 +266,8 @@ def test_bad_checkpoints_are_one_line_errors(gpt2, tmp_path, monkeypatch):
         ([bart], ["model_type 'bart' is not a model the zoo loads", "supported:"]),
         ([gpt2, "--model", "llama"], ["model_type 'gpt2' is not a llama checkpoint"]),
         ([gpt2, "--model", "gtp"], ["no checkpoint converter for zoo model 'gtp'"]),
-        ([bert], ["is a bert checkpoint, not a decoder-only language model: ",
-                  "catalog generate needs one"]),
+        ([bert], ["is a bert checkpoint, an encoder alone: ",
+                  "catalog generate needs a model that writes text", "t5"]),
         ([no_tokenizer], ["no tokenizer files", "needs the checkpoint's own tokenizer"]),
         ([tmp_path / "absent"], ["absent: no such file or folder"]),
         ([gpt2, "--max-new-tokens", "0"], ["--max-new-tokens must be at least 1, not 0"]),

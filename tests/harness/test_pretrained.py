@@ -18,6 +18,7 @@ from tiny_checkpoints import (
     bert_folder,
     gpt2_folder,
     write_byte_level_bpe,
+    write_t5_unigram,
     write_wordpiece_vocab,
 )
 
@@ -51,6 +52,22 @@ def test_gpt2_vocab_and_merges_give_transformers_ids(tmp_path):
         assert ours.decode(ids) == theirs.decode(ids) == text  # byte-level: lossless
     assert ours.encode("<|endoftext|>") == [0]  # the special token, whole
     assert (ours.eos_id, ours.bos_id) == (0, 0)
+
+
+def test_a_t5_tokenizer_json_gives_transformers_ids(tmp_path):
+    """T5's layout (Unigram pieces, whitespace split, "▁" before words, "</s>" after the text):
+    transformers 5 builds T5Tokenizer's pipeline itself from the vocabulary; the ids, the
+    decoded text and the end token are the same."""
+    write_t5_unigram(tmp_path)
+    ours = load_tokenizer(tmp_path)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    for text in MORE:
+        ids = ours.encode(text)
+        assert ids == theirs(text)["input_ids"], text
+        assert ids[-1] == 1 and len(ids) > 1 or not text.strip()
+        assert (ours.decode(ids, skip_special_tokens=True)
+                == theirs.decode(ids, skip_special_tokens=True)), text
+    assert (ours.eos_id, ours.bos_id) == (1, None)
 
 
 @pytest.mark.parametrize("ends", [{"add_bos_token": True}, {"add_eos_token": True},
@@ -206,6 +223,38 @@ def test_a_catalog_train_checkpoint_generates_from_the_eos_it_was_trained_after(
     assert text == ByteTokenizer().decode(new)
 
 
+@pytest.mark.parametrize("name", ["t5", "transformer"])
+def test_an_encoder_decoder_run_writes_its_decoders_text_for_the_prompt(name, tmp_path):
+    """A seq2seq run's encoder reads EOS + the prompt, as its sources began after a document's
+    end; its decoder starts from BOS, as every target did, and its text alone is the output:
+    the model's own generate on those ids. T5's export (a Hugging Face folder whose
+    decoder_start_token_id is that BOS) writes the same text."""
+    from harness.export import export_checkpoint
+    from harness.quality.checkpoint import save_checkpoint
+    from harness.quality.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    sizes = dict(d_kv=8) if name == "t5" else {}
+    torch.manual_seed(1)
+    model = zoo.build(name, vocab_size=259, n_layer=1, n_head=2, d_model=32, d_ff=64,
+                      dropout=0.0, **sizes).eval()
+    folder = save_checkpoint(tmp_path / "trained", name, model, tok, task="seq2seq")
+    loaded = load_pretrained(folder)
+    assert loaded.is_encoder_decoder and not loaded.is_decoder
+    with torch.no_grad():
+        text = "".join(stream_text(loaded, "ab", max_new_tokens=10))
+        source = torch.tensor([[tok.eos_id, ord("a"), ord("b")]])
+        new = model.generate(source, 10, bos_id=tok.bos_id, eos_id=tok.eos_id)[0, 1:].tolist()
+    new = new[:new.index(tok.eos_id)] if tok.eos_id in new else new
+    assert len(new) >= 3 and text == tok.decode(new)
+    assert not text.startswith("ab")  # the decoder's text, not the prompt continued
+    if name == "t5":
+        export_checkpoint(folder, tmp_path / "hf")
+        exported = load_pretrained(tmp_path / "hf")
+        assert pretrained.decoder_start(exported) == tok.bos_id
+        assert "".join(stream_text(exported, "ab", max_new_tokens=10)) == text
+
+
 def test_generation_refuses_what_it_cannot_do(gpt2, tmp_path):
     loaded = load_pretrained(gpt2)
     with pytest.raises(ValueError, match="pass the 64 positions of gpt's position table"):
@@ -218,8 +267,8 @@ def test_generation_refuses_what_it_cannot_do(gpt2, tmp_path):
             list(decode_ids(loaded, [1], **settings))
     bert = load_pretrained(bert_folder(tmp_path / "bert"))
     assert (bert.name, bert.is_decoder) == ("bert", False)
-    with pytest.raises(CheckpointError, match="not a decoder-only language model: "
-                                                "generation needs one"):
+    with pytest.raises(CheckpointError, match="an encoder alone: generation needs a model "
+                                                "that writes text"):
         list(decode_ids(bert, [2, 3], 5))
 
 
