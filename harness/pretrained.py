@@ -219,15 +219,20 @@ def decode_ids(loaded: Pretrained, prompt_ids: list[int], max_new_tokens: int = 
 
 
 def decoder_start(loaded: Pretrained) -> int:
+    """The token an encoder-decoder's decoder starts from (`decoder_start_id`)."""
+    return decoder_start_id(loaded.model, loaded.tokenizer, loaded.after_eos, loaded.path)
+
+
+def decoder_start_id(model: Any, tokenizer: Any, trained_here: bool, source: Path | str) -> int:
     """The token an encoder-decoder's decoder starts from: for a model trained here (or its
     export) the tokenizer's BOS, which the seq2seq task puts before every target; for a
     published one its config's (T5's: the padding token, 0)."""
-    start = getattr(loaded.model.config, "decoder_start_id", None)
-    if loaded.after_eos or start is None:
-        start = getattr(loaded.tokenizer, "bos_id", None)
+    start = getattr(model.config, "decoder_start_id", None)
+    if trained_here or start is None:
+        start = getattr(tokenizer, "bos_id", None)
     if start is None:
-        raise CheckpointError(f"{loaded.path}: neither the config's decoder_start_token_id nor "
-                              "a BOS token in the tokenizer: nothing to start the decoder from")
+        raise CheckpointError(f"{source}: neither the config's decoder_start_token_id nor a "
+                              "BOS token in the tokenizer: nothing to start the decoder from")
     return int(start)
 
 

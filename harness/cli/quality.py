@@ -478,10 +478,10 @@ def eval_checkpoint(
     ctx: typer.Context,
     checkpoint: Annotated[str, typer.Argument(
         metavar="CHECKPOINT",
-        help="A checkpoint folder from `catalog train`, or a published decoder checkpoint: a "
-             "Hugging Face folder or hub id (gpt2, owner/name; from the local Hugging Face "
-             "cache, downloaded when not there; HF_HUB_OFFLINE=1: the cache only), scored with "
-             "its own tokenizer.")],
+        help="A checkpoint folder from `catalog train`, or a published decoder or T5 "
+             "checkpoint: a Hugging Face folder or hub id (gpt2, owner/name; from the local "
+             "Hugging Face cache, downloaded when not there; HF_HUB_OFFLINE=1: the cache only), "
+             "scored with its own tokenizer.")],
     tasks: Annotated[str, typer.Option(
         help="Comma-separated local lm-eval tasks: zoo_heldout (bits per byte, perplexities of "
              "the held-out text), zoo_lastword (last-word cloze).")] = "zoo_heldout,zoo_lastword",

@@ -4,9 +4,10 @@ offline, and one `QualityRecord` per numeric score.
 
 The checkpoint is a folder written by `catalog train` (its tokenizer and corpus are the ones it
 was trained with; the task files are kept in CHECKPOINT/lm_eval_tasks), or a published decoder
-checkpoint: a Hugging Face folder or hub id, scored with its own tokenizer on --corpus, by
-default the standard library's documentation (as `catalog train`'s default); its task files go
-to a temporary folder, never into the folder or the Hugging Face cache."""
+or encoder-decoder (T5) checkpoint: a Hugging Face folder or hub id, scored with its own
+tokenizer on --corpus, by default the standard library's documentation (as `catalog train`'s
+default); its task files go to a temporary folder, never into the folder or the Hugging Face
+cache."""
 
 from __future__ import annotations
 
@@ -141,10 +142,10 @@ def _published_config(given: Path | str, path: Path) -> dict[str, Any]:
     encoder, or no tokenizer."""
     import zoo
     from harness.checkpoint_tokenizer import checkpoint_tokenizer
-    from harness.pretrained import checkpoint_fields, checkpoint_label, require_decoder
+    from harness.pretrained import checkpoint_fields, checkpoint_label, require_generator
 
     name, fields = checkpoint_fields(path)
-    require_decoder(given, name, "lm-eval's scoring of text")
+    require_generator(given, name, "lm-eval's scoring of text")
     if checkpoint_tokenizer(path) is None:
         raise QualityError(f"{given}: no tokenizer files (tokenizer.json, vocab.json + "
                            "merges.txt, or vocab.txt) beside the weights; lm-eval's text tasks "

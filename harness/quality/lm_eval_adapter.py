@@ -1,9 +1,11 @@
-"""lm-evaluation-harness model adapter for causal zoo checkpoints, registered as `zoo`.
+"""lm-evaluation-harness model adapter for causal and encoder-decoder zoo checkpoints,
+registered as `zoo`.
 
 `ZooLM` wraps a checkpoint folder written by `harness.quality.checkpoint.save_checkpoint`
-(GPT, RWKV, Pangu-pi, LLaMA, Mamba, Mamba-2: any zoo model with `causal_lm = True`), or a
-published decoder checkpoint with its own tokenizer (a Hugging Face folder or hub id, see
-`harness.pretrained`), in lm-eval's `LM` interface:
+(GPT, RWKV, Pangu-pi, LLaMA, Mamba, Mamba-2: any zoo model with `causal_lm = True`; the
+Transformer and T5, encoder-decoders), or a published decoder or T5 checkpoint with its own
+tokenizer (a Hugging Face folder or hub id, see `harness.pretrained`), in lm-eval's `LM`
+interface:
 
   - `loglikelihood`: log p(continuation | context) summed over the continuation's
     tokens, and whether greedy decoding would have produced exactly those tokens;
@@ -22,6 +24,15 @@ checkpoint alike (tests/harness/quality/test_lm_eval_adapter.py). `prefix_token`
 start token. A model conditioned on a token it never saw in training scores worse. On a run's
 `catalog export` folder, lm-eval's `hf` model gives the log-likelihoods of documents and empty
 contexts this adapter gives the run (tests/harness/test_export.py).
+
+An encoder-decoder is scored as lm-eval's Hugging Face model scores one (its `seq2seq`
+backend): the encoder reads the context (at most max_length tokens, its oldest dropped) and
+the decoder, from its start token (`harness.pretrained.decoder_start_id`), predicts the
+continuation; the context and the continuation are tokenized apart, the context with what the
+tokenizer adds (T5's </s> after it), the continuation without; a document is tokenized with
+them (T5's </s> is its last token), and a rolling window's context (the start token, or the
+tokens before the window) goes to the encoder. Generation decodes on the decoder's cache, the
+encoder having read the context once.
 
 Python use (the task YAMLs come from `harness.quality.lm_eval_tasks.write_tasks`):
 
@@ -57,7 +68,8 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import model_registry
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from harness.pretrained import load_for_scoring
+from harness.pretrained import decoder_start_id, load_for_scoring
+from zoo.model import EncoderDecoderLM
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +88,11 @@ class ZooLM(LM):
         `catalog train`, or a published checkpoint: a Hugging Face folder or hub id;
     device: "cpu", "cuda", "cuda:1", ...; None picks CUDA when available;
     batch_size: sequences per forward pass when scoring (generation runs one at a time);
-    max_length: the longest token sequence fed to the model; None means the length the
-        checkpoint was trained at (`seqlen` in its config.json, written by `catalog train`),
-        else the model's `max_seq_len` where it has a position table (GPT), else 2048;
+    max_length: the longest token sequence fed to the model (to each of an encoder-decoder's
+        stacks); None means the length the checkpoint was trained at (`seqlen` in its
+        config.json, written by `catalog train`; half of it for a seq2seq run, whose encoder
+        read one half and decoder wrote the other), else the model's `max_seq_len` where it has
+        a position table (GPT), else 2048;
     dtype: "float32", "bfloat16" or "float16"; None keeps the checkpoint's (float32);
     rolling_context: tokens of context that every prediction of a rolling window after the
         first keeps at least (lm-eval's `context_len`). 1 = back-to-back windows as lm-eval's
@@ -103,11 +117,12 @@ class ZooLM(LM):
                 logger.warning("device %s is not available; using cpu", device)
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model, tokenizer, meta = load_for_scoring(pretrained, device=device)
-        if not getattr(model, "causal_lm", False):
-            raise ValueError(f"{pretrained}: zoo model {meta['zoo']!r} is not a causal language "
-                             "model; lm-eval's scoring needs one (gpt, rwkv, rwkv5, rwkv6, "
-                             "rwkv7, pangu-pi, llama, gpt-neox, gpt-j, bloom, opt, mamba, "
-                             "mamba2)")
+        self.encoder_decoder = isinstance(model, EncoderDecoderLM)
+        if not (getattr(model, "causal_lm", False) or self.encoder_decoder):
+            raise ValueError(f"{pretrained}: zoo model {meta['zoo']!r} is an encoder alone; "
+                             "lm-eval's scoring needs a causal language model (gpt, rwkv, "
+                             "rwkv5, rwkv6, rwkv7, pangu-pi, llama, gpt-neox, gpt-j, bloom, opt, "
+                             "mamba, mamba2) or an encoder-decoder (transformer, t5)")
         if dtype is not None:
             if dtype not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
@@ -126,6 +141,8 @@ class ZooLM(LM):
             raise ValueError(f"{pretrained}: its tokenizer has no {prefix_token.upper()} token "
                              "to put before every text; try prefix_token="
                              f"{'bos' if prefix_token == 'eos' else 'eos'}")
+        if self.encoder_decoder:
+            self.decoder_start = decoder_start_id(model, tokenizer, self.trained_here, pretrained)
         self.zoo_name = meta["zoo"]
         self.checkpoint = str(pretrained)
         self._device = torch.device(device)
@@ -134,8 +151,11 @@ class ZooLM(LM):
         # the trained context, not a limit, and RWKV, Pangu-pi and Mamba have none.
         table = type(model).position_table
         position_limit = getattr(model.config, table) if table else None
+        trained = meta.get("seqlen")
+        if trained and self.encoder_decoder:  # a seq2seq run's encoder read half, its decoder
+            trained = max(1, trained // 2)  # wrote the other half
         if max_length is None:  # the length it was trained at, else what its positions allow
-            self.max_length = meta.get("seqlen") or position_limit or DEFAULT_MAX_LENGTH
+            self.max_length = trained or position_limit or DEFAULT_MAX_LENGTH
         else:
             self.max_length = _positive_int(max_length, "max_length")
             if position_limit is not None and self.max_length > position_limit:
@@ -161,9 +181,11 @@ class ZooLM(LM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """log p(text | start) of each whole text, every token predicted exactly once."""
         windows, owner = [], []
+        # an encoder-decoder's text as lm-eval's seq2seq model encodes it: with T5's </s>
+        encode = self._encode_document if self.encoder_decoder else self.text_tokenizer.encode
         for index, request in enumerate(requests):
             (text,) = request.args
-            for window in self.rolling_windows(self.text_tokenizer.encode(text)):
+            for window in self.rolling_windows(encode(text)):
                 windows.append(window)
                 owner.append(index)
         totals = [0.0] * len(requests)
@@ -199,6 +221,13 @@ class ZooLM(LM):
             return [self.prefix_id, *self.text_tokenizer.encode(text)]
         return self.context_tokenizer.encode(text) or [self.prefix_id]
 
+    def _encode_document(self, text: str) -> list[int]:
+        """A whole text an encoder-decoder's decoder predicts (loglikelihood_rolling): for a
+        published checkpoint with the special tokens its tokenizer adds (T5's </s> at the
+        end), as lm-eval's seq2seq model encodes it; for one trained here its text alone."""
+        tokenizer = self.text_tokenizer if self.trained_here else self.context_tokenizer
+        return tokenizer.encode(text)
+
     def _encode_pair(self, context: str, continuation: str) -> TokenPair:
         """Context tokens (_encode_context; the start token alone for an empty context) and
         continuation tokens. Trailing whitespace of the context moves to the continuation (so
@@ -209,6 +238,8 @@ class ZooLM(LM):
         context, continuation = stripped, context[len(stripped):] + continuation
         if not context:
             return [self.prefix_id], self.text_tokenizer.encode(continuation)
+        if self.encoder_decoder:  # the encoder's text and the decoder's, tokenized apart
+            return self._encode_context(context), self.text_tokenizer.encode(continuation)
         context_ids = self._encode_context(context)
         whole = self._encode_context(context + continuation)
         if whole[:len(context_ids)] == context_ids:
@@ -223,6 +254,8 @@ class ZooLM(LM):
         if len(continuation) > self.max_length:
             raise ValueError(f"a continuation of {len(continuation)} tokens does not fit in "
                              f"max_length {self.max_length} (it needs at least one context token)")
+        if self.encoder_decoder:  # the encoder reads the context, the decoder the continuation
+            return context[-self.max_length:], continuation
         keep = self.max_length + 1 - len(continuation)
         return context[-keep:], continuation
 
@@ -242,7 +275,9 @@ class ZooLM(LM):
     def _score(self, pairs: Sequence[TokenPair]) -> list[tuple[float, bool]]:
         """(sum of log p(continuation token | everything before it), all tokens greedy?) for each
         pair. Pairs are batched longest first and right-padded: in a causal model no real token
-        attends to a later position, so padding needs no mask."""
+        attends to a later position, so padding needs no mask (an encoder's has one)."""
+        if self.encoder_decoder:
+            return self._score_encoder_decoder(pairs)
         results: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
         todo = sorted((i for i, (_, cont) in enumerate(pairs) if cont),
                       key=lambda i: -sum(map(len, pairs[i])))
@@ -266,13 +301,42 @@ class ZooLM(LM):
                 results[i] = (picked.item(), greedy)
         return results
 
+    def _score_encoder_decoder(self, pairs: Sequence[TokenPair]) -> list[tuple[float, bool]]:
+        """`_score` for an encoder-decoder: the encoder reads each context (padded, masked), the
+        decoder reads the start token and the continuation but its last token, and the logits
+        at each decoder position predict the continuation's token there."""
+        results: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
+        todo = sorted((i for i, (_, cont) in enumerate(pairs) if cont),
+                      key=lambda i: -sum(map(len, pairs[i])))
+        pad = self.text_tokenizer.pad_id
+        for start in range(0, len(todo), self.batch_size):
+            batch = todo[start:start + self.batch_size]
+            sources = [pairs[i][0] for i in batch]
+            targets = [[self.decoder_start, *pairs[i][1][:-1]] for i in batch]
+            src = torch.full((len(batch), max(map(len, sources))), pad, dtype=torch.long)
+            tgt = torch.full((len(batch), max(map(len, targets))), pad, dtype=torch.long)
+            src_mask = torch.zeros(src.shape, dtype=torch.bool)
+            for row, (source, target) in enumerate(zip(sources, targets, strict=True)):
+                src[row, :len(source)], src_mask[row, :len(source)] = torch.tensor(source), True
+                tgt[row, :len(target)] = torch.tensor(target)
+            logits = self.model(src.to(self._device), tgt.to(self._device),
+                                src_mask=src_mask.to(self._device)).logits  # (B, T, V)
+            for row, i in enumerate(batch):
+                continuation = torch.tensor(pairs[i][1], device=self._device)
+                logprobs = logits[row, :len(continuation)].double().log_softmax(-1)
+                picked = logprobs.gather(-1, continuation[:, None]).sum()
+                greedy = bool((logprobs.argmax(-1) == continuation).all())
+                results[i] = (picked.item(), greedy)
+        return results
+
     # --- generation -----------------------------------------------------------------------------
 
     @torch.no_grad()
     def _generate(self, context: str, until: str | Iterable[str] | None = None,
                   max_gen_toks: int = DEFAULT_MAX_GEN_TOKS, do_sample: bool = False,
                   temperature: float = 0.0, **ignored: Any) -> str:
-        """Greedy decoding, one token per step on the model's cache."""
+        """Greedy decoding, one token per step on the model's cache (an encoder-decoder's
+        decoder's, after its encoder read the context)."""
         if do_sample or temperature:
             raise ValueError("the zoo adapter decodes greedily: set do_sample false and "
                              "temperature 0 in the task's generation_kwargs")
@@ -282,12 +346,24 @@ class ZooLM(LM):
         # Keep room for the new tokens, as lm-eval's own models do: the context loses its oldest
         # tokens first. A model reads prompt + new - 1 tokens (the last one is never fed back).
         prompt = self._encode_context(context) if context else [self.prefix_id]
-        prompt = prompt[-max(1, self.max_length - max_gen_toks):]
-        budget = min(max_gen_toks, self.max_length + 1 - len(prompt))
+        if self.encoder_decoder:  # the encoder's whole length, and max_gen_toks new tokens
+            budget = max_gen_toks
+            if budget <= 0:
+                return ""
+            step = self.model.decoding_step(torch.tensor([prompt[-self.max_length:]],
+                                                         device=self._device))
+            out = step(torch.tensor([[self.decoder_start]], device=self._device), None)
+        else:
+            prompt = prompt[-max(1, self.max_length - max_gen_toks):]
+            budget = min(max_gen_toks, self.max_length + 1 - len(prompt))
+            if budget <= 0:
+                return ""
+
+            def step(ids: torch.Tensor, cache: Any):
+                return self.model(ids, cache=cache, use_cache=True)
+
+            out = step(torch.tensor([prompt], device=self._device), None)
         new: list[int] = []
-        if budget <= 0:
-            return ""
-        out = self.model(torch.tensor([prompt], device=self._device), use_cache=True)
         while True:
             next_id = int(out.logits[0, -1].argmax())
             if next_id == tok.eos_id:
@@ -295,8 +371,7 @@ class ZooLM(LM):
             new.append(next_id)
             if len(new) >= budget or _first_stop(tok.decode(new), stops) is not None:
                 break
-            out = self.model(torch.tensor([[next_id]], device=self._device), cache=out.cache,
-                             use_cache=True)
+            out = step(torch.tensor([[next_id]], device=self._device), out.cache)
         text = tok.decode(new)
         cut = _first_stop(text, stops)
         return text if cut is None else text[:cut]

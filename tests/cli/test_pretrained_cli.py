@@ -304,6 +304,18 @@ def test_eval_scores_a_published_checkpoint_with_its_tokenizer(gpt2, tmp_path):
     assert sorted(p.name for p in gpt2.iterdir()) == before  # no task files in the folder
 
 
+def test_eval_scores_a_published_t5(tmp_path):
+    """An encoder-decoder folder is scored too (its encoder reads each window's context)."""
+    folder = t5_folder(tmp_path / "t5")
+    results = tmp_path / "eval.jsonl"
+    result = run("eval", folder, "--corpus", write_corpus(tmp_path), "--tasks", "zoo_heldout",
+                 "--limit", "2", "--device", "cpu", "--results", results)
+    assert result.exit_code == 0, result.output
+    rec = {r.metric: r for r in load([results]).records}["bits_per_byte"]
+    assert (rec.model, rec.variant, rec.params) == ("t5", f"checkpoint:{folder}", 44_960)
+    assert rec.value > 0
+
+
 def test_eval_of_an_id_at_a_revision_scores_that_revision_and_names_it(gpt2, tmp_path,
                                                                          monkeypatch):
     """Pythia's intermediate checkpoints are branches: `id@branch` scores that branch's
@@ -340,7 +352,8 @@ def test_eval_outside_a_git_repository_writes_nothing_of_git_to_the_terminal(gpt
 
 def test_eval_refuses_an_encoder_and_a_checkpoint_without_tokenizer(gpt2, tmp_path):
     assert_one_line_error(run("eval", bert_folder(tmp_path / "bert")),
-                          "not a decoder-only language model: lm-eval's scoring of text needs one")
+                          "an encoder alone: lm-eval's scoring of text needs a model that "
+                          "writes text")
     bare = copy_folder(gpt2, tmp_path / "bare", **{"vocab.json": None, "merges.txt": None})
     assert_one_line_error(run("eval", bare), "no tokenizer files")
     assert_one_line_error(run("eval", tmp_path / "absent"), "no such file or folder")

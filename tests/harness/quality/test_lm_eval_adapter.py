@@ -143,6 +143,66 @@ def test_a_published_checkpoint_is_scored_as_lm_evals_own_hf_model_scores_it(tmp
     assert ours.generate_until(generate) == theirs.generate_until(generate, disable_tqdm=True)
 
 
+def test_a_published_t5_is_scored_as_lm_evals_own_seq2seq_model_scores_it(tmp_path):
+    """A T5 folder through the zoo adapter and through lm-eval's Hugging Face model with its
+    seq2seq backend: the same log-likelihoods (within 1e-4) and greedy flags for contexts
+    (each with T5's </s>, the continuations without), empty contexts and whole documents (with
+    </s>) cut into windows whose contexts the encoder reads; greedy generation as
+    transformers' generate gives it, cut at the stop string."""
+    pytest.importorskip("accelerate")  # lm-eval's hf model needs it
+    import transformers
+    from lm_eval.models.huggingface import HFLM
+    from tiny_checkpoints import t5_folder
+
+    folder = t5_folder(tmp_path / "t5", seed=1)
+    ours = ZooLM(folder, device="cpu", batch_size=2, max_length=24)
+    theirs = HFLM(pretrained=str(folder), device="cpu", batch_size=2, backend="seq2seq",
+                  max_length=24)
+    assert ours.encoder_decoder and ours.decoder_start == 0  # config.json's (T5's <pad>)
+    pairs = requests("loglikelihood", ("The quick brown", " fox"), ("A model reads ", "tokens."),
+                     ("", "Hello there"), ("Zoë's café", " costs €3.50!"),
+                     (" ".join(DOCUMENTS), " and the next one."))  # a context over 24 tokens
+    for (got, got_greedy), (want, want_greedy) in zip(
+            ours.loglikelihood(pairs), theirs.loglikelihood(pairs, disable_tqdm=True),
+            strict=True):
+        assert got == pytest.approx(want, abs=1e-4) and got_greedy == want_greedy
+    documents = requests("loglikelihood_rolling", (" ".join(DOCUMENTS),), ("short",))
+    rolled = ours.loglikelihood_rolling(documents)
+    # a document's sum of hundreds of terms, lm-eval's in float32
+    assert rolled == pytest.approx(theirs.loglikelihood_rolling(documents, disable_tqdm=True),
+                                   rel=1e-6, abs=1e-4)
+    assert len(ours.rolling_windows(ours._encode_document(" ".join(DOCUMENTS)))) > 2
+    model = transformers.T5ForConditionalGeneration.from_pretrained(str(folder)).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    for context, until in (("The quick brown fox", ["zzz"]), ("A model", ["a"])):
+        ids = tokenizer(context, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(ids, do_sample=False, max_new_tokens=8)[0, 1:].tolist()
+        out = out[:out.index(1)] if 1 in out else out
+        text = tokenizer.decode(out, skip_special_tokens=True)
+        text = text[:text.find(until[0])] if until[0] in text else text
+        generate = requests("generate_until", (context, {"until": until, "max_gen_toks": 8}))
+        assert ours.generate_until(generate) == [text]
+
+
+def test_a_seq2seq_run_is_scored_from_its_bos_after_the_eos_its_sources_began_with(tmp_path):
+    """A `catalog train --task seq2seq` T5: the encoder reads EOS + the context, the decoder
+    starts from BOS, as in training: the log-likelihood is the model's own loss on those ids."""
+    torch.manual_seed(0)
+    model = build_variant("t5", "tiny", vocab_size=TOK.vocab_size).eval()
+    folder = save_checkpoint(tmp_path / "t5", "t5", model, TOK, task="seq2seq", seqlen=256)
+    ours = ZooLM(folder, device="cpu")
+    assert (ours.prefix_id, ours.decoder_start) == (TOK.eos_id, TOK.bos_id)
+    assert ours.max_length == 128  # each stack's half of the 256 tokens it trained at
+    context, continuation = TOK.encode("The quick brown"), TOK.encode(" fox jumps")
+    src = torch.tensor([[TOK.eos_id, *context]])
+    tgt = torch.tensor([[TOK.bos_id, *continuation[:-1]]])
+    with torch.no_grad():
+        loss = model(src, tgt, targets=torch.tensor([continuation])).loss.item()
+    (got, _), = ours.loglikelihood(requests("loglikelihood", ("The quick brown", " fox jumps")))
+    assert got == pytest.approx(-loss * len(continuation), abs=1e-4)
+
+
 def test_is_greedy(checkpoint):
     folder, model = checkpoint
     lm = ZooLM(folder, device="cpu")
@@ -316,7 +376,7 @@ def test_registered_as_zoo_and_rejects_encoders(tmp_path):
     torch.manual_seed(0)
     bert = build_variant("bert", "tiny", vocab_size=TOK.vocab_size)
     save_checkpoint(tmp_path / "bert", "bert", bert, TOK)
-    with pytest.raises(ValueError, match="not a causal language model"):
+    with pytest.raises(ValueError, match="is an encoder alone"):
         ZooLM(tmp_path / "bert", device="cpu")
     gpt = save_checkpoint(tmp_path / "gpt", "gpt", tiny_model("gpt"), TOK)
     with pytest.raises(ValueError, match="exceeds the 1024 positions"):
