@@ -125,7 +125,9 @@ def relative_position_bucket(offset: torch.Tensor, bidirectional: bool, num_buck
 
 class RelativePositionBias(nn.Module):
     """b[bucket(key - query), head]: one learned scalar per bucket and head, added to the
-    attention logits of every layer of a stack."""
+    attention logits of every layer of a stack. The bias depends on the offset key - query
+    alone, so it is constant along each diagonal of the (queries, keys) matrix: each head's
+    value is looked up once per offset and laid along its diagonal."""
 
     def __init__(self, n_head: int, num_buckets: int, max_distance: int, bidirectional: bool):
         super().__init__()
@@ -134,13 +136,18 @@ class RelativePositionBias(nn.Module):
         self.table = nn.Embedding(num_buckets, n_head)
 
     def forward(self, queries: int, keys: int, first_query: int = 0) -> torch.Tensor:
-        """(1, n_head, queries, keys) for queries at positions first_query.. and keys at 0..."""
-        device = self.table.weight.device
-        query = torch.arange(first_query, first_query + queries, device=device)[:, None]
-        key = torch.arange(keys, device=device)[None, :]
-        bucket = relative_position_bucket(key - query, self.bidirectional, self.num_buckets,
+        """(1, n_head, queries, keys) for queries at positions first_query.. and keys at 0..,
+        contiguous (attention reads it once per layer)."""
+        last_query = first_query + queries - 1
+        # every offset the matrix holds, ascending: from (key 0, last query) to (last key,
+        # first query)
+        offsets = torch.arange(-last_query, keys - first_query, device=self.table.weight.device)
+        bucket = relative_position_bucket(offsets, self.bidirectional, self.num_buckets,
                                           self.max_distance)
-        return self.table(bucket).permute(2, 0, 1).unsqueeze(0)
+        values = self.table(bucket).t().contiguous()  # (n_head, queries + keys - 1)
+        # Window r holds the offsets of keys 0.. after offset -last_query + r, which are those
+        # of query last_query - r: the rows in reverse order.
+        return values.unfold(1, keys, 1).flip(1).contiguous().unsqueeze(0)
 
 
 class Attention(nn.Module):

@@ -117,6 +117,31 @@ def test_buckets_by_hand():
     assert [bucket(-d, both=False) for d in (0, 15, 16, 5000)] == [0, 15, 16, 31]
 
 
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("queries, keys, first_query", [(5, 7, 0), (7, 5, 0), (300, 300, 0),
+                                                         (1, 9, 8), (3, 12, 9), (1, 1, 0)])
+def test_the_bias_laid_along_its_diagonals_is_the_lookup_of_every_offset(
+        bidirectional, queries, keys, first_query):
+    """The stack's bias, built once per offset and laid along the diagonals, equals the table
+    looked up at bucket(key - query) for every (query, key): encoder and decoder, more keys
+    than queries and fewer, a cache's later queries; contiguous, and the table's gradient the
+    same."""
+    from zoo.t5 import RelativePositionBias
+
+    torch.manual_seed(0)
+    bias = RelativePositionBias(4, 32, 128, bidirectional)
+    query = torch.arange(first_query, first_query + queries)[:, None]
+    offsets = torch.arange(keys)[None, :] - query
+    expected = bias.table(relative_position_bucket(offsets, bidirectional, 32, 128))
+    expected = expected.permute(2, 0, 1).unsqueeze(0)  # (1, n_head, queries, keys)
+    got = bias(queries, keys, first_query)
+    assert got.is_contiguous() and torch.equal(got, expected)
+    weights = torch.randn_like(expected)
+    (grad,) = torch.autograd.grad((got * weights).sum(), bias.table.weight)
+    (want,) = torch.autograd.grad((expected * weights).sum(), bias.table.weight)
+    torch.testing.assert_close(grad, want, atol=1e-4, rtol=1e-5)
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="feed_forward 'swiglu'"):
         T5Config(feed_forward="swiglu")
