@@ -145,8 +145,8 @@ class RelativePositionBias(nn.Module):
         bucket = relative_position_bucket(offsets, self.bidirectional, self.num_buckets,
                                           self.max_distance)
         values = self.table(bucket).t().contiguous()  # (n_head, queries + keys - 1)
-        # Window r holds the offsets of keys 0.. after offset -last_query + r, which are those
-        # of query last_query - r: the rows in reverse order.
+        # Window r holds the offsets -last_query + r + key for keys 0..: those of query
+        # last_query - r. The windows are the rows in reverse order.
         return values.unfold(1, keys, 1).flip(1).contiguous().unsqueeze(0)
 
 

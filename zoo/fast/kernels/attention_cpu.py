@@ -10,15 +10,16 @@ as well. Here:
   backward  dpd = dy v^T;  dv = pd^T dy;  ds = p * (dp - rowsum(dp * p)) with
             dp = dpd * keep / (1 - p_drop);  dq = a ds k;  dk = ds^T (q a);  dmask = ds
 
-with a the logits' scale, 1/sqrt(hs) unless given (T5 has 1), and dmask summed over the
-dimensions the mask broadcasts over, where the mask wants a gradient (T5's position bias).
-
 with `softmax_dropout_forward` computing p, pd and the keep mask of the rows in one pass, and
 `softmax_dropout_backward` ds (in place of dpd) and pd again (it is not kept: the backward saves
 p and the byte mask, less than autograd's p and pd). The mask is dropout_cpu.py's: element i of
 a call (flat index over (B, nh, T, S)) is kept when its keyed hash clears the threshold, so the
 same key draws the same mask as `dropout_cpu.mask`. The passes split the rows between PyTorch's
 threads (one OpenMP region, ckernel.py), as the products around them do.
+
+In the formulas above, a is the logits' scale, 1/sqrt(hs) unless given (T5's is 1), and dmask is
+summed over the dimensions the mask broadcasts over, where the mask wants a gradient (T5's
+position bias).
 
 The products are torch.matmul's, every head at once, or with `per_head` oneDNN's matrix
 multiply on one head's matrices: in float32 torch.matmul's batched product is MKL's, which ran at
