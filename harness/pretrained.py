@@ -137,15 +137,6 @@ def load_for_scoring(path_or_id: Path | str, device: str = "cpu"):
     return loaded.model, tokenizer, {**loaded.meta, "after_eos": loaded.after_eos}
 
 
-def require_decoder(path_or_id: Path | str, name: str, what: str) -> None:
-    """A CheckpointError unless zoo model `name` is a causal LM (`what` needs one)."""
-    from zoo.registry import load_class
-
-    if not getattr(load_class(name), "causal_lm", False):
-        raise CheckpointError(f"{path_or_id} is a {name} checkpoint, not a decoder-only "
-                              f"language model: {what} needs one ({DECODERS})")
-
-
 def require_generator(path_or_id: Path | str, name: str, what: str) -> None:
     """A CheckpointError unless zoo model `name` writes text: a causal LM, or an
     encoder-decoder, whose decoder writes it from the encoded prompt (`what` needs one)."""
