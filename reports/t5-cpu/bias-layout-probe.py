@@ -2,8 +2,9 @@
 bucket of every (query, key) pair looked up, then permuted to (1, heads, queries, keys), a
 strided view that PyTorch's attention copies on every layer) and as zoo.t5 builds it since
 this probe (the table looked up once per offset and laid along the diagonals, contiguous).
-The `small` T5's forward and training step (AdamW) at 1024 and 2048 tokens, two threads: the
-median of ROUNDS rounds, the two forms alternating.
+First, one attention call at 2048 tokens (8 heads of 64) with the bias each way, as the `small`
+T5's layers make it; then the `small` T5's forward and training step (AdamW) at 1024 and 2048
+tokens, two threads: the median of ROUNDS rounds, the two forms alternating.
 
     python reports/t5-cpu/bias-layout-probe.py
 """
@@ -14,6 +15,7 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 from harness.models import build_variant
 from harness.optim import adamw
@@ -33,8 +35,24 @@ def per_pair(self: RelativePositionBias, queries: int, keys: int,
     return self.table(bucket).permute(2, 0, 1).unsqueeze(0)
 
 
+def attention_call() -> None:
+    """PyTorch's attention with a (1, 8, 2048, 2048) float bias, strided or contiguous."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 8, 2048, 64) for _ in range(3))
+    strided = torch.randn(2048, 2048, 8).permute(2, 0, 1).unsqueeze(0)
+    for name, bias in (("strided", strided), ("contiguous", strided.contiguous())):
+        times = []
+        for _ in range(ROUNDS + 1):
+            start = time.perf_counter()
+            F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+            times.append(time.perf_counter() - start)
+        print(f"attention at 2048 with a {name} bias: "
+              f"{statistics.median(times[1:]) * 1000:,.0f} ms a call")
+
+
 def main() -> None:
     torch.set_num_threads(2)
+    attention_call()
     diagonal = RelativePositionBias.forward
     forms = {"per (query, key), permuted": per_pair, "per offset, contiguous": diagonal}
     for mode in ("forward", "train"):
