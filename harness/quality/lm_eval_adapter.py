@@ -274,60 +274,50 @@ class ZooLM(LM):
     @torch.no_grad()
     def _score(self, pairs: Sequence[TokenPair]) -> list[tuple[float, bool]]:
         """(sum of log p(continuation token | everything before it), all tokens greedy?) for each
-        pair. Pairs are batched longest first and right-padded: in a causal model no real token
-        attends to a later position, so padding needs no mask (an encoder's has one)."""
-        if self.encoder_decoder:
-            return self._score_encoder_decoder(pairs)
+        pair, batched longest first (`_causal_logits`, `_encoder_decoder_logits`)."""
         results: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
         todo = sorted((i for i, (_, cont) in enumerate(pairs) if cont),
                       key=lambda i: -sum(map(len, pairs[i])))
+        logits_of = self._encoder_decoder_logits if self.encoder_decoder else self._causal_logits
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start:start + self.batch_size]
-            # The model reads context + continuation except its last token; the logits at the
-            # last len(continuation) positions predict the continuation.
-            inputs = [(pairs[i][0] + pairs[i][1])[:-1] for i in batch]
-            ids = torch.full((len(batch), max(map(len, inputs))), self.text_tokenizer.pad_id,
-                             dtype=torch.long)
-            for row, tokens in enumerate(inputs):
-                ids[row, :len(tokens)] = torch.tensor(tokens)
-            logits = self.model(ids.to(self._device)).logits  # (B, T, V)
-            for row, i in enumerate(batch):
+            for i, logits in zip(batch, logits_of([pairs[i] for i in batch]), strict=True):
                 continuation = torch.tensor(pairs[i][1], device=self._device)
-                end = len(inputs[row])
                 # float64: a document's score sums thousands of terms
-                logprobs = logits[row, end - len(continuation):end].double().log_softmax(-1)
+                logprobs = logits.double().log_softmax(-1)
                 picked = logprobs.gather(-1, continuation[:, None]).sum()
                 greedy = bool((logprobs.argmax(-1) == continuation).all())
                 results[i] = (picked.item(), greedy)
         return results
 
-    def _score_encoder_decoder(self, pairs: Sequence[TokenPair]) -> list[tuple[float, bool]]:
-        """`_score` for an encoder-decoder: the encoder reads each context (padded, masked), the
-        decoder reads the start token and the continuation but its last token, and the logits
-        at each decoder position predict the continuation's token there."""
-        results: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
-        todo = sorted((i for i, (_, cont) in enumerate(pairs) if cont),
-                      key=lambda i: -sum(map(len, pairs[i])))
+    def _causal_logits(self, pairs: Sequence[TokenPair]) -> list[torch.Tensor]:
+        """Each pair's (len(continuation), V) logits that predict its continuation. The model
+        reads context + continuation but its last token, right-padded: in a causal model no real
+        token attends to a later position, so padding needs no mask."""
+        inputs = [(context + continuation)[:-1] for context, continuation in pairs]
+        ids = torch.full((len(pairs), max(map(len, inputs))), self.text_tokenizer.pad_id,
+                         dtype=torch.long)
+        for row, tokens in enumerate(inputs):
+            ids[row, :len(tokens)] = torch.tensor(tokens)
+        logits = self.model(ids.to(self._device)).logits  # (B, T, V)
+        return [logits[row, len(tokens) - len(continuation):len(tokens)]
+                for row, (tokens, (_, continuation)) in enumerate(zip(inputs, pairs, strict=True))]
+
+    def _encoder_decoder_logits(self, pairs: Sequence[TokenPair]) -> list[torch.Tensor]:
+        """`_causal_logits` for an encoder-decoder: the encoder reads each context (padded,
+        masked), the decoder the start token and the continuation but its last token."""
         pad = self.text_tokenizer.pad_id
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start:start + self.batch_size]
-            sources = [pairs[i][0] for i in batch]
-            targets = [[self.decoder_start, *pairs[i][1][:-1]] for i in batch]
-            src = torch.full((len(batch), max(map(len, sources))), pad, dtype=torch.long)
-            tgt = torch.full((len(batch), max(map(len, targets))), pad, dtype=torch.long)
-            src_mask = torch.zeros(src.shape, dtype=torch.bool)
-            for row, (source, target) in enumerate(zip(sources, targets, strict=True)):
-                src[row, :len(source)], src_mask[row, :len(source)] = torch.tensor(source), True
-                tgt[row, :len(target)] = torch.tensor(target)
-            logits = self.model(src.to(self._device), tgt.to(self._device),
-                                src_mask=src_mask.to(self._device)).logits  # (B, T, V)
-            for row, i in enumerate(batch):
-                continuation = torch.tensor(pairs[i][1], device=self._device)
-                logprobs = logits[row, :len(continuation)].double().log_softmax(-1)
-                picked = logprobs.gather(-1, continuation[:, None]).sum()
-                greedy = bool((logprobs.argmax(-1) == continuation).all())
-                results[i] = (picked.item(), greedy)
-        return results
+        sources = [context for context, _ in pairs]
+        targets = [[self.decoder_start, *continuation[:-1]] for _, continuation in pairs]
+        src = torch.full((len(pairs), max(map(len, sources))), pad, dtype=torch.long)
+        tgt = torch.full((len(pairs), max(map(len, targets))), pad, dtype=torch.long)
+        src_mask = torch.zeros(src.shape, dtype=torch.bool)
+        for row, (source, target) in enumerate(zip(sources, targets, strict=True)):
+            src[row, :len(source)], src_mask[row, :len(source)] = torch.tensor(source), True
+            tgt[row, :len(target)] = torch.tensor(target)
+        logits = self.model(src.to(self._device), tgt.to(self._device),
+                            src_mask=src_mask.to(self._device)).logits  # (B, T, V)
+        return [logits[row, :len(target)] for row, target in enumerate(targets)]
 
     # --- generation -----------------------------------------------------------------------------
 
