@@ -10,7 +10,7 @@
 #   3. each of those models' training step under torch.compile beside the eager one at 1024;
 #   4. the same table for LLaMA, RoBERTa, Mamba and Mamba-2 (group train-more);
 #   5. the target table from whatever was measured;
-#   6. the decoders added after the targets were set, GPT-NeoX, BLOOM, OPT and GPT-J, against
+#   6. the models added after the targets were set, GPT-NeoX, BLOOM, OPT, GPT-J and T5, against
 #      Hugging Face (group train-newer): not in a first call's 600 s, so a call of its own
 #      (STEPS="6 5", which redraws the table with them).
 # Records, table and log land in $OUT (or reports/train-gpu). STEPS="2 3 5" runs some steps.
@@ -54,7 +54,7 @@ step 4 "the other models against HF" && timeout 120 "$py" benchmarks/perf_target
     --suite training --only train-more --device "$device" --variant "$variant" \
     --dtype bfloat16 --seqlen "$seqlen" --repeat 10 --timeout 30 --no-calibrate \
     --results "$records" > /dev/null
-step 6 "the newer decoders against HF" && timeout 400 "$py" benchmarks/perf_targets.py \
+step 6 "the newer models against HF" && timeout 400 "$py" benchmarks/perf_targets.py \
     --suite training --only train-newer --device "$device" --variant "$variant" \
     --dtype bfloat16 --seqlen "$seqlen" --repeat 10 --timeout 45 \
     --results "$records" > /dev/null

@@ -237,7 +237,9 @@ def test_the_other_models_with_an_hf_peer_are_compared_too():
                                    rec("bloom", "zoo", "train", 4096, 400, mem=3000, mfu=0.45),
                                    rec("bloom", "hf", "train", 4096, 360, mem=13000),
                                    rec("opt", "zoo", "train", 1024, 900, mem=1200, mfu=0.7),
-                                   rec("opt", "hf", "train", 1024, 1000, mem=2100)])
+                                   rec("opt", "hf", "train", 1024, 1000, mem=2100),
+                                   rec("t5", "zoo", "train", 1024, 1100, mem=1400, mfu=0.55),
+                                   rec("t5", "hf", "train", 1024, 700, mem=2300)])
     assert abs(find(rows, "training vs HF", "llama train 1024").value - 1.6) < 1e-12
     assert find(rows, "training vs HF", "bloom train 4096").met is True  # 1.11
     assert find(rows, "training peak memory vs HF", "bloom train 4096").met is True
@@ -248,3 +250,6 @@ def test_the_other_models_with_an_hf_peer_are_compared_too():
     assert find(rows, "training MFU (fp32 peak)", "roberta train 256").met is False
     assert find(rows, "training vs HF", "mamba train 2048").verdict == "not measured"
     assert not [r for r in rows if "MFU" in r.target and r.cell.startswith("mamba")]
+    assert find(rows, "training vs HF", "t5 train 1024").met is True  # the encoder-decoder too
+    assert find(rows, "training peak memory vs HF", "t5 train 1024").met is True
+    assert find(rows, "training MFU (fp32 peak)", "t5 train 1024").met is True
