@@ -184,3 +184,50 @@ def test_a_misshaped_weight_is_named(tmp_path):
     torch.save(state, tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="position_embeddings.weight.*\\(40, 48\\)"):
         zoo.from_pretrained("roberta", tmp_path)
+
+
+# --- XLM-RoBERTa: RoBERTa's network under another model_type ----------------------------------
+
+@pytest.mark.parametrize("cls", ["XLMRobertaForMaskedLM", "XLMRobertaModel"])
+def test_xlm_roberta_folders_load_as_roberta(tmp_path, cls):
+    """transformers' XLM-RoBERTa classes are its RoBERTa classes renamed (model_type
+    "xlm-roberta", the same keys); a headless XLMRobertaModel gives the same final states."""
+    from zoo.convert import detect_model
+
+    fields = dict(vocab_size=203, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=100, max_position_embeddings=42, type_vocab_size=1,
+                  layer_norm_eps=1e-5, pad_token_id=1, attn_implementation="eager")
+    torch.manual_seed(3)
+    hf = getattr(transformers, cls)(transformers.XLMRobertaConfig(**fields)).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    hf.save_pretrained(tmp_path)
+    assert detect_model(tmp_path) == "roberta"
+    model, info = zoo.from_pretrained("roberta", tmp_path, output_loading_info=True)
+    ids, mask = batch()
+    if cls == "XLMRobertaForMaskedLM":
+        assert not info.missing
+        compare(model, hf)
+        return
+    assert info.missing and all(k.startswith("lm_head.") for k in info.missing)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        ours = model.hidden_states(ids, attention_mask=mask)
+    torch.testing.assert_close(ours[mask.bool()], ref[mask.bool()], **TOL)
+
+
+@pytest.mark.parametrize("variant, count", [("xlm-roberta-base", 278_295_186),
+                                            ("xlm-roberta-large", 560_142_482)])
+def test_xlm_roberta_sizes_are_hf_xlm_roberta_for_masked_lm(variant, count):
+    """The published sizes: RoBERTa's shapes with a 250,002-word vocabulary, counted as
+    transformers' XLMRobertaForMaskedLM counts them (its tied decoder once)."""
+    large = variant.endswith("large")
+    hf_config = transformers.XLMRobertaConfig(
+        vocab_size=250002, max_position_embeddings=514, type_vocab_size=1,
+        hidden_size=1024 if large else 768, num_hidden_layers=24 if large else 12,
+        num_attention_heads=16 if large else 12, intermediate_size=4096 if large else 3072)
+    with torch.device("meta"):
+        hf = transformers.XLMRobertaForMaskedLM(hf_config)
+    assert sum(p.numel() for p in hf.parameters()) == count
+    assert build_variant("roberta", variant, device="meta").num_params() == count

@@ -157,7 +157,7 @@ IMPORTERS: dict[str, Importer] = {
                      ("bert.embeddings.word_embeddings.weight",
                       "embeddings.word_embeddings.weight"),
                      unused=(*_BERT_TASK_HEADS, "bert.pooler.", "pooler.")),
-    "roberta": Importer(convert_roberta, ("roberta",),
+    "roberta": Importer(convert_roberta, ("roberta", "xlm-roberta"),
                         ("roberta.embeddings.word_embeddings.weight",
                          "embeddings.word_embeddings.weight"),
                         unused=(*_BERT_TASK_HEADS, "roberta.pooler.", "pooler.")),

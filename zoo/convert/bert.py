@@ -12,7 +12,8 @@ from zoo.convert.common import CheckpointError, StateDict
 # Hugging Face BERT / RoBERTa checkpoints -> zoo.bert / zoo.roberta.
 #
 # Reads folders written by `BertForPreTraining`, `BertForMaskedLM` and `RobertaForMaskedLM`
-# (or a bare state dict of one of them), by the base models `BertModel` and `RobertaModel`
+# (or a bare state dict of one of them; XLM-RoBERTa's, model_type "xlm-roberta", have RoBERTa's
+# keys), by the base models `BertModel` and `RobertaModel`
 # (no prefix, no head: the zoo's masked-LM head is then left new) and by the task-head classes
 # (`BertForSequenceClassification`, ...: their `classifier.` / `qa_outputs.` are left unused).
 # Key layout of the Hugging Face side:
