@@ -18,6 +18,10 @@ reference implementation (Hugging Face `BertForPreTraining`).
 come from `pretraining_logits`, and `next_sentence_label` adds the NSP term to the loss.
 `hidden_states` gives the encoder's output (B, T, C), what Hugging Face's `BertModel` returns
 as `last_hidden_state` (e.g. for sentence embeddings from a checkpoint without its heads).
+
+DistilBERT (Sanh et al. 2019, "DistilBERT, a distilled version of BERT", arXiv 1910.01108) is
+this network with half the layers, no token-type table (`type_vocab_size=0`) and no pooler or
+NSP head; its folders load into it (zoo.convert.bert).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ class BertConfig:
 
     vocab_size: int = 30522
     max_position_embeddings: int = 512  # rows of the learned position table
-    type_vocab_size: int = 2  # segment A / segment B
+    type_vocab_size: int = 2  # segment A / segment B; 0: no token-type table (DistilBERT)
     n_layer: int = 12
     d_model: int = 768
     n_head: int = 12
@@ -61,7 +65,7 @@ class BertConfig:
 
 
 class BertEmbeddings(nn.Module):
-    """word + position + token type -> LayerNorm -> dropout."""
+    """word + position + token type (where the model has token types) -> LayerNorm -> dropout."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -69,7 +73,8 @@ class BertEmbeddings(nn.Module):
         d = config.d_model
         self.word_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, d)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d)
+        self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, d)
+                                      if config.type_vocab_size else None)
         self.ln = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -81,11 +86,15 @@ class BertEmbeddings(nn.Module):
         if input_ids.size(1) > self.config.max_seq_len:
             raise ValueError(f"sequence length {input_ids.size(1)} exceeds the "
                              f"{self.config.max_seq_len} positions this model has")
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)  # everything is segment A
         x = (self.word_embeddings(input_ids)
-             + self.position_embeddings(self.position_ids(input_ids))
-             + self.token_type_embeddings(token_type_ids))  # (B, T, C)
+             + self.position_embeddings(self.position_ids(input_ids)))  # (B, T, C)
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)  # everything is segment A
+            x = x + self.token_type_embeddings(token_type_ids)
+        elif token_type_ids is not None and bool(token_type_ids.any()):
+            raise ValueError("this model has no token types (type_vocab_size 0); "
+                             "give no token_type_ids, or all zeros")
         return self.dropout(self.ln(x))
 
 
@@ -209,16 +218,19 @@ class Bert(ZooModel):
 
     def dummy_inputs(self, batch: int, seqlen: int, device: torch.device | str = "cpu",
                      padded: bool = False) -> dict:
-        """Random sentence pairs; segment B covers the second half of the real tokens. With
-        `padded`, sequence b has T - b*T//(2B) real tokens (the first one is full length), then
-        padding, and an attention mask; otherwise every token is real and there is no mask.
+        """Random sentence pairs; segment B covers the second half of the real tokens (token
+        types only where the model has them). With `padded`, sequence b has T - b*T//(2B) real
+        tokens (the first one is full length), then padding, and an attention mask; otherwise
+        every token is real and there is no mask.
         With the NSP head, random NSP labels too (used only when `targets` are given)."""
         ids, mask = random_padded_ids(batch, seqlen, self.config.vocab_size,
                                       self.config.pad_token_id, device, padded)
         half = mask.sum(dim=1, keepdim=True) // 2  # (B, 1)
         second = torch.arange(seqlen, device=device)[None, :] >= half  # (B, T)
         token_type_ids = (second & mask.bool()).long()
-        inputs = {"input_ids": ids, "token_type_ids": token_type_ids}
+        inputs = {"input_ids": ids}
+        if self.config.type_vocab_size:
+            inputs["token_type_ids"] = token_type_ids
         if padded:
             inputs["attention_mask"] = mask
         if self.config.next_sentence_head:

@@ -52,7 +52,8 @@ class Output:
 
 # Integer config fields that may be zero (a padding id, an ablation's empty part); every other
 # integer field, and every optional one that is set, is a size or a count of at least 1.
-MAY_BE_ZERO = frozenset({"pad_token_id", "n_shortcuts", "d_ff", "decoder_start_id"})
+MAY_BE_ZERO = frozenset({"pad_token_id", "n_shortcuts", "d_ff", "decoder_start_id",
+                         "type_vocab_size"})
 
 
 def check_config(config: Any) -> None:

@@ -315,7 +315,7 @@ def test_a_misshaped_weight_of_a_headless_checkpoint_is_an_error(tmp_path):
     assert "weight 'norm.weight' has shape (31,)" in error("llama", tmp_path)
 
 
-@pytest.mark.parametrize("name,expected", [("bert", "'bert'"),
+@pytest.mark.parametrize("name,expected", [("bert", "'bert', 'distilbert'"),
                                            ("roberta", "'roberta', 'xlm-roberta'"),
                                            ("llama", "'llama', 'mistral'"), ("rwkv", "'rwkv'")])
 def test_a_folder_of_another_model_type_is_refused(name, expected, tmp_path):

@@ -21,6 +21,8 @@ HF_CASES = {
     "gpt2": ("gpt", {}, "GPT2LMHeadModel"),
     "gpt1": ("gpt", {"pre_ln": False}, "OpenAIGPTLMHeadModel"),
     "bert": ("bert", {}, "BertForPreTraining"),
+    "distilbert": ("bert", {"type_vocab_size": 0, "next_sentence_head": False},
+                   "DistilBertForMaskedLM"),
     "roberta": ("roberta", {}, "RobertaForMaskedLM"),
     "rwkv": ("rwkv", {}, "RwkvForCausalLM"),
     "llama": ("llama", {"n_kv_head": 2}, "LlamaForCausalLM"),

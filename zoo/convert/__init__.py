@@ -10,8 +10,9 @@ model's converter below, and loads them. Every common layout of a family loads:
     pretraining / LM-head classes   BertForPreTraining, BertForMaskedLM, GPT2LMHeadModel,
                                     LlamaForCausalLM, MambaForCausalLM, RwkvForCausalLM, ...:
                                     every weight loads
-    base models (no head)           BertModel, RobertaModel, GPT2Model, OpenAIGPTModel,
-                                    LlamaModel, MistralModel, MambaModel, Mamba2Model, RwkvModel:
+    base models (no head)           BertModel, DistilBertModel, RobertaModel, GPT2Model,
+                                    OpenAIGPTModel, LlamaModel, MistralModel, MambaModel,
+                                    Mamba2Model, RwkvModel:
                                     the body loads; the head is new (the model's own init), or
                                     the embedding where the zoo ties it (then it is not missing)
     task-head classes               BertForSequenceClassification, ...ForTokenClassification,
@@ -46,7 +47,8 @@ Where things live; each family module holds its converter (checkpoint -> zoo) an
                 zoo model reads checkpoints), LoadingInfo, reading files (read_state_dict,
                 read_checkpoint, read_sharded) and load_into
     gpt.py      GPT-1 / GPT-2            convert_gpt, export_gpt
-    bert.py     BERT and RoBERTa         convert_bert, convert_roberta, export_bert, export_roberta
+    bert.py     BERT, DistilBERT,        convert_bert, convert_roberta, export_bert, export_roberta
+                RoBERTa, XLM-RoBERTa
     rwkv.py     RWKV-4                   convert_rwkv, export_rwkv, rwkv_to_official,
                                          official_version (the version of an official .pth)
     rwkv5.py    RWKV-5.2 (Eagle)         convert_rwkv5, rwkv5_to_official
@@ -153,10 +155,11 @@ IMPORTERS: dict[str, Importer] = {
                     ("transformer.wte.weight", "wte.weight", "transformer.tokens_embed.weight",
                      "tokens_embed.weight"),
                     unused=("score.", "classifier.", "qa_outputs.", "multiple_choice_head.")),
-    "bert": Importer(convert_bert, ("bert",),
+    "bert": Importer(convert_bert, ("bert", "distilbert"),
                      ("bert.embeddings.word_embeddings.weight",
+                      "distilbert.embeddings.word_embeddings.weight",
                       "embeddings.word_embeddings.weight"),
-                     unused=(*_BERT_TASK_HEADS, "bert.pooler.", "pooler.")),
+                     unused=(*_BERT_TASK_HEADS, "bert.pooler.", "pooler.", "pre_classifier.")),
     "roberta": Importer(convert_roberta, ("roberta", "xlm-roberta"),
                         ("roberta.embeddings.word_embeddings.weight",
                          "embeddings.word_embeddings.weight"),

@@ -1,6 +1,7 @@
 """BERT and RoBERTa checkpoints <-> zoo.bert / zoo.roberta: Hugging Face BertForPreTraining,
-BertForMaskedLM and RobertaForMaskedLM folders, and their base and task-head classes, in
-(convert_bert, convert_roberta), and out (export_bert, export_roberta)."""
+BertForMaskedLM and RobertaForMaskedLM folders (and DistilBERT's and XLM-RoBERTa's), and their
+base and task-head classes, in (convert_bert, convert_roberta), and out (export_bert,
+export_roberta)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,21 @@ BERT_EMBEDDING_KEYS = {
     "embeddings.token_type_embeddings.weight": "embeddings.token_type_embeddings.weight",
     "embeddings.ln": "embeddings.LayerNorm",
 }
+# DistilBERT's names for the same modules (DistilBertForMaskedLM, DistilBertModel, ...): its
+# blocks under transformer.layer.N, no token-type table, and its masked-LM head as
+# vocab_transform -> GELU -> vocab_layer_norm -> vocab_projector (tied, with its own bias).
+DISTILBERT_BLOCK_KEYS = {
+    "attn.q_proj": "attention.q_lin",
+    "attn.k_proj": "attention.k_lin",
+    "attn.v_proj": "attention.v_lin",
+    "attn.out_proj": "attention.out_lin",
+    "ln_attn": "sa_layer_norm",
+    "ffn.fc_in": "ffn.lin1",
+    "ffn.fc_out": "ffn.lin2",
+    "ln_ffn": "output_layer_norm",
+}
+DISTILBERT_HEAD_KEYS = {"lm_head.dense": "vocab_transform", "lm_head.ln": "vocab_layer_norm",
+                        "lm_head.bias": "vocab_projector.bias"}
 _REDUNDANT_SUFFIXES = ("decoder.weight", "decoder.bias", "embeddings.position_ids",
                        "embeddings.token_type_ids")
 
@@ -64,6 +80,9 @@ def convert_bert(config: dict[str, Any], state: StateDict) -> tuple[dict[str, An
     -> (BertConfig fields, Bert state). The masked-LM head is read when the checkpoint has one;
     the pooler and NSP head are kept when it has the NSP classifier."""
     state = _normalised(state)
+    if config.get("model_type") == "distilbert" or any(
+            k.startswith(("distilbert.", "transformer.layer.")) for k in state):
+        return _convert_distilbert(config, state)
     prefix = "bert." if any(k.startswith("bert.") for k in state) else ""
     has_nsp = "cls.seq_relationship.weight" in state
     fields = _bert_config_fields(config, state, prefix)
@@ -89,6 +108,41 @@ def convert_roberta(config: dict[str, Any], state: StateDict) -> tuple[dict[str,
         head = {"lm_head.dense": "lm_head.dense", "lm_head.ln": "lm_head.layer_norm",
                 "lm_head.bias": "lm_head.bias"}
     return fields, _renamed(state, prefix, fields["n_layer"], head)
+
+
+def _convert_distilbert(config: dict[str, Any],
+                        state: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """A DistilBERT checkpoint (DistilBertForMaskedLM, DistilBertModel, a task-head class) ->
+    (BertConfig fields, Bert state): BERT's network without token types or the NSP head."""
+    prefix = "distilbert." if any(k.startswith("distilbert.") for k in state) else ""
+    state.pop("vocab_projector.weight", None)  # the tied word embeddings again
+    if config:
+        if config.get("activation", "gelu") != "gelu":
+            raise CheckpointError(f"activation {config['activation']!r} is not supported (the "
+                                  "zoo's BERT uses the exact GELU, 'gelu')")
+        if not config.get("tie_word_embeddings", True):
+            raise CheckpointError("tie_word_embeddings is false; the zoo's MLM decoder is always "
+                                  "tied to the word embeddings")
+        fields = {"vocab_size": config["vocab_size"],
+                  "max_position_embeddings": config["max_position_embeddings"],
+                  "n_layer": config["n_layers"], "d_model": config["dim"],
+                  "n_head": config["n_heads"], "d_ff": config["hidden_dim"],
+                  "dropout": config["dropout"], "attn_dropout": config["attention_dropout"],
+                  "pad_token_id": config.get("pad_token_id", 0)}
+    else:  # a bare weights file: sizes from the shapes, 64-wide heads
+        words = state[prefix + "embeddings.word_embeddings.weight"]
+        layers = prefix + "transformer.layer."
+        fields = {"vocab_size": words.size(0), "d_model": words.size(1),
+                  "n_head": words.size(1) // 64,
+                  "max_position_embeddings":
+                      state[prefix + "embeddings.position_embeddings.weight"].size(0),
+                  "n_layer": 1 + max(int(k[len(layers):].split(".")[0])
+                                     for k in state if k.startswith(layers)),
+                  "d_ff": state[layers + "0.ffn.lin1.weight"].size(0)}
+    fields.update(type_vocab_size=0, layer_norm_eps=1e-12, next_sentence_head=False)
+    head = DISTILBERT_HEAD_KEYS if any(k.startswith("vocab_transform.") for k in state) else {}
+    return fields, _renamed(state, prefix, fields["n_layer"], head, "transformer.layer",
+                            DISTILBERT_BLOCK_KEYS)
 
 
 def _normalised(state: StateDict) -> StateDict:
@@ -149,14 +203,18 @@ def _bert_config_fields(config: dict[str, Any], state: StateDict, prefix: str,
     }
 
 
-def _renamed(state: StateDict, prefix: str, n_layer: int, head: dict[str, str]) -> StateDict:
+def _renamed(state: StateDict, prefix: str, n_layer: int, head: dict[str, str],
+             layers: str = "encoder.layer",
+             block_keys: dict[str, str] = BERT_BLOCK_KEYS) -> StateDict:
     """Zoo state dict; a missing Hugging Face key raises KeyError naming it (every key of the
     body, and of each head in `head`). Keys left over in the checkpoint are passed on
-    unchanged, for loading to report as unused or unexpected."""
-    modules = {zoo: prefix + hf for zoo, hf in BERT_EMBEDDING_KEYS.items()}
+    unchanged, for loading to report as unused or unexpected. A checkpoint without the
+    token-type table (DistilBERT's) maps none."""
+    modules = {zoo: prefix + hf for zoo, hf in BERT_EMBEDDING_KEYS.items()
+               if "token_type" not in zoo or layers == "encoder.layer"}
     for i in range(n_layer):
-        modules.update({f"blocks.{i}.{zoo}": f"{prefix}encoder.layer.{i}.{hf}"
-                        for zoo, hf in BERT_BLOCK_KEYS.items()})
+        modules.update({f"blocks.{i}.{zoo}": f"{prefix}{layers}.{i}.{hf}"
+                        for zoo, hf in block_keys.items()})
     modules.update(head)
     out = {}
     for zoo, hf in modules.items():
@@ -205,6 +263,34 @@ def _export_bert_like(c: Any, zoo: StateDict, roberta: bool) -> tuple[dict[str, 
                     "lm_head.bias": "cls.predictions.bias"}
         if c.next_sentence_head:
             modules |= {"pooler": "bert.pooler.dense", "nsp_head": "cls.seq_relationship"}
+    return config, _exported(modules, zoo)
+
+
+def _export_distilbert(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """zoo.bert without token types -> DistilBertForMaskedLM, whose network it is."""
+    if c.next_sentence_head:
+        raise CheckpointError("a BERT without token types is written as DistilBertForMaskedLM, "
+                              "which has no next-sentence head")
+    if c.layer_norm_eps != 1e-12:
+        raise CheckpointError(f"layer_norm_eps {c.layer_norm_eps} cannot be written: "
+                              "DistilBertForMaskedLM's LayerNorms all use 1e-12")
+    config = {"model_type": "distilbert", "architectures": ["DistilBertForMaskedLM"],
+              "vocab_size": c.vocab_size, "dim": c.d_model, "n_layers": c.n_layer,
+              "n_heads": c.n_head, "hidden_dim": c.d_ff, "activation": "gelu",
+              "dropout": c.dropout, "attention_dropout": c.attn_dropout,
+              "max_position_embeddings": c.max_position_embeddings,
+              "sinusoidal_pos_embds": False, "pad_token_id": c.pad_token_id,
+              "tie_word_embeddings": True}
+    modules = {zoo_name: "distilbert." + hf_name
+               for zoo_name, hf_name in BERT_EMBEDDING_KEYS.items() if "token_type" not in zoo_name}
+    for i in range(c.n_layer):
+        modules |= {f"blocks.{i}.{zoo_name}": f"distilbert.transformer.layer.{i}.{hf_name}"
+                    for zoo_name, hf_name in DISTILBERT_BLOCK_KEYS.items()}
+    return config, _exported(modules | DISTILBERT_HEAD_KEYS, zoo)
+
+
+def _exported(modules: dict[str, str], zoo: StateDict) -> StateDict:
+    """The checkpoint's tensors under the Hugging Face name each zoo name maps to."""
     hf = {}
     for zoo_name, hf_name in modules.items():
         if zoo_name.endswith((".weight", "lm_head.bias")):  # a single tensor
@@ -212,10 +298,12 @@ def _export_bert_like(c: Any, zoo: StateDict, roberta: bool) -> tuple[dict[str, 
         else:  # a Linear or a LayerNorm
             for p in ("weight", "bias"):
                 hf[f"{hf_name}.{p}"] = zoo[f"{zoo_name}.{p}"]
-    return config, hf
+    return hf
 
 
 def export_bert(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
+    if c.type_vocab_size == 0:
+        return _export_distilbert(c, zoo)
     return _export_bert_like(c, zoo, roberta=False)
 
 
