@@ -69,6 +69,8 @@ DISTILBERT_BLOCK_KEYS = {
     "ffn.fc_out": "ffn.lin2",
     "ln_ffn": "output_layer_norm",
 }
+DISTILBERT_EMBEDDING_KEYS = {zoo: hf for zoo, hf in BERT_EMBEDDING_KEYS.items()
+                             if "token_type" not in zoo}
 DISTILBERT_HEAD_KEYS = {"lm_head.dense": "vocab_transform", "lm_head.ln": "vocab_layer_norm",
                         "lm_head.bias": "vocab_projector.bias"}
 _REDUNDANT_SUFFIXES = ("decoder.weight", "decoder.bias", "embeddings.position_ids",
@@ -142,7 +144,7 @@ def _convert_distilbert(config: dict[str, Any],
     fields.update(type_vocab_size=0, layer_norm_eps=1e-12, next_sentence_head=False)
     head = DISTILBERT_HEAD_KEYS if any(k.startswith("vocab_transform.") for k in state) else {}
     return fields, _renamed(state, prefix, fields["n_layer"], head, "transformer.layer",
-                            DISTILBERT_BLOCK_KEYS)
+                            DISTILBERT_BLOCK_KEYS, DISTILBERT_EMBEDDING_KEYS)
 
 
 def _normalised(state: StateDict) -> StateDict:
@@ -204,14 +206,12 @@ def _bert_config_fields(config: dict[str, Any], state: StateDict, prefix: str,
 
 
 def _renamed(state: StateDict, prefix: str, n_layer: int, head: dict[str, str],
-             layers: str = "encoder.layer",
-             block_keys: dict[str, str] = BERT_BLOCK_KEYS) -> StateDict:
+             layers: str = "encoder.layer", block_keys: dict[str, str] = BERT_BLOCK_KEYS,
+             embedding_keys: dict[str, str] = BERT_EMBEDDING_KEYS) -> StateDict:
     """Zoo state dict; a missing Hugging Face key raises KeyError naming it (every key of the
     body, and of each head in `head`). Keys left over in the checkpoint are passed on
-    unchanged, for loading to report as unused or unexpected. A checkpoint without the
-    token-type table (DistilBERT's) maps none."""
-    modules = {zoo: prefix + hf for zoo, hf in BERT_EMBEDDING_KEYS.items()
-               if "token_type" not in zoo or layers == "encoder.layer"}
+    unchanged, for loading to report as unused or unexpected."""
+    modules = {zoo: prefix + hf for zoo, hf in embedding_keys.items()}
     for i in range(n_layer):
         modules.update({f"blocks.{i}.{zoo}": f"{prefix}{layers}.{i}.{hf}"
                         for zoo, hf in block_keys.items()})
@@ -282,7 +282,7 @@ def _export_distilbert(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDic
               "sinusoidal_pos_embds": False, "pad_token_id": c.pad_token_id,
               "tie_word_embeddings": True}
     modules = {zoo_name: "distilbert." + hf_name
-               for zoo_name, hf_name in BERT_EMBEDDING_KEYS.items() if "token_type" not in zoo_name}
+               for zoo_name, hf_name in DISTILBERT_EMBEDDING_KEYS.items()}
     for i in range(c.n_layer):
         modules |= {f"blocks.{i}.{zoo_name}": f"distilbert.transformer.layer.{i}.{hf_name}"
                     for zoo_name, hf_name in DISTILBERT_BLOCK_KEYS.items()}
