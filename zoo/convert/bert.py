@@ -119,12 +119,7 @@ def _convert_distilbert(config: dict[str, Any],
     prefix = "distilbert." if any(k.startswith("distilbert.") for k in state) else ""
     state.pop("vocab_projector.weight", None)  # the tied word embeddings again
     if config:
-        if config.get("activation", "gelu") != "gelu":
-            raise CheckpointError(f"activation {config['activation']!r} is not supported (the "
-                                  "zoo's BERT uses the exact GELU, 'gelu')")
-        if not config.get("tie_word_embeddings", True):
-            raise CheckpointError("tie_word_embeddings is false; the zoo's MLM decoder is always "
-                                  "tied to the word embeddings")
+        _require_gelu_and_tied(config, "activation")
         fields = {"vocab_size": config["vocab_size"],
                   "max_position_embeddings": config["max_position_embeddings"],
                   "n_layer": config["n_layers"], "d_model": config["dim"],
@@ -176,15 +171,10 @@ def _bert_config_fields(config: dict[str, Any], state: StateDict, prefix: str,
             "type_vocab_size": state[prefix + "embeddings.token_type_embeddings.weight"].size(0),
             "pad_token_id": default_pad,
         }
-    if config.get("hidden_act", "gelu") != "gelu":
-        raise CheckpointError(f"hidden_act {config['hidden_act']!r} is not supported "
-                              "(the zoo's BERT uses the exact GELU, 'gelu')")
+    _require_gelu_and_tied(config, "hidden_act")
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise CheckpointError(f"position_embedding_type {config['position_embedding_type']!r} "
                               "is not supported (only 'absolute')")
-    if not config.get("tie_word_embeddings", True):
-        raise CheckpointError("tie_word_embeddings is false; the zoo's MLM decoder is always "
-                              "tied to the word embeddings")
     for flag in ("is_decoder", "add_cross_attention"):
         if config.get(flag):
             raise CheckpointError(f"config.json: {flag} is true (a causal BERT, as "
@@ -203,6 +193,17 @@ def _bert_config_fields(config: dict[str, Any], state: StateDict, prefix: str,
         "layer_norm_eps": config["layer_norm_eps"],
         "pad_token_id": config.get("pad_token_id", default_pad),
     }
+
+
+def _require_gelu_and_tied(config: dict[str, Any], activation: str) -> None:
+    """The zoo's BERT has the exact GELU (config field `activation`) and a decoder tied to
+    the word embeddings; a CheckpointError names the field of a config that has not."""
+    if config.get(activation, "gelu") != "gelu":
+        raise CheckpointError(f"{activation} {config[activation]!r} is not supported "
+                              "(the zoo's BERT uses the exact GELU, 'gelu')")
+    if not config.get("tie_word_embeddings", True):
+        raise CheckpointError("tie_word_embeddings is false; the zoo's MLM decoder is always "
+                              "tied to the word embeddings")
 
 
 def _renamed(state: StateDict, prefix: str, n_layer: int, head: dict[str, str],
