@@ -34,7 +34,7 @@ RUNNABLE = {"transformer": "transformer", "bert": "bert", "gpt": "gpt", "gpt-2":
             "opt": "opt", "gpt-j": "gpt-j", "t5": "t5", "flan-t5": "t5",
             # published checkpoints of these networks, under their own names
             "distilbert": "bert", "xlm-roberta": "roberta", "dialogpt": "gpt",
-            "dolly": "gpt-neox", "vicuna": "llama", "t0": "t5"}
+            "dolly": "gpt-neox", "vicuna": "llama", "t0": "t5", "e5": "bert"}
 
 
 @pytest.fixture(scope="module")

@@ -299,3 +299,19 @@ def test_unsupported_configs_are_refused(saved, field, value):
 
 def test_bert_class_is_registered():
     assert zoo.load_class("bert") is Bert and Bert.config_class is BertConfig
+
+
+def test_e5_large_is_bert_large_without_the_nsp_head():
+    """E5's released folders are BertModel's (BERT-large's shape, a pooler, no heads); the zoo's
+    variant has the masked-LM head and no pooler."""
+    with torch.device("meta"):
+        hf = transformers.BertModel(hf_config(hidden_size=1024, num_hidden_layers=24,
+                                              num_attention_heads=16, intermediate_size=4096,
+                                              vocab_size=30522, max_position_embeddings=512,
+                                              type_vocab_size=2))
+    bert_model = sum(p.numel() for p in hf.parameters())
+    assert bert_model == 335_141_888
+    pooler, head = 1024 * 1024 + 1024, (1024 * 1024 + 1024) + 2 * 1024 + 30522
+    model = build_variant("bert", "e5-large", device="meta")
+    assert not model.config.next_sentence_head
+    assert model.num_params() == bert_model - pooler + head == 335_174_458
