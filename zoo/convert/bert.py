@@ -206,17 +206,25 @@ def _require_gelu_and_tied(config: dict[str, Any], activation: str) -> None:
                               "tied to the word embeddings")
 
 
+def _body_names(prefix: str, n_layer: int, layers: str = "encoder.layer",
+                block_keys: dict[str, str] = BERT_BLOCK_KEYS,
+                embedding_keys: dict[str, str] = BERT_EMBEDDING_KEYS) -> dict[str, str]:
+    """Zoo module name -> Hugging Face module name, for the embeddings and every block: what
+    the converters read and the exporters write."""
+    modules = {zoo: prefix + hf for zoo, hf in embedding_keys.items()}
+    for i in range(n_layer):
+        modules |= {f"blocks.{i}.{zoo}": f"{prefix}{layers}.{i}.{hf}"
+                    for zoo, hf in block_keys.items()}
+    return modules
+
+
 def _renamed(state: StateDict, prefix: str, n_layer: int, head: dict[str, str],
              layers: str = "encoder.layer", block_keys: dict[str, str] = BERT_BLOCK_KEYS,
              embedding_keys: dict[str, str] = BERT_EMBEDDING_KEYS) -> StateDict:
     """Zoo state dict; a missing Hugging Face key raises KeyError naming it (every key of the
     body, and of each head in `head`). Keys left over in the checkpoint are passed on
     unchanged, for loading to report as unused or unexpected."""
-    modules = {zoo: prefix + hf for zoo, hf in embedding_keys.items()}
-    for i in range(n_layer):
-        modules.update({f"blocks.{i}.{zoo}": f"{prefix}{layers}.{i}.{hf}"
-                        for zoo, hf in block_keys.items()})
-    modules.update(head)
+    modules = _body_names(prefix, n_layer, layers, block_keys, embedding_keys) | head
     out = {}
     for zoo, hf in modules.items():
         if zoo.endswith((".weight", "lm_head.bias")):  # a single tensor
@@ -251,10 +259,7 @@ def _export_bert_like(c: Any, zoo: StateDict, roberta: bool) -> tuple[dict[str, 
               "pad_token_id": c.pad_token_id, "position_embedding_type": "absolute",
               "tie_word_embeddings": True}
     prefix = "roberta." if roberta else "bert."
-    modules = {zoo_name: prefix + hf_name for zoo_name, hf_name in BERT_EMBEDDING_KEYS.items()}
-    for i in range(c.n_layer):
-        modules |= {f"blocks.{i}.{zoo_name}": f"{prefix}encoder.layer.{i}.{hf_name}"
-                    for zoo_name, hf_name in BERT_BLOCK_KEYS.items()}
+    modules = _body_names(prefix, c.n_layer)
     if roberta:
         modules |= {"lm_head.dense": "lm_head.dense", "lm_head.ln": "lm_head.layer_norm",
                     "lm_head.bias": "lm_head.bias"}
@@ -282,11 +287,8 @@ def _export_distilbert(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDic
               "max_position_embeddings": c.max_position_embeddings,
               "sinusoidal_pos_embds": False, "pad_token_id": c.pad_token_id,
               "tie_word_embeddings": True}
-    modules = {zoo_name: "distilbert." + hf_name
-               for zoo_name, hf_name in DISTILBERT_EMBEDDING_KEYS.items()}
-    for i in range(c.n_layer):
-        modules |= {f"blocks.{i}.{zoo_name}": f"distilbert.transformer.layer.{i}.{hf_name}"
-                    for zoo_name, hf_name in DISTILBERT_BLOCK_KEYS.items()}
+    modules = _body_names("distilbert.", c.n_layer, "transformer.layer", DISTILBERT_BLOCK_KEYS,
+                          DISTILBERT_EMBEDDING_KEYS)
     return config, _exported(modules | DISTILBERT_HEAD_KEYS, zoo)
 
 
