@@ -34,7 +34,8 @@ RUNNABLE = {"transformer": "transformer", "bert": "bert", "gpt": "gpt", "gpt-2":
             "opt": "opt", "gpt-j": "gpt-j", "t5": "t5", "flan-t5": "t5",
             # published checkpoints of these networks, under their own names
             "distilbert": "bert", "xlm-roberta": "roberta", "dialogpt": "gpt",
-            "dolly": "gpt-neox", "vicuna": "llama", "t0": "t5", "e5": "bert"}
+            "dolly": "gpt-neox", "vicuna": "llama", "t0": "t5", "e5": "bert",
+            "alpaca": "llama"}
 
 
 @pytest.fixture(scope="module")
