@@ -123,11 +123,14 @@ DECODER_SIZES = {
     "OPT": dict(hidden_size=32, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
                 max_position_embeddings=64),  # learned positions, ReLU
     "GPTJ": dict(n_embd=32, n_layer=2, n_head=2, rotary_dim=8, n_positions=64),  # interleaved RoPE
+    "GPTNeo": dict(hidden_size=32, num_layers=2, num_heads=2, max_position_embeddings=64,
+                   window_size=4, attention_types=[[["global", "local"], 1]]),  # a local layer
 }
 
 
 def decoder_folder(folder: Path, architecture: str, seed: int = 0) -> Path:
-    """A transformers `{architecture}ForCausalLM` folder ("GPTNeoX", "Bloom", "OPT", "GPTJ")
+    """A transformers `{architecture}ForCausalLM` folder ("GPTNeoX", "Bloom", "OPT", "GPTJ",
+    "GPTNeo")
     from a tiny random config, with the tiny byte-level tokenizer's files; <|endoftext|> is id
     0, BOS and EOS (as Pythia's is). OPT's tokenizer starts every text with it (add_bos_token),
     as OPT's released folders do with </s>."""

@@ -24,6 +24,7 @@ REGISTRY: dict[str, str] = {
     "bloom": "zoo.bloom:Bloom",
     "opt": "zoo.opt:OPT",
     "gpt-j": "zoo.gptj:GPTJ",
+    "gpt-neo": "zoo.gpt_neo:GPTNeo",
     "t5": "zoo.t5:T5",
 }
 

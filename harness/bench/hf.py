@@ -2,7 +2,7 @@
 OpenAIGPTLMHeadModel (GPT-1), BertForPreTraining (or BertForMaskedLM without the NSP head),
 RobertaForMaskedLM, RwkvForCausalLM, LlamaForCausalLM (or MistralForCausalLM with a sliding
 window), GPTNeoXForCausalLM, BloomForCausalLM, OPTForCausalLM, GPTJForCausalLM,
-MambaForCausalLM, Mamba2ForCausalLM, T5ForConditionalGeneration.
+GPTNeoForCausalLM, MambaForCausalLM, Mamba2ForCausalLM, T5ForConditionalGeneration.
 
 The peer gets THE SAME WEIGHTS as the zoo model of the cell and the same sizes, eps,
 activation, dropout and position table, so that a difference in speed or memory is a
@@ -65,7 +65,7 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
         notes.append(f"selective scan: {_mamba_route(model)}")
     elif cell.model == "mamba2":
         notes.append(f"SSD scan: {_mamba2_route(model)}")
-    else:  # sdpa where transformers has it (not for OpenAI GPT: eager only)
+    else:  # sdpa where transformers has it (not for OpenAI GPT, BLOOM, GPT-Neo: eager only)
         notes.append(f"attention: {model.config._attn_implementation}")
     forward = dict(inputs.forward)
     nsp_labels = forward.pop("next_sentence_label", None)  # a loss input, as in the zoo
@@ -143,9 +143,10 @@ def hf_model(name: str, zoo_model: Any, length: int):
         config["context_length"] = max(config["context_length"], length)
     if name == "gpt-j":  # n_positions only sizes transformers' table of RoPE's sines
         config["n_positions"] = max(config["n_positions"], length)
-    # sdpa where transformers has it; OpenAI GPT and BLOOM run eager attention only (BLOOM adds
-    # ALiBi to the scores in its own baddbmm), and the recurrent models have none
-    attention = model_type not in ("openai-gpt", "bloom", "rwkv", "mamba", "mamba2")
+    # sdpa where transformers has it; OpenAI GPT, BLOOM and GPT-Neo run eager attention only
+    # (BLOOM adds ALiBi to the scores in its own baddbmm; GPT-Neo has eager and FlashAttention-2,
+    # which needs CUDA and the flash-attn package), and the recurrent models have none
+    attention = model_type not in ("openai-gpt", "bloom", "gpt_neo", "rwkv", "mamba", "mamba2")
     options = {"attn_implementation": "sdpa"} if attention else {}
     hf_config = hf.AutoConfig.for_model(model_type, **config, **options)
     weight = next(zoo_model.parameters())

@@ -121,7 +121,8 @@ class ZooLM(LM):
         if not (getattr(model, "causal_lm", False) or self.encoder_decoder):
             raise ValueError(f"{pretrained}: zoo model {meta['zoo']!r} is an encoder alone; "
                              "lm-eval's scoring needs a causal language model (gpt, rwkv, "
-                             "rwkv5, rwkv6, rwkv7, pangu-pi, llama, gpt-neox, gpt-j, bloom, opt, "
+                             "rwkv5, rwkv6, rwkv7, pangu-pi, llama, gpt-neox, gpt-j, gpt-neo, "
+                             "bloom, opt, "
                              "mamba, mamba2) or an encoder-decoder (transformer, t5)")
         if dtype is not None:
             if dtype not in ("float32", "bfloat16", "float16"):

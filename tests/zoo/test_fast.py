@@ -48,7 +48,8 @@ EXPECTED = {"gpt": ("linear", "ffn", "dropout"), "bert": ("linear", "ffn", "drop
             "rwkv6": ("linear", "wkv5"), "rwkv7": ("linear", "wkv7"),
             "llama": ("linear", "ffn"), "gpt-neox": ("linear", "ffn", "dropout"),
             "bloom": ("linear", "ffn", "alibi", "dropout"), "opt": ("linear", "ffn", "dropout"),
-            "gpt-j": ("linear", "ffn", "dropout"), "t5": ("linear", "dropout")}
+            "gpt-j": ("linear", "ffn", "dropout"), "gpt-neo": ("linear", "ffn", "dropout"),
+            "t5": ("linear", "dropout")}
 EXPECTED = {name: (*routes, "loss") for name, routes in EXPECTED.items()}  # every model's loss
 LOGITS = dict(atol=2e-5, rtol=1e-5)
 

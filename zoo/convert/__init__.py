@@ -59,6 +59,7 @@ Where things live; each family module holds its converter (checkpoint -> zoo) an
     bloom.py    BLOOM                    convert_bloom, export_bloom
     opt.py      OPT                      convert_opt, export_opt
     gptj.py     GPT-J                    convert_gptj, export_gptj
+    gpt_neo.py  GPT-Neo                  convert_gpt_neo, export_gpt_neo
     t5.py       T5, T5 v1.1, Flan-T5     convert_t5, export_t5
     mamba.py    Mamba and Mamba-2        convert_mamba, convert_mamba2, export_mamba,
                                          export_mamba2
@@ -111,6 +112,7 @@ from zoo.convert.common import (
 from zoo.convert.detect import detect_model
 from zoo.convert.gguf import is_gguf, read_gguf
 from zoo.convert.gpt import GPT_CONV1D, GPT_CONV1D_WEIGHTS, convert_gpt, export_gpt
+from zoo.convert.gpt_neo import GPT_NEO_BLOCK_KEYS, convert_gpt_neo, export_gpt_neo
 from zoo.convert.gpt_neox import GPT_NEOX_BLOCK_KEYS, convert_gpt_neox, export_gpt_neox
 from zoo.convert.gptj import GPTJ_BLOCK_KEYS, convert_gptj, export_gptj
 from zoo.convert.hub import resolve
@@ -132,15 +134,16 @@ from zoo.convert.t5 import convert_t5, export_t5
 __all__ = [
     "BERT_BLOCK_KEYS", "BERT_EMBEDDING_KEYS", "BLOOM_BLOCK_KEYS", "CONVERTERS", "CheckpointError",
     "Converter", "EXPORTERS", "Exporter", "GPTJ_BLOCK_KEYS", "GPT_CONV1D", "GPT_CONV1D_WEIGHTS",
-    "GPT_NEOX_BLOCK_KEYS", "IMPORTERS", "Importer", "LLAMA_BLOCK_KEYS", "LoadingInfo",
-    "OPT_BLOCK_KEYS", "StateDict", "convert_bert", "convert_bloom", "convert_gpt",
-    "convert_gpt_neox", "convert_gptj", "convert_llama", "convert_mamba", "convert_mamba2",
-    "convert_opt", "convert_roberta", "convert_rwkv", "convert_rwkv5", "convert_rwkv6",
-    "convert_rwkv7", "export_bert", "export_bloom", "export_gpt", "export_gpt_neox",
-    "export_gptj", "export_llama", "export_mamba", "export_mamba2", "export_opt",
-    "export_roberta", "export_rwkv", "from_pretrained", "load_into", "official_version",
-    "read_checkpoint", "read_sharded", "read_state_dict", "rwkv5_to_official", "rwkv6_to_official",
-    "rwkv7_to_official", "rwkv_official_to_hf", "rwkv_to_official", "convert_t5", "export_t5"
+    "GPT_NEOX_BLOCK_KEYS", "GPT_NEO_BLOCK_KEYS", "IMPORTERS", "Importer", "LLAMA_BLOCK_KEYS",
+    "LoadingInfo", "OPT_BLOCK_KEYS", "StateDict", "convert_bert", "convert_bloom", "convert_gpt",
+    "convert_gpt_neo", "convert_gpt_neox", "convert_gptj", "convert_llama", "convert_mamba",
+    "convert_mamba2", "convert_opt", "convert_roberta", "convert_rwkv", "convert_rwkv5",
+    "convert_rwkv6", "convert_rwkv7", "export_bert", "export_bloom", "export_gpt",
+    "export_gpt_neo", "export_gpt_neox", "export_gptj", "export_llama", "export_mamba",
+    "export_mamba2", "export_opt", "export_roberta", "export_rwkv", "from_pretrained",
+    "load_into", "official_version", "read_checkpoint", "read_sharded", "read_state_dict",
+    "rwkv5_to_official", "rwkv6_to_official", "rwkv7_to_official", "rwkv_official_to_hf",
+    "rwkv_to_official", "convert_t5", "export_t5"
 ]
 __all__ += ["FORMATS", "OFFICIAL", "check_format", "formats_of", "save_pretrained"]  # export
 __all__ += ["detect_model", "resolve"]  # hub ids and model detection (hub.py, detect.py)
@@ -177,6 +180,7 @@ IMPORTERS: dict[str, Importer] = {
                       unused=("score.", "classifier.", "qa_outputs.")),
     "opt": Importer(convert_opt, ("opt",), (), unused=("score.", "qa_outputs.")),
     "gpt-j": Importer(convert_gptj, ("gptj",), (), unused=("score.", "qa_outputs.")),
+    "gpt-neo": Importer(convert_gpt_neo, ("gpt_neo",), (), unused=("score.", "qa_outputs.")),
     "t5": Importer(convert_t5, ("t5",), (), unused=("classifier.", "qa_outputs.")),
 }
 
@@ -194,6 +198,7 @@ EXPORTERS: dict[str, Exporter] = {
     "bloom": export_bloom,
     "opt": export_opt,
     "gpt-j": export_gptj,
+    "gpt-neo": export_gpt_neo,
     "t5": export_t5,
     "mamba": export_mamba,
     "mamba2": export_mamba2,

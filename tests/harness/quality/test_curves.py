@@ -40,6 +40,7 @@ def tiny(name: str, **fields) -> torch.nn.Module:
              "bloom": dict(n_layer=1, d_model=32, n_head=2),
              "opt": dict(n_layer=1, d_model=32, n_head=2, max_seq_len=32),
              "gpt-j": dict(n_layer=1, d_model=32, n_head=2, d_ff=64, rotary_dim=4),
+             "gpt-neo": dict(n_layer=2, d_model=32, n_head=2, d_ff=64, max_seq_len=32, window=8),
              "mamba": dict(n_layer=1, d_model=32),
              "mamba2": dict(n_layer=1, d_model=32, head_dim=16, d_state=16)}[name]
     torch.manual_seed(0)
@@ -207,7 +208,7 @@ def test_sliding_with_stride_l_is_nonoverlapping_and_smaller_strides_score_the_s
 
 @torch.no_grad()
 @pytest.mark.parametrize("table", [32, 64])
-@pytest.mark.parametrize("name", ["gpt", "opt"])
+@pytest.mark.parametrize("name", ["gpt", "opt", "gpt-neo"])
 def test_learned_positions_are_not_scored_past_the_trained_length(name, table):
     model = tiny(name, max_seq_len=table)  # 64: a table lengthened past training
     seen = seen_lengths(model)

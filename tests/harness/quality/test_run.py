@@ -35,7 +35,8 @@ def spec(tmp_path: Path, task: str = "lm", **fields) -> RunSpec:
     ("llama", "lm", "bits_per_byte"), ("mamba", "lm", "bits_per_byte"),
     ("mamba2", "lm", "bits_per_byte"), ("gpt-neox", "lm", "bits_per_byte"),
     ("bloom", "lm", "bits_per_byte"), ("opt", "lm", "bits_per_byte"),
-    ("gpt-j", "lm", "bits_per_byte"), ("t5", "lm", "bits_per_byte"),
+    ("gpt-j", "lm", "bits_per_byte"), ("gpt-neo", "lm", "bits_per_byte"),
+    ("t5", "lm", "bits_per_byte"),
     ("bert", "mlm", "mlm_accuracy"), ("roberta", "mlm", "mlm_accuracy"),
     ("mosaic-bert", "mlm", "mlm_accuracy"),
 ])
@@ -121,8 +122,8 @@ def test_mqar_run(tmp_path):
     assert lm_model.config.dropout == 0.1  # the language-modelling task keeps it
 
 
-@pytest.mark.parametrize("model", ["llama", "gpt-neox", "bloom", "opt", "gpt-j", "mamba",
-                                   "mamba2"])
+@pytest.mark.parametrize("model", ["llama", "gpt-neox", "bloom", "opt", "gpt-j", "gpt-neo",
+                                   "mamba", "mamba2"])
 def test_the_new_models_run_the_recall_task(tmp_path, model):
     from harness.quality.tasks import MQARConfig
 
