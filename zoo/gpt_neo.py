@@ -12,7 +12,11 @@ LayerNorm, the head tied to the token embedding, tanh GELU), except that:
   - layers take turns by `attention_layers`, a pattern repeated over the depth ("global,local"
     for every released model): a "global" layer attends causally to every earlier position, a
     "local" layer only to the last `window` positions, itself included (query i sees keys j
-    with i - window < j <= i), GPT-3's alternating dense and locally banded attention;
+    with i - window < j <= i), GPT-3's alternating dense and locally banded attention. A local
+    layer's cache keeps the last window - 1 positions only, and a long input reaches it in
+    bands of `GPTNeo.band` queries, each against the keys its window reaches (Mistral's
+    window in zoo/llama.py, the same code in zoo.layers): its cost grows as T * (window +
+    band), not T^2. One masked attention over every key (band = None) is the tests' oracle;
   - attention scores are q k^T as they are, never divided by sqrt(head size): Mesh
     TensorFlow's attention leaves that scale to the query weights' initialisation, and the
     trained weights carry it;
@@ -38,7 +42,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zoo.layers import FeedForward, KVCache, hidden_key_bias, sdpa, tied_head
+from zoo.layers import (
+    FeedForward,
+    KVCache,
+    Visibility,
+    WindowKVCache,
+    attend,
+    tied_head,
+    window_visibility,
+)
 from zoo.model import CachedLM, check_config
 
 ATTENTION_KINDS = ("global", "local")
@@ -89,15 +101,6 @@ class GPTNeoConfig:
         return kinds[i % len(kinds)]
 
 
-def visible_keys(T: int, past: int, window: int | None, device: torch.device) -> torch.Tensor:
-    """Bool (T, past + T): query past + t may see key s when s <= past + t and, with a window W,
-    past + t - W < s."""
-    q = torch.arange(past, past + T, device=device)[:, None]  # (T, 1)
-    k = torch.arange(past + T, device=device)[None, :]  # (1, S)
-    visible = k <= q
-    return visible if window is None else visible & (k > q - window)
-
-
 class Attention(nn.Module):
     """Causal self-attention without the 1/sqrt(hs) scale; query, key and value matrices without
     biases, the output projection with one."""
@@ -110,18 +113,17 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model, bias=False)
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
-                cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seen: Visibility,
+                cache: KVCache | WindowKVCache | None) -> torch.Tensor:
         B, T, C = x.shape
         hs = C // self.n_head
         q, k, v = (proj(x).view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
         if cache is not None:
-            k, v = cache.append(k, v)  # (B, nh, S, hs): the cached positions, then these
+            k, v = cache.append(k, v)  # (B, nh, S, hs): the kept positions, then these
         dropout = self.attn_dropout if self.training else 0.0
-        is_causal = attn_mask is None and T > 1  # a mask is given whenever S != T (hidden_states)
-        y = sdpa(q, k, v, attn_mask, dropout, is_causal, new_key_length=cache is not None,
-                 scale=1.0)  # (B, nh, T, hs)
+        y = attend(q, k, v, seen, new_key_length=cache is not None, dropout_p=dropout,
+                   scale=1.0)  # (B, nh, T, hs): q k^T as it is
         return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -140,9 +142,9 @@ class Block(nn.Module):
             else None
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
-                cache: KVCache | None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln_1(x), attn_mask, cache))
+    def forward(self, x: torch.Tensor, seen: Visibility,
+                cache: KVCache | WindowKVCache | None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln_1(x), seen, cache))
         if self.mlp is None:  # d_ff = 0: the block is its attention alone
             return x
         return x + self.drop(self.mlp(self.ln_2(x)))
@@ -152,6 +154,7 @@ class GPTNeo(CachedLM):
     config_class = GPTNeoConfig
     position_table = "max_seq_len"
     causal_lm = True
+    band = 256  # queries per band in a local layer (None: one masked attention over all keys)
 
     def __init__(self, config: GPTNeoConfig):
         super().__init__()
@@ -174,32 +177,22 @@ class GPTNeo(CachedLM):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def _masks(self, attention_mask: torch.Tensor | None, T: int, past: int,
-               dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor | None]:
-        """Each kind of layer's SDPA mask for this call's T queries over its past + T keys:
-        None where SDPA's own causal flag says it all (no padding, no cache, a window no shorter
-        than the input), a bool mask without padding, else an additive (B, 1, T, S) one with
-        -inf on keys out of sight and a very low finite score on padded keys, so that a query
-        with only padding to see (a left pad) averages it instead of producing NaNs (see
-        zoo.layers.hidden_key_bias). `attention_mask` (B, past + T) is 1 = token, 0 = padding."""
-        if attention_mask is not None and attention_mask.shape[1] != past + T:
-            raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions; "
-                             f"expected {past + T} ({past} cached + {T} new)")
-        masks = {}
-        for kind in set(self.config.attention_layers.split(",")):
-            window = self.config.window if kind == "local" else None
-            if attention_mask is None and past == 0 and (window is None or T <= window):
-                masks[kind] = None
-                continue
-            visible = visible_keys(T, past, window, device)  # (T, S)
-            if attention_mask is None:
-                masks[kind] = visible
-                continue
-            padded = ~attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
-            mask = torch.zeros(attention_mask.size(0), 1, T, past + T, dtype=dtype, device=device)
-            masks[kind] = mask.masked_fill(padded, hidden_key_bias(dtype)).masked_fill(
-                ~visible, float("-inf"))
-        return masks
+    def new_cache(self) -> list[KVCache | WindowKVCache]:
+        """One empty cache per layer: every position's keys for a global layer, the last
+        window - 1 for a local one (the next query sees those and itself)."""
+        return [WindowKVCache(self.config.window) if self.config.layer_kind(i) == "local"
+                else KVCache() for i in range(self.config.n_layer)]
+
+    def _visibility(self, attention_mask: torch.Tensor | None, T: int, past: int,
+                    dtype: torch.dtype, device: torch.device) -> dict[str, Visibility]:
+        """What this call's T queries may see, for each kind of layer: a global layer every
+        cached key and its own causally, a local layer the last `window` positions in bands of
+        `band` queries (zoo.layers.window_visibility, as Mistral's window)."""
+        w = self.config.window
+        kept = {"global": past, "local": min(past, w - 1)}  # keys each kind's cache holds
+        return {kind: window_visibility(attention_mask, T, past, kept[kind],
+                                        w if kind == "local" else None, self.band, dtype, device)
+                for kind in set(self.config.attention_layers.split(","))}
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       cache: list[KVCache] | None = None) -> torch.Tensor:
@@ -214,10 +207,9 @@ class GPTNeo(CachedLM):
                              f"{self.config.max_seq_len} (learned position embeddings)")
         pos = torch.arange(past, past + T, device=input_ids.device)  # (T,)
         x = self.drop(self.wte(input_ids) + self.wpe(pos))  # (B, T, C)
-        masks = self._masks(attention_mask, T, past, x.dtype, x.device)
+        seen = self._visibility(attention_mask, T, past, x.dtype, x.device)
         for i, block in enumerate(self.blocks):
-            x = block(x, masks[self.config.layer_kind(i)],
-                      cache[i] if cache is not None else None)
+            x = block(x, seen[self.config.layer_kind(i)], cache[i] if cache is not None else None)
         return self.ln_f(x)
 
     def flops_per_token(self, seqlen: int) -> float:

@@ -58,7 +58,7 @@ which is 6,738,415,616 for the defaults, LLaMA-7B.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -67,12 +67,14 @@ from torch import nn
 from zoo.layers import (
     KVCache,
     RMSNorm,
+    Visibility,
+    WindowKVCache,
     apply_rope,
-    hidden_key_bias,
+    attend,
     rope_frequencies,
     rope_tables,
-    sdpa,
     tied_head,
+    window_visibility,
 )
 from zoo.model import CachedLM, check_config
 
@@ -129,53 +131,6 @@ def llama3_scaled(f: torch.Tensor, factor: float, low: float, high: float,
     blended = (1 - s) * f / factor + s * f
     return torch.where(wavelength > original / low, f / factor,
                        torch.where(wavelength < original / high, f, blended))
-
-
-class WindowKVCache:
-    """A layer's keys and values under a sliding window W: only the last W - 1 positions are
-    kept, since the next query sees those and itself. `length` counts every position seen (the
-    next token's RoPE position), as KVCache.length does; `keys` holds at most W - 1 of them.
-    Appending concatenates and trims, a copy of W keys per step, the order of the attention's
-    own work over them (a ring buffer would save the copy but scramble the order of keys)."""
-
-    def __init__(self, window: int) -> None:
-        self.keep = window - 1
-        self.keys: torch.Tensor | None = None  # (B, n_kv, <= W - 1, hs)
-        self.values: torch.Tensor | None = None
-        self.length = 0
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The kept keys and values followed by this call's T, (B, n_kv, kept + T, hs): what this
-        call's queries may see. Then keeps the last W - 1 of them."""
-        if self.keys is not None:
-            k, v = torch.cat((self.keys, k), dim=2), torch.cat((self.values, v), dim=2)
-        self.length += k.size(2) - (0 if self.keys is None else self.keys.size(2))
-        first = max(k.size(2) - self.keep, 0)
-        self.keys, self.values = k[:, :, first:].contiguous(), v[:, :, first:].contiguous()
-        return k, v
-
-
-@dataclass
-class Visibility:
-    """What a call's T queries may see of its S keys, computed once per forward for every layer:
-    one SDPA mask for all queries (`mask`, `is_causal`), or with a window over a long input,
-    `bands` of (query slice, key slice, mask): each band of queries with the keys its window
-    reaches, and a mask over those."""
-
-    mask: torch.Tensor | None = None
-    is_causal: bool = False
-    bands: list[tuple[slice, slice, torch.Tensor | None]] = field(default_factory=list)
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seen: Visibility,
-           new_key_length: bool) -> torch.Tensor:
-    """Attention of q (B, nh, T, hs) over k, v (B, nh, S, hs) as `seen` allows: (B, nh, T, hs)."""
-    if not seen.bands:
-        return sdpa(q, k, v, attn_mask=seen.mask, is_causal=seen.is_causal,
-                    new_key_length=new_key_length)
-    return torch.cat([sdpa(q[:, :, rows], k[:, :, keys], v[:, :, keys], attn_mask=mask,
-                           new_key_length=new_key_length)
-                      for rows, keys, mask in seen.bands], dim=2)
 
 
 class GroupedQueryAttention(nn.Module):
@@ -272,49 +227,10 @@ class Llama(CachedLM):
 
     def _visibility(self, attention_mask: torch.Tensor | None, T: int, past: int, kept: int,
                     dtype: torch.dtype, device: torch.device) -> Visibility:
-        """What this call's T queries (positions past..past+T-1) may see of its kept + T keys
-        (positions past-kept..past+T-1): query q sees key k when k <= q and, with a window W,
-        q - W < k. `attention_mask` (B, past + T), 1 = token, 0 = padding, hides padded keys.
-        With a window and more keys than it spans, the queries go in bands of `band`."""
-        window = self.config.window
-        if attention_mask is not None and attention_mask.shape[1] != past + T:
-            raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions; "
-                             f"expected {past + T} ({past} cached + {T} new)")
-        if attention_mask is None:
-            if T == 1:  # one new query sees every kept key (the window cache keeps W - 1)
-                return Visibility()
-            if kept == 0 and (window is None or T <= window):
-                return Visibility(is_causal=True)  # plain causal attention: SDPA's own flag
-        if window is None or self.band is None or kept + T <= window:
-            return Visibility(mask=self._mask(attention_mask, past, T, past - kept, kept + T,
-                                              dtype, device))
-        bands = []
-        for first in range(0, T, self.band):
-            last = min(first + self.band, T)  # queries first..last-1: positions past + first..
-            keys = slice(max(0, kept + first - (window - 1)), kept + last)
-            mask = self._mask(attention_mask, past + first, last - first,
-                              past - kept + keys.start, keys.stop - keys.start, dtype, device)
-            bands.append((slice(first, last), keys, mask))
-        return Visibility(bands=bands)
-
-    def _mask(self, attention_mask: torch.Tensor | None, q_first: int, n_q: int, k_first: int,
-              n_k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """The SDPA mask of queries at positions q_first.. (n_q) over keys at k_first.. (n_k):
-        bool (n_q, n_k) without padding; with `attention_mask` an additive (B, 1, n_q, n_k),
-        -inf where a key is not visible and a very low finite score on padded keys, so that a
-        query with only padding to see (a left pad) averages it instead of producing NaNs (see
-        zoo.layers.hidden_key_bias)."""
-        q_pos = torch.arange(q_first, q_first + n_q, device=device)[:, None]  # (n_q, 1)
-        k_pos = torch.arange(k_first, k_first + n_k, device=device)[None, :]  # (1, n_k)
-        visible = k_pos <= q_pos
-        if self.config.window is not None:
-            visible = visible & (k_pos > q_pos - self.config.window)  # (n_q, n_k)
-        if attention_mask is None:
-            return visible
-        padded = ~attention_mask[:, k_first:k_first + n_k].bool()[:, None, None, :]  # (B,1,1,n_k)
-        mask = torch.zeros(attention_mask.size(0), 1, n_q, n_k, dtype=dtype, device=device)
-        return mask.masked_fill(padded, hidden_key_bias(dtype)).masked_fill(~visible,
-                                                                            float("-inf"))
+        """What this call's T queries may see of its kept + T keys, under the config's window,
+        in bands of `band` queries (zoo.layers.window_visibility)."""
+        return window_visibility(attention_mask, T, past, kept, self.config.window, self.band,
+                                 dtype, device)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       cache: list[KVCache | WindowKVCache] | None = None) -> torch.Tensor:

@@ -25,12 +25,14 @@ from decoder_parity import (
     assert_transformers_reads_the_export,
     checkpoint_error,
     padded_batch,
+    step_by_step,
 )
 
 import zoo
 from harness.models import build_variant
 from zoo.convert import CheckpointError
-from zoo.gpt_neo import GPTNeo, GPTNeoConfig, shortest_pattern, visible_keys
+from zoo.gpt_neo import GPTNeo, GPTNeoConfig, shortest_pattern
+from zoo.layers import KVCache, WindowKVCache, window_mask
 
 transformers = lazy_import("transformers")  # tests that use it skip without it
 
@@ -104,11 +106,12 @@ def test_flops_per_token_counts_each_local_layer_at_its_window():
 # ---- the window and the unscaled scores, written out -----------------------------------------
 
 def test_a_local_query_sees_the_last_window_positions_itself_included():
-    visible = visible_keys(4, 6, 3, torch.device("cpu"))  # queries at 6..9 over keys 0..9
+    cpu = torch.device("cpu")
+    visible = window_mask(None, 3, 6, 4, 0, 10, torch.float32, cpu)  # queries 6..9, keys 0..9
     assert visible.shape == (4, 10)
     assert [row.nonzero().flatten().tolist() for row in visible] == \
         [[4, 5, 6], [5, 6, 7], [6, 7, 8], [7, 8, 9]]
-    assert visible_keys(3, 0, None, torch.device("cpu")).tolist() == \
+    assert window_mask(None, None, 0, 3, 0, 3, torch.float32, cpu).tolist() == \
         torch.ones(3, 3, dtype=torch.bool).tril().tolist()
 
 
@@ -123,13 +126,15 @@ def test_layers_attend_as_written_out_without_the_square_root_scale():
         attn = block.attn
         q, k, v = (p(x).view(1, 12, 2, 16).transpose(1, 2)
                    for p in (attn.q_proj, attn.k_proj, attn.v_proj))
-        scores = (q @ k.transpose(-2, -1)).masked_fill(
-            ~visible_keys(12, 0, window, x.device), float("-inf"))
+        visible = window_mask(None, window, 0, 12, 0, 12, x.dtype, x.device)
+        scores = (q @ k.transpose(-2, -1)).masked_fill(~visible, float("-inf"))
         y = (torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(1, 12, 32)
-        masks = model._masks(None, 12, 0, x.dtype, x.device)
+        model.band = 5  # the local layer's 12 queries in bands of 5, 5 and 2
+        seen = model._visibility(None, 12, 0, x.dtype, x.device)
         kind = "global" if window is None else "local"
+        assert len(seen[kind].bands) == (0 if window is None else 3)
         with torch.no_grad():
-            torch.testing.assert_close(attn(x, masks[kind], None), attn.out_proj(y),
+            torch.testing.assert_close(attn(x, seen[kind], None), attn.out_proj(y),
                                        atol=1e-5, rtol=0)
 
 
@@ -189,8 +194,8 @@ def test_the_window_and_the_scale_are_what_matched(tmp_path, monkeypatch):
             other = GPTNeo(dataclasses.replace(model.config, **change)).eval()
             other.load_state_dict(model.state_dict())
             assert (other(ids).logits - ref).abs().max() > 100 * ATOL, change
-        sdpa = zoo.gpt_neo.sdpa
-        monkeypatch.setattr(zoo.gpt_neo, "sdpa", lambda *args, scale, **kwargs: sdpa(
+        attend = zoo.gpt_neo.attend
+        monkeypatch.setattr(zoo.gpt_neo, "attend", lambda *args, scale, **kwargs: attend(
             *args, scale=None, **kwargs))  # 1/sqrt(hs), as GPT-2 scales
         assert (model(ids).logits - ref).abs().max() > 100 * ATOL
 
@@ -202,6 +207,39 @@ def test_inputs_longer_than_the_window_many_times_over_match(tmp_path):
     ids = torch.randint(0, 300, (2, 64))
     with torch.no_grad():
         assert (model(ids).logits - hf(ids).logits).abs().max() <= ATOL
+
+
+@pytest.mark.parametrize("band", [1, 4, 7, 30])
+def test_bands_equal_the_whole_masked_attention(band, tmp_path):
+    """The local layers' bands (each band of queries over the keys its window reaches) against
+    one masked attention over every key, band = None, the oracle: unpadded and padded, in
+    cached chunks (keys from the window cache in the first bands), and in gradients."""
+    model = saved(hf_model(), tmp_path)  # window 6 over 21 tokens
+    ids, mask = padded_batch()
+    targets = torch.roll(ids, -1, dims=1)
+    results = {}
+    for name, size in (("banded", band), ("whole", None)):
+        model.band = size
+        model.zero_grad()
+        with torch.no_grad():
+            plain = model(ids).logits
+            padded = model(ids, attention_mask=mask).logits
+            chunked = step_by_step(model, ids, [3, 13, 5], mask)[0]
+        model(ids, targets=targets).loss.backward()
+        results[name] = plain, padded, chunked, model.blocks[1].attn.q_proj.weight.grad.clone()
+    for got, want in zip(results["banded"], results["whole"], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_local_layers_cache_keeps_the_window_less_one_position():
+    model = GPTNeo(GPTNeoConfig(vocab_size=50, max_seq_len=64, d_model=32, n_head=2, n_layer=2,
+                                window=5)).eval()
+    with torch.no_grad():
+        cache = model(torch.randint(0, 50, (1, 9)), use_cache=True).cache
+        model(torch.randint(0, 50, (1, 1)), cache=cache, use_cache=True)
+    assert [type(c) for c in cache] == [KVCache, WindowKVCache]
+    assert cache[0].get()[0].size(2) == 10 and cache[1].keys.size(2) == 4
+    assert cache[0].length == cache[1].length == 10
 
 
 def test_padded_batch_matches_hugging_face(tmp_path):

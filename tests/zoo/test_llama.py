@@ -26,8 +26,8 @@ import zoo
 import zoo.fast
 from harness.models import build_variant
 from zoo.convert import CheckpointError
-from zoo.layers import KVCache, rope_tables
-from zoo.llama import Block, Llama, LlamaConfig, Visibility, WindowKVCache
+from zoo.layers import KVCache, Visibility, WindowKVCache, rope_tables
+from zoo.llama import Block, Llama, LlamaConfig
 
 transformers = lazy_import("transformers")  # tests that use it skip without it
 

@@ -4,6 +4,9 @@ config."""
 from zoo.layers.attention import (
     KVCache,
     MultiHeadAttention,
+    Visibility,
+    WindowKVCache,
+    attend,
     causal_mask,
     causal_padding_mask,
     causal_sdpa,
@@ -12,6 +15,8 @@ from zoo.layers.attention import (
     math_attention,
     merge_masks,
     sdpa,
+    window_mask,
+    window_visibility,
 )
 from zoo.layers.conv import causal_depthwise_conv, new_token_mask
 from zoo.layers.feedforward import ACTIVATIONS, FeedForward
@@ -35,9 +40,10 @@ from zoo.layers.rwkv_state import MatrixRWKVState
 from zoo.layers.shift import token_shift
 
 __all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "MatrixRWKVState", "MultiHeadAttention",
-           "RMSNorm", "alibi_slopes", "apply_rope", "bert_init", "causal_depthwise_conv",
+           "RMSNorm", "Visibility", "WindowKVCache", "alibi_slopes", "apply_rope", "attend",
+           "bert_init", "causal_depthwise_conv",
            "causal_mask", "causal_padding_mask", "causal_sdpa", "head_group_norm",
            "hidden_key_bias", "key_padding_bias", "math_attention", "matrix_wkv_chunked",
            "matrix_wkv_recurrent", "merge_masks", "new_token_mask", "partial_rope",
            "rope_frequencies", "rope_tables", "run_matrix_wkv", "sdpa", "tied_head",
-           "token_shift"]
+           "token_shift", "window_mask", "window_visibility"]
