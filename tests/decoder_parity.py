@@ -63,6 +63,29 @@ def step_by_step(model, ids: torch.Tensor, sizes: list[int],
     return torch.cat(pieces, dim=1), out.cache
 
 
+def assert_bands_equal_the_whole_masked_attention(model, band: int, layer: int) -> None:
+    """A model whose windowed attention goes in bands of `model.band` queries (each band over
+    the keys its window reaches): with `band` the same numbers as one masked attention over
+    every key (band None, the oracle), unpadded and padded, in cached chunks (keys from the
+    window cache in the first bands), and in the gradient of block `layer`'s query matrix (a
+    windowed layer)."""
+    ids, mask = padded_batch()
+    targets = torch.roll(ids, -1, dims=1)
+    results = {}
+    for name, size in (("banded", band), ("whole", None)):
+        model.band = size
+        model.zero_grad()
+        with torch.no_grad():
+            plain = model(ids).logits
+            padded = model(ids, attention_mask=mask).logits
+            chunked = step_by_step(model, ids, [3, 13, 5], mask)[0]
+        model(ids, targets=targets).loss.backward()
+        grad = model.blocks[layer].attn.q_proj.weight.grad.clone()
+        results[name] = plain, padded, chunked, grad
+    for got, want in zip(results["banded"], results["whole"], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 @torch.no_grad()
 def assert_cached_decoding_equals_the_full_forward(hf, model, sizes: list[int]) -> None:
     """Chunks of `sizes` on the cache, with and without padding: transformers' full forward."""

@@ -15,6 +15,7 @@ from conftest import lazy_import, randomized
 from decoder_parity import (
     ATOL,
     CHUNKS,
+    assert_bands_equal_the_whole_masked_attention,
     assert_cached_decoding_equals_the_full_forward,
     assert_cached_steps_match_hugging_faces_own_cache,
     assert_fast_routes_match_the_plain_path,
@@ -25,7 +26,6 @@ from decoder_parity import (
     assert_transformers_reads_the_export,
     checkpoint_error,
     padded_batch,
-    step_by_step,
 )
 
 import zoo
@@ -215,20 +215,7 @@ def test_bands_equal_the_whole_masked_attention(band, tmp_path):
     one masked attention over every key, band = None, the oracle: unpadded and padded, in
     cached chunks (keys from the window cache in the first bands), and in gradients."""
     model = saved(hf_model(), tmp_path)  # window 6 over 21 tokens
-    ids, mask = padded_batch()
-    targets = torch.roll(ids, -1, dims=1)
-    results = {}
-    for name, size in (("banded", band), ("whole", None)):
-        model.band = size
-        model.zero_grad()
-        with torch.no_grad():
-            plain = model(ids).logits
-            padded = model(ids, attention_mask=mask).logits
-            chunked = step_by_step(model, ids, [3, 13, 5], mask)[0]
-        model(ids, targets=targets).loss.backward()
-        results[name] = plain, padded, chunked, model.blocks[1].attn.q_proj.weight.grad.clone()
-    for got, want in zip(results["banded"], results["whole"], strict=True):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert_bands_equal_the_whole_masked_attention(model, band, layer=1)  # a local layer
 
 
 def test_a_local_layers_cache_keeps_the_window_less_one_position():

@@ -17,6 +17,7 @@ from conftest import lazy_import, randomized
 from decoder_parity import (
     ATOL,
     LENGTH,
+    assert_bands_equal_the_whole_masked_attention,
     assert_cached_steps_match_hugging_faces_own_cache,
     padded_batch,
     step_by_step,
@@ -343,20 +344,7 @@ def test_bands_equal_the_whole_masked_attention(band, tmp_path):
     masked attention over every key, band = None, the oracle: unpadded and padded, in cached
     chunks (keys from the cache in the first bands), and in gradients."""
     model = saved(hf_model("mistral"), tmp_path)  # window 8 over 21 tokens
-    ids, mask = padded_batch()
-    targets = torch.roll(ids, -1, dims=1)
-    results = {}
-    for name, size in (("banded", band), ("whole", None)):
-        model.band = size
-        model.zero_grad()
-        with torch.no_grad():
-            plain = model(ids).logits
-            padded = model(ids, attention_mask=mask).logits
-            chunked = step_by_step(model, ids, [3, 13, 5], mask)[0]
-        model(ids, targets=targets).loss.backward()
-        results[name] = plain, padded, chunked, model.blocks[0].attn.q_proj.weight.grad.clone()
-    for got, want in zip(results["banded"], results["whole"], strict=True):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert_bands_equal_the_whole_masked_attention(model, band, layer=0)
 
 
 def test_a_band_holds_only_the_keys_its_window_reaches():
