@@ -195,11 +195,11 @@ class GPTNeo(CachedLM):
                 for kind in set(self.config.attention_layers.split(","))}
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      cache: list[KVCache] | None = None) -> torch.Tensor:
+                      cache: list[KVCache | WindowKVCache] | None = None) -> torch.Tensor:
         """Final hidden states (B, T, C) of `input_ids` (B, T), after ln_f (Hugging Face's
-        GPTNeoModel). With `cache` (one KVCache per layer, filled in place) the inputs continue
-        the cached positions. `attention_mask` (B, cached + T), 1 = token and 0 = padding, hides
-        padded keys."""
+        GPTNeoModel). With `cache` (new_cache's, one per layer, filled in place) the inputs
+        continue the cached positions. `attention_mask` (B, cached + T), 1 = token and 0 =
+        padding, hides padded keys."""
         T = input_ids.size(1)
         past = cache[0].length if cache is not None else 0
         if past + T > self.config.max_seq_len:
