@@ -151,7 +151,7 @@ def _byte_level_bpe(folder: Path, settings: dict[str, Any], model_type: str | No
     prefix_space = bool(settings.get("add_prefix_space", False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)
     tok.decoder = decoders.ByteLevel()
-    if model_type == "roberta":
+    if model_type in ("roberta", "bart"):  # BartTokenizer is RoBERTa's: <s> ... </s>
         cls, sep = _token_text(settings.get("cls_token")) or "<s>", \
             _token_text(settings.get("sep_token")) or "</s>"
         tok.post_processor = processors.RobertaProcessing(
@@ -160,7 +160,7 @@ def _byte_level_bpe(folder: Path, settings: dict[str, Any], model_type: str | No
     else:
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
     _add_special_tokens(tok, settings)
-    if model_type != "roberta":
+    if model_type not in ("roberta", "bart"):
         _bos_and_eos(tok, settings)
     return tok
 

@@ -36,7 +36,8 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.ind
                 "pytorch_model.bin.index.json")
 DECODERS = ("gpt2, openai-gpt, llama, mistral, gpt_neox, bloom, opt, gptj, gpt_neo, mamba, "
             "mamba2, rwkv (or an official RWKV .pth)")
-GENERATORS = f"{DECODERS}; or an encoder-decoder: t5, or a transformer or t5 run of this project"
+GENERATORS = (f"{DECODERS}; or an encoder-decoder: t5, bart, or a transformer, t5 or bart run of "
+              "this project")
 
 
 # ---------------------------------------------------------------------------------- the model

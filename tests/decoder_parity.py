@@ -185,3 +185,33 @@ def assert_missing_and_misshaped_weights_are_named(name: str, folder, state: dic
         save_file({**state, key: torch.zeros(width), "lm_head.weight": head}, str(path))
         message = checkpoint_error(name, folder)
         assert "'lm_head.weight' differs from the token embedding" in message
+
+
+# ---- encoder-decoders (T5, BART) --------------------------------------------------------------
+
+def seq2seq_batch(V: int = 120, B: int = 3, S: int = 30, T: int = 26, first: int = 2):
+    """(source ids, source mask, target ids, target mask) of ids from `first` up (below it: the
+    special tokens): row 1's source padded from 20, row 2's target from 15 (masks 1 = token,
+    as transformers')."""
+    g = torch.Generator().manual_seed(3)
+    src = torch.randint(first, V, (B, S), generator=g)
+    tgt = torch.randint(first, V, (B, T), generator=g)
+    src_mask, tgt_mask = torch.ones(B, S, dtype=torch.long), torch.ones(B, T, dtype=torch.long)
+    src_mask[1, 20:] = 0
+    tgt_mask[2, 15:] = 0
+    return src, src_mask, tgt, tgt_mask
+
+
+@torch.no_grad()
+def assert_seq2seq_cached_decoding_equals_the_full_forward(model, src, src_mask, tgt) -> None:
+    """The targets fed in chunks on the decoder's cache (the source encoded once): the logits
+    of one forward over them all."""
+    full = model(src, tgt, src_mask=src_mask).logits
+    out, pieces, t = None, [], 0
+    for size in (5, 1, 1, 12, 1, 6):
+        out = model(src, tgt[:, t:t + size], src_mask=src_mask,
+                    cache=out.cache if out else None, use_cache=True)
+        pieces.append(out.logits)
+        t += size
+    assert t == tgt.size(1) and out.cache.length == t
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)

@@ -25,23 +25,26 @@ SENTENCES = ["The quick brown fox.", "  leading spaces and trailing  ", "Zoë's 
 EOT = "<|endoftext|>"
 
 
-def write_byte_level_bpe(folder: Path, vocab_size: int = 320) -> dict:
-    """GPT-2-style vocab.json + merges.txt (byte-level BPE over every byte, <|endoftext|> = 0)
-    and the tokenizer_config.json GPT-2 ships; returns the vocabulary."""
+def write_byte_level_bpe(folder: Path, vocab_size: int = 320, special_tokens: tuple = (EOT,),
+                         settings: dict | None = None) -> dict:
+    """GPT-2-style vocab.json + merges.txt (byte-level BPE over every byte, `special_tokens`
+    first: <|endoftext|> = 0) and a tokenizer_config.json, by default the one GPT-2 ships,
+    else `settings`; returns the vocabulary."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(TRAINING_TEXT, trainer=trainer)
     folder.mkdir(parents=True, exist_ok=True)
     tok.model.save(str(folder))  # vocab.json, merges.txt
+    gpt2 = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT,
+            "tokenizer_class": "GPT2Tokenizer"}
     (folder / "tokenizer_config.json").write_text(json.dumps({
-        "add_prefix_space": False, "bos_token": EOT, "eos_token": EOT, "unk_token": EOT,
-        "model_max_length": 64, "tokenizer_class": "GPT2Tokenizer"}))
+        "add_prefix_space": False, "model_max_length": 64, **(settings or gpt2)}))
     return tok.get_vocab()
 
 
@@ -164,6 +167,31 @@ def t5_folder(folder: Path, seed: int = 0) -> Path:
                                    decoder_start_token_id=0,
                                    initializer_factor=5.0)
     transformers.T5ForConditionalGeneration(config).eval().save_pretrained(folder)
+    return folder
+
+
+def bart_folder(folder: Path, seed: int = 0) -> Path:
+    """A BartForConditionalGeneration folder from a tiny random config (2 + 2 layers, width 32)
+    with BART's byte-level BPE files: vocab.json and merges.txt trained here with <s> = 0,
+    <pad> = 1, </s> = 2 and <unk> = 3 first, and the tokenizer_config.json naming
+    BartTokenizer (whose texts are <s> ... </s>). Weights drawn 5 times wider than BART's
+    initialisation, whose tiny model writes one token over and over."""
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    vocab = write_byte_level_bpe(folder, special_tokens=("<s>", "<pad>", "</s>", "<unk>"),
+                                 settings={"bos_token": "<s>", "eos_token": "</s>",
+                                           "sep_token": "</s>", "cls_token": "<s>",
+                                           "unk_token": "<unk>", "pad_token": "<pad>",
+                                           "mask_token": "<unk>",
+                                           "tokenizer_class": "BartTokenizer"})
+    torch.manual_seed(seed)
+    config = transformers.BartConfig(
+        vocab_size=len(vocab), d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+        decoder_ffn_dim=64, max_position_embeddings=64, init_std=0.1, bos_token_id=0,
+        pad_token_id=1, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None)
+    transformers.BartForConditionalGeneration(config).eval().save_pretrained(folder)
     return folder
 
 

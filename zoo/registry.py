@@ -26,6 +26,7 @@ REGISTRY: dict[str, str] = {
     "gpt-j": "zoo.gptj:GPTJ",
     "gpt-neo": "zoo.gpt_neo:GPTNeo",
     "t5": "zoo.t5:T5",
+    "bart": "zoo.bart:Bart",
 }
 
 

@@ -2,7 +2,8 @@
 OpenAIGPTLMHeadModel (GPT-1), BertForPreTraining (or BertForMaskedLM without the NSP head),
 RobertaForMaskedLM, RwkvForCausalLM, LlamaForCausalLM (or MistralForCausalLM with a sliding
 window), GPTNeoXForCausalLM, BloomForCausalLM, OPTForCausalLM, GPTJForCausalLM,
-GPTNeoForCausalLM, MambaForCausalLM, Mamba2ForCausalLM, T5ForConditionalGeneration.
+GPTNeoForCausalLM, MambaForCausalLM, Mamba2ForCausalLM, T5ForConditionalGeneration,
+BartForConditionalGeneration.
 
 The peer gets THE SAME WEIGHTS as the zoo model of the cell and the same sizes, eps,
 activation, dropout and position table, so that a difference in speed or memory is a

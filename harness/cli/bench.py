@@ -108,7 +108,7 @@ def bench(
     against: Annotated[list[str] | None, typer.Option(
         metavar="PEER[,PEER...]",
         help="Also measure a peer implementation with the same weights and print ours/theirs: "
-             "hf (Hugging Face: bert, bloom, gpt, gpt-j, gpt-neo, gpt-neox, llama, mamba, "
+             "hf (Hugging Face: bart, bert, bloom, gpt, gpt-j, gpt-neo, gpt-neox, llama, mamba, "
              "mamba2, opt, roberta, rwkv, t5) or rwkv-pip (the official package: rwkv, rwkv5, "
              "rwkv6, rwkv7).",
         show_default=False)] = None,

@@ -30,7 +30,7 @@ def generate(
     model: Annotated[str | None, typer.Option(
         help="Zoo model to load the checkpoint as (default: the one its config.json or keys "
              "say): gpt, gpt-neox, gpt-j, gpt-neo, bloom, opt, llama, mamba, mamba2, rwkv, rwkv5, "
-             "rwkv6, rwkv7, t5.",
+             "rwkv6, rwkv7, t5, bart.",
         show_default=False)] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 50,
     temperature: Annotated[float, typer.Option(
@@ -49,7 +49,7 @@ def generate(
 ) -> None:
     """Continue a prompt with a decoder checkpoint and its own tokenizer, printing the text as
     it is decoded (greedy by default; --temperature samples). An encoder-decoder (T5, Flan-T5,
-    or a transformer or t5 run of this project) reads the prompt as its source, and its
+    BART, or a transformer, t5 or bart run of this project) reads the prompt as its source, and its
     decoder's text is printed.
 
     The prompt and its continuation go to stdout (an encoder-decoder's or a --chat reply

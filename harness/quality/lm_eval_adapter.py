@@ -123,7 +123,8 @@ class ZooLM(LM):
                              "lm-eval's scoring needs a causal language model (gpt, rwkv, "
                              "rwkv5, rwkv6, rwkv7, pangu-pi, llama, gpt-neox, gpt-j, gpt-neo, "
                              "bloom, opt, "
-                             "mamba, mamba2) or an encoder-decoder (transformer, t5)")
+                             "mamba, mamba2) or an encoder-decoder (transformer, t5, "
+                             "bart)")
         if dtype is not None:
             if dtype not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")

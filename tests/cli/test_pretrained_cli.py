@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import lazy_import, write_corpus
 from tiny_checkpoints import (
+    bart_folder,
     bert_folder,
     decoder_folder,
     gpt2_folder,
@@ -77,29 +78,42 @@ def test_generate_streams_transformers_greedy_text(gpt2):
     assert "zoo model gpt, 37,760 parameters, on cpu" in result.stderr
 
 
-def test_generate_from_a_t5_folder_prints_transformers_greedy_text_for_the_prompt(tmp_path):
-    """An encoder-decoder reads the prompt (and the "</s>" T5's tokenizer ends it with) as its
-    source; its decoder's text, from the start token config.json names, is printed alone, as
-    transformers' generate and tokenizer give it."""
-    folder = t5_folder(tmp_path / "t5", seed=1)
+# An encoder-decoder folder: how it is written, its transformers class, the ids its tokenizer puts
+# around a source (None: none), its decoder's start and its end of text.
+SEQ2SEQ_FOLDERS = {
+    # T5's tokenizer ends a text with </s> (1); the decoder starts from the padding token, 0
+    "t5": (t5_folder, "T5ForConditionalGeneration", (None, 1), 0, 1),
+    # BART's vocab.json + merges.txt give <s> ... </s> (0, 2); the decoder starts from </s>
+    "bart": (bart_folder, "BartForConditionalGeneration", (0, 2), 2, 2),
+}
+
+
+@pytest.mark.parametrize("name", list(SEQ2SEQ_FOLDERS))
+def test_generate_from_an_encoder_decoder_folder_prints_transformers_greedy_text(name, tmp_path):
+    """An encoder-decoder reads the prompt (with the tokens its tokenizer puts around it) as
+    its source; its decoder's text, from the start token config.json names, is printed alone,
+    as transformers' generate and tokenizer give it."""
+    write, architecture, (first, last), start, end = SEQ2SEQ_FOLDERS[name]
+    folder = write(tmp_path / name, seed=1)
     prompt = "The quick brown fox"
     result = run("generate", folder, "--prompt", prompt, "--max-new-tokens", "12",
                  "--device", "cpu")
     assert result.exit_code == 0, result.output
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-    model = transformers.T5ForConditionalGeneration.from_pretrained(str(folder)).eval()
+    model = getattr(transformers, architecture).from_pretrained(str(folder)).eval()
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    assert ids[0, -1].item() == 1  # </s>
+    assert ids[0, -1].item() == last and first in (None, ids[0, 0].item())
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=12)
-    assert out[0, 0].item() == 0  # the decoder's start: config.json's (the tokenizer has none)
+                             num_beams=1, max_new_tokens=12)
+    assert out[0, 0].item() == start  # the decoder's start: config.json's
     tokens = out[0, 1:].tolist()
-    tokens = tokens[:tokens.index(1)] if 1 in tokens else tokens
+    tokens = tokens[:tokens.index(end)] if end in tokens else tokens
     assert len(tokens) >= 6  # text to compare, not an EOS at once
     expected = tokenizer.decode(tokens, skip_special_tokens=True)
     assert expected.strip() and result.stdout == expected + "\n"
-    assert "zoo model t5" in result.stderr and "the encoder reads the prompt" in result.stderr
+    assert f"zoo model {name}" in result.stderr and "the encoder reads the prompt" in \
+        result.stderr
 
 
 def test_generate_samples_repeatably_with_a_seed(gpt2):
@@ -255,8 +269,8 @@ def test_bad_checkpoints_are_one_line_errors(gpt2, tmp_path, monkeypatch):
     truncated = copy_folder(gpt2, tmp_path / "truncated",
                             **{"model.safetensors": weights[: len(weights) // 2]})
     garbage = copy_folder(gpt2, tmp_path / "garbage", **{"config.json": "{not json"})
-    bart = copy_folder(gpt2, tmp_path / "bart", **{"config.json": json.dumps(
-        {"model_type": "bart", "architectures": ["BartForConditionalGeneration"]})})
+    albert = copy_folder(gpt2, tmp_path / "albert", **{"config.json": json.dumps(
+        {"model_type": "albert", "architectures": ["AlbertForMaskedLM"]})})
     no_tokenizer = copy_folder(gpt2, tmp_path / "bare", **{"vocab.json": None,
                                                            "merges.txt": None})
     bert = bert_folder(tmp_path / "bert")
@@ -264,7 +278,7 @@ def test_bad_checkpoints_are_one_line_errors(gpt2, tmp_path, monkeypatch):
         ([truncated], ["model.safetensors: cannot read weights"]),
         ([garbage], ["config.json: invalid JSON"]),
         ([garbage, "--model", "gpt"], ["config.json: invalid JSON"]),
-        ([bart], ["model_type 'bart' is not a model the zoo loads", "supported:"]),
+        ([albert], ["model_type 'albert' is not a model the zoo loads", "supported:"]),
         ([gpt2, "--model", "llama"], ["model_type 'gpt2' is not a llama checkpoint"]),
         ([gpt2, "--model", "gtp"], ["no checkpoint converter for zoo model 'gtp'"]),
         ([bert], ["is a bert checkpoint, an encoder alone: ",

@@ -40,7 +40,7 @@ MODES = {"bert": ("forward", "train"), "roberta": ("forward", "train"),
          "mamba2": ("forward", "train", "generate"), "gpt-neox": ("forward", "train", "generate"),
          "bloom": ("forward", "train", "generate"), "opt": ("forward", "train", "generate"),
          "gpt-j": ("forward", "train", "generate"), "gpt-neo": ("forward", "train", "generate"),
-         "t5": ("forward", "train", "generate"),
+         "t5": ("forward", "train", "generate"), "bart": ("forward", "train", "generate"),
          "rwkv5": ("forward", "generate"),
          "rwkv6": ("forward", "generate"), "rwkv7": ("forward", "generate")}
 CASES = [(impl, name, mode) for impl, names in PEERS.items() for name in names
@@ -50,7 +50,8 @@ NO_DROPOUT = {"gpt": {"dropout": 0.0}, "bert": {"dropout": 0.0, "attn_dropout": 
               "mamba": {}, "mamba2": {}, "gpt-neox": {}, "bloom": {}, "rwkv5": {}, "rwkv6": {},
               "rwkv7": {}, "opt": {"dropout": 0.0, "attn_dropout": 0.0}, "gpt-j": {},
               "gpt-neo": {"window": 4},  # a window the 16 tokens pass, so local layers differ
-              "t5": {"dropout": 0.0}}
+              "t5": {"dropout": 0.0},
+              "bart": {"dropout": 0.0, "attn_dropout": 0.0, "act_dropout": 0.0}}
 
 
 @pytest.fixture(autouse=True)
@@ -93,8 +94,8 @@ def both(impl: str, name: str, model, mode: str, batch: int = BATCH, seqlen: int
 
 
 def test_the_peer_table():
-    assert PEERS == {"hf": ("bert", "bloom", "gpt", "gpt-j", "gpt-neo", "gpt-neox", "llama",
-                            "mamba", "mamba2", "opt", "roberta", "rwkv", "t5"),
+    assert PEERS == {"hf": ("bart", "bert", "bloom", "gpt", "gpt-j", "gpt-neo", "gpt-neox",
+                            "llama", "mamba", "mamba2", "opt", "roberta", "rwkv", "t5"),
                      "rwkv-pip": ("rwkv", "rwkv5", "rwkv6", "rwkv7")}
 
 

@@ -45,6 +45,9 @@ def term_not_counted(name: str, model, seqlen: int) -> float:
         return 4 * layers * d * T
     if name == "transformer":  # decoder causal self, cross over T source keys, encoder self
         return 4 * layers * d * ((T + 1) / 2 + T) + 4 * layers * d * T
+    if name == "bart":  # as the Transformer's, with E encoder and D decoder layers
+        E, D = c.n_layer, c.decoder_layers
+        return 4 * D * d * ((T + 1) / 2 + T) + 4 * E * d * T
     if name == "t5":  # as the Transformer's, over heads of d_kv: n_head d_kv wide
         width, E, D = c.n_head * c.d_kv, c.n_layer, c.decoder_layers
         return 4 * D * width * ((T + 1) / 2 + T) + 4 * E * width * T

@@ -11,7 +11,12 @@ import json
 import pytest
 import torch
 from conftest import lazy_import, randomized
-from decoder_parity import ATOL, checkpoint_error
+from decoder_parity import (
+    ATOL,
+    assert_seq2seq_cached_decoding_equals_the_full_forward,
+    checkpoint_error,
+    seq2seq_batch,
+)
 
 import zoo
 from harness.models import build_variant
@@ -52,15 +57,9 @@ def hf_model(untie: bool = False, **overrides):
     return hf
 
 
-def batch(V: int = 120, B: int = 3, S: int = 30, T: int = 26):
-    """(source ids, source mask, target ids, target mask): row 1's source padded from 20, row
-    2's target from 15 (the zoo's masks are 1 = token, as transformers')."""
-    g = torch.Generator().manual_seed(3)
-    src, tgt = torch.randint(2, V, (B, S), generator=g), torch.randint(2, V, (B, T), generator=g)
-    src_mask, tgt_mask = torch.ones(B, S, dtype=torch.long), torch.ones(B, T, dtype=torch.long)
-    src_mask[1, 20:] = 0
-    tgt_mask[2, 15:] = 0
-    return src, src_mask, tgt, tgt_mask
+def batch(V: int = 120):
+    """decoder_parity.seq2seq_batch of this file's vocabulary, ids from 2 up."""
+    return seq2seq_batch(V, first=2)
 
 
 @pytest.fixture(scope="module", params=list(SETTINGS))
@@ -196,18 +195,8 @@ def test_gradients_match(pair):
 
 
 def test_cached_decoding_equals_the_full_forward(pair):
-    _, model = pair
     src, src_mask, tgt, _ = batch()
-    with torch.no_grad():
-        full = model(src, tgt, src_mask=src_mask).logits
-        out, pieces, t = None, [], 0
-        for size in (5, 1, 1, 12, 1, 6):
-            out = model(src, tgt[:, t:t + size], src_mask=src_mask,
-                        cache=out.cache if out else None, use_cache=True)
-            pieces.append(out.logits)
-            t += size
-    assert t == tgt.size(1) and out.cache.length == t
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert_seq2seq_cached_decoding_equals_the_full_forward(pair[1], src, src_mask, tgt)
 
 
 def test_greedy_generation_matches_transformers(pair):

@@ -61,6 +61,7 @@ Where things live; each family module holds its converter (checkpoint -> zoo) an
     gptj.py     GPT-J                    convert_gptj, export_gptj
     gpt_neo.py  GPT-Neo                  convert_gpt_neo, export_gpt_neo
     t5.py       T5, T5 v1.1, Flan-T5     convert_t5, export_t5
+    bart.py     BART                     convert_bart, export_bart
     mamba.py    Mamba and Mamba-2        convert_mamba, convert_mamba2, export_mamba,
                                          export_mamba2
     hub.py      hub ids -> folders       resolve (huggingface_hub's cache; downloads when online)
@@ -85,6 +86,7 @@ from typing import Any
 
 import torch
 
+from zoo.convert.bart import convert_bart, export_bart
 from zoo.convert.bert import (
     BERT_BLOCK_KEYS,
     BERT_EMBEDDING_KEYS,
@@ -143,7 +145,7 @@ __all__ = [
     "export_mamba2", "export_opt", "export_roberta", "export_rwkv", "from_pretrained",
     "load_into", "official_version", "read_checkpoint", "read_sharded", "read_state_dict",
     "rwkv5_to_official", "rwkv6_to_official", "rwkv7_to_official", "rwkv_official_to_hf",
-    "rwkv_to_official", "convert_t5", "export_t5"
+    "rwkv_to_official", "convert_t5", "export_t5", "convert_bart", "export_bart"
 ]
 __all__ += ["FORMATS", "OFFICIAL", "check_format", "formats_of", "save_pretrained"]  # export
 __all__ += ["detect_model", "resolve"]  # hub ids and model detection (hub.py, detect.py)
@@ -182,6 +184,8 @@ IMPORTERS: dict[str, Importer] = {
     "gpt-j": Importer(convert_gptj, ("gptj",), (), unused=("score.", "qa_outputs.")),
     "gpt-neo": Importer(convert_gpt_neo, ("gpt_neo",), (), unused=("score.", "qa_outputs.")),
     "t5": Importer(convert_t5, ("t5",), (), unused=("classifier.", "qa_outputs.")),
+    "bart": Importer(convert_bart, ("bart",), (),
+                     unused=("classification_head.", "qa_outputs.")),
 }
 
 # zoo model name -> its converter.
@@ -200,6 +204,7 @@ EXPORTERS: dict[str, Exporter] = {
     "gpt-j": export_gptj,
     "gpt-neo": export_gpt_neo,
     "t5": export_t5,
+    "bart": export_bart,
     "mamba": export_mamba,
     "mamba2": export_mamba2,
 }

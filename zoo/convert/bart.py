@@ -1,0 +1,160 @@
+"""BART checkpoints <-> zoo.bart: Hugging Face BartForConditionalGeneration folders (and the base
+and task-head classes) in (convert_bart), and out (export_bart)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from zoo.convert.common import CheckpointError, StateDict, refuse_unsupported, tie_head
+
+# --------------------------------------------------------------------------------------------------
+# Hugging Face BART checkpoints (`model_type: bart`: facebook/bart-base, bart-large, their
+# fine-tunes such as bart-large-cnn) -> zoo.bart.
+#
+#     model.shared.weight                              (also encoder/decoder.embed_tokens, lm_head)
+#     model.{encoder,decoder}.embed_positions.weight   (max_position_embeddings + 2 rows)
+#     model.{encoder,decoder}.layernorm_embedding.{weight,bias}
+#     model.encoder.layers.N.{self_attn.{q,k,v,out}_proj, self_attn_layer_norm, fc1, fc2,
+#                             final_layer_norm}.{weight,bias}
+#     model.decoder.layers.N.{... the same, encoder_attn.{q,k,v,out}_proj,
+#                             encoder_attn_layer_norm}.{weight,bias}
+#     final_logits_bias (1, V)                         (a buffer, not trained)
+#
+# The base model (BartModel) has no head, no final_logits_bias and no `model.` prefix; the
+# classification and question-answering classes add heads left unused. Every tensor is copied
+# as it is. The token table is read from `shared` or, where a file stores only the copies, from
+# `encoder.embed_tokens`; every stored copy must equal it. What zoo.bart does not compute is
+# refused, naming the field: scaled embeddings (mBART's), stacks of different widths or head
+# counts, LayerDrop, an untied head.
+# --------------------------------------------------------------------------------------------------
+
+# the activations both sides name: Hugging Face's name -> zoo.layers.ACTIVATIONS' name
+BART_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu"}
+# zoo name inside a layer -> Hugging Face name inside model.{encoder,decoder}.layers.N; every one
+# has a weight and a bias
+ENCODER_KEYS = {
+    "self_attn.q_proj": "self_attn.q_proj",
+    "self_attn.k_proj": "self_attn.k_proj",
+    "self_attn.v_proj": "self_attn.v_proj",
+    "self_attn.out_proj": "self_attn.out_proj",
+    "self_attn_layer_norm": "self_attn_layer_norm",
+    "ffn.fc1": "fc1",
+    "ffn.fc2": "fc2",
+    "final_layer_norm": "final_layer_norm",
+}
+DECODER_KEYS = {
+    **ENCODER_KEYS,
+    "encoder_attn.q_proj": "encoder_attn.q_proj",
+    "encoder_attn.k_proj": "encoder_attn.k_proj",
+    "encoder_attn.v_proj": "encoder_attn.v_proj",
+    "encoder_attn.out_proj": "encoder_attn.out_proj",
+    "encoder_attn_layer_norm": "encoder_attn_layer_norm",
+}
+
+
+def _names(encoder_layers: int, decoder_layers: int, body: str) -> dict[str, str]:
+    """zoo key -> Hugging Face key of every tensor but the token table, `body` the stacks'
+    prefix ("model." or "")."""
+    names = {}
+    for stack, short, layers, keys in (("encoder", "enc", encoder_layers, ENCODER_KEYS),
+                                       ("decoder", "dec", decoder_layers, DECODER_KEYS)):
+        names[f"{short}_pos.weight"] = f"{body}{stack}.embed_positions.weight"
+        names |= {f"{short}_ln_emb.{p}": f"{body}{stack}.layernorm_embedding.{p}"
+                  for p in ("weight", "bias")}
+        names |= {f"{stack}.{i}.{zoo}.{p}": f"{body}{stack}.layers.{i}.{hf}.{p}"
+                  for i in range(layers) for zoo, hf in keys.items() for p in ("weight", "bias")}
+    return names
+
+
+def convert_bart(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """(zoo.bart config fields, zoo state dict) from a BART folder (the conditional-generation,
+    base or a task-head class). A missing weight raises KeyError with its Hugging Face name;
+    weights left over are passed on under their own names, for loading to report."""
+    fields = _bart_config_fields(config)
+    body = "model." if any(key.startswith("model.") for key in state) else ""
+    left = dict(state)
+    copies = [f"{body}shared.weight", f"{body}encoder.embed_tokens.weight",
+              f"{body}decoder.embed_tokens.weight"]
+    stored = [left.pop(key) for key in copies if key in left]
+    if not stored:
+        raise KeyError(copies[0])
+    table = stored[0]
+    if any(t.shape != table.shape or not torch.equal(t, table) for t in stored[1:]):
+        raise CheckpointError("the token tables of the encoder, the decoder and `shared` "
+                              "differ; zoo.bart shares one")
+    out = {"tok_emb.weight": table}
+    out |= {zoo: left.pop(hf) for zoo, hf in
+            _names(fields["n_layer"], fields["decoder_layers"], body).items()}
+    tie_head(out, left.pop("lm_head.weight", None), "tok_emb.weight", "zoo.bart")
+    if "final_logits_bias" in left:
+        out["final_logits_bias"] = left.pop("final_logits_bias")
+    return fields, {**out, **left}
+
+
+def _bart_config_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """zoo.bart.BartConfig fields from a BART config.json (transformers' BartConfig names:
+    d_model, encoder_layers, encoder_ffn_dim, encoder_attention_heads, ...)."""
+    if config.get("model_type") != "bart":
+        raise CheckpointError(f"config.json: model_type {config.get('model_type')!r} is not bart")
+    activation = config.get("activation_function", "gelu")
+    heads = config.get("encoder_attention_heads", 16)
+    ffn = config.get("encoder_ffn_dim", 4096)
+    refuse_unsupported([  # field, its value, the value zoo.bart computes with, in words
+        ("scale_embedding", bool(config.get("scale_embedding", False)), False,
+         "token embeddings not scaled by sqrt(d_model)"),
+        ("decoder_attention_heads", config.get("decoder_attention_heads", 16), heads,
+         "the encoder's head count"),
+        ("decoder_ffn_dim", config.get("decoder_ffn_dim", 4096), ffn,
+         "the encoder's feed-forward width"),
+        ("encoder_layerdrop", float(config.get("encoder_layerdrop", 0.0)), 0.0, "no LayerDrop"),
+        ("decoder_layerdrop", float(config.get("decoder_layerdrop", 0.0)), 0.0, "no LayerDrop"),
+        ("tie_word_embeddings", config.get("tie_word_embeddings", True), True,
+         "the head tied to the token embedding"),
+    ], "zoo.bart")
+    if activation not in BART_ACTIVATIONS:
+        raise CheckpointError(f"config.json: activation_function = {activation!r} is not "
+                              f"supported by zoo.bart (one of {', '.join(BART_ACTIVATIONS)})")
+    return {
+        "vocab_size": config["vocab_size"],
+        "max_seq_len": config.get("max_position_embeddings", 1024),
+        "n_layer": config.get("encoder_layers", 12),
+        "decoder_layers": config.get("decoder_layers", 12),
+        "n_head": heads,
+        "d_model": config.get("d_model", 1024),
+        "d_ff": ffn,
+        "activation": BART_ACTIVATIONS[activation],
+        "dropout": float(config.get("dropout", 0.1)),
+        "attn_dropout": float(config.get("attention_dropout", 0.0)),
+        "act_dropout": float(config.get("activation_dropout", 0.0)),
+        "init_std": config.get("init_std", 0.02),
+        "pad_token_id": config.get("pad_token_id", 1),
+        "decoder_start_id": config.get("decoder_start_token_id", 2),
+    }
+
+
+def export_bart(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
+    """zoo.bart -> BartForConditionalGeneration: the names above read backwards, the tensors as
+    they are. transformers' BART has LayerNorm eps 1e-5: another is refused."""
+    if c.layer_norm_eps != 1e-5:
+        raise CheckpointError(f"transformers' BART has LayerNorm eps 1e-5; this config has "
+                              f"layer_norm_eps {c.layer_norm_eps}")
+    activation = {zoo_name: hf_name for hf_name, zoo_name in BART_ACTIVATIONS.items()}
+    config = {"model_type": "bart", "architectures": ["BartForConditionalGeneration"],
+              "vocab_size": c.vocab_size, "max_position_embeddings": c.max_seq_len,
+              "d_model": c.d_model, "encoder_layers": c.n_layer,
+              "decoder_layers": c.decoder_layers, "encoder_attention_heads": c.n_head,
+              "decoder_attention_heads": c.n_head, "encoder_ffn_dim": c.d_ff,
+              "decoder_ffn_dim": c.d_ff, "activation_function": activation[c.activation],
+              "dropout": c.dropout, "attention_dropout": c.attn_dropout,
+              "activation_dropout": c.act_dropout, "init_std": c.init_std,
+              "encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0, "scale_embedding": False,
+              "tie_word_embeddings": True, "pad_token_id": c.pad_token_id,
+              "decoder_start_token_id": c.decoder_start_id, "is_encoder_decoder": True,
+              "bos_token_id": None, "eos_token_id": None, "forced_eos_token_id": None}
+    hf = {"model.shared.weight": zoo["tok_emb.weight"],
+          "final_logits_bias": zoo["final_logits_bias"]}
+    hf |= {hf_key: zoo[zoo_key]
+           for zoo_key, hf_key in _names(c.n_layer, c.decoder_layers, "model.").items()}
+    return config, hf  # the head and the stacks' embed_tokens are `shared`: tied on loading
