@@ -49,7 +49,7 @@ EXPECTED = {"gpt": ("linear", "ffn", "dropout"), "bert": ("linear", "ffn", "drop
             "llama": ("linear", "ffn"), "gpt-neox": ("linear", "ffn", "dropout"),
             "bloom": ("linear", "ffn", "alibi", "dropout"), "opt": ("linear", "ffn", "dropout"),
             "gpt-j": ("linear", "ffn", "dropout"), "gpt-neo": ("linear", "ffn", "dropout"),
-            "t5": ("linear", "dropout"), "bart": ("linear", "dropout")}
+            "t5": ("linear", "dropout"), "bart": ("linear", "ffn", "dropout")}
 EXPECTED = {name: (*routes, "loss") for name, routes in EXPECTED.items()}  # every model's loss
 LOGITS = dict(atol=2e-5, rtol=1e-5)
 
@@ -274,6 +274,25 @@ def test_the_ffn_route_fuses_the_activation_and_keeps_hooks(onednn_calls):
     assert seen == [(1, 10, 32)]
     torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(hooked, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_barts_feed_forward_fuses_only_where_its_dropout_is_idle(onednn_calls):
+    from zoo.bart import FeedForward as BartFeedForward
+
+    torch.manual_seed(0)
+    ffn = BartFeedForward(16, 32, "gelu", act_dropout=0.5)
+    x = torch.randn(1, 10, 16)
+    with torch.no_grad():
+        plain = ffn.eval()(x)
+        zoo.fast.apply(ffn, ["ffn"])
+        assert type(ffn).__name__ == "FusedBartFeedForward"
+        fused = ffn(x)
+        assert onednn_calls == ["gelu"]  # fc1 with its activation
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+    onednn_calls.clear()
+    torch.manual_seed(1)
+    trained = ffn.train()(x)  # the dropout between the two products works: no fusion
+    assert "gelu" not in onednn_calls and (trained != plain).any()
 
 
 @pytest.mark.parametrize("rows", [1, FEW_ROWS + 1, 40])

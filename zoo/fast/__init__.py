@@ -12,7 +12,8 @@ benchmarks run, for inference and, where they say so, for training:
           step's three products (forward, input and weight gradients) are oneDNN's too;
   ffn     a feed-forward layer's activation applied in the pass that writes its first matrix
           product (oneDNN) or in place after it (MKL) (FeedForward -> FusedFeedForward; LLaMA's
-          SwiGLU -> FusedSwiGLU), and RWKV's squared ReLU squared in place as well
+          SwiGLU -> FusedSwiGLU; BART's, whose dropout after the activation is idle outside
+          training, -> FusedBartFeedForward), and RWKV's squared ReLU squared in place as well
           (ChannelMix -> FusedChannelMix);
   wkv     RWKV's TimeMix -> CompiledWKVTimeMix: WKV as kernels/wkv_cpu.py's compiled C loop, with
           its C backward when a gradient is needed (training);
@@ -94,13 +95,14 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from zoo import bloom, rwkv5, rwkv6, rwkv7, t5
+from zoo import bart, bloom, rwkv5, rwkv6, rwkv7, t5
 from zoo.fast import dense, dropout
 from zoo.fast.alibi import FoldedAlibiAttention
 from zoo.fast.dense import (
     FEW_ROWS,
     KERNELS,
     FastLinear,
+    FusedBartFeedForward,
     FusedChannelMix,
     FusedFeedForward,
     FusedSwiGLU,
@@ -201,7 +203,8 @@ ROUTES: dict[str, str] = {
 # route -> {plain class: its fast subclass}
 _SWAPS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
     "linear": {nn.Linear: FastLinear},
-    "ffn": {FeedForward: FusedFeedForward, ChannelMix: FusedChannelMix, SwiGLU: FusedSwiGLU},
+    "ffn": {FeedForward: FusedFeedForward, ChannelMix: FusedChannelMix, SwiGLU: FusedSwiGLU,
+            bart.FeedForward: FusedBartFeedForward},
     "wkv": {TimeMix: CompiledWKVTimeMix},
     "wkv5": {rwkv5.TimeMix: CompiledWKV5TimeMix, rwkv6.TimeMix: CompiledWKV6TimeMix,
              rwkv5.Block: CompiledWKV5Block, rwkv6.Block: CompiledWKV6Block},
@@ -300,7 +303,7 @@ def describe(model: nn.Module, training: bool = False,
         notes.append("linears: oneDNN matmul for the forward and both gradients (zoo.fast)")
     else:
         notes.append("linears: F.linear")
-    if kinds & {FeedForward, ChannelMix, SwiGLU, *_SWAPS["ffn"].values()}:
+    if kinds & {*_SWAPS["ffn"], *_SWAPS["ffn"].values()}:
         fused = "ffn" in routes and inference
         notes.append(("feed-forward: activation in oneDNN's matmul pass (zoo.fast)" if onednn
                       else "feed-forward: activation in place after the matmul (zoo.fast)")

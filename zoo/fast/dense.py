@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo import bart
 from zoo.fast.conditions import compiling, hooked
 from zoo.layers.feedforward import ACTIVATIONS, FeedForward
 from zoo.llama import SwiGLU
@@ -213,6 +214,16 @@ class FusedFeedForward(FeedForward):
             return super().forward(x)
         h = linear(x, self.fc_in.weight, self.fc_in.bias, self.activation)
         return self.fc_out(h)
+
+
+class FusedBartFeedForward(bart.FeedForward):
+    """BART's feed-forward with fc1's activation applied in the same pass as its matrix
+    product, where the dropout after the activation does nothing (inference, or p = 0)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hooked(self.fc1) or (self.training and self.act_drop.p > 0):
+            return super().forward(x)
+        return self.fc2(linear(x, self.fc1.weight, self.fc1.bias, self.activation))
 
 
 def swiglu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
