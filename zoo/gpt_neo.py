@@ -37,6 +37,7 @@ which is 125,198,592 for the defaults, GPT-Neo 125M.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,7 @@ from zoo.layers import (
     Visibility,
     WindowKVCache,
     attend,
+    bert_init,
     tied_head,
     window_visibility,
 )
@@ -164,18 +166,10 @@ class GPTNeo(CachedLM):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.apply(self._init_weights)
+        # Hugging Face's GPTNeo (the module docstring): N(0, init_std), zero biases, unit
+        # LayerNorm gains: BERT's initialisation (zoo.layers.bert_init)
+        self.apply(functools.partial(bert_init, std=config.init_std))
         self.lm_head = tied_head(self.wte)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        # Hugging Face's GPTNeo (the module docstring): N(0, init_std), zero biases, unit gains.
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
     def new_cache(self) -> list[KVCache | WindowKVCache]:
         """One empty cache per layer: every position's keys for a global layer, the last

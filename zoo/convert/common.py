@@ -208,6 +208,15 @@ def refuse_unsupported(checks: list[tuple[str, Any, Any, str]], model: str) -> N
                                   f"{model} ({takes})")
 
 
+def block_names(keys: dict[str, tuple[str, bool]], n_layer: int, prefix: str) -> dict[str, str]:
+    """zoo key -> Hugging Face key of every block tensor: `keys` maps a name inside zoo block N
+    to (its name inside Hugging Face's block N, whether it has a bias), and Hugging Face's
+    block N is `prefix` + N ("transformer.h.N", GPT-J's and GPT-Neo's layout)."""
+    return {f"blocks.{i}.{zoo}.{p}": f"{prefix}{i}.{hf}.{p}"
+            for i in range(n_layer) for zoo, (hf, bias) in keys.items()
+            for p in (("weight", "bias") if bias else ("weight",))}
+
+
 def tie_head(out: StateDict, head: torch.Tensor | None, embedding: str, model: str) -> None:
     """Give `out` its tied head: `lm_head.weight` is `out[embedding]` (one tensor under both
     keys). A stored copy of the head (`head`, None when the checkpoint has none) must equal the

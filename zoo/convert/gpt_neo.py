@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.convert.common import CheckpointError, StateDict, refuse_unsupported, tie_head
+from zoo.convert.common import (
+    CheckpointError,
+    StateDict,
+    block_names,
+    refuse_unsupported,
+    tie_head,
+)
 from zoo.gpt_neo import ATTENTION_KINDS, shortest_pattern
 
 # --------------------------------------------------------------------------------------------------
@@ -45,13 +51,6 @@ GPT_NEO_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 _RECOMPUTED = ("attn.attention.bias", "attn.attention.masked_bias")
 
 
-def _block_names(n_layer: int, body: str) -> dict[str, str]:
-    """zoo key -> Hugging Face key of every block tensor, `body` the blocks' prefix."""
-    return {f"blocks.{i}.{zoo}.{p}": f"{body}h.{i}.{hf}.{p}"
-            for i in range(n_layer) for zoo, (hf, bias) in GPT_NEO_BLOCK_KEYS.items()
-            for p in (("weight", "bias") if bias else ("weight",))}
-
-
 def convert_gpt_neo(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
     """(zoo.gpt_neo config fields, zoo state dict) from a GPT-Neo folder (the causal-LM, base or
     a task-head class). A missing weight raises KeyError with its Hugging Face name; weights left
@@ -61,7 +60,7 @@ def convert_gpt_neo(config: dict[str, Any], state: StateDict) -> tuple[dict[str,
                  if key.endswith("wte.weight")), "transformer.")  # "transformer.", "", ...
     names = {"wte.weight": body + "wte.weight", "wpe.weight": body + "wpe.weight"}
     names |= {f"ln_f.{p}": f"{body}ln_f.{p}" for p in ("weight", "bias")}
-    names |= _block_names(fields["n_layer"], body)
+    names |= block_names(GPT_NEO_BLOCK_KEYS, fields["n_layer"], body + "h.")
     left = {k: v for k, v in state.items() if not k.endswith(_RECOMPUTED)}
     out = {zoo: left.pop(hf) for zoo, hf in names.items()}
     tie_head(out, left.pop("lm_head.weight", None), "wte.weight", "zoo.gpt_neo")
@@ -141,8 +140,8 @@ def export_gpt_neo(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
               "bos_token_id": None, "eos_token_id": None}
     hf = {"transformer.wte.weight": zoo["wte.weight"], "transformer.wpe.weight": zoo["wpe.weight"]}
     hf |= {f"transformer.ln_f.{p}": zoo[f"ln_f.{p}"] for p in ("weight", "bias")}
-    hf |= {hf_key: zoo[zoo_key]
-           for zoo_key, hf_key in _block_names(c.n_layer, "transformer.").items()}
+    blocks = block_names(GPT_NEO_BLOCK_KEYS, c.n_layer, "transformer.h.")
+    hf |= {hf_key: zoo[zoo_key] for zoo_key, hf_key in blocks.items()}
     return config, hf  # the head is the token embedding: transformers ties it on loading
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.convert.common import CheckpointError, StateDict, refuse_unsupported
+from zoo.convert.common import CheckpointError, StateDict, block_names, refuse_unsupported
 
 # --------------------------------------------------------------------------------------------------
 # Hugging Face GPT-J checkpoints (`model_type: gptj`: EleutherAI/gpt-j-6b and the models
@@ -40,13 +40,6 @@ GPTJ_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 _RECOMPUTED = ("attn.bias", "attn.masked_bias")
 
 
-def _block_names(n_layer: int, body: str) -> dict[str, str]:
-    """zoo key -> Hugging Face key of every block tensor, `body` the blocks' prefix."""
-    return {f"blocks.{i}.{zoo}.{p}": f"{body}h.{i}.{hf}.{p}"
-            for i in range(n_layer) for zoo, (hf, bias) in GPTJ_BLOCK_KEYS.items()
-            for p in (("weight", "bias") if bias else ("weight",))}
-
-
 def convert_gptj(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
     """(zoo.gptj config fields, zoo state dict) from a GPT-J folder (the causal-LM, base or a
     task-head class). A missing weight raises KeyError with its Hugging Face name; weights left
@@ -57,7 +50,7 @@ def convert_gptj(config: dict[str, Any], state: StateDict) -> tuple[dict[str, An
     names = {"wte.weight": body + "wte.weight"}
     names |= {f"ln_f.{p}": f"{body}ln_f.{p}" for p in ("weight", "bias")}
     names |= {f"lm_head.{p}": f"lm_head.{p}" for p in ("weight", "bias") if f"lm_head.{p}" in state}
-    names |= _block_names(fields["n_layer"], body)
+    names |= block_names(GPTJ_BLOCK_KEYS, fields["n_layer"], body + "h.")
     left = {k: v for k, v in state.items() if not k.endswith(_RECOMPUTED)}
     out = {zoo: left.pop(hf) for zoo, hf in names.items()}
     return fields, {**out, **left}
@@ -119,6 +112,6 @@ def export_gptj(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
     hf = {"transformer.wte.weight": zoo["wte.weight"]}
     hf |= {f"transformer.ln_f.{p}": zoo[f"ln_f.{p}"] for p in ("weight", "bias")}
     hf |= {f"lm_head.{p}": zoo[f"lm_head.{p}"] for p in ("weight", "bias")}
-    hf |= {hf_key: zoo[zoo_key]
-           for zoo_key, hf_key in _block_names(c.n_layer, "transformer.").items()}
+    blocks = block_names(GPTJ_BLOCK_KEYS, c.n_layer, "transformer.h.")
+    hf |= {hf_key: zoo[zoo_key] for zoo_key, hf_key in blocks.items()}
     return config, hf
