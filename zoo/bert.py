@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import FeedForward, MultiHeadAttention, bert_init, tied_head
+from zoo.layers import ACTIVATIONS, FeedForward, MultiHeadAttention, bert_init, tied_head
 from zoo.model import Output, ZooModel, check_config
 
 INIT_STD = 0.02  # BERT's initializer_range
@@ -49,6 +49,7 @@ class BertConfig:
     d_model: int = 768
     n_head: int = 12
     d_ff: int = 3072
+    activation: str = "gelu"  # feed-forward and MLM head: a key of zoo.layers.ACTIVATIONS
     dropout: float = 0.1  # embeddings and both residual branches
     attn_dropout: float = 0.1  # on the attention probabilities
     layer_norm_eps: float = 1e-12
@@ -57,6 +58,9 @@ class BertConfig:
 
     def __post_init__(self) -> None:
         check_config(self)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of "
+                             f"{', '.join(ACTIVATIONS)}")
 
     @property
     def max_seq_len(self) -> int:
@@ -65,12 +69,13 @@ class BertConfig:
 
 
 class BertEmbeddings(nn.Module):
-    """word + position + token type (where the model has token types) -> LayerNorm -> dropout."""
+    """word + position + token type (where the model has token types) -> LayerNorm -> dropout,
+    `width` wide (default d_model)."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, width: int | None = None):
         super().__init__()
         self.config = config
-        d = config.d_model
+        d = width or config.d_model
         self.word_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, d)
         self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, d)
@@ -106,7 +111,7 @@ class Block(nn.Module):
         d, eps = config.d_model, config.layer_norm_eps
         self.attn = MultiHeadAttention(d, config.n_head, bias=True, dropout=config.attn_dropout)
         self.ln_attn = nn.LayerNorm(d, eps=eps)
-        self.ffn = FeedForward(d, config.d_ff, activation="gelu")  # exact erf GELU
+        self.ffn = FeedForward(d, config.d_ff, activation=config.activation)
         self.ln_ffn = nn.LayerNorm(d, eps=eps)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -120,12 +125,15 @@ class Block(nn.Module):
 class MaskedLMHead(nn.Module):
     """Dense -> GELU -> LayerNorm -> decoder. The decoder's weight is the word-embedding table
     (tied: `tie` makes it so, once the model is initialised); only its bias belongs to the head,
-    and the decoder shares it (as Hugging Face's `cls.predictions.decoder.bias`)."""
+    and the decoder shares it (as Hugging Face's `cls.predictions.decoder.bias`). The Dense
+    maps d_model to the embeddings' `width` (default d_model)."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, width: int | None = None):
         super().__init__()
-        self.dense = nn.Linear(config.d_model, config.d_model)
-        self.ln = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        width = width or config.d_model
+        self.activation = config.activation  # the feed-forward's: exact GELU in BERT
+        self.dense = nn.Linear(config.d_model, width)
+        self.ln = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.decoder: nn.Linear | None = None
 
@@ -133,7 +141,7 @@ class MaskedLMHead(nn.Module):
         self.decoder = tied_head(word_embeddings, self.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = self.ln(F.gelu(self.dense(h)))  # exact erf GELU
+        h = self.ln(ACTIVATIONS[self.activation](self.dense(h)))
         return self.decoder(h)  # (B, T, V)
 
 

@@ -217,6 +217,23 @@ def test_parity_with_bert_for_pretraining(tmp_path):
     torch.testing.assert_close(loss, ref_loss, **TOL)
 
 
+@pytest.mark.parametrize("hidden_act, ours", [("gelu_new", "gelu_tanh"), ("relu", "relu")])
+def test_the_activation_is_read_and_written_back(tmp_path, hidden_act, ours):
+    """hidden_act is BERT's feed-forward and masked-LM head activation, both sides: parity,
+    and the export names it again."""
+    hf = randomised(transformers.BertForMaskedLM(hf_config(hidden_act=hidden_act)))
+    hf.save_pretrained(tmp_path)
+    model = zoo.from_pretrained("bert", tmp_path)
+    assert model.config.activation == ours
+    ids, mask, types = batch()
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        logits = model(ids, mask, types).logits
+    torch.testing.assert_close(logits[mask.bool()], ref[mask.bool()], **TOL)
+    config, _ = zoo.convert.EXPORTERS["bert"](model.config, model.state_dict())
+    assert config["hidden_act"] == hidden_act
+
+
 def test_parity_with_bert_for_masked_lm_from_a_bin_file(tmp_path):
     """A pytorch_model.bin written with torch.save (transformers 5 saves only safetensors),
     carrying the tied decoder copies and, as old TF-converted files do, LayerNorm gamma/beta."""
@@ -285,7 +302,7 @@ def test_an_unknown_weight_is_named(saved):
         zoo.from_pretrained("bert", folder)
 
 
-@pytest.mark.parametrize("field, value", [("hidden_act", "relu"),
+@pytest.mark.parametrize("field, value", [("hidden_act", "silu"),
                                           ("position_embedding_type", "relative_key"),
                                           ("tie_word_embeddings", False)])
 def test_unsupported_configs_are_refused(saved, field, value):

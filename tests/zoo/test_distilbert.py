@@ -86,7 +86,7 @@ def test_a_bare_weights_file(tmp_path):
     torch.testing.assert_close(ours[mask.bool()], ref[mask.bool()], **TOL)
 
 
-@pytest.mark.parametrize("field, value", [("activation", "relu"),
+@pytest.mark.parametrize("field, value", [("activation", "silu"),
                                           ("tie_word_embeddings", False)])
 def test_unsupported_configs_are_refused(tmp_path, field, value):
     hf = hf_model(n_layers=1)

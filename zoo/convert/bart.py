@@ -7,7 +7,14 @@ from typing import Any
 
 import torch
 
-from zoo.convert.common import CheckpointError, StateDict, refuse_unsupported, tie_head
+from zoo.convert.common import (
+    CheckpointError,
+    StateDict,
+    hf_activation,
+    read_activation,
+    refuse_unsupported,
+    tie_head,
+)
 
 # --------------------------------------------------------------------------------------------------
 # Hugging Face BART checkpoints (`model_type: bart`: facebook/bart-base, bart-large, their
@@ -30,8 +37,6 @@ from zoo.convert.common import CheckpointError, StateDict, refuse_unsupported, t
 # counts, LayerDrop, an untied head.
 # --------------------------------------------------------------------------------------------------
 
-# the activations both sides name: Hugging Face's name -> zoo.layers.ACTIVATIONS' name
-BART_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu"}
 # zoo name inside a layer -> Hugging Face name inside model.{encoder,decoder}.layers.N; every one
 # has a weight and a bias
 ENCODER_KEYS = {
@@ -113,9 +118,6 @@ def _bart_config_fields(config: dict[str, Any]) -> dict[str, Any]:
         ("tie_word_embeddings", config.get("tie_word_embeddings", True), True,
          "the head tied to the token embedding"),
     ], "zoo.bart")
-    if activation not in BART_ACTIVATIONS:
-        raise CheckpointError(f"config.json: activation_function = {activation!r} is not "
-                              f"supported by zoo.bart (one of {', '.join(BART_ACTIVATIONS)})")
     return {
         "vocab_size": config["vocab_size"],
         "max_seq_len": config.get("max_position_embeddings", 1024),
@@ -124,7 +126,7 @@ def _bart_config_fields(config: dict[str, Any]) -> dict[str, Any]:
         "n_head": heads,
         "d_model": config.get("d_model", 1024),
         "d_ff": ffn,
-        "activation": BART_ACTIVATIONS[activation],
+        "activation": read_activation(activation, "activation_function", "zoo.bart"),
         "dropout": float(config.get("dropout", 0.1)),
         "attn_dropout": float(config.get("attention_dropout", 0.0)),
         "act_dropout": float(config.get("activation_dropout", 0.0)),
@@ -140,13 +142,12 @@ def export_bart(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
     if c.layer_norm_eps != 1e-5:
         raise CheckpointError(f"transformers' BART has LayerNorm eps 1e-5; this config has "
                               f"layer_norm_eps {c.layer_norm_eps}")
-    activation = {zoo_name: hf_name for hf_name, zoo_name in BART_ACTIVATIONS.items()}
     config = {"model_type": "bart", "architectures": ["BartForConditionalGeneration"],
               "vocab_size": c.vocab_size, "max_position_embeddings": c.max_seq_len,
               "d_model": c.d_model, "encoder_layers": c.n_layer,
               "decoder_layers": c.decoder_layers, "encoder_attention_heads": c.n_head,
               "decoder_attention_heads": c.n_head, "encoder_ffn_dim": c.d_ff,
-              "decoder_ffn_dim": c.d_ff, "activation_function": activation[c.activation],
+              "decoder_ffn_dim": c.d_ff, "activation_function": hf_activation(c.activation),
               "dropout": c.dropout, "attention_dropout": c.attn_dropout,
               "activation_dropout": c.act_dropout, "init_std": c.init_std,
               "encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0, "scale_embedding": False,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.convert.common import CheckpointError, StateDict
+from zoo.convert.common import CheckpointError, StateDict, hf_activation, read_activation
 
 # --------------------------------------------------------------------------------------------------
 # Hugging Face BERT / RoBERTa checkpoints -> zoo.bert / zoo.roberta.
@@ -119,8 +119,10 @@ def _convert_distilbert(config: dict[str, Any],
     prefix = "distilbert." if any(k.startswith("distilbert.") for k in state) else ""
     state.pop("vocab_projector.weight", None)  # the tied word embeddings again
     if config:
-        _require_gelu_and_tied(config, "activation")
+        _require_tied(config)
         fields = {"vocab_size": config["vocab_size"],
+                  "activation": read_activation(config.get("activation", "gelu"), "activation",
+                                                "zoo.bert"),
                   "max_position_embeddings": config["max_position_embeddings"],
                   "n_layer": config["n_layers"], "d_model": config["dim"],
                   "n_head": config["n_heads"], "d_ff": config["hidden_dim"],
@@ -171,7 +173,7 @@ def _bert_config_fields(config: dict[str, Any], state: StateDict, prefix: str,
             "type_vocab_size": state[prefix + "embeddings.token_type_embeddings.weight"].size(0),
             "pad_token_id": default_pad,
         }
-    _require_gelu_and_tied(config, "hidden_act")
+    _require_tied(config)
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise CheckpointError(f"position_embedding_type {config['position_embedding_type']!r} "
                               "is not supported (only 'absolute')")
@@ -182,6 +184,8 @@ def _bert_config_fields(config: dict[str, Any], state: StateDict, prefix: str,
                                   "bidirectional encoders")
     return {
         "vocab_size": config["vocab_size"],
+        "activation": read_activation(config.get("hidden_act", "gelu"), "hidden_act",
+                                      "zoo.bert"),
         "max_position_embeddings": config["max_position_embeddings"],
         "type_vocab_size": config["type_vocab_size"],
         "n_layer": config["num_hidden_layers"],
@@ -195,12 +199,9 @@ def _bert_config_fields(config: dict[str, Any], state: StateDict, prefix: str,
     }
 
 
-def _require_gelu_and_tied(config: dict[str, Any], activation: str) -> None:
-    """The zoo's BERT has the exact GELU (config field `activation`) and a decoder tied to
-    the word embeddings; a CheckpointError names the field of a config that has not."""
-    if config.get(activation, "gelu") != "gelu":
-        raise CheckpointError(f"{activation} {config[activation]!r} is not supported "
-                              "(the zoo's BERT uses the exact GELU, 'gelu')")
+def _require_tied(config: dict[str, Any]) -> None:
+    """The zoo's BERT has a decoder tied to the word embeddings; a CheckpointError names the
+    field of a config that has not."""
     if not config.get("tie_word_embeddings", True):
         raise CheckpointError("tie_word_embeddings is false; the zoo's MLM decoder is always "
                               "tied to the word embeddings")
@@ -252,7 +253,7 @@ def _export_bert_like(c: Any, zoo: StateDict, roberta: bool) -> tuple[dict[str, 
     config = {"model_type": "roberta" if roberta else "bert", "architectures": [architecture],
               "vocab_size": c.vocab_size, "hidden_size": c.d_model,
               "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head,
-              "intermediate_size": c.d_ff, "hidden_act": "gelu",
+              "intermediate_size": c.d_ff, "hidden_act": hf_activation(c.activation),
               "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.attn_dropout,
               "max_position_embeddings": c.max_position_embeddings,
               "type_vocab_size": c.type_vocab_size, "layer_norm_eps": c.layer_norm_eps,
@@ -282,7 +283,8 @@ def _export_distilbert(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDic
                               "DistilBertForMaskedLM's LayerNorms all use 1e-12")
     config = {"model_type": "distilbert", "architectures": ["DistilBertForMaskedLM"],
               "vocab_size": c.vocab_size, "dim": c.d_model, "n_layers": c.n_layer,
-              "n_heads": c.n_head, "hidden_dim": c.d_ff, "activation": "gelu",
+              "n_heads": c.n_head, "hidden_dim": c.d_ff,
+              "activation": hf_activation(c.activation),
               "dropout": c.dropout, "attention_dropout": c.attn_dropout,
               "max_position_embeddings": c.max_position_embeddings,
               "sinusoidal_pos_embds": False, "pad_token_id": c.pad_token_id,

@@ -208,6 +208,25 @@ def refuse_unsupported(checks: list[tuple[str, Any, Any, str]], model: str) -> N
                                   f"{model} ({takes})")
 
 
+# The activations a Hugging Face config names (keys of transformers' ACT2FN) that zoo models
+# compute: Hugging Face's name -> zoo.layers.ACTIVATIONS' name.
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu"}
+
+
+def read_activation(name: str, field: str, model: str) -> str:
+    """zoo.layers' name for the activation config.json's `field` names; a CheckpointError names
+    the field and what `model` takes."""
+    if name not in HF_ACTIVATIONS:
+        raise CheckpointError(f"config.json: {field} = {name!r} is not supported by {model} "
+                              f"(one of {', '.join(HF_ACTIVATIONS)})")
+    return HF_ACTIVATIONS[name]
+
+
+def hf_activation(name: str) -> str:
+    """Hugging Face's name for zoo.layers' activation `name` (the inverse of read_activation)."""
+    return {zoo: hf for hf, zoo in HF_ACTIVATIONS.items()}[name]
+
+
 def block_names(keys: dict[str, tuple[str, bool]], n_layer: int, prefix: str) -> dict[str, str]:
     """zoo key -> Hugging Face key of every block tensor: `keys` maps a name inside zoo block N
     to (its name inside Hugging Face's block N, whether it has a bias), and Hugging Face's

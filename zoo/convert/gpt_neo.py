@@ -9,6 +9,8 @@ from zoo.convert.common import (
     CheckpointError,
     StateDict,
     block_names,
+    hf_activation,
+    read_activation,
     refuse_unsupported,
     tie_head,
 )
@@ -46,8 +48,6 @@ GPT_NEO_BLOCK_KEYS = {
     "mlp.fc_in": ("mlp.c_fc", True),
     "mlp.fc_out": ("mlp.c_proj", True),
 }
-# the activations both sides name: Hugging Face's name -> zoo.layers.ACTIVATIONS' name
-GPT_NEO_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 _RECOMPUTED = ("attn.attention.bias", "attn.attention.masked_bias")
 
 
@@ -97,9 +97,6 @@ def _gpt_neo_config_fields(config: dict[str, Any]) -> dict[str, Any]:
         ("embed_dropout", float(config.get("embed_dropout", 0.0)), dropout,
          "the embedding's dropout equal to resid_dropout"),
     ], "zoo.gpt_neo")
-    if activation not in GPT_NEO_ACTIVATIONS:
-        raise CheckpointError(f"config.json: activation_function = {activation!r} is not "
-                              f"supported by zoo.gpt_neo (one of {', '.join(GPT_NEO_ACTIVATIONS)})")
     d_model, n_layer = config["hidden_size"], config["num_layers"]
     layers = _expand_attention_types(
         config.get("attention_types", [[["global", "local"], n_layer // 2]]), n_layer)
@@ -112,7 +109,7 @@ def _gpt_neo_config_fields(config: dict[str, Any]) -> dict[str, Any]:
         "d_ff": config.get("intermediate_size") or 4 * d_model,
         "attention_layers": shortest_pattern(layers),
         "window": config.get("window_size", 256),
-        "activation": GPT_NEO_ACTIVATIONS[activation],
+        "activation": read_activation(activation, "activation_function", "zoo.gpt_neo"),
         "dropout": dropout,
         "attn_dropout": float(config.get("attention_dropout", 0.0)),
         "layer_norm_eps": config.get("layer_norm_epsilon", 1e-5),
@@ -127,13 +124,12 @@ def export_gpt_neo(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
     if c.d_ff == 0:
         raise CheckpointError("transformers' GPT-Neo always has a feed-forward; this config has "
                               "d_ff 0")
-    activation = {zoo_name: hf_name for hf_name, zoo_name in GPT_NEO_ACTIVATIONS.items()}
     config = {"model_type": "gpt_neo", "architectures": ["GPTNeoForCausalLM"],
               "vocab_size": c.vocab_size, "max_position_embeddings": c.max_seq_len,
               "hidden_size": c.d_model, "num_layers": c.n_layer, "num_heads": c.n_head,
               "intermediate_size": c.d_ff,
               "attention_types": _attention_types(c.attention_layers.split(","), c.n_layer),
-              "window_size": c.window, "activation_function": activation[c.activation],
+              "window_size": c.window, "activation_function": hf_activation(c.activation),
               "resid_dropout": c.dropout, "embed_dropout": c.dropout,
               "attention_dropout": c.attn_dropout, "layer_norm_epsilon": c.layer_norm_eps,
               "initializer_range": c.init_std, "tie_word_embeddings": True,

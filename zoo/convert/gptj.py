@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.convert.common import CheckpointError, StateDict, block_names, refuse_unsupported
+from zoo.convert.common import (
+    CheckpointError,
+    StateDict,
+    block_names,
+    hf_activation,
+    read_activation,
+    refuse_unsupported,
+)
 
 # --------------------------------------------------------------------------------------------------
 # Hugging Face GPT-J checkpoints (`model_type: gptj`: EleutherAI/gpt-j-6b and the models
@@ -35,8 +42,6 @@ GPTJ_BLOCK_KEYS = {
     "mlp.fc_in": ("mlp.fc_in", True),
     "mlp.fc_out": ("mlp.fc_out", True),
 }
-# the activations both sides name: Hugging Face's name -> zoo.layers.ACTIVATIONS' name
-GPTJ_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 _RECOMPUTED = ("attn.bias", "attn.masked_bias")
 
 
@@ -72,9 +77,6 @@ def _gptj_config_fields(config: dict[str, Any]) -> dict[str, Any]:
     if config.get("rotary_dim", 64) is None:
         raise CheckpointError("config.json: rotary_dim = None is not supported by zoo.gptj "
                               "(a number of each head's channels)")
-    if activation not in GPTJ_ACTIVATIONS:
-        raise CheckpointError(f"config.json: activation_function = {activation!r} is not "
-                              f"supported by zoo.gptj (one of {', '.join(GPTJ_ACTIVATIONS)})")
     d_model = config["n_embd"]
     return {
         "vocab_size": config["vocab_size"],
@@ -84,7 +86,7 @@ def _gptj_config_fields(config: dict[str, Any]) -> dict[str, Any]:
         "d_model": d_model,
         "d_ff": config.get("n_inner") or 4 * d_model,
         "rotary_dim": config.get("rotary_dim", 64),
-        "activation": GPTJ_ACTIVATIONS[activation],
+        "activation": read_activation(activation, "activation_function", "zoo.gptj"),
         "dropout": dropout,
         "attn_dropout": float(config.get("attn_pdrop", 0.0)),
         "layer_norm_eps": config.get("layer_norm_epsilon", 1e-5),
@@ -101,11 +103,10 @@ def export_gptj(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
     if c.rope_theta != 10_000.0:
         raise CheckpointError(f"transformers' GPT-J turns by RoPE's base 10000; this config has "
                               f"rope_theta {c.rope_theta}")
-    activation = {zoo_name: hf_name for hf_name, zoo_name in GPTJ_ACTIVATIONS.items()}
     config = {"model_type": "gptj", "architectures": ["GPTJForCausalLM"],
               "vocab_size": c.vocab_size, "n_positions": c.max_seq_len, "n_embd": c.d_model,
               "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.d_ff,
-              "rotary_dim": c.rotary_dim, "activation_function": activation[c.activation],
+              "rotary_dim": c.rotary_dim, "activation_function": hf_activation(c.activation),
               "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.attn_dropout,
               "layer_norm_epsilon": c.layer_norm_eps, "tie_word_embeddings": False,
               "bos_token_id": None, "eos_token_id": None}

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.convert.common import CheckpointError, StateDict, refuse_unsupported, tie_head
+from zoo.convert.common import (
+    CheckpointError,
+    StateDict,
+    hf_activation,
+    read_activation,
+    refuse_unsupported,
+    tie_head,
+)
 
 # --------------------------------------------------------------------------------------------------
 # Hugging Face OPT checkpoints (`model_type: opt`: facebook/opt-125m ... opt-66b, and the models
@@ -38,8 +45,6 @@ OPT_BLOCK_KEYS = {
     "mlp.fc_out": "fc2",
     "final_layer_norm": "final_layer_norm",
 }
-# the activations both sides name: Hugging Face's name -> zoo.layers.ACTIVATIONS' name
-OPT_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh"}
 
 
 def convert_opt(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
@@ -83,9 +88,6 @@ def _opt_config_fields(config: dict[str, Any]) -> dict[str, Any]:
         ("tie_word_embeddings", config.get("tie_word_embeddings", True), True,
          "the head tied to the embedding"),
     ], "zoo.opt")
-    if activation not in OPT_ACTIVATIONS:
-        raise CheckpointError(f"config.json: activation_function = {activation!r} is not "
-                              f"supported by zoo.opt (one of {', '.join(OPT_ACTIVATIONS)})")
     return {
         "vocab_size": config["vocab_size"],
         "max_seq_len": config.get("max_position_embeddings", 2048),
@@ -95,7 +97,7 @@ def _opt_config_fields(config: dict[str, Any]) -> dict[str, Any]:
         "d_ff": config["ffn_dim"],
         "d_embed": config.get("word_embed_proj_dim") or config["hidden_size"],
         "pre_ln": pre_ln,
-        "activation": OPT_ACTIVATIONS[activation],
+        "activation": read_activation(activation, "activation_function", "zoo.opt"),
         "dropout": float(config.get("dropout", 0.1)),
         "attn_dropout": float(config.get("attention_dropout", 0.0)),
         "init_std": config.get("init_std", 0.02),
@@ -112,12 +114,11 @@ def export_opt(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
     if c.layer_norm_eps != 1e-5:
         raise CheckpointError(f"transformers' OPT has LayerNorms with eps 1e-5; this config has "
                               f"layer_norm_eps {c.layer_norm_eps}")
-    activation = {zoo_name: hf_name for hf_name, zoo_name in OPT_ACTIVATIONS.items()}
     config = {"model_type": "opt", "architectures": ["OPTForCausalLM"],
               "vocab_size": c.vocab_size, "max_position_embeddings": c.max_seq_len,
               "hidden_size": c.d_model, "ffn_dim": c.d_ff, "num_hidden_layers": c.n_layer,
               "num_attention_heads": c.n_head, "word_embed_proj_dim": c.d_embed,
-              "do_layer_norm_before": c.pre_ln, "activation_function": activation[c.activation],
+              "do_layer_norm_before": c.pre_ln, "activation_function": hf_activation(c.activation),
               "dropout": c.dropout, "attention_dropout": c.attn_dropout, "layerdrop": 0.0,
               "init_std": c.init_std, "enable_bias": True, "layer_norm_elementwise_affine": True,
               "tie_word_embeddings": True, "pad_token_id": None, "bos_token_id": None,
