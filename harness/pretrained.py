@@ -147,7 +147,7 @@ def require_generator(path_or_id: Path | str, name: str, what: str) -> None:
     model_class = load_class(name)
     if not (getattr(model_class, "causal_lm", False)
             or issubclass(model_class, EncoderDecoderLM)):
-        raise CheckpointError(f"{path_or_id} is a {name} checkpoint, an encoder alone: {what} "
+        raise CheckpointError(f"{path_or_id} holds an encoder alone (zoo model {name}): {what} "
                               f"needs a model that writes text ({GENERATORS})")
 
 
@@ -176,7 +176,7 @@ def decode_ids(loaded: Pretrained, prompt_ids: list[int], max_new_tokens: int = 
 
     model = loaded.model
     if not (loaded.is_decoder or loaded.is_encoder_decoder):
-        raise CheckpointError(f"{loaded.path} is a {loaded.name} checkpoint, an encoder alone: "
+        raise CheckpointError(f"{loaded.path} holds an encoder alone (zoo model {loaded.name}): "
                               f"generation needs a model that writes text ({GENERATORS})")
     check_sampling(max_new_tokens, temperature, top_k)
     table = type(model).position_table

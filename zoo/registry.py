@@ -27,6 +27,7 @@ REGISTRY: dict[str, str] = {
     "gpt-neo": "zoo.gpt_neo:GPTNeo",
     "t5": "zoo.t5:T5",
     "bart": "zoo.bart:Bart",
+    "albert": "zoo.albert:Albert",
 }
 
 

@@ -1,9 +1,9 @@
 """The Hugging Face transformers peer (`catalog bench --against hf`): GPT2LMHeadModel (GPT-2) or
 OpenAIGPTLMHeadModel (GPT-1), BertForPreTraining (or BertForMaskedLM without the NSP head),
-RobertaForMaskedLM, RwkvForCausalLM, LlamaForCausalLM (or MistralForCausalLM with a sliding
-window), GPTNeoXForCausalLM, BloomForCausalLM, OPTForCausalLM, GPTJForCausalLM,
-GPTNeoForCausalLM, MambaForCausalLM, Mamba2ForCausalLM, T5ForConditionalGeneration,
-BartForConditionalGeneration.
+AlbertForPreTraining (or AlbertForMaskedLM without the SOP head), RobertaForMaskedLM,
+RwkvForCausalLM, LlamaForCausalLM (or MistralForCausalLM with a sliding window),
+GPTNeoXForCausalLM, BloomForCausalLM, OPTForCausalLM, GPTJForCausalLM, GPTNeoForCausalLM,
+MambaForCausalLM, Mamba2ForCausalLM, T5ForConditionalGeneration, BartForConditionalGeneration.
 
 The peer gets THE SAME WEIGHTS as the zoo model of the cell and the same sizes, eps,
 activation, dropout and position table, so that a difference in speed or memory is a
@@ -77,10 +77,12 @@ def workload(cell: Cell, zoo_model: Any, inputs: Inputs) -> Workload:
     causal = getattr(zoo_model, "causal_lm", False) or "decoder_input_ids" in forward
 
     def logits():
-        """(LM or masked-LM logits, next-sentence logits or None)."""
+        """(LM or masked-LM logits, next-sentence or sentence-order logits or None)."""
         out = model(**forward, **({"use_cache": False} if causal else {}))
-        if hasattr(out, "prediction_logits"):  # BertForPreTraining
+        if hasattr(out, "seq_relationship_logits"):  # BertForPreTraining
             return out.prediction_logits, out.seq_relationship_logits
+        if hasattr(out, "sop_logits"):  # AlbertForPreTraining
+            return out.prediction_logits, out.sop_logits
         return out.logits, None
 
     if cell.mode == "forward":

@@ -85,8 +85,9 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
     if task == "seq2seq" and spec.extrapolate:
         notes.append("length curve: at each length the encoder reads half and the decoder "
                      "writes the other half; no sliding windows or loss by position (decoders')")
-    if task == "mlm" and model == "bert":
-        notes.append("no next-sentence head (the corpus has no sentence pairs)")
+    if task == "mlm" and model in ("bert", "albert"):
+        head = "sentence-order" if model == "albert" else "next-sentence"
+        notes.append(f"no {head} head (the corpus has no sentence pairs)")
     if task == "mqar":
         fields = {f.name for f in dataclasses.fields(net.config)}
         off = [n for n in MQAR_NO_DROPOUT if n in fields]  # build_model set them to 0

@@ -269,8 +269,8 @@ def test_bad_checkpoints_are_one_line_errors(gpt2, tmp_path, monkeypatch):
     truncated = copy_folder(gpt2, tmp_path / "truncated",
                             **{"model.safetensors": weights[: len(weights) // 2]})
     garbage = copy_folder(gpt2, tmp_path / "garbage", **{"config.json": "{not json"})
-    albert = copy_folder(gpt2, tmp_path / "albert", **{"config.json": json.dumps(
-        {"model_type": "albert", "architectures": ["AlbertForMaskedLM"]})})
+    electra = copy_folder(gpt2, tmp_path / "electra", **{"config.json": json.dumps(
+        {"model_type": "electra", "architectures": ["ElectraForMaskedLM"]})})
     no_tokenizer = copy_folder(gpt2, tmp_path / "bare", **{"vocab.json": None,
                                                            "merges.txt": None})
     bert = bert_folder(tmp_path / "bert")
@@ -278,10 +278,10 @@ def test_bad_checkpoints_are_one_line_errors(gpt2, tmp_path, monkeypatch):
         ([truncated], ["model.safetensors: cannot read weights"]),
         ([garbage], ["config.json: invalid JSON"]),
         ([garbage, "--model", "gpt"], ["config.json: invalid JSON"]),
-        ([albert], ["model_type 'albert' is not a model the zoo loads", "supported:"]),
+        ([electra], ["model_type 'electra' is not a model the zoo loads", "supported:"]),
         ([gpt2, "--model", "llama"], ["model_type 'gpt2' is not a llama checkpoint"]),
         ([gpt2, "--model", "gtp"], ["no checkpoint converter for zoo model 'gtp'"]),
-        ([bert], ["is a bert checkpoint, an encoder alone: ",
+        ([bert], ["holds an encoder alone (zoo model bert): ",
                   "catalog generate needs a model that writes text", "t5"]),
         ([no_tokenizer], ["no tokenizer files", "needs the checkpoint's own tokenizer"]),
         ([tmp_path / "absent"], ["absent: no such file or folder"]),
@@ -367,7 +367,8 @@ def test_eval_outside_a_git_repository_writes_nothing_of_git_to_the_terminal(gpt
 
 def test_eval_refuses_an_encoder_and_a_checkpoint_without_tokenizer(gpt2, tmp_path):
     assert_one_line_error(run("eval", bert_folder(tmp_path / "bert")),
-                          "an encoder alone: lm-eval's scoring of text needs a model that "
+                          "an encoder alone (zoo model bert): lm-eval's scoring of text needs a "
+                          "model that "
                           "writes text")
     bare = copy_folder(gpt2, tmp_path / "bare", **{"vocab.json": None, "merges.txt": None})
     assert_one_line_error(run("eval", bare), "no tokenizer files")

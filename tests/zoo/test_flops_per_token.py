@@ -41,7 +41,7 @@ def term_not_counted(name: str, model, seqlen: int) -> float:
         # causal QK^T and AV: (T + 1) / 2 keys on average (GPT-Neo's local layers too: the tiny
         # variant's window, 256, is past these lengths; tests/zoo/test_gpt_neo.py counts it)
         return 4 * layers * d * (T + 1) / 2
-    if name in ("bert", "roberta", "mosaic-bert"):  # bidirectional: T keys
+    if name in ("bert", "roberta", "mosaic-bert", "albert"):  # bidirectional: T keys
         return 4 * layers * d * T
     if name == "transformer":  # decoder causal self, cross over T source keys, encoder self
         return 4 * layers * d * ((T + 1) / 2 + T) + 4 * layers * d * T

@@ -135,10 +135,10 @@ def test_the_model_of_a_folder_is_read_from_its_config(tmp_path, config, name):
 
 
 @pytest.mark.parametrize("content, message", [
-    (json.dumps({"model_type": "albert"}), "model_type 'albert' is not a model the zoo loads; "
+    (json.dumps({"model_type": "electra"}), "model_type 'electra' is not a model the zoo loads; "
                                            "supported: Hugging Face folders of gpt2"),
-    (json.dumps({"architectures": ["AlbertForMaskedLM"]}),
-     "architectures AlbertForMaskedLM is not a model the zoo loads"),
+    (json.dumps({"architectures": ["ElectraForMaskedLM"]}),
+     "architectures ElectraForMaskedLM is not a model the zoo loads"),
     (json.dumps({}), "no model_type nor architectures is not a model the zoo loads"),
     ("{not json", "invalid JSON"),
     (json.dumps(["a", "list"]), "not a JSON object (a list)"),

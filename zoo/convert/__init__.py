@@ -49,6 +49,7 @@ Where things live; each family module holds its converter (checkpoint -> zoo) an
     gpt.py      GPT-1 / GPT-2            convert_gpt, export_gpt
     bert.py     BERT, DistilBERT,        convert_bert, convert_roberta, export_bert, export_roberta
                 RoBERTa, XLM-RoBERTa
+    albert.py   ALBERT                   convert_albert, export_albert
     rwkv.py     RWKV-4                   convert_rwkv, export_rwkv, rwkv_to_official,
                                          official_version (the version of an official .pth)
     rwkv5.py    RWKV-5.2 (Eagle)         convert_rwkv5, rwkv5_to_official
@@ -86,6 +87,7 @@ from typing import Any
 
 import torch
 
+from zoo.convert.albert import convert_albert, export_albert
 from zoo.convert.bart import convert_bart, export_bart
 from zoo.convert.bert import (
     BERT_BLOCK_KEYS,
@@ -145,7 +147,8 @@ __all__ = [
     "export_mamba2", "export_opt", "export_roberta", "export_rwkv", "from_pretrained",
     "load_into", "official_version", "read_checkpoint", "read_sharded", "read_state_dict",
     "rwkv5_to_official", "rwkv6_to_official", "rwkv7_to_official", "rwkv_official_to_hf",
-    "rwkv_to_official", "convert_t5", "export_t5", "convert_bart", "export_bart"
+    "rwkv_to_official", "convert_t5", "export_t5", "convert_bart", "export_bart",
+    "convert_albert", "export_albert"
 ]
 __all__ += ["FORMATS", "OFFICIAL", "check_format", "formats_of", "save_pretrained"]  # export
 __all__ += ["detect_model", "resolve"]  # hub ids and model detection (hub.py, detect.py)
@@ -169,6 +172,8 @@ IMPORTERS: dict[str, Importer] = {
                         ("roberta.embeddings.word_embeddings.weight",
                          "embeddings.word_embeddings.weight"),
                         unused=(*_BERT_TASK_HEADS, "roberta.pooler.", "pooler.")),
+    "albert": Importer(convert_albert, ("albert",), (),  # the depth needs config.json
+                       unused=(*_BERT_TASK_HEADS, "albert.pooler.", "pooler.")),
     "mamba": Importer(convert_mamba, ("mamba",), ("backbone.embedding.weight", "embedding.weight")),
     "mamba2": Importer(convert_mamba2, ("mamba2",), ()),  # the group count needs config.json
     "rwkv": Importer(convert_rwkv, ("rwkv",), ("emb.weight",)),
@@ -196,6 +201,7 @@ EXPORTERS: dict[str, Exporter] = {
     "gpt": export_gpt,
     "bert": export_bert,
     "roberta": export_roberta,
+    "albert": export_albert,
     "rwkv": export_rwkv,
     "llama": export_llama,
     "gpt-neox": export_gpt_neox,

@@ -38,7 +38,7 @@ def spec(tmp_path: Path, task: str = "lm", **fields) -> RunSpec:
     ("gpt-j", "lm", "bits_per_byte"), ("gpt-neo", "lm", "bits_per_byte"),
     ("t5", "lm", "bits_per_byte"), ("bart", "lm", "bits_per_byte"),
     ("bert", "mlm", "mlm_accuracy"), ("roberta", "mlm", "mlm_accuracy"),
-    ("mosaic-bert", "mlm", "mlm_accuracy"),
+    ("mosaic-bert", "mlm", "mlm_accuracy"), ("albert", "mlm", "mlm_accuracy"),
 ])
 def test_every_model_trains_and_records(tmp_path, model, task, metric):
     data = prepare(spec(tmp_path, task))
