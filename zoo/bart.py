@@ -27,15 +27,27 @@ embeddings and every branch, on the attention probabilities and after the activa
 released base model's config). LayerNorm eps 1e-5; the padding id is 1 (its embedding row is
 zero at initialisation and gets no gradient).
 
+mBART (Liu et al. 2020, "Multilingual Denoising Pre-training for Neural Machine Translation",
+arXiv 2001.08210) is BART-large's network trained on 25 languages, with two changes that the
+released fairseq model makes, each a config field here:
+  - `pre_ln`: every sublayer reads a normalised copy of the stream, x + Dropout(Sublayer(LN(x))),
+    and each stack ends with one more LayerNorm (fairseq's normalize_before; the paper adds the
+    final LayerNorms to keep fp16 training stable);
+  - `scale_embedding`: the token embeddings are multiplied by sqrt(d_model) before the positions
+    are added, as in the original Transformer.
+Its text ends with </s> and a language code, and its decoder starts from the target's language
+code (`decoder_start_id`, from the checkpoint's config).
+
 Parameter count (E encoder and D decoder layers, f = d_ff, P = max_seq_len; the buffer left out):
     V d + 2 (P + 2) d + 4 d + E (4 d^2 + 4 d + 2 d f + f + d + 4 d)
                             + D (8 d^2 + 8 d + 2 d f + f + d + 6 d)
-which is 139,420,416 for the defaults, BART-base.
+which is 139,420,416 for the defaults, BART-base; `pre_ln` adds the two final LayerNorms, 4 d.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +86,8 @@ class BartConfig:
     init_std: float = 0.02
     pad_token_id: int = 1
     decoder_start_id: int = 2  # </s>: the decoder's first input
+    pre_ln: bool = False  # mBART: LN before each sublayer and a final LN on each stack
+    scale_embedding: bool = False  # mBART: token embeddings times sqrt(d_model)
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -106,11 +120,13 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Post-LN: h = LN(x + Dropout(SelfAttn(x)));  out = LN(h + Dropout(FFN(h)))."""
+    """Post-LN: h = LN(x + Dropout(SelfAttn(x)));  out = LN(h + Dropout(FFN(h))).
+    Pre-LN (mBART): h = x + Dropout(SelfAttn(LN(x)));  out = h + Dropout(FFN(LN(h)))."""
 
     def __init__(self, config: BartConfig):
         super().__init__()
         d, eps = config.d_model, config.layer_norm_eps
+        self.pre_ln = config.pre_ln
         self.self_attn = MultiHeadAttention(d, config.n_head, dropout=config.attn_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(d, eps=eps)
         self.ffn = FeedForward(d, config.d_ff, config.activation, config.act_dropout)
@@ -119,17 +135,21 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, src_bias: torch.Tensor | None) -> torch.Tensor:
         # x (B, S, C); src_bias (B, 1, 1, S) hides padded source keys
+        if self.pre_ln:
+            x = x + self.drop(self.self_attn(self.self_attn_layer_norm(x), attn_mask=src_bias))
+            return x + self.drop(self.ffn(self.final_layer_norm(x)))
         x = self.self_attn_layer_norm(x + self.drop(self.self_attn(x, attn_mask=src_bias)))
         return self.final_layer_norm(x + self.drop(self.ffn(x)))
 
 
 class DecoderLayer(nn.Module):
     """Post-LN: causal self-attention, attention over the encoder's output, feed-forward, each
-    as LN(y + Dropout(Sublayer(y)))."""
+    as LN(y + Dropout(Sublayer(y))); pre-LN (mBART): each as y + Dropout(Sublayer(LN(y)))."""
 
     def __init__(self, config: BartConfig):
         super().__init__()
         d, h, eps = config.d_model, config.n_head, config.layer_norm_eps
+        self.pre_ln = config.pre_ln
         self.self_attn = MultiHeadAttention(d, h, dropout=config.attn_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(d, eps=eps)
         self.encoder_attn = MultiHeadAttention(d, h, dropout=config.attn_dropout)
@@ -142,11 +162,19 @@ class DecoderLayer(nn.Module):
                 tgt_bias: torch.Tensor | None, self_cache: KVCache | None,
                 cross_cache: KVCache | None) -> torch.Tensor:
         # y (B, T, C); memory (B, S, C). tgt_bias (B, 1, T, past + T) already holds the causal
-        # mask; without it the attention applies its own (cache offset included).
+        # mask; without it the attention applies its own (cache offset included). The keys and
+        # values of the encoder's output are computed once per source and kept in cross_cache
+        # while decoding.
+        if self.pre_ln:
+            h = self.self_attn_layer_norm(y)
+            y = y + self.drop(self.self_attn(h, attn_mask=tgt_bias, is_causal=tgt_bias is None,
+                                             cache=self_cache))
+            h = self.encoder_attn_layer_norm(y)
+            y = y + self.drop(self.encoder_attn(h, memory=memory, attn_mask=src_bias,
+                                                cache=cross_cache))
+            return y + self.drop(self.ffn(self.final_layer_norm(y)))
         a = self.self_attn(y, attn_mask=tgt_bias, is_causal=tgt_bias is None, cache=self_cache)
         y = self.self_attn_layer_norm(y + self.drop(a))
-        # keys and values from the encoder's output, computed once per source and kept in
-        # cross_cache while decoding
         a = self.encoder_attn(y, memory=memory, attn_mask=src_bias, cache=cross_cache)
         y = self.encoder_attn_layer_norm(y + self.drop(a))
         return self.final_layer_norm(y + self.drop(self.ffn(y)))
@@ -169,6 +197,10 @@ class Bart(EncoderDecoderLM):
         self.dec_pos = nn.Embedding(rows, d)
         self.dec_ln_emb = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.decoder = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
+        if config.pre_ln:  # mBART: one more LayerNorm on each stack's output
+            self.enc_ln_out = nn.LayerNorm(d, eps=config.layer_norm_eps)
+            self.dec_ln_out = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.embed_scale = math.sqrt(d) if config.scale_embedding else 1.0
         self.drop = nn.Dropout(config.dropout)
         # The paper: N(0, 0.02) for every weight; zero biases, unit LayerNorm gains, and the
         # padding row of the token table zero (BERT's initialisation, zoo.layers.bert_init).
@@ -178,14 +210,14 @@ class Bart(EncoderDecoderLM):
 
     def embed(self, ids: torch.Tensor, table: nn.Embedding, norm: nn.LayerNorm,
               offset: int = 0) -> torch.Tensor:
-        """Dropout(LN(E[ids] + P[offset .. offset + T])): (B, T, C), with a stack's own position
-        table and LayerNorm."""
+        """Dropout(LN(s E[ids] + P[offset .. offset + T])): (B, T, C), with a stack's own position
+        table and LayerNorm; s is 1, or sqrt(d_model) with `scale_embedding`."""
         T = ids.size(1)
         if offset + T > self.config.max_seq_len:
             raise ValueError(f"{offset + T} positions exceed the model's maximum of "
                              f"{self.config.max_seq_len} (learned position embeddings)")
         pos = torch.arange(offset, offset + T, device=ids.device) + POSITION_OFFSET  # (T,)
-        return self.drop(norm(self.tok_emb(ids) + table(pos)))
+        return self.drop(norm(self.tok_emb(ids) * self.embed_scale + table(pos)))
 
     def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder output ("memory") (B, S, C) for `src_ids` (B, S); `src_mask` (B, S) is
@@ -194,7 +226,7 @@ class Bart(EncoderDecoderLM):
         src_bias = key_padding_bias(src_mask, x.dtype) if src_mask is not None else None
         for layer in self.encoder:
             x = layer(x, src_bias)
-        return x
+        return self.enc_ln_out(x) if self.config.pre_ln else x
 
     def decode(self, tgt_ids: torch.Tensor, memory: torch.Tensor,
                src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None,
@@ -216,7 +248,7 @@ class Bart(EncoderDecoderLM):
             y = layer(y, memory, src_bias, tgt_bias, self_cache, cross_cache)
         if cache is not None:
             cache.length += T
-        return y  # (B, T, C)
+        return self.dec_ln_out(y) if self.config.pre_ln else y  # (B, T, C)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The tied head plus the untrained bias: (..., V)."""

@@ -1,11 +1,12 @@
-"""BART (zoo/bart.py): the released sizes counted against transformers' own class, fp32 parity
-with Hugging Face's BartForConditionalGeneration built from tiny random configs and read with
-zoo.from_pretrained (logits, loss and gradients with padded sources and targets, the
-untrained logits bias, cached decoding, greedy tokens), the layers written out, the export
-back, and the checkpoint errors."""
+"""BART and mBART (zoo/bart.py): the released sizes counted against transformers' own classes,
+fp32 parity with Hugging Face's BartForConditionalGeneration and MBartForConditionalGeneration
+built from tiny random configs and read with zoo.from_pretrained (logits, loss and gradients
+with padded sources and targets, the untrained logits bias, cached decoding, greedy tokens),
+the layers written out, the export back, and the checkpoint errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -285,7 +286,6 @@ def rewrite_config(folder, **changes) -> None:
 
 
 @pytest.mark.parametrize("field, value, says", [
-    ("scale_embedding", True, "scale_embedding = True"),
     ("decoder_ffn_dim", 64, "decoder_ffn_dim = 64"),
     ("encoder_layerdrop", 0.1, "encoder_layerdrop = 0.1"),
     ("activation_function", "swish", "activation_function = 'swish'"),
@@ -302,3 +302,113 @@ def test_the_model_is_detected_and_starts_where_the_config_says(tmp_path):
     rewrite_config(tmp_path, decoder_start_token_id=5)
     model = zoo.from_pretrained(NAME, tmp_path)
     assert model.generate(batch()[0], 3)[:, 0].tolist() == [5, 5, 5]
+
+
+# ---- mBART: BART's network pre-LN, with final LayerNorms and scaled embeddings -----------------
+
+def mbart_model(**overrides):
+    """transformers' MBartForConditionalGeneration of this file's sizes, random weights
+    everywhere, eval mode. Its pretrained configs leave decoder_start_token_id unset."""
+    config = transformers.MBartConfig(**{**SIZES, "scale_embedding": True,
+                                         "attn_implementation": "eager", **overrides})
+    torch.manual_seed(3)
+    hf = randomized(transformers.MBartForConditionalGeneration(config)).eval()
+    with torch.no_grad():
+        hf.final_logits_bias.copy_(torch.randn(hf.final_logits_bias.shape) / 4)
+    return hf
+
+
+@pytest.fixture(scope="module")
+def mbart_pair(tmp_path_factory):
+    hf = mbart_model()
+    folder = tmp_path_factory.mktemp("mbart")
+    hf.save_pretrained(folder)
+    assert zoo.convert.detect_model(folder) == NAME
+    return hf, zoo.from_pretrained(NAME, folder).eval()
+
+
+def test_mbart_large_cc25_counts_as_transformers():
+    """The paper's model: BART-large's shape with 250,027 words (the paper rounds it to 680M)."""
+    config = transformers.MBartConfig(vocab_size=250027, d_model=1024, encoder_layers=12,
+                                      decoder_layers=12, encoder_attention_heads=16,
+                                      decoder_attention_heads=16, encoder_ffn_dim=4096,
+                                      decoder_ffn_dim=4096, scale_embedding=True)
+    with torch.device("meta"):
+        hf = transformers.MBartForConditionalGeneration(config)
+    model = build_variant(NAME, "mbart-large-cc25", device="meta")
+    assert model.config.pre_ln and model.config.scale_embedding
+    assert model.num_params() == sum(p.numel() for p in hf.parameters()) == 610_851_840
+
+
+def test_mbart_logits_loss_and_gradients_match(mbart_pair):
+    hf, model = mbart_pair
+    c = model.config
+    assert (c.pre_ln, c.scale_embedding, c.decoder_start_id) == (True, True, 0)  # bos_token_id
+    assert model.num_params() == sum(p.numel() for p in hf.parameters())
+    src, src_mask, tgt, tgt_mask = batch()
+    labels = tgt.masked_fill(tgt_mask == 0, -100)
+    decoder_ids = torch.cat([torch.zeros(3, 1, dtype=torch.long), tgt[:, :-1]], dim=1)
+    ref = hf(input_ids=src, attention_mask=src_mask, decoder_input_ids=decoder_ids,
+             decoder_attention_mask=tgt_mask, labels=labels)
+    out = model(src, decoder_ids, src_mask=src_mask, tgt_mask=tgt_mask, targets=labels)
+    assert (out.logits - ref.logits)[tgt_mask.bool()].abs().max().item() <= ATOL
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
+    hf.zero_grad(), model.zero_grad()
+    ref.loss.backward()
+    out.loss.backward()
+    pairs = {"enc_ln_out": hf.model.encoder.layer_norm, "dec_ln_out": hf.model.decoder.layer_norm,
+             "encoder.0.self_attn.q_proj": hf.model.encoder.layers[0].self_attn.q_proj,
+             "tok_emb": hf.model.shared}
+    for ours, theirs in pairs.items():
+        grad = model.get_submodule(ours).weight.grad
+        torch.testing.assert_close(grad, theirs.weight.grad, atol=1e-5, rtol=1e-4, msg=ours)
+
+
+@pytest.mark.parametrize("change", [{"pre_ln": False}, {"scale_embedding": False}])
+def test_each_mbart_change_is_what_matched(mbart_pair, change):
+    """The same weights in BART's post-LN layers (the final LayerNorms left out), or without the
+    sqrt(d_model) scale, are off by far more than 100x the tolerance."""
+    hf, model = mbart_pair
+    other = Bart(dataclasses.replace(model.config, **change)).eval()
+    keep = other.state_dict().keys()
+    other.load_state_dict({k: v for k, v in model.state_dict().items() if k in keep})
+    src, src_mask, tgt, _ = batch()
+    with torch.no_grad():
+        ref = hf(input_ids=src, attention_mask=src_mask, decoder_input_ids=tgt).logits
+        assert (other(src, tgt, src_mask=src_mask).logits - ref).abs().max() > 100 * ATOL
+
+
+def test_mbart_cached_decoding_and_greedy_tokens(mbart_pair):
+    hf, model = mbart_pair
+    src, src_mask, tgt, _ = batch()
+    assert_seq2seq_cached_decoding_equals_the_full_forward(model, src, src_mask, tgt)
+    ref = hf.generate(input_ids=src, attention_mask=src_mask, max_new_tokens=10,
+                      do_sample=False, num_beams=1, eos_token_id=None, forced_bos_token_id=None,
+                      forced_eos_token_id=None, no_repeat_ngram_size=0)
+    ours = model.generate(src, 10, src_mask=src_mask)
+    assert ours[:, 0].tolist() == [0, 0, 0] and torch.equal(ours, ref)
+
+
+def test_transformers_reads_a_pre_ln_export_as_mbart(tmp_path):
+    torch.manual_seed(4)
+    model = randomized(build_variant(NAME, "tiny", pre_ln=True, scale_embedding=True,
+                                     dropout=0.0, attn_dropout=0.0, act_dropout=0.0)).eval()
+    folder = zoo.save_pretrained(NAME, model, tmp_path / "out")
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "mbart"
+    hf = transformers.MBartForConditionalGeneration.from_pretrained(folder).eval()
+    src, src_mask, tgt, _ = batch(V=512)
+    with torch.no_grad():
+        ref = hf(input_ids=src, attention_mask=src_mask, decoder_input_ids=tgt).logits
+        assert (model(src, tgt, src_mask=src_mask).logits - ref).abs().max() <= ATOL
+    back = zoo.from_pretrained(NAME, folder)
+    assert back.config == model.config
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_missing_final_layer_norm_is_named(tmp_path):
+    hf = mbart_model(encoder_layers=1, decoder_layers=1)
+    hf.config.save_pretrained(tmp_path)
+    state = dict(hf.state_dict())
+    del state["model.decoder.layer_norm.weight"]
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    assert "model.decoder.layer_norm.weight" in checkpoint_error(NAME, tmp_path)

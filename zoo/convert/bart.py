@@ -1,5 +1,6 @@
-"""BART checkpoints <-> zoo.bart: Hugging Face BartForConditionalGeneration folders (and the base
-and task-head classes) in (convert_bart), and out (export_bart)."""
+"""BART and mBART checkpoints <-> zoo.bart: Hugging Face BartForConditionalGeneration and
+MBartForConditionalGeneration folders (and the base and task-head classes) in (convert_bart),
+and out (export_bart)."""
 
 from __future__ import annotations
 
@@ -28,13 +29,18 @@ from zoo.convert.common import (
 #     model.decoder.layers.N.{... the same, encoder_attn.{q,k,v,out}_proj,
 #                             encoder_attn_layer_norm}.{weight,bias}
 #     final_logits_bias (1, V)                         (a buffer, not trained)
+#     model.{encoder,decoder}.layer_norm.{weight,bias} (mBART: each stack's final LayerNorm)
 #
+# mBART's folders (`model_type: mbart`: facebook/mbart-large-cc25, mbart-large-50 and their
+# translation fine-tunes) have BART's keys plus the two final LayerNorms; their layers are
+# pre-LN (transformers' MBart has no switch for it), so they load with pre_ln = True.
+# scale_embedding is read from either config.
 # The base model (BartModel) has no head, no final_logits_bias and no `model.` prefix; the
 # classification and question-answering classes add heads left unused. Every tensor is copied
 # as it is. The token table is read from `shared` or, where a file stores only the copies, from
 # `encoder.embed_tokens`; every stored copy must equal it. What zoo.bart does not compute is
-# refused, naming the field: scaled embeddings (mBART's), stacks of different widths or head
-# counts, LayerDrop, an untied head.
+# refused, naming the field: stacks of different widths or head counts, LayerDrop, an untied
+# head.
 # --------------------------------------------------------------------------------------------------
 
 # zoo name inside a layer -> Hugging Face name inside model.{encoder,decoder}.layers.N; every one
@@ -59,15 +65,19 @@ DECODER_KEYS = {
 }
 
 
-def _names(encoder_layers: int, decoder_layers: int, body: str) -> dict[str, str]:
+def _names(encoder_layers: int, decoder_layers: int, body: str,
+           pre_ln: bool = False) -> dict[str, str]:
     """zoo key -> Hugging Face key of every tensor but the token table, `body` the stacks'
-    prefix ("model." or "")."""
+    prefix ("model." or ""); with `pre_ln`, mBART's final LayerNorms too."""
     names = {}
     for stack, short, layers, keys in (("encoder", "enc", encoder_layers, ENCODER_KEYS),
                                        ("decoder", "dec", decoder_layers, DECODER_KEYS)):
         names[f"{short}_pos.weight"] = f"{body}{stack}.embed_positions.weight"
         names |= {f"{short}_ln_emb.{p}": f"{body}{stack}.layernorm_embedding.{p}"
                   for p in ("weight", "bias")}
+        if pre_ln:
+            names |= {f"{short}_ln_out.{p}": f"{body}{stack}.layer_norm.{p}"
+                      for p in ("weight", "bias")}
         names |= {f"{stack}.{i}.{zoo}.{p}": f"{body}{stack}.layers.{i}.{hf}.{p}"
                   for i in range(layers) for zoo, hf in keys.items() for p in ("weight", "bias")}
     return names
@@ -91,7 +101,7 @@ def convert_bart(config: dict[str, Any], state: StateDict) -> tuple[dict[str, An
                               "differ; zoo.bart shares one")
     out = {"tok_emb.weight": table}
     out |= {zoo: left.pop(hf) for zoo, hf in
-            _names(fields["n_layer"], fields["decoder_layers"], body).items()}
+            _names(fields["n_layer"], fields["decoder_layers"], body, fields["pre_ln"]).items()}
     tie_head(out, left.pop("lm_head.weight", None), "tok_emb.weight", "zoo.bart")
     if "final_logits_bias" in left:
         out["final_logits_bias"] = left.pop("final_logits_bias")
@@ -99,16 +109,15 @@ def convert_bart(config: dict[str, Any], state: StateDict) -> tuple[dict[str, An
 
 
 def _bart_config_fields(config: dict[str, Any]) -> dict[str, Any]:
-    """zoo.bart.BartConfig fields from a BART config.json (transformers' BartConfig names:
-    d_model, encoder_layers, encoder_ffn_dim, encoder_attention_heads, ...)."""
-    if config.get("model_type") != "bart":
-        raise CheckpointError(f"config.json: model_type {config.get('model_type')!r} is not bart")
+    """zoo.bart.BartConfig fields from a BART or mBART config.json (transformers' BartConfig
+    names: d_model, encoder_layers, encoder_ffn_dim, encoder_attention_heads, ...)."""
+    if config.get("model_type") not in ("bart", "mbart"):
+        raise CheckpointError(f"config.json: model_type {config.get('model_type')!r} is not bart "
+                              "or mbart")
     activation = config.get("activation_function", "gelu")
     heads = config.get("encoder_attention_heads", 16)
     ffn = config.get("encoder_ffn_dim", 4096)
     refuse_unsupported([  # field, its value, the value zoo.bart computes with, in words
-        ("scale_embedding", bool(config.get("scale_embedding", False)), False,
-         "token embeddings not scaled by sqrt(d_model)"),
         ("decoder_attention_heads", config.get("decoder_attention_heads", 16), heads,
          "the encoder's head count"),
         ("decoder_ffn_dim", config.get("decoder_ffn_dim", 4096), ffn,
@@ -132,17 +141,32 @@ def _bart_config_fields(config: dict[str, Any]) -> dict[str, Any]:
         "act_dropout": float(config.get("activation_dropout", 0.0)),
         "init_std": config.get("init_std", 0.02),
         "pad_token_id": config.get("pad_token_id", 1),
-        "decoder_start_id": config.get("decoder_start_token_id", 2),
+        "decoder_start_id": _decoder_start(config),
+        "pre_ln": config["model_type"] == "mbart",
+        "scale_embedding": bool(config.get("scale_embedding", False)),
     }
 
 
+def _decoder_start(config: dict[str, Any]) -> int:
+    """The decoder's first token, as transformers' generate picks it: decoder_start_token_id,
+    else bos_token_id (mBART's pretrained configs leave the first unset: a translation
+    fine-tune names its target's language code), else </s> (2), BART's."""
+    for field in ("decoder_start_token_id", "bos_token_id"):
+        if config.get(field) is not None:
+            return config[field]
+    return 2
+
+
 def export_bart(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
-    """zoo.bart -> BartForConditionalGeneration: the names above read backwards, the tensors as
-    they are. transformers' BART has LayerNorm eps 1e-5: another is refused."""
+    """zoo.bart -> BartForConditionalGeneration, or MBartForConditionalGeneration when pre-LN:
+    the names above read backwards, the tensors as they are. transformers' BART has LayerNorm
+    eps 1e-5: another is refused."""
     if c.layer_norm_eps != 1e-5:
         raise CheckpointError(f"transformers' BART has LayerNorm eps 1e-5; this config has "
                               f"layer_norm_eps {c.layer_norm_eps}")
-    config = {"model_type": "bart", "architectures": ["BartForConditionalGeneration"],
+    config = {"model_type": "mbart" if c.pre_ln else "bart",
+              "architectures": ["MBartForConditionalGeneration" if c.pre_ln
+                                else "BartForConditionalGeneration"],
               "vocab_size": c.vocab_size, "max_position_embeddings": c.max_seq_len,
               "d_model": c.d_model, "encoder_layers": c.n_layer,
               "decoder_layers": c.decoder_layers, "encoder_attention_heads": c.n_head,
@@ -150,12 +174,14 @@ def export_bart(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
               "decoder_ffn_dim": c.d_ff, "activation_function": hf_activation(c.activation),
               "dropout": c.dropout, "attention_dropout": c.attn_dropout,
               "activation_dropout": c.act_dropout, "init_std": c.init_std,
-              "encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0, "scale_embedding": False,
+              "encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0,
+              "scale_embedding": c.scale_embedding,
               "tie_word_embeddings": True, "pad_token_id": c.pad_token_id,
               "decoder_start_token_id": c.decoder_start_id, "is_encoder_decoder": True,
               "bos_token_id": None, "eos_token_id": None, "forced_eos_token_id": None}
     hf = {"model.shared.weight": zoo["tok_emb.weight"],
           "final_logits_bias": zoo["final_logits_bias"]}
     hf |= {hf_key: zoo[zoo_key]
-           for zoo_key, hf_key in _names(c.n_layer, c.decoder_layers, "model.").items()}
+           for zoo_key, hf_key in _names(c.n_layer, c.decoder_layers, "model.",
+                                         c.pre_ln).items()}
     return config, hf  # the head and the stacks' embed_tokens are `shared`: tied on loading
