@@ -1,5 +1,5 @@
 """BART: a denoising sequence-to-sequence model, the Transformer's encoder-decoder pretrained to
-rebuild corrupted text.
+rebuild corrupted text; mBART and Pegasus are configurations of it (below).
 
 Paper: Lewis et al. 2019, "BART: Denoising Sequence-to-Sequence Pre-training for Natural
 Language Generation, Translation, and Comprehension", arXiv 1910.13461 (architecture: section
@@ -38,10 +38,20 @@ released fairseq model makes, each a config field here:
 Its text ends with </s> and a language code, and its decoder starts from the target's language
 code (`decoder_start_id`, from the checkpoint's config).
 
+Pegasus (Zhang et al. 2019, "PEGASUS: Pre-training with Extracted Gap-sentences for Abstractive
+Summarization", arXiv 1912.08777) is a standard Transformer encoder-decoder whose released
+configuration is mBART's two switches plus two more:
+  - `positions="sinusoidal"`: fixed sines and cosines (`split_sinusoids`), one table for both
+    stacks, counted from 0, in place of the learned tables;
+  - `embedding_norm=False`: no LayerNorm on the embeddings.
+PEGASUS-large has 16 layers in each stack at d_model 1024, ReLU, a 96,103-word SentencePiece
+vocabulary with <pad> = 0 and </s> = 1, and its decoder starts from <pad>.
+
 Parameter count (E encoder and D decoder layers, f = d_ff, P = max_seq_len; the buffer left out):
     V d + 2 (P + 2) d + 4 d + E (4 d^2 + 4 d + 2 d f + f + d + 4 d)
                             + D (8 d^2 + 8 d + 2 d f + f + d + 6 d)
-which is 139,420,416 for the defaults, BART-base; `pre_ln` adds the two final LayerNorms, 4 d.
+which is 139,420,416 for the defaults, BART-base; `pre_ln` adds the two final LayerNorms, 4 d;
+sinusoidal positions take away 2 (P + 2) d, and no embedding norms 4 d.
 """
 
 from __future__ import annotations
@@ -65,6 +75,7 @@ from zoo.layers import (
 from zoo.model import DecoderCache, EncoderDecoderLM, check_config
 
 POSITION_OFFSET = 2  # rows before position 0 in each position table (fairseq's padding id + 1)
+POSITIONS = ("learned", "sinusoidal")
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,8 @@ class BartConfig:
     decoder_start_id: int = 2  # </s>: the decoder's first input
     pre_ln: bool = False  # mBART: LN before each sublayer and a final LN on each stack
     scale_embedding: bool = False  # mBART: token embeddings times sqrt(d_model)
+    positions: str = "learned"  # or "sinusoidal": Pegasus's fixed table, sines then cosines
+    embedding_norm: bool = True  # the LayerNorm on each stack's embeddings (not in Pegasus)
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -100,9 +113,26 @@ class BartConfig:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation {self.activation!r} is not one of "
                              f"{', '.join(ACTIVATIONS)}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions {self.positions!r} is not one of "
+                             f"{', '.join(POSITIONS)}")
+        if self.positions == "sinusoidal" and self.d_model % 2:
+            raise ValueError(f"sinusoidal positions pair the channels: d_model {self.d_model} "
+                             "is odd")
         if self.decoder_start_id >= self.vocab_size:
             raise ValueError(f"decoder_start_id {self.decoder_start_id} is outside the "
                              f"vocabulary (vocab_size {self.vocab_size})")
+
+
+def split_sinusoids(length: int, d_model: int) -> torch.Tensor:
+    """Pegasus's fixed position table (length, d_model): row p holds sin(p w_k) for k < d/2, then
+    cos(p w_k), with w_k = 10000^(-2k/d). These are the Transformer's sinusoids (section 3.5,
+    zoo/transformer.py) with the sines and cosines in two halves rather than interleaved;
+    computed in float64, as the released code does, and stored in float32. Positions count from
+    0 (no offset rows)."""
+    k = torch.arange(d_model // 2, dtype=torch.float64)
+    angles = torch.arange(length, dtype=torch.float64)[:, None] / 10000.0 ** (2 * k / d_model)
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
 
 
 class FeedForward(nn.Module):
@@ -189,13 +219,24 @@ class Bart(EncoderDecoderLM):
         super().__init__()
         self.config = config
         d, rows = config.d_model, config.max_seq_len + POSITION_OFFSET
+        learned = config.positions == "learned"
+
+        def embedding_norm() -> nn.Module:
+            return nn.LayerNorm(d, eps=config.layer_norm_eps) if config.embedding_norm \
+                else nn.Identity()
+
         # The one embedding matrix: source embedding, target embedding and output head.
         self.tok_emb = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
-        self.enc_pos = nn.Embedding(rows, d)
-        self.enc_ln_emb = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        if learned:
+            self.enc_pos = nn.Embedding(rows, d)
+        self.enc_ln_emb = embedding_norm()
         self.encoder = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_layer))
-        self.dec_pos = nn.Embedding(rows, d)
-        self.dec_ln_emb = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        if learned:
+            self.dec_pos = nn.Embedding(rows, d)
+        else:  # Pegasus: one fixed table for both stacks, computed rather than stored
+            self.register_buffer("sinusoids", split_sinusoids(config.max_seq_len, d),
+                                 persistent=False)
+        self.dec_ln_emb = embedding_norm()
         self.decoder = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
         if config.pre_ln:  # mBART: one more LayerNorm on each stack's output
             self.enc_ln_out = nn.LayerNorm(d, eps=config.layer_norm_eps)
@@ -208,21 +249,35 @@ class Bart(EncoderDecoderLM):
         self.lm_head = tied_head(self.tok_emb)
         self.register_buffer("final_logits_bias", torch.zeros(1, config.vocab_size))
 
-    def embed(self, ids: torch.Tensor, table: nn.Embedding, norm: nn.LayerNorm,
-              offset: int = 0) -> torch.Tensor:
-        """Dropout(LN(s E[ids] + P[offset .. offset + T])): (B, T, C), with a stack's own position
-        table and LayerNorm; s is 1, or sqrt(d_model) with `scale_embedding`."""
+    @classmethod
+    def config_for_length(cls, config: BartConfig, seqlen: int) -> tuple[BartConfig, str | None]:
+        """As every model with a position table; Pegasus's extra rows are the same sinusoids."""
+        config, note = super().config_for_length(config, seqlen)
+        if note is not None and config.positions == "sinusoidal":
+            note = (f"sinusoidal position table extended to {seqlen} positions (beyond the "
+                    "published length)")
+        return config, note
+
+    def embed(self, ids: torch.Tensor, stack: str, offset: int = 0) -> torch.Tensor:
+        """Dropout(LN(s E[ids] + P[offset .. offset + T])): (B, T, C) for the "encoder" or the
+        "decoder", each with its own position table (Pegasus: the one fixed table) and LayerNorm
+        (none in Pegasus); s is 1, or sqrt(d_model) with `scale_embedding`."""
         T = ids.size(1)
         if offset + T > self.config.max_seq_len:
             raise ValueError(f"{offset + T} positions exceed the model's maximum of "
-                             f"{self.config.max_seq_len} (learned position embeddings)")
-        pos = torch.arange(offset, offset + T, device=ids.device) + POSITION_OFFSET  # (T,)
-        return self.drop(norm(self.tok_emb(ids) * self.embed_scale + table(pos)))
+                             f"{self.config.max_seq_len} (its position table's rows)")
+        if self.config.positions == "sinusoidal":
+            pos = self.sinusoids[offset:offset + T]  # (T, C)
+        else:
+            table = self.enc_pos if stack == "encoder" else self.dec_pos
+            pos = table(torch.arange(offset, offset + T, device=ids.device) + POSITION_OFFSET)
+        norm = self.enc_ln_emb if stack == "encoder" else self.dec_ln_emb
+        return self.drop(norm(self.tok_emb(ids) * self.embed_scale + pos))
 
     def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder output ("memory") (B, S, C) for `src_ids` (B, S); `src_mask` (B, S) is
         1 for tokens and 0 for padding."""
-        x = self.embed(src_ids, self.enc_pos, self.enc_ln_emb)
+        x = self.embed(src_ids, "encoder")
         src_bias = key_padding_bias(src_mask, x.dtype) if src_mask is not None else None
         for layer in self.encoder:
             x = layer(x, src_bias)
@@ -237,7 +292,7 @@ class Bart(EncoderDecoderLM):
         0 = padding, hides padded target keys on top of the causal mask."""
         past = cache.length if cache is not None else 0
         T = tgt_ids.size(1)
-        y = self.embed(tgt_ids, self.dec_pos, self.dec_ln_emb, offset=past)  # (B, T, C)
+        y = self.embed(tgt_ids, "decoder", offset=past)  # (B, T, C)
         src_bias = key_padding_bias(src_mask, y.dtype) if src_mask is not None else None
         tgt_bias = None  # (B, 1, T, past + T): future keys -inf, padded ones very low
         if tgt_mask is not None:

@@ -3,7 +3,8 @@ OpenAIGPTLMHeadModel (GPT-1), BertForPreTraining (or BertForMaskedLM without the
 AlbertForPreTraining (or AlbertForMaskedLM without the SOP head), RobertaForMaskedLM,
 RwkvForCausalLM, LlamaForCausalLM (or MistralForCausalLM with a sliding window),
 GPTNeoXForCausalLM, BloomForCausalLM, OPTForCausalLM, GPTJForCausalLM, GPTNeoForCausalLM,
-MambaForCausalLM, Mamba2ForCausalLM, T5ForConditionalGeneration, BartForConditionalGeneration.
+MambaForCausalLM, Mamba2ForCausalLM, T5ForConditionalGeneration, BartForConditionalGeneration
+(MBart... or PegasusForConditionalGeneration for a zoo.bart config with their switches).
 
 The peer gets THE SAME WEIGHTS as the zoo model of the cell and the same sizes, eps,
 activation, dropout and position table, so that a difference in speed or memory is a

@@ -146,6 +146,19 @@ def test_a_t5_v11_peer_keeps_its_own_output_layer():
 
 
 @needs_peers
+@pytest.mark.parametrize("kind", ["mbart", "pegasus"])
+@pytest.mark.parametrize("mode", ["forward", "train", "generate"])
+def test_bart_with_mbart_or_pegasus_switches_runs_their_class(kind, mode):
+    from zoo.convert.bart import ARCHITECTURE, KINDS
+
+    model, _ = tiny("bart", scale_embedding=True, **KINDS[kind], **NO_DROPOUT["bart"])
+    peer, ours = both("hf", "bart", model, mode)
+    assert ARCHITECTURE[kind] in peer.notes[0]
+    for _ in range(STEPS if mode == "generate" else 1):
+        assert max_diff(peer.run(), ours.run()) <= 1e-4
+
+
+@needs_peers
 def test_gpt2_reports_sdpa_attention():
     peer, _ = both("hf", "gpt", tiny("gpt")[0], "forward")
     assert "GPT2LMHeadModel" in peer.notes[0] and peer.notes[1] == "attention: sdpa"

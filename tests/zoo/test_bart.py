@@ -23,7 +23,8 @@ from decoder_parity import (
 import zoo
 import zoo.bart
 from harness.models import build_variant
-from zoo.bart import POSITION_OFFSET, Bart, BartConfig
+from zoo.bart import POSITION_OFFSET, Bart, BartConfig, split_sinusoids
+from zoo.transformer import sinusoidal_positions
 
 transformers = lazy_import("transformers")  # tests that use it skip without it
 
@@ -304,27 +305,40 @@ def test_the_model_is_detected_and_starts_where_the_config_says(tmp_path):
     assert model.generate(batch()[0], 3)[:, 0].tolist() == [5, 5, 5]
 
 
-# ---- mBART: BART's network pre-LN, with final LayerNorms and scaled embeddings -----------------
+# ---- mBART and Pegasus: BART's network pre-LN, with final LayerNorms and scaled embeddings -----
 
-def mbart_model(**overrides):
-    """transformers' MBartForConditionalGeneration of this file's sizes, random weights
-    everywhere, eval mode. Its pretrained configs leave decoder_start_token_id unset."""
-    config = transformers.MBartConfig(**{**SIZES, "scale_embedding": True,
-                                         "attn_implementation": "eager", **overrides})
+PRE_LN = {  # model_type -> (transformers class, its config class, config fields, decoder start)
+    "mbart": ("MBartForConditionalGeneration", "MBartConfig", {}, 0),  # bos_token_id
+    "pegasus": ("PegasusForConditionalGeneration", "PegasusConfig",
+                {"activation_function": "relu"}, 0),  # <pad>
+}
+
+
+def pre_ln_model(kind: str, **overrides):
+    """transformers' mBART or Pegasus of this file's sizes, tokens scaled, random weights
+    everywhere but Pegasus's fixed sinusoids, eval mode. mBART's pretrained configs leave
+    decoder_start_token_id unset."""
+    cls, config_cls, fields, _ = PRE_LN[kind]
+    config = getattr(transformers, config_cls)(**{**SIZES, "scale_embedding": True, **fields,
+                                                   "attn_implementation": "eager", **overrides})
     torch.manual_seed(3)
-    hf = randomized(transformers.MBartForConditionalGeneration(config)).eval()
+    hf = randomized(getattr(transformers, cls)(config)).eval()
     with torch.no_grad():
         hf.final_logits_bias.copy_(torch.randn(hf.final_logits_bias.shape) / 4)
+        if kind == "pegasus":
+            for stack in (hf.model.encoder, hf.model.decoder):
+                stack.embed_positions.weight.copy_(stack.embed_positions.create_weight())
     return hf
 
 
-@pytest.fixture(scope="module")
-def mbart_pair(tmp_path_factory):
-    hf = mbart_model()
-    folder = tmp_path_factory.mktemp("mbart")
+@pytest.fixture(scope="module", params=list(PRE_LN))
+def pre_ln_pair(request, tmp_path_factory):
+    """(model_type, transformers' model, the zoo model read from its saved folder)."""
+    hf = pre_ln_model(request.param)
+    folder = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(folder)
     assert zoo.convert.detect_model(folder) == NAME
-    return hf, zoo.from_pretrained(NAME, folder).eval()
+    return request.param, hf, zoo.from_pretrained(NAME, folder).eval()
 
 
 def test_mbart_large_cc25_counts_as_transformers():
@@ -340,11 +354,38 @@ def test_mbart_large_cc25_counts_as_transformers():
     assert model.num_params() == sum(p.numel() for p in hf.parameters()) == 610_851_840
 
 
-def test_mbart_logits_loss_and_gradients_match(mbart_pair):
-    hf, model = mbart_pair
+def test_pegasus_large_counts_as_transformers_and_the_paper():
+    """568M in the paper; transformers counts its two frozen sinusoid tables as well."""
+    config = transformers.PegasusConfig(vocab_size=96103, d_model=1024, encoder_layers=16,
+                                        decoder_layers=16, encoder_attention_heads=16,
+                                        decoder_attention_heads=16, encoder_ffn_dim=4096,
+                                        decoder_ffn_dim=4096, max_position_embeddings=1024)
+    with torch.device("meta"):
+        hf = transformers.PegasusForConditionalGeneration(config)
+    trained = sum(p.numel() for p in hf.parameters() if p.requires_grad)
+    model = build_variant(NAME, "pegasus-large", device="meta")
+    assert model.num_params() == trained == 568_699_904
+    assert sum(p.numel() for p in hf.parameters()) == trained + 2 * 1024 * 1024
+
+
+def test_the_split_sinusoids_are_pegasus_tables():
+    config = transformers.PegasusConfig(**{**SIZES, "max_position_embeddings": 50, "d_model": 36,
+                                           "encoder_attention_heads": 2,
+                                           "decoder_attention_heads": 2})
+    table = transformers.PegasusForConditionalGeneration(config).model.encoder.embed_positions
+    assert torch.equal(split_sinusoids(50, 36), table.create_weight())
+    with pytest.raises(ValueError, match="d_model 33 is odd"):
+        BartConfig(vocab_size=64, d_model=33, n_head=3, positions="sinusoidal")
+
+
+def test_pre_ln_logits_loss_and_gradients_match(pre_ln_pair):
+    kind, hf, model = pre_ln_pair
     c = model.config
-    assert (c.pre_ln, c.scale_embedding, c.decoder_start_id) == (True, True, 0)  # bos_token_id
-    assert model.num_params() == sum(p.numel() for p in hf.parameters())
+    assert (c.pre_ln, c.scale_embedding, c.decoder_start_id) == (True, True, PRE_LN[kind][3])
+    assert (c.positions, c.embedding_norm) == (("sinusoidal", False) if kind == "pegasus"
+                                               else ("learned", True))
+    trained = [p for p in hf.parameters() if p.requires_grad]
+    assert model.num_params() == sum(p.numel() for p in trained)
     src, src_mask, tgt, tgt_mask = batch()
     labels = tgt.masked_fill(tgt_mask == 0, -100)
     decoder_ids = torch.cat([torch.zeros(3, 1, dtype=torch.long), tgt[:, :-1]], dim=1)
@@ -364,38 +405,50 @@ def test_mbart_logits_loss_and_gradients_match(mbart_pair):
         torch.testing.assert_close(grad, theirs.weight.grad, atol=1e-5, rtol=1e-4, msg=ours)
 
 
-@pytest.mark.parametrize("change", [{"pre_ln": False}, {"scale_embedding": False}])
-def test_each_mbart_change_is_what_matched(mbart_pair, change):
-    """The same weights in BART's post-LN layers (the final LayerNorms left out), or without the
-    sqrt(d_model) scale, are off by far more than 100x the tolerance."""
-    hf, model = mbart_pair
-    other = Bart(dataclasses.replace(model.config, **change)).eval()
-    keep = other.state_dict().keys()
-    other.load_state_dict({k: v for k, v in model.state_dict().items() if k in keep})
+@pytest.mark.parametrize("change", [{"pre_ln": False}, {"scale_embedding": False},
+                                    {"embedding_norm": "flip"}, {"sinusoids": "interleaved"}])
+def test_each_switch_is_what_matched(pre_ln_pair, change):
+    """The same weights with one switch the other way (post-LN layers without the final
+    LayerNorms, no sqrt(d_model) scale, an embedding LayerNorm added or left out, Pegasus's
+    sines and cosines interleaved as the Transformer's) are off by far more than 100x the
+    tolerance."""
+    kind, hf, model = pre_ln_pair
+    c = model.config
+    if "sinusoids" in change and kind != "pegasus":
+        pytest.skip("mBART's positions are learned")
+    if change.get("embedding_norm") == "flip":
+        change = {"embedding_norm": not c.embedding_norm}
+    other = Bart(dataclasses.replace(c, **{k: v for k, v in change.items() if k != "sinusoids"}))
+    other.load_state_dict(model.state_dict(), strict=False)
+    if "sinusoids" in change:
+        d = c.d_model
+        other.sinusoids.copy_(sinusoidal_positions(torch.arange(c.max_seq_len), d))
     src, src_mask, tgt, _ = batch()
     with torch.no_grad():
         ref = hf(input_ids=src, attention_mask=src_mask, decoder_input_ids=tgt).logits
-        assert (other(src, tgt, src_mask=src_mask).logits - ref).abs().max() > 100 * ATOL
+        assert (other.eval()(src, tgt, src_mask=src_mask).logits - ref).abs().max() > 100 * ATOL
 
 
-def test_mbart_cached_decoding_and_greedy_tokens(mbart_pair):
-    hf, model = mbart_pair
+def test_pre_ln_cached_decoding_and_greedy_tokens(pre_ln_pair):
+    kind, hf, model = pre_ln_pair
     src, src_mask, tgt, _ = batch()
     assert_seq2seq_cached_decoding_equals_the_full_forward(model, src, src_mask, tgt)
     ref = hf.generate(input_ids=src, attention_mask=src_mask, max_new_tokens=10,
                       do_sample=False, num_beams=1, eos_token_id=None, forced_bos_token_id=None,
                       forced_eos_token_id=None, no_repeat_ngram_size=0)
     ours = model.generate(src, 10, src_mask=src_mask)
-    assert ours[:, 0].tolist() == [0, 0, 0] and torch.equal(ours, ref)
+    assert ours[:, 0].tolist() == [PRE_LN[kind][3]] * 3 and torch.equal(ours, ref)
 
 
-def test_transformers_reads_a_pre_ln_export_as_mbart(tmp_path):
+@pytest.mark.parametrize("kind", list(PRE_LN))
+def test_transformers_reads_a_pre_ln_export(tmp_path, kind):
+    switches = zoo.convert.bart.KINDS[kind]
     torch.manual_seed(4)
-    model = randomized(build_variant(NAME, "tiny", pre_ln=True, scale_embedding=True,
-                                     dropout=0.0, attn_dropout=0.0, act_dropout=0.0)).eval()
+    model = randomized(build_variant(NAME, "tiny", scale_embedding=True, dropout=0.0,
+                                     attn_dropout=0.0, act_dropout=0.0, **switches)).eval()
     folder = zoo.save_pretrained(NAME, model, tmp_path / "out")
-    assert json.loads((folder / "config.json").read_text())["model_type"] == "mbart"
-    hf = transformers.MBartForConditionalGeneration.from_pretrained(folder).eval()
+    assert json.loads((folder / "config.json").read_text())["model_type"] == kind
+    hf = getattr(transformers, PRE_LN[kind][0]).from_pretrained(folder).eval()
     src, src_mask, tgt, _ = batch(V=512)
     with torch.no_grad():
         ref = hf(input_ids=src, attention_mask=src_mask, decoder_input_ids=tgt).logits
@@ -405,8 +458,15 @@ def test_transformers_reads_a_pre_ln_export_as_mbart(tmp_path):
     assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
+def test_switches_no_transformers_class_combines_are_refused_on_export(tmp_path):
+    model = build_variant(NAME, "tiny", positions="sinusoidal")  # post-LN, normed
+    with pytest.raises(zoo.convert.CheckpointError, match="no transformers class has "
+                                                           "pre_ln=False, positions='sinusoidal'"):
+        zoo.save_pretrained(NAME, model, tmp_path / "out")
+
+
 def test_a_missing_final_layer_norm_is_named(tmp_path):
-    hf = mbart_model(encoder_layers=1, decoder_layers=1)
+    hf = pre_ln_model("mbart", encoder_layers=1, decoder_layers=1)
     hf.config.save_pretrained(tmp_path)
     state = dict(hf.state_dict())
     del state["model.decoder.layer_norm.weight"]

@@ -62,7 +62,7 @@ Where things live; each family module holds its converter (checkpoint -> zoo) an
     gptj.py     GPT-J                    convert_gptj, export_gptj
     gpt_neo.py  GPT-Neo                  convert_gpt_neo, export_gpt_neo
     t5.py       T5, T5 v1.1, Flan-T5     convert_t5, export_t5
-    bart.py     BART, mBART              convert_bart, export_bart
+    bart.py     BART, mBART, Pegasus     convert_bart, export_bart
     mamba.py    Mamba and Mamba-2        convert_mamba, convert_mamba2, export_mamba,
                                          export_mamba2
     hub.py      hub ids -> folders       resolve (huggingface_hub's cache; downloads when online)
@@ -189,7 +189,7 @@ IMPORTERS: dict[str, Importer] = {
     "gpt-j": Importer(convert_gptj, ("gptj",), (), unused=("score.", "qa_outputs.")),
     "gpt-neo": Importer(convert_gpt_neo, ("gpt_neo",), (), unused=("score.", "qa_outputs.")),
     "t5": Importer(convert_t5, ("t5",), (), unused=("classifier.", "qa_outputs.")),
-    "bart": Importer(convert_bart, ("bart", "mbart"), (),
+    "bart": Importer(convert_bart, ("bart", "mbart", "pegasus"), (),
                      unused=("classification_head.", "qa_outputs.")),
 }
 

@@ -1,6 +1,6 @@
-"""BART and mBART checkpoints <-> zoo.bart: Hugging Face BartForConditionalGeneration and
-MBartForConditionalGeneration folders (and the base and task-head classes) in (convert_bart),
-and out (export_bart)."""
+"""BART, mBART and Pegasus checkpoints <-> zoo.bart: Hugging Face BartForConditionalGeneration,
+MBartForConditionalGeneration and PegasusForConditionalGeneration folders (and the base and
+task-head classes) in (convert_bart), and out (export_bart)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from zoo.bart import split_sinusoids
 from zoo.convert.common import (
     CheckpointError,
     StateDict,
@@ -34,7 +35,11 @@ from zoo.convert.common import (
 # mBART's folders (`model_type: mbart`: facebook/mbart-large-cc25, mbart-large-50 and their
 # translation fine-tunes) have BART's keys plus the two final LayerNorms; their layers are
 # pre-LN (transformers' MBart has no switch for it), so they load with pre_ln = True.
-# scale_embedding is read from either config.
+# Pegasus's (`model_type: pegasus`: google/pegasus-large and its summarisation fine-tunes) are
+# pre-LN too, without layernorm_embedding, and their embed_positions hold fixed sinusoids that
+# zoo.bart computes (zoo.bart.split_sinusoids): the stored copies are dropped on reading and
+# written again on export. scale_embedding is read from every config; KINDS lists what each
+# model_type fixes.
 # The base model (BartModel) has no head, no final_logits_bias and no `model.` prefix; the
 # classification and question-answering classes add heads left unused. Every tensor is copied
 # as it is. The token table is read from `shared` or, where a file stores only the copies, from
@@ -65,22 +70,48 @@ DECODER_KEYS = {
 }
 
 
-def _names(encoder_layers: int, decoder_layers: int, body: str,
-           pre_ln: bool = False) -> dict[str, str]:
+# model_type -> the zoo.bart switches its transformers class hard-codes
+KINDS = {
+    "bart": {"pre_ln": False, "positions": "learned", "embedding_norm": True},
+    "mbart": {"pre_ln": True, "positions": "learned", "embedding_norm": True},
+    "pegasus": {"pre_ln": True, "positions": "sinusoidal", "embedding_norm": False},
+}
+ARCHITECTURE = {"bart": "BartForConditionalGeneration", "mbart": "MBartForConditionalGeneration",
+                "pegasus": "PegasusForConditionalGeneration"}
+
+
+def _names(encoder_layers: int, decoder_layers: int, body: str, pre_ln: bool = False,
+           positions: str = "learned", embedding_norm: bool = True) -> dict[str, str]:
     """zoo key -> Hugging Face key of every tensor but the token table, `body` the stacks'
-    prefix ("model." or ""); with `pre_ln`, mBART's final LayerNorms too."""
+    prefix ("model." or ""): the learned position tables and embedding norms where the model
+    has them, the final LayerNorms where it is pre-LN (mBART's, Pegasus's)."""
     names = {}
     for stack, short, layers, keys in (("encoder", "enc", encoder_layers, ENCODER_KEYS),
                                        ("decoder", "dec", decoder_layers, DECODER_KEYS)):
-        names[f"{short}_pos.weight"] = f"{body}{stack}.embed_positions.weight"
-        names |= {f"{short}_ln_emb.{p}": f"{body}{stack}.layernorm_embedding.{p}"
-                  for p in ("weight", "bias")}
+        if positions == "learned":
+            names[f"{short}_pos.weight"] = f"{body}{stack}.embed_positions.weight"
+        if embedding_norm:
+            names |= {f"{short}_ln_emb.{p}": f"{body}{stack}.layernorm_embedding.{p}"
+                      for p in ("weight", "bias")}
         if pre_ln:
             names |= {f"{short}_ln_out.{p}": f"{body}{stack}.layer_norm.{p}"
                       for p in ("weight", "bias")}
         names |= {f"{stack}.{i}.{zoo}.{p}": f"{body}{stack}.layers.{i}.{hf}.{p}"
                   for i in range(layers) for zoo, hf in keys.items() for p in ("weight", "bias")}
     return names
+
+
+def _kind(c: Any) -> str:
+    """The transformers model_type whose class computes zoo.bart config `c`; a CheckpointError
+    names the switches no class combines."""
+    switches = {"pre_ln": c.pre_ln, "positions": c.positions, "embedding_norm": c.embedding_norm}
+    for kind, fixed in KINDS.items():
+        if switches == fixed:
+            return kind
+    raise CheckpointError(f"no transformers class has pre_ln={c.pre_ln}, positions="
+                          f"{c.positions!r} and embedding_norm={c.embedding_norm} together "
+                          "(BART: post-LN, learned, normed; mBART: pre-LN, learned, normed; "
+                          "Pegasus: pre-LN, sinusoidal, not normed)")
 
 
 def convert_bart(config: dict[str, Any], state: StateDict) -> tuple[dict[str, Any], StateDict]:
@@ -100,8 +131,12 @@ def convert_bart(config: dict[str, Any], state: StateDict) -> tuple[dict[str, An
         raise CheckpointError("the token tables of the encoder, the decoder and `shared` "
                               "differ; zoo.bart shares one")
     out = {"tok_emb.weight": table}
-    out |= {zoo: left.pop(hf) for zoo, hf in
-            _names(fields["n_layer"], fields["decoder_layers"], body, fields["pre_ln"]).items()}
+    names = _names(fields["n_layer"], fields["decoder_layers"], body, fields["pre_ln"],
+                   fields["positions"], fields["embedding_norm"])
+    out |= {zoo: left.pop(hf) for zoo, hf in names.items()}
+    if fields["positions"] == "sinusoidal":  # Pegasus's fixed tables: zoo.bart computes them
+        for stack in ("encoder", "decoder"):
+            left.pop(f"{body}{stack}.embed_positions.weight", None)
     tie_head(out, left.pop("lm_head.weight", None), "tok_emb.weight", "zoo.bart")
     if "final_logits_bias" in left:
         out["final_logits_bias"] = left.pop("final_logits_bias")
@@ -111,9 +146,10 @@ def convert_bart(config: dict[str, Any], state: StateDict) -> tuple[dict[str, An
 def _bart_config_fields(config: dict[str, Any]) -> dict[str, Any]:
     """zoo.bart.BartConfig fields from a BART or mBART config.json (transformers' BartConfig
     names: d_model, encoder_layers, encoder_ffn_dim, encoder_attention_heads, ...)."""
-    if config.get("model_type") not in ("bart", "mbart"):
-        raise CheckpointError(f"config.json: model_type {config.get('model_type')!r} is not bart "
-                              "or mbart")
+    kind = config.get("model_type")
+    if kind not in KINDS:
+        raise CheckpointError(f"config.json: model_type {kind!r} is not one of "
+                              f"{', '.join(KINDS)}")
     activation = config.get("activation_function", "gelu")
     heads = config.get("encoder_attention_heads", 16)
     ffn = config.get("encoder_ffn_dim", 4096)
@@ -142,8 +178,8 @@ def _bart_config_fields(config: dict[str, Any]) -> dict[str, Any]:
         "init_std": config.get("init_std", 0.02),
         "pad_token_id": config.get("pad_token_id", 1),
         "decoder_start_id": _decoder_start(config),
-        "pre_ln": config["model_type"] == "mbart",
         "scale_embedding": bool(config.get("scale_embedding", False)),
+        **KINDS[kind],
     }
 
 
@@ -164,9 +200,8 @@ def export_bart(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
     if c.layer_norm_eps != 1e-5:
         raise CheckpointError(f"transformers' BART has LayerNorm eps 1e-5; this config has "
                               f"layer_norm_eps {c.layer_norm_eps}")
-    config = {"model_type": "mbart" if c.pre_ln else "bart",
-              "architectures": ["MBartForConditionalGeneration" if c.pre_ln
-                                else "BartForConditionalGeneration"],
+    kind = _kind(c)
+    config = {"model_type": kind, "architectures": [ARCHITECTURE[kind]],
               "vocab_size": c.vocab_size, "max_position_embeddings": c.max_seq_len,
               "d_model": c.d_model, "encoder_layers": c.n_layer,
               "decoder_layers": c.decoder_layers, "encoder_attention_heads": c.n_head,
@@ -182,6 +217,10 @@ def export_bart(c: Any, zoo: StateDict) -> tuple[dict[str, Any], StateDict]:
     hf = {"model.shared.weight": zoo["tok_emb.weight"],
           "final_logits_bias": zoo["final_logits_bias"]}
     hf |= {hf_key: zoo[zoo_key]
-           for zoo_key, hf_key in _names(c.n_layer, c.decoder_layers, "model.",
-                                         c.pre_ln).items()}
+           for zoo_key, hf_key in _names(c.n_layer, c.decoder_layers, "model.", c.pre_ln,
+                                         c.positions, c.embedding_norm).items()}
+    if c.positions == "sinusoidal":  # transformers' Pegasus stores its fixed tables
+        table = split_sinusoids(c.max_seq_len, c.d_model).to(zoo["tok_emb.weight"])
+        hf |= {f"model.{stack}.embed_positions.weight": table
+               for stack in ("encoder", "decoder")}
     return config, hf  # the head and the stacks' embed_tokens are `shared`: tied on loading
