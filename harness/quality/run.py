@@ -88,6 +88,8 @@ def run_one(model: str, data: Prepared, out: Path, *, resume: bool = False,
     if task == "mlm" and model in ("bert", "albert"):
         head = "sentence-order" if model == "albert" else "next-sentence"
         notes.append(f"no {head} head (the corpus has no sentence pairs)")
+    if task == "mlm" and model == "albert":
+        notes.append("single-token masks (ALBERT's paper masks n-grams of up to 3 tokens)")
     if task == "mqar":
         fields = {f.name for f in dataclasses.fields(net.config)}
         off = [n for n in MQAR_NO_DROPOUT if n in fields]  # build_model set them to 0

@@ -101,9 +101,11 @@ def test_encoder_decoder_runs_lm_as_seq2seq(tmp_path):
 
 def test_masking_recipes(tmp_path):
     notes = {m: run_one(m, prepare(spec(tmp_path, "mlm")), tmp_path / m).record.notes
-             for m in ("bert", "mosaic-bert")}
+             for m in ("bert", "mosaic-bert", "albert")}
     assert "15% masking, static" in notes["bert"][0]
     assert "30% masking, dynamic" in notes["mosaic-bert"][0]
+    assert "no sentence-order head" in notes["albert"][1]
+    assert "n-grams of up to 3" in notes["albert"][2]
 
 
 def test_mqar_run(tmp_path):
