@@ -8,7 +8,7 @@ reads, written in a form other tools load, with its tokenizer.
 
 Format "hf" is a folder transformers' class for the model loads (config.json, model.safetensors,
 tokenizer.json, tokenizer_config.json): gpt, bert, roberta, rwkv, llama, gpt-neox, bloom,
-opt, gpt-j, gpt-neo, mamba, mamba2, t5, bart.
+opt, gpt-j, gpt-neo, ctrl, mamba, mamba2, t5, bart (or mbart, pegasus), albert.
 Format "official" is an official RWKV .pth (`model.pth`, its tokenizer files beside it, as
 `catalog generate` reads a .pth): rwkv, rwkv5, rwkv6, rwkv7. The weights are written by
 `zoo.convert.save_pretrained`. A `catalog train` tokenizer (bytes or BPE) becomes a

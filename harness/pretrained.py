@@ -34,8 +34,8 @@ from zoo.convert.detect import read_config, read_shapes
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json")
-DECODERS = ("gpt2, openai-gpt, llama, mistral, gpt_neox, bloom, opt, gptj, gpt_neo, mamba, "
-            "mamba2, rwkv (or an official RWKV .pth)")
+DECODERS = ("gpt2, openai-gpt, llama, mistral, gpt_neox, bloom, opt, gptj, gpt_neo, ctrl, "
+            "mamba, mamba2, rwkv (or an official RWKV .pth)")
 GENERATORS = (f"{DECODERS}; or an encoder-decoder: t5, bart, or a transformer, t5 or bart run of "
               "this project")
 

@@ -128,12 +128,15 @@ DECODER_SIZES = {
     "GPTJ": dict(n_embd=32, n_layer=2, n_head=2, rotary_dim=8, n_positions=64),  # interleaved RoPE
     "GPTNeo": dict(hidden_size=32, num_layers=2, num_heads=2, max_position_embeddings=64,
                    window_size=4, attention_types=[[["global", "local"], 1]]),  # a local layer
+    "CTRL": dict(n_embd=32, n_layer=2, n_head=4, dff=64, n_positions=64),  # split sinusoids
 }
+# the causal-LM class of each architecture, where it is not {architecture}ForCausalLM
+DECODER_CLASSES = {"CTRL": "CTRLLMHeadModel"}
 
 
 def decoder_folder(folder: Path, architecture: str, seed: int = 0) -> Path:
     """A transformers `{architecture}ForCausalLM` folder ("GPTNeoX", "Bloom", "OPT", "GPTJ",
-    "GPTNeo")
+    "GPTNeo"; CTRL's CTRLLMHeadModel)
     from a tiny random config, with the tiny byte-level tokenizer's files; <|endoftext|> is id
     0, BOS and EOS (as Pythia's is). OPT's tokenizer starts every text with it (add_bos_token),
     as OPT's released folders do with </s>."""
@@ -148,7 +151,8 @@ def decoder_folder(folder: Path, architecture: str, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = getattr(transformers, f"{architecture}Config")(
         vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, **DECODER_SIZES[architecture])
-    getattr(transformers, f"{architecture}ForCausalLM")(config).eval().save_pretrained(folder)
+    cls = DECODER_CLASSES.get(architecture, f"{architecture}ForCausalLM")
+    getattr(transformers, cls)(config).eval().save_pretrained(folder)
     return folder
 
 

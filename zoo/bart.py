@@ -41,8 +41,8 @@ code (`decoder_start_id`, from the checkpoint's config).
 Pegasus (Zhang et al. 2019, "PEGASUS: Pre-training with Extracted Gap-sentences for Abstractive
 Summarization", arXiv 1912.08777) is a standard Transformer encoder-decoder whose released
 configuration is mBART's two switches plus two more:
-  - `positions="sinusoidal"`: fixed sines and cosines (`split_sinusoids`), one table for both
-    stacks, counted from 0, in place of the learned tables;
+  - `positions="sinusoidal"`: fixed sines and cosines (zoo.layers.split_sinusoids), one table
+    for both stacks, counted from 0, in place of the learned tables;
   - `embedding_norm=False`: no LayerNorm on the embeddings.
 PEGASUS-large has 16 layers in each stack at d_model 1024, ReLU, a 96,103-word SentencePiece
 vocabulary with <pad> = 0 and </s> = 1, and its decoder starts from <pad>.
@@ -70,6 +70,7 @@ from zoo.layers import (
     bert_init,
     causal_padding_mask,
     key_padding_bias,
+    split_sinusoids,
     tied_head,
 )
 from zoo.model import DecoderCache, EncoderDecoderLM, check_config
@@ -122,17 +123,6 @@ class BartConfig:
         if self.decoder_start_id >= self.vocab_size:
             raise ValueError(f"decoder_start_id {self.decoder_start_id} is outside the "
                              f"vocabulary (vocab_size {self.vocab_size})")
-
-
-def split_sinusoids(length: int, d_model: int) -> torch.Tensor:
-    """Pegasus's fixed position table (length, d_model): row p holds sin(p w_k) for k < d/2, then
-    cos(p w_k), with w_k = 10000^(-2k/d). These are the Transformer's sinusoids (section 3.5,
-    zoo/transformer.py) with the sines and cosines in two halves rather than interleaved;
-    computed in float64, as the released code does, and stored in float32. Positions count from
-    0 (no offset rows)."""
-    k = torch.arange(d_model // 2, dtype=torch.float64)
-    angles = torch.arange(length, dtype=torch.float64)[:, None] / 10000.0 ** (2 * k / d_model)
-    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
 
 
 class FeedForward(nn.Module):
@@ -250,13 +240,9 @@ class Bart(EncoderDecoderLM):
         self.register_buffer("final_logits_bias", torch.zeros(1, config.vocab_size))
 
     @classmethod
-    def config_for_length(cls, config: BartConfig, seqlen: int) -> tuple[BartConfig, str | None]:
-        """As every model with a position table; Pegasus's extra rows are the same sinusoids."""
-        config, note = super().config_for_length(config, seqlen)
-        if note is not None and config.positions == "sinusoidal":
-            note = (f"sinusoidal position table extended to {seqlen} positions (beyond the "
-                    "published length)")
-        return config, note
+    def learned_positions(cls, config: BartConfig) -> bool:
+        """Pegasus's table is computed: a longer one is more of the same sinusoids."""
+        return config.positions == "learned"
 
     def embed(self, ids: torch.Tensor, stack: str, offset: int = 0) -> torch.Tensor:
         """Dropout(LN(s E[ids] + P[offset .. offset + T])): (B, T, C) for the "encoder" or the

@@ -96,9 +96,17 @@ class ZooModel(nn.Module):
         if limit is None or seqlen <= limit:
             return config, None
         rows = getattr(config, cls.position_table) + seqlen - limit
+        extra = ("the extra rows are untrained" if cls.learned_positions(config)
+                 else "the extra rows are the same formula's")
         note = (f"position table extended from {limit} to {seqlen} positions "
-                "(beyond the published length; the extra rows are untrained)")
+                f"(beyond the published length; {extra})")
         return dataclasses.replace(config, **{cls.position_table: rows}), note
+
+    @classmethod
+    def learned_positions(cls, config: Any) -> bool:
+        """Whether the position table is trained (its extra rows would be untrained) rather
+        than computed (fixed sinusoids)."""
+        return True
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Parameters counted once (tied weights are one tensor). With `exclude_embeddings`,

@@ -28,6 +28,7 @@ REGISTRY: dict[str, str] = {
     "t5": "zoo.t5:T5",
     "bart": "zoo.bart:Bart",
     "albert": "zoo.albert:Albert",
+    "ctrl": "zoo.ctrl:CTRL",
 }
 
 

@@ -3,6 +3,7 @@ OpenAIGPTLMHeadModel (GPT-1), BertForPreTraining (or BertForMaskedLM without the
 AlbertForPreTraining (or AlbertForMaskedLM without the SOP head), RobertaForMaskedLM,
 RwkvForCausalLM, LlamaForCausalLM (or MistralForCausalLM with a sliding window),
 GPTNeoXForCausalLM, BloomForCausalLM, OPTForCausalLM, GPTJForCausalLM, GPTNeoForCausalLM,
+CTRLLMHeadModel,
 MambaForCausalLM, Mamba2ForCausalLM, T5ForConditionalGeneration, BartForConditionalGeneration
 (MBart... or PegasusForConditionalGeneration for a zoo.bart config with their switches).
 
@@ -145,7 +146,7 @@ def hf_model(name: str, zoo_model: Any, length: int):
     model_type, (architecture,) = config.pop("model_type"), config.pop("architectures")
     if name == "rwkv":  # context_length only bounds transformers' optional CUDA kernel
         config["context_length"] = max(config["context_length"], length)
-    if name == "gpt-j":  # n_positions only sizes transformers' table of RoPE's sines
+    if name in ("gpt-j", "ctrl"):  # n_positions only sizes transformers' table of sines
         config["n_positions"] = max(config["n_positions"], length)
     # sdpa where transformers has it; OpenAI GPT, BLOOM and GPT-Neo run eager attention only
     # (BLOOM adds ALiBi to the scores in its own baddbmm; GPT-Neo has eager and FlashAttention-2,
@@ -164,7 +165,8 @@ def hf_model(name: str, zoo_model: Any, length: int):
         # and unties it only when loading a file whose output differs: untie it here too
         model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.lm_head.weight))
     copy_weights(model, state)
-    resized = {"rwkv": ("context_length",), "gpt-j": ("max_seq_len",)}.get(name, ())
+    resized = {"rwkv": ("context_length",), "gpt-j": ("max_seq_len",),
+               "ctrl": ("max_seq_len",)}.get(name, ())
     check_same_model(name, model, zoo_model, ignore=resized)
     return model
 

@@ -2,8 +2,8 @@
 
   zoo           this project's model (the `impl` of "ours" in every ratio)
   zoo-compiled  the same model under torch.compile (`catalog bench --compile`)
-  hf            Hugging Face transformers (`--against hf`): albert, bart, bert, bloom, gpt, gpt-j,
-                gpt-neo, gpt-neox, llama, mamba, mamba2, opt, roberta, rwkv, t5
+  hf            Hugging Face transformers (`--against hf`): albert, bart, bert, bloom, ctrl, gpt,
+                gpt-j, gpt-neo, gpt-neox, llama, mamba, mamba2, opt, roberta, rwkv, t5
   rwkv-pip      the official `rwkv` package (`--against rwkv-pip`): rwkv, rwkv5, rwkv6,
                 rwkv7
 
@@ -52,10 +52,10 @@ COMPILED = "zoo-compiled"
 IMPLEMENTATIONS: dict[str, Implementation] = {impl.name: impl for impl in (
     Implementation(OURS, "harness.bench.ours:eager", peer=False),
     Implementation(COMPILED, "harness.bench.ours:compiled", peer=False),
-    Implementation("hf", "harness.bench.hf:workload", ("albert", "bart", "bert", "bloom", "gpt",
-                                                        "gpt-j", "gpt-neo", "gpt-neox", "llama",
-                                                        "mamba", "mamba2", "opt", "roberta",
-                                                        "rwkv", "t5")),
+    Implementation("hf", "harness.bench.hf:workload", ("albert", "bart", "bert", "bloom", "ctrl",
+                                                        "gpt", "gpt-j", "gpt-neo", "gpt-neox",
+                                                        "llama", "mamba", "mamba2", "opt",
+                                                        "roberta", "rwkv", "t5")),
     Implementation("rwkv-pip", "harness.bench.rwkv_pip:workload",
                    ("rwkv", "rwkv5", "rwkv6", "rwkv7")),
 )}

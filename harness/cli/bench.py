@@ -108,9 +108,9 @@ def bench(
     against: Annotated[list[str] | None, typer.Option(
         metavar="PEER[,PEER...]",
         help="Also measure a peer implementation with the same weights and print ours/theirs: "
-             "hf (Hugging Face: albert, bart, bert, bloom, gpt, gpt-j, gpt-neo, gpt-neox, llama, "
-             "mamba, mamba2, opt, roberta, rwkv, t5) or rwkv-pip (the official package: rwkv, "
-             "rwkv5, rwkv6, rwkv7).",
+             "hf (Hugging Face: albert, bart, bert, bloom, ctrl, gpt, gpt-j, gpt-neo, gpt-neox, "
+             "llama, mamba, mamba2, opt, roberta, rwkv, t5) or rwkv-pip (the official package: "
+             "rwkv, rwkv5, rwkv6, rwkv7).",
         show_default=False)] = None,
     compile_model: Annotated[bool, typer.Option(
         "--compile", help="Also measure each zoo model under torch.compile, beside the eager "

@@ -21,7 +21,8 @@ def export(
     format: Annotated[str | None, typer.Option(
         "--format", metavar="hf|official",
         help="hf: a Hugging Face folder transformers loads (gpt, bert, roberta, rwkv, llama, "
-             "gpt-neox, bloom, opt, gpt-j, gpt-neo, mamba, mamba2, t5, bart); official: an "
+             "gpt-neox, bloom, opt, gpt-j, gpt-neo, ctrl, mamba, mamba2, t5, bart, albert); "
+             "official: an "
              "official RWKV .pth, OUT/model.pth (rwkv, rwkv5, rwkv6, rwkv7). Default: hf where "
              "transformers has the model, else official.",
         show_default=False)] = None,

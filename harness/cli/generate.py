@@ -29,8 +29,8 @@ def generate(
              "checkpoint's start-of-text token.")] = "",
     model: Annotated[str | None, typer.Option(
         help="Zoo model to load the checkpoint as (default: the one its config.json or keys "
-             "say): gpt, gpt-neox, gpt-j, gpt-neo, bloom, opt, llama, mamba, mamba2, rwkv, rwkv5, "
-             "rwkv6, rwkv7, t5, bart.",
+             "say): gpt, gpt-neox, gpt-j, gpt-neo, ctrl, bloom, opt, llama, mamba, mamba2, rwkv, "
+             "rwkv5, rwkv6, rwkv7, t5, bart.",
         show_default=False)] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 50,
     temperature: Annotated[float, typer.Option(

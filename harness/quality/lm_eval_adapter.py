@@ -122,7 +122,7 @@ class ZooLM(LM):
             raise ValueError(f"{pretrained}: zoo model {meta['zoo']!r} is an encoder alone; "
                              "lm-eval's scoring needs a causal language model (gpt, rwkv, "
                              "rwkv5, rwkv6, rwkv7, pangu-pi, llama, gpt-neox, gpt-j, gpt-neo, "
-                             "bloom, opt, "
+                             "ctrl, bloom, opt, "
                              "mamba, mamba2) or an encoder-decoder (transformer, t5, "
                              "bart)")
         if dtype is not None:

@@ -33,6 +33,7 @@ RUNNABLE = {"transformer": "transformer", "bert": "bert", "gpt": "gpt", "gpt-2":
             "gpt-neox-20b": "gpt-neox", "pythia": "gpt-neox", "bloom": "bloom",
             "opt": "opt", "gpt-j": "gpt-j", "gpt-neo": "gpt-neo", "t5": "t5", "flan-t5": "t5",
             "bart": "bart", "albert": "albert", "mbart": "bart", "pegasus": "bart",
+            "ctrl": "ctrl",
             # published checkpoints of these networks, under their own names
             "distilbert": "bert", "xlm-roberta": "roberta", "dialogpt": "gpt",
             "dolly": "gpt-neox", "vicuna": "llama", "t0": "t5", "e5": "bert",

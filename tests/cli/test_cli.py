@@ -97,7 +97,7 @@ def test_markdown_is_a_table_with_one_row_per_entry():
     result = run("list", "--format", "markdown", "--runnable")
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("| id | name |") and lines[1].startswith("| --- |")
-    assert len(lines) == 2 + len(listed("--runnable")) == 2 + 37
+    assert len(lines) == 2 + len(listed("--runnable")) == 2 + 38
 
 
 def test_table_shows_a_count_of_matches():

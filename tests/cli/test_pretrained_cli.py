@@ -154,7 +154,7 @@ def test_generate_from_an_official_rwkv_file_with_its_tokenizer_beside_it(gpt2, 
 
 @pytest.mark.parametrize("architecture, name", [("GPTNeoX", "gpt-neox"), ("Bloom", "bloom"),
                                                 ("OPT", "opt"), ("GPTJ", "gpt-j"),
-                                                ("GPTNeo", "gpt-neo")])
+                                                ("GPTNeo", "gpt-neo"), ("CTRL", "ctrl")])
 def test_generate_from_a_pythia_bloom_opt_or_gpt_j_folder_is_transformers_greedy_text(
         tmp_path, architecture, name):
     """A GPT-NeoX folder as Pythia's are laid out, read as zoo.gpt_neox; a BLOOM one as

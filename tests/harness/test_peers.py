@@ -35,7 +35,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 CPU = torch.device("cpu")
 BATCH, SEQLEN, STEPS = 2, 16, 3
 MODES = {"bert": ("forward", "train"), "roberta": ("forward", "train"),
-         "albert": ("forward", "train"),
+         "albert": ("forward", "train"), "ctrl": ("forward", "train", "generate"),
          "gpt": ("forward", "train", "generate"), "rwkv": ("forward", "train", "generate"),
          "llama": ("forward", "train", "generate"), "mamba": ("forward", "train", "generate"),
          "mamba2": ("forward", "train", "generate"), "gpt-neox": ("forward", "train", "generate"),
@@ -53,7 +53,7 @@ NO_DROPOUT = {"gpt": {"dropout": 0.0}, "bert": {"dropout": 0.0, "attn_dropout": 
               "gpt-neo": {"window": 4},  # a window the 16 tokens pass, so local layers differ
               "t5": {"dropout": 0.0},
               "bart": {"dropout": 0.0, "attn_dropout": 0.0, "act_dropout": 0.0},
-              "albert": {"classifier_dropout": 0.0}}
+              "albert": {"classifier_dropout": 0.0}, "ctrl": {"dropout": 0.0}}
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +96,7 @@ def both(impl: str, name: str, model, mode: str, batch: int = BATCH, seqlen: int
 
 
 def test_the_peer_table():
-    assert PEERS == {"hf": ("albert", "bart", "bert", "bloom", "gpt", "gpt-j", "gpt-neo",
+    assert PEERS == {"hf": ("albert", "bart", "bert", "bloom", "ctrl", "gpt", "gpt-j", "gpt-neo",
                             "gpt-neox", "llama", "mamba", "mamba2", "opt", "roberta", "rwkv",
                             "t5"),
                      "rwkv-pip": ("rwkv", "rwkv5", "rwkv6", "rwkv7")}

@@ -23,7 +23,8 @@ from decoder_parity import (
 import zoo
 import zoo.bart
 from harness.models import build_variant
-from zoo.bart import POSITION_OFFSET, Bart, BartConfig, split_sinusoids
+from zoo.bart import POSITION_OFFSET, Bart, BartConfig
+from zoo.layers import split_sinusoids
 from zoo.transformer import sinusoidal_positions
 
 transformers = lazy_import("transformers")  # tests that use it skip without it

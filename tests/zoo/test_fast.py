@@ -50,7 +50,7 @@ EXPECTED = {"gpt": ("linear", "ffn", "dropout"), "bert": ("linear", "ffn", "drop
             "bloom": ("linear", "ffn", "alibi", "dropout"), "opt": ("linear", "ffn", "dropout"),
             "gpt-j": ("linear", "ffn", "dropout"), "gpt-neo": ("linear", "ffn", "dropout"),
             "t5": ("linear", "dropout"), "bart": ("linear", "ffn", "dropout"),
-            "albert": ("linear", "ffn", "dropout")}
+            "albert": ("linear", "ffn", "dropout"), "ctrl": ("linear", "ffn", "dropout")}
 EXPECTED = {name: (*routes, "loss") for name, routes in EXPECTED.items()}  # every model's loss
 LOGITS = dict(atol=2e-5, rtol=1e-5)
 

@@ -37,7 +37,8 @@ def term_not_counted(name: str, model, seqlen: int) -> float:
     c, T = model.config, seqlen
     d, layers = c.d_model, c.n_layer
     module = importlib.import_module(type(model).__module__)
-    if name in ("gpt", "gpt-neox", "gpt-j", "gpt-neo", "bloom", "opt", "llama", "pangu-pi"):
+    if name in ("gpt", "gpt-neox", "gpt-j", "gpt-neo", "bloom", "opt", "llama", "pangu-pi",
+                "ctrl"):
         # causal QK^T and AV: (T + 1) / 2 keys on average (GPT-Neo's local layers too: the tiny
         # variant's window, 256, is past these lengths; tests/zoo/test_gpt_neo.py counts it)
         return 4 * layers * d * (T + 1) / 2

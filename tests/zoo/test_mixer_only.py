@@ -13,7 +13,8 @@ FIELDS = {"gpt": {"n_head": 2, "dropout": 0.0, "max_seq_len": 32},
           "rwkv": {}, "pangu-pi": {"n_head": 2}, "llama": {"n_head": 2},
           "gpt-neox": {"n_head": 2}, "bloom": {"n_head": 2},
           "opt": {"n_head": 2, "dropout": 0.0, "attn_dropout": 0.0, "max_seq_len": 32},
-          "gpt-j": {"n_head": 2, "rotary_dim": 4}, "gpt-neo": {"n_head": 2, "max_seq_len": 32}}
+          "gpt-j": {"n_head": 2, "rotary_dim": 4}, "gpt-neo": {"n_head": 2, "max_seq_len": 32},
+          "ctrl": {"n_head": 2, "max_seq_len": 32}}
 
 
 @pytest.mark.parametrize("name", sorted(FIELDS))
@@ -23,7 +24,7 @@ def test_mixer_only_blocks_have_no_feed_forward(name):
     mixer = zoo.build(name, vocab_size=64, d_model=32, n_layer=2, d_ff=0, **FIELDS[name])
     ffn = {"gpt": "mlp", "rwkv": "ffn", "pangu-pi": "ffn", "llama": "ffn",
            "gpt-neox": "mlp", "bloom": "mlp", "opt": "mlp", "gpt-j": "mlp",
-           "gpt-neo": "mlp"}[name]
+           "gpt-neo": "mlp", "ctrl": "mlp"}[name]
     assert all(getattr(block, ffn) is None for block in mixer.blocks)
     assert not any(f".{ffn}." in key for key in mixer.state_dict())
     # the analytic FLOPs drop by exactly the feed-forward's matrix products

@@ -61,6 +61,7 @@ Where things live; each family module holds its converter (checkpoint -> zoo) an
     opt.py      OPT                      convert_opt, export_opt
     gptj.py     GPT-J                    convert_gptj, export_gptj
     gpt_neo.py  GPT-Neo                  convert_gpt_neo, export_gpt_neo
+    ctrl.py     CTRL                     convert_ctrl, export_ctrl
     t5.py       T5, T5 v1.1, Flan-T5     convert_t5, export_t5
     bart.py     BART, mBART, Pegasus     convert_bart, export_bart
     mamba.py    Mamba and Mamba-2        convert_mamba, convert_mamba2, export_mamba,
@@ -113,6 +114,7 @@ from zoo.convert.common import (
     read_state_dict,
     stored_dtype,
 )
+from zoo.convert.ctrl import CTRL_BLOCK_KEYS, convert_ctrl, export_ctrl
 from zoo.convert.detect import detect_model
 from zoo.convert.gguf import is_gguf, read_gguf
 from zoo.convert.gpt import GPT_CONV1D, GPT_CONV1D_WEIGHTS, convert_gpt, export_gpt
@@ -148,7 +150,7 @@ __all__ = [
     "load_into", "official_version", "read_checkpoint", "read_sharded", "read_state_dict",
     "rwkv5_to_official", "rwkv6_to_official", "rwkv7_to_official", "rwkv_official_to_hf",
     "rwkv_to_official", "convert_t5", "export_t5", "convert_bart", "export_bart",
-    "convert_albert", "export_albert"
+    "convert_albert", "export_albert", "CTRL_BLOCK_KEYS", "convert_ctrl", "export_ctrl"
 ]
 __all__ += ["FORMATS", "OFFICIAL", "check_format", "formats_of", "save_pretrained"]  # export
 __all__ += ["detect_model", "resolve"]  # hub ids and model detection (hub.py, detect.py)
@@ -188,6 +190,7 @@ IMPORTERS: dict[str, Importer] = {
     "opt": Importer(convert_opt, ("opt",), (), unused=("score.", "qa_outputs.")),
     "gpt-j": Importer(convert_gptj, ("gptj",), (), unused=("score.", "qa_outputs.")),
     "gpt-neo": Importer(convert_gpt_neo, ("gpt_neo",), (), unused=("score.", "qa_outputs.")),
+    "ctrl": Importer(convert_ctrl, ("ctrl",), (), unused=("classifier.",)),
     "t5": Importer(convert_t5, ("t5",), (), unused=("classifier.", "qa_outputs.")),
     "bart": Importer(convert_bart, ("bart", "mbart", "pegasus"), (),
                      unused=("classification_head.", "qa_outputs.")),
@@ -209,6 +212,7 @@ EXPORTERS: dict[str, Exporter] = {
     "opt": export_opt,
     "gpt-j": export_gptj,
     "gpt-neo": export_gpt_neo,
+    "ctrl": export_ctrl,
     "t5": export_t5,
     "bart": export_bart,
     "mamba": export_mamba,

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from zoo.bart import split_sinusoids
 from zoo.convert.common import (
     CheckpointError,
     StateDict,
@@ -17,6 +16,7 @@ from zoo.convert.common import (
     refuse_unsupported,
     tie_head,
 )
+from zoo.layers import split_sinusoids
 
 # --------------------------------------------------------------------------------------------------
 # Hugging Face BART checkpoints (`model_type: bart`: facebook/bart-base, bart-large, their

@@ -26,7 +26,7 @@ MODEL_TYPES = {"gpt2": "gpt", "openai-gpt": "gpt", "bert": "bert", "distilbert":
                "mistral": "llama", "gpt_neox": "gpt-neox", "bloom": "bloom", "opt": "opt",
                "gptj": "gpt-j", "gpt_neo": "gpt-neo", "mamba": "mamba", "mamba2": "mamba2",
                "rwkv": "rwkv", "t5": "t5", "bart": "bart", "mbart": "bart",
-               "pegasus": "bart", "albert": "albert"}
+               "pegasus": "bart", "albert": "albert", "ctrl": "ctrl"}
 # An architecture's class-name prefix -> zoo model, for a config.json without model_type
 # (Mamba2 before Mamba, GPTNeoX before GPTNeo: the longer prefix first).
 ARCHITECTURES = {"GPT2": "gpt", "OpenAIGPT": "gpt", "Bert": "bert", "DistilBert": "bert",
@@ -35,13 +35,13 @@ ARCHITECTURES = {"GPT2": "gpt", "OpenAIGPT": "gpt", "Bert": "bert", "DistilBert"
                  "Bloom": "bloom", "OPT": "opt",
                  "GPTJ": "gpt-j", "Mamba2": "mamba2", "Mamba": "mamba", "Rwkv": "rwkv",
                  "T5": "t5", "MBart": "bart", "Bart": "bart",
-                 "Pegasus": "bart", "Albert": "albert"}
+                 "Pegasus": "bart", "Albert": "albert", "CTRL": "ctrl"}
 # The version of an official RWKV .pth (official_version) -> zoo model.
 OFFICIAL_RWKV = {"4": "rwkv", "5.2": "rwkv5", "6": "rwkv6", "7": "rwkv7"}
 SUPPORTED = ("Hugging Face folders of gpt2, openai-gpt (gpt), bert, distilbert (bert), "
              "roberta, xlm-roberta (roberta), llama, mistral (llama), gpt_neox (gpt-neox), "
              "bloom, opt, gptj (gpt-j), gpt_neo (gpt-neo), mamba, mamba2, rwkv, t5, bart, mbart, "
-             "pegasus (bart), albert; "
+             "pegasus (bart), albert, ctrl; "
              "official "
              "RWKV-4, 5.2, 6 and 7 .pth files (rwkv, rwkv5, rwkv6, rwkv7); GGUF files of llama "
              "and mistral (llama)")
@@ -53,7 +53,7 @@ _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.
 
 
 def detect_model(path_or_id: Path | str, revision: str | None = None) -> str:
-    """The zoo model (gpt, bert, roberta, albert, llama, gpt-neox, bloom, opt, gpt-j, gpt-neo,
+    """The zoo model (gpt, bert, roberta, albert, llama, gpt-neox, bloom, opt, gpt-j, gpt-neo, ctrl,
     mamba, mamba2, rwkv, rwkv5, rwkv6, rwkv7, t5, bart) of a checkpoint folder, weights file or
     hub id; a CheckpointError listing what is supported when it is none of them."""
     path = resolve(path_or_id, revision)

@@ -35,6 +35,7 @@ from zoo.layers.positions import (
     partial_rope,
     rope_frequencies,
     rope_tables,
+    split_sinusoids,
 )
 from zoo.layers.rwkv_state import MatrixRWKVState
 from zoo.layers.shift import token_shift
@@ -46,4 +47,4 @@ __all__ = ["ACTIVATIONS", "FeedForward", "KVCache", "MatrixRWKVState", "MultiHea
            "hidden_key_bias", "key_padding_bias", "math_attention", "matrix_wkv_chunked",
            "matrix_wkv_recurrent", "merge_masks", "new_token_mask", "partial_rope",
            "rope_frequencies", "rope_tables", "run_matrix_wkv", "sdpa", "tied_head",
-           "token_shift", "window_mask", "window_visibility"]
+           "token_shift", "window_mask", "window_visibility", "split_sinusoids"]

@@ -4,7 +4,8 @@ Face's Llama's, where channel i of a head pairs with channel i + hs/2, and inter
 paper's and GPT-J's, where channel 2i pairs with 2i + 1 (`interleaved=True`). The two differ by a
 fixed reordering of the channels, so a checkpoint only runs in the layout it was trained in.
 `partial_rope` turns the first r channels of a head and leaves the rest (GPT-NeoX, GPT-J).
-ALiBi's head slopes (Press et al. 2022), shared by MosaicBERT and BLOOM."""
+ALiBi's head slopes (Press et al. 2022), shared by MosaicBERT and BLOOM. The split sinusoid
+table added to the embeddings by Pegasus and CTRL."""
 
 from __future__ import annotations
 
@@ -74,3 +75,13 @@ def alibi_slopes(n_head: int) -> list[float]:
         return power_of_two(n_head)
     closest = 2 ** math.floor(math.log2(n_head))
     return power_of_two(closest) + alibi_slopes(2 * closest)[0::2][: n_head - closest]
+
+
+def split_sinusoids(length: int, d_model: int) -> torch.Tensor:
+    """A fixed position table (length, d_model), Pegasus's and CTRL's: row p holds sin(p w_k)
+    for k < d/2, then cos(p w_k), with w_k = 10000^(-2k/d). These are the Transformer's
+    sinusoids (section 3.5, zoo/transformer.py) with the sines and cosines in two halves rather
+    than interleaved; computed in float64 and stored in float32. Positions count from 0."""
+    k = torch.arange(d_model // 2, dtype=torch.float64)
+    angles = torch.arange(length, dtype=torch.float64)[:, None] / 10000.0 ** (2 * k / d_model)
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()

@@ -41,6 +41,7 @@ def tiny(name: str, **fields) -> torch.nn.Module:
              "opt": dict(n_layer=1, d_model=32, n_head=2, max_seq_len=32),
              "gpt-j": dict(n_layer=1, d_model=32, n_head=2, d_ff=64, rotary_dim=4),
              "gpt-neo": dict(n_layer=2, d_model=32, n_head=2, d_ff=64, max_seq_len=32, window=8),
+             "ctrl": dict(n_layer=1, d_model=32, n_head=2, d_ff=64, max_seq_len=32),
              "mamba": dict(n_layer=1, d_model=32),
              "mamba2": dict(n_layer=1, d_model=32, head_dim=16, d_state=16)}[name]
     torch.manual_seed(0)
@@ -224,7 +225,7 @@ def test_learned_positions_are_not_scored_past_the_trained_length(name, table):
 
 @torch.no_grad()
 @pytest.mark.parametrize("name", ["rwkv", "pangu-pi", "llama", "gpt-neox", "gpt-j", "bloom",
-                                  "mamba", "mamba2"])
+                                  "ctrl", "mamba", "mamba2"])
 def test_models_without_learned_positions_are_scored_at_every_length(name):
     model = tiny(name)
     assert length_limit(model, 32) is None

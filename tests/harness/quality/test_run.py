@@ -37,6 +37,7 @@ def spec(tmp_path: Path, task: str = "lm", **fields) -> RunSpec:
     ("bloom", "lm", "bits_per_byte"), ("opt", "lm", "bits_per_byte"),
     ("gpt-j", "lm", "bits_per_byte"), ("gpt-neo", "lm", "bits_per_byte"),
     ("t5", "lm", "bits_per_byte"), ("bart", "lm", "bits_per_byte"),
+    ("ctrl", "lm", "bits_per_byte"),
     ("bert", "mlm", "mlm_accuracy"), ("roberta", "mlm", "mlm_accuracy"),
     ("mosaic-bert", "mlm", "mlm_accuracy"), ("albert", "mlm", "mlm_accuracy"),
 ])
