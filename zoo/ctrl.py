@@ -2,13 +2,13 @@
 what kind of text follows (a domain, a URL, a task).
 
 Paper: Keskar et al. 2019, "CTRL: A Conditional Transformer Language Model for Controllable
-Generation", arXiv 1909.05858 (the model: section 3, its size: section 3.1). References:
-Salesforce's released code and Hugging Face's CTRLLMHeadModel, whose folders zoo.convert reads.
+Generation", arXiv 1909.05858. Reference: Hugging Face's CTRLLMHeadModel (its port of
+Salesforce's released model), whose folders zoo.convert reads.
 
 The control codes are ordinary tokens of the vocabulary: conditioning is p(x_i | code, x_<i),
 nothing in the network tells them apart. The network is the original Transformer's decoder
 (zoo/transformer.py) without the encoder and its cross-attention, as the paper describes it,
-with the changes its code makes:
+with the changes the released model has:
   - pre-LN blocks, x + Dropout(Sublayer(LN(x))), with a final LayerNorm (eps 1e-6);
   - fixed sinusoidal positions, the sines of a row in its first half and the cosines in its
     second (zoo.layers.split_sinusoids), added to the token embeddings scaled by sqrt(d_model).
