@@ -18,6 +18,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+# tokenizer_config.json's tokenizer_class values of a byte-level BPE in vocab.json + merges.txt
+BYTE_LEVEL_CLASSES = ("GPT2Tokenizer", "GPT2TokenizerFast")
+
 
 class TokenizerError(ValueError):
     """Tokenizer files that cannot be read; the message names the file."""
@@ -98,6 +101,12 @@ def load_tokenizer(folder: Path | str, config: dict[str, Any] | None = None
             tok.encode_special_tokens = bool(settings.get("split_special_tokens", False))
         elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
             source = folder / "vocab.json"
+            if config.get("model_type") == "ctrl" and \
+                    settings.get("tokenizer_class") not in BYTE_LEVEL_CLASSES:
+                raise TokenizerError(
+                    f"{source}: CTRL's vocab.json + merges.txt are its own BPE over words "
+                    "(CTRLTokenizer, pieces joined by '@@'), not GPT-2's byte-level one, and "
+                    "are not rebuilt here; give the folder a tokenizer.json")
             tok = _byte_level_bpe(folder, settings, config.get("model_type"))
         elif (folder / "vocab.txt").is_file():
             source = folder / "vocab.txt"

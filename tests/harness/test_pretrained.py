@@ -148,6 +148,19 @@ def test_a_folder_without_tokenizer_files_has_none_and_bad_files_are_one_line(tm
         load_tokenizer(tmp_path)
 
 
+def test_ctrls_own_bpe_files_are_refused_not_read_as_byte_level(tmp_path):
+    """Salesforce's CTRL ships vocab.json + merges.txt for CTRLTokenizer (word pieces joined by
+    '@@'): read as GPT-2's byte-level BPE they would give other ids, so they are refused; the
+    same files named as GPT-2's byte-level ones (a folder written here) are read."""
+    write_byte_level_bpe(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "ctrl"}))
+    assert load_tokenizer(tmp_path) is not None  # tokenizer_class GPT2Tokenizer
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"unk_token": "<unk>"}))
+    with pytest.raises(TokenizerError, match="CTRL's vocab.json.*give the folder a "
+                                             "tokenizer.json"):
+        load_tokenizer(tmp_path)
+
+
 # -------------------------------------------------------------------------------- generation
 
 
