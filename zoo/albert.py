@@ -94,12 +94,10 @@ class Albert(Bert):
             x = self.block(x, mask)
         return x
 
-    def next_sentence_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Sentence-order logits (B, 2) from the final hidden states (B, T, C)."""
-        if not self.config.next_sentence_head:
-            raise ValueError("this model was built without the pooler and sentence-order head "
-                             "(config.next_sentence_head is False)")
-        pooled = torch.tanh(self.pooler(h[:, 0]))  # (B, C)
+    pair_task = "sentence-order"
+
+    def pair_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Sentence-order logits (B, 2) from the pooled [CLS] vector, dropout before them."""
         return self.sop_head(self.sop_drop(pooled))
 
     def flops_per_token(self, seqlen: int) -> float:

@@ -208,11 +208,17 @@ class Bert(ZooModel):
 
     def next_sentence_logits(self, h: torch.Tensor) -> torch.Tensor:
         """NSP logits (B, 2) from the final hidden states (B, T, C): a 2-way classifier on the
-        pooled [CLS] vector."""
+        pooled [CLS] vector (ALBERT's sentence order, through `pair_logits`)."""
         if not self.config.next_sentence_head:
-            raise ValueError("this model was built without the pooler and next-sentence head "
-                             "(config.next_sentence_head is False)")
+            raise ValueError(f"this model was built without the pooler and {self.pair_task} "
+                             "head (config.next_sentence_head is False)")
         pooled = torch.tanh(self.pooler(h[:, 0]))  # (B, C)
+        return self.pair_logits(pooled)
+
+    pair_task = "next-sentence"  # what the sentence-pair classifier predicts
+
+    def pair_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The sentence-pair classifier on the pooled [CLS] vector (B, C): (B, 2)."""
         return self.nsp_head(pooled)
 
     def pretraining_logits(self, input_ids: torch.Tensor,

@@ -118,11 +118,12 @@ class CTRL(CachedLM):
         released code."""
         T = input_ids.size(1)
         past = cache[0].length if cache is not None else 0
-        table = self.sinusoids
-        if past + T > table.size(0):  # past the training context: the same formula, further
-            table = split_sinusoids(past + T, self.config.d_model).to(table.device)
+        if past + T <= self.sinusoids.size(0):
+            pos = self.sinusoids[past:past + T]  # (T, C)
+        else:  # past the training context: the same formula, for these T rows only
+            pos = split_sinusoids(T, self.config.d_model, start=past).to(self.sinusoids.device)
         x = self.wte(input_ids) * math.sqrt(self.config.d_model)  # (B, T, C)
-        x = self.drop(x + table[past:past + T].to(x.dtype))
+        x = self.drop(x + pos.to(x.dtype))
         attn_mask = None
         if attention_mask is not None:
             attn_mask = causal_padding_mask(attention_mask, T, past, x.dtype)  # (B, 1, T, S)

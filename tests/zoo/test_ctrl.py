@@ -25,6 +25,7 @@ from decoder_parity import (
     assert_transformers_reads_the_export,
     checkpoint_error,
     padded_batch,
+    step_by_step,
 )
 
 import zoo
@@ -101,6 +102,9 @@ def test_inputs_longer_than_the_trained_context_run_on_the_same_formula():
     ids = torch.randint(0, 512, (1, 20))
     with torch.no_grad():
         torch.testing.assert_close(short(ids).logits, long(ids).logits, atol=1e-5, rtol=0)
+        # decoding on the cache across the table's end: each step computes its own row
+        stepped = step_by_step(short, ids, [6, 1, 1, 1, 1, 10])[0]
+        torch.testing.assert_close(stepped, long(ids).logits, atol=1e-5, rtol=0)
     assert CTRL.config_for_length(short.config, 20) == (short.config, None)
 
 

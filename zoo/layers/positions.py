@@ -77,11 +77,13 @@ def alibi_slopes(n_head: int) -> list[float]:
     return power_of_two(closest) + alibi_slopes(2 * closest)[0::2][: n_head - closest]
 
 
-def split_sinusoids(length: int, d_model: int) -> torch.Tensor:
-    """A fixed position table (length, d_model), Pegasus's and CTRL's: row p holds sin(p w_k)
-    for k < d/2, then cos(p w_k), with w_k = 10000^(-2k/d). These are the Transformer's
-    sinusoids (section 3.5, zoo/transformer.py) with the sines and cosines in two halves rather
-    than interleaved; computed in float64 and stored in float32. Positions count from 0."""
+def split_sinusoids(length: int, d_model: int, start: int = 0) -> torch.Tensor:
+    """A fixed position table (length, d_model), Pegasus's and CTRL's, for positions start ..
+    start + length - 1: row p holds sin(p w_k) for k < d/2, then cos(p w_k), with
+    w_k = 10000^(-2k/d). These are the Transformer's sinusoids (section 3.5, zoo/transformer.py)
+    with the sines and cosines in two halves rather than interleaved; computed in float64 and
+    stored in float32. Positions count from 0."""
     k = torch.arange(d_model // 2, dtype=torch.float64)
-    angles = torch.arange(length, dtype=torch.float64)[:, None] / 10000.0 ** (2 * k / d_model)
+    positions = torch.arange(start, start + length, dtype=torch.float64)
+    angles = positions[:, None] / 10000.0 ** (2 * k / d_model)
     return torch.cat([angles.sin(), angles.cos()], dim=1).float()
